@@ -1,0 +1,116 @@
+namespace Ddpm.Tensors;
+
+/// <summary>One recorded op: its inputs and the function from the output's gradient to theirs.</summary>
+internal sealed class GradNode
+{
+    public GradNode(string op, Tensor[] inputs, Func<Tensor, Tensor?[]> backward)
+    {
+        Op = op;
+        Inputs = inputs;
+        BackwardFn = backward;
+    }
+
+    public string Op { get; }
+    public Tensor[] Inputs { get; }
+    public Func<Tensor, Tensor?[]> BackwardFn { get; }
+}
+
+/// <summary>The define-by-run tape: recording and the reverse topological walk.</summary>
+public static class Autograd
+{
+    /// <summary>
+    /// Attaches a backward function to <paramref name="output"/> when recording is on and an input needs
+    /// gradients. The function returns one gradient per input (null where that input needs none), each with
+    /// the input's shape; it must not return the incoming gradient object itself (return a view instead).
+    /// </summary>
+    internal static Tensor Record(string op, Tensor output, Tensor[] inputs, Func<Tensor, Tensor?[]> backward)
+    {
+        if (!GradMode.IsEnabled) return output;
+        bool any = false;
+        foreach (var i in inputs) any |= i.RequiresGrad;
+        if (!any) return output;
+        output.RequiresGrad = true;
+        output.Node = new GradNode(op, inputs, backward);
+        return output;
+    }
+
+    internal static void Backward(Tensor root, Tensor? seed)
+    {
+        if (!root.RequiresGrad)
+            throw new InvalidOperationException($"Backward from {root.Describe()}, which does not require gradients.");
+        if (seed is null && root.Size != 1)
+            throw new InvalidOperationException($"Backward from {root.Describe()} needs a gradient: it is not a single value.");
+        if (seed is not null && seed.Shape != root.Shape)
+            throw new ArgumentException($"Gradient {seed.Shape} does not match {root.Describe()}.");
+
+        // Reverse topological order by an iterative depth-first search.
+        var order = new List<Tensor>();
+        var visited = new HashSet<Tensor>(ReferenceEqualityComparer.Instance);
+        var stack = new Stack<(Tensor t, int next)>();
+        stack.Push((root, 0));
+        visited.Add(root);
+        while (stack.Count > 0)
+        {
+            var (t, next) = stack.Pop();
+            var inputs = t.Node?.Inputs;
+            if (inputs is not null && next < inputs.Length)
+            {
+                stack.Push((t, next + 1));
+                var child = inputs[next];
+                if (child.RequiresGrad && visited.Add(child)) stack.Push((child, 0));
+            }
+            else order.Add(t);
+        }
+
+        using var _ = GradMode.NoGrad();
+        var grads = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
+        grads[root] = seed?.Detach() ?? Tensor.Full(root.Backend, root.Shape, 1f);
+
+        for (int idx = order.Count - 1; idx >= 0; idx--)
+        {
+            var t = order[idx];
+            if (!grads.Remove(t, out var g)) continue;
+            var node = t.Node;
+            if (node is null)
+            {
+                AccumulateLeaf(t, g);
+                g.Dispose();
+                continue;
+            }
+            var inGrads = node.BackwardFn(g);
+            g.Dispose();
+            for (int i = 0; i < node.Inputs.Length; i++)
+            {
+                var gi = inGrads[i];
+                var input = node.Inputs[i];
+                if (gi is null) continue;
+                if (!input.RequiresGrad) { gi.Dispose(); continue; }
+                if (gi.Shape != input.Shape)
+                    throw new InvalidOperationException($"Backward of {node.Op} gave a gradient {gi.Shape} for input {input.Describe()}.");
+                if (grads.TryGetValue(input, out var existing))
+                {
+                    grads[input] = Ops.Add(existing, gi);
+                    existing.Dispose();
+                    gi.Dispose();
+                }
+                else grads[input] = gi;
+            }
+            // The graph is consumed, as in PyTorch without retain_graph: drop references so memory can go.
+            t.Node = null;
+        }
+    }
+
+    private static void AccumulateLeaf(Tensor leaf, Tensor g)
+    {
+        if (leaf.Grad is null || leaf.Grad.IsDisposed)
+        {
+            var acc = Tensor.EmptyUntracked(leaf.Backend, leaf.Shape);
+            leaf.Backend.Copy(g.Buffer, 0, acc.Buffer, 0, g.Size);
+            leaf.Grad = acc;
+        }
+        else
+        {
+            leaf.Backend.Axpby(g.Buffer, leaf.Grad.Buffer, g.Size, 1f, 1f);
+        }
+    }
+}

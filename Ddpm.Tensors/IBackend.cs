@@ -1,0 +1,186 @@
+namespace Ddpm.Tensors;
+
+public enum UnaryOp
+{
+    Neg,
+    Exp,
+    Log,
+    Sin,
+    Cos,
+    Sqrt,
+    Square,
+    Sigmoid,
+    /// <summary>SiLU / Swish: x * sigmoid(x).</summary>
+    Silu,
+    Tanh,
+    Relu,
+    Abs,
+}
+
+public enum BinaryOp
+{
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// <summary>Geometry of a 2-D convolution: x [N, C, H, W] * w [O, C, KH, KW] -> y [N, O, OH, OW].</summary>
+public readonly record struct ConvGeometry(
+    int N, int C, int H, int W, int O, int KH, int KW, int StrideH, int StrideW, int PadH, int PadW)
+{
+    public int OH => (H + 2 * PadH - KH) / StrideH + 1;
+    public int OW => (W + 2 * PadW - KW) / StrideW + 1;
+    public int InputSize => N * C * H * W;
+    public int OutputSize => N * O * OH * OW;
+    public int WeightSize => O * C * KH * KW;
+
+    public void Validate()
+    {
+        if (N <= 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0 || KH <= 0 || KW <= 0)
+            throw new ArgumentException($"Convolution geometry {this} has a non-positive size.");
+        if (StrideH <= 0 || StrideW <= 0 || PadH < 0 || PadW < 0)
+            throw new ArgumentException($"Convolution geometry {this} has a bad stride or padding.");
+        if (OH <= 0 || OW <= 0)
+            throw new ArgumentException($"Convolution geometry {this} gives an empty output.");
+    }
+}
+
+/// <summary>One Adam step's scalars. Bias corrections are computed by the caller in double.</summary>
+public readonly record struct AdamStepParams(
+    float LearningRate, float Beta1, float Beta2, float Eps, float WeightDecay,
+    float BiasCorrection1, float BiasCorrection2);
+
+/// <summary>
+/// The backend contract: memory, and a small fixed set of typed kernels. All buffers hold float32, laid
+/// out contiguous row-major. Inputs come first, scalars next, outputs last. A backend that cannot run an op
+/// throws <see cref="NotSupportedException"/> rather than computing it wrongly. Only <see cref="Download"/>,
+/// <see cref="SumOfSquares"/> and <see cref="Synchronize"/> wait for queued work.
+/// </summary>
+public interface IBackend : IDisposable
+{
+    /// <summary>The registry name, e.g. <c>cpu</c>, <c>cpu-reference</c>, <c>cuda</c>.</summary>
+    string Name { get; }
+
+    /// <summary>A one-line description (device, threads, library versions).</summary>
+    string Description { get; }
+
+    // ---- memory -------------------------------------------------------------------------------------
+
+    /// <summary>A buffer of <paramref name="length"/> floats; contents undefined.</summary>
+    DeviceBuffer Allocate(int length);
+
+    void Upload(ReadOnlySpan<float> src, DeviceBuffer dst, int dstOffset);
+
+    void Download(DeviceBuffer src, int srcOffset, Span<float> dst);
+
+    void Synchronize();
+
+    // ---- fills and copies ---------------------------------------------------------------------------
+
+    /// <summary>dst[0..n) = value.</summary>
+    void Fill(DeviceBuffer dst, int n, float value);
+
+    /// <summary>dst[dstOffset..+n) = src[srcOffset..+n).</summary>
+    void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n);
+
+    /// <summary>dst[i] = standard normal number at Philox stream position offset+i (see <see cref="Philox"/>).</summary>
+    void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset);
+
+    /// <summary>dst[i] = uniform [0,1) number at Philox stream position offset+i.</summary>
+    void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset);
+
+    /// <summary>dst[i] = u(offset+i) &lt; keep ? 1/keep : 0, the inverted-dropout mask with keep = 1 - p.</summary>
+    void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset);
+
+    // ---- elementwise --------------------------------------------------------------------------------
+
+    /// <summary>y = op(x), n elements.</summary>
+    void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n);
+
+    /// <summary>dx = dy * op'(x); y = op(x) is given for ops whose derivative is cheaper from it.</summary>
+    void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n);
+
+    /// <summary>y = x * scale + shift.</summary>
+    void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift);
+
+    /// <summary>y = a * x + b * y (in place on y).</summary>
+    void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b);
+
+    /// <summary>y = clamp(x, lo, hi).</summary>
+    void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi);
+
+    /// <summary>
+    /// y = a op b with NumPy broadcasting. aShape and bShape have the rank of yShape (left-padded with 1s by
+    /// the caller); each of their dimensions equals yShape's or is 1.
+    /// </summary>
+    void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape,
+        DeviceBuffer y, ReadOnlySpan<int> yShape);
+
+    /// <summary>y = sum of x over the dimensions where yShape is 1 and xShape is not (same rank).</summary>
+    void SumToShape(DeviceBuffer x, ReadOnlySpan<int> xShape, DeviceBuffer y, ReadOnlySpan<int> yShape);
+
+    /// <summary>Sum of x[i]^2 in double; waits for the result.</summary>
+    double SumOfSquares(DeviceBuffer x, int n);
+
+    // ---- layout -------------------------------------------------------------------------------------
+
+    /// <summary>y = x.permute(perm): y's dimension i is x's dimension perm[i].</summary>
+    void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y);
+
+    /// <summary>
+    /// Views src as [outer, srcDim, inner] and dst as [outer, dstDim, inner]; for d in [0, count):
+    /// dst[o, dstStart + d, i] (+)= src[o, srcStart + d, i]. Concatenation, split and their gradients.
+    /// </summary>
+    void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
+        int outer, int count, int inner, bool accumulate);
+
+    /// <summary>dst[i, :] = src[indices[i], :]; src: [rows, rowSize], dst: [indices.Length, rowSize].</summary>
+    void IndexSelect(DeviceBuffer src, int rows, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst);
+
+    /// <summary>dst[indices[i], :] += src[i, :]; src: [indices.Length, rowSize], dst: [rows, rowSize].</summary>
+    void IndexAdd(DeviceBuffer src, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst, int rows);
+
+    // ---- linear algebra -----------------------------------------------------------------------------
+
+    /// <summary>
+    /// For b in [0, batch): C_b = alpha * op(A_b) op(B_b) + beta * C_b, row-major, op(A_b): [m, k],
+    /// op(B_b): [k, n], C_b: [m, n]. A_b starts at b * strideA (A is [m,k], or [k,m] when transA); likewise B, C.
+    /// A stride of 0 broadcasts the operand over the batch.
+    /// </summary>
+    void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
+        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC);
+
+    /// <summary>y [N,O,OH,OW] = conv(x [N,C,H,W], w [O,C,KH,KW]) + bias [O] (bias may be null).</summary>
+    void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g);
+
+    /// <summary>dx [N,C,H,W] = gradient of the convolution w.r.t. its input, given dy [N,O,OH,OW].</summary>
+    void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g);
+
+    /// <summary>dw [O,C,KH,KW] (and dbias [O] when not null) from x [N,C,H,W] and dy [N,O,OH,OW]; overwrites.</summary>
+    void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g);
+
+    // ---- normalisation ------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Group norm of x [n, c, hw] in <paramref name="groups"/> groups with affine gamma, beta [c]; writes y,
+    /// and the per-(sample, group) mean and 1/std [n, groups] for the backward pass.
+    /// </summary>
+    void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd);
+
+    /// <summary>dx, dgamma, dbeta (overwritten) of the group norm above.</summary>
+    void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta);
+
+    /// <summary>Softmax of x viewed as [outer, dim, inner] over the middle dimension.</summary>
+    void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y);
+
+    /// <summary>dx = y * (dy - sum(dy * y)) over the middle dimension.</summary>
+    void SoftmaxBackward(DeviceBuffer y, DeviceBuffer dy, int outer, int dim, int inner, DeviceBuffer dx);
+
+    // ---- optimiser ----------------------------------------------------------------------------------
+
+    /// <summary>One Adam(W) step in place on param, m, v (PyTorch semantics).</summary>
+    void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p);
+}
