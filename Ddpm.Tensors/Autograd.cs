@@ -31,6 +31,9 @@ public static class Autograd
         if (!any) return output;
         output.RequiresGrad = true;
         output.Node = new GradNode(op, inputs, backward);
+        // The backward pass reads the inputs and the output: keep them alive until it has run.
+        foreach (var i in inputs) i.Pin();
+        output.Pin();
         return output;
     }
 
@@ -79,6 +82,10 @@ public static class Autograd
             }
             var inGrads = node.BackwardFn(g);
             g.Dispose();
+            // The graph is consumed, as in PyTorch without retain_graph: drop references so memory can go.
+            t.Node = null;
+            foreach (var input in node.Inputs) input.Unpin();
+            t.Unpin();
             for (int i = 0; i < node.Inputs.Length; i++)
             {
                 var gi = inGrads[i];
@@ -95,8 +102,6 @@ public static class Autograd
                 }
                 else grads[input] = gi;
             }
-            // The graph is consumed, as in PyTorch without retain_graph: drop references so memory can go.
-            t.Node = null;
         }
     }
 

@@ -150,7 +150,35 @@ public class Tensor : IDisposable
 
     public override string ToString() => Describe();
 
+    private int _pins;
+    private bool _disposeRequested;
+
+    /// <summary>
+    /// Releases the memory, or, while the autograd tape still needs this tensor for a backward pass that has
+    /// not run yet, defers the release until it has. So forward code can dispose its temporaries eagerly in
+    /// both grad and no-grad mode.
+    /// </summary>
     public void Dispose()
+    {
+        if (_pins > 0) { _disposeRequested = true; return; }
+        ReleaseNow();
+    }
+
+    /// <summary>Releases now, whatever the tape holds (end of a scope).</summary>
+    internal void ForceDispose()
+    {
+        _pins = 0;
+        ReleaseNow();
+    }
+
+    internal void Pin() => _pins++;
+
+    internal void Unpin()
+    {
+        if (_pins > 0 && --_pins == 0 && _disposeRequested) ReleaseNow();
+    }
+
+    private void ReleaseNow()
     {
         var b = Interlocked.Exchange(ref _buffer, null);
         b?.Release();

@@ -45,7 +45,7 @@ public sealed class TensorScope : IDisposable
         if (_current != this)
             throw new InvalidOperationException("Tensor scopes must be disposed innermost first, on the thread that opened them.");
         _current = _parent;
-        foreach (var t in _tracked) t.Dispose();
+        foreach (var t in _tracked) t.ForceDispose();
         _tracked.Clear();
     }
 }

@@ -1,0 +1,134 @@
+using Ddpm.Diffusion.Model;
+using Ddpm.Tensors;
+
+namespace Ddpm.Diffusion.Diffusion;
+
+/// <summary>
+/// The seed's DenoiseDiffusion: the forward process q(x_t | x_0), the reverse step p_theta(x_{t-1} | x_t) and
+/// L_simple, written once against the tensor API. Per-sample coefficients (the seed's gather(consts, t)) are
+/// taken from the double-precision schedule on the host and uploaded as [N, 1, 1, 1].
+/// </summary>
+public sealed class DenoiseDiffusion
+{
+    public DenoiseDiffusion(UNet epsModel, DiffusionConfig config)
+    {
+        EpsModel = epsModel;
+        Config = config;
+        Schedule = new NoiseSchedule(config);
+    }
+
+    public UNet EpsModel { get; }
+    public DiffusionConfig Config { get; }
+    public NoiseSchedule Schedule { get; }
+    public int Steps => Schedule.Steps;
+    private IBackend Backend => EpsModel.Backend;
+
+    /// <summary>[N, 1, 1, 1] tensor of f(t_i) for each sample.</summary>
+    public Tensor PerSample(ReadOnlySpan<int> t, Func<int, double> f)
+    {
+        var v = new float[t.Length];
+        for (int i = 0; i < t.Length; i++)
+        {
+            if ((uint)t[i] >= (uint)Steps) throw new ArgumentOutOfRangeException(nameof(t), $"Timestep {t[i]} is outside [0, {Steps}).");
+            v[i] = (float)f(t[i]);
+        }
+        return Tensor.FromArray(Backend, v, t.Length, 1, 1, 1);
+    }
+
+    /// <summary>q(x_t | x_0): mean sqrt(alpha_bar_t) x_0 and variance 1 - alpha_bar_t. x0: [N, C, H, W].</summary>
+    public (Tensor Mean, Tensor Var) QXtX0(Tensor x0, ReadOnlySpan<int> t)
+    {
+        using var c = PerSample(t, i => Math.Sqrt(Schedule.AlphaBar[i]));
+        var mean = c * x0;
+        var variance = PerSample(t, i => 1 - Schedule.AlphaBar[i]);
+        return (mean, variance);
+    }
+
+    /// <summary>x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.</summary>
+    public Tensor QSample(Tensor x0, ReadOnlySpan<int> t, Tensor eps)
+    {
+        using var a = PerSample(t, i => Math.Sqrt(Schedule.AlphaBar[i]));
+        using var b = PerSample(t, i => Math.Sqrt(1 - Schedule.AlphaBar[i]));
+        using var ax = a * x0;
+        using var be = b * eps;
+        return ax + be;
+    }
+
+    /// <summary>x_0 predicted from x_t and eps: (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).</summary>
+    public Tensor PredictX0(Tensor xt, ReadOnlySpan<int> t, Tensor eps)
+    {
+        using var a = PerSample(t, i => 1 / Math.Sqrt(Schedule.AlphaBar[i]));
+        using var b = PerSample(t, i => Math.Sqrt(1 - Schedule.AlphaBar[i]) / Math.Sqrt(Schedule.AlphaBar[i]));
+        using var ax = a * xt;
+        using var be = b * eps;
+        return ax - be;
+    }
+
+    /// <summary>
+    /// One reverse step x_{t-1} ~ p_theta(x_{t-1} | x_t) given the model's eps and the noise z ([N, C, H, W]).
+    /// Without clipping this is the seed's formula mu = (x_t - (beta_t / sqrt(1 - alpha_bar_t)) eps) / sqrt(alpha_t);
+    /// with clipping, x_0 is predicted, clipped to the data range and put through the posterior mean
+    /// mu~(x_t, x_0) (the two agree when nothing is clipped).
+    /// </summary>
+    public Tensor PSampleFromEps(Tensor xt, ReadOnlySpan<int> t, Tensor eps, Tensor? z)
+    {
+        Tensor mean;
+        if (!Config.ClipX0)
+        {
+            using var c = PerSample(t, i => Schedule.Beta[i] / Math.Sqrt(1 - Schedule.AlphaBar[i]));
+            using var r = PerSample(t, i => 1 / Math.Sqrt(Schedule.Alpha[i]));
+            using var ce = c * eps;
+            using var d = xt - ce;
+            mean = r * d;
+        }
+        else
+        {
+            var (lo, hi) = Config.Range;
+            using var x0Raw = PredictX0(xt, t, eps);
+            using var x0 = Ops.Clamp(x0Raw, lo, hi);
+            using var c1 = PerSample(t, i => Math.Sqrt(Schedule.AlphaBarPrev[i]) * Schedule.Beta[i] / (1 - Schedule.AlphaBar[i]));
+            using var c2 = PerSample(t, i => Math.Sqrt(Schedule.Alpha[i]) * (1 - Schedule.AlphaBarPrev[i]) / (1 - Schedule.AlphaBar[i]));
+            using var m1 = c1 * x0;
+            using var m2 = c2 * xt;
+            mean = m1 + m2;
+        }
+        if (z is null) return mean;
+        using (mean)
+        {
+            using var sigma = PerSample(t, i => NoiseStd(i));
+            using var sz = sigma * z;
+            return mean + sz;
+        }
+    }
+
+    /// <summary>sigma_t of the reverse step: sqrt(beta_t) or sqrt(beta~_t), and 0 at t = 0 when configured.</summary>
+    public double NoiseStd(int t)
+    {
+        if (t == 0 && Config.NoNoiseAtLastStep) return 0;
+        return Math.Sqrt(Config.Variance == VarianceType.FixedLarge ? Schedule.Beta[t] : Schedule.PosteriorVariance[t]);
+    }
+
+    /// <summary>p_sample(x_t, t) with fixed noise z: runs the model (eval mode, no grad) then one reverse step.</summary>
+    public Tensor PSample(Tensor xt, ReadOnlySpan<int> t, Tensor z)
+    {
+        using var _ = GradMode.NoGrad();
+        using var eps = EpsModel.Forward(xt, t);
+        return PSampleFromEps(xt, t, eps, z);
+    }
+
+    /// <summary>L_simple = mean((eps - eps_theta(sqrt(ab) x0 + sqrt(1-ab) eps, t))^2), shape [1].</summary>
+    public Tensor Loss(Tensor x0, ReadOnlySpan<int> t, Tensor noise)
+    {
+        using var xt = QSample(x0, t, noise);
+        using var epsTheta = EpsModel.Forward(xt, t);
+        return Ops.MseLoss(noise, epsTheta);
+    }
+
+    /// <summary>L_simple with t ~ U{0..T-1} and eps ~ N(0, I) drawn from <paramref name="gen"/>.</summary>
+    public Tensor Loss(Tensor x0, PhiloxGenerator gen)
+    {
+        var t = gen.NextInts(x0.Shape[0], Steps);
+        using var noise = Tensor.RandN(Backend, x0.Shape, gen);
+        return Loss(x0, t, noise);
+    }
+}

@@ -1,0 +1,73 @@
+using System.Text.Json.Serialization;
+
+namespace Ddpm.Diffusion.Diffusion;
+
+[JsonConverter(typeof(JsonStringEnumConverter<BetaSchedule>))]
+public enum BetaSchedule
+{
+    /// <summary>beta = linspace(beta_start, beta_end, T) (Ho et al.; the seed).</summary>
+    Linear,
+    /// <summary>Nichol and Dhariwal's cosine alpha_bar with s = 0.008, betas clipped at 0.999.</summary>
+    Cosine,
+}
+
+[JsonConverter(typeof(JsonStringEnumConverter<VarianceType>))]
+public enum VarianceType
+{
+    /// <summary>sigma_t^2 = beta_t (the seed; "fixedlarge").</summary>
+    FixedLarge,
+    /// <summary>sigma_t^2 = posterior beta~_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) ("fixedsmall").</summary>
+    FixedSmall,
+}
+
+[JsonConverter(typeof(JsonStringEnumConverter<DataRange>))]
+public enum DataRange
+{
+    /// <summary>Pixels mapped to [-1, 1] (the paper, diffusers, lucidrains).</summary>
+    MinusOneToOne,
+    /// <summary>Pixels in [0, 1] as labml feeds them.</summary>
+    ZeroToOne,
+}
+
+/// <summary>The forward and reverse process options. <see cref="LabmlExact"/> reproduces the seed exactly.</summary>
+public sealed record DiffusionConfig
+{
+    [JsonPropertyName("n_steps")] public int NSteps { get; init; } = 1000;
+    [JsonPropertyName("beta_start")] public double BetaStart { get; init; } = 1e-4;
+    [JsonPropertyName("beta_end")] public double BetaEnd { get; init; } = 0.02;
+    [JsonPropertyName("schedule")] public BetaSchedule Schedule { get; init; } = BetaSchedule.Linear;
+    [JsonPropertyName("variance")] public VarianceType Variance { get; init; } = VarianceType.FixedLarge;
+    /// <summary>Clip the predicted x0 to the data range while sampling.</summary>
+    [JsonPropertyName("clip_x0")] public bool ClipX0 { get; init; } = true;
+    /// <summary>Add no noise at the last reverse step (t = 0).</summary>
+    [JsonPropertyName("no_noise_last")] public bool NoNoiseAtLastStep { get; init; } = true;
+    [JsonPropertyName("data_range")] public DataRange DataRange { get; init; } = DataRange.MinusOneToOne;
+    /// <summary>
+    /// Compute the schedule as PyTorch's float32 linspace and a sequential float32 cumprod, as labml does;
+    /// otherwise everything is computed in double and rounded once.
+    /// </summary>
+    [JsonPropertyName("float32_schedule")] public bool Float32Schedule { get; init; }
+
+    /// <summary>The seed's behaviour: linear float32 schedule, sigma^2 = beta, no clipping, noise at t = 0, data in [0, 1].</summary>
+    public static DiffusionConfig LabmlExact => new()
+    {
+        Schedule = BetaSchedule.Linear,
+        Variance = VarianceType.FixedLarge,
+        ClipX0 = false,
+        NoNoiseAtLastStep = false,
+        DataRange = DataRange.ZeroToOne,
+        Float32Schedule = true,
+    };
+
+    /// <summary>The paper's sampler with the usual fixes: data in [-1, 1], clip x0, no noise at the last step.</summary>
+    public static DiffusionConfig Improved => new();
+
+    public (float Lo, float Hi) Range => DataRange == DataRange.MinusOneToOne ? (-1f, 1f) : (0f, 1f);
+
+    public void Validate()
+    {
+        if (NSteps < 2) throw new ArgumentException($"n_steps must be at least 2, got {NSteps}.");
+        if (!(BetaStart > 0 && BetaEnd < 1 && BetaStart <= BetaEnd))
+            throw new ArgumentException($"Need 0 < beta_start <= beta_end < 1; got {BetaStart}, {BetaEnd}.");
+    }
+}
