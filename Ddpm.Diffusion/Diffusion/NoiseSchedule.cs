@@ -18,16 +18,12 @@ public sealed class NoiseSchedule
         {
             case BetaSchedule.Linear when config.Float32Schedule:
             {
-                // torch.linspace(start, end, T) in float32: start + i * step for the first half, end - (T-1-i) * step after.
-                float start = (float)config.BetaStart, end = (float)config.BetaEnd;
-                float step = (end - start) / (T - 1);
-                int half = T / 2;
+                var b32 = TorchLinspaceF32((float)config.BetaStart, (float)config.BetaEnd, T, TorchVectorWidth);
                 float ab = 1f;
                 for (int i = 0; i < T; i++)
                 {
-                    float b = i < half ? start + step * i : end - step * (T - 1 - i);
-                    Beta[i] = b;
-                    ab *= 1f - b;
+                    Beta[i] = b32[i];
+                    ab *= 1f - b32[i];
                     AlphaBar[i] = ab;
                 }
                 break;
@@ -67,6 +63,33 @@ public sealed class NoiseSchedule
             AlphaBarPrev[i] = i == 0 ? 1.0 : AlphaBar[i - 1];
             PosteriorVariance[i] = Beta[i] * (1 - AlphaBarPrev[i]) / (1 - AlphaBar[i]);
         }
+    }
+
+    /// <summary>Floats per SIMD vector in the PyTorch build whose linspace is reproduced (AVX2: 8).</summary>
+    public const int TorchVectorWidth = 8;
+
+    /// <summary>
+    /// torch.linspace(start, end, n) in float32 as PyTorch's CPU kernel computes it: step = (end - start) / (n - 1)
+    /// in float; the first half counts up from start, the second half down from end, each element's base as one
+    /// fused multiply-add (the compiler contracts it); whole SIMD vectors of <paramref name="width"/> lanes take
+    /// base + i * step from the vector's first element (rounded twice), and the tail after the last pair of
+    /// vectors is computed element by element. Matches the golden schedule bit for bit.
+    /// </summary>
+    public static float[] TorchLinspaceF32(float start, float end, int n, int width)
+    {
+        var r = new float[n];
+        float step = (end - start) / (n - 1);
+        int half = n / 2;
+        int vectorised = n / (2 * width) * (2 * width);
+        float Base(int i) => i < half ? MathF.FusedMultiplyAdd(step, i, start) : MathF.FusedMultiplyAdd(-step, n - i - 1, end);
+        int idx = 0;
+        for (; idx < vectorised; idx += width)
+        {
+            float b = Base(idx);
+            for (int i = 0; i < width; i++) r[idx + i] = b + i * step;
+        }
+        for (; idx < n; idx++) r[idx] = Base(idx);
+        return r;
     }
 
     private int T_ { get; }
