@@ -42,11 +42,11 @@ public static partial class Ops
         int rows = x.Size / inF;
         var outDims = x.Shape.ToArray();
         outDims[^1] = outF;
-        using var x2 = Reshape(x, new Shape(rows, inF));
-        using var y2 = MatMul(x2, weight, false, true);
-        Tensor y = Reshape(y2, new Shape(outDims));
-        if (bias is null) return y;
-        using (y) return Add(y, bias);
+        var x2 = Reshape(x, new Shape(rows, inF));
+        var y2 = MatMul(x2, weight, false, true);
+        var y = Reshape(y2, new Shape(outDims));
+        if (bias is null) return FreeIntermediates(y, x2, y2);
+        return FreeIntermediates(Add(y, bias), x2, y2, y);
     }
 
     private static ConvGeometry Geometry(Tensor x, Tensor w, int stride, int padding, bool transposed)

@@ -21,6 +21,19 @@ public static partial class Ops
         return r;
     }
 
+    /// <summary>
+    /// Disposes the temporaries of a composite op once its <paramref name="result"/> exists, unless the result
+    /// is on the autograd tape. Then the temporaries are nodes of the graph (disposing one clears its node and
+    /// cuts the gradient path) or are read by backward closures, so the enclosing <see cref="TensorScope"/>
+    /// frees them after the backward pass instead.
+    /// </summary>
+    private static Tensor FreeIntermediates(Tensor result, params Tensor[] temporaries)
+    {
+        if (!result.RequiresGrad)
+            foreach (var t in temporaries) t.Dispose();
+        return result;
+    }
+
     // ---- broadcasting arithmetic ----------------------------------------------------------------------
 
     public static Tensor Add(Tensor a, Tensor b) => Binary(BinaryOp.Add, a, b);
@@ -149,13 +162,17 @@ public static partial class Ops
     // ---- reductions and losses -----------------------------------------------------------------------
 
     /// <summary>Sum of all elements, shape [1].</summary>
-    public static Tensor Sum(Tensor x) => SumTo(Reshape(x, new Shape(x.Size)), new Shape(1));
+    public static Tensor Sum(Tensor x)
+    {
+        var flat = Reshape(x, new Shape(x.Size));
+        return FreeIntermediates(SumTo(flat, new Shape(1)), flat);
+    }
 
     /// <summary>Mean of all elements, shape [1].</summary>
     public static Tensor Mean(Tensor x)
     {
-        using var s = Sum(x);
-        return Affine(s, 1f / x.Size, 0f);
+        var s = Sum(x);
+        return FreeIntermediates(Affine(s, 1f / x.Size, 0f), s);
     }
 
     /// <summary>Sum over one dimension, keeping it with size 1 when <paramref name="keepDim"/>.</summary>
@@ -167,7 +184,7 @@ public static partial class Ops
         if (keepDim) return s;
         var dims = x.Shape.ToArray().ToList();
         dims.RemoveAt(d);
-        using (s) return Reshape(s, new Shape(dims.ToArray()));
+        return FreeIntermediates(Reshape(s, new Shape(dims.ToArray())), s);
     }
 
     /// <summary>Mean squared error over all elements, shape [1] (PyTorch's mse_loss with reduction mean).</summary>
@@ -175,9 +192,9 @@ public static partial class Ops
     {
         if (prediction.Shape != target.Shape)
             throw new ArgumentException($"MseLoss: {prediction.Describe()} and {target.Describe()} differ in shape.");
-        using var d = Sub(prediction, target);
-        using var sq = Square(d);
-        return Mean(sq);
+        var d = Sub(prediction, target);
+        var sq = Square(d);
+        return FreeIntermediates(Mean(sq), d, sq);
     }
 
     // ---- shape ---------------------------------------------------------------------------------------

@@ -150,6 +150,11 @@ public class Tensor : IDisposable
 
     public override string ToString() => Describe();
 
+    /// <summary>
+    /// Releases the memory now. A tensor that a recorded op used (an interior node of the tape, or an input
+    /// saved for backward) must outlive the backward pass: disposing it clears its node and cuts the gradient
+    /// path, so leave such temporaries to the enclosing <see cref="TensorScope"/>.
+    /// </summary>
     public void Dispose()
     {
         var b = Interlocked.Exchange(ref _buffer, null);
