@@ -454,25 +454,8 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static void Write(string path, IEnumerable<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var file = entries as IReadOnlyList<SafeTensorEntry> ?? entries.ToList();
-        string full = Path.GetFullPath(path);
-        string dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        string tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
-            {
-                Write(fs, file, metadata);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+        var list = entries as IReadOnlyList<SafeTensorEntry> ?? entries.ToList();
+        AtomicFile.Write(path, fs => Write(fs, list, metadata));
     }
 
     /// <summary>Writes the safetensors bytes to a stream: F32 for float entries, I64 for integer entries.</summary>
