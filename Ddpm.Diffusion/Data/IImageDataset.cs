@@ -38,6 +38,9 @@ public static class DataRangeExtensions
 /// </summary>
 public abstract class ByteImageDataset : IImageDataset
 {
+    /// <summary>b / 255f for every byte, correctly rounded (multiplying by 1/255f is not).</summary>
+    private static readonly float[] UnitValues = Enumerable.Range(0, 256).Select(b => b / 255f).ToArray();
+
     private readonly byte[] _pixels;
 
     protected ByteImageDataset(string source, byte[] pixels, int count, int channels, int height, int width)
@@ -76,8 +79,7 @@ public abstract class ByteImageDataset : IImageDataset
         var src = GetBytes(index);
         if (dst.Length != src.Length)
             throw new ArgumentException($"Destination holds {dst.Length} floats; an image of {Source} is {src.Length}.");
-        const float scale = 1f / 255f;
-        for (int i = 0; i < src.Length; i++) dst[i] = src[i] * scale;
+        for (int i = 0; i < src.Length; i++) dst[i] = UnitValues[src[i]];
     }
 
     private void CheckIndex(int index)
