@@ -38,13 +38,25 @@ public sealed class ImageFolderDataset : ByteImageDataset
 
         int size = channels * height * width;
         var pixels = new byte[(long)files.Length * size];
-        for (int i = 0; i < files.Length; i++)
+        // Decoding dominates loading; each file fills its own slot, so the result does not depend on the
+        // schedule, and the error reported is the one of the first bad file in index order.
+        var errors = new Exception?[files.Length];
+        Parallel.For(0, files.Length, i =>
         {
-            var img = ImageFile.Load(files[i], channels);
-            var chw = Resampler.CenterCropResize(img, height, width, filter);
-            var dst = pixels.AsSpan(i * size, size);
-            for (int k = 0; k < size; k++) dst[k] = (byte)(chw[k] * 255f + 0.5f);
-        }
+            try
+            {
+                var img = ImageFile.Load(files[i], channels);
+                var chw = Resampler.CenterCropResize(img, height, width, filter);
+                var dst = pixels.AsSpan(i * size, size);
+                for (int k = 0; k < size; k++) dst[k] = (byte)(chw[k] * 255f + 0.5f);
+            }
+            catch (Exception ex)
+            {
+                errors[i] = ex;
+            }
+        });
+        if (errors.FirstOrDefault(e => e is not null) is { } first)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
         return new ImageFolderDataset(folder, pixels, files, channels, height, width);
     }
 }

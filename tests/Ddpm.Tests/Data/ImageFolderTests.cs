@@ -118,9 +118,12 @@ public class ImageFolderTests
         Assert.Contains(dir.Path, ex.Message);
         Assert.Contains("no images", ex.Message);
 
+        // Several bad files: the first in index order is reported, whichever thread decoded it first.
         File.WriteAllBytes(dir.File("broken.png"), [0x89, (byte)'P', (byte)'N', (byte)'G', 1, 2, 3]);
+        File.WriteAllBytes(dir.File("zero.png"), []);
+        Save(dir.File("a.png"), new byte[4], 2, 2, 1);
         ex = Assert.Throws<DataFormatException>(() => ImageFolderDataset.Load(dir.Path, 8, 8, 1));
-        Assert.Contains(dir.File("broken.png"), ex.Message);
+        Assert.Equal(dir.File("broken.png"), ex.SourceName);
         Assert.Contains("cannot decode", ex.Message);
 
         string missing = dir.File("missing");
