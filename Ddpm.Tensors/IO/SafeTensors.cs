@@ -104,6 +104,12 @@ public sealed class SafeTensorEntry
     }
 }
 
+/// <summary>What a validated header says about one tensor; offsets are relative to the data section.</summary>
+public sealed record SafeTensorInfo(string Name, SafeTensorsDType DType, int[] Shape, long Count, long Begin, long End);
+
+/// <summary>A validated safetensors header: the tensors in header order and the metadata.</summary>
+public sealed record SafeTensorsHeader(long HeaderLength, IReadOnlyList<SafeTensorInfo> Tensors, IReadOnlyDictionary<string, string> Metadata);
+
 /// <summary>
 /// A safetensors file held on the host, independent of any backend: an ordered list of tensors plus the
 /// string map of <c>__metadata__</c>. Reading validates the whole header before it allocates tensor memory,
@@ -183,11 +189,11 @@ public sealed class SafeTensorsFile
         }
         long start = stream.Position;
         long size = stream.Length - start;
-        var header = ReadHeader(stream, size, sourceName);
+        var header = ParseHeader(stream, size, sourceName);
         long dataStart = start + 8 + header.HeaderLength;
 
-        var entries = new List<SafeTensorEntry>(header.Infos.Count);
-        foreach (var info in header.Infos)
+        var entries = new List<SafeTensorEntry>(header.Tensors.Count);
+        foreach (var info in header.Tensors)
         {
             stream.Position = dataStart + info.Begin;
             entries.Add(ReadData(stream, info, sourceName));
@@ -195,12 +201,26 @@ public sealed class SafeTensorsFile
         return new SafeTensorsFile(entries, header.Metadata);
     }
 
-    /// <summary>What the header says about one tensor, after validation.</summary>
-    private readonly record struct TensorInfo(string Name, SafeTensorsDType DType, int[] Shape, long Count, long Begin, long End);
+    /// <summary>
+    /// Reads and validates only the header: names, dtypes, shapes and metadata, without loading tensor data
+    /// (to check a checkpoint's config or shapes before committing memory to it).
+    /// </summary>
+    public static SafeTensorsHeader ReadHeader(string path)
+    {
+        FileStream fs;
+        try
+        {
+            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 4096);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
+        }
+        using (fs) return ParseHeader(fs, fs.Length, path);
+    }
 
-    private sealed record Header(long HeaderLength, List<TensorInfo> Infos, Dictionary<string, string> Metadata);
 
-    private static Header ReadHeader(Stream stream, long size, string src)
+    private static SafeTensorsHeader ParseHeader(Stream stream, long size, string src)
     {
         if (size == 0)
             throw new SafeTensorsFormatException(src, null, "the file is empty");
@@ -238,7 +258,7 @@ public sealed class SafeTensorsFile
             if (root.ValueKind != JsonValueKind.Object)
                 throw new SafeTensorsFormatException(src, null, $"the header must be a JSON object, found {Kind(root)}");
 
-            var infos = new List<TensorInfo>();
+            var infos = new List<SafeTensorInfo>();
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var prop in root.EnumerateObject())
@@ -251,7 +271,7 @@ public sealed class SafeTensorsFile
                     infos.Add(ParseInfo(prop.Name, prop.Value, dataSize, src));
             }
             CheckOverlaps(infos, src);
-            return new Header(headerLength, infos, metadata);
+            return new SafeTensorsHeader(headerLength, infos, metadata);
         }
     }
 
@@ -268,7 +288,7 @@ public sealed class SafeTensorsFile
         }
     }
 
-    private static TensorInfo ParseInfo(string name, JsonElement value, long dataSize, string src)
+    private static SafeTensorInfo ParseInfo(string name, JsonElement value, long dataSize, string src)
     {
         if (value.ValueKind != JsonValueKind.Object)
             throw new SafeTensorsFormatException(src, name, $"the entry must be a JSON object, found {Kind(value)}");
@@ -322,7 +342,7 @@ public sealed class SafeTensorsFile
         if (count > Array.MaxLength)
             throw new SafeTensorsFormatException(src, name, $"{count} elements exceed the largest array this reader can hold");
 
-        return new TensorInfo(name, dtype, shape, count, begin, end);
+        return new SafeTensorInfo(name, dtype, shape, count, begin, end);
     }
 
     private static long OffsetValue(JsonElement e, string name, string src)
@@ -353,7 +373,7 @@ public sealed class SafeTensorsFile
         _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
     };
 
-    private static void CheckOverlaps(List<TensorInfo> infos, string src)
+    private static void CheckOverlaps(List<SafeTensorInfo> infos, string src)
     {
         // Empty tensors occupy no bytes, so they cannot overlap anything.
         var spans = infos.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToList();
@@ -367,7 +387,7 @@ public sealed class SafeTensorsFile
         }
     }
 
-    private static SafeTensorEntry ReadData(Stream stream, TensorInfo info, string src)
+    private static SafeTensorEntry ReadData(Stream stream, SafeTensorInfo info, string src)
     {
         int count = (int)info.Count;
         try
@@ -396,7 +416,7 @@ public sealed class SafeTensorsFile
     }
 
     /// <summary>Reads dtypes that need a per-element conversion, in bounded chunks.</summary>
-    private static SafeTensorEntry ReadConverted(Stream stream, TensorInfo info, int count)
+    private static SafeTensorEntry ReadConverted(Stream stream, SafeTensorInfo info, int count)
     {
         int es = ElementSize(info.DType);
         const int chunkElems = 1 << 14;
@@ -454,25 +474,8 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static void Write(string path, IEnumerable<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
-        var file = entries as IReadOnlyList<SafeTensorEntry> ?? entries.ToList();
-        string full = Path.GetFullPath(path);
-        string dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        string tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
-            {
-                Write(fs, file, metadata);
-                fs.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+        var list = entries as IReadOnlyList<SafeTensorEntry> ?? entries.ToList();
+        AtomicFile.Write(path, fs => Write(fs, list, metadata));
     }
 
     /// <summary>Writes the safetensors bytes to a stream: F32 for float entries, I64 for integer entries.</summary>

@@ -148,6 +148,13 @@ public class SafeTensorsTests
         Assert.Equal([128, 32], model["time_emb.lin1.weight"].Shape);
         Assert.Equal("pt", model.Metadata["format"]);
         Assert.All(model.Entries.SelectMany(e => e.AsFloats()), v => Assert.True(float.IsFinite(v)));
+
+        // The header alone gives the same names and shapes without loading the data.
+        var header = SafeTensorsFile.ReadHeader(Path.Combine(GoldenDir, "model.safetensors"));
+        Assert.Equal(order, header.Tensors.Select(t => t.Name));
+        Assert.Equal(model.Entries.Select(e => e.ShapeText), header.Tensors.Select(t => "[" + string.Join(",", t.Shape) + "]"));
+        Assert.Equal(595_393 * 4L, header.Tensors.Max(t => t.End));
+        Assert.Equal("pt", header.Metadata["format"]);
     }
 
     [Fact]
@@ -226,6 +233,7 @@ public class SafeTensorsTests
             var ex = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Read(path));
             Assert.Contains(path, ex.Message);
             Assert.Contains("run past the end of the data section", ex.Message);
+            Assert.Contains(path, Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.ReadHeader(path)).Message);
 
             var missing = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Read(Path.Combine(dir.FullName, "none.safetensors")));
             Assert.Contains("cannot open", missing.Message);

@@ -1,0 +1,62 @@
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Tensors.IO;
+
+namespace Ddpm.Diffusion.Data;
+
+/// <summary>
+/// All PNG, JPEG and BMP files of a folder (and its subfolders), each center-cropped and resized to the model's
+/// size, as grey or RGB. Files are decoded once at load, in ordinal order of their relative paths, so the
+/// dataset's indices (and hence a seeded training run) do not depend on the file system's listing order.
+/// </summary>
+public sealed class ImageFolderDataset : ByteImageDataset
+{
+    private ImageFolderDataset(string folder, byte[] pixels, string[] files, int channels, int height, int width)
+        : base(folder, pixels, files.Length, channels, height, width)
+    {
+        Files = files;
+    }
+
+    /// <summary>The image files, in index order.</summary>
+    public IReadOnlyList<string> Files { get; }
+
+    public static ImageFolderDataset Load(string folder, int height, int width, int channels,
+        ResizeFilter filter = ResizeFilter.Auto, bool recursive = true)
+    {
+        if (channels is not (1 or 3))
+            throw new ArgumentOutOfRangeException(nameof(channels), $"Images are read as 1 (grey) or 3 (RGB) channels, not {channels}.");
+        if (height <= 0 || width <= 0)
+            throw new ArgumentOutOfRangeException(nameof(height), "The target size must be positive.");
+        if (!Directory.Exists(folder))
+            throw new DataFormatException(folder, "the image folder does not exist");
+
+        var files = Directory.EnumerateFiles(folder, "*", recursive ? SearchOption.AllDirectories : SearchOption.TopDirectoryOnly)
+            .Where(ImageFile.HasImageExtension)
+            .OrderBy(f => Path.GetRelativePath(folder, f), StringComparer.Ordinal)
+            .ToArray();
+        if (files.Length == 0)
+            throw new DataFormatException(folder, $"the folder has no images ({string.Join(", ", ImageFile.Extensions)})");
+
+        int size = channels * height * width;
+        var pixels = new byte[(long)files.Length * size];
+        // Decoding dominates loading; each file fills its own slot, so the result does not depend on the
+        // schedule, and the error reported is the one of the first bad file in index order.
+        var errors = new Exception?[files.Length];
+        Parallel.For(0, files.Length, i =>
+        {
+            try
+            {
+                var img = ImageFile.Load(files[i], channels);
+                var chw = Resampler.CenterCropResize(img, height, width, filter);
+                var dst = pixels.AsSpan(i * size, size);
+                for (int k = 0; k < size; k++) dst[k] = (byte)(chw[k] * 255f + 0.5f);
+            }
+            catch (Exception ex)
+            {
+                errors[i] = ex;
+            }
+        });
+        if (errors.FirstOrDefault(e => e is not null) is { } first)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+        return new ImageFolderDataset(folder, pixels, files, channels, height, width);
+    }
+}

@@ -1,0 +1,94 @@
+using Ddpm.Diffusion.Data;
+using Ddpm.Tensors.IO;
+using StbImageWriteSharp;
+
+namespace Ddpm.Diffusion.Imaging;
+
+/// <summary>
+/// Writes model outputs as PNG: one grid of many images (torchvision's make_grid + save_image layout) or one
+/// file per image. Values are mapped back from the data range to [0, 1], clamped, and rounded to 8 bits as
+/// floor(255 v + 0.5); NaN becomes 0. Files are written atomically.
+/// </summary>
+public static class ImageGrid
+{
+    /// <summary>
+    /// images: [n, c, h, w] in the data range, c = 1 (grey) or 3 (RGB). Lays the images out row by row,
+    /// <paramref name="nrow"/> per row, with <paramref name="padding"/> pixels of <paramref name="padValue"/>
+    /// (on the [0, 1] scale) around and between them. Returns the grid's (width, height).
+    /// </summary>
+    public static (int Width, int Height) SavePng(string path, ReadOnlySpan<float> images, int n, int c, int h, int w,
+        int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f)
+    {
+        CheckGeometry(images, n, c, h, w);
+        if (nrow <= 0) throw new ArgumentOutOfRangeException(nameof(nrow), "Images per row must be positive.");
+        ArgumentOutOfRangeException.ThrowIfNegative(padding);
+
+        int cols = Math.Min(nrow, n);
+        int rows = (n + cols - 1) / cols;
+        int gw = cols * (w + padding) + padding;
+        int gh = rows * (h + padding) + padding;
+        var pixels = new byte[gw * gh * c];
+        pixels.AsSpan().Fill(ToByte(padValue));
+
+        for (int i = 0; i < n; i++)
+        {
+            int ox = padding + i % cols * (w + padding);
+            int oy = padding + i / cols * (h + padding);
+            Blit(images.Slice(i * c * h * w, c * h * w), c, h, w, dataRange, pixels, gw, ox, oy);
+        }
+        WritePng(path, pixels, gw, gh, c);
+        return (gw, gh);
+    }
+
+    /// <summary>
+    /// Writes each image of images [n, c, h, w] to <paramref name="folder"/> as <c>{prefix}{index:D5}.png</c>,
+    /// numbering from <paramref name="firstIndex"/>; returns the paths.
+    /// </summary>
+    public static string[] SaveEach(string folder, ReadOnlySpan<float> images, int n, int c, int h, int w,
+        DataRange dataRange = DataRange.MinusOneToOne, string prefix = "sample_", int firstIndex = 0)
+    {
+        CheckGeometry(images, n, c, h, w);
+        var paths = new string[n];
+        var pixels = new byte[h * w * c];
+        for (int i = 0; i < n; i++)
+        {
+            Blit(images.Slice(i * c * h * w, c * h * w), c, h, w, dataRange, pixels, w, 0, 0);
+            paths[i] = Path.Combine(folder, $"{prefix}{firstIndex + i:D5}.png");
+            WritePng(paths[i], pixels, w, h, c);
+        }
+        return paths;
+    }
+
+    /// <summary>Maps a [0, 1] value to a byte the way torchvision's save_image does.</summary>
+    public static byte ToByte(float unit)
+    {
+        float v = unit * 255f + 0.5f;
+        if (!(v > 0f)) return 0; // also NaN
+        return v >= 255f ? (byte)255 : (byte)v;
+    }
+
+    /// <summary>src: [c, h, w] in the data range -> the HWC byte image dst (width dstW) at (ox, oy).</summary>
+    private static void Blit(ReadOnlySpan<float> src, int c, int h, int w, DataRange range, byte[] dst, int dstW, int ox, int oy)
+    {
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                for (int ch = 0; ch < c; ch++)
+                    dst[((oy + y) * dstW + ox + x) * c + ch] = ToByte(range.ToUnit(src[(ch * h + y) * w + x]));
+    }
+
+    private static void WritePng(string path, byte[] hwc, int width, int height, int channels)
+    {
+        var components = channels == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue;
+        AtomicFile.Write(path, s => new ImageWriter().WritePng(hwc, width, height, components, s));
+    }
+
+    private static void CheckGeometry(ReadOnlySpan<float> images, int n, int c, int h, int w)
+    {
+        if (n <= 0 || h <= 0 || w <= 0)
+            throw new ArgumentException($"Bad image geometry [{n}, {c}, {h}, {w}].");
+        if (c is not (1 or 3))
+            throw new ArgumentException($"PNG output takes 1 (grey) or 3 (RGB) channels, not {c}.");
+        if ((long)n * c * h * w != images.Length)
+            throw new ArgumentException($"{images.Length} values do not fill [{n}, {c}, {h}, {w}].");
+    }
+}
