@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using Ddpm.Diffusion.Data;
 
 namespace Ddpm.Diffusion.Diffusion;
 
@@ -20,15 +21,6 @@ public enum VarianceType
     FixedSmall,
 }
 
-[JsonConverter(typeof(JsonStringEnumConverter<DataRange>))]
-public enum DataRange
-{
-    /// <summary>Pixels mapped to [-1, 1] (the paper, diffusers, lucidrains).</summary>
-    MinusOneToOne,
-    /// <summary>Pixels in [0, 1] as labml feeds them.</summary>
-    ZeroToOne,
-}
-
 /// <summary>The forward and reverse process options. <see cref="LabmlExact"/> reproduces the seed exactly.</summary>
 public sealed record DiffusionConfig
 {
@@ -41,7 +33,7 @@ public sealed record DiffusionConfig
     [JsonPropertyName("clip_x0")] public bool ClipX0 { get; init; } = true;
     /// <summary>Add no noise at the last reverse step (t = 0).</summary>
     [JsonPropertyName("no_noise_last")] public bool NoNoiseAtLastStep { get; init; } = true;
-    [JsonPropertyName("data_range")] public DataRange DataRange { get; init; } = DataRange.MinusOneToOne;
+    [JsonPropertyName("data_range"), JsonConverter(typeof(JsonStringEnumConverter<DataRange>))] public DataRange DataRange { get; init; } = DataRange.MinusOneToOne;
     /// <summary>
     /// Compute the schedule as PyTorch's float32 linspace and a sequential float32 cumprod, as labml does;
     /// otherwise everything is computed in double and rounded once.
