@@ -139,8 +139,10 @@ public sealed unsafe partial class CpuBackend
             var partials = new nint[threads];
             _pool.For(threads, (wk, t) =>
             {
+                // The partial belongs to the item t, the im2col scratch to the worker running it (one worker
+                // may run several items).
                 var scratch = _pool.Scratch(wk);
-                float* target = t == 0 ? (float*)dwpp : scratch.Get(ScratchSlot.Partial, (long)geo.O * ckk);
+                float* target = t == 0 ? (float*)dwpp : _pool.Scratch(t).Get(ScratchSlot.Partial, (long)geo.O * ckk);
                 partials[t] = (nint)target;
                 int s0 = t * per, s1 = Math.Min(geo.N, s0 + per);
                 if (s0 >= s1) new Span<float>(target, geo.O * ckk).Clear();
