@@ -1,0 +1,426 @@
+using System.Numerics.Tensors;
+using Ddpm.Backends.Cpu.Fast;
+using Ddpm.Tensors;
+
+namespace Ddpm.Backends.Cpu;
+
+public sealed unsafe partial class CpuBackend
+{
+    // ---- linear algebra -----------------------------------------------------------------------------
+
+    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
+        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    {
+        if (batch < 0 || m < 0 || n < 0 || k < 0 || strideA < 0 || strideB < 0 || strideC < 0)
+            throw new ArgumentException($"Gemm: negative size or stride (batch {batch}, m {m}, n {n}, k {k}).");
+        if (batch == 0 || m == 0 || n == 0) return;
+        float* ap = Ptr(a, (batch - 1) * strideA + (long)m * k, nameof(a));
+        float* bp = Ptr(b, (batch - 1) * strideB + (long)k * n, nameof(b));
+        float* cp = Ptr(c, (batch - 1) * strideC + (long)m * n, nameof(c));
+        int lda = transA ? m : k, ldb = transB ? k : n;
+        // Whole matrices per worker when there are enough of them, or they are too small to split;
+        // never when C blocks overlap (stride 0 accumulates batch after batch, in order).
+        bool disjointC = strideC >= (long)m * n;
+        long flops = (long)m * n * k;
+        if (batch > 1 && disjointC && _pool.Threads > 1 && (batch >= 2 * _pool.Threads || flops < (1L << 21)))
+        {
+            nint app = (nint)ap, bpp = (nint)bp, cpp = (nint)cp;
+            _pool.For(batch, (w, i) => Sgemm.Run(null, _pool.Scratch(w), transA, transB, m, n, k, alpha,
+                (float*)app + i * strideA, lda, (float*)bpp + i * strideB, ldb, beta, (float*)cpp + i * strideC, n));
+            return;
+        }
+        for (int i = 0; i < batch; i++)
+            Sgemm.Run(_pool, _pool.Scratch(0), transA, transB, m, n, k, alpha,
+                ap + i * strideA, lda, bp + i * strideB, ldb, beta, cp + i * strideC, n);
+    }
+
+    // ---- convolution --------------------------------------------------------------------------------
+
+    private static bool IsPointwise(in ConvGeometry g) =>
+        g.KH == 1 && g.KW == 1 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 0 && g.PadW == 0;
+
+    /// <summary>Samples go to workers whole when that balances; otherwise the GEMM of each sample is split.</summary>
+    private bool SampleParallel(int n) => _pool.Threads > 1 && n >= _pool.Threads && (n % _pool.Threads == 0 || n >= 4 * _pool.Threads);
+
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
+    {
+        g.Validate();
+        var geo = g;
+        nint xp = (nint)Ptr(x, g.InputSize, nameof(x)), wp = (nint)Ptr(w, g.WeightSize, nameof(w));
+        nint yp = (nint)Ptr(y, g.OutputSize, nameof(y));
+        nint bp = bias is null ? 0 : (nint)Ptr(bias, g.O, nameof(bias));
+        int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
+        bool direct = IsPointwise(g);
+
+        // y_n [O, OH*OW] = w [O, C*KH*KW] x col_n [C*KH*KW, OH*OW] (+ bias, pre-filled with beta = 1).
+        void Sample(WorkerPool? pool, WorkerScratch scratch, int s)
+        {
+            float* xn = (float*)xp + (long)s * chw;
+            float* yn = (float*)yp + (long)s * geo.O * ohw;
+            float* col = xn;
+            if (!direct)
+            {
+                col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
+                Im2Col(xn, col, geo);
+            }
+            float beta = 0f;
+            if (bp != 0)
+            {
+                for (int o = 0; o < geo.O; o++) new Span<float>(yn + (long)o * ohw, ohw).Fill(((float*)bp)[o]);
+                beta = 1f;
+            }
+            Sgemm.Run(pool, scratch, false, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, col, ohw, beta, yn, ohw);
+        }
+
+        if (SampleParallel(g.N)) _pool.For(g.N, (wk, s) => Sample(null, _pool.Scratch(wk), s));
+        else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
+    }
+
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
+    {
+        g.Validate();
+        var geo = g;
+        nint dyp = (nint)Ptr(dy, g.OutputSize, nameof(dy)), wp = (nint)Ptr(w, g.WeightSize, nameof(w));
+        nint dxp = (nint)Ptr(dx, g.InputSize, nameof(dx));
+        int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
+        bool direct = IsPointwise(g);
+
+        // col_n [C*KH*KW, OH*OW] = w^T x dy_n [O, OH*OW]; dx_n = col2im(col_n).
+        void Sample(WorkerPool? pool, WorkerScratch scratch, int s)
+        {
+            float* dyn = (float*)dyp + (long)s * geo.O * ohw;
+            float* dxn = (float*)dxp + (long)s * chw;
+            if (direct)
+            {
+                Sgemm.Run(pool, scratch, true, false, geo.C, ohw, geo.O, 1f, (float*)wp, geo.C, dyn, ohw, 0f, dxn, ohw);
+                return;
+            }
+            float* col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
+            Sgemm.Run(pool, scratch, true, false, ckk, ohw, geo.O, 1f, (float*)wp, ckk, dyn, ohw, 0f, col, ohw);
+            new Span<float>(dxn, chw).Clear();
+            Col2Im(col, dxn, geo);
+        }
+
+        if (SampleParallel(g.N)) _pool.For(g.N, (wk, s) => Sample(null, _pool.Scratch(wk), s));
+        else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
+    }
+
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g)
+    {
+        g.Validate();
+        var geo = g;
+        nint xp = (nint)Ptr(x, g.InputSize, nameof(x)), dyp = (nint)Ptr(dy, g.OutputSize, nameof(dy));
+        float* dwp = Ptr(dw, g.WeightSize, nameof(dw));
+        float* dbp = dbias is null ? null : Ptr(dbias, g.O, nameof(dbias));
+        int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
+        bool direct = IsPointwise(g);
+
+        // target [O, C*KH*KW] (+)= dy_n [O, OH*OW] x col_n^T.
+        void Sample(WorkerPool? pool, WorkerScratch scratch, int s, float* target, bool first)
+        {
+            float* xn = (float*)xp + (long)s * chw;
+            float* dyn = (float*)dyp + (long)s * geo.O * ohw;
+            float* col = xn;
+            if (!direct)
+            {
+                col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
+                Im2Col(xn, col, geo);
+            }
+            Sgemm.Run(pool, scratch, false, true, geo.O, ckk, ohw, 1f, dyn, ohw, col, ohw, first ? 0f : 1f, target, ckk);
+        }
+
+        int threads = _pool.Threads;
+        if (SampleParallel(g.N))
+        {
+            // Worker t sums a fixed contiguous range of samples into its own partial; the partials are added
+            // in worker order, so the result does not depend on scheduling.
+            int per = (g.N + threads - 1) / threads;
+            nint dwpp = (nint)dwp;
+            var partials = new nint[threads];
+            _pool.For(threads, (wk, t) =>
+            {
+                // The partial belongs to the item t, the im2col scratch to the worker running it (one worker
+                // may run several items).
+                var scratch = _pool.Scratch(wk);
+                float* target = t == 0 ? (float*)dwpp : _pool.Scratch(t).Get(ScratchSlot.Partial, (long)geo.O * ckk);
+                partials[t] = (nint)target;
+                int s0 = t * per, s1 = Math.Min(geo.N, s0 + per);
+                if (s0 >= s1) new Span<float>(target, geo.O * ckk).Clear();
+                for (int s = s0; s < s1; s++) Sample(null, scratch, s, target, s == s0);
+            });
+            var dwSpan = new Span<float>(dwp, g.WeightSize);
+            for (int t = 1; t < threads; t++)
+                TensorPrimitives.Add(dwSpan, new ReadOnlySpan<float>((float*)partials[t], g.WeightSize), dwSpan);
+        }
+        else
+        {
+            for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s, dwp, s == 0);
+        }
+
+        if (dbp != null)
+        {
+            nint dbpp = (nint)dbp;
+            _pool.ForRange(geo.O, 1, (o0, count) =>
+            {
+                for (int o = o0; o < o0 + count; o++)
+                {
+                    double sum = 0;
+                    for (int s = 0; s < geo.N; s++)
+                        sum += TensorPrimitives.Sum(new ReadOnlySpan<float>((float*)dyp + ((long)s * geo.O + o) * ohw, ohw));
+                    ((float*)dbpp)[o] = (float)sum;
+                }
+            });
+        }
+    }
+
+    /// <summary>
+    /// col [C*KH*KW, OH*OW]: row (c, kh, kw), column (oh, ow) holds x[c, oh*sh - ph + kh, ow*sw - pw + kw],
+    /// or 0 in the padding. x: [C, H, W] of one sample.
+    /// </summary>
+    internal static void Im2Col(float* x, float* col, in ConvGeometry g)
+    {
+        int oh = g.OH, ow = g.OW;
+        for (int c = 0; c < g.C; c++)
+        {
+            float* xc = x + (long)c * g.H * g.W;
+            for (int kh = 0; kh < g.KH; kh++)
+            {
+                for (int kw = 0; kw < g.KW; kw++, col += oh * ow)
+                {
+                    // Output columns whose input column lies inside the image: [ow0, ow1).
+                    int ow0 = Math.Max(0, CeilDiv(g.PadW - kw, g.StrideW));
+                    int ow1 = Math.Min(ow, CeilDiv(g.W + g.PadW - kw, g.StrideW));
+                    for (int r = 0; r < oh; r++)
+                    {
+                        float* dst = col + r * ow;
+                        int ih = r * g.StrideH - g.PadH + kh;
+                        if ((uint)ih >= (uint)g.H || ow0 >= ow1)
+                        {
+                            new Span<float>(dst, ow).Clear();
+                            continue;
+                        }
+                        for (int q = 0; q < ow0; q++) dst[q] = 0f;
+                        float* src = xc + ih * g.W - g.PadW + kw;
+                        if (g.StrideW == 1) Buffer.MemoryCopy(src + ow0, dst + ow0, 4L * (ow1 - ow0), 4L * (ow1 - ow0));
+                        else for (int q = ow0; q < ow1; q++) dst[q] = src[q * g.StrideW];
+                        for (int q = ow1; q < ow; q++) dst[q] = 0f;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>The adjoint of <see cref="Im2Col"/>: dx [C, H, W] += scatter of col [C*KH*KW, OH*OW].</summary>
+    internal static void Col2Im(float* col, float* dx, in ConvGeometry g)
+    {
+        int oh = g.OH, ow = g.OW;
+        for (int c = 0; c < g.C; c++)
+        {
+            float* xc = dx + (long)c * g.H * g.W;
+            for (int kh = 0; kh < g.KH; kh++)
+            {
+                for (int kw = 0; kw < g.KW; kw++, col += oh * ow)
+                {
+                    int ow0 = Math.Max(0, CeilDiv(g.PadW - kw, g.StrideW));
+                    int ow1 = Math.Min(ow, CeilDiv(g.W + g.PadW - kw, g.StrideW));
+                    if (ow0 >= ow1) continue;
+                    for (int r = 0; r < oh; r++)
+                    {
+                        int ih = r * g.StrideH - g.PadH + kh;
+                        if ((uint)ih >= (uint)g.H) continue;
+                        float* src = col + r * ow;
+                        float* dst = xc + ih * g.W - g.PadW + kw;
+                        if (g.StrideW == 1)
+                        {
+                            var d = new Span<float>(dst + ow0, ow1 - ow0);
+                            TensorPrimitives.Add(d, new ReadOnlySpan<float>(src + ow0, ow1 - ow0), d);
+                        }
+                        else for (int q = ow0; q < ow1; q++) dst[q * g.StrideW] += src[q];
+                    }
+                }
+            }
+        }
+    }
+
+    private static int CeilDiv(int a, int b) => a >= 0 ? (a + b - 1) / b : -((-a) / b);
+
+    // ---- normalisation ------------------------------------------------------------------------------
+
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+    {
+        if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels do not split into {groups} groups.");
+        long size = (long)n * c * hw;
+        nint xp = (nint)Ptr(x, size, nameof(x)), yp = (nint)Ptr(y, size, nameof(y));
+        nint gp = (nint)Ptr(gamma, c, nameof(gamma)), bp = (nint)Ptr(beta, c, nameof(beta));
+        nint mp = (nint)Ptr(mean, (long)n * groups, nameof(mean)), rp = (nint)Ptr(rstd, (long)n * groups, nameof(rstd));
+        int cpg = c / groups;
+        double count = (double)cpg * hw;
+        _pool.For(n * groups, (_, idx) =>
+        {
+            int s = idx / groups, gi = idx % groups;
+            long baseOff = ((long)s * c + gi * cpg) * hw;
+            double sum = 0;
+            for (int ch = 0; ch < cpg; ch++)
+                sum += TensorPrimitives.Sum(new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw));
+            float mu = (float)(sum / count);
+            double sq = 0;
+            for (int ch = 0; ch < cpg; ch++) sq += Kernel.SumSquaredDeviation((float*)xp + baseOff + (long)ch * hw, hw, mu);
+            float r = (float)(1.0 / Math.Sqrt(sq / count + eps));
+            ((float*)mp)[idx] = mu;
+            ((float*)rp)[idx] = r;
+            for (int ch = 0; ch < cpg; ch++)
+            {
+                int cc = gi * cpg + ch;
+                float scale = r * ((float*)gp)[cc];
+                float shift = ((float*)bp)[cc] - mu * scale;
+                long o = baseOff + (long)ch * hw;
+                Kernel.Map(new AffineKernel(scale, shift), (float*)xp + o, (float*)yp + o, hw);
+            }
+        });
+    }
+
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    {
+        if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels do not split into {groups} groups.");
+        long size = (long)n * c * hw;
+        nint dyp = (nint)Ptr(dy, size, nameof(dy)), xp = (nint)Ptr(x, size, nameof(x)), dxp = (nint)Ptr(dx, size, nameof(dx));
+        nint gp = (nint)Ptr(gamma, c, nameof(gamma));
+        nint mp = (nint)Ptr(mean, (long)n * groups, nameof(mean)), rp = (nint)Ptr(rstd, (long)n * groups, nameof(rstd));
+        float* dgp = Ptr(dgamma, c, nameof(dgamma)), dbp = Ptr(dbeta, c, nameof(dbeta));
+        int cpg = c / groups;
+        double count = (double)cpg * hw;
+        // Per (sample, channel): s1 = sum dy, s2 = sum dy * xhat; [n, c] each.
+        var s1 = new double[n * c];
+        var s2 = new double[n * c];
+        _pool.For(n * groups, (_, idx) =>
+        {
+            int s = idx / groups, gi = idx % groups;
+            float mu = ((float*)mp)[idx], r = ((float*)rp)[idx];
+            long baseOff = ((long)s * c + gi * cpg) * hw;
+            double a = 0, b = 0;
+            for (int ch = 0; ch < cpg; ch++)
+            {
+                int cc = gi * cpg + ch;
+                var dys = new ReadOnlySpan<float>((float*)dyp + baseOff + (long)ch * hw, hw);
+                var xs = new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw);
+                double sdy = TensorPrimitives.Sum(dys);
+                double sdyx = TensorPrimitives.Dot(dys, xs);
+                double sxhat = (sdyx - mu * sdy) * r;
+                s1[s * c + cc] = sdy;
+                s2[s * c + cc] = sxhat;
+                double gm = ((float*)gp)[cc];
+                a += gm * sdy;
+                b += gm * sxhat;
+            }
+            // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx x + k0.
+            double rr = r;
+            float kx = (float)(-rr * rr * b / count);
+            float k0 = (float)(-rr * a / count + rr * rr * b * mu / count);
+            for (int ch = 0; ch < cpg; ch++)
+            {
+                int cc = gi * cpg + ch;
+                long o = baseOff + (long)ch * hw;
+                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
+            }
+        });
+        for (int cc = 0; cc < c; cc++)
+        {
+            double g = 0, bsum = 0;
+            for (int s = 0; s < n; s++) { g += s2[s * c + cc]; bsum += s1[s * c + cc]; }
+            dgp[cc] = (float)g;
+            dbp[cc] = (float)bsum;
+        }
+    }
+
+    public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y)
+    {
+        long size = (long)outer * dim * inner;
+        nint xp = (nint)Ptr(x, size, nameof(x)), yp = (nint)Ptr(y, size, nameof(y));
+        if (size == 0) return;
+        if (inner == 1)
+        {
+            _pool.ForRange(outer, Math.Max(1, Grain / 4 / dim), (o0, count) =>
+            {
+                for (int o = o0; o < o0 + count; o++)
+                {
+                    var xs = new ReadOnlySpan<float>((float*)xp + (long)o * dim, dim);
+                    var ys = new Span<float>((float*)yp + (long)o * dim, dim);
+                    float max = TensorPrimitives.Max(xs);
+                    TensorPrimitives.Subtract(xs, max, ys);
+                    TensorPrimitives.Exp(ys, ys);
+                    TensorPrimitives.Divide(ys, TensorPrimitives.Sum(ys), ys);
+                }
+            });
+            return;
+        }
+        // Strided: vectors run along inner; the per-position max and sum live in worker scratch.
+        int block = Math.Min(inner, 1024);
+        int blocks = (inner + block - 1) / block;
+        _pool.For(outer * blocks, (w, t) =>
+        {
+            int o = t / blocks, i0 = t % blocks * block, len = Math.Min(block, inner - i0);
+            float* m = _pool.Scratch(w).Get(ScratchSlot.Small, 2 * block);
+            var ms = new Span<float>(m, len);
+            var ss = new Span<float>(m + block, len);
+            float* xo = (float*)xp + (long)o * dim * inner + i0;
+            float* yo = (float*)yp + (long)o * dim * inner + i0;
+            new ReadOnlySpan<float>(xo, len).CopyTo(ms);
+            for (int d = 1; d < dim; d++) TensorPrimitives.Max(ms, new ReadOnlySpan<float>(xo + (long)d * inner, len), ms);
+            ss.Clear();
+            for (int d = 0; d < dim; d++)
+            {
+                var yr = new Span<float>(yo + (long)d * inner, len);
+                TensorPrimitives.Subtract(new ReadOnlySpan<float>(xo + (long)d * inner, len), ms, yr);
+                TensorPrimitives.Exp(yr, yr);
+                TensorPrimitives.Add(ss, yr, ss);
+            }
+            for (int d = 0; d < dim; d++)
+            {
+                var yr = new Span<float>(yo + (long)d * inner, len);
+                TensorPrimitives.Divide(yr, ss, yr);
+            }
+        });
+    }
+
+    public void SoftmaxBackward(DeviceBuffer y, DeviceBuffer dy, int outer, int dim, int inner, DeviceBuffer dx)
+    {
+        long size = (long)outer * dim * inner;
+        nint yp = (nint)Ptr(y, size, nameof(y)), dyp = (nint)Ptr(dy, size, nameof(dy)), dxp = (nint)Ptr(dx, size, nameof(dx));
+        if (size == 0) return;
+        if (inner == 1)
+        {
+            _pool.ForRange(outer, Math.Max(1, Grain / 4 / dim), (o0, count) =>
+            {
+                for (int o = o0; o < o0 + count; o++)
+                {
+                    long off = (long)o * dim;
+                    float s = TensorPrimitives.Dot(new ReadOnlySpan<float>((float*)yp + off, dim), new ReadOnlySpan<float>((float*)dyp + off, dim));
+                    Kernel.Map(new SoftmaxBackwardKernel(s), (float*)yp + off, (float*)dyp + off, (float*)dxp + off, dim);
+                }
+            });
+            return;
+        }
+        int block = Math.Min(inner, 1024);
+        int blocks = (inner + block - 1) / block;
+        _pool.For(outer * blocks, (w, t) =>
+        {
+            int o = t / blocks, i0 = t % blocks * block, len = Math.Min(block, inner - i0);
+            float* sp = _pool.Scratch(w).Get(ScratchSlot.Small, block);
+            var ss = new Span<float>(sp, len);
+            ss.Clear();
+            long baseOff = (long)o * dim * inner + i0;
+            for (int d = 0; d < dim; d++)
+            {
+                long off = baseOff + (long)d * inner;
+                TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>((float*)yp + off, len), new ReadOnlySpan<float>((float*)dyp + off, len), ss, ss);
+            }
+            for (int d = 0; d < dim; d++)
+            {
+                long off = baseOff + (long)d * inner;
+                Kernel.Map(new SoftmaxBackwardRowsKernel(), (float*)yp + off, (float*)dyp + off, sp, (float*)dxp + off, len);
+            }
+        });
+    }
+}

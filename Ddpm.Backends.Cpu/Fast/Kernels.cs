@@ -1,0 +1,420 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Ddpm.Backends.Cpu.Fast;
+
+/// <summary>An elementwise op of one input, written once per width (the TensorPrimitives pattern).</summary>
+internal interface IUnaryKernel
+{
+    float Invoke(float x);
+    Vector128<float> Invoke(Vector128<float> x);
+    Vector256<float> Invoke(Vector256<float> x);
+    Vector512<float> Invoke(Vector512<float> x);
+}
+
+/// <summary>An elementwise op of two inputs.</summary>
+internal interface IBinaryKernel
+{
+    float Invoke(float x, float y);
+    Vector128<float> Invoke(Vector128<float> x, Vector128<float> y);
+    Vector256<float> Invoke(Vector256<float> x, Vector256<float> y);
+    Vector512<float> Invoke(Vector512<float> x, Vector512<float> y);
+}
+
+/// <summary>An elementwise op of three inputs (unary backward: x, y = f(x), dy).</summary>
+internal interface ITernaryKernel
+{
+    float Invoke(float x, float y, float z);
+    Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> z);
+    Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> z);
+    Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> z);
+}
+
+/// <summary>
+/// Drivers that run a kernel over n elements: whole Vector512s, then Vector256s, Vector128s and a scalar tail.
+/// <c>maxBits</c> caps the widest vector (tests use it to check every path against the scalar one). Every
+/// element's inputs are loaded before its output is stored, so an output may alias an input exactly.
+/// </summary>
+internal static unsafe class Kernel
+{
+    public static void Map<T>(T op, float* x, float* y, int n, int maxBits = 512) where T : struct, IUnaryKernel
+    {
+        int i = 0;
+        if (maxBits >= 512 && Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) op.Invoke(Vector512.Load(x + i)).Store(y + i);
+        if (maxBits >= 256 && Vector256.IsHardwareAccelerated)
+            for (; i <= n - 8; i += 8) op.Invoke(Vector256.Load(x + i)).Store(y + i);
+        if (maxBits >= 128 && Vector128.IsHardwareAccelerated)
+            for (; i <= n - 4; i += 4) op.Invoke(Vector128.Load(x + i)).Store(y + i);
+        for (; i < n; i++) y[i] = op.Invoke(x[i]);
+    }
+
+    public static void Map<T>(T op, float* x, float* y, float* z, int n, int maxBits = 512) where T : struct, IBinaryKernel
+    {
+        int i = 0;
+        if (maxBits >= 512 && Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) op.Invoke(Vector512.Load(x + i), Vector512.Load(y + i)).Store(z + i);
+        if (maxBits >= 256 && Vector256.IsHardwareAccelerated)
+            for (; i <= n - 8; i += 8) op.Invoke(Vector256.Load(x + i), Vector256.Load(y + i)).Store(z + i);
+        if (maxBits >= 128 && Vector128.IsHardwareAccelerated)
+            for (; i <= n - 4; i += 4) op.Invoke(Vector128.Load(x + i), Vector128.Load(y + i)).Store(z + i);
+        for (; i < n; i++) z[i] = op.Invoke(x[i], y[i]);
+    }
+
+    public static void Map<T>(T op, float* x, float* y, float* z, float* w, int n, int maxBits = 512) where T : struct, ITernaryKernel
+    {
+        int i = 0;
+        if (maxBits >= 512 && Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) op.Invoke(Vector512.Load(x + i), Vector512.Load(y + i), Vector512.Load(z + i)).Store(w + i);
+        if (maxBits >= 256 && Vector256.IsHardwareAccelerated)
+            for (; i <= n - 8; i += 8) op.Invoke(Vector256.Load(x + i), Vector256.Load(y + i), Vector256.Load(z + i)).Store(w + i);
+        if (maxBits >= 128 && Vector128.IsHardwareAccelerated)
+            for (; i <= n - 4; i += 4) op.Invoke(Vector128.Load(x + i), Vector128.Load(y + i), Vector128.Load(z + i)).Store(w + i);
+        for (; i < n; i++) w[i] = op.Invoke(x[i], y[i], z[i]);
+    }
+
+    /// <summary>Sum of (x[i] - mean)^2 with float vector lanes, reduced in double.</summary>
+    public static double SumSquaredDeviation(float* x, int n, float mean, int maxBits = 512)
+    {
+        int i = 0;
+        double total = 0;
+        if (maxBits >= 512 && Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var m = Vector512.Create(mean);
+            var acc = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16)
+            {
+                var d = Vector512.Load(x + i) - m;
+                acc = Vector512.FusedMultiplyAdd(d, d, acc);
+            }
+            total += Vector512.Sum(acc);
+        }
+        if (maxBits >= 256 && Vector256.IsHardwareAccelerated && n - i >= 8)
+        {
+            var m = Vector256.Create(mean);
+            var acc = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                var d = Vector256.Load(x + i) - m;
+                acc = Vector256.FusedMultiplyAdd(d, d, acc);
+            }
+            total += Vector256.Sum(acc);
+        }
+        if (maxBits >= 128 && Vector128.IsHardwareAccelerated && n - i >= 4)
+        {
+            var m = Vector128.Create(mean);
+            var acc = Vector128<float>.Zero;
+            for (; i <= n - 4; i += 4)
+            {
+                var d = Vector128.Load(x + i) - m;
+                acc = Vector128.FusedMultiplyAdd(d, d, acc);
+            }
+            total += Vector128.Sum(acc);
+        }
+        for (; i < n; i++)
+        {
+            float d = x[i] - mean;
+            total += d * d;
+        }
+        return total;
+    }
+}
+
+// ---- unary forward --------------------------------------------------------------------------------------
+
+/// <summary>SiLU: x * sigmoid(x) = x / (1 + exp(-x)).</summary>
+internal readonly struct SiluKernel : IUnaryKernel
+{
+    public float Invoke(float x) => x / (1f + MathF.Exp(-x));
+    public Vector128<float> Invoke(Vector128<float> x) => x / (Vector128<float>.One + Vector128.Exp(-x));
+    public Vector256<float> Invoke(Vector256<float> x) => x / (Vector256<float>.One + Vector256.Exp(-x));
+    public Vector512<float> Invoke(Vector512<float> x) => x / (Vector512<float>.One + Vector512.Exp(-x));
+}
+
+// ---- unary backward: (x, y = f(x), dy) -> dx --------------------------------------------------------------
+
+internal readonly struct NegBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => -dy;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => -dy;
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => -dy;
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => -dy;
+}
+
+/// <summary>exp: dx = dy * y.</summary>
+internal readonly struct ExpBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => dy * y;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => dy * y;
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => dy * y;
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy * y;
+}
+
+/// <summary>log: dx = dy / x.</summary>
+internal readonly struct LogBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => dy / x;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => dy / x;
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => dy / x;
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy / x;
+}
+
+/// <summary>sqrt: dx = dy * 0.5 / y.</summary>
+internal readonly struct SqrtBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => dy * 0.5f / y;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => dy * 0.5f / y;
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => dy * 0.5f / y;
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy * 0.5f / y;
+}
+
+/// <summary>square: dx = 2 x dy.</summary>
+internal readonly struct SquareBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => 2f * x * dy;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => 2f * x * dy;
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => 2f * x * dy;
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => 2f * x * dy;
+}
+
+/// <summary>sigmoid: dx = dy * y * (1 - y).</summary>
+internal readonly struct SigmoidBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => dy * y * (1f - y);
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => dy * y * (Vector128<float>.One - y);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => dy * y * (Vector256<float>.One - y);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy * y * (Vector512<float>.One - y);
+}
+
+/// <summary>SiLU: with s = sigmoid(x), dx = dy * s * (1 + x (1 - s)); recomputes s from x, not from y.</summary>
+internal readonly struct SiluBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy)
+    {
+        float s = 1f / (1f + MathF.Exp(-x));
+        return dy * s * (1f + x * (1f - s));
+    }
+
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy)
+    {
+        var one = Vector128<float>.One;
+        var s = one / (one + Vector128.Exp(-x));
+        return dy * s * (one + x * (one - s));
+    }
+
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy)
+    {
+        var one = Vector256<float>.One;
+        var s = one / (one + Vector256.Exp(-x));
+        return dy * s * (one + x * (one - s));
+    }
+
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy)
+    {
+        var one = Vector512<float>.One;
+        var s = one / (one + Vector512.Exp(-x));
+        return dy * s * (one + x * (one - s));
+    }
+}
+
+/// <summary>tanh: dx = dy * (1 - y^2).</summary>
+internal readonly struct TanhBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => dy * (1f - y * y);
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => dy * (Vector128<float>.One - y * y);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => dy * (Vector256<float>.One - y * y);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy * (Vector512<float>.One - y * y);
+}
+
+/// <summary>relu: dx = x &gt; 0 ? dy : 0.</summary>
+internal readonly struct ReluBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => x > 0f ? dy : 0f;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) =>
+        Vector128.ConditionalSelect(Vector128.GreaterThan(x, Vector128<float>.Zero), dy, Vector128<float>.Zero);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) =>
+        Vector256.ConditionalSelect(Vector256.GreaterThan(x, Vector256<float>.Zero), dy, Vector256<float>.Zero);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) =>
+        Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512<float>.Zero), dy, Vector512<float>.Zero);
+}
+
+/// <summary>abs: dx = dy * sign(x), with sign(0) = 0 as in PyTorch.</summary>
+internal readonly struct AbsBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => x > 0f ? dy : x < 0f ? -dy : 0f;
+
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy)
+    {
+        var z = Vector128<float>.Zero;
+        return Vector128.ConditionalSelect(Vector128.GreaterThan(x, z), dy, Vector128.ConditionalSelect(Vector128.LessThan(x, z), -dy, z));
+    }
+
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy)
+    {
+        var z = Vector256<float>.Zero;
+        return Vector256.ConditionalSelect(Vector256.GreaterThan(x, z), dy, Vector256.ConditionalSelect(Vector256.LessThan(x, z), -dy, z));
+    }
+
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy)
+    {
+        var z = Vector512<float>.Zero;
+        return Vector512.ConditionalSelect(Vector512.GreaterThan(x, z), dy, Vector512.ConditionalSelect(Vector512.LessThan(x, z), -dy, z));
+    }
+}
+
+/// <summary>sin: dx = dy * cos(x).</summary>
+internal readonly struct SinBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => dy * MathF.Cos(x);
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => dy * Vector128.Cos(x);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => dy * Vector256.Cos(x);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy * Vector512.Cos(x);
+}
+
+/// <summary>cos: dx = -dy * sin(x).</summary>
+internal readonly struct CosBackward : ITernaryKernel
+{
+    public float Invoke(float x, float y, float dy) => -dy * MathF.Sin(x);
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) => -dy * Vector128.Sin(x);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) => -dy * Vector256.Sin(x);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => -dy * Vector512.Sin(x);
+}
+
+// ---- two-input kernels with scalars ---------------------------------------------------------------------
+
+/// <summary>y' = a x + b y.</summary>
+internal readonly struct AxpbyKernel(float a, float b) : IBinaryKernel
+{
+    public float Invoke(float x, float y) => a * x + b * y;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y) => Vector128.Create(a) * x + Vector128.Create(b) * y;
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y) => Vector256.Create(a) * x + Vector256.Create(b) * y;
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y) => Vector512.Create(a) * x + Vector512.Create(b) * y;
+}
+
+/// <summary>Softmax backward with s = sum(dy * y) of the row: dx = y * (dy - s).</summary>
+internal readonly struct SoftmaxBackwardKernel(float s) : IBinaryKernel
+{
+    public float Invoke(float y, float dy) => y * (dy - s);
+    public Vector128<float> Invoke(Vector128<float> y, Vector128<float> dy) => y * (dy - Vector128.Create(s));
+    public Vector256<float> Invoke(Vector256<float> y, Vector256<float> dy) => y * (dy - Vector256.Create(s));
+    public Vector512<float> Invoke(Vector512<float> y, Vector512<float> dy) => y * (dy - Vector512.Create(s));
+}
+
+/// <summary>
+/// One Adam(W) step with PyTorch's operation order: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+/// v = b2 v + (1-b2) g^2; p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
+/// </summary>
+internal readonly struct AdamKernel
+{
+    private readonly float _decay, _b1, _c1, _b2, _c2, _step, _rbc2, _eps;
+
+    public AdamKernel(in Ddpm.Tensors.AdamStepParams p)
+    {
+        _decay = 1f - p.LearningRate * p.WeightDecay;
+        _b1 = p.Beta1;
+        _c1 = 1f - p.Beta1;
+        _b2 = p.Beta2;
+        _c2 = 1f - p.Beta2;
+        _step = p.LearningRate / p.BiasCorrection1;
+        _rbc2 = MathF.Sqrt(p.BiasCorrection2);
+        _eps = p.Eps;
+    }
+
+    public unsafe void Run(float* param, float* grad, float* m, float* v, int n, int maxBits = 512)
+    {
+        int i = 0;
+        if (maxBits >= 512 && Vector512.IsHardwareAccelerated)
+        {
+            var decay = Vector512.Create(_decay); var b1 = Vector512.Create(_b1); var c1 = Vector512.Create(_c1);
+            var b2 = Vector512.Create(_b2); var c2 = Vector512.Create(_c2); var step = Vector512.Create(_step);
+            var rbc2 = Vector512.Create(_rbc2); var eps = Vector512.Create(_eps);
+            for (; i <= n - 16; i += 16)
+            {
+                var g = Vector512.Load(grad + i);
+                var mi = b1 * Vector512.Load(m + i) + c1 * g;
+                var vi = b2 * Vector512.Load(v + i) + c2 * (g * g);
+                var p = Vector512.Load(param + i) * decay;
+                p -= step * (mi / (Vector512.Sqrt(vi) / rbc2 + eps));
+                mi.Store(m + i); vi.Store(v + i); p.Store(param + i);
+            }
+        }
+        if (maxBits >= 256 && Vector256.IsHardwareAccelerated)
+        {
+            var decay = Vector256.Create(_decay); var b1 = Vector256.Create(_b1); var c1 = Vector256.Create(_c1);
+            var b2 = Vector256.Create(_b2); var c2 = Vector256.Create(_c2); var step = Vector256.Create(_step);
+            var rbc2 = Vector256.Create(_rbc2); var eps = Vector256.Create(_eps);
+            for (; i <= n - 8; i += 8)
+            {
+                var g = Vector256.Load(grad + i);
+                var mi = b1 * Vector256.Load(m + i) + c1 * g;
+                var vi = b2 * Vector256.Load(v + i) + c2 * (g * g);
+                var p = Vector256.Load(param + i) * decay;
+                p -= step * (mi / (Vector256.Sqrt(vi) / rbc2 + eps));
+                mi.Store(m + i); vi.Store(v + i); p.Store(param + i);
+            }
+        }
+        if (maxBits >= 128 && Vector128.IsHardwareAccelerated)
+        {
+            var decay = Vector128.Create(_decay); var b1 = Vector128.Create(_b1); var c1 = Vector128.Create(_c1);
+            var b2 = Vector128.Create(_b2); var c2 = Vector128.Create(_c2); var step = Vector128.Create(_step);
+            var rbc2 = Vector128.Create(_rbc2); var eps = Vector128.Create(_eps);
+            for (; i <= n - 4; i += 4)
+            {
+                var g = Vector128.Load(grad + i);
+                var mi = b1 * Vector128.Load(m + i) + c1 * g;
+                var vi = b2 * Vector128.Load(v + i) + c2 * (g * g);
+                var p = Vector128.Load(param + i) * decay;
+                p -= step * (mi / (Vector128.Sqrt(vi) / rbc2 + eps));
+                mi.Store(m + i); vi.Store(v + i); p.Store(param + i);
+            }
+        }
+        for (; i < n; i++)
+        {
+            float g = grad[i];
+            float mi = _b1 * m[i] + _c1 * g;
+            float vi = _b2 * v[i] + _c2 * (g * g);
+            float p = param[i] * _decay;
+            p -= _step * (mi / (MathF.Sqrt(vi) / _rbc2 + _eps));
+            m[i] = mi; v[i] = vi; param[i] = p;
+        }
+    }
+}
+
+/// <summary>out = a x + b y + c (the group-norm input gradient per channel: x = dy, y = x).</summary>
+internal readonly struct LinearCombinationKernel(float a, float b, float c) : IBinaryKernel
+{
+    public float Invoke(float x, float y) => a * x + b * y + c;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y) => Vector128.Create(a) * x + Vector128.Create(b) * y + Vector128.Create(c);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y) => Vector256.Create(a) * x + Vector256.Create(b) * y + Vector256.Create(c);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y) => Vector512.Create(a) * x + Vector512.Create(b) * y + Vector512.Create(c);
+}
+
+/// <summary>Softmax backward with a per-position row sum s: dx = y * (dy - s).</summary>
+internal readonly struct SoftmaxBackwardRowsKernel : ITernaryKernel
+{
+    public float Invoke(float y, float dy, float s) => y * (dy - s);
+    public Vector128<float> Invoke(Vector128<float> y, Vector128<float> dy, Vector128<float> s) => y * (dy - s);
+    public Vector256<float> Invoke(Vector256<float> y, Vector256<float> dy, Vector256<float> s) => y * (dy - s);
+    public Vector512<float> Invoke(Vector512<float> y, Vector512<float> dy, Vector512<float> s) => y * (dy - s);
+}
+
+/// <summary>Inverted-dropout mask from uniforms: u &lt; keep ? 1/keep : 0.</summary>
+internal readonly struct DropoutKernel(float keep, float scale) : IUnaryKernel
+{
+    public float Invoke(float u) => u < keep ? scale : 0f;
+    public Vector128<float> Invoke(Vector128<float> u) =>
+        Vector128.ConditionalSelect(Vector128.LessThan(u, Vector128.Create(keep)), Vector128.Create(scale), Vector128<float>.Zero);
+    public Vector256<float> Invoke(Vector256<float> u) =>
+        Vector256.ConditionalSelect(Vector256.LessThan(u, Vector256.Create(keep)), Vector256.Create(scale), Vector256<float>.Zero);
+    public Vector512<float> Invoke(Vector512<float> u) =>
+        Vector512.ConditionalSelect(Vector512.LessThan(u, Vector512.Create(keep)), Vector512.Create(scale), Vector512<float>.Zero);
+}
+
+/// <summary>y = x * scale + shift.</summary>
+internal readonly struct AffineKernel(float scale, float shift) : IUnaryKernel
+{
+    public float Invoke(float x) => x * scale + shift;
+    public Vector128<float> Invoke(Vector128<float> x) => x * Vector128.Create(scale) + Vector128.Create(shift);
+    public Vector256<float> Invoke(Vector256<float> x) => x * Vector256.Create(scale) + Vector256.Create(shift);
+    public Vector512<float> Invoke(Vector512<float> x) => x * Vector512.Create(scale) + Vector512.Create(shift);
+}

@@ -1,0 +1,315 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Ddpm.Backends.Cpu.Fast;
+
+/// <summary>
+/// Single-precision GEMM in the Goto/BLIS scheme: C = alpha * op(A) op(B) + beta * C, row-major with leading
+/// dimensions. op(B) is packed in [kc, NR] strips (kept in L1 by the micro-kernel), alpha * op(A) in [kc, MR]
+/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 8 x 32 with
+/// Vector512 on AVX-512, 6 x 16 with Vector256 otherwise. Threads split the (row block, column chunk) tiles
+/// of C; each packs its own A block, B is packed once per k-block and shared.
+/// </summary>
+internal static unsafe class Sgemm
+{
+    /// <summary>Depth of a k-block: a [KC, 32] B strip is 32 KiB, within L1 with room for the A strip.</summary>
+    public const int KC = 256;
+
+    /// <summary>Rows of an A block: [MC, KC] is 96 KiB, well inside L2.</summary>
+    public const int MC = 96;
+
+    /// <summary>Columns of a packed B block: [KC, NC] is 4 MiB, shared by the threads in L3.</summary>
+    public const int NC = 4096;
+
+    /// <summary>Whether the AVX-512 micro-kernel is used (tests switch it off to cover the Vector256 one).</summary>
+    public static bool UseAvx512 { get; set; } = Avx512F.IsSupported;
+
+    private static int MR => UseAvx512 ? 8 : 6;
+    private static int NR => UseAvx512 ? 32 : 16;
+
+    /// <summary>
+    /// C [m, n] (leading dimension ldc) = alpha * op(A) op(B) + beta * C. op(A) is [m, k]: A is [m, k] (lda)
+    /// or, when transA, [k, m]. op(B) is [k, n]: B is [k, n] (ldb) or, when transB, [n, k]. beta == 0
+    /// overwrites C without reading it (NaN in C does not survive). Runs on the calling thread when
+    /// <paramref name="pool"/> is null, using worker <paramref name="worker"/>'s scratch; otherwise on the pool.
+    /// </summary>
+    public static void Run(WorkerPool? pool, WorkerScratch scratch, bool transA, bool transB, int m, int n, int k,
+        float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+    {
+        if (m <= 0 || n <= 0) return;
+        if (k <= 0 || alpha == 0f)
+        {
+            ScaleC(m, n, beta, c, ldc);
+            return;
+        }
+        bool overwrite = beta == 0f;
+        if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
+
+        int mr = MR, nr = NR;
+        int mBlocks = (m + MC - 1) / MC;
+        for (int jc = 0; jc < n; jc += NC)
+        {
+            int nc = Math.Min(NC, n - jc);
+            int strips = (nc + nr - 1) / nr;
+            // Column chunks per row block so that there are a few tiles per worker.
+            int threads = pool?.Threads ?? 1;
+            int nChunks = Math.Clamp((2 * threads + mBlocks - 1) / mBlocks, 1, strips);
+            if (threads == 1) nChunks = 1;
+            int stripsPerChunk = (strips + nChunks - 1) / nChunks;
+            nChunks = (strips + stripsPerChunk - 1) / stripsPerChunk;
+            for (int pc = 0; pc < k; pc += KC)
+            {
+                int kc = Math.Min(KC, k - pc);
+                bool first = overwrite && pc == 0;
+                float* bp = scratch.Get(ScratchSlot.PackB, (long)strips * kc * nr);
+                if (pool is null || strips < 4)
+                {
+                    for (int s = 0; s < strips; s++) PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, bp + (long)s * kc * nr);
+                }
+                else
+                {
+                    nint bpp = (nint)bp;
+                    pool.ForRange(strips, 1, (s0, count) =>
+                    {
+                        for (int s = s0; s < s0 + count; s++)
+                            PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)bpp + (long)s * kc * nr);
+                    });
+                }
+
+                int tiles = mBlocks * nChunks;
+                if (pool is null || tiles == 1)
+                {
+                    for (int t = 0; t < tiles; t++)
+                        Tile(scratch, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
+                }
+                else
+                {
+                    nint bpp = (nint)bp;
+                    pool.For(tiles, (w, t) =>
+                        Tile(pool.Scratch(w), t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
+                }
+            }
+        }
+    }
+
+    /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
+    private static void Tile(WorkerScratch scratch, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
+        int m, int nc, int jc, int pc, int kc, float alpha, float* a, int lda, float* bp, float* c, int ldc, bool first)
+    {
+        int mr = MR, nr = NR;
+        int ib = t / nChunks, chunk = t % nChunks;
+        int ic = ib * MC, mc = Math.Min(MC, m - ic);
+        int aStrips = (mc + mr - 1) / mr;
+        float* ap = scratch.Get(ScratchSlot.PackA, (long)aStrips * kc * mr);
+        for (int s = 0; s < aStrips; s++)
+            PackA(transA, a, lda, ic + s * mr, Math.Min(mr, mc - s * mr), pc, kc, alpha, mr, ap + (long)s * kc * mr);
+
+        float* tile = stackalloc float[8 * 32];
+        int s0 = chunk * stripsPerChunk, s1 = Math.Min(strips, s0 + stripsPerChunk);
+        for (int js = s0; js < s1; js++)
+        {
+            int j = js * nr, nrEff = Math.Min(nr, nc - j);
+            float* bs = bp + (long)js * kc * nr;
+            for (int s = 0; s < aStrips; s++)
+            {
+                int i = s * mr, mrEff = Math.Min(mr, mc - i);
+                float* cc = c + (long)(ic + i) * ldc + jc + j;
+                float* as_ = ap + (long)s * kc * mr;
+                if (mrEff == mr && nrEff == nr)
+                {
+                    MicroKernel(kc, as_, bs, cc, ldc, first);
+                }
+                else
+                {
+                    MicroKernel(kc, as_, bs, tile, nr, true);
+                    for (int r = 0; r < mrEff; r++)
+                    {
+                        float* crow = cc + (long)r * ldc;
+                        float* trow = tile + r * nr;
+                        if (first) for (int q = 0; q < nrEff; q++) crow[q] = trow[q];
+                        else for (int q = 0; q < nrEff; q++) crow[q] += trow[q];
+                    }
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MicroKernel(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    {
+        if (UseAvx512) Kernel8x32(kc, a, b, c, ldc, overwrite);
+        else Kernel6x16(kc, a, b, c, ldc, overwrite);
+    }
+
+    /// <summary>C[8, 32] (=|+=) sum over p of a[p, 0..8) outer b[p, 0..32): 16 zmm accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel8x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+            c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default,
+            c60 = default, c61 = default, c70 = default, c71 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var a0 = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(a0, b0, c00); c01 = Vector512.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(a1, b0, c10); c11 = Vector512.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector512.Create(a[2]);
+            c20 = Vector512.FusedMultiplyAdd(a2, b0, c20); c21 = Vector512.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector512.Create(a[3]);
+            c30 = Vector512.FusedMultiplyAdd(a3, b0, c30); c31 = Vector512.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector512.Create(a[4]);
+            c40 = Vector512.FusedMultiplyAdd(a4, b0, c40); c41 = Vector512.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector512.Create(a[5]);
+            c50 = Vector512.FusedMultiplyAdd(a5, b0, c50); c51 = Vector512.FusedMultiplyAdd(a5, b1, c51);
+            var a6 = Vector512.Create(a[6]);
+            c60 = Vector512.FusedMultiplyAdd(a6, b0, c60); c61 = Vector512.FusedMultiplyAdd(a6, b1, c61);
+            var a7 = Vector512.Create(a[7]);
+            c70 = Vector512.FusedMultiplyAdd(a7, b0, c70); c71 = Vector512.FusedMultiplyAdd(a7, b1, c71);
+            a += 8;
+            b += 32;
+        }
+        Store512(c, overwrite, c00, c01); c += ldc;
+        Store512(c, overwrite, c10, c11); c += ldc;
+        Store512(c, overwrite, c20, c21); c += ldc;
+        Store512(c, overwrite, c30, c31); c += ldc;
+        Store512(c, overwrite, c40, c41); c += ldc;
+        Store512(c, overwrite, c50, c51); c += ldc;
+        Store512(c, overwrite, c60, c61); c += ldc;
+        Store512(c, overwrite, c70, c71);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store512(float* c, bool overwrite, Vector512<float> v0, Vector512<float> v1)
+    {
+        if (!overwrite)
+        {
+            v0 += Vector512.Load(c);
+            v1 += Vector512.Load(c + 16);
+        }
+        v0.Store(c);
+        v1.Store(c + 16);
+    }
+
+    /// <summary>C[6, 16] (=|+=) sum over p of a[p, 0..6) outer b[p, 0..16): 12 ymm accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x16(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    {
+        Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+            c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector256.Load(b);
+            var b1 = Vector256.Load(b + 8);
+            var a0 = Vector256.Create(a[0]);
+            c00 = Vector256.FusedMultiplyAdd(a0, b0, c00); c01 = Vector256.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector256.Create(a[1]);
+            c10 = Vector256.FusedMultiplyAdd(a1, b0, c10); c11 = Vector256.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector256.Create(a[2]);
+            c20 = Vector256.FusedMultiplyAdd(a2, b0, c20); c21 = Vector256.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector256.Create(a[3]);
+            c30 = Vector256.FusedMultiplyAdd(a3, b0, c30); c31 = Vector256.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector256.Create(a[4]);
+            c40 = Vector256.FusedMultiplyAdd(a4, b0, c40); c41 = Vector256.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector256.Create(a[5]);
+            c50 = Vector256.FusedMultiplyAdd(a5, b0, c50); c51 = Vector256.FusedMultiplyAdd(a5, b1, c51);
+            a += 6;
+            b += 16;
+        }
+        Store256(c, overwrite, c00, c01); c += ldc;
+        Store256(c, overwrite, c10, c11); c += ldc;
+        Store256(c, overwrite, c20, c21); c += ldc;
+        Store256(c, overwrite, c30, c31); c += ldc;
+        Store256(c, overwrite, c40, c41); c += ldc;
+        Store256(c, overwrite, c50, c51);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store256(float* c, bool overwrite, Vector256<float> v0, Vector256<float> v1)
+    {
+        if (!overwrite)
+        {
+            v0 += Vector256.Load(c);
+            v1 += Vector256.Load(c + 8);
+        }
+        v0.Store(c);
+        v1.Store(c + 8);
+    }
+
+    /// <summary>
+    /// dst [kc, nr] = op(B)[pc..pc+kc, j0..j0+cols), zero-padded to nr columns. op(B)(p, j) is b[p*ldb + j],
+    /// or b[j*ldb + p] when transposed.
+    /// </summary>
+    private static void PackB(bool transB, float* b, int ldb, int pc, int kc, int j0, int cols, int nr, float* dst)
+    {
+        if (!transB)
+        {
+            float* src = b + (long)pc * ldb + j0;
+            if (cols == nr)
+            {
+                for (int p = 0; p < kc; p++, src += ldb, dst += nr)
+                    Buffer.MemoryCopy(src, dst, nr * 4L, nr * 4L);
+            }
+            else
+            {
+                for (int p = 0; p < kc; p++, src += ldb, dst += nr)
+                {
+                    int q = 0;
+                    for (; q < cols; q++) dst[q] = src[q];
+                    for (; q < nr; q++) dst[q] = 0f;
+                }
+            }
+        }
+        else
+        {
+            for (int q = 0; q < cols; q++)
+            {
+                float* src = b + (long)(j0 + q) * ldb + pc;
+                for (int p = 0; p < kc; p++) dst[p * nr + q] = src[p];
+            }
+            for (int q = cols; q < nr; q++)
+                for (int p = 0; p < kc; p++) dst[p * nr + q] = 0f;
+        }
+    }
+
+    /// <summary>
+    /// dst [kc, mr] = alpha * op(A)[i0..i0+rows, pc..pc+kc) transposed into k-major order, zero-padded to mr
+    /// rows. op(A)(i, p) is a[i*lda + p], or a[p*lda + i] when transposed.
+    /// </summary>
+    private static void PackA(bool transA, float* a, int lda, int i0, int rows, int pc, int kc, float alpha, int mr, float* dst)
+    {
+        if (transA)
+        {
+            float* src = a + (long)pc * lda + i0;
+            for (int p = 0; p < kc; p++, src += lda, dst += mr)
+            {
+                int q = 0;
+                for (; q < rows; q++) dst[q] = alpha * src[q];
+                for (; q < mr; q++) dst[q] = 0f;
+            }
+        }
+        else
+        {
+            for (int q = 0; q < rows; q++)
+            {
+                float* src = a + (long)(i0 + q) * lda + pc;
+                for (int p = 0; p < kc; p++) dst[p * mr + q] = alpha * src[p];
+            }
+            for (int q = rows; q < mr; q++)
+                for (int p = 0; p < kc; p++) dst[p * mr + q] = 0f;
+        }
+    }
+
+    private static void ScaleC(int m, int n, float beta, float* c, int ldc)
+    {
+        for (int i = 0; i < m; i++)
+        {
+            var row = new Span<float>(c + (long)i * ldc, n);
+            if (beta == 0f) row.Clear();
+            else System.Numerics.Tensors.TensorPrimitives.Multiply(row, beta, row);
+        }
+    }
+}

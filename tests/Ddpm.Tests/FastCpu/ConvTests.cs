@@ -1,0 +1,140 @@
+using Ddpm.Backends.Cpu;
+using Ddpm.Tensors;
+using Xunit;
+using static Ddpm.Tests.FastCpu.FastCpuTestUtil;
+
+namespace Ddpm.Tests.FastCpu;
+
+/// <summary>
+/// Convolutions against naive double loops on odd shapes. Tolerance: normalized MSE &lt;= 1e-10 (a float sum
+/// of C*KH*KW terms has relative error about sqrt(k) u ~ 1e-6, so ~1e-12 is typical; a wrong index gives ~1).
+/// </summary>
+[Collection("FastCpu")]
+public sealed class ConvTests
+{
+    private const double Tolerance = 1e-10;
+
+    public static IEnumerable<object[]> Geometries()
+    {
+        // N, C, H, W, O, K, stride, pad
+        int[][] g =
+        [
+            [2, 3, 7, 9, 5, 3, 1, 1],
+            [3, 5, 9, 7, 4, 3, 2, 1],
+            [2, 7, 5, 6, 3, 1, 1, 0],
+            [3, 4, 8, 10, 6, 4, 2, 1],
+            [1, 3, 6, 5, 2, 3, 1, 0],
+            [4, 6, 5, 5, 7, 1, 2, 0],
+            [5, 2, 4, 4, 3, 3, 1, 1],
+        ];
+        foreach (var a in g) yield return [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+    }
+
+    private static ConvGeometry Geo(int n, int c, int h, int w, int o, int k, int s, int p) => new(n, c, h, w, o, k, k, s, s, p, p);
+
+    /// <summary>Naive y[n,o,oh,ow] = sum x[n,c,ih,iw] w[o,c,kh,kw] + bias[o], in double.</summary>
+    private static double[] Forward(float[] x, float[] w, float[]? bias, ConvGeometry g)
+    {
+        var y = new double[g.OutputSize];
+        for (int n = 0; n < g.N; n++)
+            for (int o = 0; o < g.O; o++)
+                for (int oh = 0; oh < g.OH; oh++)
+                    for (int ow = 0; ow < g.OW; ow++)
+                    {
+                        double s = bias?[o] ?? 0;
+                        for (int c = 0; c < g.C; c++)
+                            for (int kh = 0; kh < g.KH; kh++)
+                                for (int kw = 0; kw < g.KW; kw++)
+                                {
+                                    int ih = oh * g.StrideH - g.PadH + kh, iw = ow * g.StrideW - g.PadW + kw;
+                                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                                    s += (double)x[((n * g.C + c) * g.H + ih) * g.W + iw] * w[((o * g.C + c) * g.KH + kh) * g.KW + kw];
+                                }
+                        y[((n * g.O + o) * g.OH + oh) * g.OW + ow] = s;
+                    }
+        return y;
+    }
+
+    [Theory]
+    [MemberData(nameof(Geometries))]
+    public void ForwardMatchesNaive(int n, int c, int h, int w, int o, int k, int s, int p)
+    {
+        var g = Geo(n, c, h, w, o, k, s, p);
+        foreach (int threads in new[] { 1, 2 })
+        {
+            using var be = new CpuBackend(threads);
+            var x = Random(g.InputSize, 1); var wt = Random(g.WeightSize, 2); var bias = Random(o, 3);
+            var xb = Up(be, x); var wb = Up(be, wt); var bb = Up(be, bias); var yb = be.Allocate(g.OutputSize);
+            be.Conv2dForward(xb, wb, bb, yb, g);
+            Assert.True(NormalizedMse(Down(be, yb, g.OutputSize), Forward(x, wt, bias, g)) <= Tolerance);
+            be.Conv2dForward(xb, wb, null, yb, g);
+            Assert.True(NormalizedMse(Down(be, yb, g.OutputSize), Forward(x, wt, null, g)) <= Tolerance);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Geometries))]
+    public void BackwardDataMatchesNaive(int n, int c, int h, int w, int o, int k, int s, int p)
+    {
+        var g = Geo(n, c, h, w, o, k, s, p);
+        var dy = Random(g.OutputSize, 4); var wt = Random(g.WeightSize, 5);
+        // dx[n,c,ih,iw] = sum over outputs that read it of dy * w.
+        var expected = new double[g.InputSize];
+        for (int b = 0; b < g.N; b++)
+            for (int oc = 0; oc < g.O; oc++)
+                for (int oh = 0; oh < g.OH; oh++)
+                    for (int ow = 0; ow < g.OW; ow++)
+                        for (int ic = 0; ic < g.C; ic++)
+                            for (int kh = 0; kh < g.KH; kh++)
+                                for (int kw = 0; kw < g.KW; kw++)
+                                {
+                                    int ih = oh * g.StrideH - g.PadH + kh, iw = ow * g.StrideW - g.PadW + kw;
+                                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                                    expected[((b * g.C + ic) * g.H + ih) * g.W + iw] +=
+                                        (double)dy[((b * g.O + oc) * g.OH + oh) * g.OW + ow] * wt[((oc * g.C + ic) * g.KH + kh) * g.KW + kw];
+                                }
+        foreach (int threads in new[] { 1, 2 })
+        {
+            using var be = new CpuBackend(threads);
+            var dyb = Up(be, dy); var wb = Up(be, wt);
+            var dxb = Up(be, Enumerable.Repeat(float.NaN, g.InputSize).ToArray());
+            be.Conv2dBackwardData(dyb, wb, dxb, g);
+            Assert.True(NormalizedMse(Down(be, dxb, g.InputSize), expected) <= Tolerance);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Geometries))]
+    public void BackwardWeightMatchesNaive(int n, int c, int h, int w, int o, int k, int s, int p)
+    {
+        var g = Geo(n, c, h, w, o, k, s, p);
+        var x = Random(g.InputSize, 6); var dy = Random(g.OutputSize, 7);
+        var dw = new double[g.WeightSize]; var db = new double[o];
+        for (int b = 0; b < g.N; b++)
+            for (int oc = 0; oc < g.O; oc++)
+                for (int oh = 0; oh < g.OH; oh++)
+                    for (int ow = 0; ow < g.OW; ow++)
+                    {
+                        double d = dy[((b * g.O + oc) * g.OH + oh) * g.OW + ow];
+                        db[oc] += d;
+                        for (int ic = 0; ic < g.C; ic++)
+                            for (int kh = 0; kh < g.KH; kh++)
+                                for (int kw = 0; kw < g.KW; kw++)
+                                {
+                                    int ih = oh * g.StrideH - g.PadH + kh, iw = ow * g.StrideW - g.PadW + kw;
+                                    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+                                    dw[((oc * g.C + ic) * g.KH + kh) * g.KW + kw] += d * x[((b * g.C + ic) * g.H + ih) * g.W + iw];
+                                }
+                    }
+        foreach (int threads in new[] { 1, 2, 3 })
+        {
+            using var be = new CpuBackend(threads);
+            var xb = Up(be, x); var dyb = Up(be, dy);
+            var dwb = Up(be, Enumerable.Repeat(float.NaN, g.WeightSize).ToArray());
+            var dbb = Up(be, Enumerable.Repeat(float.NaN, o).ToArray());
+            be.Conv2dBackwardWeight(xb, dyb, dwb, dbb, g);
+            Assert.True(NormalizedMse(Down(be, dwb, g.WeightSize), dw) <= Tolerance, $"dw, {threads} threads");
+            Assert.True(NormalizedMse(Down(be, dbb, o), db) <= Tolerance, $"dbias, {threads} threads");
+        }
+    }
+}
