@@ -163,3 +163,8 @@ public sealed class GoldenTestsCpuReference(ITestOutputHelper output) : GoldenTe
 {
     protected override IBackend CreateBackend() => new CpuReferenceBackend();
 }
+
+public sealed class GoldenTestsCpu(ITestOutputHelper output) : GoldenTestsBase(output)
+{
+    protected override IBackend CreateBackend() => new CpuBackend(0);
+}
