@@ -1,0 +1,320 @@
+using Ddpm.Tensors;
+using Ddpm.Tests.TestUtil;
+using Xunit;
+
+namespace Ddpm.Tests.Parity;
+
+/// <summary>
+/// One case per op of the backend contract, in the manner of ggml's test-backend-ops: random inputs with odd
+/// sizes, the op run on the backend under test and on <c>cpu-reference</c>, outputs compared by normalized
+/// mean squared error NMSE = sum (a - b)^2 / sum b^2. Tolerances are declared per case, as tight as the
+/// float32 arithmetic of a different summation order allows (measured on the cpu backend: most cases are
+/// 1e-14..1e-12; GEMM-shaped reductions 1e-13..1e-11). Each backend's test class runs every case.
+/// </summary>
+public static class ParityCases
+{
+    // Elementwise ops are one rounding apart at most.
+    private const double Elementwise = 1e-12;
+    // Long float32 dot products summed in another order.
+    private const double Reduction = 1e-10;
+    // Transcendentals may use other approximations (SIMD polynomials): a few ulp.
+    private const double Transcendental = 1e-11;
+
+    private sealed record Case(string Name, Action<IBackend, IBackend> Run);
+
+    private static readonly Case[] All = Build().ToArray();
+
+    public static IEnumerable<object[]> Names => All.Select(c => new object[] { c.Name });
+
+    public static void Run(string name, IBackend backend, IBackend reference) =>
+        All.Single(c => c.Name == name).Run(backend, reference);
+
+    // ---- helpers ------------------------------------------------------------------------------------
+
+    private static DeviceBuffer Up(IBackend be, float[] data)
+    {
+        var b = be.Allocate(data.Length);
+        be.Upload(data, b, 0);
+        return b;
+    }
+
+    private static float[] Down(IBackend be, DeviceBuffer b, int n)
+    {
+        var r = new float[n];
+        be.Download(b, 0, r);
+        return r;
+    }
+
+    private static void Compare(string what, float[] expected, float[] actual, double tol)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double num = 0, den = 0;
+        int worst = -1; double worstErr = -1;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double d = (double)actual[i] - expected[i];
+            if (double.IsNaN(d)) Assert.Fail($"{what}: element {i} is {actual[i]}, expected {expected[i]}.");
+            num += d * d;
+            den += (double)expected[i] * expected[i];
+            if (Math.Abs(d) > worstErr) { worstErr = Math.Abs(d); worst = i; }
+        }
+        double nmse = den == 0 ? num : num / den;
+        Assert.True(nmse <= tol, $"{what}: NMSE {nmse:E3} > {tol:E0}; worst element {worst}: {actual[Math.Max(worst, 0)]:R} vs {expected[Math.Max(worst, 0)]:R}.");
+    }
+
+    /// <summary>Runs <paramref name="op"/> on both backends with the same inputs and compares the outputs.</summary>
+    private static void Both(IBackend be, IBackend rf, float[][] inputs, int[] outSizes, double tol, string what,
+        Action<IBackend, DeviceBuffer[], DeviceBuffer[]> op, float[]? outInit = null)
+    {
+        float[][] Go(IBackend b)
+        {
+            var ins = inputs.Select(x => Up(b, x)).ToArray();
+            var outs = outSizes.Select(n => outInit is null ? b.Allocate(n) : Up(b, outInit)).ToArray();
+            op(b, ins, outs);
+            var r = outs.Select((o, i) => Down(b, o, outSizes[i])).ToArray();
+            foreach (var x in ins.Concat(outs)) x.Release();
+            return r;
+        }
+        var expected = Go(rf);
+        var actual = Go(be);
+        for (int i = 0; i < outSizes.Length; i++) Compare($"{what} output {i}", expected[i], actual[i], tol);
+    }
+
+    private static float[] N(int n, ulong seed) => TestData.Normal(n, seed);
+
+    // ---- the cases ----------------------------------------------------------------------------------
+
+    private static IEnumerable<Case> Build()
+    {
+        foreach (var op in Enum.GetValues<UnaryOp>())
+        {
+            // Inputs where every op is defined (Log, Sqrt need x > 0).
+            bool positive = op is UnaryOp.Log or UnaryOp.Sqrt;
+            bool transcendental = op is UnaryOp.Exp or UnaryOp.Log or UnaryOp.Sin or UnaryOp.Cos or UnaryOp.Sigmoid or UnaryOp.Silu or UnaryOp.Tanh;
+            double tol = transcendental ? Transcendental : Elementwise;
+            foreach (int n in new[] { 1, 7, 33, 1000, 4099 })
+            {
+                yield return new($"unary-{op}-{n}", (be, rf) =>
+                {
+                    var x = positive ? TestData.Uniform(n, 11, 0.05f, 4f) : TestData.AwayFromZero(n, 11, 0.01f, 4f);
+                    Both(be, rf, [x], [n], tol, $"{op} n={n}", (b, i, o) => b.Unary(op, i[0], o[0], n));
+                });
+                yield return new($"unary-backward-{op}-{n}", (be, rf) =>
+                {
+                    var x = positive ? TestData.Uniform(n, 12, 0.05f, 4f) : TestData.AwayFromZero(n, 12, 0.01f, 4f);
+                    var y = new float[n];
+                    using (var r = new Ddpm.Backends.Cpu.CpuReferenceBackend())
+                    {
+                        var xb = Up(r, x); var yb = r.Allocate(n);
+                        r.Unary(op, xb, yb, n);
+                        y = Down(r, yb, n);
+                    }
+                    var dy = N(n, 13);
+                    Both(be, rf, [x, y, dy], [n], tol, $"{op}' n={n}", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], o[0], n));
+                });
+            }
+        }
+
+        yield return new("affine-axpby-clamp-fill-copy", (be, rf) =>
+        {
+            int n = 1031;
+            var x = N(n, 1);
+            Both(be, rf, [x], [n], Elementwise, "affine", (b, i, o) => b.Affine(i[0], o[0], n, 1.7f, -0.3f));
+            Both(be, rf, [x], [n], Elementwise, "axpby", (b, i, o) => b.Axpby(i[0], o[0], n, 0.25f, 0.75f), N(n, 2));
+            Both(be, rf, [x], [n], Elementwise, "clamp", (b, i, o) => b.Clamp(i[0], o[0], n, -0.5f, 0.7f));
+            Both(be, rf, [], [n], Elementwise, "fill", (b, i, o) => b.Fill(o[0], n, 3.25f));
+            Both(be, rf, [x], [n], Elementwise, "copy with offsets", (b, i, o) => b.Copy(i[0], 5, o[0], 9, n - 20), new float[n]);
+        });
+
+        int[][][] broadcasts =
+        [
+            [[2, 3, 5, 7], [2, 3, 5, 7]],
+            [[2, 3, 5, 7], [1, 3, 1, 1]],
+            [[2, 3, 5, 7], [2, 1, 1, 1]],
+            [[2, 3, 5, 7], [1, 1, 1, 1]],
+            [[1, 3, 1, 1], [2, 3, 5, 7]],
+            [[2, 1, 5, 1], [1, 3, 1, 7]],
+            [[3, 17], [3, 1]],
+            [[5, 1, 9], [5, 4, 9]],
+        ];
+        foreach (var op in Enum.GetValues<BinaryOp>())
+            foreach (var pair in broadcasts)
+            {
+                var a = pair[0]; var bShape = pair[1];
+                var y = a.Zip(bShape, Math.Max).ToArray();
+                yield return new($"binary-{op}-{Shape.Format(a)}x{Shape.Format(bShape)}", (be, rf) =>
+                {
+                    var xa = N(TestData.Size(a), 3);
+                    var xb = op == BinaryOp.Div ? TestData.AwayFromZero(TestData.Size(bShape), 4, 0.5f, 2f) : N(TestData.Size(bShape), 4);
+                    Both(be, rf, [xa, xb], [TestData.Size(y)], Elementwise, $"{op} {Shape.Format(a)} {Shape.Format(bShape)}",
+                        (b, i, o) => b.Binary(op, i[0], a, i[1], bShape, o[0], y));
+                });
+            }
+
+        int[][][] reductions =
+        [
+            [[2, 3, 5, 7], [1, 3, 1, 1]],
+            [[2, 3, 5, 7], [2, 1, 1, 1]],
+            [[2, 3, 5, 7], [1, 1, 1, 1]],
+            [[2, 3, 5, 7], [2, 3, 1, 1]],
+            [[2, 3, 5, 7], [1, 3, 5, 1]],
+            [[64, 33], [1, 33]],
+            [[64, 33], [64, 1]],
+            [[3, 100000], [1, 1]],
+        ];
+        foreach (var pair in reductions)
+        {
+            var xs = pair[0]; var ys = pair[1];
+            yield return new($"sum-to-{Shape.Format(xs)}->{Shape.Format(ys)}", (be, rf) =>
+                Both(be, rf, [N(TestData.Size(xs), 5)], [TestData.Size(ys)], Reduction, "SumToShape",
+                    (b, i, o) => b.SumToShape(i[0], xs, o[0], ys)));
+        }
+
+        yield return new("sum-of-squares", (be, rf) =>
+        {
+            foreach (int n in new[] { 1, 17, 100003 })
+            {
+                var x = N(n, 6);
+                var bx = Up(be, x); var rx = Up(rf, x);
+                double a = be.SumOfSquares(bx, n), e = rf.SumOfSquares(rx, n);
+                Assert.True(Math.Abs(a - e) <= 1e-6 * e, $"SumOfSquares n={n}: {a} vs {e}");
+                bx.Release(); rx.Release();
+            }
+        });
+
+        int[][][] perms =
+        [
+            [[2, 3, 5], [0, 2, 1]],
+            [[2, 3, 5, 7], [0, 2, 1, 3]],
+            [[2, 3, 5, 7], [3, 2, 1, 0]],
+            [[4, 9, 3], [1, 0, 2]],
+            [[31, 17], [1, 0]],
+        ];
+        foreach (var pp in perms)
+        {
+            var s = pp[0]; var perm = pp[1];
+            yield return new($"permute-{Shape.Format(s)}-{Shape.Format(perm)}", (be, rf) =>
+                Both(be, rf, [N(TestData.Size(s), 7)], [TestData.Size(s)], 0, "Permute", (b, i, o) => b.Permute(i[0], s, perm, o[0])));
+        }
+
+        yield return new("copy-slice", (be, rf) =>
+        {
+            // src [3, 5, 7] rows 1..3 into dst [3, 9, 7] at 4, plain and accumulating.
+            Both(be, rf, [N(3 * 5 * 7, 8)], [3 * 9 * 7], 0, "CopySlice",
+                (b, i, o) => b.CopySlice(i[0], 5, 1, o[0], 9, 4, 3, 3, 7, false), N(3 * 9 * 7, 9));
+            Both(be, rf, [N(3 * 5 * 7, 8)], [3 * 9 * 7], Elementwise, "CopySlice accumulate",
+                (b, i, o) => b.CopySlice(i[0], 5, 1, o[0], 9, 4, 3, 3, 7, true), N(3 * 9 * 7, 9));
+        });
+
+        yield return new("index-select-add", (be, rf) =>
+        {
+            int[] idx = [3, 0, 3, 9, 1];
+            Both(be, rf, [N(10 * 6, 10)], [5 * 6], 0, "IndexSelect", (b, i, o) => b.IndexSelect(i[0], 10, 6, idx, o[0]));
+            Both(be, rf, [N(5 * 6, 11)], [10 * 6], Elementwise, "IndexAdd", (b, i, o) => b.IndexAdd(i[0], 6, idx, o[0], 10), N(10 * 6, 12));
+        });
+
+        foreach (bool ta in new[] { false, true })
+            foreach (bool tb in new[] { false, true })
+                foreach (var (batch, m, n, k, sA, sB) in new[] { (1, 37, 29, 53, 1, 1), (3, 17, 65, 33, 1, 1), (4, 9, 130, 7, 0, 1), (2, 64, 64, 257, 1, 0) })
+                    yield return new($"gemm-{(ta ? "T" : "N")}{(tb ? "T" : "N")}-b{batch}-{m}x{n}x{k}-s{sA}{sB}", (be, rf) =>
+                    {
+                        long strideA = sA * (long)m * k, strideB = sB * (long)k * n;
+                        var a = N((int)Math.Max(strideA * batch, m * k), 14);
+                        var b2 = N((int)Math.Max(strideB * batch, k * n), 15);
+                        var c0 = N(batch * m * n, 16);
+                        Both(be, rf, [a, b2], [batch * m * n], Reduction, "Gemm beta 0.5",
+                            (b, i, o) => b.Gemm(ta, tb, batch, m, n, k, 0.75f, i[0], strideA, i[1], strideB, 0.5f, o[0], (long)m * n), c0);
+                        var nan = Enumerable.Repeat(float.NaN, batch * m * n).ToArray();
+                        Both(be, rf, [a, b2], [batch * m * n], Reduction, "Gemm beta 0 over NaN",
+                            (b, i, o) => b.Gemm(ta, tb, batch, m, n, k, 1f, i[0], strideA, i[1], strideB, 0f, o[0], (long)m * n), nan);
+                    });
+
+        ConvGeometry[] convs =
+        [
+            new(2, 3, 9, 7, 5, 3, 3, 1, 1, 1, 1),
+            new(2, 5, 9, 7, 4, 3, 3, 2, 2, 1, 1),
+            new(3, 7, 5, 6, 9, 1, 1, 1, 1, 0, 0),
+            new(2, 6, 5, 5, 3, 4, 4, 2, 2, 1, 1),
+            new(1, 33, 8, 8, 17, 3, 3, 1, 1, 1, 1),
+            new(2, 4, 6, 10, 3, 5, 5, 1, 1, 2, 2),
+        ];
+        foreach (var g in convs)
+        {
+            string tag = $"{g.N}x{g.C}x{g.H}x{g.W}-o{g.O}-k{g.KH}-s{g.StrideH}-p{g.PadH}";
+            yield return new($"conv-forward-{tag}", (be, rf) =>
+            {
+                Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18), N(g.O, 19)], [g.OutputSize], Reduction, "Conv2dForward",
+                    (b, i, o) => b.Conv2dForward(i[0], i[1], i[2], o[0], g));
+                Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18)], [g.OutputSize], Reduction, "Conv2dForward no bias",
+                    (b, i, o) => b.Conv2dForward(i[0], i[1], null, o[0], g));
+            });
+            yield return new($"conv-backward-data-{tag}", (be, rf) =>
+                Both(be, rf, [N(g.OutputSize, 20), N(g.WeightSize, 21)], [g.InputSize], Reduction, "Conv2dBackwardData",
+                    (b, i, o) => b.Conv2dBackwardData(i[0], i[1], o[0], g)));
+            yield return new($"conv-backward-weight-{tag}", (be, rf) =>
+                Both(be, rf, [N(g.InputSize, 22), N(g.OutputSize, 23)], [g.WeightSize, g.O], Reduction, "Conv2dBackwardWeight",
+                    (b, i, o) => b.Conv2dBackwardWeight(i[0], i[1], o[0], o[1], g)));
+        }
+
+        foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32) })
+        {
+            yield return new($"group-norm-{n}x{c}x{hw}-g{groups}", (be, rf) =>
+            {
+                var x = N(n * c * hw, 24);
+                for (int i = 0; i < x.Length; i++) x[i] = 3f + 2f * x[i];
+                var gamma = N(c, 25); var beta = N(c, 26); var dy = N(n * c * hw, 27);
+                Both(be, rf, [x, gamma, beta], [n * c * hw, n * groups, n * groups], Reduction, "GroupNormForward",
+                    (b, i, o) => b.GroupNormForward(i[0], i[1], i[2], n, c, hw, groups, 1e-5f, o[0], o[1], o[2]));
+                Both(be, rf, [dy, x, gamma, beta], [n * c * hw, c, c], Reduction, "GroupNormBackward", (b, i, o) =>
+                {
+                    var y = b.Allocate(n * c * hw); var mean = b.Allocate(n * groups); var rstd = b.Allocate(n * groups);
+                    b.GroupNormForward(i[1], i[2], i[3], n, c, hw, groups, 1e-5f, y, mean, rstd);
+                    b.GroupNormBackward(i[0], i[1], i[2], mean, rstd, n, c, hw, groups, o[0], o[1], o[2]);
+                    y.Release(); mean.Release(); rstd.Release();
+                });
+            });
+        }
+
+        foreach (var (outer, dim, inner) in new[] { (6, 17, 1), (2, 5, 7), (1, 300, 3), (64, 64, 1) })
+            yield return new($"softmax-{outer}x{dim}x{inner}", (be, rf) =>
+            {
+                var x = N(outer * dim * inner, 28);
+                for (int i = 0; i < x.Length; i++) x[i] *= 4f;
+                Both(be, rf, [x], [x.Length], Transcendental, "SoftmaxForward", (b, i, o) => b.SoftmaxForward(i[0], outer, dim, inner, o[0]));
+                Both(be, rf, [x, N(x.Length, 29)], [x.Length], Transcendental, "SoftmaxBackward", (b, i, o) =>
+                {
+                    var y = b.Allocate(x.Length);
+                    b.SoftmaxForward(i[0], outer, dim, inner, y);
+                    b.SoftmaxBackward(y, i[1], outer, dim, inner, o[0]);
+                    y.Release();
+                });
+            });
+
+        yield return new("adam-step", (be, rf) =>
+        {
+            int n = 1037;
+            var p = N(n, 30); var g = N(n, 31); var m = N(n, 32);
+            var v = TestData.Uniform(n, 33, 0f, 0.1f);
+            foreach (float wd in new[] { 0f, 0.01f })
+            {
+                var prm = new AdamStepParams(1e-3f, 0.9f, 0.999f, 1e-8f, wd, 1f - 0.9f * 0.9f, 1f - 0.999f * 0.999f);
+                Both(be, rf, [p, g, m, v], [n, n, n], Elementwise, $"AdamStep wd={wd}", (b, i, o) =>
+                {
+                    b.AdamStep(i[0], i[1], i[2], i[3], n, prm);
+                    b.Copy(i[0], 0, o[0], 0, n); b.Copy(i[2], 0, o[1], 0, n); b.Copy(i[3], 0, o[2], 0, n);
+                });
+            }
+        });
+
+        yield return new("philox-fills", (be, rf) =>
+        {
+            // Bit-identical: the same (seed, offset) gives the same numbers on every backend.
+            foreach (var (n, off) in new[] { (1, 0UL), (7, 3UL), (1000, 12345UL), (4099, 1UL << 33) })
+            {
+                Both(be, rf, [], [n], 0, $"FillNormal n={n} offset={off}", (b, i, o) => b.FillNormal(o[0], n, 42, off));
+                Both(be, rf, [], [n], 0, $"FillUniform n={n} offset={off}", (b, i, o) => b.FillUniform(o[0], n, 42, off));
+                Both(be, rf, [], [n], 0, $"DropoutMask n={n} offset={off}", (b, i, o) => b.DropoutMask(o[0], n, 0.1f, 42, off));
+            }
+        });
+    }
+}
