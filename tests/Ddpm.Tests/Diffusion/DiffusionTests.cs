@@ -1,0 +1,94 @@
+using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Model;
+using Ddpm.Tensors;
+using Xunit;
+
+namespace Ddpm.Tests.Diffusion;
+
+public class DiffusionTests
+{
+    internal static UNetConfig Tiny => new()
+    {
+        ImageChannels = 1, ImageSize = 8, NChannels = 16, ChMults = [1, 2], IsAttn = [false, true], NBlocks = 1, NGroups = 8,
+    };
+
+    [Fact]
+    public void QSampleAndPredictX0AreInverse()
+    {
+        using var be = new CpuBackend(2);
+        using var scope = new TensorScope();
+        using var model = new UNet(be, Tiny, new PhiloxGenerator(1));
+        var d = new DenoiseDiffusion(model, new DiffusionConfig());
+        var gen = new PhiloxGenerator(5);
+        var x0 = Tensor.RandN(be, new Shape(3, 1, 8, 8), gen);
+        var eps = Tensor.RandN(be, new Shape(3, 1, 8, 8), gen);
+        int[] t = [0, 400, 999];
+        var xt = d.QSample(x0, t, eps);
+        var back = d.PredictX0(xt, t, eps).ToArray();
+        var x0h = x0.ToArray();
+        // float32 round trip; at t = 999, 1/sqrt(alpha_bar) = 157 amplifies x_t's rounding.
+        for (int i = 0; i < back.Length; i++) Assert.True(Math.Abs(back[i] - x0h[i]) <= 2e-4, $"element {i}: {back[i]} vs {x0h[i]}");
+        var (mean, variance) = d.QXtX0(x0, t);
+        Assert.Equal((float)(1 - d.Schedule.AlphaBar[400]), variance.ToArray()[1]);
+        Assert.Equal((float)Math.Sqrt(d.Schedule.AlphaBar[999]) * x0h[130], mean.ToArray()[130], 6);
+    }
+
+    [Fact]
+    public void ClippedPosteriorMeanEqualsSeedMeanWhenNothingIsClipped()
+    {
+        // mu~(x_t, x0_hat(eps)) and the seed's (x_t - beta/sqrt(1-ab) eps)/sqrt(alpha) are the same function.
+        using var be = new CpuReferenceBackend();
+        using var scope = new TensorScope();
+        using var model = new UNet(be, Tiny, new PhiloxGenerator(1));
+        var seed = new DenoiseDiffusion(model, new DiffusionConfig { ClipX0 = false });
+        var clip = new DenoiseDiffusion(model, new DiffusionConfig { ClipX0 = true, DataRange = DataRange.MinusOneToOne });
+        var gen = new PhiloxGenerator(9);
+        int[] t = [5, 50];
+        var x0 = Tensor.RandU(be, new Shape(2, 1, 8, 8), gen) * 1.6f - 0.8f; // inside [-1, 1]: nothing is clipped
+        var eps = Tensor.RandN(be, new Shape(2, 1, 8, 8), gen);
+        var xt = seed.QSample(x0, t, eps);
+        var a = seed.PSampleFromEps(xt, t, eps, null).ToArray();
+        var b = clip.PSampleFromEps(xt, t, eps, null).ToArray();
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-5, $"element {i}: {a[i]} vs {b[i]}");
+    }
+
+    [Fact]
+    public void DdimWithEtaOneOverAllStepsIsDdpmWithPosteriorVariance()
+    {
+        // sigma_t(eta = 1) of DDIM is sqrt(beta~_t), so over all T steps DDIM(eta=1) and DDPM(fixed-small)
+        // take the same steps and draw the same noise from the same Philox stream.
+        using var be = new CpuBackend(2);
+        using var model = new UNet(be, Tiny, new PhiloxGenerator(2));
+        model.Eval();
+        var cfg = new DiffusionConfig { NSteps = 20, Variance = VarianceType.FixedSmall, ClipX0 = false, NoNoiseAtLastStep = true };
+        var sampler = new Sampler(new DenoiseDiffusion(model, cfg));
+        using var ddpm = sampler.Sample(2, SamplerKind.Ddpm, 20, 0f, seed: 77);
+        using var ddim = sampler.Sample(2, SamplerKind.Ddim, 20, 1f, seed: 77);
+        var a = ddpm.ToArray(); var b = ddim.ToArray();
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++) { num += Math.Pow(a[i] - b[i], 2); den += (double)a[i] * a[i]; }
+        Assert.True(num / den < 1e-9, $"DDPM and DDIM(eta=1) differ: NMSE {num / den:E3}");
+    }
+
+    [Fact]
+    public void SamplingIsDeterministicPerSeedAndBackend()
+    {
+        using var cpu = new CpuBackend(2);
+        using var rf = new CpuReferenceBackend();
+        float[] Run(IBackend be, ulong seed)
+        {
+            using var model = new UNet(be, Tiny, new PhiloxGenerator(3));
+            model.Eval();
+            var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 10 }));
+            using var x = sampler.Sample(2, SamplerKind.Ddim, 5, 0.5f, seed);
+            return x.ToArray();
+        }
+        var a = Run(cpu, 1); var a2 = Run(cpu, 1); var b = Run(cpu, 2); var r = Run(rf, 1);
+        Assert.Equal(a, a2);
+        Assert.NotEqual(a, b);
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - r[i]) <= 1e-4, $"cpu vs cpu-reference element {i}: {a[i]} vs {r[i]}");
+        Assert.All(a, v => Assert.InRange(v, -1f, 1f)); // clipped x0 keeps samples in the data range
+    }
+}
