@@ -74,6 +74,8 @@ public sealed class OptimizerTests : IDisposable
         {
             SetGrad(p, g);
             adam.Step();
+            // The step must not alter the stored gradient (coupled decay works on a temporary).
+            Assert.Equal(g, p.Grad!.ToArray());
         }
         var expected = ReferenceAdam(p0, grads, 0.01, 0.9, 0.999, 1e-8, wd, decoupled);
         Close.All(expected, p.ToArray(), 1e-6, 0, $"Adam after {steps} steps (wd {wd}, decoupled {decoupled})");
