@@ -54,9 +54,24 @@ public sealed class Adam : IDisposable
         foreach (var (_, param, m, v) in _state)
         {
             if (param.Grad is null) continue;
+            var be = param.Backend;
             if (!DecoupledWeightDecay && WeightDecay != 0f)
-                param.Backend.Axpby(param.Buffer, param.Grad.Buffer, param.Size, WeightDecay, 1f);
-            param.Backend.AdamStep(param.Buffer, param.Grad.Buffer, m.Buffer, v.Buffer, param.Size, p);
+            {
+                // Coupled decay steps on g + wd * p; as in PyTorch that sum is a temporary, so the stored
+                // gradient (logged, clipped, accumulated) is left as the backward pass wrote it.
+                var g = be.Allocate(param.Size);
+                try
+                {
+                    be.Copy(param.Grad.Buffer, 0, g, 0, param.Size);
+                    be.Axpby(param.Buffer, g, param.Size, WeightDecay, 1f);
+                    be.AdamStep(param.Buffer, g, m.Buffer, v.Buffer, param.Size, p);
+                }
+                finally
+                {
+                    g.Release();
+                }
+            }
+            else be.AdamStep(param.Buffer, param.Grad.Buffer, m.Buffer, v.Buffer, param.Size, p);
         }
     }
 

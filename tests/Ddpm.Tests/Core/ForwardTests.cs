@@ -263,6 +263,18 @@ public sealed class ForwardTests : IDisposable
     }
 
     [Fact]
+    public void ClampLimitsAndRefusesToRecord()
+    {
+        var x = T([-3f, -1f, 0.5f, 2f, float.NaN], 5);
+        var y = Ops.Clamp(x, -1f, 1f).ToArray();
+        Assert.Equal(new float[] { -1f, -1f, 0.5f, 1f }, y.Take(4));
+        // NaN stays NaN, as torch.clamp does.
+        Assert.True(float.IsNaN(y[4]));
+        x.RequiresGrad = true;
+        Assert.Throws<NotSupportedException>(() => Ops.Clamp(x, -1f, 1f));
+    }
+
+    [Fact]
     public void UnaryBackwardHasTheDocumentedKinks()
     {
         // Relu' = 0 at x <= 0 (including 0), Abs' = sign(x) (0 at 0).
