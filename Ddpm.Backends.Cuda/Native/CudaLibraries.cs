@@ -128,10 +128,11 @@ internal static class CudaLibraries
                     tried.Add(candidate);
                 }
             }
+            var failed = tried.Where(t => t.Contains('/')).ToList();
             string where = string.Join(", ", dirs.Select(d => d ?? "the loader's default search path"));
             throw new CudaUnavailableException(
                 $"{FileNames(lib)[0]} was not found ({Describe(lib)}; tried {string.Join(", ", FileNames(lib))} in: {where}" +
-                (tried.Count > 0 ? $"; present but failed to load: {string.Join(", ", tried.Where(t => t.Contains('/')))}" : "") +
+                (failed.Count > 0 ? $"; present but failed to load: {string.Join(", ", failed)}" : "") +
                 "). Set DDPM_CUDA_LIB_DIR to the folder that holds it.");
         }
     }
@@ -172,6 +173,3 @@ internal static class CudaLibraries
         _ => 0,
     };
 }
-
-/// <summary>CUDA cannot be used here: a library is missing, no device, a driver too old.</summary>
-public sealed class CudaUnavailableException(string message, Exception? inner = null) : Exception(message, inner);

@@ -131,27 +131,3 @@ internal static unsafe partial class Driver
         return sb.ToString();
     }
 }
-
-/// <summary>A CUDA driver call failed; the message names the call and the CUDA error.</summary>
-public sealed class CudaException : Exception
-{
-    internal CudaException(string call, CUresult result, string? detail = null)
-        : base($"{call} failed: {Driver.Describe(result)}{(detail is null ? "" : ". " + detail)}")
-    {
-        Call = call;
-        ErrorCode = (int)result;
-    }
-
-    internal CudaException(string message) : base(message)
-    {
-        Call = "";
-    }
-
-    /// <summary>The driver or library function that failed.</summary>
-    public string Call { get; }
-
-    /// <summary>The CUresult (or library status) value.</summary>
-    public int ErrorCode { get; }
-
-    internal bool IsOutOfMemory => ErrorCode == (int)CUresult.ErrorOutOfMemory;
-}
