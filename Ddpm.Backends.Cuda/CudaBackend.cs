@@ -74,9 +74,10 @@ public sealed partial class CudaBackend : IBackend
             reason = "";
             return b;
         }
-        catch (Exception e) when (e is CudaUnavailableException or CudaException)
+        catch (Exception e) when (e is CudaUnavailableException or CudaException or EntryPointNotFoundException)
         {
-            reason = e.Message;
+            // A missing entry point means a driver or NVRTC older than these bindings (CUDA 11.2).
+            reason = e is EntryPointNotFoundException ? $"The CUDA libraries found are too old: {e.Message}" : e.Message;
             return null;
         }
     }

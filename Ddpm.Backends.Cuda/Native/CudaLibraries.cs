@@ -16,7 +16,8 @@ internal enum CudaLibrary
 /// "cublas", "nvrtc"); the resolver maps them to the handle loaded here, so a missing library is reported by
 /// <see cref="Load"/> with every place searched, instead of as a bare DllNotFoundException on first call.
 /// Search order: DDPM_CUDA_LIB_DIR, directories added by <see cref="AddSearchDirectory"/>, CUDA_PATH/lib64,
-/// /usr/local/cuda/lib64, the loader's default search, then the lib folders of the nvidia-* Python wheels.
+/// /usr/local/cuda/lib64 (and /usr/local/nvidia/lib64 for the driver), the loader's default search, then the
+/// lib folders of the nvidia-* Python wheels (system, virtual environment, /opt/*/.venv, ~/.local).
 /// </summary>
 internal static class CudaLibraries
 {
@@ -37,14 +38,6 @@ internal static class CudaLibraries
         CudaLibrary.Cublas => ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"],
         CudaLibrary.Nvrtc => ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"],
         _ => throw new ArgumentOutOfRangeException(nameof(lib)),
-    };
-
-    /// <summary>Wheel folder holding each library (nvidia/cublas/lib, nvidia/cuda_nvrtc/lib, ...).</summary>
-    private static string WheelPackage(CudaLibrary lib) => lib switch
-    {
-        CudaLibrary.Cublas => "cublas",
-        CudaLibrary.Nvrtc => "cuda_nvrtc",
-        _ => "",
     };
 
     /// <summary>Adds a folder searched right after DDPM_CUDA_LIB_DIR (tests use it for the CI copy of NVRTC).</summary>
@@ -77,12 +70,20 @@ internal static class CudaLibraries
             Add(Path.Combine(cudaPath, "lib"));
         }
         Add("/usr/local/cuda/lib64");
+        // Containers mount the driver here (nvidia-container-toolkit) without always putting it on the loader path.
+        if (lib == CudaLibrary.Driver) Add("/usr/local/nvidia/lib64");
         dirs.Add(null);
         if (lib != CudaLibrary.Driver)
         {
-            foreach (var root in new[] { "/usr/local/lib/python3*/dist-packages", "/usr/local/lib/python3*/site-packages",
-                         "/usr/lib/python3/dist-packages", "/usr/lib/python3*/site-packages" })
-                foreach (var d in expandWheelPattern($"{root}/nvidia/{WheelPackage(lib)}/lib"))
+            // pip's nvidia-* wheels: nvidia/cublas/lib, nvidia/cuda_nvrtc/lib (CUDA 12) or nvidia/cu13/lib (CUDA 13).
+            string? venv = env("VIRTUAL_ENV"), home = env("HOME");
+            var roots = new List<string>();
+            if (!string.IsNullOrWhiteSpace(venv)) roots.Add($"{venv}/lib/python3*/site-packages");
+            roots.AddRange(["/usr/local/lib/python3*/dist-packages", "/usr/local/lib/python3*/site-packages",
+                "/usr/lib/python3/dist-packages", "/opt/*/.venv/lib/python3*/site-packages"]);
+            if (!string.IsNullOrWhiteSpace(home)) roots.Add($"{home}/.local/lib/python3*/site-packages");
+            foreach (var root in roots)
+                foreach (var d in expandWheelPattern($"{root}/nvidia/*/lib"))
                     Add(d);
         }
         return dirs;
@@ -99,8 +100,17 @@ internal static class CudaLibraries
         string component = slashAfter < 0 ? pattern[(slashBefore + 1)..] : pattern[(slashBefore + 1)..slashAfter];
         string rest = slashAfter < 0 ? "" : pattern[slashAfter..];
         if (!Directory.Exists(parent)) return [];
-        return Directory.EnumerateDirectories(parent, component).Order(StringComparer.Ordinal)
-            .SelectMany(d => ExpandPattern(d + rest));
+        string[] matches;
+        try
+        {
+            matches = Directory.GetDirectories(parent, component);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            // An unreadable folder holds no library we could load either.
+            return [];
+        }
+        return matches.Order(StringComparer.Ordinal).SelectMany(d => ExpandPattern(d + rest));
     }
 
     /// <summary>Loads <paramref name="lib"/> (once) or throws <see cref="CudaUnavailableException"/> naming what was tried.</summary>

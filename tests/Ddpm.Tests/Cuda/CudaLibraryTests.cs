@@ -13,7 +13,7 @@ public sealed class CudaLibraryTests
     {
         var env = new Dictionary<string, string?> { ["DDPM_CUDA_LIB_DIR"] = "/opt/override", ["CUDA_PATH"] = "/opt/cuda" };
         var dirs = CudaLibraries.SearchDirectories(CudaLibrary.Cublas, k => env.GetValueOrDefault(k), ["/extra"],
-            pattern => pattern.StartsWith("/usr/local/lib/python3*/dist-packages", StringComparison.Ordinal)
+            pattern => pattern == "/usr/local/lib/python3*/dist-packages/nvidia/*/lib"
                 ? ["/usr/local/lib/python3.11/dist-packages/nvidia/cublas/lib"] : []);
         Assert.Equal(
             new string?[] { "/opt/override", "/extra", "/opt/cuda/lib64", "/opt/cuda/lib", "/usr/local/cuda/lib64", null,
@@ -25,7 +25,7 @@ public sealed class CudaLibraryTests
     public void DriverIsNotLookedUpInPythonWheels()
     {
         var dirs = CudaLibraries.SearchDirectories(CudaLibrary.Driver, _ => null, [], _ => ["/wheel/lib"]);
-        Assert.Equal(new string?[] { "/usr/local/cuda/lib64", null }, dirs);
+        Assert.Equal(new string?[] { "/usr/local/cuda/lib64", "/usr/local/nvidia/lib64", null }, dirs);
     }
 
     [Fact]
