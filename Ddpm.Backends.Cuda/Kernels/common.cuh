@@ -29,6 +29,11 @@ struct ReduceDims
     int redStride[DDPM_MAX_DIMS];
 };
 
+// The C# mirrors (KernelArgs.cs) have these sizes; a layout change on either side fails to compile or
+// fails KernelArgumentLayoutMatchesTheKernels.
+static_assert(sizeof(BroadcastDims) == 100, "BroadcastDims layout changed: update KernelArgs.cs");
+static_assert(sizeof(ReduceDims) == 136, "ReduceDims layout changed: update KernelArgs.cs");
+
 // Grid-stride loop; unsigned so that i + stride cannot overflow for n < 2^31.
 #define GRID_STRIDE(i, n) for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < (u32)(n); i += blockDim.x * gridDim.x)
 

@@ -6,6 +6,7 @@ struct ConvDims
 {
     int N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW;
 };
+static_assert(sizeof(ConvDims) == 52, "ConvDims layout changed: update KernelArgs.cs");
 
 // x: [N, C, H, W] from sample n0; col: [nb, C*KH*KW, OH*OW] for samples n0 .. n0+nb-1 (zero where the
 // window falls in the padding). Row r of a sample's matrix is (c, kh, kw); column p is (oh, ow).

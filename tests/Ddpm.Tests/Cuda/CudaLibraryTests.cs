@@ -92,6 +92,16 @@ public sealed class CudaLibraryTests
     }
 
     [Fact]
+    public void KernelArgumentLayoutMatchesTheKernels()
+    {
+        // The same sizes are static_asserts in common.cuh and conv.cu, checked by the NVRTC compile tests.
+        Assert.Equal(100, System.Runtime.CompilerServices.Unsafe.SizeOf<BroadcastDims>());
+        Assert.Equal(136, System.Runtime.CompilerServices.Unsafe.SizeOf<ReduceDims>());
+        Assert.Equal(52, System.Runtime.CompilerServices.Unsafe.SizeOf<ConvDims>());
+        Assert.Equal(100, KernelArg.Struct(new BroadcastDims()).Size);
+    }
+
+    [Fact]
     public void RegistryKnowsCuda()
     {
         var registry = new BackendRegistry().RegisterCuda();
