@@ -283,13 +283,23 @@ public sealed partial class CudaBackend
             seen[p] = true;
         }
         long n = 1;
+        foreach (int size in xShape) n *= size;
+        ulong px = Ptr(x, n, "Permute x"), py = Ptr(y, n, "Permute y");
+        if (n == 0) return;
+        PermuteRaw(px, xShape, perm, py);
+    }
+
+    /// <summary>y = x.permute(perm) on raw pointers; the permutation is already checked.</summary>
+    private unsafe void PermuteRaw(ulong px, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, ulong py)
+    {
+        int rank = xShape.Length;
+        long n = 1;
         var xStride = new long[rank];
         for (int d = rank - 1; d >= 0; d--)
         {
             xStride[d] = n;
             n *= xShape[d];
         }
-        ulong px = Ptr(x, n, "Permute x"), py = Ptr(y, n, "Permute y");
         if (n == 0) return;
         // y dimension i reads x dimension perm[i]; neighbours that stay neighbours in x merge, size-1 ones drop.
         var sizes = new List<long>();
@@ -447,7 +457,7 @@ public sealed partial class CudaBackend
             for (int n0 = 0; n0 < g.N; n0 += chunk)
             {
                 int nb = Math.Min(chunk, g.N - n0);
-                Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, KernelArg.Struct(d));
+                Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 1, KernelArg.Struct(d));
                 // y_b [O, OH*OW] = w [O, C*KH*KW] x col_b [C*KH*KW, OH*OW]
                 GemmRaw(false, false, nb, g.O, (int)ohw, (int)ckk, 1f, pw, 0, col.Pointer, ckk * ohw, 0f,
                     py + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw);
@@ -494,25 +504,20 @@ public sealed partial class CudaBackend
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
         CheckGemmSizes(g, ckk, ohw);
-        bool pointwise = IsPointwise(g);
-        int chunk = pointwise ? g.N : ChunkSamples(g.N, ckk * ohw);
-        using var col = pointwise ? default : new ScratchLease(Scratch(chunk * ckk * ohw));
+        // Both staging matrices (columns and the transposed dy) stay within the column budget.
+        int chunk = ChunkSamples(g.N, Math.Max(ckk, g.O) * ohw);
+        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
+        using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
         for (int n0 = 0; n0 < g.N; n0 += chunk)
         {
             int nb = Math.Min(chunk, g.N - n0);
-            ulong colBase = px + 4UL * (ulong)((long)n0 * ckk * ohw);
-            if (!pointwise)
-            {
-                Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, KernelArg.Struct(d));
-                colBase = col.Pointer;
-            }
-            // dw [O, C*KH*KW] (+)= dy_b [O, OH*OW] x col_b^T [OH*OW, C*KH*KW], sample by sample in order.
-            for (int b = 0; b < nb; b++)
-            {
-                bool first = n0 + b == 0;
-                GemmRaw(false, true, 1, g.O, (int)ckk, (int)ohw, 1f, pdy + 4UL * (ulong)((long)(n0 + b) * g.O * ohw), 0,
-                    colBase + 4UL * (ulong)((long)b * ckk * ohw), 0, first ? 0f : 1f, pdw, 0);
-            }
+            // col: [C*KH*KW, nb, OH*OW]; dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW].
+            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 0, KernelArg.Struct(d));
+            PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
+            // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
+            // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
+            GemmRaw(false, true, 1, g.O, (int)ckk, (int)(nb * ohw), 1f, dyT.Pointer, 0, col.Pointer, 0,
+                n0 == 0 ? 0f : 1f, pdw, 0);
         }
         if (pdb != 0)
             SumToShapeRaw(pdy, [g.N, g.O, (int)ohw], pdb, [1, g.O, 1]);

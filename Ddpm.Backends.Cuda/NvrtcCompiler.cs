@@ -48,7 +48,8 @@ internal static unsafe class NvrtcCompiler
     internal static CompiledModule Compile(KernelSource source, string target, bool cubin)
     {
         CudaLibraries.Load(CudaLibrary.Nvrtc);
-        var options = new List<string> { $"--gpu-architecture={target}", "--std=c++14", "-default-device" };
+        // No --std: every NVRTC from 11.8 on defaults to C++17, and CUDA 13 dropped the older dialects.
+        var options = new List<string> { $"--gpu-architecture={target}", "-default-device" };
         options.AddRange(source.Options);
 
         using var src = new Utf8Strings([source.Text, source.FileName, KernelSources.Header, KernelSources.HeaderName]);

@@ -8,18 +8,21 @@ struct ConvDims
 };
 static_assert(sizeof(ConvDims) == 52, "ConvDims layout changed: update KernelArgs.cs");
 
-// x: [N, C, H, W] from sample n0; col: [nb, C*KH*KW, OH*OW] for samples n0 .. n0+nb-1 (zero where the
-// window falls in the padding). Row r of a sample's matrix is (c, kh, kw); column p is (oh, ow).
-extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, ConvDims g)
+// x: [N, C, H, W] from sample n0; the column matrices of samples n0 .. n0+nb-1 (zero where the window falls
+// in the padding). Row r of a sample's matrix is (c, kh, kw); column p is (oh, ow).
+// sampleMajor != 0: col is [nb, C*KH*KW, OH*OW], one matrix per sample (for the batched forward GEMM).
+// sampleMajor == 0: col is [C*KH*KW, nb, OH*OW], the samples side by side along the columns, so the weight
+// gradient of the whole chunk is one GEMM with k = nb*OH*OW.
+extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, int sampleMajor, ConvDims g)
 {
-    int ohw = g.OH * g.OW, kk = g.KH * g.KW;
-    int total = nb * g.C * kk * ohw;
+    int ohw = g.OH * g.OW, kk = g.KH * g.KW, rows = g.C * kk;
+    int total = nb * rows * ohw;
     GRID_STRIDE(t, total)
     {
         int p = (int)(t % (u32)ohw);
         int rest = (int)(t / (u32)ohw);
-        int r = rest % (g.C * kk);
-        int b = rest / (g.C * kk);
+        int r = sampleMajor ? rest % rows : rest / nb;
+        int b = sampleMajor ? rest / rows : rest % nb;
         int c = r / kk, kh = (r % kk) / g.KW, kw = r % g.KW;
         int oh = p / g.OW, ow = p % g.OW;
         int h = oh * g.SH - g.PH + kh, w = ow * g.SW - g.PW + kw;
@@ -30,7 +33,7 @@ extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, Co
     }
 }
 
-// The adjoint of im2col: dx: [N, C, H, W] for samples n0 .. n0+nb-1 gets the sum of every col entry that
+// The adjoint of im2col (sample-major layout): dx: [N, C, H, W] for samples n0 .. n0+nb-1 gets the sum of every col entry that
 // im2col read from it. One thread per dx element gathers (no atomics, fixed order).
 extern "C" __global__ void col2im(const float* col, float* dx, int n0, int nb, ConvDims g)
 {

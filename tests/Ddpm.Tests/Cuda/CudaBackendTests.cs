@@ -8,6 +8,7 @@ namespace Ddpm.Tests.Cuda;
 /// The cuda backend against plain double-precision references, op by op. Needs a GPU: skipped with the
 /// reason elsewhere. The lead's abstract contract suite will be subclassed for cuda next to these.
 /// </summary>
+[Collection(CudaTestEnvironment.Collection)]
 public sealed class CudaBackendTests
 {
     private static CudaBackend Be => CudaTestEnvironment.Backend;

@@ -6,6 +6,7 @@ using Xunit;
 namespace Ddpm.Tests.Cuda;
 
 /// <summary>Library lookup, error messages and registration: no GPU needed.</summary>
+[Collection(CudaTestEnvironment.Collection)]
 public sealed class CudaLibraryTests
 {
     [Fact]

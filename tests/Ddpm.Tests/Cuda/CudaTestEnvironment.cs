@@ -10,6 +10,12 @@ namespace Ddpm.Tests.Cuda;
 /// </summary>
 public static class CudaTestEnvironment
 {
+    /// <summary>
+    /// Test classes that open CUDA backends share this collection so they run one after another: the
+    /// out-of-memory test fills the device, which must not starve a backend another class is creating.
+    /// </summary>
+    public const string Collection = "cuda device";
+
     private static readonly Lazy<(CudaBackend? Backend, string Reason)> Shared = new(() =>
     {
         var b = CudaBackend.TryCreate(out string reason);
