@@ -48,8 +48,8 @@ internal static unsafe class NvrtcCompiler
     internal static CompiledModule Compile(KernelSource source, string target, bool cubin)
     {
         CudaLibraries.Load(CudaLibrary.Nvrtc);
-        // No --std: every NVRTC from 11.8 on defaults to C++17, and CUDA 13 dropped the older dialects.
-        var options = new List<string> { $"--gpu-architecture={target}", "-default-device" };
+        // C++17 is the one dialect every NVRTC we load (11.8 to 13) accepts; 11.8 does not default to it.
+        var options = new List<string> { $"--gpu-architecture={target}", "--std=c++17", "-default-device" };
         options.AddRange(source.Options);
 
         using var src = new Utf8Strings([source.Text, source.FileName, KernelSources.Header, KernelSources.HeaderName]);
