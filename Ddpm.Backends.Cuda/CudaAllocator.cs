@@ -1,0 +1,120 @@
+using Ddpm.Backends.Cuda.Native;
+
+namespace Ddpm.Backends.Cuda;
+
+/// <summary>
+/// A caching device allocator: blocks are rounded to size buckets (powers of two up to 1 MiB, then multiples
+/// of 2 MiB) and returned blocks wait in per-bucket free lists for the next request of that bucket, so a
+/// training step reuses the previous step's memory without cuMemAlloc/cuMemFree (which synchronise).
+/// Reuse is safe without events because every kernel runs on the backend's one stream, in order.
+/// On out-of-memory the cache is synchronised, freed and the allocation retried once.
+/// </summary>
+internal sealed class CudaAllocator : IDisposable
+{
+    private readonly Dictionary<long, Stack<ulong>> _free = [];
+    private readonly HashSet<ulong> _live = [];
+    private readonly Action _synchronize;
+    private bool _disposed;
+
+    internal CudaAllocator(Action synchronize)
+    {
+        _synchronize = synchronize;
+    }
+
+    /// <summary>Bytes in blocks handed out and not yet returned.</summary>
+    internal long InUseBytes { get; private set; }
+
+    /// <summary>Bytes in free-listed blocks.</summary>
+    internal long CachedBytes { get; private set; }
+
+    internal static long BucketBytes(long bytes)
+    {
+        if (bytes <= 512) return 512;
+        if (bytes <= 1 << 20) return (long)System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)bytes);
+        const long step = 2 << 20;
+        return (bytes + step - 1) / step * step;
+    }
+
+    /// <summary>A block of at least <paramref name="bytes"/> bytes; returns its pointer and the block size.</summary>
+    internal (ulong Pointer, long BlockBytes) Rent(long bytes)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        long size = BucketBytes(bytes);
+        lock (_free)
+        {
+            if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
+            {
+                ulong p = stack.Pop();
+                CachedBytes -= size;
+                InUseBytes += size;
+                _live.Add(p);
+                return (p, size);
+            }
+        }
+        var r = Driver.cuMemAlloc_v2(out ulong ptr, (nuint)size);
+        if (r == CUresult.ErrorOutOfMemory)
+        {
+            long cachedBefore = CachedBytes;
+            ReleaseCache();
+            r = Driver.cuMemAlloc_v2(out ptr, (nuint)size);
+            if (r == CUresult.ErrorOutOfMemory)
+            {
+                string free = "unknown";
+                if (Driver.cuMemGetInfo_v2(out nuint f, out nuint total) == CUresult.Success)
+                    free = $"{Mib((long)f)} of {Mib((long)total)}";
+                throw new CudaException("cuMemAlloc_v2", r,
+                    $"Asked for {Mib(bytes)} (block {Mib(size)}); this backend holds {Mib(InUseBytes)} in live buffers " +
+                    $"and held {Mib(cachedBefore)} in its cache, which was freed before one retry; the device reports {free} free");
+            }
+        }
+        Driver.Check(r, "cuMemAlloc_v2");
+        lock (_free)
+        {
+            InUseBytes += size;
+            _live.Add(ptr);
+        }
+        return (ptr, size);
+    }
+
+    internal void Return(ulong pointer, long blockBytes)
+    {
+        if (pointer == 0) return;
+        lock (_free)
+        {
+            // After dispose the block was already freed with everything else.
+            if (_disposed || !_live.Remove(pointer)) return;
+            InUseBytes -= blockBytes;
+            CachedBytes += blockBytes;
+            if (!_free.TryGetValue(blockBytes, out var stack)) _free[blockBytes] = stack = new Stack<ulong>();
+            stack.Push(pointer);
+        }
+    }
+
+    /// <summary>Frees every cached block (after the stream has finished with them).</summary>
+    internal void ReleaseCache()
+    {
+        _synchronize();
+        lock (_free)
+        {
+            foreach (var stack in _free.Values)
+                while (stack.Count > 0) Driver.Check(Driver.cuMemFree_v2(stack.Pop()), "cuMemFree_v2");
+            CachedBytes = 0;
+        }
+    }
+
+    /// <summary>Frees cached and live blocks; buffers still held become invalid.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        ReleaseCache();
+        lock (_free)
+        {
+            foreach (var p in _live) Driver.Check(Driver.cuMemFree_v2(p), "cuMemFree_v2");
+            _live.Clear();
+            InUseBytes = 0;
+            _disposed = true;
+        }
+    }
+
+    private static string Mib(long bytes) => $"{bytes / (1024.0 * 1024.0):F1} MiB";
+}

@@ -1,0 +1,638 @@
+using System.Runtime.InteropServices;
+using Ddpm.Backends.Cuda.Native;
+using Ddpm.Tensors;
+
+namespace Ddpm.Backends.Cuda;
+
+public sealed partial class CudaBackend
+{
+    // Convolutions stage im2col matrices in chunks of samples no larger than this many floats (256 MiB).
+    private const long ColumnBudgetFloats = 64L << 20;
+
+    private const int WarpsPerBlock = 8;
+
+    // ---- fills and copies -----------------------------------------------------------------------------
+
+    public void Fill(DeviceBuffer dst, int n, float value)
+    {
+        Enter();
+        ulong d = Ptr(dst, n, "Fill dst");
+        if (n == 0) return;
+        Driver.Check(Driver.cuMemsetD32Async(d, BitConverter.SingleToUInt32Bits(value), (nuint)n, _stream), "cuMemsetD32Async");
+    }
+
+    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n)
+    {
+        Enter();
+        ulong s = Ptr(src, srcOffset, n, "Copy src"), d = Ptr(dst, dstOffset, n, "Copy dst");
+        if (n == 0 || s == d) return;
+        bool overlap = ReferenceEquals(src, dst) && Math.Abs((long)srcOffset - dstOffset) < n;
+        if (!overlap)
+        {
+            Driver.Check(Driver.cuMemcpyDtoDAsync_v2(d, s, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
+            return;
+        }
+        // cuMemcpy leaves overlapping ranges undefined: go through a scratch copy.
+        using var tmp = new ScratchLease(Scratch(n));
+        Driver.Check(Driver.cuMemcpyDtoDAsync_v2(tmp.Pointer, s, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
+        Driver.Check(Driver.cuMemcpyDtoDAsync_v2(d, tmp.Pointer, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
+    }
+
+    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset) => Philox(dst, n, seed, offset, 0, 0f, 0f);
+
+    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset) => Philox(dst, n, seed, offset, 1, 0f, 0f);
+
+    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset)
+    {
+        if (!(p >= 0f && p < 1f)) throw new ArgumentOutOfRangeException(nameof(p), $"Dropout probability {p} is outside [0, 1).");
+        float keep = 1f - p;
+        Philox(dst, n, seed, offset, 2, keep, 1f / keep);
+    }
+
+    /// <summary>dst[i] = the raw Philox word at position offset+i, bit for bit (for checks against <see cref="Tensors.Philox.Word"/>).</summary>
+    internal void FillPhiloxWords(DeviceBuffer dst, int n, ulong seed, ulong offset) => Philox(dst, n, seed, offset, 3, 0f, 0f);
+
+    // dst: [n]; mode as in philox.cu.
+    private void Philox(DeviceBuffer dst, int n, ulong seed, ulong offset, int mode, float keep, float scale)
+    {
+        Enter();
+        ulong d = Ptr(dst, n, "Philox dst");
+        if (n == 0) return;
+        long blocks = (long)(((offset + (ulong)n - 1) >> 2) - (offset >> 2) + 1);
+        Launch("philox_fill", GridFor(blocks), ThreadsPerBlock, d, n, seed, offset, mode, keep, scale);
+    }
+
+    // ---- elementwise ----------------------------------------------------------------------------------
+
+    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n)
+    {
+        Enter();
+        CheckDefined(op);
+        ulong px = Ptr(x, n, "Unary x"), py = Ptr(y, n, "Unary y");
+        if (n == 0) return;
+        Launch("unary_forward", GridFor(n), ThreadsPerBlock, px, py, n, (int)op);
+    }
+
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n)
+    {
+        Enter();
+        CheckDefined(op);
+        ulong px = Ptr(x, n, "UnaryBackward x"), py = Ptr(y, n, "UnaryBackward y");
+        ulong pdy = Ptr(dy, n, "UnaryBackward dy"), pdx = Ptr(dx, n, "UnaryBackward dx");
+        if (n == 0) return;
+        Launch("unary_backward", GridFor(n), ThreadsPerBlock, px, py, pdy, pdx, n, (int)op);
+    }
+
+    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift)
+    {
+        Enter();
+        ulong px = Ptr(x, n, "Affine x"), py = Ptr(y, n, "Affine y");
+        if (n == 0) return;
+        Launch("affine", GridFor(n), ThreadsPerBlock, px, py, n, scale, shift);
+    }
+
+    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b)
+    {
+        Enter();
+        ulong px = Ptr(x, n, "Axpby x"), py = Ptr(y, n, "Axpby y");
+        if (n == 0) return;
+        Launch("axpby", GridFor(n), ThreadsPerBlock, px, py, n, a, b);
+    }
+
+    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi)
+    {
+        Enter();
+        ulong px = Ptr(x, n, "Clamp x"), py = Ptr(y, n, "Clamp y");
+        if (n == 0) return;
+        Launch("clamp_values", GridFor(n), ThreadsPerBlock, px, py, n, lo, hi);
+    }
+
+    public unsafe void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape,
+        DeviceBuffer y, ReadOnlySpan<int> yShape)
+    {
+        Enter();
+        if (!Enum.IsDefined(op)) throw new NotSupportedException($"Binary op {op} is not supported by the cuda backend.");
+        if (aShape.Length != yShape.Length || bShape.Length != yShape.Length)
+            throw new ArgumentException($"Binary {op}: shapes {Join(aShape)}, {Join(bShape)} and {Join(yShape)} differ in rank.");
+        long n = 1, na = 1, nb = 1;
+        for (int d = 0; d < yShape.Length; d++)
+        {
+            if ((aShape[d] != yShape[d] && aShape[d] != 1) || (bShape[d] != yShape[d] && bShape[d] != 1))
+                throw new ArgumentException($"Binary {op}: {Join(aShape)} and {Join(bShape)} do not broadcast to {Join(yShape)}.");
+            n *= yShape[d];
+            na *= aShape[d];
+            nb *= bShape[d];
+        }
+        ulong pa = Ptr(a, na, "Binary a"), pb = Ptr(b, nb, "Binary b"), py = Ptr(y, n, "Binary y");
+        if (n == 0) return;
+        if (na == n && nb == n)
+        {
+            Launch("binary_same", GridFor(n), ThreadsPerBlock, pa, pb, py, (int)n, (int)op);
+            return;
+        }
+        var dims = CoalesceBroadcast(aShape, bShape, yShape, $"Binary {op}");
+        Launch("binary_broadcast", GridFor(n), ThreadsPerBlock, pa, pb, py, (int)n, (int)op, KernelArg.Struct(dims));
+    }
+
+    /// <summary>
+    /// Drops size-1 output dimensions and merges neighbours that broadcast alike in both operands, then
+    /// writes each operand's stride (0 where it broadcasts). [N,C,H,W] + [1,C,1,1] becomes [N, C, H*W].
+    /// </summary>
+    internal static unsafe BroadcastDims CoalesceBroadcast(ReadOnlySpan<int> aShape, ReadOnlySpan<int> bShape,
+        ReadOnlySpan<int> yShape, string what)
+    {
+        var sizes = new List<long>();
+        var fullA = new List<bool>();
+        var fullB = new List<bool>();
+        for (int d = 0; d < yShape.Length; d++)
+        {
+            if (yShape[d] == 1) continue;
+            bool fa = aShape[d] != 1, fb = bShape[d] != 1;
+            if (sizes.Count > 0 && fullA[^1] == fa && fullB[^1] == fb) sizes[^1] *= yShape[d];
+            else
+            {
+                sizes.Add(yShape[d]);
+                fullA.Add(fa);
+                fullB.Add(fb);
+            }
+        }
+        if (sizes.Count > BroadcastDims.MaxDims)
+            throw new NotSupportedException(
+                $"{what}: broadcasting {Join(aShape)} with {Join(bShape)} needs {sizes.Count} dimensions after merging; the cuda kernels take at most {BroadcastDims.MaxDims}.");
+        var dims = new BroadcastDims { Rank = sizes.Count };
+        long accA = 1, accB = 1;
+        for (int k = sizes.Count - 1; k >= 0; k--)
+        {
+            dims.Size[k] = (int)sizes[k];
+            dims.StrideA[k] = fullA[k] ? (int)accA : 0;
+            dims.StrideB[k] = fullB[k] ? (int)accB : 0;
+            if (fullA[k]) accA *= sizes[k];
+            if (fullB[k]) accB *= sizes[k];
+        }
+        return dims;
+    }
+
+    public void SumToShape(DeviceBuffer x, ReadOnlySpan<int> xShape, DeviceBuffer y, ReadOnlySpan<int> yShape)
+    {
+        Enter();
+        if (xShape.Length != yShape.Length)
+            throw new ArgumentException($"SumToShape: {Join(xShape)} and {Join(yShape)} differ in rank.");
+        long nx = 1, ny = 1;
+        for (int d = 0; d < xShape.Length; d++)
+        {
+            if (yShape[d] != xShape[d] && yShape[d] != 1)
+                throw new ArgumentException($"SumToShape: {Join(xShape)} does not reduce to {Join(yShape)}.");
+            nx *= xShape[d];
+            ny *= yShape[d];
+        }
+        ulong px = Ptr(x, nx, "SumToShape x"), py = Ptr(y, ny, "SumToShape y");
+        SumToShapeRaw(px, xShape, py, yShape);
+    }
+
+    /// <summary>y = x summed over the dimensions where yShape is 1; shapes already checked.</summary>
+    private unsafe void SumToShapeRaw(ulong px, ReadOnlySpan<int> xShape, ulong py, ReadOnlySpan<int> yShape)
+    {
+        long nx = 1, ny = 1;
+        for (int d = 0; d < xShape.Length; d++)
+        {
+            nx *= xShape[d];
+            ny *= yShape[d];
+        }
+        if (ny == 0) return;
+        if (nx == 0)
+        {
+            Driver.Check(Driver.cuMemsetD32Async(py, 0, (nuint)ny, _stream), "cuMemsetD32Async");
+            return;
+        }
+        if (nx == ny)
+        {
+            Driver.Check(Driver.cuMemcpyDtoDAsync_v2(py, px, (nuint)(4 * nx), _stream), "cuMemcpyDtoDAsync_v2");
+            return;
+        }
+        // Merge neighbouring dimensions of the same kind (kept or reduced); drop size-1 ones.
+        var sizes = new List<long>();
+        var kept = new List<bool>();
+        for (int d = 0; d < xShape.Length; d++)
+        {
+            if (xShape[d] == 1) continue;
+            bool k = yShape[d] != 1;
+            if (sizes.Count > 0 && kept[^1] == k) sizes[^1] *= xShape[d];
+            else
+            {
+                sizes.Add(xShape[d]);
+                kept.Add(k);
+            }
+        }
+        var dims = new ReduceDims();
+        var strides = new long[sizes.Count];
+        long acc = 1;
+        for (int k = sizes.Count - 1; k >= 0; k--)
+        {
+            strides[k] = acc;
+            acc *= sizes[k];
+        }
+        for (int k = 0; k < sizes.Count; k++)
+        {
+            if (kept[k])
+            {
+                if (dims.KeptRank == BroadcastDims.MaxDims) throw TooManyDims(xShape, yShape);
+                dims.KeptSize[dims.KeptRank] = (int)sizes[k];
+                dims.KeptStride[dims.KeptRank++] = (int)strides[k];
+            }
+            else
+            {
+                if (dims.RedRank == BroadcastDims.MaxDims) throw TooManyDims(xShape, yShape);
+                dims.RedSize[dims.RedRank] = (int)sizes[k];
+                dims.RedStride[dims.RedRank++] = (int)strides[k];
+            }
+        }
+        int nRed = (int)(nx / ny);
+        Launch("sum_to_shape", GridFor(ny * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, py, (int)ny, nRed, KernelArg.Struct(dims));
+    }
+
+    private static NotSupportedException TooManyDims(ReadOnlySpan<int> xShape, ReadOnlySpan<int> yShape) =>
+        new($"SumToShape {Join(xShape)} -> {Join(yShape)} alternates kept and reduced dimensions more than {BroadcastDims.MaxDims} times; the cuda kernel does not take that.");
+
+    public unsafe double SumOfSquares(DeviceBuffer x, int n)
+    {
+        Enter();
+        ulong px = Ptr(x, n, "SumOfSquares x");
+        if (n == 0) return 0.0;
+        int blocks = (int)Math.Min(GridFor(n), 1024);
+        // partial: [blocks] doubles, then the total in the double after them.
+        using var scratch = new ScratchLease(Scratch(2L * (blocks + 1)));
+        ulong partial = scratch.Pointer, total = scratch.Pointer + 8UL * (ulong)blocks;
+        Launch("sum_squares_partial", (uint)blocks, ThreadsPerBlock, px, n, partial);
+        Launch("sum_partials", 1, ThreadsPerBlock, partial, blocks, total);
+        double result = 0;
+        DownloadBytes(total, new Span<byte>(&result, sizeof(double)));
+        return result;
+    }
+
+    // ---- layout ---------------------------------------------------------------------------------------
+
+    public unsafe void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y)
+    {
+        Enter();
+        int rank = xShape.Length;
+        if (perm.Length != rank) throw new ArgumentException($"Permute: permutation {Join(perm)} does not match shape {Join(xShape)}.");
+        var seen = new bool[rank];
+        foreach (int p in perm)
+        {
+            if (p < 0 || p >= rank || seen[p]) throw new ArgumentException($"Permute: {Join(perm)} is not a permutation of {rank} dimensions.");
+            seen[p] = true;
+        }
+        long n = 1;
+        foreach (int size in xShape) n *= size;
+        ulong px = Ptr(x, n, "Permute x"), py = Ptr(y, n, "Permute y");
+        if (n == 0) return;
+        PermuteRaw(px, xShape, perm, py);
+    }
+
+    /// <summary>y = x.permute(perm) on raw pointers; the permutation is already checked.</summary>
+    private unsafe void PermuteRaw(ulong px, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, ulong py)
+    {
+        int rank = xShape.Length;
+        long n = 1;
+        var xStride = new long[rank];
+        for (int d = rank - 1; d >= 0; d--)
+        {
+            xStride[d] = n;
+            n *= xShape[d];
+        }
+        if (n == 0) return;
+        // y dimension i reads x dimension perm[i]; neighbours that stay neighbours in x merge, size-1 ones drop.
+        var sizes = new List<long>();
+        var strides = new List<long>();
+        int prev = -2;
+        foreach (int p in perm)
+        {
+            if (xShape[p] == 1) continue;
+            if (sizes.Count > 0 && p == prev + 1)
+            {
+                sizes[^1] *= xShape[p];
+                strides[^1] = xStride[p];
+            }
+            else
+            {
+                sizes.Add(xShape[p]);
+                strides.Add(xStride[p]);
+            }
+            prev = p;
+        }
+        if (sizes.Count <= 1)
+        {
+            Driver.Check(Driver.cuMemcpyDtoDAsync_v2(py, px, (nuint)(4 * n), _stream), "cuMemcpyDtoDAsync_v2");
+            return;
+        }
+        if (sizes.Count > BroadcastDims.MaxDims)
+            throw new NotSupportedException($"Permute {Join(xShape)} by {Join(perm)} needs {sizes.Count} dimensions; the cuda kernel takes at most {BroadcastDims.MaxDims}.");
+        var dims = new BroadcastDims { Rank = sizes.Count };
+        for (int k = 0; k < sizes.Count; k++)
+        {
+            dims.Size[k] = (int)sizes[k];
+            dims.StrideA[k] = (int)strides[k];
+        }
+        Launch("permute", GridFor(n), ThreadsPerBlock, px, py, (int)n, KernelArg.Struct(dims));
+    }
+
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
+        int outer, int count, int inner, bool accumulate)
+    {
+        Enter();
+        if (outer < 0 || count < 0 || inner < 0 || srcStart < 0 || dstStart < 0 || srcStart + count > srcDim || dstStart + count > dstDim)
+            throw new ArgumentException(
+                $"CopySlice: [{srcStart}, {srcStart + count}) of {srcDim} into [{dstStart}, {dstStart + count}) of {dstDim} (outer {outer}, inner {inner}) is out of range.");
+        ulong ps = Ptr(src, (long)outer * srcDim * inner, "CopySlice src");
+        ulong pd = Ptr(dst, (long)outer * dstDim * inner, "CopySlice dst");
+        long total = (long)outer * count * inner;
+        if (total == 0) return;
+        Launch("copy_slice", GridFor(total), ThreadsPerBlock, ps, srcDim, srcStart, pd, dstDim, dstStart, count, inner,
+            (int)total, accumulate ? 1 : 0);
+    }
+
+    public void IndexSelect(DeviceBuffer src, int rows, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst)
+    {
+        Enter();
+        CheckIndices(indices, rows, "IndexSelect");
+        ulong ps = Ptr(src, (long)rows * rowSize, "IndexSelect src");
+        ulong pd = Ptr(dst, (long)indices.Length * rowSize, "IndexSelect dst");
+        if (indices.Length == 0 || rowSize == 0) return;
+        using var idx = UploadIndices(indices);
+        Launch("index_select", GridFor((long)indices.Length * rowSize), ThreadsPerBlock, ps, rowSize, idx.Pointer, indices.Length, pd);
+    }
+
+    public void IndexAdd(DeviceBuffer src, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst, int rows)
+    {
+        Enter();
+        CheckIndices(indices, rows, "IndexAdd");
+        ulong ps = Ptr(src, (long)indices.Length * rowSize, "IndexAdd src");
+        ulong pd = Ptr(dst, (long)rows * rowSize, "IndexAdd dst");
+        if (indices.Length == 0 || rowSize == 0) return;
+        bool unique = new HashSet<int>(indices.ToArray()).Count == indices.Length;
+        using var idx = UploadIndices(indices);
+        if (unique)
+            Launch("index_add_unique", GridFor((long)indices.Length * rowSize), ThreadsPerBlock, ps, rowSize, idx.Pointer, indices.Length, pd);
+        else
+            Launch("index_add_ordered", GridFor(rowSize), ThreadsPerBlock, ps, rowSize, idx.Pointer, indices.Length, pd);
+    }
+
+    private static void CheckIndices(ReadOnlySpan<int> indices, int rows, string what)
+    {
+        foreach (int i in indices)
+            if (i < 0 || i >= rows) throw new ArgumentOutOfRangeException(nameof(indices), $"{what}: index {i} is outside [0, {rows}).");
+    }
+
+    private ScratchLease UploadIndices(ReadOnlySpan<int> indices)
+    {
+        var lease = new ScratchLease(Scratch(indices.Length));
+        UploadBytes(MemoryMarshal.AsBytes(indices), lease.Pointer);
+        return lease;
+    }
+
+    // ---- linear algebra -------------------------------------------------------------------------------
+
+    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
+        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    {
+        Enter();
+        if (batch < 0 || m < 0 || n < 0 || k < 0 || strideA < 0 || strideB < 0 || strideC < 0)
+            throw new ArgumentException($"Gemm: negative size or stride (batch {batch}, m {m}, n {n}, k {k}).");
+        if (batch == 0 || m == 0 || n == 0) return;
+        ulong pa = Ptr(a, Extent(batch, strideA, (long)m * k), "Gemm A");
+        ulong pb = Ptr(b, Extent(batch, strideB, (long)k * n), "Gemm B");
+        ulong pc = Ptr(c, Extent(batch, strideC, (long)m * n), "Gemm C");
+        if (strideC < (long)m * n && batch > 1)
+            throw new ArgumentException($"Gemm: C batches of {m}x{n} overlap with stride {strideC}.");
+        GemmRaw(transA, transB, batch, m, n, k, alpha, pa, strideA, pb, strideB, beta, pc, strideC);
+    }
+
+    private static long Extent(int batch, long stride, long matrix) => (batch - 1) * stride + matrix;
+
+    /// <summary>
+    /// Row-major C_b = alpha op(A_b) op(B_b) + beta C_b through column-major cuBLAS: a row-major [r, c]
+    /// matrix is the column-major [c, r] matrix, so computing C^T = op(B)^T op(A)^T with the operands
+    /// swapped gives C in row-major order without any transposition in memory.
+    /// </summary>
+    private unsafe void GemmRaw(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
+        ulong a, long strideA, ulong b, long strideB, float beta, ulong c, long strideC)
+    {
+        if (k == 0)
+        {
+            // cuBLAS rejects leading dimensions of 0; C = beta * C is all that is left.
+            for (int i = 0; i < batch; i++)
+            {
+                ulong ci = c + 4UL * (ulong)(i * strideC);
+                if (beta == 0f) Driver.Check(Driver.cuMemsetD32Async(ci, 0, (nuint)((long)m * n), _stream), "cuMemsetD32Async");
+                else Launch("affine", GridFor((long)m * n), ThreadsPerBlock, ci, ci, m * n, beta, 0f);
+            }
+            return;
+        }
+        int lda = transA ? m : k;  // A row-major [m, k], or [k, m] when transposed
+        int ldb = transB ? k : n;  // B row-major [k, n], or [n, k] when transposed
+        Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas,
+            transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
+            n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC, batch), "cublasSgemmStridedBatched");
+    }
+
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
+    {
+        Enter();
+        g.Validate();
+        ulong px = Ptr(x, g.InputSize, "Conv2dForward x"), pw = Ptr(w, g.WeightSize, "Conv2dForward w");
+        ulong py = Ptr(y, g.OutputSize, "Conv2dForward y");
+        ulong pbias = bias is null ? 0 : Ptr(bias, g.O, "Conv2dForward bias");
+        var d = Dims(g);
+        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
+        CheckGemmSizes(g, ckk, ohw);
+        if (IsPointwise(g))
+        {
+            // 1x1, stride 1, no padding: x_b [C, H*W] is already the column matrix.
+            GemmRaw(false, false, g.N, g.O, (int)ohw, g.C, 1f, pw, 0, px, ckk * ohw, 0f, py, g.O * ohw);
+        }
+        else
+        {
+            int chunk = ChunkSamples(g.N, ckk * ohw);
+            using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
+            for (int n0 = 0; n0 < g.N; n0 += chunk)
+            {
+                int nb = Math.Min(chunk, g.N - n0);
+                Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 1, KernelArg.Struct(d));
+                // y_b [O, OH*OW] = w [O, C*KH*KW] x col_b [C*KH*KW, OH*OW]
+                GemmRaw(false, false, nb, g.O, (int)ohw, (int)ckk, 1f, pw, 0, col.Pointer, ckk * ohw, 0f,
+                    py + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw);
+            }
+        }
+        if (pbias != 0)
+            Launch("bias_add", GridFor(g.OutputSize), ThreadsPerBlock, py, pbias, g.OutputSize, g.O, (int)ohw);
+    }
+
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
+    {
+        Enter();
+        g.Validate();
+        ulong pdy = Ptr(dy, g.OutputSize, "Conv2dBackwardData dy"), pw = Ptr(w, g.WeightSize, "Conv2dBackwardData w");
+        ulong pdx = Ptr(dx, g.InputSize, "Conv2dBackwardData dx");
+        var d = Dims(g);
+        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
+        CheckGemmSizes(g, ckk, ohw);
+        if (IsPointwise(g))
+        {
+            // dx_b [C, H*W] = w^T [C, O] x dy_b [O, H*W]
+            GemmRaw(true, false, g.N, g.C, (int)ohw, g.O, 1f, pw, 0, pdy, g.O * ohw, 0f, pdx, ckk * ohw);
+            return;
+        }
+        int chunk = ChunkSamples(g.N, ckk * ohw);
+        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
+        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        {
+            int nb = Math.Min(chunk, g.N - n0);
+            // dcol_b [C*KH*KW, OH*OW] = w^T [C*KH*KW, O] x dy_b [O, OH*OW], then scattered back by col2im.
+            GemmRaw(true, false, nb, (int)ckk, (int)ohw, g.O, 1f, pw, 0, pdy + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw, 0f,
+                col.Pointer, ckk * ohw);
+            Launch("col2im", GridFor((long)nb * g.C * g.H * g.W), ThreadsPerBlock, col.Pointer, pdx, n0, nb, KernelArg.Struct(d));
+        }
+    }
+
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g)
+    {
+        Enter();
+        g.Validate();
+        ulong px = Ptr(x, g.InputSize, "Conv2dBackwardWeight x"), pdy = Ptr(dy, g.OutputSize, "Conv2dBackwardWeight dy");
+        ulong pdw = Ptr(dw, g.WeightSize, "Conv2dBackwardWeight dw");
+        ulong pdb = dbias is null ? 0 : Ptr(dbias, g.O, "Conv2dBackwardWeight dbias");
+        var d = Dims(g);
+        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
+        CheckGemmSizes(g, ckk, ohw);
+        // Both staging matrices (columns and the transposed dy) stay within the column budget.
+        int chunk = ChunkSamples(g.N, Math.Max(ckk, g.O) * ohw);
+        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
+        using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
+        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        {
+            int nb = Math.Min(chunk, g.N - n0);
+            // col: [C*KH*KW, nb, OH*OW]; dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW].
+            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 0, KernelArg.Struct(d));
+            PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
+            // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
+            // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
+            GemmRaw(false, true, 1, g.O, (int)ckk, (int)(nb * ohw), 1f, dyT.Pointer, 0, col.Pointer, 0,
+                n0 == 0 ? 0f : 1f, pdw, 0);
+        }
+        if (pdb != 0)
+            SumToShapeRaw(pdy, [g.N, g.O, (int)ohw], pdb, [1, g.O, 1]);
+    }
+
+    private static bool IsPointwise(in ConvGeometry g) =>
+        g.KH == 1 && g.KW == 1 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 0 && g.PadW == 0;
+
+    private static ConvDims Dims(in ConvGeometry g) => new()
+    {
+        N = g.N, C = g.C, H = g.H, W = g.W, O = g.O, KH = g.KH, KW = g.KW,
+        SH = g.StrideH, SW = g.StrideW, PH = g.PadH, PW = g.PadW, OH = g.OH, OW = g.OW,
+    };
+
+    private static void CheckGemmSizes(in ConvGeometry g, long ckk, long ohw)
+    {
+        if (ckk * ohw > int.MaxValue || (long)g.O * ohw > int.MaxValue)
+            throw new NotSupportedException($"Convolution {g}: one sample's column matrix ({ckk} x {ohw}) exceeds 2^31 elements.");
+    }
+
+    private static int ChunkSamples(int n, long perSample) => (int)Math.Clamp(ColumnBudgetFloats / Math.Max(perSample, 1), 1, n);
+
+    // ---- normalisation --------------------------------------------------------------------------------
+
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+    {
+        Enter();
+        CheckGroups(n, c, hw, groups, "GroupNormForward");
+        long size = (long)n * c * hw;
+        ulong px = Ptr(x, size, "GroupNormForward x"), pg = Ptr(gamma, c, "GroupNormForward gamma");
+        ulong pb = Ptr(beta, c, "GroupNormForward beta"), py = Ptr(y, size, "GroupNormForward y");
+        ulong pm = Ptr(mean, (long)n * groups, "GroupNormForward mean"), pr = Ptr(rstd, (long)n * groups, "GroupNormForward rstd");
+        if (n == 0) return;
+        Launch("group_norm_forward", (uint)(n * groups), ThreadsPerBlock, px, pg, pb, c, hw, groups, eps, py, pm, pr);
+    }
+
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    {
+        Enter();
+        CheckGroups(n, c, hw, groups, "GroupNormBackward");
+        long size = (long)n * c * hw;
+        ulong pdy = Ptr(dy, size, "GroupNormBackward dy"), px = Ptr(x, size, "GroupNormBackward x");
+        ulong pg = Ptr(gamma, c, "GroupNormBackward gamma");
+        ulong pm = Ptr(mean, (long)n * groups, "GroupNormBackward mean"), pr = Ptr(rstd, (long)n * groups, "GroupNormBackward rstd");
+        ulong pdx = Ptr(dx, size, "GroupNormBackward dx");
+        ulong pdg = Ptr(dgamma, c, "GroupNormBackward dgamma"), pdb = Ptr(dbeta, c, "GroupNormBackward dbeta");
+        if (n > 0)
+            Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, pg, pm, pr, c, hw, groups, pdx);
+        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, pm, pr, n, c, hw, groups, pdg, pdb);
+    }
+
+    private static void CheckGroups(int n, int c, int hw, int groups, string what)
+    {
+        if (n < 0 || c <= 0 || hw <= 0 || groups <= 0 || c % groups != 0)
+            throw new ArgumentException($"{what}: {c} channels do not split into {groups} groups (n {n}, hw {hw}).");
+        if ((long)(c / groups) * hw > int.MaxValue)
+            throw new NotSupportedException($"{what}: a group of {(long)(c / groups) * hw} elements exceeds the kernel's 2^31 limit.");
+    }
+
+    public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y)
+    {
+        Enter();
+        long size = CheckSoftmax(outer, dim, inner, "SoftmaxForward");
+        ulong px = Ptr(x, size, "SoftmaxForward x"), py = Ptr(y, size, "SoftmaxForward y");
+        if (size == 0) return;
+        if (inner == 1)
+            Launch("softmax_rows", GridFor((long)outer * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, py, outer, dim);
+        else
+            Launch("softmax_cols", GridFor((long)outer * inner), ThreadsPerBlock, px, py, outer, dim, inner);
+    }
+
+    public void SoftmaxBackward(DeviceBuffer y, DeviceBuffer dy, int outer, int dim, int inner, DeviceBuffer dx)
+    {
+        Enter();
+        long size = CheckSoftmax(outer, dim, inner, "SoftmaxBackward");
+        ulong py = Ptr(y, size, "SoftmaxBackward y"), pdy = Ptr(dy, size, "SoftmaxBackward dy"), pdx = Ptr(dx, size, "SoftmaxBackward dx");
+        if (size == 0) return;
+        if (inner == 1)
+            Launch("softmax_backward_rows", GridFor((long)outer * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, py, pdy, pdx, outer, dim);
+        else
+            Launch("softmax_backward_cols", GridFor((long)outer * inner), ThreadsPerBlock, py, pdy, pdx, outer, dim, inner);
+    }
+
+    private static long CheckSoftmax(int outer, int dim, int inner, string what)
+    {
+        if (outer < 0 || dim < 0 || inner < 0) throw new ArgumentException($"{what}: negative size ({outer}, {dim}, {inner}).");
+        long size = (long)outer * dim * inner;
+        if (size > int.MaxValue) throw new NotSupportedException($"{what}: {size} elements exceed the 2^31 limit of a buffer.");
+        return size;
+    }
+
+    // ---- optimiser ------------------------------------------------------------------------------------
+
+    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p)
+    {
+        Enter();
+        ulong pp = Ptr(param, n, "AdamStep param"), pg = Ptr(grad, n, "AdamStep grad");
+        ulong pm = Ptr(m, n, "AdamStep m"), pv = Ptr(v, n, "AdamStep v");
+        if (n == 0) return;
+        Launch("adam_step", GridFor(n), ThreadsPerBlock, pp, pg, pm, pv, n, p.LearningRate, p.Beta1, p.Beta2, p.Eps,
+            p.WeightDecay, p.BiasCorrection1, p.BiasCorrection2);
+    }
+
+    private static void CheckDefined(UnaryOp op)
+    {
+        if (!Enum.IsDefined(op)) throw new NotSupportedException($"Unary op {op} is not supported by the cuda backend.");
+    }
+
+    /// <summary>A scratch buffer released (back to the allocator's cache, stream-ordered) at the end of a scope.</summary>
+    private readonly struct ScratchLease(CudaBuffer? buffer) : IDisposable
+    {
+        public ulong Pointer => buffer?.Pointer ?? 0;
+
+        public void Dispose() => buffer?.Release();
+    }
+}

@@ -1,0 +1,317 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using Ddpm.Backends.Cuda.Native;
+using Ddpm.Tensors;
+
+namespace Ddpm.Backends.Cuda;
+
+/// <summary>
+/// The CUDA backend: one device, its primary context, one non-blocking stream on which every copy, kernel
+/// and cuBLAS call is queued in order, kernels compiled at start by NVRTC for the device's architecture,
+/// and a caching allocator. Only <see cref="Download"/>, <see cref="SumOfSquares"/> and
+/// <see cref="Synchronize"/> wait for the device. Not thread-safe: one backend is driven by one thread at a
+/// time (any thread; the context is made current on each call). No finalizer: call Dispose.
+/// </summary>
+public sealed partial class CudaBackend : IBackend
+{
+    private const int StagingBytes = 16 << 20;
+    private const int ThreadsPerBlock = 256;
+
+    private readonly Dictionary<string, nint> _functions = new(StringComparer.Ordinal);
+    private readonly List<nint> _modules = [];
+    private readonly BackendOptions _options;
+    private readonly int _device;
+    private nint _context;
+    private nint _stream;
+    private nint _cublas;
+    private CudaAllocator? _allocator;
+    private StagingRing? _staging;
+    private bool _disposed;
+
+    /// <summary>Opens device <see cref="BackendOptions.Device"/>; throws <see cref="CudaUnavailableException"/> or <see cref="CudaException"/>.</summary>
+    public CudaBackend(BackendOptions? options = null)
+    {
+        _options = options ?? new BackendOptions();
+        var info = CudaProbe.OpenDevice(_options.Device);
+        Device = info;
+        try
+        {
+            Driver.Check(Driver.cuDeviceGet(out _device, info.Ordinal), "cuDeviceGet");
+            Driver.Check(Driver.cuDevicePrimaryCtxRetain(out _context, _device), "cuDevicePrimaryCtxRetain");
+            Driver.Check(Driver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
+            Driver.Check(Driver.cuStreamCreate(out _stream, Driver.StreamNonBlocking), "cuStreamCreate");
+
+            CudaLibraries.Load(CudaLibrary.Cublas);
+            Cublas.Check(Cublas.cublasCreate_v2(out _cublas), "cublasCreate_v2");
+            Cublas.Check(Cublas.cublasSetStream_v2(_cublas, _stream), "cublasSetStream_v2");
+            // Default math is full FP32; TF32 tensor cores only when the caller allows it (never in parity runs).
+            Cublas.Check(Cublas.cublasSetMathMode(_cublas, _options.AllowTf32 ? CublasMath.Tf32TensorOp : CublasMath.Default),
+                "cublasSetMathMode");
+            Cublas.Check(Cublas.cublasGetVersion_v2(_cublas, out int cublasVersion), "cublasGetVersion_v2");
+            CublasVersion = cublasVersion;
+
+            LoadKernels(info.ComputeCapability);
+            _allocator = new CudaAllocator(SynchronizeStream);
+            _staging = new StagingRing(_stream, StagingBytes);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+        var (nvMajor, nvMinor) = NvrtcCompiler.Version();
+        Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
+            $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, " +
+            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), TF32 {(_options.AllowTf32 ? "on" : "off")}";
+    }
+
+    /// <summary>A backend for device <see cref="BackendOptions.Device"/>, or null with the reason CUDA is unavailable.</summary>
+    public static CudaBackend? TryCreate(out string reason, BackendOptions? options = null)
+    {
+        try
+        {
+            var b = new CudaBackend(options);
+            reason = "";
+            return b;
+        }
+        catch (Exception e) when (e is CudaUnavailableException or CudaException or EntryPointNotFoundException)
+        {
+            // A missing entry point means a driver or NVRTC older than these bindings (CUDA 11.2).
+            reason = e is EntryPointNotFoundException ? $"The CUDA libraries found are too old: {e.Message}" : e.Message;
+            return null;
+        }
+    }
+
+    public string Name => "cuda";
+
+    public string Description { get; } = "cuda";
+
+    /// <summary>The device this backend runs on.</summary>
+    public CudaDeviceInfo Device { get; }
+
+    /// <summary>cublasGetVersion: e.g. 120804 for 12.8.4.</summary>
+    public int CublasVersion { get; }
+
+    /// <summary>What the kernels were compiled to: "sm_90 cubin" or "compute_90 PTX".</summary>
+    public string KernelTarget { get; private set; } = "";
+
+    /// <summary>Bytes in live buffers and in the allocator's cache.</summary>
+    public (long InUse, long Cached) MemoryUse => (_allocator?.InUseBytes ?? 0, _allocator?.CachedBytes ?? 0);
+
+    /// <summary>Frees the allocator's cached blocks (after the queued work has finished).</summary>
+    public void ReleaseCachedMemory()
+    {
+        Enter();
+        _allocator!.ReleaseCache();
+    }
+
+    /// <summary>Device time of the work <paramref name="enqueue"/> queues, measured by CUDA events; waits for it.</summary>
+    public float MeasureMilliseconds(Action enqueue)
+    {
+        Enter();
+        Driver.Check(Driver.cuEventCreate(out nint start, 0), "cuEventCreate");
+        nint end = 0;
+        try
+        {
+            Driver.Check(Driver.cuEventCreate(out end, 0), "cuEventCreate");
+            Driver.Check(Driver.cuEventRecord(start, _stream), "cuEventRecord");
+            enqueue();
+            Driver.Check(Driver.cuEventRecord(end, _stream), "cuEventRecord");
+            Driver.Check(Driver.cuEventSynchronize(end), "cuEventSynchronize");
+            Driver.Check(Driver.cuEventElapsedTime(out float ms, start, end), "cuEventElapsedTime");
+            return ms;
+        }
+        finally
+        {
+            Driver.cuEventDestroy_v2(start);
+            if (end != 0) Driver.cuEventDestroy_v2(end);
+        }
+    }
+
+    private void LoadKernels(int computeCapability)
+    {
+        var targets = new HashSet<string>();
+        foreach (var source in KernelSources.Sources)
+        {
+            var compiled = NvrtcCompiler.Compile(source, computeCapability);
+            targets.Add($"{compiled.Target} {(compiled.IsCubin ? "cubin" : "PTX")}");
+            nint module;
+            unsafe
+            {
+                fixed (byte* image = compiled.Image)
+                {
+                    var r = Driver.cuModuleLoadData(out module, image);
+                    if (r != CUresult.Success)
+                        throw new CudaException("cuModuleLoadData", r, $"Loading {source.FileName} compiled for {compiled.Target}");
+                }
+            }
+            _modules.Add(module);
+            foreach (var name in source.Kernels)
+            {
+                Driver.Check(Driver.cuModuleGetFunction(out nint f, module, name), $"cuModuleGetFunction({name})");
+                _functions[name] = f;
+            }
+        }
+        KernelTarget = string.Join(", ", targets);
+    }
+
+    // ---- plumbing -------------------------------------------------------------------------------------
+
+    private void Enter()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Driver.Check(Driver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
+    }
+
+    private void SynchronizeStream()
+    {
+        Driver.Check(Driver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
+        _staging?.AllCompleted();
+    }
+
+    /// <summary>Blocks of a grid-stride launch over <paramref name="work"/> items: enough to fill the device, no more.</summary>
+    private uint GridFor(long work, int threads = ThreadsPerBlock)
+    {
+        long blocks = (work + threads - 1) / threads;
+        long cap = (long)Device.Multiprocessors * 32;
+        return (uint)Math.Clamp(blocks, 1, Math.Max(cap, 1));
+    }
+
+    private unsafe void Launch(string kernel, uint grid, uint block, params ReadOnlySpan<KernelArg> args)
+    {
+        if (!_functions.TryGetValue(kernel, out nint f))
+            throw new InvalidOperationException($"Kernel {kernel} is not in the compiled modules.");
+        int bytes = 0;
+        foreach (var a in args) bytes += (a.Size + 7) & ~7;
+        byte* storage = stackalloc byte[bytes + 8];
+        void** ptrs = stackalloc void*[args.Length];
+        int off = 0;
+        for (int i = 0; i < args.Length; i++)
+        {
+            var a = args[i];
+            byte* p = storage + off;
+            if (a.Blob is not null) a.Blob.CopyTo(new Span<byte>(p, a.Size));
+            else if (a.Size == 4) *(uint*)p = (uint)a.Bits;
+            else *(ulong*)p = a.Bits;
+            ptrs[i] = p;
+            off += (a.Size + 7) & ~7;
+        }
+        var r = Driver.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, _stream, ptrs, null);
+        if (r != CUresult.Success) throw new CudaException($"cuLaunchKernel({kernel})", r);
+    }
+
+    /// <summary>The device pointer of element <paramref name="offset"/>, after checking the buffer holds [offset, offset+count).</summary>
+    private ulong Ptr(DeviceBuffer b, long offset, long count, string what)
+    {
+        if (b is not CudaBuffer cb || !ReferenceEquals(cb.Backend, this))
+            throw new ArgumentException($"{what}: a buffer of backend '{b.Backend.Name}' was passed to this cuda backend.");
+        if (cb.IsReleased) throw new ObjectDisposedException(what, $"{what}: the buffer was already released.");
+        if (offset < 0 || count < 0 || offset + count > cb.Length)
+            throw new ArgumentOutOfRangeException(what, $"{what}: elements [{offset}, {offset + count}) are outside a buffer of {cb.Length}.");
+        return cb.Pointer + (ulong)offset * sizeof(float);
+    }
+
+    private ulong Ptr(DeviceBuffer b, long count, string what) => Ptr(b, 0, count, what);
+
+    /// <summary>A device scratch buffer of <paramref name="floats"/> elements, back in the cache on dispose.</summary>
+    private CudaBuffer Scratch(long floats)
+    {
+        if (floats > int.MaxValue) throw new NotSupportedException($"A scratch buffer of {floats} floats exceeds the 2^31 element limit of a buffer.");
+        return (CudaBuffer)Allocate((int)floats);
+    }
+
+    private unsafe void UploadBytes(ReadOnlySpan<byte> src, ulong dst)
+    {
+        var staging = _staging!;
+        long done = 0;
+        while (done < src.Length)
+        {
+            int chunk = (int)Math.Min(src.Length - done, staging.Bytes);
+            var (p, start) = staging.Acquire(chunk);
+            src.Slice((int)done, chunk).CopyTo(new Span<byte>((void*)p, chunk));
+            Driver.Check(Driver.cuMemcpyHtoDAsync_v2(dst + (ulong)done, (void*)p, (nuint)chunk, _stream), "cuMemcpyHtoDAsync_v2");
+            staging.Commit(start, chunk);
+            done += chunk;
+        }
+    }
+
+    private unsafe void DownloadBytes(ulong src, Span<byte> dst)
+    {
+        var staging = _staging!;
+        long done = 0;
+        while (done < dst.Length)
+        {
+            int chunk = (int)Math.Min(dst.Length - done, staging.Bytes);
+            var (p, _) = staging.Acquire(chunk);
+            Driver.Check(Driver.cuMemcpyDtoHAsync_v2((void*)p, src + (ulong)done, (nuint)chunk, _stream), "cuMemcpyDtoHAsync_v2");
+            SynchronizeStream();
+            new ReadOnlySpan<byte>((void*)p, chunk).CopyTo(dst.Slice((int)done, chunk));
+            done += chunk;
+        }
+    }
+
+    // ---- memory ---------------------------------------------------------------------------------------
+
+    public DeviceBuffer Allocate(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        Enter();
+        if (length == 0) return new CudaBuffer(this, _allocator!, 0, 0, 0);
+        var (p, block) = _allocator!.Rent(4L * length);
+        return new CudaBuffer(this, _allocator, p, block, length);
+    }
+
+    public void Upload(ReadOnlySpan<float> src, DeviceBuffer dst, int dstOffset)
+    {
+        Enter();
+        ulong d = Ptr(dst, dstOffset, src.Length, "Upload dst");
+        UploadBytes(MemoryMarshal.AsBytes(src), d);
+    }
+
+    public void Download(DeviceBuffer src, int srcOffset, Span<float> dst)
+    {
+        Enter();
+        ulong s = Ptr(src, srcOffset, dst.Length, "Download src");
+        if (dst.Length == 0)
+        {
+            SynchronizeStream();
+            return;
+        }
+        DownloadBytes(s, MemoryMarshal.AsBytes(dst));
+    }
+
+    public void Synchronize()
+    {
+        Enter();
+        SynchronizeStream();
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (_context != 0) Driver.cuCtxSetCurrent(_context);
+        // Teardown reports nothing: a failure here (e.g. after a sticky kernel fault) must not hide the
+        // original error, and every handle below is released by the context anyway.
+        if (_stream != 0) Driver.cuStreamSynchronize(_stream);
+        try { _allocator?.Dispose(); } catch (CudaException) { }
+        _staging?.Dispose();
+        if (_cublas != 0) Cublas.cublasDestroy_v2(_cublas);
+        foreach (var m in _modules) Driver.cuModuleUnload(m);
+        _modules.Clear();
+        if (_stream != 0) Driver.cuStreamDestroy_v2(_stream);
+        if (_context != 0) Driver.cuDevicePrimaryCtxRelease_v2(_device);
+        _context = 0;
+        _stream = 0;
+        _cublas = 0;
+    }
+
+    public override string ToString() => Description;
+
+    internal static string Join(ReadOnlySpan<int> dims)
+    {
+        var sb = new StringBuilder("[");
+        for (int i = 0; i < dims.Length; i++) sb.Append(i == 0 ? "" : ", ").Append(dims[i]);
+        return sb.Append(']').ToString();
+    }
+}

@@ -1,0 +1,10 @@
+using Ddpm.Tensors;
+
+namespace Ddpm.Backends.Cuda;
+
+/// <summary>Registers the CUDA backend under the name <c>cuda</c>.</summary>
+public static class CudaBackends
+{
+    public static BackendRegistry RegisterCuda(this BackendRegistry r) =>
+        r.Register("cuda", "NVIDIA GPU: CUDA driver API, cuBLAS GEMMs, NVRTC-compiled kernels", o => new CudaBackend(o));
+}

@@ -1,0 +1,170 @@
+// Elementwise kernels: unary ops and their derivatives, affine, axpby, clamp, broadcast binary ops,
+// broadcast-reverse sums and the sum of squares. All buffers are contiguous float32.
+#include "common.cuh"
+
+// Op codes follow Ddpm.Tensors.UnaryOp.
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float unary_value(int op, float x)
+{
+    switch (op)
+    {
+        case 0: return -x;
+        case 1: return expf(x);
+        case 2: return logf(x);
+        case 3: return sinf(x);
+        case 4: return cosf(x);
+        case 5: return sqrtf(x);
+        case 6: return x * x;
+        case 7: return sigmoidf(x);
+        case 8: return x * sigmoidf(x);
+        case 9: return tanhf(x);
+        case 10: return x > 0.0f ? x : 0.0f;
+        default: return fabsf(x);
+    }
+}
+
+// dy * op'(x), with y = op(x) where the derivative is cheaper from it.
+__device__ __forceinline__ float unary_grad(int op, float x, float y, float dy)
+{
+    switch (op)
+    {
+        case 0: return -dy;
+        case 1: return dy * y;
+        case 2: return dy / x;
+        case 3: return dy * cosf(x);
+        case 4: return -dy * sinf(x);
+        case 5: return dy * 0.5f / y;
+        case 6: return dy * 2.0f * x;
+        case 7: return dy * y * (1.0f - y);
+        case 8: { float s = sigmoidf(x); return dy * (s * (1.0f + x * (1.0f - s))); }
+        case 9: return dy * (1.0f - y * y);
+        case 10: return x > 0.0f ? dy : 0.0f;
+        default: return x > 0.0f ? dy : (x < 0.0f ? -dy : 0.0f);
+    }
+}
+
+// x, y: [n]
+extern "C" __global__ void unary_forward(const float* x, float* y, int n, int op)
+{
+    GRID_STRIDE(i, n) y[i] = unary_value(op, x[i]);
+}
+
+// x, y, dy, dx: [n]
+extern "C" __global__ void unary_backward(const float* x, const float* y, const float* dy, float* dx, int n, int op)
+{
+    GRID_STRIDE(i, n) dx[i] = unary_grad(op, x[i], y[i], dy[i]);
+}
+
+// y = x * scale + shift; x and y may be the same buffer.
+extern "C" __global__ void affine(const float* x, float* y, int n, float scale, float shift)
+{
+    GRID_STRIDE(i, n) y[i] = x[i] * scale + shift;
+}
+
+// y = a * x + b * y
+extern "C" __global__ void axpby(const float* x, float* y, int n, float a, float b)
+{
+    GRID_STRIDE(i, n) y[i] = a * x[i] + b * y[i];
+}
+
+// y = clamp(x, lo, hi); NaN stays NaN as in Math.Clamp.
+extern "C" __global__ void clamp_values(const float* x, float* y, int n, float lo, float hi)
+{
+    GRID_STRIDE(i, n)
+    {
+        float v = x[i];
+        y[i] = v < lo ? lo : (v > hi ? hi : v);
+    }
+}
+
+// Op codes follow Ddpm.Tensors.BinaryOp.
+__device__ __forceinline__ float binary_value(int op, float a, float b)
+{
+    switch (op)
+    {
+        case 0: return a + b;
+        case 1: return a - b;
+        case 2: return a * b;
+        default: return a / b;
+    }
+}
+
+// a, b, y: [n], same shape. y may alias a or b (each element is read before it is written).
+extern "C" __global__ void binary_same(const float* a, const float* b, float* y, int n, int op)
+{
+    GRID_STRIDE(i, n) y[i] = binary_value(op, a[i], b[i]);
+}
+
+// y: [n] = d.size (row-major); a and b are read through their strides (0 where broadcast).
+extern "C" __global__ void binary_broadcast(const float* a, const float* b, float* y, int n, int op, BroadcastDims d)
+{
+    GRID_STRIDE(i, n)
+    {
+        u32 rem = i;
+        int offA = 0, offB = 0;
+        for (int k = d.rank - 1; k >= 0; k--)
+        {
+            int c = (int)(rem % (u32)d.size[k]);
+            rem /= (u32)d.size[k];
+            offA += c * d.strideA[k];
+            offB += c * d.strideB[k];
+        }
+        y[i] = binary_value(op, a[offA], b[offB]);
+    }
+}
+
+// y: [nOut] over the kept dimensions, each element the sum of nRed elements of x. One warp per output so
+// both many small sums and few large ones keep the device busy; fixed order, so deterministic.
+extern "C" __global__ void sum_to_shape(const float* x, float* y, int nOut, int nRed, ReduceDims d)
+{
+    int lane = threadIdx.x & 31;
+    int warpsPerBlock = blockDim.x >> 5;
+    for (int o = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); o < nOut; o += gridDim.x * warpsPerBlock)
+    {
+        int base = 0;
+        int rem = o;
+        for (int k = d.keptRank - 1; k >= 0; k--)
+        {
+            base += (rem % d.keptSize[k]) * d.keptStride[k];
+            rem /= d.keptSize[k];
+        }
+        float s = 0.0f;
+        for (int r = lane; r < nRed; r += 32)
+        {
+            int off = base, rr = r;
+            for (int k = d.redRank - 1; k >= 0; k--)
+            {
+                off += (rr % d.redSize[k]) * d.redStride[k];
+                rr /= d.redSize[k];
+            }
+            s += x[off];
+        }
+        s = warp_sum(s);
+        if (lane == 0) y[o] = s;
+    }
+}
+
+// partial: [gridDim.x] doubles, the sum of x^2 over each block's grid-stride share of x: [n].
+extern "C" __global__ void sum_squares_partial(const float* x, int n, double* partial)
+{
+    __shared__ double scratch[32];
+    double s = 0.0;
+    GRID_STRIDE(i, n)
+    {
+        double v = x[i];
+        s += v * v;
+    }
+    s = block_sum_d(s, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// result: [1] = sum of partial: [count]; one block.
+extern "C" __global__ void sum_partials(const double* partial, int count, double* result)
+{
+    __shared__ double scratch[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    s = block_sum_d(s, scratch);
+    if (threadIdx.x == 0) result[0] = s;
+}

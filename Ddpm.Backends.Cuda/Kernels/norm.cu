@@ -1,0 +1,153 @@
+// Group norm and softmax, forward and backward.
+#include "common.cuh"
+
+// One block per (sample, group) of x: [n, c, hw]; the group's cpg * hw elements are contiguous.
+// Two passes (mean, then centred variance) for accuracy; biased variance as in PyTorch.
+// y: like x; mean, rstd: [n, groups].
+extern "C" __global__ void group_norm_forward(const float* x, const float* gamma, const float* beta, int c, int hw,
+    int groups, float eps, float* y, float* mean, float* rstd)
+{
+    __shared__ float scratch[32];
+    int ng = blockIdx.x, g = ng % groups;
+    int cpg = c / groups, count = cpg * hw;
+    const float* xg = x + (long long)ng * count;
+    float* yg = y + (long long)ng * count;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += xg[i];
+    float mu = block_sum(s, scratch) / count;
+    float q = 0.0f;
+    for (int i = threadIdx.x; i < count; i += blockDim.x)
+    {
+        float d = xg[i] - mu;
+        q += d * d;
+    }
+    float var = block_sum(q, scratch) / count;
+    float r = 1.0f / sqrtf(var + eps);
+    for (int i = threadIdx.x; i < count; i += blockDim.x)
+    {
+        int ch = g * cpg + i / hw;
+        yg[i] = (xg[i] - mu) * r * gamma[ch] + beta[ch];
+    }
+    if (threadIdx.x == 0)
+    {
+        mean[ng] = mu;
+        rstd[ng] = r;
+    }
+}
+
+// dx for one (sample, group) per block: dx = rstd * (dy*gamma - mean(dy*gamma) - xhat * mean(dy*gamma*xhat)).
+extern "C" __global__ void group_norm_backward_data(const float* dy, const float* x, const float* gamma,
+    const float* mean, const float* rstd, int c, int hw, int groups, float* dx)
+{
+    __shared__ float scratch[32];
+    int ng = blockIdx.x, g = ng % groups;
+    int cpg = c / groups, count = cpg * hw;
+    long long base = (long long)ng * count;
+    float mu = mean[ng], r = rstd[ng];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int i = threadIdx.x; i < count; i += blockDim.x)
+    {
+        float dg = dy[base + i] * gamma[g * cpg + i / hw];
+        s1 += dg;
+        s2 += dg * (x[base + i] - mu) * r;
+    }
+    float m1 = block_sum(s1, scratch) / count;
+    float m2 = block_sum(s2, scratch) / count;
+    for (int i = threadIdx.x; i < count; i += blockDim.x)
+    {
+        float dg = dy[base + i] * gamma[g * cpg + i / hw];
+        float xhat = (x[base + i] - mu) * r;
+        dx[base + i] = r * (dg - m1 - xhat * m2);
+    }
+}
+
+// One block per channel: dgamma[ch] = sum over samples and positions of dy * xhat, dbeta[ch] = sum of dy.
+extern "C" __global__ void group_norm_backward_affine(const float* dy, const float* x, const float* mean,
+    const float* rstd, int n, int c, int hw, int groups, float* dgamma, float* dbeta)
+{
+    __shared__ float scratch[32];
+    int ch = blockIdx.x, g = ch / (c / groups);
+    float sg = 0.0f, sb = 0.0f;
+    for (int t = threadIdx.x; t < n * hw; t += blockDim.x)
+    {
+        int s = t / hw, p = t % hw;
+        long long i = ((long long)s * c + ch) * hw + p;
+        float xhat = (x[i] - mean[s * groups + g]) * rstd[s * groups + g];
+        sg += dy[i] * xhat;
+        sb += dy[i];
+    }
+    sg = block_sum(sg, scratch);
+    sb = block_sum(sb, scratch);
+    if (threadIdx.x == 0)
+    {
+        dgamma[ch] = sg;
+        dbeta[ch] = sb;
+    }
+}
+
+// Softmax over the last dimension (inner == 1): one warp per row of x, y: [rows, dim].
+extern "C" __global__ void softmax_rows(const float* x, float* y, int rows, int dim)
+{
+    int lane = threadIdx.x & 31, warpsPerBlock = blockDim.x >> 5;
+    for (int row = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); row < rows; row += gridDim.x * warpsPerBlock)
+    {
+        const float* xr = x + (long long)row * dim;
+        float* yr = y + (long long)row * dim;
+        float m = -__int_as_float(0x7f800000);
+        for (int j = lane; j < dim; j += 32) m = fmaxf(m, xr[j]);
+        m = warp_max(m);
+        float s = 0.0f;
+        for (int j = lane; j < dim; j += 32) s += expf(xr[j] - m);
+        s = warp_sum(s);
+        float inv = 1.0f / s;
+        for (int j = lane; j < dim; j += 32) yr[j] = expf(xr[j] - m) * inv;
+    }
+}
+
+// Softmax over the middle dimension of x: [outer, dim, inner]: one thread per (outer, inner) column;
+// neighbouring threads read neighbouring addresses.
+extern "C" __global__ void softmax_cols(const float* x, float* y, int outer, int dim, int inner)
+{
+    GRID_STRIDE(t, outer * inner)
+    {
+        int o = (int)(t / (u32)inner), i = (int)(t % (u32)inner);
+        long long base = (long long)o * dim * inner + i;
+        float m = -__int_as_float(0x7f800000);
+        for (int j = 0; j < dim; j++) m = fmaxf(m, x[base + (long long)j * inner]);
+        float s = 0.0f;
+        for (int j = 0; j < dim; j++) s += expf(x[base + (long long)j * inner] - m);
+        float inv = 1.0f / s;
+        for (int j = 0; j < dim; j++) y[base + (long long)j * inner] = expf(x[base + (long long)j * inner] - m) * inv;
+    }
+}
+
+// dx = y * (dy - sum(dy * y)) over rows (inner == 1): one warp per row.
+extern "C" __global__ void softmax_backward_rows(const float* y, const float* dy, float* dx, int rows, int dim)
+{
+    int lane = threadIdx.x & 31, warpsPerBlock = blockDim.x >> 5;
+    for (int row = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); row < rows; row += gridDim.x * warpsPerBlock)
+    {
+        long long base = (long long)row * dim;
+        float s = 0.0f;
+        for (int j = lane; j < dim; j += 32) s += dy[base + j] * y[base + j];
+        s = warp_sum(s);
+        for (int j = lane; j < dim; j += 32) dx[base + j] = y[base + j] * (dy[base + j] - s);
+    }
+}
+
+// The same over the middle dimension of [outer, dim, inner], one thread per column.
+extern "C" __global__ void softmax_backward_cols(const float* y, const float* dy, float* dx, int outer, int dim, int inner)
+{
+    GRID_STRIDE(t, outer * inner)
+    {
+        int o = (int)(t / (u32)inner), i = (int)(t % (u32)inner);
+        long long base = (long long)o * dim * inner + i;
+        float s = 0.0f;
+        for (int j = 0; j < dim; j++) s += dy[base + (long long)j * inner] * y[base + (long long)j * inner];
+        for (int j = 0; j < dim; j++)
+        {
+            long long k = base + (long long)j * inner;
+            dx[k] = y[k] * (dy[k] - s);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+using System.Reflection;
+using System.Runtime.InteropServices;
+
+namespace Ddpm.Backends.Cuda.Native;
+
+/// <summary>The three native libraries the backend binds, by the name used in <c>[LibraryImport]</c>.</summary>
+internal enum CudaLibrary
+{
+    Driver,
+    Cublas,
+    Nvrtc,
+}
+
+/// <summary>
+/// Finds and loads libcuda, libcublas and libnvrtc. The <c>[LibraryImport]</c> names are logical ("cuda",
+/// "cublas", "nvrtc"); the resolver maps them to the handle loaded here, so a missing library is reported by
+/// <see cref="Load"/> with every place searched, instead of as a bare DllNotFoundException on first call.
+/// Search order: DDPM_CUDA_LIB_DIR, directories added by <see cref="AddSearchDirectory"/>, CUDA_PATH/lib64,
+/// /usr/local/cuda/lib64 (and /usr/local/nvidia/lib64 for the driver), the loader's default search, then the
+/// lib folders of the nvidia-* Python wheels (system, virtual environment, /opt/*/.venv, ~/.local).
+/// </summary>
+internal static class CudaLibraries
+{
+    internal const string DriverName = "cuda";
+    internal const string CublasName = "cublas";
+    internal const string NvrtcName = "nvrtc";
+
+    private static readonly object Gate = new();
+    private static readonly Dictionary<CudaLibrary, nint> Loaded = [];
+    private static readonly Dictionary<CudaLibrary, string> LoadedPaths = [];
+    private static readonly List<string> ExtraDirectories = [];
+    private static int _resolverInstalled;
+
+    /// <summary>File names tried for each library, newest first.</summary>
+    internal static IReadOnlyList<string> FileNames(CudaLibrary lib) => lib switch
+    {
+        CudaLibrary.Driver => ["libcuda.so.1", "libcuda.so"],
+        CudaLibrary.Cublas => ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"],
+        CudaLibrary.Nvrtc => ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"],
+        _ => throw new ArgumentOutOfRangeException(nameof(lib)),
+    };
+
+    /// <summary>Adds a folder searched right after DDPM_CUDA_LIB_DIR (tests use it for the CI copy of NVRTC).</summary>
+    internal static void AddSearchDirectory(string directory)
+    {
+        lock (Gate)
+        {
+            if (!ExtraDirectories.Contains(directory)) ExtraDirectories.Add(directory);
+        }
+    }
+
+    /// <summary>
+    /// The directories searched, in order; null stands for the loader's default search. Pure in its inputs so
+    /// tests can check the order without touching the process environment.
+    /// </summary>
+    internal static IReadOnlyList<string?> SearchDirectories(CudaLibrary lib, Func<string, string?> env,
+        IEnumerable<string> extra, Func<string, IEnumerable<string>> expandWheelPattern)
+    {
+        var dirs = new List<string?>();
+        void Add(string? d)
+        {
+            if (!string.IsNullOrWhiteSpace(d) && !dirs.Contains(d)) dirs.Add(d);
+        }
+        Add(env("DDPM_CUDA_LIB_DIR"));
+        foreach (var d in extra) Add(d);
+        string? cudaPath = env("CUDA_PATH");
+        if (!string.IsNullOrWhiteSpace(cudaPath))
+        {
+            Add(Path.Combine(cudaPath, "lib64"));
+            Add(Path.Combine(cudaPath, "lib"));
+        }
+        Add("/usr/local/cuda/lib64");
+        // Containers mount the driver here (nvidia-container-toolkit) without always putting it on the loader path.
+        if (lib == CudaLibrary.Driver) Add("/usr/local/nvidia/lib64");
+        dirs.Add(null);
+        if (lib != CudaLibrary.Driver)
+        {
+            // pip's nvidia-* wheels: nvidia/cublas/lib, nvidia/cuda_nvrtc/lib (CUDA 12) or nvidia/cu13/lib (CUDA 13).
+            string? venv = env("VIRTUAL_ENV"), home = env("HOME");
+            var roots = new List<string>();
+            if (!string.IsNullOrWhiteSpace(venv)) roots.Add($"{venv}/lib/python3*/site-packages");
+            roots.AddRange(["/usr/local/lib/python3*/dist-packages", "/usr/local/lib/python3*/site-packages",
+                "/usr/lib/python3/dist-packages", "/opt/*/.venv/lib/python3*/site-packages"]);
+            if (!string.IsNullOrWhiteSpace(home)) roots.Add($"{home}/.local/lib/python3*/site-packages");
+            foreach (var root in roots)
+                foreach (var d in expandWheelPattern($"{root}/nvidia/*/lib"))
+                    Add(d);
+        }
+        return dirs;
+    }
+
+    /// <summary>Expands one '*' in a path's directory components (python3*), returning existing folders.</summary>
+    internal static IEnumerable<string> ExpandPattern(string pattern)
+    {
+        int star = pattern.IndexOf('*');
+        if (star < 0) return Directory.Exists(pattern) ? [pattern] : [];
+        int slashBefore = pattern.LastIndexOf('/', star);
+        int slashAfter = pattern.IndexOf('/', star);
+        string parent = pattern[..slashBefore];
+        string component = slashAfter < 0 ? pattern[(slashBefore + 1)..] : pattern[(slashBefore + 1)..slashAfter];
+        string rest = slashAfter < 0 ? "" : pattern[slashAfter..];
+        if (!Directory.Exists(parent)) return [];
+        string[] matches;
+        try
+        {
+            matches = Directory.GetDirectories(parent, component);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            // An unreadable folder holds no library we could load either.
+            return [];
+        }
+        return matches.Order(StringComparer.Ordinal).SelectMany(d => ExpandPattern(d + rest));
+    }
+
+    /// <summary>Loads <paramref name="lib"/> (once) or throws <see cref="CudaUnavailableException"/> naming what was tried.</summary>
+    internal static nint Load(CudaLibrary lib)
+    {
+        InstallResolver();
+        lock (Gate)
+        {
+            if (Loaded.TryGetValue(lib, out var h)) return h;
+            var dirs = SearchDirectories(lib, Environment.GetEnvironmentVariable, ExtraDirectories, ExpandPattern);
+            var tried = new List<string>();
+            foreach (var dir in dirs)
+            {
+                foreach (var file in FileNames(lib))
+                {
+                    string candidate = dir is null ? file : Path.Combine(dir, file);
+                    if (dir is not null && !File.Exists(candidate)) continue;
+                    if (lib == CudaLibrary.Nvrtc && dir is not null) PreloadNvrtcBuiltins(dir);
+                    if (NativeLibrary.TryLoad(candidate, out h))
+                    {
+                        Loaded[lib] = h;
+                        LoadedPaths[lib] = candidate;
+                        return h;
+                    }
+                    tried.Add(candidate);
+                }
+            }
+            var failed = tried.Where(t => t.Contains('/')).ToList();
+            string where = string.Join(", ", dirs.Select(d => d ?? "the loader's default search path"));
+            throw new CudaUnavailableException(
+                $"{FileNames(lib)[0]} was not found ({Describe(lib)}; tried {string.Join(", ", FileNames(lib))} in: {where}" +
+                (failed.Count > 0 ? $"; present but failed to load: {string.Join(", ", failed)}" : "") +
+                "). Set DDPM_CUDA_LIB_DIR to the folder that holds it.");
+        }
+    }
+
+    /// <summary>Path of a loaded library, or null.</summary>
+    internal static string? LoadedPath(CudaLibrary lib)
+    {
+        lock (Gate) return LoadedPaths.GetValueOrDefault(lib);
+    }
+
+    private static string Describe(CudaLibrary lib) => lib switch
+    {
+        CudaLibrary.Driver => "the CUDA driver; it comes with the NVIDIA display driver, so no NVIDIA driver is installed or visible here",
+        CudaLibrary.Cublas => "cuBLAS, from the CUDA toolkit or the nvidia-cublas Python wheel",
+        _ => "NVRTC, from the CUDA toolkit, the nvidia-cuda-nvrtc wheel or Debian's libnvrtc11.2",
+    };
+
+    // libnvrtc dlopens its builtins library by soname; loading it first from the same folder makes that
+    // succeed when the folder is not on the loader's path (the Debian packages unpacked for CI).
+    private static void PreloadNvrtcBuiltins(string dir)
+    {
+        if (!Directory.Exists(dir)) return;
+        foreach (var f in Directory.EnumerateFiles(dir, "libnvrtc-builtins.so*").Order(StringComparer.Ordinal))
+            if (NativeLibrary.TryLoad(f, out _)) return;
+    }
+
+    private static void InstallResolver()
+    {
+        if (Interlocked.Exchange(ref _resolverInstalled, 1) == 1) return;
+        NativeLibrary.SetDllImportResolver(typeof(CudaLibraries).Assembly, Resolve);
+    }
+
+    private static nint Resolve(string name, Assembly assembly, DllImportSearchPath? path) => name switch
+    {
+        DriverName => Load(CudaLibrary.Driver),
+        CublasName => Load(CudaLibrary.Cublas),
+        NvrtcName => Load(CudaLibrary.Nvrtc),
+        _ => 0,
+    };
+}
