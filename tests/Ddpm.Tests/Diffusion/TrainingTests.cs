@@ -35,15 +35,15 @@ public class TrainingTests(ITestOutputHelper output)
     public void TrainingOnTheBundledDataLowersTheLoss()
     {
         using var be = new CpuBackend(2);
-        var tc = new TrainingConfig { BatchSize = 16, LearningRate = 2e-3f, WarmupSteps = 20, Seed = 7 };
+        var tc = new TrainingConfig { BatchSize = 8, LearningRate = 2e-3f, WarmupSteps = 20, Seed = 7 };
         using var trainer = NewTrainer(be, tc, out var model);
         using var _ = model;
         var losses = new List<float>();
-        for (int i = 0; i < 200; i++) losses.Add(trainer.Step().Loss);
-        double first = losses.Take(10).Average(), last = losses.Skip(170).Average();
-        output.WriteLine($"mean loss, steps 1-10: {first:F4}; steps 171-200: {last:F4}");
+        for (int i = 0; i < 120; i++) losses.Add(trainer.Step().Loss);
+        double first = losses.Take(10).Average(), last = losses.Skip(100).Average();
+        output.WriteLine($"mean loss, steps 1-10: {first:F4}; steps 101-120: {last:F4}");
         Assert.True(first > 0.5, $"an untrained model should predict noise poorly (loss {first})");
-        Assert.True(last < 0.2, $"after 200 steps the loss should be clearly lower; it is {last:F4} (from {first:F4})");
+        Assert.True(last < 0.25, $"after 120 steps the loss should be clearly lower; it is {last:F4} (from {first:F4})");
         Assert.All(losses, l => Assert.True(float.IsFinite(l)));
     }
 
