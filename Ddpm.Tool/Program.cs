@@ -1,10 +1,110 @@
+using CommandLine;
+using CommandLine.Text;
+using Ddpm.Tool.Commands;
+
 namespace Ddpm.Tool;
 
 public static class Program
 {
+    private static readonly Type[] Verbs =
+    [
+        typeof(TrainOptions), typeof(SampleOptions), typeof(AnimateOptions), typeof(InterpolateOptions),
+        typeof(ForwardOptions), typeof(ParityOptions), typeof(BenchOptions), typeof(InfoOptions),
+    ];
+
     public static int Main(string[] args)
     {
-        Console.WriteLine("ddpm-tool: train and sample DDPM image models.");
-        return 0;
+        using var cts = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            // The first Ctrl-C asks long commands to stop cleanly (train saves a checkpoint); a second one kills.
+            if (cts.IsCancellationRequested) return;
+            e.Cancel = true;
+            cts.Cancel();
+            Console.Error.WriteLine();
+            Console.Error.WriteLine("stopping after the current step (Ctrl-C again to abort)...");
+        };
+        var con = new Console2(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
+        return Run(args, con);
     }
+
+    /// <summary>Parses and runs one verb; returns the exit code (0 ok, 1 failed, 2 bad usage, 130 interrupted).</summary>
+    public static int Run(string[] args, Console2 con)
+    {
+        using var parser = new Parser(s =>
+        {
+            s.HelpWriter = null;
+            s.CaseInsensitiveEnumValues = true;
+            s.AutoVersion = true;
+        });
+        // The one-letter options read naturally as --n, --t, --a, --b; the parser wants -n, -t, -a, -b.
+        args = args.Select(a => a is "--n" or "--t" or "--a" or "--b" ? a[1..] : a).ToArray();
+        var result = parser.ParseArguments(args, Verbs);
+        if (result is NotParsed<object> notParsed)
+        {
+            var errors = notParsed.Errors.ToList();
+            if (errors.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError or ErrorType.VersionRequestedError))
+            {
+                var help = HelpText.AutoBuild(result, h =>
+                {
+                    h.Heading = "ddpm-tool: train and sample DDPM image models (C#, CPU or CUDA)";
+                    h.Copyright = "";
+                    h.AddDashesToOption = true;
+                    h.AdditionalNewLineAfterOption = false;
+                    h.MaximumDisplayWidth = 110;
+                    return h;
+                }, e => e, verbsIndex: true);
+                con.Out.WriteLine(help);
+                return 0;
+            }
+            string verb = args.FirstOrDefault(a => !a.StartsWith('-')) ?? "";
+            con.Err.WriteLine($"ddpm-tool: {Describe(errors.First())}. See 'ddpm-tool {(verb.Length > 0 && Verbs.Any(v => v.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Any(a => a.Name == verb)) ? verb + " " : "")}--help'.");
+            return 2;
+        }
+        var options = ((Parsed<object>)result).Value;
+        bool verbose = options is CommonOptions co && co.Verbose;
+        try
+        {
+            return options switch
+            {
+                TrainOptions o => TrainCommand.Run(o, con),
+                SampleOptions o => SampleCommand.Run(o, con),
+                AnimateOptions o => AnimateCommand.Run(o, con),
+                InterpolateOptions o => InterpolateCommand.Run(o, con),
+                ForwardOptions o => ForwardCommand.Run(o, con),
+                ParityOptions o => ParityCommand.Run(o, con),
+                BenchOptions o => BenchCommand.Run(o, con),
+                InfoOptions o => InfoCommand.Run(o, con),
+                _ => throw new InvalidOperationException($"verb {options.GetType().Name} has no handler"),
+            };
+        }
+        catch (UsageError e)
+        {
+            con.Err.WriteLine($"ddpm-tool: {e.Message}");
+            return 2;
+        }
+        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            con.Err.WriteLine($"ddpm-tool: error: {e.Message}");
+            if (verbose) con.Err.WriteLine(e);
+            return 1;
+        }
+        catch (Exception e) when (!verbose)
+        {
+            con.Err.WriteLine($"ddpm-tool: internal error: {e.GetType().Name}: {e.Message} (run with --verbose for the stack trace)");
+            return 1;
+        }
+    }
+
+    private static string Describe(Error e) => e switch
+    {
+        UnknownOptionError u => $"unknown option '{u.Token}'",
+        BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName}",
+        MissingRequiredOptionError m => $"missing required option --{m.NameInfo.LongName}",
+        MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
+        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info)",
+        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info)",
+        RepeatedOptionError r => $"option --{r.NameInfo.LongName} given twice",
+        _ => $"bad arguments ({e.Tag})",
+    };
 }

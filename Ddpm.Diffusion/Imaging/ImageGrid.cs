@@ -76,7 +76,8 @@ public static class ImageGrid
                     dst[((oy + y) * dstW + ox + x) * c + ch] = ToByte(range.ToUnit(src[(ch * h + y) * w + x]));
     }
 
-    private static void WritePng(string path, byte[] hwc, int width, int height, int channels)
+    /// <summary>Writes an HWC byte image (1 or 3 channels) as PNG, atomically.</summary>
+    public static void WritePng(string path, byte[] hwc, int width, int height, int channels)
     {
         var components = channels == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue;
         AtomicFile.Write(path, s => new ImageWriter().WritePng(hwc, width, height, components, s));

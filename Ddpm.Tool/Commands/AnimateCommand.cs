@@ -1,0 +1,103 @@
+using System.Diagnostics;
+using CommandLine;
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Tensors;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Formats.Gif;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace Ddpm.Tool.Commands;
+
+[Verb("animate", HelpText = "Show the reverse process: predicted-x0 frames of a few samples as a PNG strip and an animated GIF.")]
+public sealed class AnimateOptions : SamplingOptions
+{
+    [Option('n', "count", Default = 4, HelpText = "Number of samples, one row each (also --n).")]
+    public int N { get; set; }
+
+    [Option("frames", Default = 10, HelpText = "Frames recorded over the reverse process.")]
+    public int Frames { get; set; }
+
+    [Option("out", Default = "animation", HelpText = "Output path without extension: writes OUT.png (strip) and OUT.gif.")]
+    public string Out { get; set; } = "animation";
+
+    [Option("scale", Default = 4, HelpText = "Pixel scale of the GIF.")]
+    public int Scale { get; set; }
+}
+
+public static class AnimateCommand
+{
+    public static int Run(AnimateOptions o, Console2 con)
+    {
+        if (o.N <= 0 || o.Frames < 2 || o.Scale <= 0) throw new UsageError("-n and --scale must be positive and --frames at least 2.");
+        var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
+        using var be = Cli.CreateBackend(o);
+        var (model, diffusion, _) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+        using var _m = model;
+        o.Check(diffusion.Steps);
+        var mc = model.Config;
+        int c = mc.ImageChannels, s = mc.ImageSize, per = c * s * s;
+        int total = o.Kind == SamplerKind.Ddpm ? diffusion.Steps : o.Steps;
+        int every = Math.Max(1, total / o.Frames);
+        var frames = new List<float[]>();
+        int seen = 0;
+        var sw = Stopwatch.StartNew();
+        using (var scope = new TensorScope())
+        {
+            var x = new Sampler(diffusion).Sample(o.N, o.Kind, o.Steps, o.Eta, o.Seed, p => ProgressBar.Draw(con, p.Step, p.Of, sw),
+                (t, xt, x0) =>
+                {
+                    seen++;
+                    if (seen % every == 0 && frames.Count < o.Frames - 1) frames.Add(x0.ToArray());
+                });
+            frames.Add(x.ToArray());
+        }
+        ProgressBar.Done(con);
+        int f = frames.Count;
+        // Strip: one row per sample, one column per frame.
+        var strip = new float[o.N * f * per];
+        for (int i = 0; i < o.N; i++)
+            for (int k = 0; k < f; k++)
+                Array.Copy(frames[k], i * per, strip, (i * f + k) * per, per);
+        string dir = Path.GetDirectoryName(Path.GetFullPath(o.Out)) ?? ".";
+        Directory.CreateDirectory(dir);
+        ImageGrid.SavePng(o.Out + ".png", strip, o.N * f, c, s, s, f, diffusion.Config.DataRange, 2);
+        WriteGif(o.Out + ".gif", frames, o.N, c, s, diffusion.Config.DataRange, o.Scale);
+        con.Out.WriteLine($"wrote {o.Out}.png ({o.N} samples x {f} predicted-x0 frames) and {o.Out}.gif in {sw.Elapsed.TotalSeconds:F1}s");
+        return 0;
+    }
+
+    /// <summary>Each frame: the n samples side by side, scaled up; the last frame is held longer.</summary>
+    private static void WriteGif(string path, List<float[]> frames, int n, int c, int s, DataRange range, int scale)
+    {
+        int w = n * (s + 2) * scale, h = (s + 2) * scale, per = c * s * s;
+        using var gif = new Image<Rgb24>(w, h);
+        var meta = gif.Metadata.GetGifMetadata();
+        meta.RepeatCount = 0;
+        for (int k = 0; k < frames.Count; k++)
+        {
+            using var frame = new Image<Rgb24>(w, h, new Rgb24(0, 0, 0));
+            for (int i = 0; i < n; i++)
+                for (int y = 0; y < s; y++)
+                    for (int x = 0; x < s; x++)
+                    {
+                        byte r = Px(frames[k], i * per, 0, y, x, s, range);
+                        byte g = c == 3 ? Px(frames[k], i * per, 1, y, x, s, range) : r;
+                        byte b = c == 3 ? Px(frames[k], i * per, 2, y, x, s, range) : r;
+                        for (int dy = 0; dy < scale; dy++)
+                            for (int dx = 0; dx < scale; dx++)
+                                frame[(i * (s + 2) + 1 + x) * scale + dx, (1 + y) * scale + dy] = new Rgb24(r, g, b);
+                    }
+            frame.Frames.RootFrame.Metadata.GetGifMetadata().FrameDelay = k == frames.Count - 1 ? 150 : 25;
+            gif.Frames.AddFrame(frame.Frames.RootFrame);
+        }
+        gif.Frames.RemoveFrame(0);
+        string tmp = path + ".tmp";
+        gif.SaveAsGif(tmp, new GifEncoder { ColorTableMode = GifColorTableMode.Local });
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    private static byte Px(float[] img, int offset, int ch, int y, int x, int s, DataRange range) =>
+        ImageGrid.ToByte(range.ToUnit(img[offset + (ch * s + y) * s + x]));
+}

@@ -1,0 +1,133 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using CommandLine;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
+using Ddpm.Tensors;
+
+namespace Ddpm.Tool.Commands;
+
+[Verb("bench", HelpText = "Median seconds per training step or sampling step (images/s), or SGEMM GFLOP/s.")]
+public sealed class BenchOptions : ModelOptions
+{
+    [Option("mode", Default = "train", HelpText = "train (forward + backward + Adam), sample (one reverse step, no grad) or gemm.")]
+    public string Mode { get; set; } = "train";
+
+    [Option("batch", HelpText = "Batch size (default: the preset's).")]
+    public int? Batch { get; set; }
+
+    [Option("steps", Default = 5, HelpText = "Timed repetitions (the median is reported).")]
+    public int Steps { get; set; }
+
+    [Option("warmup", Default = 1, HelpText = "Untimed repetitions first (JIT, memory pools).")]
+    public int Warmup { get; set; }
+
+    [Option("size", Default = 1024, HelpText = "Matrix size for --mode gemm (N x N x N).")]
+    public int Size { get; set; }
+
+    [Option("json", Default = false, HelpText = "Also print one JSON object on the last line.")]
+    public bool Json { get; set; }
+}
+
+public static class BenchCommand
+{
+    public static int Run(BenchOptions o, Console2 con)
+    {
+        if (o.Steps <= 0 || o.Warmup < 0) throw new UsageError("--steps must be positive and --warmup >= 0.");
+        string mode = o.Mode.ToLowerInvariant();
+        if (mode is not ("train" or "sample" or "gemm")) throw new UsageError($"--mode is train, sample or gemm, not '{o.Mode}'.");
+        var preset = Presets.Get(o.Preset ?? "small");
+        var cfg = o.ResolveModel(preset.Model);
+        int batch = o.Batch ?? preset.Batch;
+        if (batch <= 0) throw new UsageError($"--batch must be positive, got {batch}.");
+        using var be = Cli.CreateBackend(o);
+        var times = new List<double>();
+        double flops = 0;
+        long parameters = 0;
+
+        if (mode == "gemm")
+        {
+            int n = o.Size;
+            if (n <= 0) throw new UsageError($"--size must be positive, got {n}.");
+            var host = new float[n * n];
+            Philox.FillNormal(host, 1, 0);
+            var a = be.Allocate(n * n); var b = be.Allocate(n * n); var c = be.Allocate(n * n);
+            be.Upload(host, a, 0); be.Upload(host, b, 0);
+            for (int i = 0; i < o.Warmup + o.Steps; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                be.Gemm(false, false, 1, n, n, n, 1f, a, 0, b, 0, 0f, c, 0);
+                be.Synchronize();
+                if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
+            }
+            a.Release(); b.Release(); c.Release();
+            flops = 2.0 * n * n * n;
+        }
+        else
+        {
+            using var model = new UNet(be, cfg, new PhiloxGenerator(0));
+            parameters = model.ParameterCount();
+            var diffusion = new DenoiseDiffusion(model, new DiffusionConfig());
+            if (mode == "train")
+            {
+                using var trainer = new Trainer(diffusion, new SyntheticBatches(cfg.ImageChannels, cfg.ImageSize, 1),
+                    new TrainingConfig { BatchSize = batch, EmaDecay = 0.999f });
+                for (int i = 0; i < o.Warmup + o.Steps; i++)
+                {
+                    var s = trainer.Step();
+                    if (i >= o.Warmup) times.Add(s.Seconds);
+                    if (!con.Interactive || i == o.Warmup + o.Steps - 1) { }
+                }
+            }
+            else
+            {
+                model.Eval();
+                var gen = new PhiloxGenerator(2);
+                using var x = Tensor.RandN(be, new Shape(batch, cfg.ImageChannels, cfg.ImageSize, cfg.ImageSize), gen);
+                var t = Enumerable.Repeat(500, batch).ToArray();
+                for (int i = 0; i < o.Warmup + o.Steps; i++)
+                {
+                    var sw = Stopwatch.StartNew();
+                    using (var scope = new TensorScope())
+                    {
+                        var z = Tensor.RandN(be, x.Shape, gen);
+                        var next = diffusion.PSample(x, t, z);
+                        be.Synchronize();
+                    }
+                    if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
+                }
+            }
+        }
+
+        times.Sort();
+        double median = times[times.Count / 2];
+        if (times.Count % 2 == 0) median = 0.5 * (times[times.Count / 2 - 1] + times[times.Count / 2]);
+        long peak = Process.GetCurrentProcess().PeakWorkingSet64;
+        var inv = CultureInfo.InvariantCulture;
+        con.Out.WriteLine($"bench {mode} on {be.Description}");
+        if (mode == "gemm")
+        {
+            double gflops = flops / median / 1e9;
+            con.Out.WriteLine(string.Format(inv, "  SGEMM {0}^3: median {1:F4} s over {2} runs = {3:F1} GFLOP/s (min {4:F4} s, max {5:F4} s)",
+                o.Size, median, times.Count, gflops, times[0], times[^1]));
+            if (o.Json)
+                con.Out.WriteLine(JsonSerializer.Serialize(new { mode, backend = be.Name, size = o.Size, threads = o.Threads, median_s = median, gflops }));
+        }
+        else
+        {
+            double ips = batch / median;
+            con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {cfg}, {parameters:N0} parameters");
+            con.Out.WriteLine(string.Format(inv, "  {0} step, batch {1}: median {2:F4} s over {3} runs = {4:F2} images/s (min {5:F4} s, max {6:F4} s); peak memory {7:F2} GB",
+                mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times[0], times[^1], peak / 1e9));
+            if (o.Json)
+                con.Out.WriteLine(JsonSerializer.Serialize(new
+                {
+                    mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
+                    peak_memory_bytes = peak,
+                }));
+        }
+        return 0;
+    }
+}

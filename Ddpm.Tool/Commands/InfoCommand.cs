@@ -1,0 +1,58 @@
+using CommandLine;
+using Ddpm.Backends.Cuda;
+using Ddpm.Diffusion.Model;
+using Ddpm.Tensors;
+
+namespace Ddpm.Tool.Commands;
+
+[Verb("info", HelpText = "What a checkpoint holds, the presets, and which backends this machine can run.")]
+public sealed class InfoOptions : CommonOptions
+{
+    [Option("checkpoint", HelpText = "A training checkpoint or weights file to describe.")]
+    public string? Checkpoint { get; set; }
+}
+
+public static class InfoCommand
+{
+    public static int Run(InfoOptions o, Console2 con)
+    {
+        if (o.Checkpoint is not null)
+        {
+            var c = ModelLoading.OpenCheckpoint(o.Checkpoint);
+            con.Out.WriteLine($"{o.Checkpoint}: {(c.IsTrainingCheckpoint ? "training checkpoint" : "weights file")}, {c.File.Entries.Count} tensors");
+            if (c.Model is not null)
+            {
+                con.Out.WriteLine($"  model     {c.Model}");
+                using var be = new Ddpm.Backends.Cpu.CpuReferenceBackend();
+                using var m = new UNet(be, c.Model, new PhiloxGenerator(0));
+                con.Out.WriteLine($"  parameters {m.ParameterCount():N0}");
+            }
+            else
+            {
+                long n = c.File.Entries.Where(e => !e.Name.StartsWith("ema.") && !e.Name.StartsWith("adam.")).Sum(e => e.Count);
+                con.Out.WriteLine($"  no model config in the header; {n:N0} values");
+            }
+            if (c.Diffusion is not null) con.Out.WriteLine($"  diffusion T={c.Diffusion.NSteps} {c.Diffusion.Schedule} variance={c.Diffusion.Variance} clip_x0={c.Diffusion.ClipX0} range={c.Diffusion.DataRange}");
+            if (c.Training is not null) con.Out.WriteLine($"  training  batch {c.Training.BatchSize}, lr {c.Training.LearningRate:G3}, EMA {c.Training.EmaDecay:G4}, seed {c.Training.Seed}");
+            if (c.IsTrainingCheckpoint) con.Out.WriteLine($"  step      {c.Step:N0}; EMA weights: {(c.HasEma ? "yes" : "no")}");
+            con.Out.WriteLine();
+        }
+        con.Out.WriteLine("presets:");
+        foreach (var p in Presets.All) con.Out.WriteLine($"  {p.Name,-13} batch {p.Batch,4}  {p.Summary}");
+        con.Out.WriteLine();
+        con.Out.WriteLine("backends:");
+        foreach (var (name, summary) in Cli.Registry().Available)
+        {
+            string status = "available";
+            if (name == "cuda")
+            {
+                var probe = CudaProbe.Run();
+                status = probe.Available ? probe.ToString() : "unavailable: " + probe.Reason;
+            }
+            con.Out.WriteLine($"  {name,-13} {summary}");
+            con.Out.WriteLine($"  {"",-13} {status}");
+        }
+        con.Out.WriteLine($"  this machine: {Environment.ProcessorCount} cores, AVX-512 {(System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? "yes" : "no")}, AVX2 {(System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "yes" : "no")}, .NET {Environment.Version}");
+        return 0;
+    }
+}

@@ -1,0 +1,119 @@
+using System.Diagnostics;
+using CommandLine;
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Tensors;
+
+namespace Ddpm.Tool.Commands;
+
+[Verb("interpolate", HelpText = "Mix two images at noise level t and denoise the mixtures (labml's interpolate), as a PNG strip.")]
+public sealed class InterpolateOptions : SamplingOptions
+{
+    [Option('a', "image-a", Required = true, HelpText = "(also --a) First image: a PNG/JPEG/BMP file, or data:INDEX for an image of --data (default the bundled test set).")]
+    public string A { get; set; } = "";
+
+    [Option('b', "image-b", Required = true, HelpText = "(also --b) Second image, as --a.")]
+    public string B { get; set; } = "";
+
+    [Option("data", HelpText = "Dataset for data:INDEX images (IDX file, CIFAR-10 folder, image folder).")]
+    public string? Data { get; set; }
+
+    [Option('t', "timestep", Default = 100, HelpText = "(also --t) Timestep both images are noised to before mixing.")]
+    public int T { get; set; }
+
+    [Option("frames", Default = 8, HelpText = "Mixing weights lambda = 0 .. 1 in this many steps.")]
+    public int Frames { get; set; }
+
+    [Option("out", Default = "interpolation.png", HelpText = "The strip to write: a, the mixtures, b.")]
+    public string Out { get; set; } = "interpolation.png";
+}
+
+public static class InterpolateCommand
+{
+    public static int Run(InterpolateOptions o, Console2 con)
+    {
+        if (o.Frames < 2) throw new UsageError($"--frames must be at least 2, got {o.Frames}.");
+        var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
+        using var be = Cli.CreateBackend(o);
+        var (model, diffusion, _) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+        using var _m = model;
+        if (o.T < 0 || o.T >= diffusion.Steps) throw new UsageError($"--t must be in [0, {diffusion.Steps}), got {o.T}.");
+        var mc = model.Config;
+        int c = mc.ImageChannels, s = mc.ImageSize, per = c * s * s;
+        var range = diffusion.Config.DataRange;
+        var a = LoadImage(o.A, o, mc.ImageSize, c, range);
+        var b = LoadImage(o.B, o, mc.ImageSize, c, range);
+
+        var sw = Stopwatch.StartNew();
+        var gen = new PhiloxGenerator(o.Seed);
+        var strip = new float[(o.Frames + 2) * per];
+        a.CopyTo(strip, 0);
+        b.CopyTo(strip, (o.Frames + 1) * per);
+        using (var scope = new TensorScope())
+        using (GradMode.NoGrad())
+        {
+            int f = o.Frames;
+            var x1 = Tensor.FromArray(be, Repeat(a, f), f, c, s, s);
+            var x2 = Tensor.FromArray(be, Repeat(b, f), f, c, s, s);
+            // One noise draw shared by every mixture, as labml's interpolate_animate does.
+            var eps1 = Tensor.RandN(be, new Shape(1, c, s, s), gen);
+            var eps = Ops.Expand(eps1, new Shape(f, c, s, s));
+            var ts = Enumerable.Repeat(o.T, f).ToArray();
+            var q1 = diffusion.QSample(x1, ts, eps);
+            var q2 = diffusion.QSample(x2, ts, eps);
+            var lam = Tensor.FromArray(be, Enumerable.Range(0, f).Select(i => (float)i / (f - 1)).ToArray(), f, 1, 1, 1);
+            var mix = q1 + lam * (q2 - q1);
+            var x = new Sampler(diffusion).Denoise(mix, o.T, gen);
+            x.ToArray().CopyTo(strip, per);
+        }
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(o.Out));
+        if (dir is not null) Directory.CreateDirectory(dir);
+        ImageGrid.SavePng(o.Out, strip, o.Frames + 2, c, s, s, o.Frames + 2, range, 2);
+        con.Out.WriteLine($"wrote {o.Out}: {o.A}, {o.Frames} mixtures denoised from t={o.T}, {o.B} ({sw.Elapsed.TotalSeconds:F1}s)");
+        return 0;
+    }
+
+    private static float[] Repeat(float[] x, int n)
+    {
+        var r = new float[x.Length * n];
+        for (int i = 0; i < n; i++) x.CopyTo(r, i * x.Length);
+        return r;
+    }
+
+    /// <summary>An image in the model's data range, [C, S, S]: a file (resized and center-cropped) or data:INDEX.</summary>
+    private static float[] LoadImage(string spec, InterpolateOptions o, int size, int channels, DataRange range)
+    {
+        float[] unit;
+        if (spec.StartsWith("data:", StringComparison.OrdinalIgnoreCase))
+        {
+            if (!int.TryParse(spec.AsSpan(5), out int index)) throw new UsageError($"'{spec}' is not data:INDEX.");
+            string path = o.Data ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
+            var ds = Cli.OpenDataset(path, size, channels);
+            if ((uint)index >= (uint)ds.Count) throw new UserError($"{path} has {ds.Count} images; there is no index {index}.");
+            if (ds.Channels != channels) throw new UserError($"{path} has {ds.Channels}-channel images; the model takes {channels}.");
+            if (ds.Height > size || ds.Width > size) throw new UserError($"{path} has {ds.Height}x{ds.Width} images; the model is {size}x{size}.");
+            var raw = new float[ds.Channels * ds.Height * ds.Width];
+            ds.Get(index, raw);
+            unit = new float[channels * size * size];
+            int top = (size - ds.Height) / 2, left = (size - ds.Width) / 2;
+            for (int ch = 0; ch < channels; ch++)
+                for (int y = 0; y < ds.Height; y++)
+                    for (int x = 0; x < ds.Width; x++)
+                        unit[(ch * size + top + y) * size + left + x] = raw[(ch * ds.Height + y) * ds.Width + x];
+        }
+        else
+        {
+            if (!File.Exists(spec)) throw new UserError($"{spec}: no such image file.");
+            try
+            {
+                unit = Resampler.CenterCropResize(ImageFile.Load(spec, channels), size, size, ResizeFilter.Auto);
+            }
+            catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException)
+            {
+                throw new UserError($"{spec}: {e.Message}", e);
+            }
+        }
+        return unit.Select(v => range.FromUnit(v)).ToArray();
+    }
+}
