@@ -4,7 +4,7 @@ using System.IO.Compression;
 namespace Ddpm.Tests.Data;
 
 /// <summary>Temporary folders and small hand-made data files for the data and imaging tests.</summary>
-internal sealed class TempDir : IDisposable
+public sealed class TempDir : IDisposable
 {
     public TempDir() => Path = Directory.CreateTempSubdirectory("ddpm-test-").FullName;
 

@@ -1,0 +1,249 @@
+using System.Text.Json;
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Diffusion.Training;
+using Ddpm.Tensors.IO;
+using Ddpm.Tests.Data;
+using Ddpm.Tool;
+using SixLabors.ImageSharp;
+using Xunit;
+
+namespace Ddpm.Tests.Tool;
+
+/// <summary>Runs each verb in-process on a tiny configuration and checks what it writes.</summary>
+public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
+{
+    private readonly TrainedRun _run;
+
+    public ToolTests(TrainedRun run) => _run = run;
+
+    internal static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var o = new StringWriter(); var e = new StringWriter();
+        int code = Program.Run(args, new Console2(o, e, interactive: false));
+        return (code, o.ToString(), e.ToString());
+    }
+
+    /// <summary>One short training run (T = 50 so DDPM sampling is quick) shared by the tests.</summary>
+    public sealed class TrainedRun : IDisposable
+    {
+        public TrainedRun()
+        {
+            (Code, Out, Err) = Run("train", "--preset", "tiny", "--steps", "4", "--batch", "4", "--max-images", "64",
+                "--diffusion-steps", "50", "--samples", "4", "--sample-steps", "3", "--sample-every", "2", "--checkpoint-every", "2",
+                "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--out", Dir.Path, "--threads", "2");
+        }
+
+        public TempDir Dir { get; } = new();
+        public int Code { get; }
+        public string Out { get; }
+        public string Err { get; }
+        public string Checkpoint => Dir.File("checkpoint.safetensors");
+
+        public void Dispose() => Dir.Dispose();
+    }
+
+    [Fact]
+    public void TrainWritesCheckpointSamplesAndLog()
+    {
+        Assert.True(_run.Code == 0, _run.Err + _run.Out);
+        var csv = File.ReadAllLines(_run.Dir.File("loss.csv"));
+        Assert.Equal("step,loss,grad_norm,lr,seconds", csv[0]);
+        Assert.Equal(5, csv.Length);
+        Assert.Equal(new[] { "1", "2", "3", "4" }, csv.Skip(1).Select(l => l.Split(',')[0]));
+        var grid = ImageFile.Load(_run.Dir.File("samples.png"), 1);
+        Assert.Equal((2 * 34 + 2, 2 * 34 + 2), (grid.Width, grid.Height));
+        Assert.True(File.Exists(_run.Dir.File("samples-0000002.png")));
+        var plot = ImageFile.Load(_run.Dir.File("loss.png"), 3);
+        Assert.True(plot.Width > 100 && plot.Height > 100);
+        var ckpt = Checkpoint.Load(_run.Checkpoint);
+        Assert.True(ckpt.IsTrainingCheckpoint);
+        Assert.Equal(4, ckpt.Step);
+        Assert.True(ckpt.HasEma);
+        Assert.Equal(50, ckpt.Diffusion!.NSteps);
+        var weights = SafeTensorsFile.Read(_run.Dir.File("model.safetensors"));
+        Assert.Contains(weights.Entries, e => e.Name == "image_proj.weight");
+        Assert.Contains("step       4/4", _run.Out);
+    }
+
+    [Fact]
+    public void ResumeContinuesTheRunAndTheLog()
+    {
+        using var dir = new TempDir();
+        foreach (var f in Directory.GetFiles(_run.Dir.Path)) File.Copy(f, Path.Combine(dir.Path, Path.GetFileName(f)));
+        var (code, _, err) = Run("train", "--resume", dir.File("checkpoint.safetensors"), "--steps", "6", "--max-images", "64",
+            "--out", dir.Path, "--samples", "1", "--sample-steps", "2", "--threads", "2");
+        Assert.True(code == 0, err);
+        Assert.Equal(6, Checkpoint.Load(dir.File("checkpoint.safetensors")).Step);
+        var csv = File.ReadAllLines(dir.File("loss.csv"));
+        Assert.Equal(7, csv.Length);
+        Assert.Equal("6", csv[^1].Split(',')[0]);
+    }
+
+    [Theory]
+    [InlineData("ddim", "3")]
+    [InlineData("ddpm", "3")]
+    public void SampleWritesAGridAndSingleImages(string sampler, string steps)
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", steps,
+            "--n", "3", "--nrow", "3", "--out", dir.File("g.png"), "--each", dir.File("each"), "--seed", "5");
+        Assert.True(code == 0, err);
+        var g = ImageFile.Load(dir.File("g.png"), 1);
+        Assert.Equal((3 * 34 + 2, 34 + 2), (g.Width, g.Height));
+        Assert.Equal(3, Directory.GetFiles(dir.File("each"), "*.png").Length);
+        // Same seed, same pixels.
+        Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", "3", "--n", "3", "--nrow", "3", "--out", dir.File("g2.png"), "--seed", "5");
+        Assert.Equal(g.Pixels, ImageFile.Load(dir.File("g2.png"), 1).Pixels);
+    }
+
+    [Fact]
+    public void AnimateWritesAStripAndAGif()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("animate", "--checkpoint", _run.Checkpoint, "--n", "2", "--steps", "6", "--frames", "3", "--out", dir.File("a"));
+        Assert.True(code == 0, err);
+        var strip = ImageFile.Load(dir.File("a.png"), 1);
+        Assert.Equal((3 * 34 + 2, 2 * 34 + 2), (strip.Width, strip.Height));
+        using var gif = Image.Load(dir.File("a.gif"));
+        Assert.Equal(3, gif.Frames.Count);
+    }
+
+    [Fact]
+    public void InterpolateWritesAStrip()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("interpolate", "--checkpoint", _run.Checkpoint, "--a", "data:0", "--b", "data:5", "--t", "20",
+            "--frames", "4", "--out", dir.File("i.png"));
+        Assert.True(code == 0, err);
+        var strip = ImageFile.Load(dir.File("i.png"), 1);
+        Assert.Equal((6 * 34 + 2, 34 + 2), (strip.Width, strip.Height));
+    }
+
+    [Fact]
+    public void ForwardReproducesThePyTorchGoldenOutputs()
+    {
+        using var dir = new TempDir();
+        string g = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
+        var (code, _, err) = Run("forward", "--weights", Path.Combine(g, "model.safetensors"), "--inputs", Path.Combine(g, "io.safetensors"),
+            "--out", dir.File("o.safetensors"), "--grads", "--image-channels", "1", "--image-size", "16", "--n-channels", "32",
+            "--ch-mults", "1,2", "--attn", "0,1", "--n-blocks", "1");
+        Assert.True(code == 0, err);
+        var ours = SafeTensorsFile.Read(dir.File("o.safetensors"));
+        var io = SafeTensorsFile.Read(Path.Combine(g, "io.safetensors"));
+        foreach (var (name, tol) in new[] { ("eps", 1e-5), ("L", 1e-5), ("grad.x", 1e-4), ("grad.final.weight", 1e-4), ("grad.image_proj.weight", 1e-4) })
+        {
+            var a = ours[name].AsFloats(); var b = io[name].AsFloats();
+            double num = a.Zip(b, (x, y) => Math.Pow(x - y, 2)).Sum(), den = b.Sum(y => (double)y * y);
+            Assert.True(Math.Sqrt(num / den) <= tol, $"{name}: relative L2 {Math.Sqrt(num / den):E3}");
+        }
+        Assert.Equal(3 + 128, ours.Entries.Count); // eps, L, grad.x and one gradient per parameter
+    }
+
+    [Fact]
+    public void ParityCpuAgainstReferenceHolds()
+    {
+        var (code, output, err) = Run("parity", "--backend", "cpu", "--against", "cpu-reference", "--train-steps", "2", "--sample-steps", "2");
+        Assert.True(code == 0, err + output);
+        Assert.Contains("parity holds", output);
+        Assert.Contains("grad.x", output);
+    }
+
+    [Fact]
+    public void BenchPrintsJson()
+    {
+        var (code, output, err) = Run("bench", "--mode", "gemm", "--size", "64", "--steps", "3", "--json");
+        Assert.True(code == 0, err);
+        var json = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        Assert.Equal("gemm", json.GetProperty("mode").GetString());
+        Assert.True(json.GetProperty("gflops").GetDouble() > 0);
+        (code, output, err) = Run("bench", "--preset", "tiny", "--mode", "train", "--batch", "2", "--steps", "1", "--warmup", "0", "--json");
+        Assert.True(code == 0, err);
+        json = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        Assert.Equal(2, json.GetProperty("batch").GetInt32());
+        Assert.True(json.GetProperty("images_per_s").GetDouble() > 0);
+    }
+
+    [Fact]
+    public void InfoDescribesCheckpointAndBackends()
+    {
+        var (code, output, err) = Run("info", "--checkpoint", _run.Checkpoint);
+        Assert.True(code == 0, err);
+        Assert.Contains("training checkpoint", output);
+        Assert.Contains("step      4", output);
+        Assert.Contains("cuda", output);
+        Assert.Contains("cpu-reference", output);
+    }
+
+    // ---- bad input: one clear line, the right exit code, nothing lost ----------------------------------
+
+    [Theory]
+    [InlineData(new[] { "train", "--bogus" }, "unknown option 'bogus'")]
+    [InlineData(new[] { "train", "--steps", "abc" }, "bad value for --steps")]
+    [InlineData(new[] { "frobnicate" }, "unknown verb 'frobnicate'")]
+    [InlineData(new[] { "sample" }, "missing required option --checkpoint")]
+    [InlineData(new[] { "train", "--steps", "0" }, "--steps must be positive")]
+    [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
+    [InlineData(new[] { "train", "--backend", "tpu" }, "unknown backend 'tpu'")]
+    [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
+    [InlineData(new[] { "train", "--image-size", "30" }, "image_size 30 must be divisible by 4")]
+    [InlineData(new[] { "bench", "--mode", "fly" }, "--mode is train, sample or gemm")]
+    public void BadUsageIsOneLineAndExitCode2(string[] args, string message)
+    {
+        var (code, output, err) = Run(args);
+        Assert.Equal(2, code);
+        Assert.Contains(message, err);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.DoesNotContain("   at ", err + output);
+    }
+
+    [Fact]
+    public void MissingAndCorruptFilesNameThePath()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run("sample", "--checkpoint", dir.File("nope.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("nope.safetensors", err);
+
+        File.WriteAllBytes(dir.File("bad.safetensors"), [1, 2, 3]);
+        (code, _, err) = Run("sample", "--checkpoint", dir.File("bad.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("bad.safetensors", err);
+        Assert.DoesNotContain("   at ", err);
+
+        Directory.CreateDirectory(dir.File("empty"));
+        (code, _, err) = Run("train", "--data", dir.File("empty"), "--preset", "tiny", "--steps", "1", "--out", dir.File("o"));
+        Assert.Equal(1, code);
+        Assert.Contains("empty", err);
+
+        (code, _, err) = Run("train", "--data", dir.File("missing.gz"), "--preset", "tiny", "--steps", "1", "--out", dir.File("o"));
+        Assert.Equal(1, code);
+        Assert.Contains("missing.gz", err);
+    }
+
+    [Fact]
+    public void ACheckpointOfAnotherModelIsRejectedAndKept()
+    {
+        using var dir = new TempDir();
+        string g = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
+        string weights = dir.File("w.safetensors");
+        File.Copy(Path.Combine(g, "model.safetensors"), weights);
+        // A weights file without a config, read with options that describe another UNet.
+        var (code, _, err) = Run("forward", "--weights", weights, "--inputs", Path.Combine(g, "io.safetensors"), "--preset", "tiny",
+            "--image-size", "16", "--out", dir.File("o.safetensors"));
+        Assert.Equal(1, code);
+        Assert.Contains("w.safetensors", err);
+        Assert.Contains("image_proj.weight", err);
+        Assert.False(File.Exists(dir.File("o.safetensors")));
+        string copy = dir.File("ck.safetensors");
+        File.Copy(_run.Checkpoint, copy);
+        byte[] before = File.ReadAllBytes(copy);
+        // Resuming on data of another channel count (a CIFAR-10 batch: 3 channels) is refused before anything is written.
+        string cifar = dir.File("cifar");
+        Directory.CreateDirectory(cifar);
+        File.WriteAllBytes(Path.Combine(cifar, "data_batch_1.bin"), new byte[8 * 3073]);
+        (code, _, err) = Run("train", "--resume", copy, "--data", cifar, "--steps", "8", "--out", dir.Path);
+        Assert.Equal(1, code);
+        Assert.Contains("3-channel", err);
+        Assert.Equal(before, File.ReadAllBytes(copy));
+    }
+}
