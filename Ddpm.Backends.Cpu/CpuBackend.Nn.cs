@@ -273,9 +273,8 @@ public sealed unsafe partial class CpuBackend
             {
                 int cc = gi * cpg + ch;
                 float scale = r * ((float*)gp)[cc];
-                float shift = ((float*)bp)[cc] - mu * scale;
                 long o = baseOff + (long)ch * hw;
-                Kernel.Map(new AffineKernel(scale, shift), (float*)xp + o, (float*)yp + o, hw);
+                Kernel.Map(new NormalizeKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
             }
         });
     }
@@ -304,25 +303,23 @@ public sealed unsafe partial class CpuBackend
             {
                 int cc = gi * cpg + ch;
                 var dys = new ReadOnlySpan<float>((float*)dyp + baseOff + (long)ch * hw, hw);
-                var xs = new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw);
                 double sdy = TensorPrimitives.Sum(dys);
-                double sdyx = TensorPrimitives.Dot(dys, xs);
-                double sxhat = (sdyx - mu * sdy) * r;
+                double sxhat = Reduce.SumProductDeviation((float*)dyp + baseOff + (long)ch * hw, (float*)xp + baseOff + (long)ch * hw, hw, mu) * r;
                 s1[s * c + cc] = sdy;
                 s2[s * c + cc] = sxhat;
                 double gm = ((float*)gp)[cc];
                 a += gm * sdy;
                 b += gm * sxhat;
             }
-            // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx x + k0.
+            // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx (x - mean) + k0.
             double rr = r;
             float kx = (float)(-rr * rr * b / count);
-            float k0 = (float)(-rr * a / count + rr * rr * b * mu / count);
+            float k0 = (float)(-rr * a / count);
             for (int ch = 0; ch < cpg; ch++)
             {
                 int cc = gi * cpg + ch;
                 long o = baseOff + (long)ch * hw;
-                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
+                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, mu, k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
             }
         });
         for (int cc = 0; cc < c; cc++)
