@@ -7,25 +7,29 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// <summary>
 /// Single-precision GEMM in the Goto/BLIS scheme: C = alpha * op(A) op(B) + beta * C, row-major with leading
 /// dimensions. op(B) is packed in [kc, NR] strips (kept in L1 by the micro-kernel), alpha * op(A) in [kc, MR]
-/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 8 x 32 with
+/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 12 x 32 with
 /// Vector512 on AVX-512, 6 x 16 with Vector256 otherwise. Threads split the (row block, column chunk) tiles
 /// of C; each packs its own A block, B is packed once per k-block and shared.
 /// </summary>
 internal static unsafe class Sgemm
 {
     /// <summary>Depth of a k-block: a [KC, 32] B strip is 32 KiB, within L1 with room for the A strip.</summary>
-    public const int KC = 256;
+    public static int KC = Tunable("DDPM_GEMM_KC", 256);
 
     /// <summary>Rows of an A block: [MC, KC] is 96 KiB, well inside L2.</summary>
-    public const int MC = 96;
+    public static int MC = Tunable("DDPM_GEMM_MC", 96);
 
     /// <summary>Columns of a packed B block: [KC, NC] is 4 MiB, shared by the threads in L3.</summary>
-    public const int NC = 4096;
+    public static int NC = Tunable("DDPM_GEMM_NC", 4096);
+
+    /// <summary>A block size from the environment (for tuning runs), else the default.</summary>
+    private static int Tunable(string name, int fallback) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
 
     /// <summary>Whether the AVX-512 micro-kernel is used (tests switch it off to cover the Vector256 one).</summary>
     public static bool UseAvx512 { get; set; } = Avx512F.IsSupported;
 
-    private static int MR => UseAvx512 ? 8 : 6;
+    private static int MR => UseAvx512 ? 12 : 6;
     private static int NR => UseAvx512 ? 32 : 16;
 
     /// <summary>
@@ -54,8 +58,14 @@ internal static unsafe class Sgemm
             int strips = (nc + nr - 1) / nr;
             // Column chunks per row block so that there are a few tiles per worker.
             int threads = pool?.Threads ?? 1;
-            int nChunks = Math.Clamp((2 * threads + mBlocks - 1) / mBlocks, 1, strips);
-            if (threads == 1) nChunks = 1;
+            // Enough tiles to balance (at least 2 per worker, a multiple of the worker count where the strips
+            // allow): a worker idle at the end of a k-block costs as much as the whole tail.
+            int nChunks = 1;
+            if (threads > 1)
+            {
+                nChunks = Math.Clamp((2 * threads + mBlocks - 1) / mBlocks, 1, strips);
+                while (nChunks < strips && mBlocks * nChunks % threads != 0) nChunks++;
+            }
             int stripsPerChunk = (strips + nChunks - 1) / nChunks;
             nChunks = (strips + stripsPerChunk - 1) / stripsPerChunk;
             for (int pc = 0; pc < k; pc += KC)
@@ -105,7 +115,7 @@ internal static unsafe class Sgemm
         for (int s = 0; s < aStrips; s++)
             PackA(transA, a, lda, ic + s * mr, Math.Min(mr, mc - s * mr), pc, kc, alpha, mr, ap + (long)s * kc * mr);
 
-        float* tile = stackalloc float[8 * 32];
+        float* tile = stackalloc float[12 * 32];
         int s0 = chunk * stripsPerChunk, s1 = Math.Min(strips, s0 + stripsPerChunk);
         for (int js = s0; js < s1; js++)
         {
@@ -135,20 +145,46 @@ internal static unsafe class Sgemm
         }
     }
 
+    /// <summary>
+    /// GFLOP/s of the micro-kernel alone on L1/L2-resident packed panels (the ceiling the blocking can reach),
+    /// timed by <paramref name="clock"/> in seconds.
+    /// </summary>
+    internal static double MicroKernelGflops(int kc, int calls, Func<double> clock)
+    {
+        int mr = MR, nr = NR;
+        var a = GC.AllocateArray<float>(kc * mr * 8, pinned: true);
+        var b = GC.AllocateArray<float>(kc * nr, pinned: true);
+        var c = GC.AllocateArray<float>(mr * nr * 8, pinned: true);
+        fixed (float* ap = a, bp = b, cp = c)
+        {
+            for (int i = 0; i < 1000; i++) MicroKernel(kc, ap, bp, cp, nr, true);
+            double t0 = clock();
+            for (int i = 0; i < calls; i++) MicroKernel(kc, ap + (i & 7) * kc * mr, bp, cp + (i & 7) * mr * nr, nr, false);
+            return 2.0 * mr * nr * kc * calls / (clock() - t0) / 1e9;
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void MicroKernel(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
     {
-        if (UseAvx512) Kernel8x32(kc, a, b, c, ldc, overwrite);
+        if (UseAvx512) Kernel12x32(kc, a, b, c, ldc, overwrite);
         else Kernel6x16(kc, a, b, c, ldc, overwrite);
     }
 
-    /// <summary>C[8, 32] (=|+=) sum over p of a[p, 0..8) outer b[p, 0..32): 16 zmm accumulators.</summary>
+    /// <summary>C[12, 32] (=|+=) sum over p of a[p, 0..12) outer b[p, 0..32): 24 zmm accumulators, 2 B loads and 12
+    /// broadcasts per 24 FMAs (27 of the 32 registers).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel8x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    private static void Kernel12x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
     {
-        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
-            c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default,
-            c60 = default, c61 = default, c70 = default, c71 = default;
+        // The C tile is read only at the end: start fetching its rows now (power-of-two ldc maps all 12 rows
+        // to one L1 set, so they would otherwise miss).
+        if (!overwrite && Sse.IsSupported)
+            for (int r = 0; r < 12; r++)
+            {
+                Sse.Prefetch0(c + (long)r * ldc);
+                Sse.Prefetch0(c + (long)r * ldc + 16);
+            }
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default, c90 = default, c91 = default, c100 = default, c101 = default, c110 = default, c111 = default;
         for (int p = 0; p < kc; p++)
         {
             var b0 = Vector512.Load(b);
@@ -169,7 +205,15 @@ internal static unsafe class Sgemm
             c60 = Vector512.FusedMultiplyAdd(a6, b0, c60); c61 = Vector512.FusedMultiplyAdd(a6, b1, c61);
             var a7 = Vector512.Create(a[7]);
             c70 = Vector512.FusedMultiplyAdd(a7, b0, c70); c71 = Vector512.FusedMultiplyAdd(a7, b1, c71);
-            a += 8;
+            var a8 = Vector512.Create(a[8]);
+            c80 = Vector512.FusedMultiplyAdd(a8, b0, c80); c81 = Vector512.FusedMultiplyAdd(a8, b1, c81);
+            var a9 = Vector512.Create(a[9]);
+            c90 = Vector512.FusedMultiplyAdd(a9, b0, c90); c91 = Vector512.FusedMultiplyAdd(a9, b1, c91);
+            var a10 = Vector512.Create(a[10]);
+            c100 = Vector512.FusedMultiplyAdd(a10, b0, c100); c101 = Vector512.FusedMultiplyAdd(a10, b1, c101);
+            var a11 = Vector512.Create(a[11]);
+            c110 = Vector512.FusedMultiplyAdd(a11, b0, c110); c111 = Vector512.FusedMultiplyAdd(a11, b1, c111);
+            a += 12;
             b += 32;
         }
         Store512(c, overwrite, c00, c01); c += ldc;
@@ -179,7 +223,11 @@ internal static unsafe class Sgemm
         Store512(c, overwrite, c40, c41); c += ldc;
         Store512(c, overwrite, c50, c51); c += ldc;
         Store512(c, overwrite, c60, c61); c += ldc;
-        Store512(c, overwrite, c70, c71);
+        Store512(c, overwrite, c70, c71); c += ldc;
+        Store512(c, overwrite, c80, c81); c += ldc;
+        Store512(c, overwrite, c90, c91); c += ldc;
+        Store512(c, overwrite, c100, c101); c += ldc;
+        Store512(c, overwrite, c110, c111);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -290,6 +338,14 @@ internal static unsafe class Sgemm
                 for (; q < rows; q++) dst[q] = alpha * src[q];
                 for (; q < mr; q++) dst[q] = 0f;
             }
+        }
+        else if (rows == mr)
+        {
+            // Row-major A: walk k in the outer loop so the stores are contiguous and the reads are mr
+            // sequential streams.
+            float* src = a + (long)i0 * lda + pc;
+            for (int p = 0; p < kc; p++, dst += mr)
+                for (int q = 0; q < mr; q++) dst[q] = alpha * src[(long)q * lda + p];
         }
         else
         {
