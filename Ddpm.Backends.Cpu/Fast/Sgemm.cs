@@ -313,14 +313,46 @@ internal static unsafe class Sgemm
         }
         else
         {
-            for (int q = 0; q < cols; q++)
+            int q = 0;
+            if (Sse.IsSupported)
+                for (; q <= cols - 4; q += 4)
+                {
+                    float* src = b + (long)(j0 + q) * ldb + pc;
+                    int p = 0;
+                    for (; p <= kc - 4; p += 4) Transpose4x4(src + p, ldb, dst + (long)p * nr + q, nr, 1f);
+                    for (; p < kc; p++)
+                        for (int j = 0; j < 4; j++) dst[p * nr + q + j] = src[(long)j * ldb + p];
+                }
+            for (; q < cols; q++)
             {
                 float* src = b + (long)(j0 + q) * ldb + pc;
                 for (int p = 0; p < kc; p++) dst[p * nr + q] = src[p];
             }
-            for (int q = cols; q < nr; q++)
+            for (q = cols; q < nr; q++)
                 for (int p = 0; p < kc; p++) dst[p * nr + q] = 0f;
         }
+    }
+
+    /// <summary>
+    /// dst[i * dstStride + j] = scale * src[j * srcStride + i] for i, j in 0..4: a 4x4 block transposed in
+    /// SSE registers (the packing of a row-major A and of a transposed B).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose4x4(float* src, long srcStride, float* dst, int dstStride, float scale)
+    {
+        var r0 = Sse.LoadVector128(src);
+        var r1 = Sse.LoadVector128(src + srcStride);
+        var r2 = Sse.LoadVector128(src + 2 * srcStride);
+        var r3 = Sse.LoadVector128(src + 3 * srcStride);
+        var t0 = Sse.UnpackLow(r0, r1);
+        var t1 = Sse.UnpackLow(r2, r3);
+        var t2 = Sse.UnpackHigh(r0, r1);
+        var t3 = Sse.UnpackHigh(r2, r3);
+        var s = Vector128.Create(scale);
+        Sse.Store(dst, Sse.MoveLowToHigh(t0, t1) * s);
+        Sse.Store(dst + dstStride, Sse.MoveHighToLow(t1, t0) * s);
+        Sse.Store(dst + 2 * dstStride, Sse.MoveLowToHigh(t2, t3) * s);
+        Sse.Store(dst + 3 * dstStride, Sse.MoveHighToLow(t3, t2) * s);
     }
 
     /// <summary>
@@ -339,13 +371,20 @@ internal static unsafe class Sgemm
                 for (; q < mr; q++) dst[q] = 0f;
             }
         }
-        else if (rows == mr)
+        else if (rows == mr && Sse.IsSupported)
         {
-            // Row-major A: walk k in the outer loop so the stores are contiguous and the reads are mr
-            // sequential streams.
+            // Row-major A: 4x4 blocks transposed in registers, rows past the last whole 4 one by one.
             float* src = a + (long)i0 * lda + pc;
-            for (int p = 0; p < kc; p++, dst += mr)
-                for (int q = 0; q < mr; q++) dst[q] = alpha * src[(long)q * lda + p];
+            int q4 = mr & ~3;
+            int p = 0;
+            for (; p <= kc - 4; p += 4)
+            {
+                for (int q = 0; q < q4; q += 4) Transpose4x4(src + (long)q * lda + p, lda, dst + p * mr + q, mr, alpha);
+                for (int q = q4; q < mr; q++)
+                    for (int i = 0; i < 4; i++) dst[(p + i) * mr + q] = alpha * src[(long)q * lda + p + i];
+            }
+            for (; p < kc; p++)
+                for (int q = 0; q < mr; q++) dst[p * mr + q] = alpha * src[(long)q * lda + p];
         }
         else
         {
