@@ -14,13 +14,13 @@ namespace Ddpm.Backends.Cpu.Fast;
 internal static unsafe class Sgemm
 {
     /// <summary>Depth of a k-block: a [KC, 32] B strip is 32 KiB, within L1 with room for the A strip.</summary>
-    public static int KC = Tunable("DDPM_GEMM_KC", 256);
+    public static readonly int KC = Tunable("DDPM_GEMM_KC", 256);
 
     /// <summary>Rows of an A block: [MC, KC] is 96 KiB, well inside L2.</summary>
-    public static int MC = Tunable("DDPM_GEMM_MC", 96);
+    public static readonly int MC = Tunable("DDPM_GEMM_MC", 96);
 
     /// <summary>Columns of a packed B block: [KC, NC] is 4 MiB, shared by the threads in L3.</summary>
-    public static int NC = Tunable("DDPM_GEMM_NC", 4096);
+    public static readonly int NC = Tunable("DDPM_GEMM_NC", 4096);
 
     /// <summary>A block size from the environment (for tuning runs), else the default.</summary>
     private static int Tunable(string name, int fallback) =>
