@@ -6,7 +6,8 @@ namespace Ddpm.Benchmarks;
 
 /// <summary>
 /// Side-by-side figures in one process: FMA peak (1 thread and all), SGEMM GFLOP/s at 256, 1024, 2048 squared
-/// as % of the peak of the same thread count, conv2d 3x3 forward + backward on [16,64,32,32]. Each figure is
+/// as % of the peak of the same thread count, conv2d 3x3 forward + backward on [16,64,32,32] and on a deep
+/// level's [16,256,4,4]. Each figure is
 /// the median of several timed repetitions after warm-up. Options: --threads N (default all cores),
 /// --reps N (default 7), --sizes 256,1024,2048, --cpu-time (time the single-thread figures by process CPU
 /// time instead of wall time: steadier on a shared machine, where other processes take time slices).
@@ -54,10 +55,11 @@ public static class QuickReport
             }
         }
         using (var be = new CpuBackend(threads))
+        foreach (var (c, hw) in new[] { (64, 32), (256, 4) })
         {
-            var (fwd, bwdData, bwdWeight) = Conv(be, reps);
-            double flops = 2.0 * 16 * 64 * 32 * 32 * 64 * 9 / 1e9;
-            Console.WriteLine($"conv2d 3x3 [16,64,32,32]->64 threads {threads}: forward {fwd:F2} ms ({flops / fwd * 1e3:F1} GFLOP/s), " +
+            var (fwd, bwdData, bwdWeight) = Conv(be, reps, c, hw);
+            double flops = 2.0 * 16 * c * hw * hw * c * 9 / 1e9;
+            Console.WriteLine($"conv2d 3x3 [16,{c},{hw},{hw}]->{c} threads {threads}: forward {fwd:F2} ms ({flops / fwd * 1e3:F1} GFLOP/s), " +
                 $"backward-data {bwdData:F2} ms ({flops / bwdData * 1e3:F1}), backward-weight {bwdWeight:F2} ms ({flops / bwdWeight * 1e3:F1}), " +
                 $"total {fwd + bwdData + bwdWeight:F2} ms ({3 * flops / (fwd + bwdData + bwdWeight) * 1e3:F1} GFLOP/s)");
         }
@@ -95,10 +97,10 @@ public static class QuickReport
         return flops / Median(times) / 1e9;
     }
 
-    /// <summary>Median milliseconds of forward, backward-data and backward-weight of a 3x3 s1 p1 conv.</summary>
-    public static (double, double, double) Conv(CpuBackend be, int reps)
+    /// <summary>Median milliseconds of forward, backward-data and backward-weight of a 3x3 s1 p1 conv, [16, c, hw, hw] -> c.</summary>
+    public static (double, double, double) Conv(CpuBackend be, int reps, int c, int hw)
     {
-        var g = new ConvGeometry(16, 64, 32, 32, 64, 3, 3, 1, 1, 1, 1);
+        var g = new ConvGeometry(16, c, hw, hw, c, 3, 3, 1, 1, 1, 1);
         var x = Filled(be, g.InputSize, 1); var w = Filled(be, g.WeightSize, 2); var bias = Filled(be, g.O, 3);
         var y = be.Allocate(g.OutputSize); var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize); var db = be.Allocate(g.O);
         var tf = new double[reps]; var td = new double[reps]; var tw = new double[reps];

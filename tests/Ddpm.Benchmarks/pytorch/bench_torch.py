@@ -1,5 +1,5 @@
 """PyTorch peer figures for BENCHMARKS.md: torch.mm at 256/1024/2048 squared and conv2d 3x3 forward+backward on
-[16,64,32,32], medians of several timed repetitions after warm-up, same method as the C# QuickReport.
+[16,64,32,32] and [16,256,4,4], medians of several timed repetitions after warm-up, same method as the C# QuickReport.
 
 Run with Debian's PyTorch (apt-get install python3-torch libopenblas0-pthread):
     OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 bench_torch.py --threads 2
@@ -41,11 +41,16 @@ def main():
         t = median_time(lambda: torch.mm(a, b, out=c), args.reps, inner)
         print(f"torch.mm {s}^3 threads {args.threads}: {flops / t / 1e9:.1f} GFLOP/s")
 
-    x = torch.rand(16, 64, 32, 32, requires_grad=True)
-    w = torch.rand(64, 64, 3, 3, requires_grad=True)
-    bias = torch.rand(64, requires_grad=True)
-    gy = torch.rand(16, 64, 32, 32)
-    flops = 2.0 * 16 * 64 * 32 * 32 * 64 * 9 / 1e9
+    for c, hw in ((64, 32), (256, 4)):
+        conv(args, c, hw)
+
+
+def conv(args, c, hw):
+    x = torch.rand(16, c, hw, hw, requires_grad=True)
+    w = torch.rand(c, c, 3, 3, requires_grad=True)
+    bias = torch.rand(c, requires_grad=True)
+    gy = torch.rand(16, c, hw, hw)
+    flops = 2.0 * 16 * c * hw * hw * c * 9 / 1e9
     with torch.no_grad():
         tf = median_time(lambda: F.conv2d(x, w, bias, 1, 1), args.reps)
 
@@ -54,7 +59,7 @@ def main():
         torch.autograd.grad(y, (x, w, bias), gy)
 
     tt = median_time(fwd_bwd, args.reps)
-    print(f"torch conv2d 3x3 [16,64,32,32]->64 threads {args.threads}: forward {tf * 1e3:.2f} ms ({flops / tf:.1f} GFLOP/s), "
+    print(f"torch conv2d 3x3 [16,{c},{hw},{hw}]->{c} threads {args.threads}: forward {tf * 1e3:.2f} ms ({flops / tf:.1f} GFLOP/s), "
           f"forward+backward {tt * 1e3:.2f} ms ({3 * flops / tt:.1f} GFLOP/s)")
 
 
