@@ -276,7 +276,7 @@ public sealed unsafe partial class CpuBackend
                         }
                         for (int q = 0; q < ow0; q++) dst[q] = 0f;
                         float* src = xc + ih * g.W - g.PadW + kw;
-                        if (g.StrideW == 1) Buffer.MemoryCopy(src + ow0, dst + ow0, 4L * (ow1 - ow0), 4L * (ow1 - ow0));
+                        if (g.StrideW == 1) Rows.Copy(src + ow0, dst + ow0, ow1 - ow0);
                         else for (int q = ow0; q < ow1; q++) dst[q] = src[q * g.StrideW];
                         for (int q = ow1; q < ow; q++) dst[q] = 0f;
                     }
@@ -305,11 +305,7 @@ public sealed unsafe partial class CpuBackend
                         if ((uint)ih >= (uint)g.H) continue;
                         float* src = col + r * ow;
                         float* dst = xc + ih * g.W - g.PadW + kw;
-                        if (g.StrideW == 1)
-                        {
-                            var d = new Span<float>(dst + ow0, ow1 - ow0);
-                            TensorPrimitives.Add(d, new ReadOnlySpan<float>(src + ow0, ow1 - ow0), d);
-                        }
+                        if (g.StrideW == 1) Rows.AddTo(src + ow0, dst + ow0, ow1 - ow0);
                         else for (int q = ow0; q < ow1; q++) dst[q * g.StrideW] += src[q];
                     }
                 }

@@ -120,6 +120,34 @@ internal static unsafe class Kernel
     }
 }
 
+/// <summary>
+/// Copies and adds of short rows (an image row of im2col / col2im, often 4 to 64 floats) inlined, where a
+/// memcpy or TensorPrimitives call would cost more than the work.
+/// </summary>
+internal static unsafe class Rows
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Copy(float* src, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) Vector512.Load(src + i).Store(dst + i);
+        for (; i <= n - 4; i += 4) Vector128.Load(src + i).Store(dst + i);
+        for (; i < n; i++) dst[i] = src[i];
+    }
+
+    /// <summary>dst[i] += src[i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AddTo(float* src, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) (Vector512.Load(dst + i) + Vector512.Load(src + i)).Store(dst + i);
+        for (; i <= n - 4; i += 4) (Vector128.Load(dst + i) + Vector128.Load(src + i)).Store(dst + i);
+        for (; i < n; i++) dst[i] += src[i];
+    }
+}
+
 /// <summary>Reductions with float vector lanes finished in double.</summary>
 internal static unsafe class Reduce
 {

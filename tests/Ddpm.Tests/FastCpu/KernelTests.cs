@@ -103,6 +103,21 @@ public sealed unsafe class KernelTests
     }
 
     [Fact]
+    public void RowCopyAndAdd()
+    {
+        var src = Random(260, 26); var dst0 = Random(260, 27);
+        for (int n = 0; n <= 256; n++)
+        {
+            var dst = (float[])dst0.Clone();
+            fixed (float* s = src, d = dst) Rows.Copy(s + 1, d + 2, n);
+            for (int i = 0; i < 260; i++) Assert.Equal(i >= 2 && i < n + 2 ? src[i - 1] : dst0[i], dst[i]);
+            dst = (float[])dst0.Clone();
+            fixed (float* s = src, d = dst) Rows.AddTo(s + 1, d + 2, n);
+            for (int i = 0; i < 260; i++) Assert.Equal(i >= 2 && i < n + 2 ? dst0[i] + src[i - 1] : dst0[i], dst[i]);
+        }
+    }
+
+    [Fact]
     public void SumProductDeviation()
     {
         var a = Random(256, 24); var x = Random(256, 25, -2f, 3f);
