@@ -29,7 +29,16 @@ internal static unsafe class Sgemm
     /// <summary>Whether the AVX-512 micro-kernel is used (tests switch it off to cover the Vector256 one).</summary>
     public static bool UseAvx512 { get; set; } = Avx512F.IsSupported;
 
-    private static int MR => UseAvx512 ? 12 : 6;
+    /// <summary>
+    /// Rows of the register tile for an m-row product: 12 on AVX-512 (24 accumulators), but 8 when 12 would
+    /// pad more than 5% of the rows and 8 pads less (m = 32 or 64 channels would compute 12% padding).
+    /// </summary>
+    private static int ChooseMR(int m)
+    {
+        if (!UseAvx512) return 6;
+        int waste12 = (12 - m % 12) % 12, waste8 = (8 - m % 8) % 8;
+        return waste8 < waste12 && waste12 * 20 > m ? 8 : 12;
+    }
     private static int NR => UseAvx512 ? 32 : 16;
 
     /// <summary>
@@ -50,7 +59,7 @@ internal static unsafe class Sgemm
         bool overwrite = beta == 0f;
         if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
 
-        int mr = MR, nr = NR;
+        int mr = ChooseMR(m), nr = NR;
         int mBlocks = (m + MC - 1) / MC;
         for (int jc = 0; jc < n; jc += NC)
         {
@@ -91,23 +100,23 @@ internal static unsafe class Sgemm
                 if (pool is null || tiles == 1)
                 {
                     for (int t = 0; t < tiles; t++)
-                        Tile(scratch, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
+                        Tile(scratch, mr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
                 }
                 else
                 {
                     nint bpp = (nint)bp;
                     pool.For(tiles, (w, t) =>
-                        Tile(pool.Scratch(w), t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
+                        Tile(pool.Scratch(w), mr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
                 }
             }
         }
     }
 
     /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
-    private static void Tile(WorkerScratch scratch, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
+    private static void Tile(WorkerScratch scratch, int mr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
         int m, int nc, int jc, int pc, int kc, float alpha, float* a, int lda, float* bp, float* c, int ldc, bool first)
     {
-        int mr = MR, nr = NR;
+        int nr = NR;
         int ib = t / nChunks, chunk = t % nChunks;
         int ic = ib * MC, mc = Math.Min(MC, m - ic);
         int aStrips = (mc + mr - 1) / mr;
@@ -128,11 +137,11 @@ internal static unsafe class Sgemm
                 float* as_ = ap + (long)s * kc * mr;
                 if (mrEff == mr && nrEff == nr)
                 {
-                    MicroKernel(kc, as_, bs, cc, ldc, first);
+                    MicroKernel(mr, kc, as_, bs, cc, ldc, first);
                 }
                 else
                 {
-                    MicroKernel(kc, as_, bs, tile, nr, true);
+                    MicroKernel(mr, kc, as_, bs, tile, nr, true);
                     for (int r = 0; r < mrEff; r++)
                     {
                         float* crow = cc + (long)r * ldc;
@@ -151,23 +160,24 @@ internal static unsafe class Sgemm
     /// </summary>
     internal static double MicroKernelGflops(int kc, int calls, Func<double> clock)
     {
-        int mr = MR, nr = NR;
+        int mr = ChooseMR(12), nr = NR;
         var a = GC.AllocateArray<float>(kc * mr * 8, pinned: true);
         var b = GC.AllocateArray<float>(kc * nr, pinned: true);
         var c = GC.AllocateArray<float>(mr * nr * 8, pinned: true);
         fixed (float* ap = a, bp = b, cp = c)
         {
-            for (int i = 0; i < 1000; i++) MicroKernel(kc, ap, bp, cp, nr, true);
+            for (int i = 0; i < 1000; i++) MicroKernel(mr, kc, ap, bp, cp, nr, true);
             double t0 = clock();
-            for (int i = 0; i < calls; i++) MicroKernel(kc, ap + (i & 7) * kc * mr, bp, cp + (i & 7) * mr * nr, nr, false);
+            for (int i = 0; i < calls; i++) MicroKernel(mr, kc, ap + (i & 7) * kc * mr, bp, cp + (i & 7) * mr * nr, nr, false);
             return 2.0 * mr * nr * kc * calls / (clock() - t0) / 1e9;
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MicroKernel(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    private static void MicroKernel(int mr, int kc, float* a, float* b, float* c, int ldc, bool overwrite)
     {
-        if (UseAvx512) Kernel12x32(kc, a, b, c, ldc, overwrite);
+        if (mr == 12) Kernel12x32(kc, a, b, c, ldc, overwrite);
+        else if (mr == 8) Kernel8x32(kc, a, b, c, ldc, overwrite);
         else Kernel6x16(kc, a, b, c, ldc, overwrite);
     }
 
@@ -184,7 +194,10 @@ internal static unsafe class Sgemm
                 Sse.Prefetch0(c + (long)r * ldc);
                 Sse.Prefetch0(c + (long)r * ldc + 16);
             }
-        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default, c90 = default, c91 = default, c100 = default, c101 = default, c110 = default, c111 = default;
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+            c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default,
+            c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default,
+            c90 = default, c91 = default, c100 = default, c101 = default, c110 = default, c111 = default;
         for (int p = 0; p < kc; p++)
         {
             var b0 = Vector512.Load(b);
@@ -228,6 +241,54 @@ internal static unsafe class Sgemm
         Store512(c, overwrite, c90, c91); c += ldc;
         Store512(c, overwrite, c100, c101); c += ldc;
         Store512(c, overwrite, c110, c111);
+    }
+
+    /// <summary>C[8, 32] (=|+=) sum over p of a[p, 0..8) outer b[p, 0..32): 16 zmm accumulators.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel8x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    {
+        // The C tile is read only at the end: start fetching its rows now (power-of-two ldc maps all 8 rows
+        // to one L1 set, so they would otherwise miss).
+        if (!overwrite && Sse.IsSupported)
+            for (int r = 0; r < 8; r++)
+            {
+                Sse.Prefetch0(c + (long)r * ldc);
+                Sse.Prefetch0(c + (long)r * ldc + 16);
+            }
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+            c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default,
+            c60 = default, c61 = default, c70 = default, c71 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var a0 = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(a0, b0, c00); c01 = Vector512.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(a1, b0, c10); c11 = Vector512.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector512.Create(a[2]);
+            c20 = Vector512.FusedMultiplyAdd(a2, b0, c20); c21 = Vector512.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector512.Create(a[3]);
+            c30 = Vector512.FusedMultiplyAdd(a3, b0, c30); c31 = Vector512.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector512.Create(a[4]);
+            c40 = Vector512.FusedMultiplyAdd(a4, b0, c40); c41 = Vector512.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector512.Create(a[5]);
+            c50 = Vector512.FusedMultiplyAdd(a5, b0, c50); c51 = Vector512.FusedMultiplyAdd(a5, b1, c51);
+            var a6 = Vector512.Create(a[6]);
+            c60 = Vector512.FusedMultiplyAdd(a6, b0, c60); c61 = Vector512.FusedMultiplyAdd(a6, b1, c61);
+            var a7 = Vector512.Create(a[7]);
+            c70 = Vector512.FusedMultiplyAdd(a7, b0, c70); c71 = Vector512.FusedMultiplyAdd(a7, b1, c71);
+            a += 8;
+            b += 32;
+        }
+        Store512(c, overwrite, c00, c01); c += ldc;
+        Store512(c, overwrite, c10, c11); c += ldc;
+        Store512(c, overwrite, c20, c21); c += ldc;
+        Store512(c, overwrite, c30, c31); c += ldc;
+        Store512(c, overwrite, c40, c41); c += ldc;
+        Store512(c, overwrite, c50, c51); c += ldc;
+        Store512(c, overwrite, c60, c61); c += ldc;
+        Store512(c, overwrite, c70, c71);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
