@@ -39,6 +39,42 @@ public sealed unsafe partial class CpuBackend
     private static bool IsPointwise(in ConvGeometry g) =>
         g.KH == 1 && g.KW == 1 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 0 && g.PadW == 0;
 
+    /// <summary>
+    /// Small images (deep UNet levels: 8x8, 4x4) are convolved for the whole batch in one GEMM over columns
+    /// [C*KH*KW, N*OH*OW]: per sample the GEMM would be only OH*OW wide, under the 32-column register tile.
+    /// </summary>
+    private static bool Batched(in ConvGeometry g) =>
+        g.N > 1 && g.OH * g.OW < 128 && (long)g.C * g.KH * g.KW * g.N * g.OH * g.OW <= 1L << 26;
+
+    /// <summary>colAll [C*KH*KW, N*OH*OW] = im2col of every sample of x, in parallel over samples.</summary>
+    private float* Im2ColBatch(float* x, in ConvGeometry g)
+    {
+        var geo = g;
+        int ohw = g.OH * g.OW, nTot = g.N * ohw, chw = g.C * g.H * g.W;
+        float* col = _pool.Scratch(0).Get(ScratchSlot.Columns, (long)g.C * g.KH * g.KW * nTot);
+        nint xp = (nint)x, cp = (nint)col;
+        _pool.For(g.N, (_, s) => Im2Col((float*)xp + (long)s * chw, (float*)cp + (long)s * ohw, nTot, geo));
+        return col;
+    }
+
+    /// <summary>all [O, N*OH*OW] (+)= y [N, O, OH*OW] rearranged, or the reverse when <paramref name="toBatch"/> is false.</summary>
+    private void BatchLayout(float* y, float* all, in ConvGeometry g, bool toBatch)
+    {
+        int ohw = g.OH * g.OW, nTot = g.N * ohw, o = g.O;
+        nint yp = (nint)y, ap = (nint)all;
+        _pool.ForRange(g.N * o, Math.Max(1, Grain / ohw), (r0, count) =>
+        {
+            for (int r = r0; r < r0 + count; r++)
+            {
+                int s = r / o, oc = r % o;
+                float* a = (float*)ap + (long)oc * nTot + (long)s * ohw;
+                float* b = (float*)yp + (long)r * ohw;
+                if (toBatch) Buffer.MemoryCopy(b, a, 4L * ohw, 4L * ohw);
+                else Buffer.MemoryCopy(a, b, 4L * ohw, 4L * ohw);
+            }
+        });
+    }
+
     /// <summary>Samples go to workers whole when that balances; otherwise the GEMM of each sample is split.</summary>
     private bool SampleParallel(int n) => _pool.Threads > 1 && n >= _pool.Threads && (n % _pool.Threads == 0 || n >= 4 * _pool.Threads);
 
@@ -52,6 +88,18 @@ public sealed unsafe partial class CpuBackend
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
+        if (Batched(g))
+        {
+            // yAll [O, N*OH*OW] = w x colAll, then rearranged to [N, O, OH*OW] and the bias added.
+            int nTot = g.N * ohw;
+            float* colAll = Im2ColBatch((float*)xp, g);
+            float* yAll = _pool.Scratch(0).Get(ScratchSlot.Output, (long)g.O * nTot);
+            Sgemm.Run(_pool, _pool.Scratch(0), false, false, g.O, nTot, ckk, 1f, (float*)wp, ckk, colAll, nTot, 0f, yAll, nTot);
+            BatchLayout((float*)yp, yAll, g, toBatch: false);
+            if (bp != 0) Binary(BinaryOp.Add, y, [g.N, g.O, ohw], bias!, [1, g.O, 1], y, [g.N, g.O, ohw]);
+            return;
+        }
+
         // y_n [O, OH*OW] = w [O, C*KH*KW] x col_n [C*KH*KW, OH*OW] (+ bias, pre-filled with beta = 1).
         void Sample(WorkerPool? pool, WorkerScratch scratch, int s)
         {
@@ -61,7 +109,7 @@ public sealed unsafe partial class CpuBackend
             if (!direct)
             {
                 col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
-                Im2Col(xn, col, geo);
+                Im2Col(xn, col, ohw, geo);
             }
             float beta = 0f;
             if (bp != 0)
@@ -85,6 +133,24 @@ public sealed unsafe partial class CpuBackend
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
+        if (Batched(g))
+        {
+            // colAll [C*KH*KW, N*OH*OW] = w^T x dyAll [O, N*OH*OW]; dx_n = col2im of its columns of sample n.
+            int nTot = g.N * ohw;
+            float* dyAll = _pool.Scratch(0).Get(ScratchSlot.Output, (long)g.O * nTot);
+            BatchLayout((float*)dyp, dyAll, g, toBatch: true);
+            float* colAll = _pool.Scratch(0).Get(ScratchSlot.Columns, (long)ckk * nTot);
+            Sgemm.Run(_pool, _pool.Scratch(0), true, false, ckk, nTot, g.O, 1f, (float*)wp, ckk, dyAll, nTot, 0f, colAll, nTot);
+            nint cp = (nint)colAll;
+            _pool.For(g.N, (_, s) =>
+            {
+                float* dxn = (float*)dxp + (long)s * chw;
+                new Span<float>(dxn, chw).Clear();
+                Col2Im((float*)cp + (long)s * ohw, nTot, dxn, geo);
+            });
+            return;
+        }
+
         // col_n [C*KH*KW, OH*OW] = w^T x dy_n [O, OH*OW]; dx_n = col2im(col_n).
         void Sample(WorkerPool? pool, WorkerScratch scratch, int s)
         {
@@ -98,7 +164,7 @@ public sealed unsafe partial class CpuBackend
             float* col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
             Sgemm.Run(pool, scratch, true, false, ckk, ohw, geo.O, 1f, (float*)wp, ckk, dyn, ohw, 0f, col, ohw);
             new Span<float>(dxn, chw).Clear();
-            Col2Im(col, dxn, geo);
+            Col2Im(col, ohw, dxn, geo);
         }
 
         if (SampleParallel(g.N)) _pool.For(g.N, (wk, s) => Sample(null, _pool.Scratch(wk), s));
@@ -124,13 +190,22 @@ public sealed unsafe partial class CpuBackend
             if (!direct)
             {
                 col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
-                Im2Col(xn, col, geo);
+                Im2Col(xn, col, ohw, geo);
             }
             Sgemm.Run(pool, scratch, false, true, geo.O, ckk, ohw, 1f, dyn, ohw, col, ohw, first ? 0f : 1f, target, ckk);
         }
 
         int threads = _pool.Threads;
-        if (SampleParallel(g.N))
+        if (Batched(g))
+        {
+            // dw = dyAll [O, N*OH*OW] x colAll^T.
+            int nTot = g.N * ohw;
+            float* dyAll = _pool.Scratch(0).Get(ScratchSlot.Output, (long)g.O * nTot);
+            BatchLayout((float*)dyp, dyAll, g, toBatch: true);
+            float* colAll = Im2ColBatch((float*)xp, g);
+            Sgemm.Run(_pool, _pool.Scratch(0), false, true, g.O, ckk, nTot, 1f, dyAll, nTot, colAll, nTot, 0f, dwp, ckk);
+        }
+        else if (SampleParallel(g.N))
         {
             // Worker t sums a fixed contiguous range of samples into its own partial; the partials are added
             // in worker order, so the result does not depend on scheduling.
@@ -174,10 +249,10 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
-    /// col [C*KH*KW, OH*OW]: row (c, kh, kw), column (oh, ow) holds x[c, oh*sh - ph + kh, ow*sw - pw + kw],
-    /// or 0 in the padding. x: [C, H, W] of one sample.
+    /// col [C*KH*KW, OH*OW] with row stride <paramref name="ldCol"/>: row (c, kh, kw), column (oh, ow) holds
+    /// x[c, oh*sh - ph + kh, ow*sw - pw + kw], or 0 in the padding. x: [C, H, W] of one sample.
     /// </summary>
-    internal static void Im2Col(float* x, float* col, in ConvGeometry g)
+    internal static void Im2Col(float* x, float* col, long ldCol, in ConvGeometry g)
     {
         int oh = g.OH, ow = g.OW;
         for (int c = 0; c < g.C; c++)
@@ -185,7 +260,7 @@ public sealed unsafe partial class CpuBackend
             float* xc = x + (long)c * g.H * g.W;
             for (int kh = 0; kh < g.KH; kh++)
             {
-                for (int kw = 0; kw < g.KW; kw++, col += oh * ow)
+                for (int kw = 0; kw < g.KW; kw++, col += ldCol)
                 {
                     // Output columns whose input column lies inside the image: [ow0, ow1).
                     int ow0 = Math.Max(0, CeilDiv(g.PadW - kw, g.StrideW));
@@ -201,7 +276,7 @@ public sealed unsafe partial class CpuBackend
                         }
                         for (int q = 0; q < ow0; q++) dst[q] = 0f;
                         float* src = xc + ih * g.W - g.PadW + kw;
-                        if (g.StrideW == 1) Buffer.MemoryCopy(src + ow0, dst + ow0, 4L * (ow1 - ow0), 4L * (ow1 - ow0));
+                        if (g.StrideW == 1) Rows.Copy(src + ow0, dst + ow0, ow1 - ow0);
                         else for (int q = ow0; q < ow1; q++) dst[q] = src[q * g.StrideW];
                         for (int q = ow1; q < ow; q++) dst[q] = 0f;
                     }
@@ -210,8 +285,8 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    /// <summary>The adjoint of <see cref="Im2Col"/>: dx [C, H, W] += scatter of col [C*KH*KW, OH*OW].</summary>
-    internal static void Col2Im(float* col, float* dx, in ConvGeometry g)
+    /// <summary>The adjoint of <see cref="Im2Col"/>: dx [C, H, W] += scatter of col [C*KH*KW, OH*OW] (row stride ldCol).</summary>
+    internal static void Col2Im(float* col, long ldCol, float* dx, in ConvGeometry g)
     {
         int oh = g.OH, ow = g.OW;
         for (int c = 0; c < g.C; c++)
@@ -219,7 +294,7 @@ public sealed unsafe partial class CpuBackend
             float* xc = dx + (long)c * g.H * g.W;
             for (int kh = 0; kh < g.KH; kh++)
             {
-                for (int kw = 0; kw < g.KW; kw++, col += oh * ow)
+                for (int kw = 0; kw < g.KW; kw++, col += ldCol)
                 {
                     int ow0 = Math.Max(0, CeilDiv(g.PadW - kw, g.StrideW));
                     int ow1 = Math.Min(ow, CeilDiv(g.W + g.PadW - kw, g.StrideW));
@@ -230,11 +305,7 @@ public sealed unsafe partial class CpuBackend
                         if ((uint)ih >= (uint)g.H) continue;
                         float* src = col + r * ow;
                         float* dst = xc + ih * g.W - g.PadW + kw;
-                        if (g.StrideW == 1)
-                        {
-                            var d = new Span<float>(dst + ow0, ow1 - ow0);
-                            TensorPrimitives.Add(d, new ReadOnlySpan<float>(src + ow0, ow1 - ow0), d);
-                        }
+                        if (g.StrideW == 1) Rows.AddTo(src + ow0, dst + ow0, ow1 - ow0);
                         else for (int q = ow0; q < ow1; q++) dst[q * g.StrideW] += src[q];
                     }
                 }
@@ -273,9 +344,8 @@ public sealed unsafe partial class CpuBackend
             {
                 int cc = gi * cpg + ch;
                 float scale = r * ((float*)gp)[cc];
-                float shift = ((float*)bp)[cc] - mu * scale;
                 long o = baseOff + (long)ch * hw;
-                Kernel.Map(new AffineKernel(scale, shift), (float*)xp + o, (float*)yp + o, hw);
+                Kernel.Map(new NormalizeKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
             }
         });
     }
@@ -304,25 +374,23 @@ public sealed unsafe partial class CpuBackend
             {
                 int cc = gi * cpg + ch;
                 var dys = new ReadOnlySpan<float>((float*)dyp + baseOff + (long)ch * hw, hw);
-                var xs = new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw);
                 double sdy = TensorPrimitives.Sum(dys);
-                double sdyx = TensorPrimitives.Dot(dys, xs);
-                double sxhat = (sdyx - mu * sdy) * r;
+                double sxhat = Reduce.SumProductDeviation((float*)dyp + baseOff + (long)ch * hw, (float*)xp + baseOff + (long)ch * hw, hw, mu) * r;
                 s1[s * c + cc] = sdy;
                 s2[s * c + cc] = sxhat;
                 double gm = ((float*)gp)[cc];
                 a += gm * sdy;
                 b += gm * sxhat;
             }
-            // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx x + k0.
+            // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx (x - mean) + k0.
             double rr = r;
             float kx = (float)(-rr * rr * b / count);
-            float k0 = (float)(-rr * a / count + rr * rr * b * mu / count);
+            float k0 = (float)(-rr * a / count);
             for (int ch = 0; ch < cpg; ch++)
             {
                 int cc = gi * cpg + ch;
                 long o = baseOff + (long)ch * hw;
-                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
+                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, mu, k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
             }
         });
         for (int cc = 0; cc < c; cc++)

@@ -120,6 +120,71 @@ internal static unsafe class Kernel
     }
 }
 
+/// <summary>
+/// Copies and adds of short rows (an image row of im2col / col2im, often 4 to 64 floats) inlined, where a
+/// memcpy or TensorPrimitives call would cost more than the work.
+/// </summary>
+internal static unsafe class Rows
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Copy(float* src, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) Vector512.Load(src + i).Store(dst + i);
+        for (; i <= n - 4; i += 4) Vector128.Load(src + i).Store(dst + i);
+        for (; i < n; i++) dst[i] = src[i];
+    }
+
+    /// <summary>dst[i] += src[i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AddTo(float* src, float* dst, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+            for (; i <= n - 16; i += 16) (Vector512.Load(dst + i) + Vector512.Load(src + i)).Store(dst + i);
+        for (; i <= n - 4; i += 4) (Vector128.Load(dst + i) + Vector128.Load(src + i)).Store(dst + i);
+        for (; i < n; i++) dst[i] += src[i];
+    }
+}
+
+/// <summary>Reductions with float vector lanes finished in double.</summary>
+internal static unsafe class Reduce
+{
+    /// <summary>
+    /// Sum of a[i] * (x[i] - mean). Centering before the product keeps it accurate when x hugs its mean
+    /// (dy . x - mean * sum(dy) would cancel).
+    /// </summary>
+    public static double SumProductDeviation(float* a, float* x, int n, float mean, int maxBits = 512)
+    {
+        int i = 0;
+        double total = 0;
+        if (maxBits >= 512 && Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var m = Vector512.Create(mean);
+            var acc = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(x + i) - m, acc);
+            total += Vector512.Sum(acc);
+        }
+        if (maxBits >= 256 && Vector256.IsHardwareAccelerated && n - i >= 8)
+        {
+            var m = Vector256.Create(mean);
+            var acc = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(x + i) - m, acc);
+            total += Vector256.Sum(acc);
+        }
+        if (maxBits >= 128 && Vector128.IsHardwareAccelerated && n - i >= 4)
+        {
+            var m = Vector128.Create(mean);
+            var acc = Vector128<float>.Zero;
+            for (; i <= n - 4; i += 4) acc = Vector128.FusedMultiplyAdd(Vector128.Load(a + i), Vector128.Load(x + i) - m, acc);
+            total += Vector128.Sum(acc);
+        }
+        for (; i < n; i++) total += (double)a[i] * (x[i] - mean);
+        return total;
+    }
+}
+
 // ---- unary forward --------------------------------------------------------------------------------------
 
 /// <summary>SiLU: x * sigmoid(x) = x / (1 + exp(-x)).</summary>
@@ -380,13 +445,28 @@ internal readonly struct AdamKernel
     }
 }
 
-/// <summary>out = a x + b y + c (the group-norm input gradient per channel: x = dy, y = x).</summary>
-internal readonly struct LinearCombinationKernel(float a, float b, float c) : IBinaryKernel
+/// <summary>
+/// out = a x + b (y - m) + c: the group-norm input gradient per channel (x = dy, y = the input, m = its
+/// mean). Subtracting the mean before scaling avoids the cancellation of b y + (c - b m) when 1/std is large.
+/// </summary>
+internal readonly struct LinearCombinationKernel(float a, float b, float m, float c) : IBinaryKernel
 {
-    public float Invoke(float x, float y) => a * x + b * y + c;
-    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y) => Vector128.Create(a) * x + Vector128.Create(b) * y + Vector128.Create(c);
-    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y) => Vector256.Create(a) * x + Vector256.Create(b) * y + Vector256.Create(c);
-    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y) => Vector512.Create(a) * x + Vector512.Create(b) * y + Vector512.Create(c);
+    public float Invoke(float x, float y) => a * x + b * (y - m) + c;
+    public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y) =>
+        Vector128.Create(a) * x + Vector128.Create(b) * (y - Vector128.Create(m)) + Vector128.Create(c);
+    public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y) =>
+        Vector256.Create(a) * x + Vector256.Create(b) * (y - Vector256.Create(m)) + Vector256.Create(c);
+    public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y) =>
+        Vector512.Create(a) * x + Vector512.Create(b) * (y - Vector512.Create(m)) + Vector512.Create(c);
+}
+
+/// <summary>y = (x - mean) * scale + shift: group-norm output per channel (scale = gamma / std, shift = beta).</summary>
+internal readonly struct NormalizeKernel(float mean, float scale, float shift) : IUnaryKernel
+{
+    public float Invoke(float x) => (x - mean) * scale + shift;
+    public Vector128<float> Invoke(Vector128<float> x) => (x - Vector128.Create(mean)) * Vector128.Create(scale) + Vector128.Create(shift);
+    public Vector256<float> Invoke(Vector256<float> x) => (x - Vector256.Create(mean)) * Vector256.Create(scale) + Vector256.Create(shift);
+    public Vector512<float> Invoke(Vector512<float> x) => (x - Vector512.Create(mean)) * Vector512.Create(scale) + Vector512.Create(shift);
 }
 
 /// <summary>Softmax backward with a per-position row sum s: dx = y * (dy - s).</summary>

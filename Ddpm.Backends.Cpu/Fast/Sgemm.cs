@@ -7,25 +7,38 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// <summary>
 /// Single-precision GEMM in the Goto/BLIS scheme: C = alpha * op(A) op(B) + beta * C, row-major with leading
 /// dimensions. op(B) is packed in [kc, NR] strips (kept in L1 by the micro-kernel), alpha * op(A) in [kc, MR]
-/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 8 x 32 with
+/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 12 x 32 with
 /// Vector512 on AVX-512, 6 x 16 with Vector256 otherwise. Threads split the (row block, column chunk) tiles
 /// of C; each packs its own A block, B is packed once per k-block and shared.
 /// </summary>
 internal static unsafe class Sgemm
 {
     /// <summary>Depth of a k-block: a [KC, 32] B strip is 32 KiB, within L1 with room for the A strip.</summary>
-    public const int KC = 256;
+    public static readonly int KC = Tunable("DDPM_GEMM_KC", 256);
 
     /// <summary>Rows of an A block: [MC, KC] is 96 KiB, well inside L2.</summary>
-    public const int MC = 96;
+    public static readonly int MC = Tunable("DDPM_GEMM_MC", 96);
 
     /// <summary>Columns of a packed B block: [KC, NC] is 4 MiB, shared by the threads in L3.</summary>
-    public const int NC = 4096;
+    public static readonly int NC = Tunable("DDPM_GEMM_NC", 4096);
+
+    /// <summary>A block size from the environment (for tuning runs), else the default.</summary>
+    private static int Tunable(string name, int fallback) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
 
     /// <summary>Whether the AVX-512 micro-kernel is used (tests switch it off to cover the Vector256 one).</summary>
     public static bool UseAvx512 { get; set; } = Avx512F.IsSupported;
 
-    private static int MR => UseAvx512 ? 8 : 6;
+    /// <summary>
+    /// Rows of the register tile for an m-row product: 12 on AVX-512 (24 accumulators), but 8 when 12 would
+    /// pad more than 5% of the rows and 8 pads less (m = 32 or 64 channels would compute 12% padding).
+    /// </summary>
+    private static int ChooseMR(int m)
+    {
+        if (!UseAvx512) return 6;
+        int waste12 = (12 - m % 12) % 12, waste8 = (8 - m % 8) % 8;
+        return waste8 < waste12 && waste12 * 20 > m ? 8 : 12;
+    }
     private static int NR => UseAvx512 ? 32 : 16;
 
     /// <summary>
@@ -46,7 +59,7 @@ internal static unsafe class Sgemm
         bool overwrite = beta == 0f;
         if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
 
-        int mr = MR, nr = NR;
+        int mr = ChooseMR(m), nr = NR;
         int mBlocks = (m + MC - 1) / MC;
         for (int jc = 0; jc < n; jc += NC)
         {
@@ -54,8 +67,14 @@ internal static unsafe class Sgemm
             int strips = (nc + nr - 1) / nr;
             // Column chunks per row block so that there are a few tiles per worker.
             int threads = pool?.Threads ?? 1;
-            int nChunks = Math.Clamp((2 * threads + mBlocks - 1) / mBlocks, 1, strips);
-            if (threads == 1) nChunks = 1;
+            // Enough tiles to balance (at least 2 per worker, a multiple of the worker count where the strips
+            // allow): a worker idle at the end of a k-block costs as much as the whole tail.
+            int nChunks = 1;
+            if (threads > 1)
+            {
+                nChunks = Math.Clamp((2 * threads + mBlocks - 1) / mBlocks, 1, strips);
+                while (nChunks < strips && mBlocks * nChunks % threads != 0) nChunks++;
+            }
             int stripsPerChunk = (strips + nChunks - 1) / nChunks;
             nChunks = (strips + stripsPerChunk - 1) / stripsPerChunk;
             for (int pc = 0; pc < k; pc += KC)
@@ -81,23 +100,23 @@ internal static unsafe class Sgemm
                 if (pool is null || tiles == 1)
                 {
                     for (int t = 0; t < tiles; t++)
-                        Tile(scratch, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
+                        Tile(scratch, mr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
                 }
                 else
                 {
                     nint bpp = (nint)bp;
                     pool.For(tiles, (w, t) =>
-                        Tile(pool.Scratch(w), t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
+                        Tile(pool.Scratch(w), mr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
                 }
             }
         }
     }
 
     /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
-    private static void Tile(WorkerScratch scratch, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
+    private static void Tile(WorkerScratch scratch, int mr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
         int m, int nc, int jc, int pc, int kc, float alpha, float* a, int lda, float* bp, float* c, int ldc, bool first)
     {
-        int mr = MR, nr = NR;
+        int nr = NR;
         int ib = t / nChunks, chunk = t % nChunks;
         int ic = ib * MC, mc = Math.Min(MC, m - ic);
         int aStrips = (mc + mr - 1) / mr;
@@ -105,7 +124,7 @@ internal static unsafe class Sgemm
         for (int s = 0; s < aStrips; s++)
             PackA(transA, a, lda, ic + s * mr, Math.Min(mr, mc - s * mr), pc, kc, alpha, mr, ap + (long)s * kc * mr);
 
-        float* tile = stackalloc float[8 * 32];
+        float* tile = stackalloc float[12 * 32];
         int s0 = chunk * stripsPerChunk, s1 = Math.Min(strips, s0 + stripsPerChunk);
         for (int js = s0; js < s1; js++)
         {
@@ -118,11 +137,11 @@ internal static unsafe class Sgemm
                 float* as_ = ap + (long)s * kc * mr;
                 if (mrEff == mr && nrEff == nr)
                 {
-                    MicroKernel(kc, as_, bs, cc, ldc, first);
+                    MicroKernel(mr, kc, as_, bs, cc, ldc, first);
                 }
                 else
                 {
-                    MicroKernel(kc, as_, bs, tile, nr, true);
+                    MicroKernel(mr, kc, as_, bs, tile, nr, true);
                     for (int r = 0; r < mrEff; r++)
                     {
                         float* crow = cc + (long)r * ldc;
@@ -135,17 +154,107 @@ internal static unsafe class Sgemm
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MicroKernel(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    /// <summary>
+    /// GFLOP/s of the micro-kernel alone on L1/L2-resident packed panels (the ceiling the blocking can reach),
+    /// timed by <paramref name="clock"/> in seconds.
+    /// </summary>
+    internal static double MicroKernelGflops(int kc, int calls, Func<double> clock)
     {
-        if (UseAvx512) Kernel8x32(kc, a, b, c, ldc, overwrite);
+        int mr = ChooseMR(12), nr = NR;
+        var a = GC.AllocateArray<float>(kc * mr * 8, pinned: true);
+        var b = GC.AllocateArray<float>(kc * nr, pinned: true);
+        var c = GC.AllocateArray<float>(mr * nr * 8, pinned: true);
+        fixed (float* ap = a, bp = b, cp = c)
+        {
+            for (int i = 0; i < 1000; i++) MicroKernel(mr, kc, ap, bp, cp, nr, true);
+            double t0 = clock();
+            for (int i = 0; i < calls; i++) MicroKernel(mr, kc, ap + (i & 7) * kc * mr, bp, cp + (i & 7) * mr * nr, nr, false);
+            return 2.0 * mr * nr * kc * calls / (clock() - t0) / 1e9;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MicroKernel(int mr, int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    {
+        if (mr == 12) Kernel12x32(kc, a, b, c, ldc, overwrite);
+        else if (mr == 8) Kernel8x32(kc, a, b, c, ldc, overwrite);
         else Kernel6x16(kc, a, b, c, ldc, overwrite);
+    }
+
+    /// <summary>C[12, 32] (=|+=) sum over p of a[p, 0..12) outer b[p, 0..32): 24 zmm accumulators, 2 B loads and 12
+    /// broadcasts per 24 FMAs (27 of the 32 registers).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel12x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    {
+        // The C tile is read only at the end: start fetching its rows now (power-of-two ldc maps all 12 rows
+        // to one L1 set, so they would otherwise miss).
+        if (!overwrite && Sse.IsSupported)
+            for (int r = 0; r < 12; r++)
+            {
+                Sse.Prefetch0(c + (long)r * ldc);
+                Sse.Prefetch0(c + (long)r * ldc + 16);
+            }
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
+            c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default,
+            c60 = default, c61 = default, c70 = default, c71 = default, c80 = default, c81 = default,
+            c90 = default, c91 = default, c100 = default, c101 = default, c110 = default, c111 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var a0 = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(a0, b0, c00); c01 = Vector512.FusedMultiplyAdd(a0, b1, c01);
+            var a1 = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(a1, b0, c10); c11 = Vector512.FusedMultiplyAdd(a1, b1, c11);
+            var a2 = Vector512.Create(a[2]);
+            c20 = Vector512.FusedMultiplyAdd(a2, b0, c20); c21 = Vector512.FusedMultiplyAdd(a2, b1, c21);
+            var a3 = Vector512.Create(a[3]);
+            c30 = Vector512.FusedMultiplyAdd(a3, b0, c30); c31 = Vector512.FusedMultiplyAdd(a3, b1, c31);
+            var a4 = Vector512.Create(a[4]);
+            c40 = Vector512.FusedMultiplyAdd(a4, b0, c40); c41 = Vector512.FusedMultiplyAdd(a4, b1, c41);
+            var a5 = Vector512.Create(a[5]);
+            c50 = Vector512.FusedMultiplyAdd(a5, b0, c50); c51 = Vector512.FusedMultiplyAdd(a5, b1, c51);
+            var a6 = Vector512.Create(a[6]);
+            c60 = Vector512.FusedMultiplyAdd(a6, b0, c60); c61 = Vector512.FusedMultiplyAdd(a6, b1, c61);
+            var a7 = Vector512.Create(a[7]);
+            c70 = Vector512.FusedMultiplyAdd(a7, b0, c70); c71 = Vector512.FusedMultiplyAdd(a7, b1, c71);
+            var a8 = Vector512.Create(a[8]);
+            c80 = Vector512.FusedMultiplyAdd(a8, b0, c80); c81 = Vector512.FusedMultiplyAdd(a8, b1, c81);
+            var a9 = Vector512.Create(a[9]);
+            c90 = Vector512.FusedMultiplyAdd(a9, b0, c90); c91 = Vector512.FusedMultiplyAdd(a9, b1, c91);
+            var a10 = Vector512.Create(a[10]);
+            c100 = Vector512.FusedMultiplyAdd(a10, b0, c100); c101 = Vector512.FusedMultiplyAdd(a10, b1, c101);
+            var a11 = Vector512.Create(a[11]);
+            c110 = Vector512.FusedMultiplyAdd(a11, b0, c110); c111 = Vector512.FusedMultiplyAdd(a11, b1, c111);
+            a += 12;
+            b += 32;
+        }
+        Store512(c, overwrite, c00, c01); c += ldc;
+        Store512(c, overwrite, c10, c11); c += ldc;
+        Store512(c, overwrite, c20, c21); c += ldc;
+        Store512(c, overwrite, c30, c31); c += ldc;
+        Store512(c, overwrite, c40, c41); c += ldc;
+        Store512(c, overwrite, c50, c51); c += ldc;
+        Store512(c, overwrite, c60, c61); c += ldc;
+        Store512(c, overwrite, c70, c71); c += ldc;
+        Store512(c, overwrite, c80, c81); c += ldc;
+        Store512(c, overwrite, c90, c91); c += ldc;
+        Store512(c, overwrite, c100, c101); c += ldc;
+        Store512(c, overwrite, c110, c111);
     }
 
     /// <summary>C[8, 32] (=|+=) sum over p of a[p, 0..8) outer b[p, 0..32): 16 zmm accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Kernel8x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
     {
+        // The C tile is read only at the end: start fetching its rows now (power-of-two ldc maps all 8 rows
+        // to one L1 set, so they would otherwise miss).
+        if (!overwrite && Sse.IsSupported)
+            for (int r = 0; r < 8; r++)
+            {
+                Sse.Prefetch0(c + (long)r * ldc);
+                Sse.Prefetch0(c + (long)r * ldc + 16);
+            }
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
             c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default,
             c60 = default, c61 = default, c70 = default, c71 = default;
@@ -265,14 +374,46 @@ internal static unsafe class Sgemm
         }
         else
         {
-            for (int q = 0; q < cols; q++)
+            int q = 0;
+            if (Sse.IsSupported)
+                for (; q <= cols - 4; q += 4)
+                {
+                    float* src = b + (long)(j0 + q) * ldb + pc;
+                    int p = 0;
+                    for (; p <= kc - 4; p += 4) Transpose4x4(src + p, ldb, dst + (long)p * nr + q, nr, 1f);
+                    for (; p < kc; p++)
+                        for (int j = 0; j < 4; j++) dst[p * nr + q + j] = src[(long)j * ldb + p];
+                }
+            for (; q < cols; q++)
             {
                 float* src = b + (long)(j0 + q) * ldb + pc;
                 for (int p = 0; p < kc; p++) dst[p * nr + q] = src[p];
             }
-            for (int q = cols; q < nr; q++)
+            for (q = cols; q < nr; q++)
                 for (int p = 0; p < kc; p++) dst[p * nr + q] = 0f;
         }
+    }
+
+    /// <summary>
+    /// dst[i * dstStride + j] = scale * src[j * srcStride + i] for i, j in 0..4: a 4x4 block transposed in
+    /// SSE registers (the packing of a row-major A and of a transposed B).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose4x4(float* src, long srcStride, float* dst, int dstStride, float scale)
+    {
+        var r0 = Sse.LoadVector128(src);
+        var r1 = Sse.LoadVector128(src + srcStride);
+        var r2 = Sse.LoadVector128(src + 2 * srcStride);
+        var r3 = Sse.LoadVector128(src + 3 * srcStride);
+        var t0 = Sse.UnpackLow(r0, r1);
+        var t1 = Sse.UnpackLow(r2, r3);
+        var t2 = Sse.UnpackHigh(r0, r1);
+        var t3 = Sse.UnpackHigh(r2, r3);
+        var s = Vector128.Create(scale);
+        Sse.Store(dst, Sse.MoveLowToHigh(t0, t1) * s);
+        Sse.Store(dst + dstStride, Sse.MoveHighToLow(t1, t0) * s);
+        Sse.Store(dst + 2 * dstStride, Sse.MoveLowToHigh(t2, t3) * s);
+        Sse.Store(dst + 3 * dstStride, Sse.MoveHighToLow(t3, t2) * s);
     }
 
     /// <summary>
@@ -290,6 +431,21 @@ internal static unsafe class Sgemm
                 for (; q < rows; q++) dst[q] = alpha * src[q];
                 for (; q < mr; q++) dst[q] = 0f;
             }
+        }
+        else if (rows == mr && Sse.IsSupported)
+        {
+            // Row-major A: 4x4 blocks transposed in registers, rows past the last whole 4 one by one.
+            float* src = a + (long)i0 * lda + pc;
+            int q4 = mr & ~3;
+            int p = 0;
+            for (; p <= kc - 4; p += 4)
+            {
+                for (int q = 0; q < q4; q += 4) Transpose4x4(src + (long)q * lda + p, lda, dst + p * mr + q, mr, alpha);
+                for (int q = q4; q < mr; q++)
+                    for (int i = 0; i < 4; i++) dst[(p + i) * mr + q] = alpha * src[(long)q * lda + p + i];
+            }
+            for (; p < kc; p++)
+                for (int q = 0; q < mr; q++) dst[p * mr + q] = alpha * src[(long)q * lda + p];
         }
         else
         {

@@ -93,6 +93,7 @@ internal enum ScratchSlot
     PackB,
     Columns,
     Partial,
+    Output,
     Small,
     Count,
 }

@@ -26,6 +26,11 @@ public sealed class ConvTests
             [1, 3, 6, 5, 2, 3, 1, 0],
             [4, 6, 5, 5, 7, 1, 2, 0],
             [5, 2, 4, 4, 3, 3, 1, 1],
+            // At least 128 output positions: the per-sample GEMM path (the ones above batch the columns).
+            [2, 3, 13, 11, 5, 3, 1, 1],
+            [3, 3, 25, 23, 4, 3, 2, 1],
+            [3, 4, 12, 11, 6, 1, 1, 0],
+            [2, 3, 30, 26, 5, 4, 2, 1],
         ];
         foreach (var a in g) yield return [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
     }

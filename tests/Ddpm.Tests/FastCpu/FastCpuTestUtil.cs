@@ -58,6 +58,7 @@ internal static class FastCpuTestUtil
         Assert.Equal(expected.Length, actual.Length);
         for (int i = 0; i < actual.Length; i++)
         {
+            if (actual[i] == expected[i]) continue;
             double err = Math.Abs(actual[i] - expected[i]);
             if (!(err <= atol + rtol * Math.Abs(expected[i])))
                 Assert.Fail($"{what}: element {i} is {actual[i]}, expected {expected[i]} (error {err:g3}, allowed {atol + rtol * Math.Abs(expected[i]):g3}).");

@@ -54,7 +54,7 @@ public sealed class GemmTests
 
     public static IEnumerable<object[]> Sizes()
     {
-        int[][] sizes = [[1, 1, 1], [7, 5, 3], [13, 37, 29], [33, 65, 17], [8, 32, 256], [97, 131, 300], [200, 70, 513], [9, 1000, 31]];
+        int[][] sizes = [[1, 1, 1], [7, 5, 3], [13, 37, 29], [33, 65, 17], [8, 32, 256], [97, 131, 300], [200, 70, 513], [9, 1000, 31], [64, 96, 300], [40, 33, 65]];
         foreach (var s in sizes)
             foreach (bool ta in new[] { false, true })
                 foreach (bool tb in new[] { false, true })
