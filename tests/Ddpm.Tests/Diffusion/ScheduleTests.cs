@@ -81,3 +81,30 @@ public class ScheduleTests
         Assert.Throws<ArgumentOutOfRangeException>(() => Sampler.DdimTimesteps(100, 101));
     }
 }
+
+public class ReverseStepOptionTests
+{
+    [Fact]
+    public void NoiseStdFollowsVarianceAndLastStepOptions()
+    {
+        using var be = new Ddpm.Backends.Cpu.CpuReferenceBackend();
+        using var model = new Ddpm.Diffusion.Model.UNet(be, DiffusionTests.Tiny, new Ddpm.Tensors.PhiloxGenerator(0));
+        var seed = new DenoiseDiffusion(model, DiffusionConfig.LabmlExact);
+        var improved = new DenoiseDiffusion(model, new DiffusionConfig { Variance = VarianceType.FixedSmall });
+        // The seed adds sqrt(beta_0) = 0.01 of noise even at t = 0; the improved sampler adds none there.
+        Assert.Equal(0.01, seed.NoiseStd(0), 6);
+        Assert.Equal(0.0, improved.NoiseStd(0));
+        Assert.Equal(Math.Sqrt(seed.Schedule.Beta[500]), seed.NoiseStd(500), 12);
+        Assert.Equal(Math.Sqrt(improved.Schedule.PosteriorVariance[500]), improved.NoiseStd(500), 12);
+        Assert.True(improved.NoiseStd(500) < seed.NoiseStd(500));
+    }
+
+    [Fact]
+    public void DataRangeSetsTheClipInterval()
+    {
+        Assert.Equal((0f, 1f), DiffusionConfig.LabmlExact.Range);
+        Assert.Equal((-1f, 1f), new DiffusionConfig().Range);
+        Assert.False(DiffusionConfig.LabmlExact.ClipX0);
+        Assert.False(DiffusionConfig.LabmlExact.NoNoiseAtLastStep);
+    }
+}
