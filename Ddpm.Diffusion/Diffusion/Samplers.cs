@@ -23,6 +23,8 @@ public sealed class Sampler
 
     public Sampler(DenoiseDiffusion diffusion) => _d = diffusion;
 
+    public DenoiseDiffusion Diffusion => _d;
+
     /// <summary>The DDIM timesteps for <paramref name="steps"/> steps: 0, c, 2c, ... with c = T / steps (descending order of use).</summary>
     public static int[] DdimTimesteps(int T, int steps)
     {

@@ -38,21 +38,9 @@ public static class AnimateCommand
         o.Check(diffusion.Steps);
         var mc = model.Config;
         int c = mc.ImageChannels, s = mc.ImageSize, per = c * s * s;
-        int total = o.Kind == SamplerKind.Ddpm ? diffusion.Steps : o.Steps;
-        int every = Math.Max(1, total / o.Frames);
-        var frames = new List<float[]>();
-        int seen = 0;
         var sw = Stopwatch.StartNew();
-        using (var scope = new TensorScope())
-        {
-            var x = new Sampler(diffusion).Sample(o.N, o.Kind, o.Steps, o.Eta, o.Seed, p => ProgressBar.Draw(con, p.Step, p.Of, sw),
-                (t, xt, x0) =>
-                {
-                    seen++;
-                    if (seen % every == 0 && frames.Count < o.Frames - 1) frames.Add(x0.ToArray());
-                });
-            frames.Add(x.ToArray());
-        }
+        var frames = Evaluation.PredictedX0Frames(new Sampler(diffusion), o.N, o.Kind, o.Steps, o.Eta, o.Seed, o.Frames,
+            p => ProgressBar.Draw(con, p.Step, p.Of, sw));
         ProgressBar.Done(con);
         int f = frames.Count;
         // Strip: one row per sample, one column per frame.

@@ -50,35 +50,13 @@ public static class InterpolateCommand
         var strip = new float[(o.Frames + 2) * per];
         a.CopyTo(strip, 0);
         b.CopyTo(strip, (o.Frames + 1) * per);
-        using (var scope = new TensorScope())
-        using (GradMode.NoGrad())
-        {
-            int f = o.Frames;
-            var x1 = Tensor.FromArray(be, Repeat(a, f), f, c, s, s);
-            var x2 = Tensor.FromArray(be, Repeat(b, f), f, c, s, s);
-            // One noise draw shared by every mixture, as labml's interpolate_animate does.
-            var eps1 = Tensor.RandN(be, new Shape(1, c, s, s), gen);
-            var eps = Ops.Expand(eps1, new Shape(f, c, s, s));
-            var ts = Enumerable.Repeat(o.T, f).ToArray();
-            var q1 = diffusion.QSample(x1, ts, eps);
-            var q2 = diffusion.QSample(x2, ts, eps);
-            var lam = Tensor.FromArray(be, Enumerable.Range(0, f).Select(i => (float)i / (f - 1)).ToArray(), f, 1, 1, 1);
-            var mix = q1 + lam * (q2 - q1);
-            var x = new Sampler(diffusion).Denoise(mix, o.T, gen);
-            x.ToArray().CopyTo(strip, per);
-        }
+        var lambdas = Enumerable.Range(0, o.Frames).Select(i => (float)i / (o.Frames - 1)).ToArray();
+        Evaluation.Interpolate(new Sampler(diffusion), a, b, lambdas, o.T, gen).CopyTo(strip, per);
         string? dir = Path.GetDirectoryName(Path.GetFullPath(o.Out));
         if (dir is not null) Directory.CreateDirectory(dir);
         ImageGrid.SavePng(o.Out, strip, o.Frames + 2, c, s, s, o.Frames + 2, range, 2);
         con.Out.WriteLine($"wrote {o.Out}: {o.A}, {o.Frames} mixtures denoised from t={o.T}, {o.B} ({sw.Elapsed.TotalSeconds:F1}s)");
         return 0;
-    }
-
-    private static float[] Repeat(float[] x, int n)
-    {
-        var r = new float[x.Length * n];
-        for (int i = 0; i < n; i++) x.CopyTo(r, i * x.Length);
-        return r;
     }
 
     /// <summary>An image in the model's data range, [C, S, S]: a file (resized and center-cropped) or data:INDEX.</summary>

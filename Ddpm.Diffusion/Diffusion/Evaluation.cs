@@ -1,0 +1,61 @@
+using Ddpm.Tensors;
+
+namespace Ddpm.Diffusion.Diffusion;
+
+/// <summary>The helpers of labml's evaluate.py: predicted-x0 frames over the reverse process, and interpolation.</summary>
+public static class Evaluation
+{
+    /// <summary>
+    /// Samples n images and records the predicted x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) at
+    /// <paramref name="frames"/> - 1 evenly spaced steps, then the final sample: a list of [n, C, H, W] arrays.
+    /// </summary>
+    public static List<float[]> PredictedX0Frames(Sampler sampler, int n, SamplerKind kind, int steps, float eta, ulong seed, int frames,
+        Action<SampleProgress>? progress = null)
+    {
+        if (frames < 2) throw new ArgumentOutOfRangeException(nameof(frames), "At least two frames.");
+        int total = kind == SamplerKind.Ddpm ? sampler.Diffusion.Steps : steps;
+        int every = Math.Max(1, total / frames);
+        var result = new List<float[]>();
+        int seen = 0;
+        using var scope = new TensorScope();
+        var x = sampler.Sample(n, kind, steps, eta, seed, progress, (_, _, x0) =>
+        {
+            if (++seen % every == 0 && result.Count < frames - 1) result.Add(x0.ToArray());
+        });
+        result.Add(x.ToArray());
+        return result;
+    }
+
+    /// <summary>
+    /// labml's interpolate: x_t = (1 - lambda) q_sample(x1, t, eps) + lambda q_sample(x2, t, eps) with one shared
+    /// noise draw, then the reverse process from t to 0, for every lambda at once. x1, x2: [C, H, W] in the data
+    /// range; returns [lambdas.Length, C, H, W].
+    /// </summary>
+    public static float[] Interpolate(Sampler sampler, float[] x1, float[] x2, IReadOnlyList<float> lambdas, int t, PhiloxGenerator gen)
+    {
+        var d = sampler.Diffusion;
+        var cfg = d.EpsModel.Config;
+        int c = cfg.ImageChannels, s = cfg.ImageSize, per = c * s * s, f = lambdas.Count;
+        if (x1.Length != per || x2.Length != per) throw new ArgumentException($"Interpolation images must be [{c}, {s}, {s}].");
+        if (t < 0 || t >= d.Steps) throw new ArgumentOutOfRangeException(nameof(t), $"t must be in [0, {d.Steps}), got {t}.");
+        var be = d.EpsModel.Backend;
+        using var scope = new TensorScope();
+        using var noGrad = GradMode.NoGrad();
+        var a = Tensor.FromArray(be, Repeat(x1, f), f, c, s, s);
+        var b = Tensor.FromArray(be, Repeat(x2, f), f, c, s, s);
+        var eps = Ops.Expand(Tensor.RandN(be, new Shape(1, c, s, s), gen), new Shape(f, c, s, s));
+        var ts = Enumerable.Repeat(t, f).ToArray();
+        var q1 = d.QSample(a, ts, eps);
+        var q2 = d.QSample(b, ts, eps);
+        var lam = Tensor.FromArray(be, lambdas.ToArray(), f, 1, 1, 1);
+        var mix = q1 + lam * (q2 - q1);
+        return sampler.Denoise(mix, t, gen).ToArray();
+    }
+
+    private static float[] Repeat(float[] x, int n)
+    {
+        var r = new float[x.Length * n];
+        for (int i = 0; i < n; i++) x.CopyTo(r, i * x.Length);
+        return r;
+    }
+}
