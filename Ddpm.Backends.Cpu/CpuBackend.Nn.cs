@@ -29,8 +29,10 @@ public sealed unsafe partial class CpuBackend
                 (float*)app + i * strideA, lda, (float*)bpp + i * strideB, ldb, beta, (float*)cpp + i * strideC, n));
             return;
         }
+        // Below about 4 MFLOP a product takes tens of microseconds, the order of waking a worker: one thread.
+        var pool = flops < (1L << 21) ? null : _pool;
         for (int i = 0; i < batch; i++)
-            Sgemm.Run(_pool, _pool.Scratch(0), transA, transB, m, n, k, alpha,
+            Sgemm.Run(pool, _pool.Scratch(0), transA, transB, m, n, k, alpha,
                 ap + i * strideA, lda, bp + i * strideB, ldb, beta, cp + i * strideC, n);
     }
 
