@@ -29,8 +29,10 @@ public sealed unsafe partial class CpuBackend
                 (float*)app + i * strideA, lda, (float*)bpp + i * strideB, ldb, beta, (float*)cpp + i * strideC, n));
             return;
         }
+        // Below about 4 MFLOP a product takes tens of microseconds, the order of waking a worker: one thread.
+        var pool = flops < (1L << 21) ? null : _pool;
         for (int i = 0; i < batch; i++)
-            Sgemm.Run(_pool, _pool.Scratch(0), transA, transB, m, n, k, alpha,
+            Sgemm.Run(pool, _pool.Scratch(0), transA, transB, m, n, k, alpha,
                 ap + i * strideA, lda, bp + i * strideB, ldb, beta, cp + i * strideC, n);
     }
 
@@ -42,9 +44,10 @@ public sealed unsafe partial class CpuBackend
     /// <summary>
     /// Small images (deep UNet levels: 8x8, 4x4) are convolved for the whole batch in one GEMM over columns
     /// [C*KH*KW, N*OH*OW]: per sample the GEMM would be only OH*OW wide, under the 32-column register tile.
+    /// The column buffer is capped at 16M floats (64 MiB); larger batches fall back to per-sample GEMMs.
     /// </summary>
     private static bool Batched(in ConvGeometry g) =>
-        g.N > 1 && g.OH * g.OW < 128 && (long)g.C * g.KH * g.KW * g.N * g.OH * g.OW <= 1L << 26;
+        g.N > 1 && g.OH * g.OW < 128 && (long)g.C * g.KH * g.KW * g.N * g.OH * g.OW <= 1L << 24;
 
     /// <summary>colAll [C*KH*KW, N*OH*OW] = im2col of every sample of x, in parallel over samples.</summary>
     private float* Im2ColBatch(float* x, in ConvGeometry g)

@@ -7,8 +7,8 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// <summary>
 /// Single-precision GEMM in the Goto/BLIS scheme: C = alpha * op(A) op(B) + beta * C, row-major with leading
 /// dimensions. op(B) is packed in [kc, NR] strips (kept in L1 by the micro-kernel), alpha * op(A) in [kc, MR]
-/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 12 x 32 with
-/// Vector512 on AVX-512, 6 x 16 with Vector256 otherwise. Threads split the (row block, column chunk) tiles
+/// strips (streamed from L2), and an MR x NR register tile of FMA accumulators does the work: 12 x 32 (or 8 x
+/// 32) with Vector512 on AVX-512, 6 x 16 with Vector256 otherwise. Threads split the (row block, column chunk) tiles
 /// of C; each packs its own A block, B is packed once per k-block and shared.
 /// </summary>
 internal static unsafe class Sgemm
@@ -26,7 +26,10 @@ internal static unsafe class Sgemm
     private static int Tunable(string name, int fallback) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
 
-    /// <summary>Whether the AVX-512 micro-kernel is used (tests switch it off to cover the Vector256 one).</summary>
+    /// <summary>
+    /// Whether the AVX-512 micro-kernels are used (tests switch it off to cover the Vector256 one). Read once per
+    /// <see cref="Run"/>, so switching it while another GEMM runs changes only later calls.
+    /// </summary>
     public static bool UseAvx512 { get; set; } = Avx512F.IsSupported;
 
     /// <summary>
@@ -39,13 +42,16 @@ internal static unsafe class Sgemm
         int waste12 = (12 - m % 12) % 12, waste8 = (8 - m % 8) % 8;
         return waste8 < waste12 && waste12 * 20 > m ? 8 : 12;
     }
-    private static int NR => UseAvx512 ? 32 : 16;
+
+    /// <summary>Columns of the register tile that goes with <paramref name="mr"/> rows.</summary>
+    private static int NRFor(int mr) => mr == 6 ? 16 : 32;
 
     /// <summary>
     /// C [m, n] (leading dimension ldc) = alpha * op(A) op(B) + beta * C. op(A) is [m, k]: A is [m, k] (lda)
     /// or, when transA, [k, m]. op(B) is [k, n]: B is [k, n] (ldb) or, when transB, [n, k]. beta == 0
     /// overwrites C without reading it (NaN in C does not survive). Runs on the calling thread when
-    /// <paramref name="pool"/> is null, using worker <paramref name="worker"/>'s scratch; otherwise on the pool.
+    /// <paramref name="pool"/> is null, in <paramref name="scratch"/>; otherwise on the pool, with B packed in
+    /// <paramref name="scratch"/> and each worker's A block in its own.
     /// </summary>
     public static void Run(WorkerPool? pool, WorkerScratch scratch, bool transA, bool transB, int m, int n, int k,
         float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
@@ -59,7 +65,7 @@ internal static unsafe class Sgemm
         bool overwrite = beta == 0f;
         if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
 
-        int mr = ChooseMR(m), nr = NR;
+        int mr = ChooseMR(m), nr = NRFor(mr);
         int mBlocks = (m + MC - 1) / MC;
         for (int jc = 0; jc < n; jc += NC)
         {
@@ -100,23 +106,22 @@ internal static unsafe class Sgemm
                 if (pool is null || tiles == 1)
                 {
                     for (int t = 0; t < tiles; t++)
-                        Tile(scratch, mr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
+                        Tile(scratch, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
                 }
                 else
                 {
                     nint bpp = (nint)bp;
                     pool.For(tiles, (w, t) =>
-                        Tile(pool.Scratch(w), mr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
+                        Tile(pool.Scratch(w), mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
                 }
             }
         }
     }
 
     /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
-    private static void Tile(WorkerScratch scratch, int mr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
+    private static void Tile(WorkerScratch scratch, int mr, int nr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
         int m, int nc, int jc, int pc, int kc, float alpha, float* a, int lda, float* bp, float* c, int ldc, bool first)
     {
-        int nr = NR;
         int ib = t / nChunks, chunk = t % nChunks;
         int ic = ib * MC, mc = Math.Min(MC, m - ic);
         int aStrips = (mc + mr - 1) / mr;
@@ -160,7 +165,7 @@ internal static unsafe class Sgemm
     /// </summary>
     internal static double MicroKernelGflops(int kc, int calls, Func<double> clock)
     {
-        int mr = ChooseMR(12), nr = NR;
+        int mr = ChooseMR(12), nr = NRFor(mr);
         var a = GC.AllocateArray<float>(kc * mr * 8, pinned: true);
         var b = GC.AllocateArray<float>(kc * nr, pinned: true);
         var c = GC.AllocateArray<float>(mr * nr * 8, pinned: true);
