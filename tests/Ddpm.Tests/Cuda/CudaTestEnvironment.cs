@@ -75,3 +75,12 @@ public sealed class NvrtcFactAttribute : FactAttribute
         if (!CudaTestEnvironment.NvrtcAvailable) Skip = CudaTestEnvironment.NvrtcSkipReason;
     }
 }
+
+/// <summary>A theory that reports skipped, with the reason, when no CUDA device can be used.</summary>
+public sealed class CudaTheoryAttribute : TheoryAttribute
+{
+    public CudaTheoryAttribute()
+    {
+        if (!CudaTestEnvironment.Available) Skip = CudaTestEnvironment.SkipReason;
+    }
+}
