@@ -4,7 +4,7 @@ using System.Text.Json;
 using CommandLine;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
-using Ddpm.Diffusion.Evaluation;
+using Ddpm.Diffusion.Quality;
 using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;

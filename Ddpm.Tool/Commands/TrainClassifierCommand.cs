@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using CommandLine;
 using Ddpm.Diffusion.Data;
-using Ddpm.Diffusion.Evaluation;
+using Ddpm.Diffusion.Quality;
 using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;

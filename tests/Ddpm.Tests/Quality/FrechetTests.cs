@@ -1,10 +1,10 @@
 using Ddpm.Backends.Cpu;
-using Ddpm.Diffusion.Evaluation;
+using Ddpm.Diffusion.Quality;
 using Ddpm.Tensors;
 using Ddpm.Tests.TestUtil;
 using Xunit;
 
-namespace Ddpm.Tests.Evaluation;
+namespace Ddpm.Tests.Quality;
 
 /// <summary>The Frechet distance, the statistics it is computed from, and the class-score measures, against closed forms.</summary>
 public sealed class FrechetTests

@@ -1,7 +1,7 @@
 using MathNet.Numerics.LinearAlgebra;
 using MathNet.Numerics.LinearAlgebra.Factorization;
 
-namespace Ddpm.Diffusion.Evaluation;
+namespace Ddpm.Diffusion.Quality;
 
 /// <summary>The mean and covariance of a set of feature vectors (the Gaussian that FID fits to them).</summary>
 public sealed class GaussianStatistics

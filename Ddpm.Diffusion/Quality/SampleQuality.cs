@@ -1,7 +1,7 @@
 using Ddpm.Diffusion.Data;
 using Ddpm.Tensors;
 
-namespace Ddpm.Diffusion.Evaluation;
+namespace Ddpm.Diffusion.Quality;
 
 /// <summary>What the classifier makes of a set of images: features [N, F] and class probabilities [N, K].</summary>
 public sealed record ClassifierOutputs(float[] Features, float[] Probabilities, int Count, int FeatureDim, int Classes)

@@ -2,7 +2,7 @@ using Ddpm.Diffusion.Data;
 using Ddpm.Tensors;
 using Ddpm.Tensors.Nn;
 
-namespace Ddpm.Diffusion.Evaluation;
+namespace Ddpm.Diffusion.Quality;
 
 /// <summary>How <see cref="ClassifierTraining.Train"/> trains a <see cref="FeatureClassifier"/>.</summary>
 public sealed record ClassifierTrainingOptions

@@ -3,7 +3,7 @@ using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
 using Ddpm.Tensors.Nn;
 
-namespace Ddpm.Diffusion.Evaluation;
+namespace Ddpm.Diffusion.Quality;
 
 /// <summary>The shape of a <see cref="FeatureClassifier"/>; stored as JSON in its weights file.</summary>
 public sealed record ClassifierConfig
