@@ -180,6 +180,52 @@ public static partial class Ops
         return Mean(sq);
     }
 
+    /// <summary>
+    /// Mean cross-entropy of class scores against integer labels, shape [1] (PyTorch's cross_entropy with
+    /// reduction mean). logits: [N, K], labels: N host integers in [0, K).
+    /// The probabilities come from the backend's softmax, which subtracts each row's maximum, so large logits
+    /// neither overflow nor give NaN. A label probability below float's smallest normal value is clamped to it,
+    /// so the loss saturates at -log(1.18e-38) = 87.3 for that sample instead of becoming infinite; the
+    /// gradient (softmax - onehot) / N is exact everywhere.
+    /// </summary>
+    public static Tensor CrossEntropy(Tensor logits, ReadOnlySpan<int> labels)
+    {
+        const float SmallestNormal = 1.17549435e-38f;
+        if (logits.Rank != 2) throw new ArgumentException($"CrossEntropy needs logits [N, K]; got {logits.Describe()}.");
+        int n = logits.Shape[0], k = logits.Shape[1];
+        if (labels.Length != n) throw new ArgumentException($"CrossEntropy: {labels.Length} labels for {logits.Describe()}.");
+        // Flat positions i * K + label_i of each sample's own class in the [N, K] buffer.
+        var picks = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            if ((uint)labels[i] >= (uint)k) throw new ArgumentOutOfRangeException(nameof(labels), $"Label {labels[i]} of sample {i} is outside [0, {k}).");
+            picks[i] = i * k + labels[i];
+        }
+        var be = logits.Backend;
+        var p = Tensor.Empty(be, logits.Shape);
+        be.SoftmaxForward(logits.Buffer, n, k, 1, p.Buffer);
+        var loss = Tensor.Empty(be, new Shape(1));
+        using (var logp = Tensor.Empty(be, new Shape(n)))
+        {
+            be.IndexSelect(p.Buffer, n * k, 1, picks, logp.Buffer);
+            be.Clamp(logp.Buffer, logp.Buffer, n, SmallestNormal, 1f);
+            be.Unary(UnaryOp.Log, logp.Buffer, logp.Buffer, n);
+            be.SumToShape(logp.Buffer, [n], loss.Buffer, [1]);
+            be.Affine(loss.Buffer, loss.Buffer, 1, -1f / n, 0f);
+        }
+        return Autograd.Record("CrossEntropy", loss, [logits], g =>
+        {
+            // d loss / d logits = g * (p - onehot) / N.
+            var gx = Tensor.Empty(be, logits.Shape);
+            be.Copy(p.Buffer, 0, gx.Buffer, 0, n * k);
+            using (var minusOne = Tensor.Full(be, new Shape(n), -1f))
+                be.IndexAdd(minusOne.Buffer, 1, picks, gx.Buffer, n * k);
+            be.Binary(BinaryOp.Mul, gx.Buffer, [n, k], g.Buffer, [1, 1], gx.Buffer, [n, k]);
+            be.Affine(gx.Buffer, gx.Buffer, n * k, 1f / n, 0f);
+            return [gx];
+        });
+    }
+
     // ---- shape ---------------------------------------------------------------------------------------
 
     /// <summary>A view with another shape (one entry may be -1); shares memory.</summary>

@@ -204,6 +204,16 @@ public static class Cli
             ?? throw new UserError($"the bundled Fashion-MNIST subset ({file}) was not found beside the tool or under data/fashion-mnist; pass --data PATH.");
     }
 
+    /// <summary>A bundled model file: beside the tool under models/, or under Ddpm.Tool/models above the working folder.</summary>
+    public static string BundledModel(string file)
+    {
+        var candidates = new List<string> { Path.Combine(AppContext.BaseDirectory, "models", file) };
+        for (var d = new DirectoryInfo(Directory.GetCurrentDirectory()); d is not null; d = d.Parent)
+            candidates.Add(Path.Combine(d.FullName, "Ddpm.Tool", "models", file));
+        return candidates.FirstOrDefault(File.Exists)
+            ?? throw new UserError($"the bundled model {file} was not found beside the tool (models/) or under Ddpm.Tool/models; pass --classifier PATH.");
+    }
+
     /// <summary>Opens a dataset by what the path is: an IDX file (.gz or raw), a CIFAR-10 batch folder or file, or an image folder.</summary>
     public static IImageDataset OpenDataset(string path, int imageSize, int channels)
     {

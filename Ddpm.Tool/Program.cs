@@ -10,6 +10,7 @@ public static class Program
     [
         typeof(TrainOptions), typeof(SampleOptions), typeof(AnimateOptions), typeof(InterpolateOptions),
         typeof(ForwardOptions), typeof(ParityOptions), typeof(BenchOptions), typeof(InfoOptions),
+        typeof(EvalOptions), typeof(TrainClassifierOptions),
     ];
 
     public static int Main(string[] args)
@@ -75,6 +76,8 @@ public static class Program
                 ParityOptions o => ParityCommand.Run(o, con),
                 BenchOptions o => BenchCommand.Run(o, con),
                 InfoOptions o => InfoCommand.Run(o, con),
+                EvalOptions o => EvalCommand.Run(o, con),
+                TrainClassifierOptions o => TrainClassifierCommand.Run(o, con),
                 _ => throw new InvalidOperationException($"verb {options.GetType().Name} has no handler"),
             };
         }
@@ -102,8 +105,8 @@ public static class Program
         BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName}",
         MissingRequiredOptionError m => $"missing required option --{m.NameInfo.LongName}",
         MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
-        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info)",
-        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info)",
+        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
+        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
         RepeatedOptionError r => $"option --{r.NameInfo.LongName} given twice",
         _ => $"bad arguments ({e.Tag})",
     };

@@ -7,11 +7,15 @@ using Ddpm.Tensors;
 namespace Ddpm.Tool.Commands;
 
 /// <summary>Options of the verbs that sample from a trained model.</summary>
-public abstract class SamplingOptions : ModelOptions, IDiffusionOptions
+public abstract class SamplingOptions : SamplerOptions
 {
     [Option("checkpoint", Required = true, HelpText = "A training checkpoint or a labml-named weights .safetensors file.")]
     public string Checkpoint { get; set; } = "";
+}
 
+/// <summary>How to run the reverse process; eval has them with an optional checkpoint.</summary>
+public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
+{
     [Option("sampler", Default = "ddim", HelpText = "ddim (few steps, fast) or ddpm (all T ancestral steps).")]
     public string Sampler { get; set; } = "ddim";
 

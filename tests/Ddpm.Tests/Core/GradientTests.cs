@@ -24,6 +24,7 @@ namespace Ddpm.Tests.Core;
 ///   Log (x in [0.5, 3])         1e-2    3e-4    (9.4e-5)
 ///   GroupNorm (groups 1,2,3,6)  1e-2    3e-4    (5.8e-5)
 ///   Softmax                    1e-2    3e-5    (4.5e-6)
+///   CrossEntropy               1e-2    3e-5    (1.1e-5)
 /// </summary>
 public sealed class GradientTests
 {
@@ -156,6 +157,9 @@ public sealed class GradientTests
             int dim = d;
             c[$"Softmax_dim{d}"] = new(t => Ops.Softmax(t[0], dim), [N(53, 3, 4, 5)], SmoothH, 3e-5);
         }
+
+        // ---- cross-entropy of 7 samples over 5 classes, every class used as a label at least once.
+        c["CrossEntropy"] = new(t => Ops.CrossEntropy(t[0], [2, 0, 4, 1, 3, 4, 0]), [N(55, 7, 5)], SmoothH, 3e-5);
 
         // ---- dropout: a generator with a fixed seed gives every evaluation the same mask, so the
         // gradient is the mask.

@@ -1,0 +1,180 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using CommandLine;
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Quality;
+using Ddpm.Tensors;
+
+namespace Ddpm.Tool.Commands;
+
+[Verb("eval", HelpText = "Sample quality: FID on a classifier's features, its Inception Score analogue and the class histogram.")]
+public sealed class EvalOptions : SamplerOptions
+{
+    [Option("checkpoint", HelpText = "Draw --n samples from this checkpoint or weights file and measure them.")]
+    public string? Checkpoint { get; set; }
+
+    [Option("images", HelpText = "Measure the first --n images of this IDX file instead (known-answer checks: the real set against itself).")]
+    public string? Images { get; set; }
+
+    [Option("scramble", Default = false, HelpText = "Permute the pixels of each measured image at random (a known-bad set: FID must be large).")]
+    public bool Scramble { get; set; }
+
+    [Option("real", HelpText = "Held-out real images (IDX). Default: the bundled Fashion-MNIST test set (1,000 images).")]
+    public string? Real { get; set; }
+
+    [Option("classifier", HelpText = "The feature model (from 'train-classifier'). Default: the bundled Fashion-MNIST classifier.")]
+    public string? Classifier { get; set; }
+
+    [Option('n', "count", Default = 1000, HelpText = "Samples to draw, or images to take from --images (also --n).")]
+    public int N { get; set; }
+
+    [Option("batch", Default = 250, HelpText = "Samples drawn at once; batch b starts from seed + b.")]
+    public int Batch { get; set; }
+
+    [Option("json", Default = false, HelpText = "Also print one JSON object on the last line.")]
+    public bool Json { get; set; }
+}
+
+public static class EvalCommand
+{
+    public const string BundledClassifier = "fashion-classifier.safetensors";
+
+    public static int Run(EvalOptions o, Console2 con)
+    {
+        if ((o.Checkpoint is null) == (o.Images is null)) throw new UsageError("give --checkpoint (to sample) or --images (an IDX file), one of them.");
+        if (o.N < 2) throw new UsageError($"-n must be at least 2 (a covariance needs two images), got {o.N}.");
+        if (o.Batch <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
+        var total = Stopwatch.StartNew();
+        string classifierPath = o.Classifier ?? Cli.BundledModel(BundledClassifier);
+        string realPath = o.Real ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
+        using var be = Cli.CreateBackend(o);
+        var (classifier, meta) = LoadClassifier(classifierPath, be);
+        using var _c = classifier;
+        var cfg = classifier.Config;
+        string[] names = meta.TryGetValue("class_names", out var cn) && cn.Split(',').Length == cfg.Classes
+            ? cn.Split(',') : Enumerable.Range(0, cfg.Classes).Select(k => k.ToString(CultureInfo.InvariantCulture)).ToArray();
+        string accuracy = meta.TryGetValue("test_accuracy", out var acc) ? $", test accuracy {acc}" : "";
+        con.Out.WriteLine($"classifier {classifierPath}: {cfg.Describe()}{accuracy}");
+
+        var real = LoadImages(realPath);
+        var realInput = Prepare(() => SampleQuality.PrepareReal(real, real.Count, cfg), classifierPath);
+
+        float[] candidates;
+        string source;
+        double samplingSeconds = 0;
+        string? sampling = null;
+        if (o.Checkpoint is not null)
+        {
+            var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
+            var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+            using var _m = model;
+            o.Check(diffusion.Steps);
+            var mc = model.Config;
+            // Fail before the long sampling run, not after it.
+            Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint), classifierPath);
+            int steps = o.Kind == SamplerKind.Ddpm ? diffusion.Steps : o.Steps;
+            sampling = $"{o.Kind.ToString().ToUpperInvariant()} ({steps} steps{(o.Kind == SamplerKind.Ddim ? $", eta {o.Eta}" : "")})";
+            con.Out.WriteLine($"sampling {o.N} images with {sampling} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}, {o.Batch} at a time");
+            var sw = Stopwatch.StartNew();
+            var samples = new float[o.N * mc.ImageChannels * mc.ImageSize * mc.ImageSize];
+            var sampler = new Sampler(diffusion);
+            for (int start = 0, b = 0; start < o.N; start += o.Batch, b++)
+            {
+                con.Cancel.ThrowIfCancellationRequested();
+                int count = Math.Min(o.Batch, o.N - start);
+                using var scope = new TensorScope();
+                int done = start;
+                var x = sampler.Sample(count, o.Kind, o.Steps, o.Eta, o.Seed + (ulong)b,
+                    p => ProgressBar.Draw(con, done + count * p.Step / p.Of, o.N, sw));
+                x.ToArray().CopyTo(samples, start * mc.ImageChannels * mc.ImageSize * mc.ImageSize);
+                if (!con.Interactive) con.Out.WriteLine($"  {start + count}/{o.N} samples  {Cli.Seconds(sw.Elapsed.TotalSeconds)}");
+            }
+            ProgressBar.Done(con);
+            samplingSeconds = sw.Elapsed.TotalSeconds;
+            candidates = SampleQuality.PrepareSamples(samples, o.N, mc.ImageChannels, mc.ImageSize, diffusion.Config.DataRange, cfg);
+            source = o.Checkpoint;
+        }
+        else
+        {
+            var images = LoadImages(o.Images!);
+            if (o.N > images.Count) throw new UsageError($"-n {o.N} is more than the {images.Count} images of {o.Images}.");
+            candidates = Prepare(() => SampleQuality.PrepareReal(images, o.N, cfg), classifierPath);
+            source = o.Images!;
+        }
+        if (o.Scramble)
+            candidates = SampleQuality.ScramblePixels(candidates, o.N, cfg.ImageChannels, cfg.ImageSize, cfg.ImageSize, o.Seed);
+
+        var fsw = Stopwatch.StartNew();
+        var realOut = SampleQuality.Classify(classifier, realInput, real.Count);
+        var candOut = SampleQuality.Classify(classifier, candidates, o.N);
+        double fid = Frechet.Distance(candOut.Statistics(), realOut.Statistics());
+        double isScore = SampleQuality.InceptionScore(candOut.Probabilities, o.N, cfg.Classes);
+        double realIs = SampleQuality.InceptionScore(realOut.Probabilities, real.Count, cfg.Classes);
+        var hist = SampleQuality.ClassHistogram(candOut.Probabilities, o.N, cfg.Classes);
+        var realHist = SampleQuality.ClassHistogram(realOut.Probabilities, real.Count, cfg.Classes);
+        double featureSeconds = fsw.Elapsed.TotalSeconds;
+
+        string what = (o.Checkpoint is not null ? "samples" : "images") + (o.Scramble ? " (pixels scrambled)" : "");
+        con.Out.WriteLine($"FID  {fid,10:F3}   {o.N} {what} of {source} vs {real.Count} real images of {realPath}, {cfg.FeatureDim} features");
+        con.Out.WriteLine($"IS   {isScore,10:F3}   (real images: {realIs:F3}; 1 = one class for all, {cfg.Classes} = confident and balanced)");
+        con.Out.WriteLine("class histogram (measured / real):");
+        for (int k = 0; k < cfg.Classes; k++)
+            con.Out.WriteLine($"  {names[k],-12} {hist[k],6} {(double)hist[k] / o.N,7:P1}   {realHist[k],6} {(double)realHist[k] / real.Count,7:P1}");
+        con.Out.WriteLine($"time: sampling {samplingSeconds:F1}s, features and statistics {featureSeconds:F1}s, total {total.Elapsed.TotalSeconds:F1}s");
+        if (o.Json)
+            con.Out.WriteLine(JsonSerializer.Serialize(new
+            {
+                fid,
+                inception_score = isScore,
+                real_inception_score = realIs,
+                class_names = names,
+                class_histogram = hist,
+                real_class_histogram = realHist,
+                n = o.N,
+                real_n = real.Count,
+                source,
+                kind = o.Checkpoint is not null ? "samples" : "images",
+                scrambled = o.Scramble,
+                sampler = sampling,
+                seed = o.Seed,
+                real = realPath,
+                classifier = classifierPath,
+                feature_dim = cfg.FeatureDim,
+                backend = be.Name,
+                sampling_s = samplingSeconds,
+                features_s = featureSeconds,
+                total_s = total.Elapsed.TotalSeconds,
+            }));
+        return 0;
+    }
+
+    private static (FeatureClassifier, IReadOnlyDictionary<string, string>) LoadClassifier(string path, IBackend be)
+    {
+        if (!File.Exists(path)) throw new UserError($"{path}: no such classifier weights file.");
+        try { return FeatureClassifier.Load(path, be); }
+        catch (Exception e) when (e is InvalidDataException or IOException) { throw new UserError(e.Message, e); }
+    }
+
+    private static IdxDataset LoadImages(string path)
+    {
+        if (!File.Exists(path)) throw new UserError($"{path}: no such IDX image file.");
+        try { return IdxDataset.Load(path); }
+        catch (Exception e) when (e is InvalidDataException or IOException) { throw new UserError(e.Message, e); }
+    }
+
+    /// <summary>Runs a step that checks image geometry against the classifier, turning a mismatch into advice.</summary>
+    private static T Prepare<T>(Func<T> f, string classifierPath)
+    {
+        try { return f(); }
+        catch (ArgumentException e)
+        {
+            throw new UserError($"{e.Message} {classifierPath} cannot measure them: for grey IDX data with labels make a classifier with "
+                + "'ddpm-tool train-classifier --data IMAGES --labels LABELS --out PATH' and pass --classifier PATH; RGB data such as "
+                + "CIFAR-10 is conventionally measured on Inception-v3 features, which this tool does not include.", e);
+        }
+    }
+
+    private static void Prepare(Action f, string classifierPath) => Prepare(() => { f(); return 0; }, classifierPath);
+}
