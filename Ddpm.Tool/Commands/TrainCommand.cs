@@ -19,16 +19,16 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("max-images", HelpText = "Use only the first N images of the data.")]
     public int? MaxImages { get; set; }
 
-    [Option("steps", HelpText = "Total optimisation steps (default 3000, or from --epochs).")]
+    [Option("steps", HelpText = "Total optimisation steps (default 2000, or from --epochs).")]
     public long? Steps { get; set; }
 
     [Option("epochs", HelpText = "Train for this many passes over the data instead of --steps.")]
     public int? Epochs { get; set; }
 
-    [Option("batch", HelpText = "Batch size (default: the preset's).")]
+    [Option("batch", HelpText = "Batch size (default 32 for training; the preset's benchmark batch is larger).")]
     public int? Batch { get; set; }
 
-    [Option("lr", Default = 2e-4f, HelpText = "Adam learning rate.")]
+    [Option("lr", Default = 1e-3f, HelpText = "Adam learning rate (after the warm-up; gradients are clipped to norm 1).")]
     public float Lr { get; set; }
 
     [Option("warmup", Default = 200, HelpText = "Linear learning-rate warm-up steps.")]
@@ -37,7 +37,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("grad-clip", Default = 1f, HelpText = "Global gradient-norm clip (0: off).")]
     public float GradClip { get; set; }
 
-    [Option("ema", Default = 0.999f, HelpText = "EMA decay of the weights (0: off); samples use the EMA weights.")]
+    [Option("ema", Default = 0.995f, HelpText = "EMA decay of the weights (0: off); samples use the EMA weights.")]
     public float Ema { get; set; }
 
     [Option("seed", Default = 0UL, HelpText = "Seed of every random stream (init, data order, noise, dropout).")]
@@ -111,7 +111,7 @@ public static class TrainCommand
         var diffusionConfig = resume?.Diffusion ?? Cli.Diffusion(o) with { DataRange = o.LabmlExact ? DataRange.ZeroToOne : range, ClipX0 = !o.NoClip && !o.LabmlExact };
         var training = resume?.Training ?? new TrainingConfig
         {
-            BatchSize = o.Batch ?? preset.Batch, LearningRate = o.Lr, WarmupSteps = o.Warmup, GradClip = o.GradClip, EmaDecay = o.Ema,
+            BatchSize = o.Batch ?? Math.Min(preset.Batch, 32), LearningRate = o.Lr, WarmupSteps = o.Warmup, GradClip = o.GradClip, EmaDecay = o.Ema,
             Seed = o.Seed, HorizontalFlip = o.HFlip,
         };
         try { training.Validate(); }
@@ -144,7 +144,7 @@ public static class TrainCommand
         }
         catch (ArgumentException e) { throw new UserError($"{dataPath}: {e.Message}"); }
 
-        long totalSteps = o.Steps ?? (o.Epochs is { } ep ? (long)ep * loader.BatchesPerEpoch : 3000);
+        long totalSteps = o.Steps ?? (o.Epochs is { } ep ? (long)ep * loader.BatchesPerEpoch : 2000);
         Directory.CreateDirectory(o.Out);
         string ckptPath = Path.Combine(o.Out, "checkpoint.safetensors");
 
