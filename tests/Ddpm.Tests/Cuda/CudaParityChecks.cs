@@ -1,4 +1,5 @@
 using Ddpm.Tensors;
+using Ddpm.Tests.TestUtil;
 
 namespace Ddpm.Tests.Cuda;
 
@@ -105,7 +106,7 @@ public static class CudaParityChecks
             bool positive = op is UnaryOp.Log or UnaryOp.Sqrt;
             var x = Rand(n, 10 + (int)op, positive ? 0.1f : -3f, 3f);
             var dy = Rand(n, 50 + (int)op);
-            var y = x.Select(v => (float)UnaryRef(op, v)).ToArray();
+            var y = x.Select(v => (float)UnaryReference.Value(op, v)).ToArray();
             using var bx = Up(be, x);
             using var by = new Owned(be.Allocate(n));
             be.Unary(op, bx.B, by.B, n);
@@ -116,47 +117,9 @@ public static class CudaParityChecks
             using var bdx = new Owned(be.Allocate(n));
             be.UnaryBackward(op, bx.B, by.B, bdy.B, bdx.B, n);
             var dx = new float[n];
-            for (int i = 0; i < n; i++) dx[i] = (float)(dy[i] * UnaryGradRef(op, x[i]));
+            for (int i = 0; i < n; i++) dx[i] = (float)(dy[i] * UnaryReference.Derivative(op, x[i]));
             Close($"UnaryBackward {op}", dx, Down(be, bdx.B, n), 1e-5, 1e-5);
         }
-    }
-
-    private static double UnaryRef(UnaryOp op, double x) => op switch
-    {
-        UnaryOp.Neg => -x,
-        UnaryOp.Exp => Math.Exp(x),
-        UnaryOp.Log => Math.Log(x),
-        UnaryOp.Sin => Math.Sin(x),
-        UnaryOp.Cos => Math.Cos(x),
-        UnaryOp.Sqrt => Math.Sqrt(x),
-        UnaryOp.Square => x * x,
-        UnaryOp.Sigmoid => 1 / (1 + Math.Exp(-x)),
-        UnaryOp.Silu => x / (1 + Math.Exp(-x)),
-        UnaryOp.Tanh => Math.Tanh(x),
-        UnaryOp.Relu => Math.Max(x, 0),
-        UnaryOp.Abs => Math.Abs(x),
-        _ => throw new ArgumentOutOfRangeException(nameof(op)),
-    };
-
-    private static double UnaryGradRef(UnaryOp op, double x)
-    {
-        double s = 1 / (1 + Math.Exp(-x));
-        return op switch
-        {
-            UnaryOp.Neg => -1,
-            UnaryOp.Exp => Math.Exp(x),
-            UnaryOp.Log => 1 / x,
-            UnaryOp.Sin => Math.Cos(x),
-            UnaryOp.Cos => -Math.Sin(x),
-            UnaryOp.Sqrt => 0.5 / Math.Sqrt(x),
-            UnaryOp.Square => 2 * x,
-            UnaryOp.Sigmoid => s * (1 - s),
-            UnaryOp.Silu => s * (1 + x * (1 - s)),
-            UnaryOp.Tanh => 1 - Math.Tanh(x) * Math.Tanh(x),
-            UnaryOp.Relu => x > 0 ? 1 : 0,
-            UnaryOp.Abs => Math.Sign(x),
-            _ => throw new ArgumentOutOfRangeException(nameof(op)),
-        };
     }
 
     public static void BinaryBroadcast(IBackend be)

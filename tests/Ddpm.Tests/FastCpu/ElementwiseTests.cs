@@ -1,5 +1,6 @@
 using Ddpm.Backends.Cpu;
 using Ddpm.Tensors;
+using Ddpm.Tests.TestUtil;
 using Xunit;
 using static Ddpm.Tests.FastCpu.FastCpuTestUtil;
 
@@ -14,44 +15,6 @@ namespace Ddpm.Tests.FastCpu;
 public sealed class ElementwiseTests
 {
     private const double Rtol = 2e-6, Atol = 1e-6;
-
-    private static double F(UnaryOp op, double x) => op switch
-    {
-        UnaryOp.Neg => -x,
-        UnaryOp.Exp => Math.Exp(x),
-        UnaryOp.Log => Math.Log(x),
-        UnaryOp.Sin => Math.Sin(x),
-        UnaryOp.Cos => Math.Cos(x),
-        UnaryOp.Sqrt => Math.Sqrt(x),
-        UnaryOp.Square => x * x,
-        UnaryOp.Sigmoid => 1 / (1 + Math.Exp(-x)),
-        UnaryOp.Silu => x / (1 + Math.Exp(-x)),
-        UnaryOp.Tanh => Math.Tanh(x),
-        UnaryOp.Relu => Math.Max(x, 0),
-        UnaryOp.Abs => Math.Abs(x),
-        _ => throw new ArgumentOutOfRangeException(nameof(op)),
-    };
-
-    private static double D(UnaryOp op, double x)
-    {
-        double s = 1 / (1 + Math.Exp(-x));
-        return op switch
-        {
-            UnaryOp.Neg => -1,
-            UnaryOp.Exp => Math.Exp(x),
-            UnaryOp.Log => 1 / x,
-            UnaryOp.Sin => Math.Cos(x),
-            UnaryOp.Cos => -Math.Sin(x),
-            UnaryOp.Sqrt => 0.5 / Math.Sqrt(x),
-            UnaryOp.Square => 2 * x,
-            UnaryOp.Sigmoid => s * (1 - s),
-            UnaryOp.Silu => s * (1 + x * (1 - s)),
-            UnaryOp.Tanh => 1 - Math.Tanh(x) * Math.Tanh(x),
-            UnaryOp.Relu => x > 0 ? 1 : 0,
-            UnaryOp.Abs => Math.Sign(x),
-            _ => throw new ArgumentOutOfRangeException(nameof(op)),
-        };
-    }
 
     [Theory]
     [InlineData(1)]
@@ -69,7 +32,7 @@ public sealed class ElementwiseTests
             be.Unary(op, xb, yb, n);
             be.UnaryBackward(op, xb, yb, dyb, dxb, n);
             var ey = new double[n]; var edx = new double[n];
-            for (int i = 0; i < n; i++) { ey[i] = F(op, x[i]); edx[i] = dy[i] * D(op, x[i]); }
+            for (int i = 0; i < n; i++) { ey[i] = UnaryReference.Value(op, x[i]); edx[i] = dy[i] * UnaryReference.Derivative(op, x[i]); }
             Close(Down(be, yb, n), ey, Rtol, Atol, $"{op} forward");
             Close(Down(be, dxb, n), edx, 1e-5, 1e-6, $"{op} backward");
             // In place: y aliases x.
