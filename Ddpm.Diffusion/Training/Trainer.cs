@@ -83,7 +83,7 @@ public sealed class Trainer : IDisposable
             lossValue = loss.Item();
             norm = Config.GradClip > 0
                 ? GradClip.ClipGradNorm(Model.Parameters(), Config.GradClip)
-                : Math.Sqrt(Model.Parameters().Where(p => p.Grad is not null).Sum(p => p.Backend.SumOfSquares(p.Grad!.Buffer, p.Size)));
+                : GradClip.GlobalNorm(Model.Parameters());
             Optimizer.LearningRate = lr;
             Optimizer.Step();
         }

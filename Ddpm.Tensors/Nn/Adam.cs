@@ -90,13 +90,20 @@ public static class GradClip
     public static double ClipGradNorm(IEnumerable<Parameter> parameters, double maxNorm)
     {
         var withGrad = parameters.Where(p => p.Grad is not null).ToList();
-        double sq = 0;
-        foreach (var p in withGrad) sq += p.Backend.SumOfSquares(p.Grad!.Buffer, p.Size);
-        double norm = Math.Sqrt(sq);
+        double norm = GlobalNorm(withGrad);
         double coef = maxNorm / (norm + 1e-6);
         if (coef < 1.0)
             foreach (var p in withGrad)
                 p.Backend.Affine(p.Grad!.Buffer, p.Grad.Buffer, p.Size, (float)coef, 0f);
         return norm;
+    }
+
+    /// <summary>The L2 norm of all gradients together (parameters without a gradient count as zero).</summary>
+    public static double GlobalNorm(IEnumerable<Parameter> parameters)
+    {
+        double sq = 0;
+        foreach (var p in parameters)
+            if (p.Grad is not null) sq += p.Backend.SumOfSquares(p.Grad.Buffer, p.Size);
+        return Math.Sqrt(sq);
     }
 }

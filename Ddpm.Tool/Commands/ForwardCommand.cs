@@ -39,8 +39,8 @@ public static class ForwardCommand
             throw new UserError($"{o.Inputs} needs a tensor 't' of shape [{xe.Shape[0]}] (I64 timesteps).");
         var t = te.AsLongs().Select(v => v is < 0 or > int.MaxValue ? throw new UserError($"{o.Inputs}: timestep {v} is out of range.") : (int)v).ToArray();
 
-        var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model with { ImageChannels = xe.Shape[1], ImageSize = xe.Shape[2] });
         if (ckpt.Model is not null && o.HasModelOverrides) throw new UsageError($"{o.Weights} describes its own model; drop the model options.");
+        var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model with { ImageChannels = xe.Shape[1], ImageSize = xe.Shape[2] });
         using var be = Cli.CreateBackend(o);
         using var model = new UNet(be, config, new PhiloxGenerator(0));
         try { ckpt.LoadWeightsInto(model); }
