@@ -65,7 +65,7 @@ public sealed unsafe partial class CpuBackend
             return;
         }
         int rowGrain = Math.Max(1, Grain / inner);
-        _pool.ForRange(rows, rowGrain, (r0, count) =>
+        _pool.ForItems(rows, rowGrain, (r0, count) =>
         {
             for (int r = r0; r < r0 + count; r++)
             {
@@ -203,7 +203,7 @@ public sealed unsafe partial class CpuBackend
             int chunks = (int)((n + chunk - 1) / chunk);
             var partial = new float[chunks];
             nint xpp0 = (nint)xp;
-            _pool.ForRange(chunks, 8, (c0, count) =>
+            _pool.ForItems(chunks, 8, (c0, count) =>
             {
                 for (int c = c0; c < c0 + count; c++)
                 {
@@ -224,7 +224,7 @@ public sealed unsafe partial class CpuBackend
         if (par == nd - 1) grain = Math.Max(grain, 64);
         var sizes = size.ToArray();
         nint xpp = (nint)xp, ypp = (nint)yp;
-        _pool.ForRange(parSize, grain, (lo, count) =>
+        Action<int, int> body = (lo, count) =>
         {
             int hi = lo + count;
             Span<int> idx = stackalloc int[nd];
@@ -261,7 +261,10 @@ public sealed unsafe partial class CpuBackend
                 }
                 if (d2 < 0) break;
             }
-        });
+        };
+        // The last dimension splits like vector elements; any other splits by index.
+        if (par == nd - 1) _pool.ForRange(parSize, grain, body);
+        else _pool.ForItems(parSize, grain, body);
     }
 
     // ---- layout -------------------------------------------------------------------------------------

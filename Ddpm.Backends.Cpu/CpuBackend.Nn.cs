@@ -65,7 +65,7 @@ public sealed unsafe partial class CpuBackend
     {
         int ohw = g.OH * g.OW, nTot = g.N * ohw, o = g.O;
         nint yp = (nint)y, ap = (nint)all;
-        _pool.ForRange(g.N * o, Math.Max(1, Grain / ohw), (r0, count) =>
+        _pool.ForItems(g.N * o, Math.Max(1, Grain / ohw), (r0, count) =>
         {
             for (int r = r0; r < r0 + count; r++)
             {
@@ -238,7 +238,7 @@ public sealed unsafe partial class CpuBackend
         if (dbp != null)
         {
             nint dbpp = (nint)dbp;
-            _pool.ForRange(geo.O, 1, (o0, count) =>
+            _pool.ForItems(geo.O, 1, (o0, count) =>
             {
                 for (int o = o0; o < o0 + count; o++)
                 {
@@ -412,7 +412,7 @@ public sealed unsafe partial class CpuBackend
         if (size == 0) return;
         if (inner == 1)
         {
-            _pool.ForRange(outer, Math.Max(1, Grain / 4 / dim), (o0, count) =>
+            _pool.ForItems(outer, Math.Max(1, Grain / 4 / dim), (o0, count) =>
             {
                 for (int o = o0; o < o0 + count; o++)
                 {
@@ -462,7 +462,7 @@ public sealed unsafe partial class CpuBackend
         if (size == 0) return;
         if (inner == 1)
         {
-            _pool.ForRange(outer, Math.Max(1, Grain / 4 / dim), (o0, count) =>
+            _pool.ForItems(outer, Math.Max(1, Grain / 4 / dim), (o0, count) =>
             {
                 for (int o = o0; o < o0 + count; o++)
                 {

@@ -226,7 +226,7 @@ public sealed unsafe partial class CpuBackend : IBackend
         if (chunks == 0) return 0;
         var partial = new double[chunks];
         nint xpp = (nint)xp;
-        _pool.ForRange(chunks, 8, (c0, count) =>
+        _pool.ForItems(chunks, 8, (c0, count) =>
         {
             for (int c = c0; c < c0 + count; c++)
             {

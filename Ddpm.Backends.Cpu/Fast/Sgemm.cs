@@ -95,7 +95,7 @@ internal static unsafe class Sgemm
                 else
                 {
                     nint bpp = (nint)bp;
-                    pool.ForRange(strips, 1, (s0, count) =>
+                    pool.ForItems(strips, 1, (s0, count) =>
                     {
                         for (int s = s0; s < s0 + count; s++)
                             PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)bpp + (long)s * kc * nr);

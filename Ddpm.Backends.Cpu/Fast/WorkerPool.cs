@@ -47,7 +47,15 @@ internal sealed class WorkerPool
     /// Splits [0, n) into chunks of at least <paramref name="grain"/> elements (multiples of 64, so vector
     /// loops see whole vectors) and runs body(start, length) on each, in parallel when there is more than one.
     /// </summary>
-    public void ForRange(int n, int grain, Action<int, int> body)
+    public void ForRange(int n, int grain, Action<int, int> body) => Split(n, grain, 64, body);
+
+    /// <summary>
+    /// Like <see cref="ForRange"/> for ranges of rows, channels or blocks rather than vector elements: chunks
+    /// of at least <paramref name="grain"/> items with no rounding, so 2 to 64 items still spread over the workers.
+    /// </summary>
+    public void ForItems(int n, int grain, Action<int, int> body) => Split(n, grain, 1, body);
+
+    private void Split(int n, int grain, int align, Action<int, int> body)
     {
         if (n <= 0) return;
         int chunks = Math.Min(Threads * 4, (n + grain - 1) / grain);
@@ -56,7 +64,7 @@ internal sealed class WorkerPool
             body(0, n);
             return;
         }
-        int size = ((n + chunks - 1) / chunks + 63) & ~63;
+        int size = ((n + chunks - 1) / chunks + align - 1) / align * align;
         chunks = (n + size - 1) / size;
         For(chunks, (_, c) =>
         {
