@@ -31,7 +31,13 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("lr", Default = 1e-3f, HelpText = "Adam learning rate (after the warm-up; gradients are clipped to norm 1).")]
     public float Lr { get; set; }
 
-    [Option("warmup", Default = 200, HelpText = "Linear learning-rate warm-up steps.")]
+    [Option("lr-schedule", Default = "cosine", HelpText = "After the warm-up: cosine (decay to --lr-final x lr at the last step) or constant.")]
+    public string LrSchedule { get; set; } = "cosine";
+
+    [Option("lr-final", Default = 0f, HelpText = "The learning rate at the end of the cosine decay, as a fraction of --lr.")]
+    public float LrFinal { get; set; }
+
+    [Option("warmup", Default = 100, HelpText = "Linear learning-rate warm-up steps.")]
     public int Warmup { get; set; }
 
     [Option("grad-clip", Default = 1f, HelpText = "Global gradient-norm clip (0: off).")]
@@ -93,6 +99,7 @@ public static class TrainCommand
         if (o.Steps is <= 0) throw new UsageError($"--steps must be positive, got {o.Steps}.");
         if (o.Epochs is <= 0) throw new UsageError($"--epochs must be positive, got {o.Epochs}.");
         if (o.Steps is not null && o.Epochs is not null) throw new UsageError("give --steps or --epochs, not both.");
+        if (o.Batch is <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
         if (o.Samples <= 0 || o.SampleSteps <= 0) throw new UsageError("--samples and --sample-steps must be positive.");
         if (o.SampleEvery < 0 || o.CheckpointEvery < 0 || o.LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
         var range = o.DataRangeText.Replace(" ", "") switch
@@ -109,13 +116,17 @@ public static class TrainCommand
         var preset = Presets.Get(o.Preset ?? "small");
         var model = resume?.Model ?? o.ResolveModel(preset.Model);
         var diffusionConfig = resume?.Diffusion ?? Cli.Diffusion(o) with { DataRange = o.LabmlExact ? DataRange.ZeroToOne : range, ClipX0 = !o.NoClip && !o.LabmlExact };
+        var schedule = o.LrSchedule.ToLowerInvariant() switch
+        {
+            "cosine" => LrSchedule.Cosine,
+            "constant" => LrSchedule.Constant,
+            _ => throw new UsageError($"--lr-schedule is cosine or constant, not '{o.LrSchedule}'."),
+        };
         var training = resume?.Training ?? new TrainingConfig
         {
             BatchSize = o.Batch ?? Math.Min(preset.Batch, 32), LearningRate = o.Lr, WarmupSteps = o.Warmup, GradClip = o.GradClip, EmaDecay = o.Ema,
-            Seed = o.Seed, HorizontalFlip = o.HFlip,
+            Seed = o.Seed, HorizontalFlip = o.HFlip, LrSchedule = schedule, LrFinal = o.LrFinal,
         };
-        try { training.Validate(); }
-        catch (ArgumentException e) { throw new UsageError(e.Message); }
 
         string dataPath = o.Data ?? Cli.BundledData();
         IImageDataset data = Cli.OpenDataset(dataPath, model.ImageSize, model.ImageChannels);
@@ -145,6 +156,18 @@ public static class TrainCommand
         catch (ArgumentException e) { throw new UserError($"{dataPath}: {e.Message}"); }
 
         long totalSteps = o.Steps ?? (o.Epochs is { } ep ? (long)ep * loader.BatchesPerEpoch : 2000);
+        string? decayNote = null;
+        if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps != totalSteps)
+        {
+            // A new run decays over its length; a resumed run that is extended stretches its decay to the new end.
+            if (resume is not null && totalSteps > training.DecaySteps)
+                decayNote = $"  the cosine learning-rate decay now ends at step {totalSteps:N0} instead of {training.DecaySteps:N0}";
+            if (resume is null || totalSteps > training.DecaySteps) training = training with { DecaySteps = totalSteps };
+        }
+        if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps <= training.WarmupSteps)
+            throw new UsageError($"the warm-up ({training.WarmupSteps} steps) must be shorter than the run ({totalSteps:N0} steps) for the cosine decay; lower --warmup or use --lr-schedule constant.");
+        try { training.Validate(); }
+        catch (ArgumentException e) { throw new UsageError(e.Message); }
         Directory.CreateDirectory(o.Out);
         string ckptPath = Path.Combine(o.Out, "checkpoint.safetensors");
 
@@ -161,7 +184,11 @@ public static class TrainCommand
         con.Out.WriteLine($"ddpm-tool train: {model}");
         con.Out.WriteLine($"  {unet.ParameterCount():N0} parameters on {be.Description}");
         con.Out.WriteLine($"  data {dataPath}: {data.Count:N0} images {data.Channels}x{data.Height}x{data.Width}{(loader.Height != data.Height ? $" padded to {loader.Height}x{loader.Width}" : "")}, {loader.BatchesPerEpoch} batches of {training.BatchSize} per epoch");
-        con.Out.WriteLine($"  {totalSteps:N0} steps{(resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, lr {training.LearningRate:G3}, EMA {training.EmaDecay:G4}, T {diffusionConfig.NSteps}, output {o.Out}");
+        string lrText = training.LrSchedule == LrSchedule.Cosine
+            ? $"lr {training.LearningRate:G3} (warm-up {training.WarmupSteps}, cosine to {training.LearningRate * training.LrFinal:G3})"
+            : $"lr {training.LearningRate:G3} (warm-up {training.WarmupSteps}, then constant)";
+        con.Out.WriteLine($"  {totalSteps:N0} steps{(resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {training.EmaDecay:G4}, T {diffusionConfig.NSteps}, output {o.Out}");
+        if (decayNote is not null) con.Out.WriteLine(decayNote);
 
         var log = new LossLog(Path.Combine(o.Out, "loss.csv"), append: resume is not null);
         var progress = new Progress(con, totalSteps, trainer.StepCount, o.LogEvery, training.BatchSize);

@@ -32,6 +32,26 @@ public class TrainingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void LearningRateWarmsUpThenFollowsHalfACosine()
+    {
+        var tc = new TrainingConfig { LearningRate = 1e-3f, WarmupSteps = 100, LrSchedule = LrSchedule.Cosine, DecaySteps = 1100, LrFinal = 0.1f };
+        tc.Validate();
+        // Against the closed form in double: lr (f + (1 - f) (1 + cos(pi p)) / 2), p = (step - warm-up) / (decay - warm-up).
+        foreach (long step in new long[] { 1, 50, 99, 100, 101, 350, 600, 850, 1099, 1100, 1101, 5000 })
+        {
+            double expected = step < 100 ? 1e-3 * step / 100
+                : 1e-3 * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * Math.Min(1.0, (step - 100) / 1000.0))));
+            Assert.Equal(expected, tc.LearningRateAt(step), 1e-3 * 1e-6);
+        }
+        Assert.Equal(1e-3 * (0.1 + 0.45), tc.LearningRateAt(600), 1e-9);
+        var constant = tc with { LrSchedule = LrSchedule.Constant };
+        Assert.Equal(1e-3f, constant.LearningRateAt(5000));
+        Assert.Equal(5e-4f, constant.LearningRateAt(50));
+        Assert.Throws<ArgumentException>(() => (tc with { DecaySteps = 100 }).Validate());
+        Assert.Throws<ArgumentException>(() => (tc with { LrFinal = 1.5f }).Validate());
+    }
+
+    [Fact]
     public void TrainingOnTheBundledDataLowersTheLoss()
     {
         using var be = new CpuBackend(2);

@@ -50,6 +50,9 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         Assert.Equal("step,loss,grad_norm,lr,seconds", csv[0]);
         Assert.Equal(5, csv.Length);
         Assert.Equal(new[] { "1", "2", "3", "4" }, csv.Skip(1).Select(l => l.Split(',')[0]));
+        // Warm-up over 2 steps, then half a cosine to 0 at step 4: 5e-4, 1e-3, 5e-4, 0.
+        var lrs = csv.Skip(1).Select(l => double.Parse(l.Split(',')[3], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(new[] { 5e-4, 1e-3, 5e-4, 0 }, lrs, (a, b) => Math.Abs(a - b) <= 1e-9);
         var grid = ImageFile.Load(_run.Dir.File("samples.png"), 1);
         Assert.Equal((2 * 34 + 2, 2 * 34 + 2), (grid.Width, grid.Height));
         Assert.True(File.Exists(_run.Dir.File("samples-0000002.png")));
@@ -70,10 +73,13 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     {
         using var dir = new TempDir();
         foreach (var f in Directory.GetFiles(_run.Dir.Path)) File.Copy(f, Path.Combine(dir.Path, Path.GetFileName(f)));
-        var (code, _, err) = Run("train", "--resume", dir.File("checkpoint.safetensors"), "--steps", "6", "--max-images", "64",
+        var (code, output, err) = Run("train", "--resume", dir.File("checkpoint.safetensors"), "--steps", "6", "--max-images", "64",
             "--out", dir.Path, "--samples", "1", "--sample-steps", "2", "--threads", "2");
         Assert.True(code == 0, err);
-        Assert.Equal(6, Checkpoint.Load(dir.File("checkpoint.safetensors")).Step);
+        var resumed = Checkpoint.Load(dir.File("checkpoint.safetensors"));
+        Assert.Equal(6, resumed.Step);
+        Assert.Equal(6, resumed.Training!.DecaySteps);
+        Assert.Contains("the cosine learning-rate decay now ends at step 6 instead of 4", output);
         var csv = File.ReadAllLines(dir.File("loss.csv"));
         Assert.Equal(7, csv.Length);
         Assert.Equal("6", csv[^1].Split(',')[0]);
@@ -183,6 +189,8 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "sample" }, "missing required option --checkpoint")]
     [InlineData(new[] { "train", "--steps", "0" }, "--steps must be positive")]
     [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
+    [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "--lr-schedule is cosine or constant, not 'wavy'")]
+    [InlineData(new[] { "train", "--steps", "50", "--warmup", "80" }, "the warm-up (80 steps) must be shorter than the run (50 steps)")]
     [InlineData(new[] { "train", "--backend", "tpu" }, "unknown backend 'tpu'")]
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
     [InlineData(new[] { "train", "--image-size", "30" }, "image_size 30 must be divisible by 4")]
