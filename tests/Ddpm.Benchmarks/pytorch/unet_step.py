@@ -183,7 +183,8 @@ class UNet(nn.Module):
 
 PRESETS = {
     'tiny': dict(image_channels=1, n_channels=16, ch_mults=(1, 2), is_attn=(False, True), n_blocks=1, n_groups=8, batch=8),
-    'small': dict(image_channels=1, n_channels=32, ch_mults=(1, 2, 2), is_attn=(False, False, True), n_blocks=2, n_groups=32, batch=64),
+    # ddpm-tool's small preset has no dropout (a short CPU run does not overfit); the others keep labml's 0.1.
+    'small': dict(image_channels=1, n_channels=32, ch_mults=(1, 2, 2), is_attn=(False, False, True), n_blocks=2, n_groups=32, batch=64, dropout=0.0),
     'labml': dict(image_channels=3, n_channels=64, ch_mults=(1, 2, 2, 4), is_attn=(False, False, False, True), n_blocks=2, n_groups=32, batch=16),
 }
 
@@ -201,8 +202,12 @@ def main():
     p = dict(PRESETS[a.preset])
     batch = a.batch or p.pop('batch')
     p.pop('batch', None)
+    dropout = p.pop('dropout', 0.1)
     torch.manual_seed(0)
     model = UNet(**p)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = dropout
     T = 1000
     beta = torch.linspace(0.0001, 0.02, T)
     alpha = 1 - beta
