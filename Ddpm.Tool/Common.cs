@@ -105,6 +105,7 @@ public interface IDiffusionOptions
     string? Schedule { get; }
     string? Variance { get; }
     bool LabmlExact { get; }
+    bool NoClip { get; }
     int? DiffusionSteps { get; }
 }
 
@@ -189,6 +190,7 @@ public static class Cli
                 },
             };
         if (o.DiffusionSteps is { } t) c = c with { NSteps = t };
+        if (o.NoClip) c = c with { ClipX0 = false };
         try { c.Validate(); }
         catch (ArgumentException e) { throw new UsageError("diffusion options: " + e.Message); }
         return c;

@@ -65,6 +65,37 @@ public sealed class DenoiseDiffusion
     }
 
     /// <summary>
+    /// eps_theta(x_t, t): the network's output for an eps model; for a v model eps = sqrt(1 - alpha_bar) x_t +
+    /// sqrt(alpha_bar) v. Every sampler goes through this, so the rest of the reverse process is written once.
+    /// </summary>
+    public Tensor PredictEps(Tensor xt, ReadOnlySpan<int> t)
+    {
+        var y = EpsModel.Forward(xt, t);
+        if (Config.Prediction == Prediction.Eps) return y;
+        using (y) return EpsFromV(xt, t, y);
+    }
+
+    /// <summary>eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v.</summary>
+    public Tensor EpsFromV(Tensor xt, ReadOnlySpan<int> t, Tensor v)
+    {
+        using var a = PerSample(t, i => Math.Sqrt(1 - Schedule.AlphaBar[i]));
+        using var b = PerSample(t, i => Math.Sqrt(Schedule.AlphaBar[i]));
+        using var ax = a * xt;
+        using var bv = b * v;
+        return ax + bv;
+    }
+
+    /// <summary>The v target: sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0.</summary>
+    public Tensor VTarget(Tensor x0, ReadOnlySpan<int> t, Tensor eps)
+    {
+        using var a = PerSample(t, i => Math.Sqrt(Schedule.AlphaBar[i]));
+        using var b = PerSample(t, i => Math.Sqrt(1 - Schedule.AlphaBar[i]));
+        using var ae = a * eps;
+        using var bx = b * x0;
+        return ae - bx;
+    }
+
+    /// <summary>
     /// One reverse step x_{t-1} ~ p_theta(x_{t-1} | x_t) given the model's eps and the noise z ([N, C, H, W]).
     /// Without clipping this is the seed's formula mu = (x_t - (beta_t / sqrt(1 - alpha_bar_t)) eps) / sqrt(alpha_t);
     /// with clipping, x_0 is predicted, clipped to the data range and put through the posterior mean
@@ -112,16 +143,21 @@ public sealed class DenoiseDiffusion
     public Tensor PSample(Tensor xt, ReadOnlySpan<int> t, Tensor z)
     {
         using var _ = GradMode.NoGrad();
-        using var eps = EpsModel.Forward(xt, t);
+        using var eps = PredictEps(xt, t);
         return PSampleFromEps(xt, t, eps, z);
     }
 
-    /// <summary>L_simple = mean((eps - eps_theta(sqrt(ab) x0 + sqrt(1-ab) eps, t))^2), shape [1].</summary>
+    /// <summary>
+    /// L_simple = mean((eps - eps_theta(sqrt(ab) x0 + sqrt(1-ab) eps, t))^2), shape [1]; for a v model the
+    /// same mean squared error against the v target.
+    /// </summary>
     public Tensor Loss(Tensor x0, ReadOnlySpan<int> t, Tensor noise)
     {
         using var xt = QSample(x0, t, noise);
-        using var epsTheta = EpsModel.Forward(xt, t);
-        return Ops.MseLoss(noise, epsTheta);
+        using var output = EpsModel.Forward(xt, t);
+        if (Config.Prediction == Prediction.Eps) return Ops.MseLoss(noise, output);
+        using var target = VTarget(x0, t, noise);
+        return Ops.MseLoss(target, output);
     }
 
     /// <summary>L_simple with t ~ U{0..T-1} and eps ~ N(0, I) drawn from <paramref name="gen"/>.</summary>

@@ -21,6 +21,20 @@ public enum VarianceType
     FixedSmall,
 }
 
+/// <summary>What the network is trained to output.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<Prediction>))]
+public enum Prediction
+{
+    /// <summary>The noise eps (the seed's L_simple).</summary>
+    Eps,
+    /// <summary>
+    /// v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans and Ho 2022): near t = T it is about -x0, so an
+    /// imperfect network still gives a sensible x0 where an eps network's x0 = (x_t - sqrt(1 - alpha_bar) eps) /
+    /// sqrt(alpha_bar) multiplies its error by up to 1 / sqrt(alpha_bar_T) = 158.
+    /// </summary>
+    V,
+}
+
 /// <summary>The forward and reverse process options. <see cref="LabmlExact"/> reproduces the seed exactly.</summary>
 public sealed record DiffusionConfig
 {
@@ -39,6 +53,8 @@ public sealed record DiffusionConfig
     /// otherwise everything is computed in double and rounded once.
     /// </summary>
     [JsonPropertyName("float32_schedule")] public bool Float32Schedule { get; init; }
+    /// <summary>The network's target: eps (the seed) or v. Checkpoints without the field are eps models.</summary>
+    [JsonPropertyName("prediction")] public Prediction Prediction { get; init; } = Prediction.Eps;
 
     /// <summary>The seed's behaviour: linear float32 schedule, sigma^2 = beta, no clipping, noise at t = 0, data in [0, 1].</summary>
     public static DiffusionConfig LabmlExact => new()

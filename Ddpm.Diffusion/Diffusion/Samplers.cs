@@ -94,7 +94,7 @@ public sealed class Sampler
     private Tensor Step(Tensor x, int t, PhiloxGenerator gen, out Tensor eps)
     {
         var ts = Fill(x.Shape[0], t);
-        eps = _d.EpsModel.Forward(x, ts);
+        eps = _d.PredictEps(x, ts);
         using var z = _d.NoiseStd(t) == 0 ? null : Tensor.RandN(x.Backend, x.Shape, gen);
         return _d.PSampleFromEps(x, ts, eps, z);
     }
@@ -111,7 +111,7 @@ public sealed class Sampler
             double ab = s.AlphaBar[t];
             double abPrev = i > 0 ? s.AlphaBar[seq[i - 1]] : 1.0;
             var ts = Fill(x.Shape[0], t);
-            using var eps = _d.EpsModel.Forward(x, ts);
+            using var eps = _d.PredictEps(x, ts);
             using var x0Raw = _d.PredictX0(x, ts, eps);
             using var x0 = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
             // With a clipped x0, eps is re-derived from it so the step stays on the DDIM path.

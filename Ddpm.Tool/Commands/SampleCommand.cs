@@ -37,6 +37,9 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
     [Option("labml-exact", Default = false, HelpText = "The seed's reverse process: sigma^2 = beta, no clipping, noise at t=0, data in [0,1].")]
     public bool LabmlExact { get; set; }
 
+    [Option("no-clip", Default = false, HelpText = "Do not clip the predicted x0 to the data range (the checkpoint's setting otherwise).")]
+    public bool NoClip { get; set; }
+
     [Option("schedule", HelpText = "Override the beta schedule (linear or cosine).")]
     public string? Schedule { get; set; }
 

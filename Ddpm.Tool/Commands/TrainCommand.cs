@@ -61,6 +61,9 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("labml-exact", Default = false, HelpText = "The seed's diffusion exactly: float32 schedule, sigma^2 = beta, no clipping, noise at t=0, data in [0,1].")]
     public bool LabmlExact { get; set; }
 
+    [Option("prediction", Default = "eps", HelpText = "What the network learns: eps (the noise, the seed's L_simple) or v (sqrt(ab) eps - sqrt(1-ab) x0; steadier DDIM samples from short runs).")]
+    public string Prediction { get; set; } = "eps";
+
     [Option("schedule", HelpText = "Beta schedule: linear (default) or cosine.")]
     public string? Schedule { get; set; }
 
@@ -115,7 +118,17 @@ public static class TrainCommand
 
         var preset = Presets.Get(o.Preset ?? "small");
         var model = resume?.Model ?? o.ResolveModel(preset.Model);
-        var diffusionConfig = resume?.Diffusion ?? Cli.Diffusion(o) with { DataRange = o.LabmlExact ? DataRange.ZeroToOne : range, ClipX0 = !o.NoClip && !o.LabmlExact };
+        var prediction = o.Prediction.ToLowerInvariant() switch
+        {
+            "eps" => Prediction.Eps,
+            "v" => Prediction.V,
+            _ => throw new UsageError($"--prediction is eps or v, not '{o.Prediction}'."),
+        };
+        if (o.LabmlExact && prediction != Prediction.Eps) throw new UsageError("--labml-exact trains the seed's eps prediction; drop --prediction v.");
+        var diffusionConfig = resume?.Diffusion ?? Cli.Diffusion(o) with
+        {
+            DataRange = o.LabmlExact ? DataRange.ZeroToOne : range, ClipX0 = !o.NoClip && !o.LabmlExact, Prediction = prediction,
+        };
         var schedule = o.LrSchedule.ToLowerInvariant() switch
         {
             "cosine" => LrSchedule.Cosine,
@@ -187,7 +200,7 @@ public static class TrainCommand
         string lrText = training.LrSchedule == LrSchedule.Cosine
             ? $"lr {training.LearningRate:G3} (warm-up {training.WarmupSteps}, cosine to {training.LearningRate * training.LrFinal:G3})"
             : $"lr {training.LearningRate:G3} (warm-up {training.WarmupSteps}, then constant)";
-        con.Out.WriteLine($"  {totalSteps:N0} steps{(resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {training.EmaDecay:G4}, T {diffusionConfig.NSteps}, output {o.Out}");
+        con.Out.WriteLine($"  {totalSteps:N0} steps{(resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {training.EmaDecay:G4}, T {diffusionConfig.NSteps}, {(diffusionConfig.Prediction == Prediction.V ? "v" : "eps")} prediction, output {o.Out}");
         if (decayNote is not null) con.Out.WriteLine(decayNote);
 
         var log = new LossLog(Path.Combine(o.Out, "loss.csv"), append: resume is not null);

@@ -36,6 +36,68 @@ public class DiffusionTests
     }
 
     [Fact]
+    public void VTargetAndItsEpsConversionMatchTheClosedForms()
+    {
+        // v = sqrt(ab) eps - sqrt(1-ab) x0 and, back from v, eps = sqrt(1-ab) x_t + sqrt(ab) v recovers the noise
+        // and x0 = (x_t - sqrt(1-ab) eps) / sqrt(ab) the data, against double-precision arithmetic on the host.
+        using var be = new CpuBackend(2);
+        using var scope = new TensorScope();
+        using var model = new UNet(be, Tiny, new PhiloxGenerator(1));
+        var d = new DenoiseDiffusion(model, new DiffusionConfig { Prediction = Prediction.V });
+        var gen = new PhiloxGenerator(6);
+        var x0 = Tensor.RandU(be, new Shape(4, 1, 8, 8), gen) * 2f - 1f;
+        var eps = Tensor.RandN(be, new Shape(4, 1, 8, 8), gen);
+        int[] t = [0, 250, 700, 999];
+        var xt = d.QSample(x0, t, eps);
+        var v = d.VTarget(x0, t, eps);
+        float[] x0h = x0.ToArray(), epsh = eps.ToArray(), vh = v.ToArray();
+        var epsBack = d.EpsFromV(xt, t, v).ToArray();
+        var x0Back = d.PredictX0(xt, t, d.EpsFromV(xt, t, v)).ToArray();
+        for (int i = 0; i < vh.Length; i++)
+        {
+            double ab = d.Schedule.AlphaBar[t[i / 64]];
+            double vRef = Math.Sqrt(ab) * epsh[i] - Math.Sqrt(1 - ab) * x0h[i];
+            Assert.True(Math.Abs(vh[i] - vRef) <= 1e-6 * (1 + Math.Abs(vRef)), $"v[{i}] {vh[i]} vs {vRef}");
+            Assert.True(Math.Abs(epsBack[i] - epsh[i]) <= 1e-6 * (1 + Math.Abs(epsh[i])), $"eps[{i}] {epsBack[i]} vs {epsh[i]}");
+            // x0 through eps divides by sqrt(alpha_bar) >= 1/158: float32 rounding of x_t grows by that much.
+            Assert.True(Math.Abs(x0Back[i] - x0h[i]) <= 2e-4, $"x0[{i}] {x0Back[i]} vs {x0h[i]}");
+        }
+    }
+
+    [Fact]
+    public void VModelLossIsTheMeanSquaredErrorAgainstTheVTarget()
+    {
+        using var be = new CpuReferenceBackend();
+        using var scope = new TensorScope();
+        using var model = new UNet(be, Tiny, new PhiloxGenerator(2));
+        model.Eval(); // dropout off: every forward pass below is the same function
+        var dv = new DenoiseDiffusion(model, new DiffusionConfig { Prediction = Prediction.V });
+        var de = new DenoiseDiffusion(model, new DiffusionConfig());
+        var gen = new PhiloxGenerator(8);
+        var x0 = Tensor.RandU(be, new Shape(3, 1, 8, 8), gen) * 2f - 1f;
+        var eps = Tensor.RandN(be, new Shape(3, 1, 8, 8), gen);
+        int[] t = [3, 500, 990];
+        var output = model.Forward(dv.QSample(x0, t, eps), t).ToArray();
+        float[] x0h = x0.ToArray(), epsh = eps.ToArray();
+        double sv = 0, se = 0;
+        for (int i = 0; i < output.Length; i++)
+        {
+            double ab = dv.Schedule.AlphaBar[t[i / 64]];
+            double vRef = Math.Sqrt(ab) * epsh[i] - Math.Sqrt(1 - ab) * x0h[i];
+            sv += (output[i] - vRef) * (output[i] - vRef);
+            se += (output[i] - epsh[i]) * (output[i] - epsh[i]);
+        }
+        Assert.Equal(sv / output.Length, dv.Loss(x0, t, eps).Item(), 5e-6 * sv / output.Length);
+        Assert.Equal(se / output.Length, de.Loss(x0, t, eps).Item(), 5e-6 * se / output.Length);
+        // The v model's eps (what the samplers use) is the conversion of its output.
+        var xt = dv.QSample(x0, t, eps);
+        var viaModel = dv.PredictEps(xt, t).ToArray();
+        var direct = dv.EpsFromV(xt, t, model.Forward(xt, t)).ToArray();
+        Assert.Equal(direct, viaModel);
+        Assert.Equal(model.Forward(xt, t).ToArray(), de.PredictEps(xt, t).ToArray());
+    }
+
+    [Fact]
     public void ClippedPosteriorMeanEqualsSeedMeanWhenNothingIsClipped()
     {
         // mu~(x_t, x0_hat(eps)) and the seed's (x_t - beta/sqrt(1-ab) eps)/sqrt(alpha) are the same function.

@@ -69,6 +69,23 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     }
 
     [Fact]
+    public void AVPredictionRunRecordsItAndSamplesFromIt()
+    {
+        using var dir = new TempDir();
+        var (code, output, err) = Run("train", "--preset", "tiny", "--steps", "2", "--batch", "4", "--max-images", "16", "--diffusion-steps", "50",
+            "--samples", "1", "--sample-steps", "2", "--warmup", "1", "--prediction", "v", "--out", dir.Path, "--threads", "2");
+        Assert.True(code == 0, err);
+        Assert.Contains("v prediction", output);
+        Assert.Equal(Ddpm.Diffusion.Diffusion.Prediction.V, Checkpoint.Load(dir.File("checkpoint.safetensors")).Diffusion!.Prediction);
+        (code, output, err) = Run("info", "--checkpoint", dir.File("checkpoint.safetensors"));
+        Assert.True(code == 0, err);
+        Assert.Contains("prediction=V", output);
+        (code, _, err) = Run("sample", "--checkpoint", dir.File("checkpoint.safetensors"), "--n", "2", "--steps", "2", "--out", dir.File("s.png"));
+        Assert.True(code == 0, err);
+        Assert.True(File.Exists(dir.File("s.png")));
+    }
+
+    [Fact]
     public void ResumeContinuesTheRunAndTheLog()
     {
         using var dir = new TempDir();
@@ -100,6 +117,10 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         // Same seed, same pixels.
         Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", "3", "--n", "3", "--nrow", "3", "--out", dir.File("g2.png"), "--seed", "5");
         Assert.Equal(g.Pixels, ImageFile.Load(dir.File("g2.png"), 1).Pixels);
+        // The 4-step model's x0 predictions leave the data range, so clipping them changes the pixels.
+        (code, _, err) = Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", "3", "--n", "3", "--nrow", "3", "--out", dir.File("g3.png"), "--seed", "5", "--no-clip");
+        Assert.True(code == 0, err);
+        Assert.NotEqual(g.Pixels, ImageFile.Load(dir.File("g3.png"), 1).Pixels);
     }
 
     [Fact]
@@ -190,6 +211,8 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--steps", "0" }, "--steps must be positive")]
     [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
     [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "--lr-schedule is cosine or constant, not 'wavy'")]
+    [InlineData(new[] { "train", "--prediction", "x0" }, "--prediction is eps or v, not 'x0'")]
+    [InlineData(new[] { "train", "--prediction", "v", "--labml-exact" }, "--labml-exact trains the seed's eps prediction")]
     [InlineData(new[] { "train", "--steps", "50", "--warmup", "80" }, "the warm-up (80 steps) must be shorter than the run (50 steps)")]
     [InlineData(new[] { "train", "--backend", "tpu" }, "unknown backend 'tpu'")]
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
