@@ -61,8 +61,8 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("labml-exact", Default = false, HelpText = "The seed's diffusion exactly: float32 schedule, sigma^2 = beta, no clipping, noise at t=0, data in [0,1].")]
     public bool LabmlExact { get; set; }
 
-    [Option("prediction", Default = "eps", HelpText = "What the network learns: eps (the noise, the seed's L_simple) or v (sqrt(ab) eps - sqrt(1-ab) x0; steadier DDIM samples from short runs).")]
-    public string Prediction { get; set; } = "eps";
+    [Option("prediction", HelpText = "What the network learns: v (sqrt(ab) eps - sqrt(1-ab) x0, the default: clean DDIM samples from short runs) or eps (the noise: the seed's L_simple; the default with --labml-exact).")]
+    public string? Prediction { get; set; }
 
     [Option("schedule", HelpText = "Beta schedule: linear (default) or cosine.")]
     public string? Schedule { get; set; }
@@ -118,7 +118,7 @@ public static class TrainCommand
 
         var preset = Presets.Get(o.Preset ?? "small");
         var model = resume?.Model ?? o.ResolveModel(preset.Model);
-        var prediction = o.Prediction.ToLowerInvariant() switch
+        var prediction = (o.Prediction ?? (o.LabmlExact ? "eps" : "v")).ToLowerInvariant() switch
         {
             "eps" => Prediction.Eps,
             "v" => Prediction.V,

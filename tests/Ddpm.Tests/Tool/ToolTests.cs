@@ -69,17 +69,20 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     }
 
     [Fact]
-    public void AVPredictionRunRecordsItAndSamplesFromIt()
+    public void TheTargetIsRecordedVByDefaultAndEpsOnRequest()
     {
+        // The shared run used the default: v.
+        Assert.Contains("v prediction", _run.Out);
+        Assert.Equal(Ddpm.Diffusion.Diffusion.Prediction.V, Checkpoint.Load(_run.Checkpoint).Diffusion!.Prediction);
         using var dir = new TempDir();
         var (code, output, err) = Run("train", "--preset", "tiny", "--steps", "2", "--batch", "4", "--max-images", "16", "--diffusion-steps", "50",
-            "--samples", "1", "--sample-steps", "2", "--warmup", "1", "--prediction", "v", "--out", dir.Path, "--threads", "2");
+            "--samples", "1", "--sample-steps", "2", "--warmup", "1", "--prediction", "eps", "--out", dir.Path, "--threads", "2");
         Assert.True(code == 0, err);
-        Assert.Contains("v prediction", output);
-        Assert.Equal(Ddpm.Diffusion.Diffusion.Prediction.V, Checkpoint.Load(dir.File("checkpoint.safetensors")).Diffusion!.Prediction);
+        Assert.Contains("eps prediction", output);
+        Assert.Equal(Ddpm.Diffusion.Diffusion.Prediction.Eps, Checkpoint.Load(dir.File("checkpoint.safetensors")).Diffusion!.Prediction);
         (code, output, err) = Run("info", "--checkpoint", dir.File("checkpoint.safetensors"));
         Assert.True(code == 0, err);
-        Assert.Contains("prediction=V", output);
+        Assert.Contains("prediction=Eps", output);
         (code, _, err) = Run("sample", "--checkpoint", dir.File("checkpoint.safetensors"), "--n", "2", "--steps", "2", "--out", dir.File("s.png"));
         Assert.True(code == 0, err);
         Assert.True(File.Exists(dir.File("s.png")));
