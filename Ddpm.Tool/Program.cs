@@ -25,8 +25,28 @@ public static class Program
             Console.Error.WriteLine();
             Console.Error.WriteLine("stopping after the current step (Ctrl-C again to abort)...");
         };
+        // SIGTERM (kill, docker stop, a scheduler's time limit) stops the same way: the checkpoint is written first.
+        using var term = OnSigterm(cts);
         var con = new Console2(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
         return Run(args, con);
+    }
+
+    private static IDisposable? OnSigterm(CancellationTokenSource cts)
+    {
+        try
+        {
+            return System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx =>
+            {
+                if (cts.IsCancellationRequested) return;
+                ctx.Cancel = true;
+                cts.Cancel();
+                Console.Error.WriteLine("SIGTERM: stopping after the current step...");
+            });
+        }
+        catch (PlatformNotSupportedException)
+        {
+            return null;
+        }
     }
 
     /// <summary>Parses and runs one verb; returns the exit code (0 ok, 1 failed, 2 bad usage, 130 interrupted).</summary>
