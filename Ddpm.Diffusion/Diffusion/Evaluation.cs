@@ -5,6 +5,34 @@ namespace Ddpm.Diffusion.Diffusion;
 /// <summary>The helpers of labml's evaluate.py: predicted-x0 frames over the reverse process, and interpolation.</summary>
 public static class Evaluation
 {
+    /// <summary>The model's error at one timestep: eps MSE and the RMS error of the x0 it implies.</summary>
+    public readonly record struct TimestepError(int T, double EpsMse, double X0Rms);
+
+    /// <summary>
+    /// For each t: x_t = q_sample(x0, t, eps) with fresh noise, eps_theta through <see cref="DenoiseDiffusion.PredictEps"/>
+    /// (eval mode, no grad), the MSE against eps and the RMS error of x0 = (x_t - sqrt(1 - ab) eps_theta) / sqrt(ab),
+    /// which is sqrt(MSE (1 - ab) / ab): where a sampler that goes through x0 (DDIM) is hurt by the model's error.
+    /// </summary>
+    public static List<TimestepError> ErrorByTimestep(DenoiseDiffusion d, Tensor x0, IReadOnlyList<int> timesteps, PhiloxGenerator gen)
+    {
+        using var noGrad = GradMode.NoGrad();
+        int n = x0.Shape[0];
+        var result = new List<TimestepError>();
+        foreach (int t in timesteps)
+        {
+            using var scope = new TensorScope();
+            var ts = Enumerable.Repeat(t, n).ToArray();
+            var noise = Tensor.RandN(x0.Backend, x0.Shape, gen);
+            var eps = d.PredictEps(d.QSample(x0, ts, noise), ts);
+            float[] e = eps.ToArray(), z = noise.ToArray();
+            double sum = 0;
+            for (int i = 0; i < e.Length; i++) sum += ((double)e[i] - z[i]) * ((double)e[i] - z[i]);
+            double mse = sum / e.Length, ab = d.Schedule.AlphaBar[t];
+            result.Add(new TimestepError(t, mse, Math.Sqrt(mse * (1 - ab) / ab)));
+        }
+        return result;
+    }
+
     /// <summary>
     /// Samples n images and records the predicted x0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) at
     /// <paramref name="frames"/> - 1 evenly spaced steps, then the final sample: a list of [n, C, H, W] arrays.

@@ -33,6 +33,9 @@ public sealed class EvalOptions : SamplerOptions
     [Option("batch", Default = 250, HelpText = "Samples drawn at once; batch b starts from seed + b.")]
     public int Batch { get; set; }
 
+    [Option("by-t", Default = false, HelpText = "Instead of FID: the model's error at 14 timesteps from 0 to T-1 on --n real images (--real): eps MSE and the RMS error of the implied x0.")]
+    public bool ByT { get; set; }
+
     [Option("json", Default = false, HelpText = "Also print one JSON object on the last line.")]
     public bool Json { get; set; }
 }
@@ -47,6 +50,7 @@ public static class EvalCommand
         if (o.N < 2) throw new UsageError($"-n must be at least 2 (a covariance needs two images), got {o.N}.");
         if (o.Batch <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
         var total = Stopwatch.StartNew();
+        if (o.ByT) return ErrorByTimestep(o, con);
         string classifierPath = o.Classifier ?? Cli.BundledModel(BundledClassifier);
         string realPath = o.Real ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
         using var be = Cli.CreateBackend(o);
@@ -147,6 +151,40 @@ public static class EvalCommand
                 features_s = featureSeconds,
                 total_s = total.Elapsed.TotalSeconds,
             }));
+        return 0;
+    }
+
+    /// <summary>eval --by-t: where in the diffusion the model's error is, on real images.</summary>
+    private static int ErrorByTimestep(EvalOptions o, Console2 con)
+    {
+        if (o.Checkpoint is null) throw new UsageError("--by-t measures a model: give --checkpoint.");
+        string realPath = o.Real ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
+        var real = LoadImages(realPath);
+        using var be = Cli.CreateBackend(o);
+        var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
+        var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+        using var _m = model;
+        var mc = model.Config;
+        if (real.Channels != mc.ImageChannels || real.Height > mc.ImageSize || real.Width > mc.ImageSize)
+            throw new UserError($"{realPath} has {real.Channels}x{real.Height}x{real.Width} images; the model takes {mc.ImageChannels}x{mc.ImageSize}x{mc.ImageSize}.");
+        int n = Math.Min(o.N, real.Count);
+        var loader = new DataLoader(real, new DataLoaderOptions
+        {
+            BatchSize = n, Seed = o.Seed, PadTo = real.Height == mc.ImageSize ? 0 : mc.ImageSize, Range = diffusion.Config.DataRange,
+        });
+        var x0Host = new float[n * mc.ImageChannels * mc.ImageSize * mc.ImageSize];
+        new Ddpm.Diffusion.Training.LoaderBatchSource(loader).NextBatch(n, x0Host);
+        using var x0 = Tensor.FromArray(be, x0Host, n, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
+        int T = diffusion.Steps;
+        var ts = new[] { 0, 5, 20, 50, 100, 200, 300, 500, 700, 800, 900, 950, 980, 999 }
+            .Select(t => (int)Math.Round(t * (T - 1) / 999.0)).Distinct().ToArray();
+        con.Out.WriteLine($"error by timestep of {o.Checkpoint}{(ema ? " (EMA weights)" : "")}, {diffusion.Config.Prediction} prediction, on {n} images of {realPath}");
+        double dataRms = Math.Sqrt(x0Host.Sum(v => (double)v * v) / x0Host.Length);
+        con.Out.WriteLine($"     t    eps MSE  x0 RMS error   (x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab); RMS of the images themselves {dataRms:F3})");
+        var rows = Evaluation.ErrorByTimestep(diffusion, x0, ts, new PhiloxGenerator(o.Seed));
+        foreach (var r in rows) con.Out.WriteLine($"  {r.T,4}  {r.EpsMse,9:F5}  {r.X0Rms,9:F4}");
+        if (o.Json)
+            con.Out.WriteLine(JsonSerializer.Serialize(new { source = o.Checkpoint, n, t = rows.Select(r => r.T), eps_mse = rows.Select(r => r.EpsMse), x0_rms = rows.Select(r => r.X0Rms) }));
         return 0;
     }
 

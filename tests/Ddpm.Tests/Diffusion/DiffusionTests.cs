@@ -97,6 +97,43 @@ public class DiffusionTests
         Assert.Equal(model.Forward(xt, t).ToArray(), de.PredictEps(xt, t).ToArray());
     }
 
+    [Theory]
+    [InlineData(Prediction.Eps)]
+    [InlineData(Prediction.V)]
+    public void ErrorByTimestepMeasuresTheModelAgainstTheNoiseAndTheData(Prediction prediction)
+    {
+        using var be = new CpuReferenceBackend();
+        using var scope = new TensorScope();
+        using var model = new UNet(be, Tiny, new PhiloxGenerator(4));
+        model.Eval();
+        var d = new DenoiseDiffusion(model, new DiffusionConfig { Prediction = prediction });
+        var x0 = Tensor.RandU(be, new Shape(2, 1, 8, 8), new PhiloxGenerator(11)) * 2f - 1f;
+        int[] ts = [0, 300, 999];
+        var rows = Evaluation.ErrorByTimestep(d, x0, ts, new PhiloxGenerator(12));
+        // Again by hand from the same noise stream: the MSE against eps, and x0 through PredictX0.
+        var gen = new PhiloxGenerator(12);
+        float[] x0h = x0.ToArray();
+        for (int k = 0; k < ts.Length; k++)
+        {
+            int[] t = [ts[k], ts[k]];
+            var noise = Tensor.RandN(be, x0.Shape, gen);
+            var xt = d.QSample(x0, t, noise);
+            var eps = d.PredictEps(xt, t);
+            float[] e = eps.ToArray(), z = noise.ToArray(), x0p = d.PredictX0(xt, t, eps).ToArray();
+            double mse = 0, x0Err = 0;
+            for (int i = 0; i < e.Length; i++)
+            {
+                mse += (e[i] - z[i]) * (double)(e[i] - z[i]);
+                x0Err += (x0p[i] - x0h[i]) * (double)(x0p[i] - x0h[i]);
+            }
+            Assert.Equal(ts[k], rows[k].T);
+            Assert.Equal(mse / e.Length, rows[k].EpsMse, 1e-9 * (1 + mse));
+            // float32 x0 through 1/sqrt(alpha_bar) (158 at t = 999) against the double formula.
+            double x0Rms = Math.Sqrt(x0Err / e.Length);
+            Assert.True(Math.Abs(x0Rms - rows[k].X0Rms) <= 1e-4 * (1 + x0Rms), $"t {ts[k]}: x0 RMS {rows[k].X0Rms} vs {x0Rms}");
+        }
+    }
+
     [Fact]
     public void ClippedPosteriorMeanEqualsSeedMeanWhenNothingIsClipped()
     {

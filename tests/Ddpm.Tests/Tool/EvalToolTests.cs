@@ -46,6 +46,28 @@ public sealed class EvalToolTests : IClassFixture<TrainedRun>
     private const double ScrambledFloor = 50;
 
     [Fact]
+    public void ByTimestepReportsTheErrorAcrossTheWholeRange()
+    {
+        Assert.True(_run.Code == 0, _run.Err);
+        var (code, output, err) = Run("eval", "--checkpoint", _run.Checkpoint, "--by-t", "--n", "8", "--json", "--threads", "2");
+        Assert.True(code == 0, err + output);
+        var j = LastJson(output);
+        var t = j.GetProperty("t").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        // The fixture's T is 50: the 14 points of 0..999 scaled to 0..49, first and last included, in order.
+        Assert.Equal(0, t[0]);
+        Assert.Equal(49, t[^1]);
+        Assert.True(t.Zip(t.Skip(1)).All(p => p.First < p.Second));
+        var mse = j.GetProperty("eps_mse").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        Assert.Equal(t.Length, mse.Length);
+        Assert.All(mse, m => Assert.True(double.IsFinite(m) && m > 0));
+        Assert.Equal(8, j.GetProperty("n").GetInt32());
+
+        (code, _, err) = Run("eval", "--images", Bundled("t10k-images-idx3-ubyte.gz"), "--by-t");
+        Assert.Equal(2, code);
+        Assert.Contains("--by-t measures a model: give --checkpoint", err);
+    }
+
+    [Fact]
     public void EvalSamplesACheckpointAndReportsEveryField()
     {
         Assert.True(_run.Code == 0, _run.Err);
