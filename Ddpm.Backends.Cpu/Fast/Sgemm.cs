@@ -83,37 +83,49 @@ internal static unsafe class Sgemm
             }
             int stripsPerChunk = (strips + nChunks - 1) / nChunks;
             nChunks = (strips + stripsPerChunk - 1) / stripsPerChunk;
-            for (int pc = 0; pc < k; pc += KC)
+            int tiles = mBlocks * nChunks;
+            if (pool is null || tiles == 1)
+            {
+                float* bp = scratch.Get(ScratchSlot.PackB, (long)strips * Math.Min(KC, k) * nr);
+                for (int pc = 0; pc < k; pc += KC)
+                {
+                    int kc = Math.Min(KC, k - pc);
+                    for (int s = 0; s < strips; s++) PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, bp + (long)s * kc * nr);
+                    for (int t = 0; t < tiles; t++)
+                        Tile(scratch, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, overwrite && pc == 0);
+                }
+                continue;
+            }
+            // On the pool: B panels are double-buffered, and the strips of panel p + 1 are packed as extra work
+            // items of the region that runs panel p's tiles (after them, so they fill the region's tail). One
+            // pool region per k-block instead of two, and the packing no longer waits for the slowest tile.
+            long panel = (long)strips * Math.Min(KC, k) * nr;
+            nint buf0 = (nint)scratch.Get(ScratchSlot.PackB, panel), buf1 = (nint)scratch.Get(ScratchSlot.PackBNext, panel);
+            int kc0 = Math.Min(KC, k);
+            pool.ForItems(strips, 1, (s0, count) =>
+            {
+                for (int s = s0; s < s0 + count; s++)
+                    PackB(transB, b, ldb, 0, kc0, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)buf0 + (long)s * kc0 * nr);
+            });
+            for (int pc = 0, p = 0; pc < k; pc += KC, p++)
             {
                 int kc = Math.Min(KC, k - pc);
                 bool first = overwrite && pc == 0;
-                float* bp = scratch.Get(ScratchSlot.PackB, (long)strips * kc * nr);
-                if (pool is null || strips < 4)
+                nint cur = p % 2 == 0 ? buf0 : buf1, next = p % 2 == 0 ? buf1 : buf0;
+                int pcNext = pc + KC, kcNext = Math.Min(KC, k - pcNext);
+                int items = tiles + (pcNext < k ? strips : 0);
+                pool.For(items, (w, it) =>
                 {
-                    for (int s = 0; s < strips; s++) PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, bp + (long)s * kc * nr);
-                }
-                else
-                {
-                    nint bpp = (nint)bp;
-                    pool.ForItems(strips, 1, (s0, count) =>
+                    if (it < tiles)
                     {
-                        for (int s = s0; s < s0 + count; s++)
-                            PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)bpp + (long)s * kc * nr);
-                    });
-                }
-
-                int tiles = mBlocks * nChunks;
-                if (pool is null || tiles == 1)
-                {
-                    for (int t = 0; t < tiles; t++)
-                        Tile(scratch, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, first);
-                }
-                else
-                {
-                    nint bpp = (nint)bp;
-                    pool.For(tiles, (w, t) =>
-                        Tile(pool.Scratch(w), mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)bpp, c, ldc, first));
-                }
+                        Tile(pool.Scratch(w), mr, nr, it, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)cur, c, ldc, first);
+                    }
+                    else
+                    {
+                        int s = it - tiles;
+                        PackB(transB, b, ldb, pcNext, kcNext, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)next + (long)s * kcNext * nr);
+                    }
+                });
             }
         }
     }

@@ -99,6 +99,7 @@ internal enum ScratchSlot
 {
     PackA,
     PackB,
+    PackBNext,
     Columns,
     Partial,
     Output,
