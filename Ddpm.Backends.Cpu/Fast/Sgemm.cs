@@ -90,7 +90,7 @@ internal static unsafe class Sgemm
                 for (int pc = 0; pc < k; pc += KC)
                 {
                     int kc = Math.Min(KC, k - pc);
-                    for (int s = 0; s < strips; s++) PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, bp + (long)s * kc * nr);
+                    for (int s = 0; s < strips; s++) PackStrip(transB, b, ldb, pc, kc, jc, nc, nr, s, bp);
                     for (int t = 0; t < tiles; t++)
                         Tile(scratch, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, overwrite && pc == 0);
                 }
@@ -104,8 +104,7 @@ internal static unsafe class Sgemm
             int kc0 = Math.Min(KC, k);
             pool.ForItems(strips, 1, (s0, count) =>
             {
-                for (int s = s0; s < s0 + count; s++)
-                    PackB(transB, b, ldb, 0, kc0, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)buf0 + (long)s * kc0 * nr);
+                for (int s = s0; s < s0 + count; s++) PackStrip(transB, b, ldb, 0, kc0, jc, nc, nr, s, (float*)buf0);
             });
             for (int pc = 0, p = 0; pc < k; pc += KC, p++)
             {
@@ -122,13 +121,16 @@ internal static unsafe class Sgemm
                     }
                     else
                     {
-                        int s = it - tiles;
-                        PackB(transB, b, ldb, pcNext, kcNext, jc + s * nr, Math.Min(nr, nc - s * nr), nr, (float*)next + (long)s * kcNext * nr);
+                        PackStrip(transB, b, ldb, pcNext, kcNext, jc, nc, nr, it - tiles, (float*)next);
                     }
                 });
             }
         }
     }
+
+    /// <summary>Packs strip <paramref name="s"/> (columns jc + s * nr ..) of a [kc, nc] B panel into its place in <paramref name="panel"/>.</summary>
+    private static void PackStrip(bool transB, float* b, int ldb, int pc, int kc, int jc, int nc, int nr, int s, float* panel) =>
+        PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, panel + (long)s * kc * nr);
 
     /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
     private static void Tile(WorkerScratch scratch, int mr, int nr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,

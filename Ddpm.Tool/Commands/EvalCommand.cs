@@ -5,6 +5,7 @@ using CommandLine;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Quality;
+using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;
@@ -173,7 +174,7 @@ public static class EvalCommand
             BatchSize = n, Seed = o.Seed, PadTo = real.Height == mc.ImageSize ? 0 : mc.ImageSize, Range = diffusion.Config.DataRange,
         });
         var x0Host = new float[n * mc.ImageChannels * mc.ImageSize * mc.ImageSize];
-        new Ddpm.Diffusion.Training.LoaderBatchSource(loader).NextBatch(n, x0Host);
+        new LoaderBatchSource(loader).NextBatch(n, x0Host);
         using var x0 = Tensor.FromArray(be, x0Host, n, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
         int T = diffusion.Steps;
         var ts = new[] { 0, 5, 20, 50, 100, 200, 300, 500, 700, 800, 900, 950, 980, 999 }

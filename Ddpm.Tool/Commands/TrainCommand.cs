@@ -170,12 +170,12 @@ public static class TrainCommand
 
         long totalSteps = o.Steps ?? (o.Epochs is { } ep ? (long)ep * loader.BatchesPerEpoch : 2000);
         string? decayNote = null;
-        if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps != totalSteps)
+        // A new run decays over its length; a resumed run that is extended stretches its decay to the new end.
+        if (training.LrSchedule == LrSchedule.Cosine && (resume is null || totalSteps > training.DecaySteps))
         {
-            // A new run decays over its length; a resumed run that is extended stretches its decay to the new end.
-            if (resume is not null && totalSteps > training.DecaySteps)
+            if (resume is not null)
                 decayNote = $"  the cosine learning-rate decay now ends at step {totalSteps:N0} instead of {training.DecaySteps:N0}";
-            if (resume is null || totalSteps > training.DecaySteps) training = training with { DecaySteps = totalSteps };
+            training = training with { DecaySteps = totalSteps };
         }
         if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps <= training.WarmupSteps)
             throw new UsageError($"the warm-up ({training.WarmupSteps} steps) must be shorter than the run ({totalSteps:N0} steps) for the cosine decay; lower --warmup or use --lr-schedule constant.");
@@ -200,7 +200,7 @@ public static class TrainCommand
         string lrText = training.LrSchedule == LrSchedule.Cosine
             ? $"lr {training.LearningRate:G3} (warm-up {training.WarmupSteps}, cosine to {training.LearningRate * training.LrFinal:G3})"
             : $"lr {training.LearningRate:G3} (warm-up {training.WarmupSteps}, then constant)";
-        con.Out.WriteLine($"  {totalSteps:N0} steps{(resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {training.EmaDecay:G4}, T {diffusionConfig.NSteps}, {(diffusionConfig.Prediction == Prediction.V ? "v" : "eps")} prediction, output {o.Out}");
+        con.Out.WriteLine($"  {totalSteps:N0} steps{(resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {training.EmaDecay:G4}, T {diffusionConfig.NSteps}, {diffusionConfig.Prediction.ToString().ToLowerInvariant()} prediction, output {o.Out}");
         if (decayNote is not null) con.Out.WriteLine(decayNote);
 
         var log = new LossLog(Path.Combine(o.Out, "loss.csv"), append: resume is not null);
