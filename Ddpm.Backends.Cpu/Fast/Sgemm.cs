@@ -13,13 +13,18 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// </summary>
 internal static unsafe class Sgemm
 {
-    /// <summary>Depth of a k-block: a [KC, 32] B strip is 32 KiB, within L1 with room for the A strip.</summary>
-    public static readonly int KC = Tunable("DDPM_GEMM_KC", 256);
+    /// <summary>
+    /// Largest depth of a k-block (see <see cref="KBlock"/>). A [768, 32] B strip is 96 KiB, past the 48 KiB L1,
+    /// but the micro-kernel streams it from L2 at full rate (hardware prefetch), and each k-block costs a
+    /// read-modify-write pass over C: KC 256 -> 768 took 2-thread SGEMM from 68-74 % to 79-85 % of the FMA
+    /// peak and 1-thread 2048^3 from 82 % to 90 % (sweep of 256 to 1024 in BENCHMARKS.md).
+    /// </summary>
+    public static readonly int KC = Tunable("DDPM_GEMM_KC", 768);
 
-    /// <summary>Rows of an A block: [MC, KC] is 96 KiB, well inside L2.</summary>
+    /// <summary>Rows of an A block: [MC, KC] is at most 288 KiB, well inside the 1 MiB L2.</summary>
     public static readonly int MC = Tunable("DDPM_GEMM_MC", 96);
 
-    /// <summary>Columns of a packed B block: [KC, NC] is 4 MiB, shared by the threads in L3.</summary>
+    /// <summary>Columns of a packed B block: [KC, NC] is at most 12 MiB, shared by the threads in L3.</summary>
     public static readonly int NC = Tunable("DDPM_GEMM_NC", 4096);
 
     /// <summary>A block size from the environment (for tuning runs), else the default.</summary>
@@ -66,6 +71,7 @@ internal static unsafe class Sgemm
         if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
 
         int mr = ChooseMR(m), nr = NRFor(mr);
+        int kcb = KBlock(k);
         int mBlocks = (m + MC - 1) / MC;
         for (int jc = 0; jc < n; jc += NC)
         {
@@ -86,10 +92,10 @@ internal static unsafe class Sgemm
             int tiles = mBlocks * nChunks;
             if (pool is null || tiles == 1)
             {
-                float* bp = scratch.Get(ScratchSlot.PackB, (long)strips * Math.Min(KC, k) * nr);
-                for (int pc = 0; pc < k; pc += KC)
+                float* bp = scratch.Get(ScratchSlot.PackB, (long)strips * kcb * nr);
+                for (int pc = 0; pc < k; pc += kcb)
                 {
-                    int kc = Math.Min(KC, k - pc);
+                    int kc = Math.Min(kcb, k - pc);
                     for (int s = 0; s < strips; s++) PackStrip(transB, b, ldb, pc, kc, jc, nc, nr, s, bp);
                     for (int t = 0; t < tiles; t++)
                         Tile(scratch, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, overwrite && pc == 0);
@@ -99,19 +105,19 @@ internal static unsafe class Sgemm
             // On the pool: B panels are double-buffered, and the strips of panel p + 1 are packed as extra work
             // items of the region that runs panel p's tiles (after them, so they fill the region's tail). One
             // pool region per k-block instead of two, and the packing no longer waits for the slowest tile.
-            long panel = (long)strips * Math.Min(KC, k) * nr;
+            long panel = (long)strips * kcb * nr;
             nint buf0 = (nint)scratch.Get(ScratchSlot.PackB, panel), buf1 = (nint)scratch.Get(ScratchSlot.PackBNext, panel);
-            int kc0 = Math.Min(KC, k);
+            int kc0 = kcb;
             pool.ForItems(strips, 1, (s0, count) =>
             {
                 for (int s = s0; s < s0 + count; s++) PackStrip(transB, b, ldb, 0, kc0, jc, nc, nr, s, (float*)buf0);
             });
-            for (int pc = 0, p = 0; pc < k; pc += KC, p++)
+            for (int pc = 0, p = 0; pc < k; pc += kcb, p++)
             {
-                int kc = Math.Min(KC, k - pc);
+                int kc = Math.Min(kcb, k - pc);
                 bool first = overwrite && pc == 0;
                 nint cur = p % 2 == 0 ? buf0 : buf1, next = p % 2 == 0 ? buf1 : buf0;
-                int pcNext = pc + KC, kcNext = Math.Min(KC, k - pcNext);
+                int pcNext = pc + kcb, kcNext = Math.Min(kcb, k - pcNext);
                 int items = tiles + (pcNext < k ? strips : 0);
                 pool.For(items, (w, it) =>
                 {
@@ -126,6 +132,18 @@ internal static unsafe class Sgemm
                 });
             }
         }
+    }
+
+    /// <summary>
+    /// Depth of the k-blocks of a product with inner dimension <paramref name="k"/>: k split into the fewest
+    /// blocks of at most <see cref="KC"/>, of equal depth rounded up to a multiple of 16 (k = 1024 with KC 768 is
+    /// two blocks of 512 rather than 768 + 256, whose short block would pay a full C pass for a third of the work).
+    /// </summary>
+    internal static int KBlock(int k)
+    {
+        if (k <= KC) return k;
+        int blocks = (k + KC - 1) / KC;
+        return Math.Min(KC, ((k + blocks - 1) / blocks + 15) & ~15);
     }
 
     /// <summary>Packs strip <paramref name="s"/> (columns jc + s * nr ..) of a [kc, nc] B panel into its place in <paramref name="panel"/>.</summary>

@@ -54,7 +54,7 @@ public sealed class GemmTests
 
     public static IEnumerable<object[]> Sizes()
     {
-        int[][] sizes = [[1, 1, 1], [7, 5, 3], [13, 37, 29], [33, 65, 17], [8, 32, 256], [97, 131, 300], [200, 70, 513], [9, 1000, 31], [64, 96, 300], [40, 33, 65]];
+        int[][] sizes = [[1, 1, 1], [7, 5, 3], [13, 37, 29], [33, 65, 17], [8, 32, 256], [97, 131, 300], [200, 70, 513], [9, 1000, 31], [64, 96, 300], [40, 33, 65], [21, 50, 1601], [70, 40, 800]];
         foreach (var s in sizes)
             foreach (bool ta in new[] { false, true })
                 foreach (bool tb in new[] { false, true })
@@ -92,6 +92,7 @@ public sealed class GemmTests
     {
         using var be = new CpuBackend(threads);
         Check(be, false, false, 1, 301, 517, 259, 1f, 0f, 0, 0, 0, threads);
+        Check(be, false, true, 1, 101, 213, 1700, 1f, 0.5f, 0, 0, 0, threads + 10);
     }
 
     [Fact]
@@ -130,5 +131,20 @@ public sealed class GemmTests
     {
         using var be = new CpuBackend(2);
         Check(be, false, false, 4, 6, 5, 7, 1f, 1f, 6 * 7, 7 * 5, 0, 10);
+    }
+
+    /// <summary>k-blocks cover k exactly, are at most KC deep, multiples of 16 when k is split, and there are
+    /// no more of them than ceil(k / KC).</summary>
+    [Fact]
+    public void KBlocksCoverKInTheFewestEvenBlocks()
+    {
+        foreach (int k in new[] { 1, 15, 255, Sgemm.KC - 1, Sgemm.KC, Sgemm.KC + 1, 1024, 1601, 2048, 2304, 4609 })
+        {
+            int kc = Sgemm.KBlock(k);
+            Assert.InRange(kc, 1, Math.Min(k, Sgemm.KC));
+            int blocks = (k + kc - 1) / kc;
+            Assert.Equal((k + Sgemm.KC - 1) / Sgemm.KC, blocks);
+            if (k > Sgemm.KC) Assert.Equal(0, kc % 16);
+        }
     }
 }
