@@ -36,7 +36,11 @@ public sealed unsafe partial class CpuBackend : IBackend
         $"CPU SIMD ({(Sgemm.UseAvx512 ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "128-bit")}), " +
         $"{_pool.Threads} threads, {RuntimeInformation.ProcessArchitecture}, System.Numerics.Tensors";
 
-    public void Dispose() => _memory.Clear();
+    public void Dispose()
+    {
+        _memory.Clear();
+        _pool.Dispose();
+    }
 
     // ---- memory -------------------------------------------------------------------------------------
 

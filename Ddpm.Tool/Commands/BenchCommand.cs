@@ -29,6 +29,13 @@ public sealed class BenchOptions : ModelOptions
 
     [Option("json", Default = false, HelpText = "Also print one JSON object on the last line.")]
     public bool Json { get; set; }
+
+    [Option("profile", Default = false, HelpText = "Also print where the timed steps spend their time: an op table (each conv and GEMM " +
+        "shape apart) with calls, ms and GFLOP/s per step. Waits for the device after every op, so steps run a little slower.")]
+    public bool Profile { get; set; }
+
+    [Option("profile-top", Default = 25, HelpText = "Rows of the --profile table (the rest are summed in one line).")]
+    public int ProfileTop { get; set; }
 }
 
 public static class BenchCommand
@@ -42,7 +49,10 @@ public static class BenchCommand
         var cfg = o.ResolveModel(preset.Model);
         int batch = o.Batch ?? preset.Batch;
         if (batch <= 0) throw new UsageError($"--batch must be positive, got {batch}.");
-        using var be = Cli.CreateBackend(o);
+        if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
+        var raw = Cli.CreateBackend(o);
+        var profiler = o.Profile ? new ProfilingBackend(raw) : null;
+        using IBackend be = profiler ?? raw;
         var times = new List<double>();
         double flops = 0;
         long parameters = 0;
@@ -57,6 +67,7 @@ public static class BenchCommand
             be.Upload(host, a, 0); be.Upload(host, b, 0);
             for (int i = 0; i < o.Warmup + o.Steps; i++)
             {
+                if (i == o.Warmup) profiler?.Start();
                 var sw = Stopwatch.StartNew();
                 be.Gemm(false, false, 1, n, n, n, 1f, a, 0, b, 0, 0f, c, 0);
                 be.Synchronize();
@@ -77,6 +88,7 @@ public static class BenchCommand
                     new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f });
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
+                    if (i == o.Warmup) profiler?.Start();
                     var s = trainer.Step();
                     if (i >= o.Warmup) times.Add(s.Seconds);
                 }
@@ -89,6 +101,7 @@ public static class BenchCommand
                 var t = Enumerable.Repeat(500, batch).ToArray();
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
+                    if (i == o.Warmup) profiler?.Start();
                     var sw = Stopwatch.StartNew();
                     using (var scope = new TensorScope())
                     {
@@ -101,6 +114,7 @@ public static class BenchCommand
             }
         }
 
+        profiler?.Stop();
         times.Sort();
         double median = times[times.Count / 2];
         if (times.Count % 2 == 0) median = 0.5 * (times[times.Count / 2 - 1] + times[times.Count / 2]);
@@ -112,6 +126,7 @@ public static class BenchCommand
             double gflops = flops / median / 1e9;
             con.Out.WriteLine(string.Format(inv, "  SGEMM {0}^3: median {1:F4} s over {2} runs = {3:F1} GFLOP/s (min {4:F4} s, max {5:F4} s)",
                 o.Size, median, times.Count, gflops, times[0], times[^1]));
+            PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new { mode, backend = be.Name, size = o.Size, threads = o.Threads, median_s = median, gflops }));
         }
@@ -121,6 +136,7 @@ public static class BenchCommand
             con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {cfg}, {parameters:N0} parameters");
             con.Out.WriteLine(string.Format(inv, "  {0} step, batch {1}: median {2:F4} s over {3} runs = {4:F2} images/s (min {5:F4} s, max {6:F4} s); peak memory {7:F2} GB",
                 mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times[0], times[^1], peak / 1e9));
+            PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
                 {
@@ -129,5 +145,12 @@ public static class BenchCommand
                 }));
         }
         return 0;
+
+        void PrintProfile()
+        {
+            if (profiler is null) return;
+            con.Out.WriteLine($"  profile of the {o.Steps} timed steps, per step (ops waited for one by one):");
+            foreach (var line in profiler.Report(o.ProfileTop, o.Steps).TrimEnd().Split('\n')) con.Out.WriteLine("    " + line.TrimEnd());
+        }
     }
 }

@@ -44,6 +44,11 @@ public static class QuickReport
         double kernel = Median(Enumerable.Range(0, 5).Select(_ => Ddpm.Backends.Cpu.Fast.Sgemm.MicroKernelGflops(256, 200_000, Now)).ToArray());
         Console.WriteLine($"sgemm micro-kernel alone (kc 256, packed panels in cache) 1 thread: {kernel:F1} GFLOP/s = {100 * kernel / peak1:F1}% of FMA peak");
 
+        if (threads > 1)
+        {
+            var (region, fill) = PoolLatency(threads, reps);
+            Console.WriteLine($"worker pool {threads} threads: empty region {region:F1} us, SiLU of 64K floats {fill:F1} us (1 thread: {PoolLatency(1, reps).Fill:F1} us)");
+        }
         foreach (int t in threads == 1 ? new[] { 1 } : new[] { 1, threads })
         {
             using var be = new CpuBackend(t);
@@ -77,6 +82,35 @@ public static class QuickReport
         var b = be.Allocate(n);
         be.FillUniform(b, n, seed, 0);
         return b;
+    }
+
+    /// <summary>
+    /// Microseconds per worker-pool region: one item per worker doing nothing (the hand-off and join alone),
+    /// and SiLU over 64K floats (a typical small elementwise op of the UNet, split in 4 chunks), each the median of
+    /// <paramref name="reps"/> batches of 2,000 calls.
+    /// </summary>
+    public static (double Region, double Fill) PoolLatency(int threads, int reps)
+    {
+        using var be = new CpuBackend(threads);
+        using var pool = new Ddpm.Backends.Cpu.Fast.WorkerPool(threads);
+        var src = Filled(be, 65536, 1); var dst = be.Allocate(65536);
+        const int calls = 2000;
+        double Time(Action op)
+        {
+            for (int i = 0; i < 200; i++) op();
+            var t = new double[reps];
+            for (int r = 0; r < reps; r++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                for (int i = 0; i < calls; i++) op();
+                t[r] = (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency / calls * 1e6;
+            }
+            return Median(t);
+        }
+        double region = Time(() => pool.For(threads, (_, _) => { }));
+        double fill = Time(() => be.Unary(UnaryOp.Silu, src, dst, 65536));
+        src.Release(); dst.Release();
+        return (region, fill);
     }
 
     /// <summary>Median GFLOP/s of C = A B at s x s x s.</summary>

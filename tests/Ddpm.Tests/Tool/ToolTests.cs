@@ -194,6 +194,27 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     }
 
     [Fact]
+    public void BenchProfilePrintsAnOpTableBeforeTheJson()
+    {
+        var (code, output, err) = Run("bench", "--preset", "tiny", "--mode", "train", "--batch", "2", "--steps", "2", "--warmup", "0",
+            "--profile", "--profile-top", "4", "--json");
+        Assert.True(code == 0, err);
+        var lines = output.Trim().Split('\n');
+        int header = Array.FindIndex(lines, l => l.Contains("profile of the 2 timed steps"));
+        Assert.True(header > 0, output);
+        // Column header, 4 slowest rows, the rest, all ops, between ops; then the JSON line last.
+        Assert.Contains("GFLOP/s", lines[header + 1]);
+        Assert.Contains("other rows", lines[header + 6]);
+        Assert.Contains("all ops", lines[header + 7]);
+        Assert.Contains("between ops", lines[header + 8]);
+        Assert.Contains(lines.Skip(header + 2).Take(4), l => l.Contains("conv2d"));
+        JsonDocument.Parse(lines[^1]);
+        (code, _, err) = Run("bench", "--preset", "tiny", "--profile", "--profile-top", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--profile-top must be positive", err);
+    }
+
+    [Fact]
     public void InfoDescribesCheckpointAndBackends()
     {
         var (code, output, err) = Run("info", "--checkpoint", _run.Checkpoint);
