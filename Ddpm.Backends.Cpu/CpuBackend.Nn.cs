@@ -44,21 +44,14 @@ public sealed unsafe partial class CpuBackend
     /// <summary>
     /// Small images (deep UNet levels: 8x8, 4x4) are convolved for the whole batch in one GEMM over columns
     /// [C*KH*KW, N*OH*OW]: per sample the GEMM would be only OH*OW wide, under the 32-column register tile.
-    /// The column buffer is capped at 16M floats (64 MiB); larger batches fall back to per-sample GEMMs.
     /// </summary>
-    private static bool Batched(in ConvGeometry g) =>
-        g.N > 1 && g.OH * g.OW < 128 && (long)g.C * g.KH * g.KW * g.N * g.OH * g.OW <= 1L << 24;
+    private static bool WholeBatch(in ConvGeometry g) => g.N > 1 && g.OH * g.OW < 128;
 
-    /// <summary>colAll [C*KH*KW, N*OH*OW] = im2col of every sample of x, in parallel over samples.</summary>
-    private float* Im2ColBatch(float* x, in ConvGeometry g)
-    {
-        var geo = g;
-        int ohw = g.OH * g.OW, nTot = g.N * ohw, chw = g.C * g.H * g.W;
-        float* col = _pool.Scratch(0).Get(ScratchSlot.Columns, (long)g.C * g.KH * g.KW * nTot);
-        nint xp = (nint)x, cp = (nint)col;
-        _pool.For(g.N, (_, s) => Im2Col((float*)xp + (long)s * chw, (float*)cp + (long)s * ohw, nTot, geo));
-        return col;
-    }
+    /// <summary>
+    /// <see cref="WholeBatch"/> for the strided backward-data path, which writes its column buffer out (capped
+    /// at 16M floats, 64 MiB; larger batches fall back to per-sample GEMMs).
+    /// </summary>
+    private static bool Batched(in ConvGeometry g) => WholeBatch(g) && (long)g.C * g.KH * g.KW * g.N * g.OH * g.OW <= 1L << 24;
 
     /// <summary>all [O, N*OH*OW] (+)= y [N, O, OH*OW] rearranged, or the reverse when <paramref name="toBatch"/> is false.</summary>
     private void BatchLayout(float* y, float* all, in ConvGeometry g, bool toBatch)
@@ -84,58 +77,90 @@ public sealed unsafe partial class CpuBackend
     public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
     {
         g.Validate();
+        float* xp = Ptr(x, g.InputSize, nameof(x)), wp = Ptr(w, g.WeightSize, nameof(w)), yp = Ptr(y, g.OutputSize, nameof(y));
+        float* bp = bias is null ? null : Ptr(bias, g.O, nameof(bias));
+        ForwardCore(xp, wp, bp, yp, g);
+    }
+
+    /// <summary>
+    /// y = conv(x, w) + bias as implicit GEMMs: W [O, C*KH*KW] times the im2col columns, which
+    /// <see cref="ConvColumnsB"/> packs straight from x. Small images (deep UNet levels, fewer than 128 output
+    /// positions) go as one GEMM over the columns of the whole batch (per sample it would be narrower than the
+    /// 32-column register tile), the rest sample by sample.
+    /// </summary>
+    private void ForwardCore(float* x, float* w, float* bias, float* y, in ConvGeometry g)
+    {
         var geo = g;
-        nint xp = (nint)Ptr(x, g.InputSize, nameof(x)), wp = (nint)Ptr(w, g.WeightSize, nameof(w));
-        nint yp = (nint)Ptr(y, g.OutputSize, nameof(y));
-        nint bp = bias is null ? 0 : (nint)Ptr(bias, g.O, nameof(bias));
+        nint xp = (nint)x, wp = (nint)w, yp = (nint)y, bp = (nint)bias;
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
-        if (Batched(g))
+        if (WholeBatch(g))
         {
-            // yAll [O, N*OH*OW] = w x colAll, then rearranged to [N, O, OH*OW] and the bias added.
+            // yAll [O, N*OH*OW] = w x columns, then rearranged to [N, O, OH*OW] and the bias added.
             int nTot = g.N * ohw;
-            float* colAll = Im2ColBatch((float*)xp, g);
             float* yAll = _pool.Scratch(0).Get(ScratchSlot.Output, (long)g.O * nTot);
-            Sgemm.Run(_pool, _pool.Scratch(0), false, false, g.O, nTot, ckk, 1f, (float*)wp, ckk, colAll, nTot, 0f, yAll, nTot);
-            BatchLayout((float*)yp, yAll, g, toBatch: false);
-            if (bp != 0) Binary(BinaryOp.Add, y, [g.N, g.O, ohw], bias!, [1, g.O, 1], y, [g.N, g.O, ohw]);
+            Sgemm.Run(_pool, _pool.Scratch(0), false, g.O, nTot, ckk, 1f, w, ckk, new ConvColumnsB(x, g), 0f, yAll, nTot);
+            BatchLayout(y, yAll, g, toBatch: false);
+            if (bias != null) AddChannelBias(y, bias, g.N, g.O, ohw);
             return;
         }
 
-        // y_n [O, OH*OW] = w [O, C*KH*KW] x col_n [C*KH*KW, OH*OW] (+ bias, pre-filled with beta = 1).
+        // y_n [O, OH*OW] = w [O, C*KH*KW] x columns_n [C*KH*KW, OH*OW] (+ bias, pre-filled with beta = 1).
         void Sample(WorkerPool? pool, WorkerScratch scratch, int s)
         {
             float* xn = (float*)xp + (long)s * chw;
             float* yn = (float*)yp + (long)s * geo.O * ohw;
-            float* col = xn;
-            if (!direct)
-            {
-                col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
-                Im2Col(xn, col, ohw, geo);
-            }
             float beta = 0f;
             if (bp != 0)
             {
                 for (int o = 0; o < geo.O; o++) new Span<float>(yn + (long)o * ohw, ohw).Fill(((float*)bp)[o]);
                 beta = 1f;
             }
-            Sgemm.Run(pool, scratch, false, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, col, ohw, beta, yn, ohw);
+            if (direct) Sgemm.Run(pool, scratch, false, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, xn, ohw, beta, yn, ohw);
+            else Sgemm.Run(pool, scratch, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, new ConvColumnsB(xn, geo with { N = 1 }), beta, yn, ohw);
         }
 
         if (SampleParallel(g.N)) _pool.For(g.N, (wk, s) => Sample(null, _pool.Scratch(wk), s));
         else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
     }
 
+    /// <summary>y [n, c, hw] += bias[c].</summary>
+    private void AddChannelBias(float* y, float* bias, int n, int c, int hw)
+    {
+        nint yp = (nint)y, bp = (nint)bias;
+        _pool.ForItems(n * c, Math.Max(1, Grain / hw), (r0, count) =>
+        {
+            for (int r = r0; r < r0 + count; r++)
+                TensorPrimitives.Add(new ReadOnlySpan<float>((float*)yp + (long)r * hw, hw), ((float*)bp)[r % c], new Span<float>((float*)yp + (long)r * hw, hw));
+        });
+    }
+
     public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
     {
         g.Validate();
         var geo = g;
-        nint dyp = (nint)Ptr(dy, g.OutputSize, nameof(dy)), wp = (nint)Ptr(w, g.WeightSize, nameof(w));
-        nint dxp = (nint)Ptr(dx, g.InputSize, nameof(dx));
+        float* dyp0 = Ptr(dy, g.OutputSize, nameof(dy)), wp0 = Ptr(w, g.WeightSize, nameof(w)), dxp0 = Ptr(dx, g.InputSize, nameof(dx));
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
+        if (!direct && g.StrideH == 1 && g.StrideW == 1 && g.PadH < g.KH && g.PadW < g.KW)
+        {
+            // Stride 1: dx is the forward conv of dy with the kernel flipped in space and its channel axes
+            // swapped, padded by K - 1 - pad, so it takes the implicit-GEMM forward path (no col2im scatter).
+            int kk = g.KH * g.KW;
+            float* wf = _pool.Scratch(0).Get(ScratchSlot.Weights, g.WeightSize);
+            for (int o = 0; o < g.O; o++)
+                for (int c = 0; c < g.C; c++)
+                {
+                    float* src = wp0 + ((long)o * g.C + c) * kk, dst = wf + ((long)c * g.O + o) * kk;
+                    for (int t = 0; t < kk; t++) dst[t] = src[kk - 1 - t];
+                }
+            ForwardCore(dyp0, wf, null, dxp0, new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.PadH, g.KW - 1 - g.PadW));
+            return;
+        }
+
+        nint dyp = (nint)dyp0, wp = (nint)wp0, dxp = (nint)dxp0;
         if (Batched(g))
         {
             // colAll [C*KH*KW, N*OH*OW] = w^T x dyAll [O, N*OH*OW]; dx_n = col2im of its columns of sample n.
@@ -184,7 +209,9 @@ public sealed unsafe partial class CpuBackend
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
-        // target [O, C*KH*KW] (+)= dy_n [O, OH*OW] x col_n^T.
+        // target [O, C*KH*KW] (+)= dy_n [O, OH*OW] x col_n^T. Per sample the columns are written out by im2col:
+        // its contiguous row copies plus the 4x4-transposing packer beat the gathers of ConvColumnsTB here
+        // (measured on the small preset's 32x32 and 16x16 levels: 52 vs 63 ms and 29 vs 39 ms per step).
         void Sample(WorkerPool? pool, WorkerScratch scratch, int s, float* target, bool first)
         {
             float* xn = (float*)xp + (long)s * chw;
@@ -199,14 +226,13 @@ public sealed unsafe partial class CpuBackend
         }
 
         int threads = _pool.Threads;
-        if (Batched(g))
+        if (WholeBatch(g))
         {
-            // dw = dyAll [O, N*OH*OW] x colAll^T.
+            // dw = dyAll [O, N*OH*OW] x columns^T over the whole batch.
             int nTot = g.N * ohw;
             float* dyAll = _pool.Scratch(0).Get(ScratchSlot.Output, (long)g.O * nTot);
             BatchLayout((float*)dyp, dyAll, g, toBatch: true);
-            float* colAll = Im2ColBatch((float*)xp, g);
-            Sgemm.Run(_pool, _pool.Scratch(0), false, true, g.O, ckk, nTot, 1f, dyAll, nTot, colAll, nTot, 0f, dwp, ckk);
+            Sgemm.Run(_pool, _pool.Scratch(0), false, g.O, ckk, nTot, 1f, dyAll, nTot, new ConvColumnsTB((float*)xp, g), 0f, dwp, ckk);
         }
         else if (SampleParallel(g.N))
         {

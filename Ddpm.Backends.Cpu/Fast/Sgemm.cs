@@ -59,7 +59,16 @@ internal static unsafe class Sgemm
     /// <paramref name="scratch"/> and each worker's A block in its own.
     /// </summary>
     public static void Run(WorkerPool? pool, WorkerScratch scratch, bool transA, bool transB, int m, int n, int k,
-        float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc)
+        float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc) =>
+        Run(pool, scratch, transA, m, n, k, alpha, a, lda, new DenseB(transB, b, ldb), beta, c, ldc);
+
+    /// <summary>
+    /// As the dense <see cref="Run(WorkerPool?, WorkerScratch, bool, bool, int, int, int, float, float*, int, float*, int, float, float*, int)"/>,
+    /// with op(B) [k, n] described by a packer instead of a matrix: the implicit-GEMM convolutions pack their
+    /// im2col columns straight from the image into the B panels, so the column matrix is never written out.
+    /// </summary>
+    public static void Run<TB>(WorkerPool? pool, WorkerScratch scratch, bool transA, int m, int n, int k,
+        float alpha, float* a, int lda, TB b, float beta, float* c, int ldc) where TB : struct, IPackB
     {
         if (m <= 0 || n <= 0) return;
         if (k <= 0 || alpha == 0f)
@@ -72,13 +81,14 @@ internal static unsafe class Sgemm
 
         int mr = ChooseMR(m), nr = NRFor(mr);
         int kcb = KBlock(k);
-        int mBlocks = (m + MC - 1) / MC;
+        int threads = pool?.Threads ?? 1;
+        int mcb = RowBlock(m, mr, threads);
+        int mBlocks = (m + mcb - 1) / mcb;
         for (int jc = 0; jc < n; jc += NC)
         {
             int nc = Math.Min(NC, n - jc);
             int strips = (nc + nr - 1) / nr;
             // Column chunks per row block so that there are a few tiles per worker.
-            int threads = pool?.Threads ?? 1;
             // Enough tiles to balance (at least 2 per worker, a multiple of the worker count where the strips
             // allow): a worker idle at the end of a k-block costs as much as the whole tail.
             int nChunks = 1;
@@ -96,9 +106,9 @@ internal static unsafe class Sgemm
                 for (int pc = 0; pc < k; pc += kcb)
                 {
                     int kc = Math.Min(kcb, k - pc);
-                    for (int s = 0; s < strips; s++) PackStrip(transB, b, ldb, pc, kc, jc, nc, nr, s, bp);
+                    for (int s = 0; s < strips; s++) PackStrip(b, pc, kc, jc, nc, nr, s, bp);
                     for (int t = 0; t < tiles; t++)
-                        Tile(scratch, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, overwrite && pc == 0);
+                        Tile(scratch, mcb, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, overwrite && pc == 0);
                 }
                 continue;
             }
@@ -110,7 +120,7 @@ internal static unsafe class Sgemm
             int kc0 = kcb;
             pool.ForItems(strips, 1, (s0, count) =>
             {
-                for (int s = s0; s < s0 + count; s++) PackStrip(transB, b, ldb, 0, kc0, jc, nc, nr, s, (float*)buf0);
+                for (int s = s0; s < s0 + count; s++) PackStrip(b, 0, kc0, jc, nc, nr, s, (float*)buf0);
             });
             for (int pc = 0, p = 0; pc < k; pc += kcb, p++)
             {
@@ -123,11 +133,11 @@ internal static unsafe class Sgemm
                 {
                     if (it < tiles)
                     {
-                        Tile(pool.Scratch(w), mr, nr, it, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)cur, c, ldc, first);
+                        Tile(pool.Scratch(w), mcb, mr, nr, it, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, (float*)cur, c, ldc, first);
                     }
                     else
                     {
-                        PackStrip(transB, b, ldb, pcNext, kcNext, jc, nc, nr, it - tiles, (float*)next);
+                        PackStrip(b, pcNext, kcNext, jc, nc, nr, it - tiles, (float*)next);
                     }
                 });
             }
@@ -146,16 +156,30 @@ internal static unsafe class Sgemm
         return Math.Min(KC, ((k + blocks - 1) / blocks + 15) & ~15);
     }
 
+    /// <summary>
+    /// Rows of the A blocks of an m-row product on <paramref name="threads"/> workers: at most about
+    /// <see cref="MC"/>, a multiple of <paramref name="mr"/>, and as many blocks as a multiple of the worker count,
+    /// so that products with few rows (conv layers: m = 128 or 256 output channels) split by rows over the
+    /// workers. Splitting them by columns instead would make every worker pack the whole A block again.
+    /// </summary>
+    internal static int RowBlock(int m, int mr, int threads)
+    {
+        if (threads <= 1) return Math.Max(mr, MC / mr * mr);
+        int blocks = (m + MC - 1) / MC;
+        blocks = (blocks + threads - 1) / threads * threads;
+        return Math.Max(mr, ((m + blocks - 1) / blocks + mr - 1) / mr * mr);
+    }
+
     /// <summary>Packs strip <paramref name="s"/> (columns jc + s * nr ..) of a [kc, nc] B panel into its place in <paramref name="panel"/>.</summary>
-    private static void PackStrip(bool transB, float* b, int ldb, int pc, int kc, int jc, int nc, int nr, int s, float* panel) =>
-        PackB(transB, b, ldb, pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, panel + (long)s * kc * nr);
+    private static void PackStrip<TB>(TB b, int pc, int kc, int jc, int nc, int nr, int s, float* panel) where TB : struct, IPackB =>
+        b.Pack(pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, panel + (long)s * kc * nr);
 
     /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
-    private static void Tile(WorkerScratch scratch, int mr, int nr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
+    private static void Tile(WorkerScratch scratch, int mcb, int mr, int nr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
         int m, int nc, int jc, int pc, int kc, float alpha, float* a, int lda, float* bp, float* c, int ldc, bool first)
     {
         int ib = t / nChunks, chunk = t % nChunks;
-        int ic = ib * MC, mc = Math.Min(MC, m - ic);
+        int ic = ib * mcb, mc = Math.Min(mcb, m - ic);
         int aStrips = (mc + mr - 1) / mr;
         float* ap = scratch.Get(ScratchSlot.PackA, (long)aStrips * kc * mr);
         for (int s = 0; s < aStrips; s++)
@@ -389,7 +413,7 @@ internal static unsafe class Sgemm
     /// dst [kc, nr] = op(B)[pc..pc+kc, j0..j0+cols), zero-padded to nr columns. op(B)(p, j) is b[p*ldb + j],
     /// or b[j*ldb + p] when transposed.
     /// </summary>
-    private static void PackB(bool transB, float* b, int ldb, int pc, int kc, int j0, int cols, int nr, float* dst)
+    internal static void PackB(bool transB, float* b, int ldb, int pc, int kc, int j0, int cols, int nr, float* dst)
     {
         if (!transB)
         {
@@ -505,4 +529,19 @@ internal static unsafe class Sgemm
             else System.Numerics.Tensors.TensorPrimitives.Multiply(row, beta, row);
         }
     }
+}
+
+/// <summary>
+/// The B operand of a GEMM as a packer: writes op(B)[pc..pc+kc, j0..j0+cols) into dst [kc, nr], k-major,
+/// columns past <c>cols</c> zero. Called concurrently for different strips, so it must not mutate shared state.
+/// </summary>
+internal unsafe interface IPackB
+{
+    void Pack(int pc, int kc, int j0, int cols, int nr, float* dst);
+}
+
+/// <summary>A row-major matrix B [k, n] (leading dimension ldb), or B [n, k] when transposed.</summary>
+internal readonly unsafe struct DenseB(bool transB, float* b, int ldb) : IPackB
+{
+    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst) => Sgemm.PackB(transB, b, ldb, pc, kc, j0, cols, nr, dst);
 }

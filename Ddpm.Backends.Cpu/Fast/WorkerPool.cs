@@ -257,6 +257,7 @@ internal enum ScratchSlot
     Columns,
     Partial,
     Output,
+    Weights,
     Small,
     Count,
 }
