@@ -147,4 +147,22 @@ public sealed class GemmTests
             if (k > Sgemm.KC) Assert.Equal(0, kc % 16);
         }
     }
+
+    /// <summary>A row blocks: multiples of MR, not past MC by more than one MR, and on several workers as many
+    /// blocks as a multiple of the worker count whenever the rows allow it.</summary>
+    [Fact]
+    public void RowBlocksSplitEvenlyOverTheWorkers()
+    {
+        foreach (int threads in new[] { 1, 2, 3, 4 })
+            foreach (int mr in new[] { 6, 8, 12 })
+                foreach (int m in new[] { 1, 7, 32, 64, 96, 128, 256, 300, 1024, 2048, 2304 })
+                {
+                    int mc = Sgemm.RowBlock(m, mr, threads);
+                    Assert.Equal(0, mc % mr);
+                    Assert.InRange(mc, mr, Math.Max(mr, Sgemm.MC / mr * mr) + mr);
+                    int blocks = (m + mc - 1) / mc;
+                    if (threads > 1 && m >= threads * mr * 2 && m % (threads * mr) == 0)
+                        Assert.True(blocks % threads == 0, $"m={m} mr={mr} threads={threads}: {blocks} blocks of {mc}");
+                }
+    }
 }
