@@ -63,15 +63,7 @@ internal readonly unsafe struct ConvColumnsB(float* x, ConvGeometry g) : IPackB
                 }
             }
             for (int t = cols; t < nr; t++) dst[t] = 0f;
-            if (++kw == g.KW)
-            {
-                kw = 0;
-                if (++kh == g.KH)
-                {
-                    kh = 0;
-                    c++;
-                }
-            }
+            Odometer.Step(ref kw, ref kh, ref c, g.KW, g.KH);
         }
     }
 }
@@ -145,15 +137,7 @@ internal readonly unsafe struct ConvColumnsTB(float* x, ConvGeometry g) : IPackB
                 }
                 Avx2.GatherMaskVector256(Vector256<float>.Zero, x, idx, mask.AsSingle(), 4).Store(dst + q);
             }
-            if (++ow == g.OW)
-            {
-                ow = 0;
-                if (++oh == g.OH)
-                {
-                    oh = 0;
-                    s++;
-                }
-            }
+            Odometer.Step(ref ow, ref oh, ref s, g.OW, g.OH);
         }
     }
 
@@ -181,15 +165,22 @@ internal readonly unsafe struct ConvColumnsTB(float* x, ConvGeometry g) : IPackB
                     dst[q] = (uint)(ih0 + tapKh[q]) < (uint)g.H && (uint)(iw0 + tapKw[q]) < (uint)g.W ? xs[tapOffset[q]] : 0f;
             }
             for (int q = cols; q < nr; q++) dst[q] = 0f;
-            if (++ow == g.OW)
-            {
-                ow = 0;
-                if (++oh == g.OH)
-                {
-                    oh = 0;
-                    s++;
-                }
-            }
+            Odometer.Step(ref ow, ref oh, ref s, g.OW, g.OH);
         }
+    }
+}
+
+/// <summary>Mixed-radix counters: the (kw, kh, c) tap and (ow, oh, s) position indices of the packers.</summary>
+internal static class Odometer
+{
+    /// <summary>Advances (inner, middle, outer) by one, inner counting to <paramref name="innerSize"/> and middle to <paramref name="middleSize"/>.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static void Step(ref int inner, ref int middle, ref int outer, int innerSize, int middleSize)
+    {
+        if (++inner < innerSize) return;
+        inner = 0;
+        if (++middle < middleSize) return;
+        middle = 0;
+        outer++;
     }
 }
