@@ -148,14 +148,18 @@ public sealed unsafe partial class CpuBackend
         {
             // Stride 1: dx is the forward conv of dy with the kernel flipped in space and its channel axes
             // swapped, padded by K - 1 - pad, so it takes the implicit-GEMM forward path (no col2im scatter).
-            int kk = g.KH * g.KW;
+            int kk = g.KH * g.KW, cin = g.C, cout = g.O;
             float* wf = _pool.Scratch(0).Get(ScratchSlot.Weights, g.WeightSize);
-            for (int o = 0; o < g.O; o++)
-                for (int c = 0; c < g.C; c++)
-                {
-                    float* src = wp0 + ((long)o * g.C + c) * kk, dst = wf + ((long)c * g.O + o) * kk;
-                    for (int t = 0; t < kk; t++) dst[t] = src[kk - 1 - t];
-                }
+            nint wsrc = (nint)wp0, wdst = (nint)wf;
+            _pool.ForItems(cout, Math.Max(1, Grain / (cin * kk)), (o0, count) =>
+            {
+                for (int o = o0; o < o0 + count; o++)
+                    for (int c = 0; c < cin; c++)
+                    {
+                        float* src = (float*)wsrc + ((long)o * cin + c) * kk, dst = (float*)wdst + ((long)c * cout + o) * kk;
+                        for (int t = 0; t < kk; t++) dst[t] = src[kk - 1 - t];
+                    }
+            });
             ForwardCore(dyp0, wf, null, dxp0, new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.PadH, g.KW - 1 - g.PadW));
             return;
         }
