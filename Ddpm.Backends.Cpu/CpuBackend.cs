@@ -8,7 +8,9 @@ namespace Ddpm.Backends.Cpu;
 
 /// <summary>
 /// The fast CPU backend: TensorPrimitives and own Vector512/256/128 kernels for elementwise work, a packed
-/// register-tiled SGEMM, convolutions through im2col + GEMM, all spread over one worker pool. Buffers are
+/// register-tiled SGEMM, convolutions as implicit GEMMs (im2col columns packed straight from the image; im2col
+/// written out only for the per-sample weight gradient and strided backward-data), all spread over one worker
+/// pool of spinning helper threads. Buffers are
 /// pinned pooled arrays (<see cref="CpuBuffer"/>), so kernels work on raw pointers. An output may alias an
 /// input exactly (same buffer), never partially. Ops are issued by one thread at a time. Every reduction is
 /// split the same way on every run with the same thread count, so results are reproducible; the GEMM and
