@@ -53,11 +53,14 @@ public sealed unsafe partial class CpuBackend
     /// </summary>
     private static bool Batched(in ConvGeometry g) => WholeBatch(g) && (long)g.C * g.KH * g.KW * g.N * g.OH * g.OW <= 1L << 24;
 
-    /// <summary>all [O, N*OH*OW] (+)= y [N, O, OH*OW] rearranged, or the reverse when <paramref name="toBatch"/> is false.</summary>
-    private void BatchLayout(float* y, float* all, in ConvGeometry g, bool toBatch)
+    /// <summary>
+    /// all [O, N*OH*OW] = y [N, O, OH*OW] rearranged, or the reverse when <paramref name="toBatch"/> is false, then
+    /// with bias[o] added on the way when <paramref name="bias"/> is given (one pass over y, not two).
+    /// </summary>
+    private void BatchLayout(float* y, float* all, in ConvGeometry g, bool toBatch, float* bias = null)
     {
         int ohw = g.OH * g.OW, nTot = g.N * ohw, o = g.O;
-        nint yp = (nint)y, ap = (nint)all;
+        nint yp = (nint)y, ap = (nint)all, bp = (nint)bias;
         _pool.ForItems(g.N * o, Math.Max(1, Grain / ohw), (r0, count) =>
         {
             for (int r = r0; r < r0 + count; r++)
@@ -66,7 +69,8 @@ public sealed unsafe partial class CpuBackend
                 float* a = (float*)ap + (long)oc * nTot + (long)s * ohw;
                 float* b = (float*)yp + (long)r * ohw;
                 if (toBatch) Buffer.MemoryCopy(b, a, 4L * ohw, 4L * ohw);
-                else Buffer.MemoryCopy(a, b, 4L * ohw, 4L * ohw);
+                else if (bp == 0) Buffer.MemoryCopy(a, b, 4L * ohw, 4L * ohw);
+                else TensorPrimitives.Add(new ReadOnlySpan<float>(a, ohw), ((float*)bp)[oc], new Span<float>(b, ohw));
             }
         });
     }
@@ -101,8 +105,7 @@ public sealed unsafe partial class CpuBackend
             int nTot = g.N * ohw;
             float* yAll = _pool.Scratch(0).Get(ScratchSlot.Output, (long)g.O * nTot);
             Sgemm.Run(_pool, _pool.Scratch(0), false, g.O, nTot, ckk, 1f, w, ckk, new ConvColumnsB(x, g), 0f, yAll, nTot);
-            BatchLayout(y, yAll, g, toBatch: false);
-            if (bias != null) AddChannelBias(y, bias, g.N, g.O, ohw);
+            BatchLayout(y, yAll, g, toBatch: false, bias);
             return;
         }
 
@@ -123,17 +126,6 @@ public sealed unsafe partial class CpuBackend
 
         if (SampleParallel(g.N)) _pool.For(g.N, (wk, s) => Sample(null, _pool.Scratch(wk), s));
         else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
-    }
-
-    /// <summary>y [n, c, hw] += bias[c].</summary>
-    private void AddChannelBias(float* y, float* bias, int n, int c, int hw)
-    {
-        nint yp = (nint)y, bp = (nint)bias;
-        _pool.ForItems(n * c, Math.Max(1, Grain / hw), (r0, count) =>
-        {
-            for (int r = r0; r < r0 + count; r++)
-                TensorPrimitives.Add(new ReadOnlySpan<float>((float*)yp + (long)r * hw, hw), ((float*)bp)[r % c], new Span<float>((float*)yp + (long)r * hw, hw));
-        });
     }
 
     public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
@@ -213,9 +205,10 @@ public sealed unsafe partial class CpuBackend
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
-        // target [O, C*KH*KW] (+)= dy_n [O, OH*OW] x col_n^T. Per sample the columns are written out by im2col:
-        // its contiguous row copies plus the 4x4-transposing packer beat the gathers of ConvColumnsTB here
-        // (measured on the small preset's 32x32 and 16x16 levels: 52 vs 63 ms and 29 vs 39 ms per step).
+        // target [O, C*KH*KW] (+)= dy_n [O, OH*OW] x col_n^T. Per sample the columns are written out (ConvColumnsB
+        // packing the whole [C*KH*KW, OH*OW] matrix as one panel): its contiguous row copies plus the 4x4-transposing
+        // dense packer beat the gathers of ConvColumnsTB here (measured on the small preset's 32x32 and 16x16
+        // levels: 52 vs 63 ms and 29 vs 39 ms per step).
         void Sample(WorkerPool? pool, WorkerScratch scratch, int s, float* target, bool first)
         {
             float* xn = (float*)xp + (long)s * chw;
@@ -224,7 +217,7 @@ public sealed unsafe partial class CpuBackend
             if (!direct)
             {
                 col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);
-                Im2Col(xn, col, ohw, geo);
+                new ConvColumnsB(xn, geo with { N = 1 }).Pack(0, ckk, 0, ohw, ohw, col);
             }
             Sgemm.Run(pool, scratch, false, true, geo.O, ckk, ohw, 1f, dyn, ohw, col, ohw, first ? 0f : 1f, target, ckk);
         }
@@ -282,43 +275,9 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
-    /// col [C*KH*KW, OH*OW] with row stride <paramref name="ldCol"/>: row (c, kh, kw), column (oh, ow) holds
-    /// x[c, oh*sh - ph + kh, ow*sw - pw + kw], or 0 in the padding. x: [C, H, W] of one sample.
+    /// The adjoint of im2col (<see cref="ConvColumnsB"/>): dx [C, H, W] += scatter of col [C*KH*KW, OH*OW] (row
+    /// stride ldCol), row (c, kh, kw) and column (oh, ow) going to x[c, oh*sh - ph + kh, ow*sw - pw + kw].
     /// </summary>
-    internal static void Im2Col(float* x, float* col, long ldCol, in ConvGeometry g)
-    {
-        int oh = g.OH, ow = g.OW;
-        for (int c = 0; c < g.C; c++)
-        {
-            float* xc = x + (long)c * g.H * g.W;
-            for (int kh = 0; kh < g.KH; kh++)
-            {
-                for (int kw = 0; kw < g.KW; kw++, col += ldCol)
-                {
-                    // Output columns whose input column lies inside the image: [ow0, ow1).
-                    int ow0 = Math.Max(0, CeilDiv(g.PadW - kw, g.StrideW));
-                    int ow1 = Math.Min(ow, CeilDiv(g.W + g.PadW - kw, g.StrideW));
-                    for (int r = 0; r < oh; r++)
-                    {
-                        float* dst = col + r * ow;
-                        int ih = r * g.StrideH - g.PadH + kh;
-                        if ((uint)ih >= (uint)g.H || ow0 >= ow1)
-                        {
-                            new Span<float>(dst, ow).Clear();
-                            continue;
-                        }
-                        for (int q = 0; q < ow0; q++) dst[q] = 0f;
-                        float* src = xc + ih * g.W - g.PadW + kw;
-                        if (g.StrideW == 1) Rows.Copy(src + ow0, dst + ow0, ow1 - ow0);
-                        else for (int q = ow0; q < ow1; q++) dst[q] = src[q * g.StrideW];
-                        for (int q = ow1; q < ow; q++) dst[q] = 0f;
-                    }
-                }
-            }
-        }
-    }
-
-    /// <summary>The adjoint of <see cref="Im2Col"/>: dx [C, H, W] += scatter of col [C*KH*KW, OH*OW] (row stride ldCol).</summary>
     internal static void Col2Im(float* col, long ldCol, float* dx, in ConvGeometry g)
     {
         int oh = g.OH, ow = g.OW;

@@ -14,11 +14,15 @@ internal readonly unsafe struct ConvColumnsB(float* x, ConvGeometry g) : IPackB
 {
     public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst)
     {
-        // The strip's columns as runs of consecutive output columns within one output row of one sample.
-        int* runStart = stackalloc int[nr + 1];
-        int* runIh = stackalloc int[nr];
-        int* runIw = stackalloc int[nr];
-        long* runSample = stackalloc long[nr];
+        // The strip's columns as runs of consecutive output columns within one output row of one sample: at most
+        // a partial row, whole rows and a partial row. On the stack unless the rows are very narrow (the whole
+        // per-sample im2col matrix is packed as one panel, so cols can be a whole image).
+        int maxRuns = Math.Min(cols, cols / g.OW + 2);
+        bool small = maxRuns <= 256;
+        Span<int> runStart = small ? stackalloc int[maxRuns + 1] : new int[maxRuns + 1];
+        Span<int> runIh = small ? stackalloc int[maxRuns] : new int[maxRuns];
+        Span<int> runIw = small ? stackalloc int[maxRuns] : new int[maxRuns];
+        Span<long> runSample = small ? stackalloc long[maxRuns] : new long[maxRuns];
         int ohw = g.OH * g.OW, hw = g.H * g.W, runs = 0;
         long chw = (long)g.C * hw;
         for (int q = 0; q < cols;)

@@ -88,9 +88,8 @@ internal static unsafe class Sgemm
         {
             int nc = Math.Min(NC, n - jc);
             int strips = (nc + nr - 1) / nr;
-            // Column chunks per row block so that there are a few tiles per worker.
-            // Enough tiles to balance (at least 2 per worker, a multiple of the worker count where the strips
-            // allow): a worker idle at the end of a k-block costs as much as the whole tail.
+            // Column chunks per row block: enough tiles to balance (at least 2 per worker, a multiple of the worker
+            // count where the strips allow): a worker idle at the end of a k-block costs as much as the whole tail.
             int nChunks = 1;
             if (threads > 1)
             {
@@ -117,10 +116,9 @@ internal static unsafe class Sgemm
             // pool region per k-block instead of two, and the packing no longer waits for the slowest tile.
             long panel = (long)strips * kcb * nr;
             nint buf0 = (nint)scratch.Get(ScratchSlot.PackB, panel), buf1 = (nint)scratch.Get(ScratchSlot.PackBNext, panel);
-            int kc0 = kcb;
             pool.ForItems(strips, 1, (s0, count) =>
             {
-                for (int s = s0; s < s0 + count; s++) PackStrip(b, 0, kc0, jc, nc, nr, s, (float*)buf0);
+                for (int s = s0; s < s0 + count; s++) PackStrip(b, 0, kcb, jc, nc, nr, s, (float*)buf0);
             });
             for (int pc = 0, p = 0; pc < k; pc += kcb, p++)
             {

@@ -31,6 +31,8 @@ public sealed class ConvTests
             [3, 3, 25, 23, 4, 3, 2, 1],
             [3, 4, 12, 11, 6, 1, 1, 0],
             [2, 3, 30, 26, 5, 4, 2, 1],
+            // One-pixel-wide rows: a whole image is 300 runs of one column (the packer's heap-allocated run table).
+            [2, 2, 300, 1, 3, 3, 1, 1],
         ];
         foreach (var a in g) yield return [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
     }
