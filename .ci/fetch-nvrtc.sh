@@ -4,8 +4,11 @@
 # CUDA toolkit. Uses a private apt state (its own sources.list, lists and cache under a temp dir), so the
 # machine's apt configuration is neither read for sources nor changed, and no root is needed.
 #
+# The Debian mirror is the one this machine's apt configuration names (or DDPM_APT_MIRROR); no host is
+# written here.
+#
 # Usage: .ci/fetch-nvrtc.sh            prints the library folder on its last line
-#        DDPM_APT_MIRROR=http://host/debian .ci/fetch-nvrtc.sh   to use another mirror
+#        DDPM_APT_MIRROR=<mirror URL ending in /debian> .ci/fetch-nvrtc.sh   to use another mirror
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,12 +20,15 @@ if [[ -e "$libdir/libnvrtc.so.11.2" ]] && ls "$libdir"/libnvrtc-builtins.so.11.8
   exit 0
 fi
 
-# The mirror this machine's apt already uses (first deb.debian.org-style URI), else Debian's CDN.
+# The mirror this machine's apt already uses: the first URI of a Debian archive (ending in /debian).
 mirror="${DDPM_APT_MIRROR:-}"
 if [[ -z "$mirror" ]]; then
-  mirror="$(grep -hoE '^(URIs:|deb) +[^ ]+/debian( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+  mirror="$(grep -hoE '^(URIs:|deb) +[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
     /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | head -n1 || true)"
-  mirror="${mirror:-http://deb.debian.org/debian}"
+fi
+if [[ -z "$mirror" ]]; then
+  echo "fetch-nvrtc: no Debian archive found in the apt configuration (/etc/apt/sources.list*); set DDPM_APT_MIRROR" >&2
+  exit 1
 fi
 
 work="$(mktemp -d)"

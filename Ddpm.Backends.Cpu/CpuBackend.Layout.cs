@@ -16,6 +16,7 @@ public sealed unsafe partial class CpuBackend
     public void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape,
         DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
+        Shape.CheckRank(yShape, "Binary");
         int rank = yShape.Length;
         if (aShape.Length != rank || bShape.Length != rank)
             throw new ArgumentException($"Binary {op}: operand ranks {aShape.Length}, {bShape.Length} differ from the output's {rank}.");
@@ -162,6 +163,7 @@ public sealed unsafe partial class CpuBackend
     /// </summary>
     public void SumToShape(DeviceBuffer x, ReadOnlySpan<int> xShape, DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
+        Shape.CheckRank(xShape, "SumToShape");
         int rank = xShape.Length;
         if (yShape.Length != rank) throw new ArgumentException($"SumToShape: ranks {rank} and {yShape.Length} differ.");
         long n = 1, ny = 1;
@@ -275,6 +277,7 @@ public sealed unsafe partial class CpuBackend
     /// </summary>
     public void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y)
     {
+        Shape.CheckRank(xShape, "Permute");
         int rank = xShape.Length;
         if (perm.Length != rank) throw new ArgumentException($"Permute: {perm.Length} axes for rank {rank}.");
         long n = 1;

@@ -206,8 +206,8 @@ public sealed class CpuReferenceBackend : IBackend
                 UnaryOp.Sigmoid => g * o * (1.0 - o),
                 UnaryOp.Silu => g * SiluDerivative(v),
                 UnaryOp.Tanh => g * (1.0 - o * o),
-                UnaryOp.Relu => v > 0 ? g : 0.0,
-                UnaryOp.Abs => g * Math.Sign(v),
+                UnaryOp.Relu => v > 0 ? g : v <= 0 ? 0.0 : double.NaN,
+                UnaryOp.Abs => double.IsNaN(v) ? double.NaN : g * Math.Sign(v),
                 _ => throw new NotSupportedException($"Unary op {op} is not implemented by {Name}."),
             };
             dxs[i] = (float)d;
@@ -247,6 +247,7 @@ public sealed class CpuReferenceBackend : IBackend
     public void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape,
         DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
+        Shape.CheckRank(yShape, "Binary");
         long n = Product(yShape, nameof(yShape));
         var sa = BroadcastStrides(aShape, yShape, nameof(aShape));
         var sb = BroadcastStrides(bShape, yShape, nameof(bShape));
@@ -271,6 +272,7 @@ public sealed class CpuReferenceBackend : IBackend
 
     public void SumToShape(DeviceBuffer x, ReadOnlySpan<int> xShape, DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
+        Shape.CheckRank(xShape, "SumToShape");
         long nx = Product(xShape, nameof(xShape));
         long ny = Product(yShape, nameof(yShape));
         // y's strides over x's index space: 0 along the summed dimensions.
@@ -295,6 +297,7 @@ public sealed class CpuReferenceBackend : IBackend
 
     public void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y)
     {
+        Shape.CheckRank(xShape, "Permute");
         int rank = xShape.Length;
         if (perm.Length != rank) throw new ArgumentException($"Permutation {Shape.Format(perm)} does not match shape {Shape.Format(xShape)}.", nameof(perm));
         var seen = new bool[rank];

@@ -111,6 +111,7 @@ public sealed partial class CudaBackend
         DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
         Enter();
+        Shape.CheckRank(yShape, "Binary");
         if (!Enum.IsDefined(op)) throw new NotSupportedException($"Binary op {op} is not supported by the cuda backend.");
         if (aShape.Length != yShape.Length || bShape.Length != yShape.Length)
             throw new ArgumentException($"Binary {op}: shapes {Join(aShape)}, {Join(bShape)} and {Join(yShape)} differ in rank.");
@@ -141,6 +142,7 @@ public sealed partial class CudaBackend
     internal static unsafe BroadcastDims CoalesceBroadcast(ReadOnlySpan<int> aShape, ReadOnlySpan<int> bShape,
         ReadOnlySpan<int> yShape, string what)
     {
+        Shape.CheckRank(yShape, what);
         var sizes = new List<long>();
         var fullA = new List<bool>();
         var fullB = new List<bool>();
@@ -156,9 +158,6 @@ public sealed partial class CudaBackend
                 fullB.Add(fb);
             }
         }
-        if (sizes.Count > BroadcastDims.MaxDims)
-            throw new NotSupportedException(
-                $"{what}: broadcasting {Join(aShape)} with {Join(bShape)} needs {sizes.Count} dimensions after merging; the cuda kernels take at most {BroadcastDims.MaxDims}.");
         var dims = new BroadcastDims { Rank = sizes.Count };
         long accA = 1, accB = 1;
         for (int k = sizes.Count - 1; k >= 0; k--)
@@ -175,6 +174,7 @@ public sealed partial class CudaBackend
     public void SumToShape(DeviceBuffer x, ReadOnlySpan<int> xShape, DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
         Enter();
+        Shape.CheckRank(xShape, "SumToShape");
         if (xShape.Length != yShape.Length)
             throw new ArgumentException($"SumToShape: {Join(xShape)} and {Join(yShape)} differ in rank.");
         long nx = 1, ny = 1;
@@ -235,13 +235,11 @@ public sealed partial class CudaBackend
         {
             if (kept[k])
             {
-                if (dims.KeptRank == BroadcastDims.MaxDims) throw TooManyDims(xShape, yShape);
                 dims.KeptSize[dims.KeptRank] = (int)sizes[k];
                 dims.KeptStride[dims.KeptRank++] = (int)strides[k];
             }
             else
             {
-                if (dims.RedRank == BroadcastDims.MaxDims) throw TooManyDims(xShape, yShape);
                 dims.RedSize[dims.RedRank] = (int)sizes[k];
                 dims.RedStride[dims.RedRank++] = (int)strides[k];
             }
@@ -249,9 +247,6 @@ public sealed partial class CudaBackend
         int nRed = (int)(nx / ny);
         Launch("sum_to_shape", GridFor(ny * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, py, (int)ny, nRed, KernelArg.Struct(dims));
     }
-
-    private static NotSupportedException TooManyDims(ReadOnlySpan<int> xShape, ReadOnlySpan<int> yShape) =>
-        new($"SumToShape {Join(xShape)} -> {Join(yShape)} alternates kept and reduced dimensions more than {BroadcastDims.MaxDims} times; the cuda kernel does not take that.");
 
     public unsafe double SumOfSquares(DeviceBuffer x, int n)
     {
@@ -274,6 +269,7 @@ public sealed partial class CudaBackend
     public unsafe void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y)
     {
         Enter();
+        Shape.CheckRank(xShape, "Permute");
         int rank = xShape.Length;
         if (perm.Length != rank) throw new ArgumentException($"Permute: permutation {Join(perm)} does not match shape {Join(xShape)}.");
         var seen = new bool[rank];
@@ -325,8 +321,6 @@ public sealed partial class CudaBackend
             Driver.Check(Driver.cuMemcpyDtoDAsync_v2(py, px, (nuint)(4 * n), _stream), "cuMemcpyDtoDAsync_v2");
             return;
         }
-        if (sizes.Count > BroadcastDims.MaxDims)
-            throw new NotSupportedException($"Permute {Join(xShape)} by {Join(perm)} needs {sizes.Count} dimensions; the cuda kernel takes at most {BroadcastDims.MaxDims}.");
         var dims = new BroadcastDims { Rank = sizes.Count };
         for (int k = 0; k < sizes.Count; k++)
         {
@@ -433,6 +427,7 @@ public sealed partial class CudaBackend
         Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas,
             transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
             n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC, batch), "cublasSgemmStridedBatched");
+        if (_syncEachLaunch) SynchronizeAfter("cublasSgemmStridedBatched");
     }
 
     public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)

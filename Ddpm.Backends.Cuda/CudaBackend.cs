@@ -20,6 +20,7 @@ public sealed partial class CudaBackend : IBackend
     private readonly Dictionary<string, nint> _functions = new(StringComparer.Ordinal);
     private readonly List<nint> _modules = [];
     private readonly BackendOptions _options;
+    private readonly bool _syncEachLaunch;
     private readonly int _device;
     private nint _context;
     private nint _stream;
@@ -32,6 +33,9 @@ public sealed partial class CudaBackend : IBackend
     public CudaBackend(BackendOptions? options = null)
     {
         _options = options ?? new BackendOptions();
+        // DDPM_CUDA_SYNC=1: wait after every kernel and cuBLAS call, so that a fault is reported under the call
+        // that caused it rather than under a later, unrelated one.
+        _syncEachLaunch = Environment.GetEnvironmentVariable("DDPM_CUDA_SYNC") == "1";
         var info = CudaProbe.OpenDevice(_options.Device);
         Device = info;
         try
@@ -62,7 +66,8 @@ public sealed partial class CudaBackend : IBackend
         var (nvMajor, nvMinor) = NvrtcCompiler.Version();
         Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
             $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, " +
-            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), TF32 {(_options.AllowTf32 ? "on" : "off")}";
+            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), TF32 {(_options.AllowTf32 ? "on" : "off")}" +
+            (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "");
     }
 
     /// <summary>A backend for device <see cref="BackendOptions.Device"/>, or null with the reason CUDA is unavailable.</summary>
@@ -198,6 +203,14 @@ public sealed partial class CudaBackend : IBackend
         }
         var r = Driver.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, _stream, ptrs, null);
         if (r != CUresult.Success) throw new CudaException($"cuLaunchKernel({kernel})", r);
+        if (_syncEachLaunch) SynchronizeAfter($"kernel {kernel}");
+    }
+
+    /// <summary>With DDPM_CUDA_SYNC=1: waits for the call just queued and names it if it failed.</summary>
+    private void SynchronizeAfter(string what)
+    {
+        var r = Driver.cuStreamSynchronize(_stream);
+        if (r != CUresult.Success) throw new CudaException($"cuStreamSynchronize after {what} (DDPM_CUDA_SYNC=1)", r);
     }
 
     /// <summary>The device pointer of element <paramref name="offset"/>, after checking the buffer holds [offset, offset+count).</summary>

@@ -77,15 +77,31 @@ public static class CudaProbe
     /// <summary>"12.8" from cuDriverGetVersion's 12080.</summary>
     public static string FormatVersion(int v) => $"{v / 1000}.{v % 1000 / 10}";
 
+    /// <summary>
+    /// Why a cuInit result means that CUDA cannot be used on this machine, or null when it is success or a fault
+    /// worth reporting as an error. <paramref name="deviceNodesExist"/>: whether /dev/nvidia* exists, which tells a
+    /// machine without a GPU from a driver fault when cuInit says only CUDA_ERROR_UNKNOWN.
+    /// </summary>
+    internal static string? UnavailableReason(CUresult r, bool deviceNodesExist) => r switch
+    {
+        CUresult.ErrorStubLibrary => "the libcuda found is the toolkit's stub library, not a driver",
+        CUresult.ErrorDeviceUnavailable => "the CUDA device is busy or unavailable (exclusive mode, or in use)",
+        CUresult.ErrorNoDevice => "no CUDA device is visible",
+        CUresult.ErrorOperatingSystem => "an operating-system call of the driver failed (no GPU passed into this container?)",
+        CUresult.ErrorSystemDriverMismatch => "the CUDA driver library does not match the kernel driver's version",
+        CUresult.ErrorCompatNotSupportedOnDevice => "the forward-compatibility driver does not support this device",
+        CUresult.ErrorUnknown when !deviceNodesExist => "the driver failed and there is no /dev/nvidia* device here",
+        _ => null,
+    };
+
     /// <summary>Loads the driver, initialises it and describes device <paramref name="ordinal"/>.</summary>
     internal static unsafe CudaDeviceInfo OpenDevice(int ordinal)
     {
         CudaLibraries.Load(CudaLibrary.Driver);
         var r = Driver.cuInit(0);
-        if (r == CUresult.ErrorNoDevice)
-            throw new CudaUnavailableException($"cuInit: no CUDA device is visible ({Driver.Describe(r)}); the driver is {CudaLibraries.LoadedPath(CudaLibrary.Driver)}.");
-        if (r is CUresult.ErrorInsufficientDriver or CUresult.ErrorSystemDriverMismatch or CUresult.ErrorCompatNotSupportedOnDevice)
-            throw new CudaUnavailableException($"cuInit: the CUDA driver cannot be used: {Driver.Describe(r)}.");
+        string? unavailable = UnavailableReason(r, Directory.Exists("/dev") && Directory.EnumerateFiles("/dev", "nvidia*").Any());
+        if (unavailable is not null)
+            throw new CudaUnavailableException($"cuInit: {unavailable} ({Driver.Describe(r)}); the driver is {CudaLibraries.LoadedPath(CudaLibrary.Driver)}.");
         Driver.Check(r, "cuInit");
         Driver.Check(Driver.cuDriverGetVersion(out int driverVersion), "cuDriverGetVersion");
         Driver.Check(Driver.cuDeviceGetCount(out int count), "cuDeviceGetCount");

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Ddpm.Tensors;
 
 namespace Ddpm.Backends.Cuda;
 
@@ -23,6 +24,17 @@ internal readonly struct KernelArg
     public static implicit operator KernelArg(float v) => new(BitConverter.SingleToUInt32Bits(v), 4, null);
     public static implicit operator KernelArg(ulong v) => new(v, 8, null);
 
+    // Without these, C# would convert a long or a uint silently to float or ulong, and the kernel would read
+    // a parameter of another type or size. Each is a compile error: cast to the kernel's parameter type.
+    [Obsolete("A long kernel argument would become a float: cast to int or ulong, as the kernel declares it.", error: true)]
+    public static implicit operator KernelArg(long v) => throw new NotSupportedException();
+
+    [Obsolete("A uint kernel argument would become an 8-byte ulong: cast to int, or to ulong if the kernel takes u64.", error: true)]
+    public static implicit operator KernelArg(uint v) => throw new NotSupportedException();
+
+    [Obsolete("A double kernel argument has no implicit form: cast to float, or pass a struct.", error: true)]
+    public static implicit operator KernelArg(double v) => throw new NotSupportedException();
+
     internal static KernelArg Struct<T>(in T value) where T : unmanaged
     {
         var bytes = MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in value)).ToArray();
@@ -34,7 +46,7 @@ internal readonly struct KernelArg
 [StructLayout(LayoutKind.Sequential)]
 internal unsafe struct BroadcastDims
 {
-    internal const int MaxDims = 8;
+    internal const int MaxDims = Shape.MaxRank;
     public int Rank;
     public fixed int Size[MaxDims];
     public fixed int StrideA[MaxDims];

@@ -6,15 +6,18 @@ namespace Ddpm.Backends.Cuda;
 /// <summary>One CUDA C source compiled as one module, with its NVRTC options and kernel names.</summary>
 internal sealed record KernelSource(string FileName, string Text, IReadOnlyList<string> Options, IReadOnlyList<string> Kernels);
 
-/// <summary>The kernel sources embedded in this assembly (Kernels/*.cu and the shared common.cuh).</summary>
+/// <summary>A header the kernel sources include by name.</summary>
+internal sealed record KernelHeader(string Name, string Text);
+
+/// <summary>The kernel sources embedded in this assembly (Kernels/*.cu and the headers Kernels/*.cuh).</summary>
 internal static partial class KernelSources
 {
     private const string Prefix = "Ddpm.Backends.Cuda.Kernels.";
-    internal const string HeaderName = "common.cuh";
 
-    private static readonly Lazy<(string Header, KernelSource[] Sources)> All = new(LoadAll);
+    private static readonly Lazy<(KernelHeader[] Headers, KernelSource[] Sources)> All = new(LoadAll);
 
-    internal static string Header => All.Value.Header;
+    /// <summary>common.cuh (shared helpers) and ops.cuh (op codes generated from the enums).</summary>
+    internal static IReadOnlyList<KernelHeader> Headers => All.Value.Headers;
 
     internal static IReadOnlyList<KernelSource> Sources => All.Value.Sources;
 
@@ -28,10 +31,14 @@ internal static partial class KernelSources
     internal static IReadOnlyList<string> KernelNames(string source) =>
         KernelDeclaration().Matches(source).Select(m => m.Groups[1].Value).ToArray();
 
-    private static (string, KernelSource[]) LoadAll()
+    private static (KernelHeader[], KernelSource[]) LoadAll()
     {
         var asm = typeof(KernelSources).Assembly;
-        string header = Read(asm, Prefix + HeaderName);
+        var headers = asm.GetManifestResourceNames()
+            .Where(n => n.StartsWith(Prefix, StringComparison.Ordinal) && n.EndsWith(".cuh", StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal)
+            .Select(n => new KernelHeader(n[Prefix.Length..], Read(asm, n)))
+            .ToArray();
         var sources = asm.GetManifestResourceNames()
             .Where(n => n.StartsWith(Prefix, StringComparison.Ordinal) && n.EndsWith(".cu", StringComparison.Ordinal))
             .Order(StringComparer.Ordinal)
@@ -43,7 +50,7 @@ internal static partial class KernelSources
             })
             .ToArray();
         if (sources.Length == 0) throw new InvalidOperationException("No CUDA kernel sources are embedded in Ddpm.Backends.Cuda.");
-        return (header, sources);
+        return (headers, sources);
     }
 
     private static string Read(Assembly asm, string name)

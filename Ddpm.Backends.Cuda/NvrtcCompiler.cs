@@ -52,10 +52,13 @@ internal static unsafe class NvrtcCompiler
         var options = new List<string> { $"--gpu-architecture={target}", "--std=c++17", "-default-device" };
         options.AddRange(source.Options);
 
-        using var src = new Utf8Strings([source.Text, source.FileName, KernelSources.Header, KernelSources.HeaderName]);
+        var headers = KernelSources.Headers;
+        using var src = new Utf8Strings([source.Text, source.FileName]);
+        using var headerTexts = new Utf8Strings(headers.Select(h => h.Text).ToArray());
+        using var headerNames = new Utf8Strings(headers.Select(h => h.Name).ToArray());
         using var opts = new Utf8Strings(options);
-        byte* header = src[2], headerName = src[3];
-        Nvrtc.Check(Nvrtc.nvrtcCreateProgram(out nint program, src[0], src[1], 1, &header, &headerName), "nvrtcCreateProgram");
+        Nvrtc.Check(Nvrtc.nvrtcCreateProgram(out nint program, src[0], src[1], headers.Count, headerTexts.Pointers, headerNames.Pointers),
+            "nvrtcCreateProgram");
         try
         {
             int result = Nvrtc.nvrtcCompileProgram(program, options.Count, opts.Pointers);

@@ -5,11 +5,18 @@ namespace Ddpm.Tensors;
 /// <summary>An immutable N-d shape (row-major). Rank 0 is a scalar with one element.</summary>
 public sealed class Shape : IEquatable<Shape>, IReadOnlyList<int>
 {
+    /// <summary>
+    /// The most dimensions a tensor may have. Every backend takes every shape up to this rank (the GPU kernels
+    /// carry shapes by value in fixed arrays of this size) and refuses more with <see cref="CheckRank"/>'s message.
+    /// </summary>
+    public const int MaxRank = 16;
+
     private readonly int[] _dims;
 
     public Shape(params int[] dims)
     {
         ArgumentNullException.ThrowIfNull(dims);
+        CheckRank(dims, "Shape");
         long size = 1;
         foreach (int d in dims)
         {
@@ -19,6 +26,13 @@ public sealed class Shape : IEquatable<Shape>, IReadOnlyList<int>
         }
         _dims = (int[])dims.Clone();
         Size = (int)size;
+    }
+
+    /// <summary>Refuses a shape of more than <see cref="MaxRank"/> dimensions, the same way on every backend.</summary>
+    public static void CheckRank(ReadOnlySpan<int> dims, string what)
+    {
+        if (dims.Length > MaxRank)
+            throw new NotSupportedException($"{what}: shape {Format(dims)} has {dims.Length} dimensions; tensors have at most {MaxRank}.");
     }
 
     public int Rank => _dims.Length;

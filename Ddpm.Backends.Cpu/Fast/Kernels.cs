@@ -291,39 +291,45 @@ internal readonly struct TanhBackward : ITernaryKernel
     public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) => dy * (Vector512<float>.One - y * y);
 }
 
-/// <summary>relu: dx = x &gt; 0 ? dy : 0.</summary>
+/// <summary>relu: dx = x &gt; 0 ? dy : 0, and NaN where x is NaN (the NaN of a diverging run stays visible).</summary>
 internal readonly struct ReluBackward : ITernaryKernel
 {
-    public float Invoke(float x, float y, float dy) => x > 0f ? dy : 0f;
+    public float Invoke(float x, float y, float dy) => x > 0f ? dy : x <= 0f ? 0f : x;
     public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy) =>
-        Vector128.ConditionalSelect(Vector128.GreaterThan(x, Vector128<float>.Zero), dy, Vector128<float>.Zero);
+        Vector128.ConditionalSelect(Vector128.GreaterThan(x, Vector128<float>.Zero), dy,
+            Vector128.ConditionalSelect(Vector128.LessThanOrEqual(x, Vector128<float>.Zero), Vector128<float>.Zero, x));
     public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy) =>
-        Vector256.ConditionalSelect(Vector256.GreaterThan(x, Vector256<float>.Zero), dy, Vector256<float>.Zero);
+        Vector256.ConditionalSelect(Vector256.GreaterThan(x, Vector256<float>.Zero), dy,
+            Vector256.ConditionalSelect(Vector256.LessThanOrEqual(x, Vector256<float>.Zero), Vector256<float>.Zero, x));
     public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy) =>
-        Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512<float>.Zero), dy, Vector512<float>.Zero);
+        Vector512.ConditionalSelect(Vector512.GreaterThan(x, Vector512<float>.Zero), dy,
+            Vector512.ConditionalSelect(Vector512.LessThanOrEqual(x, Vector512<float>.Zero), Vector512<float>.Zero, x));
 }
 
-/// <summary>abs: dx = dy * sign(x), with sign(0) = 0 as in PyTorch.</summary>
+/// <summary>abs: dx = dy * sign(x), with sign(0) = 0 as in PyTorch, and NaN where x is NaN.</summary>
 internal readonly struct AbsBackward : ITernaryKernel
 {
-    public float Invoke(float x, float y, float dy) => x > 0f ? dy : x < 0f ? -dy : 0f;
+    public float Invoke(float x, float y, float dy) => x > 0f ? dy : x < 0f ? -dy : x == 0f ? 0f : x;
 
     public Vector128<float> Invoke(Vector128<float> x, Vector128<float> y, Vector128<float> dy)
     {
         var z = Vector128<float>.Zero;
-        return Vector128.ConditionalSelect(Vector128.GreaterThan(x, z), dy, Vector128.ConditionalSelect(Vector128.LessThan(x, z), -dy, z));
+        return Vector128.ConditionalSelect(Vector128.GreaterThan(x, z), dy,
+            Vector128.ConditionalSelect(Vector128.LessThan(x, z), -dy, Vector128.ConditionalSelect(Vector128.Equals(x, z), z, x)));
     }
 
     public Vector256<float> Invoke(Vector256<float> x, Vector256<float> y, Vector256<float> dy)
     {
         var z = Vector256<float>.Zero;
-        return Vector256.ConditionalSelect(Vector256.GreaterThan(x, z), dy, Vector256.ConditionalSelect(Vector256.LessThan(x, z), -dy, z));
+        return Vector256.ConditionalSelect(Vector256.GreaterThan(x, z), dy,
+            Vector256.ConditionalSelect(Vector256.LessThan(x, z), -dy, Vector256.ConditionalSelect(Vector256.Equals(x, z), z, x)));
     }
 
     public Vector512<float> Invoke(Vector512<float> x, Vector512<float> y, Vector512<float> dy)
     {
         var z = Vector512<float>.Zero;
-        return Vector512.ConditionalSelect(Vector512.GreaterThan(x, z), dy, Vector512.ConditionalSelect(Vector512.LessThan(x, z), -dy, z));
+        return Vector512.ConditionalSelect(Vector512.GreaterThan(x, z), dy,
+            Vector512.ConditionalSelect(Vector512.LessThan(x, z), -dy, Vector512.ConditionalSelect(Vector512.Equals(x, z), z, x)));
     }
 }
 

@@ -5,9 +5,10 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-// Broadcast and permute shapes travel by value as kernel arguments; the host coalesces dimensions first,
-// so 8 covers every shape the engine makes (the host refuses more with a clear error).
-#define DDPM_MAX_DIMS 8
+// Broadcast, reduce and permute shapes travel by value as kernel arguments. Tensors have at most 16
+// dimensions (Ddpm.Tensors.Shape.MaxRank, refused above that on every backend), and merging dimensions
+// never adds any, so every shape fits.
+#define DDPM_MAX_DIMS 16
 
 // y (and per-operand strides, 0 on broadcast dimensions) of an elementwise op, row-major.
 struct BroadcastDims
@@ -31,8 +32,8 @@ struct ReduceDims
 
 // The C# mirrors (KernelArgs.cs) have these sizes; a layout change on either side fails to compile or
 // fails KernelArgumentLayoutMatchesTheKernels.
-static_assert(sizeof(BroadcastDims) == 100, "BroadcastDims layout changed: update KernelArgs.cs");
-static_assert(sizeof(ReduceDims) == 136, "ReduceDims layout changed: update KernelArgs.cs");
+static_assert(sizeof(BroadcastDims) == 196, "BroadcastDims layout changed: update KernelArgs.cs");
+static_assert(sizeof(ReduceDims) == 264, "ReduceDims layout changed: update KernelArgs.cs");
 
 // Grid-stride loop; unsigned so that i + stride cannot overflow for n < 2^31.
 #define GRID_STRIDE(i, n) for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < (u32)(n); i += blockDim.x * gridDim.x)

@@ -1,46 +1,50 @@
 // Elementwise kernels: unary ops and their derivatives, affine, axpby, clamp, broadcast binary ops,
 // broadcast-reverse sums and the sum of squares. All buffers are contiguous float32.
 #include "common.cuh"
+#include "ops.cuh"
 
-// Op codes follow Ddpm.Tensors.UnaryOp.
+// Op codes: ops.cuh, generated from Ddpm.Tensors.UnaryOp. An unknown code traps rather than computing some
+// other op. NaN stays NaN through every op and derivative, as in PyTorch, so a diverging run shows its NaN.
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 __device__ __forceinline__ float unary_value(int op, float x)
 {
     switch (op)
     {
-        case 0: return -x;
-        case 1: return expf(x);
-        case 2: return logf(x);
-        case 3: return sinf(x);
-        case 4: return cosf(x);
-        case 5: return sqrtf(x);
-        case 6: return x * x;
-        case 7: return sigmoidf(x);
-        case 8: return x * sigmoidf(x);
-        case 9: return tanhf(x);
-        case 10: return x > 0.0f ? x : 0.0f;
-        default: return fabsf(x);
+        case DDPM_UNARY_NEG: return -x;
+        case DDPM_UNARY_EXP: return expf(x);
+        case DDPM_UNARY_LOG: return logf(x);
+        case DDPM_UNARY_SIN: return sinf(x);
+        case DDPM_UNARY_COS: return cosf(x);
+        case DDPM_UNARY_SQRT: return sqrtf(x);
+        case DDPM_UNARY_SQUARE: return x * x;
+        case DDPM_UNARY_SIGMOID: return sigmoidf(x);
+        case DDPM_UNARY_SILU: return x * sigmoidf(x);
+        case DDPM_UNARY_TANH: return tanhf(x);
+        case DDPM_UNARY_RELU: return x > 0.0f ? x : (x <= 0.0f ? 0.0f : x);
+        case DDPM_UNARY_ABS: return fabsf(x);
+        default: __trap(); return x;
     }
 }
 
-// dy * op'(x), with y = op(x) where the derivative is cheaper from it.
+// dy * op'(x), with y = op(x) where the derivative is cheaper from it. At NaN x, relu and abs give NaN.
 __device__ __forceinline__ float unary_grad(int op, float x, float y, float dy)
 {
     switch (op)
     {
-        case 0: return -dy;
-        case 1: return dy * y;
-        case 2: return dy / x;
-        case 3: return dy * cosf(x);
-        case 4: return -dy * sinf(x);
-        case 5: return dy * 0.5f / y;
-        case 6: return dy * 2.0f * x;
-        case 7: return dy * y * (1.0f - y);
-        case 8: { float s = sigmoidf(x); return dy * (s * (1.0f + x * (1.0f - s))); }
-        case 9: return dy * (1.0f - y * y);
-        case 10: return x > 0.0f ? dy : 0.0f;
-        default: return x > 0.0f ? dy : (x < 0.0f ? -dy : 0.0f);
+        case DDPM_UNARY_NEG: return -dy;
+        case DDPM_UNARY_EXP: return dy * y;
+        case DDPM_UNARY_LOG: return dy / x;
+        case DDPM_UNARY_SIN: return dy * cosf(x);
+        case DDPM_UNARY_COS: return -dy * sinf(x);
+        case DDPM_UNARY_SQRT: return dy * 0.5f / y;
+        case DDPM_UNARY_SQUARE: return dy * 2.0f * x;
+        case DDPM_UNARY_SIGMOID: return dy * y * (1.0f - y);
+        case DDPM_UNARY_SILU: { float s = sigmoidf(x); return dy * (s * (1.0f + x * (1.0f - s))); }
+        case DDPM_UNARY_TANH: return dy * (1.0f - y * y);
+        case DDPM_UNARY_RELU: return x > 0.0f ? dy : (x <= 0.0f ? 0.0f : x);
+        case DDPM_UNARY_ABS: return x > 0.0f ? dy : (x < 0.0f ? -dy : (x == 0.0f ? 0.0f : x));
+        default: __trap(); return x;
     }
 }
 
@@ -78,15 +82,16 @@ extern "C" __global__ void clamp_values(const float* x, float* y, int n, float l
     }
 }
 
-// Op codes follow Ddpm.Tensors.BinaryOp.
+// Op codes: ops.cuh, generated from Ddpm.Tensors.BinaryOp; an unknown code traps.
 __device__ __forceinline__ float binary_value(int op, float a, float b)
 {
     switch (op)
     {
-        case 0: return a + b;
-        case 1: return a - b;
-        case 2: return a * b;
-        default: return a / b;
+        case DDPM_BINARY_ADD: return a + b;
+        case DDPM_BINARY_SUB: return a - b;
+        case DDPM_BINARY_MUL: return a * b;
+        case DDPM_BINARY_DIV: return a / b;
+        default: __trap(); return a;
     }
 }
 

@@ -15,7 +15,7 @@ internal enum CudaLibrary
 /// Finds and loads libcuda, libcublas and libnvrtc. The <c>[LibraryImport]</c> names are logical ("cuda",
 /// "cublas", "nvrtc"); the resolver maps them to the handle loaded here, so a missing library is reported by
 /// <see cref="Load"/> with every place searched, instead of as a bare DllNotFoundException on first call.
-/// Search order: DDPM_CUDA_LIB_DIR, directories added by <see cref="AddSearchDirectory"/>, CUDA_PATH/lib64,
+/// Search order: DDPM_CUDA_LIB_DIR (one folder or a ':'-separated list), directories added by <see cref="AddSearchDirectory"/>, CUDA_PATH/lib64,
 /// /usr/local/cuda/lib64 (and /usr/local/nvidia/lib64 for the driver), the loader's default search, then the
 /// lib folders of the nvidia-* Python wheels (system, virtual environment, /opt/*/.venv, ~/.local).
 /// </summary>
@@ -61,7 +61,9 @@ internal static class CudaLibraries
         {
             if (!string.IsNullOrWhiteSpace(d) && !dirs.Contains(d)) dirs.Add(d);
         }
-        Add(env("DDPM_CUDA_LIB_DIR"));
+        // DDPM_CUDA_LIB_DIR may list several folders, separated by ':' like PATH.
+        foreach (var d in (env("DDPM_CUDA_LIB_DIR") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            Add(d);
         foreach (var d in extra) Add(d);
         string? cudaPath = env("CUDA_PATH");
         if (!string.IsNullOrWhiteSpace(cudaPath))
@@ -113,37 +115,85 @@ internal static class CudaLibraries
         return matches.Order(StringComparer.Ordinal).SelectMany(d => ExpandPattern(d + rest));
     }
 
+    /// <summary>
+    /// The CUDA major version a library file name belongs to: 13 for libcublas.so.13, 11 for libnvrtc.so.11.2;
+    /// null for the driver, which has no toolkit major of its own.
+    /// </summary>
+    internal static int? MajorOf(string fileName)
+    {
+        int so = fileName.IndexOf(".so.", StringComparison.Ordinal);
+        if (so < 0 || fileName.StartsWith("libcuda.", StringComparison.Ordinal)) return null;
+        string rest = fileName[(so + 4)..];
+        int dot = rest.IndexOf('.');
+        return int.TryParse(dot < 0 ? rest : rest[..dot], out int major) ? major : null;
+    }
+
+    /// <summary>
+    /// The file names worth trying for <paramref name="lib"/>, newest first, given the driver's CUDA major
+    /// version (null when no driver is loaded: NVRTC alone needs none). cuBLAS needs a driver of at least its own
+    /// major; NVRTC output of an older major loads on a newer driver, a newer one does not.
+    /// </summary>
+    internal static IReadOnlyList<string> CandidateFileNames(CudaLibrary lib, int? driverMajor) =>
+        driverMajor is null ? FileNames(lib) : FileNames(lib).Where(f => (MajorOf(f) ?? 0) <= driverMajor).ToArray();
+
     /// <summary>Loads <paramref name="lib"/> (once) or throws <see cref="CudaUnavailableException"/> naming what was tried.</summary>
     internal static nint Load(CudaLibrary lib)
     {
         InstallResolver();
+        int? driverMajor = lib == CudaLibrary.Driver ? null : DriverMajorIfLoadable();
         lock (Gate)
         {
             if (Loaded.TryGetValue(lib, out var h)) return h;
             var dirs = SearchDirectories(lib, Environment.GetEnvironmentVariable, ExtraDirectories, ExpandPattern);
-            var tried = new List<string>();
+            var names = CandidateFileNames(lib, driverMajor);
+            var failed = new List<string>();
             foreach (var dir in dirs)
             {
-                foreach (var file in FileNames(lib))
+                foreach (var file in names)
                 {
                     string candidate = dir is null ? file : Path.Combine(dir, file);
                     if (dir is not null && !File.Exists(candidate)) continue;
-                    if (lib == CudaLibrary.Nvrtc && dir is not null) PreloadNvrtcBuiltins(dir);
-                    if (NativeLibrary.TryLoad(candidate, out h))
+                    if (dir is not null) PreloadCompanions(lib, dir, file);
+                    try
                     {
-                        Loaded[lib] = h;
-                        LoadedPaths[lib] = candidate;
-                        return h;
+                        h = NativeLibrary.Load(candidate);
                     }
-                    tried.Add(candidate);
+                    catch (DllNotFoundException e) when (dir is not null)
+                    {
+                        // The file is there but the loader refused it: keep its own reason (dlerror).
+                        failed.Add($"{candidate} ({e.Message.Trim()})");
+                        continue;
+                    }
+                    catch (DllNotFoundException)
+                    {
+                        continue;
+                    }
+                    Loaded[lib] = h;
+                    LoadedPaths[lib] = candidate;
+                    return h;
                 }
             }
-            var failed = tried.Where(t => t.Contains('/')).ToList();
             string where = string.Join(", ", dirs.Select(d => d ?? "the loader's default search path"));
+            var skipped = FileNames(lib).Except(names).ToList();
             throw new CudaUnavailableException(
-                $"{FileNames(lib)[0]} was not found ({Describe(lib)}; tried {string.Join(", ", FileNames(lib))} in: {where}" +
-                (failed.Count > 0 ? $"; present but failed to load: {string.Join(", ", failed)}" : "") +
+                $"{FileNames(lib)[0]} was not found ({Describe(lib)}; tried {string.Join(", ", names)} in: {where}" +
+                (skipped.Count > 0 ? $"; not tried: {string.Join(", ", skipped)}, newer than the driver's CUDA {driverMajor}" : "") +
+                (failed.Count > 0 ? $"; present but failed to load: {string.Join("; ", failed)}" : "") +
                 "). Set DDPM_CUDA_LIB_DIR to the folder that holds it.");
+        }
+    }
+
+    /// <summary>The driver's CUDA major version (cuDriverGetVersion needs no cuInit), or null when no driver loads.</summary>
+    private static int? DriverMajorIfLoadable()
+    {
+        try
+        {
+            Load(CudaLibrary.Driver);
+            return Driver.cuDriverGetVersion(out int v) == CUresult.Success && v > 0 ? v / 1000 : null;
+        }
+        catch (CudaUnavailableException)
+        {
+            return null;
         }
     }
 
@@ -160,13 +210,22 @@ internal static class CudaLibraries
         _ => "NVRTC, from the CUDA toolkit, the nvidia-cuda-nvrtc wheel or Debian's libnvrtc11.2",
     };
 
-    // libnvrtc dlopens its builtins library by soname; loading it first from the same folder makes that
-    // succeed when the folder is not on the loader's path (the Debian packages unpacked for CI).
-    private static void PreloadNvrtcBuiltins(string dir)
+    // libnvrtc dlopens its builtins library by soname, and libcublas needs the libcublasLt of its own release:
+    // loading them first from the same folder makes the right one be used when the folder is not on the
+    // loader's path (the Debian packages unpacked for CI, a wheel's lib folder).
+    private static void PreloadCompanions(CudaLibrary lib, string dir, string file)
     {
         if (!Directory.Exists(dir)) return;
-        foreach (var f in Directory.EnumerateFiles(dir, "libnvrtc-builtins.so*").Order(StringComparer.Ordinal))
-            if (NativeLibrary.TryLoad(f, out _)) return;
+        if (lib == CudaLibrary.Nvrtc)
+        {
+            foreach (var f in Directory.EnumerateFiles(dir, "libnvrtc-builtins.so*").Order(StringComparer.Ordinal))
+                if (NativeLibrary.TryLoad(f, out _)) return;
+        }
+        else if (lib == CudaLibrary.Cublas)
+        {
+            string lt = Path.Combine(dir, file.Replace("libcublas.", "libcublasLt.", StringComparison.Ordinal));
+            if (File.Exists(lt)) NativeLibrary.TryLoad(lt, out _);
+        }
     }
 
     private static void InstallResolver()

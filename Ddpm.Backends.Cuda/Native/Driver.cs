@@ -10,6 +10,8 @@ internal enum CUresult
     ErrorOutOfMemory = 2,
     ErrorNotInitialized = 3,
     ErrorDeinitialized = 4,
+    ErrorStubLibrary = 34,
+    ErrorDeviceUnavailable = 46,
     ErrorNoDevice = 100,
     ErrorInvalidDevice = 101,
     ErrorInvalidImage = 200,
@@ -17,14 +19,15 @@ internal enum CUresult
     ErrorNoBinaryForGpu = 209,
     ErrorInvalidPtx = 218,
     ErrorUnsupportedPtxVersion = 222,
+    ErrorOperatingSystem = 304,
     ErrorNotFound = 500,
     ErrorNotReady = 600,
     ErrorIllegalAddress = 700,
     ErrorLaunchOutOfResources = 701,
     ErrorLaunchFailed = 719,
-    ErrorInsufficientDriver = 35,
     ErrorSystemDriverMismatch = 803,
     ErrorCompatNotSupportedOnDevice = 804,
+    ErrorUnknown = 999,
 }
 
 /// <summary>CUdevice_attribute values used by the probe.</summary>

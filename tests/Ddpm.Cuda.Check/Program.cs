@@ -1,15 +1,16 @@
 using System.Diagnostics;
 using Ddpm.Backends.Cuda;
 using Ddpm.Tensors;
-using Ddpm.Tests.Cuda;
+using Ddpm.Backends.Cpu;
+using Ddpm.Tests.Parity;
 
 namespace Ddpm.Cuda.Check;
 
 /// <summary>
-/// ddpm-cuda-check: probes CUDA, runs every per-op parity check of the cuda backend against double-precision
-/// references (TF32 off), then times GEMM and convolution on the device. Exit code 0 only when CUDA is
-/// present and every check passed; 2 when CUDA is unavailable (nothing was checked); 1 on a failure.
-/// Usage: Ddpm.Cuda.Check [--no-bench]
+/// Ddpm.Cuda.Check: probes CUDA, runs every per-op parity case of the test suite on the cuda backend against
+/// cpu-reference (TF32 off), then times GEMM and convolution on the device. Exit code 0 when every case passed,
+/// 1 on a failure, 2 when CUDA cannot be used here (nothing was checked; the reason is printed).
+/// Usage: Ddpm.Cuda.Check [--no-bench] [--filter SUBSTRING]
 /// </summary>
 public static class Program
 {
@@ -23,32 +24,53 @@ public static class Program
             return 2;
         }
 
-        using var be = new CudaBackend(new BackendOptions { AllowTf32 = false });
-        Console.WriteLine(be.Description);
-        int failed = 0;
-        foreach (var (name, run) in CudaParityChecks.All)
+        CudaBackend? be;
+        string reason;
+        try
         {
-            var sw = Stopwatch.StartNew();
-            try
-            {
-                run(be);
-                Console.WriteLine($"PASS {name} ({sw.ElapsedMilliseconds} ms)");
-            }
-            catch (Exception e)
-            {
-                failed++;
-                Console.WriteLine($"FAIL {name}: {e.GetType().Name}: {e.Message}");
-            }
+            be = CudaBackend.TryCreate(out reason, new BackendOptions { AllowTf32 = false });
         }
-        Console.WriteLine(failed == 0 ? $"all {CudaParityChecks.All.Count} parity checks passed" : $"{failed} parity check(s) failed");
+        catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
+        {
+            (be, reason) = (null, e.Message);
+        }
+        if (be is null)
+        {
+            Console.WriteLine($"SKIPPED: the cuda backend cannot be created: {reason}");
+            return 2;
+        }
+        using (be)
+        {
+            Console.WriteLine(be.Description);
+            int filterAt = Array.IndexOf(args, "--filter");
+            string? filter = filterAt >= 0 && filterAt + 1 < args.Length ? args[filterAt + 1] : null;
+            var names = ParityCases.Names.Select(n => (string)n[0]).Where(n => filter is null || n.Contains(filter, StringComparison.Ordinal)).ToList();
+            int failed = 0;
+            using var reference = new CpuReferenceBackend();
+            foreach (var name in names)
+            {
+                var sw = Stopwatch.StartNew();
+                try
+                {
+                    ParityCases.Run(name, be, reference);
+                    Console.WriteLine($"PASS {name} ({sw.ElapsedMilliseconds} ms)");
+                }
+                catch (Exception e)
+                {
+                    failed++;
+                    Console.WriteLine($"FAIL {name}: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+                }
+            }
+            Console.WriteLine(failed == 0 ? $"all {names.Count} parity cases passed" : $"{failed} of {names.Count} parity cases failed");
 
-        if (!args.Contains("--no-bench"))
-        {
-            Bench(be, "TF32 off");
-            using var tf32 = new CudaBackend(new BackendOptions { AllowTf32 = true });
-            Bench(tf32, "TF32 on");
+            if (!args.Contains("--no-bench"))
+            {
+                Bench(be, "TF32 off");
+                using var tf32 = new CudaBackend(new BackendOptions { AllowTf32 = true });
+                Bench(tf32, "TF32 on");
+            }
+            return failed == 0 ? 0 : 1;
         }
-        return failed == 0 ? 0 : 1;
     }
 
     /// <summary>Device time of a 4096^3 GEMM and of a labml-sized 3x3 convolution (batch 64, 128 channels, 32x32).</summary>

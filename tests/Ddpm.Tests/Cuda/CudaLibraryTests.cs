@@ -86,20 +86,23 @@ public sealed class CudaLibraryTests
             Assert.Equal([60, 20, 1], new[] { d.StrideA[0], d.StrideA[1], d.StrideA[2] });
             Assert.Equal([0, 1, 0], new[] { d.StrideB[0], d.StrideB[1], d.StrideB[2] });
         }
-        var tooMany = Enumerable.Range(0, 10).Select(i => i % 2 == 0 ? 2 : 1).ToArray();
-        var other = tooMany.Select(v => v == 2 ? 1 : 2).ToArray();
-        Assert.Throws<NotSupportedException>(() =>
-            CudaBackend.CoalesceBroadcast(tooMany, other, Enumerable.Repeat(2, 10).ToArray(), "test"));
+        // Alternating broadcasts do not merge: 16 dimensions stay 16, the most a tensor has; 17 are refused.
+        var alternating = Enumerable.Range(0, 16).Select(i => i % 2 == 0 ? 2 : 1).ToArray();
+        var other = alternating.Select(v => v == 2 ? 1 : 2).ToArray();
+        Assert.Equal(16, CudaBackend.CoalesceBroadcast(alternating, other, Enumerable.Repeat(2, 16).ToArray(), "test").Rank);
+        var e = Assert.Throws<NotSupportedException>(() =>
+            CudaBackend.CoalesceBroadcast([.. alternating, 2], [.. other, 1], Enumerable.Repeat(2, 17).ToArray(), "test"));
+        Assert.Contains("tensors have at most 16", e.Message);
     }
 
     [Fact]
     public void KernelArgumentLayoutMatchesTheKernels()
     {
         // The same sizes are static_asserts in common.cuh and conv.cu, checked by the NVRTC compile tests.
-        Assert.Equal(100, System.Runtime.CompilerServices.Unsafe.SizeOf<BroadcastDims>());
-        Assert.Equal(136, System.Runtime.CompilerServices.Unsafe.SizeOf<ReduceDims>());
+        Assert.Equal(196, System.Runtime.CompilerServices.Unsafe.SizeOf<BroadcastDims>());
+        Assert.Equal(264, System.Runtime.CompilerServices.Unsafe.SizeOf<ReduceDims>());
         Assert.Equal(52, System.Runtime.CompilerServices.Unsafe.SizeOf<ConvDims>());
-        Assert.Equal(100, KernelArg.Struct(new BroadcastDims()).Size);
+        Assert.Equal(196, KernelArg.Struct(new BroadcastDims()).Size);
     }
 
     [Fact]
@@ -130,5 +133,58 @@ public sealed class CudaLibraryTests
         Assert.Matches("libcuda\\.so\\.1 was not found|no CUDA device", e.Message);
         Assert.Null(CudaBackend.TryCreate(out string reason));
         Assert.Equal(e.Message, reason);
+    }
+
+    [Theory]
+    [InlineData(34, "stub library")]
+    [InlineData(46, "busy or unavailable")]
+    [InlineData(100, "no CUDA device")]
+    [InlineData(304, "operating-system call")]
+    [InlineData(803, "does not match")]
+    [InlineData(804, "forward-compatibility")]
+    public void CuInitResultsThatMeanNoUsableCudaHaveAReason(int code, string reason)
+    {
+        Assert.Contains(reason, CudaProbe.UnavailableReason((CUresult)code, deviceNodesExist: true));
+    }
+
+    [Fact]
+    public void CuInitFaultsAreNotMistakenForAMissingGpu()
+    {
+        // 999 is "no GPU" only where there is no /dev/nvidia*; 35 is a runtime-API code cuInit never returns.
+        Assert.Contains("/dev/nvidia", CudaProbe.UnavailableReason(CUresult.ErrorUnknown, deviceNodesExist: false));
+        Assert.Null(CudaProbe.UnavailableReason(CUresult.ErrorUnknown, deviceNodesExist: true));
+        Assert.Null(CudaProbe.UnavailableReason((CUresult)35, deviceNodesExist: false));
+        Assert.Null(CudaProbe.UnavailableReason(CUresult.ErrorInvalidValue, deviceNodesExist: false));
+    }
+
+    [Fact]
+    public void LibraryMajorsFollowTheDriver()
+    {
+        Assert.Equal(13, CudaLibraries.MajorOf("libcublas.so.13"));
+        Assert.Equal(11, CudaLibraries.MajorOf("libnvrtc.so.11.2"));
+        Assert.Null(CudaLibraries.MajorOf("libcuda.so.1"));
+        // A CUDA 12.8 driver cannot run cuBLAS 13; without a driver (NVRTC alone) every name is tried.
+        Assert.Equal(["libcublas.so.12", "libcublas.so.11"], CudaLibraries.CandidateFileNames(CudaLibrary.Cublas, 12));
+        Assert.Equal(["libnvrtc.so.12", "libnvrtc.so.11.2"], CudaLibraries.CandidateFileNames(CudaLibrary.Nvrtc, 12));
+        Assert.Equal(CudaLibraries.FileNames(CudaLibrary.Nvrtc), CudaLibraries.CandidateFileNames(CudaLibrary.Nvrtc, null));
+    }
+
+    [Fact]
+    public void SearchPathMayListSeveralFolders()
+    {
+        var env = new Dictionary<string, string?> { ["DDPM_CUDA_LIB_DIR"] = "/opt/sim:/opt/nvrtc" };
+        var dirs = CudaLibraries.SearchDirectories(CudaLibrary.Nvrtc, k => env.GetValueOrDefault(k), [], _ => []);
+        Assert.Equal(["/opt/sim", "/opt/nvrtc"], dirs.Take(2));
+    }
+
+    [Fact]
+    public void KernelOpCodesHeaderIsGeneratedFromTheEnums()
+    {
+        string root = CudaTestEnvironment.RepositoryRoot() ?? throw new InvalidOperationException("repository root not found");
+        string file = Path.Combine(root, "Ddpm.Backends.Cuda", "Kernels", KernelConstants.HeaderName);
+        string expected = KernelConstants.Generate();
+        Assert.True(File.ReadAllText(file) == expected,
+            $"{file} is out of date with UnaryOp/BinaryOp; write this text into it:\n{expected}");
+        Assert.Equal(expected, KernelSources.Headers.Single(h => h.Name == KernelConstants.HeaderName).Text);
     }
 }

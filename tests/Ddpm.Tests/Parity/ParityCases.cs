@@ -45,6 +45,10 @@ public static class ParityCases
         return r;
     }
 
+    /// <summary>
+    /// NMSE over the finite elements; a non-finite expected element must be matched exactly in kind (NaN, +Inf or
+    /// -Inf), and a non-finite result where a finite one is expected fails, so that a NaN is never hidden.
+    /// </summary>
     private static void Compare(string what, float[] expected, float[] actual, double tol)
     {
         Assert.Equal(expected.Length, actual.Length);
@@ -52,10 +56,16 @@ public static class ParityCases
         int worst = -1; double worstErr = -1;
         for (int i = 0; i < expected.Length; i++)
         {
-            double d = (double)actual[i] - expected[i];
-            if (double.IsNaN(d)) Assert.Fail($"{what}: element {i} is {actual[i]}, expected {expected[i]}.");
+            float e = expected[i], a = actual[i];
+            if (!float.IsFinite(e) || !float.IsFinite(a))
+            {
+                bool same = float.IsNaN(e) ? float.IsNaN(a) : e == a;
+                if (!same) Assert.Fail($"{what}: element {i} is {a}, expected {e}.");
+                continue;
+            }
+            double d = (double)a - e;
             num += d * d;
-            den += (double)expected[i] * expected[i];
+            den += (double)e * e;
             if (Math.Abs(d) > worstErr) { worstErr = Math.Abs(d); worst = i; }
         }
         double nmse = den == 0 ? num : num / den;
@@ -304,6 +314,85 @@ public static class ParityCases
                     b.Copy(i[0], 0, o[0], 0, n); b.Copy(i[2], 0, o[1], 0, n); b.Copy(i[3], 0, o[2], 0, n);
                 });
             }
+        });
+
+        // NaN and infinities through every elementwise op: a diverging run must show its NaN on every backend.
+        float[] special = [float.NaN, float.PositiveInfinity, float.NegativeInfinity, 0f, -0f, 1f, -1f, 0.5f, -2.5f, 3e38f, -3e38f, 1e-38f];
+        foreach (var op in Enum.GetValues<UnaryOp>())
+        {
+            yield return new($"nonfinite-unary-{op}", (be, rf) =>
+            {
+                int n = special.Length;
+                Both(be, rf, [special], [n], Transcendental, $"{op} of NaN/Inf", (b, i, o) => b.Unary(op, i[0], o[0], n));
+                var y = new float[n];
+                using (var r = new Ddpm.Backends.Cpu.CpuReferenceBackend())
+                {
+                    var xb = Up(r, special); var yb = r.Allocate(n);
+                    r.Unary(op, xb, yb, n);
+                    y = Down(r, yb, n);
+                }
+                // dy holds NaN and infinities too, at positions other than x's.
+                var dy = special.Reverse().ToArray();
+                Both(be, rf, [special, y, dy], [n], Transcendental, $"{op}' of NaN/Inf", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], o[0], n));
+                Both(be, rf, [special, y, N(n, 40)], [n], Transcendental, $"{op}' of NaN/Inf, finite dy", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], o[0], n));
+            });
+        }
+        yield return new("nonfinite-affine-axpby-clamp", (be, rf) =>
+        {
+            int n = special.Length;
+            var other = special.Reverse().ToArray();
+            Both(be, rf, [special], [n], Elementwise, "affine of NaN/Inf", (b, i, o) => b.Affine(i[0], o[0], n, 1.7f, -0.3f));
+            Both(be, rf, [special], [n], Elementwise, "affine by 0 of NaN/Inf", (b, i, o) => b.Affine(i[0], o[0], n, 0f, 1f));
+            Both(be, rf, [special], [n], Elementwise, "axpby of NaN/Inf", (b, i, o) => b.Axpby(i[0], o[0], n, 0.25f, 0.75f), other);
+            Both(be, rf, [special], [n], Elementwise, "clamp of NaN/Inf", (b, i, o) => b.Clamp(i[0], o[0], n, -0.5f, 0.7f));
+        });
+        foreach (var op in Enum.GetValues<BinaryOp>())
+            yield return new($"nonfinite-binary-{op}", (be, rf) =>
+            {
+                int n = special.Length;
+                // Every pair of special values, same shape and broadcast.
+                var a = new float[n * n]; var b2 = new float[n * n];
+                for (int i = 0; i < n; i++) for (int j = 0; j < n; j++) { a[i * n + j] = special[i]; b2[i * n + j] = special[j]; }
+                Both(be, rf, [a, b2], [n * n], Elementwise, $"{op} of NaN/Inf pairs", (b, i, o) => b.Binary(op, i[0], [n, n], i[1], [n, n], o[0], [n, n]));
+                Both(be, rf, [special, special], [n * n], Elementwise, $"{op} of NaN/Inf broadcast",
+                    (b, i, o) => b.Binary(op, i[0], [n, 1], i[1], [1, n], o[0], [n, n]));
+            });
+
+        // Shapes of the largest rank a tensor may have, alternating so that no dimensions merge.
+        foreach (int rank in new[] { 9, Shape.MaxRank })
+        {
+            var aShape = Enumerable.Range(0, rank).Select(d => d % 2 == 0 ? (d % 4 == 0 ? 3 : 2) : 1).ToArray();
+            var bShape = Enumerable.Range(0, rank).Select(d => d % 2 == 1 ? 2 : 1).ToArray();
+            if (rank == Shape.MaxRank) aShape = aShape.Select(v => Math.Min(v, 2)).ToArray();
+            var yShape = aShape.Zip(bShape, Math.Max).ToArray();
+            yield return new($"rank-{rank}-binary-sum-permute", (be, rf) =>
+            {
+                int ny = TestData.Size(yShape);
+                Both(be, rf, [N(TestData.Size(aShape), 41), N(TestData.Size(bShape), 42)], [ny], Elementwise, $"Binary rank {rank}",
+                    (b, i, o) => b.Binary(BinaryOp.Add, i[0], aShape, i[1], bShape, o[0], yShape));
+                Both(be, rf, [N(ny, 43)], [TestData.Size(aShape)], Reduction, $"SumToShape rank {rank}",
+                    (b, i, o) => b.SumToShape(i[0], yShape, o[0], aShape));
+                var perm = Enumerable.Range(0, rank).Reverse().ToArray();
+                Both(be, rf, [N(ny, 44)], [ny], 0, $"Permute rank {rank}", (b, i, o) => b.Permute(i[0], yShape, perm, o[0]));
+            });
+        }
+        yield return new("rank-above-max-refused", (be, rf) =>
+        {
+            // One more dimension than a tensor may have: every backend refuses it with the same message.
+            var shape = Enumerable.Repeat(1, Shape.MaxRank + 1).ToArray();
+            string Refusal(IBackend b, Action<IBackend, DeviceBuffer> op)
+            {
+                var buf = b.Allocate(4);
+                try { return Assert.Throws<NotSupportedException>(() => op(b, buf)).Message; }
+                finally { buf.Release(); }
+            }
+            Action<IBackend, DeviceBuffer>[] ops =
+            [
+                (b, x) => b.Binary(BinaryOp.Add, x, shape, x, shape, x, shape),
+                (b, x) => b.SumToShape(x, shape, x, shape),
+                (b, x) => b.Permute(x, shape, Enumerable.Range(0, shape.Length).ToArray(), x),
+            ];
+            foreach (var op in ops) Assert.Equal(Refusal(rf, op), Refusal(be, op));
         });
 
         yield return new("philox-fills", (be, rf) =>

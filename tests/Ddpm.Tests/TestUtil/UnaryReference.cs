@@ -37,8 +37,8 @@ internal static class UnaryReference
             UnaryOp.Sigmoid => s * (1 - s),
             UnaryOp.Silu => s * (1 + x * (1 - s)),
             UnaryOp.Tanh => 1 - Math.Tanh(x) * Math.Tanh(x),
-            UnaryOp.Relu => x > 0 ? 1 : 0,
-            UnaryOp.Abs => Math.Sign(x),
+            UnaryOp.Relu => x > 0 ? 1 : x <= 0 ? 0 : double.NaN,
+            UnaryOp.Abs => double.IsNaN(x) ? double.NaN : Math.Sign(x),
             _ => throw new ArgumentOutOfRangeException(nameof(op)),
         };
     }
