@@ -2,15 +2,18 @@ using System.Diagnostics;
 using Ddpm.Backends.Cuda;
 using Ddpm.Tensors;
 using Ddpm.Backends.Cpu;
+using Ddpm.Tests.Golden;
 using Ddpm.Tests.Parity;
+using Xunit.Abstractions;
 
 namespace Ddpm.Cuda.Check;
 
 /// <summary>
 /// Ddpm.Cuda.Check: probes CUDA, runs every per-op parity case of the test suite on the cuda backend against
-/// cpu-reference (TF32 off), then times GEMM and convolution on the device. Exit code 0 when every case passed,
-/// 1 on a failure, 2 when CUDA cannot be used here (nothing was checked; the reason is printed).
-/// Usage: Ddpm.Cuda.Check [--no-bench] [--filter SUBSTRING]
+/// cpu-reference (TF32 off), or with --golden the PyTorch golden tests on cuda, then times GEMM and convolution
+/// on the device. Exit code 0 when every check passed, 1 on a failure, 2 when CUDA cannot be used here (nothing
+/// was checked; the reason is printed).
+/// Usage: Ddpm.Cuda.Check [--golden] [--no-bench] [--filter SUBSTRING]
 /// </summary>
 public static class Program
 {
@@ -42,6 +45,7 @@ public static class Program
         using (be)
         {
             Console.WriteLine(be.Description);
+            if (args.Contains("--golden")) return Golden();
             int filterAt = Array.IndexOf(args, "--filter");
             string? filter = filterAt >= 0 && filterAt + 1 < args.Length ? args[filterAt + 1] : null;
             var names = ParityCases.Names.Select(n => (string)n[0]).Where(n => filter is null || n.Contains(filter, StringComparison.Ordinal)).ToList();
@@ -71,6 +75,48 @@ public static class Program
             }
             return failed == 0 ? 0 : 1;
         }
+    }
+
+    /// <summary>The golden tests of the suite (labml's UNet in PyTorch: forward, gradients, diffusion steps) on cuda.</summary>
+    private static int Golden()
+    {
+        var output = new ConsoleOutput();
+        var golden = new GoldenOnCuda(output);
+        var checks = new (string Name, Action Run)[]
+        {
+            ("golden: parameter names and count", golden.ParameterNamesAndCountMatchLabml),
+            ("golden: forward and gradients", golden.ForwardAndGradientsMatchPyTorch),
+            ("golden: schedule, loss and p_sample", golden.ScheduleLossAndPSampleMatchPyTorch),
+        };
+        int failed = 0;
+        foreach (var (name, run) in checks)
+        {
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                run();
+                Console.WriteLine($"PASS {name} ({sw.ElapsedMilliseconds} ms)");
+            }
+            catch (Exception e)
+            {
+                failed++;
+                Console.WriteLine($"FAIL {name}: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+            }
+        }
+        Console.WriteLine(failed == 0 ? $"all {checks.Length} golden checks passed" : $"{failed} of {checks.Length} golden checks failed");
+        return failed == 0 ? 0 : 1;
+    }
+
+    private sealed class GoldenOnCuda(ITestOutputHelper output) : GoldenTestsBase(output)
+    {
+        protected override IBackend CreateBackend() => new CudaBackend(new BackendOptions { AllowTf32 = false });
+    }
+
+    private sealed class ConsoleOutput : ITestOutputHelper
+    {
+        public void WriteLine(string message) => Console.WriteLine("  " + message);
+
+        public void WriteLine(string format, params object[] args) => Console.WriteLine("  " + string.Format(System.Globalization.CultureInfo.InvariantCulture, format, args));
     }
 
     /// <summary>Device time of a 4096^3 GEMM and of a labml-sized 3x3 convolution (batch 64, 128 channels, 32x32).</summary>

@@ -1,72 +1,111 @@
 #!/usr/bin/env bash
-# GPU checks of the cuda backend, for a session whose task has a GPU machine (see the device tool).
-# The GPU machine has no .NET, so the programs travel as a self-contained linux-x64 build.
+# The GPU checks of the cuda backend, sized for one short slot on a GPU machine (everything under 5 minutes, so
+# that a 15-minute slot holds the machine's start and one rerun). The GPU machine has no .NET: the programs
+# travel as a self-contained linux-x64 build, gzip-compressed, at most 64 MiB.
 #
-#   1. Here (no GPU):   tests/gpu/run.sh build
-#      publishes Ddpm.Cuda.Check (every per-op parity check + a device-time bench) and ddpm-tool,
-#      self-contained, into .gpu-carry/ (ignored by .gitignore) as one xz tarball (the carry limit is 64 MiB).
-#   2. Device call:     run(command="bash tests/gpu/run.sh device", carry=[".gpu-carry"], timeout_s=540)
-#      unpacks and runs, logging everything to $OUT/gpu-check.log:
-#        - Ddpm.Cuda.Check: CUDA probe, the parity checks with TF32 off, sgemm/conv timings with TF32 off and on;
-#        - ddpm-tool parity --backend cuda --against cpu / bench --backend cuda, when the tool has those verbs;
-#        - tests/gpu/torch_bench.py: the same sgemm and convolution in PyTorch, for the ratio.
-#      Exit status: that of the parity checks (0 all passed, 1 a failure, 2 no CUDA device).
-# Copy the results into BENCHMARKS.md by hand, with the date and the device line of the log.
+#   1. Here (no GPU):   bash tests/gpu/run.sh build
+#      publishes Ddpm.Cuda.Check and ddpm-tool self-contained into .gpu-carry/ (git-ignored) as one .tar.gz.
+#   2. Device call:     run(command="bash tests/gpu/run.sh device", carry=[".gpu-carry"], timeout_s=360)
+#      each part has its own time limit and its own log under $OUT:
+#        libraries.log    nvidia-smi, the CUDA libraries found (driver, cuBLAS, NVRTC), PyTorch's versions
+#        parity-ops.log   every per-op parity case on cuda against cpu-reference (TF32 off)
+#        golden.log       the PyTorch golden tests on cuda
+#        tool-parity.log  ddpm-tool parity --backend cuda --against cpu (forward, backward, training, sampling)
+#        bench.log        ddpm-tool bench --backend cuda, small and labml at batch 64, TF32 off and on, + kernels
+#        torch.log        the same UNet steps in the machine's PyTorch (eager), for the ratio
+#      Exit status: 0 when every check passed, 1 on a failure, 2 when no CUDA device could be used.
+#
+# The same device part runs on the simulated CUDA device (DDPM_CUDA_LIB_DIR=<sim>:<nvrtc>) to check this
+# script itself; its timings are then a CPU harness's, never GPU figures.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 carry="$repo_root/.gpu-carry"
+archive="$carry/ddpm-gpu.tar.gz"
+max_carry_bytes=$((64 * 1024 * 1024))
 
 build() {
   cd "$repo_root"
   rm -rf "$carry" && mkdir -p "$carry"
   local pub; pub="$(mktemp -d)"
   local props=(-c Release -r linux-x64 --self-contained true -p:DebugType=none -p:GenerateDocumentationFile=false)
-  dotnet publish tests/Ddpm.Cuda.Check/Ddpm.Cuda.Check.csproj "${props[@]}" -o "$pub/bin"
-  dotnet publish Ddpm.Tool/Ddpm.Tool.csproj "${props[@]}" -o "$pub/bin"
-  tar -C "$pub" -cJf "$carry/ddpm-gpu.tar.xz" bin
+  dotnet publish tests/Ddpm.Cuda.Check/Ddpm.Cuda.Check.csproj "${props[@]}" -o "$pub/bin" > "$pub/publish.log" 2>&1 ||
+    { tail -n 30 "$pub/publish.log"; exit 1; }
+  dotnet publish Ddpm.Tool/Ddpm.Tool.csproj "${props[@]}" -o "$pub/bin" >> "$pub/publish.log" 2>&1 ||
+    { tail -n 30 "$pub/publish.log"; exit 1; }
+  tar -C "$pub" -czf "$archive" bin
   rm -rf "$pub"
-  ls -l "$carry"
-  echo "now: run(command=\"bash tests/gpu/run.sh device\", carry=[\".gpu-carry\"], timeout_s=540)"
+  local size; size=$(stat -c %s "$archive")
+  echo "carry: $archive $((size / 1024 / 1024)) MiB"
+  if [ "$size" -gt "$max_carry_bytes" ]; then
+    echo "the carry is larger than the device tool's 64 MiB limit" >&2
+    exit 1
+  fi
+  echo "now: run(command=\"bash tests/gpu/run.sh device\", carry=[\".gpu-carry\"], timeout_s=360)"
+}
+
+# part NAME SECONDS COMMAND...: runs one part with its own limit, logging to $out/NAME.log; records its status.
+part() {
+  local name=$1 limit=$2; shift 2
+  local log="$out/$name.log" t0=$SECONDS rc=0
+  echo "== $name (limit ${limit}s): $*" | tee "$log"
+  timeout --kill-after=5 "$limit" "$@" >> "$log" 2>&1 || rc=$?
+  echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
+  tail -n 4 "$log" | sed 's/^/   /'
+  status_of[$name]=$rc
 }
 
 device() {
-  local out="${OUT:-$repo_root/.gpu-out}"
+  out="${OUT:-$repo_root/.gpu-out}"
   mkdir -p "$out"
-  local log="$out/gpu-check.log"
+  [ -f "$archive" ] || { echo "no $archive: run 'bash tests/gpu/run.sh build' here first and carry .gpu-carry" >&2; exit 2; }
   local work; work="$(mktemp -d)"
-  tar -C "$work" -xJf "$carry/ddpm-gpu.tar.xz"
-  local bin="$work/bin"
+  tar -C "$work" -xzf "$archive"
+  local bin="$work/bin" py="${PYTHON:-python3}" t0=$SECONDS
+  declare -gA status_of=()
   {
     echo "== $(date -u +%FT%TZ) $(uname -m)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  } 2>&1 | tee "$log"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi: not available"
+    echo "== CUDA libraries on the loader's path"
+    ldconfig -p 2>/dev/null | grep -E 'libcuda\.so|libcublas(Lt)?\.so|libnvrtc|libnccl' || true
+    echo "== CUDA libraries in Python wheels and toolkits"
+    find /usr/local/cuda*/lib64 /opt/*/.venv/lib/python3*/site-packages/nvidia /usr/local/lib/python3*/dist-packages/nvidia \
+      -maxdepth 3 \( -name 'libcublas*.so*' -o -name 'libnvrtc*.so*' -o -name 'libnccl.so*' \) 2>/dev/null | sort | head -n 40 || true
+    echo "== DDPM_CUDA_LIB_DIR=${DDPM_CUDA_LIB_DIR:-<unset>}"
+    "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' 2>&1 || true
+  } > "$out/libraries.log" 2>&1
+  cat "$out/libraries.log"
 
-  set +e
-  echo "== Ddpm.Cuda.Check" | tee -a "$log"
-  timeout 300 "$bin/Ddpm.Cuda.Check" 2>&1 | tee -a "$log"
-  local status=${PIPESTATUS[0]}
-
-  if "$bin/ddpm-tool" --help 2>&1 | grep -q '\bparity\b'; then
-    echo "== ddpm-tool parity --backend cuda --against cpu" | tee -a "$log"
-    timeout 120 "$bin/ddpm-tool" parity --backend cuda --against cpu --preset small 2>&1 | tee -a "$log"
-  else
-    echo "== ddpm-tool has no parity verb yet; skipped" | tee -a "$log"
+  part parity-ops 100 "$bin/Ddpm.Cuda.Check" --no-bench
+  if [ "${status_of[parity-ops]}" -eq 2 ]; then
+    echo "no CUDA device could be used; see $out/parity-ops.log"
+    rm -rf "$work"
+    return 2
   fi
-  if "$bin/ddpm-tool" --help 2>&1 | grep -q '\bbench\b'; then
-    for preset in small labml; do
-      echo "== ddpm-tool bench --backend cuda --preset $preset" | tee -a "$log"
-      timeout 120 "$bin/ddpm-tool" bench --backend cuda --preset "$preset" 2>&1 | tee -a "$log"
+  part golden 60 "$bin/Ddpm.Cuda.Check" --golden
+  part tool-parity 60 "$bin/ddpm-tool" parity --backend cuda --against cpu --preset tiny
+  : > "$out/bench.log"
+  bench() { for preset in small labml; do
+      "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json
+      "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json --tf32
     done
-  else
-    echo "== ddpm-tool has no bench verb yet; skipped" | tee -a "$log"
-  fi
+    "$bin/Ddpm.Cuda.Check" --filter gemm-NN-b1 ; }
+  part bench 90 bash -c "$(declare -f bench); bin='$bin' bench"
+  torch_steps() { for preset in small labml; do
+      "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5
+      "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5 --tf32
+    done
+    "$py" "$repo_root/tests/gpu/torch_bench.py" ; }
+  PYTHONUNBUFFERED=1 part torch 90 bash -c "$(declare -f torch_steps); bin='$bin' py='$py' repo_root='$repo_root' torch_steps"
 
-  echo "== PyTorch reference (tests/gpu/torch_bench.py)" | tee -a "$log"
-  PYTHONUNBUFFERED=1 timeout 120 python3 "$repo_root/tests/gpu/torch_bench.py" 2>&1 | tee -a "$log"
-  set -e
+  echo "== all parts took $((SECONDS - t0)) s; exit codes:"
+  local failed=0
+  for name in parity-ops golden tool-parity bench torch; do
+    echo "   $name ${status_of[$name]}"
+    case $name in parity-ops|golden|tool-parity) [ "${status_of[$name]}" -eq 0 ] || failed=1 ;; esac
+  done
   rm -rf "$work"
-  return "$status"
+  return "$failed"
 }
 
 case "${1:-}" in

@@ -5,6 +5,8 @@ peak memory (ru_maxrss).
 
 Run with Debian's PyTorch 1.13: apt-get install -y python3-torch libopenblas0-pthread, then
   OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 unet_step.py --preset small --mode train --threads 2
+On a GPU (eager PyTorch, the peer of `ddpm-tool bench --backend cuda`): --device cuda [--tf32]; the step's time
+then ends at a host synchronisation (loss.item(), out.sum().item()).
 """
 import argparse, json, math, resource, statistics, time
 import torch
@@ -197,19 +199,25 @@ def main():
     ap.add_argument('--steps', type=int, default=5)
     ap.add_argument('--warmup', type=int, default=1)
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    ap.add_argument('--tf32', action='store_true', help='allow TF32 tensor-core math on cuda (matmul and cuDNN)')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    if a.device == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
     p = dict(PRESETS[a.preset])
     batch = a.batch or p.pop('batch')
     p.pop('batch', None)
     dropout = p.pop('dropout', 0.1)
     torch.manual_seed(0)
-    model = UNet(**p)
+    model = UNet(**p).to(dev)
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = dropout
     T = 1000
-    beta = torch.linspace(0.0001, 0.02, T)
+    beta = torch.linspace(0.0001, 0.02, T, device=dev)
     alpha = 1 - beta
     alpha_bar = torch.cumprod(alpha, dim=0)
     shape = (batch, p['image_channels'], 32, 32)
@@ -218,10 +226,10 @@ def main():
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=2e-4)
         for i in range(a.warmup + a.steps):
-            x0 = torch.rand(shape) * 2 - 1
+            x0 = torch.rand(shape, device=dev) * 2 - 1
             start = time.perf_counter()
-            t = torch.randint(0, T, (batch,))
-            noise = torch.randn(shape)
+            t = torch.randint(0, T, (batch,), device=dev)
+            noise = torch.randn(shape, device=dev)
             ab = alpha_bar.gather(-1, t).reshape(-1, 1, 1, 1)
             xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
             loss = F.mse_loss(noise, model(xt, t))
@@ -233,8 +241,8 @@ def main():
                 times.append(time.perf_counter() - start)
     else:
         model.eval()
-        x = torch.randn(shape)
-        t = torch.full((batch,), 500, dtype=torch.long)
+        x = torch.randn(shape, device=dev)
+        t = torch.full((batch,), 500, dtype=torch.long, device=dev)
         with torch.no_grad():
             for i in range(a.warmup + a.steps):
                 start = time.perf_counter()
@@ -242,14 +250,15 @@ def main():
                 a_t = alpha.gather(-1, t).reshape(-1, 1, 1, 1)
                 ab = alpha_bar.gather(-1, t).reshape(-1, 1, 1, 1)
                 mean = 1 / a_t.sqrt() * (x - (1 - a_t) / (1 - ab).sqrt() * eps)
-                out = mean + beta.gather(-1, t).reshape(-1, 1, 1, 1).sqrt() * torch.randn(shape)
+                out = mean + beta.gather(-1, t).reshape(-1, 1, 1, 1).sqrt() * torch.randn(shape, device=dev)
                 out.sum().item()
                 if i >= a.warmup:
                     times.append(time.perf_counter() - start)
     med = statistics.median(times)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"torch {torch.__version__} {a.mode} {a.preset} batch {batch} threads {a.threads}: median {med:.4f} s = {batch / med:.2f} images/s; peak memory {peak / 1e9:.2f} GB")
-    print(json.dumps(dict(peer='pytorch', version=torch.__version__, mode=a.mode, preset=a.preset, batch=batch, threads=a.threads,
+    peak = torch.cuda.max_memory_allocated() if a.device == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    where = f"cuda tf32 {'on' if a.tf32 else 'off'}" if a.device == 'cuda' else f"threads {a.threads}"
+    print(f"torch {torch.__version__} {a.mode} {a.preset} batch {batch} {where}: median {med:.4f} s = {batch / med:.2f} images/s; peak memory {peak / 1e9:.2f} GB")
+    print(json.dumps(dict(peer='pytorch', version=torch.__version__, mode=a.mode, preset=a.preset, batch=batch, threads=a.threads, device=a.device, tf32=a.tf32,
                           median_s=med, images_per_s=batch / med, peak_memory_bytes=peak)))
 
 

@@ -168,3 +168,4 @@ public sealed class GoldenTestsCpu(ITestOutputHelper output) : GoldenTestsBase(o
 {
     protected override IBackend CreateBackend() => new CpuBackend(0);
 }
+
