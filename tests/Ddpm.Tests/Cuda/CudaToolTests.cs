@@ -17,7 +17,7 @@ public sealed class CudaToolTests
     [
         "train", "--backend", "cuda", "--preset", "tiny", "--steps", steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
         "--batch", "4", "--max-images", "32", "--diffusion-steps", "50", "--samples", "4", "--sample-steps", "2",
-        "--sample-every", "0", "--checkpoint-every", "2", "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--out", outDir, .. extra,
+        "--sample-every", "0", "--checkpoint-every", "2", "--log-every", "1", "--warmup", "1", "--lr", "1e-3", "--out", outDir, .. extra,
     ];
 
     private static string[] LossRows(string dir) => File.ReadAllLines(Path.Combine(dir, "loss.csv")).Skip(1).ToArray();
