@@ -505,6 +505,9 @@ std::vector<char*> g_stackPool;
 void* g_schedulerSp;
 Fiber* g_current;
 const LaunchState* g_launch;
+size_t g_nextNew;       // lowest thread of the block not started yet
+size_t g_blockThreads;  // threads in the block
+size_t g_done, g_atBarrier, g_atShuffle;  // threads of the block that exited, wait at a barrier, at a shuffle
 int g_faultCode;
 std::string g_faultDetail;
 alignas(64) unsigned char g_sharedArena[kMaxShared];
@@ -524,6 +527,8 @@ void ddpmsim_fiber_start(void) __attribute__((visibility("hidden")));
 
 namespace
 {
+// Returns the top of a pooled fiber stack. Tops are staggered across the 4 KiB page so the live frames of a
+// block's fibers do not all fall into the same cache sets.
 char* takeStack()
 {
     if (!g_stackPool.empty())
@@ -532,6 +537,7 @@ char* takeStack()
         g_stackPool.pop_back();
         return s;
     }
+    static size_t created = 0;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     void* m = mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
@@ -540,17 +546,15 @@ char* takeStack()
         abort();
     }
     mprotect(m, page, PROT_NONE);  // overflow faults instead of corrupting the next stack
-    return static_cast<char*>(m) + page;
+    size_t colour = (created++ * 320) % 4096;
+    return static_cast<char*>(m) + page + kFiberStack - colour;
 }
 
-void* initialFrame(char* stack)
+void* initialFrame(char* top)
 {
-    char* top = stack + kFiberStack;
-    uint64_t* slots = reinterpret_cast<uint64_t*>(top - 64);
-    slots[7] = reinterpret_cast<uint64_t>(&ddpmsim_fiber_start);  // return address
-    for (int i = 1; i < 7; i++) slots[i] = 0;                       // r15 .. rbp
-    uint32_t csr[2] = {0x1F80u, 0x037Fu};                            // MXCSR, x87 control word
-    memcpy(&slots[0], csr, 8);
+    uint64_t* slots = reinterpret_cast<uint64_t*>(top - 56);
+    slots[6] = reinterpret_cast<uint64_t>(&ddpmsim_fiber_start);  // return address
+    for (int i = 0; i < 6; i++) slots[i] = 0;                       // r15 .. rbp
     return slots;
 }
 
@@ -587,29 +591,63 @@ const char* stateName(FiberState s)
     }
 }
 
-// Resolves the shuffles of one warp; empty on success, else the error.
+std::string shuffleError(size_t first, size_t count, unsigned lane, const char* fmt, ...)
+{
+    const Fiber& f = g_fibers[first + lane];
+    std::string where = format("kernel %s: %s(mask 0x%08x) by lane %u of warp %zu of block %s: ", g_launch->kernel->name.c_str(),
+        shuffleName(f.shMode), f.shMask, lane, first / 32, blockName().c_str());
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    (void)count;
+    return where + buf;
+}
+
+// Resolves the shuffles of one warp; empty on success, else the error (messages are built only on failure).
 std::string resolveWarp(size_t first, size_t count)
 {
-    const std::string& kname = g_launch->kernel->name;
+    unsigned waiting = 0;
     for (size_t i = first; i < first + count; i++)
+        if (g_fibers[i].state == F_SHUFFLE) waiting |= 1u << (i - first);
+    if (waiting == 0) return "";
+    // The common case in one pass: every waiting lane makes the same call, and the lanes it names are exactly
+    // the waiting ones.
+    const Fiber& f0 = g_fibers[first + __builtin_ctz(waiting)];
+    bool uniform = f0.shMask == waiting && f0.shWidth == 32;
+    for (unsigned m = waiting; m != 0 && uniform; m &= m - 1)
+    {
+        const Fiber& o = g_fibers[first + __builtin_ctz(m)];
+        uniform = o.shMask == f0.shMask && o.shMode == f0.shMode && o.shSize == f0.shSize && o.shWidth == 32;
+    }
+    for (size_t i = first; i < first + count && !uniform; i++)
     {
         Fiber& f = g_fibers[i];
         if (f.state != F_SHUFFLE) continue;
         unsigned lane = (unsigned)(i - first);
-        std::string where = format("kernel %s: %s(mask 0x%08x) by lane %u of warp %zu of block %s", kname.c_str(),
-            shuffleName(f.shMode), f.shMask, lane, first / 32, blockName().c_str());
-        if (f.shWidth != 32) return where + format(": width %d is not simulated (only 32)", f.shWidth);
-        if (!(f.shMask >> lane & 1)) return where + ": the calling lane is not in the mask";
+        if (f.shWidth != 32) return shuffleError(first, count, lane, "width %d is not simulated (only 32)", f.shWidth);
+        if (!(f.shMask >> lane & 1)) return shuffleError(first, count, lane, "the calling lane is not in the mask");
+        if ((f.shMask & waiting) == f.shMask)
+        {
+            bool same = true;
+            for (unsigned m = f.shMask; m != 0 && same; m &= m - 1)
+            {
+                const Fiber& o = g_fibers[first + __builtin_ctz(m)];
+                same = o.shMask == f.shMask && o.shMode == f.shMode && o.shSize == f.shSize;
+            }
+            if (same) continue;
+        }
         for (unsigned j = 0; j < 32; j++)
         {
             if (!(f.shMask >> j & 1)) continue;
             if (j >= count)
-                return where + format(": the mask names lane %u, but the warp has only %zu lanes (block of %u threads)", j, count,
-                                   ddpmsim_blockDim.x * ddpmsim_blockDim.y * ddpmsim_blockDim.z);
+                return shuffleError(first, count, lane, "the mask names lane %u, but the warp has only %zu lanes (block of %u threads)", j,
+                    count, ddpmsim_blockDim.x * ddpmsim_blockDim.y * ddpmsim_blockDim.z);
             Fiber& o = g_fibers[first + j];
             if (o.state != F_SHUFFLE || o.shMask != f.shMask || o.shMode != f.shMode || o.shSize != f.shSize)
-                return where + format(": lane %u named in the mask %s", j,
-                                   o.state == F_SHUFFLE ? "waits at a different shuffle" : stateName(o.state));
+                return shuffleError(first, count, lane, "lane %u named in the mask %s", j,
+                    o.state == F_SHUFFLE ? "waits at a different shuffle" : stateName(o.state));
         }
     }
     for (size_t i = first; i < first + count; i++)
@@ -647,14 +685,26 @@ void releaseFiberStacks(size_t n)
 // Runs one block to completion; returns false (with g_faultCode/g_faultDetail) when it fails.
 bool runBlock(size_t n)
 {
+    unsigned x = 0, y = 0, z = 0;
     for (size_t i = 0; i < n; i++)
     {
         Fiber& f = g_fibers[i];
         f.state = F_NEW;
         f.stack = nullptr;
-        f.tid = uint3{(unsigned)(i % ddpmsim_blockDim.x), (unsigned)(i / ddpmsim_blockDim.x % ddpmsim_blockDim.y),
-            (unsigned)(i / ((size_t)ddpmsim_blockDim.x * ddpmsim_blockDim.y))};
+        f.tid = uint3{x, y, z};
+        if (++x == ddpmsim_blockDim.x)
+        {
+            x = 0;
+            if (++y == ddpmsim_blockDim.y)
+            {
+                y = 0;
+                z++;
+            }
+        }
     }
+    g_blockThreads = n;
+    g_done = g_atBarrier = g_atShuffle = 0;
+    g_nextNew = 0;
     g_sharedSlots.clear();
     g_sharedUsed = (g_launch->dynamicShared + 15) & ~15u;
     fillNan(g_sharedArena, g_launch->dynamicShared);
@@ -669,31 +719,27 @@ bool runBlock(size_t n)
                 f.stack = takeStack();
                 f.sp = initialFrame(f.stack);
                 f.state = F_RUN;
+                g_nextNew = i + 1;
             }
             else if (f.state != F_RUN)
                 continue;
             g_current = &f;
             ddpmsim_threadIdx = f.tid;
             ddpmsim_fiber_switch(&g_schedulerSp, f.sp);
-            if (f.state == F_DONE)
+            // The stack may have run later threads too: g_current is the one that switched back.
+            Fiber& c = *g_current;
+            if (c.state == F_DONE)
             {
-                g_stackPool.push_back(f.stack);
-                f.stack = nullptr;
+                g_stackPool.push_back(c.stack);
+                c.stack = nullptr;
             }
-            else if (f.state == F_FAULT)
+            else if (c.state == F_FAULT)
             {
                 releaseFiberStacks(n);
                 return false;
             }
         }
-        size_t done = 0, barrier = 0, shuffle = 0;
-        for (size_t i = 0; i < n; i++)
-        {
-            FiberState s = g_fibers[i].state;
-            done += s == F_DONE;
-            barrier += s == F_BARRIER;
-            shuffle += s == F_SHUFFLE;
-        }
+        size_t done = g_done, barrier = g_atBarrier, shuffle = g_atShuffle;
         if (done == n) return true;
         if (shuffle > 0)
         {
@@ -708,11 +754,13 @@ bool runBlock(size_t n)
                     return false;
                 }
             }
+            g_atShuffle = 0;
             continue;
         }
         if (barrier + done == n && done == 0)
         {
             for (size_t i = 0; i < n; i++) g_fibers[i].state = F_RUN;
+            g_atBarrier = 0;
             continue;
         }
         g_faultCode = LAUNCH_FAILED;
@@ -883,10 +931,26 @@ int attributeValue(int attr, int* value)
 
 extern "C" {
 
+// A fiber stack runs threads one after another: when a thread returns without having waited, the next thread
+// not yet started runs on the same stack without a switch, so kernels without barriers cost about a call per
+// thread. A thread that waits keeps the stack; the scheduler starts a new stack for the threads after it.
 [[noreturn]] void ddpmsim_fiber_main(void)
 {
-    g_launch->kernel->info.invoke(g_launch->kernel->info.fn, g_launch->args);
-    g_current->state = F_DONE;
+    const DdpmSimKernelInfo& k = g_launch->kernel->info;
+    for (;;)
+    {
+        k.invoke(k.fn, g_launch->args);
+        Fiber* f = g_current;
+        f->state = F_DONE;
+        g_done++;
+        if (g_nextNew >= g_blockThreads) break;
+        Fiber* next = &g_fibers[g_nextNew++];
+        next->stack = f->stack;
+        f->stack = nullptr;
+        next->state = F_RUN;
+        g_current = next;
+        ddpmsim_threadIdx = next->tid;
+    }
     yieldToScheduler();
     __builtin_unreachable();
 }
@@ -894,6 +958,7 @@ extern "C" {
 API void ddpmsim_syncthreads(void)
 {
     g_current->state = F_BARRIER;
+    g_atBarrier++;
     yieldToScheduler();
     ddpmsim_threadIdx = g_current->tid;
 }
@@ -902,6 +967,7 @@ API uint64_t ddpmsim_shfl(uint64_t bits, unsigned size, unsigned mask, int opera
 {
     Fiber* f = g_current;
     f->state = F_SHUFFLE;
+    g_atShuffle++;
     f->shValue = bits;
     f->shSize = (uint8_t)size;
     f->shMask = mask;

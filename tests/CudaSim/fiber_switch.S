@@ -1,5 +1,6 @@
-// x86-64 System V context switch for the simulator's fibers: saves the callee-saved registers, MXCSR and the
-// x87 control word on the current stack, stores the stack pointer in *from, and resumes the stack at to.
+// x86-64 System V context switch for the simulator's fibers: saves the callee-saved registers on the current
+// stack, stores the stack pointer in *from, and resumes the stack at to. MXCSR and the x87 control word are
+// not switched: kernels never change them, and every fiber of a launch runs on the thread that started it.
     .text
     .globl ddpmsim_fiber_switch
     .hidden ddpmsim_fiber_switch
@@ -11,14 +12,8 @@ ddpmsim_fiber_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
