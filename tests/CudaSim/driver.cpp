@@ -812,7 +812,9 @@ int readCubin(const unsigned char* img, std::unordered_set<std::string>& names)
     const Elf64_Ehdr* eh = reinterpret_cast<const Elf64_Ehdr*>(img);
     if (eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_ident[EI_DATA] != ELFDATA2LSB) return INVALID_IMAGE;
     if (eh->e_machine != 190 /* EM_CUDA */) return INVALID_IMAGE;
-    unsigned sm = eh->e_flags & 0xff;
+    // The architecture: e_flags bits 0-7 in ELF ABI version 7 (CUDA 11 and 12), bits 8-15 in version 8.
+    unsigned abi = eh->e_ident[EI_ABIVERSION];
+    unsigned sm = abi == 7 ? (eh->e_flags & 0xff) : abi >= 8 ? ((eh->e_flags >> 8) & 0xff) : 0;
     if (sm != 0 && (sm / 10 != 9 || sm > 90)) return fail(NO_BINARY_FOR_GPU, format("the cubin is for sm_%u; this device is sm_90", sm));
     if (eh->e_shentsize != sizeof(Elf64_Shdr) || eh->e_shnum == 0 || eh->e_shoff == 0) return INVALID_IMAGE;
     const Elf64_Shdr* sh = reinterpret_cast<const Elf64_Shdr*>(img + eh->e_shoff);

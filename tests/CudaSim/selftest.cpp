@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <elf.h>
+
 #include "sim_api.h"
 
 extern "C" {
@@ -384,6 +386,60 @@ void testCublas()
         "cuBLAS: a destroyed handle returns CUBLAS_STATUS_NOT_INITIALIZED (1)");
 }
 
+// A minimal cubin: ELF64 for EM_CUDA (190) with one function symbol; flags 0x5a055a as NVRTC writes for sm_90.
+std::vector<unsigned char> tinyCubin(const char* kernel, unsigned flags)
+{
+    std::string strtab = std::string("\0", 1) + kernel + std::string("\0", 1);
+    size_t strOff = sizeof(Elf64_Ehdr), symOff = (strOff + strtab.size() + 7) & ~(size_t)7;
+    size_t shOff = symOff + 2 * sizeof(Elf64_Sym);
+    std::vector<unsigned char> img(shOff + 3 * sizeof(Elf64_Shdr), 0);
+    Elf64_Ehdr eh{};
+    memcpy(eh.e_ident, ELFMAG, SELFMAG);
+    eh.e_ident[EI_CLASS] = ELFCLASS64;
+    eh.e_ident[EI_DATA] = ELFDATA2LSB;
+    eh.e_ident[EI_VERSION] = EV_CURRENT;
+    eh.e_ident[EI_OSABI] = 51;
+    eh.e_ident[EI_ABIVERSION] = 7;
+    eh.e_type = ET_EXEC;
+    eh.e_machine = 190;
+    eh.e_version = EV_CURRENT;
+    eh.e_flags = flags;
+    eh.e_ehsize = sizeof(Elf64_Ehdr);
+    eh.e_shoff = shOff;
+    eh.e_shentsize = sizeof(Elf64_Shdr);
+    eh.e_shnum = 3;
+    memcpy(img.data(), &eh, sizeof eh);
+    memcpy(img.data() + strOff, strtab.data(), strtab.size());
+    Elf64_Sym sym{};
+    sym.st_name = 1;
+    sym.st_info = ELF64_ST_INFO(STB_GLOBAL, STT_FUNC);
+    memcpy(img.data() + symOff + sizeof(Elf64_Sym), &sym, sizeof sym);
+    Elf64_Shdr sh[3]{};
+    sh[1].sh_type = SHT_STRTAB;
+    sh[1].sh_offset = strOff;
+    sh[1].sh_size = strtab.size();
+    sh[2].sh_type = SHT_SYMTAB;
+    sh[2].sh_offset = symOff;
+    sh[2].sh_size = 2 * sizeof(Elf64_Sym);
+    sh[2].sh_link = 1;
+    sh[2].sh_entsize = sizeof(Elf64_Sym);
+    memcpy(img.data() + shOff, sh, sizeof sh);
+    return img;
+}
+
+void testCubinImages()
+{
+    freshContext();
+    auto img = tinyCubin("selftest_store", 0x5a055a);
+    void *m = nullptr, *f = nullptr, *g = nullptr;
+    int r = cuModuleLoadData(&m, img.data());
+    check(r == 0 && cuModuleGetFunction(&f, m, "selftest_store") == 0 && cuModuleGetFunction(&g, m, "selftest_trap") == 500,
+        "an sm_90 ELF cubin loads; its symbol table decides which kernels it has");
+    if (m) cuModuleUnload(m);
+    auto old = tinyCubin("selftest_store", 0x500550);
+    check(cuModuleLoadData(&m, old.data()) == 209, "an sm_80 cubin returns CUDA_ERROR_NO_BINARY_FOR_GPU (209)");
+}
+
 void testLaunchLimitsAndLookups()
 {
     freshContext();
@@ -477,6 +533,7 @@ int main()
     testNanFillAndStaleCopies();
     testCublas();
     testLaunchLimitsAndLookups();
+    testCubinImages();
     testCounters();
     testOutOfMemory();
     printf("%d failed\n", g_failures);
