@@ -17,10 +17,13 @@ kernels=$repo/Ddpm.Backends.Cuda/Kernels
 [ -d "$kernels" ] || die "kernel folder $kernels is missing"
 mkdir -p "$out" || die "cannot create $out"
 out=$(cd "$out" && pwd)
-gen=$out/gen
+# Generated sources go to gen.new and replace those in gen only where they changed, so objects whose inputs
+# did not change are kept (a rebuild compiles only what changed).
+final_gen=$out/gen
+gen=$out/gen.new
 obj=$out/obj
-rm -rf "$gen" "$obj"
-mkdir -p "$gen/kernels" "$gen/selftest" "$obj"
+rm -rf "$gen"
+mkdir -p "$gen/kernels" "$gen/selftest" "$obj" "$final_gen"
 
 # CUDA's __shared__ declarations become per-block storage (see cuda_sim_kernel.h):
 #   extern __shared__ T name[];   ->  DDPMSIM_SHARED_DYNAMIC(T, name);
@@ -70,23 +73,42 @@ wrap_sources "$gen" reg_ "${sources[@]/#$kernels/$gen/kernels}"
 rewrite_shared "$here/selftest_kernels.cu" "$gen/selftest/selftest_kernels.cu"
 wrap_sources "$gen/selftest" reg_ "$gen/selftest/selftest_kernels.cu"
 
+# Publish gen.new as gen, touching only files whose content changed.
+(cd "$gen" && find . -type f) | while read -r f; do
+  mkdir -p "$(dirname "$final_gen/$f")"
+  cmp -s "$gen/$f" "$final_gen/$f" || cp "$gen/$f" "$final_gen/$f"
+done
+(cd "$final_gen" && find . -type f) | while read -r f; do [ -e "$gen/$f" ] || rm -f "$final_gen/$f"; done
+rm -rf "$gen"
+gen=$final_gen
+for o in "$obj"/reg_*.o; do
+  w=$(basename "${o%.o}").cpp
+  [ -e "$gen/$w" ] || rm -f "$o"
+done
+
 common=(-std=c++17 -O2 -fPIC -ffp-contract=off -fno-strict-overflow -Wall -Wno-unused-function -Wno-unused-variable -Werror=return-type)
 kflags=("${common[@]}" -fvisibility=hidden -include "$here/cuda_sim_kernel.h" -x c++)
 
-jobs=()
-compile() { # output, then compiler arguments
-  local o=$1; shift
-  "$CXX" "$@" -c -o "$o" 2> "$o.log" || { cat "$o.log" >&2; return 1; }
+# compile OUTPUT "DEPENDENCIES" COMPILER-ARGUMENTS...: skipped when OUTPUT is newer than every dependency.
+compile() {
+  local o=$1 deps=$2 d stale=0; shift 2
+  [ -e "$o" ] || stale=1
+  for d in $deps "${BASH_SOURCE[0]}"; do [ "$d" -nt "$o" ] && stale=1; done
+  [ $stale -eq 1 ] || return 0
+  "$CXX" "$@" -c -o "$o.tmp" 2> "$o.log" || { cat "$o.log" >&2; rm -f "$o.tmp"; return 1; }
+  mv -f "$o.tmp" "$o"
 }
+kdeps="$here/cuda_sim_kernel.h $(echo "$gen"/kernels/*)"
 pids=()
-compile "$obj/driver.o" "${common[@]}" -fvisibility=hidden -I "$here" "$here/driver.cpp" & pids+=($!)
-compile "$obj/fiber_switch.o" -fPIC "$here/fiber_switch.S" & pids+=($!)
-compile "$obj/cublas.o" "${common[@]}" -fvisibility=hidden -I "$here" "$here/cublas.cpp" & pids+=($!)
+compile "$obj/driver.o" "$here/driver.cpp $here/cuda_sim_kernel.h $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/driver.cpp" & pids+=($!)
+compile "$obj/fiber_switch.o" "$here/fiber_switch.S" -fPIC "$here/fiber_switch.S" & pids+=($!)
+compile "$obj/cublas.o" "$here/cublas.cpp $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/cublas.cpp" & pids+=($!)
 for w in "$gen"/reg_*.cpp; do
-  compile "$obj/$(basename "${w%.cpp}").o" "${kflags[@]}" -I "$gen/kernels" "$w" & pids+=($!)
+  compile "$obj/$(basename "${w%.cpp}").o" "$w $kdeps" "${kflags[@]}" -I "$gen/kernels" "$w" & pids+=($!)
 done
-compile "$obj/selftest.o" "${common[@]}" -I "$here" "$here/selftest.cpp" & pids+=($!)
-compile "$obj/selftest_kernels.o" "${kflags[@]}" -I "$gen/selftest" -I "$gen/kernels" "$gen/selftest/reg_selftest_kernels.cpp" & pids+=($!)
+compile "$obj/selftest.o" "$here/selftest.cpp $here/sim_api.h" "${common[@]}" -I "$here" "$here/selftest.cpp" & pids+=($!)
+compile "$obj/selftest_kernels.o" "$gen/selftest/reg_selftest_kernels.cpp $gen/selftest/selftest_kernels.cu $kdeps" \
+  "${kflags[@]}" -I "$gen/selftest" -I "$gen/kernels" "$gen/selftest/reg_selftest_kernels.cpp" & pids+=($!)
 failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=1; done
 [ $failed -eq 0 ] || die "compilation failed (messages above)"
