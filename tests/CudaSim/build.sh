@@ -128,5 +128,18 @@ mv -f "$out/libcublas.so.12.tmp" "$out/libcublas.so.12"
 stray=$(nm -D --defined-only "$out/libcuda.so.1" | awk '{print $3}' | grep -vE '^(cu|ddpmsim_)' || true)
 [ -z "$stray" ] || die "libcuda.so.1 exports symbols other than cu* and ddpmsim_*: $stray"
 
+# Every entry point the binding declares must exist here: a new [LibraryImport] in Native/*.cs needs a new
+# function in the simulator.
+native=$repo/Ddpm.Backends.Cuda/Native
+check_exports() { # library, binding file, pattern of its declarations
+  local lib=$1 file=$2 pattern=$3 missing
+  [ -f "$file" ] || die "binding file $file is missing"
+  missing=$(grep -oE "$pattern" "$file" | grep -oE '[A-Za-z_0-9]+$' | sort -u \
+    | while read -r fn; do nm -D --defined-only "$lib" | awk '{print $3}' | grep -qx "$fn" || echo "$fn"; done)
+  [ -z "$missing" ] || die "$(basename "$lib") lacks entry points $(basename "$file") declares: $(echo $missing)"
+}
+check_exports "$out/libcuda.so.1" "$native/Driver.cs" 'partial CUresult cu[A-Za-z_0-9]+'
+check_exports "$out/libcublas.so.12" "$native/Cublas.cs" 'partial int cublas[A-Za-z_0-9]+'
+
 "$out/cuda-sim-selftest" || die "the self-test failed (see the FAIL lines above)"
 echo "$out"
