@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Builds the CUDA simulator (a test harness, not a backend): libcuda.so.1 and libcublas.so.12 in the output
+# folder (default <repo>/.ci-cache/cuda-sim), with the kernels of Ddpm.Backends.Cuda/Kernels compiled for
+# the host, then builds and runs the self-test. Use: DDPM_CUDA_LIB_DIR=<output folder>. Prints the output
+# folder on its last line; exits non-zero with a message on any failure.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out=${1:-$repo/.ci-cache/cuda-sim}
+
+die() { echo "cuda-sim build: $*" >&2; exit 1; }
+
+CXX=${CXX:-g++}
+command -v "$CXX" >/dev/null 2>&1 || die "no C++ compiler ($CXX) found; install g++ (12 or newer)"
+kernels=$repo/Ddpm.Backends.Cuda/Kernels
+[ -d "$kernels" ] || die "kernel folder $kernels is missing"
+mkdir -p "$out" || die "cannot create $out"
+out=$(cd "$out" && pwd)
+# Generated sources go to gen.new and replace those in gen only where they changed, so objects whose inputs
+# did not change are kept (a rebuild compiles only what changed).
+final_gen=$out/gen
+gen=$out/gen.new
+obj=$out/obj
+rm -rf "$gen"
+mkdir -p "$gen/kernels" "$gen/selftest" "$obj" "$final_gen"
+
+# CUDA's __shared__ declarations become per-block storage (see cuda_sim_kernel.h):
+#   extern __shared__ T name[];   ->  DDPMSIM_SHARED_DYNAMIC(T, name);
+#   __shared__ T name[A][B];      ->  DDPMSIM_SHARED_STATIC(T, name, [A][B]);
+rewrite_shared() {
+  sed -E \
+    -e 's/extern[[:space:]]+__shared__[[:space:]]+(.*[^[:space:]])[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*\[[[:space:]]*\][[:space:]]*;/DDPMSIM_SHARED_DYNAMIC(\1, \2);/' \
+    -e 's/__shared__[[:space:]]+(.*[^[:space:]])[[:space:]]+([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*((\[[^]]*\])*)[[:space:]]*;/DDPMSIM_SHARED_STATIC(\1, \2, \3);/' \
+    "$1" > "$2" || die "cannot rewrite $1"
+  local left
+  left=$(sed -e 's://.*$::' "$2" | grep -n '__shared__' | head -n 1 || true)
+  [ -z "$left" ] || die "$1: a __shared__ declaration the simulator cannot rewrite (write 'T name[N];' or 'extern __shared__ T name[];' on one line): line $left"
+}
+
+# extern "C" __global__ void NAME( ... ), possibly across lines: the kernels the registry gets.
+kernel_names() {
+  tr '\n' ' ' < "$1" | grep -oE 'extern[[:space:]]+"C"[[:space:]]+__global__[[:space:]]+void[[:space:]]+[A-Za-z_][A-Za-z0-9_]*[[:space:]]*\(' \
+    | sed -E 's/.*void[[:space:]]+([A-Za-z_][A-Za-z0-9_]*).*/\1/' || true
+}
+
+# One wrapper per source: the source itself, then a registration per kernel, so each launcher is built from
+# the kernel's real signature.
+wrap_sources() { # dest-folder prefix files...
+  local dest=$1 prefix=$2; shift 2
+  local f base names
+  for f in "$@"; do
+    base=$(basename "$f")
+    names=$(kernel_names "$f")
+    {
+      echo "#include \"$base\""
+      for n in $names; do echo "DDPMSIM_REGISTER_KERNEL($n)"; done
+    } > "$dest/${prefix}${base%.cu}.cpp"
+    for n in $names; do echo "$n $base"; done >> "$dest/kernels.txt"
+  done
+  if [ -f "$dest/kernels.txt" ]; then
+    dup=$(cut -d' ' -f1 "$dest/kernels.txt" | sort | uniq -d | head -n 1)
+    [ -z "$dup" ] || die "kernel $dup is defined in more than one source ($(grep "^$dup " "$dest/kernels.txt" | cut -d' ' -f2 | tr '\n' ' '))"
+  fi
+}
+
+shopt -s nullglob
+sources=("$kernels"/*.cu)
+[ ${#sources[@]} -gt 0 ] || die "no kernel sources in $kernels"
+for f in "$kernels"/*.cu "$kernels"/*.cuh "$kernels"/*.h; do rewrite_shared "$f" "$gen/kernels/$(basename "$f")"; done
+: > "$gen/kernels.txt"
+wrap_sources "$gen" reg_ "${sources[@]/#$kernels/$gen/kernels}"
+rewrite_shared "$here/selftest_kernels.cu" "$gen/selftest/selftest_kernels.cu"
+wrap_sources "$gen/selftest" reg_ "$gen/selftest/selftest_kernels.cu"
+
+# Publish gen.new as gen, touching only files whose content changed.
+(cd "$gen" && find . -type f) | while read -r f; do
+  mkdir -p "$(dirname "$final_gen/$f")"
+  cmp -s "$gen/$f" "$final_gen/$f" || cp "$gen/$f" "$final_gen/$f"
+done
+(cd "$final_gen" && find . -type f) | while read -r f; do [ -e "$gen/$f" ] || rm -f "$final_gen/$f"; done
+rm -rf "$gen"
+gen=$final_gen
+for o in "$obj"/reg_*.o; do
+  w=$(basename "${o%.o}").cpp
+  [ -e "$gen/$w" ] || rm -f "$o"
+done
+
+common=(-std=c++17 -O2 -fPIC -ffp-contract=off -fno-strict-overflow -Wall -Wno-unused-function -Wno-unused-variable -Werror=return-type)
+kflags=("${common[@]}" -fvisibility=hidden -include "$here/cuda_sim_kernel.h" -x c++)
+
+# compile OUTPUT "DEPENDENCIES" COMPILER-ARGUMENTS...: skipped when OUTPUT is newer than every dependency.
+compile() {
+  local o=$1 deps=$2 d stale=0; shift 2
+  [ -e "$o" ] || stale=1
+  for d in $deps "${BASH_SOURCE[0]}"; do [ "$d" -nt "$o" ] && stale=1; done
+  [ $stale -eq 1 ] || return 0
+  "$CXX" "$@" -c -o "$o.tmp" 2> "$o.log" || { cat "$o.log" >&2; rm -f "$o.tmp"; return 1; }
+  mv -f "$o.tmp" "$o"
+}
+kdeps="$here/cuda_sim_kernel.h $(echo "$gen"/kernels/*)"
+pids=()
+compile "$obj/driver.o" "$here/driver.cpp $here/cuda_sim_kernel.h $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/driver.cpp" & pids+=($!)
+compile "$obj/fiber_switch.o" "$here/fiber_switch.S" -fPIC "$here/fiber_switch.S" & pids+=($!)
+compile "$obj/cublas.o" "$here/cublas.cpp $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/cublas.cpp" & pids+=($!)
+for w in "$gen"/reg_*.cpp; do
+  compile "$obj/$(basename "${w%.cpp}").o" "$w $kdeps" "${kflags[@]}" -I "$gen/kernels" "$w" & pids+=($!)
+done
+compile "$obj/selftest.o" "$here/selftest.cpp $here/sim_api.h" "${common[@]}" -I "$here" "$here/selftest.cpp" & pids+=($!)
+compile "$obj/selftest_kernels.o" "$gen/selftest/reg_selftest_kernels.cpp $gen/selftest/selftest_kernels.cu $kdeps" \
+  "${kflags[@]}" -I "$gen/selftest" -I "$gen/kernels" "$gen/selftest/reg_selftest_kernels.cpp" & pids+=($!)
+failed=0
+for p in "${pids[@]}"; do wait "$p" || failed=1; done
+[ $failed -eq 0 ] || die "compilation failed (messages above)"
+
+"$CXX" -shared -o "$out/libcuda.so.1.tmp" -Wl,-soname,libcuda.so.1 -Wl,--version-script="$here/libcuda.map" \
+  -Wl,-z,noexecstack "$obj/driver.o" "$obj/fiber_switch.o" "$obj"/reg_*.o -lpthread \
+  || die "linking libcuda.so.1 failed"
+mv -f "$out/libcuda.so.1.tmp" "$out/libcuda.so.1"
+"$CXX" -shared -o "$out/libcublas.so.12.tmp" -Wl,-soname,libcublas.so.12 -Wl,--version-script="$here/libcublas.map" \
+  "$obj/cublas.o" -L"$out" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lpthread \
+  || die "linking libcublas.so.12 failed"
+mv -f "$out/libcublas.so.12.tmp" "$out/libcublas.so.12"
+"$CXX" -o "$out/cuda-sim-selftest" "$obj/selftest.o" "$obj/selftest_kernels.o" -L"$out" -l:libcublas.so.12 -l:libcuda.so.1 \
+  -Wl,-rpath,"$out" -lpthread || die "linking the self-test failed"
+
+# Kernel names stay private to libcuda.so.1: only the driver API and the simulator's own entry points export.
+stray=$(nm -D --defined-only "$out/libcuda.so.1" | awk '{print $3}' | grep -vE '^(cu|ddpmsim_)' || true)
+[ -z "$stray" ] || die "libcuda.so.1 exports symbols other than cu* and ddpmsim_*: $stray"
+
+# Every entry point the binding declares must exist here: a new [LibraryImport] in Native/*.cs needs a new
+# function in the simulator.
+native=$repo/Ddpm.Backends.Cuda/Native
+check_exports() { # library, binding file, pattern of its declarations
+  local lib=$1 file=$2 pattern=$3 missing
+  [ -f "$file" ] || die "binding file $file is missing"
+  missing=$(grep -oE "$pattern" "$file" | grep -oE '[A-Za-z_0-9]+$' | sort -u \
+    | while read -r fn; do nm -D --defined-only "$lib" | awk '{print $3}' | grep -qx "$fn" || echo "$fn"; done)
+  [ -z "$missing" ] || die "$(basename "$lib") lacks entry points $(basename "$file") declares: $(echo $missing)"
+}
+check_exports "$out/libcuda.so.1" "$native/Driver.cs" 'partial CUresult cu[A-Za-z_0-9]+'
+check_exports "$out/libcublas.so.12" "$native/Cublas.cs" 'partial int cublas[A-Za-z_0-9]+'
+
+"$out/cuda-sim-selftest" || die "the self-test failed (see the FAIL lines above)"
+echo "$out"

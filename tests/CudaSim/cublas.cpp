@@ -1,0 +1,314 @@
+// libcublas.so.12 of the CUDA simulator: SGEMM (plain and strided batched) on the CPU, queued on the handle's
+// stream through the simulated driver so it runs in stream order with the copies and kernels. Column-major
+// as cuBLAS documents; products accumulate in double in index order, so results do not depend on blocking.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "sim_api.h"
+
+#define API extern "C" __attribute__((visibility("default")))
+
+namespace
+{
+enum : int
+{
+    STATUS_SUCCESS = 0,
+    STATUS_NOT_INITIALIZED = 1,
+    STATUS_ALLOC_FAILED = 3,
+    STATUS_INVALID_VALUE = 7,
+    STATUS_ARCH_MISMATCH = 8,
+    STATUS_MAPPING_ERROR = 11,
+    STATUS_EXECUTION_FAILED = 13,
+    STATUS_INTERNAL_ERROR = 14,
+    STATUS_NOT_SUPPORTED = 15,
+    STATUS_LICENSE_ERROR = 16,
+};
+
+struct Handle
+{
+    void* stream = nullptr;
+    int mathMode = 0;
+};
+
+std::mutex g_mu;
+std::unordered_set<Handle*> g_handles;
+
+bool valid(Handle* h)
+{
+    std::lock_guard<std::mutex> lock(g_mu);
+    return h != nullptr && g_handles.count(h) != 0;
+}
+
+struct Gemm
+{
+    bool transA, transB;
+    int m, n, k;
+    float alpha, beta;
+    const float* a;
+    int lda;
+    long long strideA;
+    const float* b;
+    int ldb;
+    long long strideB;
+    float* c;
+    int ldc;
+    long long strideC;
+    int batch;
+};
+
+// op(A) row i as doubles, 4 rows interleaved per panel: panel p holds rows 4p..4p+3, element (i, l) at
+// [p][l * 4 + i % 4]; rows past m are zero.
+void packA(const Gemm& g, const float* a, std::vector<double>& out)
+{
+    int panels = (g.m + 3) / 4;
+    out.assign((size_t)panels * g.k * 4, 0.0);
+    for (int i = 0; i < g.m; i++)
+    {
+        double* dst = out.data() + (size_t)(i / 4) * g.k * 4 + (i % 4);
+        if (!g.transA)
+            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = a[i + (size_t)l * g.lda];
+        else
+        {
+            const float* row = a + (size_t)i * g.lda;
+            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = row[l];
+        }
+    }
+}
+
+// op(B) column j likewise: panel q holds columns 4q..4q+3, element (l, j) at [q][l * 4 + j % 4].
+void packB(const Gemm& g, const float* b, std::vector<double>& out)
+{
+    int panels = (g.n + 3) / 4;
+    out.assign((size_t)panels * g.k * 4, 0.0);
+    for (int j = 0; j < g.n; j++)
+    {
+        double* dst = out.data() + (size_t)(j / 4) * g.k * 4 + (j % 4);
+        if (!g.transB)
+        {
+            const float* col = b + (size_t)j * g.ldb;
+            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = col[l];
+        }
+        else
+            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = b[j + (size_t)l * g.ldb];
+    }
+}
+
+void runGemm(void* ctx)
+{
+    const Gemm& g = *static_cast<Gemm*>(ctx);
+    std::vector<double> pa, pb;
+    for (int bi = 0; bi < g.batch; bi++)
+    {
+        float* c = g.c + (size_t)bi * g.strideC;
+        bool product = g.alpha != 0.0f && g.k > 0;
+        if (product)
+        {
+            packA(g, g.a + (size_t)bi * g.strideA, pa);
+            packB(g, g.b + (size_t)bi * g.strideB, pb);
+        }
+        for (int jq = 0; jq < g.n; jq += 4)
+        {
+            const double* bp = product ? pb.data() + (size_t)(jq / 4) * g.k * 4 : nullptr;
+            for (int ip = 0; ip < g.m; ip += 4)
+            {
+                double acc[4][4] = {};
+                if (product)
+                {
+                    const double* ap = pa.data() + (size_t)(ip / 4) * g.k * 4;
+                    // Each of the 16 sums runs over l in order: the same rounding as a naive double loop.
+                    for (int l = 0; l < g.k; l++)
+                    {
+                        const double* av = ap + (size_t)l * 4;
+                        const double* bv = bp + (size_t)l * 4;
+                        for (int r = 0; r < 4; r++)
+                            for (int s = 0; s < 4; s++) acc[r][s] += av[r] * bv[s];
+                    }
+                }
+                int rows = g.m - ip < 4 ? g.m - ip : 4, cols = g.n - jq < 4 ? g.n - jq : 4;
+                for (int s = 0; s < cols; s++)
+                {
+                    float* cc = c + (size_t)(jq + s) * g.ldc + ip;
+                    for (int r = 0; r < rows; r++)
+                    {
+                        double v = (double)g.alpha * acc[r][s];
+                        // beta == 0: C is output only, so whatever it held (NaN included) is not read.
+                        if (g.beta != 0.0f) v += (double)g.beta * cc[r];
+                        cc[r] = (float)v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+void freeGemm(void* ctx) { delete static_cast<Gemm*>(ctx); }
+
+bool fits(const void* p, int rows, int cols, int ld, long long stride, int batch)
+{
+    // Elements touched: the last batch's matrix, column-major rows x cols with leading dimension ld.
+    size_t extent = (size_t)(batch - 1) * (size_t)stride + (size_t)(cols - 1) * (size_t)ld + (size_t)rows;
+    return ddpmsim_check_device_range(p, extent * sizeof(float)) == 0;
+}
+
+int sgemm(Handle* h, int transa, int transb, int m, int n, int k, const float* alpha, const float* a, int lda, long long strideA,
+    const float* b, int ldb, long long strideB, const float* beta, float* c, int ldc, long long strideC, int batch, const char* what)
+{
+    if (!valid(h)) return STATUS_NOT_INITIALIZED;
+    if (transa < 0 || transa > 2 || transb < 0 || transb > 2) return STATUS_INVALID_VALUE;
+    bool ta = transa != 0, tb = transb != 0;  // CUBLAS_OP_C is CUBLAS_OP_T for real matrices
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return STATUS_INVALID_VALUE;
+    int rowsA = ta ? k : m, rowsB = tb ? n : k;
+    if (lda < (rowsA > 1 ? rowsA : 1) || ldb < (rowsB > 1 ? rowsB : 1) || ldc < (m > 1 ? m : 1)) return STATUS_INVALID_VALUE;
+    if (!alpha || !beta) return STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0 || batch == 0) return STATUS_SUCCESS;
+    int st = ddpmsim_context_status();
+    if (st != 0) return STATUS_EXECUTION_FAILED;
+    bool product = *alpha != 0.0f && k > 0;
+    std::string bad;
+    if (product && !fits(a, rowsA, ta ? m : k, lda, strideA, batch)) bad = "A";
+    else if (product && !fits(b, rowsB, tb ? k : n, ldb, strideB, batch)) bad = "B";
+    else if (!fits(c, m, n, ldc, strideC, batch)) bad = "C";
+    if (!bad.empty())
+    {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s: matrix %s (m %d, n %d, k %d, batch %d) lies outside the device allocations", what, bad.c_str(), m,
+            n, k, batch);
+        ddpmsim_set_sticky_error(700, msg);
+        return STATUS_EXECUTION_FAILED;
+    }
+    Gemm* g = new Gemm{ta, tb, m, n, k, *alpha, *beta, a, lda, strideA, b, ldb, strideB, c, ldc, strideC, batch};
+    if (ddpmsim_enqueue_host_work(h->stream, what, runGemm, g, freeGemm) != 0)
+    {
+        delete g;
+        return STATUS_EXECUTION_FAILED;
+    }
+    ddpmsim_count_gemm();
+    return STATUS_SUCCESS;
+}
+}  // namespace
+
+API int cublasCreate_v2(void** handle)
+{
+    if (!handle) return STATUS_INVALID_VALUE;
+    if (ddpmsim_context_status() != 0) return STATUS_NOT_INITIALIZED;
+    Handle* h = new Handle();
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_handles.insert(h);
+    *handle = h;
+    return STATUS_SUCCESS;
+}
+
+API int cublasDestroy_v2(void* handle)
+{
+    Handle* h = static_cast<Handle*>(handle);
+    std::lock_guard<std::mutex> lock(g_mu);
+    if (!h || !g_handles.erase(h)) return STATUS_NOT_INITIALIZED;
+    delete h;
+    return STATUS_SUCCESS;
+}
+
+API int cublasSetStream_v2(void* handle, void* stream)
+{
+    Handle* h = static_cast<Handle*>(handle);
+    if (!valid(h)) return STATUS_NOT_INITIALIZED;
+    h->stream = stream;
+    return STATUS_SUCCESS;
+}
+
+API int cublasGetStream_v2(void* handle, void** stream)
+{
+    Handle* h = static_cast<Handle*>(handle);
+    if (!valid(h)) return STATUS_NOT_INITIALIZED;
+    if (!stream) return STATUS_INVALID_VALUE;
+    *stream = h->stream;
+    return STATUS_SUCCESS;
+}
+
+API int cublasSetMathMode(void* handle, int mode)
+{
+    Handle* h = static_cast<Handle*>(handle);
+    if (!valid(h)) return STATUS_NOT_INITIALIZED;
+    // CUBLAS_DEFAULT_MATH 0, CUBLAS_TENSOR_OP_MATH 1, PEDANTIC 2, TF32 3, plus the 16 disallow-reduced-precision flag.
+    // TF32 is accepted but not emulated: products stay in double (the simulator is not a precision model).
+    int base = mode & ~16;
+    if (base < 0 || base > 3) return STATUS_INVALID_VALUE;
+    h->mathMode = mode;
+    return STATUS_SUCCESS;
+}
+
+API int cublasGetVersion_v2(void* handle, int* version)
+{
+    Handle* h = static_cast<Handle*>(handle);
+    if (!valid(h)) return STATUS_NOT_INITIALIZED;
+    if (!version) return STATUS_INVALID_VALUE;
+    *version = 120804;
+    return STATUS_SUCCESS;
+}
+
+API int cublasGetProperty(int type, int* value)
+{
+    if (!value) return STATUS_INVALID_VALUE;
+    switch (type)
+    {
+        case 0: *value = 12; return STATUS_SUCCESS;
+        case 1: *value = 8; return STATUS_SUCCESS;
+        case 2: *value = 4; return STATUS_SUCCESS;
+        default: return STATUS_INVALID_VALUE;
+    }
+}
+
+API int cublasSgemmStridedBatched(void* handle, int transa, int transb, int m, int n, int k, const float* alpha, const float* a,
+    int lda, long long strideA, const float* b, int ldb, long long strideB, const float* beta, float* c, int ldc, long long strideC,
+    int batchCount)
+{
+    return sgemm(static_cast<Handle*>(handle), transa, transb, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, ldc, strideC,
+        batchCount, "cublasSgemmStridedBatched");
+}
+
+API int cublasSgemm_v2(void* handle, int transa, int transb, int m, int n, int k, const float* alpha, const float* a, int lda,
+    const float* b, int ldb, const float* beta, float* c, int ldc)
+{
+    return sgemm(static_cast<Handle*>(handle), transa, transb, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1, "cublasSgemm_v2");
+}
+
+API const char* cublasGetStatusName(int status)
+{
+    switch (status)
+    {
+        case STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+        case STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+        case STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+        case STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+        case STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+        case STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+        case STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+        case STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+        case STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+        case STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+        default: return "CUBLAS_STATUS_UNKNOWN";
+    }
+}
+
+API const char* cublasGetStatusString(int status)
+{
+    switch (status)
+    {
+        case STATUS_SUCCESS: return "the operation completed successfully";
+        case STATUS_NOT_INITIALIZED: return "the library was not initialized";
+        case STATUS_ALLOC_FAILED: return "the resource allocation failed";
+        case STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
+        case STATUS_ARCH_MISMATCH: return "an absent device architectural feature is required";
+        case STATUS_MAPPING_ERROR: return "an access to GPU memory space failed";
+        case STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
+        case STATUS_INTERNAL_ERROR: return "an internal operation failed";
+        case STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
+        case STATUS_LICENSE_ERROR: return "the functionality requested requires some license";
+        default: return "unknown error";
+    }
+}
