@@ -30,8 +30,9 @@ public static class ImageFile
     /// <summary>
     /// Reads an image as grey (1 channel, stb's luma weights) or RGB (3); an alpha channel is dropped, not
     /// composited. Throws <see cref="DataFormatException"/> naming the file when it cannot be decoded, holds
-    /// more than <see cref="MaxFileBytes"/> or <see cref="MaxPixels"/>, or is a PNG with a damaged chunk
-    /// (stb_image does not check PNG checksums, so a flipped bit would otherwise become a wrong pixel).
+    /// more than <see cref="MaxFileBytes"/> or <see cref="MaxPixels"/>, is a PNG with a damaged chunk (stb_image
+    /// does not check PNG checksums, so a flipped bit would otherwise become a wrong pixel) or a JPEG whose
+    /// segments do not fit the file.
     /// </summary>
     public static DecodedImage Load(string path, int channels)
     {
@@ -41,6 +42,7 @@ public static class ImageFile
         if (bytes.Length == 0)
             throw new DataFormatException(path, "the file is empty");
         if (bytes.AsSpan().StartsWith(PngSignature)) CheckPngChunks(bytes, path);
+        else if (bytes.Length >= 2 && bytes[0] == 0xFF && bytes[1] == 0xD8) CheckJpegSegments(bytes, path);
 
         ImageResult img;
         try
@@ -90,6 +92,45 @@ public static class ImageFile
                 throw new DataFormatException(path, $"PNG chunk '{typeText}' fails its CRC check (stored {stored:X8}, computed {actual:X8}); the file is damaged", at);
             at += 12 + length;
             if (typeText == "IEND") return;
+        }
+    }
+
+    /// <summary>
+    /// Walks a JPEG's markers from SOI to EOI: every segment's declared length must lie inside the file and
+    /// the entropy-coded data after each SOS must end at a marker. stb_image trusts segment lengths and, once
+    /// one points past the end of the data, scans for the next marker without end, so a file that fails this
+    /// walk never reaches it. Bytes between segments are skipped as decoders do.
+    /// </summary>
+    private static void CheckJpegSegments(byte[] jpg, string path)
+    {
+        int at = 2;
+        while (true)
+        {
+            while (at < jpg.Length && jpg[at] != 0xFF) at++;
+            while (at < jpg.Length && jpg[at] == 0xFF) at++;
+            if (at >= jpg.Length)
+                throw new DataFormatException(path, "the JPEG ends without an EOI marker; it is truncated", jpg.Length);
+            int marker = jpg[at++];
+            if (marker == 0xD9) return;
+            // Stand-alone markers: restart intervals, TEM, and a stuffed zero outside a scan.
+            if (marker is >= 0xD0 and <= 0xD7 or 0x01 or 0x00) continue;
+            if (at + 2 > jpg.Length)
+                throw new DataFormatException(path, $"the JPEG ends inside the length of marker FF{marker:X2}; it is truncated", at);
+            int length = (jpg[at] << 8) | jpg[at + 1];
+            if (length < 2)
+                throw new DataFormatException(path, $"JPEG marker FF{marker:X2} declares a segment of {length} bytes, less than its own length field", at);
+            if (at + length > jpg.Length)
+                throw new DataFormatException(path, $"JPEG segment FF{marker:X2} of {length} bytes runs past the end of the file ({jpg.Length} bytes); it is truncated", at);
+            at += length;
+            if (marker != 0xDA) continue;
+            // Entropy-coded data: FF 00 is a stuffed byte and FF D0..D7 a restart; any other FF xx ends the scan.
+            while (true)
+            {
+                if (at + 1 >= jpg.Length)
+                    throw new DataFormatException(path, "the JPEG's scan data ends without a marker; it is truncated", jpg.Length);
+                if (jpg[at] == 0xFF && jpg[at + 1] is not (0x00 or 0xFF or (>= 0xD0 and <= 0xD7))) break;
+                at++;
+            }
         }
     }
 

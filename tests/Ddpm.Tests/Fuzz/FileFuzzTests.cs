@@ -22,7 +22,7 @@ namespace Ddpm.Tests.Fuzz;
 /// the file and holds no line break or NUL) or load correctly (finite weights of the shapes the model has,
 /// image sets of the declared size), within a time bound. Deterministic from a seed: DDPM_FUZZ_SEED (default
 /// below), DDPM_FUZZ_MUTANTS (mutants per format, default 200) reproduce or lengthen a run; DDPM_FUZZ_VERBOSE=1 lists
-/// every mutant's outcome.
+/// every mutant's outcome, DDPM_FUZZ_KEEP=folder keeps a failing mutant's bytes.
 /// </summary>
 public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
 {
@@ -252,7 +252,10 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
             });
             var started = sw.Elapsed;
             if (!run.Wait(Limit))
+            {
+                Keep(bytes, format, i);
                 throw new XunitException($"{where}: no answer within {Limit.TotalSeconds} s");
+            }
             var took = sw.Elapsed - started;
             if (took > slowest) (slowest, slowestWhat) = (took, where);
             switch (run.Result)
@@ -262,6 +265,7 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
                     if (Verbose) output.WriteLine($"{where}: loaded");
                     break;
                 case XunitException bad:
+                    Keep(bytes, format, i);
                     throw new XunitException($"{where}: loaded, but {bad.Message}");
                 case Exception e when e is IOException or InvalidDataException:
                     refused++;
@@ -272,11 +276,22 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
                         throw new XunitException($"{where}: the message is not one printable line: {e.Message.Replace("\0", "\\0")}");
                     break;
                 case var e:
+                    Keep(bytes, format, i);
                     throw new XunitException($"{where}: {e.GetType().Name} is not a clean error: {e}");
             }
         }
         output.WriteLine($"{format}: {Mutants} mutants of seed {seed}, {loaded} loaded, {refused} refused cleanly, {sw.Elapsed.TotalSeconds:F1} s; slowest {slowest.TotalMilliseconds:F0} ms: {slowestWhat}");
         Assert.True(refused > 0, "no mutant was refused: the mutations do not reach the checks");
+    }
+
+    /// <summary>With DDPM_FUZZ_KEEP=folder, a failing mutant is written there to reproduce it outside the suite.</summary>
+    private static void Keep(byte[] bytes, string format, int index)
+    {
+        if (Environment.GetEnvironmentVariable("DDPM_FUZZ_KEEP") is { Length: > 0 } keep)
+        {
+            Directory.CreateDirectory(keep);
+            File.WriteAllBytes(Path.Combine(keep, $"{format}-{index}.bin"), bytes);
+        }
     }
 
     private static (byte[] Bytes, string What) Labelled((byte[] Bytes, string What) m) => (m.Bytes, m.What + " (label file)");
