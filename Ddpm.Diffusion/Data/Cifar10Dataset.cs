@@ -9,6 +9,9 @@ namespace Ddpm.Diffusion.Data;
 public sealed class Cifar10Dataset : ByteImageDataset
 {
     public const int RecordSize = 1 + ImageBytes;
+
+    /// <summary>The most records one file may hold: all 60,000 images of CIFAR-10.</summary>
+    public const int MaxRecordsPerFile = 60_000;
     private const int Side = 32;
     private const int ImageBytes = 3 * Side * Side;
 
@@ -51,24 +54,18 @@ public sealed class Cifar10Dataset : ByteImageDataset
             pixels.Add(p);
             labels.Add(l);
         }
+        long total = pixels.Sum(p => (long)p.Length);
+        if (total > Array.MaxLength)
+            throw new DataFormatException(path, $"the {files.Length} batch files hold {total / ImageBytes} images, more than one array of {Array.MaxLength} bytes can hold");
         return new Cifar10Dataset(path, Concat(pixels), Concat(labels));
     }
 
     private static (byte[] Pixels, byte[] Labels) ReadBatch(string path)
     {
-        byte[] bytes;
-        try
-        {
-            // A real batch is 30 MB; refuse anything that could not be a batch before reading it whole.
-            long length = new FileInfo(path).Length;
-            if (length > 64L * RecordSize * 10_000)
-                throw new DataFormatException(path, $"the file is {length} bytes, far larger than a CIFAR-10 batch");
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException)
-        {
-            throw new DataFormatException(path, $"cannot open the file: {ex.Message}", null, ex);
-        }
+        // A real batch is 10,000 records (30 MB); the reported length is not trusted (a link to a device reports
+        // none), so the read itself stops at the largest file a CIFAR-10 set could be.
+        byte[] bytes = BoundedFile.ReadAllBytes(path, (long)MaxRecordsPerFile * RecordSize,
+            $"a CIFAR-10 file may hold ({MaxRecordsPerFile} records of {RecordSize})");
         if (bytes.Length == 0)
             throw new DataFormatException(path, "the file is empty");
         if (bytes.Length % RecordSize != 0)

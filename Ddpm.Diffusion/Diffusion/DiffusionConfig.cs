@@ -72,10 +72,21 @@ public sealed record DiffusionConfig
 
     public (float Lo, float Hi) Range => DataRange == DataRange.MinusOneToOne ? (-1f, 1f) : (0f, 1f);
 
+    /// <summary>Most diffusion steps; the schedules are arrays of this length.</summary>
+    public const int MaxSteps = 1_000_000;
+
+    /// <summary>Checks every setting; throws <see cref="ConfigValueException"/> naming the first that cannot work.</summary>
     public void Validate()
     {
-        if (NSteps < 2) throw new ArgumentException($"n_steps must be at least 2, got {NSteps}.");
-        if (!(BetaStart > 0 && BetaEnd < 1 && BetaStart <= BetaEnd))
-            throw new ArgumentException($"Need 0 < beta_start <= beta_end < 1; got {BetaStart}, {BetaEnd}.");
+        if (NSteps < 2 || NSteps > MaxSteps)
+            throw new ConfigValueException("n_steps", $"{NSteps} is not between 2 and {MaxSteps}.");
+        if (!(BetaStart > 0 && BetaStart < 1))
+            throw new ConfigValueException("beta_start", $"{BetaStart} is not in (0, 1).");
+        if (!(BetaEnd >= BetaStart && BetaEnd < 1))
+            throw new ConfigValueException("beta_end", $"{BetaEnd} is not in [beta_start {BetaStart}, 1).");
+        if (!Enum.IsDefined(Schedule)) throw new ConfigValueException("schedule", $"{(int)Schedule} is not linear or cosine.");
+        if (!Enum.IsDefined(Variance)) throw new ConfigValueException("variance", $"{(int)Variance} is not FixedLarge or FixedSmall.");
+        if (!Enum.IsDefined(DataRange)) throw new ConfigValueException("data_range", $"{(int)DataRange} is not MinusOneToOne or ZeroToOne.");
+        if (!Enum.IsDefined(Prediction)) throw new ConfigValueException("prediction", $"{(int)Prediction} is not Eps or V.");
     }
 }

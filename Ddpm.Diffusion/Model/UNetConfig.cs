@@ -18,6 +18,33 @@ public sealed record UNetConfig
     [JsonPropertyName("dropout")] public float Dropout { get; init; } = 0.1f;
     [JsonPropertyName("n_heads")] public int NHeads { get; init; } = 1;
 
+    /// <summary>Most resolution levels (entries of ch_mults); each level halves the image.</summary>
+    public const int MaxLevels = 12;
+
+    /// <summary>Most residual blocks per level; labml uses 2, the DDPM paper 2.</summary>
+    public const int MaxBlocks = 64;
+
+    /// <summary>Most attention heads; labml's head width is the block's whole width, so each head adds its weights.</summary>
+    public const int MaxHeads = 256;
+
+    /// <summary>Most channels at any level; every layer's weights grow with its square.</summary>
+    public const long MaxLevelChannels = 1 << 16;
+
+    /// <summary>Largest image side.</summary>
+    public const int MaxImageSize = 1 << 13;
+
+    /// <summary>
+    /// Most parameters a model may have (2^31, 8 GiB of float32 weights; training holds five such copies). The
+    /// count is computed from the config alone, so an absurd header is refused before anything is allocated.
+    /// </summary>
+    public const long MaxParameters = 1L << 31;
+
+    /// <summary>
+    /// Most elements of any one tensor, weight or per-image activation: the attention scores of one image at
+    /// the finest attention level, [heads, HW, HW], are the largest.
+    /// </summary>
+    public const long MaxTensorElements = 1L << 31;
+
     /// <summary>Channels of each resolution level (compounded multipliers).</summary>
     public int[] LevelChannels()
     {
@@ -27,30 +54,126 @@ public sealed record UNetConfig
         return r;
     }
 
-    /// <summary>Checks the options and names the first that cannot work.</summary>
+    /// <summary>
+    /// Checks every option and throws <see cref="ConfigValueException"/> naming the first that cannot work,
+    /// including resource bounds (<see cref="MaxParameters"/>, <see cref="MaxTensorElements"/>) computed
+    /// arithmetically, so neither the command line nor a file's header can make the model allocate absurdly.
+    /// </summary>
     public void Validate()
     {
-        if (ImageChannels <= 0) throw new ArgumentException($"image_channels must be positive, got {ImageChannels}.");
-        if (NChannels <= 0 || NChannels % 8 != 0) throw new ArgumentException($"n_channels must be a positive multiple of 8 (final GroupNorm(8) and the time embedding), got {NChannels}.");
-        if (ChMults.Length == 0 || ChMults.Any(m => m <= 0)) throw new ArgumentException("ch_mults must be a non-empty list of positive integers.");
-        if (IsAttn.Length != ChMults.Length) throw new ArgumentException($"is_attn has {IsAttn.Length} entries but ch_mults has {ChMults.Length}.");
-        if (NBlocks <= 0) throw new ArgumentException($"n_blocks must be positive, got {NBlocks}.");
-        if (NHeads <= 0) throw new ArgumentException($"n_heads must be positive, got {NHeads}.");
-        if (Dropout < 0 || Dropout >= 1) throw new ArgumentException($"dropout must be in [0, 1), got {Dropout}.");
+        if (ImageChannels is not (1 or 3))
+            throw new ConfigValueException("image_channels", $"{ImageChannels} is not 1 (grey) or 3 (RGB).");
+        if (NChannels <= 0 || NChannels % 8 != 0)
+            throw new ConfigValueException("n_channels", $"{NChannels} is not a positive multiple of 8 (final GroupNorm(8) and the time embedding).");
+        if (ChMults is null || ChMults.Length == 0 || ChMults.Length > MaxLevels || ChMults.Any(m => m <= 0))
+            throw new ConfigValueException("ch_mults", $"{List(ChMults)} is not a list of 1 to {MaxLevels} positive integers.");
+        if (IsAttn is null || IsAttn.Length != ChMults.Length)
+            throw new ConfigValueException("is_attn", $"{(IsAttn is null ? "null" : $"has {IsAttn.Length} entries but ch_mults has {ChMults.Length}")}; it needs one flag per level.");
+        if (NBlocks <= 0 || NBlocks > MaxBlocks)
+            throw new ConfigValueException("n_blocks", $"{NBlocks} is not between 1 and {MaxBlocks}.");
+        if (NHeads <= 0 || NHeads > MaxHeads)
+            throw new ConfigValueException("n_heads", $"{NHeads} is not between 1 and {MaxHeads}.");
+        if (!(Dropout >= 0 && Dropout < 1))
+            throw new ConfigValueException("dropout", $"{Dropout} is not in [0, 1).");
         int down = 1 << (ChMults.Length - 1);
-        if (ImageSize <= 0 || ImageSize % down != 0)
-            throw new ArgumentException($"image_size {ImageSize} must be divisible by {down} ({ChMults.Length - 1} downsamplings).");
-        foreach (int c in LevelChannels().Prepend(NChannels))
-            if (c % NGroups != 0)
-                throw new ArgumentException($"{c} channels do not split into {NGroups} groups for GroupNorm.");
-        var lc = LevelChannels();
+        if (ImageSize <= 0 || ImageSize > MaxImageSize || ImageSize % down != 0)
+            throw new ConfigValueException("image_size", ImageSize <= 0 || ImageSize > MaxImageSize
+                ? $"{ImageSize} is not between 1 and {MaxImageSize}."
+                : $"{ImageSize} must be divisible by {down} ({ChMults.Length - 1} downsamplings).");
+        var lc = new long[ChMults.Length];
+        long c = NChannels;
         for (int i = 0; i < lc.Length; i++)
         {
-            int prev = i == 0 ? NChannels : lc[i - 1];
-            if ((lc[i] + prev) % NGroups != 0 || (2 * lc[i]) % NGroups != 0)
-                throw new ArgumentException($"Up-block input channels at level {i} do not split into {NGroups} groups.");
+            // Bounded at each level, so the product cannot overflow.
+            c *= ChMults[i];
+            if (c > MaxLevelChannels)
+                throw new ConfigValueException("ch_mults", $"{List(ChMults)} gives level {i} {c} channels (n_channels {NChannels}); at most {MaxLevelChannels} are allowed.");
+            lc[i] = c;
         }
+        if (NGroups <= 0 || NChannels % NGroups != 0)
+            throw new ConfigValueException("n_groups", $"{NGroups} is not a positive divisor of n_channels {NChannels}.");
+        for (int i = 0; i < lc.Length; i++)
+        {
+            long prev = i == 0 ? NChannels : lc[i - 1];
+            foreach (long ch in (long[])[lc[i], lc[i] + prev, 2 * lc[i]])
+                if (ch % NGroups != 0)
+                    throw new ConfigValueException("n_groups", $"{NGroups} does not divide the {ch} channels of a level-{i} block's GroupNorm.");
+        }
+
+        var (total, largest, largestName) = Size();
+        if (largest > MaxTensorElements)
+            throw new ConfigValueException(largestName.Key, $"{largestName.Value} makes {largestName.What} of {largest:N0} elements; at most {MaxTensorElements:N0} are allowed.");
+        if (total > MaxParameters)
+            throw new ConfigValueException("n_blocks", $"{NBlocks} with n_channels {NChannels}, ch_mults {List(ChMults)} and n_heads {NHeads} gives {total:N0} parameters; at most {MaxParameters:N0} are allowed.");
     }
+
+    /// <summary>
+    /// The parameter count of <see cref="UNet"/> for this config, computed from the layer sizes without
+    /// building anything (call <see cref="Validate"/> first: the sizes are then bounded and cannot overflow).
+    /// </summary>
+    public long ParameterCount() => Size().Total;
+
+    private (long Total, long Largest, (string Key, string Value, string What) LargestName) Size()
+    {
+        long nc = NChannels, tc = 4 * nc, total = 0, largest = 0;
+        (string, string, string) largestName = ("n_channels", NChannels.ToString(System.Globalization.CultureInfo.InvariantCulture), "a weight");
+        void Note(long elements, string key, string value, string what)
+        {
+            if (elements > largest) { largest = elements; largestName = (key, value, what); }
+        }
+        long Conv(long inCh, long outCh, long k)
+        {
+            Note(outCh * inCh * k * k, "ch_mults", List(ChMults), "a convolution weight");
+            return outCh * inCh * k * k + outCh;
+        }
+        long Lin(long inF, long outF)
+        {
+            Note(inF * outF, "n_heads", NHeads.ToString(System.Globalization.CultureInfo.InvariantCulture), "a linear weight");
+            return inF * outF + outF;
+        }
+        long Res(long inCh, long outCh) =>
+            2 * inCh + Conv(inCh, outCh, 3) + 2 * outCh + Conv(outCh, outCh, 3) + (inCh != outCh ? Conv(inCh, outCh, 1) : 0) + Lin(tc, outCh);
+        long Attn(long ch, int side)
+        {
+            long hw = (long)side * side;
+            // Scores [heads, HW, HW] per image; bounded as a double first so the product cannot overflow.
+            double scores = (double)NHeads * hw * hw;
+            Note(scores > long.MaxValue / 2 ? long.MaxValue / 2 : NHeads * hw * hw, "image_size",
+                $"{ImageSize} with attention at {side}x{side} and {NHeads} head(s)", "an attention score tensor");
+            return 2 * ch + Lin(ch, NHeads * ch * 3) + Lin(NHeads * ch, ch);
+        }
+
+        total += Conv(ImageChannels, nc, 3) + Lin(tc / 4, tc) + Lin(tc, tc);
+        int levels = ChMults.Length;
+        long inCh = nc, outCh = nc;
+        int side = ImageSize;
+        for (int i = 0; i < levels; i++)
+        {
+            outCh = inCh * ChMults[i];
+            Note(outCh * side * side, "image_size", $"{ImageSize} with {outCh} channels at {side}x{side}", "an activation");
+            for (int j = 0; j < NBlocks; j++)
+            {
+                total += Res(inCh, outCh) + (IsAttn[i] ? Attn(outCh, side) : 0);
+                inCh = outCh;
+            }
+            if (i < levels - 1) { total += Conv(inCh, inCh, 3); side /= 2; }
+        }
+        total += Res(outCh, outCh) + Attn(outCh, side) + Res(outCh, outCh);
+        inCh = outCh;
+        for (int i = levels - 1; i >= 0; i--)
+        {
+            outCh = inCh;
+            for (int j = 0; j < NBlocks; j++) total += Res(inCh + outCh, outCh) + (IsAttn[i] ? Attn(outCh, side) : 0);
+            outCh = inCh / ChMults[i];
+            total += Res(inCh + outCh, outCh) + (IsAttn[i] ? Attn(outCh, side) : 0);
+            inCh = outCh;
+            if (i > 0) { total += inCh * inCh * 16 + inCh; side *= 2; }
+        }
+        total += 2 * nc + Conv(inCh, ImageChannels, 3);
+        return (total, largest, largestName);
+    }
+
+    private static string List<T>(T[]? values) => values is null ? "null" : "[" + string.Join(",", values) + "]";
 
     public override string ToString() =>
         $"UNet(image_channels={ImageChannels}, image_size={ImageSize}, n_channels={NChannels}, ch_mults=[{string.Join(",", ChMults)}], " +

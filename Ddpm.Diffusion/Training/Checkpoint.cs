@@ -19,42 +19,121 @@ public sealed class Checkpoint
     public const string Format = "ddpm-checkpoint/1";
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
 
-    private Checkpoint(string path, SafeTensorsFile file)
+    private Checkpoint(string path, SafeTensorsFile file, HeaderValues header)
     {
         Path = path;
         File = file;
-        var m = file.Metadata;
-        IsTrainingCheckpoint = m.TryGetValue("format", out var f) && f == Format;
-        Model = Parse<UNetConfig>(m, "model");
-        Diffusion = Parse<DiffusionConfig>(m, "diffusion");
-        Training = Parse<TrainingConfig>(m, "training");
-        Step = m.TryGetValue("step", out var s) ? long.Parse(s, CultureInfo.InvariantCulture) : 0;
+        _header = header;
     }
+
+    private readonly HeaderValues _header;
 
     public string Path { get; }
     public SafeTensorsFile File { get; }
-    public bool IsTrainingCheckpoint { get; }
-    public UNetConfig? Model { get; }
-    public DiffusionConfig? Diffusion { get; }
-    public TrainingConfig? Training { get; }
-    public long Step { get; }
+    public bool IsTrainingCheckpoint => _header.IsTrainingCheckpoint;
+    public UNetConfig? Model => _header.Model;
+    public DiffusionConfig? Diffusion => _header.Diffusion;
+    public TrainingConfig? Training => _header.Training;
+    public long Step => _header.Step ?? 0;
     public bool HasEma => File.Entries.Any(e => e.Name.StartsWith("ema.", StringComparison.Ordinal));
     private string WeightPrefix => IsTrainingCheckpoint ? "model." : "";
 
-    private T? Parse<T>(IReadOnlyDictionary<string, string> m, string key) where T : class
+    /// <summary>What the header's metadata says, every value checked.</summary>
+    private sealed record HeaderValues(bool IsTrainingCheckpoint, UNetConfig? Model, DiffusionConfig? Diffusion, TrainingConfig? Training,
+        long? Step, ulong? NoiseOffset, ulong? DropoutOffset, long? DataEpoch, long? DataIndex);
+
+    /// <summary>
+    /// Reads a checkpoint or weights file. Every header value is checked before any tensor data is read: the
+    /// configs by the same <c>Validate</c> rules as the command-line options (including the model's size
+    /// bounds), the counters as non-negative integers; then every tensor must be floating-point and finite.
+    /// Any problem throws <see cref="SafeTensorsFormatException"/> naming the file and the key or tensor.
+    /// </summary>
+    public static Checkpoint Load(string path)
     {
-        if (!m.TryGetValue(key, out var json)) return null;
-        try
+        HeaderValues? header = null;
+        var file = SafeTensorsFile.Read(path, h =>
         {
-            return JsonSerializer.Deserialize<T>(json, Json);
-        }
-        catch (JsonException e)
+            header = ParseHeader(path, h.Metadata);
+            if (header.Model is { } model) CheckParameterCount(path, model, h, header.IsTrainingCheckpoint);
+        });
+        foreach (var e in file.Entries)
         {
-            throw new InvalidDataException($"{Path}: the '{key}' config in the header is not valid: {e.Message}", e);
+            if (!e.IsFloat)
+                throw new SafeTensorsFormatException(path, e.Name, $"dtype {e.DType} is not a floating-point type; model tensors are F32 (or F16, BF16, F64)");
+            long bad = e.FirstNonFinite();
+            if (bad >= 0)
+                throw new SafeTensorsFormatException(path, e.Name,
+                    $"value {bad} of {e.ShapeText} is {e.Floats![bad]}; a model's tensors must be finite (was it saved after training diverged?)");
         }
+        return new Checkpoint(path, file, header!);
     }
 
-    public static Checkpoint Load(string path) => new(path, SafeTensorsFile.Read(path));
+    /// <summary>
+    /// The config's parameter count (arithmetic, nothing built) must equal the elements the file holds for the
+    /// weights and for the EMA weights: a header that describes another model is refused before the model is
+    /// built, so the model the header asks for is never larger than the file that carries it.
+    /// </summary>
+    private static void CheckParameterCount(string path, UNetConfig model, SafeTensorsHeader h, bool training)
+    {
+        long expected = model.ParameterCount();
+        long weights = 0, ema = 0;
+        bool hasEma = false;
+        foreach (var t in h.Tensors)
+        {
+            if (t.Name.StartsWith("ema.", StringComparison.Ordinal)) { ema += t.Count; hasEma = true; }
+            else if (training ? t.Name.StartsWith("model.", StringComparison.Ordinal) : !t.Name.StartsWith("adam.", StringComparison.Ordinal)) weights += t.Count;
+        }
+        if (weights != expected)
+            throw new SafeTensorsFormatException(path, null,
+                $"header key \"model\" describes a model of {expected:N0} parameters but the file holds {weights:N0} weight values");
+        if (hasEma && ema != expected)
+            throw new SafeTensorsFormatException(path, null,
+                $"header key \"model\" describes a model of {expected:N0} parameters but the file holds {ema:N0} EMA values");
+    }
+
+    private static HeaderValues ParseHeader(string path, IReadOnlyDictionary<string, string> m) => new(
+        m.TryGetValue("format", out var f) && f == Format,
+        ParseConfig<UNetConfig>(path, m, "model", c => c.Validate()),
+        ParseConfig<DiffusionConfig>(path, m, "diffusion", c => c.Validate()),
+        ParseConfig<TrainingConfig>(path, m, "training", c => c.Validate()),
+        ParseInteger<long>(path, m, "step", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
+        ParseInteger<ulong>(path, m, "noise_offset", s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
+        ParseInteger<ulong>(path, m, "dropout_offset", s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
+        ParseInteger<long>(path, m, "data_epoch", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
+        ParseInteger<long>(path, m, "data_index", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null));
+
+    private static T? ParseConfig<T>(string path, IReadOnlyDictionary<string, string> m, string key, Action<T> validate) where T : class
+    {
+        if (!m.TryGetValue(key, out var json)) return null;
+        T? config;
+        try
+        {
+            config = JsonSerializer.Deserialize<T>(json, Json);
+        }
+        catch (Exception e) when (e is JsonException or NotSupportedException or ArgumentException)
+        {
+            throw new SafeTensorsFormatException(path, null, $"header key \"{key}\" is not a valid {key} config ({DataFormatException.OneLine(e.Message)})", e);
+        }
+        if (config is null)
+            throw new SafeTensorsFormatException(path, null, $"header key \"{key}\" is null, not a {key} config");
+        try
+        {
+            validate(config);
+        }
+        catch (ConfigValueException e)
+        {
+            throw new SafeTensorsFormatException(path, null, $"header key \"{key}.{e.Key}\": {e.Problem}", e);
+        }
+        return config;
+    }
+
+    private static TValue? ParseInteger<TValue>(string path, IReadOnlyDictionary<string, string> m, string key, Func<string, TValue?> parse)
+        where TValue : struct
+    {
+        if (!m.TryGetValue(key, out var s)) return null;
+        return parse(s) ?? throw new SafeTensorsFormatException(path, null,
+            $"header key \"{key}\": \"{DataFormatException.Quote(s)}\" is not a non-negative integer");
+    }
 
     /// <summary>Writes the whole training state atomically.</summary>
     public static void Save(string path, Trainer trainer, IReadOnlyDictionary<string, string>? extra = null)
@@ -109,42 +188,68 @@ public sealed class Checkpoint
         foreach (var (name, p) in expected)
         {
             if (!File.TryGet(prefix + name, out var e)) { problems.Add($"missing '{prefix + name}' {p.Shape}"); continue; }
-            if (!e.Shape.AsSpan().SequenceEqual(p.Shape.Dims)) problems.Add($"'{prefix + name}' is {e.ShapeText}, the model has {p.Shape}");
+            if (!e.Shape.AsSpan().SequenceEqual(p.Shape.Dims)) problems.Add($"'{Quote(e.Name)}' is {e.ShapeText}, the model has {p.Shape}");
         }
         var names = expected.Select(e => prefix + e.Name).ToHashSet();
         foreach (var e in File.Entries)
             if (e.Name.StartsWith(prefix, StringComparison.Ordinal) && !e.Name.StartsWith("adam.", StringComparison.Ordinal)
                 && !(prefix == "" && e.Name.StartsWith("ema.", StringComparison.Ordinal)) && !names.Contains(e.Name))
-                problems.Add($"unexpected '{e.Name}' {e.ShapeText}");
+                problems.Add($"unexpected '{Quote(e.Name)}' {e.ShapeText}");
         if (problems.Count > 0)
             throw new InvalidDataException($"{Path} does not fit the model: {string.Join("; ", problems.Take(12))}{(problems.Count > 12 ? $"; and {problems.Count - 12} more" : "")}.");
         foreach (var (name, p) in expected) p.CopyFrom(File[prefix + name].AsFloats());
     }
 
-    /// <summary>Restores the whole training state into a trainer built with compatible configs.</summary>
+    /// <summary>
+    /// Restores the whole training state into a trainer built with compatible configs. Every tensor it needs
+    /// (weights, EMA, both Adam moments) and the data position are checked against the trainer before anything
+    /// is copied, so a refused checkpoint leaves the trainer as it was.
+    /// </summary>
     public void RestoreInto(Trainer trainer)
     {
         if (!IsTrainingCheckpoint) throw new InvalidDataException($"{Path} is a weights file, not a training checkpoint; it cannot be resumed.");
         if (Model is not null) RequireSame("model", Model, trainer.Model.Config);
         if (Diffusion is not null && Diffusion != trainer.Diffusion.Config)
             throw new InvalidDataException($"{Path}: the diffusion config differs: checkpoint {JsonSerializer.Serialize(Diffusion, Json)}, now {JsonSerializer.Serialize(trainer.Diffusion.Config, Json)}.");
-        LoadWeightsInto(trainer.Model);
-        foreach (var (name, _, ema) in trainer.Parameters)
+        var problems = new List<string>();
+        void Need(string name, Shape shape)
         {
-            if (ema is null) continue;
-            if (!File.TryGet("ema." + name, out var e)) throw new InvalidDataException($"{Path} has no EMA weights but EMA is on.");
-            ema.CopyFrom(e.AsFloats());
+            if (!File.TryGet(name, out var e)) problems.Add($"missing '{name}' {shape}");
+            else if (!e.Shape.AsSpan().SequenceEqual(shape.Dims)) problems.Add($"'{name}' is {e.ShapeText}, the model has {shape}");
         }
+        foreach (var (name, p, ema) in trainer.Parameters)
+            if (ema is not null) Need("ema." + name, p.Shape);
         foreach (var (name, m, v) in trainer.Optimizer.State)
         {
-            if (!File.TryGet("adam.m." + name, out var em) || !File.TryGet("adam.v." + name, out var ev))
-                throw new InvalidDataException($"{Path} lacks the Adam moments of '{name}'.");
-            m.CopyFrom(em.AsFloats());
-            v.CopyFrom(ev.AsFloats());
+            Need("adam.m." + name, m.Shape);
+            Need("adam.v." + name, v.Shape);
+        }
+        if (problems.Count > 0)
+            throw new InvalidDataException($"{Path} cannot resume this training: {string.Join("; ", problems.Take(12))}{(problems.Count > 12 ? $"; and {problems.Count - 12} more" : "")}.");
+        var position = (Required(_header.DataEpoch, "data_epoch"), Required(_header.DataIndex, "data_index"));
+        ulong noise = Required(_header.NoiseOffset, "noise_offset"), dropout = Required(_header.DropoutOffset, "dropout_offset");
+        var saved = trainer.Data.Position;
+        try
+        {
+            trainer.Data.Position = position;
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{Path}: header keys \"data_epoch\", \"data_index\": {e.Message}", e);
+        }
+        trainer.Data.Position = saved;
+
+        LoadWeightsInto(trainer.Model);
+        foreach (var (name, _, ema) in trainer.Parameters)
+            if (ema is not null) ema.CopyFrom(File["ema." + name].AsFloats());
+        foreach (var (name, m, v) in trainer.Optimizer.State)
+        {
+            m.CopyFrom(File["adam.m." + name].AsFloats());
+            v.CopyFrom(File["adam.v." + name].AsFloats());
         }
         trainer.Optimizer.StepCount = Step;
-        trainer.SetRandomState(ULong("noise_offset"), ULong("dropout_offset"));
-        trainer.Data.Position = (Long("data_epoch"), Long("data_index"));
+        trainer.SetRandomState(noise, dropout);
+        trainer.Data.Position = position;
     }
 
     private static void RequireSame(string what, UNetConfig a, UNetConfig b)
@@ -153,11 +258,8 @@ public sealed class Checkpoint
         if (ja != jb) throw new InvalidDataException($"The checkpoint's {what} config differs from the one asked for: checkpoint {ja}, asked {jb}.");
     }
 
-    private ulong ULong(string key) =>
-        File.Metadata.TryGetValue(key, out var s) && ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v)
-            ? v : throw new InvalidDataException($"{Path}: header entry '{key}' is missing or not a number.");
+    private T Required<T>(T? value, string key) where T : struct =>
+        value ?? throw new InvalidDataException($"{Path}: header key \"{key}\" is missing; a training checkpoint records it.");
 
-    private long Long(string key) =>
-        File.Metadata.TryGetValue(key, out var s) && long.TryParse(s, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var v)
-            ? v : throw new InvalidDataException($"{Path}: header entry '{key}' is missing or not a number.");
+    private static string Quote(string text) => DataFormatException.Quote(text);
 }

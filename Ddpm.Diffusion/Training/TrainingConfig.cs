@@ -28,16 +28,23 @@ public sealed record TrainingConfig
     [JsonPropertyName("seed")] public ulong Seed { get; init; }
     [JsonPropertyName("hflip")] public bool HorizontalFlip { get; init; }
 
+    /// <summary>Checks every setting; throws <see cref="ConfigValueException"/> naming the first that cannot work.</summary>
     public void Validate()
     {
-        if (BatchSize <= 0) throw new ArgumentException($"batch size must be positive, got {BatchSize}.");
-        if (!(LearningRate > 0)) throw new ArgumentException($"learning rate must be positive, got {LearningRate}.");
-        if (WarmupSteps < 0) throw new ArgumentException($"warm-up steps must be >= 0, got {WarmupSteps}.");
-        if (GradClip < 0) throw new ArgumentException($"grad clip must be >= 0, got {GradClip}.");
-        if (EmaDecay < 0 || EmaDecay >= 1) throw new ArgumentException($"EMA decay must be in [0, 1), got {EmaDecay}.");
+        if (BatchSize <= 0) throw new ConfigValueException("batch_size", $"{BatchSize} is not positive.");
+        if (!(LearningRate > 0 && float.IsFinite(LearningRate))) throw new ConfigValueException("lr", $"{LearningRate} is not a positive learning rate.");
+        if (!(Beta1 >= 0 && Beta1 < 1)) throw new ConfigValueException("beta1", $"{Beta1} is not in [0, 1).");
+        if (!(Beta2 >= 0 && Beta2 < 1)) throw new ConfigValueException("beta2", $"{Beta2} is not in [0, 1).");
+        if (!(AdamEps > 0 && float.IsFinite(AdamEps))) throw new ConfigValueException("adam_eps", $"{AdamEps} is not a positive number.");
+        if (!(WeightDecay >= 0 && float.IsFinite(WeightDecay))) throw new ConfigValueException("weight_decay", $"{WeightDecay} is not a number >= 0.");
+        if (WarmupSteps < 0) throw new ConfigValueException("warmup_steps", $"{WarmupSteps} is not >= 0 (warm-up steps).");
+        if (!(GradClip >= 0 && float.IsFinite(GradClip))) throw new ConfigValueException("grad_clip", $"{GradClip} is not a number >= 0 (0: no clipping).");
+        if (!(EmaDecay >= 0 && EmaDecay < 1)) throw new ConfigValueException("ema_decay", $"{EmaDecay} is not in [0, 1) (EMA decay).");
+        if (!Enum.IsDefined(LrSchedule)) throw new ConfigValueException("lr_schedule", $"{(int)LrSchedule} is not constant or cosine.");
+        if (DecaySteps < 0) throw new ConfigValueException("decay_steps", $"{DecaySteps} is not >= 0.");
         if (LrSchedule == LrSchedule.Cosine && DecaySteps <= WarmupSteps)
-            throw new ArgumentException($"the cosine decay must end after the warm-up: decay steps {DecaySteps}, warm-up {WarmupSteps}.");
-        if (LrFinal < 0 || LrFinal > 1) throw new ArgumentException($"the final learning-rate fraction must be in [0, 1], got {LrFinal}.");
+            throw new ConfigValueException("decay_steps", $"{DecaySteps} does not end the cosine decay after the warm-up of {WarmupSteps} steps.");
+        if (!(LrFinal >= 0 && LrFinal <= 1)) throw new ConfigValueException("lr_final", $"{LrFinal} is not in [0, 1] (the final learning-rate fraction).");
     }
 
     /// <summary>The learning rate at a 1-based step.</summary>

@@ -31,7 +31,7 @@ public sealed class SafeTensorsFormatException : DataFormatException
     public string? TensorName { get; }
 
     private static string Compose(string source, string? tensor, string problem) =>
-        tensor is null ? $"safetensors '{source}': {problem}" : $"safetensors '{source}', tensor '{tensor}': {problem}";
+        tensor is null ? $"safetensors '{source}': {problem}" : $"safetensors '{source}', tensor '{Quote(tensor)}': {problem}";
 }
 
 /// <summary>
@@ -80,6 +80,29 @@ public sealed class SafeTensorEntry
     internal static SafeTensorEntry FromFile(string name, SafeTensorsDType dtype, int[] shape, float[]? floats, long[]? longs) =>
         new(name, dtype, shape, floats, longs);
 
+    /// <summary>
+    /// The index of the first NaN or infinite value, or -1 when every value is finite (integer entries always
+    /// are). One vectorised pass: x - x is 0 for every finite x and NaN otherwise.
+    /// </summary>
+    public long FirstNonFinite()
+    {
+        if (Floats is not { } f) return -1;
+        var span = f.AsSpan();
+        int i = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated)
+        {
+            int w = System.Numerics.Vector<float>.Count;
+            for (; i + w <= span.Length; i += w)
+            {
+                var v = new System.Numerics.Vector<float>(span.Slice(i, w));
+                if (!System.Numerics.Vector.EqualsAll(v - v, System.Numerics.Vector<float>.Zero)) break;
+            }
+        }
+        for (; i < span.Length; i++)
+            if (!float.IsFinite(span[i])) return i;
+        return -1;
+    }
+
     /// <summary>The float values; throws if the entry holds integers.</summary>
     public float[] AsFloats() =>
         Floats ?? throw new InvalidOperationException($"Tensor '{Name}' holds {DType} integers, not floats.");
@@ -113,7 +136,9 @@ public sealed record SafeTensorsHeader(long HeaderLength, IReadOnlyList<SafeTens
 /// <summary>
 /// A safetensors file held on the host, independent of any backend: an ordered list of tensors plus the
 /// string map of <c>__metadata__</c>. Reading validates the whole header before it allocates tensor memory,
-/// so a hostile header can neither make it read outside the file nor allocate more than the file holds.
+/// so a hostile header can neither make it read outside the file nor allocate more than the file holds; as in
+/// the format's reference implementation, the tensors must tile the data section exactly, from its first byte
+/// to the end of the file, so a header length that is off by a few bytes cannot shift every value.
 /// Writing keeps the entries in the given order and the metadata sorted by key, so the same content always
 /// gives the same bytes, and goes through a temporary file that is renamed over the target.
 /// </summary>
@@ -157,7 +182,13 @@ public sealed class SafeTensorsFile
 
     // ---- reading --------------------------------------------------------------------------------------
 
-    public static SafeTensorsFile Read(string path)
+    public static SafeTensorsFile Read(string path) => Read(path, null);
+
+    /// <summary>
+    /// Reads a file, calling <paramref name="checkHeader"/> on the validated header before any tensor data is
+    /// read or allocated, so a caller can refuse a file by its metadata without paying for its contents.
+    /// </summary>
+    public static SafeTensorsFile Read(string path, Action<SafeTensorsHeader>? checkHeader)
     {
         FileStream fs;
         try
@@ -168,7 +199,7 @@ public sealed class SafeTensorsFile
         {
             throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
         }
-        using (fs) return Read(fs, path);
+        using (fs) return Read(fs, path, checkHeader);
     }
 
     public static SafeTensorsFile Read(byte[] bytes, string sourceName)
@@ -178,7 +209,10 @@ public sealed class SafeTensorsFile
     }
 
     /// <summary>Reads from a stream; a stream that cannot seek is first copied to memory.</summary>
-    public static SafeTensorsFile Read(Stream stream, string sourceName)
+    public static SafeTensorsFile Read(Stream stream, string sourceName) => Read(stream, sourceName, null);
+
+    /// <summary>Reads from a stream, calling <paramref name="checkHeader"/> before any tensor data is read.</summary>
+    public static SafeTensorsFile Read(Stream stream, string sourceName, Action<SafeTensorsHeader>? checkHeader)
     {
         if (!stream.CanSeek)
         {
@@ -190,6 +224,7 @@ public sealed class SafeTensorsFile
         long start = stream.Position;
         long size = stream.Length - start;
         var header = ParseHeader(stream, size, sourceName);
+        checkHeader?.Invoke(header);
         long dataStart = start + 8 + header.HeaderLength;
 
         var entries = new List<SafeTensorEntry>(header.Tensors.Count);
@@ -241,6 +276,10 @@ public sealed class SafeTensorsFile
         var json = new byte[headerLength];
         stream.ReadExactly(json);
         long dataSize = size - 8 - headerLength;
+        // The JSON reader checks structure but leaves string contents undecoded until a name or value is asked
+        // for, where bad UTF-8 would surface as an InvalidOperationException; the format requires UTF-8.
+        if (!System.Text.Unicode.Utf8.IsValid(json))
+            throw new SafeTensorsFormatException(src, null, $"the header is not valid UTF-8 (first bad byte at offset {8 + FirstInvalidUtf8(json)})");
 
         JsonDocument doc;
         try
@@ -265,14 +304,29 @@ public sealed class SafeTensorsFile
             {
                 if (!seen.Add(prop.Name))
                     throw new SafeTensorsFormatException(src, prop.Name, "the name appears twice in the header");
+                if (prop.Name.Length == 0)
+                    throw new SafeTensorsFormatException(src, null, "a tensor has an empty name");
                 if (prop.Name == MetadataKey)
                     ReadMetadata(prop.Value, metadata, src);
                 else
                     infos.Add(ParseInfo(prop.Name, prop.Value, dataSize, src));
             }
-            CheckOverlaps(infos, src);
+            CheckCoverage(infos, dataSize, src);
             return new SafeTensorsHeader(headerLength, infos, metadata);
         }
+    }
+
+    private static int FirstInvalidUtf8(ReadOnlySpan<byte> bytes)
+    {
+        Span<char> sink = stackalloc char[256];
+        int at = 0;
+        while (at < bytes.Length)
+        {
+            var status = System.Text.Unicode.Utf8.ToUtf16(bytes[at..], sink, out int read, out _, replaceInvalidSequences: false);
+            if (status == System.Buffers.OperationStatus.InvalidData || status == System.Buffers.OperationStatus.NeedMoreData) return at + read;
+            at += read;
+        }
+        return bytes.Length;
     }
 
     private static void ReadMetadata(JsonElement value, Dictionary<string, string> metadata, string src)
@@ -282,9 +336,9 @@ public sealed class SafeTensorsFile
         foreach (var m in value.EnumerateObject())
         {
             if (m.Value.ValueKind != JsonValueKind.String)
-                throw new SafeTensorsFormatException(src, null, $"metadata value '{m.Name}' must be a string, found {Kind(m.Value)}");
+                throw new SafeTensorsFormatException(src, null, $"metadata value '{Quote(m.Name)}' must be a string, found {Kind(m.Value)}");
             if (!metadata.TryAdd(m.Name, m.Value.GetString()!))
-                throw new SafeTensorsFormatException(src, null, $"metadata key '{m.Name}' appears twice");
+                throw new SafeTensorsFormatException(src, null, $"metadata key '{Quote(m.Name)}' appears twice");
         }
     }
 
@@ -309,7 +363,7 @@ public sealed class SafeTensorsFile
         foreach (var d in shapeEl.EnumerateArray())
         {
             if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long dim))
-                throw new SafeTensorsFormatException(src, name, $"shape dimension {i} is not an integer ({d.GetRawText()})");
+                throw new SafeTensorsFormatException(src, name, $"shape dimension {i} is not an integer ({Quote(d.GetRawText())})");
             if (dim < 0)
                 throw new SafeTensorsFormatException(src, name, $"shape dimension {i} is negative ({dim})");
             if (dim > int.MaxValue)
@@ -324,7 +378,7 @@ public sealed class SafeTensorsFile
         if (!value.TryGetProperty("data_offsets", out var offEl))
             throw new SafeTensorsFormatException(src, name, "the entry has no 'data_offsets'");
         if (offEl.ValueKind != JsonValueKind.Array || offEl.GetArrayLength() != 2)
-            throw new SafeTensorsFormatException(src, name, $"'data_offsets' must be an array of two integers, found {offEl.GetRawText()}");
+            throw new SafeTensorsFormatException(src, name, $"'data_offsets' must be an array of two integers, found {Quote(offEl.GetRawText())}");
         var begin = OffsetValue(offEl[0], name, src);
         var end = OffsetValue(offEl[1], name, src);
         if (end < begin)
@@ -348,7 +402,7 @@ public sealed class SafeTensorsFile
     private static long OffsetValue(JsonElement e, string name, string src)
     {
         if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt64(out long v) || v < 0)
-            throw new SafeTensorsFormatException(src, name, $"data offset {e.GetRawText()} is not a non-negative integer");
+            throw new SafeTensorsFormatException(src, name, $"data offset {Quote(e.GetRawText())} is not a non-negative integer");
         return v;
     }
 
@@ -361,8 +415,8 @@ public sealed class SafeTensorsFile
         "I64" => SafeTensorsDType.I64,
         "I32" => SafeTensorsDType.I32,
         "BOOL" or "U8" or "I8" or "I16" or "U16" or "U32" or "U64" or "F8_E4M3" or "F8_E5M2" =>
-            throw new SafeTensorsFormatException(src, name, $"dtype '{s}' is valid safetensors but not supported here (F32, F64, F16, BF16, I64, I32 are)"),
-        _ => throw new SafeTensorsFormatException(src, name, $"unknown dtype '{s}'"),
+            throw new SafeTensorsFormatException(src, name, $"dtype '{Quote(s)}' is valid safetensors but not supported here (F32, F64, F16, BF16, I64, I32 are)"),
+        _ => throw new SafeTensorsFormatException(src, name, $"unknown dtype '{Quote(s)}'"),
     };
 
     public static int ElementSize(SafeTensorsDType dtype) => dtype switch
@@ -373,18 +427,31 @@ public sealed class SafeTensorsFile
         _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
     };
 
-    private static void CheckOverlaps(List<SafeTensorInfo> infos, string src)
+    /// <summary>
+    /// The tensors, ordered by their offsets, must tile the data section: the first begins at 0, each begins
+    /// where the one before ends, and the last ends at the end of the file (the reference implementation's
+    /// rule). A gap or trailing bytes mean the header and the data disagree, most often by a wrong header length.
+    /// </summary>
+    private static void CheckCoverage(List<SafeTensorInfo> infos, long dataSize, string src)
     {
-        // Empty tensors occupy no bytes, so they cannot overlap anything.
-        var spans = infos.Where(t => t.End > t.Begin).OrderBy(t => t.Begin).ToList();
-        for (int i = 1; i < spans.Count; i++)
+        var spans = infos.OrderBy(t => t.Begin).ThenBy(t => t.End).ToList();
+        long at = 0;
+        SafeTensorInfo? prev = null;
+        foreach (var cur in spans)
         {
-            var prev = spans[i - 1];
-            var cur = spans[i];
-            if (cur.Begin < prev.End)
+            if (cur.Begin < at)
                 throw new SafeTensorsFormatException(src, cur.Name,
-                    $"data_offsets [{cur.Begin},{cur.End}] overlap those of '{prev.Name}' [{prev.Begin},{prev.End}]");
+                    $"data_offsets [{cur.Begin},{cur.End}] overlap those of '{Quote(prev!.Name)}' [{prev.Begin},{prev.End}]");
+            if (cur.Begin > at)
+                throw new SafeTensorsFormatException(src, cur.Name, prev is null
+                    ? $"data_offsets [{cur.Begin},{cur.End}] leave the first {cur.Begin} bytes of the data section unused (is the header length wrong?)"
+                    : $"data_offsets [{cur.Begin},{cur.End}] leave bytes {at}..{cur.Begin - 1} after '{Quote(prev.Name)}' unused");
+            at = cur.End;
+            prev = cur;
         }
+        if (at != dataSize)
+            throw new SafeTensorsFormatException(src, null,
+                $"the tensors end at byte {at} of the data section but it holds {dataSize} bytes; {dataSize - at} bytes trail (is the header length wrong?)");
     }
 
     private static SafeTensorEntry ReadData(Stream stream, SafeTensorInfo info, string src)
@@ -462,6 +529,8 @@ public sealed class SafeTensorsFile
     };
 
     private static string ShapeText(int[] shape) => "[" + string.Join(",", shape) + "]";
+
+    private static string Quote(string? text) => DataFormatException.Quote(text);
 
     // ---- writing --------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
@@ -47,8 +48,8 @@ public class TrainingTests(ITestOutputHelper output)
         var constant = tc with { LrSchedule = LrSchedule.Constant };
         Assert.Equal(1e-3f, constant.LearningRateAt(5000));
         Assert.Equal(5e-4f, constant.LearningRateAt(50));
-        Assert.Throws<ArgumentException>(() => (tc with { DecaySteps = 100 }).Validate());
-        Assert.Throws<ArgumentException>(() => (tc with { LrFinal = 1.5f }).Validate());
+        Assert.Equal("decay_steps", Assert.Throws<ConfigValueException>(() => (tc with { DecaySteps = 100 }).Validate()).Key);
+        Assert.Equal("lr_final", Assert.Throws<ConfigValueException>(() => (tc with { LrFinal = 1.5f }).Validate()).Key);
     }
 
     [Fact]

@@ -21,6 +21,14 @@ public class SafeTensorsTests
         return b;
     }
 
+    private static byte[] MakeRaw(byte[] header, int dataBytes)
+    {
+        var b = new byte[8 + header.Length + dataBytes];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, (ulong)header.Length);
+        header.CopyTo(b, 8);
+        return b;
+    }
+
     private static byte[] WithLength(ulong length, int total)
     {
         var b = new byte[total];
@@ -205,6 +213,11 @@ public class SafeTensorsTests
             { "duplicate name", Make("{" + ok + "," + ok + "}", 16), "appears twice", "a" },
             { "metadata not an object", Make("{\"__metadata__\":\"x\"," + ok + "}", 8), "must be a JSON object of strings", null },
             { "non-string metadata", Make("{\"__metadata__\":{\"step\":3}," + ok + "}", 8), "metadata value 'step' must be a string, found a number", null },
+            { "trailing bytes", Make("{" + ok + "}", 12), "the tensors end at byte 8 of the data section but it holds 12 bytes; 4 bytes trail", null },
+            { "leading gap", Make("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8), "leave the first 4 bytes of the data section unused", "a" },
+            { "gap between tensors", Make("{" + ok + ",\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[12,16]}}", 16), "leave bytes 8..11 after 'a' unused", "b" },
+            { "empty name", Make("{\"\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8), "a tensor has an empty name", null },
+            { "invalid UTF-8", MakeRaw([.. "{\"a"u8, 0xFF, .. "\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}"u8], 8), "not valid UTF-8 (first bad byte at offset 11)", null },
         };
     }
 
@@ -218,6 +231,55 @@ public class SafeTensorsTests
         Assert.Equal(tensor, ex.TensorName);
         if (tensor is not null) Assert.Contains($"tensor '{tensor}'", ex.Message);
         Assert.IsAssignableFrom<IOException>(ex);
+    }
+
+    [Fact]
+    public void HeaderLengthOffByOneIsRefusedNotReadShifted()
+    {
+        // The writer pads the header with spaces, so one byte less is still valid JSON: only the rule that the
+        // tensors tile the data section exactly catches that every value would be read one byte early.
+        var ms = new MemoryStream();
+        SafeTensorsFile.Write(ms, [SafeTensorEntry.F32("w", [5], [1, 2, 3, 4, 5])]);
+        var bytes = ms.ToArray();
+        ulong n = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+        Assert.Equal((byte)' ', bytes[8 + (int)n - 1]);
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, n - 1);
+        var ex = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Read(bytes, "off.safetensors"));
+        Assert.Contains("1 bytes trail (is the header length wrong?)", ex.Message);
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, n);
+        Assert.Equal([1f, 2, 3, 4, 5], SafeTensorsFile.Read(bytes, "ok.safetensors")["w"].AsFloats());
+    }
+
+    [Fact]
+    public void NamesFromTheFileCannotBreakTheMessageLine()
+    {
+        var bytes = Make("{\"a\\nb\\u0000c\":{\"dtype\":\"F99\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
+        var ex = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Read(bytes, "names.safetensors"));
+        Assert.Equal("a\nb\0c", ex.TensorName);
+        Assert.Contains("tensor 'a\\u000Ab\\u0000c': unknown dtype 'F99'", ex.Message);
+        Assert.DoesNotContain('\n', ex.Message);
+        Assert.DoesNotContain('\0', ex.Message);
+    }
+
+    [Fact]
+    public void FirstNonFiniteFindsTheFirstNaNOrInfinity()
+    {
+        // Every position of a length that covers whole vectors and a scalar tail.
+        for (int len = 1; len <= 40; len++)
+        {
+            for (int at = 0; at < len; at++)
+            {
+                foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+                {
+                    var v = Enumerable.Range(0, len).Select(i => (float)i - 3.5f).ToArray();
+                    v[at] = bad;
+                    if (at + 2 < len) v[at + 2] = float.NaN;
+                    Assert.Equal(at, SafeTensorEntry.F32("t", [len], v).FirstNonFinite());
+                }
+            }
+            Assert.Equal(-1, SafeTensorEntry.F32("t", [len], Enumerable.Range(0, len).Select(i => float.MaxValue - i).ToArray()).FirstNonFinite());
+        }
+        Assert.Equal(-1, SafeTensorEntry.I64("i", [2], [long.MaxValue, long.MinValue]).FirstNonFinite());
     }
 
     [Fact]

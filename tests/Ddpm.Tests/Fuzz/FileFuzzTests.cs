@@ -1,0 +1,331 @@
+using System.Globalization;
+using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
+using Ddpm.Tensors;
+using Ddpm.Tensors.IO;
+using Ddpm.Tests.Data;
+using StbImageWriteSharp;
+using Xunit;
+using Xunit.Abstractions;
+using Xunit.Sdk;
+
+namespace Ddpm.Tests.Fuzz;
+
+/// <summary>
+/// Mutates valid files of every format the tool reads and loads each mutant through the same library calls
+/// the tool makes. Every mutant must either be refused with a clean error (an <see cref="IOException"/> or
+/// <see cref="InvalidDataException"/>, the types the tool prints as one line with exit 1, whose message names
+/// the file and holds no line break or NUL) or load correctly (finite weights of the shapes the model has,
+/// image sets of the declared size), within a time bound. Deterministic from a seed: DDPM_FUZZ_SEED (default
+/// below), DDPM_FUZZ_MUTANTS (mutants per format, default 200) reproduce or lengthen a run; DDPM_FUZZ_VERBOSE=1 lists
+/// every mutant's outcome, DDPM_FUZZ_KEEP=folder keeps a failing mutant's bytes.
+/// </summary>
+public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
+{
+    private const int DefaultSeed = 20_261_201;
+    private static readonly TimeSpan Limit = TimeSpan.FromSeconds(30);
+
+    private readonly TempDir _dir = new();
+
+    private static int Mutants =>
+        int.TryParse(Environment.GetEnvironmentVariable("DDPM_FUZZ_MUTANTS"), NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n > 0 ? n : 200;
+
+    private static int Seed =>
+        int.TryParse(Environment.GetEnvironmentVariable("DDPM_FUZZ_SEED"), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int s) ? s : DefaultSeed;
+
+    /// <summary>DDPM_FUZZ_VERBOSE=1 lists every mutant with its outcome.</summary>
+    private static bool Verbose => Environment.GetEnvironmentVariable("DDPM_FUZZ_VERBOSE") == "1";
+
+    public void Dispose() => _dir.Dispose();
+
+    // A model small enough that hundreds of loads take a second: 8x8 grey, widths 8/16, attention at 4x4.
+    private static readonly UNetConfig Tiny = new()
+    {
+        ImageChannels = 1, ImageSize = 8, NChannels = 8, ChMults = [1, 2], IsAttn = [false, true], NBlocks = 1, NGroups = 8, Dropout = 0.1f,
+    };
+
+    // ---- the formats ----------------------------------------------------------------------------------------
+
+    [Fact]
+    public void TrainingCheckpoints()
+    {
+        using var be = new CpuReferenceBackend();
+        var images = TinyImages();
+        string seedFile = _dir.File("seed.safetensors");
+        using (var trainer = NewTrainer(be, images, Tiny, new DiffusionConfig { NSteps = 50 }, new TrainingConfig { BatchSize = 2, EmaDecay = 0.9f, Seed = 3 }))
+        {
+            trainer.Step();
+            Checkpoint.Save(seedFile, trainer);
+        }
+        var valid = File.ReadAllBytes(seedFile);
+        LoadCheckpoint(seedFile, be, images, resume: true);
+        Fuzz("checkpoint", 1, "checkpoint.safetensors", m => m.SafeTensors(valid), path => LoadCheckpoint(path, be, images, resume: true));
+    }
+
+    [Fact]
+    public void WeightsFiles()
+    {
+        using var be = new CpuReferenceBackend();
+        string seedFile = _dir.File("seed.safetensors");
+        using (var model = new UNet(be, Tiny, new PhiloxGenerator(5))) Checkpoint.SaveWeights(seedFile, model, Tiny);
+        var valid = File.ReadAllBytes(seedFile);
+        LoadCheckpoint(seedFile, be, TinyImages(), resume: false);
+        Fuzz("weights", 2, "weights.safetensors", m => m.SafeTensors(valid), path => LoadCheckpoint(path, be, TinyImages(), resume: false));
+    }
+
+    [Fact]
+    public void ForwardInputsFiles()
+    {
+        string seedFile = _dir.File("seed.safetensors");
+        var x = Enumerable.Range(0, 2 * 64).Select(i => MathF.Sin(i)).ToArray();
+        SafeTensorsFile.Write(seedFile, [SafeTensorEntry.F32("x", [2, 1, 8, 8], x), SafeTensorEntry.I64("t", [2], [3, 40])]);
+        var valid = File.ReadAllBytes(seedFile);
+        Fuzz("inputs", 3, "inputs.safetensors", m => m.SafeTensors(valid), path =>
+        {
+            var f = SafeTensorsFile.Read(path);
+            foreach (var e in f.Entries)
+                Check(e.Count == e.Shape.Aggregate(1L, (a, d) => a * d), $"tensor '{e.Name}' holds {e.Count} values for shape {e.ShapeText}");
+            // What the forward command then requires of x and t, checked as it checks them.
+            if (f.TryGet("x", out var xe) && xe.IsFloat && xe.Shape.Length == 4)
+                Check(xe.AsFloats().Length == xe.Shape[0] * xe.Shape[1] * xe.Shape[2] * xe.Shape[3], "x does not fill its shape");
+        });
+    }
+
+    [Fact]
+    public void IdxFiles()
+    {
+        var images = TestFiles.Idx([4, 6, 5], Enumerable.Range(0, 120).Select(i => (byte)(i * 7)).ToArray());
+        var labels = TestFiles.Idx([4], [0, 3, 9, 1]);
+        Fuzz("idx", 4, "images-idx3-ubyte", m => m.Next(4) == 0 ? Labelled(m.Idx(labels)) : m.Idx(images), LoadIdx);
+    }
+
+    [Fact]
+    public void GzipIdxFiles()
+    {
+        var images = TestFiles.Idx([4, 6, 5], Enumerable.Range(0, 120).Select(i => (byte)(i * 7)).ToArray());
+        var gz = TestFiles.Gzip(images);
+        Fuzz("idx.gz", 5, "images-idx3-ubyte.gz", m =>
+        {
+            if (m.Next(2) == 0) return m.Bytes(gz);
+            var (raw, what) = m.Idx(images);
+            return (TestFiles.Gzip(raw), what + ", gzipped");
+        }, LoadIdx);
+    }
+
+    [Fact]
+    public void PngFiles()
+    {
+        var grey = EncodePng(Gradient(7, 5, 1), 7, 5, 1);
+        var rgb = EncodePng(Gradient(6, 9, 3), 6, 9, 3);
+        Fuzz("png", 6, Path.Combine("images", "a.png"), m => m.Png(m.Next(2) == 0 ? grey : rgb), LoadImageFolder);
+    }
+
+    [Fact]
+    public void JpegFiles()
+    {
+        var jpg = EncodeJpeg(Gradient(16, 12, 3), 16, 12, 3);
+        Fuzz("jpeg", 7, Path.Combine("images", "a.jpg"), m => m.Jpeg(jpg), LoadImageFolder);
+    }
+
+    [Fact]
+    public void CifarFiles()
+    {
+        var batch = new byte[3 * Cifar10Dataset.RecordSize];
+        new Random(11).NextBytes(batch);
+        for (int i = 0; i < 3; i++) batch[i * Cifar10Dataset.RecordSize] = (byte)(i * 4);
+        Fuzz("cifar", 8, "data_batch_1.bin", m => m.Cifar(batch, Cifar10Dataset.RecordSize), path =>
+        {
+            var d = Cifar10Dataset.Load(path);
+            Check(d.Count * (long)Cifar10Dataset.RecordSize == new FileInfo(path).Length, $"{d.Count} records from {new FileInfo(path).Length} bytes");
+            foreach (byte l in d.Labels) Check(l <= 9, $"label {l}");
+            var img = new float[d.Channels * d.Height * d.Width];
+            for (int i = 0; i < d.Count; i++) d.Get(i, img);
+        });
+    }
+
+    // ---- the loaders, as the tool calls them ----------------------------------------------------------------
+
+    /// <summary>
+    /// sample/info/forward: open, build the model the header describes (or the options' model), load the
+    /// weights (EMA when present); train --resume: build a trainer from the header's configs and restore it.
+    /// </summary>
+    private static void LoadCheckpoint(string path, IBackend be, IdxDataset images, bool resume)
+    {
+        var ckpt = Checkpoint.Load(path);
+        var config = ckpt.Model ?? Tiny;
+        using (var model = new UNet(be, config, new PhiloxGenerator(0)))
+        {
+            ckpt.LoadWeightsInto(model, ckpt.HasEma);
+            _ = new DenoiseDiffusion(model, ckpt.Diffusion ?? new DiffusionConfig());
+            foreach (var (name, p) in model.NamedParameters()) CheckFinite(p, name);
+        }
+        if (!resume || !ckpt.IsTrainingCheckpoint) return;
+        // The tool refuses data that does not fit the model before it builds a trainer; the seed data is 1x8x8.
+        if (ckpt.Model is { } mc && (mc.ImageChannels != 1 || mc.ImageSize is < 8 or > 32)) return;
+        using var trainer = NewTrainer(be, images, ckpt.Model ?? Tiny, ckpt.Diffusion ?? new DiffusionConfig(), ckpt.Training ?? new TrainingConfig());
+        ckpt.RestoreInto(trainer);
+        foreach (var (name, p, ema) in trainer.Parameters)
+        {
+            CheckFinite(p, name);
+            if (ema is not null) CheckFinite(ema, "ema." + name);
+        }
+        foreach (var (name, m, v) in trainer.Optimizer.State)
+        {
+            CheckFinite(m, "adam.m." + name);
+            CheckFinite(v, "adam.v." + name);
+        }
+    }
+
+    private static Trainer NewTrainer(IBackend be, IdxDataset images, UNetConfig mc, DiffusionConfig dc, TrainingConfig tc)
+    {
+        var loader = new DataLoader(images, new DataLoaderOptions { BatchSize = 2, Seed = tc.Seed, PadTo = mc.ImageSize == images.Height ? 0 : mc.ImageSize });
+        var unet = new UNet(be, mc, new PhiloxGenerator(tc.Seed));
+        return new Trainer(new DenoiseDiffusion(unet, dc), new LoaderBatchSource(loader), tc);
+    }
+
+    private IdxDataset TinyImages()
+    {
+        string path = _dir.File("tiny-images-idx3-ubyte");
+        if (!File.Exists(path)) File.WriteAllBytes(path, TestFiles.Idx([4, 8, 8], Enumerable.Range(0, 256).Select(i => (byte)i).ToArray()));
+        return IdxDataset.Load(path);
+    }
+
+    private static void LoadIdx(string path)
+    {
+        // The mutant may be an image file or a label file (the first IDX bytes say which); load it as what it claims.
+        var head = File.ReadAllBytes(path);
+        bool labels = head.Length > 3 && head[0] == 0 && head[1] == 0 && head[3] == 1 && !path.EndsWith(".gz", StringComparison.Ordinal);
+        if (labels)
+        {
+            var l = IdxLabels.Load(path, 10);
+            foreach (byte v in l.Values) Check(v < 10, $"label {v}");
+            return;
+        }
+        var d = IdxDataset.Load(path);
+        Check(d.Count > 0 && d.Height > 0 && d.Width > 0 && d.Channels == 1, $"geometry {d.Count}x{d.Height}x{d.Width}");
+        var img = new float[d.Height * d.Width];
+        for (int i = 0; i < d.Count; i++) d.Get(i, img);
+    }
+
+    private static void LoadImageFolder(string path)
+    {
+        string folder = Path.GetDirectoryName(path)!;
+        foreach (int channels in new[] { 1, 3 })
+        {
+            var d = ImageFolderDataset.Load(folder, 8, 8, channels);
+            Check(d.Count == Directory.GetFiles(folder).Length && d.Height == 8 && d.Width == 8 && d.Channels == channels, "image set geometry");
+        }
+    }
+
+    // ---- the harness -----------------------------------------------------------------------------------------
+
+    private void Fuzz(string format, int formatSeed, string fileName, Func<Mutator, (byte[] Bytes, string What)> mutate, Action<string> load)
+    {
+        int seed = Seed * 31 + formatSeed;
+        var mutator = new Mutator(seed);
+        string path = _dir.File(fileName);
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        int loaded = 0, refused = 0;
+        var slowest = TimeSpan.Zero;
+        string slowestWhat = "";
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; i < Mutants; i++)
+        {
+            var (bytes, what) = mutate(mutator);
+            File.WriteAllBytes(path, bytes);
+            string where = $"{format} mutant {i} of seed {seed} ({DataFormatException.OneLine(what)})";
+            var run = Task.Run(() =>
+            {
+                try
+                {
+                    load(path);
+                    return null;
+                }
+                catch (Exception e)
+                {
+                    return e;
+                }
+            });
+            var started = sw.Elapsed;
+            if (!run.Wait(Limit))
+            {
+                Keep(bytes, format, i);
+                throw new XunitException($"{where}: no answer within {Limit.TotalSeconds} s");
+            }
+            var took = sw.Elapsed - started;
+            if (took > slowest) (slowest, slowestWhat) = (took, where);
+            switch (run.Result)
+            {
+                case null:
+                    loaded++;
+                    if (Verbose) output.WriteLine($"{where}: loaded");
+                    break;
+                case XunitException bad:
+                    Keep(bytes, format, i);
+                    throw new XunitException($"{where}: loaded, but {bad.Message}");
+                case Exception e when e is IOException or InvalidDataException:
+                    refused++;
+                    if (Verbose) output.WriteLine($"{where}: {e.Message}");
+                    if (!e.Message.Contains(Path.GetFileName(path), StringComparison.Ordinal))
+                        throw new XunitException($"{where}: the message does not name the file: {e.Message}");
+                    if (e.Message.IndexOfAny(['\n', '\r', '\0']) >= 0)
+                        throw new XunitException($"{where}: the message is not one printable line: {e.Message.Replace("\0", "\\0")}");
+                    break;
+                case var e:
+                    Keep(bytes, format, i);
+                    throw new XunitException($"{where}: {e.GetType().Name} is not a clean error: {e}");
+            }
+        }
+        output.WriteLine($"{format}: {Mutants} mutants of seed {seed}, {loaded} loaded, {refused} refused cleanly, {sw.Elapsed.TotalSeconds:F1} s; slowest {slowest.TotalMilliseconds:F0} ms: {slowestWhat}");
+        Assert.True(refused > 0, "no mutant was refused: the mutations do not reach the checks");
+    }
+
+    /// <summary>With DDPM_FUZZ_KEEP=folder, a failing mutant is written there to reproduce it outside the suite.</summary>
+    private static void Keep(byte[] bytes, string format, int index)
+    {
+        if (Environment.GetEnvironmentVariable("DDPM_FUZZ_KEEP") is { Length: > 0 } keep)
+        {
+            Directory.CreateDirectory(keep);
+            File.WriteAllBytes(Path.Combine(keep, $"{format}-{index}.bin"), bytes);
+        }
+    }
+
+    private static (byte[] Bytes, string What) Labelled((byte[] Bytes, string What) m) => (m.Bytes, m.What + " (label file)");
+
+    private static void Check(bool ok, string problem)
+    {
+        if (!ok) throw new XunitException(problem);
+    }
+
+    private static void CheckFinite(Tensor t, string name)
+    {
+        var v = t.ToArray();
+        for (int i = 0; i < v.Length; i++)
+            if (!float.IsFinite(v[i])) throw new XunitException($"'{name}' holds {v[i]} at {i}");
+    }
+
+    private static byte[] Gradient(int w, int h, int c)
+    {
+        var b = new byte[w * h * c];
+        for (int i = 0; i < b.Length; i++) b[i] = (byte)(i * 37 % 256);
+        return b;
+    }
+
+    private static byte[] EncodePng(byte[] hwc, int w, int h, int c)
+    {
+        var ms = new MemoryStream();
+        new ImageWriter().WritePng(hwc, w, h, c == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue, ms);
+        return ms.ToArray();
+    }
+
+    private static byte[] EncodeJpeg(byte[] hwc, int w, int h, int c)
+    {
+        var ms = new MemoryStream();
+        new ImageWriter().WriteJpg(hwc, w, h, c == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue, ms, 90);
+        return ms.ToArray();
+    }
+}
