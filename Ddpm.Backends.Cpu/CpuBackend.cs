@@ -56,30 +56,35 @@ public sealed unsafe partial class CpuBackend : IBackend
     {
         var d = CpuBuffer.Of(dst);
         Check(dst, (long)dstOffset + src.Length, nameof(dst));
-        src.CopyTo(d.Array.AsSpan(dstOffset, src.Length));
+        src.CopyTo(d.Array.AsSpan(d.Offset + dstOffset, src.Length));
     }
 
     public void Download(DeviceBuffer src, int srcOffset, Span<float> dst)
     {
         var s = CpuBuffer.Of(src);
         Check(src, (long)srcOffset + dst.Length, nameof(src));
-        s.Array.AsSpan(srcOffset, dst.Length).CopyTo(dst);
+        s.Array.AsSpan(s.Offset + srcOffset, dst.Length).CopyTo(dst);
     }
 
     public void Synchronize()
     {
     }
 
+    public DeviceBuffer Slice(DeviceBuffer parent, int offset, int length) => CpuBuffer.Slice(this, parent, offset, length);
+
     /// <summary>The first element of a buffer, after checking that it holds <paramref name="needed"/> floats.</summary>
     private static float* Ptr(DeviceBuffer b, long needed, string name)
     {
         var cb = CpuBuffer.Of(b);
         Check(b, needed, name);
-        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(cb.Array));
+        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(cb.Array)) + cb.Offset;
     }
 
-    private static float* Ptr(DeviceBuffer b) =>
-        (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(CpuBuffer.Of(b).Array));
+    private static float* Ptr(DeviceBuffer b)
+    {
+        var cb = CpuBuffer.Of(b);
+        return (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(cb.Array)) + cb.Offset;
+    }
 
     private static void Check(DeviceBuffer b, long needed, string name)
     {
@@ -102,8 +107,8 @@ public sealed unsafe partial class CpuBackend : IBackend
     {
         float* s = Ptr(src, (long)srcOffset + n, nameof(src)) + srcOffset;
         float* d = Ptr(dst, (long)dstOffset + n, nameof(dst)) + dstOffset;
-        // Overlapping ranges of one buffer need one memmove, not parallel chunks.
-        if (ReferenceEquals(src, dst) || n < Grain * 4)
+        // Overlapping ranges (one buffer, or two views of one array) need one memmove, not parallel chunks.
+        if ((s < d + n && d < s + n) || n < Grain * 4)
         {
             Buffer.MemoryCopy(s, d, 4L * n, 4L * n);
             return;
@@ -223,9 +228,10 @@ public sealed unsafe partial class CpuBackend : IBackend
         });
     }
 
-    public double SumOfSquares(DeviceBuffer x, int n)
+    public double SumOfSquares(DeviceBuffer x, int n) => SumOfSquares(Ptr(x, n, nameof(x)), n);
+
+    private double SumOfSquares(float* xp, int n)
     {
-        float* xp = Ptr(x, n, nameof(x));
         // Fixed 4096-element chunks summed in chunk order: the same double for any thread count.
         const int chunk = 4096;
         int chunks = (n + chunk - 1) / chunk;
@@ -237,12 +243,57 @@ public sealed unsafe partial class CpuBackend : IBackend
             for (int c = c0; c < c0 + count; c++)
             {
                 int s = c * chunk, len = Math.Min(chunk, n - s);
-                partial[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>((float*)xpp + s, len));
+                partial[c] = SumOfSquaresChunk((float*)xpp + s, len);
             }
         });
         double total = 0;
         foreach (double p in partial) total += p;
         return total;
+    }
+
+    /// <summary>
+    /// Sum of squares accumulated in double, as the contract asks: a float's square is exact in double, so
+    /// only the additions round, and a gradient norm taken over a whole flat buffer agrees with one summed
+    /// tensor by tensor to double precision rather than float.
+    /// </summary>
+    private static double SumOfSquaresChunk(float* x, int n)
+    {
+        int i = 0;
+        double s = 0;
+        if (System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var a0 = System.Runtime.Intrinsics.Vector256<double>.Zero;
+            var a1 = System.Runtime.Intrinsics.Vector256<double>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                var (lo, hi) = System.Runtime.Intrinsics.Vector256.Widen(System.Runtime.Intrinsics.Vector256.Load(x + i));
+                a0 += lo * lo;
+                a1 += hi * hi;
+            }
+            s = System.Runtime.Intrinsics.Vector256.Sum(a0 + a1);
+        }
+        for (; i < n; i++) s += (double)x[i] * x[i];
+        return s;
+    }
+
+    public void SumOfSquaresTo(DeviceBuffer x, int n, DeviceBuffer result, int resultIndex)
+    {
+        float* xp = Ptr(x, n, nameof(x));
+        if (resultIndex < 0) throw new ArgumentOutOfRangeException(nameof(resultIndex), $"resultIndex = {resultIndex} is negative.");
+        float* r = Ptr(result, (long)resultIndex + 2, nameof(result)) + resultIndex;
+        (r[0], r[1]) = NormMath.Split(SumOfSquares(xp, n));
+    }
+
+    public void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n)
+    {
+        if (index < 0) throw new ArgumentOutOfRangeException(nameof(index), $"index = {index} is negative.");
+        float* s = Ptr(sumSq, (long)index + 2, nameof(sumSq)) + index;
+        nint xp = (nint)Ptr(x, n, nameof(x));
+        double coef = NormMath.ClipCoefficient(Math.Sqrt(NormMath.Join(s[0], s[1])), maxNorm);
+        if (coef >= 1.0) return;
+        // The same kernel as Affine(x, x, n, coef, 0), so clipping here scales exactly as the per-tensor path did.
+        var k = new AffineKernel((float)coef, 0f);
+        _pool.ForRange(n, Grain, (s0, len) => Kernel.Map(k, (float*)xp + s0, (float*)xp + s0, len));
     }
 
     // ---- optimiser ----------------------------------------------------------------------------------

@@ -5,11 +5,14 @@ namespace Ddpm.Backends.Cpu;
 
 /// <summary>
 /// Host memory for the CPU backends: a pinned float array (never moved by the GC, so kernels may take raw
-/// pointers) that returns to its backend's pool when released.
+/// pointers) that returns to its backend's pool when released; or a view of part of another buffer's array
+/// (<see cref="IBackend.Slice"/>), which holds its root buffer until it is released itself. Element i of the
+/// buffer is <c>Array[Offset + i]</c>.
 /// </summary>
 public sealed class CpuBuffer : DeviceBuffer
 {
     private readonly CpuMemoryPool? _pool;
+    private readonly CpuBuffer? _root;
 
     internal CpuBuffer(IBackend backend, float[] array, int length, CpuMemoryPool? pool)
         : base(backend, length)
@@ -18,12 +21,41 @@ public sealed class CpuBuffer : DeviceBuffer
         _pool = pool;
     }
 
-    /// <summary>The storage; its length may exceed <see cref="DeviceBuffer.Length"/> (pooled sizes).</summary>
+    private CpuBuffer(IBackend backend, CpuBuffer root, int offset, int length)
+        : base(backend, length)
+    {
+        Array = root.Array;
+        Offset = offset;
+        _root = root;
+    }
+
+    /// <summary>The storage; it may extend past the buffer on both sides (pooled sizes, views).</summary>
     public float[] Array { get; }
 
-    public Span<float> Span => Array.AsSpan(0, Length);
+    /// <summary>Index in <see cref="Array"/> of element 0 (0 except for views).</summary>
+    public int Offset { get; }
 
-    protected override void Free() => _pool?.Return(Array);
+    public Span<float> Span => Array.AsSpan(Offset, Length);
+
+    /// <summary>Elements [offset, offset + length) of <paramref name="parent"/> as a buffer of their own.</summary>
+    internal static CpuBuffer Slice(IBackend backend, DeviceBuffer parent, int offset, int length)
+    {
+        var p = Of(parent);
+        if (p.IsReleased) throw new ObjectDisposedException(nameof(parent), "Slice of a buffer that was already released.");
+        if (offset < 0 || length < 0 || (long)offset + length > p.Length)
+            throw new ArgumentOutOfRangeException(nameof(offset),
+                $"Slice [{offset}, {(long)offset + length}) is outside a buffer of {p.Length} floats.");
+        // Views of views hang on the root, so releasing an intermediate view frees nothing early.
+        var root = p._root ?? p;
+        root.Retain();
+        return new CpuBuffer(backend, root, p.Offset + offset, length);
+    }
+
+    protected override void Free()
+    {
+        if (_root is not null) _root.Release();
+        else _pool?.Return(Array);
+    }
 
     /// <summary>The CPU storage of a buffer, or an error naming the backend that owns it.</summary>
     public static CpuBuffer Of(DeviceBuffer b) =>

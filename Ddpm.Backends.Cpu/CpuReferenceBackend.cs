@@ -20,8 +20,38 @@ public sealed class CpuReferenceBackend : IBackend
 
     // ---- argument checks ------------------------------------------------------------------------------
 
+    /// <summary>
+    /// The elements of a buffer (a view starts inside its array), indexed from 0 and bounds-checked against the
+    /// buffer's own length, so a kernel can neither miss a view's offset nor run past its end.
+    /// </summary>
+    private readonly struct Mem
+    {
+        private readonly float[] _array;
+        private readonly int _offset;
+
+        public Mem(CpuBuffer b)
+        {
+            _array = b.Array;
+            _offset = b.Offset;
+            Length = b.Length;
+        }
+
+        public int Length { get; }
+
+        public ref float this[long i]
+        {
+            get
+            {
+                if ((ulong)i >= (ulong)Length) throw new IndexOutOfRangeException($"Element {i} of a buffer of {Length}.");
+                return ref _array[_offset + i];
+            }
+        }
+
+        public Span<float> AsSpan(int start, int length) => _array.AsSpan(_offset, Length).Slice(start, length);
+    }
+
     /// <summary>The storage of <paramref name="b"/>, after checking that it holds at least <paramref name="need"/> floats.</summary>
-    private static float[] Data(DeviceBuffer b, long need, string name)
+    private static Mem Data(DeviceBuffer b, long need, string name)
     {
         ArgumentNullException.ThrowIfNull(b, name);
         var cb = CpuBuffer.Of(b);
@@ -29,7 +59,7 @@ public sealed class CpuReferenceBackend : IBackend
         if (need < 0) throw new ArgumentException($"Negative size {need} for buffer '{name}'.", name);
         if (cb.Length < need)
             throw new ArgumentException($"Buffer '{name}' holds {cb.Length} floats; the operation needs {need}.", name);
-        return cb.Array;
+        return new Mem(cb);
     }
 
     private static void NonNegative(long value, string name)
@@ -105,6 +135,12 @@ public sealed class CpuReferenceBackend : IBackend
     {
     }
 
+    public DeviceBuffer Slice(DeviceBuffer parent, int offset, int length)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return CpuBuffer.Slice(this, parent, offset, length);
+    }
+
     // ---- fills and copies ---------------------------------------------------------------------------------
 
     public void Fill(DeviceBuffer dst, int n, float value)
@@ -120,8 +156,8 @@ public sealed class CpuReferenceBackend : IBackend
         NonNegative(n, nameof(n));
         var s = Data(src, (long)srcOffset + n, nameof(src));
         var d = Data(dst, (long)dstOffset + n, nameof(dst));
-        // Array.Copy handles overlapping ranges of the same array like memmove.
-        Array.Copy(s, srcOffset, d, dstOffset, n);
+        // Span.CopyTo handles overlapping ranges (one buffer, or two views of one array) like memmove.
+        s.AsSpan(srcOffset, n).CopyTo(d.AsSpan(dstOffset, n));
     }
 
     public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset)
@@ -293,6 +329,25 @@ public sealed class CpuReferenceBackend : IBackend
         return s;
     }
 
+    public void SumOfSquaresTo(DeviceBuffer x, int n, DeviceBuffer result, int resultIndex)
+    {
+        NonNegative(resultIndex, nameof(resultIndex));
+        var r = Data(result, (long)resultIndex + 2, nameof(result));
+        (r[resultIndex], r[resultIndex + 1]) = NormMath.Split(SumOfSquares(x, n));
+    }
+
+    public void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n)
+    {
+        NonNegative(index, nameof(index));
+        NonNegative(n, nameof(n));
+        var s = Data(sumSq, (long)index + 2, nameof(sumSq));
+        var xs = Data(x, n, nameof(x));
+        double coef = NormMath.ClipCoefficient(Math.Sqrt(NormMath.Join(s[index], s[index + 1])), maxNorm);
+        if (coef >= 1.0) return;
+        float c = (float)coef;
+        for (int i = 0; i < n; i++) xs[i] = (float)((double)xs[i] * c);
+    }
+
     // ---- layout -------------------------------------------------------------------------------------------
 
     public void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y)
@@ -419,14 +474,14 @@ public sealed class CpuReferenceBackend : IBackend
         var xv = Data(x, g.InputSize, nameof(x));
         var wv = Data(w, g.WeightSize, nameof(w));
         var yv = Data(y, g.OutputSize, nameof(y));
-        float[]? bv = bias is null ? null : CpuBuffer.Of(bias).Array;
+        Mem? bv = bias is null ? null : Data(bias, g.O, nameof(bias));
         int oh = g.OH, ow = g.OW;
         for (int n = 0; n < g.N; n++)
             for (int o = 0; o < g.O; o++)
                 for (int i = 0; i < oh; i++)
                     for (int j = 0; j < ow; j++)
                     {
-                        double acc = bv is null ? 0.0 : bv[o];
+                        double acc = bv is null ? 0.0 : bv.Value[o];
                         for (int c = 0; c < g.C; c++)
                             for (int kh = 0; kh < g.KH; kh++)
                             {
@@ -509,7 +564,7 @@ public sealed class CpuReferenceBackend : IBackend
                         dwv[((long)(o * g.C + c) * g.KH + kh) * g.KW + kw] = (float)acc;
                     }
         if (dbias is null) return;
-        var dbv = CpuBuffer.Of(dbias).Array;
+        var dbv = Data(dbias, g.O, nameof(dbias));
         for (int o = 0; o < g.O; o++)
         {
             double acc = 0;

@@ -107,7 +107,15 @@ public static class Autograd
 
     private static void AccumulateLeaf(Tensor leaf, Tensor g)
     {
-        if (leaf.Grad is null || leaf.Grad.IsDisposed)
+        if (leaf.Grad is null && leaf is Nn.Parameter { GradSlot: { IsDisposed: false } slot } p)
+        {
+            // Flat storage: the first contribution since ZeroGrad is copied into the parameter's fixed place in
+            // its store's gradient buffer, so that buffer is the whole gradient.
+            leaf.Backend.Copy(g.Buffer, 0, slot.Buffer, 0, g.Size);
+            leaf.Grad = slot;
+            p.GradSlotWritten = true;
+        }
+        else if (leaf.Grad is null || leaf.Grad.IsDisposed)
         {
             var acc = Tensor.EmptyUntracked(leaf.Backend, leaf.Shape);
             leaf.Backend.Copy(g.Buffer, 0, acc.Buffer, 0, g.Size);

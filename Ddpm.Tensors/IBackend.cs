@@ -52,10 +52,31 @@ public readonly record struct AdamStepParams(
     float BiasCorrection1, float BiasCorrection2);
 
 /// <summary>
+/// The arithmetic shared by every backend's <see cref="IBackend.SumOfSquaresTo"/> and
+/// <see cref="IBackend.ClipScale"/>, so that they agree to the bit on the scalars.
+/// </summary>
+public static class NormMath
+{
+    /// <summary>A double as two floats: hi = (float)s, lo = (float)(s - hi).</summary>
+    public static (float Hi, float Lo) Split(double s)
+    {
+        float hi = (float)s;
+        return (hi, (float)(s - hi));
+    }
+
+    /// <summary>The double of a hi/lo pair.</summary>
+    public static double Join(float hi, float lo) => (double)hi + lo;
+
+    /// <summary>torch.nn.utils.clip_grad_norm_'s coefficient max_norm / (norm + 1e-6); scale only when it is below 1.</summary>
+    public static double ClipCoefficient(double norm, double maxNorm) => maxNorm / (norm + 1e-6);
+}
+
+/// <summary>
 /// The backend contract: memory, and a small fixed set of typed kernels. All buffers hold float32, laid
 /// out contiguous row-major. Inputs come first, scalars next, outputs last. A backend that cannot run an op
 /// throws <see cref="NotSupportedException"/> rather than computing it wrongly. Only <see cref="Download"/>,
-/// <see cref="SumOfSquares"/> and <see cref="Synchronize"/> wait for queued work.
+/// <see cref="SumOfSquares"/> and <see cref="Synchronize"/> wait for queued work. Every buffer argument may be
+/// a view made by <see cref="Slice"/>.
 /// </summary>
 public interface IBackend : IDisposable
 {
@@ -75,6 +96,13 @@ public interface IBackend : IDisposable
     void Download(DeviceBuffer src, int srcOffset, Span<float> dst);
 
     void Synchronize();
+
+    /// <summary>
+    /// A view of <paramref name="parent"/>'s elements [offset, offset + length): a buffer of
+    /// <paramref name="length"/> floats sharing the parent's memory, usable wherever a buffer is. It keeps the
+    /// parent alive (retains it) until it is itself released. A view of a view addresses the same memory.
+    /// </summary>
+    DeviceBuffer Slice(DeviceBuffer parent, int offset, int length);
 
     // ---- fills and copies ---------------------------------------------------------------------------
 
@@ -122,6 +150,13 @@ public interface IBackend : IDisposable
 
     /// <summary>Sum of x[i]^2 in double; waits for the result.</summary>
     double SumOfSquares(DeviceBuffer x, int n);
+
+    /// <summary>
+    /// The sum of x[i]^2 over [0, n), accumulated in double and left on the device without waiting: written as
+    /// two floats, result[resultIndex] = hi = (float)sum and result[resultIndex + 1] = lo = (float)(sum - hi), so
+    /// (double)hi + lo gives the double back to about 2^-48 relative. x: [n]; result: at least resultIndex + 2.
+    /// </summary>
+    void SumOfSquaresTo(DeviceBuffer x, int n, DeviceBuffer result, int resultIndex);
 
     // ---- layout -------------------------------------------------------------------------------------
 
@@ -183,4 +218,12 @@ public interface IBackend : IDisposable
 
     /// <summary>One Adam(W) step in place on param, m, v (PyTorch semantics).</summary>
     void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p);
+
+    /// <summary>
+    /// Gradient-norm clipping with the scale computed on the device (torch.nn.utils.clip_grad_norm_): with
+    /// norm = sqrt((double)sumSq[index] + sumSq[index + 1]) (the hi/lo pair of <see cref="SumOfSquaresTo"/>) and
+    /// coef = maxNorm / (norm + 1e-6) in double, x[i] *= (float)coef for i in [0, n) when coef &lt; 1; otherwise x
+    /// is left as it is. sumSq: at least index + 2; x: [n].
+    /// </summary>
+    void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n);
 }

@@ -127,6 +127,8 @@ public sealed class ProfilingBackend : IBackend
 
     public void Synchronize() => Inner.Synchronize();
 
+    public DeviceBuffer Slice(DeviceBuffer parent, int offset, int length) => Inner.Slice(parent, offset, length);
+
     public void Dispose() => Inner.Dispose();
 
     // ---- ops ----------------------------------------------------------------------------------------
@@ -178,6 +180,9 @@ public sealed class ProfilingBackend : IBackend
         Time("sum of squares", 0, () => r = Inner.SumOfSquares(x, n));
         return r;
     }
+
+    public void SumOfSquaresTo(DeviceBuffer x, int n, DeviceBuffer result, int resultIndex) =>
+        Time("sum of squares to device", 0, () => Inner.SumOfSquaresTo(x, n, result, resultIndex));
 
     public void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y)
     {
@@ -244,4 +249,7 @@ public sealed class ProfilingBackend : IBackend
         var ps = p;
         Time("adam step", 0, () => Inner.AdamStep(param, grad, m, v, n, ps));
     }
+
+    public void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n) =>
+        Time("clip scale", 0, () => Inner.ClipScale(sumSq, index, maxNorm, x, n));
 }

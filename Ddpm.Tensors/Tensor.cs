@@ -139,6 +139,19 @@ public class Tensor : IDisposable
         return new Tensor(Backend, shape, Buffer);
     }
 
+    /// <summary>
+    /// Moves this tensor onto <paramref name="buffer"/> (whose reference it takes over), releasing the memory it
+    /// held. Used to put parameters into one flat buffer; the caller has copied the values across.
+    /// </summary>
+    internal void Rebind(DeviceBuffer buffer)
+    {
+        if (buffer.Length < Shape.Size)
+            throw new ArgumentException($"Buffer of {buffer.Length} floats is too small for {Describe()}.");
+        var old = _buffer ?? throw new ObjectDisposedException(Describe(), "Cannot move a disposed tensor to new memory.");
+        _buffer = buffer;
+        old.Release();
+    }
+
     /// <summary>Overwrites the shape in place; only for buffers whose shape is known to be reinterpreted.</summary>
     internal void SetShape(Shape s)
     {

@@ -13,12 +13,23 @@ public readonly record struct TrainStep(long Step, float Loss, double GradNorm, 
 /// The training loop: L_simple, Adam, optional warm-up, grad-norm clipping and an EMA of the weights. All
 /// randomness (timesteps, noise, dropout, data order) comes from Philox streams whose offsets, like every other
 /// piece of state, are in the checkpoint, so N steps + resume + M steps equals N + M steps exactly.
+/// The model's parameters live in one <see cref="ParameterStore"/> (adopted here unless the model already has
+/// one), with the Adam moments and the EMA weights in flat buffers of the same layout, so clipping, Adam and
+/// the EMA are a few whole-model launches, and a step waits for the device once: to read the loss and the
+/// gradient norm, left side by side in one small device buffer.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
     private readonly IBatchSource _data;
     private readonly List<(string Name, Parameter Param, Tensor? Ema)> _params;
+    private readonly bool _ownsStore;
+    private readonly FlatState? _ema;
+    private readonly DeviceBuffer _stats;
+    private readonly float[] _statsHost = new float[StatsLength];
     private float[] _batch = [];
+
+    // _stats: [loss, sum of squared gradients (hi, lo)].
+    private const int StatsLength = 3;
 
     public Trainer(DenoiseDiffusion diffusion, IBatchSource data, TrainingConfig config)
     {
@@ -31,23 +42,31 @@ public sealed class Trainer : IDisposable
         if (data.Channels != mc.ImageChannels || data.Height != mc.ImageSize || data.Width != mc.ImageSize)
             throw new ArgumentException(
                 $"The data has {data.Channels}x{data.Height}x{data.Width} images but the model expects {mc.ImageChannels}x{mc.ImageSize}x{mc.ImageSize}.");
-        var trainable = Model.NamedParameters().Where(p => p.Param.RequiresGrad).ToList();
-        Optimizer = new Adam(trainable.Select(p => (p.Name, p.Param)), config.LearningRate, config.Beta1, config.Beta2,
-            config.AdamEps, config.WeightDecay);
+        var named = Model.NamedParameters().ToList();
+        var existing = named[0].Param.Store;
+        if (existing is not null && existing.Holds(named.Select(p => p.Param).ToList())) Store = existing;
+        else
+        {
+            Store = ParameterStore.Adopt(named);
+            _ownsStore = true;
+        }
+        // Parameters kept for name compatibility without gradients (labml's unused attention norm) are stored
+        // and averaged like the others but not optimised, and have no Adam moments in checkpoints.
+        var trainable = named.Where(p => p.Param.RequiresGrad).ToList();
+        Optimizer = new Adam(trainable, config.LearningRate, config.Beta1, config.Beta2, config.AdamEps, config.WeightDecay);
         NoiseGenerator = new PhiloxGenerator(config.Seed * 4 + 1);
         DropoutGenerator = new PhiloxGenerator(config.Seed * 4 + 2);
         Model.SetDropoutGenerator(DropoutGenerator);
-        _params = Model.NamedParameters().Select(p =>
-        {
-            Tensor? ema = null;
-            if (config.EmaDecay > 0)
-            {
-                ema = Tensor.EmptyUntracked(p.Param.Backend, p.Param.Shape);
-                ema.CopyFrom(p.Param);
-            }
-            return (p.Name, p.Param, ema);
-        }).ToList();
+        if (config.EmaDecay > 0) _ema = Store.CreateState(copyParameters: true);
+        _params = named.Select((p, i) => (p.Name, p.Param, _ema?.Views[i])).ToList();
+        _stats = Store.Backend.Allocate(StatsLength);
     }
+
+    /// <summary>The flat parameter and gradient buffers of the model (the gradients are what a data-parallel step all-reduces).</summary>
+    public ParameterStore Store { get; }
+
+    /// <summary>The EMA weights as one flat buffer in <see cref="Store"/>'s layout (null when EMA is off).</summary>
+    public DeviceBuffer? EmaWeights => _ema?.Buffer;
 
     public DenoiseDiffusion Diffusion { get; }
     public UNet Model { get; }
@@ -71,24 +90,25 @@ public sealed class Trainer : IDisposable
         int b = Config.BatchSize, per = mc.ImageChannels * mc.ImageSize * mc.ImageSize;
         if (_batch.Length != b * per) _batch = new float[b * per];
         _data.NextBatch(b, _batch);
-        float lossValue;
-        double norm;
         float lr = Config.LearningRateAt(Optimizer.StepCount + 1);
+        var be = Store.Backend;
         using (var scope = new TensorScope())
         {
             var x0 = Tensor.FromArray(Model.Backend, _batch, b, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
             var loss = Diffusion.Loss(x0, NoiseGenerator);
             Model.ZeroGrad();
             loss.Backward();
-            lossValue = loss.Item();
-            norm = Config.GradClip > 0
-                ? GradClip.ClipGradNorm(Model.Parameters(), Config.GradClip)
-                : GradClip.GlobalNorm(Model.Parameters());
+            be.Copy(loss.Buffer, 0, _stats, 0, 1);
+            // A clip of 0 means none: the norm is still measured (and logged).
+            GradClip.ClipGradNorm(Store, Config.GradClip > 0 ? Config.GradClip : 0.0, _stats, 1);
             Optimizer.LearningRate = lr;
             Optimizer.Step();
         }
         UpdateEma();
-        return new TrainStep(Optimizer.StepCount, lossValue, norm, lr, sw.Elapsed.TotalSeconds, b);
+        // The step's one wait for the device.
+        be.Download(_stats, 0, _statsHost);
+        double norm = Math.Sqrt(NormMath.Join(_statsHost[1], _statsHost[2]));
+        return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
     }
 
     /// <summary>ema = d * ema + (1 - d) * param, d = min(decay, (1 + n) / (10 + n)) with warm-up.</summary>
@@ -98,23 +118,18 @@ public sealed class Trainer : IDisposable
         long n = Optimizer.StepCount;
         double d = Config.EmaDecay;
         if (Config.EmaWarmup) d = Math.Min(d, (1.0 + n) / (10.0 + n));
-        foreach (var (_, p, ema) in _params)
-            p.Backend.Axpby(p.Buffer, ema!.Buffer, p.Size, (float)(1 - d), (float)d);
+        Store.Backend.Axpby(Store.Parameters, _ema!.Buffer, Store.Count, (float)(1 - d), (float)d);
     }
 
     /// <summary>Swaps the EMA weights into the model for the duration of the returned handle (sampling).</summary>
     public IDisposable UseEmaWeights()
     {
         if (!HasEma) return new NoOp();
-        var saved = new List<Tensor>();
-        foreach (var (_, p, ema) in _params)
-        {
-            var s = Tensor.EmptyUntracked(p.Backend, p.Shape);
-            s.CopyFrom(p);
-            saved.Add(s);
-            p.CopyFrom(ema!);
-        }
-        return new Restore(this, saved);
+        var be = Store.Backend;
+        var saved = be.Allocate(Store.Count);
+        be.Copy(Store.Parameters, 0, saved, 0, Store.Count);
+        be.Copy(_ema!.Buffer, 0, Store.Parameters, 0, Store.Count);
+        return new Restore(Store, saved);
     }
 
     /// <summary>Restores generator positions (from a checkpoint).</summary>
@@ -127,12 +142,14 @@ public sealed class Trainer : IDisposable
     public void Dispose()
     {
         Optimizer.Dispose();
-        foreach (var (_, _, ema) in _params) ema?.Dispose();
+        _ema?.Dispose();
+        _stats.Release();
+        if (_ownsStore) Store.Dispose();
     }
 
     private sealed class NoOp : IDisposable { public void Dispose() { } }
 
-    private sealed class Restore(Trainer trainer, List<Tensor> saved) : IDisposable
+    private sealed class Restore(ParameterStore store, DeviceBuffer saved) : IDisposable
     {
         private bool _done;
 
@@ -140,12 +157,8 @@ public sealed class Trainer : IDisposable
         {
             if (_done) return;
             _done = true;
-            int i = 0;
-            foreach (var (_, p, _) in trainer._params)
-            {
-                p.CopyFrom(saved[i]);
-                saved[i++].Dispose();
-            }
+            store.Backend.Copy(saved, 0, store.Parameters, 0, store.Count);
+            saved.Release();
         }
     }
 }

@@ -11,6 +11,26 @@ public sealed class Parameter : Tensor
 
     /// <summary>False for parameters that exist for name and count compatibility but never receive a gradient.</summary>
     public bool Used { get; init; } = true;
+
+    /// <summary>The flat store this parameter's memory lives in (<see cref="ParameterStore.Adopt(Module)"/>), if any.</summary>
+    public ParameterStore? Store { get; internal set; }
+
+    /// <summary>
+    /// With a store: the view of the store's gradient buffer that <see cref="Tensor.Grad"/> points to once the
+    /// backward pass has written this parameter's gradient (Grad stays null until then, as without a store).
+    /// Owned by the store; never disposed through Grad.
+    /// </summary>
+    internal Tensor? GradSlot { get; set; }
+
+    /// <summary>Whether a backward pass wrote <see cref="GradSlot"/> since the store last zeroed it.</summary>
+    internal bool GradSlotWritten { get; set; }
+
+    /// <summary>Drops the gradient; a gradient held in a store's buffer stays there, only unlinked.</summary>
+    internal void ClearGrad()
+    {
+        if (Grad is not null && !ReferenceEquals(Grad, GradSlot)) Grad.Dispose();
+        Grad = null;
+    }
 }
 
 /// <summary>
@@ -65,14 +85,14 @@ public abstract class Module : IDisposable
 
     public void Eval() => Train(false);
 
-    /// <summary>Clears all parameter gradients.</summary>
+    /// <summary>
+    /// Clears all parameter gradients (Grad becomes null). Gradients in a flat store's buffer are not filled
+    /// here: the next backward pass overwrites each one it reaches, and
+    /// <see cref="ParameterStore.CompleteGradients"/> zeroes the others.
+    /// </summary>
     public void ZeroGrad()
     {
-        foreach (var p in Parameters())
-        {
-            p.Grad?.Dispose();
-            p.Grad = null;
-        }
+        foreach (var p in Parameters()) p.ClearGrad();
     }
 
     /// <summary>Visits this module and all below it.</summary>
@@ -85,7 +105,7 @@ public abstract class Module : IDisposable
 
     public virtual void Dispose()
     {
-        foreach (var (_, p) in _params) { p.Grad?.Dispose(); p.Dispose(); }
+        foreach (var (_, p) in _params) { p.ClearGrad(); p.Dispose(); }
         foreach (var (_, c) in _children) c.Dispose();
         GC.SuppressFinalize(this);
     }

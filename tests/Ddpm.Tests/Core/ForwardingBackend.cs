@@ -1,0 +1,105 @@
+using Ddpm.Tensors;
+
+namespace Ddpm.Tests.Core;
+
+/// <summary>
+/// A backend decorator for tests: forwards every call to <see cref="Inner"/> through <see cref="Count"/>, which
+/// tallies calls by op name, and lets subclasses change memory handling (<see cref="Allocate"/>). Buffers are
+/// the inner backend's own.
+/// </summary>
+public class ForwardingBackend(IBackend inner) : IBackend
+{
+    private readonly Dictionary<string, long> _calls = new();
+
+    public IBackend Inner { get; } = inner;
+
+    public string Name => Inner.Name;
+
+    public string Description => Inner.Description + " (forwarded)";
+
+    /// <summary>Calls by op name (the IBackend method name) since the last <see cref="ResetCounts"/>.</summary>
+    public IReadOnlyDictionary<string, long> Calls => _calls;
+
+    public long CallsOf(string op) => _calls.GetValueOrDefault(op);
+
+    /// <summary>Calls of the ops that wait for queued work: Download, SumOfSquares, Synchronize.</summary>
+    public long Synchronizing => CallsOf(nameof(Download)) + CallsOf(nameof(SumOfSquares)) + CallsOf(nameof(Synchronize));
+
+    public void ResetCounts() => _calls.Clear();
+
+    protected void Count(string op) => _calls[op] = _calls.GetValueOrDefault(op) + 1;
+
+    public virtual DeviceBuffer Allocate(int length)
+    {
+        Count(nameof(Allocate));
+        return Inner.Allocate(length);
+    }
+
+    public void Upload(ReadOnlySpan<float> src, DeviceBuffer dst, int dstOffset) { Count(nameof(Upload)); Inner.Upload(src, dst, dstOffset); }
+    public virtual void Download(DeviceBuffer src, int srcOffset, Span<float> dst) { Count(nameof(Download)); Inner.Download(src, srcOffset, dst); }
+    public void Synchronize() { Count(nameof(Synchronize)); Inner.Synchronize(); }
+    public DeviceBuffer Slice(DeviceBuffer parent, int offset, int length) { Count(nameof(Slice)); return Inner.Slice(parent, offset, length); }
+    public void Fill(DeviceBuffer dst, int n, float value) { Count(nameof(Fill)); Inner.Fill(dst, n, value); }
+    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n) { Count(nameof(Copy)); Inner.Copy(src, srcOffset, dst, dstOffset, n); }
+    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset) { Count(nameof(FillNormal)); Inner.FillNormal(dst, n, seed, offset); }
+    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset) { Count(nameof(FillUniform)); Inner.FillUniform(dst, n, seed, offset); }
+    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset) { Count(nameof(DropoutMask)); Inner.DropoutMask(dst, n, p, seed, offset); }
+    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n) { Count(nameof(Unary)); Inner.Unary(op, x, y, n); }
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n) { Count(nameof(UnaryBackward)); Inner.UnaryBackward(op, x, y, dy, dx, n); }
+    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift) { Count(nameof(Affine)); Inner.Affine(x, y, n, scale, shift); }
+    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b) { Count(nameof(Axpby)); Inner.Axpby(x, y, n, a, b); }
+    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi) { Count(nameof(Clamp)); Inner.Clamp(x, y, n, lo, hi); }
+
+    public void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape, DeviceBuffer y, ReadOnlySpan<int> yShape)
+    {
+        Count(nameof(Binary));
+        Inner.Binary(op, a, aShape, b, bShape, y, yShape);
+    }
+
+    public void SumToShape(DeviceBuffer x, ReadOnlySpan<int> xShape, DeviceBuffer y, ReadOnlySpan<int> yShape) { Count(nameof(SumToShape)); Inner.SumToShape(x, xShape, y, yShape); }
+    public double SumOfSquares(DeviceBuffer x, int n) { Count(nameof(SumOfSquares)); return Inner.SumOfSquares(x, n); }
+    public void SumOfSquaresTo(DeviceBuffer x, int n, DeviceBuffer result, int resultIndex) { Count(nameof(SumOfSquaresTo)); Inner.SumOfSquaresTo(x, n, result, resultIndex); }
+    public void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y) { Count(nameof(Permute)); Inner.Permute(x, xShape, perm, y); }
+
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart, int outer, int count, int inner, bool accumulate)
+    {
+        Count(nameof(CopySlice));
+        Inner.CopySlice(src, srcDim, srcStart, dst, dstDim, dstStart, outer, count, inner, accumulate);
+    }
+
+    public void IndexSelect(DeviceBuffer src, int rows, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst) { Count(nameof(IndexSelect)); Inner.IndexSelect(src, rows, rowSize, indices, dst); }
+    public void IndexAdd(DeviceBuffer src, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst, int rows) { Count(nameof(IndexAdd)); Inner.IndexAdd(src, rowSize, indices, dst, rows); }
+
+    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    {
+        Count(nameof(Gemm));
+        Inner.Gemm(transA, transB, batch, m, n, k, alpha, a, strideA, b, strideB, beta, c, strideC);
+    }
+
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g) { Count(nameof(Conv2dForward)); Inner.Conv2dForward(x, w, bias, y, g); }
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g) { Count(nameof(Conv2dBackwardData)); Inner.Conv2dBackwardData(dy, w, dx, g); }
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g) { Count(nameof(Conv2dBackwardWeight)); Inner.Conv2dBackwardWeight(x, dy, dw, dbias, g); }
+
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups, float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+    {
+        Count(nameof(GroupNormForward));
+        Inner.GroupNormForward(x, gamma, beta, n, c, hw, groups, eps, y, mean, rstd);
+    }
+
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd, int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    {
+        Count(nameof(GroupNormBackward));
+        Inner.GroupNormBackward(dy, x, gamma, mean, rstd, n, c, hw, groups, dx, dgamma, dbeta);
+    }
+
+    public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y) { Count(nameof(SoftmaxForward)); Inner.SoftmaxForward(x, outer, dim, inner, y); }
+    public void SoftmaxBackward(DeviceBuffer y, DeviceBuffer dy, int outer, int dim, int inner, DeviceBuffer dx) { Count(nameof(SoftmaxBackward)); Inner.SoftmaxBackward(y, dy, outer, dim, inner, dx); }
+    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p) { Count(nameof(AdamStep)); Inner.AdamStep(param, grad, m, v, n, p); }
+    public void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n) { Count(nameof(ClipScale)); Inner.ClipScale(sumSq, index, maxNorm, x, n); }
+
+    public virtual void Dispose()
+    {
+        Inner.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}
