@@ -18,6 +18,8 @@ public static class CudaTestEnvironment
 
     private static readonly Lazy<(CudaBackend? Backend, string Reason)> Shared = new(() =>
     {
+        // The CI copy of NVRTC must be on the search path before the backend compiles its kernels.
+        _ = NvrtcReason.Value;
         var b = CudaBackend.TryCreate(out string reason);
         return (b, b is null ? $"No usable CUDA device: {reason}" : "");
     });
