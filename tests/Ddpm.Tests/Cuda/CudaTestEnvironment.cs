@@ -16,14 +16,6 @@ public static class CudaTestEnvironment
     /// </summary>
     public const string Collection = "cuda device";
 
-    private static readonly Lazy<(CudaBackend? Backend, string Reason)> Shared = new(() =>
-    {
-        // The CI copy of NVRTC must be on the search path before the backend compiles its kernels.
-        _ = NvrtcReason.Value;
-        var b = CudaBackend.TryCreate(out string reason);
-        return (b, b is null ? $"No usable CUDA device: {reason}" : "");
-    });
-
     public static bool Available => Shared.Value.Backend is not null;
 
     public static string SkipReason => Shared.Value.Reason;
@@ -53,6 +45,14 @@ public static class CudaTestEnvironment
         {
             return $"NVRTC is not available (run .ci/fetch-nvrtc.sh or set DDPM_CUDA_LIB_DIR): {e.Message}";
         }
+    });
+
+    private static readonly Lazy<(CudaBackend? Backend, string Reason)> Shared = new(() =>
+    {
+        // The CI copy of NVRTC must be on the search path before the backend compiles its kernels.
+        _ = NvrtcReason.Value;
+        var b = CudaBackend.TryCreate(out string reason);
+        return (b, b is null ? $"No usable CUDA device: {reason}" : "");
     });
 
     public static bool NvrtcAvailable => NvrtcReason.Value.Length == 0;
