@@ -40,7 +40,7 @@ public sealed class BenchOptions : ModelOptions
 
 public static class BenchCommand
 {
-    public static int Run(BenchOptions o, Console2 con)
+    public static int Run(BenchOptions o, ToolConsole con)
     {
         if (o.Steps <= 0 || o.Warmup < 0) throw new UsageError("--steps must be positive and --warmup >= 0.");
         string mode = o.Mode.ToLowerInvariant();
@@ -50,7 +50,7 @@ public static class BenchCommand
         int batch = o.Batch ?? preset.Batch;
         if (batch <= 0) throw new UsageError($"--batch must be positive, got {batch}.");
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
-        var raw = Cli.CreateBackend(o);
+        var raw = ToolBackends.Create(o);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
         using IBackend be = profiler ?? raw;
         var times = new List<double>();
