@@ -140,7 +140,7 @@ public static class Program
     private static string Describe(Error e) => e switch
     {
         UnknownOptionError u => $"unknown option '{u.Token}'",
-        BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName} (see --help for the values it takes)",
+        BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName}",
         MissingRequiredOptionError m => $"missing required option --{m.NameInfo.LongName}",
         MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
         BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
