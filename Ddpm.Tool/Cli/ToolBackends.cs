@@ -9,10 +9,10 @@ public static class ToolBackends
 {
     public static BackendRegistry Registry() => new BackendRegistry().RegisterCpu().RegisterCpuReference().RegisterCuda();
 
-    public static IBackend Create(CommonOptions o, BackendOptions? extra = null) => Create(o.Backend, o, extra);
+    public static IBackend Create(CommonOptions o) => Create(o.Backend, o);
 
-    /// <summary>Backend <paramref name="name"/> with the thread and TF32 options of <paramref name="o"/> (over <paramref name="extra"/>'s others).</summary>
-    public static IBackend Create(string name, CommonOptions o, BackendOptions? extra = null)
+    /// <summary>Backend <paramref name="name"/> with the thread and TF32 options of <paramref name="o"/>.</summary>
+    public static IBackend Create(string name, CommonOptions o)
     {
         var reg = Registry();
         if (!reg.Contains(name))
@@ -20,7 +20,7 @@ public static class ToolBackends
         if (o.Threads < 0) throw new UsageError($"--threads must be >= 0, got {o.Threads}.");
         try
         {
-            return reg.Create(name, (extra ?? new BackendOptions()) with { Threads = o.Threads, AllowTf32 = o.Tf32 });
+            return reg.Create(name, new BackendOptions { Threads = o.Threads, AllowTf32 = o.Tf32 });
         }
         catch (Exception e) when (e is not UsageError)
         {
