@@ -48,7 +48,7 @@ build() {
 part() {
   local name=$1 limit=$2; shift 2
   local log="$out/$name.log" t0=$SECONDS rc=0
-  echo "== $name (limit ${limit}s): $*" | tee "$log"
+  echo "== $name (limit ${limit}s): $(printf '%s ' "$@" | head -n 1 | cut -c1-160)" | tee "$log"
   timeout --kill-after=5 "$limit" "$@" >> "$log" 2>&1 || rc=$?
   echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
   tail -n 4 "$log" | sed 's/^/   /'
@@ -76,27 +76,27 @@ device() {
   } > "$out/libraries.log" 2>&1
   cat "$out/libraries.log"
 
-  part parity-ops 100 "$bin/Ddpm.Cuda.Check" --no-bench
+  part parity-ops 75 "$bin/Ddpm.Cuda.Check" --no-bench
   if [ "${status_of[parity-ops]}" -eq 2 ]; then
     echo "no CUDA device could be used; see $out/parity-ops.log"
     rm -rf "$work"
     return 2
   fi
-  part golden 60 "$bin/Ddpm.Cuda.Check" --golden
-  part tool-parity 60 "$bin/ddpm-tool" parity --backend cuda --against cpu --preset tiny
+  part golden 40 "$bin/Ddpm.Cuda.Check" --golden
+  part tool-parity 40 "$bin/ddpm-tool" parity --backend cuda --against cpu --preset tiny
   : > "$out/bench.log"
   bench() { for preset in small labml; do
       "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json
       "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json --tf32
     done
     "$bin/Ddpm.Cuda.Check" --filter gemm-NN-b1 ; }
-  part bench 90 bash -c "$(declare -f bench); bin='$bin' bench"
+  part bench 70 bash -c "$(declare -f bench); bin='$bin' bench"
   torch_steps() { for preset in small labml; do
       "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5
       "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5 --tf32
     done
     "$py" "$repo_root/tests/gpu/torch_bench.py" ; }
-  PYTHONUNBUFFERED=1 part torch 90 bash -c "$(declare -f torch_steps); bin='$bin' py='$py' repo_root='$repo_root' torch_steps"
+  PYTHONUNBUFFERED=1 part torch 60 bash -c "$(declare -f torch_steps); bin='$bin' py='$py' repo_root='$repo_root' torch_steps"
 
   echo "== all parts took $((SECONDS - t0)) s; exit codes:"
   local failed=0
