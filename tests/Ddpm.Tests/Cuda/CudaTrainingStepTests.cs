@@ -16,18 +16,6 @@ namespace Ddpm.Tests.Cuda;
 [Collection(CudaTestEnvironment.Collection)]
 public sealed class CudaTrainingStepTests(ITestOutputHelper output)
 {
-    /// <summary>A synthetic batch source: the same Philox images every step, so the test needs no data files.</summary>
-    private sealed class NoiseImages(int channels, int size) : IBatchSource
-    {
-        public int Channels => channels;
-        public int Height => size;
-        public int Width => size;
-        public int Count => 1;
-        public (long Epoch, long Index) Position { get; set; }
-
-        public void NextBatch(int batch, Span<float> into) => Philox.FillUniform(into, 99, 0);
-    }
-
     // ddpm-tool's small preset.
     private static UNetConfig Small => new()
     {
@@ -44,7 +32,7 @@ public sealed class CudaTrainingStepTests(ITestOutputHelper output)
             using var model = new UNet(be, config, new PhiloxGenerator(1));
             var tc = new TrainingConfig { BatchSize = batch, WarmupSteps = 1, GradClip = 1f, EmaDecay = 0.99f };
             using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()),
-                new NoiseImages(config.ImageChannels, config.ImageSize), tc);
+                new SyntheticBatches(config.ImageChannels, config.ImageSize, 99), tc);
             trainer.Step();
             var before = counters.Read();
             const int steps = 2;

@@ -17,29 +17,6 @@ namespace Ddpm.Tests.Diffusion;
 /// </summary>
 public sealed class TrainerStepTests(ITestOutputHelper output)
 {
-    /// <summary>Uniform [-1, 1) images from a Philox stream, the same for every source with the same seed.</summary>
-    private sealed class Batches(int channels, int size, ulong seed) : IBatchSource
-    {
-        private long _next;
-
-        public int Channels => channels;
-        public int Height => size;
-        public int Width => size;
-        public int Count => int.MaxValue;
-
-        public void NextBatch(int batchSize, Span<float> dst)
-        {
-            Philox.FillUniform(dst, seed, (ulong)(_next++ * dst.Length));
-            for (int i = 0; i < dst.Length; i++) dst[i] = 2f * dst[i] - 1f;
-        }
-
-        public (long Epoch, long Index) Position
-        {
-            get => (0, _next);
-            set => _next = value.Index;
-        }
-    }
-
     private static readonly UNetConfig Tiny = GoldenTestsBase.TinyConfig;
 
     private static TrainingConfig Config(float clip) =>
@@ -54,7 +31,7 @@ public sealed class TrainerStepTests(ITestOutputHelper output)
         var be = new ForwardingBackend(cpu);
         using var model = new UNet(be, Tiny, new PhiloxGenerator(1));
         var tc = Config(clip);
-        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new Batches(1, Tiny.ImageSize, 2), tc);
+        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new SyntheticBatches(1, Tiny.ImageSize, 2), tc);
         trainer.Step();
         be.ResetCounts();
         const int steps = 3;
@@ -81,12 +58,12 @@ public sealed class TrainerStepTests(ITestOutputHelper output)
         using var be = new CpuBackend(2);
         var tc = Config(0.05f);
         using var model = new UNet(be, Tiny, new PhiloxGenerator(1));
-        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new Batches(1, Tiny.ImageSize, 2), tc);
+        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new SyntheticBatches(1, Tiny.ImageSize, 2), tc);
 
         // The loop written per tensor, on a twin model that has no store.
         using var twin = new UNet(be, Tiny, new PhiloxGenerator(1));
         var diffusion = new DenoiseDiffusion(twin, new DiffusionConfig());
-        var data = new Batches(1, Tiny.ImageSize, 2);
+        var data = new SyntheticBatches(1, Tiny.ImageSize, 2);
         var noise = new PhiloxGenerator(tc.Seed * 4 + 1);
         twin.SetDropoutGenerator(new PhiloxGenerator(tc.Seed * 4 + 2));
         var named = twin.NamedParameters().ToList();

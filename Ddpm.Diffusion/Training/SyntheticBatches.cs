@@ -1,10 +1,9 @@
-using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 
-namespace Ddpm.Tool.Commands;
+namespace Ddpm.Diffusion.Training;
 
-/// <summary>Deterministic stand-in data for benchmarks and parity runs: uniform pixels in [-1, 1] from Philox.</summary>
-internal sealed class SyntheticBatches(int channels, int size, ulong seed) : IBatchSource
+/// <summary>Deterministic stand-in data for benchmarks, parity runs and tests: uniform pixels in [-1, 1] from Philox.</summary>
+public sealed class SyntheticBatches(int channels, int size, ulong seed) : IBatchSource
 {
     private long _next;
 
