@@ -25,9 +25,14 @@ public sealed unsafe partial class CpuBackend : IBackend
     private readonly WorkerPool _pool;
 
     /// <param name="threads">Worker threads; 0 means all cores.</param>
-    public CpuBackend(int threads = 0)
+    public CpuBackend(int threads = 0) : this(new CpuBackendOptions { Threads = threads })
     {
-        _pool = new WorkerPool(threads);
+    }
+
+    /// <param name="options">Threads, kernels and block sizes of this backend (see <see cref="CpuBackendOptions"/>).</param>
+    public CpuBackend(CpuBackendOptions options)
+    {
+        _pool = new WorkerPool(options);
     }
 
     public string Name => "cpu";
@@ -35,7 +40,7 @@ public sealed unsafe partial class CpuBackend : IBackend
     public int Threads => _pool.Threads;
 
     public string Description =>
-        $"CPU SIMD ({(Sgemm.UseAvx512 ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "128-bit")}), " +
+        $"CPU SIMD ({(_pool.Options.UseAvx512 ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "128-bit")}), " +
         $"{_pool.Threads} threads, {RuntimeInformation.ProcessArchitecture}, System.Numerics.Tensors";
 
     public void Dispose()

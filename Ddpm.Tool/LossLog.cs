@@ -1,11 +1,10 @@
 using System.Globalization;
-using Ddpm.Diffusion.Imaging;
 using Ddpm.Diffusion.Training;
-using Ddpm.Tensors.IO;
+using ScottPlot;
 
 namespace Ddpm.Tool;
 
-/// <summary>The training log: loss.csv (step, loss, grad norm, lr, seconds) and a loss-curve PNG.</summary>
+/// <summary>The training log: loss.csv (step, loss, grad norm, lr, seconds) and its loss curve, loss.png.</summary>
 internal sealed class LossLog
 {
     private readonly string _path;
@@ -47,6 +46,100 @@ internal sealed class LossLog
         _pending.Clear();
     }
 
-    public void Plot(string path) =>
-        LinePlot.SavePng(path, _all.Select(p => p.Step).ToList(), _all.Select(p => p.Loss).ToList(), "training loss (L_simple), log scale", logY: true);
+    public void Plot(string path) => LossPlot.Save(path, _all);
+}
+
+/// <summary>
+/// The loss curve as a PNG (ScottPlot): every step's loss faint, a moving average bold, the loss axis
+/// logarithmic (the loss falls by orders of magnitude in the first hundred steps).
+/// </summary>
+internal static class LossPlot
+{
+    public const int Width = 800, Height = 450;
+
+    public static void Save(string path, IReadOnlyList<(double Step, double Loss)> points)
+    {
+        var kept = points.Where(p => double.IsFinite(p.Loss) && p.Loss > 0).ToArray();
+        double[] steps = kept.Select(p => p.Step).ToArray();
+        double[] logLoss = kept.Select(p => Math.Log10(p.Loss)).ToArray();
+
+        using var plot = new Plot();
+        if (kept.Length > 0)
+        {
+            var raw = plot.Add.ScatterLine(steps, logLoss);
+            raw.LegendText = "loss per step";
+            raw.Color = Colors.SteelBlue.WithAlpha(0.35);
+            raw.LineWidth = 1;
+            var smooth = plot.Add.ScatterLine(steps, Smooth(logLoss));
+            smooth.LegendText = "moving average";
+            smooth.Color = Colors.DarkBlue;
+            smooth.LineWidth = 2.5f;
+            plot.ShowLegend(Alignment.UpperRight);
+        }
+        // Log-scale axis: the values are log10(loss); the ticks are labelled with the loss itself.
+        if (kept.Length > 0)
+        {
+            var ticks = new ScottPlot.TickGenerators.NumericManual();
+            foreach (var (position, label) in LogTicks(logLoss.Min(), logLoss.Max())) ticks.AddMajor(position, label);
+            plot.Axes.Left.TickGenerator = ticks;
+        }
+        plot.Title("Training loss");
+        plot.XLabel("step");
+        plot.YLabel("loss (log scale)");
+        plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
+        string tmp = path + ".tmp";
+        plot.SavePng(tmp, Width, Height);
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>
+    /// Ticks for a log10 axis spanning [lo, hi]: the values 1, 2 and 5 (or every digit, over a short span) times a
+    /// power of ten; over a span too short for two of those, evenly spaced round values of the loss.
+    /// </summary>
+    internal static (double Position, string Label)[] LogTicks(double lo, double hi)
+    {
+        List<double> values = [];
+        foreach (int[] mantissas in new[] { new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9 }, new[] { 1, 2, 5 }, new[] { 1 } })
+        {
+            values = [];
+            for (int e = (int)Math.Floor(lo) - 1; e <= (int)Math.Ceiling(hi); e++)
+                foreach (int m in mantissas)
+                {
+                    double v = m * Math.Pow(10, e);
+                    if (Math.Log10(v) >= lo && Math.Log10(v) <= hi) values.Add(v);
+                }
+            if (values.Count <= 8) break;
+        }
+        if (values.Count < 2)
+        {
+            // The smallest step of 1, 2 or 5 times a power of ten that gives at most 7 ticks.
+            double a = Math.Pow(10, lo), b = Math.Pow(10, hi), span = Math.Max(b - a, 1e-12);
+            double unit = Math.Pow(10, Math.Floor(Math.Log10(span)) - 2);
+            int[] mantissas = [1, 2, 5];
+            int i = 0;
+            while (span / (mantissas[i % 3] * unit * Math.Pow(10, i / 3)) > 7) i++;
+            double step = mantissas[i % 3] * unit * Math.Pow(10, i / 3);
+            values = [];
+            for (long k = (long)Math.Ceiling(a / step); k * step <= b; k++) values.Add(k * step);
+        }
+        return values.Select(v => (Math.Log10(v), v.ToString("G3", CultureInfo.InvariantCulture))).ToArray();
+    }
+
+    /// <summary>
+    /// Bias-corrected exponential moving average (as Adam corrects its moments) with a window of about a fiftieth
+    /// of the run, in log space so that the early large losses do not dominate it.
+    /// </summary>
+    internal static double[] Smooth(IReadOnlyList<double> y)
+    {
+        double beta = Math.Min(0.99, 1 - 1.0 / Math.Max(1, y.Count / 50.0));
+        var result = new double[y.Count];
+        double m = 0, w = 0;
+        for (int i = 0; i < y.Count; i++)
+        {
+            m = beta * m + (1 - beta) * y[i];
+            w = beta * w + (1 - beta);
+            result[i] = w > 0 ? m / w : y[i];
+        }
+        return result;
+    }
 }

@@ -27,7 +27,7 @@ public static class Program
         };
         // SIGTERM (kill, docker stop, a scheduler's time limit) stops the same way: the checkpoint is written first.
         using var term = OnSigterm(cts);
-        var con = new Console2(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
+        var con = new ToolConsole(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
         return Run(args, con);
     }
 
@@ -50,7 +50,7 @@ public static class Program
     }
 
     /// <summary>Parses and runs one verb; returns the exit code (0 ok, 1 failed, 2 bad usage, 130 interrupted).</summary>
-    public static int Run(string[] args, Console2 con)
+    public static int Run(string[] args, ToolConsole con)
     {
         using var parser = new Parser(s =>
         {
@@ -64,7 +64,12 @@ public static class Program
         if (result is NotParsed<object> notParsed)
         {
             var errors = notParsed.Errors.ToList();
-            if (errors.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError or ErrorType.VersionRequestedError))
+            if (errors.Any(e => e.Tag is ErrorType.VersionRequestedError))
+            {
+                con.Out.WriteLine($"ddpm-tool {Version}");
+                return 0;
+            }
+            if (errors.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError))
             {
                 var help = HelpText.AutoBuild(result, h =>
                 {
@@ -73,6 +78,7 @@ public static class Program
                     h.AddDashesToOption = true;
                     h.AdditionalNewLineAfterOption = false;
                     h.MaximumDisplayWidth = 110;
+                    h.AddEnumValuesToHelpText = true;
                     return h;
                 }, e => e, verbsIndex: true);
                 con.Out.WriteLine(help);
@@ -116,6 +122,18 @@ public static class Program
         {
             con.Err.WriteLine($"ddpm-tool: internal error: {e.GetType().Name}: {e.Message} (run with --verbose for the stack trace)");
             return 1;
+        }
+    }
+
+    /// <summary>The package version (without the source revision the SDK appends to the informational version).</summary>
+    public static string Version
+    {
+        get
+        {
+            var asm = typeof(Program).Assembly;
+            string? v = asm.GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+                .Cast<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion;
+            return (v ?? asm.GetName().Version?.ToString() ?? "unknown").Split('+')[0];
         }
     }
 

@@ -12,7 +12,7 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// </summary>
 internal readonly unsafe struct ConvColumnsB(float* x, ConvGeometry g) : IPackB
 {
-    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst)
+    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst, bool gather = false)
     {
         // The strip's columns as runs of consecutive output columns within one output row of one sample: at most
         // a partial row, whole rows and a partial row. On the stack unless the rows are very narrow (the whole
@@ -79,12 +79,10 @@ internal readonly unsafe struct ConvColumnsB(float* x, ConvGeometry g) : IPackB
 /// </summary>
 internal readonly unsafe struct ConvColumnsTB(float* x, ConvGeometry g) : IPackB
 {
-    /// <summary>Whether the AVX2 gather path is used where the CPU has it (tests switch it off to cover the scalar one).</summary>
-    public static bool UseGather { get; set; } = Avx2.IsSupported;
-
-    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst)
+    /// <summary><paramref name="gather"/>: use the AVX2 gathers (the backend's option; the caller checked the CPU has AVX2).</summary>
+    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst, bool gather)
     {
-        if (UseGather && nr % 8 == 0) PackGather(pc, kc, j0, cols, nr, dst);
+        if (gather && nr % 8 == 0) PackGather(pc, kc, j0, cols, nr, dst);
         else PackScalar(pc, kc, j0, cols, nr, dst);
     }
 

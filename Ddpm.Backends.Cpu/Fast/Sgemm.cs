@@ -14,36 +14,12 @@ namespace Ddpm.Backends.Cpu.Fast;
 internal static unsafe class Sgemm
 {
     /// <summary>
-    /// Largest depth of a k-block (see <see cref="KBlock"/>). A [768, 32] B strip is 96 KiB, past the 48 KiB L1,
-    /// but the micro-kernel streams it from L2 at full rate (hardware prefetch), and each k-block costs a
-    /// read-modify-write pass over C: KC 256 -> 768 took 2-thread SGEMM from 68-74 % to 79-85 % of the FMA
-    /// peak and 1-thread 2048^3 from 82 % to 90 % (sweep of 256 to 1024 in BENCHMARKS.md).
-    /// </summary>
-    public static readonly int KC = Tunable("DDPM_GEMM_KC", 768);
-
-    /// <summary>Rows of an A block: [MC, KC] is at most 288 KiB, well inside the 1 MiB L2.</summary>
-    public static readonly int MC = Tunable("DDPM_GEMM_MC", 96);
-
-    /// <summary>Columns of a packed B block: [KC, NC] is at most 12 MiB, shared by the threads in L3.</summary>
-    public static readonly int NC = Tunable("DDPM_GEMM_NC", 4096);
-
-    /// <summary>A block size from the environment (for tuning runs), else the default.</summary>
-    private static int Tunable(string name, int fallback) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) && v > 0 ? v : fallback;
-
-    /// <summary>
-    /// Whether the AVX-512 micro-kernels are used (tests switch it off to cover the Vector256 one). Read once per
-    /// <see cref="Run"/>, so switching it while another GEMM runs changes only later calls.
-    /// </summary>
-    public static bool UseAvx512 { get; set; } = Avx512F.IsSupported;
-
-    /// <summary>
     /// Rows of the register tile for an m-row product: 12 on AVX-512 (24 accumulators), but 8 when 12 would
     /// pad more than 5% of the rows and 8 pads less (m = 32 or 64 channels would compute 12% padding).
     /// </summary>
-    private static int ChooseMR(int m)
+    private static int ChooseMR(int m, bool avx512)
     {
-        if (!UseAvx512) return 6;
+        if (!avx512) return 6;
         int waste12 = (12 - m % 12) % 12, waste8 = (8 - m % 8) % 8;
         return waste8 < waste12 && waste12 * 20 > m ? 8 : 12;
     }
@@ -56,7 +32,8 @@ internal static unsafe class Sgemm
     /// or, when transA, [k, m]. op(B) is [k, n]: B is [k, n] (ldb) or, when transB, [n, k]. beta == 0
     /// overwrites C without reading it (NaN in C does not survive). Runs on the calling thread when
     /// <paramref name="pool"/> is null, in <paramref name="scratch"/>; otherwise on the pool, with B packed in
-    /// <paramref name="scratch"/> and each worker's A block in its own.
+    /// <paramref name="scratch"/> and each worker's A block in its own. The kernels and block sizes are those
+    /// of the backend that owns <paramref name="scratch"/>.
     /// </summary>
     public static void Run(WorkerPool? pool, WorkerScratch scratch, bool transA, bool transB, int m, int n, int k,
         float alpha, float* a, int lda, float* b, int ldb, float beta, float* c, int ldc) =>
@@ -79,14 +56,16 @@ internal static unsafe class Sgemm
         bool overwrite = beta == 0f;
         if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
 
-        int mr = ChooseMR(m), nr = NRFor(mr);
-        int kcb = KBlock(k);
+        var options = scratch.Options;
+        bool gather = options.UseGather;
+        int mr = ChooseMR(m, options.UseAvx512), nr = NRFor(mr);
+        int kcb = KBlock(k, options.GemmKC);
         int threads = pool?.Threads ?? 1;
-        int mcb = RowBlock(m, mr, threads);
+        int mcb = RowBlock(m, mr, threads, options.GemmMC);
         int mBlocks = (m + mcb - 1) / mcb;
-        for (int jc = 0; jc < n; jc += NC)
+        for (int jc = 0; jc < n; jc += options.GemmNC)
         {
-            int nc = Math.Min(NC, n - jc);
+            int nc = Math.Min(options.GemmNC, n - jc);
             int strips = (nc + nr - 1) / nr;
             // Column chunks per row block: enough tiles to balance (at least 2 per worker, a multiple of the worker
             // count where the strips allow): a worker idle at the end of a k-block costs as much as the whole tail.
@@ -105,7 +84,7 @@ internal static unsafe class Sgemm
                 for (int pc = 0; pc < k; pc += kcb)
                 {
                     int kc = Math.Min(kcb, k - pc);
-                    for (int s = 0; s < strips; s++) PackStrip(b, pc, kc, jc, nc, nr, s, bp);
+                    for (int s = 0; s < strips; s++) PackStrip(b, pc, kc, jc, nc, nr, s, bp, gather);
                     for (int t = 0; t < tiles; t++)
                         Tile(scratch, mcb, mr, nr, t, nChunks, stripsPerChunk, strips, transA, m, nc, jc, pc, kc, alpha, a, lda, bp, c, ldc, overwrite && pc == 0);
                 }
@@ -118,7 +97,7 @@ internal static unsafe class Sgemm
             nint buf0 = (nint)scratch.Get(ScratchSlot.PackB, panel), buf1 = (nint)scratch.Get(ScratchSlot.PackBNext, panel);
             pool.ForItems(strips, 1, (s0, count) =>
             {
-                for (int s = s0; s < s0 + count; s++) PackStrip(b, 0, kcb, jc, nc, nr, s, (float*)buf0);
+                for (int s = s0; s < s0 + count; s++) PackStrip(b, 0, kcb, jc, nc, nr, s, (float*)buf0, gather);
             });
             for (int pc = 0, p = 0; pc < k; pc += kcb, p++)
             {
@@ -135,7 +114,7 @@ internal static unsafe class Sgemm
                     }
                     else
                     {
-                        PackStrip(b, pcNext, kcNext, jc, nc, nr, it - tiles, (float*)next);
+                        PackStrip(b, pcNext, kcNext, jc, nc, nr, it - tiles, (float*)next, gather);
                     }
                 });
             }
@@ -144,33 +123,34 @@ internal static unsafe class Sgemm
 
     /// <summary>
     /// Depth of the k-blocks of a product with inner dimension <paramref name="k"/>: k split into the fewest
-    /// blocks of at most <see cref="KC"/>, of equal depth rounded up to a multiple of 16 (k = 1024 with KC 768 is
-    /// two blocks of 512 rather than 768 + 256, whose short block would pay a full C pass for a third of the work).
+    /// blocks of at most <paramref name="kcMax"/> (<see cref="CpuBackendOptions.GemmKC"/>), of equal depth rounded up
+    /// to a multiple of 16 (k = 1024 with KC 768 is two blocks of 512 rather than 768 + 256, whose short block would
+    /// pay a full C pass for a third of the work).
     /// </summary>
-    internal static int KBlock(int k)
+    internal static int KBlock(int k, int kcMax)
     {
-        if (k <= KC) return k;
-        int blocks = (k + KC - 1) / KC;
-        return Math.Min(KC, ((k + blocks - 1) / blocks + 15) & ~15);
+        if (k <= kcMax) return k;
+        int blocks = (k + kcMax - 1) / kcMax;
+        return Math.Min(kcMax, ((k + blocks - 1) / blocks + 15) & ~15);
     }
 
     /// <summary>
     /// Rows of the A blocks of an m-row product on <paramref name="threads"/> workers: at most about
-    /// <see cref="MC"/>, a multiple of <paramref name="mr"/>, and as many blocks as a multiple of the worker count,
+    /// <paramref name="mcMax"/> (<see cref="CpuBackendOptions.GemmMC"/>), a multiple of <paramref name="mr"/>, and as many blocks as a multiple of the worker count,
     /// so that products with few rows (conv layers: m = 128 or 256 output channels) split by rows over the
     /// workers. Splitting them by columns instead would make every worker pack the whole A block again.
     /// </summary>
-    internal static int RowBlock(int m, int mr, int threads)
+    internal static int RowBlock(int m, int mr, int threads, int mcMax)
     {
-        if (threads <= 1) return Math.Max(mr, MC / mr * mr);
-        int blocks = (m + MC - 1) / MC;
+        if (threads <= 1) return Math.Max(mr, mcMax / mr * mr);
+        int blocks = (m + mcMax - 1) / mcMax;
         blocks = (blocks + threads - 1) / threads * threads;
         return Math.Max(mr, ((m + blocks - 1) / blocks + mr - 1) / mr * mr);
     }
 
     /// <summary>Packs strip <paramref name="s"/> (columns jc + s * nr ..) of a [kc, nc] B panel into its place in <paramref name="panel"/>.</summary>
-    private static void PackStrip<TB>(TB b, int pc, int kc, int jc, int nc, int nr, int s, float* panel) where TB : struct, IPackB =>
-        b.Pack(pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, panel + (long)s * kc * nr);
+    private static void PackStrip<TB>(TB b, int pc, int kc, int jc, int nc, int nr, int s, float* panel, bool gather) where TB : struct, IPackB =>
+        b.Pack(pc, kc, jc + s * nr, Math.Min(nr, nc - s * nr), nr, panel + (long)s * kc * nr, gather);
 
     /// <summary>One (row block, column chunk) tile for one k-block: packs its A block and runs the micro-kernels.</summary>
     private static void Tile(WorkerScratch scratch, int mcb, int mr, int nr, int t, int nChunks, int stripsPerChunk, int strips, bool transA,
@@ -219,7 +199,7 @@ internal static unsafe class Sgemm
     /// </summary>
     internal static double MicroKernelGflops(int kc, int calls, Func<double> clock)
     {
-        int mr = ChooseMR(12), nr = NRFor(mr);
+        int mr = ChooseMR(12, new CpuBackendOptions().UseAvx512), nr = NRFor(mr);
         var a = GC.AllocateArray<float>(kc * mr * 8, pinned: true);
         var b = GC.AllocateArray<float>(kc * nr, pinned: true);
         var c = GC.AllocateArray<float>(mr * nr * 8, pinned: true);
@@ -532,14 +512,15 @@ internal static unsafe class Sgemm
 /// <summary>
 /// The B operand of a GEMM as a packer: writes op(B)[pc..pc+kc, j0..j0+cols) into dst [kc, nr], k-major,
 /// columns past <c>cols</c> zero. Called concurrently for different strips, so it must not mutate shared state.
+/// <c>gather</c> is the backend's <see cref="CpuBackendOptions.UseGather"/>, for packers that have a gather path.
 /// </summary>
 internal unsafe interface IPackB
 {
-    void Pack(int pc, int kc, int j0, int cols, int nr, float* dst);
+    void Pack(int pc, int kc, int j0, int cols, int nr, float* dst, bool gather);
 }
 
 /// <summary>A row-major matrix B [k, n] (leading dimension ldb), or B [n, k] when transposed.</summary>
 internal readonly unsafe struct DenseB(bool transB, float* b, int ldb) : IPackB
 {
-    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst) => Sgemm.PackB(transB, b, ldb, pc, kc, j0, cols, nr, dst);
+    public void Pack(int pc, int kc, int j0, int cols, int nr, float* dst, bool gather = false) => Sgemm.PackB(transB, b, ldb, pc, kc, j0, cols, nr, dst);
 }

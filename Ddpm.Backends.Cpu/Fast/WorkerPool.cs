@@ -6,9 +6,9 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// <summary>
 /// The CPU backend's one worker pool: the calling thread plus Threads - 1 dedicated helper threads, each with a
 /// stable worker index so it can own scratch memory. Work items are handed out dynamically through a shared
-/// counter, so uneven items still balance. A helper spins for a short while after each region (DDPM_POOL_SPIN_US,
-/// default 100 us) before it blocks, so the back-to-back small ops of a UNet step find it awake: the hand-off costs
-/// well under a microsecond instead of a thread wake-up. DDPM_POOL=tpl selects Parallel.For instead (for A/B runs).
+/// counter, so uneven items still balance. A helper spins for a short while after each region
+/// (<see cref="CpuBackendOptions.SpinMicroseconds"/>) before it blocks, so the back-to-back small ops of a UNet step
+/// find it awake: the hand-off costs well under a microsecond instead of a thread wake-up.
 /// Ops are issued by one caller at a time (like a GPU stream); the pool is not re-entrant, and a nested or
 /// concurrent call is refused rather than left to corrupt the workers' scratch.
 /// </summary>
@@ -16,30 +16,32 @@ internal sealed class WorkerPool : IDisposable
 {
     private readonly WorkerScratch[] _scratch;
     private readonly Crew? _crew;
-    private readonly ParallelOptions? _tpl;
     private int _busy;
 
     [ThreadStatic] private static bool t_inRegion;
 
-    public WorkerPool(int threads)
+    /// <summary>A pool of <paramref name="threads"/> workers (0: all cores) with the default kernel settings.</summary>
+    public WorkerPool(int threads) : this(new CpuBackendOptions { Threads = threads })
     {
-        if (threads < 0) throw new ArgumentOutOfRangeException(nameof(threads), $"Thread count {threads} is negative.");
-        Threads = threads == 0 ? Environment.ProcessorCount : threads;
+    }
+
+    /// <summary>A pool with the thread count and spin time of <paramref name="options"/>, whose kernels the workers' scratch carries.</summary>
+    public WorkerPool(CpuBackendOptions options)
+    {
+        options.Validate();
+        Options = options;
+        Threads = options.Threads == 0 ? Environment.ProcessorCount : options.Threads;
         _scratch = new WorkerScratch[Threads];
-        for (int i = 0; i < Threads; i++) _scratch[i] = new WorkerScratch();
-        if (Threads == 1) return;
-        if (Environment.GetEnvironmentVariable("DDPM_POOL") == "tpl")
-            _tpl = new ParallelOptions { MaxDegreeOfParallelism = Threads };
-        else
-        {
-            int spinUs = int.TryParse(Environment.GetEnvironmentVariable("DDPM_POOL_SPIN_US"), out int v) && v >= 0 ? v : 100;
-            _crew = new Crew(Threads - 1, spinUs);
-        }
+        for (int i = 0; i < Threads; i++) _scratch[i] = new WorkerScratch(options);
+        if (Threads > 1) _crew = new Crew(Threads - 1, options.SpinMicroseconds);
     }
 
     ~WorkerPool() => _crew?.Stop();
 
     public int Threads { get; }
+
+    /// <summary>The settings of the backend this pool serves.</summary>
+    public CpuBackendOptions Options { get; }
 
     /// <summary>Scratch memory owned by worker <paramref name="worker"/>.</summary>
     public WorkerScratch Scratch(int worker) => _scratch[worker];
@@ -63,22 +65,13 @@ internal sealed class WorkerPool : IDisposable
         try
         {
             int workers = Math.Min(Threads, count);
-            if (workers == 1)
+            if (workers == 1 || _crew is null)
             {
                 for (int i = 0; i < count; i++) body(0, i);
             }
-            else if (_crew is not null)
-            {
-                _crew.Run(body, count);
-            }
             else
             {
-                int next = -1;
-                Parallel.For(0, workers, _tpl!, w =>
-                {
-                    int i;
-                    while ((i = Interlocked.Increment(ref next)) < count) body(w, i);
-                });
+                _crew.Run(body, count);
             }
         }
         finally
@@ -232,9 +225,12 @@ internal sealed class WorkerPool : IDisposable
 /// Growable pinned scratch arrays of one worker, kept between ops so hot loops never allocate. Pinned, so a
 /// raw pointer into one stays valid for the duration of an op.
 /// </summary>
-internal sealed class WorkerScratch
+/// <summary>A worker's scratch memory, and the settings of the backend it works for (which kernels its GEMMs run).</summary>
+internal sealed class WorkerScratch(CpuBackendOptions options)
 {
     private readonly float[]?[] _slots = new float[]?[(int)ScratchSlot.Count];
+
+    public CpuBackendOptions Options { get; } = options;
 
     /// <summary>At least <paramref name="length"/> floats of the slot (contents undefined).</summary>
     public unsafe float* Get(ScratchSlot slot, long length)

@@ -12,16 +12,31 @@ namespace Ddpm.Diffusion.Imaging;
 public static class ImageGrid
 {
     /// <summary>
+    /// The <c>scale</c> that picks the smallest whole pixel scale making a grid at least <see cref="ReadableWidth"/>
+    /// pixels wide: a 4 x 4 grid of 32-pixel images is 138 pixels at scale 1, too small to judge on a screen.
+    /// </summary>
+    public const int AutoScale = 0;
+
+    /// <summary>The width <see cref="AutoScale"/> reaches at least.</summary>
+    public const int ReadableWidth = 512;
+
+    /// <summary>Images per row of a square-ish grid of <paramref name="n"/> images.</summary>
+    public static int SquareRow(int n) => Math.Max(1, (int)Math.Ceiling(Math.Sqrt(n)));
+
+    /// <summary>
     /// images: [n, c, h, w] in the data range, c = 1 (grey) or 3 (RGB). Lays the images out row by row,
     /// <paramref name="nrow"/> per row, with <paramref name="padding"/> pixels of <paramref name="padValue"/>
-    /// (on the [0, 1] scale) around and between them. Returns the grid's (width, height).
+    /// (on the [0, 1] scale) around and between them, then enlarges the grid <paramref name="scale"/> times by
+    /// repeating pixels (nearest neighbour: no new values; <see cref="AutoScale"/> picks a readable size).
+    /// Returns the written PNG's (width, height).
     /// </summary>
     public static (int Width, int Height) SavePng(string path, ReadOnlySpan<float> images, int n, int c, int h, int w,
-        int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f)
+        int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f, int scale = 1)
     {
         CheckGeometry(images, n, c, h, w);
         if (nrow <= 0) throw new ArgumentOutOfRangeException(nameof(nrow), "Images per row must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegative(padding);
+        ArgumentOutOfRangeException.ThrowIfNegative(scale);
 
         int cols = Math.Min(nrow, n);
         int rows = (n + cols - 1) / cols;
@@ -36,8 +51,28 @@ public static class ImageGrid
             int oy = padding + i / cols * (h + padding);
             Blit(images.Slice(i * c * h * w, c * h * w), c, h, w, dataRange, pixels, gw, ox, oy);
         }
+        if (scale == AutoScale) scale = Math.Max(1, (ReadableWidth + gw - 1) / gw);
+        if ((long)gw * scale * gh * scale * c > Array.MaxLength)
+            throw new ArgumentException($"A {gw}x{gh} grid at scale {scale} is too large for one PNG.");
+        if (scale > 1) (pixels, gw, gh) = (Enlarge(pixels, gw, gh, c, scale), gw * scale, gh * scale);
         WritePng(path, pixels, gw, gh, c);
         return (gw, gh);
+    }
+
+    /// <summary>An HWC byte image (width w, height h, c channels) with every pixel repeated into a scale x scale block.</summary>
+    public static byte[] Enlarge(byte[] hwc, int w, int h, int c, int scale)
+    {
+        int sw = w * scale;
+        var dst = new byte[(long)sw * h * scale * c];
+        var row = new byte[sw * c];
+        for (int y = 0; y < h; y++)
+        {
+            for (int x = 0; x < w; x++)
+                for (int r = 0; r < scale; r++)
+                    hwc.AsSpan((y * w + x) * c, c).CopyTo(row.AsSpan((x * scale + r) * c));
+            for (int r = 0; r < scale; r++) row.CopyTo(dst, ((long)y * scale + r) * sw * c);
+        }
+        return dst;
     }
 
     /// <summary>

@@ -22,26 +22,26 @@ public sealed class AnimateOptions : SamplingOptions
     [Option("out", Default = "animation", HelpText = "Output path without extension: writes OUT.png (strip) and OUT.gif.")]
     public string Out { get; set; } = "animation";
 
-    [Option("scale", Default = 4, HelpText = "Pixel scale of the GIF.")]
+    [Option("scale", Default = 4, HelpText = "Pixel scale (nearest neighbour) of the PNG strip and the GIF.")]
     public int Scale { get; set; }
 }
 
 public static class AnimateCommand
 {
-    public static int Run(AnimateOptions o, Console2 con)
+    public static int Run(AnimateOptions o, ToolConsole con)
     {
         if (o.N <= 0 || o.Frames < 2 || o.Scale <= 0) throw new UsageError("-n and --scale must be positive and --frames at least 2.");
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
-        using var be = Cli.CreateBackend(o);
+        using var be = ToolBackends.Create(o);
         var (model, diffusion, _) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
         using var _m = model;
         o.Check(diffusion.Steps);
         var mc = model.Config;
         int c = mc.ImageChannels, s = mc.ImageSize, per = c * s * s;
-        var sw = Stopwatch.StartNew();
-        var frames = Evaluation.PredictedX0Frames(new Sampler(diffusion), o.N, o.Kind, o.Steps, o.Eta, o.Seed, o.Frames,
-            p => ProgressBar.Draw(con, p.Step, p.Of, sw));
-        ProgressBar.Done(con);
+        var progress = new ProgressLine(con);
+        var frames = Evaluation.PredictedX0Frames(new Sampler(diffusion), o.N, o.Sampler, o.Steps, o.Eta, o.Seed, o.Frames,
+            p => progress.Report(p.Step, p.Of));
+        progress.Finish();
         int f = frames.Count;
         // Strip: one row per sample, one column per frame.
         var strip = new float[o.N * f * per];
@@ -50,9 +50,9 @@ public static class AnimateCommand
                 Array.Copy(frames[k], i * per, strip, (i * f + k) * per, per);
         string dir = Path.GetDirectoryName(Path.GetFullPath(o.Out)) ?? ".";
         Directory.CreateDirectory(dir);
-        ImageGrid.SavePng(o.Out + ".png", strip, o.N * f, c, s, s, f, diffusion.Config.DataRange, 2);
+        ImageGrid.SavePng(o.Out + ".png", strip, o.N * f, c, s, s, f, diffusion.Config.DataRange, 2, scale: o.Scale);
         WriteGif(o.Out + ".gif", frames, o.N, c, s, diffusion.Config.DataRange, o.Scale);
-        con.Out.WriteLine($"wrote {o.Out}.png ({o.N} samples x {f} predicted-x0 frames) and {o.Out}.gif in {sw.Elapsed.TotalSeconds:F1}s");
+        con.Out.WriteLine($"wrote {o.Out}.png ({o.N} samples x {f} predicted-x0 frames) and {o.Out}.gif in {progress.Elapsed:F1}s");
         return 0;
     }
 

@@ -9,11 +9,22 @@ using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;
 
+/// <summary>What <c>bench</c> times.</summary>
+public enum BenchMode
+{
+    /// <summary>A training step: forward, backward and Adam.</summary>
+    Train,
+    /// <summary>A sampling step: the model without grad and one reverse step.</summary>
+    Sample,
+    /// <summary>One SGEMM of --size cubed.</summary>
+    Gemm,
+}
+
 [Verb("bench", HelpText = "Median seconds per training step or sampling step (images/s), or SGEMM GFLOP/s.")]
 public sealed class BenchOptions : ModelOptions
 {
-    [Option("mode", Default = "train", HelpText = "train (forward + backward + Adam), sample (one reverse step, no grad) or gemm.")]
-    public string Mode { get; set; } = "train";
+    [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam), sample (one reverse step, no grad) or gemm.")]
+    public BenchMode Mode { get; set; } = BenchMode.Train;
 
     [Option("batch", HelpText = "Batch size (default: the preset's).")]
     public int? Batch { get; set; }
@@ -40,17 +51,16 @@ public sealed class BenchOptions : ModelOptions
 
 public static class BenchCommand
 {
-    public static int Run(BenchOptions o, Console2 con)
+    public static int Run(BenchOptions o, ToolConsole con)
     {
         if (o.Steps <= 0 || o.Warmup < 0) throw new UsageError("--steps must be positive and --warmup >= 0.");
-        string mode = o.Mode.ToLowerInvariant();
-        if (mode is not ("train" or "sample" or "gemm")) throw new UsageError($"--mode is train, sample or gemm, not '{o.Mode}'.");
+        string mode = o.Mode.ToString().ToLowerInvariant(); // as the report and its JSON name it
         var preset = Presets.Get(o.Preset ?? "small");
         var cfg = o.ResolveModel(preset.Model);
         int batch = o.Batch ?? preset.Batch;
         if (batch <= 0) throw new UsageError($"--batch must be positive, got {batch}.");
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
-        var raw = Cli.CreateBackend(o);
+        var raw = ToolBackends.Create(o);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
         using IBackend be = profiler ?? raw;
         var times = new List<double>();

@@ -43,18 +43,16 @@ public sealed class EvalOptions : SamplerOptions
 
 public static class EvalCommand
 {
-    public const string BundledClassifier = "fashion-classifier.safetensors";
-
-    public static int Run(EvalOptions o, Console2 con)
+    public static int Run(EvalOptions o, ToolConsole con)
     {
         if ((o.Checkpoint is null) == (o.Images is null)) throw new UsageError("give --checkpoint (to sample) or --images (an IDX file), one of them.");
         if (o.N < 2) throw new UsageError($"-n must be at least 2 (a covariance needs two images), got {o.N}.");
         if (o.Batch <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
         var total = Stopwatch.StartNew();
         if (o.ByT) return ErrorByTimestep(o, con);
-        string classifierPath = o.Classifier ?? Cli.BundledModel(BundledClassifier);
-        string realPath = o.Real ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
-        using var be = Cli.CreateBackend(o);
+        string classifierPath = o.Classifier ?? BundledFiles.Model(BundledFiles.Classifier);
+        string realPath = o.Real ?? BundledFiles.Data(BundledFiles.TestImages);
+        using var be = ToolBackends.Create(o);
         var (classifier, meta) = LoadClassifier(classifierPath, be);
         using var _c = classifier;
         var cfg = classifier.Config;
@@ -79,10 +77,9 @@ public static class EvalCommand
             var mc = model.Config;
             // Fail before the long sampling run, not after it.
             Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint), classifierPath);
-            int steps = o.Kind == SamplerKind.Ddpm ? diffusion.Steps : o.Steps;
-            sampling = $"{o.Kind.ToString().ToUpperInvariant()} ({steps} steps{(o.Kind == SamplerKind.Ddim ? $", eta {o.Eta}" : "")})";
+            sampling = o.Describe(diffusion.Steps);
             con.Out.WriteLine($"sampling {o.N} images with {sampling} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}, {o.Batch} at a time");
-            var sw = Stopwatch.StartNew();
+            var progress = new ProgressLine(con);
             var samples = new float[o.N * mc.ImageChannels * mc.ImageSize * mc.ImageSize];
             var sampler = new Sampler(diffusion);
             for (int start = 0, b = 0; start < o.N; start += o.Batch, b++)
@@ -91,13 +88,13 @@ public static class EvalCommand
                 int count = Math.Min(o.Batch, o.N - start);
                 using var scope = new TensorScope();
                 int done = start;
-                var x = sampler.Sample(count, o.Kind, o.Steps, o.Eta, o.Seed + (ulong)b,
-                    p => ProgressBar.Draw(con, done + count * p.Step / p.Of, o.N, sw));
+                var x = sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)b,
+                    p => progress.Report(done + count * p.Step / p.Of, o.N));
                 x.ToArray().CopyTo(samples, start * mc.ImageChannels * mc.ImageSize * mc.ImageSize);
-                if (!con.Interactive) con.Out.WriteLine($"  {start + count}/{o.N} samples  {Cli.Seconds(sw.Elapsed.TotalSeconds)}");
+                if (!con.Interactive) con.Out.WriteLine($"  {start + count}/{o.N} samples  {Duration.Format(progress.Elapsed)}");
             }
-            ProgressBar.Done(con);
-            samplingSeconds = sw.Elapsed.TotalSeconds;
+            progress.Finish();
+            samplingSeconds = progress.Elapsed;
             candidates = SampleQuality.PrepareSamples(samples, o.N, mc.ImageChannels, mc.ImageSize, diffusion.Config.DataRange, cfg);
             source = o.Checkpoint;
         }
@@ -156,12 +153,12 @@ public static class EvalCommand
     }
 
     /// <summary>eval --by-t: where in the diffusion the model's error is, on real images.</summary>
-    private static int ErrorByTimestep(EvalOptions o, Console2 con)
+    private static int ErrorByTimestep(EvalOptions o, ToolConsole con)
     {
         if (o.Checkpoint is null) throw new UsageError("--by-t measures a model: give --checkpoint.");
-        string realPath = o.Real ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
+        string realPath = o.Real ?? BundledFiles.Data(BundledFiles.TestImages);
         var real = LoadImages(realPath);
-        using var be = Cli.CreateBackend(o);
+        using var be = ToolBackends.Create(o);
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
         var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
         using var _m = model;

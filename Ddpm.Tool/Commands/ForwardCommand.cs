@@ -24,7 +24,7 @@ public sealed class ForwardOptions : ModelOptions
 
 public static class ForwardCommand
 {
-    public static int Run(ForwardOptions o, Console2 con)
+    public static int Run(ForwardOptions o, ToolConsole con)
     {
         var ckpt = ModelLoading.OpenCheckpoint(o.Weights);
         SafeTensorsFile io;
@@ -41,7 +41,7 @@ public static class ForwardCommand
 
         if (ckpt.Model is not null && o.HasModelOverrides) throw new UsageError($"{o.Weights} describes its own model; drop the model options.");
         var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model with { ImageChannels = xe.Shape[1], ImageSize = xe.Shape[2] });
-        using var be = Cli.CreateBackend(o);
+        using var be = ToolBackends.Create(o);
         using var model = new UNet(be, config, new PhiloxGenerator(0));
         try { ckpt.LoadWeightsInto(model); }
         catch (InvalidDataException e) { throw new UserError(e.Message, e); }

@@ -14,7 +14,7 @@ public sealed class InfoOptions : CommonOptions
 
 public static class InfoCommand
 {
-    public static int Run(InfoOptions o, Console2 con)
+    public static int Run(InfoOptions o, ToolConsole con)
     {
         if (o.Checkpoint is not null)
         {
@@ -41,7 +41,7 @@ public static class InfoCommand
         foreach (var p in Presets.All) con.Out.WriteLine($"  {p.Name,-13} batch {p.Batch,4}  {p.Summary}");
         con.Out.WriteLine();
         con.Out.WriteLine("backends:");
-        foreach (var (name, summary) in Cli.Registry().Available)
+        foreach (var (name, summary) in ToolBackends.Registry().Available)
         {
             string status = "available";
             if (name == "cuda")

@@ -31,11 +31,11 @@ public sealed class InterpolateOptions : SamplingOptions
 
 public static class InterpolateCommand
 {
-    public static int Run(InterpolateOptions o, Console2 con)
+    public static int Run(InterpolateOptions o, ToolConsole con)
     {
         if (o.Frames < 2) throw new UsageError($"--frames must be at least 2, got {o.Frames}.");
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
-        using var be = Cli.CreateBackend(o);
+        using var be = ToolBackends.Create(o);
         var (model, diffusion, _) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
         using var _m = model;
         if (o.T < 0 || o.T >= diffusion.Steps) throw new UsageError($"--t must be in [0, {diffusion.Steps}), got {o.T}.");
@@ -54,7 +54,7 @@ public static class InterpolateCommand
         Evaluation.Interpolate(new Sampler(diffusion), a, b, lambdas, o.T, gen).CopyTo(strip, per);
         string? dir = Path.GetDirectoryName(Path.GetFullPath(o.Out));
         if (dir is not null) Directory.CreateDirectory(dir);
-        ImageGrid.SavePng(o.Out, strip, o.Frames + 2, c, s, s, o.Frames + 2, range, 2);
+        ImageGrid.SavePng(o.Out, strip, o.Frames + 2, c, s, s, o.Frames + 2, range, 2, scale: ImageGrid.AutoScale);
         con.Out.WriteLine($"wrote {o.Out}: {o.A}, {o.Frames} mixtures denoised from t={o.T}, {o.B} ({sw.Elapsed.TotalSeconds:F1}s)");
         return 0;
     }
@@ -66,8 +66,8 @@ public static class InterpolateCommand
         if (spec.StartsWith("data:", StringComparison.OrdinalIgnoreCase))
         {
             if (!int.TryParse(spec.AsSpan(5), out int index)) throw new UsageError($"'{spec}' is not data:INDEX.");
-            string path = o.Data ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
-            var ds = Cli.OpenDataset(path, size, channels);
+            string path = o.Data ?? BundledFiles.Data(BundledFiles.TestImages);
+            var ds = Datasets.Open(path, size, channels);
             if ((uint)index >= (uint)ds.Count) throw new UserError($"{path} has {ds.Count} images; there is no index {index}.");
             if (ds.Channels != channels) throw new UserError($"{path} has {ds.Channels}-channel images; the model takes {channels}.");
             if (ds.Height > size || ds.Width > size) throw new UserError($"{path} has {ds.Height}x{ds.Width} images; the model is {size}x{size}.");

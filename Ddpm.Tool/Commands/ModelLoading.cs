@@ -44,6 +44,6 @@ public static class ModelLoading
             throw new UserError(e.Message + (ckpt.Model is null ? " (a weights file without a model config in its header takes --preset or the model options)" : ""), e);
         }
         model.Eval();
-        return (model, new DenoiseDiffusion(model, Cli.Diffusion(d, ckpt.Diffusion)), useEma);
+        return (model, new DenoiseDiffusion(model, d.Resolve(ckpt.Diffusion)), useEma);
     }
 }

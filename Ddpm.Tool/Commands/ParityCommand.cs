@@ -41,12 +41,12 @@ public static class ParityCommand
         public bool Ok => RelL2 <= Tol;
     }
 
-    public static int Run(ParityOptions o, Console2 con)
+    public static int Run(ParityOptions o, ToolConsole con)
     {
         if (o.Batch <= 0 || o.TrainSteps < 0 || o.SampleSteps <= 0) throw new UsageError("--batch and --sample-steps must be positive, --train-steps >= 0.");
         var cfg = o.ResolveModel(Presets.Get(o.Preset ?? "tiny").Model);
-        using var a = Cli.CreateBackend(o);
-        using var b = Cli.CreateBackend(o.Against, o);
+        using var a = ToolBackends.Create(o);
+        using var b = ToolBackends.Create(o.Against, o);
         con.Out.WriteLine($"parity: {a.Description}  vs  {b.Description}");
         con.Out.WriteLine($"  {cfg}, batch {o.Batch}, seed {o.Seed}");
         var rows = new List<Row>();

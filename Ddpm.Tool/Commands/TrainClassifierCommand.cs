@@ -58,7 +58,7 @@ public static class TrainClassifierCommand
     private static readonly string[] FashionClasses =
         ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
-    public static int Run(TrainClassifierOptions o, Console2 con)
+    public static int Run(TrainClassifierOptions o, ToolConsole con)
     {
         if (o.Epochs <= 0) throw new UsageError($"--epochs must be positive, got {o.Epochs}.");
         if (o.Batch <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
@@ -67,15 +67,15 @@ public static class TrainClassifierCommand
         if ((o.TestData is null) != (o.TestLabels is null)) throw new UsageError("give --test-data and --test-labels together (or neither, for the bundled set).");
         var config = new ClassifierConfig
         {
-            ImageSize = o.ImageSize, Widths = Cli.Ints(o.Widths, "--widths"), FeatureDim = o.Features,
+            ImageSize = o.ImageSize, Widths = OptionText.Ints(o.Widths, "--widths"), FeatureDim = o.Features,
         };
         try { config.Validate(); }
         catch (ArgumentException e) { throw new UsageError(e.Message + " (--image-size >= 4, three --widths, --features > 0)"); }
 
-        string trainPath = o.Data ?? Cli.BundledData("train-images-idx3-ubyte.gz");
-        string trainLabelsPath = o.Labels ?? Cli.BundledData("train-labels-idx1-ubyte.gz");
-        string testPath = o.TestData ?? Cli.BundledData("t10k-images-idx3-ubyte.gz");
-        string testLabelsPath = o.TestLabels ?? Cli.BundledData("t10k-labels-idx1-ubyte.gz");
+        string trainPath = o.Data ?? BundledFiles.Data(BundledFiles.TrainImages);
+        string trainLabelsPath = o.Labels ?? BundledFiles.Data(BundledFiles.TrainLabels);
+        string testPath = o.TestData ?? BundledFiles.Data(BundledFiles.TestImages);
+        string testLabelsPath = o.TestLabels ?? BundledFiles.Data(BundledFiles.TestLabels);
         var train = LoadImages(trainPath);
         var trainLabels = LoadLabels(trainLabelsPath, train);
         var test = LoadImages(testPath);
@@ -89,7 +89,7 @@ public static class TrainClassifierCommand
         Fit(config, train, trainPath);
         Fit(config, test, testPath);
 
-        using var be = Cli.CreateBackend(o);
+        using var be = ToolBackends.Create(o);
         using var model = new FeatureClassifier(be, config, new PhiloxGenerator(o.Seed));
         var options = new ClassifierTrainingOptions
         {
@@ -107,7 +107,7 @@ public static class TrainClassifierCommand
             int perEpoch = s.Steps / o.Epochs;
             if (s.Step % perEpoch == 0 || s.Step == s.Steps)
             {
-                con.Out.WriteLine($"  epoch {s.Epoch + 1}/{o.Epochs}  mean loss {lossSum / lossCount:F4}  {Cli.Seconds(sw.Elapsed.TotalSeconds)}");
+                con.Out.WriteLine($"  epoch {s.Epoch + 1}/{o.Epochs}  mean loss {lossSum / lossCount:F4}  {Duration.Format(sw.Elapsed.TotalSeconds)}");
                 lossSum = 0;
                 lossCount = 0;
             }
@@ -125,7 +125,7 @@ public static class TrainClassifierCommand
             // No timings: the same options and seed give the same file, byte for byte.
             ["training"] = $"ddpm-tool train-classifier --epochs {o.Epochs} --batch {o.Batch} --lr {o.Lr.ToString(CultureInfo.InvariantCulture)} --seed {o.Seed}{(o.NoFlip ? " --no-flip" : "")}",
         });
-        con.Out.WriteLine($"wrote {o.Out} ({new FileInfo(o.Out).Length / 1024} KiB) in {Cli.Seconds(sw.Elapsed.TotalSeconds)}");
+        con.Out.WriteLine($"wrote {o.Out} ({new FileInfo(o.Out).Length / 1024} KiB) in {Duration.Format(sw.Elapsed.TotalSeconds)}");
         return 0;
     }
 

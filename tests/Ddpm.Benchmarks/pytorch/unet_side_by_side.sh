@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The UNet step benchmark of issue 3, ours and PyTorch's alternately in one run:
+# The UNet step benchmark, ours and PyTorch's alternately in one run:
 #   tests/Ddpm.Benchmarks/pytorch/unet_side_by_side.sh [THREADS=2] [ROUNDS=3]
 # For each round and each case (small train b64, small sample b64, labml train b16, labml sample b16) it runs
 # `ddpm-tool bench --json` then unet_step.py with the same preset, batch and thread count, and prints the JSON

@@ -1,3 +1,4 @@
+using Ddpm.Backends.Cpu;
 using Ddpm.Backends.Cpu.Fast;
 using Ddpm.Tensors;
 using Xunit;
@@ -10,7 +11,6 @@ namespace Ddpm.Tests.FastCpu;
 /// depth and width they must write exactly (bit for bit) what the dense packer writes from that matrix, padding
 /// columns included. Covers runs that cross output rows and samples, strides 1 and 2, pads 0 to 2.
 /// </summary>
-[Collection("FastCpu")]
 public sealed unsafe class ConvPackTests
 {
     public static IEnumerable<object[]> Geometries()
@@ -54,19 +54,11 @@ public sealed unsafe class ConvPackTests
     [MemberData(nameof(Geometries))]
     public void PackersWriteWhatIm2ColThenDensePackingWrites(int n, int c, int h, int w, int o, int kh, int kw, int stride, int pad)
     {
-        bool saved = ConvColumnsTB.UseGather;
-        try
-        {
-            foreach (bool gather in saved ? new[] { true, false } : new[] { false })
-            {
-                ConvColumnsTB.UseGather = gather;
-                CheckPackers(n, c, h, w, o, kh, kw, stride, pad);
-            }
-        }
-        finally { ConvColumnsTB.UseGather = saved; }
+        foreach (bool gather in new CpuBackendOptions().UseGather ? new[] { true, false } : new[] { false })
+            CheckPackers(n, c, h, w, o, kh, kw, stride, pad, gather);
     }
 
-    private static void CheckPackers(int n, int c, int h, int w, int o, int kh, int kw, int stride, int pad)
+    private static void CheckPackers(int n, int c, int h, int w, int o, int kh, int kw, int stride, int pad, bool gather)
     {
         var g = new ConvGeometry(n, c, h, w, o, kh, kw, stride, stride, pad, pad);
         var x = Random(g.InputSize, 7);
@@ -90,7 +82,7 @@ public sealed unsafe class ConvPackTests
                     Array.Fill(want, float.NaN);
                     if (transposed)
                     {
-                        new ConvColumnsTB(xp, g).Pack(pc, kc, j0, cols, nr, gp);
+                        new ConvColumnsTB(xp, g).Pack(pc, kc, j0, cols, nr, gp, gather);
                         new DenseB(true, cp, nTot).Pack(pc, kc, j0, cols, nr, wp);
                     }
                     else
@@ -100,7 +92,7 @@ public sealed unsafe class ConvPackTests
                     }
                     for (int i = 0; i < kc * nr; i++)
                         if (BitConverter.SingleToInt32Bits(got[i]) != BitConverter.SingleToInt32Bits(want[i]))
-                            Assert.Fail($"{(transposed ? $"ConvColumnsTB (gather {ConvColumnsTB.UseGather})" : "ConvColumnsB")} {g} pc={pc} kc={kc} j0={j0} cols={cols}: " +
+                            Assert.Fail($"{(transposed ? $"ConvColumnsTB (gather {gather})" : "ConvColumnsB")} {g} pc={pc} kc={kc} j0={j0} cols={cols}: " +
                                 $"element [{i / nr}, {i % nr}] = {got[i]}, im2col + dense packing gives {want[i]}.");
                     // Nothing past the kc x nr panel is touched.
                     Assert.True(float.IsNaN(got[kc * nr]));

@@ -9,7 +9,6 @@ namespace Ddpm.Tests.FastCpu;
 /// Convolutions against naive double loops on odd shapes. Tolerance: normalized MSE &lt;= 1e-10 (a float sum
 /// of C*KH*KW terms has relative error about sqrt(k) u ~ 1e-6, so ~1e-12 is typical; a wrong index gives ~1).
 /// </summary>
-[Collection("FastCpu")]
 public sealed class ConvTests
 {
     private const double Tolerance = 1e-10;

@@ -11,7 +11,6 @@ namespace Ddpm.Tests.FastCpu;
 /// relative 2e-6 plus absolute 1e-6 (float rounding of exp/log/sin and friends); reductions 1e-5 relative.
 /// Sizes are odd and above the parallel grain so that the chunked paths run.
 /// </summary>
-[Collection("FastCpu")]
 public sealed class ElementwiseTests
 {
     private const double Rtol = 2e-6, Atol = 1e-6;

@@ -4,13 +4,6 @@ using Xunit;
 
 namespace Ddpm.Tests.FastCpu;
 
-/// <summary>
-/// The fast-CPU tests share one collection: some of them switch the GEMM micro-kernel (a static) to cover
-/// the Vector256 path, so they must not run beside each other.
-/// </summary>
-[CollectionDefinition("FastCpu", DisableParallelization = true)]
-public sealed class FastCpuCollection;
-
 internal static class FastCpuTestUtil
 {
     public const double Eps = 1.0 / (1 << 24);

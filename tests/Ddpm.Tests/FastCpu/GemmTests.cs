@@ -10,7 +10,6 @@ namespace Ddpm.Tests.FastCpu;
 /// dot product of length k (|error| &lt;= k u sum |a_i b_i|, u = 2^-24) plus the roundings of alpha, beta and the
 /// final add: |c - ref| &lt;= (k + 4) u (|alpha| sum_p |a_ip b_pj| + |beta c_ij|) + 1e-30.
 /// </summary>
-[Collection("FastCpu")]
 public sealed class GemmTests
 {
     private static void Check(CpuBackend be, bool transA, bool transB, int batch, int m, int n, int k, float alpha, float beta,
@@ -74,14 +73,18 @@ public sealed class GemmTests
     [MemberData(nameof(Sizes))]
     public void Vector256MicroKernel(int m, int n, int k, bool transA, bool transB)
     {
-        bool saved = Sgemm.UseAvx512;
-        Sgemm.UseAvx512 = false;
-        try
-        {
-            using var be = new CpuBackend(2);
-            Check(be, transA, transB, 1, m, n, k, 1.5f, 1f, 0, 0, 0, m * 41 + n);
-        }
-        finally { Sgemm.UseAvx512 = saved; }
+        using var be = new CpuBackend(new CpuBackendOptions { Threads = 2, Avx512 = false });
+        Assert.DoesNotContain("AVX-512", be.Description);
+        Check(be, transA, transB, 1, m, n, k, 1.5f, 1f, 0, 0, 0, m * 41 + n);
+    }
+
+    /// <summary>Small block sizes force many k-blocks, row blocks and column blocks on every size.</summary>
+    [Theory]
+    [MemberData(nameof(Sizes))]
+    public void SmallBlocks(int m, int n, int k, bool transA, bool transB)
+    {
+        using var be = new CpuBackend(new CpuBackendOptions { Threads = 2, GemmKC = 16, GemmMC = 24, GemmNC = 64 });
+        Check(be, transA, transB, 1, m, n, k, 1f, 0.5f, 0, 0, 0, m * 43 + k);
     }
 
     [Theory]
@@ -138,13 +141,14 @@ public sealed class GemmTests
     [Fact]
     public void KBlocksCoverKInTheFewestEvenBlocks()
     {
-        foreach (int k in new[] { 1, 15, 255, Sgemm.KC - 1, Sgemm.KC, Sgemm.KC + 1, 1024, 1601, 2048, 2304, 4609 })
+        int kcMax = new CpuBackendOptions().GemmKC;
+        foreach (int k in new[] { 1, 15, 255, kcMax - 1, kcMax, kcMax + 1, 1024, 1601, 2048, 2304, 4609 })
         {
-            int kc = Sgemm.KBlock(k);
-            Assert.InRange(kc, 1, Math.Min(k, Sgemm.KC));
+            int kc = Sgemm.KBlock(k, kcMax);
+            Assert.InRange(kc, 1, Math.Min(k, kcMax));
             int blocks = (k + kc - 1) / kc;
-            Assert.Equal((k + Sgemm.KC - 1) / Sgemm.KC, blocks);
-            if (k > Sgemm.KC) Assert.Equal(0, kc % 16);
+            Assert.Equal((k + kcMax - 1) / kcMax, blocks);
+            if (k > kcMax) Assert.Equal(0, kc % 16);
         }
     }
 
@@ -157,9 +161,10 @@ public sealed class GemmTests
             foreach (int mr in new[] { 6, 8, 12 })
                 foreach (int m in new[] { 1, 7, 32, 64, 96, 128, 256, 300, 1024, 2048, 2304 })
                 {
-                    int mc = Sgemm.RowBlock(m, mr, threads);
+                    int mcMax = new CpuBackendOptions().GemmMC;
+                    int mc = Sgemm.RowBlock(m, mr, threads, mcMax);
                     Assert.Equal(0, mc % mr);
-                    Assert.InRange(mc, mr, Math.Max(mr, Sgemm.MC / mr * mr) + mr);
+                    Assert.InRange(mc, mr, Math.Max(mr, mcMax / mr * mr) + mr);
                     int blocks = (m + mc - 1) / mc;
                     if (threads > 1 && m >= threads * mr * 2 && m % (threads * mr) == 0)
                         Assert.True(blocks % threads == 0, $"m={m} mr={mr} threads={threads}: {blocks} blocks of {mc}");

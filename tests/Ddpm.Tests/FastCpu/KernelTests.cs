@@ -11,7 +11,6 @@ namespace Ddpm.Tests.FastCpu;
 /// path on the same inputs. Tolerance: 4 ulp-ish relative (2e-6) plus 1e-7 absolute, since the vector exp /
 /// sin / cos approximations may differ from MathF's in the last bits.
 /// </summary>
-[Collection("FastCpu")]
 public sealed unsafe class KernelTests
 {
     private const double Rtol = 2e-6, Atol = 1e-7;

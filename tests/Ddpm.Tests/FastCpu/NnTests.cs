@@ -10,7 +10,6 @@ namespace Ddpm.Tests.FastCpu;
 /// and gradients relative 1e-5 plus absolute 1e-5 (sums of up to a few thousand float terms); softmax 1e-6
 /// relative plus 1e-7; Adam 1e-6 relative plus 1e-9 (a handful of float roundings per element).
 /// </summary>
-[Collection("FastCpu")]
 public sealed class NnTests
 {
     [Theory]

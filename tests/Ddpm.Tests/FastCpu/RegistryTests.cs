@@ -4,7 +4,6 @@ using Xunit;
 
 namespace Ddpm.Tests.FastCpu;
 
-[Collection("FastCpu")]
 public sealed class RegistryTests
 {
     [Fact]

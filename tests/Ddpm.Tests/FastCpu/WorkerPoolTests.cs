@@ -8,7 +8,6 @@ namespace Ddpm.Tests.FastCpu;
 /// regions back to back (helpers awake) and after the helpers have gone to sleep; errors reach the caller;
 /// nested or concurrent use is refused; the chunked splits cover their ranges exactly.
 /// </summary>
-[Collection("FastCpu")]
 public sealed class WorkerPoolTests
 {
     [Theory]

@@ -49,6 +49,41 @@ public class ImageGridTests
     }
 
     [Fact]
+    public void ScaledGridRepeatsEveryPixelOfTheRawGrid()
+    {
+        using var dir = new TempDir();
+        var rng = new Random(3);
+        // Five 3x2 RGB images with distinct values, 3 per row, padding 2: a 14x12 raw grid.
+        var images = Enumerable.Range(0, 5 * 3 * 3 * 2).Select(_ => (float)rng.NextDouble() * 2 - 1).ToArray();
+        var raw = ImageGrid.SavePng(dir.File("raw.png"), images, 5, 3, 3, 2, nrow: 3);
+        var big = ImageGrid.SavePng(dir.File("big.png"), images, 5, 3, 3, 2, nrow: 3, scale: 3);
+        Assert.Equal((14, 12), raw);
+        Assert.Equal((42, 36), big);
+        var a = ImageFile.Load(dir.File("raw.png"), 3);
+        var b = ImageFile.Load(dir.File("big.png"), 3);
+        for (int y = 0; y < 36; y++)
+            for (int x = 0; x < 42; x++)
+                for (int ch = 0; ch < 3; ch++)
+                    Assert.Equal(a[x / 3, y / 3, ch], b[x, y, ch]);
+    }
+
+    [Theory]
+    [InlineData(16, 32, 4, 138, 4)]   // the 4x4 grid of 32-pixel samples: 138 -> 552 pixels
+    [InlineData(64, 32, 8, 274, 2)]   // 8x8: 274 -> 548
+    [InlineData(4, 256, 2, 518, 1)]   // already readable: the model's pixels
+    [InlineData(1, 1, 1, 5, 103)]     // 5 -> 515, not 510
+    public void AutoScaleIsTheSmallestThatReachesTheReadableWidth(int n, int size, int nrow, int rawWidth, int scale)
+    {
+        using var dir = new TempDir();
+        var images = new float[n * size * size];
+        var (w, h) = ImageGrid.SavePng(dir.File("g.png"), images, n, 1, size, size, nrow: nrow, scale: ImageGrid.AutoScale);
+        Assert.Equal(rawWidth * scale, w);
+        Assert.True(w >= ImageGrid.ReadableWidth && rawWidth * (scale - 1) < ImageGrid.ReadableWidth);
+        var png = ImageFile.Load(dir.File("g.png"), 1);
+        Assert.Equal((w, h), (png.Width, png.Height));
+    }
+
+    [Fact]
     public void SaveEachWritesOneFilePerImage()
     {
         using var dir = new TempDir();

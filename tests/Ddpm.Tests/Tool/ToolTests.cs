@@ -19,7 +19,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var o = new StringWriter(); var e = new StringWriter();
-        int code = Program.Run(args, new Console2(o, e, interactive: false));
+        int code = Program.Run(args, new ToolConsole(o, e, interactive: false));
         return (code, o.ToString(), e.ToString());
     }
 
@@ -53,11 +53,14 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         // Warm-up over 2 steps, then half a cosine to 0 at step 4: 5e-4, 1e-3, 5e-4, 0.
         var lrs = csv.Skip(1).Select(l => double.Parse(l.Split(',')[3], System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         Assert.Equal(new[] { 5e-4, 1e-3, 5e-4, 0 }, lrs, (a, b) => Math.Abs(a - b) <= 1e-9);
+        // A 2x2 grid of 32-pixel images is 70 pixels; written 8 times larger to be readable (560 >= 512).
         var grid = ImageFile.Load(_run.Dir.File("samples.png"), 1);
-        Assert.Equal((2 * 34 + 2, 2 * 34 + 2), (grid.Width, grid.Height));
+        Assert.Equal((8 * (2 * 34 + 2), 8 * (2 * 34 + 2)), (grid.Width, grid.Height));
         Assert.True(File.Exists(_run.Dir.File("samples-0000002.png")));
         var plot = ImageFile.Load(_run.Dir.File("loss.png"), 3);
-        Assert.True(plot.Width > 100 && plot.Height > 100);
+        Assert.Equal((LossPlot.Width, LossPlot.Height), (plot.Width, plot.Height));
+        // Drawn, not blank: the curves are blue (the library's default background is white).
+        Assert.Contains(Enumerable.Range(0, plot.Width * plot.Height), i => plot.Pixels[3 * i + 2] > plot.Pixels[3 * i] + 60);
         var ckpt = Checkpoint.Load(_run.Checkpoint);
         Assert.True(ckpt.IsTrainingCheckpoint);
         Assert.Equal(4, ckpt.Step);
@@ -112,16 +115,21 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     {
         using var dir = new TempDir();
         var (code, _, err) = Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", steps,
-            "--n", "3", "--nrow", "3", "--out", dir.File("g.png"), "--each", dir.File("each"), "--seed", "5");
+            "--n", "3", "--nrow", "3", "--out", dir.File("g.png"), "--each", dir.File("each"), "--seed", "5", "--scale", "1");
         Assert.True(code == 0, err);
         var g = ImageFile.Load(dir.File("g.png"), 1);
         Assert.Equal((3 * 34 + 2, 34 + 2), (g.Width, g.Height));
         Assert.Equal(3, Directory.GetFiles(dir.File("each"), "*.png").Length);
-        // Same seed, same pixels.
+        Assert.Equal((32, 32), (ImageFile.Load(Directory.GetFiles(dir.File("each"), "*.png")[0], 1).Width, 32));
+        // Same seed, same pixels; by default the grid is enlarged (104 -> 520 pixels) by repeating them.
         Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", "3", "--n", "3", "--nrow", "3", "--out", dir.File("g2.png"), "--seed", "5");
-        Assert.Equal(g.Pixels, ImageFile.Load(dir.File("g2.png"), 1).Pixels);
+        var g2 = ImageFile.Load(dir.File("g2.png"), 1);
+        Assert.Equal((5 * g.Width, 5 * g.Height), (g2.Width, g2.Height));
+        for (int y = 0; y < g2.Height; y++)
+            for (int x = 0; x < g2.Width; x++)
+                Assert.Equal(g[x / 5, y / 5, 0], g2[x, y, 0]);
         // The 4-step model's x0 predictions leave the data range, so clipping them changes the pixels.
-        (code, _, err) = Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", "3", "--n", "3", "--nrow", "3", "--out", dir.File("g3.png"), "--seed", "5", "--no-clip");
+        (code, _, err) = Run("sample", "--checkpoint", _run.Checkpoint, "--sampler", sampler, "--steps", "3", "--n", "3", "--nrow", "3", "--out", dir.File("g3.png"), "--seed", "5", "--no-clip", "--scale", "1");
         Assert.True(code == 0, err);
         Assert.NotEqual(g.Pixels, ImageFile.Load(dir.File("g3.png"), 1).Pixels);
     }
@@ -133,7 +141,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         var (code, _, err) = Run("animate", "--checkpoint", _run.Checkpoint, "--n", "2", "--steps", "6", "--frames", "3", "--out", dir.File("a"));
         Assert.True(code == 0, err);
         var strip = ImageFile.Load(dir.File("a.png"), 1);
-        Assert.Equal((3 * 34 + 2, 2 * 34 + 2), (strip.Width, strip.Height));
+        Assert.Equal((4 * (3 * 34 + 2), 4 * (2 * 34 + 2)), (strip.Width, strip.Height)); // --scale 4 by default, as the GIF
         using var gif = Image.Load(dir.File("a.gif"));
         Assert.Equal(3, gif.Frames.Count);
     }
@@ -146,7 +154,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
             "--frames", "4", "--out", dir.File("i.png"));
         Assert.True(code == 0, err);
         var strip = ImageFile.Load(dir.File("i.png"), 1);
-        Assert.Equal((6 * 34 + 2, 34 + 2), (strip.Width, strip.Height));
+        Assert.Equal((3 * (6 * 34 + 2), 3 * (34 + 2)), (strip.Width, strip.Height)); // enlarged to >= 512 pixels
     }
 
     [Fact]
@@ -215,6 +223,51 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     }
 
     [Fact]
+    public void VersionIsOneLine()
+    {
+        var (code, output, err) = Run("--version");
+        Assert.True(code == 0, err);
+        Assert.Matches(@"^ddpm-tool \d+\.\d+\.\d+\S*$", output.Trim());
+    }
+
+    [Fact]
+    public void AShortRunWithoutWarmupShortensTheDefaultWarmup()
+    {
+        using var dir = new TempDir();
+        var (code, output, err) = Run("train", "--preset", "tiny", "--steps", "3", "--batch", "2", "--max-images", "8", "--diffusion-steps", "20",
+            "--samples", "1", "--sample-steps", "1", "--out", dir.Path, "--threads", "1");
+        Assert.True(code == 0, err + output);
+        Assert.Contains("warm-up 0, cosine", output);
+        Assert.Contains("warm-up shortened to 0 steps for a 3-step run", output);
+    }
+
+    [Theory]
+    [InlineData("20", null, 2, true)]
+    [InlineData("999", null, 99, true)]
+    [InlineData("1000", null, 100, false)]
+    [InlineData("20", "5", 5, false)]
+    [InlineData("20", "0", 0, false)]
+    public void TheDefaultWarmupIsATenthOfAShortRun(string steps, string? warmup, int expected, bool noted)
+    {
+        var args = new List<string> { "train", "--preset", "tiny", "--steps", steps, "--max-images", "8" };
+        if (warmup is not null) args.AddRange(["--warmup", warmup]);
+        var options = (Ddpm.Tool.Commands.TrainOptions)((CommandLine.Parsed<object>)new CommandLine.Parser(s => s.CaseInsensitiveEnumValues = true)
+            .ParseArguments(args.ToArray(), typeof(Ddpm.Tool.Commands.TrainOptions))).Value;
+        var plan = Ddpm.Tool.Commands.TrainPlan.Resolve(options);
+        Assert.Equal(expected, plan.Training.WarmupSteps);
+        Assert.Equal(noted, plan.Notes.Any(n => n.StartsWith("warm-up shortened", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public void LossPlotTicksAreRoundLossValues()
+    {
+        string Labels(double lo, double hi) => string.Join(" ", LossPlot.LogTicks(Math.Log10(lo), Math.Log10(hi)).Select(t => t.Label));
+        Assert.Equal("0.3 0.4 0.5 0.6 0.7 0.8", Labels(0.25, 0.85));
+        Assert.Equal("0.01 0.02 0.05 0.1 0.2 0.5 1", Labels(0.006, 1.2));
+        Assert.Equal("0.24 0.25 0.26 0.27 0.28 0.29", Labels(0.235, 0.295)); // no 1-2-5 value inside: round values of the loss
+    }
+
+    [Fact]
     public void InfoDescribesCheckpointAndBackends()
     {
         var (code, output, err) = Run("info", "--checkpoint", _run.Checkpoint);
@@ -234,14 +287,18 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "sample" }, "missing required option --checkpoint")]
     [InlineData(new[] { "train", "--steps", "0" }, "--steps must be positive")]
     [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
-    [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "--lr-schedule is cosine or constant, not 'wavy'")]
-    [InlineData(new[] { "train", "--prediction", "x0" }, "--prediction is eps or v, not 'x0'")]
-    [InlineData(new[] { "train", "--prediction", "v", "--labml-exact" }, "--labml-exact trains the seed's eps prediction")]
+    [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "bad value for --lr-schedule")]
+    [InlineData(new[] { "train", "--prediction", "x0" }, "bad value for --prediction")]
+    [InlineData(new[] { "sample", "--checkpoint", "c", "--sampler", "euler" }, "bad value for --sampler")]
+    [InlineData(new[] { "train", "--variance", "medium" }, "bad value for --variance")]
+    [InlineData(new[] { "train", "--prediction", "v", "--labml-exact" }, "--labml-exact trains labml's eps prediction")]
+    [InlineData(new[] { "train", "--warmup", "-1" }, "--warmup must be >= 0")]
+    [InlineData(new[] { "sample", "--checkpoint", "c", "--scale", "0" }, "--scale must be positive")]
     [InlineData(new[] { "train", "--steps", "50", "--warmup", "80" }, "the warm-up (80 steps) must be shorter than the run (50 steps)")]
     [InlineData(new[] { "train", "--backend", "tpu" }, "unknown backend 'tpu'")]
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
     [InlineData(new[] { "train", "--image-size", "30" }, "image_size 30 must be divisible by 4")]
-    [InlineData(new[] { "bench", "--mode", "fly" }, "--mode is train, sample or gemm")]
+    [InlineData(new[] { "bench", "--mode", "fly" }, "bad value for --mode")]
     public void BadUsageIsOneLineAndExitCode2(string[] args, string message)
     {
         var (code, output, err) = Run(args);

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs ddpm-tool the way README.md says (pack, then dotnet tool install from the package) into a temporary
+# tool path, and runs it from a folder outside the repository, so the bundled data and classifier it uses must
+# come from the package. Exits non-zero when any step fails.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/ddpm-tool-install.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+# A private package folder for the install: a Ddpm.Tool package of the same version cached by an earlier
+# install must not stand in for the one just packed.
+export NUGET_PACKAGES="$work/packages"
+
+start=$SECONDS
+step() { echo "tool-install: [$((SECONDS - start))s] $*"; }
+
+step "dotnet pack Ddpm.Tool -c Release -o $work/nupkg"
+dotnet pack "$repo/Ddpm.Tool" -c Release -o "$work/nupkg" --nologo -v quiet
+
+step "dotnet tool install --tool-path $work/tools --add-source $work/nupkg Ddpm.Tool"
+dotnet tool install --tool-path "$work/tools" --add-source "$work/nupkg" --ignore-failed-sources Ddpm.Tool
+tool="$work/tools/ddpm-tool"
+
+mkdir -p "$work/run"
+cd "$work/run"
+case "$PWD/" in "$repo"/*) echo "tool-install: the run folder $PWD is inside the repository" >&2; exit 1;; esac
+
+step "ddpm-tool --version"
+version="$("$tool" --version)"
+echo "$version"
+if [ "$(printf '%s\n' "$version" | wc -l)" -ne 1 ] || ! printf '%s' "$version" | grep -Eq '^ddpm-tool [0-9]+\.[0-9]+\.[0-9]+'; then
+  echo "tool-install: --version printed more or other than one 'ddpm-tool X.Y.Z' line" >&2
+  exit 1
+fi
+
+step "ddpm-tool train (2 steps of the tiny preset on the bundled data)"
+"$tool" train --preset tiny --steps 2 --batch 4 --samples 4 --sample-steps 2 --out out --threads 2 | tee train.log
+grep -q "/tools/.*data/fashion-mnist/train-images-idx3-ubyte.gz" train.log \
+  || { echo "tool-install: train did not read the data bundled in the package" >&2; exit 1; }
+for f in checkpoint.safetensors model.safetensors samples.png loss.png loss.csv; do
+  [ -s "out/$f" ] || { echo "tool-install: train did not write out/$f" >&2; exit 1; }
+done
+
+step "ddpm-tool eval (8 samples against the bundled test images, on the bundled classifier)"
+"$tool" eval --checkpoint out/checkpoint.safetensors --n 8 --steps 2 --batch 8 --threads 2 | tee eval.log
+grep -q "^classifier .*/tools/.*models/fashion-classifier.safetensors" eval.log \
+  || { echo "tool-install: eval did not use the classifier bundled in the package" >&2; exit 1; }
+grep -q "^FID " eval.log || { echo "tool-install: eval printed no FID" >&2; exit 1; }
+
+step "ok"

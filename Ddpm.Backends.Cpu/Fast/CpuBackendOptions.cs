@@ -1,0 +1,53 @@
+using System.Runtime.Intrinsics.X86;
+
+namespace Ddpm.Backends.Cpu;
+
+/// <summary>
+/// Settings of one <see cref="CpuBackend"/>, fixed when it is built: its thread count, which SIMD kernels it may
+/// use, the SGEMM block sizes and how long its idle workers spin. Two backends with different settings can run
+/// in one process (A/B runs, tests of the AVX2 path on an AVX-512 machine); nothing is process-wide.
+/// </summary>
+public sealed record CpuBackendOptions
+{
+    /// <summary>Worker threads; 0 means all cores.</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Use the AVX-512 SGEMM micro-kernels where the processor has AVX-512; false runs the Vector256 (AVX2) ones.</summary>
+    public bool Avx512 { get; init; } = true;
+
+    /// <summary>Let the transposed convolution packer use AVX2 gathers where the processor has them; false packs element by element.</summary>
+    public bool Gather { get; init; } = true;
+
+    /// <summary>
+    /// Largest depth of an SGEMM k-block. A [768, 32] B strip is 96 KiB, past the 48 KiB L1, but the micro-kernel
+    /// streams it from L2 at full rate, and each k-block costs a read-modify-write pass over C: 768 gave the highest
+    /// 2-thread GEMM rate of the KC values 256 to 1024 on the benchmark machine (BENCHMARKS.md).
+    /// </summary>
+    public int GemmKC { get; init; } = 768;
+
+    /// <summary>Rows of an SGEMM A block: [MC, KC] is at most 288 KiB, well inside a 1 MiB L2.</summary>
+    public int GemmMC { get; init; } = 96;
+
+    /// <summary>Columns of a packed SGEMM B block: [KC, NC] is at most 12 MiB, shared by the threads in L3.</summary>
+    public int GemmNC { get; init; } = 4096;
+
+    /// <summary>
+    /// How long an idle worker spins for the next parallel region before it blocks: the back-to-back small ops of
+    /// a UNet step then find it awake (a hand-off well under a microsecond instead of a thread wake-up).
+    /// </summary>
+    public int SpinMicroseconds { get; init; } = 100;
+
+    /// <summary>Whether the AVX-512 kernels run: asked for and supported.</summary>
+    internal bool UseAvx512 => Avx512 && Avx512F.IsSupported;
+
+    /// <summary>Whether the gather packer runs: asked for and supported.</summary>
+    internal bool UseGather => Gather && Avx2.IsSupported;
+
+    public void Validate()
+    {
+        if (Threads < 0) throw new ArgumentOutOfRangeException(nameof(Threads), $"Thread count {Threads} is negative.");
+        if (GemmKC < 16 || GemmMC < 12 || GemmNC < 32)
+            throw new ArgumentOutOfRangeException(nameof(GemmKC), $"SGEMM blocks KC {GemmKC}, MC {GemmMC}, NC {GemmNC} are below 16, 12, 32.");
+        if (SpinMicroseconds < 0) throw new ArgumentOutOfRangeException(nameof(SpinMicroseconds), $"Spin time {SpinMicroseconds} us is negative.");
+    }
+}

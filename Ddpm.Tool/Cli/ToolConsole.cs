@@ -1,0 +1,12 @@
+namespace Ddpm.Tool;
+
+/// <summary>Where a command writes and whether a person watches; tests pass string writers to run verbs in-process.</summary>
+public sealed class ToolConsole(TextWriter output, TextWriter error, bool interactive)
+{
+    public TextWriter Out { get; } = output;
+    public TextWriter Err { get; } = error;
+    /// <summary>True when a person watches a terminal: progress is a live line rather than a line per N steps.</summary>
+    public bool Interactive { get; } = interactive;
+    /// <summary>Set by Ctrl-C or SIGTERM; long commands check it between steps.</summary>
+    public CancellationToken Cancel { get; init; }
+}

@@ -1,0 +1,125 @@
+using System.Diagnostics;
+using System.Globalization;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
+using Ddpm.Tensors;
+
+namespace Ddpm.Tool.Commands;
+
+/// <summary><c>train</c>: options -> <see cref="TrainPlan"/> -> the training loop and its files.</summary>
+public static class TrainCommand
+{
+    public static int Run(TrainOptions o, ToolConsole con)
+    {
+        var plan = TrainPlan.Resolve(o);
+        Directory.CreateDirectory(plan.OutFolder);
+        using var be = ToolBackends.Create(o);
+        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
+        var diffusion = new DenoiseDiffusion(unet, plan.Diffusion);
+        using var trainer = new Trainer(diffusion, new LoaderBatchSource(plan.Loader), plan.Training);
+        if (plan.Resume is not null)
+        {
+            try { plan.Resume.RestoreInto(trainer); }
+            catch (InvalidDataException e) { throw new UserError(e.Message, e); }
+        }
+        PrintHeader(plan, unet, be, trainer, con);
+        var samples = new SampleGrids(o.Samples, o.SampleSteps, o.Scale ?? ImageGrid.AutoScale);
+
+        var log = new LossLog(Path.Combine(plan.OutFolder, "loss.csv"), append: plan.Resume is not null);
+        var progress = new ProgressLine(con, trainer.StepCount, o.LogEvery);
+        var loss = new SmoothedLoss();
+        bool interrupted = false;
+        try
+        {
+            while (trainer.StepCount < plan.TotalSteps)
+            {
+                if (con.Cancel.IsCancellationRequested) { interrupted = true; break; }
+                var s = trainer.Step();
+                if (!float.IsFinite(s.Loss))
+                    throw new UserError($"the loss became {s.Loss} at step {s.Step}; lower --lr or keep --grad-clip on. The last checkpoint is {plan.CheckpointPath}.");
+                log.Add(s);
+                loss.Add(s.Loss);
+                progress.Report(s.Step, plan.TotalSteps, string.Create(CultureInfo.InvariantCulture,
+                    $"loss {loss.Value:F4}  {progress.Rate(s.Step) * plan.Training.BatchSize,6:F1} img/s  lr {s.LearningRate:G3}  |g| {s.GradNorm:F2}"));
+                if (o.CheckpointEvery > 0 && s.Step % o.CheckpointEvery == 0 && s.Step < plan.TotalSteps) Save(trainer, plan.CheckpointPath);
+                if (o.SampleEvery > 0 && s.Step % o.SampleEvery == 0 && s.Step < plan.TotalSteps)
+                    samples.Write(trainer, Path.Combine(plan.OutFolder, $"samples-{s.Step:D7}.png"), con);
+            }
+        }
+        finally
+        {
+            progress.Finish();
+            log.Flush();
+            if (trainer.StepCount > 0) Save(trainer, plan.CheckpointPath);
+        }
+        if (interrupted)
+        {
+            con.Out.WriteLine($"interrupted at step {trainer.StepCount:N0}; checkpoint saved to {plan.CheckpointPath}. Resume with --resume {plan.CheckpointPath}.");
+            return 130;
+        }
+        log.Plot(Path.Combine(plan.OutFolder, "loss.png"));
+        samples.Write(trainer, Path.Combine(plan.OutFolder, "samples.png"), con);
+        using (trainer.UseEmaWeights())
+            Checkpoint.SaveWeights(Path.Combine(plan.OutFolder, "model.safetensors"), unet, plan.Model);
+        con.Out.WriteLine($"done: {trainer.StepCount:N0} steps in {Duration.Format(progress.Elapsed)}; final loss (smoothed) {loss.Value:F4}.");
+        con.Out.WriteLine($"  {Path.Combine(plan.OutFolder, "samples.png")}, loss.png, loss.csv, checkpoint.safetensors, model.safetensors ({(trainer.HasEma ? "EMA " : "")}weights)");
+        return 0;
+    }
+
+    private static void PrintHeader(TrainPlan plan, UNet unet, IBackend be, Trainer trainer, ToolConsole con)
+    {
+        var (t, d, data, loader) = (plan.Training, plan.Diffusion, plan.Data, plan.Loader);
+        con.Out.WriteLine($"ddpm-tool train: {plan.Model}");
+        con.Out.WriteLine($"  {unet.ParameterCount():N0} parameters on {be.Description}");
+        con.Out.WriteLine($"  data {plan.DataPath}: {data.Count:N0} images {data.Channels}x{data.Height}x{data.Width}{(loader.Height != data.Height ? $" padded to {loader.Height}x{loader.Width}" : "")}, {loader.BatchesPerEpoch} batches of {t.BatchSize} per epoch");
+        string lrText = t.LrSchedule == LrSchedule.Cosine
+            ? $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, cosine to {t.LearningRate * t.LrFinal:G3})"
+            : $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, then constant)";
+        con.Out.WriteLine($"  {plan.TotalSteps:N0} steps{(plan.Resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {t.EmaDecay:G4}, T {d.NSteps}, {d.Prediction.ToString().ToLowerInvariant()} prediction, output {plan.OutFolder}");
+        foreach (var note in plan.Notes) con.Out.WriteLine("  " + note);
+    }
+
+    private static void Save(Trainer trainer, string path)
+    {
+        try
+        {
+            Checkpoint.Save(path, trainer);
+        }
+        catch (IOException e)
+        {
+            throw new UserError($"could not write the checkpoint {path}: {e.Message} (the previous checkpoint, if any, is intact).", e);
+        }
+    }
+
+    /// <summary>The sample grids a run writes: DDIM from the EMA weights, the same noise every time.</summary>
+    private sealed record SampleGrids(int Count, int Steps, int Scale)
+    {
+        public void Write(Trainer trainer, string path, ToolConsole con)
+        {
+            var sw = Stopwatch.StartNew();
+            var mc = trainer.Model.Config;
+            using var ema = trainer.UseEmaWeights();
+            trainer.Model.Eval();
+            using var scope = new TensorScope();
+            var x = new Sampler(trainer.Diffusion).Sample(Count, SamplerKind.Ddim, Math.Min(Steps, trainer.Diffusion.Steps), 0f, trainer.Config.Seed + 1000);
+            ImageGrid.SavePng(path, x.ToArray(), Count, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
+                ImageGrid.SquareRow(Count), trainer.Diffusion.Config.DataRange, scale: Scale);
+            trainer.Model.Train();
+            if (!con.Interactive) con.Out.WriteLine($"  wrote {path} ({Steps} DDIM steps, {sw.Elapsed.TotalSeconds:F1}s)");
+        }
+    }
+
+    /// <summary>Bias-corrected moving average of the loss (as Adam corrects its moments), so early values are not dragged toward 0.</summary>
+    private sealed class SmoothedLoss
+    {
+        private double _ema, _weight;
+        public double Value => _weight > 0 ? _ema / _weight : double.NaN;
+        public void Add(double loss)
+        {
+            _ema = 0.95 * _ema + 0.05 * loss;
+            _weight = 0.95 * _weight + 0.05;
+        }
+    }
+}

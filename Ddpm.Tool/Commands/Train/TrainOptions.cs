@@ -1,0 +1,112 @@
+using CommandLine;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Training;
+
+namespace Ddpm.Tool.Commands;
+
+[Verb("train", HelpText = "Train a UNet denoiser (default: the small preset on the bundled Fashion-MNIST subset).")]
+public sealed class TrainOptions : ModelOptions, IDiffusionOptions
+{
+    /// <summary>The warm-up of a run that does not set --warmup, when the run is long enough for it.</summary>
+    public const int DefaultWarmup = 100;
+
+    [Option("data", HelpText = "Training images: an IDX file (.gz or raw), a folder of PNG/JPEG/BMP, or a CIFAR-10 batch folder. Default: the bundled Fashion-MNIST subset.")]
+    public string? Data { get; set; }
+
+    [Option("max-images", HelpText = "Use only the first N images of the data.")]
+    public int? MaxImages { get; set; }
+
+    [Option("steps", HelpText = "Total optimisation steps (default 2000, or from --epochs).")]
+    public long? Steps { get; set; }
+
+    [Option("epochs", HelpText = "Train for this many passes over the data instead of --steps.")]
+    public int? Epochs { get; set; }
+
+    [Option("batch", HelpText = "Batch size (default 32 for training; the preset's benchmark batch is larger).")]
+    public int? Batch { get; set; }
+
+    [Option("lr", Default = 1e-3f, HelpText = "Adam learning rate (after the warm-up; gradients are clipped to norm 1).")]
+    public float Lr { get; set; }
+
+    [Option("lr-schedule", Default = LrSchedule.Cosine, HelpText = "After the warm-up: cosine (decay to --lr-final x lr at the last step) or constant.")]
+    public LrSchedule LrSchedule { get; set; } = LrSchedule.Cosine;
+
+    [Option("lr-final", Default = 0f, HelpText = "The learning rate at the end of the cosine decay, as a fraction of --lr.")]
+    public float LrFinal { get; set; }
+
+    [Option("warmup", HelpText = "Linear learning-rate warm-up steps (default 100; a tenth of the run for runs under 1,000 steps).")]
+    public int? Warmup { get; set; }
+
+    [Option("grad-clip", Default = 1f, HelpText = "Global gradient-norm clip (0: off).")]
+    public float GradClip { get; set; }
+
+    [Option("ema", Default = 0.995f, HelpText = "EMA decay of the weights (0: off); samples use the EMA weights.")]
+    public float Ema { get; set; }
+
+    [Option("seed", Default = 0UL, HelpText = "Seed of every random stream (init, data order, noise, dropout).")]
+    public ulong Seed { get; set; }
+
+    [Option("hflip", Default = false, HelpText = "Random horizontal flips of the training images.")]
+    public bool HFlip { get; set; }
+
+    [Option("data-range", Default = "-1,1", HelpText = "Pixel range the model sees: -1,1 (paper) or 0,1 (labml).")]
+    public string DataRangeText { get; set; } = "-1,1";
+
+    [Option("no-clip", Default = false, HelpText = "Do not clip the predicted x0 while sampling.")]
+    public bool NoClip { get; set; }
+
+    [Option("labml-exact", Default = false, HelpText = "labml's DDPM exactly: float32 linear schedule, eps prediction, sigma^2 = beta, no clipping, noise at t=0, data in [0,1].")]
+    public bool LabmlExact { get; set; }
+
+    [Option("prediction", HelpText = "What the network learns: v (sqrt(ab) eps - sqrt(1-ab) x0, the default: clean DDIM samples from short runs) or eps (the noise: labml's L_simple; the default with --labml-exact).")]
+    public Prediction? Prediction { get; set; }
+
+    [Option("schedule", HelpText = "Beta schedule: linear (default) or cosine.")]
+    public BetaSchedule? Schedule { get; set; }
+
+    [Option("variance", HelpText = "Reverse-step variance: large (beta, default) or small (posterior).")]
+    public ReverseVariance? Variance { get; set; }
+
+    [Option("diffusion-steps", HelpText = "T, the number of diffusion steps (default 1000).")]
+    public int? DiffusionSteps { get; set; }
+
+    [Option("out", Default = "runs/train", HelpText = "Output folder: checkpoint, sample grids, loss.csv, loss.png.")]
+    public string Out { get; set; } = "runs/train";
+
+    [Option("resume", HelpText = "Continue from a training checkpoint (its configs are used).")]
+    public string? Resume { get; set; }
+
+    [Option("sample-every", Default = 1000, HelpText = "Write a sample grid every N steps (0: only at the end).")]
+    public int SampleEvery { get; set; }
+
+    [Option("checkpoint-every", Default = 500, HelpText = "Write the checkpoint every N steps (0: only at the end).")]
+    public int CheckpointEvery { get; set; }
+
+    [Option("log-every", Default = 50, HelpText = "Print a progress line every N steps when the output is not a terminal.")]
+    public int LogEvery { get; set; }
+
+    [Option("samples", Default = 16, HelpText = "Images in each sample grid.")]
+    public int Samples { get; set; }
+
+    [Option("sample-steps", Default = 50, HelpText = "DDIM steps for the sample grids.")]
+    public int SampleSteps { get; set; }
+
+    [Option("scale", HelpText = "Pixel scale of the sample grids (nearest neighbour). Default: at least 512 pixels wide; 1 writes the model's pixels.")]
+    public int? Scale { get; set; }
+
+    /// <summary>Checks the values that need no file; the rest is checked while the plan is resolved.</summary>
+    public void Check()
+    {
+        if (Steps is <= 0) throw new UsageError($"--steps must be positive, got {Steps}.");
+        if (Epochs is <= 0) throw new UsageError($"--epochs must be positive, got {Epochs}.");
+        if (Steps is not null && Epochs is not null) throw new UsageError("give --steps or --epochs, not both.");
+        if (Batch is <= 0) throw new UsageError($"--batch must be positive, got {Batch}.");
+        if (MaxImages is <= 0) throw new UsageError($"--max-images must be positive, got {MaxImages}.");
+        if (Warmup is < 0) throw new UsageError($"--warmup must be >= 0, got {Warmup}.");
+        if (Scale is <= 0) throw new UsageError($"--scale must be positive, got {Scale}.");
+        if (Samples <= 0 || SampleSteps <= 0) throw new UsageError("--samples and --sample-steps must be positive.");
+        if (SampleEvery < 0 || CheckpointEvery < 0 || LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
+        if (LabmlExact && Prediction == Ddpm.Diffusion.Diffusion.Prediction.V)
+            throw new UsageError("--labml-exact trains labml's eps prediction; drop --prediction v.");
+    }
+}

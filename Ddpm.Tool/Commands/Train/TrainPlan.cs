@@ -1,0 +1,101 @@
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
+
+namespace Ddpm.Tool.Commands;
+
+/// <summary>
+/// Everything a training run needs, resolved from the options (and the checkpoint it resumes): the model,
+/// diffusion and training configurations, the opened data and its loader, the length of the run, and the notes
+/// the header line prints about defaults that were adjusted.
+/// </summary>
+internal sealed record TrainPlan(
+    UNetConfig Model,
+    DiffusionConfig Diffusion,
+    TrainingConfig Training,
+    long TotalSteps,
+    string DataPath,
+    IImageDataset Data,
+    DataLoader Loader,
+    Checkpoint? Resume,
+    string OutFolder,
+    IReadOnlyList<string> Notes)
+{
+    public string CheckpointPath => Path.Combine(OutFolder, "checkpoint.safetensors");
+
+    public static TrainPlan Resolve(TrainOptions o)
+    {
+        o.Check();
+        var range = OptionText.Range(o.DataRangeText, "--data-range");
+        Checkpoint? resume = o.Resume is null ? null : ModelLoading.OpenCheckpoint(o.Resume);
+        if (resume is not null && !resume.IsTrainingCheckpoint)
+            throw new UserError($"{o.Resume} is a weights file, not a training checkpoint; it cannot be resumed.");
+
+        var preset = Presets.Get(o.Preset ?? "small");
+        var model = resume?.Model ?? o.ResolveModel(preset.Model);
+        var prediction = o.Prediction ?? (o.LabmlExact ? Prediction.Eps : Prediction.V);
+        var diffusion = resume?.Diffusion ?? o.Resolve() with
+        {
+            DataRange = o.LabmlExact ? DataRange.ZeroToOne : range, ClipX0 = !o.NoClip && !o.LabmlExact, Prediction = prediction,
+        };
+        var training = resume?.Training ?? new TrainingConfig
+        {
+            BatchSize = o.Batch ?? Math.Min(preset.Batch, 32), LearningRate = o.Lr, WarmupSteps = o.Warmup ?? TrainOptions.DefaultWarmup,
+            GradClip = o.GradClip, EmaDecay = o.Ema, Seed = o.Seed, HorizontalFlip = o.HFlip, LrSchedule = o.LrSchedule, LrFinal = o.LrFinal,
+        };
+
+        string dataPath = o.Data ?? BundledFiles.Data();
+        var (data, loader, fittedModel) = OpenData(dataPath, o, model, resume is not null, training, diffusion.DataRange);
+        model = fittedModel;
+
+        var notes = new List<string>();
+        long totalSteps = o.Steps ?? (o.Epochs is { } ep ? (long)ep * loader.BatchesPerEpoch : 2000);
+        // A short first run (a smoke test) keeps a warm-up of a tenth of its length rather than failing on the
+        // default's 100 steps; a warm-up the user asked for is kept and checked.
+        if (resume is null && o.Warmup is null && totalSteps < 10L * TrainOptions.DefaultWarmup)
+        {
+            training = training with { WarmupSteps = (int)(totalSteps / 10) };
+            notes.Add($"warm-up shortened to {training.WarmupSteps} steps for a {totalSteps:N0}-step run (--warmup sets it)");
+        }
+        // A new run decays over its length; a resumed run that is extended stretches its decay to the new end.
+        if (training.LrSchedule == LrSchedule.Cosine && (resume is null || totalSteps > training.DecaySteps))
+        {
+            if (resume is not null)
+                notes.Add($"the cosine learning-rate decay now ends at step {totalSteps:N0} instead of {training.DecaySteps:N0}");
+            training = training with { DecaySteps = totalSteps };
+        }
+        if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps <= training.WarmupSteps)
+            throw new UsageError($"the warm-up ({training.WarmupSteps} steps) must be shorter than the run ({totalSteps:N0} steps) for the cosine decay; lower --warmup or use --lr-schedule constant.");
+        try { training.Validate(); }
+        catch (ArgumentException e) { throw new UsageError(e.Message); }
+        return new TrainPlan(model, diffusion, training, totalSteps, dataPath, data, loader, resume, o.Out, notes);
+    }
+
+    /// <summary>Opens the images, fits the model's channel count to them where the user did not fix it, and builds the loader.</summary>
+    private static (IImageDataset, DataLoader, UNetConfig) OpenData(string dataPath, TrainOptions o, UNetConfig model, bool resuming,
+        TrainingConfig training, DataRange range)
+    {
+        IImageDataset data = Datasets.Open(dataPath, model.ImageSize, model.ImageChannels);
+        if (o.MaxImages is { } max) data = new SubsetDataset(data, Math.Min(max, data.Count));
+        if (data.Channels != model.ImageChannels)
+        {
+            if (!resuming && o.ImageChannels is null)
+                model = model with { ImageChannels = data.Channels };
+            else
+                throw new UserError($"{dataPath} has {data.Channels}-channel images but the model takes {model.ImageChannels}.");
+        }
+        if (data.Height > model.ImageSize || data.Width > model.ImageSize || data.Height != data.Width)
+            throw new UserError($"{dataPath} has {data.Height}x{data.Width} images; the model is {model.ImageSize}x{model.ImageSize} (square, at least as large: smaller images are padded).");
+        try
+        {
+            var loader = new DataLoader(data, new DataLoaderOptions
+            {
+                BatchSize = training.BatchSize, Seed = training.Seed, RandomHorizontalFlip = training.HorizontalFlip,
+                PadTo = data.Height == model.ImageSize ? 0 : model.ImageSize, Range = range,
+            });
+            return (data, loader, model);
+        }
+        catch (ArgumentException e) { throw new UserError($"{dataPath}: {e.Message}"); }
+    }
+}

@@ -1,0 +1,116 @@
+using CommandLine;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Model;
+
+namespace Ddpm.Tool;
+
+/// <summary>Options every verb has.</summary>
+public abstract class CommonOptions
+{
+    [Option("backend", Default = "cpu", HelpText = "Compute backend: cpu (SIMD, multi-threaded), cpu-reference (scalar oracle) or cuda.")]
+    public string Backend { get; set; } = "cpu";
+
+    [Option("threads", Default = 0, HelpText = "CPU worker threads (0: all cores).")]
+    public int Threads { get; set; }
+
+    [Option("tf32", Default = false, HelpText = "Allow TF32 tensor-core math on CUDA (faster, less exact).")]
+    public bool Tf32 { get; set; }
+
+    [Option("verbose", Default = false, HelpText = "Print stack traces with errors.")]
+    public bool Verbose { get; set; }
+}
+
+/// <summary>Model options that override a preset or describe a plain weights file.</summary>
+public abstract class ModelOptions : CommonOptions
+{
+    [Option("preset", HelpText = "Model preset: tiny, small, labml, ddpm-cifar10 (see 'ddpm-tool info --presets').")]
+    public string? Preset { get; set; }
+
+    [Option("image-channels", HelpText = "Image channels (1 grey, 3 RGB).")]
+    public int? ImageChannels { get; set; }
+
+    [Option("image-size", HelpText = "Image height and width in pixels.")]
+    public int? ImageSize { get; set; }
+
+    [Option("n-channels", HelpText = "Channels of the first level (labml n_channels).")]
+    public int? NChannels { get; set; }
+
+    [Option("ch-mults", HelpText = "Channel multipliers per level, compounding as in labml, e.g. 1,2,2,4.")]
+    public string? ChMults { get; set; }
+
+    [Option("attn", HelpText = "Attention per level as 0/1, e.g. 0,0,1,1.")]
+    public string? Attn { get; set; }
+
+    [Option("n-blocks", HelpText = "Residual blocks per level.")]
+    public int? NBlocks { get; set; }
+
+    [Option("n-groups", HelpText = "GroupNorm groups in residual blocks (labml: 32).")]
+    public int? NGroups { get; set; }
+
+    [Option("dropout", HelpText = "Dropout in residual blocks.")]
+    public float? Dropout { get; set; }
+
+    [Option("n-heads", HelpText = "Attention heads.")]
+    public int? NHeads { get; set; }
+
+    /// <summary>The preset (or <paramref name="fallback"/>) with the options given on the command line applied.</summary>
+    public UNetConfig ResolveModel(UNetConfig fallback)
+    {
+        var c = Preset is null ? fallback : Presets.Get(Preset).Model;
+        if (ImageChannels is { } ic) c = c with { ImageChannels = ic };
+        if (ImageSize is { } isz) c = c with { ImageSize = isz };
+        if (NChannels is { } nc) c = c with { NChannels = nc };
+        if (ChMults is not null) c = c with { ChMults = OptionText.Ints(ChMults, "--ch-mults") };
+        if (Attn is not null) c = c with { IsAttn = OptionText.Ints(Attn, "--attn").Select(v => v != 0).ToArray() };
+        if (NBlocks is { } nb) c = c with { NBlocks = nb };
+        if (NGroups is { } ng) c = c with { NGroups = ng };
+        if (Dropout is { } d) c = c with { Dropout = d };
+        if (NHeads is { } nh) c = c with { NHeads = nh };
+        try { c.Validate(); }
+        catch (ArgumentException e) { throw new UsageError("model options: " + e.Message); }
+        return c;
+    }
+
+    public bool HasModelOverrides =>
+        ImageChannels is not null || ImageSize is not null || NChannels is not null || ChMults is not null || Attn is not null
+        || NBlocks is not null || NGroups is not null || Dropout is not null || NHeads is not null;
+}
+
+/// <summary>The reverse-step variance as the command line names it.</summary>
+public enum ReverseVariance
+{
+    /// <summary>sigma^2 = beta (labml's DDPM).</summary>
+    Large,
+    /// <summary>sigma^2 = the posterior variance beta~.</summary>
+    Small,
+}
+
+/// <summary>Diffusion options shared by train and the sampling verbs.</summary>
+public interface IDiffusionOptions
+{
+    BetaSchedule? Schedule { get; }
+    ReverseVariance? Variance { get; }
+    bool LabmlExact { get; }
+    bool NoClip { get; }
+    int? DiffusionSteps { get; }
+}
+
+public static class DiffusionOptions
+{
+    /// <summary>
+    /// The diffusion configuration: labml's exact one with --labml-exact, else <paramref name="fallback"/> (a
+    /// checkpoint's) or the defaults, with the options given on the command line applied.
+    /// </summary>
+    public static DiffusionConfig Resolve(this IDiffusionOptions o, DiffusionConfig? fallback = null)
+    {
+        var c = o.LabmlExact ? DiffusionConfig.LabmlExact : fallback ?? new DiffusionConfig();
+        if (o.Schedule is { } schedule) c = c with { Schedule = schedule };
+        if (o.Variance is { } variance)
+            c = c with { Variance = variance == ReverseVariance.Small ? VarianceType.FixedSmall : VarianceType.FixedLarge };
+        if (o.DiffusionSteps is { } t) c = c with { NSteps = t };
+        if (o.NoClip) c = c with { ClipX0 = false };
+        try { c.Validate(); }
+        catch (ArgumentException e) { throw new UsageError("diffusion options: " + e.Message); }
+        return c;
+    }
+}

@@ -1,0 +1,25 @@
+using Ddpm.Diffusion.Model;
+
+namespace Ddpm.Tool;
+
+/// <summary>Named model configurations.</summary>
+public static class Presets
+{
+    public sealed record Preset(string Name, UNetConfig Model, int Batch, string Summary);
+
+    public static readonly Preset[] All =
+    [
+        new("tiny", new UNetConfig { ImageChannels = 1, ImageSize = 32, NChannels = 16, ChMults = [1, 2], IsAttn = [false, true], NBlocks = 1, NGroups = 8 },
+            8, "tests and smoke runs: 16/32 channels, attention at 16x16, 1 block"),
+        new("small", new UNetConfig { ImageChannels = 1, ImageSize = 32, NChannels = 32, ChMults = [1, 2, 2], IsAttn = [false, false, true], NBlocks = 2, Dropout = 0f },
+            64, "CPU default: 32x32 grey, widths 32/64/128, attention at 8x8, 2 blocks, no dropout"),
+        new("labml", new UNetConfig { ImageChannels = 3, ImageSize = 32, NChannels = 64, ChMults = [1, 2, 2, 4], IsAttn = [false, false, false, true], NBlocks = 2 },
+            16, "labml experiment.py: widths 64/128/256/1024, attention at 4x4 (167,777,987 parameters)"),
+        new("ddpm-cifar10", new UNetConfig { ImageChannels = 3, ImageSize = 32, NChannels = 128, ChMults = [1, 2, 1, 1], IsAttn = [false, true, false, false], NBlocks = 2, Dropout = 0.1f },
+            128, "the paper's CIFAR-10 layout in labml's UNet: widths 128/256/256/256, attention at 16x16, dropout 0.1"),
+    ];
+
+    public static Preset Get(string name) =>
+        All.FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase))
+        ?? throw new UsageError($"unknown preset '{name}'; known: {string.Join(", ", All.Select(p => p.Name))}.");
+}
