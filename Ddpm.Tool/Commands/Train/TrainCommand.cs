@@ -134,7 +134,9 @@ public static class TrainCommand
 
         public string Describe() => Step is { } step
             ? $"The last good checkpoint is step {step} ({plan.CheckpointPath}); resume from it with --resume {plan.CheckpointPath}."
-            : "No checkpoint of this run was written before it diverged (--checkpoint-every N writes one every N steps).";
+            : plan.Resume is { } resumed
+                ? $"No checkpoint of this run was written before it diverged; the one it resumed from (step {resumed.Step}, {resumed.Path}) is unchanged."
+                : "No checkpoint of this run was written before it diverged (--checkpoint-every N writes one every N steps).";
     }
 
     /// <summary>The sample grids a run writes: DDIM from the EMA weights, the same noise every time.</summary>
