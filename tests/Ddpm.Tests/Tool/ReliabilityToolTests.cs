@@ -297,6 +297,7 @@ public sealed class ReliabilityToolTests
     [InlineData(new[] { "train", "--preset", "tiny", "--n-blocks", "1000000" }, "--n-blocks 1000000 is not between 1 and")]
     [InlineData(new[] { "train", "--diffusion-steps", "2147483647" }, "--diffusion-steps 2147483647 is not between 2 and")]
     [InlineData(new[] { "train", "--preset", "tiny", "--steps", "10", "--lr-final", "2" }, "--lr-final 2 is not in [0, 1]")]
+    [InlineData(new[] { "train", "--preset", "tiny", "--steps", "2", "--out", "" }, "--out is empty")]
     [InlineData(new[] { "sample", "--checkpoint", "c", "--eta", "NaN" }, "--eta must be a number >= 0")]
     [InlineData(new[] { "sample", "--checkpoint", "c", "--n", "100000000" }, "--n must be between 1 and")]
     [InlineData(new[] { "sample", "--checkpoint", "c", "--steps", "0" }, "--steps must be positive")]
