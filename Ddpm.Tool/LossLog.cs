@@ -1,33 +1,50 @@
 using System.Globalization;
 using Ddpm.Diffusion.Training;
+using Ddpm.Tensors.IO;
 using ScottPlot;
 
 namespace Ddpm.Tool;
 
-/// <summary>The training log: loss.csv (step, loss, grad norm, lr, seconds) and its loss curve, loss.png.</summary>
+/// <summary>
+/// The training log: loss.csv (step, loss, grad norm, lr, seconds) and its loss curve, loss.png. Rows are kept in
+/// memory and appended by <see cref="Flush"/>, which the run calls (durably) before each checkpoint is renamed into
+/// place, so the log on disk always covers the checkpoint on disk; rows past it (a run killed between the two) are
+/// dropped when the run resumes.
+/// </summary>
 internal sealed class LossLog
 {
+    private const string Header = "step,loss,grad_norm,lr,seconds";
     private readonly string _path;
     private readonly List<string> _pending = new();
     private readonly List<(double Step, double Loss)> _all = new();
 
-    public LossLog(string path, bool append)
+    /// <summary>
+    /// A new log, or with <paramref name="resumeStep"/> the existing one cut to the rows of steps up to that step
+    /// (the resumed checkpoint's), rewritten atomically.
+    /// </summary>
+    public LossLog(string path, long? resumeStep)
     {
         _path = path;
-        if (append && File.Exists(path))
+        var kept = new List<string>();
+        if (resumeStep is { } last && File.Exists(path))
         {
             foreach (var line in File.ReadLines(path).Skip(1))
             {
                 var f = line.Split(',');
                 if (f.Length >= 2 && double.TryParse(f[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var s)
-                    && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var l))
+                    && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var l) && s <= last)
+                {
                     _all.Add((s, l));
+                    kept.Add(line);
+                }
             }
         }
-        else
+        AtomicFile.Write(path, stream =>
         {
-            File.WriteAllText(path, "step,loss,grad_norm,lr,seconds\n");
-        }
+            using var w = new StreamWriter(stream, leaveOpen: true);
+            w.Write(Header + "\n");
+            foreach (var line in kept) w.Write(line + "\n");
+        });
     }
 
     public IReadOnlyList<(double Step, double Loss)> Points => _all;
@@ -36,13 +53,17 @@ internal sealed class LossLog
     {
         _all.Add((s.Step, s.Loss));
         _pending.Add(string.Create(CultureInfo.InvariantCulture, $"{s.Step},{s.Loss:R},{s.GradNorm:G6},{s.LearningRate:G6},{s.Seconds:F4}"));
-        if (_pending.Count >= 100) Flush();
+        if (_pending.Count >= 100) Flush(durable: false);
     }
 
-    public void Flush()
+    /// <summary>Appends the pending rows; <paramref name="durable"/> also forces them to disk (before a checkpoint is renamed into place).</summary>
+    public void Flush(bool durable)
     {
-        if (_pending.Count == 0) return;
-        File.AppendAllLines(_path, _pending);
+        if (_pending.Count == 0 && !durable) return;
+        using var fs = new FileStream(_path, FileMode.Append, FileAccess.Write, FileShare.Read);
+        using (var w = new StreamWriter(fs, leaveOpen: true))
+            foreach (var line in _pending) w.Write(line + "\n");
+        if (durable) fs.Flush(flushToDisk: true);
         _pending.Clear();
     }
 
@@ -87,9 +108,16 @@ internal static class LossPlot
         plot.XLabel("step");
         plot.YLabel("loss (log scale)");
         plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
-        string tmp = path + ".tmp";
-        plot.SavePng(tmp, Width, Height);
-        File.Move(tmp, path, overwrite: true);
+        string tmp = AtomicFile.TemporaryPath(path);
+        try
+        {
+            plot.SavePng(tmp, Width, Height);
+            File.Move(tmp, path, overwrite: true);
+        }
+        finally
+        {
+            File.Delete(tmp);
+        }
     }
 
     /// <summary>

@@ -49,7 +49,7 @@ public static class Program
         }
     }
 
-    /// <summary>Parses and runs one verb; returns the exit code (0 ok, 1 failed, 2 bad usage, 130 interrupted).</summary>
+    /// <summary>Parses and runs one verb; returns the exit code (<see cref="ExitCodes"/>).</summary>
     public static int Run(string[] args, ToolConsole con)
     {
         using var parser = new Parser(s =>
@@ -67,7 +67,7 @@ public static class Program
             if (errors.Any(e => e.Tag is ErrorType.VersionRequestedError))
             {
                 con.Out.WriteLine($"ddpm-tool {Version}");
-                return 0;
+                return ExitCodes.Ok;
             }
             if (errors.Any(e => e.Tag is ErrorType.HelpRequestedError or ErrorType.HelpVerbRequestedError))
             {
@@ -82,7 +82,7 @@ public static class Program
                     return h;
                 }, e => e, verbsIndex: true);
                 con.Out.WriteLine(help);
-                return 0;
+                return ExitCodes.Ok;
             }
             string verb = args.FirstOrDefault(a => !a.StartsWith('-')) ?? "";
             con.Err.WriteLine($"ddpm-tool: {Describe(errors.First())}. See 'ddpm-tool {(verb.Length > 0 && Verbs.Any(v => v.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Any(a => a.Name == verb)) ? verb + " " : "")}--help'.");
@@ -92,6 +92,7 @@ public static class Program
         bool verbose = options is CommonOptions co && co.Verbose;
         try
         {
+            if (options is CommonOptions common) common.CheckCommon();
             return options switch
             {
                 TrainOptions o => TrainCommand.Run(o, con),
@@ -109,20 +110,29 @@ public static class Program
         }
         catch (UsageError e)
         {
-            con.Err.WriteLine($"ddpm-tool: {e.Message}");
-            return 2;
+            return Fail(con, e.Message, e, verbose, ExitCodes.Usage);
+        }
+        catch (OperationCanceledException e) when (con.Cancel.IsCancellationRequested)
+        {
+            return Fail(con, "interrupted; nothing was written.", e, verbose, ExitCodes.Interrupted);
         }
         catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException)
         {
-            con.Err.WriteLine($"ddpm-tool: error: {e.Message}");
-            if (verbose) con.Err.WriteLine(e);
-            return 1;
+            return Fail(con, "error: " + e.Message, e, verbose, ExitCodes.Failed);
         }
-        catch (Exception e) when (!verbose)
+        catch (Exception e)
         {
-            con.Err.WriteLine($"ddpm-tool: internal error: {e.GetType().Name}: {e.Message} (run with --verbose for the stack trace)");
-            return 1;
+            return Fail(con, $"internal error: {e.GetType().Name}: {e.Message}{(verbose ? "" : " (run with --verbose for the stack trace)")}",
+                e, verbose, ExitCodes.Internal);
         }
+    }
+
+    /// <summary>One line on stderr; with --verbose the exception and its stack trace follow it. The exit code is the same either way.</summary>
+    private static int Fail(ToolConsole con, string message, Exception e, bool verbose, int code)
+    {
+        con.Err.WriteLine($"ddpm-tool: {message}");
+        if (verbose) con.Err.WriteLine(e);
+        return code;
     }
 
     /// <summary>The package version (without the source revision the SDK appends to the informational version).</summary>

@@ -135,7 +135,11 @@ public sealed class Checkpoint
             $"header key \"{key}\": \"{DataFormatException.Quote(s)}\" is not a non-negative integer");
     }
 
-    /// <summary>Writes the whole training state atomically.</summary>
+    /// <summary>
+    /// Writes the whole training state atomically. A state with a non-finite weight, EMA weight or Adam moment
+    /// (training diverged) is refused with <see cref="NonFiniteStateException"/> before anything is written, so
+    /// the checkpoint already on disk stays the last good one.
+    /// </summary>
     public static void Save(string path, Trainer trainer, IReadOnlyDictionary<string, string>? extra = null)
     {
         var entries = new List<SafeTensorEntry>();
@@ -163,16 +167,31 @@ public sealed class Checkpoint
             ["data_index"] = index.ToString(CultureInfo.InvariantCulture),
         };
         if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
+        RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
     }
 
-    /// <summary>Writes a model's weights alone under labml's names (interchange with PyTorch).</summary>
+    /// <summary>
+    /// Writes a model's weights alone under labml's names (interchange with PyTorch); non-finite weights are
+    /// refused as by <see cref="Save"/>.
+    /// </summary>
     public static void SaveWeights(string path, Module model, UNetConfig? config = null)
     {
         var entries = model.NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
         var meta = new Dictionary<string, string>();
         if (config is not null) meta["model"] = JsonSerializer.Serialize(config, Json);
+        RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
+    }
+
+    /// <summary>One pass over the host copies that are about to be written: the first non-finite value stops the save.</summary>
+    private static void RequireFinite(string path, List<SafeTensorEntry> entries)
+    {
+        foreach (var e in entries)
+        {
+            long bad = e.FirstNonFinite();
+            if (bad >= 0) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
+        }
     }
 
     /// <summary>
@@ -262,4 +281,16 @@ public sealed class Checkpoint
         value ?? throw new InvalidDataException($"{Path}: header key \"{key}\" is missing; a training checkpoint records it.");
 
     private static string Quote(string text) => DataFormatException.Quote(text);
+}
+
+/// <summary>
+/// A save refused because the state holds a non-finite value (training diverged); nothing was written and the
+/// file at <see cref="Path"/>, if any, is unchanged.
+/// </summary>
+public sealed class NonFiniteStateException(string path, string tensor, long index, float value)
+    : InvalidOperationException($"{path} was not written: value {index} of '{tensor}' is {value}; a model's tensors must be finite.")
+{
+    public string Path { get; } = path;
+    /// <summary>The tensor as it would have been named in the file (model.*, ema.*, adam.m.*, adam.v.*).</summary>
+    public string Tensor { get; } = tensor;
 }

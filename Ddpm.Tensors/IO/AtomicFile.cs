@@ -11,9 +11,8 @@ public static class AtomicFile
     {
         ArgumentNullException.ThrowIfNull(write);
         string full = Path.GetFullPath(path);
-        string dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        string tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        string tmp = TemporaryPath(full);
         try
         {
             using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
@@ -28,6 +27,25 @@ public static class AtomicFile
             TryDelete(tmp);
             throw;
         }
+    }
+
+    /// <summary>
+    /// A fresh temporary name beside <paramref name="path"/>: <c>.NAME.GUID.tmp</c> (hidden, and recognisable by
+    /// <see cref="IsTemporaryName"/> so that a run can remove what a killed run left).
+    /// </summary>
+    public static string TemporaryPath(string path)
+    {
+        string full = Path.GetFullPath(path);
+        return Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+    }
+
+    /// <summary>True for a file name that <see cref="TemporaryPath"/> makes (a leading dot, a 32-digit hex GUID, ".tmp").</summary>
+    public static bool IsTemporaryName(string fileName)
+    {
+        if (!fileName.StartsWith('.') || !fileName.EndsWith(".tmp", StringComparison.Ordinal)) return false;
+        string stem = fileName[..^4];
+        int dot = stem.LastIndexOf('.');
+        return dot > 1 && stem.Length - dot - 1 == 32 && stem.AsSpan(dot + 1).ContainsAnyExcept("0123456789abcdef") == false;
     }
 
     private static void TryDelete(string path)

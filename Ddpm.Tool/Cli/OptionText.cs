@@ -1,4 +1,5 @@
 using System.Globalization;
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Data;
 
 namespace Ddpm.Tool;
@@ -19,6 +20,20 @@ public static class OptionText
             throw new UsageError($"{option} takes comma-separated integers, e.g. 1,2,2,4; got '{text}'.");
         }
     }
+
+    /// <summary>The option that sets each config key (the keys <see cref="ConfigValueException"/> names).</summary>
+    private static readonly Dictionary<string, string> OptionOfKey = new()
+    {
+        ["image_channels"] = "--image-channels", ["image_size"] = "--image-size", ["n_channels"] = "--n-channels",
+        ["ch_mults"] = "--ch-mults", ["is_attn"] = "--attn", ["n_blocks"] = "--n-blocks", ["n_groups"] = "--n-groups",
+        ["dropout"] = "--dropout", ["n_heads"] = "--n-heads", ["n_steps"] = "--diffusion-steps", ["batch_size"] = "--batch",
+        ["lr"] = "--lr", ["warmup_steps"] = "--warmup", ["grad_clip"] = "--grad-clip", ["ema_decay"] = "--ema",
+        ["lr_final"] = "--lr-final", ["decay_steps"] = "--steps",
+    };
+
+    /// <summary>A config value the options produced, refused as a usage error naming the option ("--image-size 30 must be ...").</summary>
+    public static UsageError ConfigError(ConfigValueException e) =>
+        new($"{(OptionOfKey.TryGetValue(e.Key, out var option) ? option : e.Key)} {e.Problem}");
 
     /// <summary>"-1,1" or "0,1".</summary>
     public static DataRange Range(string text, string option) => text.Replace(" ", "") switch

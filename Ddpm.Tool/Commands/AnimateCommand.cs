@@ -28,9 +28,15 @@ public sealed class AnimateOptions : SamplingOptions
 
 public static class AnimateCommand
 {
+    /// <summary>Every sample and frame is kept for the strip and the GIF, so their counts are bounded.</summary>
+    public const int MaxCount = 256, MaxFrames = 1000, MaxScale = 64;
+
     public static int Run(AnimateOptions o, ToolConsole con)
     {
-        if (o.N <= 0 || o.Frames < 2 || o.Scale <= 0) throw new UsageError("-n and --scale must be positive and --frames at least 2.");
+        if (o.N is <= 0 or > MaxCount) throw new UsageError($"--n must be between 1 and {MaxCount}, got {o.N}.");
+        if (o.Frames is < 2 or > MaxFrames) throw new UsageError($"--frames must be between 2 and {MaxFrames}, got {o.Frames}.");
+        if (o.Scale is <= 0 or > MaxScale) throw new UsageError($"--scale must be between 1 and {MaxScale}, got {o.Scale}.");
+        OutputFiles.CheckFile(o.Out + ".png", "--out");
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
         using var be = ToolBackends.Create(o);
         var (model, diffusion, _) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
@@ -38,9 +44,18 @@ public static class AnimateCommand
         o.Check(diffusion.Steps);
         var mc = model.Config;
         int c = mc.ImageChannels, s = mc.ImageSize, per = c * s * s;
+        long stripBytes = MemoryEstimate.GridBytes(o.N * o.Frames, o.Frames, c, s, o.Scale);
+        if (stripBytes > Array.MaxLength || (long)o.N * o.Frames * per > Array.MaxLength)
+            throw new UsageError($"a strip of {o.N} x {o.Frames} frames of {s}x{s} at --scale {o.Scale} is too large for one PNG; lower --n, --frames or --scale.");
+        MemoryEstimate.Require(4 * ((long)o.N * (o.Frames + 1) * per + o.N * MemoryEstimate.SamplingValuesPerImage(mc)) + 2 * stripBytes,
+            $"animating {o.N} samples over {o.Frames} frames");
         var progress = new ProgressLine(con);
         var frames = Evaluation.PredictedX0Frames(new Sampler(diffusion), o.N, o.Sampler, o.Steps, o.Eta, o.Seed, o.Frames,
-            p => progress.Report(p.Step, p.Of));
+            p =>
+            {
+                con.Cancel.ThrowIfCancellationRequested();
+                progress.Report(p.Step, p.Of);
+            });
         progress.Finish();
         int f = frames.Count;
         // Strip: one row per sample, one column per frame.
@@ -81,9 +96,16 @@ public static class AnimateCommand
             gif.Frames.AddFrame(frame.Frames.RootFrame);
         }
         gif.Frames.RemoveFrame(0);
-        string tmp = path + ".tmp";
-        gif.SaveAsGif(tmp, new GifEncoder { ColorTableMode = GifColorTableMode.Local });
-        File.Move(tmp, path, overwrite: true);
+        string tmp = Ddpm.Tensors.IO.AtomicFile.TemporaryPath(path);
+        try
+        {
+            gif.SaveAsGif(tmp, new GifEncoder { ColorTableMode = GifColorTableMode.Local });
+            File.Move(tmp, path, overwrite: true);
+        }
+        finally
+        {
+            File.Delete(tmp);
+        }
     }
 
     private static byte Px(float[] img, int offset, int ch, int y, int x, int s, DataRange range) =>

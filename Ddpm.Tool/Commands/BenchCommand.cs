@@ -58,7 +58,9 @@ public static class BenchCommand
         var preset = Presets.Get(o.Preset ?? "small");
         var cfg = o.ResolveModel(preset.Model);
         int batch = o.Batch ?? preset.Batch;
-        if (batch <= 0) throw new UsageError($"--batch must be positive, got {batch}.");
+        if (batch is <= 0 or > TrainOptions.MaxBatch) throw new UsageError($"--batch must be between 1 and {TrainOptions.MaxBatch:N0}, got {batch}.");
+        if (mode == "train" && o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
+            MemoryEstimate.Require(MemoryEstimate.TrainingBytes(cfg, batch), $"training a {cfg.ParameterCount():N0}-parameter model with --batch {batch}");
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
         var raw = ToolBackends.Create(o);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;

@@ -43,11 +43,15 @@ public sealed class EvalOptions : SamplerOptions
 
 public static class EvalCommand
 {
+    /// <summary>Every sample's features are kept for the statistics.</summary>
+    public const int MaxCount = 100_000;
+
     public static int Run(EvalOptions o, ToolConsole con)
     {
         if ((o.Checkpoint is null) == (o.Images is null)) throw new UsageError("give --checkpoint (to sample) or --images (an IDX file), one of them.");
         if (o.N < 2) throw new UsageError($"-n must be at least 2 (a covariance needs two images), got {o.N}.");
-        if (o.Batch <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
+        if (o.N > MaxCount) throw new UsageError($"-n must be at most {MaxCount:N0}, got {o.N}.");
+        if (o.Batch is <= 0 or > SampleCommand.MaxChunk) throw new UsageError($"--batch must be between 1 and {SampleCommand.MaxChunk}, got {o.Batch}.");
         var total = Stopwatch.StartNew();
         if (o.ByT) return ErrorByTimestep(o, con);
         string classifierPath = o.Classifier ?? BundledFiles.Model(BundledFiles.Classifier);

@@ -31,16 +31,29 @@ public static class ForwardCommand
         try { io = SafeTensorsFile.Read(o.Inputs); }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {
-            throw new UserError(e is SafeTensorsFormatException ? e.Message : $"{o.Inputs}: {e.Message}", e);
+            throw new UserError(e is DataFormatException ? e.Message : $"{o.Inputs}: {e.Message}", e);
         }
-        if (!io.TryGet("x", out var xe) || !xe.IsFloat || xe.Shape.Length != 4)
+        if (!io.TryGet("x", out var xe) || xe.Shape.Length != 4)
             throw new UserError($"{o.Inputs} needs a tensor 'x' of F32 [N, C, H, W].");
+        if (!xe.IsFloat)
+            throw new UserError($"{o.Inputs}: tensor 'x' is {xe.DType}; it must be floating-point (F32).");
         if (!io.TryGet("t", out var te) || te.Shape.Length != 1 || te.Shape[0] != xe.Shape[0])
             throw new UserError($"{o.Inputs} needs a tensor 't' of shape [{xe.Shape[0]}] (I64 timesteps).");
-        var t = te.AsLongs().Select(v => v is < 0 or > int.MaxValue ? throw new UserError($"{o.Inputs}: timestep {v} is out of range.") : (int)v).ToArray();
+        if (te.IsFloat)
+            throw new UserError($"{o.Inputs}: tensor 't' is {te.DType}; timesteps are integers (I64).");
+        long bad = xe.FirstNonFinite();
+        if (bad >= 0) throw new UserError($"{o.Inputs}: value {bad} of tensor 'x' {xe.ShapeText} is {xe.Floats![bad]}; x must be finite.");
 
         if (ckpt.Model is not null && o.HasModelOverrides) throw new UsageError($"{o.Weights} describes its own model; drop the model options.");
         var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model with { ImageChannels = xe.Shape[1], ImageSize = xe.Shape[2] });
+        if (xe.Shape[1] != config.ImageChannels || xe.Shape[2] != config.ImageSize || xe.Shape[3] != config.ImageSize)
+            throw new UserError($"{o.Inputs}: tensor 'x' is {xe.ShapeText}; the model takes [N, {config.ImageChannels}, {config.ImageSize}, {config.ImageSize}].");
+        if (xe.Shape[0] <= 0) throw new UserError($"{o.Inputs}: tensor 'x' {xe.ShapeText} holds no images.");
+        if (o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
+            MemoryEstimate.Require(o.Grads ? MemoryEstimate.TrainingBytes(config, xe.Shape[0])
+                : 4 * (config.ParameterCount() + (long)xe.Shape[0] * MemoryEstimate.SamplingValuesPerImage(config)),
+                $"the forward pass of {xe.Shape[0]:N0} images");
+        var t = te.AsLongs().Select(v => v is < 0 or > int.MaxValue ? throw new UserError($"{o.Inputs}: timestep {v} is out of range.") : (int)v).ToArray();
         using var be = ToolBackends.Create(o);
         using var model = new UNet(be, config, new PhiloxGenerator(0));
         try { ckpt.LoadWeightsInto(model); }

@@ -31,9 +31,13 @@ public sealed class InterpolateOptions : SamplingOptions
 
 public static class InterpolateCommand
 {
+    /// <summary>The mixtures are denoised as one batch.</summary>
+    public const int MaxFrames = 256;
+
     public static int Run(InterpolateOptions o, ToolConsole con)
     {
-        if (o.Frames < 2) throw new UsageError($"--frames must be at least 2, got {o.Frames}.");
+        if (o.Frames is < 2 or > MaxFrames) throw new UsageError($"--frames must be between 2 and {MaxFrames}, got {o.Frames}.");
+        OutputFiles.CheckFile(o.Out, "--out");
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
         using var be = ToolBackends.Create(o);
         var (model, diffusion, _) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);

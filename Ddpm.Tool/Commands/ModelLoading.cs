@@ -18,7 +18,7 @@ public static class ModelLoading
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {
-            throw new UserError(e is SafeTensorsFormatException ? e.Message : $"{path}: {e.Message}", e);
+            throw new UserError(e is DataFormatException ? e.Message : $"{path}: {e.Message}", e);
         }
     }
 

@@ -61,8 +61,8 @@ public static class TrainClassifierCommand
     public static int Run(TrainClassifierOptions o, ToolConsole con)
     {
         if (o.Epochs <= 0) throw new UsageError($"--epochs must be positive, got {o.Epochs}.");
-        if (o.Batch <= 0) throw new UsageError($"--batch must be positive, got {o.Batch}.");
-        if (o.Lr <= 0) throw new UsageError($"--lr must be positive, got {o.Lr}.");
+        if (o.Batch is <= 0 or > TrainOptions.MaxBatch) throw new UsageError($"--batch must be between 1 and {TrainOptions.MaxBatch:N0}, got {o.Batch}.");
+        if (!(o.Lr > 0 && float.IsFinite(o.Lr))) throw new UsageError($"--lr must be a positive number, got {o.Lr}.");
         if ((o.Data is null) != (o.Labels is null)) throw new UsageError("give --data and --labels together (or neither, for the bundled set).");
         if ((o.TestData is null) != (o.TestLabels is null)) throw new UsageError("give --test-data and --test-labels together (or neither, for the bundled set).");
         var config = new ClassifierConfig

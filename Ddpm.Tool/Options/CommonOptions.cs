@@ -1,4 +1,5 @@
 using CommandLine;
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 
@@ -18,6 +19,16 @@ public abstract class CommonOptions
 
     [Option("verbose", Default = false, HelpText = "Print stack traces with errors.")]
     public bool Verbose { get; set; }
+
+    /// <summary>More workers than this only contend for the cores (and thousands exhaust the runtime).</summary>
+    public static int MaxThreads => 4 * Environment.ProcessorCount;
+
+    /// <summary>Checks the options every verb has, before anything is allocated.</summary>
+    public virtual void CheckCommon()
+    {
+        if (Threads < 0 || Threads > MaxThreads)
+            throw new UsageError($"--threads must be between 0 (all {Environment.ProcessorCount} cores) and {MaxThreads} (4x the cores), got {Threads}.");
+    }
 }
 
 /// <summary>Model options that override a preset or describe a plain weights file.</summary>
@@ -67,7 +78,7 @@ public abstract class ModelOptions : CommonOptions
         if (Dropout is { } d) c = c with { Dropout = d };
         if (NHeads is { } nh) c = c with { NHeads = nh };
         try { c.Validate(); }
-        catch (ArgumentException e) { throw new UsageError("model options: " + e.Message); }
+        catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
         return c;
     }
 
@@ -110,7 +121,7 @@ public static class DiffusionOptions
         if (o.DiffusionSteps is { } t) c = c with { NSteps = t };
         if (o.NoClip) c = c with { ClipX0 = false };
         try { c.Validate(); }
-        catch (ArgumentException e) { throw new UsageError("diffusion options: " + e.Message); }
+        catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
         return c;
     }
 }

@@ -55,10 +55,19 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
     public string Describe(int diffusionSteps) =>
         $"{Sampler.ToString().ToUpperInvariant()} ({StepsFor(diffusionSteps)} steps{(Sampler == SamplerKind.Ddim ? $", eta {Eta}" : "")})";
 
+    /// <summary>The sampler's values that need no model, checked before anything is loaded.</summary>
+    public override void CheckCommon()
+    {
+        base.CheckCommon();
+        if (Steps <= 0) throw new UsageError($"--steps must be positive, got {Steps}.");
+        if (!(Eta >= 0 && float.IsFinite(Eta))) throw new UsageError($"--eta must be a number >= 0, got {Eta}.");
+    }
+
+    /// <summary>The values that depend on the model's T.</summary>
     public void Check(int diffusionSteps)
     {
-        if (Steps <= 0 || Steps > diffusionSteps) throw new UsageError($"--steps must be in [1, {diffusionSteps}], got {Steps}.");
-        if (Eta < 0) throw new UsageError($"--eta must be >= 0, got {Eta}.");
+        CheckCommon();
+        if (Steps > diffusionSteps) throw new UsageError($"--steps must be in [1, {diffusionSteps}], got {Steps}.");
     }
 }
 

@@ -14,7 +14,8 @@ public static class TrainCommand
     public static int Run(TrainOptions o, ToolConsole con)
     {
         var plan = TrainPlan.Resolve(o);
-        Directory.CreateDirectory(plan.OutFolder);
+        using var folder = OutputFolder.Lock(plan.OutFolder);
+        int stale = folder.RemoveStaleTemporaries();
         using var be = ToolBackends.Create(o);
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
         var diffusion = new DenoiseDiffusion(unet, plan.Diffusion);
@@ -25,34 +26,51 @@ public static class TrainCommand
             catch (InvalidDataException e) { throw new UserError(e.Message, e); }
         }
         PrintHeader(plan, unet, be, trainer, con);
+        if (stale > 0) con.Out.WriteLine($"  removed {stale} temporary file(s) a stopped run left in {plan.OutFolder}");
         var samples = new SampleGrids(o.Samples, o.SampleSteps, o.Scale ?? ImageGrid.AutoScale);
 
-        var log = new LossLog(Path.Combine(plan.OutFolder, "loss.csv"), append: plan.Resume is not null);
+        var log = new LossLog(Path.Combine(plan.OutFolder, "loss.csv"), plan.Resume?.Step);
+        var saved = new SavedState(plan, log, SameFile(plan.Resume?.Path, plan.CheckpointPath) ? plan.Resume!.Step : null);
         var progress = new ProgressLine(con, trainer.StepCount, o.LogEvery);
         var loss = new SmoothedLoss();
         bool interrupted = false;
+        string? diverged = null;
         try
         {
             while (trainer.StepCount < plan.TotalSteps)
             {
                 if (con.Cancel.IsCancellationRequested) { interrupted = true; break; }
                 var s = trainer.Step();
-                if (!float.IsFinite(s.Loss))
-                    throw new UserError($"the loss became {s.Loss} at step {s.Step}; lower --lr or keep --grad-clip on. The last checkpoint is {plan.CheckpointPath}.");
+                if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
                 log.Add(s);
                 loss.Add(s.Loss);
                 progress.Report(s.Step, plan.TotalSteps, string.Create(CultureInfo.InvariantCulture,
                     $"loss {loss.Value:F4}  {progress.Rate(s.Step) * plan.Training.BatchSize,6:F1} img/s  lr {s.LearningRate:G3}  |g| {s.GradNorm:F2}"));
-                if (o.CheckpointEvery > 0 && s.Step % o.CheckpointEvery == 0 && s.Step < plan.TotalSteps) Save(trainer, plan.CheckpointPath);
+                if (o.CheckpointEvery > 0 && s.Step % o.CheckpointEvery == 0 && s.Step < plan.TotalSteps)
+                {
+                    diverged = saved.Save(trainer);
+                    if (diverged is not null) break;
+                }
                 if (o.SampleEvery > 0 && s.Step % o.SampleEvery == 0 && s.Step < plan.TotalSteps)
                     samples.Write(trainer, Path.Combine(plan.OutFolder, $"samples-{s.Step:D7}.png"), con);
             }
         }
-        finally
+        catch
         {
+            // Keep what was trained when something else fails (a sample grid, an I/O error), unless it diverged.
             progress.Finish();
-            log.Flush();
-            if (trainer.StepCount > 0) Save(trainer, plan.CheckpointPath);
+            try { saved.Save(trainer); }
+            catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException) { }
+            throw;
+        }
+        progress.Finish();
+        // A run that diverged keeps the last checkpoint written before it; its state is not saved.
+        if (diverged is null) diverged = saved.Save(trainer);
+        if (diverged is not null)
+        {
+            // The rows up to the divergence stay for inspection; a resume cuts the log back to its checkpoint.
+            log.Flush(durable: false);
+            throw new UserError($"{diverged}; lower --lr or keep --grad-clip on. {saved.Describe()}");
         }
         if (interrupted)
         {
@@ -68,6 +86,9 @@ public static class TrainCommand
         return 0;
     }
 
+    private static bool SameFile(string? a, string b) =>
+        a is not null && string.Equals(Path.GetFullPath(a), Path.GetFullPath(b), OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
+
     private static void PrintHeader(TrainPlan plan, UNet unet, IBackend be, Trainer trainer, ToolConsole con)
     {
         var (t, d, data, loader) = (plan.Training, plan.Diffusion, plan.Data, plan.Loader);
@@ -81,16 +102,41 @@ public static class TrainCommand
         foreach (var note in plan.Notes) con.Out.WriteLine("  " + note);
     }
 
-    private static void Save(Trainer trainer, string path)
+    /// <summary>
+    /// The run's checkpoint writes: the loss log is made durable up to the step first, so the log on disk always
+    /// covers the checkpoint on disk; a state that is not finite is never written, so the last good checkpoint stays.
+    /// </summary>
+    private sealed class SavedState(TrainPlan plan, LossLog log, long? resumedStep)
     {
-        try
+        /// <summary>The step of the checkpoint at <see cref="TrainPlan.CheckpointPath"/> written by this run (or resumed from it).</summary>
+        public long? Step { get; private set; } = resumedStep;
+
+        /// <summary>Writes the checkpoint unless it is already current; returns why it was refused (diverged), or null.</summary>
+        public string? Save(Trainer trainer)
         {
-            Checkpoint.Save(path, trainer);
+            if (trainer.StepCount == 0 || trainer.StepCount == Step) return null;
+            try
+            {
+                log.Flush(durable: true);
+                Checkpoint.Save(plan.CheckpointPath, trainer);
+                Step = trainer.StepCount;
+                return null;
+            }
+            catch (NonFiniteStateException e)
+            {
+                return $"training diverged by step {trainer.StepCount} ('{e.Tensor}' is not finite)";
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new UserError($"could not write the checkpoint {plan.CheckpointPath}: {e.Message} (the previous checkpoint, if any, is intact).", e);
+            }
         }
-        catch (IOException e)
-        {
-            throw new UserError($"could not write the checkpoint {path}: {e.Message} (the previous checkpoint, if any, is intact).", e);
-        }
+
+        public string Describe() => Step is { } step
+            ? $"The last good checkpoint is step {step} ({plan.CheckpointPath}); resume from it with --resume {plan.CheckpointPath}."
+            : plan.Resume is { } resumed
+                ? $"No checkpoint of this run was written before it diverged; the one it resumed from (step {resumed.Step}, {resumed.Path}) is unchanged."
+                : "No checkpoint of this run was written before it diverged (--checkpoint-every N writes one every N steps).";
     }
 
     /// <summary>The sample grids a run writes: DDIM from the EMA weights, the same noise every time.</summary>

@@ -94,17 +94,23 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("scale", HelpText = "Pixel scale of the sample grids (nearest neighbour). Default: at least 512 pixels wide; 1 writes the model's pixels.")]
     public int? Scale { get; set; }
 
+    /// <summary>Upper bounds of the size-like options (the memory a run needs is checked separately, from the model).</summary>
+    public const long MaxSteps = 1_000_000_000;
+    public const int MaxBatch = 1 << 16, MaxSamples = 1024, MaxScale = 64;
+
     /// <summary>Checks the values that need no file; the rest is checked while the plan is resolved.</summary>
     public void Check()
     {
-        if (Steps is <= 0) throw new UsageError($"--steps must be positive, got {Steps}.");
+        if (Steps is <= 0 or > MaxSteps) throw new UsageError($"--steps must be between 1 and {MaxSteps:N0}, got {Steps}.");
+        if (!(Lr > 0 && float.IsFinite(Lr))) throw new UsageError($"--lr must be a positive number, got {Lr}.");
         if (Epochs is <= 0) throw new UsageError($"--epochs must be positive, got {Epochs}.");
         if (Steps is not null && Epochs is not null) throw new UsageError("give --steps or --epochs, not both.");
-        if (Batch is <= 0) throw new UsageError($"--batch must be positive, got {Batch}.");
+        if (Batch is <= 0 or > MaxBatch) throw new UsageError($"--batch must be between 1 and {MaxBatch:N0}, got {Batch}.");
         if (MaxImages is <= 0) throw new UsageError($"--max-images must be positive, got {MaxImages}.");
         if (Warmup is < 0) throw new UsageError($"--warmup must be >= 0, got {Warmup}.");
-        if (Scale is <= 0) throw new UsageError($"--scale must be positive, got {Scale}.");
-        if (Samples <= 0 || SampleSteps <= 0) throw new UsageError("--samples and --sample-steps must be positive.");
+        if (Scale is <= 0 or > MaxScale) throw new UsageError($"--scale must be between 1 and {MaxScale}, got {Scale}.");
+        if (Samples <= 0 || Samples > MaxSamples) throw new UsageError($"--samples must be between 1 and {MaxSamples}, got {Samples}.");
+        if (SampleSteps <= 0) throw new UsageError($"--sample-steps must be positive, got {SampleSteps}.");
         if (SampleEvery < 0 || CheckpointEvery < 0 || LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
         if (LabmlExact && Prediction == Ddpm.Diffusion.Diffusion.Prediction.V)
             throw new UsageError("--labml-exact trains labml's eps prediction; drop --prediction v.");

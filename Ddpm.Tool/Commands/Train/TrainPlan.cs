@@ -1,3 +1,4 @@
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
@@ -45,6 +46,15 @@ internal sealed record TrainPlan(
             GradClip = o.GradClip, EmaDecay = o.Ema, Seed = o.Seed, HorizontalFlip = o.HFlip, LrSchedule = o.LrSchedule, LrFinal = o.LrFinal,
         };
 
+        // The CPU backends keep the model and the batch's activations in host memory; refuse a run that cannot fit
+        // before the data is read or the model built (a device backend reports its own out-of-memory, as one line).
+        // The channel count may still be fitted to the data; it changes only the first and last convolutions.
+        if (o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
+        {
+            long bytes = Math.Max(MemoryEstimate.TrainingBytes(model, training.BatchSize),
+                4 * (model.ParameterCount() * 5 + (long)o.Samples * MemoryEstimate.SamplingValuesPerImage(model)));
+            MemoryEstimate.Require(bytes, $"training a {model.ParameterCount():N0}-parameter model with --batch {training.BatchSize}");
+        }
         string dataPath = o.Data ?? BundledFiles.Data();
         var (data, loader, fittedModel) = OpenData(dataPath, o, model, resume is not null, training, diffusion.DataRange);
         model = fittedModel;
@@ -68,7 +78,9 @@ internal sealed record TrainPlan(
         if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps <= training.WarmupSteps)
             throw new UsageError($"the warm-up ({training.WarmupSteps} steps) must be shorter than the run ({totalSteps:N0} steps) for the cosine decay; lower --warmup or use --lr-schedule constant.");
         try { training.Validate(); }
-        catch (ArgumentException e) { throw new UsageError(e.Message); }
+        catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
+        if (totalSteps > TrainOptions.MaxSteps)
+            throw new UsageError($"--epochs {o.Epochs} makes {totalSteps:N0} steps; at most {TrainOptions.MaxSteps:N0} are allowed.");
         return new TrainPlan(model, diffusion, training, totalSteps, dataPath, data, loader, resume, o.Out, notes);
     }
 

@@ -285,7 +285,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--steps", "abc" }, "bad value for --steps")]
     [InlineData(new[] { "frobnicate" }, "unknown verb 'frobnicate'")]
     [InlineData(new[] { "sample" }, "missing required option --checkpoint")]
-    [InlineData(new[] { "train", "--steps", "0" }, "--steps must be positive")]
+    [InlineData(new[] { "train", "--steps", "0" }, "--steps must be between 1 and")]
     [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
     [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "bad value for --lr-schedule")]
     [InlineData(new[] { "train", "--prediction", "x0" }, "bad value for --prediction")]
@@ -293,11 +293,11 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--variance", "medium" }, "bad value for --variance")]
     [InlineData(new[] { "train", "--prediction", "v", "--labml-exact" }, "--labml-exact trains labml's eps prediction")]
     [InlineData(new[] { "train", "--warmup", "-1" }, "--warmup must be >= 0")]
-    [InlineData(new[] { "sample", "--checkpoint", "c", "--scale", "0" }, "--scale must be positive")]
+    [InlineData(new[] { "sample", "--checkpoint", "c", "--scale", "0" }, "--scale must be between 1 and")]
     [InlineData(new[] { "train", "--steps", "50", "--warmup", "80" }, "the warm-up (80 steps) must be shorter than the run (50 steps)")]
     [InlineData(new[] { "train", "--backend", "tpu" }, "unknown backend 'tpu'")]
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
-    [InlineData(new[] { "train", "--image-size", "30" }, "image_size 30 must be divisible by 4")]
+    [InlineData(new[] { "train", "--image-size", "30" }, "--image-size 30 must be divisible by 4")]
     [InlineData(new[] { "bench", "--mode", "fly" }, "bad value for --mode")]
     public void BadUsageIsOneLineAndExitCode2(string[] args, string message)
     {
