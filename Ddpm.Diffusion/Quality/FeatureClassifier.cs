@@ -121,6 +121,9 @@ public sealed class FeatureClassifier : Module
             {
                 if (!file.TryGet(name, out var e)) throw new InvalidDataException($"{path} lacks tensor '{name}' {p.Shape}.");
                 if (!e.Shape.AsSpan().SequenceEqual(p.Shape.Dims)) throw new InvalidDataException($"{path}: '{name}' is {e.ShapeText}, the config needs {p.Shape}.");
+                if (!e.IsFloat) throw new InvalidDataException($"{path}: '{name}' holds {e.DType} integers; a classifier's weights are floats.");
+                long bad = e.FirstNonFinite();
+                if (bad >= 0) throw new InvalidDataException($"{path}: '{name}' element {bad} is {e.Floats![bad]}; a classifier's weights must be finite.");
                 p.CopyFrom(e.AsFloats());
             }
         }
