@@ -180,11 +180,11 @@ public sealed class ForwardTests : IDisposable
         var a = T([1, 2, 3, 4], 2, 2);
         var b = T([1, 0, 0, 1, 2, 0, 0, 2], 2, 2, 2);
         var c = Tensor.Full(_be, new Shape(2, 2, 2), float.NaN);
-        _be.Gemm(false, false, 2, 2, 2, 2, 0.5f, a.Buffer, 0, b.Buffer, 4, 0f, c.Buffer, 4);
+        _be.Gemm(false, false, a.Buffer, 0, b.Buffer, 4, 2, 2, 2, 2, 0.5f, 0f, c.Buffer, 4);
         Assert.Equal(new float[] { 0.5f, 1, 1.5f, 2, 1, 2, 3, 4 }, c.ToArray());
-        _be.Gemm(false, false, 2, 2, 2, 2, 1f, a.Buffer, 0, b.Buffer, 4, 1f, c.Buffer, 4);
+        _be.Gemm(false, false, a.Buffer, 0, b.Buffer, 4, 2, 2, 2, 2, 1f, 1f, c.Buffer, 4);
         Assert.Equal(new float[] { 1.5f, 3, 4.5f, 6, 3, 6, 9, 12 }, c.ToArray());
-        Assert.Throws<ArgumentException>(() => _be.Gemm(false, false, 3, 2, 2, 2, 1f, a.Buffer, 0, b.Buffer, 4, 0f, c.Buffer, 4));
+        Assert.Throws<ArgumentException>(() => _be.Gemm(false, false, a.Buffer, 0, b.Buffer, 4, 3, 2, 2, 2, 1f, 0f, c.Buffer, 4));
     }
 
     [Fact]
@@ -282,10 +282,10 @@ public sealed class ForwardTests : IDisposable
         var dy = T([5, 5, 5], 3);
         var dx = Tensor.Empty(_be, new Shape(3));
         var y = Ops.Relu(x);
-        _be.UnaryBackward(UnaryOp.Relu, x.Buffer, y.Buffer, dy.Buffer, dx.Buffer, 3);
+        _be.UnaryBackward(UnaryOp.Relu, x.Buffer, y.Buffer, dy.Buffer, 3, dx.Buffer);
         Assert.Equal(new float[] { 0, 0, 5 }, dx.ToArray());
         y = Ops.Abs(x);
-        _be.UnaryBackward(UnaryOp.Abs, x.Buffer, y.Buffer, dy.Buffer, dx.Buffer, 3);
+        _be.UnaryBackward(UnaryOp.Abs, x.Buffer, y.Buffer, dy.Buffer, 3, dx.Buffer);
         Assert.Equal(new float[] { -5, 0, 5 }, dx.ToArray());
     }
 
@@ -296,7 +296,7 @@ public sealed class ForwardTests : IDisposable
         const int n = 10_000;
         const float p = 0.3f;
         var mask = Tensor.Empty(_be, new Shape(n));
-        _be.DropoutMask(mask.Buffer, n, p, 99, 8);
+        _be.DropoutMask(p, 99, 8, mask.Buffer, n);
         var u = new float[n];
         Philox.FillUniform(u, 99, 8);
         var m = mask.ToArray();
@@ -313,13 +313,13 @@ public sealed class ForwardTests : IDisposable
         var t = Tensor.Zeros(_be, new Shape(10));
         Assert.Throws<ArgumentException>(() => _be.Upload(new float[5], t.Buffer, 6));
         Assert.Throws<ArgumentException>(() => _be.Download(t.Buffer, 8, new float[3]));
-        Assert.Throws<ArgumentException>(() => _be.Fill(t.Buffer, 11, 0f));
-        Assert.Throws<ArgumentException>(() => _be.Copy(t.Buffer, 5, t.Buffer, 0, 6));
-        var e = Assert.Throws<ArgumentException>(() => _be.Unary(UnaryOp.Exp, t.Buffer, Tensor.Zeros(_be, new Shape(4)).Buffer, 10));
+        Assert.Throws<ArgumentException>(() => _be.Fill(0f, t.Buffer, 11));
+        Assert.Throws<ArgumentException>(() => _be.Copy(t.Buffer, 5, 6, t.Buffer, 0));
+        var e = Assert.Throws<ArgumentException>(() => _be.Unary(UnaryOp.Exp, t.Buffer, 10, Tensor.Zeros(_be, new Shape(4)).Buffer));
         Assert.Equal("y", e.ParamName);
         // Two samples of 3x3 need 18 input floats; the buffer has 10.
         var g = new ConvGeometry(2, 1, 3, 3, 1, 3, 3, 1, 1, 1, 1);
-        Assert.Throws<ArgumentException>(() => _be.Conv2dForward(t.Buffer, t.Buffer, null, t.Buffer, g));
+        Assert.Throws<ArgumentException>(() => _be.Conv2dForward(t.Buffer, t.Buffer, null, g, t.Buffer));
         var registry = new BackendRegistry().RegisterCpuReference();
         using var created = registry.Create("cpu-reference");
         Assert.Equal("cpu-reference", created.Name);

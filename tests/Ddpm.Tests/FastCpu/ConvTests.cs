@@ -71,9 +71,9 @@ public sealed class ConvTests
             using var be = new CpuBackend(threads);
             var x = Random(g.InputSize, 1); var wt = Random(g.WeightSize, 2); var bias = Random(o, 3);
             var xb = Up(be, x); var wb = Up(be, wt); var bb = Up(be, bias); var yb = be.Allocate(g.OutputSize);
-            be.Conv2dForward(xb, wb, bb, yb, g);
+            be.Conv2dForward(xb, wb, bb, g, yb);
             Assert.True(NormalizedMse(Down(be, yb, g.OutputSize), Forward(x, wt, bias, g)) <= Tolerance);
-            be.Conv2dForward(xb, wb, null, yb, g);
+            be.Conv2dForward(xb, wb, null, g, yb);
             Assert.True(NormalizedMse(Down(be, yb, g.OutputSize), Forward(x, wt, null, g)) <= Tolerance);
         }
     }
@@ -104,7 +104,7 @@ public sealed class ConvTests
             using var be = new CpuBackend(threads);
             var dyb = Up(be, dy); var wb = Up(be, wt);
             var dxb = Up(be, Enumerable.Repeat(float.NaN, g.InputSize).ToArray());
-            be.Conv2dBackwardData(dyb, wb, dxb, g);
+            be.Conv2dBackwardData(dyb, wb, g, dxb);
             Assert.True(NormalizedMse(Down(be, dxb, g.InputSize), expected) <= Tolerance);
         }
     }
@@ -138,7 +138,7 @@ public sealed class ConvTests
             var xb = Up(be, x); var dyb = Up(be, dy);
             var dwb = Up(be, Enumerable.Repeat(float.NaN, g.WeightSize).ToArray());
             var dbb = Up(be, Enumerable.Repeat(float.NaN, o).ToArray());
-            be.Conv2dBackwardWeight(xb, dyb, dwb, dbb, g);
+            be.Conv2dBackwardWeight(xb, dyb, g, dwb, dbb);
             Assert.True(NormalizedMse(Down(be, dwb, g.WeightSize), dw) <= Tolerance, $"dw, {threads} threads");
             Assert.True(NormalizedMse(Down(be, dbb, o), db) <= Tolerance, $"dbias, {threads} threads");
         }

@@ -28,14 +28,14 @@ public sealed class ElementwiseTests
             var x = Random(n, (int)op, positive ? 0.05f : -4f, 4f);
             var dy = Random(n, 100 + (int)op);
             var xb = Up(be, x); var yb = be.Allocate(n); var dyb = Up(be, dy); var dxb = be.Allocate(n);
-            be.Unary(op, xb, yb, n);
-            be.UnaryBackward(op, xb, yb, dyb, dxb, n);
+            be.Unary(op, xb, n, yb);
+            be.UnaryBackward(op, xb, yb, dyb, n, dxb);
             var ey = new double[n]; var edx = new double[n];
             for (int i = 0; i < n; i++) { ey[i] = UnaryReference.Value(op, x[i]); edx[i] = dy[i] * UnaryReference.Derivative(op, x[i]); }
             Close(Down(be, yb, n), ey, Rtol, Atol, $"{op} forward");
             Close(Down(be, dxb, n), edx, 1e-5, 1e-6, $"{op} backward");
             // In place: y aliases x.
-            be.Unary(op, xb, xb, n);
+            be.Unary(op, xb, n, xb);
             Close(Down(be, xb, n), ey, Rtol, Atol, $"{op} in place");
         }
     }
@@ -47,14 +47,14 @@ public sealed class ElementwiseTests
         const int n = 40_003;
         var x = Random(n, 1, -3f, 3f); var y = Random(n, 2);
         var xb = Up(be, x); var yb = Up(be, y); var ob = be.Allocate(n);
-        be.Affine(xb, ob, n, 1.5f, -0.5f);
+        be.Affine(xb, n, 1.5f, -0.5f, ob);
         Close(Down(be, ob, n), x.Select(v => 1.5 * v - 0.5).ToArray(), Rtol, Atol, "affine");
-        be.Axpby(xb, yb, n, 0.25f, -2f);
+        be.Axpby(xb, n, 0.25f, -2f, yb);
         Close(Down(be, yb, n), x.Zip(y, (a, b) => 0.25 * a - 2 * b).ToArray(), Rtol, Atol, "axpby");
-        be.Axpby(xb, xb, n, 0.25f, 0.5f);
+        be.Axpby(xb, n, 0.25f, 0.5f, xb);
         Close(Down(be, xb, n), x.Select(v => 0.75 * v).ToArray(), Rtol, Atol, "axpby aliased");
         be.Upload(x, xb, 0);
-        be.Clamp(xb, ob, n, -1f, 0.5f);
+        be.Clamp(xb, n, -1f, 0.5f, ob);
         Close(Down(be, ob, n), x.Select(v => Math.Clamp((double)v, -1, 0.5)).ToArray(), 0, 0, "clamp");
         Assert.Equal(x.Sum(v => (double)v * v), be.SumOfSquares(xb, n), 1e-6 * x.Sum(v => (double)v * v));
     }
@@ -188,7 +188,7 @@ public sealed class ElementwiseTests
                     expected[di] = accumulate ? expected[di] + v : v;
                 }
         var sb = Up(be, src); var db = Up(be, dst);
-        be.CopySlice(sb, srcDim, 1, db, dstDim, 4, outer, 3, inner, accumulate);
+        be.CopySlice(sb, srcDim, 1, outer, 3, inner, accumulate, db, dstDim, 4);
         Close(Down(be, db, dst.Length), expected, Rtol, Atol, "copy slice");
 
         var table = Random(10 * 3, 7);
@@ -216,13 +216,13 @@ public sealed class ElementwiseTests
             using var be = new CpuBackend(threads);
             var b = be.Allocate(n);
             var expected = new float[n];
-            be.FillNormal(b, n, seed, offset);
+            be.FillNormal(seed, offset, b, n);
             Philox.FillNormal(expected, seed, offset);
             Assert.Equal(expected, Down(be, b, n));
-            be.FillUniform(b, n, seed, offset);
+            be.FillUniform(seed, offset, b, n);
             Philox.FillUniform(expected, seed, offset);
             Assert.Equal(expected, Down(be, b, n));
-            be.DropoutMask(b, n, 0.3f, seed, offset);
+            be.DropoutMask(0.3f, seed, offset, b, n);
             float keep = 1f - 0.3f;
             Assert.Equal(expected.Select(u => u < keep ? 1f / keep : 0f).ToArray(), Down(be, b, n));
         }

@@ -137,7 +137,7 @@ public sealed class NnTests
             ep[i] = pi - lr / bc1 * em[i] / (Math.Sqrt(ev[i]) / Math.Sqrt(bc2) + eps);
         }
         var pb = Up(be, p); var gb = Up(be, g); var mb = Up(be, m); var vb = Up(be, v);
-        be.AdamStep(pb, gb, mb, vb, n, new AdamStepParams((float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)bc1, (float)bc2));
+        be.AdamStep(gb, n, new AdamStepParams((float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)bc1, (float)bc2), pb, mb, vb);
         // m and v are sums of two terms that may cancel: absolute tolerance from the terms' size (|m| < 0.2, v < 0.02).
         Close(Down(be, mb, n), em, 1e-6, 3e-8, "m");
         Close(Down(be, vb, n), ev, 1e-6, 3e-9, "v");
