@@ -65,7 +65,7 @@ public sealed class ForwardTests : IDisposable
                     for (int ch = 0; ch < c; ch++) acc += (double)wd[k * c + ch] * xd[(s * c + ch) * hw + p];
                     expected[(s * o + k) * hw + p] = acc;
                 }
-        Close.All(expected, y, 1e-6, 1e-6, "conv 1x1");
+        Closeness.AssertElementwise("conv 1x1", y, expected, 1e-6, 1e-6);
     }
 
     [Theory]
@@ -137,7 +137,7 @@ public sealed class ForwardTests : IDisposable
             int ch = i / hw % c;
             expected[i] = (double)gd[ch] * plain[i] + bd[ch];
         }
-        Close.All(expected, affine, 1e-6, 1e-6, "group norm affine");
+        Closeness.AssertElementwise("group norm affine", affine, expected, 1e-6, 1e-6);
     }
 
     [Fact]
@@ -152,7 +152,7 @@ public sealed class ForwardTests : IDisposable
             Assert.All(sums, s => Assert.True(Math.Abs(s - 1) < 1e-6, $"dim {dim}: sum {s}"));
             // Adding 1000 would overflow exp without the max subtraction; the result must not change.
             var shifted = Ops.Softmax(T(xd.Select(v => v + 1000f).ToArray(), 3, 4, 5), dim).ToArray();
-            Close.All(y.ToArray(), shifted, 1e-6, 1e-4, $"softmax shift, dim {dim}");
+            Closeness.AssertElementwise($"softmax shift, dim {dim}", shifted, y.ToArray(), 1e-6, 1e-4);
         }
     }
 
@@ -256,10 +256,10 @@ public sealed class ForwardTests : IDisposable
             (UnaryOp.Relu, v => Math.Max(v, 0)), (UnaryOp.Abs, Math.Abs),
         ];
         foreach (var (op, f) in ops)
-            Close.All(xd.Select(v => f(v)).ToArray(), Ops.Unary(op, x).ToArray(), 1e-7, 1e-7, op.ToString());
+            Closeness.AssertElementwise(op.ToString(), Ops.Unary(op, x).ToArray(), xd.Select(v => f(v)).ToArray(), 1e-7, 1e-7);
         var pos = xd.Select(MathF.Abs).ToArray();
-        Close.All(pos.Select(v => Math.Log(v)).ToArray(), Ops.Log(T(pos, 64)).ToArray(), 1e-7, 1e-7, "Log");
-        Close.All(pos.Select(v => Math.Sqrt(v)).ToArray(), Ops.Sqrt(T(pos, 64)).ToArray(), 1e-7, 1e-7, "Sqrt");
+        Closeness.AssertElementwise("Log", Ops.Log(T(pos, 64)).ToArray(), pos.Select(v => Math.Log(v)).ToArray(), 1e-7, 1e-7);
+        Closeness.AssertElementwise("Sqrt", Ops.Sqrt(T(pos, 64)).ToArray(), pos.Select(v => Math.Sqrt(v)).ToArray(), 1e-7, 1e-7);
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using Ddpm.Backends.Cpu;
 using Ddpm.Tensors;
+using Ddpm.Tests.TestUtil;
 using Xunit;
 using static Ddpm.Tests.FastCpu.FastCpuTestUtil;
 
@@ -72,9 +73,9 @@ public sealed class ConvTests
             var x = Random(g.InputSize, 1); var wt = Random(g.WeightSize, 2); var bias = Random(o, 3);
             var xb = Up(be, x); var wb = Up(be, wt); var bb = Up(be, bias); var yb = be.Allocate(g.OutputSize);
             be.Conv2dForward(xb, wb, bb, g, yb);
-            Assert.True(NormalizedMse(Down(be, yb, g.OutputSize), Forward(x, wt, bias, g)) <= Tolerance);
+            Closeness.AssertNmse("conv forward", Down(be, yb, g.OutputSize), Forward(x, wt, bias, g), Tolerance);
             be.Conv2dForward(xb, wb, null, g, yb);
-            Assert.True(NormalizedMse(Down(be, yb, g.OutputSize), Forward(x, wt, null, g)) <= Tolerance);
+            Closeness.AssertNmse("conv forward without bias", Down(be, yb, g.OutputSize), Forward(x, wt, null, g), Tolerance);
         }
     }
 
@@ -105,7 +106,7 @@ public sealed class ConvTests
             var dyb = Up(be, dy); var wb = Up(be, wt);
             var dxb = Up(be, Enumerable.Repeat(float.NaN, g.InputSize).ToArray());
             be.Conv2dBackwardData(dyb, wb, g, dxb);
-            Assert.True(NormalizedMse(Down(be, dxb, g.InputSize), expected) <= Tolerance);
+            Closeness.AssertNmse("conv backward data", Down(be, dxb, g.InputSize), expected, Tolerance);
         }
     }
 
@@ -139,8 +140,8 @@ public sealed class ConvTests
             var dwb = Up(be, Enumerable.Repeat(float.NaN, g.WeightSize).ToArray());
             var dbb = Up(be, Enumerable.Repeat(float.NaN, o).ToArray());
             be.Conv2dBackwardWeight(xb, dyb, g, dwb, dbb);
-            Assert.True(NormalizedMse(Down(be, dwb, g.WeightSize), dw) <= Tolerance, $"dw, {threads} threads");
-            Assert.True(NormalizedMse(Down(be, dbb, o), db) <= Tolerance, $"dbias, {threads} threads");
+            Closeness.AssertNmse($"dw, {threads} threads", Down(be, dwb, g.WeightSize), dw, Tolerance);
+            Closeness.AssertNmse($"dbias, {threads} threads", Down(be, dbb, o), db, Tolerance);
         }
     }
 }

@@ -45,33 +45,6 @@ public static class ParityCases
         return r;
     }
 
-    /// <summary>
-    /// NMSE over the finite elements; a non-finite expected element must be matched exactly in kind (NaN, +Inf or
-    /// -Inf), and a non-finite result where a finite one is expected fails, so that a NaN is never hidden.
-    /// </summary>
-    private static void Compare(string what, float[] expected, float[] actual, double tol)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double num = 0, den = 0;
-        int worst = -1; double worstErr = -1;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            float e = expected[i], a = actual[i];
-            if (!float.IsFinite(e) || !float.IsFinite(a))
-            {
-                bool same = float.IsNaN(e) ? float.IsNaN(a) : e == a;
-                if (!same) Assert.Fail($"{what}: element {i} is {a}, expected {e}.");
-                continue;
-            }
-            double d = (double)a - e;
-            num += d * d;
-            den += (double)e * e;
-            if (Math.Abs(d) > worstErr) { worstErr = Math.Abs(d); worst = i; }
-        }
-        double nmse = den == 0 ? num : num / den;
-        Assert.True(nmse <= tol, $"{what}: NMSE {nmse:E3} > {tol:E0}; worst element {worst}: {actual[Math.Max(worst, 0)]:R} vs {expected[Math.Max(worst, 0)]:R}.");
-    }
-
     /// <summary>Runs <paramref name="op"/> on both backends with the same inputs and compares the outputs.</summary>
     private static void Both(IBackend be, IBackend rf, float[][] inputs, int[] outSizes, double tol, string what,
         Action<IBackend, DeviceBuffer[], DeviceBuffer[]> op, float[]? outInit = null)
@@ -87,7 +60,7 @@ public static class ParityCases
         }
         var expected = Go(rf);
         var actual = Go(be);
-        for (int i = 0; i < outSizes.Length; i++) Compare($"{what} output {i}", expected[i], actual[i], tol);
+        for (int i = 0; i < outSizes.Length; i++) Closeness.AssertNmse($"{what} output {i}", actual[i], expected[i], tol);
     }
 
     private static float[] N(int n, ulong seed) => TestData.Normal(n, seed);
