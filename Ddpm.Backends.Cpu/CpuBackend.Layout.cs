@@ -323,8 +323,8 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
-        int outer, int count, int inner, bool accumulate)
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, int outer, int count, int inner, bool accumulate,
+        DeviceBuffer dst, int dstDim, int dstStart)
     {
         if (srcStart < 0 || dstStart < 0 || count < 0 || srcStart + count > srcDim || dstStart + count > dstDim)
             throw new ArgumentException($"CopySlice: [{srcStart}, +{count}) of {srcDim} to [{dstStart}, +{count}) of {dstDim} is out of range.");

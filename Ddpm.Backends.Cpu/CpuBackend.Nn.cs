@@ -8,8 +8,8 @@ public sealed unsafe partial class CpuBackend
 {
     // ---- linear algebra -----------------------------------------------------------------------------
 
-    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
-        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    public void Gemm(bool transA, bool transB, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB,
+        int batch, int m, int n, int k, float alpha, float beta, DeviceBuffer c, long strideC)
     {
         if (batch < 0 || m < 0 || n < 0 || k < 0 || strideA < 0 || strideB < 0 || strideC < 0)
             throw new ArgumentException($"Gemm: negative size or stride (batch {batch}, m {m}, n {n}, k {k}).");
@@ -78,7 +78,7 @@ public sealed unsafe partial class CpuBackend
     /// <summary>Samples go to workers whole when that balances; otherwise the GEMM of each sample is split.</summary>
     private bool SampleParallel(int n) => _pool.Threads > 1 && n >= _pool.Threads && (n % _pool.Threads == 0 || n >= 4 * _pool.Threads);
 
-    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y)
     {
         g.Validate();
         float* xp = Ptr(x, g.InputSize, nameof(x)), wp = Ptr(w, g.WeightSize, nameof(w)), yp = Ptr(y, g.OutputSize, nameof(y));
@@ -128,7 +128,7 @@ public sealed unsafe partial class CpuBackend
         else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
     }
 
-    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx)
     {
         g.Validate();
         var geo = g;
@@ -195,7 +195,7 @@ public sealed unsafe partial class CpuBackend
         else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
     }
 
-    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g)
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias)
     {
         g.Validate();
         var geo = g;

@@ -102,13 +102,13 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     // ---- fills and copies ---------------------------------------------------------------------------
 
-    public void Fill(DeviceBuffer dst, int n, float value)
+    public void Fill(float value, DeviceBuffer dst, int n)
     {
         nint d = (nint)Ptr(dst, n, nameof(dst));
         _pool.ForRange(n, Grain * 4, (s, len) => S((float*)d + s, len).Fill(value));
     }
 
-    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n)
+    public void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset)
     {
         float* s = Ptr(src, (long)srcOffset + n, nameof(src)) + srcOffset;
         float* d = Ptr(dst, (long)dstOffset + n, nameof(dst)) + dstOffset;
@@ -122,20 +122,20 @@ public sealed unsafe partial class CpuBackend : IBackend
         _pool.ForRange(n, Grain * 4, (i, len) => Buffer.MemoryCopy((float*)sp + i, (float*)dp + i, 4L * len, 4L * len));
     }
 
-    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset)
+    public void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         nint d = (nint)Ptr(dst, n, nameof(dst));
         // Each chunk starts at its own stream position, so the numbers do not depend on the chunking.
         _pool.ForRange(n, 4096, (s, len) => Philox.FillNormal(S((float*)d + s, len), seed, offset + (ulong)s));
     }
 
-    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset)
+    public void FillUniform(ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         nint d = (nint)Ptr(dst, n, nameof(dst));
         _pool.ForRange(n, 8192, (s, len) => Philox.FillUniform(S((float*)d + s, len), seed, offset + (ulong)s));
     }
 
-    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset)
+    public void DropoutMask(float p, ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         if (p < 0f || p >= 1f) throw new ArgumentOutOfRangeException(nameof(p), $"Dropout probability {p} is outside [0, 1).");
         nint d = (nint)Ptr(dst, n, nameof(dst));
@@ -151,7 +151,7 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     // ---- elementwise --------------------------------------------------------------------------------
 
-    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n)
+    public void Unary(UnaryOp op, DeviceBuffer x, int n, DeviceBuffer y)
     {
         nint xp = (nint)Ptr(x, n, nameof(x)), yp = (nint)Ptr(y, n, nameof(y));
         _pool.ForRange(n, op is UnaryOp.Neg or UnaryOp.Abs or UnaryOp.Relu or UnaryOp.Square ? Grain : Grain / 4,
@@ -180,7 +180,7 @@ public sealed unsafe partial class CpuBackend : IBackend
         }
     }
 
-    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n)
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, int n, DeviceBuffer dx)
     {
         nint xp = (nint)Ptr(x, n, nameof(x)), yp = (nint)Ptr(y, n, nameof(y));
         nint dyp = (nint)Ptr(dy, n, nameof(dy)), dxp = (nint)Ptr(dx, n, nameof(dx));
@@ -208,21 +208,21 @@ public sealed unsafe partial class CpuBackend : IBackend
         }
     }
 
-    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift)
+    public void Affine(DeviceBuffer x, int n, float scale, float shift, DeviceBuffer y)
     {
         nint xp = (nint)Ptr(x, n, nameof(x)), yp = (nint)Ptr(y, n, nameof(y));
         var k = new AffineKernel(scale, shift);
         _pool.ForRange(n, Grain, (s, len) => Kernel.Map(k, (float*)xp + s, (float*)yp + s, len));
     }
 
-    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b)
+    public void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y)
     {
         nint xp = (nint)Ptr(x, n, nameof(x)), yp = (nint)Ptr(y, n, nameof(y));
         var k = new AxpbyKernel(a, b);
         _pool.ForRange(n, Grain, (s, len) => Kernel.Map(k, (float*)xp + s, (float*)yp + s, (float*)yp + s, len));
     }
 
-    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi)
+    public void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y)
     {
         nint xp = (nint)Ptr(x, n, nameof(x)), yp = (nint)Ptr(y, n, nameof(y));
         _pool.ForRange(n, Grain, (s, len) =>
@@ -296,14 +296,14 @@ public sealed unsafe partial class CpuBackend : IBackend
         nint xp = (nint)Ptr(x, n, nameof(x));
         double coef = NormMath.ClipCoefficient(Math.Sqrt(NormMath.Join(s[0], s[1])), maxNorm);
         if (coef >= 1.0) return;
-        // The same kernel as Affine(x, x, n, coef, 0), so clipping here scales exactly as the per-tensor path did.
+        // The same kernel as Affine(x, n, coef, 0, x), so clipping here scales exactly as the per-tensor path did.
         var k = new AffineKernel((float)coef, 0f);
         _pool.ForRange(n, Grain, (s0, len) => Kernel.Map(k, (float*)xp + s0, (float*)xp + s0, len));
     }
 
     // ---- optimiser ----------------------------------------------------------------------------------
 
-    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p)
+    public void AdamStep(DeviceBuffer grad, int n, in AdamStepParams p, DeviceBuffer param, DeviceBuffer m, DeviceBuffer v)
     {
         nint pp = (nint)Ptr(param, n, nameof(param)), gp = (nint)Ptr(grad, n, nameof(grad));
         nint mp = (nint)Ptr(m, n, nameof(m)), vp = (nint)Ptr(v, n, nameof(v));

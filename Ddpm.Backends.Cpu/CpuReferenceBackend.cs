@@ -143,13 +143,13 @@ public sealed class CpuReferenceBackend : IBackend
 
     // ---- fills and copies ---------------------------------------------------------------------------------
 
-    public void Fill(DeviceBuffer dst, int n, float value)
+    public void Fill(float value, DeviceBuffer dst, int n)
     {
         var d = Data(dst, n, nameof(dst));
         for (int i = 0; i < n; i++) d[i] = value;
     }
 
-    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n)
+    public void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset)
     {
         NonNegative(srcOffset, nameof(srcOffset));
         NonNegative(dstOffset, nameof(dstOffset));
@@ -160,21 +160,21 @@ public sealed class CpuReferenceBackend : IBackend
         s.AsSpan(srcOffset, n).CopyTo(d.AsSpan(dstOffset, n));
     }
 
-    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset)
+    public void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         NonNegative(n, nameof(n));
         var d = Data(dst, n, nameof(dst));
         Philox.FillNormal(d.AsSpan(0, n), seed, offset);
     }
 
-    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset)
+    public void FillUniform(ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         NonNegative(n, nameof(n));
         var d = Data(dst, n, nameof(dst));
         Philox.FillUniform(d.AsSpan(0, n), seed, offset);
     }
 
-    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset)
+    public void DropoutMask(float p, ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         if (!(p >= 0f && p < 1f)) throw new ArgumentOutOfRangeException(nameof(p), $"Dropout probability {p} is outside [0, 1).");
         NonNegative(n, nameof(n));
@@ -192,7 +192,7 @@ public sealed class CpuReferenceBackend : IBackend
 
     private static double Sigmoid(double x) => 1.0 / (1.0 + Math.Exp(-x));
 
-    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n)
+    public void Unary(UnaryOp op, DeviceBuffer x, int n, DeviceBuffer y)
     {
         NonNegative(n, nameof(n));
         var xs = Data(x, n, nameof(x));
@@ -220,7 +220,7 @@ public sealed class CpuReferenceBackend : IBackend
         }
     }
 
-    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n)
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, int n, DeviceBuffer dx)
     {
         NonNegative(n, nameof(n));
         var xs = Data(x, n, nameof(x));
@@ -256,7 +256,7 @@ public sealed class CpuReferenceBackend : IBackend
         }
     }
 
-    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift)
+    public void Affine(DeviceBuffer x, int n, float scale, float shift, DeviceBuffer y)
     {
         NonNegative(n, nameof(n));
         var xs = Data(x, n, nameof(x));
@@ -264,7 +264,7 @@ public sealed class CpuReferenceBackend : IBackend
         for (int i = 0; i < n; i++) ys[i] = (float)((double)xs[i] * scale + shift);
     }
 
-    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b)
+    public void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y)
     {
         NonNegative(n, nameof(n));
         var xs = Data(x, n, nameof(x));
@@ -272,7 +272,7 @@ public sealed class CpuReferenceBackend : IBackend
         for (int i = 0; i < n; i++) ys[i] = (float)((double)a * xs[i] + (double)b * ys[i]);
     }
 
-    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi)
+    public void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y)
     {
         NonNegative(n, nameof(n));
         var xs = Data(x, n, nameof(x));
@@ -374,8 +374,8 @@ public sealed class CpuReferenceBackend : IBackend
         for (long j = 0; j < n; j++) yv[j] = xv[Offset(j, yShape, yStrideInX)];
     }
 
-    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
-        int outer, int count, int inner, bool accumulate)
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, int outer, int count, int inner, bool accumulate,
+        DeviceBuffer dst, int dstDim, int dstStart)
     {
         NonNegative(outer, nameof(outer));
         NonNegative(count, nameof(count));
@@ -425,8 +425,8 @@ public sealed class CpuReferenceBackend : IBackend
 
     // ---- linear algebra -----------------------------------------------------------------------------------
 
-    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
-        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    public void Gemm(bool transA, bool transB, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB,
+        int batch, int m, int n, int k, float alpha, float beta, DeviceBuffer c, long strideC)
     {
         NonNegative(batch, nameof(batch));
         NonNegative(m, nameof(m));
@@ -468,7 +468,7 @@ public sealed class CpuReferenceBackend : IBackend
         if (bias is not null) Data(bias, g.O, biasName);
     }
 
-    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y)
     {
         CheckConv(g, bias, nameof(bias));
         var xv = Data(x, g.InputSize, nameof(x));
@@ -499,7 +499,7 @@ public sealed class CpuReferenceBackend : IBackend
                     }
     }
 
-    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx)
     {
         CheckConv(g, null, "");
         var dyv = Data(dy, g.OutputSize, nameof(dy));
@@ -535,7 +535,7 @@ public sealed class CpuReferenceBackend : IBackend
                     }
     }
 
-    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g)
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias)
     {
         CheckConv(g, dbias, nameof(dbias));
         var xv = Data(x, g.InputSize, nameof(x));
@@ -728,7 +728,7 @@ public sealed class CpuReferenceBackend : IBackend
 
     // ---- optimiser ----------------------------------------------------------------------------------------
 
-    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p)
+    public void AdamStep(DeviceBuffer grad, int n, in AdamStepParams p, DeviceBuffer param, DeviceBuffer m, DeviceBuffer v)
     {
         NonNegative(n, nameof(n));
         var pv = Data(param, n, nameof(param));

@@ -13,7 +13,7 @@ public sealed partial class CudaBackend
 
     // ---- fills and copies -----------------------------------------------------------------------------
 
-    public void Fill(DeviceBuffer dst, int n, float value)
+    public void Fill(float value, DeviceBuffer dst, int n)
     {
         Enter();
         ulong d = Ptr(dst, n, "Fill dst");
@@ -21,7 +21,7 @@ public sealed partial class CudaBackend
         Driver.Check(Driver.cuMemsetD32Async(d, BitConverter.SingleToUInt32Bits(value), (nuint)n, _stream), "cuMemsetD32Async");
     }
 
-    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n)
+    public void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset)
     {
         Enter();
         ulong s = Ptr(src, srcOffset, n, "Copy src"), d = Ptr(dst, dstOffset, n, "Copy dst");
@@ -38,11 +38,11 @@ public sealed partial class CudaBackend
         Driver.Check(Driver.cuMemcpyDtoDAsync_v2(d, tmp.Pointer, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
     }
 
-    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset) => Philox(dst, n, seed, offset, 0, 0f, 0f);
+    public void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n) => Philox(dst, n, seed, offset, 0, 0f, 0f);
 
-    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset) => Philox(dst, n, seed, offset, 1, 0f, 0f);
+    public void FillUniform(ulong seed, ulong offset, DeviceBuffer dst, int n) => Philox(dst, n, seed, offset, 1, 0f, 0f);
 
-    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset)
+    public void DropoutMask(float p, ulong seed, ulong offset, DeviceBuffer dst, int n)
     {
         if (!(p >= 0f && p < 1f)) throw new ArgumentOutOfRangeException(nameof(p), $"Dropout probability {p} is outside [0, 1).");
         float keep = 1f - p;
@@ -64,7 +64,7 @@ public sealed partial class CudaBackend
 
     // ---- elementwise ----------------------------------------------------------------------------------
 
-    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n)
+    public void Unary(UnaryOp op, DeviceBuffer x, int n, DeviceBuffer y)
     {
         Enter();
         CheckDefined(op);
@@ -73,7 +73,7 @@ public sealed partial class CudaBackend
         Launch("unary_forward", GridFor(n), ThreadsPerBlock, px, py, n, (int)op);
     }
 
-    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n)
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, int n, DeviceBuffer dx)
     {
         Enter();
         CheckDefined(op);
@@ -83,7 +83,7 @@ public sealed partial class CudaBackend
         Launch("unary_backward", GridFor(n), ThreadsPerBlock, px, py, pdy, pdx, n, (int)op);
     }
 
-    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift)
+    public void Affine(DeviceBuffer x, int n, float scale, float shift, DeviceBuffer y)
     {
         Enter();
         ulong px = Ptr(x, n, "Affine x"), py = Ptr(y, n, "Affine y");
@@ -91,7 +91,7 @@ public sealed partial class CudaBackend
         Launch("affine", GridFor(n), ThreadsPerBlock, px, py, n, scale, shift);
     }
 
-    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b)
+    public void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y)
     {
         Enter();
         ulong px = Ptr(x, n, "Axpby x"), py = Ptr(y, n, "Axpby y");
@@ -99,7 +99,7 @@ public sealed partial class CudaBackend
         Launch("axpby", GridFor(n), ThreadsPerBlock, px, py, n, a, b);
     }
 
-    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi)
+    public void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y)
     {
         Enter();
         ulong px = Ptr(x, n, "Clamp x"), py = Ptr(y, n, "Clamp y");
@@ -330,8 +330,8 @@ public sealed partial class CudaBackend
         Launch("permute", GridFor(n), ThreadsPerBlock, px, py, (int)n, KernelArg.Struct(dims));
     }
 
-    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
-        int outer, int count, int inner, bool accumulate)
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, int outer, int count, int inner, bool accumulate,
+        DeviceBuffer dst, int dstDim, int dstStart)
     {
         Enter();
         if (outer < 0 || count < 0 || inner < 0 || srcStart < 0 || dstStart < 0 || srcStart + count > srcDim || dstStart + count > dstDim)
@@ -386,8 +386,8 @@ public sealed partial class CudaBackend
 
     // ---- linear algebra -------------------------------------------------------------------------------
 
-    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
-        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    public void Gemm(bool transA, bool transB, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB,
+        int batch, int m, int n, int k, float alpha, float beta, DeviceBuffer c, long strideC)
     {
         Enter();
         if (batch < 0 || m < 0 || n < 0 || k < 0 || strideA < 0 || strideB < 0 || strideC < 0)
@@ -430,7 +430,7 @@ public sealed partial class CudaBackend
         if (_syncEachLaunch) SynchronizeAfter("cublasSgemmStridedBatched");
     }
 
-    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y)
     {
         Enter();
         g.Validate();
@@ -462,7 +462,7 @@ public sealed partial class CudaBackend
             Launch("bias_add", GridFor(g.OutputSize), ThreadsPerBlock, py, pbias, g.OutputSize, g.O, (int)ohw);
     }
 
-    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx)
     {
         Enter();
         g.Validate();
@@ -489,7 +489,7 @@ public sealed partial class CudaBackend
         }
     }
 
-    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g)
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias)
     {
         Enter();
         g.Validate();
@@ -608,7 +608,7 @@ public sealed partial class CudaBackend
 
     // ---- optimiser ------------------------------------------------------------------------------------
 
-    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p)
+    public void AdamStep(DeviceBuffer grad, int n, in AdamStepParams p, DeviceBuffer param, DeviceBuffer m, DeviceBuffer v)
     {
         Enter();
         ulong pp = Ptr(param, n, "AdamStep param"), pg = Ptr(grad, n, "AdamStep grad");

@@ -111,19 +111,19 @@ public static class Autograd
         {
             // Flat storage: the first contribution since ZeroGrad is copied into the parameter's fixed place in
             // its store's gradient buffer, so that buffer is the whole gradient.
-            leaf.Backend.Copy(g.Buffer, 0, slot.Buffer, 0, g.Size);
+            leaf.Backend.Copy(g.Buffer, 0, g.Size, slot.Buffer, 0);
             leaf.Grad = slot;
             p.GradSlotWritten = true;
         }
         else if (leaf.Grad is null || leaf.Grad.IsDisposed)
         {
             var acc = Tensor.EmptyUntracked(leaf.Backend, leaf.Shape);
-            leaf.Backend.Copy(g.Buffer, 0, acc.Buffer, 0, g.Size);
+            leaf.Backend.Copy(g.Buffer, 0, g.Size, acc.Buffer, 0);
             leaf.Grad = acc;
         }
         else
         {
-            leaf.Backend.Axpby(g.Buffer, leaf.Grad.Buffer, g.Size, 1f, 1f);
+            leaf.Backend.Axpby(g.Buffer, g.Size, 1f, 1f, leaf.Grad.Buffer);
         }
     }
 }

@@ -73,10 +73,20 @@ public static class NormMath
 
 /// <summary>
 /// The backend contract: memory, and a small fixed set of typed kernels. All buffers hold float32, laid
-/// out contiguous row-major. Inputs come first, scalars next, outputs last. A backend that cannot run an op
-/// throws <see cref="NotSupportedException"/> rather than computing it wrongly. Only <see cref="Download"/>,
-/// <see cref="SumOfSquares"/> and <see cref="Synchronize"/> wait for queued work. Every buffer argument may be
-/// a view made by <see cref="Slice"/>.
+/// out contiguous row-major. A backend that cannot run an op throws <see cref="NotSupportedException"/> rather
+/// than computing it wrongly. Only <see cref="Download"/>, <see cref="SumOfSquares"/> and
+/// <see cref="Synchronize"/> wait for queued work. Every buffer argument may be a view made by
+/// <see cref="Slice"/>.
+/// <para>
+/// Every member takes its parameters in four groups, in this order, any of which may be empty:
+/// (1) the kind of op: an operator enum (<see cref="UnaryOp"/>, <see cref="BinaryOp"/>) or Gemm's transpose
+/// flags; (2) the buffers only read, each followed by its own geometry; (3) the sizes shared by several
+/// buffers and the scalars: element and dimension counts, <see cref="ConvGeometry"/>,
+/// <see cref="AdamStepParams"/>, seeds, stream offsets, factors, flags, host index lists and permutations;
+/// (4) the buffers written, including those read and updated in place, each followed by its own geometry.
+/// A buffer's own geometry is what describes that buffer alone: its offset, shape, stride, row count, or its
+/// length when no other buffer shares it. Upload's source and Download's destination are buffers too.
+/// </para>
 /// </summary>
 public interface IBackend : IDisposable
 {
@@ -107,36 +117,36 @@ public interface IBackend : IDisposable
     // ---- fills and copies ---------------------------------------------------------------------------
 
     /// <summary>dst[0..n) = value.</summary>
-    void Fill(DeviceBuffer dst, int n, float value);
+    void Fill(float value, DeviceBuffer dst, int n);
 
     /// <summary>dst[dstOffset..+n) = src[srcOffset..+n).</summary>
-    void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n);
+    void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset);
 
     /// <summary>dst[i] = standard normal number at Philox stream position offset+i (see <see cref="Philox"/>).</summary>
-    void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset);
+    void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n);
 
     /// <summary>dst[i] = uniform [0,1) number at Philox stream position offset+i.</summary>
-    void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset);
+    void FillUniform(ulong seed, ulong offset, DeviceBuffer dst, int n);
 
     /// <summary>dst[i] = u(offset+i) &lt; keep ? 1/keep : 0, the inverted-dropout mask with keep = 1 - p.</summary>
-    void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset);
+    void DropoutMask(float p, ulong seed, ulong offset, DeviceBuffer dst, int n);
 
     // ---- elementwise --------------------------------------------------------------------------------
 
     /// <summary>y = op(x), n elements.</summary>
-    void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n);
+    void Unary(UnaryOp op, DeviceBuffer x, int n, DeviceBuffer y);
 
     /// <summary>dx = dy * op'(x); y = op(x) is given for ops whose derivative is cheaper from it.</summary>
-    void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n);
+    void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, int n, DeviceBuffer dx);
 
     /// <summary>y = x * scale + shift.</summary>
-    void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift);
+    void Affine(DeviceBuffer x, int n, float scale, float shift, DeviceBuffer y);
 
     /// <summary>y = a * x + b * y (in place on y).</summary>
-    void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b);
+    void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y);
 
     /// <summary>y = clamp(x, lo, hi).</summary>
-    void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi);
+    void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y);
 
     /// <summary>
     /// y = a op b with NumPy broadcasting. aShape and bShape have the rank of yShape (left-padded with 1s by
@@ -167,8 +177,8 @@ public interface IBackend : IDisposable
     /// Views src as [outer, srcDim, inner] and dst as [outer, dstDim, inner]; for d in [0, count):
     /// dst[o, dstStart + d, i] (+)= src[o, srcStart + d, i]. Concatenation, split and their gradients.
     /// </summary>
-    void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
-        int outer, int count, int inner, bool accumulate);
+    void CopySlice(DeviceBuffer src, int srcDim, int srcStart, int outer, int count, int inner, bool accumulate,
+        DeviceBuffer dst, int dstDim, int dstStart);
 
     /// <summary>dst[i, :] = src[indices[i], :]; src: [rows, rowSize], dst: [indices.Length, rowSize].</summary>
     void IndexSelect(DeviceBuffer src, int rows, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst);
@@ -183,17 +193,17 @@ public interface IBackend : IDisposable
     /// op(B_b): [k, n], C_b: [m, n]. A_b starts at b * strideA (A is [m,k], or [k,m] when transA); likewise B, C.
     /// A stride of 0 broadcasts the operand over the batch.
     /// </summary>
-    void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
-        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC);
+    void Gemm(bool transA, bool transB, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB,
+        int batch, int m, int n, int k, float alpha, float beta, DeviceBuffer c, long strideC);
 
     /// <summary>y [N,O,OH,OW] = conv(x [N,C,H,W], w [O,C,KH,KW]) + bias [O] (bias may be null).</summary>
-    void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g);
+    void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y);
 
     /// <summary>dx [N,C,H,W] = gradient of the convolution w.r.t. its input, given dy [N,O,OH,OW].</summary>
-    void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g);
+    void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx);
 
     /// <summary>dw [O,C,KH,KW] (and dbias [O] when not null) from x [N,C,H,W] and dy [N,O,OH,OW]; overwrites.</summary>
-    void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g);
+    void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias);
 
     // ---- normalisation ------------------------------------------------------------------------------
 
@@ -217,7 +227,7 @@ public interface IBackend : IDisposable
     // ---- optimiser ----------------------------------------------------------------------------------
 
     /// <summary>One Adam(W) step in place on param, m, v (PyTorch semantics).</summary>
-    void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p);
+    void AdamStep(DeviceBuffer grad, int n, in AdamStepParams p, DeviceBuffer param, DeviceBuffer m, DeviceBuffer v);
 
     /// <summary>
     /// Gradient-norm clipping with the scale computed on the device (torch.nn.utils.clip_grad_norm_): with

@@ -19,7 +19,7 @@ public static partial class Ops
         int kb = transB ? bc : br, n = transB ? br : bc;
         if (k != kb) throw new ArgumentException($"MatMul inner sizes differ: {a.Describe()}{(transA ? "^T" : "")} x {b.Describe()}{(transB ? "^T" : "")}.");
         var y = Tensor.Empty(be, batched ? new Shape(batch, m, n) : new Shape(m, n));
-        be.Gemm(transA, transB, batch, m, n, k, 1f, a.Buffer, (long)ar * ac, b.Buffer, (long)br * bc, 0f, y.Buffer, (long)m * n);
+        be.Gemm(transA, transB, a.Buffer, (long)ar * ac, b.Buffer, (long)br * bc, batch, m, n, k, 1f, 0f, y.Buffer, (long)m * n);
         return Autograd.Record("MatMul", y, [a, b], g =>
         {
             Tensor? ga = null, gb = null;
@@ -80,7 +80,7 @@ public static partial class Ops
         var be = SameBackend(x, weight, "Conv2d");
         var geo = Geometry(x, weight, stride, padding, false);
         var y = Tensor.Empty(be, new Shape(geo.N, geo.O, geo.OH, geo.OW));
-        be.Conv2dForward(x.Buffer, weight.Buffer, bias?.Buffer, y.Buffer, geo);
+        be.Conv2dForward(x.Buffer, weight.Buffer, bias?.Buffer, geo, y.Buffer);
         Tensor[] inputs = bias is null ? [x, weight] : [x, weight, bias];
         return Autograd.Record("Conv2d", y, inputs, g =>
         {
@@ -88,14 +88,14 @@ public static partial class Ops
             if (x.RequiresGrad)
             {
                 r[0] = Tensor.Empty(be, x.Shape);
-                be.Conv2dBackwardData(g.Buffer, weight.Buffer, r[0]!.Buffer, geo);
+                be.Conv2dBackwardData(g.Buffer, weight.Buffer, geo, r[0]!.Buffer);
             }
             bool wantBias = bias is not null && bias.RequiresGrad;
             if (weight.RequiresGrad || wantBias)
             {
                 var gw = Tensor.Empty(be, weight.Shape);
                 var gb = wantBias ? Tensor.Empty(be, bias!.Shape) : null;
-                be.Conv2dBackwardWeight(x.Buffer, g.Buffer, gw.Buffer, gb?.Buffer, geo);
+                be.Conv2dBackwardWeight(x.Buffer, g.Buffer, geo, gw.Buffer, gb?.Buffer);
                 if (weight.RequiresGrad) r[1] = gw; else gw.Dispose();
                 if (gb is not null) r[2] = gb;
             }
@@ -112,7 +112,7 @@ public static partial class Ops
         var be = SameBackend(x, weight, "ConvTranspose2d");
         var geo = Geometry(x, weight, stride, padding, true);
         var y = Tensor.Empty(be, new Shape(geo.N, geo.C, geo.H, geo.W));
-        be.Conv2dBackwardData(x.Buffer, weight.Buffer, y.Buffer, geo);
+        be.Conv2dBackwardData(x.Buffer, weight.Buffer, geo, y.Buffer);
         if (bias is not null)
         {
             if (bias.Rank != 1 || bias.Size != geo.C) throw new ArgumentException($"ConvTranspose2d: bias {bias.Describe()} does not have {geo.C} entries.");
@@ -125,12 +125,12 @@ public static partial class Ops
             if (x.RequiresGrad)
             {
                 r[0] = Tensor.Empty(be, x.Shape);
-                be.Conv2dForward(g.Buffer, weight.Buffer, null, r[0]!.Buffer, geo);
+                be.Conv2dForward(g.Buffer, weight.Buffer, null, geo, r[0]!.Buffer);
             }
             if (weight.RequiresGrad)
             {
                 r[1] = Tensor.Empty(be, weight.Shape);
-                be.Conv2dBackwardWeight(g.Buffer, x.Buffer, r[1]!.Buffer, null, geo);
+                be.Conv2dBackwardWeight(g.Buffer, x.Buffer, geo, r[1]!.Buffer, null);
             }
             if (bias is not null && bias.RequiresGrad)
             {
@@ -190,7 +190,7 @@ public static partial class Ops
         if (!training || p == 0f) return Reshape(x, x.Shape);
         if (gen is null) throw new InvalidOperationException("Dropout in training mode needs a random generator.");
         var mask = Tensor.Empty(x.Backend, x.Shape);
-        x.Backend.DropoutMask(mask.Buffer, mask.Size, p, gen.Seed, gen.Take(mask.Size));
+        x.Backend.DropoutMask(p, gen.Seed, gen.Take(mask.Size), mask.Buffer, mask.Size);
         var y = Tensor.Empty(x.Backend, x.Shape);
         x.Backend.Binary(BinaryOp.Mul, x.Buffer, x.Shape.Dims, mask.Buffer, x.Shape.Dims, y.Buffer, x.Shape.Dims);
         return Autograd.Record("Dropout", y, [x], g =>

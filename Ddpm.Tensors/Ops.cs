@@ -100,11 +100,11 @@ public static partial class Ops
     public static Tensor Affine(Tensor x, float scale, float shift)
     {
         var y = Tensor.Empty(x.Backend, x.Shape);
-        x.Backend.Affine(x.Buffer, y.Buffer, x.Size, scale, shift);
+        x.Backend.Affine(x.Buffer, x.Size, scale, shift, y.Buffer);
         return Autograd.Record("Affine", y, [x], g =>
         {
             var gx = Tensor.Empty(g.Backend, g.Shape);
-            g.Backend.Affine(g.Buffer, gx.Buffer, g.Size, scale, 0f);
+            g.Backend.Affine(g.Buffer, g.Size, scale, 0f, gx.Buffer);
             return [gx];
         });
     }
@@ -127,11 +127,11 @@ public static partial class Ops
     public static Tensor Unary(UnaryOp op, Tensor x)
     {
         var y = Tensor.Empty(x.Backend, x.Shape);
-        x.Backend.Unary(op, x.Buffer, y.Buffer, x.Size);
+        x.Backend.Unary(op, x.Buffer, x.Size, y.Buffer);
         return Autograd.Record(op.ToString(), y, [x], g =>
         {
             var gx = Tensor.Empty(g.Backend, g.Shape);
-            g.Backend.UnaryBackward(op, x.Buffer, y.Buffer, g.Buffer, gx.Buffer, g.Size);
+            g.Backend.UnaryBackward(op, x.Buffer, y.Buffer, g.Buffer, g.Size, gx.Buffer);
             return [gx];
         });
     }
@@ -142,7 +142,7 @@ public static partial class Ops
         if (GradMode.IsEnabled && x.RequiresGrad)
             throw new NotSupportedException($"Clamp of {x.Describe()} is not differentiable; call it under GradMode.NoGrad().");
         var y = Tensor.Empty(x.Backend, x.Shape);
-        x.Backend.Clamp(x.Buffer, y.Buffer, x.Size, lo, hi);
+        x.Backend.Clamp(x.Buffer, x.Size, lo, hi, y.Buffer);
         return y;
     }
 
@@ -208,20 +208,20 @@ public static partial class Ops
         using (var logp = Tensor.Empty(be, new Shape(n)))
         {
             be.IndexSelect(p.Buffer, n * k, 1, picks, logp.Buffer);
-            be.Clamp(logp.Buffer, logp.Buffer, n, SmallestNormal, 1f);
-            be.Unary(UnaryOp.Log, logp.Buffer, logp.Buffer, n);
+            be.Clamp(logp.Buffer, n, SmallestNormal, 1f, logp.Buffer);
+            be.Unary(UnaryOp.Log, logp.Buffer, n, logp.Buffer);
             be.SumToShape(logp.Buffer, [n], loss.Buffer, [1]);
-            be.Affine(loss.Buffer, loss.Buffer, 1, -1f / n, 0f);
+            be.Affine(loss.Buffer, 1, -1f / n, 0f, loss.Buffer);
         }
         return Autograd.Record("CrossEntropy", loss, [logits], g =>
         {
             // d loss / d logits = g * (p - onehot) / N.
             var gx = Tensor.Empty(be, logits.Shape);
-            be.Copy(p.Buffer, 0, gx.Buffer, 0, n * k);
+            be.Copy(p.Buffer, 0, n * k, gx.Buffer, 0);
             using (var minusOne = Tensor.Full(be, new Shape(n), -1f))
                 be.IndexAdd(minusOne.Buffer, 1, picks, gx.Buffer, n * k);
             be.Binary(BinaryOp.Mul, gx.Buffer, [n, k], g.Buffer, [1, 1], gx.Buffer, [n, k]);
-            be.Affine(gx.Buffer, gx.Buffer, n * k, 1f / n, 0f);
+            be.Affine(gx.Buffer, n * k, 1f / n, 0f, gx.Buffer);
             return [gx];
         });
     }
@@ -290,7 +290,7 @@ public static partial class Ops
         for (int k = 0; k < xs.Count; k++)
         {
             starts[k] = start;
-            first.Backend.CopySlice(xs[k].Buffer, xs[k].Shape[d], 0, y.Buffer, total, start, outer, xs[k].Shape[d], inner, false);
+            first.Backend.CopySlice(xs[k].Buffer, xs[k].Shape[d], 0, outer, xs[k].Shape[d], inner, false, y.Buffer, total, start);
             start += xs[k].Shape[d];
         }
         var inputs = xs.ToArray();
@@ -314,7 +314,7 @@ public static partial class Ops
         return Autograd.Record("Narrow", y, [x], g =>
         {
             var gx = Tensor.Zeros(g.Backend, xs);
-            g.Backend.CopySlice(g.Buffer, length, 0, gx.Buffer, xs[d], start, xs.Outer(d), length, xs.Inner(d), true);
+            g.Backend.CopySlice(g.Buffer, length, 0, xs.Outer(d), length, xs.Inner(d), true, gx.Buffer, xs[d], start);
             return [gx];
         });
     }
@@ -333,7 +333,7 @@ public static partial class Ops
     private static Tensor NarrowNoGrad(Tensor x, int d, int start, int length)
     {
         var y = Tensor.Empty(x.Backend, x.Shape.With(d, length));
-        x.Backend.CopySlice(x.Buffer, x.Shape[d], start, y.Buffer, length, 0, x.Shape.Outer(d), length, x.Shape.Inner(d), false);
+        x.Backend.CopySlice(x.Buffer, x.Shape[d], start, x.Shape.Outer(d), length, x.Shape.Inner(d), false, y.Buffer, length, 0);
         return y;
     }
 

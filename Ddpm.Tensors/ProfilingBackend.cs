@@ -133,32 +133,32 @@ public sealed class ProfilingBackend : IBackend
 
     // ---- ops ----------------------------------------------------------------------------------------
 
-    public void Fill(DeviceBuffer dst, int n, float value) => Time("fill", 0, () => Inner.Fill(dst, n, value));
+    public void Fill(float value, DeviceBuffer dst, int n) => Time("fill", 0, () => Inner.Fill(value, dst, n));
 
-    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n) =>
-        Time("copy", 0, () => Inner.Copy(src, srcOffset, dst, dstOffset, n));
+    public void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset) =>
+        Time("copy", 0, () => Inner.Copy(src, srcOffset, n, dst, dstOffset));
 
-    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset) =>
-        Time("fill normal", 0, () => Inner.FillNormal(dst, n, seed, offset));
+    public void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n) =>
+        Time("fill normal", 0, () => Inner.FillNormal(seed, offset, dst, n));
 
-    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset) =>
-        Time("fill uniform", 0, () => Inner.FillUniform(dst, n, seed, offset));
+    public void FillUniform(ulong seed, ulong offset, DeviceBuffer dst, int n) =>
+        Time("fill uniform", 0, () => Inner.FillUniform(seed, offset, dst, n));
 
-    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset) =>
-        Time("dropout mask", 0, () => Inner.DropoutMask(dst, n, p, seed, offset));
+    public void DropoutMask(float p, ulong seed, ulong offset, DeviceBuffer dst, int n) =>
+        Time("dropout mask", 0, () => Inner.DropoutMask(p, seed, offset, dst, n));
 
-    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n) =>
-        Time("unary " + op.ToString().ToLowerInvariant(), 0, () => Inner.Unary(op, x, y, n));
+    public void Unary(UnaryOp op, DeviceBuffer x, int n, DeviceBuffer y) =>
+        Time("unary " + op.ToString().ToLowerInvariant(), 0, () => Inner.Unary(op, x, n, y));
 
-    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n) =>
-        Time("unary " + op.ToString().ToLowerInvariant() + " backward", 0, () => Inner.UnaryBackward(op, x, y, dy, dx, n));
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, int n, DeviceBuffer dx) =>
+        Time("unary " + op.ToString().ToLowerInvariant() + " backward", 0, () => Inner.UnaryBackward(op, x, y, dy, n, dx));
 
-    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift) =>
-        Time("affine", 0, () => Inner.Affine(x, y, n, scale, shift));
+    public void Affine(DeviceBuffer x, int n, float scale, float shift, DeviceBuffer y) =>
+        Time("affine", 0, () => Inner.Affine(x, n, scale, shift, y));
 
-    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b) => Time("axpby", 0, () => Inner.Axpby(x, y, n, a, b));
+    public void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y) => Time("axpby", 0, () => Inner.Axpby(x, n, a, b, y));
 
-    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi) => Time("clamp", 0, () => Inner.Clamp(x, y, n, lo, hi));
+    public void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y) => Time("clamp", 0, () => Inner.Clamp(x, n, lo, hi, y));
 
     public void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape,
         DeviceBuffer y, ReadOnlySpan<int> yShape)
@@ -190,10 +190,10 @@ public sealed class ProfilingBackend : IBackend
         Time("permute " + Dims(p), 0, () => Inner.Permute(x, sx, p, y));
     }
 
-    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart,
-        int outer, int count, int inner, bool accumulate) =>
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, int outer, int count, int inner, bool accumulate,
+        DeviceBuffer dst, int dstDim, int dstStart) =>
         Time(accumulate ? "copy slice (accumulate)" : "copy slice", 0,
-            () => Inner.CopySlice(src, srcDim, srcStart, dst, dstDim, dstStart, outer, count, inner, accumulate));
+            () => Inner.CopySlice(src, srcDim, srcStart, outer, count, inner, accumulate, dst, dstDim, dstStart));
 
     public void IndexSelect(DeviceBuffer src, int rows, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst)
     {
@@ -207,27 +207,27 @@ public sealed class ProfilingBackend : IBackend
         Time("index add", 0, () => Inner.IndexAdd(src, rowSize, idx, dst, rows));
     }
 
-    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
-        DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC) =>
+    public void Gemm(bool transA, bool transB, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB,
+        int batch, int m, int n, int k, float alpha, float beta, DeviceBuffer c, long strideC) =>
         Time($"gemm {(transA ? "T" : "N")}{(transB ? "T" : "N")} {(batch > 1 ? batch + "x" : "")}{m}x{n}x{k}", 2.0 * batch * m * n * k,
-            () => Inner.Gemm(transA, transB, batch, m, n, k, alpha, a, strideA, b, strideB, beta, c, strideC));
+            () => Inner.Gemm(transA, transB, a, strideA, b, strideB, batch, m, n, k, alpha, beta, c, strideC));
 
-    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g)
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y)
     {
         var geo = g;
-        Time(Conv("forward", geo), ConvFlops(geo), () => Inner.Conv2dForward(x, w, bias, y, geo));
+        Time(Conv("forward", geo), ConvFlops(geo), () => Inner.Conv2dForward(x, w, bias, geo, y));
     }
 
-    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g)
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx)
     {
         var geo = g;
-        Time(Conv("bwd-data", geo), ConvFlops(geo), () => Inner.Conv2dBackwardData(dy, w, dx, geo));
+        Time(Conv("bwd-data", geo), ConvFlops(geo), () => Inner.Conv2dBackwardData(dy, w, geo, dx));
     }
 
-    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g)
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias)
     {
         var geo = g;
-        Time(Conv("bwd-weight", geo), ConvFlops(geo), () => Inner.Conv2dBackwardWeight(x, dy, dw, dbias, geo));
+        Time(Conv("bwd-weight", geo), ConvFlops(geo), () => Inner.Conv2dBackwardWeight(x, dy, geo, dw, dbias));
     }
 
     public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
@@ -244,10 +244,10 @@ public sealed class ProfilingBackend : IBackend
     public void SoftmaxBackward(DeviceBuffer y, DeviceBuffer dy, int outer, int dim, int inner, DeviceBuffer dx) =>
         Time("softmax backward", 0, () => Inner.SoftmaxBackward(y, dy, outer, dim, inner, dx));
 
-    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p)
+    public void AdamStep(DeviceBuffer grad, int n, in AdamStepParams p, DeviceBuffer param, DeviceBuffer m, DeviceBuffer v)
     {
         var ps = p;
-        Time("adam step", 0, () => Inner.AdamStep(param, grad, m, v, n, ps));
+        Time("adam step", 0, () => Inner.AdamStep(grad, n, ps, param, m, v));
     }
 
     public void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n) =>

@@ -56,7 +56,7 @@ public class Tensor : IDisposable
     public static Tensor Full(IBackend backend, Shape shape, float value)
     {
         var t = Empty(backend, shape);
-        backend.Fill(t.Buffer, t.Size, value);
+        backend.Fill(value, t.Buffer, t.Size);
         return t;
     }
 
@@ -76,7 +76,7 @@ public class Tensor : IDisposable
     public static Tensor RandN(IBackend backend, Shape shape, PhiloxGenerator gen)
     {
         var t = Empty(backend, shape);
-        backend.FillNormal(t.Buffer, t.Size, gen.Seed, gen.Take(t.Size));
+        backend.FillNormal(gen.Seed, gen.Take(t.Size), t.Buffer, t.Size);
         return t;
     }
 
@@ -84,7 +84,7 @@ public class Tensor : IDisposable
     public static Tensor RandU(IBackend backend, Shape shape, PhiloxGenerator gen)
     {
         var t = Empty(backend, shape);
-        backend.FillUniform(t.Buffer, t.Size, gen.Seed, gen.Take(t.Size));
+        backend.FillUniform(gen.Seed, gen.Take(t.Size), t.Buffer, t.Size);
         return t;
     }
 
@@ -117,7 +117,7 @@ public class Tensor : IDisposable
     public void CopyFrom(Tensor src)
     {
         if (src.Size != Size) throw new ArgumentException($"Cannot copy {src.Describe()} into {Describe()}.");
-        Backend.Copy(src.Buffer, 0, Buffer, 0, Size);
+        Backend.Copy(src.Buffer, 0, Size, Buffer, 0);
     }
 
     // ---- autograd entry points ------------------------------------------------------------------------

@@ -98,7 +98,7 @@ public sealed class Trainer : IDisposable
             var loss = Diffusion.Loss(x0, NoiseGenerator);
             Model.ZeroGrad();
             loss.Backward();
-            be.Copy(loss.Buffer, 0, _stats, 0, 1);
+            be.Copy(loss.Buffer, 0, 1, _stats, 0);
             // A clip of 0 means none: the norm is still measured (and logged).
             GradClip.ClipGradNorm(Store, Config.GradClip > 0 ? Config.GradClip : 0.0, _stats, 1);
             Optimizer.LearningRate = lr;
@@ -118,7 +118,7 @@ public sealed class Trainer : IDisposable
         long n = Optimizer.StepCount;
         double d = Config.EmaDecay;
         if (Config.EmaWarmup) d = Math.Min(d, (1.0 + n) / (10.0 + n));
-        Store.Backend.Axpby(Store.Parameters, _ema!.Buffer, Store.Count, (float)(1 - d), (float)d);
+        Store.Backend.Axpby(Store.Parameters, Store.Count, (float)(1 - d), (float)d, _ema!.Buffer);
     }
 
     /// <summary>Swaps the EMA weights into the model for the duration of the returned handle (sampling).</summary>
@@ -127,8 +127,8 @@ public sealed class Trainer : IDisposable
         if (!HasEma) return new NoOp();
         var be = Store.Backend;
         var saved = be.Allocate(Store.Count);
-        be.Copy(Store.Parameters, 0, saved, 0, Store.Count);
-        be.Copy(_ema!.Buffer, 0, Store.Parameters, 0, Store.Count);
+        be.Copy(Store.Parameters, 0, Store.Count, saved, 0);
+        be.Copy(_ema!.Buffer, 0, Store.Count, Store.Parameters, 0);
         return new Restore(Store, saved);
     }
 
@@ -157,7 +157,7 @@ public sealed class Trainer : IDisposable
         {
             if (_done) return;
             _done = true;
-            store.Backend.Copy(saved, 0, store.Parameters, 0, store.Count);
+            store.Backend.Copy(saved, 0, store.Count, store.Parameters, 0);
             saved.Release();
         }
     }

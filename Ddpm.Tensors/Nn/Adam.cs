@@ -42,8 +42,8 @@ public sealed class Adam : IDisposable
         {
             var m = Tensor.EmptyUntracked(p.Param.Backend, p.Param.Shape);
             var v = Tensor.EmptyUntracked(p.Param.Backend, p.Param.Shape);
-            p.Param.Backend.Fill(m.Buffer, m.Size, 0f);
-            p.Param.Backend.Fill(v.Buffer, v.Size, 0f);
+            p.Param.Backend.Fill(0f, m.Buffer, m.Size);
+            p.Param.Backend.Fill(0f, v.Buffer, v.Size);
             return (p.Name, p.Param, m, v);
         }).ToArray();
     }
@@ -128,16 +128,16 @@ public sealed class Adam : IDisposable
             var g = be.Allocate(n);
             try
             {
-                be.Copy(grad, 0, g, 0, n);
-                be.Axpby(param, g, n, WeightDecay, 1f);
-                be.AdamStep(param, g, m, v, n, p);
+                be.Copy(grad, 0, n, g, 0);
+                be.Axpby(param, n, WeightDecay, 1f, g);
+                be.AdamStep(g, n, p, param, m, v);
             }
             finally
             {
                 g.Release();
             }
         }
-        else be.AdamStep(param, grad, m, v, n, p);
+        else be.AdamStep(grad, n, p, param, m, v);
     }
 
     public void Dispose()
@@ -165,7 +165,7 @@ public static class GradClip
         double coef = maxNorm / (norm + 1e-6);
         if (coef < 1.0)
             foreach (var p in withGrad)
-                p.Backend.Affine(p.Grad!.Buffer, p.Grad.Buffer, p.Size, (float)coef, 0f);
+                p.Backend.Affine(p.Grad!.Buffer, p.Size, (float)coef, 0f, p.Grad.Buffer);
         return norm;
     }
 

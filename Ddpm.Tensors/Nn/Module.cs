@@ -134,8 +134,8 @@ public static class Init
     public static void Uniform(Parameter p, float bound, PhiloxGenerator gen)
     {
         var be = p.Backend;
-        be.FillUniform(p.Buffer, p.Size, gen.Seed, gen.Take(p.Size));
-        be.Affine(p.Buffer, p.Buffer, p.Size, 2f * bound, -bound);
+        be.FillUniform(gen.Seed, gen.Take(p.Size), p.Buffer, p.Size);
+        be.Affine(p.Buffer, p.Size, 2f * bound, -bound, p.Buffer);
     }
 
     /// <summary>
@@ -145,5 +145,5 @@ public static class Init
     public static void KaimingUniformA5(Parameter p, int fanIn, PhiloxGenerator gen) =>
         Uniform(p, (float)(Math.Sqrt(2.0 / 6.0) * Math.Sqrt(3.0 / fanIn)), gen);
 
-    public static void Constant(Parameter p, float value) => p.Backend.Fill(p.Buffer, p.Size, value);
+    public static void Constant(Parameter p, float value) => p.Backend.Fill(value, p.Buffer, p.Size);
 }

@@ -86,11 +86,11 @@ public sealed class ParameterStore : IDisposable
             {
                 var (name, p) = list[i];
                 slots[i] = new ParameterSlot(name, p, offset, p.Size);
-                backend.Copy(p.Buffer, 0, values, offset, p.Size);
+                backend.Copy(p.Buffer, 0, p.Size, values, offset);
                 offset += p.Size;
             }
             // Zeroed once, so the slot of a parameter that never gets a gradient reads as zero without a fill per step.
-            backend.Fill(grads, count, 0f);
+            backend.Fill(0f, grads, count);
             var store = new ParameterStore(backend, slots, count, values, grads);
             foreach (var s in slots)
             {
@@ -136,8 +136,8 @@ public sealed class ParameterStore : IDisposable
     public FlatState CreateState(float value = 0f, bool copyParameters = false)
     {
         var buffer = Backend.Allocate(Count);
-        if (copyParameters) Backend.Copy(Parameters, 0, buffer, 0, Count);
-        else Backend.Fill(buffer, Count, value);
+        if (copyParameters) Backend.Copy(Parameters, 0, Count, buffer, 0);
+        else Backend.Fill(value, buffer, Count);
         var views = new Tensor[_slots.Length];
         for (int i = 0; i < _slots.Length; i++)
         {
@@ -165,7 +165,7 @@ public sealed class ParameterStore : IDisposable
             if (p.Grad is null)
             {
                 all = false;
-                if (p.GradSlotWritten) Backend.Fill(slot.Buffer, s.Size, 0f);
+                if (p.GradSlotWritten) Backend.Fill(0f, slot.Buffer, s.Size);
                 p.GradSlotWritten = false;
             }
             else if (!ReferenceEquals(p.Grad, slot))

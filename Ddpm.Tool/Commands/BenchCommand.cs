@@ -81,7 +81,7 @@ public static class BenchCommand
             {
                 if (i == o.Warmup) profiler?.Start();
                 var sw = Stopwatch.StartNew();
-                be.Gemm(false, false, 1, n, n, n, 1f, a, 0, b, 0, 0f, c, 0);
+                be.Gemm(false, false, a, 0, b, 0, 1, n, n, n, 1f, 0f, c, 0);
                 be.Synchronize();
                 if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
             }

@@ -20,12 +20,12 @@ public class SgemmBenchmark
         _be = new CpuBackend(0);
         int n = Size * Size;
         _a = _be.Allocate(n); _b = _be.Allocate(n); _c = _be.Allocate(n);
-        _be.FillUniform(_a, n, 1, 0);
-        _be.FillUniform(_b, n, 2, 0);
+        _be.FillUniform(1, 0, _a, n);
+        _be.FillUniform(2, 0, _b, n);
     }
 
     [Benchmark]
-    public void Gemm() => _be.Gemm(false, false, 1, Size, Size, Size, 1f, _a, 0, _b, 0, 0f, _c, 0);
+    public void Gemm() => _be.Gemm(false, false, _a, 0, _b, 0, 1, Size, Size, Size, 1f, 0f, _c, 0);
 
     [GlobalCleanup]
     public void Cleanup() => _be.Dispose();
@@ -45,20 +45,20 @@ public class Conv2dBenchmark
         _be = new CpuBackend(0);
         _x = _be.Allocate(_g.InputSize); _w = _be.Allocate(_g.WeightSize); _bias = _be.Allocate(_g.O);
         _y = _be.Allocate(_g.OutputSize); _dx = _be.Allocate(_g.InputSize); _dw = _be.Allocate(_g.WeightSize); _db = _be.Allocate(_g.O);
-        _be.FillUniform(_x, _g.InputSize, 1, 0);
-        _be.FillUniform(_w, _g.WeightSize, 2, 0);
-        _be.FillUniform(_bias, _g.O, 3, 0);
-        _be.FillUniform(_y, _g.OutputSize, 4, 0);
+        _be.FillUniform(1, 0, _x, _g.InputSize);
+        _be.FillUniform(2, 0, _w, _g.WeightSize);
+        _be.FillUniform(3, 0, _bias, _g.O);
+        _be.FillUniform(4, 0, _y, _g.OutputSize);
     }
 
     [Benchmark]
-    public void Forward() => _be.Conv2dForward(_x, _w, _bias, _y, _g);
+    public void Forward() => _be.Conv2dForward(_x, _w, _bias, _g, _y);
 
     [Benchmark]
-    public void BackwardData() => _be.Conv2dBackwardData(_y, _w, _dx, _g);
+    public void BackwardData() => _be.Conv2dBackwardData(_y, _w, _g, _dx);
 
     [Benchmark]
-    public void BackwardWeight() => _be.Conv2dBackwardWeight(_x, _y, _dw, _db, _g);
+    public void BackwardWeight() => _be.Conv2dBackwardWeight(_x, _y, _g, _dw, _db);
 
     [GlobalCleanup]
     public void Cleanup() => _be.Dispose();

@@ -80,7 +80,7 @@ public static class QuickReport
     private static DeviceBuffer Filled(IBackend be, int n, ulong seed)
     {
         var b = be.Allocate(n);
-        be.FillUniform(b, n, seed, 0);
+        be.FillUniform(seed, 0, b, n);
         return b;
     }
 
@@ -108,7 +108,7 @@ public static class QuickReport
             return Median(t);
         }
         double region = Time(() => pool.For(threads, (_, _) => { }));
-        double fill = Time(() => be.Unary(UnaryOp.Silu, src, dst, 65536));
+        double fill = Time(() => be.Unary(UnaryOp.Silu, src, 65536, dst));
         src.Release(); dst.Release();
         return (region, fill);
     }
@@ -120,11 +120,11 @@ public static class QuickReport
         double flops = 2.0 * s * s * s;
         int inner = Math.Max(1, (int)(2e9 / flops / 4));
         var times = new double[reps];
-        for (int w = 0; w < 2; w++) be.Gemm(false, false, 1, s, s, s, 1f, a, 0, b, 0, 0f, c, 0);
+        for (int w = 0; w < 2; w++) be.Gemm(false, false, a, 0, b, 0, 1, s, s, s, 1f, 0f, c, 0);
         for (int r = 0; r < reps; r++)
         {
             double t0 = Now();
-            for (int i = 0; i < inner; i++) be.Gemm(false, false, 1, s, s, s, 1f, a, 0, b, 0, 0f, c, 0);
+            for (int i = 0; i < inner; i++) be.Gemm(false, false, a, 0, b, 0, 1, s, s, s, 1f, 0f, c, 0);
             times[r] = (Now() - t0) / inner;
         }
         a.Release(); b.Release(); c.Release();
@@ -141,13 +141,13 @@ public static class QuickReport
         for (int r = -2; r < reps; r++)
         {
             var sw = Stopwatch.StartNew();
-            be.Conv2dForward(x, w, bias, y, g);
+            be.Conv2dForward(x, w, bias, g, y);
             double f = sw.Elapsed.TotalMilliseconds;
             sw.Restart();
-            be.Conv2dBackwardData(y, w, dx, g);
+            be.Conv2dBackwardData(y, w, g, dx);
             double d = sw.Elapsed.TotalMilliseconds;
             sw.Restart();
-            be.Conv2dBackwardWeight(x, y, dw, db, g);
+            be.Conv2dBackwardWeight(x, y, g, dw, db);
             double wt = sw.Elapsed.TotalMilliseconds;
             if (r >= 0) { tf[r] = f; td[r] = d; tw[r] = wt; }
         }

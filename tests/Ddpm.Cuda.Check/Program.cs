@@ -128,12 +128,12 @@ public static class Program
         var c = be.Allocate(s * s);
         try
         {
-            be.FillNormal(a, s * s, 1, 0);
-            be.FillNormal(b, s * s, 2, 0);
-            be.Gemm(false, false, 1, s, s, s, 1f, a, 0, b, 0, 0f, c, 0);
+            be.FillNormal(1, 0, a, s * s);
+            be.FillNormal(2, 0, b, s * s);
+            be.Gemm(false, false, a, 0, b, 0, 1, s, s, s, 1f, 0f, c, 0);
             float ms = be.MeasureMilliseconds(() =>
             {
-                for (int i = 0; i < 10; i++) be.Gemm(false, false, 1, s, s, s, 1f, a, 0, b, 0, 0f, c, 0);
+                for (int i = 0; i < 10; i++) be.Gemm(false, false, a, 0, b, 0, 1, s, s, s, 1f, 0f, c, 0);
             }) / 10;
             Console.WriteLine($"bench {label}: sgemm {s}^3: {ms:F3} ms, {2.0 * s * s * s / (ms * 1e9):F1} TFLOP/s");
         }
@@ -152,12 +152,12 @@ public static class Program
         var dw = be.Allocate(g.WeightSize);
         try
         {
-            be.FillNormal(x, g.InputSize, 3, 0);
-            be.FillNormal(w, g.WeightSize, 4, 0);
-            be.Conv2dForward(x, w, null, y, g);
-            float fwd = be.MeasureMilliseconds(() => { for (int i = 0; i < 10; i++) be.Conv2dForward(x, w, null, y, g); }) / 10;
-            float bwdData = be.MeasureMilliseconds(() => { for (int i = 0; i < 10; i++) be.Conv2dBackwardData(y, w, dx, g); }) / 10;
-            float bwdWeight = be.MeasureMilliseconds(() => { for (int i = 0; i < 10; i++) be.Conv2dBackwardWeight(x, y, dw, null, g); }) / 10;
+            be.FillNormal(3, 0, x, g.InputSize);
+            be.FillNormal(4, 0, w, g.WeightSize);
+            be.Conv2dForward(x, w, null, g, y);
+            float fwd = be.MeasureMilliseconds(() => { for (int i = 0; i < 10; i++) be.Conv2dForward(x, w, null, g, y); }) / 10;
+            float bwdData = be.MeasureMilliseconds(() => { for (int i = 0; i < 10; i++) be.Conv2dBackwardData(y, w, g, dx); }) / 10;
+            float bwdWeight = be.MeasureMilliseconds(() => { for (int i = 0; i < 10; i++) be.Conv2dBackwardWeight(x, y, g, dw, null); }) / 10;
             double flops = 2.0 * g.N * g.O * g.OH * g.OW * g.C * g.KH * g.KW;
             Console.WriteLine($"bench {label}: conv3x3 {g}: forward {fwd:F3} ms ({flops / (fwd * 1e9):F1} TFLOP/s), " +
                 $"backward-data {bwdData:F3} ms, backward-weight {bwdWeight:F3} ms");

@@ -92,7 +92,7 @@ public sealed class BufferViewTests : IDisposable
         Assert.Equal(Enumerable.Range(15, 7).Select(i => (float)i), got);
 
         // Writes through a view land in the parent.
-        be.Fill(inner, 7, -1f);
+        be.Fill(-1f, inner, 7);
         var all = new float[100];
         be.Download(parent, 0, all);
         for (int i = 0; i < 100; i++) Assert.Equal(i is >= 15 and < 22 ? -1f : i, all[i]);
@@ -123,7 +123,7 @@ public sealed class BufferViewTests : IDisposable
         empty.Release();
         // A view is checked against its own length, not its parent's.
         var view = be.Slice(parent, 2, 4);
-        Assert.ThrowsAny<ArgumentException>(() => be.Fill(view, 5, 0f));
+        Assert.ThrowsAny<ArgumentException>(() => be.Fill(0f, view, 5));
         view.Release();
         parent.Release();
     }
@@ -143,7 +143,7 @@ public sealed class BufferViewTests : IDisposable
         int from = shift > 0 ? 0 : -shift, to = shift > 0 ? shift : 0;
         var src = be.Slice(parent, from, n);
         var dst = be.Slice(parent, to, n);
-        be.Copy(src, 0, dst, 0, n);
+        be.Copy(src, 0, n, dst, 0);
         var got = new float[total];
         be.Download(parent, 0, got);
         var expected = (float[])init.Clone();

@@ -65,7 +65,7 @@ public sealed class ForwardTests : IDisposable
                     for (int ch = 0; ch < c; ch++) acc += (double)wd[k * c + ch] * xd[(s * c + ch) * hw + p];
                     expected[(s * o + k) * hw + p] = acc;
                 }
-        Close.All(expected, y, 1e-6, 1e-6, "conv 1x1");
+        Closeness.AssertElementwise("conv 1x1", y, expected, 1e-6, 1e-6);
     }
 
     [Theory]
@@ -137,7 +137,7 @@ public sealed class ForwardTests : IDisposable
             int ch = i / hw % c;
             expected[i] = (double)gd[ch] * plain[i] + bd[ch];
         }
-        Close.All(expected, affine, 1e-6, 1e-6, "group norm affine");
+        Closeness.AssertElementwise("group norm affine", affine, expected, 1e-6, 1e-6);
     }
 
     [Fact]
@@ -152,7 +152,7 @@ public sealed class ForwardTests : IDisposable
             Assert.All(sums, s => Assert.True(Math.Abs(s - 1) < 1e-6, $"dim {dim}: sum {s}"));
             // Adding 1000 would overflow exp without the max subtraction; the result must not change.
             var shifted = Ops.Softmax(T(xd.Select(v => v + 1000f).ToArray(), 3, 4, 5), dim).ToArray();
-            Close.All(y.ToArray(), shifted, 1e-6, 1e-4, $"softmax shift, dim {dim}");
+            Closeness.AssertElementwise($"softmax shift, dim {dim}", shifted, y.ToArray(), 1e-6, 1e-4);
         }
     }
 
@@ -180,11 +180,11 @@ public sealed class ForwardTests : IDisposable
         var a = T([1, 2, 3, 4], 2, 2);
         var b = T([1, 0, 0, 1, 2, 0, 0, 2], 2, 2, 2);
         var c = Tensor.Full(_be, new Shape(2, 2, 2), float.NaN);
-        _be.Gemm(false, false, 2, 2, 2, 2, 0.5f, a.Buffer, 0, b.Buffer, 4, 0f, c.Buffer, 4);
+        _be.Gemm(false, false, a.Buffer, 0, b.Buffer, 4, 2, 2, 2, 2, 0.5f, 0f, c.Buffer, 4);
         Assert.Equal(new float[] { 0.5f, 1, 1.5f, 2, 1, 2, 3, 4 }, c.ToArray());
-        _be.Gemm(false, false, 2, 2, 2, 2, 1f, a.Buffer, 0, b.Buffer, 4, 1f, c.Buffer, 4);
+        _be.Gemm(false, false, a.Buffer, 0, b.Buffer, 4, 2, 2, 2, 2, 1f, 1f, c.Buffer, 4);
         Assert.Equal(new float[] { 1.5f, 3, 4.5f, 6, 3, 6, 9, 12 }, c.ToArray());
-        Assert.Throws<ArgumentException>(() => _be.Gemm(false, false, 3, 2, 2, 2, 1f, a.Buffer, 0, b.Buffer, 4, 0f, c.Buffer, 4));
+        Assert.Throws<ArgumentException>(() => _be.Gemm(false, false, a.Buffer, 0, b.Buffer, 4, 3, 2, 2, 2, 1f, 0f, c.Buffer, 4));
     }
 
     [Fact]
@@ -256,10 +256,10 @@ public sealed class ForwardTests : IDisposable
             (UnaryOp.Relu, v => Math.Max(v, 0)), (UnaryOp.Abs, Math.Abs),
         ];
         foreach (var (op, f) in ops)
-            Close.All(xd.Select(v => f(v)).ToArray(), Ops.Unary(op, x).ToArray(), 1e-7, 1e-7, op.ToString());
+            Closeness.AssertElementwise(op.ToString(), Ops.Unary(op, x).ToArray(), xd.Select(v => f(v)).ToArray(), 1e-7, 1e-7);
         var pos = xd.Select(MathF.Abs).ToArray();
-        Close.All(pos.Select(v => Math.Log(v)).ToArray(), Ops.Log(T(pos, 64)).ToArray(), 1e-7, 1e-7, "Log");
-        Close.All(pos.Select(v => Math.Sqrt(v)).ToArray(), Ops.Sqrt(T(pos, 64)).ToArray(), 1e-7, 1e-7, "Sqrt");
+        Closeness.AssertElementwise("Log", Ops.Log(T(pos, 64)).ToArray(), pos.Select(v => Math.Log(v)).ToArray(), 1e-7, 1e-7);
+        Closeness.AssertElementwise("Sqrt", Ops.Sqrt(T(pos, 64)).ToArray(), pos.Select(v => Math.Sqrt(v)).ToArray(), 1e-7, 1e-7);
     }
 
     [Fact]
@@ -282,10 +282,10 @@ public sealed class ForwardTests : IDisposable
         var dy = T([5, 5, 5], 3);
         var dx = Tensor.Empty(_be, new Shape(3));
         var y = Ops.Relu(x);
-        _be.UnaryBackward(UnaryOp.Relu, x.Buffer, y.Buffer, dy.Buffer, dx.Buffer, 3);
+        _be.UnaryBackward(UnaryOp.Relu, x.Buffer, y.Buffer, dy.Buffer, 3, dx.Buffer);
         Assert.Equal(new float[] { 0, 0, 5 }, dx.ToArray());
         y = Ops.Abs(x);
-        _be.UnaryBackward(UnaryOp.Abs, x.Buffer, y.Buffer, dy.Buffer, dx.Buffer, 3);
+        _be.UnaryBackward(UnaryOp.Abs, x.Buffer, y.Buffer, dy.Buffer, 3, dx.Buffer);
         Assert.Equal(new float[] { -5, 0, 5 }, dx.ToArray());
     }
 
@@ -296,7 +296,7 @@ public sealed class ForwardTests : IDisposable
         const int n = 10_000;
         const float p = 0.3f;
         var mask = Tensor.Empty(_be, new Shape(n));
-        _be.DropoutMask(mask.Buffer, n, p, 99, 8);
+        _be.DropoutMask(p, 99, 8, mask.Buffer, n);
         var u = new float[n];
         Philox.FillUniform(u, 99, 8);
         var m = mask.ToArray();
@@ -313,13 +313,13 @@ public sealed class ForwardTests : IDisposable
         var t = Tensor.Zeros(_be, new Shape(10));
         Assert.Throws<ArgumentException>(() => _be.Upload(new float[5], t.Buffer, 6));
         Assert.Throws<ArgumentException>(() => _be.Download(t.Buffer, 8, new float[3]));
-        Assert.Throws<ArgumentException>(() => _be.Fill(t.Buffer, 11, 0f));
-        Assert.Throws<ArgumentException>(() => _be.Copy(t.Buffer, 5, t.Buffer, 0, 6));
-        var e = Assert.Throws<ArgumentException>(() => _be.Unary(UnaryOp.Exp, t.Buffer, Tensor.Zeros(_be, new Shape(4)).Buffer, 10));
+        Assert.Throws<ArgumentException>(() => _be.Fill(0f, t.Buffer, 11));
+        Assert.Throws<ArgumentException>(() => _be.Copy(t.Buffer, 5, 6, t.Buffer, 0));
+        var e = Assert.Throws<ArgumentException>(() => _be.Unary(UnaryOp.Exp, t.Buffer, 10, Tensor.Zeros(_be, new Shape(4)).Buffer));
         Assert.Equal("y", e.ParamName);
         // Two samples of 3x3 need 18 input floats; the buffer has 10.
         var g = new ConvGeometry(2, 1, 3, 3, 1, 3, 3, 1, 1, 1, 1);
-        Assert.Throws<ArgumentException>(() => _be.Conv2dForward(t.Buffer, t.Buffer, null, t.Buffer, g));
+        Assert.Throws<ArgumentException>(() => _be.Conv2dForward(t.Buffer, t.Buffer, null, g, t.Buffer));
         var registry = new BackendRegistry().RegisterCpuReference();
         using var created = registry.Create("cpu-reference");
         Assert.Equal("cpu-reference", created.Name);

@@ -39,16 +39,16 @@ public class ForwardingBackend(IBackend inner) : IBackend
     public virtual void Download(DeviceBuffer src, int srcOffset, Span<float> dst) { Count(nameof(Download)); Inner.Download(src, srcOffset, dst); }
     public void Synchronize() { Count(nameof(Synchronize)); Inner.Synchronize(); }
     public DeviceBuffer Slice(DeviceBuffer parent, int offset, int length) { Count(nameof(Slice)); return Inner.Slice(parent, offset, length); }
-    public void Fill(DeviceBuffer dst, int n, float value) { Count(nameof(Fill)); Inner.Fill(dst, n, value); }
-    public void Copy(DeviceBuffer src, int srcOffset, DeviceBuffer dst, int dstOffset, int n) { Count(nameof(Copy)); Inner.Copy(src, srcOffset, dst, dstOffset, n); }
-    public void FillNormal(DeviceBuffer dst, int n, ulong seed, ulong offset) { Count(nameof(FillNormal)); Inner.FillNormal(dst, n, seed, offset); }
-    public void FillUniform(DeviceBuffer dst, int n, ulong seed, ulong offset) { Count(nameof(FillUniform)); Inner.FillUniform(dst, n, seed, offset); }
-    public void DropoutMask(DeviceBuffer dst, int n, float p, ulong seed, ulong offset) { Count(nameof(DropoutMask)); Inner.DropoutMask(dst, n, p, seed, offset); }
-    public void Unary(UnaryOp op, DeviceBuffer x, DeviceBuffer y, int n) { Count(nameof(Unary)); Inner.Unary(op, x, y, n); }
-    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, DeviceBuffer dx, int n) { Count(nameof(UnaryBackward)); Inner.UnaryBackward(op, x, y, dy, dx, n); }
-    public void Affine(DeviceBuffer x, DeviceBuffer y, int n, float scale, float shift) { Count(nameof(Affine)); Inner.Affine(x, y, n, scale, shift); }
-    public void Axpby(DeviceBuffer x, DeviceBuffer y, int n, float a, float b) { Count(nameof(Axpby)); Inner.Axpby(x, y, n, a, b); }
-    public void Clamp(DeviceBuffer x, DeviceBuffer y, int n, float lo, float hi) { Count(nameof(Clamp)); Inner.Clamp(x, y, n, lo, hi); }
+    public void Fill(float value, DeviceBuffer dst, int n) { Count(nameof(Fill)); Inner.Fill(value, dst, n); }
+    public void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset) { Count(nameof(Copy)); Inner.Copy(src, srcOffset, n, dst, dstOffset); }
+    public void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n) { Count(nameof(FillNormal)); Inner.FillNormal(seed, offset, dst, n); }
+    public void FillUniform(ulong seed, ulong offset, DeviceBuffer dst, int n) { Count(nameof(FillUniform)); Inner.FillUniform(seed, offset, dst, n); }
+    public void DropoutMask(float p, ulong seed, ulong offset, DeviceBuffer dst, int n) { Count(nameof(DropoutMask)); Inner.DropoutMask(p, seed, offset, dst, n); }
+    public void Unary(UnaryOp op, DeviceBuffer x, int n, DeviceBuffer y) { Count(nameof(Unary)); Inner.Unary(op, x, n, y); }
+    public void UnaryBackward(UnaryOp op, DeviceBuffer x, DeviceBuffer y, DeviceBuffer dy, int n, DeviceBuffer dx) { Count(nameof(UnaryBackward)); Inner.UnaryBackward(op, x, y, dy, n, dx); }
+    public void Affine(DeviceBuffer x, int n, float scale, float shift, DeviceBuffer y) { Count(nameof(Affine)); Inner.Affine(x, n, scale, shift, y); }
+    public void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y) { Count(nameof(Axpby)); Inner.Axpby(x, n, a, b, y); }
+    public void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y) { Count(nameof(Clamp)); Inner.Clamp(x, n, lo, hi, y); }
 
     public void Binary(BinaryOp op, DeviceBuffer a, ReadOnlySpan<int> aShape, DeviceBuffer b, ReadOnlySpan<int> bShape, DeviceBuffer y, ReadOnlySpan<int> yShape)
     {
@@ -61,24 +61,24 @@ public class ForwardingBackend(IBackend inner) : IBackend
     public void SumOfSquaresTo(DeviceBuffer x, int n, DeviceBuffer result, int resultIndex) { Count(nameof(SumOfSquaresTo)); Inner.SumOfSquaresTo(x, n, result, resultIndex); }
     public void Permute(DeviceBuffer x, ReadOnlySpan<int> xShape, ReadOnlySpan<int> perm, DeviceBuffer y) { Count(nameof(Permute)); Inner.Permute(x, xShape, perm, y); }
 
-    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, DeviceBuffer dst, int dstDim, int dstStart, int outer, int count, int inner, bool accumulate)
+    public void CopySlice(DeviceBuffer src, int srcDim, int srcStart, int outer, int count, int inner, bool accumulate, DeviceBuffer dst, int dstDim, int dstStart)
     {
         Count(nameof(CopySlice));
-        Inner.CopySlice(src, srcDim, srcStart, dst, dstDim, dstStart, outer, count, inner, accumulate);
+        Inner.CopySlice(src, srcDim, srcStart, outer, count, inner, accumulate, dst, dstDim, dstStart);
     }
 
     public void IndexSelect(DeviceBuffer src, int rows, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst) { Count(nameof(IndexSelect)); Inner.IndexSelect(src, rows, rowSize, indices, dst); }
     public void IndexAdd(DeviceBuffer src, int rowSize, ReadOnlySpan<int> indices, DeviceBuffer dst, int rows) { Count(nameof(IndexAdd)); Inner.IndexAdd(src, rowSize, indices, dst, rows); }
 
-    public void Gemm(bool transA, bool transB, int batch, int m, int n, int k, float alpha, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, float beta, DeviceBuffer c, long strideC)
+    public void Gemm(bool transA, bool transB, DeviceBuffer a, long strideA, DeviceBuffer b, long strideB, int batch, int m, int n, int k, float alpha, float beta, DeviceBuffer c, long strideC)
     {
         Count(nameof(Gemm));
-        Inner.Gemm(transA, transB, batch, m, n, k, alpha, a, strideA, b, strideB, beta, c, strideC);
+        Inner.Gemm(transA, transB, a, strideA, b, strideB, batch, m, n, k, alpha, beta, c, strideC);
     }
 
-    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, DeviceBuffer y, in ConvGeometry g) { Count(nameof(Conv2dForward)); Inner.Conv2dForward(x, w, bias, y, g); }
-    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, DeviceBuffer dx, in ConvGeometry g) { Count(nameof(Conv2dBackwardData)); Inner.Conv2dBackwardData(dy, w, dx, g); }
-    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, DeviceBuffer dw, DeviceBuffer? dbias, in ConvGeometry g) { Count(nameof(Conv2dBackwardWeight)); Inner.Conv2dBackwardWeight(x, dy, dw, dbias, g); }
+    public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y) { Count(nameof(Conv2dForward)); Inner.Conv2dForward(x, w, bias, g, y); }
+    public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx) { Count(nameof(Conv2dBackwardData)); Inner.Conv2dBackwardData(dy, w, g, dx); }
+    public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias) { Count(nameof(Conv2dBackwardWeight)); Inner.Conv2dBackwardWeight(x, dy, g, dw, dbias); }
 
     public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups, float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
@@ -94,7 +94,7 @@ public class ForwardingBackend(IBackend inner) : IBackend
 
     public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y) { Count(nameof(SoftmaxForward)); Inner.SoftmaxForward(x, outer, dim, inner, y); }
     public void SoftmaxBackward(DeviceBuffer y, DeviceBuffer dy, int outer, int dim, int inner, DeviceBuffer dx) { Count(nameof(SoftmaxBackward)); Inner.SoftmaxBackward(y, dy, outer, dim, inner, dx); }
-    public void AdamStep(DeviceBuffer param, DeviceBuffer grad, DeviceBuffer m, DeviceBuffer v, int n, in AdamStepParams p) { Count(nameof(AdamStep)); Inner.AdamStep(param, grad, m, v, n, p); }
+    public void AdamStep(DeviceBuffer grad, int n, in AdamStepParams p, DeviceBuffer param, DeviceBuffer m, DeviceBuffer v) { Count(nameof(AdamStep)); Inner.AdamStep(grad, n, p, param, m, v); }
     public void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n) { Count(nameof(ClipScale)); Inner.ClipScale(sumSq, index, maxNorm, x, n); }
 
     public virtual void Dispose()

@@ -133,7 +133,7 @@ public sealed class CpuOptimOpsTests : IDisposable
         foreach (IBackend be in new IBackend[] { _cpu, _ref })
         {
             var x = be.Allocate(4);
-            be.Fill(x, 4, 1f);
+            be.Fill(1f, x, 4);
             var r = be.Allocate(3);
             Assert.ThrowsAny<ArgumentException>(() => be.SumOfSquaresTo(x, 4, r, 2));
             Assert.ThrowsAny<ArgumentException>(() => be.ClipScale(r, 2, 1.0, x, 4));

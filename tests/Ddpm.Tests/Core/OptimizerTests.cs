@@ -78,7 +78,7 @@ public sealed class OptimizerTests : IDisposable
             Assert.Equal(g, p.Grad!.ToArray());
         }
         var expected = ReferenceAdam(p0, grads, 0.01, 0.9, 0.999, 1e-8, wd, decoupled);
-        Close.All(expected, p.ToArray(), 1e-6, 0, $"Adam after {steps} steps (wd {wd}, decoupled {decoupled})");
+        Closeness.AssertElementwise($"Adam after {steps} steps (wd {wd}, decoupled {decoupled})", p.ToArray(), expected, 1e-6, 0);
         Assert.Equal(steps, adam.StepCount);
         p.Grad?.Dispose();
         p.Dispose();
@@ -93,7 +93,7 @@ public sealed class OptimizerTests : IDisposable
         SetGrad(a, [1f, -1f]);
         adam.Step();
         // The first step moves each coordinate by lr * sign(g) (m / bc1 = g, sqrt(v / bc2) = |g|).
-        Close.All(new double[] { 0.9, 2.1 }, a.ToArray(), 1e-6, 0, "a");
+        Closeness.AssertElementwise("a", a.ToArray(), new double[] { 0.9, 2.1 }, 1e-6, 0);
         Assert.Equal(new float[] { 3f }, b.ToArray());
     }
 
@@ -111,8 +111,8 @@ public sealed class OptimizerTests : IDisposable
         double norm = GradClip.ClipGradNorm([a, b], 6.5);
         Assert.Equal(13.0, norm, 12);
         double coef = 6.5 / (13 + 1e-6);
-        Close.All(new[] { 3 * coef, 4 * coef }, a.Grad!.ToArray(), 0, 1e-7, "clipped a");
-        Close.All(new[] { 12 * coef }, b.Grad!.ToArray(), 0, 1e-7, "clipped b");
+        Closeness.AssertElementwise("clipped a", a.Grad!.ToArray(), new[] { 3 * coef, 4 * coef }, 0, 1e-7);
+        Closeness.AssertElementwise("clipped b", b.Grad!.ToArray(), new[] { 12 * coef }, 0, 1e-7);
         Assert.Equal(6.5, GradClip.ClipGradNorm([a, b], 100.0), 5);
     }
 }

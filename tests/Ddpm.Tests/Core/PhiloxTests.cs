@@ -57,7 +57,7 @@ public sealed class PhiloxTests
             Philox.FillNormal(chunked.AsSpan(at, len), seed, offset + (ulong)at);
             Philox.FillUniform(chunkedU.AsSpan(at, len), seed, offset + (ulong)at);
             var buf = be.Allocate(len);
-            be.FillNormal(buf, len, seed, offset + (ulong)at);
+            be.FillNormal(seed, offset + (ulong)at, buf, len);
             be.Download(buf, 0, viaBackend.AsSpan(at, len));
             buf.Release();
             at += len;

@@ -51,7 +51,7 @@ public sealed class CudaBackendTests
         var b = Be.Allocate(10);
         try
         {
-            Assert.Throws<ArgumentOutOfRangeException>(() => Be.Fill(b, 11, 0f));
+            Assert.Throws<ArgumentOutOfRangeException>(() => Be.Fill(0f, b, 11));
             Assert.Throws<ArgumentOutOfRangeException>(() => Be.IndexSelect(b, 5, 2, [5], b));
         }
         finally

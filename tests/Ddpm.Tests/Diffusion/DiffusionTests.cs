@@ -3,6 +3,7 @@ using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
+using Ddpm.Tests.TestUtil;
 using Xunit;
 
 namespace Ddpm.Tests.Diffusion;
@@ -166,9 +167,8 @@ public class DiffusionTests
         using var ddpm = sampler.Sample(2, SamplerKind.Ddpm, 20, 0f, seed: 77);
         using var ddim = sampler.Sample(2, SamplerKind.Ddim, 20, 1f, seed: 77);
         var a = ddpm.ToArray(); var b = ddim.ToArray();
-        double num = 0, den = 0;
-        for (int i = 0; i < a.Length; i++) { num += Math.Pow(a[i] - b[i], 2); den += (double)a[i] * a[i]; }
-        Assert.True(num / den < 1e-9, $"DDPM and DDIM(eta=1) differ: NMSE {num / den:E3}");
+        var nmse = Closeness.Nmse(b, a);
+        Assert.True(nmse.Value < 1e-9, nmse.Describe("DDPM and DDIM(eta=1) differ", "NMSE", 1e-9));
     }
 
     [Fact]

@@ -28,15 +28,15 @@ public sealed class ElementwiseTests
             var x = Random(n, (int)op, positive ? 0.05f : -4f, 4f);
             var dy = Random(n, 100 + (int)op);
             var xb = Up(be, x); var yb = be.Allocate(n); var dyb = Up(be, dy); var dxb = be.Allocate(n);
-            be.Unary(op, xb, yb, n);
-            be.UnaryBackward(op, xb, yb, dyb, dxb, n);
+            be.Unary(op, xb, n, yb);
+            be.UnaryBackward(op, xb, yb, dyb, n, dxb);
             var ey = new double[n]; var edx = new double[n];
             for (int i = 0; i < n; i++) { ey[i] = UnaryReference.Value(op, x[i]); edx[i] = dy[i] * UnaryReference.Derivative(op, x[i]); }
-            Close(Down(be, yb, n), ey, Rtol, Atol, $"{op} forward");
-            Close(Down(be, dxb, n), edx, 1e-5, 1e-6, $"{op} backward");
+            Closeness.AssertElementwise($"{op} forward", Down(be, yb, n), ey, Atol, Rtol);
+            Closeness.AssertElementwise($"{op} backward", Down(be, dxb, n), edx, 1e-6, 1e-5);
             // In place: y aliases x.
-            be.Unary(op, xb, xb, n);
-            Close(Down(be, xb, n), ey, Rtol, Atol, $"{op} in place");
+            be.Unary(op, xb, n, xb);
+            Closeness.AssertElementwise($"{op} in place", Down(be, xb, n), ey, Atol, Rtol);
         }
     }
 
@@ -47,15 +47,15 @@ public sealed class ElementwiseTests
         const int n = 40_003;
         var x = Random(n, 1, -3f, 3f); var y = Random(n, 2);
         var xb = Up(be, x); var yb = Up(be, y); var ob = be.Allocate(n);
-        be.Affine(xb, ob, n, 1.5f, -0.5f);
-        Close(Down(be, ob, n), x.Select(v => 1.5 * v - 0.5).ToArray(), Rtol, Atol, "affine");
-        be.Axpby(xb, yb, n, 0.25f, -2f);
-        Close(Down(be, yb, n), x.Zip(y, (a, b) => 0.25 * a - 2 * b).ToArray(), Rtol, Atol, "axpby");
-        be.Axpby(xb, xb, n, 0.25f, 0.5f);
-        Close(Down(be, xb, n), x.Select(v => 0.75 * v).ToArray(), Rtol, Atol, "axpby aliased");
+        be.Affine(xb, n, 1.5f, -0.5f, ob);
+        Closeness.AssertElementwise("affine", Down(be, ob, n), x.Select(v => 1.5 * v - 0.5).ToArray(), Atol, Rtol);
+        be.Axpby(xb, n, 0.25f, -2f, yb);
+        Closeness.AssertElementwise("axpby", Down(be, yb, n), x.Zip(y, (a, b) => 0.25 * a - 2 * b).ToArray(), Atol, Rtol);
+        be.Axpby(xb, n, 0.25f, 0.5f, xb);
+        Closeness.AssertElementwise("axpby aliased", Down(be, xb, n), x.Select(v => 0.75 * v).ToArray(), Atol, Rtol);
         be.Upload(x, xb, 0);
-        be.Clamp(xb, ob, n, -1f, 0.5f);
-        Close(Down(be, ob, n), x.Select(v => Math.Clamp((double)v, -1, 0.5)).ToArray(), 0, 0, "clamp");
+        be.Clamp(xb, n, -1f, 0.5f, ob);
+        Closeness.AssertElementwise("clamp", Down(be, ob, n), x.Select(v => Math.Clamp((double)v, -1, 0.5)).ToArray(), 0, 0);
         Assert.Equal(x.Sum(v => (double)v * v), be.SumOfSquares(xb, n), 1e-6 * x.Sum(v => (double)v * v));
     }
 
@@ -107,7 +107,7 @@ public sealed class ElementwiseTests
         }
         var ab = Up(be, a); var bb = Up(be, b); var yb = be.Allocate(ny);
         be.Binary(op, ab, aShape, bb, bShape, yb, yShape);
-        Close(Down(be, yb, ny), expected, Rtol, Atol, $"{op} {string.Join(",", aShape)} with {string.Join(",", bShape)}");
+        Closeness.AssertElementwise($"{op} {string.Join(",", aShape)} with {string.Join(",", bShape)}", Down(be, yb, ny), expected, Atol, Rtol);
     }
 
     public static IEnumerable<object[]> ReduceCases() =>
@@ -141,7 +141,7 @@ public sealed class ElementwiseTests
         }
         var xb = Up(be, x); var yb = Up(be, Enumerable.Repeat(float.NaN, ny).ToArray());
         be.SumToShape(xb, xShape, yb, yShape);
-        Close(Down(be, yb, ny), expected, 1e-5, 1e-4, "sum");
+        Closeness.AssertElementwise("sum", Down(be, yb, ny), expected, 1e-4, 1e-5);
     }
 
     [Theory]
@@ -167,7 +167,7 @@ public sealed class ElementwiseTests
         }
         var xb = Up(be, x); var yb = be.Allocate(n);
         be.Permute(xb, xShape, perm, yb);
-        Close(Down(be, yb, n), expected, 0, 0, "permute");
+        Closeness.AssertElementwise("permute", Down(be, yb, n), expected, 0, 0);
     }
 
     [Theory]
@@ -188,19 +188,19 @@ public sealed class ElementwiseTests
                     expected[di] = accumulate ? expected[di] + v : v;
                 }
         var sb = Up(be, src); var db = Up(be, dst);
-        be.CopySlice(sb, srcDim, 1, db, dstDim, 4, outer, 3, inner, accumulate);
-        Close(Down(be, db, dst.Length), expected, Rtol, Atol, "copy slice");
+        be.CopySlice(sb, srcDim, 1, outer, 3, inner, accumulate, db, dstDim, 4);
+        Closeness.AssertElementwise("copy slice", Down(be, db, dst.Length), expected, Atol, Rtol);
 
         var table = Random(10 * 3, 7);
         var tb = Up(be, table); var sel = be.Allocate(4 * 3);
         int[] idx = [9, 0, 9, 4];
         be.IndexSelect(tb, 10, 3, idx, sel);
-        Close(Down(be, sel, 12), idx.SelectMany(r => table.Skip(r * 3).Take(3)).Select(v => (double)v).ToArray(), 0, 0, "index select");
+        Closeness.AssertElementwise("index select", Down(be, sel, 12), idx.SelectMany(r => table.Skip(r * 3).Take(3)).Select(v => (double)v).ToArray(), 0, 0);
         var acc = new double[30];
         for (int i = 0; i < 4; i++) for (int j = 0; j < 3; j++) acc[idx[i] * 3 + j] += table[idx[i] * 3 + j];
         var zb = Up(be, new float[30]);
         be.IndexAdd(sel, 3, idx, zb, 10);
-        Close(Down(be, zb, 30), acc, Rtol, Atol, "index add");
+        Closeness.AssertElementwise("index add", Down(be, zb, 30), acc, Atol, Rtol);
     }
 
     [Theory]
@@ -216,13 +216,13 @@ public sealed class ElementwiseTests
             using var be = new CpuBackend(threads);
             var b = be.Allocate(n);
             var expected = new float[n];
-            be.FillNormal(b, n, seed, offset);
+            be.FillNormal(seed, offset, b, n);
             Philox.FillNormal(expected, seed, offset);
             Assert.Equal(expected, Down(be, b, n));
-            be.FillUniform(b, n, seed, offset);
+            be.FillUniform(seed, offset, b, n);
             Philox.FillUniform(expected, seed, offset);
             Assert.Equal(expected, Down(be, b, n));
-            be.DropoutMask(b, n, 0.3f, seed, offset);
+            be.DropoutMask(0.3f, seed, offset, b, n);
             float keep = 1f - 0.3f;
             Assert.Equal(expected.Select(u => u < keep ? 1f / keep : 0f).ToArray(), Down(be, b, n));
         }

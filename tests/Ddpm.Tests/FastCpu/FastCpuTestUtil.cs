@@ -29,32 +29,4 @@ internal static class FastCpuTestUtil
         be.Download(b, 0, r);
         return r;
     }
-
-    /// <summary>Sum of squared errors over sum of squared reference values.</summary>
-    public static double NormalizedMse(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double num = 0, den = 0;
-        for (int i = 0; i < actual.Length; i++)
-        {
-            Assert.False(float.IsNaN(actual[i]), $"NaN at {i}");
-            double d = actual[i] - expected[i];
-            num += d * d;
-            den += expected[i] * expected[i];
-        }
-        return den == 0 ? num : num / den;
-    }
-
-    /// <summary>|actual - expected| &lt;= atol + rtol |expected| elementwise, with the first failure named.</summary>
-    public static void Close(ReadOnlySpan<float> actual, ReadOnlySpan<double> expected, double rtol, double atol, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        for (int i = 0; i < actual.Length; i++)
-        {
-            if (actual[i] == expected[i]) continue;
-            double err = Math.Abs(actual[i] - expected[i]);
-            if (!(err <= atol + rtol * Math.Abs(expected[i])))
-                Assert.Fail($"{what}: element {i} is {actual[i]}, expected {expected[i]} (error {err:g3}, allowed {atol + rtol * Math.Abs(expected[i]):g3}).");
-        }
-    }
 }

@@ -40,7 +40,7 @@ public sealed class GemmTests
                 }
         }
         var ab = Up(be, a); var bb = Up(be, b); var cb = Up(be, c);
-        be.Gemm(transA, transB, batch, m, n, k, alpha, ab, strideA, bb, strideB, beta, cb, strideC);
+        be.Gemm(transA, transB, ab, strideA, bb, strideB, batch, m, n, k, alpha, beta, cb, strideC);
         var got = Down(be, cb, lc);
         for (int i = 0; i < lc; i++)
         {

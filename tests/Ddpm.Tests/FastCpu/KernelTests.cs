@@ -1,6 +1,7 @@
 using Ddpm.Backends.Cpu;
 using Ddpm.Backends.Cpu.Fast;
 using Ddpm.Tensors;
+using Ddpm.Tests.TestUtil;
 using Xunit;
 using static Ddpm.Tests.FastCpu.FastCpuTestUtil;
 
@@ -27,7 +28,7 @@ public sealed unsafe class KernelTests
                 fixed (float* xp = x, yp = y) Kernel.Map(op, xp, yp, n, bits);
                 var expected = new double[n];
                 for (int i = 0; i < n; i++) expected[i] = op.Invoke(x[i]);
-                Close(y.AsSpan(0, n), expected, Rtol, Atol, $"{typeof(T).Name} n={n} bits={bits}");
+                Closeness.AssertElementwise($"{typeof(T).Name} n={n} bits={bits}", y.AsSpan(0, n), expected, Atol, Rtol);
                 Assert.True(float.IsNaN(y[n]), $"{typeof(T).Name} wrote past n={n}");
             }
     }
@@ -43,7 +44,7 @@ public sealed unsafe class KernelTests
                 fixed (float* xp = x, zp = z, yp = y) Kernel.Map(op, xp, zp, yp, n, bits);
                 var expected = new double[n];
                 for (int i = 0; i < n; i++) expected[i] = op.Invoke(x[i], z[i]);
-                Close(y.AsSpan(0, n), expected, Rtol, Atol, $"{typeof(T).Name} n={n} bits={bits}");
+                Closeness.AssertElementwise($"{typeof(T).Name} n={n} bits={bits}", y.AsSpan(0, n), expected, Atol, Rtol);
                 Assert.True(float.IsNaN(y[n]));
             }
     }
@@ -60,7 +61,7 @@ public sealed unsafe class KernelTests
                 fixed (float* xp = x, yp = yv, dyp = dy, dxp = dx) Kernel.Map(op, xp, yp, dyp, dxp, n, bits);
                 var expected = new double[n];
                 for (int i = 0; i < n; i++) expected[i] = op.Invoke(x[i], yv[i], dy[i]);
-                Close(dx.AsSpan(0, n), expected, Rtol, Atol, $"{typeof(T).Name} n={n} bits={bits}");
+                Closeness.AssertElementwise($"{typeof(T).Name} n={n} bits={bits}", dx.AsSpan(0, n), expected, Atol, Rtol);
                 Assert.True(float.IsNaN(dx[n]));
             }
     }

@@ -25,10 +25,10 @@ public sealed class RegistryTests
         using var be = new CpuBackend(2);
         var small = be.Allocate(10);
         var big = be.Allocate(100);
-        Assert.Throws<ArgumentException>(() => be.Unary(UnaryOp.Exp, small, big, 11));
-        Assert.Throws<ArgumentException>(() => be.Gemm(false, false, 1, 4, 4, 4, 1f, small, 0, big, 0, 0f, big, 0));
+        Assert.Throws<ArgumentException>(() => be.Unary(UnaryOp.Exp, small, 11, big));
+        Assert.Throws<ArgumentException>(() => be.Gemm(false, false, small, 0, big, 0, 1, 4, 4, 4, 1f, 0f, big, 0));
         big.Release();
-        Assert.Throws<ObjectDisposedException>(() => be.Fill(big, 5, 0f));
+        Assert.Throws<ObjectDisposedException>(() => be.Fill(0f, big, 5));
         small.Release();
     }
 }

@@ -4,6 +4,7 @@ using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
+using Ddpm.Tests.TestUtil;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -44,14 +45,6 @@ public abstract class GoldenTestsBase
         return (model, SafeTensorsFile.Read(Path.Combine(Dir, "io.safetensors")), be);
     }
 
-    private static double RelL2(float[] ours, float[] theirs)
-    {
-        Assert.Equal(theirs.Length, ours.Length);
-        double num = 0, den = 0;
-        for (int i = 0; i < ours.Length; i++) { double d = ours[i] - (double)theirs[i]; num += d * d; den += (double)theirs[i] * theirs[i]; }
-        return den == 0 ? Math.Sqrt(num) : Math.Sqrt(num / den);
-    }
-
     // A gradient below this fraction of the whole gradient's norm is zero up to float32 round-off.
     private const double ZeroGrad = 1e-6;
 
@@ -85,12 +78,12 @@ public abstract class GoldenTestsBase
         x.RequiresGrad = true;
         var t = Ints(io["t"]);
         var eps = model.Forward(x, t);
-        double eErr = RelL2(eps.ToArray(), io["eps"].AsFloats());
+        double eErr = Closeness.RelL2(eps.ToArray(), io["eps"].AsFloats()).Value;
         using var sq = Ops.Square(eps);
         var l = Ops.Mean(sq);
-        double lErr = RelL2(l.ToArray(), io["L"].AsFloats());
+        double lErr = Closeness.RelL2(l.ToArray(), io["L"].AsFloats()).Value;
         l.Backward();
-        double xErr = RelL2(x.Grad!.ToArray(), io["grad.x"].AsFloats());
+        double xErr = Closeness.RelL2(x.Grad!.ToArray(), io["grad.x"].AsFloats()).Value;
         _out.WriteLine($"eps rel L2 {eErr:E2}, L {lErr:E2}, grad.x {xErr:E2}");
         Assert.True(eErr <= OutputTol, $"eps relative L2 error {eErr:E3} > {OutputTol:E0}");
         Assert.True(lErr <= OutputTol, $"L relative error {lErr:E3} > {OutputTol:E0}");
@@ -108,7 +101,7 @@ public abstract class GoldenTestsBase
                 Assert.Null(p.Grad);
                 continue;
             }
-            double err = RelL2(p.Grad!.ToArray(), expected);
+            double err = Closeness.RelL2(p.Grad!.ToArray(), expected).Value;
             double torchNorm = Norm(expected), ourNorm = Norm(p.Grad!.ToArray());
             if (torchNorm < ZeroGrad * globalNorm)
             {
@@ -136,21 +129,21 @@ public abstract class GoldenTestsBase
         var beta = diffusion.Schedule.Beta.Select(v => (float)v).ToArray();
         var ab = diffusion.Schedule.AlphaBar.Select(v => (float)v).ToArray();
         Assert.Equal(io["sched.beta"].AsFloats(), beta);
-        double abErr = RelL2(ab, io["sched.alpha_bar"].AsFloats());
+        double abErr = Closeness.RelL2(ab, io["sched.alpha_bar"].AsFloats()).Value;
         Assert.True(abErr <= 1e-6, $"alpha_bar relative error {abErr:E3}");
 
         var x0 = Upload(be, io["loss.x0"]);
         var noise = Upload(be, io["loss.noise"]);
         var lt = Ints(io["loss.t"]);
         var xt = diffusion.QSample(x0, lt, noise);
-        double xtErr = RelL2(xt.ToArray(), io["loss.xt"].AsFloats());
+        double xtErr = Closeness.RelL2(xt.ToArray(), io["loss.xt"].AsFloats()).Value;
         var loss = diffusion.Loss(x0, lt, noise);
-        double lossErr = RelL2(loss.ToArray(), io["loss"].AsFloats());
+        double lossErr = Closeness.RelL2(loss.ToArray(), io["loss"].AsFloats()).Value;
 
         var x = Upload(be, io["x"]);
         var z = Upload(be, io["psample.z"]);
         var ps = diffusion.PSample(x, Ints(io["t"]), z);
-        double psErr = RelL2(ps.ToArray(), io["psample.out"].AsFloats());
+        double psErr = Closeness.RelL2(ps.ToArray(), io["psample.out"].AsFloats()).Value;
         _out.WriteLine($"alpha_bar {abErr:E2}, q_sample {xtErr:E2}, loss {lossErr:E2}, p_sample {psErr:E2}");
         Assert.True(xtErr <= OutputTol, $"q_sample relative L2 error {xtErr:E3}");
         Assert.True(lossErr <= OutputTol, $"loss relative error {lossErr:E3}");

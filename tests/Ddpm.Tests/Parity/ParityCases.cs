@@ -45,33 +45,6 @@ public static class ParityCases
         return r;
     }
 
-    /// <summary>
-    /// NMSE over the finite elements; a non-finite expected element must be matched exactly in kind (NaN, +Inf or
-    /// -Inf), and a non-finite result where a finite one is expected fails, so that a NaN is never hidden.
-    /// </summary>
-    private static void Compare(string what, float[] expected, float[] actual, double tol)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        double num = 0, den = 0;
-        int worst = -1; double worstErr = -1;
-        for (int i = 0; i < expected.Length; i++)
-        {
-            float e = expected[i], a = actual[i];
-            if (!float.IsFinite(e) || !float.IsFinite(a))
-            {
-                bool same = float.IsNaN(e) ? float.IsNaN(a) : e == a;
-                if (!same) Assert.Fail($"{what}: element {i} is {a}, expected {e}.");
-                continue;
-            }
-            double d = (double)a - e;
-            num += d * d;
-            den += (double)e * e;
-            if (Math.Abs(d) > worstErr) { worstErr = Math.Abs(d); worst = i; }
-        }
-        double nmse = den == 0 ? num : num / den;
-        Assert.True(nmse <= tol, $"{what}: NMSE {nmse:E3} > {tol:E0}; worst element {worst}: {actual[Math.Max(worst, 0)]:R} vs {expected[Math.Max(worst, 0)]:R}.");
-    }
-
     /// <summary>Runs <paramref name="op"/> on both backends with the same inputs and compares the outputs.</summary>
     private static void Both(IBackend be, IBackend rf, float[][] inputs, int[] outSizes, double tol, string what,
         Action<IBackend, DeviceBuffer[], DeviceBuffer[]> op, float[]? outInit = null)
@@ -87,7 +60,7 @@ public static class ParityCases
         }
         var expected = Go(rf);
         var actual = Go(be);
-        for (int i = 0; i < outSizes.Length; i++) Compare($"{what} output {i}", expected[i], actual[i], tol);
+        for (int i = 0; i < outSizes.Length; i++) Closeness.AssertNmse($"{what} output {i}", actual[i], expected[i], tol);
     }
 
     private static float[] N(int n, ulong seed) => TestData.Normal(n, seed);
@@ -107,7 +80,7 @@ public static class ParityCases
                 yield return new($"unary-{op}-{n}", (be, rf) =>
                 {
                     var x = positive ? TestData.Uniform(n, 11, 0.05f, 4f) : TestData.AwayFromZero(n, 11, 0.01f, 4f);
-                    Both(be, rf, [x], [n], tol, $"{op} n={n}", (b, i, o) => b.Unary(op, i[0], o[0], n));
+                    Both(be, rf, [x], [n], tol, $"{op} n={n}", (b, i, o) => b.Unary(op, i[0], n, o[0]));
                 });
                 yield return new($"unary-backward-{op}-{n}", (be, rf) =>
                 {
@@ -116,11 +89,11 @@ public static class ParityCases
                     using (var r = new Ddpm.Backends.Cpu.CpuReferenceBackend())
                     {
                         var xb = Up(r, x); var yb = r.Allocate(n);
-                        r.Unary(op, xb, yb, n);
+                        r.Unary(op, xb, n, yb);
                         y = Down(r, yb, n);
                     }
                     var dy = N(n, 13);
-                    Both(be, rf, [x, y, dy], [n], tol, $"{op}' n={n}", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], o[0], n));
+                    Both(be, rf, [x, y, dy], [n], tol, $"{op}' n={n}", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], n, o[0]));
                 });
             }
         }
@@ -129,11 +102,11 @@ public static class ParityCases
         {
             int n = 1031;
             var x = N(n, 1);
-            Both(be, rf, [x], [n], Elementwise, "affine", (b, i, o) => b.Affine(i[0], o[0], n, 1.7f, -0.3f));
-            Both(be, rf, [x], [n], Elementwise, "axpby", (b, i, o) => b.Axpby(i[0], o[0], n, 0.25f, 0.75f), N(n, 2));
-            Both(be, rf, [x], [n], Elementwise, "clamp", (b, i, o) => b.Clamp(i[0], o[0], n, -0.5f, 0.7f));
-            Both(be, rf, [], [n], Elementwise, "fill", (b, i, o) => b.Fill(o[0], n, 3.25f));
-            Both(be, rf, [x], [n], Elementwise, "copy with offsets", (b, i, o) => b.Copy(i[0], 5, o[0], 9, n - 20), new float[n]);
+            Both(be, rf, [x], [n], Elementwise, "affine", (b, i, o) => b.Affine(i[0], n, 1.7f, -0.3f, o[0]));
+            Both(be, rf, [x], [n], Elementwise, "axpby", (b, i, o) => b.Axpby(i[0], n, 0.25f, 0.75f, o[0]), N(n, 2));
+            Both(be, rf, [x], [n], Elementwise, "clamp", (b, i, o) => b.Clamp(i[0], n, -0.5f, 0.7f, o[0]));
+            Both(be, rf, [], [n], Elementwise, "fill", (b, i, o) => b.Fill(3.25f, o[0], n));
+            Both(be, rf, [x], [n], Elementwise, "copy with offsets", (b, i, o) => b.Copy(i[0], 5, n - 20, o[0], 9), new float[n]);
         });
 
         int[][][] broadcasts =
@@ -211,9 +184,9 @@ public static class ParityCases
         {
             // src [3, 5, 7] rows 1..3 into dst [3, 9, 7] at 4, plain and accumulating.
             Both(be, rf, [N(3 * 5 * 7, 8)], [3 * 9 * 7], 0, "CopySlice",
-                (b, i, o) => b.CopySlice(i[0], 5, 1, o[0], 9, 4, 3, 3, 7, false), N(3 * 9 * 7, 9));
+                (b, i, o) => b.CopySlice(i[0], 5, 1, 3, 3, 7, false, o[0], 9, 4), N(3 * 9 * 7, 9));
             Both(be, rf, [N(3 * 5 * 7, 8)], [3 * 9 * 7], Elementwise, "CopySlice accumulate",
-                (b, i, o) => b.CopySlice(i[0], 5, 1, o[0], 9, 4, 3, 3, 7, true), N(3 * 9 * 7, 9));
+                (b, i, o) => b.CopySlice(i[0], 5, 1, 3, 3, 7, true, o[0], 9, 4), N(3 * 9 * 7, 9));
         });
 
         yield return new("index-select-add", (be, rf) =>
@@ -233,10 +206,10 @@ public static class ParityCases
                         var b2 = N((int)Math.Max(strideB * batch, k * n), 15);
                         var c0 = N(batch * m * n, 16);
                         Both(be, rf, [a, b2], [batch * m * n], Reduction, "Gemm beta 0.5",
-                            (b, i, o) => b.Gemm(ta, tb, batch, m, n, k, 0.75f, i[0], strideA, i[1], strideB, 0.5f, o[0], (long)m * n), c0);
+                            (b, i, o) => b.Gemm(ta, tb, i[0], strideA, i[1], strideB, batch, m, n, k, 0.75f, 0.5f, o[0], (long)m * n), c0);
                         var nan = Enumerable.Repeat(float.NaN, batch * m * n).ToArray();
                         Both(be, rf, [a, b2], [batch * m * n], Reduction, "Gemm beta 0 over NaN",
-                            (b, i, o) => b.Gemm(ta, tb, batch, m, n, k, 1f, i[0], strideA, i[1], strideB, 0f, o[0], (long)m * n), nan);
+                            (b, i, o) => b.Gemm(ta, tb, i[0], strideA, i[1], strideB, batch, m, n, k, 1f, 0f, o[0], (long)m * n), nan);
                     });
 
         ConvGeometry[] convs =
@@ -254,16 +227,16 @@ public static class ParityCases
             yield return new($"conv-forward-{tag}", (be, rf) =>
             {
                 Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18), N(g.O, 19)], [g.OutputSize], Reduction, "Conv2dForward",
-                    (b, i, o) => b.Conv2dForward(i[0], i[1], i[2], o[0], g));
+                    (b, i, o) => b.Conv2dForward(i[0], i[1], i[2], g, o[0]));
                 Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18)], [g.OutputSize], Reduction, "Conv2dForward no bias",
-                    (b, i, o) => b.Conv2dForward(i[0], i[1], null, o[0], g));
+                    (b, i, o) => b.Conv2dForward(i[0], i[1], null, g, o[0]));
             });
             yield return new($"conv-backward-data-{tag}", (be, rf) =>
                 Both(be, rf, [N(g.OutputSize, 20), N(g.WeightSize, 21)], [g.InputSize], Reduction, "Conv2dBackwardData",
-                    (b, i, o) => b.Conv2dBackwardData(i[0], i[1], o[0], g)));
+                    (b, i, o) => b.Conv2dBackwardData(i[0], i[1], g, o[0])));
             yield return new($"conv-backward-weight-{tag}", (be, rf) =>
                 Both(be, rf, [N(g.InputSize, 22), N(g.OutputSize, 23)], [g.WeightSize, g.O], Reduction, "Conv2dBackwardWeight",
-                    (b, i, o) => b.Conv2dBackwardWeight(i[0], i[1], o[0], o[1], g)));
+                    (b, i, o) => b.Conv2dBackwardWeight(i[0], i[1], g, o[0], o[1])));
         }
 
         foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32) })
@@ -310,8 +283,8 @@ public static class ParityCases
                 var prm = new AdamStepParams(1e-3f, 0.9f, 0.999f, 1e-8f, wd, 1f - 0.9f * 0.9f, 1f - 0.999f * 0.999f);
                 Both(be, rf, [p, g, m, v], [n, n, n], Elementwise, $"AdamStep wd={wd}", (b, i, o) =>
                 {
-                    b.AdamStep(i[0], i[1], i[2], i[3], n, prm);
-                    b.Copy(i[0], 0, o[0], 0, n); b.Copy(i[2], 0, o[1], 0, n); b.Copy(i[3], 0, o[2], 0, n);
+                    b.AdamStep(i[1], n, prm, i[0], i[2], i[3]);
+                    b.Copy(i[0], 0, n, o[0], 0); b.Copy(i[2], 0, n, o[1], 0); b.Copy(i[3], 0, n, o[2], 0);
                 });
             }
         });
@@ -323,28 +296,28 @@ public static class ParityCases
             yield return new($"nonfinite-unary-{op}", (be, rf) =>
             {
                 int n = special.Length;
-                Both(be, rf, [special], [n], Transcendental, $"{op} of NaN/Inf", (b, i, o) => b.Unary(op, i[0], o[0], n));
+                Both(be, rf, [special], [n], Transcendental, $"{op} of NaN/Inf", (b, i, o) => b.Unary(op, i[0], n, o[0]));
                 var y = new float[n];
                 using (var r = new Ddpm.Backends.Cpu.CpuReferenceBackend())
                 {
                     var xb = Up(r, special); var yb = r.Allocate(n);
-                    r.Unary(op, xb, yb, n);
+                    r.Unary(op, xb, n, yb);
                     y = Down(r, yb, n);
                 }
                 // dy holds NaN and infinities too, at positions other than x's.
                 var dy = special.Reverse().ToArray();
-                Both(be, rf, [special, y, dy], [n], Transcendental, $"{op}' of NaN/Inf", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], o[0], n));
-                Both(be, rf, [special, y, N(n, 40)], [n], Transcendental, $"{op}' of NaN/Inf, finite dy", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], o[0], n));
+                Both(be, rf, [special, y, dy], [n], Transcendental, $"{op}' of NaN/Inf", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], n, o[0]));
+                Both(be, rf, [special, y, N(n, 40)], [n], Transcendental, $"{op}' of NaN/Inf, finite dy", (b, i, o) => b.UnaryBackward(op, i[0], i[1], i[2], n, o[0]));
             });
         }
         yield return new("nonfinite-affine-axpby-clamp", (be, rf) =>
         {
             int n = special.Length;
             var other = special.Reverse().ToArray();
-            Both(be, rf, [special], [n], Elementwise, "affine of NaN/Inf", (b, i, o) => b.Affine(i[0], o[0], n, 1.7f, -0.3f));
-            Both(be, rf, [special], [n], Elementwise, "affine by 0 of NaN/Inf", (b, i, o) => b.Affine(i[0], o[0], n, 0f, 1f));
-            Both(be, rf, [special], [n], Elementwise, "axpby of NaN/Inf", (b, i, o) => b.Axpby(i[0], o[0], n, 0.25f, 0.75f), other);
-            Both(be, rf, [special], [n], Elementwise, "clamp of NaN/Inf", (b, i, o) => b.Clamp(i[0], o[0], n, -0.5f, 0.7f));
+            Both(be, rf, [special], [n], Elementwise, "affine of NaN/Inf", (b, i, o) => b.Affine(i[0], n, 1.7f, -0.3f, o[0]));
+            Both(be, rf, [special], [n], Elementwise, "affine by 0 of NaN/Inf", (b, i, o) => b.Affine(i[0], n, 0f, 1f, o[0]));
+            Both(be, rf, [special], [n], Elementwise, "axpby of NaN/Inf", (b, i, o) => b.Axpby(i[0], n, 0.25f, 0.75f, o[0]), other);
+            Both(be, rf, [special], [n], Elementwise, "clamp of NaN/Inf", (b, i, o) => b.Clamp(i[0], n, -0.5f, 0.7f, o[0]));
         });
         foreach (var op in Enum.GetValues<BinaryOp>())
             yield return new($"nonfinite-binary-{op}", (be, rf) =>
@@ -400,9 +373,9 @@ public static class ParityCases
             // Bit-identical: the same (seed, offset) gives the same numbers on every backend.
             foreach (var (n, off) in new[] { (1, 0UL), (7, 3UL), (1000, 12345UL), (4099, 1UL << 33) })
             {
-                Both(be, rf, [], [n], 0, $"FillNormal n={n} offset={off}", (b, i, o) => b.FillNormal(o[0], n, 42, off));
-                Both(be, rf, [], [n], 0, $"FillUniform n={n} offset={off}", (b, i, o) => b.FillUniform(o[0], n, 42, off));
-                Both(be, rf, [], [n], 0, $"DropoutMask n={n} offset={off}", (b, i, o) => b.DropoutMask(o[0], n, 0.1f, 42, off));
+                Both(be, rf, [], [n], 0, $"FillNormal n={n} offset={off}", (b, i, o) => b.FillNormal(42, off, o[0], n));
+                Both(be, rf, [], [n], 0, $"FillUniform n={n} offset={off}", (b, i, o) => b.FillUniform(42, off, o[0], n));
+                Both(be, rf, [], [n], 0, $"DropoutMask n={n} offset={off}", (b, i, o) => b.DropoutMask(0.1f, 42, off, o[0], n));
             }
         });
     }

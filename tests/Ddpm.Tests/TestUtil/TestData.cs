@@ -38,26 +38,3 @@ internal static class TestData
         return s;
     }
 }
-
-/// <summary>Small comparison helpers that report the worst element.</summary>
-internal static class Close
-{
-    /// <summary>Asserts |actual - expected| &lt;= atol + rtol |expected| elementwise.</summary>
-    public static void All(ReadOnlySpan<double> expected, ReadOnlySpan<float> actual, double atol, double rtol, string what)
-    {
-        Xunit.Assert.Equal(expected.Length, actual.Length);
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double err = Math.Abs(actual[i] - expected[i]);
-            if (!(err <= atol + rtol * Math.Abs(expected[i])))
-                Xunit.Assert.Fail($"{what}: element {i} is {actual[i]:R}, expected {expected[i]:R} (|err| {err:E3} > {atol:E1} + {rtol:E1}|expected|).");
-        }
-    }
-
-    public static void All(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double atol, double rtol, string what)
-    {
-        var e = new double[expected.Length];
-        for (int i = 0; i < e.Length; i++) e[i] = expected[i];
-        All(e, actual, atol, rtol, what);
-    }
-}
