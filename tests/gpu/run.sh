@@ -49,7 +49,9 @@ part() {
   local name=$1 limit=$2; shift 2
   local log="$out/$name.log" t0=$SECONDS rc=0
   echo "== $name (limit ${limit}s): $(printf '%s ' "$@" | head -n 1 | cut -c1-160)" | tee "$log"
-  timeout --kill-after=5 "$limit" "$@" >> "$log" 2>&1 || rc=$?
+  # KILL to the whole process group: a SIGTERM would let ddpm-tool finish its current step first, and a part
+  # must not outlive its limit.
+  timeout -s KILL "$limit" "$@" >> "$log" 2>&1 || rc=$?
   echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
   tail -n 4 "$log" | sed 's/^/   /'
   status_of[$name]=$rc
