@@ -104,12 +104,55 @@ public sealed class PhiloxGenerator
     public ulong Seed { get; }
     public ulong Offset { get; set; }
 
-    /// <summary>Reserves <paramref name="count"/> positions and returns the first.</summary>
+    /// <summary>The batch shard that draws are scaled to while a <see cref="ShardBatch"/> scope is open; null otherwise.</summary>
+    public BatchShard? Shard { get; private set; }
+
+    /// <summary>
+    /// Reserves <paramref name="count"/> positions and returns the first. Inside a <see cref="ShardBatch"/>
+    /// scope, <paramref name="count"/> is per-sample numbers times the shard's sample count: the generator
+    /// reserves what the whole batch would draw and returns the positions of the shard's samples, so a shard
+    /// draws exactly the numbers its samples get in the whole batch.
+    /// </summary>
     public ulong Take(long count)
     {
         ulong start = Offset;
+        if (Shard is { } s)
+        {
+            if (count % s.Count != 0)
+                throw new InvalidOperationException(
+                    $"A draw of {count} random numbers does not split over the {s.Count} samples of a batch shard (draws inside a shard must be per-sample).");
+            ulong per = (ulong)(count / s.Count);
+            Offset += (per * (ulong)s.Total + 3) & ~3UL;
+            return start + (ulong)s.Start * per;
+        }
         Offset += ((ulong)count + 3) & ~3UL;
         return start;
+    }
+
+    /// <summary>
+    /// Until the returned handle is disposed, every draw is for samples [start, start + count) of a batch of
+    /// <paramref name="total"/>: data-parallel ranks each draw their shard and together get the numbers one
+    /// process drawing the whole batch gets, and the generator ends at the same offset.
+    /// </summary>
+    public IDisposable ShardBatch(int start, int count, int total)
+    {
+        if (count <= 0 || start < 0 || total <= 0 || start > total - count)
+            throw new ArgumentOutOfRangeException(nameof(start), $"Shard [{start}, {start} + {count}) is not inside a batch of {total}.");
+        if (Shard is not null) throw new InvalidOperationException("The generator is already drawing for a batch shard.");
+        Shard = new BatchShard(start, count, total);
+        return new ShardScope(this);
+    }
+
+    private sealed class ShardScope(PhiloxGenerator gen) : IDisposable
+    {
+        private bool _done;
+
+        public void Dispose()
+        {
+            if (_done) return;
+            _done = true;
+            gen.Shard = null;
+        }
     }
 
     /// <summary>A uniform integer in [0, n) (Lemire's multiply-shift on one word; bias below 2^-32 * n).</summary>
@@ -145,3 +188,6 @@ public sealed class PhiloxGenerator
         return p;
     }
 }
+
+/// <summary>Samples [Start, Start + Count) of a batch of Total samples.</summary>
+public readonly record struct BatchShard(int Start, int Count, int Total);
