@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
+using Ddpm.Tensors.Distributed;
 using Ddpm.Tensors.Nn;
 
 namespace Ddpm.Diffusion.Training;
@@ -17,6 +18,11 @@ public readonly record struct TrainStep(long Step, float Loss, double GradNorm, 
 /// one), with the Adam moments and the EMA weights in flat buffers of the same layout, so clipping, Adam and
 /// the EMA are a few whole-model launches, and a step waits for the device once: to read the loss and the
 /// gradient norm, left side by side in one small device buffer.
+/// Data-parallel (<see cref="DataParallel"/>): every rank holds the whole model, reads the same global batch
+/// and trains on its shard; its noise, timesteps and dropout masks are drawn at the positions its samples have
+/// in the global batch, so the ranks together draw what one process with the whole batch draws. The
+/// gradients (of the shard's mean loss) are averaged over the ranks in the store's one flat buffer before
+/// clipping, so the norm is the global one and every rank takes the same Adam step.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -26,14 +32,24 @@ public sealed class Trainer : IDisposable
     private readonly FlatState? _ema;
     private readonly DeviceBuffer _stats;
     private readonly float[] _statsHost = new float[StatsLength];
+    private readonly ReplicaCheck _replicaCheck = new();
     private float[] _batch = [];
+    private bool _checkedOnce;
 
     // _stats: [loss, sum of squared gradients (hi, lo)].
     private const int StatsLength = 3;
 
     public Trainer(DenoiseDiffusion diffusion, IBatchSource data, TrainingConfig config)
+        : this(diffusion, data, config, DataParallel.None)
+    {
+    }
+
+    /// <summary>A trainer that is one rank of a data-parallel job; <see cref="TrainingConfig.BatchSize"/> is the global batch.</summary>
+    public Trainer(DenoiseDiffusion diffusion, IBatchSource data, TrainingConfig config, DataParallel parallel)
     {
         config.Validate();
+        Parallel = parallel;
+        parallel.ShardOf(config.BatchSize);
         Diffusion = diffusion;
         Model = diffusion.EpsModel;
         Config = config;
@@ -62,6 +78,9 @@ public sealed class Trainer : IDisposable
         _stats = Store.Backend.Allocate(StatsLength);
     }
 
+    /// <summary>The data-parallel job this trainer is a rank of (<see cref="DataParallel.None"/> alone).</summary>
+    public DataParallel Parallel { get; }
+
     /// <summary>The flat parameter and gradient buffers of the model (the gradients are what a data-parallel step all-reduces).</summary>
     public ParameterStore Store { get; }
 
@@ -81,24 +100,45 @@ public sealed class Trainer : IDisposable
     /// <summary>Parameters and their EMA copies by name (EMA null when off).</summary>
     public IEnumerable<(string Name, Parameter Param, Tensor? Ema)> Parameters => _params;
 
-    /// <summary>One optimisation step on the next batch.</summary>
+    /// <summary>One optimisation step on the next batch (on every rank of a data-parallel job at once).</summary>
     public TrainStep Step()
     {
         var sw = Stopwatch.StartNew();
+        var coll = Parallel.Collective;
+        if (Parallel.ChecksumEvery > 0 && (!_checkedOnce || Optimizer.StepCount % Parallel.ChecksumEvery == 0))
+        {
+            _replicaCheck.Verify(coll, Store, Optimizer.StepCount);
+            _checkedOnce = true;
+        }
         Model.Train();
         var mc = Model.Config;
         int b = Config.BatchSize, per = mc.ImageChannels * mc.ImageSize * mc.ImageSize;
+        var (shardStart, shard) = Parallel.ShardOf(b);
         if (_batch.Length != b * per) _batch = new float[b * per];
+        // Every rank reads the whole global batch (same source, same seed) and keeps its shard.
         _data.NextBatch(b, _batch);
         float lr = Config.LearningRateAt(Optimizer.StepCount + 1);
         var be = Store.Backend;
         using (var scope = new TensorScope())
         {
-            var x0 = Tensor.FromArray(Model.Backend, _batch, b, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
-            var loss = Diffusion.Loss(x0, NoiseGenerator);
+            var x0 = Tensor.FromArray(Model.Backend, _batch.AsSpan(shardStart * per, shard * per), shard, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
+            Tensor loss;
+            if (coll.Size == 1) loss = Diffusion.Loss(x0, NoiseGenerator);
+            else
+            {
+                using var noiseShard = NoiseGenerator.ShardBatch(shardStart, shard, b);
+                using var dropoutShard = DropoutGenerator.ShardBatch(shardStart, shard, b);
+                loss = Diffusion.Loss(x0, NoiseGenerator);
+            }
             Model.ZeroGrad();
             loss.Backward();
             be.Copy(loss.Buffer, 0, 1, _stats, 0);
+            if (coll.Size > 1)
+            {
+                // The mean of the shards' mean-loss gradients is the gradient of the global batch's mean loss.
+                Store.CompleteGradients();
+                coll.AllReduce(Store.Gradients, 0, Store.Count, ReduceOp.Average);
+            }
             // A clip of 0 means none: the norm is still measured (and logged).
             GradClip.ClipGradNorm(Store, Config.GradClip > 0 ? Config.GradClip : 0.0, _stats, 1);
             Optimizer.LearningRate = lr;
@@ -107,6 +147,8 @@ public sealed class Trainer : IDisposable
         UpdateEma();
         // The step's one wait for the device.
         be.Download(_stats, 0, _statsHost);
+        // The logged loss is the global batch's mean: the mean of the equal shards' means.
+        if (coll.Size > 1) coll.AllReduce(_statsHost.AsSpan(0, 1), ReduceOp.Average);
         double norm = Math.Sqrt(NormMath.Join(_statsHost[1], _statsHost[2]));
         return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
     }

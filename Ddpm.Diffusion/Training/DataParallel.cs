@@ -1,0 +1,68 @@
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using Ddpm.Tensors;
+using Ddpm.Tensors.Distributed;
+using Ddpm.Tensors.Nn;
+
+namespace Ddpm.Diffusion.Training;
+
+/// <summary>
+/// How a <see cref="Trainer"/> takes part in a data-parallel job: the collective of the job's ranks, and how
+/// often the ranks compare their weights.
+/// </summary>
+/// <param name="Collective">The ranks; <see cref="SingleProcess.Instance"/> for a job of one.</param>
+/// <param name="ChecksumEvery">Compare the weights of all ranks before every this many steps (and before the
+/// first step this trainer takes); 0 never.</param>
+public sealed record DataParallel(ICollective Collective, int ChecksumEvery = 100)
+{
+    /// <summary>A job of one process: no communication at all.</summary>
+    public static DataParallel None { get; } = new(SingleProcess.Instance, 0);
+
+    public int Rank => Collective.Rank;
+    public int Size => Collective.Size;
+
+    /// <summary>Rank 0 writes checkpoints, samples, logs and the console; the others stay quiet.</summary>
+    public bool IsRoot => Collective.Rank == 0;
+
+    /// <summary>The shard [start, start + count) of a global batch that this rank trains on.</summary>
+    public (int Start, int Count) ShardOf(int globalBatch)
+    {
+        if (globalBatch % Size != 0)
+            throw new ConfigValueException("batch_size",
+                $"{globalBatch} (the global batch) does not divide over {Size} ranks; use a multiple of {Size}.");
+        int per = globalBatch / Size;
+        return (Rank * per, per);
+    }
+}
+
+/// <summary>Raised on every rank when the ranks' weights differ: they no longer train one model.</summary>
+public sealed class ReplicaMismatchException(string message) : Exception(message);
+
+/// <summary>Compares the parameters of all ranks by a SHA-256 of their bytes.</summary>
+public sealed class ReplicaCheck
+{
+    private float[] _host = [];
+
+    /// <summary>
+    /// Every rank hashes its parameters, rank 0's hash is broadcast, and the ranks whose hash differs are
+    /// gathered by a sum all-reduce of one flag per rank; then every rank throws the same
+    /// <see cref="ReplicaMismatchException"/> naming them, or returns. Collective: all ranks must call it.
+    /// </summary>
+    public void Verify(ICollective collective, ParameterStore store, long step)
+    {
+        if (collective.Size == 1) return;
+        if (_host.Length != store.Count) _host = new float[store.Count];
+        store.Backend.Download(store.Parameters, 0, _host);
+        var mine = SHA256.HashData(MemoryMarshal.AsBytes(_host.AsSpan()));
+        var root = (byte[])mine.Clone();
+        collective.Broadcast(root, 0);
+        var flags = new float[collective.Size];
+        if (!mine.AsSpan().SequenceEqual(root)) flags[collective.Rank] = 1f;
+        collective.AllReduce(flags, ReduceOp.Sum);
+        var differing = Enumerable.Range(0, flags.Length).Where(r => flags[r] != 0f).ToList();
+        if (differing.Count > 0)
+            throw new ReplicaMismatchException(
+                $"At step {step} the weights of rank{(differing.Count > 1 ? "s" : "")} {string.Join(", ", differing)} differ from rank 0's " +
+                $"(of {collective.Size} ranks): the replicas no longer hold the same model, so the run stops.");
+    }
+}
