@@ -1,0 +1,176 @@
+using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
+using Ddpm.Tensors;
+using Ddpm.Tensors.Distributed;
+using Ddpm.Tests.Golden;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Ddpm.Tests.Distributed;
+
+/// <summary>
+/// Data-parallel training on in-process ranks against one process with the whole batch: the same random
+/// numbers exactly, and the same losses and weights up to float summation order.
+/// </summary>
+public sealed class DataParallelTrainingTests(ITestOutputHelper output)
+{
+    /// <summary>Uniform [-1, 1) images from a Philox stream, the same for every source with the same seed.</summary>
+    private sealed class Batches(int channels, int size, ulong seed) : IBatchSource
+    {
+        private long _next;
+
+        public int Channels => channels;
+        public int Height => size;
+        public int Width => size;
+        public int Count => int.MaxValue;
+
+        public void NextBatch(int batchSize, Span<float> dst)
+        {
+            Philox.FillUniform(dst, seed, (ulong)(_next++ * dst.Length));
+            for (int i = 0; i < dst.Length; i++) dst[i] = 2f * dst[i] - 1f;
+        }
+
+        public (long Epoch, long Index) Position
+        {
+            get => (0, _next);
+            set => _next = value.Index;
+        }
+    }
+
+    [Fact]
+    public void AShardDrawsExactlyItsSamplesNumbersOfTheWholeBatch()
+    {
+        using var be = new CpuBackend(1);
+        const int total = 6, per = 2 * 5 * 5;
+        var whole = new PhiloxGenerator(11, 4);
+        var t = whole.NextInts(total, 1000);
+        using var noise = Tensor.RandN(be, new Shape(total, 2, 5, 5), whole);
+        using var ones = Tensor.FromArray(be, Enumerable.Repeat(1f, total * per).ToArray(), total, 2, 5, 5);
+        using var dropped = Ops.Dropout(ones, 0.3f, true, whole);
+        var (wholeNoise, wholeDrop) = (noise.ToArray(), dropped.ToArray());
+
+        foreach (var (start, count) in new[] { (0, 3), (3, 3), (2, 2), (5, 1) })
+        {
+            var g = new PhiloxGenerator(11, 4);
+            int[] ts;
+            float[] n, d;
+            using (g.ShardBatch(start, count, total))
+            {
+                ts = g.NextInts(count, 1000);
+                using var sn = Tensor.RandN(be, new Shape(count, 2, 5, 5), g);
+                using var so = Tensor.FromArray(be, Enumerable.Repeat(1f, count * per).ToArray(), count, 2, 5, 5);
+                using var sd = Ops.Dropout(so, 0.3f, true, g);
+                (n, d) = (sn.ToArray(), sd.ToArray());
+                Assert.Throws<InvalidOperationException>(() => g.NextInt(5));
+            }
+            Assert.Null(g.Shard);
+            Assert.Equal(whole.Offset, g.Offset);
+            Assert.Equal(t.AsSpan(start, count).ToArray(), ts);
+            Assert.Equal(wholeNoise.AsSpan(start * per, count * per).ToArray(), n);
+            Assert.Equal(wholeDrop.AsSpan(start * per, count * per).ToArray(), d);
+        }
+    }
+
+    private static TrainingConfig Config(int batch) =>
+        new() { BatchSize = batch, LearningRate = 2e-3f, WarmupSteps = 2, EmaDecay = 0.9f, GradClip = 0.5f, Seed = 5 };
+
+    private static (float[] Losses, double[] Norms, float[] Weights, float[] Ema) Train(ICollective coll, int batch, int steps)
+    {
+        var cfg = GoldenTestsBase.TinyConfig;
+        using var be = new CpuBackend(1);
+        using var model = new UNet(be, cfg, new PhiloxGenerator(1));
+        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new Batches(1, cfg.ImageSize, 2),
+            Config(batch), new DataParallel(coll, ChecksumEvery: 2));
+        var losses = new float[steps];
+        var norms = new double[steps];
+        for (int i = 0; i < steps; i++)
+        {
+            var s = trainer.Step();
+            (losses[i], norms[i]) = (s.Loss, s.GradNorm);
+            Assert.Equal(batch, s.Batch);
+        }
+        var w = new float[trainer.Store.Count];
+        be.Download(trainer.Store.Parameters, 0, w);
+        var ema = new float[trainer.Store.Count];
+        be.Download(trainer.EmaWeights!, 0, ema);
+        return (losses, norms, w, ema);
+    }
+
+    // Float summation order: the shards' losses and gradients are summed in a different order than the whole
+    // batch's (mean of two means of 2 samples against one mean of 4, and the same for every weight gradient);
+    // measured differences are ~1e-7 relative on the losses and ~1e-6 absolute on weights of size ~0.1. Adam
+    // divides by sqrt(v), so a gradient element near zero can move its weight by up to lr per step whatever
+    // its rounding: the weight bound is therefore loose in absolute terms (2e-5, 1% of one lr step).
+    private const double LossTolerance = 2e-6, NormTolerance = 2e-5, WeightTolerance = 2e-5;
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void NRanksWithShardsOfTheBatchTrainWhatOneRankWithTheWholeBatchTrains(int ranks)
+    {
+        const int batch = 4, steps = 5;
+        var one = Train(SingleProcess.Instance, batch, steps);
+        var many = new InProcessRanks(ranks).Run(c => Train(c, batch, steps));
+        for (int r = 1; r < ranks; r++)
+        {
+            // The ranks hold one model: bit for bit the same weights, losses and EMA on every rank.
+            Assert.Equal(many[0].Weights, many[r].Weights);
+            Assert.Equal(many[0].Losses, many[r].Losses);
+            Assert.Equal(many[0].Ema, many[r].Ema);
+        }
+        var m = many[0];
+        for (int i = 0; i < steps; i++)
+        {
+            output.WriteLine($"step {i + 1}: loss {one.Losses[i]:R} vs {m.Losses[i]:R}, norm {one.Norms[i]:R} vs {m.Norms[i]:R}");
+            Assert.True(Math.Abs(one.Losses[i] - m.Losses[i]) <= LossTolerance * Math.Abs(one.Losses[i]), $"step {i + 1}: loss {one.Losses[i]:R} vs {m.Losses[i]:R}");
+            Assert.True(Math.Abs(one.Norms[i] - m.Norms[i]) <= NormTolerance * one.Norms[i], $"step {i + 1}: norm {one.Norms[i]:R} vs {m.Norms[i]:R}");
+        }
+        double maxW = 0, maxE = 0, moved = 0;
+        var start = Train(SingleProcess.Instance, batch, 0).Weights;
+        for (int i = 0; i < one.Weights.Length; i++)
+        {
+            maxW = Math.Max(maxW, Math.Abs(one.Weights[i] - m.Weights[i]));
+            maxE = Math.Max(maxE, Math.Abs(one.Ema[i] - m.Ema[i]));
+            moved = Math.Max(moved, Math.Abs(one.Weights[i] - start[i]));
+        }
+        output.WriteLine($"{ranks} ranks: max |weight difference| {maxW:E3}, EMA {maxE:E3}; largest weight change in {steps} steps {moved:E3}");
+        Assert.True(moved > 1e-3, "the weights should have moved");
+        Assert.True(maxW <= WeightTolerance, $"weights differ by {maxW:E3}");
+        Assert.True(maxE <= WeightTolerance, $"EMA weights differ by {maxE:E3}");
+    }
+
+    [Fact]
+    public void ABatchThatDoesNotDivideOverTheRanksIsRefusedWithItsSizes()
+    {
+        var errors = new InProcessRanks(4).Run(c =>
+            Record.Exception(() => Train(c, 6, 1)));
+        foreach (var e in errors)
+        {
+            var ce = Assert.IsType<ConfigValueException>(e);
+            Assert.Equal("batch_size 6 (the global batch) does not divide over 4 ranks; use a multiple of 4.", ce.Message);
+        }
+    }
+
+    [Fact]
+    public void RanksWhoseWeightsDifferStopTheRunNamingThem()
+    {
+        var cfg = GoldenTestsBase.TinyConfig;
+        var errors = new InProcessRanks(3).Run(c =>
+        {
+            using var be = new CpuBackend(1);
+            // Rank 2 builds its model from another seed.
+            using var model = new UNet(be, cfg, new PhiloxGenerator(c.Rank == 2 ? 9ul : 1ul));
+            using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new Batches(1, cfg.ImageSize, 2),
+                Config(3), new DataParallel(c, ChecksumEvery: 10));
+            return Record.Exception(() => trainer.Step());
+        });
+        foreach (var e in errors)
+        {
+            var m = Assert.IsType<ReplicaMismatchException>(e);
+            Assert.Equal("At step 0 the weights of rank 2 differ from rank 0's (of 3 ranks): the replicas no longer hold the same model, so the run stops.", m.Message);
+        }
+    }
+}
