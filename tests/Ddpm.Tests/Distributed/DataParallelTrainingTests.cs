@@ -64,7 +64,7 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
                 using var so = Tensor.FromArray(be, Enumerable.Repeat(1f, count * per).ToArray(), count, 2, 5, 5);
                 using var sd = Ops.Dropout(so, 0.3f, true, g);
                 (n, d) = (sn.ToArray(), sd.ToArray());
-                Assert.Throws<InvalidOperationException>(() => g.NextInt(5));
+                if (count > 1) Assert.Throws<InvalidOperationException>(() => g.NextInt(5));
             }
             Assert.Null(g.Shard);
             Assert.Equal(whole.Offset, g.Offset);
@@ -75,7 +75,7 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     }
 
     private static TrainingConfig Config(int batch) =>
-        new() { BatchSize = batch, LearningRate = 2e-3f, WarmupSteps = 2, EmaDecay = 0.9f, GradClip = 0.5f, Seed = 5 };
+        new() { BatchSize = batch, LearningRate = 2e-3f, WarmupSteps = 2, EmaDecay = 0.9f, GradClip = 0.5f, Seed = 5, AdamEps = 1e-5f };
 
     private static (float[] Losses, double[] Norms, float[] Weights, float[] Ema) Train(ICollective coll, int batch, int steps)
     {
@@ -99,12 +99,13 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
         return (losses, norms, w, ema);
     }
 
-    // Float summation order: the shards' losses and gradients are summed in a different order than the whole
-    // batch's (mean of two means of 2 samples against one mean of 4, and the same for every weight gradient);
-    // measured differences are ~1e-7 relative on the losses and ~1e-6 absolute on weights of size ~0.1. Adam
-    // divides by sqrt(v), so a gradient element near zero can move its weight by up to lr per step whatever
-    // its rounding: the weight bound is therefore loose in absolute terms (2e-5, 1% of one lr step).
-    private const double LossTolerance = 2e-6, NormTolerance = 2e-5, WeightTolerance = 2e-5;
+    // Float summation order: the shards' losses and gradients are summed in another order than the whole
+    // batch's (the mean of N shard means against one mean, and likewise for every weight gradient). Measured
+    // here: losses within 1e-7 relative, gradient norms within 4e-7 relative, weights within 4.3e-7 absolute
+    // after 5 steps (weights ~0.05, moved up to 9e-3). Adam's eps is 1e-5 in this test: with the default 1e-8,
+    // a gradient element that is zero up to rounding (~1e-9) gets a step of about lr whatever its sign, so
+    // such elements differ by up to 5e-4 after 5 steps however exact the all-reduce is.
+    private const double LossTolerance = 1e-6, NormTolerance = 2e-6, WeightTolerance = 2e-6;
 
     [Theory]
     [InlineData(2)]
