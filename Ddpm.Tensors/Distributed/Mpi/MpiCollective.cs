@@ -50,7 +50,7 @@ public sealed unsafe class MpiCollective : ICollective
             MpiNative.Check(MpiNative.MPI_Comm_size(MpiNative.CommWorld, out size), "MPI_Comm_size");
             var text = stackalloc byte[8192];
             library = MpiNative.MPI_Get_library_version(text, out int len) == MpiNative.Success
-                ? System.Text.Encoding.ASCII.GetString(text, Math.Clamp(len, 0, 8192)).Split('\n')[0].Trim()
+                ? System.Text.Encoding.ASCII.GetString(text, Math.Clamp(len, 0, 8192)).Split('\n')[0].Replace('\t', ' ').Trim()
                 : "MPICH";
         }
         catch (DllNotFoundException e)
