@@ -24,6 +24,18 @@ public sealed record DataParallel(ICollective Collective, int ChecksumEvery = 10
     /// <summary>Rank 0 writes checkpoints, samples, logs and the console; the others stay quiet.</summary>
     public bool IsRoot => Collective.Rank == 0;
 
+    /// <summary>
+    /// Whether <paramref name="flag"/> is set on any rank (a stop request seen by one rank, from Ctrl-C or a
+    /// signal, so that all ranks stop after the same step). Collective: all ranks must call it.
+    /// </summary>
+    public bool AnyRank(bool flag)
+    {
+        if (Size == 1) return flag;
+        Span<float> f = [flag ? 1f : 0f];
+        Collective.AllReduce(f, ReduceOp.Sum);
+        return f[0] > 0f;
+    }
+
     /// <summary>The shard [start, start + count) of a global batch that this rank trains on.</summary>
     public (int Start, int Count) ShardOf(int globalBatch)
     {

@@ -59,6 +59,17 @@ public sealed class CollectiveTests
     }
 
     [Fact]
+    public void AStopRequestOnOneRankStopsEveryRank()
+    {
+        var results = new InProcessRanks(3).Run(c =>
+        {
+            var dp = new Ddpm.Diffusion.Training.DataParallel(c);
+            return (dp.AnyRank(false), dp.AnyRank(c.Rank == 1), dp.IsRoot);
+        });
+        Assert.Equal([(false, true, true), (false, true, false), (false, true, false)], results);
+    }
+
+    [Fact]
     public void TheLaunchEnvironmentIsReadFromTheLaunchersVariables()
     {
         LaunchEnvironment? Detect(params (string, string)[] vars) =>
