@@ -17,29 +17,6 @@ namespace Ddpm.Tests.Distributed;
 /// </summary>
 public sealed class DataParallelTrainingTests(ITestOutputHelper output)
 {
-    /// <summary>Uniform [-1, 1) images from a Philox stream, the same for every source with the same seed.</summary>
-    private sealed class Batches(int channels, int size, ulong seed) : IBatchSource
-    {
-        private long _next;
-
-        public int Channels => channels;
-        public int Height => size;
-        public int Width => size;
-        public int Count => int.MaxValue;
-
-        public void NextBatch(int batchSize, Span<float> dst)
-        {
-            Philox.FillUniform(dst, seed, (ulong)(_next++ * dst.Length));
-            for (int i = 0; i < dst.Length; i++) dst[i] = 2f * dst[i] - 1f;
-        }
-
-        public (long Epoch, long Index) Position
-        {
-            get => (0, _next);
-            set => _next = value.Index;
-        }
-    }
-
     [Fact]
     public void AShardDrawsExactlyItsSamplesNumbersOfTheWholeBatch()
     {
@@ -82,7 +59,7 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
         var cfg = GoldenTestsBase.TinyConfig;
         using var be = new CpuBackend(1);
         using var model = new UNet(be, cfg, new PhiloxGenerator(1));
-        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new Batches(1, cfg.ImageSize, 2),
+        using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new SyntheticBatches(1, cfg.ImageSize, 2),
             Config(batch), new DataParallel(coll, ChecksumEvery: 2));
         var losses = new float[steps];
         var norms = new double[steps];
@@ -164,7 +141,7 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
             using var be = new CpuBackend(1);
             // Rank 2 builds its model from another seed.
             using var model = new UNet(be, cfg, new PhiloxGenerator(c.Rank == 2 ? 9ul : 1ul));
-            using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new Batches(1, cfg.ImageSize, 2),
+            using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new SyntheticBatches(1, cfg.ImageSize, 2),
                 Config(3), new DataParallel(c, ChecksumEvery: 10));
             return Record.Exception(() => trainer.Step());
         });
