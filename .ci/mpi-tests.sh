@@ -25,7 +25,7 @@ pass() { echo "PASS $1"; passed=$((passed + 1)); }
 flunk() { echo "FAIL $1"; failed=$((failed + 1)); }
 
 # One thread per rank, so 2 ranks and 1 rank compute on the same kernels; no sample grids (not what is compared).
-common=(train --preset tiny --backend cpu --threads 1 --steps 6 --warmup 2 --lr-schedule constant --sample-every 0 --samples 4 --sample-steps 2
+common=(train --preset tiny --backend cpu --threads 1 --warmup 2 --lr-schedule constant --sample-every 0 --samples 4 --sample-steps 2
         --checkpoint-every 3 --log-every 1 --seed 3)
 
 # Losses of two loss.csv files agree within a relative tolerance: float summation order differs between one mean
@@ -40,9 +40,9 @@ same_losses() {
 }
 
 # 1. 2 ranks x 4 images against 1 rank x 8 images.
-dotnet "$tool" "${common[@]}" --batch 8 --distributed none --out "$work/one" > "$work/one.log" 2>&1 \
+dotnet "$tool" "${common[@]}" --steps 6 --batch 8 --distributed none --out "$work/one" > "$work/one.log" 2>&1 \
   || { cat "$work/one.log"; flunk "1-rank run"; }
-mpiexec -n 2 dotnet "$tool" "${common[@]}" --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
+mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 6 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; flunk "2-rank run"; }
 if [ -f "$work/one/loss.csv" ] && [ -f "$work/two/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/two/loss.csv"; then
   pass "2 ranks with batch 8 give 1 rank's losses"
@@ -68,13 +68,13 @@ else
 fi
 
 # 3. The messages: an indivisible batch, and a launcher the MPI library does not belong to.
-out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --batch 5 --out "$work/odd" 2>&1); rc=$?
+out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 6 --batch 5 --out "$work/odd" 2>&1); rc=$?
 if [ $rc -ne 0 ] && echo "$out" | grep -q -- "--batch 5 (the global batch) does not divide over 2 ranks; use a multiple of 2."; then
   pass "an indivisible batch is refused with its sizes"
 else
   echo "$out"; flunk "an indivisible batch is refused with its sizes (exit $rc)"
 fi
-out=$(OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=0 dotnet "$tool" "${common[@]}" --batch 8 --out "$work/mismatch" 2>&1); rc=$?
+out=$(OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=0 dotnet "$tool" "${common[@]}" --steps 6 --batch 8 --out "$work/mismatch" 2>&1); rc=$?
 if [ $rc -ne 0 ] && echo "$out" | grep -q "started 2 ranks but MPI (libmpich.so.12) sees 1"; then
   pass "a launcher/library mismatch is refused"
 else

@@ -13,19 +13,43 @@ public static class TrainCommand
 {
     public static int Run(TrainOptions o, ToolConsole con)
     {
+        using var collective = ToolCollective.Create(o.Distributed);
+        var dp = new DataParallel(collective);
+        if (dp.Size == 1) return RunRank(o, con, dp);
+        try
+        {
+            // Rank 0 speaks for the job: an error every rank meets alike (a bad option) is printed once, by it.
+            return RunRank(o, dp.IsRoot ? con : ToolCollective.Quiet(con), dp);
+        }
+        catch (Exception e) when (e is not UsageError)
+        {
+            // A rank that fails alone would leave the others waiting in a collective: it names itself and ends the job.
+            con.Err.WriteLine($"ddpm-tool: rank {dp.Rank} of {dp.Size}: {e.Message}");
+            collective.Abort(ExitCodes.Failed);
+            throw;
+        }
+    }
+
+    private static int RunRank(TrainOptions o, ToolConsole con, DataParallel dp)
+    {
         var plan = TrainPlan.Resolve(o);
+        if (plan.Training.BatchSize % dp.Size != 0)
+            throw new UsageError($"--batch {plan.Training.BatchSize} (the global batch) does not divide over {dp.Size} ranks; use a multiple of {dp.Size}.");
+        if (!dp.IsRoot) return RunWorker(o, plan, con, dp);
         using var folder = OutputFolder.Lock(plan.OutFolder);
         int stale = folder.RemoveStaleTemporaries();
         using var be = ToolBackends.Create(o);
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
         var diffusion = new DenoiseDiffusion(unet, plan.Diffusion);
-        using var trainer = new Trainer(diffusion, new LoaderBatchSource(plan.Loader), plan.Training);
+        using var trainer = new Trainer(diffusion, new LoaderBatchSource(plan.Loader), plan.Training, dp);
         if (plan.Resume is not null)
         {
             try { plan.Resume.RestoreInto(trainer); }
             catch (InvalidDataException e) { throw new UserError(e.Message, e); }
         }
         PrintHeader(plan, unet, be, trainer, con);
+        if (dp.Size > 1)
+            con.Out.WriteLine($"  data-parallel: {dp.Size} ranks ({dp.Collective.Name}), {plan.Training.BatchSize / dp.Size} images per rank per step");
         if (stale > 0) con.Out.WriteLine($"  removed {stale} temporary file(s) a stopped run left in {plan.OutFolder}");
         var samples = new SampleGrids(o.Samples, o.SampleSteps, o.Scale ?? ImageGrid.AutoScale);
 
@@ -39,7 +63,7 @@ public static class TrainCommand
         {
             while (trainer.StepCount < plan.TotalSteps)
             {
-                if (con.Cancel.IsCancellationRequested) { interrupted = true; break; }
+                if (dp.AnyRank(con.Cancel.IsCancellationRequested)) { interrupted = true; break; }
                 var s = trainer.Step();
                 if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
                 log.Add(s);
@@ -84,6 +108,22 @@ public static class TrainCommand
         con.Out.WriteLine($"done: {trainer.StepCount:N0} steps in {Duration.Format(progress.Elapsed)}; final loss (smoothed) {loss.Value:F4}.");
         con.Out.WriteLine($"  {Path.Combine(plan.OutFolder, "samples.png")}, loss.png, loss.csv, checkpoint.safetensors, model.safetensors ({(trainer.HasEma ? "EMA " : "")}weights)");
         return 0;
+    }
+
+    /// <summary>A rank other than 0: the same steps and collectives as rank 0, and no files.</summary>
+    private static int RunWorker(TrainOptions o, TrainPlan plan, ToolConsole con, DataParallel dp)
+    {
+        using var be = ToolBackends.Create(o);
+        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
+        using var trainer = new Trainer(new DenoiseDiffusion(unet, plan.Diffusion), new LoaderBatchSource(plan.Loader), plan.Training, dp);
+        plan.Resume?.RestoreInto(trainer);
+        while (trainer.StepCount < plan.TotalSteps)
+        {
+            if (dp.AnyRank(con.Cancel.IsCancellationRequested)) return ExitCodes.Interrupted;
+            // The loss is the global mean, so rank 0 sees the same divergence and reports it.
+            if (!float.IsFinite(trainer.Step().Loss)) return ExitCodes.Failed;
+        }
+        return ExitCodes.Ok;
     }
 
     private static bool SameFile(string? a, string b) =>

@@ -76,6 +76,9 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("resume", HelpText = "Continue from a training checkpoint (its configs are used).")]
     public string? Resume { get; set; }
 
+    [Option("distributed", HelpText = "Data-parallel training: mpi (this process is one rank of an MPI job; --batch is the global batch) or none. Default: mpi when an MPI launcher started several ranks (mpiexec, srun --mpi=pmi2), none otherwise.")]
+    public DistributedMode? Distributed { get; set; }
+
     [Option("sample-every", Default = 1000, HelpText = "Write a sample grid every N steps (0: only at the end).")]
     public int SampleEvery { get; set; }
 
