@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
-if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep -q 'libmpich\.so\.12'; then
+if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
   echo "0 passed, 0 failed, 5 skipped"
   exit 0
