@@ -299,7 +299,10 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
     [InlineData(new[] { "train", "--image-size", "30" }, "--image-size 30 must be divisible by 4")]
     [InlineData(new[] { "bench", "--mode", "fly" }, "bad value for --mode")]
-    public void BadUsageIsOneLineAndExitCode2(string[] args, string message)
+    public void BadUsageIsOneLineAndExitCode2(string[] args, string message) => AssertBadUsage(args, message);
+
+    /// <summary>The tool refuses <paramref name="args"/> with exit code 2 and one line containing <paramref name="message"/>.</summary>
+    internal static void AssertBadUsage(string[] args, string message)
     {
         var (code, output, err) = Run(args);
         Assert.Equal(2, code);
