@@ -18,12 +18,16 @@ public enum BenchMode
     Sample,
     /// <summary>One SGEMM of --size cubed.</summary>
     Gemm,
+    /// <summary>One all-reduce (average) of the model's gradient buffer over the ranks of an MPI job.</summary>
+    AllReduce,
 }
 
 [Verb("bench", HelpText = "Median seconds per training step or sampling step (images/s), or SGEMM GFLOP/s.")]
 public sealed class BenchOptions : ModelOptions
 {
-    [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam), sample (one reverse step, no grad) or gemm.")]
+    [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam; data-parallel with its all-reduce's share when " +
+        "started by an MPI launcher), sample (one reverse step, no grad), gemm, or allreduce (the model's gradient buffer averaged over " +
+        "the ranks of an MPI job: time and bandwidth).")]
     public BenchMode Mode { get; set; } = BenchMode.Train;
 
     [Option("batch", HelpText = "Batch size (default: the preset's).")]
@@ -47,6 +51,10 @@ public sealed class BenchOptions : ModelOptions
 
     [Option("profile-top", Default = 25, HelpText = "Rows of the --profile table (the rest are summed in one line).")]
     public int ProfileTop { get; set; }
+
+    [Option("distributed", HelpText = "train and allreduce: mpi (one rank of an MPI job; --batch is the global batch) or none. " +
+        "Default: mpi when an MPI launcher started several ranks.")]
+    public DistributedMode? Distributed { get; set; }
 }
 
 public static class BenchCommand
@@ -62,14 +70,42 @@ public static class BenchCommand
         if (mode == "train" && o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
             MemoryEstimate.Require(MemoryEstimate.TrainingBytes(cfg, batch), $"training a {cfg.ParameterCount():N0}-parameter model with --batch {batch}");
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
+        if (mode is "sample" or "gemm" && o.Distributed == DistributedMode.Mpi)
+            throw new UsageError($"--distributed mpi applies to --mode train and allreduce, not {mode}.");
+        using var collective = mode is "train" or "allreduce" ? new TimedCollective(ToolCollective.Create(o.Distributed)) : null;
+        int ranks = collective?.Size ?? 1;
+        if (mode == "allreduce" && ranks < 2)
+            throw new UsageError("--mode allreduce times an all-reduce between ranks: start it with an MPI launcher, e.g. mpiexec -n 2 ddpm-tool bench --mode allreduce.");
+        if (mode == "train" && batch % ranks != 0)
+            throw new UsageError($"--batch {batch} does not divide into {ranks} ranks (it is the global batch).");
+        if (collective is { Rank: > 0 }) con = ToolCollective.Quiet(con);
         var raw = ToolBackends.Create(o);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
         using IBackend be = profiler ?? raw;
         var times = new List<double>();
+        var allReduceTimes = new List<double>();
         double flops = 0;
         long parameters = 0;
 
-        if (mode == "gemm")
+        if (mode == "allreduce")
+        {
+            int count = checked((int)cfg.ParameterCount());
+            var grad = be.Allocate(count);
+            var host = new float[count];
+            Philox.FillNormal(host, (ulong)collective!.Rank + 1, 0);
+            be.Upload(host, grad, 0);
+            for (int i = 0; i < o.Warmup + o.Steps; i++)
+            {
+                collective.Barrier();
+                var sw = Stopwatch.StartNew();
+                collective.AllReduce(grad, 0, count, Tensors.Distributed.ReduceOp.Average);
+                be.Synchronize();
+                if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
+            }
+            grad.Release();
+            parameters = count;
+        }
+        else if (mode == "gemm")
         {
             int n = o.Size;
             if (n <= 0) throw new UsageError($"--size must be positive, got {n}.");
@@ -97,12 +133,18 @@ public static class BenchCommand
             {
                 using var trainer = new Trainer(diffusion, new SyntheticBatches(cfg.ImageChannels, cfg.ImageSize, 1),
                     // As the peers measure it: forward + backward + Adam, no EMA copy and no gradient clipping.
-                    new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f });
+                    new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f },
+                    new DataParallel(collective!, ChecksumEvery: 0));
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
                     if (i == o.Warmup) profiler?.Start();
+                    collective!.Reset();
                     var s = trainer.Step();
-                    if (i >= o.Warmup) times.Add(s.Seconds);
+                    if (i >= o.Warmup)
+                    {
+                        times.Add(s.Seconds);
+                        allReduceTimes.Add(collective.BufferSeconds);
+                    }
                 }
             }
             else
@@ -127,9 +169,7 @@ public static class BenchCommand
         }
 
         profiler?.Stop();
-        times.Sort();
-        double median = times[times.Count / 2];
-        if (times.Count % 2 == 0) median = 0.5 * (times[times.Count / 2 - 1] + times[times.Count / 2]);
+        double median = Median(times);
         long peak = Process.GetCurrentProcess().PeakWorkingSet64;
         var inv = CultureInfo.InvariantCulture;
         con.Out.WriteLine($"bench {mode} on {be.Description}");
@@ -137,26 +177,51 @@ public static class BenchCommand
         {
             double gflops = flops / median / 1e9;
             con.Out.WriteLine(string.Format(inv, "  SGEMM {0}^3: median {1:F4} s over {2} runs = {3:F1} GFLOP/s (min {4:F4} s, max {5:F4} s)",
-                o.Size, median, times.Count, gflops, times[0], times[^1]));
+                o.Size, median, times.Count, gflops, times.Min(), times.Max()));
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new { mode, backend = be.Name, size = o.Size, threads = o.Threads, median_s = median, gflops }));
+        }
+        else if (mode == "allreduce")
+        {
+            // Algorithm bandwidth: bytes / time; bus bandwidth: what each link carries in a ring, 2 (N - 1) / N of it.
+            double bytes = 4.0 * parameters, algbw = bytes / median / 1e9, busbw = algbw * 2.0 * (ranks - 1) / ranks;
+            con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {parameters:N0} gradient floats ({bytes / 1e6:F1} MB), {ranks} rank{(ranks == 1 ? "" : "s")} ({collective!.Name})");
+            con.Out.WriteLine(string.Format(inv, "  all-reduce (average): median {0:F2} ms over {1} runs (min {2:F2} ms, max {3:F2} ms); algorithm bandwidth {4:F2} GB/s, bus bandwidth {5:F2} GB/s",
+                median * 1e3, times.Count, times.Min() * 1e3, times.Max() * 1e3, algbw, busbw));
+            if (o.Json)
+                con.Out.WriteLine(JsonSerializer.Serialize(new
+                {
+                    mode, preset = o.Preset ?? preset.Name, backend = be.Name, ranks, collective = collective.Name, floats = parameters,
+                    median_s = median, algbw_gb_per_s = algbw, busbw_gb_per_s = busbw,
+                }));
         }
         else
         {
             double ips = batch / median;
             con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {cfg}, {parameters:N0} parameters");
             con.Out.WriteLine(string.Format(inv, "  {0} step, batch {1}: median {2:F4} s over {3} runs = {4:F2} images/s (min {5:F4} s, max {6:F4} s); peak memory {7:F2} GB",
-                mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times[0], times[^1], peak / 1e9));
+                mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times.Min(), times.Max(), peak / 1e9));
+            double? allReduce = ranks > 1 ? Median(allReduceTimes) : null;
+            if (allReduce is { } ar)
+                con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks ({1}), {2} images per rank; the gradient all-reduce takes a median {3:F1} ms of the step ({4:F1} %)",
+                    ranks, collective!.Name, batch / ranks, ar * 1e3, 100 * ar / median));
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
                 {
                     mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
-                    peak_memory_bytes = peak,
+                    peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce,
                 }));
         }
         return 0;
+
+        static double Median(List<double> v)
+        {
+            var sorted = v.Order().ToList();
+            int h = sorted.Count / 2;
+            return sorted.Count % 2 == 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h]);
+        }
 
         void PrintProfile()
         {

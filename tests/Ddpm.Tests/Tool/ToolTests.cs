@@ -299,6 +299,8 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
     [InlineData(new[] { "train", "--image-size", "30" }, "--image-size 30 must be divisible by 4")]
     [InlineData(new[] { "bench", "--mode", "fly" }, "bad value for --mode")]
+    [InlineData(new[] { "bench", "--mode", "allreduce", "--distributed", "none" }, "start it with an MPI launcher")]
+    [InlineData(new[] { "bench", "--mode", "gemm", "--distributed", "mpi" }, "--distributed mpi applies to --mode train and allreduce")]
     public void BadUsageIsOneLineAndExitCode2(string[] args, string message) => AssertBadUsage(args, message);
 
     /// <summary>The tool refuses <paramref name="args"/> with exit code 2 and one line containing <paramref name="message"/>.</summary>
