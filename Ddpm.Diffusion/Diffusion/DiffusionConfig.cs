@@ -70,7 +70,7 @@ public sealed record DiffusionConfig
     /// <summary>The paper's sampler with the usual fixes: data in [-1, 1], clip x0, no noise at the last step.</summary>
     public static DiffusionConfig Improved => new();
 
-    public (float Lo, float Hi) Range => DataRange == DataRange.MinusOneToOne ? (-1f, 1f) : (0f, 1f);
+    [JsonIgnore] public (float Lo, float Hi) Range => DataRange == DataRange.MinusOneToOne ? (-1f, 1f) : (0f, 1f);
 
     /// <summary>Most diffusion steps; the schedules are arrays of this length.</summary>
     public const int MaxSteps = 1_000_000;

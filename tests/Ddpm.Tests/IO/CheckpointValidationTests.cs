@@ -238,4 +238,23 @@ public sealed class CheckpointValidationTests : IDisposable
         Assert.Equal(1L, trainer.StepCount);
         Assert.Equal(JsonSerializer.Serialize(Tiny), JsonSerializer.Serialize(ckpt.Model));
     }
+
+    [Fact]
+    public void TheDiffusionHeaderHoldsOnlyConfigKeys()
+    {
+        var (_, file) = TrainingCheckpoint();
+        var keys = JsonNode.Parse(file.Metadata["diffusion"])!.AsObject().Select(p => p.Key).ToList();
+        // The data range's bounds are derived from data_range, not a setting of their own.
+        Assert.DoesNotContain("Range", keys);
+        Assert.Contains("data_range", keys);
+        // A header written with the derived bounds as an empty object still loads.
+        string old = Rewrite(file, m =>
+        {
+            var o = JsonNode.Parse(m["diffusion"])!.AsObject();
+            o["Range"] = new JsonObject();
+            m["diffusion"] = o.ToJsonString();
+            return m;
+        });
+        Assert.Equal(DataRange.MinusOneToOne, Checkpoint.Load(old).Diffusion!.DataRange);
+    }
 }
