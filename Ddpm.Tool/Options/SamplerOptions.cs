@@ -24,7 +24,7 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
         _ => throw new UsageError($"--sampler is ddim, dpm++ or ddpm, not '{text}'."),
     };
 
-    [Option("eta", Default = 0f, HelpText = "DDIM eta: 0 deterministic, 1 like DDPM.")]
+    [Option("eta", Default = 0f, HelpText = "DDIM eta: 0 deterministic (the default), 1 like DDPM; ddim only.")]
     public float Eta { get; set; }
 
     [Option("seed", Default = 0UL, HelpText = "Seed of the starting noise and every step's noise.")]
@@ -75,7 +75,9 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
     public override void CheckCommon()
     {
         base.CheckCommon();
-        ParseSampler(SamplerText); // an unknown --sampler is refused before anything is loaded
+        // An unknown --sampler is refused before anything is loaded.
+        if (ParseSampler(SamplerText) == SamplerKind.DpmSolver && Eta != 0)
+            throw new UsageError($"--eta {Eta} is DDIM's noise; --sampler dpm++ is deterministic (drop --eta).");
         if (Steps <= 0) throw new UsageError($"--steps must be positive, got {Steps}.");
         if (!(Eta >= 0 && float.IsFinite(Eta))) throw new UsageError($"--eta must be a number >= 0, got {Eta}.");
     }
