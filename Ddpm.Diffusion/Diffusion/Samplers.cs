@@ -193,13 +193,14 @@ public sealed class Sampler
                 using var eps = _d.PredictEps(x, ts);
                 using var x0Raw = _d.PredictX0(x, ts, eps);
                 var d = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
-                // First order at the first step (no earlier prediction) and at the last, which lands on the data.
-                bool second = prevD is not null && i > 0;
-                var c = DpmSolverStep(ab[t], i > 0 ? ab[seq[i - 1]] : 1.0, second ? ab[seq[i + 1]] : null);
                 Tensor next;
-                if (c.X == 0 && c.D1 == 0 && c.D0 == 1) next = d.Detach();
+                // The last step lands on the data (alpha_bar 1): the result is the data prediction itself.
+                if (i == 0) next = d.Detach();
                 else
                 {
+                    // First order at the first step, which has no earlier prediction.
+                    bool second = prevD is not null;
+                    var c = DpmSolverStep(ab[t], ab[seq[i - 1]], second ? ab[seq[i + 1]] : null);
                     using var a = x * (float)c.X;
                     using var b = d * (float)c.D0;
                     next = a + b;
