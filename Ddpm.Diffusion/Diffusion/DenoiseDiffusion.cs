@@ -10,12 +10,22 @@ namespace Ddpm.Diffusion.Diffusion;
 /// </summary>
 public sealed class DenoiseDiffusion
 {
-    public DenoiseDiffusion(UNet epsModel, DiffusionConfig config)
+    /// <param name="network">
+    /// The function whose output the sampler reads as eps or v (per <see cref="DiffusionConfig.Prediction"/>);
+    /// the UNet's forward pass when null. Another function (an analytic denoiser) is sampled with the same code.
+    /// </param>
+    public DenoiseDiffusion(UNet epsModel, DiffusionConfig config, NetworkFunction? network = null)
     {
         EpsModel = epsModel;
         Config = config;
         Schedule = new NoiseSchedule(config);
+        _network = network;
     }
+
+    /// <summary>The network's output for x_t at timesteps t: [N, C, H, W].</summary>
+    public delegate Tensor NetworkFunction(Tensor xt, ReadOnlySpan<int> t);
+
+    private readonly NetworkFunction? _network;
 
     public UNet EpsModel { get; }
     public DiffusionConfig Config { get; }
@@ -70,7 +80,7 @@ public sealed class DenoiseDiffusion
     /// </summary>
     public Tensor PredictEps(Tensor xt, ReadOnlySpan<int> t)
     {
-        var y = EpsModel.Forward(xt, t);
+        var y = _network is null ? EpsModel.Forward(xt, t) : _network(xt, t);
         if (Config.Prediction == Prediction.Eps) return y;
         using (y) return EpsFromV(xt, t, y);
     }
@@ -149,15 +159,38 @@ public sealed class DenoiseDiffusion
 
     /// <summary>
     /// L_simple = mean((eps - eps_theta(sqrt(ab) x0 + sqrt(1-ab) eps, t))^2), shape [1]; for a v model the
-    /// same mean squared error against the v target.
+    /// same mean squared error against the v target. With <see cref="LossWeighting.MinSnr"/> each sample's mean
+    /// squared error is multiplied by its <see cref="LossWeight"/> before the mean over the batch.
     /// </summary>
     public Tensor Loss(Tensor x0, ReadOnlySpan<int> t, Tensor noise)
     {
         using var xt = QSample(x0, t, noise);
         using var output = EpsModel.Forward(xt, t);
-        if (Config.Prediction == Prediction.Eps) return Ops.MseLoss(noise, output);
+        if (Config.Prediction == Prediction.Eps) return WeightedMse(noise, output, t);
         using var target = VTarget(x0, t, noise);
-        return Ops.MseLoss(target, output);
+        return WeightedMse(target, output, t);
+    }
+
+    /// <summary>mean((target - output)^2), each sample's squared error times its <see cref="LossWeight"/> unless uniform.</summary>
+    private Tensor WeightedMse(Tensor target, Tensor output, ReadOnlySpan<int> t)
+    {
+        if (Config.LossWeighting == LossWeighting.Uniform) return Ops.MseLoss(target, output);
+        using var d = target - output;
+        using var sq = Ops.Square(d);
+        using var w = PerSample(t, LossWeight);
+        using var weighted = w * sq;
+        return Ops.Mean(weighted);
+    }
+
+    /// <summary>
+    /// The loss weight of timestep t: 1 for uniform weighting; for Min-SNR-gamma, with SNR = alpha_bar / (1 -
+    /// alpha_bar), min(SNR, gamma) / SNR (eps prediction) or min(SNR, gamma) / (SNR + 1) (v prediction).
+    /// </summary>
+    public double LossWeight(int t)
+    {
+        if (Config.LossWeighting == LossWeighting.Uniform) return 1;
+        double ab = Schedule.AlphaBar[t], snr = ab / (1 - ab);
+        return Math.Min(snr, Config.MinSnrGamma) / (Config.Prediction == Prediction.Eps ? snr : snr + 1);
     }
 
     /// <summary>L_simple with t ~ U{0..T-1} and eps ~ N(0, I) drawn from <paramref name="gen"/>.</summary>

@@ -35,6 +35,20 @@ public enum Prediction
     V,
 }
 
+/// <summary>How the training loss weights each sample's squared error by its timestep.</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<LossWeighting>))]
+public enum LossWeighting
+{
+    /// <summary>Every sample counts the same (the seed's L_simple).</summary>
+    Uniform,
+    /// <summary>
+    /// Min-SNR-gamma (Hang et al. 2023): with SNR_t = alpha_bar / (1 - alpha_bar), weight min(SNR, gamma) / SNR
+    /// for eps prediction and min(SNR, gamma) / (SNR + 1) for v prediction, so the low-noise timesteps do not
+    /// dominate the gradient.
+    /// </summary>
+    MinSnr,
+}
+
 /// <summary>The forward and reverse process options. <see cref="LabmlExact"/> reproduces the seed exactly.</summary>
 public sealed record DiffusionConfig
 {
@@ -55,6 +69,13 @@ public sealed record DiffusionConfig
     [JsonPropertyName("float32_schedule")] public bool Float32Schedule { get; init; }
     /// <summary>The network's target: eps (the seed) or v. Checkpoints without the field are eps models.</summary>
     [JsonPropertyName("prediction")] public Prediction Prediction { get; init; } = Prediction.Eps;
+    /// <summary>The training loss's per-timestep weighting. Checkpoints without the field were trained uniformly.</summary>
+    [JsonPropertyName("loss_weighting")] public LossWeighting LossWeighting { get; init; } = LossWeighting.Uniform;
+    /// <summary>gamma of the Min-SNR weighting (used only with <see cref="LossWeighting.MinSnr"/>).</summary>
+    [JsonPropertyName("min_snr_gamma")] public double MinSnrGamma { get; init; } = DefaultMinSnrGamma;
+
+    /// <summary>The paper's gamma.</summary>
+    public const double DefaultMinSnrGamma = 5;
 
     /// <summary>The seed's behaviour: linear float32 schedule, sigma^2 = beta, no clipping, noise at t = 0, data in [0, 1].</summary>
     public static DiffusionConfig LabmlExact => new()
@@ -88,5 +109,7 @@ public sealed record DiffusionConfig
         if (!Enum.IsDefined(Variance)) throw new ConfigValueException("variance", $"{(int)Variance} is not FixedLarge or FixedSmall.");
         if (!Enum.IsDefined(DataRange)) throw new ConfigValueException("data_range", $"{(int)DataRange} is not MinusOneToOne or ZeroToOne.");
         if (!Enum.IsDefined(Prediction)) throw new ConfigValueException("prediction", $"{(int)Prediction} is not Eps or V.");
+        if (!Enum.IsDefined(LossWeighting)) throw new ConfigValueException("loss_weighting", $"{(int)LossWeighting} is not Uniform or MinSnr.");
+        if (!(MinSnrGamma > 0 && double.IsFinite(MinSnrGamma))) throw new ConfigValueException("min_snr_gamma", $"{MinSnrGamma} is not a positive number.");
     }
 }

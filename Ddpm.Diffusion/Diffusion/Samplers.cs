@@ -8,7 +8,18 @@ public enum SamplerKind
     Ddpm,
     /// <summary>DDIM (Song et al.) on a uniform ("leading") subsequence of timesteps, with eta.</summary>
     Ddim,
+    /// <summary>
+    /// DPM-Solver++(2M) (Lu et al. 2022): deterministic multistep second-order solver of the probability-flow
+    /// ODE in data prediction, on the same timesteps as DDIM, one model evaluation per step.
+    /// </summary>
+    DpmSolver,
 }
+
+/// <summary>
+/// One DPM-Solver++(2M) step as x_next = X x + D0 d_cur + D1 d_prev, where d_cur and d_prev are the data
+/// predictions at the current and the previous (noisier) timestep.
+/// </summary>
+public readonly record struct DpmSolverCoefficients(double X, double D0, double D1);
 
 /// <summary>Progress of a sampling run: the step being done, out of how many.</summary>
 public readonly record struct SampleProgress(int Step, int Of, int T);
@@ -48,7 +59,13 @@ public sealed class Sampler
         var x = Tensor.RandN(be, shape, gen);
         try
         {
-            return kind == SamplerKind.Ddpm ? RunDdpm(ref x, gen, progress, onStep) : RunDdim(ref x, gen, steps, eta, progress, onStep);
+            return kind switch
+            {
+                SamplerKind.Ddpm => RunDdpm(ref x, gen, progress, onStep),
+                SamplerKind.Ddim => RunDdim(ref x, gen, steps, eta, progress, onStep),
+                SamplerKind.DpmSolver => RunDpmSolver(ref x, steps, progress, onStep),
+                _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Unknown sampler."),
+            };
         }
         catch
         {
@@ -132,6 +149,79 @@ public sealed class Sampler
             x.Dispose();
             x = scope.Keep(next);
             progress?.Invoke(new SampleProgress(seq.Length - i, seq.Length, t));
+        }
+        return x;
+    }
+
+    /// <summary>
+    /// The coefficients of the DPM-Solver++(2M) step from alpha_bar <paramref name="abFrom"/> to
+    /// <paramref name="abTo"/> (1 for the final step to the data), in double precision. With
+    /// <paramref name="abBefore"/> (alpha_bar of the previous, noisier timestep, whose data prediction is d_prev)
+    /// the step is the second-order midpoint update, otherwise first order (DDIM in data prediction). With
+    /// alpha_t = sqrt(ab), sigma_t = sqrt(1 - ab), lambda = log(alpha / sigma) and h = lambda_to - lambda_from:
+    /// x_to = (sigma_to / sigma_from) x - alpha_to (e^-h - 1) (d_cur + (d_cur - d_prev) / (2 r)),
+    /// r = (lambda_from - lambda_before) / h. The final step (sigma_to = 0) returns d_cur.
+    /// </summary>
+    public static DpmSolverCoefficients DpmSolverStep(double abFrom, double abTo, double? abBefore)
+    {
+        if (!(abFrom > 0 && abFrom < 1)) throw new ArgumentOutOfRangeException(nameof(abFrom), $"alpha_bar {abFrom} is not in (0, 1).");
+        if (!(abTo > abFrom && abTo <= 1)) throw new ArgumentOutOfRangeException(nameof(abTo), $"alpha_bar {abTo} is not in ({abFrom}, 1].");
+        if (abTo == 1) return new DpmSolverCoefficients(0, 1, 0);
+        static double Lambda(double ab) => 0.5 * (Math.Log(ab) - Math.Log(1 - ab));
+        double alphaTo = Math.Sqrt(abTo), sigmaTo = Math.Sqrt(1 - abTo), sigmaFrom = Math.Sqrt(1 - abFrom);
+        double h = Lambda(abTo) - Lambda(abFrom);
+        double first = -alphaTo * (Math.Exp(-h) - 1);
+        if (abBefore is not { } before) return new DpmSolverCoefficients(sigmaTo / sigmaFrom, first, 0);
+        if (!(before > 0 && before < abFrom)) throw new ArgumentOutOfRangeException(nameof(abBefore), $"alpha_bar {before} is not in (0, {abFrom}).");
+        double r = (Lambda(abFrom) - Lambda(before)) / h;
+        return new DpmSolverCoefficients(sigmaTo / sigmaFrom, first * (1 + 0.5 / r), -first * 0.5 / r);
+    }
+
+    private Tensor RunDpmSolver(ref Tensor x, int steps, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep)
+    {
+        var seq = DdimTimesteps(_d.Steps, steps);
+        var ab = _d.Schedule.AlphaBar;
+        var (lo, hi) = _d.Config.Range;
+        Tensor? prevD = null;
+        try
+        {
+            for (int i = seq.Length - 1; i >= 0; i--)
+            {
+                using var scope = new TensorScope();
+                int t = seq[i];
+                var ts = Fill(x.Shape[0], t);
+                using var eps = _d.PredictEps(x, ts);
+                using var x0Raw = _d.PredictX0(x, ts, eps);
+                var d = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
+                Tensor next;
+                // The last step lands on the data (alpha_bar 1): the result is the data prediction itself.
+                if (i == 0) next = d.Detach();
+                else
+                {
+                    // First order at the first step, which has no earlier prediction.
+                    bool second = prevD is not null;
+                    var c = DpmSolverStep(ab[t], ab[seq[i - 1]], second ? ab[seq[i + 1]] : null);
+                    using var a = x * (float)c.X;
+                    using var b = d * (float)c.D0;
+                    next = a + b;
+                    if (second)
+                    {
+                        using var e = prevD! * (float)c.D1;
+                        using var sum = next;
+                        next = sum + e;
+                    }
+                }
+                onStep?.Invoke(t, next, d);
+                x.Dispose();
+                x = scope.Keep(next);
+                prevD?.Dispose();
+                prevD = scope.Keep(d);
+                progress?.Invoke(new SampleProgress(seq.Length - i, seq.Length, t));
+            }
+        }
+        finally
+        {
+            prevD?.Dispose();
         }
         return x;
     }

@@ -6,13 +6,25 @@ namespace Ddpm.Tool;
 /// <summary>How to run the reverse process; eval has them with an optional checkpoint.</summary>
 public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
 {
-    [Option("sampler", Default = SamplerKind.Ddim, HelpText = "ddim (few steps, fast) or ddpm (all T ancestral steps).")]
-    public SamplerKind Sampler { get; set; } = SamplerKind.Ddim;
+    [Option("sampler", Default = "ddim", HelpText = "ddim (few steps, fast; the default), dpm++ (DPM-Solver++(2M): deterministic, second order, the same steps as ddim) or ddpm (all T ancestral steps).")]
+    public string SamplerText { get; set; } = "ddim";
 
-    [Option("steps", Default = 50, HelpText = "DDIM steps (ddpm always takes T).")]
+    [Option("steps", Default = 50, HelpText = "DDIM or DPM-Solver++ steps (= model evaluations), 1 to T; ddpm always takes T.")]
     public int Steps { get; set; }
 
-    [Option("eta", Default = 0f, HelpText = "DDIM eta: 0 deterministic, 1 like DDPM.")]
+    /// <summary>The sampler --sampler names.</summary>
+    public SamplerKind Sampler => ParseSampler(SamplerText);
+
+    /// <summary>"ddpm", "ddim", "dpm++" or "dpmpp", in any case.</summary>
+    public static SamplerKind ParseSampler(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "ddpm" => SamplerKind.Ddpm,
+        "ddim" => SamplerKind.Ddim,
+        "dpm++" or "dpmpp" => SamplerKind.DpmSolver,
+        _ => throw new UsageError($"--sampler is ddim, dpm++ or ddpm, not '{text}'."),
+    };
+
+    [Option("eta", Default = 0f, HelpText = "DDIM eta: 0 deterministic (the default), 1 like DDPM; ddim only.")]
     public float Eta { get; set; }
 
     [Option("seed", Default = 0UL, HelpText = "Seed of the starting noise and every step's noise.")]
@@ -51,14 +63,21 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
     /// <summary>Steps the chosen sampler takes on a model with <paramref name="diffusionSteps"/> = T.</summary>
     public int StepsFor(int diffusionSteps) => Sampler == SamplerKind.Ddpm ? diffusionSteps : Steps;
 
-    /// <summary>"DDIM (50 steps, eta 0)" or "DDPM (1000 steps)".</summary>
-    public string Describe(int diffusionSteps) =>
-        $"{Sampler.ToString().ToUpperInvariant()} ({StepsFor(diffusionSteps)} steps{(Sampler == SamplerKind.Ddim ? $", eta {Eta}" : "")})";
+    /// <summary>"DDIM (50 steps, eta 0)", "DPM-Solver++ (20 steps)" or "DDPM (1000 steps)".</summary>
+    public string Describe(int diffusionSteps) => Sampler switch
+    {
+        SamplerKind.Ddim => $"DDIM ({Steps} steps, eta {Eta})",
+        SamplerKind.DpmSolver => $"DPM-Solver++ ({Steps} steps)",
+        _ => $"DDPM ({diffusionSteps} steps)",
+    };
 
     /// <summary>The sampler's values that need no model, checked before anything is loaded.</summary>
     public override void CheckCommon()
     {
         base.CheckCommon();
+        // An unknown --sampler is refused before anything is loaded.
+        if (ParseSampler(SamplerText) == SamplerKind.DpmSolver && Eta != 0)
+            throw new UsageError($"--eta {Eta} is DDIM's noise; --sampler dpm++ is deterministic (drop --eta).");
         if (Steps <= 0) throw new UsageError($"--steps must be positive, got {Steps}.");
         if (!(Eta >= 0 && float.IsFinite(Eta))) throw new UsageError($"--eta must be a number >= 0, got {Eta}.");
     }

@@ -138,7 +138,7 @@ public static class TrainCommand
         string lrText = t.LrSchedule == LrSchedule.Cosine
             ? $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, cosine to {t.LearningRate * t.LrFinal:G3})"
             : $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, then constant)";
-        con.Out.WriteLine($"  {plan.TotalSteps:N0} steps{(plan.Resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {t.EmaDecay:G4}, T {d.NSteps}, {d.Prediction.ToString().ToLowerInvariant()} prediction, output {plan.OutFolder}");
+        con.Out.WriteLine($"  {plan.TotalSteps:N0} steps{(plan.Resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {t.EmaDecay:G4}, T {d.NSteps}, {d.Prediction.ToString().ToLowerInvariant()} prediction{(d.LossWeighting == LossWeighting.MinSnr ? $", Min-SNR-{d.MinSnrGamma:G4} loss weighting" : "")}, output {plan.OutFolder}");
         foreach (var note in plan.Notes) con.Out.WriteLine("  " + note);
     }
 

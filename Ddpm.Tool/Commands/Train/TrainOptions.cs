@@ -61,6 +61,20 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("prediction", HelpText = "What the network learns: v (sqrt(ab) eps - sqrt(1-ab) x0, the default: clean DDIM samples from short runs) or eps (the noise: labml's L_simple; the default with --labml-exact).")]
     public Prediction? Prediction { get; set; }
 
+    [Option("loss-weighting", Default = "uniform", HelpText = "Per-timestep weight of the loss: uniform (the default; labml's L_simple) or min-snr (Min-SNR-gamma: min(SNR, gamma)/SNR for eps, min(SNR, gamma)/(SNR+1) for v).")]
+    public string LossWeightingText { get; set; } = "uniform";
+
+    [Option("min-snr-gamma", Default = DiffusionConfig.DefaultMinSnrGamma, HelpText = "gamma of --loss-weighting min-snr: a positive number (default 5).")]
+    public double MinSnrGamma { get; set; } = DiffusionConfig.DefaultMinSnrGamma;
+
+    /// <summary>The weighting --loss-weighting names ("uniform" or "min-snr", any case).</summary>
+    public LossWeighting LossWeighting => LossWeightingText.Trim().ToLowerInvariant() switch
+    {
+        "uniform" => LossWeighting.Uniform,
+        "min-snr" or "minsnr" => LossWeighting.MinSnr,
+        _ => throw new UsageError($"--loss-weighting is uniform or min-snr, not '{LossWeightingText}'."),
+    };
+
     [Option("schedule", HelpText = "Beta schedule: linear (default) or cosine.")]
     public BetaSchedule? Schedule { get; set; }
 
@@ -117,5 +131,8 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
         if (SampleEvery < 0 || CheckpointEvery < 0 || LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
         if (LabmlExact && Prediction == Ddpm.Diffusion.Diffusion.Prediction.V)
             throw new UsageError("--labml-exact trains labml's eps prediction; drop --prediction v.");
+        if (!(MinSnrGamma > 0 && double.IsFinite(MinSnrGamma))) throw new UsageError($"--min-snr-gamma must be a positive number, got {MinSnrGamma}.");
+        if (LabmlExact && LossWeighting != LossWeighting.Uniform)
+            throw new UsageError("--labml-exact trains labml's uniformly weighted L_simple; drop --loss-weighting min-snr.");
     }
 }

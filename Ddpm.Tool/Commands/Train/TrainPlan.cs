@@ -39,6 +39,7 @@ internal sealed record TrainPlan(
         var diffusion = resume?.Diffusion ?? o.Resolve() with
         {
             DataRange = o.LabmlExact ? DataRange.ZeroToOne : range, ClipX0 = !o.NoClip && !o.LabmlExact, Prediction = prediction,
+            LossWeighting = o.LossWeighting, MinSnrGamma = o.MinSnrGamma,
         };
         var training = resume?.Training ?? new TrainingConfig
         {

@@ -289,7 +289,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
     [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "bad value for --lr-schedule")]
     [InlineData(new[] { "train", "--prediction", "x0" }, "bad value for --prediction")]
-    [InlineData(new[] { "sample", "--checkpoint", "c", "--sampler", "euler" }, "bad value for --sampler")]
+    [InlineData(new[] { "sample", "--checkpoint", "c", "--sampler", "euler" }, "--sampler is ddim, dpm++ or ddpm, not 'euler'")]
     [InlineData(new[] { "train", "--variance", "medium" }, "bad value for --variance")]
     [InlineData(new[] { "train", "--prediction", "v", "--labml-exact" }, "--labml-exact trains labml's eps prediction")]
     [InlineData(new[] { "train", "--warmup", "-1" }, "--warmup must be >= 0")]
