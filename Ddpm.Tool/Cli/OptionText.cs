@@ -28,7 +28,7 @@ public static class OptionText
         ["ch_mults"] = "--ch-mults", ["is_attn"] = "--attn", ["n_blocks"] = "--n-blocks", ["n_groups"] = "--n-groups",
         ["dropout"] = "--dropout", ["n_heads"] = "--n-heads", ["n_steps"] = "--diffusion-steps", ["batch_size"] = "--batch",
         ["lr"] = "--lr", ["warmup_steps"] = "--warmup", ["grad_clip"] = "--grad-clip", ["ema_decay"] = "--ema",
-        ["lr_final"] = "--lr-final", ["decay_steps"] = "--steps",
+        ["lr_final"] = "--lr-final", ["decay_steps"] = "--steps", ["min_snr_gamma"] = "--min-snr-gamma",
     };
 
     /// <summary>A config value the options produced, refused as a usage error naming the option ("--image-size 30 must be ...").</summary>

@@ -32,7 +32,7 @@ public static class InfoCommand
                 long n = c.File.Entries.Where(e => !e.Name.StartsWith("ema.") && !e.Name.StartsWith("adam.")).Sum(e => e.Count);
                 con.Out.WriteLine($"  no model config in the header; {n:N0} values");
             }
-            if (c.Diffusion is not null) con.Out.WriteLine($"  diffusion T={c.Diffusion.NSteps} {c.Diffusion.Schedule} variance={c.Diffusion.Variance} clip_x0={c.Diffusion.ClipX0} range={c.Diffusion.DataRange} prediction={c.Diffusion.Prediction}");
+            if (c.Diffusion is not null) con.Out.WriteLine($"  diffusion T={c.Diffusion.NSteps} {c.Diffusion.Schedule} variance={c.Diffusion.Variance} clip_x0={c.Diffusion.ClipX0} range={c.Diffusion.DataRange} prediction={c.Diffusion.Prediction}{(c.Diffusion.LossWeighting == LossWeighting.MinSnr ? $" loss=min-snr(gamma {c.Diffusion.MinSnrGamma})" : "")}");
             if (c.Training is not null) con.Out.WriteLine($"  training  batch {c.Training.BatchSize}, lr {c.Training.LearningRate:G3}, EMA {c.Training.EmaDecay:G4}, seed {c.Training.Seed}");
             if (c.IsTrainingCheckpoint) con.Out.WriteLine($"  step      {c.Step:N0}; EMA weights: {(c.HasEma ? "yes" : "no")}");
             con.Out.WriteLine();
