@@ -1,3 +1,4 @@
+using Ddpm.Diffusion.Diffusion;
 using CommandLine;
 using Ddpm.Backends.Cuda;
 using Ddpm.Diffusion.Model;
