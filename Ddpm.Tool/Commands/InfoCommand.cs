@@ -1,6 +1,6 @@
-using Ddpm.Diffusion.Diffusion;
 using CommandLine;
 using Ddpm.Backends.Cuda;
+using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
 
