@@ -23,14 +23,14 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         return (code, o.ToString(), e.ToString());
     }
 
-    /// <summary>One short training run (T = 50 so DDPM sampling is quick) shared by the tests.</summary>
+    /// <summary>One short unconditional training run (T = 50 so DDPM sampling is quick) shared by the tests (ClassToolTests train conditionally).</summary>
     public sealed class TrainedRun : IDisposable
     {
         public TrainedRun()
         {
             (Code, Out, Err) = Run("train", "--preset", "tiny", "--steps", "4", "--batch", "4", "--max-images", "64",
                 "--diffusion-steps", "50", "--samples", "4", "--sample-steps", "3", "--sample-every", "2", "--checkpoint-every", "2",
-                "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--out", Dir.Path, "--threads", "2");
+                "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--no-classes", "--out", Dir.Path, "--threads", "2");
         }
 
         public TempDir Dir { get; } = new();
