@@ -91,6 +91,8 @@ internal sealed record TrainPlan(
     {
         IImageDataset data = Datasets.Open(dataPath, model.ImageSize, model.ImageChannels);
         bool presetIsLabml = string.Equals(o.Preset, "labml", StringComparison.OrdinalIgnoreCase);
+        if (resuming && (o.Classes && !model.IsConditional || o.NoClasses && model.IsConditional))
+            throw new UsageError($"{(o.Classes ? "--classes" : "--no-classes")}: the checkpoint's model is {(model.IsConditional ? "class-conditional" : "unconditional")} and stays so when resumed; drop the option.");
         bool wantClasses = resuming ? model.IsConditional : o.Classes || (!o.NoClasses && !o.LabmlExact && !presetIsLabml);
         var labelled = wantClasses ? Labels(data, o.Data is null) : null;
         if (o.Classes && labelled is null)

@@ -153,9 +153,7 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
     {
         var args = new List<string> { "train", "--preset", "tiny", "--steps", "20", "--max-images", "8" };
         args.AddRange(extra);
-        var options = (Ddpm.Tool.Commands.TrainOptions)((CommandLine.Parsed<object>)new CommandLine.Parser(s => s.CaseInsensitiveEnumValues = true)
-            .ParseArguments(args.ToArray(), typeof(Ddpm.Tool.Commands.TrainOptions))).Value;
-        var plan = Ddpm.Tool.Commands.TrainPlan.Resolve(options);
+        var plan = Plan(args.ToArray());
         Assert.Equal(classes, plan.Model.NumClasses);
         Assert.Equal(classes, plan.Loader.NumClasses);
         if (extra.Length == 2 && extra[0] == "--class-dropout") Assert.Equal(0.25f, plan.Training.ClassDropout);
@@ -169,5 +167,8 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
         AssertBadUsage(["train", "--data", images, "--classes", "--preset", "tiny", "--steps", "1", "--out", dir.Path], "--classes: ");
         AssertBadUsage(["train", "--classes", "--no-classes"], "give --classes or --no-classes, not both");
         AssertBadUsage(["train", "--class-dropout", "1.5"], "--class-dropout must be in [0, 1]");
+        // A resumed run keeps its model: conditional or not.
+        AssertBadUsage(["train", "--resume", _run.Checkpoint, "--no-classes", "--steps", "3", "--max-images", "32", "--out", dir.File("r")],
+            "--no-classes: the checkpoint's model is class-conditional");
     }
 }

@@ -251,11 +251,17 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     {
         var args = new List<string> { "train", "--preset", "tiny", "--steps", steps, "--max-images", "8" };
         if (warmup is not null) args.AddRange(["--warmup", warmup]);
-        var options = (Ddpm.Tool.Commands.TrainOptions)((CommandLine.Parsed<object>)new CommandLine.Parser(s => s.CaseInsensitiveEnumValues = true)
-            .ParseArguments(args.ToArray(), typeof(Ddpm.Tool.Commands.TrainOptions))).Value;
-        var plan = Ddpm.Tool.Commands.TrainPlan.Resolve(options);
+        var plan = Plan(args.ToArray());
         Assert.Equal(expected, plan.Training.WarmupSteps);
         Assert.Equal(noted, plan.Notes.Any(n => n.StartsWith("warm-up shortened", StringComparison.Ordinal)));
+    }
+
+    /// <summary>The plan <c>train</c> resolves from <paramref name="args"/> (options, data and model), without training.</summary>
+    internal static Ddpm.Tool.Commands.TrainPlan Plan(params string[] args)
+    {
+        var options = (Ddpm.Tool.Commands.TrainOptions)((CommandLine.Parsed<object>)new CommandLine.Parser(s => s.CaseInsensitiveEnumValues = true)
+            .ParseArguments(args, typeof(Ddpm.Tool.Commands.TrainOptions))).Value;
+        return Ddpm.Tool.Commands.TrainPlan.Resolve(options);
     }
 
     [Fact]
