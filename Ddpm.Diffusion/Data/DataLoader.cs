@@ -79,6 +79,12 @@ public sealed class DataLoader
     public int SampleSize => Channels * Height * Width;
     public int BatchesPerEpoch { get; }
 
+    /// <summary>Classes of a labelled dataset (<see cref="ILabelledDataset"/>); 0 when the images have no labels.</summary>
+    public int NumClasses => (_dataset as ILabelledDataset)?.NumClasses ?? 0;
+
+    /// <summary>The class names of a labelled dataset that has them.</summary>
+    public IReadOnlyList<string>? ClassNames => (_dataset as ILabelledDataset)?.ClassNames;
+
     private ulong EpochStride => 2 * Align4((ulong)_dataset.Count);
 
     private static ulong Align4(ulong n) => (n + 3) & ~3UL;
@@ -112,9 +118,20 @@ public sealed class DataLoader
     /// Writes batch <paramref name="batch"/> of epoch <paramref name="epoch"/> into dst: [B, C, H, W] in the
     /// data range, B = <see cref="BatchCount"/>. Returns B.
     /// </summary>
-    public int GetBatch(int epoch, int batch, Span<float> dst)
+    public int GetBatch(int epoch, int batch, Span<float> dst) => GetBatch(epoch, batch, dst, default);
+
+    /// <summary>
+    /// As <see cref="GetBatch(int, int, Span{float})"/>, and writes each sample's class into
+    /// <paramref name="labels"/> (at least B entries; empty: no labels wanted). Labels need a labelled dataset.
+    /// </summary>
+    public int GetBatch(int epoch, int batch, Span<float> dst, Span<int> labels)
     {
         int count = BatchCount(batch);
+        var labelled = _dataset as ILabelledDataset;
+        if (!labels.IsEmpty && (labelled is null || labelled.NumClasses == 0))
+            throw new InvalidOperationException("The dataset has no class labels.");
+        if (!labels.IsEmpty && labels.Length < count)
+            throw new ArgumentException($"The label buffer holds {labels.Length}; batch {batch} needs {count}.", nameof(labels));
         if (dst.Length < count * SampleSize)
             throw new ArgumentException($"Destination holds {dst.Length} floats; batch {batch} needs {count * SampleSize}.", nameof(dst));
         if (_orderEpoch != epoch)
@@ -126,6 +143,7 @@ public sealed class DataLoader
         {
             int position = batch * Options.BatchSize + i;
             _dataset.Get(_order[position], _sample);
+            if (!labels.IsEmpty) labels[i] = labelled!.LabelOf(_order[position]);
             WriteSample(_sample, IsFlipped(epoch, position), dst.Slice(i * SampleSize, SampleSize));
         }
         return count;

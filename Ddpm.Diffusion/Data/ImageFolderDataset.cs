@@ -19,6 +19,27 @@ public sealed class ImageFolderDataset : ByteImageDataset
     /// <summary>The image files, in index order.</summary>
     public IReadOnlyList<string> Files { get; }
 
+    /// <summary>
+    /// One class per sub-folder: when every image lies in a sub-folder and there are at least two, image i's
+    /// label is the index of its top sub-folder among their names in ordinal order, and the names are the
+    /// folders'. Null when some image lies in the folder itself or all are in one sub-folder.
+    /// </summary>
+    public LabelledDataset? ByFolder()
+    {
+        var top = new string[Files.Count];
+        for (int i = 0; i < top.Length; i++)
+        {
+            var rel = Path.GetRelativePath(Source, Files[i]);
+            int cut = rel.IndexOfAny([Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar]);
+            if (cut <= 0) return null;
+            top[i] = rel[..cut];
+        }
+        var names = top.Distinct(StringComparer.Ordinal).OrderBy(n => n, StringComparer.Ordinal).ToArray();
+        if (names.Length < 2 || names.Distinct(StringComparer.OrdinalIgnoreCase).Count() != names.Length) return null;
+        var index = names.Select((n, i) => (n, i)).ToDictionary(p => p.n, p => p.i, StringComparer.Ordinal);
+        return new LabelledDataset(this, top.Select(t => index[t]).ToArray(), names.Length, names);
+    }
+
     public static ImageFolderDataset Load(string folder, int height, int width, int channels,
         ResizeFilter filter = ResizeFilter.Auto, bool recursive = true)
     {

@@ -77,12 +77,46 @@ public sealed class DenoiseDiffusion
     /// <summary>
     /// eps_theta(x_t, t): the network's output for an eps model; for a v model eps = sqrt(1 - alpha_bar) x_t +
     /// sqrt(alpha_bar) v. Every sampler goes through this, so the rest of the reverse process is written once.
+    /// With a <paramref name="condition"/> (a class-conditional model), the output is guided: see <see cref="Guided"/>;
+    /// without one a conditional model predicts for the null class.
     /// </summary>
-    public Tensor PredictEps(Tensor xt, ReadOnlySpan<int> t)
+    public Tensor PredictEps(Tensor xt, ReadOnlySpan<int> t, ClassCondition? condition = null)
     {
-        var y = _network is null ? EpsModel.Forward(xt, t) : _network(xt, t);
+        var y = condition is not null ? Guided(xt, t, condition) : _network is null ? EpsModel.Forward(xt, t) : _network(xt, t);
         if (Config.Prediction == Prediction.Eps) return y;
         using (y) return EpsFromV(xt, t, y);
+    }
+
+    /// <summary>
+    /// Classifier-free guidance on the network's output: y_u + w (y_c - y_u), y_u for the null class, y_c for the
+    /// labels. w = 0 and w = 1 are one forward of N; otherwise the two halves go through one forward of 2N. The
+    /// weights sum to 1, so guiding v and converting to eps equals guiding eps.
+    /// </summary>
+    public Tensor Guided(Tensor xt, ReadOnlySpan<int> t, ClassCondition condition)
+    {
+        var mc = EpsModel.Config;
+        int n = xt.Shape[0];
+        if (!mc.IsConditional) throw new InvalidOperationException("The model is unconditional; it cannot be sampled for a class.");
+        if (condition.Labels.Length != n)
+            throw new ArgumentException($"The condition has {condition.Labels.Length} labels for a batch of {n}.", nameof(condition));
+        float w = condition.Guidance;
+        if (w == 0f) return EpsModel.Forward(xt, t);
+        if (w == 1f) return EpsModel.Forward(xt, t, condition.Labels);
+        using var x2 = Ops.Concat([xt, xt], 0);
+        var t2 = new int[2 * n];
+        var y2 = new int[2 * n];
+        for (int i = 0; i < n; i++)
+        {
+            t2[i] = t2[n + i] = t[i];
+            y2[i] = condition.Labels[i];
+            y2[n + i] = mc.NullClass;
+        }
+        using var out2 = EpsModel.Forward(x2, t2, y2);
+        using var cond = Ops.Narrow(out2, 0, 0, n);
+        using var uncond = Ops.Narrow(out2, 0, n, n);
+        using var diff = cond - uncond;
+        using var scaled = diff * w;
+        return uncond + scaled;
     }
 
     /// <summary>eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v.</summary>
@@ -160,12 +194,14 @@ public sealed class DenoiseDiffusion
     /// <summary>
     /// L_simple = mean((eps - eps_theta(sqrt(ab) x0 + sqrt(1-ab) eps, t))^2), shape [1]; for a v model the
     /// same mean squared error against the v target. With <see cref="LossWeighting.MinSnr"/> each sample's mean
-    /// squared error is multiplied by its <see cref="LossWeight"/> before the mean over the batch.
+    /// squared error is multiplied by its <see cref="LossWeight"/> before the mean over the batch. A conditional
+    /// model is trained on <paramref name="labels"/> (one class per sample, K for the null class; null: the null
+    /// class for all).
     /// </summary>
-    public Tensor Loss(Tensor x0, ReadOnlySpan<int> t, Tensor noise)
+    public Tensor Loss(Tensor x0, ReadOnlySpan<int> t, Tensor noise, int[]? labels = null)
     {
         using var xt = QSample(x0, t, noise);
-        using var output = EpsModel.Forward(xt, t);
+        using var output = EpsModel.Forward(xt, t, labels);
         if (Config.Prediction == Prediction.Eps) return WeightedMse(noise, output, t);
         using var target = VTarget(x0, t, noise);
         return WeightedMse(target, output, t);
@@ -194,10 +230,10 @@ public sealed class DenoiseDiffusion
     }
 
     /// <summary>L_simple with t ~ U{0..T-1} and eps ~ N(0, I) drawn from <paramref name="gen"/>.</summary>
-    public Tensor Loss(Tensor x0, PhiloxGenerator gen)
+    public Tensor Loss(Tensor x0, PhiloxGenerator gen, int[]? labels = null)
     {
         var t = gen.NextInts(x0.Shape[0], Steps);
         using var noise = Tensor.RandN(Backend, x0.Shape, gen);
-        return Loss(x0, t, noise);
+        return Loss(x0, t, noise, labels);
     }
 }

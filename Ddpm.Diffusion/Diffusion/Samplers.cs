@@ -31,10 +31,20 @@ public readonly record struct SampleProgress(int Step, int Of, int T);
 public sealed class Sampler
 {
     private readonly DenoiseDiffusion _d;
+    private readonly ClassCondition? _condition;
 
-    public Sampler(DenoiseDiffusion diffusion) => _d = diffusion;
+    /// <summary>
+    /// A sampler of <paramref name="diffusion"/>; with a <paramref name="condition"/> every model call is guided
+    /// toward its labels (one per sample, so the sampler then draws exactly that many images).
+    /// </summary>
+    public Sampler(DenoiseDiffusion diffusion, ClassCondition? condition = null)
+    {
+        _d = diffusion;
+        _condition = condition;
+    }
 
     public DenoiseDiffusion Diffusion => _d;
+    public ClassCondition? Condition => _condition;
 
     /// <summary>The DDIM timesteps for <paramref name="steps"/> steps: 0, c, 2c, ... with c = T / steps (descending order of use).</summary>
     public static int[] DdimTimesteps(int T, int steps)
@@ -53,6 +63,8 @@ public sealed class Sampler
     {
         var cfg = _d.EpsModel.Config;
         var be = _d.EpsModel.Backend;
+        if (_condition is not null && _condition.Labels.Length != n)
+            throw new ArgumentException($"The sampler's condition has {_condition.Labels.Length} labels; it cannot draw {n} images.", nameof(n));
         var gen = new PhiloxGenerator(seed);
         var shape = new Shape(n, cfg.ImageChannels, cfg.ImageSize, cfg.ImageSize);
         using var _ = GradMode.NoGrad();
@@ -111,7 +123,7 @@ public sealed class Sampler
     private Tensor Step(Tensor x, int t, PhiloxGenerator gen, out Tensor eps)
     {
         var ts = Fill(x.Shape[0], t);
-        eps = _d.PredictEps(x, ts);
+        eps = _d.PredictEps(x, ts, _condition);
         using var z = _d.NoiseStd(t) == 0 ? null : Tensor.RandN(x.Backend, x.Shape, gen);
         return _d.PSampleFromEps(x, ts, eps, z);
     }
@@ -128,7 +140,7 @@ public sealed class Sampler
             double ab = s.AlphaBar[t];
             double abPrev = i > 0 ? s.AlphaBar[seq[i - 1]] : 1.0;
             var ts = Fill(x.Shape[0], t);
-            using var eps = _d.PredictEps(x, ts);
+            using var eps = _d.PredictEps(x, ts, _condition);
             using var x0Raw = _d.PredictX0(x, ts, eps);
             using var x0 = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
             // With a clipped x0, eps is re-derived from it so the step stays on the DDIM path.
@@ -190,7 +202,7 @@ public sealed class Sampler
                 using var scope = new TensorScope();
                 int t = seq[i];
                 var ts = Fill(x.Shape[0], t);
-                using var eps = _d.PredictEps(x, ts);
+                using var eps = _d.PredictEps(x, ts, _condition);
                 using var x0Raw = _d.PredictX0(x, ts, eps);
                 var d = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
                 Tensor next;

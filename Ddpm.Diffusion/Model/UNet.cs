@@ -226,6 +226,10 @@ public sealed class Downsample : UNetBlock
 /// labml's UNet eps_theta(x, t): image_proj, time embedding (4 n_channels), down levels (n_blocks blocks each,
 /// Downsample between levels), middle, up levels (n_blocks + 1 blocks each on concat(x, skip), Upsample between
 /// levels), GroupNorm(8) + Swish + final conv. Parameter names equal labml's PyTorch state_dict.
+/// A class-conditional model (<see cref="UNetConfig.NumClasses"/> K &gt; 0) has one more parameter,
+/// <c>class_emb.weight</c> [4 n_channels, K + 1]: a bias-free linear map of the one-hot label (column K is the
+/// null class) added to the time embedding before it reaches the residual blocks. It is registered last, so
+/// every other parameter, its name and its initial value are those of the unconditional model.
 /// </summary>
 public sealed class UNet : Module
 {
@@ -234,6 +238,7 @@ public sealed class UNet : Module
     private readonly ModuleList _down, _up;
     private readonly MiddleBlock _middle;
     private readonly GroupNorm _norm;
+    private readonly Linear? _classEmb;
 
     public UNet(IBackend backend, UNetConfig config, PhiloxGenerator init)
     {
@@ -275,6 +280,8 @@ public sealed class UNet : Module
         Register("up", _up);
         _norm = Register("norm", new GroupNorm(be, 8, nc));
         _final = Register("final", new Conv2d(be, inCh, config.ImageChannels, 3, init, padding: 1));
+        if (config.NumClasses > 0)
+            _classEmb = Register("class_emb", new Linear(be, config.NumClasses + 1, tc, init, bias: false));
     }
 
     public IBackend Backend { get; }
@@ -287,8 +294,14 @@ public sealed class UNet : Module
             if (m is Dropout d) d.Generator = gen;
     }
 
-    /// <summary>eps_theta(x, t). x: [N, C, H, W]; t: N integer timesteps -> [N, C, H, W].</summary>
-    public Tensor Forward(Tensor x, ReadOnlySpan<int> t)
+    /// <summary>eps_theta(x, t). x: [N, C, H, W]; t: N integer timesteps -> [N, C, H, W]. A conditional model sees the null class.</summary>
+    public Tensor Forward(Tensor x, ReadOnlySpan<int> t) => Forward(x, t, default);
+
+    /// <summary>
+    /// eps_theta(x, t, y): <paramref name="labels"/> holds one class per sample, 0..K-1 or K (the null class);
+    /// empty means the null class for every sample. An unconditional model accepts only empty labels.
+    /// </summary>
+    public Tensor Forward(Tensor x, ReadOnlySpan<int> t, ReadOnlySpan<int> labels)
     {
         if (x.Rank != 4 || x.Shape[1] != Config.ImageChannels)
             throw new ArgumentException($"UNet expects [N, {Config.ImageChannels}, H, W]; got {x.Describe()}.");
@@ -298,7 +311,7 @@ public sealed class UNet : Module
         if (x.Shape[2] % down != 0 || x.Shape[3] % down != 0)
             throw new ArgumentException($"UNet input {x.Describe()}: height and width must be divisible by {down}.");
 
-        using var temb = _timeEmb.Forward(x.Backend, t);
+        using var temb = Embedding(x.Backend, t, labels);
         var skips = new Stack<Tensor>();
         var h = _imageProj.Forward(x);
         var owned = new List<Tensor> { h };
@@ -335,5 +348,29 @@ public sealed class UNet : Module
         {
             foreach (var o in owned) o.Dispose();
         }
+    }
+
+    /// <summary>The embedding the residual blocks see: the time embedding, plus the class embedding of a conditional model.</summary>
+    private Tensor Embedding(IBackend be, ReadOnlySpan<int> t, ReadOnlySpan<int> labels)
+    {
+        if (_classEmb is null)
+        {
+            if (!labels.IsEmpty) throw new ArgumentException("This UNet is unconditional; it takes no class labels.");
+            return _timeEmb.Forward(be, t);
+        }
+        int k = Config.NumClasses + 1, n = t.Length;
+        if (!labels.IsEmpty && labels.Length != n)
+            throw new ArgumentException($"UNet got {labels.Length} class labels for a batch of {n}.");
+        var oneHot = new float[n * k];
+        for (int i = 0; i < n; i++)
+        {
+            int c = labels.IsEmpty ? Config.NullClass : labels[i];
+            if ((uint)c >= (uint)k) throw new ArgumentOutOfRangeException(nameof(labels), $"Class {c} is outside 0..{Config.NumClasses} ({Config.NumClasses} is the null class).");
+            oneHot[i * k + c] = 1f;
+        }
+        using var te = _timeEmb.Forward(be, t);
+        using var y = Tensor.FromArray(be, oneHot, n, k);
+        using var ce = _classEmb.Forward(y);
+        return te + ce;
     }
 }

@@ -18,6 +18,29 @@ public sealed record UNetConfig
     [JsonPropertyName("dropout")] public float Dropout { get; init; } = 0.1f;
     [JsonPropertyName("n_heads")] public int NHeads { get; init; } = 1;
 
+    /// <summary>
+    /// Classes of a class-conditional model (0: unconditional, labml's UNet). A conditional model learns an
+    /// embedding of K + 1 classes (index K is the null class, "no label") added to the time embedding.
+    /// </summary>
+    [JsonPropertyName("num_classes"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int NumClasses { get; init; }
+
+    /// <summary>The names of the classes when the data has them (null: unknown; classes are then named by index).</summary>
+    [JsonPropertyName("class_names"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string[]? ClassNames { get; init; }
+
+    /// <summary>Most classes of a conditional model.</summary>
+    public const int MaxClasses = 4096;
+
+    /// <summary>Whether the model takes a class label (<see cref="NumClasses"/> &gt; 0).</summary>
+    [JsonIgnore] public bool IsConditional => NumClasses > 0;
+
+    /// <summary>The index of the null class (the unconditional branch): <see cref="NumClasses"/>.</summary>
+    [JsonIgnore] public int NullClass => NumClasses;
+
+    /// <summary>The name of class <paramref name="c"/>: its name when known, else its index.</summary>
+    public string ClassName(int c) => ClassNames is { } n && (uint)c < (uint)n.Length ? n[c] : c.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
     /// <summary>Most resolution levels (entries of ch_mults); each level halves the image.</summary>
     public const int MaxLevels = 12;
 
@@ -75,6 +98,17 @@ public sealed record UNetConfig
             throw new ConfigValueException("n_heads", $"{NHeads} is not between 1 and {MaxHeads}.");
         if (!(Dropout >= 0 && Dropout < 1))
             throw new ConfigValueException("dropout", $"{Dropout} is not in [0, 1).");
+        if (NumClasses < 0 || NumClasses > MaxClasses)
+            throw new ConfigValueException("num_classes", $"{NumClasses} is not between 0 (unconditional) and {MaxClasses}.");
+        if (ClassNames is not null)
+        {
+            if (ClassNames.Length != NumClasses)
+                throw new ConfigValueException("class_names", $"has {ClassNames.Length} names but num_classes is {NumClasses}.");
+            if (ClassNames.Any(string.IsNullOrWhiteSpace))
+                throw new ConfigValueException("class_names", "has an empty name.");
+            if (ClassNames.Distinct(StringComparer.OrdinalIgnoreCase).Count() != ClassNames.Length)
+                throw new ConfigValueException("class_names", "names a class twice (names are matched case-insensitively).");
+        }
         int down = 1 << (ChMults.Length - 1);
         if (ImageSize <= 0 || ImageSize > MaxImageSize || ImageSize % down != 0)
             throw new ConfigValueException("image_size", ImageSize <= 0 || ImageSize > MaxImageSize
@@ -170,6 +204,7 @@ public sealed record UNetConfig
             if (i > 0) { total += inCh * inCh * 16 + inCh; side *= 2; }
         }
         total += 2 * nc + Conv(inCh, ImageChannels, 3);
+        if (NumClasses > 0) total += tc * (NumClasses + 1);
         return (total, largest, largestName);
     }
 
@@ -177,5 +212,6 @@ public sealed record UNetConfig
 
     public override string ToString() =>
         $"UNet(image_channels={ImageChannels}, image_size={ImageSize}, n_channels={NChannels}, ch_mults=[{string.Join(",", ChMults)}], " +
-        $"is_attn=[{string.Join(",", IsAttn.Select(a => a ? 1 : 0))}], n_blocks={NBlocks}, dropout={Dropout}, n_heads={NHeads})";
+        $"is_attn=[{string.Join(",", IsAttn.Select(a => a ? 1 : 0))}], n_blocks={NBlocks}, dropout={Dropout}, n_heads={NHeads}" +
+        (NumClasses > 0 ? $", num_classes={NumClasses})" : ")");
 }

@@ -118,6 +118,26 @@ public static class SampleQuality
         return r;
     }
 
+    /// <summary>
+    /// For each class c of <paramref name="classes"/>: the share of the samples drawn for c (<paramref name="labels"/>)
+    /// that the classifier's <paramref name="predictions"/> put in c; NaN for a class with no samples.
+    /// </summary>
+    public static double[] ClassAccuracy(ReadOnlySpan<int> predictions, ReadOnlySpan<int> labels, int classes)
+    {
+        if (predictions.Length != labels.Length) throw new ArgumentException($"{predictions.Length} predictions for {labels.Length} labels.");
+        var hits = new int[classes];
+        var totals = new int[classes];
+        for (int i = 0; i < labels.Length; i++)
+        {
+            if ((uint)labels[i] >= (uint)classes) throw new ArgumentOutOfRangeException(nameof(labels), $"Label {labels[i]} is outside 0..{classes - 1}.");
+            totals[labels[i]]++;
+            if (predictions[i] == labels[i]) hits[labels[i]]++;
+        }
+        var r = new double[classes];
+        for (int c = 0; c < classes; c++) r[c] = totals[c] == 0 ? double.NaN : (double)hits[c] / totals[c];
+        return r;
+    }
+
     /// <summary>How many rows of probabilities [n, K] each class is the most likely class of.</summary>
     public static int[] ClassHistogram(ReadOnlySpan<float> probabilities, int n, int classes)
     {

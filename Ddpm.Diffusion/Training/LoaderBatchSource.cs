@@ -19,13 +19,18 @@ public sealed class LoaderBatchSource : IBatchSource
     public int Count => _loader.BatchesPerEpoch * _loader.Options.BatchSize;
     public int BatchesPerEpoch => _loader.BatchesPerEpoch;
 
-    public void NextBatch(int batchSize, Span<float> dst)
+    public int NumClasses => _loader.NumClasses;
+    public IReadOnlyList<string>? ClassNames => _loader.ClassNames;
+
+    public void NextBatch(int batchSize, Span<float> dst) => NextBatch(batchSize, dst, default);
+
+    public void NextBatch(int batchSize, Span<float> dst, Span<int> labels)
     {
         if (batchSize != _loader.Options.BatchSize)
             throw new ArgumentException($"The loader makes batches of {_loader.Options.BatchSize}, not {batchSize}.");
         int epoch = checked((int)(_next / _loader.BatchesPerEpoch));
         int batch = (int)(_next % _loader.BatchesPerEpoch);
-        _loader.GetBatch(epoch, batch, dst);
+        _loader.GetBatch(epoch, batch, dst, labels);
         _next++;
     }
 

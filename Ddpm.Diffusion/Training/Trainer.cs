@@ -23,6 +23,8 @@ public readonly record struct TrainStep(long Step, float Loss, double GradNorm, 
 /// in the global batch, so the ranks together draw what one process with the whole batch draws. The
 /// gradients (of the shard's mean loss) are averaged over the ranks in the store's one flat buffer before
 /// clipping, so the norm is the global one and every rank takes the same Adam step.
+/// A class-conditional model trains on the data's labels, each replaced by the null class with probability
+/// <see cref="TrainingConfig.ClassDropout"/>; that draw comes from the noise stream, per sample, like the timesteps.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -34,6 +36,7 @@ public sealed class Trainer : IDisposable
     private readonly float[] _statsHost = new float[StatsLength];
     private readonly ReplicaCheck _replicaCheck = new();
     private float[] _batch = [];
+    private int[] _labels = [];
     private bool _checkedOnce;
 
     // _stats: [loss, sum of squared gradients (hi, lo)].
@@ -58,6 +61,10 @@ public sealed class Trainer : IDisposable
         if (data.Channels != mc.ImageChannels || data.Height != mc.ImageSize || data.Width != mc.ImageSize)
             throw new ArgumentException(
                 $"The data has {data.Channels}x{data.Height}x{data.Width} images but the model expects {mc.ImageChannels}x{mc.ImageSize}x{mc.ImageSize}.");
+        if (mc.IsConditional && data.NumClasses != mc.NumClasses)
+            throw new ArgumentException(data.NumClasses == 0
+                ? $"The model is conditional on {mc.NumClasses} classes but the data has no labels."
+                : $"The data has {data.NumClasses} classes but the model is conditional on {mc.NumClasses}.");
         var named = Model.NamedParameters().ToList();
         var existing = named[0].Param.Store;
         if (existing is not null && existing.Holds(named.Select(p => p.Param).ToList())) Store = existing;
@@ -116,19 +123,24 @@ public sealed class Trainer : IDisposable
         var (shardStart, shard) = Parallel.ShardOf(b);
         if (_batch.Length != b * per) _batch = new float[b * per];
         // Every rank reads the whole global batch (same source, same seed) and keeps its shard.
-        _data.NextBatch(b, _batch);
+        if (!mc.IsConditional) _data.NextBatch(b, _batch);
+        else
+        {
+            if (_labels.Length != b) _labels = new int[b];
+            _data.NextBatch(b, _batch, _labels);
+        }
         float lr = Config.LearningRateAt(Optimizer.StepCount + 1);
         var be = Store.Backend;
         using (var scope = new TensorScope())
         {
             var x0 = Tensor.FromArray(Model.Backend, _batch.AsSpan(shardStart * per, shard * per), shard, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
             Tensor loss;
-            if (coll.Size == 1) loss = Diffusion.Loss(x0, NoiseGenerator);
+            if (coll.Size == 1) loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(shardStart, shard));
             else
             {
                 using var noiseShard = NoiseGenerator.ShardBatch(shardStart, shard, b);
                 using var dropoutShard = DropoutGenerator.ShardBatch(shardStart, shard, b);
-                loss = Diffusion.Loss(x0, NoiseGenerator);
+                loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(shardStart, shard));
             }
             Model.ZeroGrad();
             loss.Backward();
@@ -151,6 +163,25 @@ public sealed class Trainer : IDisposable
         if (coll.Size > 1) coll.AllReduce(_statsHost.AsSpan(0, 1), ReduceOp.Average);
         double norm = Math.Sqrt(NormMath.Join(_statsHost[1], _statsHost[2]));
         return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
+    }
+
+    /// <summary>The labels of the shard's samples with the label drop applied (null for an unconditional model).</summary>
+    private int[]? ShardLabels(int start, int count) => Model.Config.IsConditional
+        ? DropLabels(_labels.AsSpan(start, count), Config.ClassDropout, Model.Config.NullClass, NoiseGenerator)
+        : null;
+
+    /// <summary>
+    /// Replaces each label by <paramref name="nullClass"/> with probability <paramref name="p"/>: sample i is
+    /// dropped when the uniform at its position of one per-sample draw from <paramref name="gen"/> is below p
+    /// (inside a <see cref="PhiloxGenerator.ShardBatch"/> scope, the positions of the shard's samples).
+    /// </summary>
+    public static int[] DropLabels(ReadOnlySpan<int> labels, float p, int nullClass, PhiloxGenerator gen)
+    {
+        ulong at = gen.Take(labels.Length);
+        var r = new int[labels.Length];
+        for (int i = 0; i < r.Length; i++)
+            r[i] = Philox.ToUniform(Philox.Word(gen.Seed, at + (ulong)i)) < p ? nullClass : labels[i];
+        return r;
     }
 
     /// <summary>ema = d * ema + (1 - d) * param, d = min(decay, (1 + n) / (10 + n)) with warm-up.</summary>

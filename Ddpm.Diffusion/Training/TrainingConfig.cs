@@ -27,6 +27,11 @@ public sealed record TrainingConfig
     [JsonPropertyName("ema_warmup")] public bool EmaWarmup { get; init; } = true;
     [JsonPropertyName("seed")] public ulong Seed { get; init; }
     [JsonPropertyName("hflip")] public bool HorizontalFlip { get; init; }
+    /// <summary>
+    /// The share of a class-conditional model's training samples whose label is replaced by the null class, so
+    /// that one network learns both the conditional and the unconditional prediction (classifier-free guidance).
+    /// </summary>
+    [JsonPropertyName("class_dropout")] public float ClassDropout { get; init; } = 0.1f;
 
     /// <summary>Checks every setting; throws <see cref="ConfigValueException"/> naming the first that cannot work.</summary>
     public void Validate()
@@ -44,6 +49,7 @@ public sealed record TrainingConfig
         if (DecaySteps < 0) throw new ConfigValueException("decay_steps", $"{DecaySteps} is not >= 0.");
         if (LrSchedule == LrSchedule.Cosine && DecaySteps <= WarmupSteps)
             throw new ConfigValueException("decay_steps", $"{DecaySteps} does not end the cosine decay after the warm-up of {WarmupSteps} steps.");
+        if (!(ClassDropout >= 0 && ClassDropout <= 1)) throw new ConfigValueException("class_dropout", $"{ClassDropout} is not in [0, 1] (the share of labels dropped to the null class).");
         if (!(LrFinal >= 0 && LrFinal <= 1)) throw new ConfigValueException("lr_final", $"{LrFinal} is not in [0, 1] (the final learning-rate fraction).");
     }
 

@@ -37,6 +37,12 @@ public sealed class EvalOptions : SamplerOptions
     [Option("by-t", Default = false, HelpText = "Instead of FID: the model's error at 14 timesteps from 0 to T-1 on --n real images (--real): eps MSE and the RMS error of the implied x0.")]
     public bool ByT { get; set; }
 
+    [Option("class-accuracy", Default = false, HelpText = "Instead of FID, for a class-conditional model: draw --n samples of each class at --guidance and report the share of each class's samples the feature classifier puts in that class, per class and averaged.")]
+    public bool ClassAccuracy { get; set; }
+
+    [Option("guidance", HelpText = "Classifier-free guidance weight w >= 0 of --class-accuracy (0 unconditional, 1 conditional, > 1 guided). Default 3.")]
+    public float? Guidance { get; set; }
+
     [Option("json", Default = false, HelpText = "Also print one JSON object on the last line.")]
     public bool Json { get; set; }
 }
@@ -53,6 +59,9 @@ public static class EvalCommand
         if (o.N > MaxCount) throw new UsageError($"-n must be at most {MaxCount:N0}, got {o.N}.");
         if (o.Batch is <= 0 or > SampleCommand.MaxChunk) throw new UsageError($"--batch must be between 1 and {SampleCommand.MaxChunk}, got {o.Batch}.");
         var total = Stopwatch.StartNew();
+        if (o.Guidance is { } g && !(g >= 0 && float.IsFinite(g))) throw new UsageError($"--guidance must be a number >= 0, got {g}.");
+        if (o.Guidance is not null && !o.ClassAccuracy) throw new UsageError("--guidance is an option of --class-accuracy.");
+        if (o.ByT && o.ClassAccuracy) throw new UsageError("give --by-t or --class-accuracy, not both.");
         if (o.ByT) return ErrorByTimestep(o, con);
         string classifierPath = o.Classifier ?? BundledFiles.Model(BundledFiles.Classifier);
         string realPath = o.Real ?? BundledFiles.Data(BundledFiles.TestImages);
@@ -65,6 +74,7 @@ public static class EvalCommand
         string accuracy = meta.TryGetValue("test_accuracy", out var acc) ? $", test accuracy {acc}" : "";
         con.Out.WriteLine($"classifier {classifierPath}: {cfg.Describe()}{accuracy}");
 
+        if (o.ClassAccuracy) return ClassAccuracy(o, con, be, classifier, classifierPath, names, total);
         var real = LoadImages(realPath);
         var realInput = Prepare(() => SampleQuality.PrepareReal(real, real.Count, cfg), classifierPath);
 
@@ -84,19 +94,14 @@ public static class EvalCommand
             sampling = o.Describe(diffusion.Steps);
             con.Out.WriteLine($"sampling {o.N} images with {sampling} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}, {o.Batch} at a time");
             var progress = new ProgressLine(con);
-            var samples = new float[o.N * mc.ImageChannels * mc.ImageSize * mc.ImageSize];
-            var sampler = new Sampler(diffusion);
-            for (int start = 0, b = 0; start < o.N; start += o.Batch, b++)
+            // Batch b starts from seed + b; a conditional model draws from its unconditional branch.
+            var samples = ModelLoading.Draw(diffusion, o, o.N, o.Batch, null, 0f, (_, start, p) =>
             {
                 con.Cancel.ThrowIfCancellationRequested();
                 int count = Math.Min(o.Batch, o.N - start);
-                using var scope = new TensorScope();
-                int done = start;
-                var x = sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)b,
-                    p => progress.Report(done + count * p.Step / p.Of, o.N));
-                x.ToArray().CopyTo(samples, start * mc.ImageChannels * mc.ImageSize * mc.ImageSize);
-                if (!con.Interactive) con.Out.WriteLine($"  {start + count}/{o.N} samples  {Duration.Format(progress.Elapsed)}");
-            }
+                progress.Report(start + count * p.Step / p.Of, o.N);
+                if (p.Step == p.Of && !con.Interactive) con.Out.WriteLine($"  {start + count}/{o.N} samples  {Duration.Format(progress.Elapsed)}");
+            });
             progress.Finish();
             samplingSeconds = progress.Elapsed;
             candidates = SampleQuality.PrepareSamples(samples, o.N, mc.ImageChannels, mc.ImageSize, diffusion.Config.DataRange, cfg);
@@ -151,6 +156,70 @@ public static class EvalCommand
                 backend = be.Name,
                 sampling_s = samplingSeconds,
                 features_s = featureSeconds,
+                total_s = total.Elapsed.TotalSeconds,
+            }));
+        return 0;
+    }
+
+    /// <summary>eval --class-accuracy: how often a conditional model's samples of class c are classified as c.</summary>
+    private static int ClassAccuracy(EvalOptions o, ToolConsole con, IBackend be, FeatureClassifier classifier, string classifierPath,
+        string[] names, Stopwatch total)
+    {
+        if (o.Checkpoint is null) throw new UsageError("--class-accuracy measures a conditional model: give --checkpoint.");
+        if (o.Scramble) throw new UsageError("--scramble is an option of the FID measurement, not of --class-accuracy.");
+        var cfg = classifier.Config;
+        var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
+        var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+        using var _m = model;
+        o.Check(diffusion.Steps);
+        var mc = model.Config;
+        if (!mc.IsConditional)
+            throw new UsageError($"--class-accuracy: {o.Checkpoint} holds an unconditional model (trained without classes).");
+        if (mc.NumClasses != cfg.Classes)
+            throw new UserError($"{o.Checkpoint} is conditional on {mc.NumClasses} classes but {classifierPath} tells {cfg.Classes} apart; pass a --classifier trained on the same classes.");
+        if (mc.ClassNames is { } modelNames && !modelNames.SequenceEqual(names, StringComparer.OrdinalIgnoreCase)
+            && names.Any(n => !int.TryParse(n, NumberStyles.None, CultureInfo.InvariantCulture, out _)))
+            throw new UserError($"the classes of {o.Checkpoint} ({string.Join(", ", modelNames)}) are not those of {classifierPath} ({string.Join(", ", names)}).");
+        Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint), classifierPath);
+        long count = (long)o.N * mc.NumClasses;
+        if (count > MaxCount) throw new UsageError($"-n {o.N} per class draws {count:N0} samples ({mc.NumClasses} classes); at most {MaxCount:N0} are allowed.");
+        float guidance = o.Guidance ?? ClassCondition.DefaultGuidance;
+        int n = (int)count;
+        var labels = ClassCondition.Rows(mc.NumClasses, o.N, guidance).Labels;
+        string sampling = o.Describe(diffusion.Steps);
+        con.Out.WriteLine($"sampling {o.N} images of each of {mc.NumClasses} classes at guidance {guidance:G3} with {sampling} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}, {o.Batch} at a time");
+        var progress = new ProgressLine(con);
+        var samples = ModelLoading.Draw(diffusion, o, n, o.Batch, labels, guidance, (_, first, p) =>
+        {
+            con.Cancel.ThrowIfCancellationRequested();
+            int done = first + Math.Min(o.Batch, n - first) * p.Step / p.Of;
+            progress.Report(done, n);
+            if (p.Step == p.Of && !con.Interactive) con.Out.WriteLine($"  {done}/{n} samples  {Duration.Format(progress.Elapsed)}");
+        });
+        progress.Finish();
+        var input = SampleQuality.PrepareSamples(samples, n, mc.ImageChannels, mc.ImageSize, diffusion.Config.DataRange, cfg);
+        var outputs = SampleQuality.Classify(classifier, input, n);
+        var predictions = SampleQuality.Predictions(outputs.Probabilities, n, cfg.Classes);
+        var accuracy = SampleQuality.ClassAccuracy(predictions, labels, cfg.Classes);
+        double mean = accuracy.Average();
+        con.Out.WriteLine($"class accuracy (share of each class's samples that {classifierPath} puts in that class), guidance {guidance:G3}:");
+        for (int c = 0; c < mc.NumClasses; c++) con.Out.WriteLine($"  {mc.ClassName(c),-12} {accuracy[c],7:P1}");
+        con.Out.WriteLine($"  {"mean",-12} {mean,7:P1}   ({o.N} samples per class; chance {1.0 / mc.NumClasses:P1})");
+        con.Out.WriteLine($"time: sampling {progress.Elapsed:F1}s, total {total.Elapsed.TotalSeconds:F1}s");
+        if (o.Json)
+            con.Out.WriteLine(JsonSerializer.Serialize(new
+            {
+                class_accuracy = accuracy,
+                mean_class_accuracy = mean,
+                class_names = Enumerable.Range(0, mc.NumClasses).Select(mc.ClassName),
+                guidance,
+                n_per_class = o.N,
+                source = o.Checkpoint,
+                sampler = sampling,
+                seed = o.Seed,
+                classifier = classifierPath,
+                backend = be.Name,
+                sampling_s = progress.Elapsed,
                 total_s = total.Elapsed.TotalSeconds,
             }));
         return 0;

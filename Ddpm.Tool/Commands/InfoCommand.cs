@@ -27,6 +27,9 @@ public static class InfoCommand
                 using var be = new Ddpm.Backends.Cpu.CpuReferenceBackend();
                 using var m = new UNet(be, c.Model, new PhiloxGenerator(0));
                 con.Out.WriteLine($"  parameters {m.ParameterCount():N0}");
+                con.Out.WriteLine(c.Model.IsConditional
+                    ? $"  classes   {c.Model.NumClasses}, class-conditional (sample --class NAME|INDEX|all --guidance W): {ModelLoading.ClassList(c.Model)}"
+                    : "  classes   none (unconditional)");
             }
             else
             {

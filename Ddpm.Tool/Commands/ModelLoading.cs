@@ -1,3 +1,4 @@
+using System.Globalization;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
@@ -45,5 +46,50 @@ public static class ModelLoading
         }
         model.Eval();
         return (model, new DenoiseDiffusion(model, d.Resolve(ckpt.Diffusion)), useEma);
+    }
+
+    /// <summary>
+    /// The class <paramref name="text"/> names in a conditional model: a class name (case-insensitive) or an index
+    /// 0..K-1. An unconditional model or an unknown class is a usage error naming the option and the classes.
+    /// </summary>
+    public static int ResolveClass(UNetConfig mc, string text, string path, string option = "--class")
+    {
+        if (!mc.IsConditional)
+            throw new UsageError($"{option} {text}: {path} holds an unconditional model (trained without classes); drop {option} and --guidance.");
+        if (mc.ClassNames is { } names)
+        {
+            int byName = Array.FindIndex(names, n => string.Equals(n, text.Trim(), StringComparison.OrdinalIgnoreCase));
+            if (byName >= 0) return byName;
+        }
+        if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int index) && index < mc.NumClasses) return index;
+        throw new UsageError($"{option} '{text}' is not a class of {path}; give a name or an index: {ClassList(mc)}.");
+    }
+
+    /// <summary>"0 T-shirt/top, 1 Trouser, ..." (or "0..9" when the classes have no names).</summary>
+    public static string ClassList(UNetConfig mc) => mc.ClassNames is null
+        ? $"0..{mc.NumClasses - 1}"
+        : string.Join(", ", mc.ClassNames.Select((n, i) => $"{i} {n}"));
+
+    /// <summary>
+    /// Draws <paramref name="n"/> images in chunks of at most <paramref name="chunk"/>, chunk k from seed + k, each
+    /// chunk guided by its slice of <paramref name="labels"/> when given. <paramref name="progress"/> sees the chunk,
+    /// its first image and the sampler's progress (and may throw to stop). Returns [n, C, H, W] on the host.
+    /// </summary>
+    public static float[] Draw(DenoiseDiffusion diffusion, SamplerOptions o, int n, int chunk, int[]? labels, float guidance,
+        Action<int, int, SampleProgress>? progress = null)
+    {
+        var mc = diffusion.EpsModel.Config;
+        long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
+        var data = new float[n * per];
+        for (int start = 0, k = 0; start < n; start += chunk, k++)
+        {
+            int count = Math.Min(chunk, n - start), first = start, chunkIndex = k;
+            var condition = labels is null ? null : new ClassCondition(labels[start..(start + count)], guidance);
+            using var scope = new TensorScope();
+            var x = new Sampler(diffusion, condition).Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k,
+                p => progress?.Invoke(chunkIndex, first, p));
+            x.ToArray().CopyTo(data, first * per);
+        }
+        return data;
     }
 }

@@ -20,6 +20,12 @@ public sealed class SampleOptions : SamplingOptions
     [Option("scale", HelpText = "Pixel scale of the grid (nearest neighbour). Default: the smallest that makes it at least 512 pixels wide; 1 writes the model's pixels.")]
     public int? Scale { get; set; }
 
+    [Option("class", HelpText = "A class-conditional model: draw this class (a name, case-insensitive, or an index), or 'all' for a grid with one row of --n images per class. Without it a conditional model draws from its unconditional branch.")]
+    public string? Class { get; set; }
+
+    [Option("guidance", HelpText = "Classifier-free guidance weight w >= 0 with --class: eps = eps_uncond + w (eps_cond - eps_uncond); 0 unconditional, 1 conditional, > 1 guided. Default 3.")]
+    public float? Guidance { get; set; }
+
     [Option("each", HelpText = "Also write every image as its own PNG (at the model's resolution) into this folder.")]
     public string? Each { get; set; }
 }
@@ -35,6 +41,8 @@ public static class SampleCommand
         if (o.N <= 0 || o.N > MaxCount) throw new UsageError($"--n must be between 1 and {MaxCount:N0}, got {o.N}.");
         if (o.NRow is <= 0) throw new UsageError($"--nrow must be positive, got {o.NRow}.");
         if (o.Scale is <= 0 or > MaxScale) throw new UsageError($"--scale must be between 1 and {MaxScale}, got {o.Scale}.");
+        if (o.Guidance is { } g && !(g >= 0 && float.IsFinite(g))) throw new UsageError($"--guidance must be a number >= 0, got {g}.");
+        if (o.Guidance is not null && o.Class is null) throw new UsageError("--guidance needs --class (the class to guide toward).");
         OutputFiles.CheckFile(o.Out, "--out");
         if (o.Each is not null) OutputFiles.CheckFolder(o.Each, "--each");
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
@@ -44,40 +52,54 @@ public static class SampleCommand
         o.Check(diffusion.Steps);
         var mc = model.Config;
         long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
-        int nrow = o.NRow ?? ImageGrid.SquareRow(o.N);
-        int scale = o.Scale ?? ImageGrid.AutoScale;
-        long gridBytes = MemoryEstimate.GridBytes(o.N, nrow, mc.ImageChannels, mc.ImageSize, scale);
-        if (gridBytes > Array.MaxLength || o.N * per > Array.MaxLength)
-            throw new UsageError($"a grid of {o.N:N0} images of {mc.ImageSize}x{mc.ImageSize} at --nrow {nrow} and --scale {(scale == ImageGrid.AutoScale ? "auto" : scale)} is too large for one PNG; lower --n or --scale.");
-        int chunk = Math.Min(o.N, MaxChunk);
-        MemoryEstimate.Require(4 * (o.N * per + (long)chunk * MemoryEstimate.SamplingValuesPerImage(mc)) + gridBytes,
-            $"sampling {o.N:N0} images into one grid");
-
-        con.Out.WriteLine($"sampling {o.N} images with {o.Describe(diffusion.Steps)} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}");
-        var progress = new ProgressLine(con);
-        var data = new float[o.N * per];
-        var sampler = new Sampler(diffusion);
-        int chunks = (o.N + chunk - 1) / chunk, steps = o.StepsFor(diffusion.Steps);
-        for (int k = 0; k < chunks; k++)
+        float guidance = o.Guidance ?? ClassCondition.DefaultGuidance;
+        int[]? labels = null;
+        int n = o.N;
+        string what = "";
+        if (o.Class is not null && string.Equals(o.Class.Trim(), "all", StringComparison.OrdinalIgnoreCase))
         {
-            int first = k * chunk, count = Math.Min(chunk, o.N - first);
-            using var scope = new TensorScope();
-            // Chunk k draws from seed + k (as eval's batches do); a grid of up to MaxChunk images is one chunk.
-            var x = sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, p =>
-            {
-                // Ctrl-C / SIGTERM: stop after the step that just ended (the caller reports "interrupted", exit 130).
-                con.Cancel.ThrowIfCancellationRequested();
-                progress.Report((long)k * steps + p.Step, (long)chunks * steps);
-            });
-            x.ToArray().CopyTo(data, first * per);
+            if (!mc.IsConditional) ModelLoading.ResolveClass(mc, o.Class, o.Checkpoint);
+            if ((long)o.N * mc.NumClasses > MaxCount)
+                throw new UsageError($"--class all with --n {o.N} draws {(long)o.N * mc.NumClasses:N0} images ({mc.NumClasses} classes); at most {MaxCount:N0} are allowed.");
+            n = o.N * mc.NumClasses;
+            labels = ClassCondition.Rows(mc.NumClasses, o.N, guidance).Labels;
+            what = $" per class, one row per class ({ModelLoading.ClassList(mc)}), guidance {guidance:G3}";
         }
+        else if (o.Class is not null)
+        {
+            int c = ModelLoading.ResolveClass(mc, o.Class, o.Checkpoint);
+            labels = ClassCondition.All(o.N, c, guidance).Labels;
+            what = $" of class {c} ({mc.ClassName(c)}), guidance {guidance:G3}";
+        }
+        else if (mc.IsConditional) what = " from the unconditional branch (--class picks a class)";
+        int nrow = o.NRow ?? (labels is not null && n != o.N ? o.N : ImageGrid.SquareRow(n));
+        int scale = o.Scale ?? ImageGrid.AutoScale;
+        long gridBytes = MemoryEstimate.GridBytes(n, nrow, mc.ImageChannels, mc.ImageSize, scale);
+        if (gridBytes > Array.MaxLength || n * per > Array.MaxLength)
+            throw new UsageError($"a grid of {n:N0} images of {mc.ImageSize}x{mc.ImageSize} at --nrow {nrow} and --scale {(scale == ImageGrid.AutoScale ? "auto" : scale)} is too large for one PNG; lower --n or --scale.");
+        // Guidance other than 0 and 1 runs the conditional and unconditional halves as one batch of twice the chunk.
+        bool doubled = labels is not null && guidance is not (0f or 1f);
+        int chunk = Math.Min(n, doubled ? MaxChunk / 2 : MaxChunk);
+        MemoryEstimate.Require(4 * (n * per + (long)chunk * (doubled ? 2 : 1) * MemoryEstimate.SamplingValuesPerImage(mc)) + gridBytes,
+            $"sampling {n:N0} images into one grid");
+
+        con.Out.WriteLine($"sampling {o.N} images{what} with {o.Describe(diffusion.Steps)} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}");
+        var progress = new ProgressLine(con);
+        int chunks = (n + chunk - 1) / chunk, steps = o.StepsFor(diffusion.Steps);
+        // Chunk k draws from seed + k (as eval's batches do); a grid of up to one chunk of images is one chunk.
+        var data = ModelLoading.Draw(diffusion, o, n, chunk, labels, guidance, (k, _, p) =>
+        {
+            // Ctrl-C / SIGTERM: stop after the step that just ended (the caller reports "interrupted", exit 130).
+            con.Cancel.ThrowIfCancellationRequested();
+            progress.Report((long)k * steps + p.Step, (long)chunks * steps);
+        });
         progress.Finish();
-        var (w, h) = ImageGrid.SavePng(o.Out, data, o.N, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
+        var (w, h) = ImageGrid.SavePng(o.Out, data, n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
             nrow, diffusion.Config.DataRange, scale: scale);
         con.Out.WriteLine($"wrote {o.Out} ({w}x{h}) in {progress.Elapsed:F1}s");
         if (o.Each is not null)
         {
-            var paths = ImageGrid.SaveEach(o.Each, data, o.N, mc.ImageChannels, mc.ImageSize, mc.ImageSize, diffusion.Config.DataRange);
+            var paths = ImageGrid.SaveEach(o.Each, data, n, mc.ImageChannels, mc.ImageSize, mc.ImageSize, diffusion.Config.DataRange);
             con.Out.WriteLine($"wrote {paths.Length} images to {o.Each}");
         }
         return 0;

@@ -139,6 +139,9 @@ public static class TrainCommand
             ? $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, cosine to {t.LearningRate * t.LrFinal:G3})"
             : $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, then constant)";
         con.Out.WriteLine($"  {plan.TotalSteps:N0} steps{(plan.Resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {t.EmaDecay:G4}, T {d.NSteps}, {d.Prediction.ToString().ToLowerInvariant()} prediction{(d.LossWeighting == LossWeighting.MinSnr ? $", Min-SNR-{d.MinSnrGamma:G4} loss weighting" : "")}, output {plan.OutFolder}");
+        if (plan.Model.IsConditional)
+            con.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  class-conditional ({plan.Model.NumClasses} classes, label drop {t.ClassDropout * 100:0.#} %); sample grids: one row per class, guidance {ClassCondition.DefaultGuidance:0.#}"));
         foreach (var note in plan.Notes) con.Out.WriteLine("  " + note);
     }
 
@@ -179,7 +182,10 @@ public static class TrainCommand
                 : "No checkpoint of this run was written before it diverged (--checkpoint-every N writes one every N steps).";
     }
 
-    /// <summary>The sample grids a run writes: DDIM from the EMA weights, the same noise every time.</summary>
+    /// <summary>
+    /// The sample grids a run writes: DDIM from the EMA weights, the same noise every time. A conditional model's
+    /// grid has one row per class, ceil(Count / classes) images each, guided with the default weight.
+    /// </summary>
     private sealed record SampleGrids(int Count, int Steps, int Scale)
     {
         public void Write(Trainer trainer, string path, ToolConsole con)
@@ -189,9 +195,12 @@ public static class TrainCommand
             using var ema = trainer.UseEmaWeights();
             trainer.Model.Eval();
             using var scope = new TensorScope();
-            var x = new Sampler(trainer.Diffusion).Sample(Count, SamplerKind.Ddim, Math.Min(Steps, trainer.Diffusion.Steps), 0f, trainer.Config.Seed + 1000);
-            ImageGrid.SavePng(path, x.ToArray(), Count, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
-                ImageGrid.SquareRow(Count), trainer.Diffusion.Config.DataRange, scale: Scale);
+            int perClass = mc.IsConditional ? (Count + mc.NumClasses - 1) / mc.NumClasses : 0;
+            var condition = mc.IsConditional ? ClassCondition.Rows(mc.NumClasses, perClass, ClassCondition.DefaultGuidance) : null;
+            int n = condition?.Labels.Length ?? Count;
+            var x = new Sampler(trainer.Diffusion, condition).Sample(n, SamplerKind.Ddim, Math.Min(Steps, trainer.Diffusion.Steps), 0f, trainer.Config.Seed + 1000);
+            ImageGrid.SavePng(path, x.ToArray(), n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
+                mc.IsConditional ? perClass : ImageGrid.SquareRow(n), trainer.Diffusion.Config.DataRange, scale: Scale);
             trainer.Model.Train();
             if (!con.Interactive) con.Out.WriteLine($"  wrote {path} ({Steps} DDIM steps, {sw.Elapsed.TotalSeconds:F1}s)");
         }

@@ -84,6 +84,15 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("diffusion-steps", HelpText = "T, the number of diffusion steps (default 1000).")]
     public int? DiffusionSteps { get; set; }
 
+    [Option("classes", Default = false, HelpText = "Train a class-conditional model on the data's labels (the default when the data has them: the bundled set's, CIFAR-10's, or one sub-folder per class of an image folder; off with --labml-exact and the labml preset). Samples are then guided toward a class with 'sample --class'.")]
+    public bool Classes { get; set; }
+
+    [Option("no-classes", Default = false, HelpText = "Train an unconditional model even when the data has labels.")]
+    public bool NoClasses { get; set; }
+
+    [Option("class-dropout", Default = 0.1f, HelpText = "Share of a conditional model's training labels replaced by the null class, in [0, 1] (default 0.1), so one network is conditional and unconditional (classifier-free guidance).")]
+    public float ClassDropout { get; set; } = 0.1f;
+
     [Option("out", Default = "runs/train", HelpText = "Output folder: checkpoint, sample grids, loss.csv, loss.png.")]
     public string Out { get; set; } = "runs/train";
 
@@ -129,6 +138,9 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
         if (Samples <= 0 || Samples > MaxSamples) throw new UsageError($"--samples must be between 1 and {MaxSamples}, got {Samples}.");
         if (SampleSteps <= 0) throw new UsageError($"--sample-steps must be positive, got {SampleSteps}.");
         if (SampleEvery < 0 || CheckpointEvery < 0 || LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
+        if (Classes && NoClasses) throw new UsageError("give --classes or --no-classes, not both.");
+        if (!(ClassDropout >= 0 && ClassDropout <= 1)) throw new UsageError($"--class-dropout must be in [0, 1], got {ClassDropout}.");
+        if (Classes && LabmlExact) throw new UsageError("--labml-exact trains labml's unconditional model; drop --classes.");
         if (LabmlExact && Prediction == Ddpm.Diffusion.Diffusion.Prediction.V)
             throw new UsageError("--labml-exact trains labml's eps prediction; drop --prediction v.");
         if (!(MinSnrGamma > 0 && double.IsFinite(MinSnrGamma))) throw new UsageError($"--min-snr-gamma must be a positive number, got {MinSnrGamma}.");

@@ -45,6 +45,7 @@ internal sealed record TrainPlan(
         {
             BatchSize = o.Batch ?? Math.Min(preset.Batch, 32), LearningRate = o.Lr, WarmupSteps = o.Warmup ?? TrainOptions.DefaultWarmup,
             GradClip = o.GradClip, EmaDecay = o.Ema, Seed = o.Seed, HorizontalFlip = o.HFlip, LrSchedule = o.LrSchedule, LrFinal = o.LrFinal,
+            ClassDropout = o.ClassDropout,
         };
 
         // The CPU backends keep the model and the batch's activations in host memory; refuse a run that cannot fit
@@ -90,7 +91,25 @@ internal sealed record TrainPlan(
         TrainingConfig training, DataRange range)
     {
         IImageDataset data = Datasets.Open(dataPath, model.ImageSize, model.ImageChannels);
-        if (o.MaxImages is { } max) data = new SubsetDataset(data, Math.Min(max, data.Count));
+        bool presetIsLabml = string.Equals(o.Preset, "labml", StringComparison.OrdinalIgnoreCase);
+        if (resuming && (o.Classes && !model.IsConditional || o.NoClasses && model.IsConditional))
+            throw new UsageError($"{(o.Classes ? "--classes" : "--no-classes")}: the checkpoint's model is {(model.IsConditional ? "class-conditional" : "unconditional")} and stays so when resumed; drop the option.");
+        bool wantClasses = resuming ? model.IsConditional : o.Classes || (!o.NoClasses && !o.LabmlExact && !presetIsLabml);
+        var labelled = wantClasses ? Labels(data, o.Data is null) : null;
+        if (o.Classes && labelled is null)
+            throw new UsageError($"--classes: {dataPath} has no class labels (the bundled set, CIFAR-10 and image folders with one sub-folder per class have them).");
+        if (resuming && model.IsConditional && labelled?.NumClasses != model.NumClasses)
+            throw new UserError($"the checkpoint's model is conditional on {model.NumClasses} classes but {dataPath} has {(labelled is null ? "no labels" : $"{labelled.NumClasses} classes")}.");
+        if (o.MaxImages is { } max)
+        {
+            int n = Math.Min(max, data.Count);
+            data = labelled is null
+                ? new SubsetDataset(data, n)
+                : new LabelledDataset(new SubsetDataset(data, n), Enumerable.Range(0, n).Select(labelled.LabelOf).ToArray(), labelled.NumClasses, labelled.ClassNames);
+        }
+        else if (labelled is not null) data = labelled;
+        if (labelled is not null && !resuming)
+            model = model with { NumClasses = labelled.NumClasses, ClassNames = labelled.ClassNames?.ToArray() };
         if (data.Channels != model.ImageChannels)
         {
             if (!resuming && o.ImageChannels is null)
@@ -110,5 +129,30 @@ internal sealed record TrainPlan(
             return (data, loader, model);
         }
         catch (ArgumentException e) { throw new UserError($"{dataPath}: {e.Message}"); }
+    }
+
+    /// <summary>
+    /// The images with their labels, when the data has them: the bundled set's IDX labels (Fashion-MNIST's names),
+    /// CIFAR-10's, or an image folder's sub-folders; null otherwise.
+    /// </summary>
+    private static LabelledDataset? Labels(IImageDataset data, bool bundled)
+    {
+        switch (data)
+        {
+            case IdxDataset when bundled:
+                string path = BundledFiles.Data(BundledFiles.TrainLabels);
+                IdxLabels labels;
+                try { labels = IdxLabels.Load(path, KnownClassNames.FashionMnist.Count); }
+                catch (Exception e) when (e is IOException or InvalidDataException) { throw new UserError(e.Message, e); }
+                if (labels.Count != data.Count)
+                    throw new UserError($"{path} has {labels.Count} labels for the {data.Count} bundled images.");
+                return new LabelledDataset(data, labels.Values.ToArray().Select(b => (int)b).ToArray(), KnownClassNames.FashionMnist.Count, KnownClassNames.FashionMnist);
+            case Cifar10Dataset c:
+                return new LabelledDataset(c, c.Labels.ToArray().Select(b => (int)b).ToArray(), KnownClassNames.Cifar10.Count, KnownClassNames.Cifar10);
+            case ImageFolderDataset f:
+                return f.ByFolder();
+            default:
+                return null;
+        }
     }
 }

@@ -9,7 +9,7 @@ namespace Ddpm.Tests.Data;
 public class ImageFolderTests
 {
     /// <summary>Writes an HWC byte image as PNG, BMP or JPEG (by extension).</summary>
-    private static void Save(string path, byte[] hwc, int w, int h, int c)
+    internal static void Save(string path, byte[] hwc, int w, int h, int c)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         var comp = c == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue;

@@ -23,14 +23,14 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         return (code, o.ToString(), e.ToString());
     }
 
-    /// <summary>One short training run (T = 50 so DDPM sampling is quick) shared by the tests.</summary>
+    /// <summary>One short unconditional training run (T = 50 so DDPM sampling is quick) shared by the tests (ClassToolTests train conditionally).</summary>
     public sealed class TrainedRun : IDisposable
     {
         public TrainedRun()
         {
             (Code, Out, Err) = Run("train", "--preset", "tiny", "--steps", "4", "--batch", "4", "--max-images", "64",
                 "--diffusion-steps", "50", "--samples", "4", "--sample-steps", "3", "--sample-every", "2", "--checkpoint-every", "2",
-                "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--out", Dir.Path, "--threads", "2");
+                "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--no-classes", "--out", Dir.Path, "--threads", "2");
         }
 
         public TempDir Dir { get; } = new();
@@ -251,11 +251,17 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     {
         var args = new List<string> { "train", "--preset", "tiny", "--steps", steps, "--max-images", "8" };
         if (warmup is not null) args.AddRange(["--warmup", warmup]);
-        var options = (Ddpm.Tool.Commands.TrainOptions)((CommandLine.Parsed<object>)new CommandLine.Parser(s => s.CaseInsensitiveEnumValues = true)
-            .ParseArguments(args.ToArray(), typeof(Ddpm.Tool.Commands.TrainOptions))).Value;
-        var plan = Ddpm.Tool.Commands.TrainPlan.Resolve(options);
+        var plan = Plan(args.ToArray());
         Assert.Equal(expected, plan.Training.WarmupSteps);
         Assert.Equal(noted, plan.Notes.Any(n => n.StartsWith("warm-up shortened", StringComparison.Ordinal)));
+    }
+
+    /// <summary>The plan <c>train</c> resolves from <paramref name="args"/> (options, data and model), without training.</summary>
+    internal static Ddpm.Tool.Commands.TrainPlan Plan(params string[] args)
+    {
+        var options = (Ddpm.Tool.Commands.TrainOptions)((CommandLine.Parsed<object>)new CommandLine.Parser(s => s.CaseInsensitiveEnumValues = true)
+            .ParseArguments(args, typeof(Ddpm.Tool.Commands.TrainOptions))).Value;
+        return Ddpm.Tool.Commands.TrainPlan.Resolve(options);
     }
 
     [Fact]
