@@ -13,7 +13,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
 if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 13 skipped"
+  echo "0 passed, 0 failed, 14 skipped"
   exit 0
 fi
 
@@ -121,13 +121,14 @@ else
 fi
 
 # 4. --backend cuda on the simulated device (a CPU test harness, slow: 5 tiny steps per run): 2 ranks over the
-# simulated NCCL, and over MPI through host memory when libnccl.so.2 is not found, against 1 rank.
+# simulated NCCL (also as a release without ncclAvg), and over MPI through host memory when libnccl.so.2 is not
+# found, against 1 rank.
 sim_nccl=""
 IFS=: read -ra cuda_dirs <<< "${DDPM_CUDA_LIB_DIR:-}"
 for d in "${cuda_dirs[@]}"; do [ -f "$d/libnccl.so.2" ] && [ -f "$d/libcuda.so.1" ] && sim_nccl=$d; done
 if [ -z "$sim_nccl" ]; then
   echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
-  skipped=$((skipped + 6))
+  skipped=$((skipped + 7))
 else
   cuda=("${common[@]/#cpu/cuda}")
   # The same folders without libnccl.so.2: links to everything else in them.
@@ -156,6 +157,16 @@ else
     pass "cuda: the header says the ranks talk over NCCL"
   else
     cat "$work/cuda-nccl.log"; flunk "cuda: the header says the ranks talk over NCCL"
+  fi
+  # NCCL before 2.10 has no ncclAvg: the binding sums and scales by 1/N on the device.
+  DDPM_NCCL_SIM_VERSION=2.9.9 mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-old" > "$work/cuda-old.log" 2>&1 \
+    || { cat "$work/cuda-old.log"; flunk "2-rank cuda run over NCCL 2.9.9"; }
+  if grep -q "2 ranks over NCCL 2.9.9" "$work/cuda-old.log" && [ -f "$work/cuda-old/loss.csv" ] \
+     && same_losses "$work/cuda-one/loss.csv" "$work/cuda-old/loss.csv" \
+     && same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-old/checkpoint.safetensors"; then
+    pass "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
+  else
+    cat "$work/cuda-old.log"; flunk "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
   fi
   DDPM_CUDA_LIB_DIR=$no_nccl_path mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-mpi" > "$work/cuda-mpi.log" 2>&1 \
     || { cat "$work/cuda-mpi.log"; flunk "2-rank cuda run over MPI"; }
