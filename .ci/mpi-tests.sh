@@ -31,15 +31,17 @@ flunk() { echo "FAIL $1"; failed=$((failed + 1)); }
 common=(train --preset tiny --backend cpu --threads 1 --warmup 2 --lr-schedule constant --sample-every 0 --samples 4 --sample-steps 2
         --checkpoint-every 3 --log-every 1 --seed 3)
 
-# Losses of two loss.csv files agree within a relative tolerance: float summation order differs between one mean
-# over 8 images and the mean of two means over 4 (measured over 5 steps: 0 on cpu, 1.4e-7 relative on the simulated cuda device). Adam with
-# eps 1e-8 turns rounding in gradient elements that are zero up to rounding into steps of ~lr, so differences can
-# grow over a run; 1e-4 leaves room for that and still fails on a wrong shard, draw or average (those change the
-# loss at the first step by far more).
+# Losses and gradient norms of two loss.csv files agree within a relative tolerance: float summation order differs
+# between one mean over 8 images and the mean of two means over 4 (measured over 5 steps: 0 on cpu, 1.4e-7 relative
+# on the simulated cuda device). Adam with eps 1e-8 turns rounding in gradient elements that are zero up to rounding
+# into steps of ~lr, so differences can grow over a run; 1e-4 leaves room for that and still fails on a wrong shard
+# or draw (those change the loss at the first step by far more) or a sum in place of the average (it doubles the
+# logged gradient norm; clipping and Adam's scale invariance hide it from the loss for several steps).
 same_losses() {
-  awk -F, -v tol=1e-4 'NR == FNR { if (FNR > 1) a[$1] = $2; next }
-    FNR > 1 { n++; d = $2 - a[$1]; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
-              if (!($1 in a) || r > tol) { bad++; print "  step " $1 ": " a[$1] " vs " $2 } }
+  awk -F, -v tol=1e-4 'NR == FNR { if (FNR > 1) { a[$1] = $2; g[$1] = $3 } next }
+    function rel(x, y) { return (x > y ? x - y : y - x) / (y < 0 ? -y : y) }
+    FNR > 1 { n++; r = rel(a[$1], $2); q = rel(g[$1], $3); if (q > r) r = q; if (r > worst) worst = r;
+              if (!($1 in a) || r > tol) { bad++; print "  step " $1 ": loss " a[$1] " vs " $2 ", gradient norm " g[$1] " vs " $3 } }
     END { printf "  %d steps, largest relative difference %.3g\n", n, worst; exit (bad > 0 || n == 0) }' "$1" "$2"
 }
 
@@ -57,8 +59,9 @@ model_floats() {
 
 # The weights (not the EMA copy) of two checkpoints agree within 1e-4 absolute. Measured after 5 steps, 1 rank x 8
 # images against 2 ranks x 4: 7.5e-7 at most on cpu, 1.7e-6 on the simulated cuda device (NCCL and MPI alike). The
-# steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard, average or missing all-reduce moves
-# weights by far more than 1e-4; rounding in the gradient's summation order moves them by far less.
+# steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard or a missing all-reduce moves weights
+# by far more than 1e-4; rounding in the gradient's summation order moves them by far less. (Adam is blind to the
+# gradient's scale: a sum in place of the average is for same_losses to catch.)
 same_weights() {
   [ -f "$1" ] && [ -f "$2" ] || return 1
   paste -d' ' <(model_floats "$1") <(model_floats "$2") | awk -v atol=1e-4 '
@@ -72,9 +75,9 @@ dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed none --out "$wor
 mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; flunk "2-rank run"; }
 if [ -f "$work/one/loss.csv" ] && [ -f "$work/two/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/two/loss.csv"; then
-  pass "2 ranks with batch 8 give 1 rank's losses"
+  pass "2 ranks with batch 8 give 1 rank's losses and gradient norms"
 else
-  flunk "2 ranks with batch 8 give 1 rank's losses"
+  flunk "2 ranks with batch 8 give 1 rank's losses and gradient norms"
 fi
 if same_weights "$work/one/checkpoint.safetensors" "$work/two/checkpoint.safetensors"; then
   pass "2 ranks with batch 8 end 5 steps with 1 rank's weights"
