@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Data-parallel training on MPICH: `mpiexec -n 2 ddpm-tool train` against one process with the same global batch
-# (same loss curve within float summation order), a 2-rank checkpoint resumed on 1 rank, and the messages for an
-# indivisible batch and for a launcher that does not match the MPI library. Needs MPICH's mpiexec and
+# (same loss curve and, after 5 steps, the same weights within float summation order), a 2-rank checkpoint resumed
+# on 1 rank, and the messages for an indivisible batch, for a launcher that does not match the MPI library and for
+# --distributed nccl without CUDA. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
+# also builds a simulated libnccl.so.2), the same comparison for --backend cuda over NCCL and over the MPI
+# fallback through host memory (libnccl.so.2 left out of the library path). Needs MPICH's mpiexec and
 # libmpich.so.12 (Debian: apt-get install --no-install-recommends mpich); without them it says so and exits 0 with
 # "skipped". Uses the Release build of ddpm-tool (built here if missing). Prints "N passed, N failed" last.
 set -uo pipefail
@@ -10,7 +13,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
 if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 5 skipped"
+  echo "0 passed, 0 failed, 14 skipped"
   exit 0
 fi
 
@@ -20,7 +23,7 @@ if [ ! -f "$tool" ]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-passed=0; failed=0
+passed=0; failed=0; skipped=0
 pass() { echo "PASS $1"; passed=$((passed + 1)); }
 flunk() { echo "FAIL $1"; failed=$((failed + 1)); }
 
@@ -28,27 +31,58 @@ flunk() { echo "FAIL $1"; failed=$((failed + 1)); }
 common=(train --preset tiny --backend cpu --threads 1 --warmup 2 --lr-schedule constant --sample-every 0 --samples 4 --sample-steps 2
         --checkpoint-every 3 --log-every 1 --seed 3)
 
-# Losses of two loss.csv files agree within a relative tolerance: float summation order differs between one mean
-# over 8 images and the mean of two means over 4 (measured here: 1.2e-7 relative at most over 6 steps). Adam with
-# eps 1e-8 turns rounding in gradient elements that are zero up to rounding into steps of ~lr, so differences can
-# grow over a run; 1e-4 leaves room for that and still fails on a wrong shard, draw or average (those change the
-# loss at the first step by far more).
+# Losses and gradient norms of two loss.csv files agree within a relative tolerance: float summation order differs
+# between one mean over 8 images and the mean of two means over 4 (measured over 5 steps: 0 on cpu, 1.4e-7 relative
+# on the simulated cuda device). Adam with eps 1e-8 turns rounding in gradient elements that are zero up to rounding
+# into steps of ~lr, so differences can grow over a run; 1e-4 leaves room for that and still fails on a wrong shard
+# or draw (those change the loss at the first step by far more) or a sum in place of the average (it doubles the
+# logged gradient norm; clipping and Adam's scale invariance hide it from the loss for several steps).
 same_losses() {
-  awk -F, -v tol=1e-4 'NR == FNR { if (FNR > 1) a[$1] = $2; next }
-    FNR > 1 { n++; d = $2 - a[$1]; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r;
-              if (!($1 in a) || r > tol) { bad++; print "  step " $1 ": " a[$1] " vs " $2 } }
+  awk -F, -v tol=1e-4 'NR == FNR { if (FNR > 1) { a[$1] = $2; g[$1] = $3 } next }
+    function rel(x, y) { return (x > y ? x - y : y - x) / (y < 0 ? -y : y) }
+    FNR > 1 { n++; r = rel(a[$1], $2); q = rel(g[$1], $3); if (q > r) r = q; if (r > worst) worst = r;
+              if (!($1 in a) || r > tol) { bad++; print "  step " $1 ": loss " a[$1] " vs " $2 ", gradient norm " g[$1] " vs " $3 } }
     END { printf "  %d steps, largest relative difference %.3g\n", n, worst; exit (bad > 0 || n == 0) }' "$1" "$2"
 }
 
+# The model.* tensors of a checkpoint (safetensors: u64 header size, JSON header, float32 data), one float per
+# line after its element index in the data section.
+model_floats() {
+  local f=$1 n
+  n=$(od -A n -t u8 -N 8 "$f" | tr -d ' ')
+  head -c $((8 + n)) "$f" | tail -c "$n" \
+    | grep -oE '"model\.[^"]*":\{"dtype":"F32","shape":\[[0-9,]*\],"data_offsets":\[[0-9]+,[0-9]+\]' \
+    | sed -E 's/.*\[([0-9]+),([0-9]+)\]$/\1 \2/' > "$f.ranges"
+  od -A n -t f4 -v -w4 -j $((8 + n)) "$f" \
+    | awk 'NR == FNR { for (i = $1 / 4; i < $2 / 4; i++) keep[i] = 1; next } (FNR - 1) in keep { print FNR - 1, $1 }' "$f.ranges" -
+}
+
+# The weights (not the EMA copy) of two checkpoints agree within 1e-4 absolute. Measured after 5 steps, 1 rank x 8
+# images against 2 ranks x 4: 7.5e-7 at most on cpu, 1.7e-6 on the simulated cuda device (NCCL and MPI alike). The
+# steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard or a missing all-reduce moves weights
+# by far more than 1e-4; rounding in the gradient's summation order moves them by far less. (Adam is blind to the
+# gradient's scale: a sum in place of the average is for same_losses to catch.)
+same_weights() {
+  [ -f "$1" ] && [ -f "$2" ] || return 1
+  paste -d' ' <(model_floats "$1") <(model_floats "$2") | awk -v atol=1e-4 '
+    { n++; if ($1 != $3) { bad++; next } d = $2 - $4; if (d < 0) d = -d; if (d > worst) worst = d; if (d > atol) bad++ }
+    END { printf "  %d weights, largest absolute difference %.3g\n", n, worst; exit (bad > 0 || n == 0) }'
+}
+
 # 1. 2 ranks x 4 images against 1 rank x 8 images.
-dotnet "$tool" "${common[@]}" --steps 6 --batch 8 --distributed none --out "$work/one" > "$work/one.log" 2>&1 \
+dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed none --out "$work/one" > "$work/one.log" 2>&1 \
   || { cat "$work/one.log"; flunk "1-rank run"; }
-mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 6 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
+mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; flunk "2-rank run"; }
 if [ -f "$work/one/loss.csv" ] && [ -f "$work/two/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/two/loss.csv"; then
-  pass "2 ranks with batch 8 give 1 rank's losses"
+  pass "2 ranks with batch 8 give 1 rank's losses and gradient norms"
 else
-  flunk "2 ranks with batch 8 give 1 rank's losses"
+  flunk "2 ranks with batch 8 give 1 rank's losses and gradient norms"
+fi
+if same_weights "$work/one/checkpoint.safetensors" "$work/two/checkpoint.safetensors"; then
+  pass "2 ranks with batch 8 end 5 steps with 1 rank's weights"
+else
+  flunk "2 ranks with batch 8 end 5 steps with 1 rank's weights"
 fi
 # Rank 0 alone writes: one header line of output, one copy of each file.
 if grep -q "2 ranks" "$work/two.log" && [ "$(grep -c '^ddpm-tool train' "$work/two.log")" = 1 ]; then
@@ -60,7 +94,7 @@ fi
 # 2. The 2-rank checkpoint of step 3 resumed on 1 rank continues the 1-rank loss curve.
 mkdir -p "$work/resume"
 mpiexec -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --out "$work/half" > "$work/half.log" 2>&1 \
-  && dotnet "$tool" train --resume "$work/half/checkpoint.safetensors" --steps 6 --threads 1 --sample-every 0 --samples 4 \
+  && dotnet "$tool" train --resume "$work/half/checkpoint.safetensors" --steps 5 --threads 1 --sample-every 0 --samples 4 \
        --sample-steps 2 --log-every 1 --out "$work/half" > "$work/resume.log" 2>&1
 if [ -f "$work/half/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/half/loss.csv"; then
   pass "a 2-rank checkpoint resumes on 1 rank with the same losses"
@@ -69,18 +103,97 @@ else
 fi
 
 # 3. The messages: an indivisible batch, and a launcher the MPI library does not belong to.
-out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 6 --batch 5 --out "$work/odd" 2>&1); rc=$?
+out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 5 --out "$work/odd" 2>&1); rc=$?
 if [ $rc -ne 0 ] && echo "$out" | grep -q -- "--batch 5 (the global batch) does not divide over 2 ranks; use a multiple of 2."; then
   pass "an indivisible batch is refused with its sizes"
 else
   echo "$out"; flunk "an indivisible batch is refused with its sizes (exit $rc)"
 fi
-out=$(OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=0 dotnet "$tool" "${common[@]}" --steps 6 --batch 8 --out "$work/mismatch" 2>&1); rc=$?
+out=$(OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=0 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/mismatch" 2>&1); rc=$?
 if [ $rc -ne 0 ] && echo "$out" | grep -q "started 2 ranks but MPI (libmpich.so.12) sees 1"; then
   pass "a launcher/library mismatch is refused"
 else
   echo "$out"; flunk "a launcher/library mismatch is refused (exit $rc)"
 fi
 
-echo "$passed passed, $failed failed"
+out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/nccl-cpu" 2>&1); rc=$?
+if [ $rc -eq 2 ] && [ "$(echo "$out" | grep -c -- "--distributed nccl needs --backend cuda (got --backend cpu)")" = 1 ]; then
+  pass "--distributed nccl with --backend cpu is one usage error"
+else
+  echo "$out"; flunk "--distributed nccl with --backend cpu is one usage error (exit $rc)"
+fi
+
+# 4. --backend cuda on the simulated device (a CPU test harness, slow: 5 tiny steps per run): 2 ranks over the
+# simulated NCCL (also as a release without ncclAvg), and over MPI through host memory when libnccl.so.2 is not
+# found, against 1 rank.
+sim_nccl=""
+IFS=: read -ra cuda_dirs <<< "${DDPM_CUDA_LIB_DIR:-}"
+for d in "${cuda_dirs[@]}"; do [ -f "$d/libnccl.so.2" ] && [ -f "$d/libcuda.so.1" ] && sim_nccl=$d; done
+if [ -z "$sim_nccl" ]; then
+  echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
+  skipped=$((skipped + 7))
+else
+  cuda=("${common[@]/#cpu/cuda}")
+  # The same folders without libnccl.so.2: links to everything else in them.
+  no_nccl=()
+  for i in "${!cuda_dirs[@]}"; do
+    mkdir -p "$work/lib$i"
+    for f in "${cuda_dirs[$i]}"/*; do case "$(basename "$f")" in libnccl.so*) ;; *) ln -s "$f" "$work/lib$i/" ;; esac; done
+    no_nccl+=("$work/lib$i")
+  done
+  no_nccl_path=$(IFS=:; echo "${no_nccl[*]}")
+  dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed none --out "$work/cuda-one" > "$work/cuda-one.log" 2>&1 \
+    || { cat "$work/cuda-one.log"; flunk "1-rank cuda run"; }
+  mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-nccl" > "$work/cuda-nccl.log" 2>&1 \
+    || { cat "$work/cuda-nccl.log"; flunk "2-rank cuda run over NCCL"; }
+  if [ -f "$work/cuda-one/loss.csv" ] && [ -f "$work/cuda-nccl/loss.csv" ] && same_losses "$work/cuda-one/loss.csv" "$work/cuda-nccl/loss.csv"; then
+    pass "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses"
+  else
+    flunk "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses"
+  fi
+  if same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-nccl/checkpoint.safetensors"; then
+    pass "cuda: 2 ranks over NCCL end 5 steps with 1 rank's weights"
+  else
+    flunk "cuda: 2 ranks over NCCL end 5 steps with 1 rank's weights"
+  fi
+  if grep -q "2 ranks over NCCL 2\." "$work/cuda-nccl.log" && ! grep -q "warning" "$work/cuda-nccl.log"; then
+    pass "cuda: the header says the ranks talk over NCCL"
+  else
+    cat "$work/cuda-nccl.log"; flunk "cuda: the header says the ranks talk over NCCL"
+  fi
+  # NCCL before 2.10 has no ncclAvg: the binding sums and scales by 1/N on the device.
+  DDPM_NCCL_SIM_VERSION=2.9.9 mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-old" > "$work/cuda-old.log" 2>&1 \
+    || { cat "$work/cuda-old.log"; flunk "2-rank cuda run over NCCL 2.9.9"; }
+  if grep -q "2 ranks over NCCL 2.9.9" "$work/cuda-old.log" && [ -f "$work/cuda-old/loss.csv" ] \
+     && same_losses "$work/cuda-one/loss.csv" "$work/cuda-old/loss.csv" \
+     && same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-old/checkpoint.safetensors"; then
+    pass "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
+  else
+    cat "$work/cuda-old.log"; flunk "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
+  fi
+  DDPM_CUDA_LIB_DIR=$no_nccl_path mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-mpi" > "$work/cuda-mpi.log" 2>&1 \
+    || { cat "$work/cuda-mpi.log"; flunk "2-rank cuda run over MPI"; }
+  if [ -f "$work/cuda-mpi/loss.csv" ] && same_losses "$work/cuda-one/loss.csv" "$work/cuda-mpi/loss.csv" \
+     && same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-mpi/checkpoint.safetensors"; then
+    pass "cuda without NCCL: 2 ranks over MPI through host memory give 1 rank's losses and weights"
+  else
+    flunk "cuda without NCCL: 2 ranks over MPI through host memory give 1 rank's losses and weights"
+  fi
+  if [ "$(grep -c "warning: NCCL not found (.*): CUDA ranks all-reduce through host memory over MPI" "$work/cuda-mpi.log")" = 1 ] \
+     && grep -q "2 ranks over MPI" "$work/cuda-mpi.log"; then
+    pass "cuda without NCCL: rank 0 warns once and the header says MPI"
+  else
+    cat "$work/cuda-mpi.log"; flunk "cuda without NCCL: rank 0 warns once and the header says MPI"
+  fi
+  out=$(DDPM_CUDA_LIB_DIR=$no_nccl_path mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-no" 2>&1); rc=$?
+  if [ $rc -ne 0 ] && [ "$(echo "$out" | grep -c "error: --distributed nccl: libnccl.so.2 was not found")" = 1 ]; then
+    pass "cuda: --distributed nccl without libnccl.so.2 is one error line"
+  else
+    echo "$out"; flunk "cuda: --distributed nccl without libnccl.so.2 is one error line (exit $rc)"
+  fi
+fi
+
+line="$passed passed, $failed failed"
+[ "$skipped" -gt 0 ] && line="$line, $skipped skipped"
+echo "$line"
 [ "$failed" -eq 0 ]

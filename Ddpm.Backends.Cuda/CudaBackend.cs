@@ -160,6 +160,23 @@ public sealed partial class CudaBackend : IBackend
         KernelTarget = string.Join(", ", targets);
     }
 
+    /// <summary>The stream every operation of this backend is queued on; NCCL queues its all-reduce there too.</summary>
+    internal nint Stream => _stream;
+
+    /// <summary>
+    /// Makes this backend's context current on the calling thread and returns the device pointer of element
+    /// <paramref name="offset"/> of <paramref name="b"/>, after checking that it is a live buffer of this backend
+    /// holding [offset, offset + count).
+    /// </summary>
+    internal ulong EnterAndPointer(DeviceBuffer b, int offset, int count, string what)
+    {
+        Enter();
+        return Ptr(b, offset, count, what);
+    }
+
+    /// <summary>Makes this backend's context current on the calling thread (the CUDA runtime inside NCCL uses it).</summary>
+    internal void MakeCurrent() => Enter();
+
     // ---- plumbing -------------------------------------------------------------------------------------
 
     private void Enter()

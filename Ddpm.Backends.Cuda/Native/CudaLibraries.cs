@@ -3,16 +3,19 @@ using System.Runtime.InteropServices;
 
 namespace Ddpm.Backends.Cuda.Native;
 
-/// <summary>The three native libraries the backend binds, by the name used in <c>[LibraryImport]</c>.</summary>
+/// <summary>The native libraries the backend binds, by the name used in <c>[LibraryImport]</c>.</summary>
 internal enum CudaLibrary
 {
     Driver,
     Cublas,
     Nvrtc,
+
+    /// <summary>NCCL, for data-parallel all-reduce between CUDA ranks; optional (MPI through host memory without it).</summary>
+    Nccl,
 }
 
 /// <summary>
-/// Finds and loads libcuda, libcublas and libnvrtc. The <c>[LibraryImport]</c> names are logical ("cuda",
+/// Finds and loads libcuda, libcublas, libnvrtc and libnccl. The <c>[LibraryImport]</c> names are logical ("cuda",
 /// "cublas", "nvrtc"); the resolver maps them to the handle loaded here, so a missing library is reported by
 /// <see cref="Load"/> with every place searched, instead of as a bare DllNotFoundException on first call.
 /// Search order: DDPM_CUDA_LIB_DIR (one folder or a ':'-separated list), directories added by <see cref="AddSearchDirectory"/>, CUDA_PATH/lib64,
@@ -24,6 +27,7 @@ internal static class CudaLibraries
     internal const string DriverName = "cuda";
     internal const string CublasName = "cublas";
     internal const string NvrtcName = "nvrtc";
+    internal const string NcclName = "nccl";
 
     private static readonly object Gate = new();
     private static readonly Dictionary<CudaLibrary, nint> Loaded = [];
@@ -37,6 +41,7 @@ internal static class CudaLibraries
         CudaLibrary.Driver => ["libcuda.so.1", "libcuda.so"],
         CudaLibrary.Cublas => ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"],
         CudaLibrary.Nvrtc => ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"],
+        CudaLibrary.Nccl => ["libnccl.so.2"],
         _ => throw new ArgumentOutOfRangeException(nameof(lib)),
     };
 
@@ -122,7 +127,9 @@ internal static class CudaLibraries
     internal static int? MajorOf(string fileName)
     {
         int so = fileName.IndexOf(".so.", StringComparison.Ordinal);
-        if (so < 0 || fileName.StartsWith("libcuda.", StringComparison.Ordinal)) return null;
+        // NCCL's soname carries its own major (2), not a CUDA one.
+        if (so < 0 || fileName.StartsWith("libcuda.", StringComparison.Ordinal) || fileName.StartsWith("libnccl.", StringComparison.Ordinal))
+            return null;
         string rest = fileName[(so + 4)..];
         int dot = rest.IndexOf('.');
         return int.TryParse(dot < 0 ? rest : rest[..dot], out int major) ? major : null;
@@ -197,6 +204,12 @@ internal static class CudaLibraries
         }
     }
 
+    /// <summary>The handle of a library <see cref="Load"/> has loaded, or 0.</summary>
+    internal static nint LoadedHandle(CudaLibrary lib)
+    {
+        lock (Gate) return Loaded.GetValueOrDefault(lib);
+    }
+
     /// <summary>Path of a loaded library, or null.</summary>
     internal static string? LoadedPath(CudaLibrary lib)
     {
@@ -207,6 +220,7 @@ internal static class CudaLibraries
     {
         CudaLibrary.Driver => "the CUDA driver; it comes with the NVIDIA display driver, so no NVIDIA driver is installed or visible here",
         CudaLibrary.Cublas => "cuBLAS, from the CUDA toolkit or the nvidia-cublas Python wheel",
+        CudaLibrary.Nccl => "NCCL, from NVIDIA's containers, the nvidia-nccl Python wheel (PyTorch's CUDA wheels bring it) or NVIDIA's libnccl2 package",
         _ => "NVRTC, from the CUDA toolkit, the nvidia-cuda-nvrtc wheel or Debian's libnvrtc11.2",
     };
 
@@ -239,6 +253,7 @@ internal static class CudaLibraries
         DriverName => Load(CudaLibrary.Driver),
         CublasName => Load(CudaLibrary.Cublas),
         NvrtcName => Load(CudaLibrary.Nvrtc),
+        NcclName => Load(CudaLibrary.Nccl),
         _ => 0,
     };
 }

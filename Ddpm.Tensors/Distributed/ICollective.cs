@@ -17,7 +17,7 @@ public enum ReduceOp
 /// </summary>
 public interface ICollective : IDisposable
 {
-    /// <summary>Short name for logs: <c>none</c>, <c>mpi</c>.</summary>
+    /// <summary>Short name for logs: <c>none</c>, <c>mpi</c>, <c>nccl</c>.</summary>
     string Name { get; }
 
     /// <summary>This process's rank, 0 .. <see cref="Size"/> - 1.</summary>
@@ -28,7 +28,8 @@ public interface ICollective : IDisposable
 
     /// <summary>
     /// Replaces <paramref name="buffer"/>[offset, offset + count) on every rank by the reduction of that range
-    /// over all ranks. Waits for queued device work on the buffer.
+    /// over all ranks, after the device work already queued on the buffer: a host collective waits for that work;
+    /// one that runs on the backend's own stream (NCCL) is queued behind it, and later work on the backend runs after it.
     /// </summary>
     void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op);
 

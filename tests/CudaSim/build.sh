@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the CUDA simulator (a test harness, not a backend): libcuda.so.1 and libcublas.so.12 in the output
-# folder (default <repo>/.ci-cache/cuda-sim), with the kernels of Ddpm.Backends.Cuda/Kernels compiled for
-# the host, then builds and runs the self-test. Use: DDPM_CUDA_LIB_DIR=<output folder>. Prints the output
+# Builds the CUDA simulator (a test harness, not a backend): libcuda.so.1, libcublas.so.12 and libnccl.so.2 in
+# the output folder (default <repo>/.ci-cache/cuda-sim), with the kernels of Ddpm.Backends.Cuda/Kernels compiled
+# for the host, then builds and runs the self-tests (the NCCL one with two forked ranks). Use: DDPM_CUDA_LIB_DIR=<output folder>. Prints the output
 # folder on its last line; exits non-zero with a message on any failure.
 set -euo pipefail
 
@@ -106,6 +106,8 @@ compile "$obj/cublas.o" "$here/cublas.cpp $here/sim_api.h" "${common[@]}" -fvisi
 for w in "$gen"/reg_*.cpp; do
   compile "$obj/$(basename "${w%.cpp}").o" "$w $kdeps" "${kflags[@]}" -I "$gen/kernels" "$w" & pids+=($!)
 done
+compile "$obj/nccl.o" "$here/nccl.cpp $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/nccl.cpp" & pids+=($!)
+compile "$obj/nccl_selftest.o" "$here/nccl_selftest.cpp" "${common[@]}" "$here/nccl_selftest.cpp" & pids+=($!)
 compile "$obj/selftest.o" "$here/selftest.cpp $here/sim_api.h" "${common[@]}" -I "$here" "$here/selftest.cpp" & pids+=($!)
 compile "$obj/selftest_kernels.o" "$gen/selftest/reg_selftest_kernels.cpp $gen/selftest/selftest_kernels.cu $kdeps" \
   "${kflags[@]}" -I "$gen/selftest" -I "$gen/kernels" "$gen/selftest/reg_selftest_kernels.cpp" & pids+=($!)
@@ -121,6 +123,12 @@ mv -f "$out/libcuda.so.1.tmp" "$out/libcuda.so.1"
   "$obj/cublas.o" -L"$out" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lpthread \
   || die "linking libcublas.so.12 failed"
 mv -f "$out/libcublas.so.12.tmp" "$out/libcublas.so.12"
+"$CXX" -shared -o "$out/libnccl.so.2.tmp" -Wl,-soname,libnccl.so.2 -Wl,--version-script="$here/libnccl.map" \
+  "$obj/nccl.o" -L"$out" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lpthread -lrt \
+  || die "linking libnccl.so.2 failed"
+mv -f "$out/libnccl.so.2.tmp" "$out/libnccl.so.2"
+"$CXX" -o "$out/nccl-sim-selftest" "$obj/nccl_selftest.o" -L"$out" -l:libnccl.so.2 -l:libcuda.so.1 -Wl,-rpath,"$out" -lpthread \
+  || die "linking the NCCL self-test failed"
 "$CXX" -o "$out/cuda-sim-selftest" "$obj/selftest.o" "$obj/selftest_kernels.o" -L"$out" -l:libcublas.so.12 -l:libcuda.so.1 \
   -Wl,-rpath,"$out" -lpthread || die "linking the self-test failed"
 
@@ -140,6 +148,8 @@ check_exports() { # library, binding file, pattern of its declarations
 }
 check_exports "$out/libcuda.so.1" "$native/Driver.cs" 'partial CUresult cu[A-Za-z_0-9]+'
 check_exports "$out/libcublas.so.12" "$native/Cublas.cs" 'partial int cublas[A-Za-z_0-9]+'
+check_exports "$out/libnccl.so.2" "$repo/Ddpm.Backends.Cuda/Nccl/NcclNative.cs" 'partial (int|nint) nccl[A-Za-z_0-9]+'
 
 "$out/cuda-sim-selftest" || die "the self-test failed (see the FAIL lines above)"
+"$out/nccl-sim-selftest" || die "the NCCL self-test failed (see the FAIL lines above)"
 echo "$out"

@@ -13,13 +13,24 @@ public static class TrainCommand
 {
     public static int Run(TrainOptions o, ToolConsole con)
     {
-        using var collective = ToolCollective.Create(o.Distributed);
+        CollectiveChoice job;
+        try
+        {
+            job = ToolCollective.Create(o.Distributed, o.Backend);
+        }
+        catch (Exception e) when ((e is UsageError or UserError) && ToolCollective.LaunchedAsOtherRank())
+        {
+            // Every rank meets a bad --distributed alike: rank 0 prints it, the others leave with the same code.
+            return e is UsageError ? ExitCodes.Usage : ExitCodes.Failed;
+        }
+        using var collective = job.Host;
         var dp = new DataParallel(collective);
-        if (dp.Size == 1) return RunRank(o, con, dp);
+        if (dp.IsRoot && job.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
+        if (dp.Size == 1) return RunRank(o, con, dp, job);
         try
         {
             // Rank 0 speaks for the job: an error every rank meets alike (a bad option) is printed once, by it.
-            return RunRank(o, dp.IsRoot ? con : ToolCollective.Quiet(con), dp);
+            return RunRank(o, dp.IsRoot ? con : ToolCollective.Quiet(con), dp, job);
         }
         catch (Exception e) when (e is not UsageError)
         {
@@ -30,15 +41,17 @@ public static class TrainCommand
         }
     }
 
-    private static int RunRank(TrainOptions o, ToolConsole con, DataParallel dp)
+    private static int RunRank(TrainOptions o, ToolConsole con, DataParallel dp, CollectiveChoice job)
     {
         var plan = TrainPlan.Resolve(o);
         if (plan.Training.BatchSize % dp.Size != 0)
             throw new UsageError($"--batch {plan.Training.BatchSize} (the global batch) does not divide over {dp.Size} ranks; use a multiple of {dp.Size}.");
-        if (!dp.IsRoot) return RunWorker(o, plan, con, dp);
+        if (!dp.IsRoot) return RunWorker(o, plan, con, dp, job);
         using var folder = OutputFolder.Lock(plan.OutFolder);
         int stale = folder.RemoveStaleTemporaries();
         using var be = ToolBackends.Create(o);
+        using var onDevice = job.ForBackend(be);
+        dp = dp with { Collective = onDevice };
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
         var diffusion = new DenoiseDiffusion(unet, plan.Diffusion);
         using var trainer = new Trainer(diffusion, new LoaderBatchSource(plan.Loader), plan.Training, dp);
@@ -49,7 +62,7 @@ public static class TrainCommand
         }
         PrintHeader(plan, unet, be, trainer, con);
         if (dp.Size > 1)
-            con.Out.WriteLine($"  data-parallel: {dp.Size} ranks ({dp.Collective.Name}), {plan.Training.BatchSize / dp.Size} images per rank per step");
+            con.Out.WriteLine($"  data-parallel: {dp.Size} ranks over {CollectiveChoice.Describe(dp.Collective)}, {plan.Training.BatchSize / dp.Size} images per rank per step");
         if (stale > 0) con.Out.WriteLine($"  removed {stale} temporary file(s) a stopped run left in {plan.OutFolder}");
         var samples = new SampleGrids(o.Samples, o.SampleSteps, o.Scale ?? ImageGrid.AutoScale);
 
@@ -111,9 +124,11 @@ public static class TrainCommand
     }
 
     /// <summary>A rank other than 0: the same steps and collectives as rank 0, and no files.</summary>
-    private static int RunWorker(TrainOptions o, TrainPlan plan, ToolConsole con, DataParallel dp)
+    private static int RunWorker(TrainOptions o, TrainPlan plan, ToolConsole con, DataParallel dp, CollectiveChoice job)
     {
         using var be = ToolBackends.Create(o);
+        using var onDevice = job.ForBackend(be);
+        dp = dp with { Collective = onDevice };
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
         using var trainer = new Trainer(new DenoiseDiffusion(unet, plan.Diffusion), new LoaderBatchSource(plan.Loader), plan.Training, dp);
         plan.Resume?.RestoreInto(trainer);

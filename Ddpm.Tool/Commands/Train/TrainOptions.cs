@@ -99,7 +99,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("resume", HelpText = "Continue from a training checkpoint (its configs are used).")]
     public string? Resume { get; set; }
 
-    [Option("distributed", HelpText = "Data-parallel training: mpi (this process is one rank of an MPI job; --batch is the global batch) or none. Default: mpi when an MPI launcher started several ranks (mpiexec, srun --mpi=pmi2), none otherwise.")]
+    [Option("distributed", HelpText = "Data-parallel training: none, mpi (this process is one rank of an MPI job; --batch is the global batch; device gradients go through host memory) or nccl (an MPI job whose CUDA ranks all-reduce gradients on the device with NCCL's libnccl.so.2; --backend cuda only). Default: when an MPI launcher started several ranks (mpiexec, srun --mpi=pmi2), nccl for --backend cuda if libnccl.so.2 is found (else mpi, with a warning) and mpi for other backends; none otherwise.")]
     public DistributedMode? Distributed { get; set; }
 
     [Option("sample-every", Default = 1000, HelpText = "Write a sample grid every N steps (0: only at the end).")]

@@ -1,0 +1,136 @@
+using Ddpm.Backends.Cuda.Native;
+using Ddpm.Tensors;
+using Ddpm.Tensors.Distributed;
+
+namespace Ddpm.Backends.Cuda.Nccl;
+
+/// <summary>
+/// <see cref="ICollective"/> whose device all-reduce runs through NCCL on a <see cref="CudaBackend"/>'s stream,
+/// in place, in stream order with the backend's kernels (no host copy and no wait). Every other operation (host
+/// spans, broadcast, barrier, abort) goes to the collective it wraps, normally MPI, which launched the job and
+/// carries NCCL's unique id from rank 0 to the others. Disposing destroys the communicator, not the wrapped
+/// collective (its owner disposes it).
+/// </summary>
+public sealed unsafe class NcclCollective : ICollective
+{
+    private readonly ICollective _host;
+    private readonly CudaBackend _backend;
+    private readonly bool _hasAvg;
+    private nint _comm;
+
+    private NcclCollective(ICollective host, CudaBackend backend, nint comm, int versionCode)
+    {
+        _host = host;
+        _backend = backend;
+        _comm = comm;
+        _hasAvg = versionCode >= NcclNative.FirstWithAvg;
+        var (major, minor, patch) = NcclNative.DecodeVersion(versionCode);
+        Version = $"NCCL {major}.{minor}.{patch}";
+    }
+
+    public string Name => "nccl";
+    public int Rank => _host.Rank;
+    public int Size => _host.Size;
+
+    /// <summary>"NCCL 2.21.5": the version of the library loaded.</summary>
+    public string Version { get; }
+
+    /// <summary>The library's version ("NCCL 2.21.5"), or null with the reason it cannot be loaded.</summary>
+    public static string? Probe(out string reason)
+    {
+        try
+        {
+            int code = LoadAndGetVersion();
+            var (major, minor, patch) = NcclNative.DecodeVersion(code);
+            reason = "";
+            return $"NCCL {major}.{minor}.{patch}";
+        }
+        catch (Exception e) when (e is CudaUnavailableException or NcclException or EntryPointNotFoundException)
+        {
+            reason = e.Message;
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Joins every rank of <paramref name="host"/> in one NCCL communicator on <paramref name="backend"/>'s device.
+    /// Collective: all ranks call it. Throws <see cref="CudaUnavailableException"/> without libnccl.so.2 and
+    /// <see cref="NcclException"/> when NCCL refuses.
+    /// </summary>
+    public static NcclCollective Create(ICollective host, CudaBackend backend)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        ArgumentNullException.ThrowIfNull(backend);
+        int version = LoadAndGetVersion();
+        var id = default(NcclUniqueId);
+        var bytes = new Span<byte>(id.Internal, NcclUniqueId.Bytes);
+        // Rank 0 makes the id; if that fails the others must not wait in the broadcast for it, so every rank
+        // learns the outcome first.
+        int made = 0;
+        if (host.Rank == 0) made = NcclNative.ncclGetUniqueId(&id);
+        Span<float> outcome = [made];
+        host.Broadcast(outcome, 0);
+        if (outcome[0] != 0) NcclNative.Check((int)outcome[0], host.Rank == 0 ? "ncclGetUniqueId" : "ncclGetUniqueId on rank 0");
+        host.Broadcast(bytes, 0);
+        // NCCL's CUDA runtime works on the context current on this thread: the backend's.
+        backend.MakeCurrent();
+        NcclNative.Check(NcclNative.ncclCommInitRank(out nint comm, host.Size, id, host.Rank), "ncclCommInitRank");
+        return new NcclCollective(host, backend, comm, version);
+    }
+
+    private static int LoadAndGetVersion()
+    {
+        CudaLibraries.Load(CudaLibrary.Nccl);
+        NcclNative.Check(NcclNative.ncclGetVersion(out int code), "ncclGetVersion");
+        return code;
+    }
+
+    /// <summary>
+    /// Queues the all-reduce of [offset, offset + count) on the backend's stream, in place; later work on the
+    /// backend runs after it. An average on NCCL older than 2.10 (no ncclAvg) is a sum scaled by 1/N with the
+    /// backend's Affine (exact for a power-of-two number of ranks, one rounding otherwise).
+    /// </summary>
+    public void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    {
+        Collective.CheckRange(buffer, offset, count);
+        ThrowIfDisposed();
+        if (count == 0) return;
+        ulong p = _backend.EnterAndPointer(buffer, offset, count, "NCCL all-reduce buffer");
+        bool scaleAfter = op == ReduceOp.Average && !_hasAvg;
+        int ncclOp = op == ReduceOp.Average && _hasAvg ? NcclNative.OpAvg : NcclNative.OpSum;
+        NcclNative.Check(NcclNative.ncclAllReduce(p, p, (nuint)count, NcclNative.Float32, ncclOp, _comm, _backend.Stream), "ncclAllReduce");
+        if (scaleAfter && Size > 1)
+        {
+            var range = _backend.Slice(buffer, offset, count);
+            try { _backend.Affine(range, count, 1f / Size, 0f, range); }
+            finally { range.Release(); }
+        }
+    }
+
+    public void AllReduce(Span<float> data, ReduceOp op) => _host.AllReduce(data, op);
+    public void AllReduce(Span<double> data, ReduceOp op) => _host.AllReduce(data, op);
+    public void Broadcast(Span<byte> data, int root) => _host.Broadcast(data, root);
+    public void Broadcast(Span<float> data, int root) => _host.Broadcast(data, root);
+    public void Barrier() => _host.Barrier();
+
+    public void Abort(int exitCode)
+    {
+        // Frees the other ranks from NCCL work they may be waiting in, then ends the job through the launcher.
+        if (_comm != 0) NcclNative.ncclCommAbort(_comm);
+        _comm = 0;
+        _host.Abort(exitCode);
+    }
+
+    public void Dispose()
+    {
+        if (_comm == 0) return;
+        // NCCL frees the communicator's device memory in the backend's context; after the backend's own
+        // disposal the context is gone with everything in it.
+        try { _backend.MakeCurrent(); }
+        catch (ObjectDisposedException) { }
+        NcclNative.ncclCommDestroy(_comm);
+        _comm = 0;
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_comm == 0, this);
+}
