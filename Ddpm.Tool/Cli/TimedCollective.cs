@@ -13,6 +13,9 @@ public sealed class TimedCollective(ICollective inner) : ICollective
 {
     private long _ticks;
 
+    /// <summary>The collective whose calls are timed.</summary>
+    public ICollective Inner => inner;
+
     /// <summary>Seconds spent in <see cref="AllReduce(DeviceBuffer, int, int, ReduceOp)"/> since <see cref="Reset"/>.</summary>
     public double BufferSeconds => (double)_ticks / Stopwatch.Frequency;
 

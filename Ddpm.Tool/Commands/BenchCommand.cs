@@ -52,8 +52,8 @@ public sealed class BenchOptions : ModelOptions
     [Option("profile-top", Default = 25, HelpText = "Rows of the --profile table (the rest are summed in one line).")]
     public int ProfileTop { get; set; }
 
-    [Option("distributed", HelpText = "train and allreduce: mpi (one rank of an MPI job; --batch is the global batch) or none. " +
-        "Default: mpi when an MPI launcher started several ranks.")]
+    [Option("distributed", HelpText = "train and allreduce: mpi (one rank of an MPI job; --batch is the global batch), nccl (CUDA ranks) or none. " +
+        "Default as for train: the launcher's word, NCCL for --backend cuda when it is found.")]
     public DistributedMode? Distributed { get; set; }
 }
 
@@ -70,18 +70,21 @@ public static class BenchCommand
         if (mode == "train" && o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
             MemoryEstimate.Require(MemoryEstimate.TrainingBytes(cfg, batch), $"training a {cfg.ParameterCount():N0}-parameter model with --batch {batch}");
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
-        if (mode is "sample" or "gemm" && o.Distributed == DistributedMode.Mpi)
-            throw new UsageError($"--distributed mpi applies to --mode train and allreduce, not {mode}.");
-        using var collective = mode is "train" or "allreduce" ? new TimedCollective(ToolCollective.Create(o.Distributed)) : null;
-        int ranks = collective?.Size ?? 1;
+        if (mode is "sample" or "gemm" && o.Distributed is DistributedMode.Mpi or DistributedMode.Nccl)
+            throw new UsageError($"--distributed {o.Distributed.ToString()!.ToLowerInvariant()} applies to --mode train and allreduce, not {mode}.");
+        var job = mode is "train" or "allreduce" ? ToolCollective.Create(o.Distributed, o.Backend) : null;
+        using var hostCollective = job?.Host;
+        int ranks = hostCollective?.Size ?? 1;
         if (mode == "allreduce" && ranks < 2)
             throw new UsageError("--mode allreduce times an all-reduce between ranks: start it with an MPI launcher, e.g. mpiexec -n 2 ddpm-tool bench --mode allreduce.");
         if (mode == "train" && batch % ranks != 0)
             throw new UsageError($"--batch {batch} does not divide into {ranks} ranks (it is the global batch).");
-        if (collective is { Rank: > 0 }) con = ToolCollective.Quiet(con);
+        if (hostCollective is { Rank: > 0 }) con = ToolCollective.Quiet(con);
+        if (job?.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
         var raw = ToolBackends.Create(o);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
         using IBackend be = profiler ?? raw;
+        using var collective = job is null ? null : new TimedCollective(job.ForBackend(raw));
         var times = new List<double>();
         var allReduceTimes = new List<double>();
         double flops = 0;
@@ -186,13 +189,13 @@ public static class BenchCommand
         {
             // Algorithm bandwidth: bytes / time; bus bandwidth: what each link carries in a ring, 2 (N - 1) / N of it.
             double bytes = 4.0 * parameters, algbw = bytes / median / 1e9, busbw = algbw * 2.0 * (ranks - 1) / ranks;
-            con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {parameters:N0} gradient floats ({bytes / 1e6:F1} MB), {ranks} rank{(ranks == 1 ? "" : "s")} ({collective!.Name})");
+            con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {parameters:N0} gradient floats ({bytes / 1e6:F1} MB), {ranks} rank{(ranks == 1 ? "" : "s")} over {CollectiveChoice.Describe(collective!.Inner)}");
             con.Out.WriteLine(string.Format(inv, "  all-reduce (average): median {0:F2} ms over {1} runs (min {2:F2} ms, max {3:F2} ms); algorithm bandwidth {4:F2} GB/s, bus bandwidth {5:F2} GB/s",
                 median * 1e3, times.Count, times.Min() * 1e3, times.Max() * 1e3, algbw, busbw));
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
                 {
-                    mode, preset = o.Preset ?? preset.Name, backend = be.Name, ranks, collective = collective.Name, floats = parameters,
+                    mode, preset = o.Preset ?? preset.Name, backend = be.Name, ranks, collective = CollectiveChoice.Describe(collective.Inner), floats = parameters,
                     median_s = median, algbw_gb_per_s = algbw, busbw_gb_per_s = busbw,
                 }));
         }
@@ -204,8 +207,8 @@ public static class BenchCommand
                 mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times.Min(), times.Max(), peak / 1e9));
             double? allReduce = ranks > 1 ? Median(allReduceTimes) : null;
             if (allReduce is { } ar)
-                con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks ({1}), {2} images per rank; the gradient all-reduce takes a median {3:F1} ms of the step ({4:F1} %)",
-                    ranks, collective!.Name, batch / ranks, ar * 1e3, 100 * ar / median));
+                con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks over {1}, {2} images per rank; the gradient all-reduce takes a median {3:F1} ms of the step ({4:F1} %)",
+                    ranks, CollectiveChoice.Describe(collective!.Inner), batch / ranks, ar * 1e3, 100 * ar / median));
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
