@@ -40,7 +40,9 @@ public sealed class EvalOptions : SamplerOptions
     [Option("class-accuracy", Default = false, HelpText = "Instead of FID, for a class-conditional model: draw --n samples of each class at --guidance and report the share of each class's samples the feature classifier puts in that class, per class and averaged.")]
     public bool ClassAccuracy { get; set; }
 
-    [Option("guidance", HelpText = "Classifier-free guidance weight w >= 0 of --class-accuracy (0 unconditional, 1 conditional, > 1 guided). Default 3.")]
+    [Option("guidance", HelpText = "Classifier-free guidance weight w >= 0 for a class-conditional model (0 unconditional, 1 conditional, > 1 guided). " +
+        "With --class-accuracy: default 3. For FID: the samples are drawn class-balanced (sample i of class i mod K) at this weight; without it, " +
+        "from the unconditional branch.")]
     public float? Guidance { get; set; }
 
     [Option("json", Default = false, HelpText = "Also print one JSON object on the last line.")]
@@ -60,7 +62,7 @@ public static class EvalCommand
         if (o.Batch is <= 0 or > SampleCommand.MaxChunk) throw new UsageError($"--batch must be between 1 and {SampleCommand.MaxChunk}, got {o.Batch}.");
         var total = Stopwatch.StartNew();
         if (o.Guidance is { } g && !(g >= 0 && float.IsFinite(g))) throw new UsageError($"--guidance must be a number >= 0, got {g}.");
-        if (o.Guidance is not null && !o.ClassAccuracy) throw new UsageError("--guidance is an option of --class-accuracy.");
+        if (o.Guidance is not null && o.Checkpoint is null) throw new UsageError("--guidance applies to samples drawn from a --checkpoint.");
         if (o.ByT && o.ClassAccuracy) throw new UsageError("give --by-t or --class-accuracy, not both.");
         if (o.ByT) return ErrorByTimestep(o, con);
         string classifierPath = o.Classifier ?? BundledFiles.Model(BundledFiles.Classifier);
@@ -89,13 +91,18 @@ public static class EvalCommand
             using var _m = model;
             o.Check(diffusion.Steps);
             var mc = model.Config;
+            if (o.Guidance is not null && !mc.IsConditional)
+                throw new UsageError($"--guidance: {o.Checkpoint} holds an unconditional model (trained without classes).");
             // Fail before the long sampling run, not after it.
             Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint), classifierPath);
             sampling = o.Describe(diffusion.Steps);
+            // Without --guidance a conditional model draws from its unconditional branch; with it, every class in turn.
+            int[]? labels = o.Guidance is null ? null : Enumerable.Range(0, o.N).Select(i => i % mc.NumClasses).ToArray();
+            if (o.Guidance is { } w) sampling += string.Create(CultureInfo.InvariantCulture, $", class-balanced at guidance {w:G3}");
             con.Out.WriteLine($"sampling {o.N} images with {sampling} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}, {o.Batch} at a time");
             var progress = new ProgressLine(con);
-            // Batch b starts from seed + b; a conditional model draws from its unconditional branch.
-            var samples = ModelLoading.Draw(diffusion, o, o.N, o.Batch, null, 0f, (_, start, p) =>
+            // Batch b starts from seed + b.
+            var samples = ModelLoading.Draw(diffusion, o, o.N, o.Batch, labels, o.Guidance ?? 0f, (_, start, p) =>
             {
                 con.Cancel.ThrowIfCancellationRequested();
                 int count = Math.Min(o.Batch, o.N - start);
@@ -149,6 +156,7 @@ public static class EvalCommand
                 kind = o.Checkpoint is not null ? "samples" : "images",
                 scrambled = o.Scramble,
                 sampler = sampling,
+                guidance = o.Guidance,
                 seed = o.Seed,
                 real = realPath,
                 classifier = classifierPath,

@@ -114,6 +114,7 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
         AssertBadUsage(["sample", "--checkpoint", ckpt, "--steps", "2", "--class", "Trouser", "--out", dir.File("x.png")], "holds an unconditional model");
         AssertBadUsage(["sample", "--checkpoint", ckpt, "--steps", "2", "--class", "all", "--out", dir.File("x.png")], "holds an unconditional model");
         AssertBadUsage(["eval", "--checkpoint", ckpt, "--class-accuracy", "--n", "2", "--steps", "2"], "holds an unconditional model");
+        AssertBadUsage(["eval", "--checkpoint", ckpt, "--guidance", "3", "--n", "2", "--steps", "2"], "holds an unconditional model");
         (code, output, err) = Run("info", "--checkpoint", ckpt);
         Assert.True(code == 0, err);
         Assert.Contains("classes   none (unconditional)", output);
@@ -126,6 +127,27 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
         Assert.True(code == 0, err);
         Assert.Contains("classes   10, class-conditional", output);
         Assert.Contains("9 Ankle boot", output);
+    }
+
+    [Fact]
+    public void FidAtAGuidanceDrawsEveryClassInTurn()
+    {
+        string[] common = ["eval", "--checkpoint", _run.Checkpoint, "--n", "20", "--steps", "2", "--batch", "20", "--json", "--threads", "2"];
+        var (code, output, err) = Run([.. common, "--guidance", "0"]);
+        Assert.True(code == 0, err + output);
+        var zero = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        Assert.Contains("class-balanced at guidance 0", zero.GetProperty("sampler").GetString());
+        Assert.Equal(0.0, zero.GetProperty("guidance").GetDouble());
+        // Guidance 0 is the unconditional branch whatever the labels: the FID of the run without --guidance.
+        (code, output, err) = Run(common);
+        Assert.True(code == 0, err + output);
+        var plain = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        Assert.Equal(plain.GetProperty("fid").GetDouble(), zero.GetProperty("fid").GetDouble());
+        Assert.Equal(JsonValueKind.Null, plain.GetProperty("guidance").ValueKind);
+        (code, output, err) = Run([.. common, "--guidance", "3"]);
+        Assert.True(code == 0, err + output);
+        var guided = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        Assert.NotEqual(plain.GetProperty("fid").GetDouble(), guided.GetProperty("fid").GetDouble());
     }
 
     [Fact]
