@@ -13,7 +13,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
 if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 14 skipped"
+  echo "0 passed, 0 failed, 13 skipped"
   exit 0
 fi
 
@@ -69,20 +69,21 @@ same_weights() {
     END { printf "  %d weights, largest absolute difference %.3g\n", n, worst; exit (bad > 0 || n == 0) }'
 }
 
+# runs_agree A B: the runs in $work/A and $work/B logged the same losses and gradient norms and saved the same weights.
+runs_agree() {
+  [ -f "$work/$1/loss.csv" ] && [ -f "$work/$2/loss.csv" ] && same_losses "$work/$1/loss.csv" "$work/$2/loss.csv" \
+    && same_weights "$work/$1/checkpoint.safetensors" "$work/$2/checkpoint.safetensors"
+}
+
 # 1. 2 ranks x 4 images against 1 rank x 8 images.
 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed none --out "$work/one" > "$work/one.log" 2>&1 \
   || { cat "$work/one.log"; flunk "1-rank run"; }
 mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; flunk "2-rank run"; }
-if [ -f "$work/one/loss.csv" ] && [ -f "$work/two/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/two/loss.csv"; then
-  pass "2 ranks with batch 8 give 1 rank's losses and gradient norms"
+if runs_agree one two; then
+  pass "2 ranks with batch 8 give 1 rank's losses, gradient norms and, after 5 steps, weights"
 else
-  flunk "2 ranks with batch 8 give 1 rank's losses and gradient norms"
-fi
-if same_weights "$work/one/checkpoint.safetensors" "$work/two/checkpoint.safetensors"; then
-  pass "2 ranks with batch 8 end 5 steps with 1 rank's weights"
-else
-  flunk "2 ranks with batch 8 end 5 steps with 1 rank's weights"
+  flunk "2 ranks with batch 8 give 1 rank's losses, gradient norms and, after 5 steps, weights"
 fi
 # Rank 0 alone writes: one header line of output, one copy of each file.
 if grep -q "2 ranks" "$work/two.log" && [ "$(grep -c '^ddpm-tool train' "$work/two.log")" = 1 ]; then
@@ -123,6 +124,16 @@ else
   echo "$out"; flunk "--distributed nccl with --backend cpu is one usage error (exit $rc)"
 fi
 
+# bench's data-parallel modes: the all-reduce's time and bandwidth, and its share of a 2-rank training step.
+out=$(mpiexec -n 2 dotnet "$tool" bench --mode allreduce --preset tiny --threads 1 --steps 2 --json 2>&1 \
+      && mpiexec -n 2 dotnet "$tool" bench --mode train --preset tiny --batch 4 --threads 1 --steps 2 --json 2>&1); rc=$?
+if [ $rc -eq 0 ] && echo "$out" | grep -q '"mode":"allreduce".*"ranks":2,"collective":"MPI' \
+   && echo "$out" | grep -q "data-parallel: 2 ranks over MPI" && [ "$(echo "$out" | grep -c '^bench ')" = 2 ]; then
+  pass "bench times the all-reduce and a 2-rank training step, rank 0 reporting"
+else
+  echo "$out"; flunk "bench times the all-reduce and a 2-rank training step, rank 0 reporting (exit $rc)"
+fi
+
 # 4. --backend cuda on the simulated device (a CPU test harness, slow: 5 tiny steps per run): 2 ranks over the
 # simulated NCCL (also as a release without ncclAvg), and over MPI through host memory when libnccl.so.2 is not
 # found, against 1 rank.
@@ -131,7 +142,7 @@ IFS=: read -ra cuda_dirs <<< "${DDPM_CUDA_LIB_DIR:-}"
 for d in "${cuda_dirs[@]}"; do [ -f "$d/libnccl.so.2" ] && [ -f "$d/libcuda.so.1" ] && sim_nccl=$d; done
 if [ -z "$sim_nccl" ]; then
   echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
-  skipped=$((skipped + 7))
+  skipped=$((skipped + 6))
 else
   cuda=("${common[@]/#cpu/cuda}")
   # The same folders without libnccl.so.2: links to everything else in them.
@@ -146,15 +157,10 @@ else
     || { cat "$work/cuda-one.log"; flunk "1-rank cuda run"; }
   mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-nccl" > "$work/cuda-nccl.log" 2>&1 \
     || { cat "$work/cuda-nccl.log"; flunk "2-rank cuda run over NCCL"; }
-  if [ -f "$work/cuda-one/loss.csv" ] && [ -f "$work/cuda-nccl/loss.csv" ] && same_losses "$work/cuda-one/loss.csv" "$work/cuda-nccl/loss.csv"; then
-    pass "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses"
+  if runs_agree cuda-one cuda-nccl; then
+    pass "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses and weights"
   else
-    flunk "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses"
-  fi
-  if same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-nccl/checkpoint.safetensors"; then
-    pass "cuda: 2 ranks over NCCL end 5 steps with 1 rank's weights"
-  else
-    flunk "cuda: 2 ranks over NCCL end 5 steps with 1 rank's weights"
+    flunk "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses and weights"
   fi
   if grep -q "2 ranks over NCCL 2\." "$work/cuda-nccl.log" && ! grep -q "warning" "$work/cuda-nccl.log"; then
     pass "cuda: the header says the ranks talk over NCCL"
@@ -164,17 +170,14 @@ else
   # NCCL before 2.10 has no ncclAvg: the binding sums and scales by 1/N on the device.
   DDPM_NCCL_SIM_VERSION=2.9.9 mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-old" > "$work/cuda-old.log" 2>&1 \
     || { cat "$work/cuda-old.log"; flunk "2-rank cuda run over NCCL 2.9.9"; }
-  if grep -q "2 ranks over NCCL 2.9.9" "$work/cuda-old.log" && [ -f "$work/cuda-old/loss.csv" ] \
-     && same_losses "$work/cuda-one/loss.csv" "$work/cuda-old/loss.csv" \
-     && same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-old/checkpoint.safetensors"; then
+  if grep -q "2 ranks over NCCL 2.9.9" "$work/cuda-old.log" && runs_agree cuda-one cuda-old; then
     pass "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
   else
     cat "$work/cuda-old.log"; flunk "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
   fi
   DDPM_CUDA_LIB_DIR=$no_nccl_path mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-mpi" > "$work/cuda-mpi.log" 2>&1 \
     || { cat "$work/cuda-mpi.log"; flunk "2-rank cuda run over MPI"; }
-  if [ -f "$work/cuda-mpi/loss.csv" ] && same_losses "$work/cuda-one/loss.csv" "$work/cuda-mpi/loss.csv" \
-     && same_weights "$work/cuda-one/checkpoint.safetensors" "$work/cuda-mpi/checkpoint.safetensors"; then
+  if runs_agree cuda-one cuda-mpi; then
     pass "cuda without NCCL: 2 ranks over MPI through host memory give 1 rank's losses and weights"
   else
     flunk "cuda without NCCL: 2 ranks over MPI through host memory give 1 rank's losses and weights"

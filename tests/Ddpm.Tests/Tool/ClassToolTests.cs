@@ -17,22 +17,8 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
     public ClassToolTests(ConditionalRun run) => _run = run;
 
     /// <summary>A two-step run on the bundled set, which has labels, so the model is conditional by default (T = 20).</summary>
-    public sealed class ConditionalRun : IDisposable
-    {
-        public ConditionalRun()
-        {
-            (Code, Out, Err) = Run("train", "--preset", "tiny", "--steps", "2", "--batch", "4", "--max-images", "32",
-                "--diffusion-steps", "20", "--samples", "10", "--sample-steps", "2", "--warmup", "0", "--out", Dir.Path, "--threads", "2");
-        }
-
-        public TempDir Dir { get; } = new();
-        public int Code { get; }
-        public string Out { get; }
-        public string Err { get; }
-        public string Checkpoint => Dir.File("checkpoint.safetensors");
-
-        public void Dispose() => Dir.Dispose();
-    }
+    public sealed class ConditionalRun() : ToolRun("train", "--preset", "tiny", "--steps", "2", "--batch", "4", "--max-images", "32",
+        "--diffusion-steps", "20", "--samples", "10", "--sample-steps", "2", "--warmup", "0", "--threads", "2");
 
     private string[] Sample(string outFile, params string[] extra) =>
         ["sample", "--checkpoint", _run.Checkpoint, "--steps", "2", "--scale", "1", "--threads", "2", "--out", outFile, .. extra];

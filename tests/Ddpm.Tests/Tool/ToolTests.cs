@@ -23,15 +23,10 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         return (code, o.ToString(), e.ToString());
     }
 
-    /// <summary>One short unconditional training run (T = 50 so DDPM sampling is quick) shared by the tests (ClassToolTests train conditionally).</summary>
-    public sealed class TrainedRun : IDisposable
+    /// <summary>A tool run into a temporary output folder (the arguments' --out), shared by the tests of a class.</summary>
+    public abstract class ToolRun : IDisposable
     {
-        public TrainedRun()
-        {
-            (Code, Out, Err) = Run("train", "--preset", "tiny", "--steps", "4", "--batch", "4", "--max-images", "64",
-                "--diffusion-steps", "50", "--samples", "4", "--sample-steps", "3", "--sample-every", "2", "--checkpoint-every", "2",
-                "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--no-classes", "--out", Dir.Path, "--threads", "2");
-        }
+        protected ToolRun(params string[] args) => (Code, Out, Err) = Run([.. args, "--out", Dir.Path]);
 
         public TempDir Dir { get; } = new();
         public int Code { get; }
@@ -41,6 +36,11 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
 
         public void Dispose() => Dir.Dispose();
     }
+
+    /// <summary>One short unconditional training run (T = 50 so DDPM sampling is quick) shared by the tests (ClassToolTests train conditionally).</summary>
+    public sealed class TrainedRun() : ToolRun("train", "--preset", "tiny", "--steps", "4", "--batch", "4", "--max-images", "64",
+        "--diffusion-steps", "50", "--samples", "4", "--sample-steps", "3", "--sample-every", "2", "--checkpoint-every", "2",
+        "--log-every", "1", "--warmup", "2", "--lr", "1e-3", "--no-classes", "--threads", "2");
 
     [Fact]
     public void TrainWritesCheckpointSamplesAndLog()
