@@ -14,7 +14,7 @@ public static class TrainCommand
     public static int Run(TrainOptions o, ToolConsole con)
     {
         using var collective = ToolCollective.Create(o.Distributed);
-        var dp = new DataParallel(collective);
+        var dp = new DataParallel(collective, BucketMegabytes: o.BucketMb);
         if (dp.Size == 1) return RunRank(o, con, dp);
         try
         {
