@@ -89,6 +89,9 @@ public sealed class Trainer : IDisposable
     /// <summary>The data-parallel job this trainer is a rank of (<see cref="DataParallel.None"/> alone).</summary>
     public DataParallel Parallel { get; }
 
+    /// <summary>The buckets the gradients are averaged in during the backward pass (null alone or with buckets off).</summary>
+    public GradientBuckets? GradientBuckets => _buckets;
+
     /// <summary>The flat parameter and gradient buffers of the model (the gradients are what a data-parallel step all-reduces).</summary>
     public ParameterStore Store { get; }
 
