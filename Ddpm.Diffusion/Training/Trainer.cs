@@ -78,12 +78,10 @@ public sealed class Trainer : IDisposable
         if (config.EmaDecay > 0) _ema = Store.CreateState(copyParameters: true);
         _params = named.Select((p, i) => (p.Name, p.Param, _ema?.Views[i])).ToList();
         _stats = Store.Backend.Allocate(StatsLength);
+        if (!(parallel.BucketMegabytes >= 0 && parallel.BucketMegabytes <= DataParallel.MaxBucketMegabytes))
+            throw new ArgumentOutOfRangeException(nameof(parallel), $"A gradient bucket of {parallel.BucketMegabytes} MB is outside 0 .. {DataParallel.MaxBucketMegabytes} MB.");
         if (parallel.Size > 1 && parallel.BucketMegabytes > 0)
-        {
-            if (!(parallel.BucketMegabytes <= DataParallel.MaxBucketMegabytes))
-                throw new ArgumentOutOfRangeException(nameof(parallel), $"A gradient bucket of {parallel.BucketMegabytes} MB is outside 0 .. {DataParallel.MaxBucketMegabytes} MB.");
             _buckets = new GradientBuckets(Store, parallel.Collective, (long)Math.Ceiling(parallel.BucketMegabytes * 1e6));
-        }
     }
 
     /// <summary>The data-parallel job this trainer is a rank of (<see cref="DataParallel.None"/> alone).</summary>

@@ -91,6 +91,7 @@ public static class BenchCommand
         var allReduceTimes = new List<double>();
         double flops = 0;
         long parameters = 0;
+        int buckets = 0;
 
         if (mode == "allreduce")
         {
@@ -140,6 +141,7 @@ public static class BenchCommand
                     // As the peers measure it: forward + backward + Adam, no EMA copy and no gradient clipping.
                     new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f },
                     new DataParallel(collective!, ChecksumEvery: 0, BucketMegabytes: o.BucketMb));
+                buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
                     if (i == o.Warmup) profiler?.Start();
@@ -211,14 +213,15 @@ public static class BenchCommand
             if (allReduce is { } ar)
                 con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks ({1}), {2} images per rank, {3}; the gradient all-reduce takes a median {4:F1} ms of the step ({5:F1} %)",
                     ranks, collective!.Name, batch / ranks,
-                    o.BucketMb > 0 ? string.Format(inv, "buckets of {0:G} MB during the backward pass", o.BucketMb) : "one all-reduce after the backward pass",
+                    buckets > 0 ? string.Format(inv, "{0} bucket{1} (--bucket-mb {2:G}) started during the backward pass", buckets, buckets == 1 ? "" : "s", o.BucketMb)
+                        : "one all-reduce after the backward pass",
                     ar * 1e3, 100 * ar / median));
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
                 {
                     mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
-                    peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce, bucket_mb = ranks > 1 ? o.BucketMb : (double?)null,
+                    peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce, buckets,
                 }));
         }
         return 0;
