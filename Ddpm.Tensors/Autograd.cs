@@ -94,7 +94,8 @@ public static class Autograd
             var node = t.Node;
             if (node is null)
             {
-                // A leaf reached here still has edges that were never walked (their node got no gradient).
+                // Without a callback every leaf is accumulated here; with one, only a leaf some of whose edges were
+                // never walked (their node got no gradient), now that all nodes above it have run.
                 FinishLeaf(t, g, leafReady);
                 continue;
             }
