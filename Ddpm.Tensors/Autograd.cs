@@ -37,7 +37,13 @@ public static class Autograd
         return output;
     }
 
-    internal static void Backward(Tensor root, Tensor? seed)
+    /// <summary>
+    /// The reverse walk from <paramref name="root"/>. With <paramref name="leafReady"/>, each leaf's incoming
+    /// edges are counted first, and the leaf is accumulated (and reported) as soon as the last of them has been
+    /// walked rather than at its own place in the order, which may come much later (a leaf listed before a deep
+    /// input of its consumer is ordered after that input's whole subgraph). The sums are the same either way.
+    /// </summary>
+    internal static void Backward(Tensor root, Tensor? seed, Action<Tensor>? leafReady)
     {
         if (!root.RequiresGrad)
             throw new InvalidOperationException($"Backward from {root.Describe()}, which does not require gradients.");
@@ -65,6 +71,18 @@ public static class Autograd
             else order.Add(t);
         }
 
+        // Edges still to be walked into each leaf (only when someone waits for leaves).
+        Dictionary<Tensor, int>? pendingEdges = null;
+        if (leafReady is not null)
+        {
+            pendingEdges = new Dictionary<Tensor, int>(ReferenceEqualityComparer.Instance);
+            foreach (var t in order)
+                if (t.Node is { } n)
+                    foreach (var input in n.Inputs)
+                        if (input.RequiresGrad && input.Node is null)
+                            pendingEdges[input] = pendingEdges.GetValueOrDefault(input) + 1;
+        }
+
         using var _ = GradMode.NoGrad();
         var grads = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         grads[root] = seed?.Detach() ?? Tensor.Full(root.Backend, root.Shape, 1f);
@@ -76,8 +94,9 @@ public static class Autograd
             var node = t.Node;
             if (node is null)
             {
-                AccumulateLeaf(t, g);
-                g.Dispose();
+                // Without a callback every leaf is accumulated here; with one, only a leaf some of whose edges were
+                // never walked (their node got no gradient), now that all nodes above it have run.
+                FinishLeaf(t, g, leafReady);
                 continue;
             }
             var inGrads = node.BackwardFn(g);
@@ -90,19 +109,38 @@ public static class Autograd
             {
                 var gi = inGrads[i];
                 var input = node.Inputs[i];
-                if (gi is null) continue;
-                if (!input.RequiresGrad) { gi.Dispose(); continue; }
-                if (gi.Shape != input.Shape)
-                    throw new InvalidOperationException($"Backward of {node.Op} gave a gradient {gi.Shape} for input {input.Describe()}.");
-                if (grads.TryGetValue(input, out var existing))
+                if (gi is not null)
                 {
-                    grads[input] = Ops.Add(existing, gi);
-                    existing.Dispose();
-                    gi.Dispose();
+                    if (!input.RequiresGrad) { gi.Dispose(); continue; }
+                    if (gi.Shape != input.Shape)
+                        throw new InvalidOperationException($"Backward of {node.Op} gave a gradient {gi.Shape} for input {input.Describe()}.");
+                    if (grads.TryGetValue(input, out var existing))
+                    {
+                        grads[input] = Ops.Add(existing, gi);
+                        existing.Dispose();
+                        gi.Dispose();
+                    }
+                    else grads[input] = gi;
                 }
-                else grads[input] = gi;
+                if (pendingEdges is not null && pendingEdges.TryGetValue(input, out int left))
+                {
+                    if (left > 1) pendingEdges[input] = left - 1;
+                    else
+                    {
+                        // The leaf's last contribution: final now. Removing it from grads skips its place in the order.
+                        pendingEdges.Remove(input);
+                        if (grads.Remove(input, out var gl)) FinishLeaf(input, gl, leafReady);
+                    }
+                }
             }
         }
+    }
+
+    private static void FinishLeaf(Tensor leaf, Tensor g, Action<Tensor>? leafReady)
+    {
+        AccumulateLeaf(leaf, g);
+        g.Dispose();
+        leafReady?.Invoke(leaf);
     }
 
     private static void AccumulateLeaf(Tensor leaf, Tensor g)

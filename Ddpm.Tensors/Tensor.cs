@@ -123,7 +123,18 @@ public class Tensor : IDisposable
     // ---- autograd entry points ------------------------------------------------------------------------
 
     /// <summary>Back-propagates from this tensor (a one-element loss unless a gradient is given).</summary>
-    public void Backward(Tensor? gradient = null) => Autograd.Backward(this, gradient);
+    public void Backward(Tensor? gradient = null) => Autograd.Backward(this, gradient, null);
+
+    /// <summary>
+    /// Back-propagates as <see cref="Backward(Tensor?)"/>, and calls <paramref name="leafReady"/> once for each
+    /// leaf that receives a gradient, as soon as its last contribution has been accumulated into
+    /// <see cref="Grad"/>, while the rest of the pass still runs (so its gradient can be sent on meanwhile).
+    /// </summary>
+    public void Backward(Tensor? gradient, Action<Tensor> leafReady)
+    {
+        ArgumentNullException.ThrowIfNull(leafReady);
+        Autograd.Backward(this, gradient, leafReady);
+    }
 
     /// <summary>A tensor sharing this one's memory with no autograd history.</summary>
     public Tensor Detach()

@@ -13,8 +13,17 @@ namespace Ddpm.Diffusion.Training;
 /// <param name="Collective">The ranks; <see cref="SingleProcess.Instance"/> for a job of one.</param>
 /// <param name="ChecksumEvery">Compare the weights of all ranks before every this many steps (and before the
 /// first step this trainer takes); 0 never.</param>
-public sealed record DataParallel(ICollective Collective, int ChecksumEvery = 100)
+/// <param name="BucketMegabytes">The gradients are averaged in buckets of at least this many MB (10^6 bytes),
+/// each started as soon as the backward pass has finished its gradients (<see cref="GradientBuckets"/>); 0
+/// averages the whole gradient in one all-reduce after the backward pass.</param>
+public sealed record DataParallel(ICollective Collective, int ChecksumEvery = 100, double BucketMegabytes = DataParallel.DefaultBucketMegabytes)
 {
+    /// <summary>The default bucket size in MB.</summary>
+    public const double DefaultBucketMegabytes = 4;
+
+    /// <summary>The largest bucket size accepted, in MB.</summary>
+    public const double MaxBucketMegabytes = 1024;
+
     /// <summary>A job of one process: no communication at all.</summary>
     public static DataParallel None { get; } = new(SingleProcess.Instance, 0);
 

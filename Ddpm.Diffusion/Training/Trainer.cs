@@ -22,7 +22,8 @@ public readonly record struct TrainStep(long Step, float Loss, double GradNorm, 
 /// and trains on its shard; its noise, timesteps and dropout masks are drawn at the positions its samples have
 /// in the global batch, so the ranks together draw what one process with the whole batch draws. The
 /// gradients (of the shard's mean loss) are averaged over the ranks in the store's one flat buffer before
-/// clipping, so the norm is the global one and every rank takes the same Adam step.
+/// clipping, so the norm is the global one and every rank takes the same Adam step; by default in buckets that
+/// start during the backward pass (<see cref="DataParallel.BucketMegabytes"/>), so communication overlaps it.
 /// A class-conditional model trains on the data's labels, each replaced by the null class with probability
 /// <see cref="TrainingConfig.ClassDropout"/>; that draw comes from the noise stream, per sample, like the timesteps.
 /// </summary>
@@ -35,6 +36,7 @@ public sealed class Trainer : IDisposable
     private readonly DeviceBuffer _stats;
     private readonly float[] _statsHost = new float[StatsLength];
     private readonly ReplicaCheck _replicaCheck = new();
+    private readonly GradientBuckets? _buckets;
     private float[] _batch = [];
     private int[] _labels = [];
     private bool _checkedOnce;
@@ -83,10 +85,17 @@ public sealed class Trainer : IDisposable
         if (config.EmaDecay > 0) _ema = Store.CreateState(copyParameters: true);
         _params = named.Select((p, i) => (p.Name, p.Param, _ema?.Views[i])).ToList();
         _stats = Store.Backend.Allocate(StatsLength);
+        if (!(parallel.BucketMegabytes >= 0 && parallel.BucketMegabytes <= DataParallel.MaxBucketMegabytes))
+            throw new ArgumentOutOfRangeException(nameof(parallel), $"A gradient bucket of {parallel.BucketMegabytes} MB is outside 0 .. {DataParallel.MaxBucketMegabytes} MB.");
+        if (parallel.Size > 1 && parallel.BucketMegabytes > 0)
+            _buckets = new GradientBuckets(Store, parallel.Collective, (long)Math.Ceiling(parallel.BucketMegabytes * 1e6));
     }
 
     /// <summary>The data-parallel job this trainer is a rank of (<see cref="DataParallel.None"/> alone).</summary>
     public DataParallel Parallel { get; }
+
+    /// <summary>The buckets the gradients are averaged in during the backward pass (null alone or with buckets off).</summary>
+    public GradientBuckets? GradientBuckets => _buckets;
 
     /// <summary>The flat parameter and gradient buffers of the model (the gradients are what a data-parallel step all-reduces).</summary>
     public ParameterStore Store { get; }
@@ -143,9 +152,17 @@ public sealed class Trainer : IDisposable
                 loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(shardStart, shard));
             }
             Model.ZeroGrad();
-            loss.Backward();
+            if (_buckets is not null)
+            {
+                // The mean of the shards' mean-loss gradients is the gradient of the global batch's mean loss,
+                // averaged bucket by bucket while the backward pass runs.
+                _buckets.Begin();
+                loss.Backward(null, _buckets.LeafReady);
+                _buckets.Finish();
+            }
+            else loss.Backward();
             be.Copy(loss.Buffer, 0, 1, _stats, 0);
-            if (coll.Size > 1)
+            if (coll.Size > 1 && _buckets is null)
             {
                 // The mean of the shards' mean-loss gradients is the gradient of the global batch's mean loss.
                 Store.CompleteGradients();

@@ -33,6 +33,19 @@ public interface ICollective : IDisposable
     /// </summary>
     void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op);
 
+    /// <summary>
+    /// Starts the all-reduce of <paramref name="buffer"/>[offset, offset + count) and returns while it runs, so
+    /// that the caller can compute meanwhile; the range holds the reduction once <see cref="IPendingReduce.Wait"/>
+    /// has returned. The range must not be written until then. Every rank starts its reductions in the same
+    /// order, and may wait for them in any order. This default reduces at once (an engine without non-blocking
+    /// collectives) and returns a completed reduction.
+    /// </summary>
+    IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    {
+        AllReduce(buffer, offset, count, op);
+        return PendingReduce.Completed;
+    }
+
     /// <summary>Host all-reduce of floats, in place.</summary>
     void AllReduce(Span<float> data, ReduceOp op);
 
@@ -55,6 +68,32 @@ public interface ICollective : IDisposable
     void Abort(int exitCode);
 }
 
+/// <summary>An all-reduce started by <see cref="ICollective.StartAllReduce"/>.</summary>
+public interface IPendingReduce
+{
+    /// <summary>
+    /// Lets the reduction advance without blocking (engines such as MPICH progress non-blocking collectives
+    /// only inside their calls) and says whether it is complete; the result is in place only after <see cref="Wait"/>.
+    /// </summary>
+    bool Test();
+
+    /// <summary>Blocks until the reduction is complete and its result is in the buffer. Idempotent.</summary>
+    void Wait();
+}
+
+/// <summary>Pending reductions that need no more work.</summary>
+public static class PendingReduce
+{
+    /// <summary>A reduction that finished when it was started.</summary>
+    public static IPendingReduce Completed { get; } = new Done();
+
+    private sealed class Done : IPendingReduce
+    {
+        public bool Test() => true;
+        public void Wait() { }
+    }
+}
+
 /// <summary>The collective of a job of one rank: every operation is the identity and costs nothing.</summary>
 public sealed class SingleProcess : ICollective
 {
@@ -68,6 +107,12 @@ public sealed class SingleProcess : ICollective
 
     public void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op) =>
         Collective.CheckRange(buffer, offset, count);
+
+    public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    {
+        Collective.CheckRange(buffer, offset, count);
+        return PendingReduce.Completed;
+    }
 
     public void AllReduce(Span<float> data, ReduceOp op) { }
     public void AllReduce(Span<double> data, ReduceOp op) { }

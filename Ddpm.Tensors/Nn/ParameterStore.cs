@@ -153,11 +153,20 @@ public sealed class ParameterStore : IDisposable
     /// slot never written is zero already). Returns whether every parameter had a gradient. Throws if a
     /// gradient was moved out of the buffer (replaced or disposed by other code).
     /// </summary>
-    public bool CompleteGradients()
+    public bool CompleteGradients() => CompleteGradients(0, _slots.Length);
+
+    /// <summary>
+    /// <see cref="CompleteGradients()"/> for slots [<paramref name="firstSlot"/>, firstSlot + slotCount) only:
+    /// what a part of the gradient buffer needs before it is sent while the backward pass still runs.
+    /// </summary>
+    public bool CompleteGradients(int firstSlot, int slotCount)
     {
+        if (firstSlot < 0 || slotCount < 0 || firstSlot > _slots.Length - slotCount)
+            throw new ArgumentOutOfRangeException(nameof(firstSlot), $"Slots [{firstSlot}, {firstSlot} + {slotCount}) are outside a store of {_slots.Length}.");
         bool all = true;
-        foreach (var s in _slots)
+        for (int i = firstSlot; i < firstSlot + slotCount; i++)
         {
+            var s = _slots[i];
             var p = s.Parameter;
             var slot = p.GradSlot;
             if (slot is null || slot.IsDisposed || p.Store != this)

@@ -7,7 +7,8 @@ namespace Ddpm.Tool;
 /// <summary>
 /// A collective that forwards every call and adds up the wall time of the device-buffer all-reduces (the
 /// gradient average of a training step) since the last <see cref="Reset"/>: what <c>bench</c> reports as the
-/// all-reduce's share of a step.
+/// all-reduce's share of a step. For reductions started during the backward pass that is the time the step
+/// spends on them (copies, posting, waiting), not the part that overlaps computation.
 /// </summary>
 public sealed class TimedCollective(ICollective inner) : ICollective
 {
@@ -16,7 +17,8 @@ public sealed class TimedCollective(ICollective inner) : ICollective
     /// <summary>The collective whose calls are timed.</summary>
     public ICollective Inner => inner;
 
-    /// <summary>Seconds spent in <see cref="AllReduce(DeviceBuffer, int, int, ReduceOp)"/> since <see cref="Reset"/>.</summary>
+    /// <summary>Seconds spent in <see cref="AllReduce(DeviceBuffer, int, int, ReduceOp)"/> and in starting, testing and waiting for
+    /// <see cref="StartAllReduce"/>'s reductions since <see cref="Reset"/>.</summary>
     public double BufferSeconds => (double)_ticks / Stopwatch.Frequency;
 
     public void Reset() => _ticks = 0;
@@ -32,6 +34,15 @@ public sealed class TimedCollective(ICollective inner) : ICollective
         _ticks += Stopwatch.GetTimestamp() - start;
     }
 
+    /// <summary>Forwards; the time counted is that of starting, testing and waiting: what the caller spends, not what overlaps.</summary>
+    public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    {
+        long start = Stopwatch.GetTimestamp();
+        var pending = new TimedPending(this, inner.StartAllReduce(buffer, offset, count, op));
+        _ticks += Stopwatch.GetTimestamp() - start;
+        return pending;
+    }
+
     public void AllReduce(Span<float> data, ReduceOp op) => inner.AllReduce(data, op);
     public void AllReduce(Span<double> data, ReduceOp op) => inner.AllReduce(data, op);
     public void Broadcast(Span<byte> data, int root) => inner.Broadcast(data, root);
@@ -39,4 +50,22 @@ public sealed class TimedCollective(ICollective inner) : ICollective
     public void Barrier() => inner.Barrier();
     public void Abort(int exitCode) => inner.Abort(exitCode);
     public void Dispose() => inner.Dispose();
+
+    private sealed class TimedPending(TimedCollective owner, IPendingReduce inner) : IPendingReduce
+    {
+        public bool Test()
+        {
+            long start = Stopwatch.GetTimestamp();
+            bool done = inner.Test();
+            owner._ticks += Stopwatch.GetTimestamp() - start;
+            return done;
+        }
+
+        public void Wait()
+        {
+            long start = Stopwatch.GetTimestamp();
+            inner.Wait();
+            owner._ticks += Stopwatch.GetTimestamp() - start;
+        }
+    }
 }

@@ -55,6 +55,10 @@ public sealed class BenchOptions : ModelOptions
     [Option("distributed", HelpText = "train and allreduce: mpi (one rank of an MPI job; --batch is the global batch), nccl (CUDA ranks) or none. " +
         "Default as for train: the launcher's word, NCCL for --backend cuda when it is found.")]
     public DistributedMode? Distributed { get; set; }
+
+    [Option("bucket-mb", Default = DataParallel.DefaultBucketMegabytes, HelpText = "train on several ranks: average the gradients in buckets of at least this " +
+        "many MB started during the backward pass (0: one all-reduce after it). Default 4, range 0 to 1024.")]
+    public double BucketMb { get; set; } = DataParallel.DefaultBucketMegabytes;
 }
 
 public static class BenchCommand
@@ -69,6 +73,7 @@ public static class BenchCommand
         if (batch is <= 0 or > TrainOptions.MaxBatch) throw new UsageError($"--batch must be between 1 and {TrainOptions.MaxBatch:N0}, got {batch}.");
         if (mode == "train" && o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
             MemoryEstimate.Require(MemoryEstimate.TrainingBytes(cfg, batch), $"training a {cfg.ParameterCount():N0}-parameter model with --batch {batch}");
+        TrainOptions.CheckBucketMb(o.BucketMb);
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
         if (mode is "sample" or "gemm" && o.Distributed is DistributedMode.Mpi or DistributedMode.Nccl)
             throw new UsageError($"--distributed {o.Distributed.ToString()!.ToLowerInvariant()} applies to --mode train and allreduce, not {mode}.");
@@ -89,6 +94,7 @@ public static class BenchCommand
         var allReduceTimes = new List<double>();
         double flops = 0;
         long parameters = 0;
+        int buckets = 0;
 
         if (mode == "allreduce")
         {
@@ -137,7 +143,8 @@ public static class BenchCommand
                 using var trainer = new Trainer(diffusion, new SyntheticBatches(cfg.ImageChannels, cfg.ImageSize, 1),
                     // As the peers measure it: forward + backward + Adam, no EMA copy and no gradient clipping.
                     new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f },
-                    new DataParallel(collective!, ChecksumEvery: 0));
+                    new DataParallel(collective!, ChecksumEvery: 0, BucketMegabytes: o.BucketMb));
+                buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
                     if (i == o.Warmup) profiler?.Start();
@@ -207,14 +214,17 @@ public static class BenchCommand
                 mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times.Min(), times.Max(), peak / 1e9));
             double? allReduce = ranks > 1 ? Median(allReduceTimes) : null;
             if (allReduce is { } ar)
-                con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks over {1}, {2} images per rank; the gradient all-reduce takes a median {3:F1} ms of the step ({4:F1} %)",
-                    ranks, CollectiveChoice.Describe(collective!.Inner), batch / ranks, ar * 1e3, 100 * ar / median));
+                con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks over {1}, {2} images per rank, {3}; the gradient all-reduce takes a median {4:F1} ms of the step ({5:F1} %)",
+                    ranks, CollectiveChoice.Describe(collective!.Inner), batch / ranks,
+                    buckets > 0 ? string.Format(inv, "{0} bucket{1} (--bucket-mb {2:G}) started during the backward pass", buckets, buckets == 1 ? "" : "s", o.BucketMb)
+                        : "one all-reduce after the backward pass",
+                    ar * 1e3, 100 * ar / median));
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
                 {
                     mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
-                    peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce,
+                    peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce, buckets,
                 }));
         }
         return 0;

@@ -4,6 +4,10 @@ namespace Ddpm.Tensors.Distributed.Mpi;
 /// <see cref="ICollective"/> over MPI_COMM_WORLD of MPICH. Device buffers are reduced through host memory: each
 /// chunk of the range is downloaded into a pinned array, all-reduced in place and uploaded again. One instance
 /// per process: it initialises MPI and finalises it when disposed (MPI cannot be initialised twice).
+/// <see cref="StartAllReduce"/> downloads its range into a pinned array of its own (kept for the next reduction
+/// of the same length, so a training step's buckets reuse theirs) and posts MPI_Iallreduce on it; MPICH advances
+/// the reduction inside MPI calls, so every start and every <see cref="IPendingReduce.Test"/> also tests the
+/// reductions still outstanding.
 /// </summary>
 public sealed unsafe class MpiCollective : ICollective
 {
@@ -12,6 +16,8 @@ public sealed unsafe class MpiCollective : ICollective
 
     private readonly bool _ownsInit;
     private float[] _host = [];
+    private readonly Dictionary<int, Stack<float[]>> _freeHost = [];
+    private readonly List<Pending> _outstanding = [];
     private bool _disposed;
 
     private MpiCollective(bool ownsInit, int rank, int size, string library)
@@ -86,18 +92,45 @@ public sealed unsafe class MpiCollective : ICollective
         }
     }
 
+    public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    {
+        Collective.CheckRange(buffer, offset, count);
+        ThrowIfDisposed();
+        if (count == 0) return PendingReduce.Completed;
+        var host = _freeHost.TryGetValue(count, out var free) && free.Count > 0
+            ? free.Pop()
+            : GC.AllocateUninitializedArray<float>(count, pinned: true);
+        buffer.Backend.Download(buffer, offset, host);
+        var pending = new Pending(this, buffer, offset, host, op);
+        // The array is pinned (allocated on the pinned heap): MPI may keep its address until the request completes.
+        fixed (float* p = host)
+        fixed (int* request = &pending.Request)
+            MpiNative.Check(MpiNative.MPI_Iallreduce(MpiNative.InPlace, p, count, MpiNative.Float, MpiNative.OpSum, MpiNative.CommWorld, request), "MPI_Iallreduce");
+        Progress();
+        _outstanding.Add(pending);
+        return pending;
+    }
+
+    /// <summary>Tests every outstanding reduction once: MPICH advances non-blocking collectives only inside MPI calls.</summary>
+    private void Progress()
+    {
+        foreach (var p in _outstanding) p.TestRequest();
+    }
+
+    private static void Divide(Span<float> data, int size)
+    {
+        // Division, not multiplication by 1/N, so the average is correctly rounded for every N.
+        float n = size;
+        for (int i = 0; i < data.Length; i++) data[i] /= n;
+    }
+
     public void AllReduce(Span<float> data, ReduceOp op)
     {
         ThrowIfDisposed();
         if (data.IsEmpty) return;
         fixed (float* p = data)
             MpiNative.Check(MpiNative.MPI_Allreduce(MpiNative.InPlace, p, data.Length, MpiNative.Float, MpiNative.OpSum, MpiNative.CommWorld), "MPI_Allreduce");
-        if (op == ReduceOp.Average && Size > 1)
-        {
-            // Division, not multiplication by 1/N, so the average is correctly rounded for every N.
-            float n = Size;
-            for (int i = 0; i < data.Length; i++) data[i] /= n;
-        }
+        if (op == ReduceOp.Average && Size > 1) Divide(data, Size);
     }
 
     public void AllReduce(Span<double> data, ReduceOp op)
@@ -147,4 +180,42 @@ public sealed unsafe class MpiCollective : ICollective
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    /// <summary>One MPI_Iallreduce in flight on a pinned copy of a device range.</summary>
+    private sealed class Pending(MpiCollective owner, DeviceBuffer buffer, int offset, float[] host, ReduceOp op) : IPendingReduce
+    {
+        public int Request = MpiNative.RequestNull;
+        private bool _done;
+
+        public bool Test()
+        {
+            if (_done) return true;
+            owner.ThrowIfDisposed();
+            owner.Progress();
+            return Request == MpiNative.RequestNull;
+        }
+
+        /// <summary>MPI_Test on this request (MPI sets it to MPI_REQUEST_NULL once complete).</summary>
+        public void TestRequest()
+        {
+            if (Request == MpiNative.RequestNull) return;
+            fixed (int* r = &Request)
+                MpiNative.Check(MpiNative.MPI_Test(r, out _, MpiNative.StatusIgnore), "MPI_Test");
+        }
+
+        public void Wait()
+        {
+            if (_done) return;
+            owner.ThrowIfDisposed();
+            if (Request != MpiNative.RequestNull)
+                fixed (int* r = &Request)
+                    MpiNative.Check(MpiNative.MPI_Wait(r, MpiNative.StatusIgnore), "MPI_Wait");
+            _done = true;
+            owner._outstanding.Remove(this);
+            if (op == ReduceOp.Average && owner.Size > 1) Divide(host, owner.Size);
+            buffer.Backend.Upload(host, buffer, offset);
+            if (!owner._freeHost.TryGetValue(host.Length, out var free)) owner._freeHost[host.Length] = free = new Stack<float[]>();
+            free.Push(host);
+        }
+    }
 }

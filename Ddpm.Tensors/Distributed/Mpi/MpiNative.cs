@@ -17,10 +17,14 @@ internal static unsafe partial class MpiNative
     public const int Double = 0x4c00080b;
     public const int OpSum = 0x58000003;
     public const int ThreadSerialized = 2;
+    public const int RequestNull = 0x2c000000;
     public const int MaxErrorString = 512;
 
     /// <summary>MPI_IN_PLACE: <c>(void *) -1</c> in MPICH.</summary>
     public static readonly void* InPlace = (void*)-1;
+
+    /// <summary>MPI_STATUS_IGNORE: <c>(MPI_Status *) 1</c> in MPICH.</summary>
+    public static readonly void* StatusIgnore = (void*)1;
 
     [LibraryImport(Lib)] public static partial int MPI_Initialized(out int flag);
     [LibraryImport(Lib)] public static partial int MPI_Finalized(out int flag);
@@ -29,6 +33,9 @@ internal static unsafe partial class MpiNative
     [LibraryImport(Lib)] public static partial int MPI_Comm_rank(int comm, out int rank);
     [LibraryImport(Lib)] public static partial int MPI_Comm_size(int comm, out int size);
     [LibraryImport(Lib)] public static partial int MPI_Allreduce(void* sendbuf, void* recvbuf, int count, int datatype, int op, int comm);
+    [LibraryImport(Lib)] public static partial int MPI_Iallreduce(void* sendbuf, void* recvbuf, int count, int datatype, int op, int comm, int* request);
+    [LibraryImport(Lib)] public static partial int MPI_Test(int* request, out int flag, void* status);
+    [LibraryImport(Lib)] public static partial int MPI_Wait(int* request, void* status);
     [LibraryImport(Lib)] public static partial int MPI_Bcast(void* buffer, int count, int datatype, int root, int comm);
     [LibraryImport(Lib)] public static partial int MPI_Barrier(int comm);
     [LibraryImport(Lib)] public static partial int MPI_Abort(int comm, int errorcode);

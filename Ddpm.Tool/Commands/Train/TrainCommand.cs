@@ -24,7 +24,7 @@ public static class TrainCommand
             return e is UsageError ? ExitCodes.Usage : ExitCodes.Failed;
         }
         using var collective = job.Host;
-        var dp = new DataParallel(collective);
+        var dp = new DataParallel(collective, BucketMegabytes: o.BucketMb);
         if (dp.IsRoot && job.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
         if (dp.Size == 1) return RunRank(o, con, dp, job);
         try

@@ -102,6 +102,18 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("distributed", HelpText = "Data-parallel training: none, mpi (this process is one rank of an MPI job; --batch is the global batch; device gradients go through host memory) or nccl (an MPI job whose CUDA ranks all-reduce gradients on the device with NCCL's libnccl.so.2; --backend cuda only). Default: when an MPI launcher started several ranks (mpiexec, srun --mpi=pmi2), nccl for --backend cuda if libnccl.so.2 is found (else mpi, with a warning) and mpi for other backends; none otherwise.")]
     public DistributedMode? Distributed { get; set; }
 
+    [Option("bucket-mb", Default = DataParallel.DefaultBucketMegabytes, HelpText = "Data-parallel: average the gradients in buckets of at least this many MB, " +
+        "each sent as soon as the backward pass has finished it, so communication overlaps computation (0: one all-reduce of the whole gradient after the backward pass). " +
+        "Default 4, range 0 to 1024.")]
+    public double BucketMb { get; set; } = DataParallel.DefaultBucketMegabytes;
+
+    /// <summary>Refuses a --bucket-mb outside 0 .. <see cref="DataParallel.MaxBucketMegabytes"/>.</summary>
+    internal static void CheckBucketMb(double mb)
+    {
+        if (!(mb >= 0 && mb <= DataParallel.MaxBucketMegabytes))
+            throw new UsageError($"--bucket-mb must be between 0 and {DataParallel.MaxBucketMegabytes:G}, got {mb.ToString(System.Globalization.CultureInfo.InvariantCulture)}.");
+    }
+
     [Option("sample-every", Default = 1000, HelpText = "Write a sample grid every N steps (0: only at the end).")]
     public int SampleEvery { get; set; }
 
@@ -127,6 +139,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     /// <summary>Checks the values that need no file; the rest is checked while the plan is resolved.</summary>
     public void Check()
     {
+        CheckBucketMb(BucketMb);
         if (Steps is <= 0 or > MaxSteps) throw new UsageError($"--steps must be between 1 and {MaxSteps:N0}, got {Steps}.");
         if (!(Lr > 0 && float.IsFinite(Lr))) throw new UsageError($"--lr must be a positive number, got {Lr}.");
         if (Epochs is <= 0) throw new UsageError($"--epochs must be positive, got {Epochs}.");

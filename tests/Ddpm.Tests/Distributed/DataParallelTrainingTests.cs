@@ -54,26 +54,29 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     private static TrainingConfig Config(int batch) =>
         new() { BatchSize = batch, LearningRate = 2e-3f, WarmupSteps = 2, EmaDecay = 0.9f, GradClip = 0.5f, Seed = 5, AdamEps = 1e-5f };
 
-    private static (float[] Losses, double[] Norms, float[] Weights, float[] Ema) Train(ICollective coll, int batch, int steps)
+    private static (float[] Losses, double[] Norms, float[] Weights, float[] Ema, int[] BucketsStartedEarly) Train(ICollective coll, int batch, int steps,
+        double bucketMb = 0)
     {
         var cfg = GoldenTestsBase.TinyConfig;
         using var be = new CpuBackend(1);
         using var model = new UNet(be, cfg, new PhiloxGenerator(1));
         using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new SyntheticBatches(1, cfg.ImageSize, 2),
-            Config(batch), new DataParallel(coll, ChecksumEvery: 2));
+            Config(batch), new DataParallel(coll, ChecksumEvery: 2, BucketMegabytes: bucketMb));
         var losses = new float[steps];
         var norms = new double[steps];
+        var early = new int[steps];
         for (int i = 0; i < steps; i++)
         {
             var s = trainer.Step();
             (losses[i], norms[i]) = (s.Loss, s.GradNorm);
+            early[i] = trainer.GradientBuckets?.StartedEarly ?? 0;
             Assert.Equal(batch, s.Batch);
         }
         var w = new float[trainer.Store.Count];
         be.Download(trainer.Store.Parameters, 0, w);
         var ema = new float[trainer.Store.Count];
         be.Download(trainer.EmaWeights!, 0, ema);
-        return (losses, norms, w, ema);
+        return (losses, norms, w, ema, early);
     }
 
     // Float summation order: the shards' losses and gradients are summed in another order than the whole
@@ -118,6 +121,34 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
         Assert.True(moved > 1e-3, "the weights should have moved");
         Assert.True(maxW <= WeightTolerance, $"weights differ by {maxW:E3}");
         Assert.True(maxE <= WeightTolerance, $"EMA weights differ by {maxE:E3}");
+    }
+
+    [Theory]
+    [InlineData(2, 0.05)]
+    [InlineData(3, 0.3)]
+    public void GradientsAveragedInBucketsDuringTheBackwardPassTrainBitForBitWhatOneAllReduceTrains(int ranks, double bucketMb)
+    {
+        const int batch = 6, steps = 3;
+        var whole = new InProcessRanks(ranks).Run(c => Train(c, batch, steps));
+        var bucketed = new InProcessRanks(ranks).Run(c => Train(c, batch, steps, bucketMb));
+        // The in-process ranks copy a bucket when it starts and sum it (in rank order, as the whole buffer) when
+        // waited for: a bucket started before all its gradients were final would change the weights.
+        for (int r = 0; r < ranks; r++)
+        {
+            Assert.Equal(whole[0].Losses, bucketed[r].Losses);
+            Assert.Equal(whole[0].Norms, bucketed[r].Norms);
+            Assert.Equal(whole[0].Weights, bucketed[r].Weights);
+            Assert.Equal(whole[0].Ema, bucketed[r].Ema);
+        }
+        // The tiny UNet's gradients in buckets of 0.05 or 0.3 MB: many buckets, every one started while the
+        // backward pass runs (the first layers' too: their last gradient is final before the walk ends).
+        using var be = new CpuBackend(1);
+        using var model = new UNet(be, GoldenTestsBase.TinyConfig, new PhiloxGenerator(1));
+        using var store = Ddpm.Tensors.Nn.ParameterStore.Adopt(model);
+        int buckets = GradientBuckets.Plan(store.Slots, (long)(bucketMb * 1e6)).Length;
+        output.WriteLine($"{ranks} ranks, {bucketMb} MB: {buckets} buckets, started during the pass per step: {string.Join(", ", bucketed[0].BucketsStartedEarly)}");
+        Assert.True(buckets >= 4, $"{buckets} buckets");
+        Assert.All(bucketed[0].BucketsStartedEarly, n => Assert.Equal(buckets, n));
     }
 
     [Fact]

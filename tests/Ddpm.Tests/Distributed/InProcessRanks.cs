@@ -58,6 +58,33 @@ internal sealed class InProcessRanks
             buffer.Backend.Upload(host, buffer, offset);
         }
 
+        /// <summary>
+        /// Copies the range now and reduces it at <see cref="IPendingReduce.Wait"/>, as an engine that sends the
+        /// values it found at the start would: a range started before its values were final shows in the result.
+        /// </summary>
+        public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+        {
+            Collective.CheckRange(buffer, offset, count);
+            var host = new float[count];
+            buffer.Backend.Download(buffer, offset, host);
+            return new Deferred(this, buffer, offset, host, op);
+        }
+
+        private sealed class Deferred(RankCollective rank, DeviceBuffer buffer, int offset, float[] host, ReduceOp op) : IPendingReduce
+        {
+            private bool _done;
+
+            public bool Test() => _done;
+
+            public void Wait()
+            {
+                if (_done) return;
+                _done = true;
+                rank.AllReduce(host, op);
+                buffer.Backend.Upload(host, buffer, offset);
+            }
+        }
+
         public void AllReduce(Span<float> data, ReduceOp op)
         {
             var sum = Exchange(data.ToArray());
