@@ -7,7 +7,7 @@ padding to the model's size, data range -- and writes the EMA weights under labm
 diffusion configs in the header, so that `ddpm-tool eval --checkpoint OUT` scores them like a Ddpm run.
 
 Run with Debian's PyTorch (apt-get install -y python3-torch python3-numpy):
-  OMP_NUM_THREADS=2 /usr/bin/python3 train_recipe.py --like runs/train/checkpoint.safetensors \
+  OMP_NUM_THREADS=2 /usr/bin/python3 train_recipe.py --like runs/base/checkpoint.safetensors \
       --data data/fashion-mnist/train-images-idx3-ubyte.gz --seed 1 --out torch-seed1.safetensors
   ddpm-tool eval --checkpoint torch-seed1.safetensors --n 1000
 """
@@ -92,6 +92,8 @@ def main():
 
     meta = read_safetensors_header(a.like)['__metadata__']
     mc, dc, tc = (json.loads(meta[k]) for k in ('model', 'diffusion', 'training'))
+    if mc.get('num_classes', 0):
+        raise SystemExit(f'{a.like}: a class-conditional model; this script trains the unconditional recipe (train --no-classes)')
     steps = a.steps or int(meta['step'])
     size, channels = mc['image_size'], mc['image_channels']
     model = UNet(image_channels=channels, n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
