@@ -31,6 +31,21 @@ public sealed record CudaProbeResult(bool Available, string Reason, CudaDeviceIn
 /// <summary>Reports whether CUDA can be used here and with what, without creating a backend.</summary>
 public static class CudaProbe
 {
+    /// <summary>The number of CUDA devices this process sees; 0 when CUDA cannot be used here.</summary>
+    public static int VisibleDeviceCount()
+    {
+        try
+        {
+            OpenDevice(0);
+            Driver.Check(Driver.cuDeviceGetCount(out int count), "cuDeviceGetCount");
+            return count;
+        }
+        catch (Exception e) when (e is CudaUnavailableException or CudaException or DllNotFoundException)
+        {
+            return 0;
+        }
+    }
+
     /// <summary>Probes device <paramref name="ordinal"/> and the libraries; never throws for a missing piece.</summary>
     public static CudaProbeResult Run(int ordinal = 0)
     {

@@ -11,8 +11,19 @@ public static class ToolBackends
 
     public static IBackend Create(CommonOptions o) => Create(o.Backend, o);
 
+    /// <summary>
+    /// The backend of one rank of a data-parallel job: a CUDA rank takes device <paramref name="localRank"/> modulo
+    /// the devices it sees, so the ranks of a host spread over its GPUs one each (and a launcher that gives each
+    /// rank one GPU through CUDA_VISIBLE_DEVICES still works).
+    /// </summary>
+    public static IBackend Create(CommonOptions o, int localRank) =>
+        Create(o.Backend, o, o.Backend == "cuda" && localRank > 0 ? DeviceForRank(localRank, CudaProbe.VisibleDeviceCount()) : 0);
+
+    /// <summary>The device of the rank with <paramref name="localRank"/> on a host with <paramref name="devices"/> visible devices.</summary>
+    public static int DeviceForRank(int localRank, int devices) => devices > 0 ? localRank % devices : 0;
+
     /// <summary>Backend <paramref name="name"/> with the thread and TF32 options of <paramref name="o"/>.</summary>
-    public static IBackend Create(string name, CommonOptions o)
+    public static IBackend Create(string name, CommonOptions o, int device = 0)
     {
         var reg = Registry();
         if (!reg.Contains(name))
@@ -20,7 +31,7 @@ public static class ToolBackends
         if (o.Threads < 0) throw new UsageError($"--threads must be >= 0, got {o.Threads}.");
         try
         {
-            return reg.Create(name, new BackendOptions { Threads = o.Threads, AllowTf32 = o.Tf32 });
+            return reg.Create(name, new BackendOptions { Threads = o.Threads, AllowTf32 = o.Tf32, Device = device });
         }
         catch (Exception e) when (e is not UsageError)
         {

@@ -26,7 +26,8 @@ public enum DistributedMode
 /// <param name="Host">The launcher's collective; the caller disposes it.</param>
 /// <param name="UseNccl">Whether the device all-reduce goes through NCCL.</param>
 /// <param name="Warning">One line rank 0 prints, or null: why CUDA ranks fall back to MPI through host memory.</param>
-public sealed record CollectiveChoice(ICollective Host, bool UseNccl, string? Warning)
+/// <param name="LocalRank">This process's rank among the ranks of its host (0 when it runs alone).</param>
+public sealed record CollectiveChoice(ICollective Host, bool UseNccl, string? Warning, int LocalRank = 0)
 {
     /// <summary>
     /// The collective for the trainer on <paramref name="backend"/>: NCCL on its stream, or <see cref="Host"/>.
@@ -87,7 +88,7 @@ public static class ToolCollective
         }
         try
         {
-            return new CollectiveChoice(MpiCollective.Initialize(launch), chosen == DistributedMode.Nccl, warning);
+            return new CollectiveChoice(MpiCollective.Initialize(launch), chosen == DistributedMode.Nccl, warning, launch?.LocalRank ?? 0);
         }
         catch (Exception e) when (e is DllNotFoundException or InvalidOperationException or EntryPointNotFoundException)
         {

@@ -86,7 +86,7 @@ public static class BenchCommand
             throw new UsageError($"--batch {batch} does not divide into {ranks} ranks (it is the global batch).");
         if (hostCollective is { Rank: > 0 }) con = ToolCollective.Quiet(con);
         if (job?.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
-        var raw = ToolBackends.Create(o);
+        var raw = ToolBackends.Create(o, job?.LocalRank ?? 0);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
         using IBackend be = profiler ?? raw;
         using var collective = job is null ? null : new TimedCollective(job.ForBackend(raw));

@@ -49,7 +49,7 @@ public static class TrainCommand
         if (!dp.IsRoot) return RunWorker(o, plan, con, dp, job);
         using var folder = OutputFolder.Lock(plan.OutFolder);
         int stale = folder.RemoveStaleTemporaries();
-        using var be = ToolBackends.Create(o);
+        using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
         dp = dp with { Collective = onDevice };
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
@@ -126,7 +126,7 @@ public static class TrainCommand
     /// <summary>A rank other than 0: the same steps and collectives as rank 0, and no files.</summary>
     private static int RunWorker(TrainOptions o, TrainPlan plan, ToolConsole con, DataParallel dp, CollectiveChoice job)
     {
-        using var be = ToolBackends.Create(o);
+        using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
         dp = dp with { Collective = onDevice };
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));

@@ -83,5 +83,20 @@ public sealed class CollectiveTests
         Assert.Contains("PMI_SIZE='two'", e.Message);
         e = Assert.Throws<FormatException>(() => Detect(("PMI_RANK", "4"), ("PMI_SIZE", "4")));
         Assert.Contains("PMI_RANK='4'", e.Message);
+        // The rank among the host's ranks, which picks a CUDA rank's device.
+        Assert.Equal(new LaunchEnvironment("MPICH/PMI", 5, 8, 1), Detect(("PMI_RANK", "5"), ("PMI_SIZE", "8"), ("MPI_LOCALRANKID", "1")));
+        Assert.Equal(3, Detect(("OMPI_COMM_WORLD_RANK", "7"), ("OMPI_COMM_WORLD_SIZE", "8"), ("OMPI_COMM_WORLD_LOCAL_RANK", "3"))!.LocalRank);
+        Assert.Equal(2, Detect(("SLURM_PROCID", "6"), ("SLURM_STEP_NUM_TASKS", "8"), ("SLURM_LOCALID", "2"))!.LocalRank);
+        e = Assert.Throws<FormatException>(() => Detect(("PMI_RANK", "1"), ("PMI_SIZE", "2"), ("MPI_LOCALRANKID", "x")));
+        Assert.Contains("MPI_LOCALRANKID='x'", e.Message);
     }
+
+    [Theory]
+    [InlineData(0, 8, 0)]
+    [InlineData(3, 8, 3)]
+    [InlineData(9, 8, 1)]
+    [InlineData(1, 1, 0)] // one GPU per rank through CUDA_VISIBLE_DEVICES
+    [InlineData(2, 0, 0)] // no device visible: device 0, whose absence the backend reports
+    public void EachLocalRankTakesItsOwnDevice(int localRank, int devices, int expected) =>
+        Assert.Equal(expected, Ddpm.Tool.ToolBackends.DeviceForRank(localRank, devices));
 }
