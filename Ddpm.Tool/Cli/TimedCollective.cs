@@ -27,20 +27,19 @@ public sealed class TimedCollective(ICollective inner) : ICollective
     public int Rank => inner.Rank;
     public int Size => inner.Size;
 
-    public void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
-    {
-        long start = Stopwatch.GetTimestamp();
-        inner.AllReduce(buffer, offset, count, op);
-        _ticks += Stopwatch.GetTimestamp() - start;
-    }
+    public void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op) =>
+        Timed(() => { inner.AllReduce(buffer, offset, count, op); return true; });
 
     /// <summary>Forwards; the time counted is that of starting, testing and waiting: what the caller spends, not what overlaps.</summary>
-    public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op) =>
+        new TimedPending(this, Timed(() => inner.StartAllReduce(buffer, offset, count, op)));
+
+    /// <summary>Runs <paramref name="call"/> and adds its wall time to the count.</summary>
+    private T Timed<T>(Func<T> call)
     {
         long start = Stopwatch.GetTimestamp();
-        var pending = new TimedPending(this, inner.StartAllReduce(buffer, offset, count, op));
-        _ticks += Stopwatch.GetTimestamp() - start;
-        return pending;
+        try { return call(); }
+        finally { _ticks += Stopwatch.GetTimestamp() - start; }
     }
 
     public void AllReduce(Span<float> data, ReduceOp op) => inner.AllReduce(data, op);
@@ -53,19 +52,8 @@ public sealed class TimedCollective(ICollective inner) : ICollective
 
     private sealed class TimedPending(TimedCollective owner, IPendingReduce inner) : IPendingReduce
     {
-        public bool Test()
-        {
-            long start = Stopwatch.GetTimestamp();
-            bool done = inner.Test();
-            owner._ticks += Stopwatch.GetTimestamp() - start;
-            return done;
-        }
+        public bool Test() => owner.Timed(inner.Test);
 
-        public void Wait()
-        {
-            long start = Stopwatch.GetTimestamp();
-            inner.Wait();
-            owner._ticks += Stopwatch.GetTimestamp() - start;
-        }
+        public void Wait() => owner.Timed(() => { inner.Wait(); return true; });
     }
 }

@@ -4,6 +4,7 @@ using System.Text.Json;
 using CommandLine;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Quality;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
@@ -86,15 +87,9 @@ public static class EvalCommand
         string? sampling = null;
         if (o.Checkpoint is not null)
         {
-            var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
-            var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+            var (model, diffusion, ema) = LoadForSampling(o, be, cfg, classifierPath, o.Guidance is null ? null : "--guidance");
             using var _m = model;
-            o.Check(diffusion.Steps);
             var mc = model.Config;
-            if (o.Guidance is not null && !mc.IsConditional)
-                throw new UsageError($"--guidance: {o.Checkpoint} holds an unconditional model (trained without classes).");
-            // Fail before the long sampling run, not after it.
-            Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint), classifierPath);
             sampling = o.Describe(diffusion.Steps);
             // Without --guidance a conditional model draws from its unconditional branch; with it, every class in turn.
             int[]? labels = o.Guidance is null ? null : Enumerable.Range(0, o.N).Select(i => i % mc.NumClasses).ToArray();
@@ -169,6 +164,32 @@ public static class EvalCommand
         return 0;
     }
 
+    /// <summary>
+    /// The model of --checkpoint, checked before the long sampling run rather than after it: the sampler's steps
+    /// against its T, that it is class-conditional when <paramref name="conditionalFor"/> names an option that
+    /// needs it, and that its images fit the classifier.
+    /// </summary>
+    private static (UNet Model, DenoiseDiffusion Diffusion, bool Ema) LoadForSampling(EvalOptions o, IBackend be,
+        ClassifierConfig cfg, string classifierPath, string? conditionalFor)
+    {
+        var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint!);
+        var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+        try
+        {
+            o.Check(diffusion.Steps);
+            var mc = model.Config;
+            if (conditionalFor is not null && !mc.IsConditional)
+                throw new UsageError($"{conditionalFor}: {o.Checkpoint} holds an unconditional model (trained without classes).");
+            Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint!), classifierPath);
+            return (model, diffusion, ema);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>eval --class-accuracy: how often a conditional model's samples of class c are classified as c.</summary>
     private static int ClassAccuracy(EvalOptions o, ToolConsole con, IBackend be, FeatureClassifier classifier, string classifierPath,
         string[] names, Stopwatch total)
@@ -176,19 +197,14 @@ public static class EvalCommand
         if (o.Checkpoint is null) throw new UsageError("--class-accuracy measures a conditional model: give --checkpoint.");
         if (o.Scramble) throw new UsageError("--scramble is an option of the FID measurement, not of --class-accuracy.");
         var cfg = classifier.Config;
-        var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
-        var (model, diffusion, ema) = ModelLoading.Load(ckpt, o, o, be, o.EmaChoice);
+        var (model, diffusion, ema) = LoadForSampling(o, be, cfg, classifierPath, "--class-accuracy");
         using var _m = model;
-        o.Check(diffusion.Steps);
         var mc = model.Config;
-        if (!mc.IsConditional)
-            throw new UsageError($"--class-accuracy: {o.Checkpoint} holds an unconditional model (trained without classes).");
         if (mc.NumClasses != cfg.Classes)
             throw new UserError($"{o.Checkpoint} is conditional on {mc.NumClasses} classes but {classifierPath} tells {cfg.Classes} apart; pass a --classifier trained on the same classes.");
         if (mc.ClassNames is { } modelNames && !modelNames.SequenceEqual(names, StringComparer.OrdinalIgnoreCase)
             && names.Any(n => !int.TryParse(n, NumberStyles.None, CultureInfo.InvariantCulture, out _)))
             throw new UserError($"the classes of {o.Checkpoint} ({string.Join(", ", modelNames)}) are not those of {classifierPath} ({string.Join(", ", names)}).");
-        Prepare(() => SampleQuality.CheckFits(cfg, mc.ImageChannels, mc.ImageSize, mc.ImageSize, o.Checkpoint), classifierPath);
         long count = (long)o.N * mc.NumClasses;
         if (count > MaxCount) throw new UsageError($"-n {o.N} per class draws {count:N0} samples ({mc.NumClasses} classes); at most {MaxCount:N0} are allowed.");
         float guidance = o.Guidance ?? ClassCondition.DefaultGuidance;
