@@ -75,6 +75,10 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    /// <summary>3x3 stride-1 padding-1 convolutions wide enough for Winograd F(2x2, 3x3) (<see cref="CpuBackendOptions.Winograd"/>).</summary>
+    private bool UseWinograd(in ConvGeometry g) =>
+        _pool.Options.Winograd && Winograd.Applies(g) && Math.Min(g.C, g.O) >= _pool.Options.WinogradMinChannels;
+
     /// <summary>Samples go to workers whole when that balances; otherwise the GEMM of each sample is split.</summary>
     private bool SampleParallel(int n) => _pool.Threads > 1 && n >= _pool.Threads && (n % _pool.Threads == 0 || n >= 4 * _pool.Threads);
 
@@ -98,6 +102,12 @@ public sealed unsafe partial class CpuBackend
         nint xp = (nint)x, wp = (nint)w, yp = (nint)y, bp = (nint)bias;
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
+
+        if (UseWinograd(g))
+        {
+            Winograd.Forward(_pool, x, w, bias, y, g);
+            return;
+        }
 
         if (WholeBatch(g))
         {
@@ -223,7 +233,11 @@ public sealed unsafe partial class CpuBackend
         }
 
         int threads = _pool.Threads;
-        if (WholeBatch(g))
+        if (UseWinograd(g))
+        {
+            Winograd.BackwardWeight(_pool, (float*)xp, (float*)dyp, dwp, g);
+        }
+        else if (WholeBatch(g))
         {
             // dw = dyAll [O, N*OH*OW] x columns^T over the whole batch.
             int nTot = g.N * ohw;

@@ -19,6 +19,25 @@ public sealed record CpuBackendOptions
     public bool Gather { get; init; } = true;
 
     /// <summary>
+    /// Run the 3x3, stride-1, padding-1 convolutions with at least <see cref="WinogradMinChannels"/> input and output
+    /// channels as Winograd F(2x2, 3x3) (forward, backward-data and weight gradient); false runs them as implicit GEMMs.
+    /// </summary>
+    public bool Winograd { get; init; } = true;
+
+    /// <summary>
+    /// Fewest input and output channels of a Winograd convolution: its 16 GEMMs are C deep and O tall, too thin to
+    /// pay for the transforms below this (the UNet's 1-channel image projection and output layer).
+    /// </summary>
+    public int WinogradMinChannels { get; init; } = 16;
+
+    /// <summary>
+    /// Size of a Winograd work chunk in tile-channels, (C + O) x tiles: its transformed input and products take 64
+    /// bytes each, so 32768 is 2 MiB (a chunk of 32-channel 32x32 images: two images; 32768 gave the fastest
+    /// convolutions of 16384, 32768 and 65536 on the small preset's layers).
+    /// </summary>
+    public int WinogradChunk { get; init; } = 32768;
+
+    /// <summary>
     /// Largest depth of an SGEMM k-block. A [768, 32] B strip is 96 KiB, past the 48 KiB L1, but the micro-kernel
     /// streams it from L2 at full rate, and each k-block costs a read-modify-write pass over C: 768 gave the highest
     /// 2-thread GEMM rate of the KC values 256 to 1024 on the benchmark machine (BENCHMARKS.md).
@@ -48,6 +67,8 @@ public sealed record CpuBackendOptions
         if (Threads < 0) throw new ArgumentOutOfRangeException(nameof(Threads), $"Thread count {Threads} is negative.");
         if (GemmKC < 16 || GemmMC < 12 || GemmNC < 32)
             throw new ArgumentOutOfRangeException(nameof(GemmKC), $"SGEMM blocks KC {GemmKC}, MC {GemmMC}, NC {GemmNC} are below 16, 12, 32.");
+        if (WinogradChunk < 1) throw new ArgumentOutOfRangeException(nameof(WinogradChunk), $"Winograd chunk {WinogradChunk} is below 1.");
+        if (WinogradMinChannels < 1) throw new ArgumentOutOfRangeException(nameof(WinogradMinChannels), $"Winograd channel threshold {WinogradMinChannels} is below 1.");
         if (SpinMicroseconds < 0) throw new ArgumentOutOfRangeException(nameof(SpinMicroseconds), $"Spin time {SpinMicroseconds} us is negative.");
     }
 }

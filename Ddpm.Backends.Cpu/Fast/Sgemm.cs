@@ -163,8 +163,18 @@ internal static unsafe class Sgemm
         for (int s = 0; s < aStrips; s++)
             PackA(transA, a, lda, ic + s * mr, Math.Min(mr, mc - s * mr), pc, kc, alpha, mr, ap + (long)s * kc * mr);
 
-        float* tile = stackalloc float[12 * 32];
         int s0 = chunk * stripsPerChunk, s1 = Math.Min(strips, s0 + stripsPerChunk);
+        Strips(mr, nr, mc, nc, kc, s0, s1, ap, bp, c + (long)ic * ldc + jc, ldc, first);
+    }
+
+    /// <summary>
+    /// C [mc, nc] (=|+=) packed A [mc, kc] times the packed B strips s0 .. s1 - 1 of a [kc, nc] panel: one micro-kernel
+    /// per (A strip, B strip), through a register-tile buffer where the tile overhangs C's last row or column.
+    /// </summary>
+    private static void Strips(int mr, int nr, int mc, int nc, int kc, int s0, int s1, float* ap, float* bp, float* c, int ldc, bool first)
+    {
+        float* tile = stackalloc float[12 * 32];
+        int aStrips = (mc + mr - 1) / mr;
         for (int js = s0; js < s1; js++)
         {
             int j = js * nr, nrEff = Math.Min(nr, nc - j);
@@ -172,7 +182,7 @@ internal static unsafe class Sgemm
             for (int s = 0; s < aStrips; s++)
             {
                 int i = s * mr, mrEff = Math.Min(mr, mc - i);
-                float* cc = c + (long)(ic + i) * ldc + jc + j;
+                float* cc = c + (long)i * ldc + j;
                 float* as_ = ap + (long)s * kc * mr;
                 if (mrEff == mr && nrEff == nr)
                 {
@@ -191,6 +201,46 @@ internal static unsafe class Sgemm
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// The register tile (rows, columns) for an m-row product with the kernels of <paramref name="options"/>: the
+    /// strip widths of operands packed by <see cref="PackAPanel"/> and by callers that write B strips themselves.
+    /// </summary>
+    internal static (int MR, int NR) RegisterTile(int m, CpuBackendOptions options)
+    {
+        int mr = ChooseMR(m, options.UseAvx512);
+        return (mr, NRFor(mr));
+    }
+
+    /// <summary>Floats of A [m, k] packed by <see cref="PackAPanel"/>: ceil(m / mr) strips of [k, mr].</summary>
+    internal static long PackedASize(int m, int k, int mr) => (long)(m + mr - 1) / mr * k * mr;
+
+    /// <summary>Floats of B [k, n] in strips of nr columns ([k, nr] each, the last zero-padded): what <see cref="RunPacked"/> reads.</summary>
+    internal static long PackedBSize(int k, int n, int nr) => (long)(n + nr - 1) / nr * k * nr;
+
+    /// <summary>A [m, k] (row-major, leading dimension lda) as ceil(m / mr) strips of [k, mr], rows past m zero.</summary>
+    internal static void PackAPanel(float* a, int lda, int m, int k, int mr, float* dst)
+    {
+        for (int i = 0, s = 0; i < m; i += mr, s++)
+            PackA(false, a, lda, i, Math.Min(mr, m - i), 0, k, 1f, mr, dst + (long)s * k * mr);
+    }
+
+    /// <summary>
+    /// C [m, n] = A B on the calling thread from operands already packed: A by <see cref="PackAPanel"/> with the
+    /// <see cref="RegisterTile"/> of m, B as [k, nr] strips of that tile's width. No packing and no k-blocking, so
+    /// for products whose operands are written packed by the caller (Winograd's transformed tiles) and k is
+    /// small enough for a strip to stay in L1/L2 (up to a few hundred).
+    /// </summary>
+    internal static void RunPacked(int mr, int nr, int m, int n, int k, float* aPacked, float* bPacked, float* c, int ldc)
+    {
+        if (m <= 0 || n <= 0) return;
+        if (k <= 0)
+        {
+            ScaleC(m, n, 0f, c, ldc);
+            return;
+        }
+        Strips(mr, nr, m, n, k, 0, (n + nr - 1) / nr, aPacked, bPacked, c, ldc, true);
     }
 
     /// <summary>

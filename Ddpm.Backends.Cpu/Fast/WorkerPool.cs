@@ -255,5 +255,10 @@ internal enum ScratchSlot
     Output,
     Weights,
     Small,
+    WinogradU,
+    WinogradUPacked,
+    WinogradV,
+    WinogradM,
+    WinogradStage,
     Count,
 }

@@ -9,6 +9,9 @@ namespace Ddpm.Tests.FastCpu;
 /// <summary>
 /// Convolutions against naive double loops on odd shapes. Tolerance: normalized MSE &lt;= 1e-10 (a float sum
 /// of C*KH*KW terms has relative error about sqrt(k) u ~ 1e-6, so ~1e-12 is typical; a wrong index gives ~1).
+/// Winograd F(2x2, 3x3) is held to the same bound: its transforms add and halve at most 9 terms per value, which
+/// multiplies the rounding error by a small constant (about 1e-13 typical here). Every case runs with Winograd on
+/// (where the geometry allows it), in small chunks, and off.
 /// </summary>
 public sealed class ConvTests
 {
@@ -33,8 +36,31 @@ public sealed class ConvTests
             [2, 3, 30, 26, 5, 4, 2, 1],
             // One-pixel-wide rows: a whole image is 300 runs of one column (the packer's heap-allocated run table).
             [2, 2, 300, 1, 3, 3, 1, 1],
+            // At least 16 channels in and out: the 3x3 stride-1 padding-1 ones run as Winograd F(2x2, 3x3), with
+            // odd and even sizes (partial tiles), chunks of several tile rows, and images narrower than a tile.
+            [2, 16, 9, 7, 17, 3, 1, 1],
+            [3, 20, 12, 13, 16, 3, 1, 1],
+            [5, 16, 4, 4, 24, 3, 1, 1],
+            [2, 17, 1, 1, 16, 3, 1, 1],
+            [1, 16, 3, 40, 16, 3, 1, 1],
+            [2, 16, 10, 9, 16, 3, 2, 1],
         ];
         foreach (var a in g) yield return [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+    }
+
+    /// <summary>
+    /// Backends on 1..maxThreads threads, each with Winograd off, on, on with chunks of one or two tile rows
+    /// (chunks that start inside an image), and on with the AVX2 kernels (other register-tile widths).
+    /// </summary>
+    private static IEnumerable<(string Name, CpuBackend Backend)> Backends(int maxThreads)
+    {
+        for (int threads = 1; threads <= maxThreads; threads++)
+        {
+            yield return ($"{threads} threads, winograd off", new CpuBackend(new CpuBackendOptions { Threads = threads, Winograd = false }));
+            yield return ($"{threads} threads, winograd", new CpuBackend(new CpuBackendOptions { Threads = threads }));
+            yield return ($"{threads} threads, winograd in small chunks", new CpuBackend(new CpuBackendOptions { Threads = threads, WinogradChunk = 200 }));
+            yield return ($"{threads} threads, winograd on the AVX2 kernels", new CpuBackend(new CpuBackendOptions { Threads = threads, Avx512 = false }));
+        }
     }
 
     private static ConvGeometry Geo(int n, int c, int h, int w, int o, int k, int s, int p) => new(n, c, h, w, o, k, k, s, s, p, p);
@@ -67,15 +93,15 @@ public sealed class ConvTests
     public void ForwardMatchesNaive(int n, int c, int h, int w, int o, int k, int s, int p)
     {
         var g = Geo(n, c, h, w, o, k, s, p);
-        foreach (int threads in new[] { 1, 2 })
+        foreach (var (name, be) in Backends(2))
         {
-            using var be = new CpuBackend(threads);
+            using var _ = be;
             var x = Random(g.InputSize, 1); var wt = Random(g.WeightSize, 2); var bias = Random(o, 3);
             var xb = Up(be, x); var wb = Up(be, wt); var bb = Up(be, bias); var yb = be.Allocate(g.OutputSize);
             be.Conv2dForward(xb, wb, bb, g, yb);
-            Closeness.AssertNmse("conv forward", Down(be, yb, g.OutputSize), Forward(x, wt, bias, g), Tolerance);
+            Closeness.AssertNmse($"conv forward, {name}", Down(be, yb, g.OutputSize), Forward(x, wt, bias, g), Tolerance);
             be.Conv2dForward(xb, wb, null, g, yb);
-            Closeness.AssertNmse("conv forward without bias", Down(be, yb, g.OutputSize), Forward(x, wt, null, g), Tolerance);
+            Closeness.AssertNmse($"conv forward without bias, {name}", Down(be, yb, g.OutputSize), Forward(x, wt, null, g), Tolerance);
         }
     }
 
@@ -100,13 +126,13 @@ public sealed class ConvTests
                                     expected[((b * g.C + ic) * g.H + ih) * g.W + iw] +=
                                         (double)dy[((b * g.O + oc) * g.OH + oh) * g.OW + ow] * wt[((oc * g.C + ic) * g.KH + kh) * g.KW + kw];
                                 }
-        foreach (int threads in new[] { 1, 2 })
+        foreach (var (name, be) in Backends(2))
         {
-            using var be = new CpuBackend(threads);
+            using var _ = be;
             var dyb = Up(be, dy); var wb = Up(be, wt);
             var dxb = Up(be, Enumerable.Repeat(float.NaN, g.InputSize).ToArray());
             be.Conv2dBackwardData(dyb, wb, g, dxb);
-            Closeness.AssertNmse("conv backward data", Down(be, dxb, g.InputSize), expected, Tolerance);
+            Closeness.AssertNmse($"conv backward data, {name}", Down(be, dxb, g.InputSize), expected, Tolerance);
         }
     }
 
@@ -133,15 +159,15 @@ public sealed class ConvTests
                                     dw[((oc * g.C + ic) * g.KH + kh) * g.KW + kw] += d * x[((b * g.C + ic) * g.H + ih) * g.W + iw];
                                 }
                     }
-        foreach (int threads in new[] { 1, 2, 3 })
+        foreach (var (name, be) in Backends(3))
         {
-            using var be = new CpuBackend(threads);
+            using var _ = be;
             var xb = Up(be, x); var dyb = Up(be, dy);
             var dwb = Up(be, Enumerable.Repeat(float.NaN, g.WeightSize).ToArray());
             var dbb = Up(be, Enumerable.Repeat(float.NaN, o).ToArray());
             be.Conv2dBackwardWeight(xb, dyb, g, dwb, dbb);
-            Closeness.AssertNmse($"dw, {threads} threads", Down(be, dwb, g.WeightSize), dw, Tolerance);
-            Closeness.AssertNmse($"dbias, {threads} threads", Down(be, dbb, o), db, Tolerance);
+            Closeness.AssertNmse($"dw, {name}", Down(be, dwb, g.WeightSize), dw, Tolerance);
+            Closeness.AssertNmse($"dbias, {name}", Down(be, dbb, o), db, Tolerance);
         }
     }
 }
