@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using CommandLine;
+using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
@@ -88,7 +89,9 @@ public static class BenchCommand
         if (job?.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
         var raw = ToolBackends.Create(o, job?.LocalRank ?? 0);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
-        using IBackend be = profiler ?? raw;
+        // The step's FLOPs (convolutions and GEMMs) are counted by a profiler that does not wait for each op.
+        var counter = profiler ?? (mode is "train" or "sample" ? new ProfilingBackend(raw, synchronize: false) : null);
+        using IBackend be = counter ?? raw;
         using var collective = job is null ? null : new TimedCollective(job.ForBackend(raw));
         var times = new List<double>();
         var allReduceTimes = new List<double>();
@@ -124,7 +127,7 @@ public static class BenchCommand
             be.Upload(host, a, 0); be.Upload(host, b, 0);
             for (int i = 0; i < o.Warmup + o.Steps; i++)
             {
-                if (i == o.Warmup) profiler?.Start();
+                if (i == o.Warmup) counter?.Start();
                 var sw = Stopwatch.StartNew();
                 be.Gemm(false, false, a, 0, b, 0, 1, n, n, n, 1f, 0f, c, 0);
                 be.Synchronize();
@@ -147,7 +150,7 @@ public static class BenchCommand
                 buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
-                    if (i == o.Warmup) profiler?.Start();
+                    if (i == o.Warmup) counter?.Start();
                     collective!.Reset();
                     var s = trainer.Step();
                     if (i >= o.Warmup)
@@ -165,7 +168,7 @@ public static class BenchCommand
                 var t = Enumerable.Repeat(500, batch).ToArray();
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
-                    if (i == o.Warmup) profiler?.Start();
+                    if (i == o.Warmup) counter?.Start();
                     var sw = Stopwatch.StartNew();
                     using (var scope = new TensorScope())
                     {
@@ -178,11 +181,11 @@ public static class BenchCommand
             }
         }
 
-        profiler?.Stop();
+        counter?.Stop();
         double median = Median(times);
         long peak = Process.GetCurrentProcess().PeakWorkingSet64;
         var inv = CultureInfo.InvariantCulture;
-        con.Out.WriteLine($"bench {mode} on {be.Description}");
+        con.Out.WriteLine($"bench {mode} on {(profiler ?? raw).Description}");
         if (mode == "gemm")
         {
             double gflops = flops / median / 1e9;
@@ -219,15 +222,28 @@ public static class BenchCommand
                     buckets > 0 ? string.Format(inv, "{0} bucket{1} (--bucket-mb {2:G}) started during the backward pass", buckets, buckets == 1 ? "" : "s", o.BucketMb)
                         : "one all-reduce after the backward pass",
                     ar * 1e3, 100 * ar / median));
+            var arithmetic = Arithmetic(counter!.Entries.Sum(e => e.Flops) / o.Steps, median, raw);
+            con.Out.WriteLine(arithmetic.Describe());
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
                 {
                     mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
                     peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce, buckets,
+                    flops_per_step = arithmetic.FlopsPerStep, gflops_per_s = arithmetic.Gflops, fma_peak_gflops = arithmetic.PeakGflops,
+                    efficiency_percent = arithmetic.EfficiencyPercent,
                 }));
         }
         return 0;
+
+        static StepArithmetic Arithmetic(double flopsPerStep, double seconds, IBackend backend)
+        {
+            // The CPU's FMA peak on the backend's threads, measured now (median of 3): the machine's speed drifts.
+            double? peak = backend is CpuBackend cpu
+                ? Median(Enumerable.Range(0, 3).Select(_ => FmaPeak.Measure(cpu.Threads, 0.2)).ToList())
+                : null;
+            return new StepArithmetic(flopsPerStep, flopsPerStep / seconds / 1e9, peak);
+        }
 
         static double Median(List<double> v)
         {
@@ -242,5 +258,24 @@ public static class BenchCommand
             con.Out.WriteLine($"  profile of the {o.Steps} timed steps, per step (ops waited for one by one):");
             foreach (var line in profiler.Report(o.ProfileTop, o.Steps).TrimEnd().Split('\n')) con.Out.WriteLine("    " + line.TrimEnd());
         }
+    }
+}
+
+/// <summary>
+/// A step's arithmetic: the FLOPs of its convolutions and GEMMs (counted as direct convolutions: 2 C KH KW per
+/// output, whatever algorithm runs them), their rate, and that rate as a share of the FMA peak of the backend's
+/// threads (CPU backends only).
+/// </summary>
+internal readonly record struct StepArithmetic(double FlopsPerStep, double Gflops, double? PeakGflops)
+{
+    public double? EfficiencyPercent => PeakGflops is { } p ? 100 * Gflops / p : null;
+
+    public string Describe()
+    {
+        var inv = CultureInfo.InvariantCulture;
+        string line = string.Format(inv, "  arithmetic: {0:F1} GFLOP per step (convolutions as direct, GEMMs) = {1:F1} GFLOP/s", FlopsPerStep / 1e9, Gflops);
+        return PeakGflops is { } p
+            ? line + string.Format(inv, ", {0:F1} % of the FMA peak of these threads ({1:F0} GFLOP/s, measured now)", EfficiencyPercent, p)
+            : line;
     }
 }

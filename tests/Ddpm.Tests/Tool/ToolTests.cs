@@ -199,6 +199,18 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         json = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
         Assert.Equal(2, json.GetProperty("batch").GetInt32());
         Assert.True(json.GetProperty("images_per_s").GetDouble() > 0);
+        Assert.Contains("% of the FMA peak", output);
+        // Every convolution and GEMM of a step scales with the batch, so doubling it doubles the counted FLOPs;
+        // the efficiency is the rate over the measured peak.
+        double flops2 = json.GetProperty("flops_per_step").GetDouble();
+        (code, output, err) = Run("bench", "--preset", "tiny", "--mode", "train", "--batch", "4", "--steps", "1", "--warmup", "0", "--json");
+        Assert.True(code == 0, err);
+        json = JsonDocument.Parse(output.Trim().Split('\n')[^1]).RootElement;
+        Assert.True(flops2 > 0);
+        Assert.Equal(2.0, json.GetProperty("flops_per_step").GetDouble() / flops2, 12);
+        double gflops = json.GetProperty("gflops_per_s").GetDouble(), peak = json.GetProperty("fma_peak_gflops").GetDouble();
+        Assert.Equal(json.GetProperty("flops_per_step").GetDouble() / json.GetProperty("median_s").GetDouble() / 1e9, gflops, 6);
+        Assert.Equal(100 * gflops / peak, json.GetProperty("efficiency_percent").GetDouble(), 9);
     }
 
     [Fact]

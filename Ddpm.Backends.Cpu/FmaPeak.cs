@@ -3,11 +3,12 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
-namespace Ddpm.Benchmarks;
+namespace Ddpm.Backends.Cpu;
 
 /// <summary>
 /// The FMA roofline of this CPU as a program can reach it: 12 independent register-only FMA chains (enough to
-/// cover 4-cycle latency on two FMA pipes), widest vectors available, no memory traffic.
+/// cover 4-cycle latency on two FMA pipes), widest vectors available, no memory traffic. The denominator of the
+/// arithmetic efficiency `ddpm-tool bench` reports.
 /// </summary>
 public static class FmaPeak
 {
@@ -15,8 +16,11 @@ public static class FmaPeak
 
     public static int Lanes => Avx512F.IsSupported ? 16 : 8;
 
-    /// <summary>GFLOP/s of <paramref name="threads"/> threads running chains at once for about the given time.</summary>
-    public static double Measure(int threads, double seconds = 0.25)
+    /// <summary>
+    /// GFLOP/s of <paramref name="threads"/> threads running chains at once for about the given time. One thread
+    /// runs on the calling thread, timed by <paramref name="clock"/> (seconds; wall time when null).
+    /// </summary>
+    public static double Measure(int threads, double seconds = 0.25, Func<double>? clock = null)
     {
         long iterations = 4_000_000;
         // Calibrate on one thread so each measured run lasts about the requested time.
@@ -26,9 +30,10 @@ public static class FmaPeak
         if (threads == 1)
         {
             // On the calling thread, timed by the report's clock (wall or CPU time).
-            double t0 = QuickReport.Now();
+            clock ??= () => Stopwatch.GetTimestamp() / (double)Stopwatch.Frequency;
+            double t0 = clock();
             Run(iterations);
-            return (double)iterations * Chains * Lanes * 2 / (QuickReport.Now() - t0) / 1e9;
+            return (double)iterations * Chains * Lanes * 2 / (clock() - t0) / 1e9;
         }
         iterations = Math.Max(iterations, (long)(iterations * seconds / Math.Max(t, 1e-4)));
 
