@@ -75,9 +75,17 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    /// <summary>3x3 stride-1 padding-1 convolutions wide enough for Winograd F(2x2, 3x3) (<see cref="CpuBackendOptions.Winograd"/>).</summary>
-    private bool UseWinograd(in ConvGeometry g) =>
-        _pool.Options.Winograd && Winograd.Applies(g) && Math.Min(g.C, g.O) >= _pool.Options.WinogradMinChannels;
+    /// <summary>
+    /// 3x3 stride-1 padding-1 convolutions wide and large enough for Winograd F(2x2, 3x3) to pay
+    /// (<see cref="CpuBackendOptions.Winograd"/> and the thresholds after it).
+    /// </summary>
+    private bool UseWinograd(in ConvGeometry g)
+    {
+        var o = _pool.Options;
+        if (!o.Winograd || !Winograd.Applies(g) || Math.Min(g.C, g.O) < o.WinogradMinChannels) return false;
+        long tiles = (long)g.N * ((g.OH + 1) / 2) * ((g.OW + 1) / 2);
+        return tiles >= o.WinogradMinTiles && (long)g.O * g.C * tiles >= o.WinogradMinWork;
+    }
 
     /// <summary>Samples go to workers whole when that balances; otherwise the GEMM of each sample is split.</summary>
     private bool SampleParallel(int n) => _pool.Threads > 1 && n >= _pool.Threads && (n % _pool.Threads == 0 || n >= 4 * _pool.Threads);

@@ -31,6 +31,20 @@ public sealed record CpuBackendOptions
     public int WinogradMinChannels { get; init; } = 16;
 
     /// <summary>
+    /// Fewest output tiles (N x ceil(OH / 2) x ceil(OW / 2)) of a Winograd convolution. The filter transform costs
+    /// as much as the products of about a hundred tiles and is paid per call: on the benchmark machine Winograd lost
+    /// at 16 to 256 tiles (0.2x to 1.0x of the implicit GEMM, labml's 4x4 levels at batch 16) and won from 512 on
+    /// (1.16x to 1.56x, forward plus both backward passes).
+    /// </summary>
+    public int WinogradMinTiles { get; init; } = 512;
+
+    /// <summary>
+    /// Smallest O x C x tiles of a Winograd convolution: below about 2M the whole convolution takes a fraction of a
+    /// millisecond and the transforms' extra passes and parallel regions cost more than the multiplies saved.
+    /// </summary>
+    public long WinogradMinWork { get; init; } = 1L << 21;
+
+    /// <summary>
     /// Size of a Winograd work chunk in tile-channels, (C + O) x tiles: its transformed input and products take 64
     /// bytes each, so 32768 is 2 MiB (a chunk of 32-channel 32x32 images: two images; 32768 gave the fastest
     /// convolutions of 16384, 32768 and 65536 on the small preset's layers).
@@ -68,6 +82,8 @@ public sealed record CpuBackendOptions
         if (GemmKC < 16 || GemmMC < 12 || GemmNC < 32)
             throw new ArgumentOutOfRangeException(nameof(GemmKC), $"SGEMM blocks KC {GemmKC}, MC {GemmMC}, NC {GemmNC} are below 16, 12, 32.");
         if (WinogradChunk < 1) throw new ArgumentOutOfRangeException(nameof(WinogradChunk), $"Winograd chunk {WinogradChunk} is below 1.");
+        if (WinogradMinTiles < 1 || WinogradMinWork < 0)
+            throw new ArgumentOutOfRangeException(nameof(WinogradMinTiles), $"Winograd thresholds {WinogradMinTiles} tiles, {WinogradMinWork} work are out of range.");
         if (WinogradMinChannels < 1) throw new ArgumentOutOfRangeException(nameof(WinogradMinChannels), $"Winograd channel threshold {WinogradMinChannels} is below 1.");
         if (SpinMicroseconds < 0) throw new ArgumentOutOfRangeException(nameof(SpinMicroseconds), $"Spin time {SpinMicroseconds} us is negative.");
     }

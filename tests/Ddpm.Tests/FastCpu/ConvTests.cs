@@ -57,11 +57,14 @@ public sealed class ConvTests
         for (int threads = 1; threads <= maxThreads; threads++)
         {
             yield return ($"{threads} threads, winograd off", new CpuBackend(new CpuBackendOptions { Threads = threads, Winograd = false }));
-            yield return ($"{threads} threads, winograd", new CpuBackend(new CpuBackendOptions { Threads = threads }));
-            yield return ($"{threads} threads, winograd in small chunks", new CpuBackend(new CpuBackendOptions { Threads = threads, WinogradChunk = 200 }));
-            yield return ($"{threads} threads, winograd on the AVX2 kernels", new CpuBackend(new CpuBackendOptions { Threads = threads, Avx512 = false }));
+            yield return ($"{threads} threads, winograd", new CpuBackend(Winograd(threads)));
+            yield return ($"{threads} threads, winograd in small chunks", new CpuBackend(Winograd(threads) with { WinogradChunk = 200 }));
+            yield return ($"{threads} threads, winograd on the AVX2 kernels", new CpuBackend(Winograd(threads) with { Avx512 = false }));
         }
     }
+
+    /// <summary>Winograd for every geometry it applies to with 16 channels or more, however few its tiles.</summary>
+    private static CpuBackendOptions Winograd(int threads) => new() { Threads = threads, WinogradMinTiles = 1, WinogradMinWork = 0 };
 
     private static ConvGeometry Geo(int n, int c, int h, int w, int o, int k, int s, int p) => new(n, c, h, w, o, k, k, s, s, p, p);
 
