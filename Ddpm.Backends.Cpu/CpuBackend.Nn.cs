@@ -332,7 +332,7 @@ public sealed unsafe partial class CpuBackend
     // ---- normalisation ------------------------------------------------------------------------------
 
     public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
-        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+        float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels do not split into {groups} groups.");
         long size = (long)n * c * hw;
@@ -359,18 +359,19 @@ public sealed unsafe partial class CpuBackend
                 int cc = gi * cpg + ch;
                 float scale = r * ((float*)gp)[cc];
                 long o = baseOff + (long)ch * hw;
-                Kernel.Map(new NormalizeKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                if (silu) Kernel.Map(new NormalizeSiluKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                else Kernel.Map(new NormalizeKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
             }
         });
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
-        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels do not split into {groups} groups.");
         long size = (long)n * c * hw;
-        nint dyp = (nint)Ptr(dy, size, nameof(dy)), xp = (nint)Ptr(x, size, nameof(x)), dxp = (nint)Ptr(dx, size, nameof(dx));
-        nint gp = (nint)Ptr(gamma, c, nameof(gamma));
+        nint dyIn = (nint)Ptr(dy, size, nameof(dy)), xp = (nint)Ptr(x, size, nameof(x)), dxp = (nint)Ptr(dx, size, nameof(dx));
+        nint gp = (nint)Ptr(gamma, c, nameof(gamma)), bp = (nint)Ptr(beta, c, nameof(beta));
         nint mp = (nint)Ptr(mean, (long)n * groups, nameof(mean)), rp = (nint)Ptr(rstd, (long)n * groups, nameof(rstd));
         float* dgp = Ptr(dgamma, c, nameof(dgamma)), dbp = Ptr(dbeta, c, nameof(dbeta));
         int cpg = c / groups;
@@ -383,6 +384,19 @@ public sealed unsafe partial class CpuBackend
             int s = idx / groups, gi = idx % groups;
             float mu = ((float*)mp)[idx], r = ((float*)rp)[idx];
             long baseOff = ((long)s * c + gi * cpg) * hw;
+            // The gradient of the normalised tensor: dy, or under SiLU dy silu'(z), written to dx (read back below).
+            nint dyp = dyIn;
+            if (silu)
+            {
+                dyp = dxp;
+                for (int ch = 0; ch < cpg; ch++)
+                {
+                    int cc = gi * cpg + ch;
+                    long o = baseOff + (long)ch * hw;
+                    var k = new NormalizeSiluBackwardKernel(mu, r * ((float*)gp)[cc], ((float*)bp)[cc]);
+                    Kernel.Map(k, (float*)dyIn + o, (float*)xp + o, (float*)dxp + o, hw);
+                }
+            }
             double a = 0, b = 0;
             for (int ch = 0; ch < cpg; ch++)
             {

@@ -585,7 +585,7 @@ public sealed class CpuReferenceBackend : IBackend
     }
 
     public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
-        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+        float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         CheckGroups(n, c, hw, groups);
         long size = (long)n * c * hw;
@@ -614,19 +614,21 @@ public sealed class CpuReferenceBackend : IBackend
                 for (long e = 0; e < count; e++)
                 {
                     int ch = gi * cpg + (int)(e / hw);
-                    yv[start + e] = (float)((xv[start + e] - mu) * r * gv[ch] + bv[ch]);
+                    double z = (xv[start + e] - mu) * r * gv[ch] + bv[ch];
+                    yv[start + e] = (float)(silu ? z * Sigmoid(z) : z);
                 }
             }
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
-        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         CheckGroups(n, c, hw, groups);
         long size = (long)n * c * hw;
-        var dyv = Data(dy, size, nameof(dy));
+        var dyIn = Data(dy, size, nameof(dy));
         var xv = Data(x, size, nameof(x));
         var gv = Data(gamma, c, nameof(gamma));
+        var bv = Data(beta, c, nameof(beta));
         var mv = Data(mean, (long)n * groups, nameof(mean));
         var rv = Data(rstd, (long)n * groups, nameof(rstd));
         var dxv = Data(dx, size, nameof(dx));
@@ -634,6 +636,18 @@ public sealed class CpuReferenceBackend : IBackend
         var dbv = Data(dbeta, c, nameof(dbeta));
         int cpg = c / groups;
         long count = (long)cpg * hw;
+        // The gradient of the normalised z: dy itself, or dy silu'(z) with z recomputed in double.
+        var dyv = new double[size];
+        for (long i = 0; i < size; i++)
+        {
+            dyv[i] = dyIn[i];
+            if (!silu) continue;
+            long sc = i / hw;
+            int s = (int)(sc / c), ch = (int)(sc % c), gi = ch / cpg;
+            double z = (xv[i] - mv[s * groups + gi]) * (double)rv[s * groups + gi] * gv[ch] + bv[ch];
+            double sg = Sigmoid(z);
+            dyv[i] *= sg * (1.0 + z * (1.0 - sg));
+        }
 
         // dgamma[ch] = sum dy * xhat and dbeta[ch] = sum dy over samples and positions.
         for (int ch = 0; ch < c; ch++)

@@ -538,7 +538,7 @@ public sealed partial class CudaBackend
     // ---- normalisation --------------------------------------------------------------------------------
 
     public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
-        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+        float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         Enter();
         CheckGroups(n, c, hw, groups, "GroupNormForward");
@@ -547,23 +547,23 @@ public sealed partial class CudaBackend
         ulong pb = Ptr(beta, c, "GroupNormForward beta"), py = Ptr(y, size, "GroupNormForward y");
         ulong pm = Ptr(mean, (long)n * groups, "GroupNormForward mean"), pr = Ptr(rstd, (long)n * groups, "GroupNormForward rstd");
         if (n == 0) return;
-        Launch("group_norm_forward", (uint)(n * groups), ThreadsPerBlock, px, pg, pb, c, hw, groups, eps, py, pm, pr);
+        Launch("group_norm_forward", (uint)(n * groups), ThreadsPerBlock, px, pg, pb, c, hw, groups, eps, silu ? 1 : 0, py, pm, pr);
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
-        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         Enter();
         CheckGroups(n, c, hw, groups, "GroupNormBackward");
         long size = (long)n * c * hw;
         ulong pdy = Ptr(dy, size, "GroupNormBackward dy"), px = Ptr(x, size, "GroupNormBackward x");
-        ulong pg = Ptr(gamma, c, "GroupNormBackward gamma");
+        ulong pg = Ptr(gamma, c, "GroupNormBackward gamma"), pb = Ptr(beta, c, "GroupNormBackward beta");
         ulong pm = Ptr(mean, (long)n * groups, "GroupNormBackward mean"), pr = Ptr(rstd, (long)n * groups, "GroupNormBackward rstd");
         ulong pdx = Ptr(dx, size, "GroupNormBackward dx");
         ulong pdg = Ptr(dgamma, c, "GroupNormBackward dgamma"), pdb = Ptr(dbeta, c, "GroupNormBackward dbeta");
         if (n > 0)
-            Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, pg, pm, pr, c, hw, groups, pdx);
-        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, pm, pr, n, c, hw, groups, pdg, pdb);
+            Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, pg, pb, pm, pr, c, hw, groups, silu ? 1 : 0, pdx);
+        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, pg, pb, pm, pr, n, c, hw, groups, silu ? 1 : 0, pdg, pdb);
     }
 
     private static void CheckGroups(int n, int c, int hw, int groups, string what)

@@ -143,8 +143,12 @@ public static partial class Ops
         });
     }
 
-    /// <summary>GroupNorm over x [N, C, ...] in <paramref name="groups"/> groups, affine gamma/beta [C].</summary>
-    public static Tensor GroupNorm(Tensor x, int groups, Tensor gamma, Tensor beta, float eps = 1e-5f)
+    /// <summary>
+    /// GroupNorm over x [N, C, ...] in <paramref name="groups"/> groups, affine gamma/beta [C]; with
+    /// <paramref name="silu"/>, silu(GroupNorm(x)) as one op (one pass over the activation instead of two, and the
+    /// normalised tensor is not kept for the backward pass).
+    /// </summary>
+    public static Tensor GroupNorm(Tensor x, int groups, Tensor gamma, Tensor beta, float eps = 1e-5f, bool silu = false)
     {
         var be = SameBackend(x, gamma, "GroupNorm");
         if (x.Rank < 2) throw new ArgumentException($"GroupNorm needs [N, C, ...]; got {x.Describe()}.");
@@ -154,13 +158,13 @@ public static partial class Ops
         var y = Tensor.Empty(be, x.Shape);
         var mean = Tensor.Empty(be, new Shape(n, groups));
         var rstd = Tensor.Empty(be, new Shape(n, groups));
-        be.GroupNormForward(x.Buffer, gamma.Buffer, beta.Buffer, n, c, hw, groups, eps, y.Buffer, mean.Buffer, rstd.Buffer);
-        return Autograd.Record("GroupNorm", y, [x, gamma, beta], g =>
+        be.GroupNormForward(x.Buffer, gamma.Buffer, beta.Buffer, n, c, hw, groups, eps, silu, y.Buffer, mean.Buffer, rstd.Buffer);
+        return Autograd.Record(silu ? "GroupNormSilu" : "GroupNorm", y, [x, gamma, beta], g =>
         {
             var gx = Tensor.Empty(be, x.Shape);
             var gg = Tensor.Empty(be, gamma.Shape);
             var gbt = Tensor.Empty(be, beta.Shape);
-            be.GroupNormBackward(g.Buffer, x.Buffer, gamma.Buffer, mean.Buffer, rstd.Buffer, n, c, hw, groups, gx.Buffer, gg.Buffer, gbt.Buffer);
+            be.GroupNormBackward(g.Buffer, x.Buffer, gamma.Buffer, beta.Buffer, mean.Buffer, rstd.Buffer, n, c, hw, groups, silu, gx.Buffer, gg.Buffer, gbt.Buffer);
             return [gx, gg, gbt];
         });
     }

@@ -231,12 +231,13 @@ public sealed class ProfilingBackend : IBackend
     }
 
     public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
-        float eps, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd) =>
-        Time("group norm", 0, () => Inner.GroupNormForward(x, gamma, beta, n, c, hw, groups, eps, y, mean, rstd));
+        float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd) =>
+        Time(silu ? "group norm + silu" : "group norm", 0, () => Inner.GroupNormForward(x, gamma, beta, n, c, hw, groups, eps, silu, y, mean, rstd));
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer mean, DeviceBuffer rstd,
-        int n, int c, int hw, int groups, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta) =>
-        Time("group norm backward", 0, () => Inner.GroupNormBackward(dy, x, gamma, mean, rstd, n, c, hw, groups, dx, dgamma, dbeta));
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+        int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta) =>
+        Time(silu ? "group norm + silu backward" : "group norm backward", 0,
+            () => Inner.GroupNormBackward(dy, x, gamma, beta, mean, rstd, n, c, hw, groups, silu, dx, dgamma, dbeta));
 
     public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y) =>
         Time("softmax", 0, () => Inner.SoftmaxForward(x, outer, dim, inner, y));

@@ -475,6 +475,34 @@ internal readonly struct NormalizeKernel(float mean, float scale, float shift) :
     public Vector512<float> Invoke(Vector512<float> x) => (x - Vector512.Create(mean)) * Vector512.Create(scale) + Vector512.Create(shift);
 }
 
+/// <summary>
+/// silu((x - mean) * scale + shift): group norm and SiLU in one pass; z is formed exactly as
+/// <see cref="NormalizeKernel"/> forms it and SiLU applied as <see cref="SiluKernel"/>, so the result is bitwise that
+/// of the two ops one after the other wherever both run the same vector width (channels of a whole number of vectors).
+/// </summary>
+internal readonly struct NormalizeSiluKernel(float mean, float scale, float shift) : IUnaryKernel
+{
+    public float Invoke(float x) => new SiluKernel().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x));
+    public Vector128<float> Invoke(Vector128<float> x) => new SiluKernel().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x));
+    public Vector256<float> Invoke(Vector256<float> x) => new SiluKernel().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x));
+    public Vector512<float> Invoke(Vector512<float> x) => new SiluKernel().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x));
+}
+
+/// <summary>
+/// (dy, x) -> dy silu'(z), z = (x - mean) * scale + shift recomputed as the forward pass formed it: the gradient
+/// of the normalised tensor under a fused group norm + SiLU (<see cref="SiluBackward"/> of the z the forward pass formed).
+/// </summary>
+internal readonly struct NormalizeSiluBackwardKernel(float mean, float scale, float shift) : IBinaryKernel
+{
+    public float Invoke(float dy, float x) => new SiluBackward().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x), 0f, dy);
+    public Vector128<float> Invoke(Vector128<float> dy, Vector128<float> x) =>
+        new SiluBackward().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x), default, dy);
+    public Vector256<float> Invoke(Vector256<float> dy, Vector256<float> x) =>
+        new SiluBackward().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x), default, dy);
+    public Vector512<float> Invoke(Vector512<float> dy, Vector512<float> x) =>
+        new SiluBackward().Invoke(new NormalizeKernel(mean, scale, shift).Invoke(x), default, dy);
+}
+
 /// <summary>Softmax backward with a per-position row sum s: dx = y * (dy - s).</summary>
 internal readonly struct SoftmaxBackwardRowsKernel : ITernaryKernel
 {

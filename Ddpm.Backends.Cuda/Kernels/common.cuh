@@ -81,3 +81,8 @@ __device__ double block_sum_d(double v, double* scratch)
     __syncthreads();
     return t;
 }
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// d silu(z) / dz = s (1 + z (1 - s)), s = sigmoid(z).
+__device__ __forceinline__ float silu_grad(float z) { float s = sigmoidf(z); return s * (1.0f + z * (1.0f - s)); }

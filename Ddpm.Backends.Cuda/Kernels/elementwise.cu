@@ -5,7 +5,6 @@
 
 // Op codes: ops.cuh, generated from Ddpm.Tensors.UnaryOp. An unknown code traps rather than computing some
 // other op. NaN stays NaN through every op and derivative, as in PyTorch, so a diverging run shows its NaN.
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 __device__ __forceinline__ float unary_value(int op, float x)
 {

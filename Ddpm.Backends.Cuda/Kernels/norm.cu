@@ -4,8 +4,9 @@
 // One block per (sample, group) of x: [n, c, hw]; the group's cpg * hw elements are contiguous.
 // Two passes (mean, then centred variance) for accuracy; biased variance as in PyTorch.
 // y: like x; mean, rstd: [n, groups].
+// With silu != 0, y = silu(z) of the normalised z (fused: z is not stored).
 extern "C" __global__ void group_norm_forward(const float* x, const float* gamma, const float* beta, int c, int hw,
-    int groups, float eps, float* y, float* mean, float* rstd)
+    int groups, float eps, int silu, float* y, float* mean, float* rstd)
 {
     __shared__ float scratch[32];
     int ng = blockIdx.x, g = ng % groups;
@@ -26,7 +27,8 @@ extern "C" __global__ void group_norm_forward(const float* x, const float* gamma
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
         int ch = g * cpg + i / hw;
-        yg[i] = (xg[i] - mu) * r * gamma[ch] + beta[ch];
+        float z = (xg[i] - mu) * r * gamma[ch] + beta[ch];
+        yg[i] = silu ? z * sigmoidf(z) : z;
     }
     if (threadIdx.x == 0)
     {
@@ -35,9 +37,18 @@ extern "C" __global__ void group_norm_forward(const float* x, const float* gamma
     }
 }
 
+// The gradient of the normalised z at element i of channel ch: dy, or under a fused SiLU dy silu'(z).
+__device__ __forceinline__ float norm_grad(const float* dy, const float* x, const float* gamma, const float* beta,
+    float mu, float r, int ch, long long i, int silu)
+{
+    float g = dy[i];
+    if (silu) g *= silu_grad((x[i] - mu) * r * gamma[ch] + beta[ch]);
+    return g;
+}
+
 // dx for one (sample, group) per block: dx = rstd * (dy*gamma - mean(dy*gamma) - xhat * mean(dy*gamma*xhat)).
 extern "C" __global__ void group_norm_backward_data(const float* dy, const float* x, const float* gamma,
-    const float* mean, const float* rstd, int c, int hw, int groups, float* dx)
+    const float* beta, const float* mean, const float* rstd, int c, int hw, int groups, int silu, float* dx)
 {
     __shared__ float scratch[32];
     int ng = blockIdx.x, g = ng % groups;
@@ -47,7 +58,8 @@ extern "C" __global__ void group_norm_backward_data(const float* dy, const float
     float s1 = 0.0f, s2 = 0.0f;
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
-        float dg = dy[base + i] * gamma[g * cpg + i / hw];
+        int ch = g * cpg + i / hw;
+        float dg = norm_grad(dy, x, gamma, beta, mu, r, ch, base + i, silu) * gamma[ch];
         s1 += dg;
         s2 += dg * (x[base + i] - mu) * r;
     }
@@ -55,15 +67,16 @@ extern "C" __global__ void group_norm_backward_data(const float* dy, const float
     float m2 = block_sum(s2, scratch) / count;
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
-        float dg = dy[base + i] * gamma[g * cpg + i / hw];
+        int ch = g * cpg + i / hw;
+        float dg = norm_grad(dy, x, gamma, beta, mu, r, ch, base + i, silu) * gamma[ch];
         float xhat = (x[base + i] - mu) * r;
         dx[base + i] = r * (dg - m1 - xhat * m2);
     }
 }
 
 // One block per channel: dgamma[ch] = sum over samples and positions of dy * xhat, dbeta[ch] = sum of dy.
-extern "C" __global__ void group_norm_backward_affine(const float* dy, const float* x, const float* mean,
-    const float* rstd, int n, int c, int hw, int groups, float* dgamma, float* dbeta)
+extern "C" __global__ void group_norm_backward_affine(const float* dy, const float* x, const float* gamma, const float* beta,
+    const float* mean, const float* rstd, int n, int c, int hw, int groups, int silu, float* dgamma, float* dbeta)
 {
     __shared__ float scratch[32];
     int ch = blockIdx.x, g = ch / (c / groups);
@@ -72,9 +85,11 @@ extern "C" __global__ void group_norm_backward_affine(const float* dy, const flo
     {
         int s = t / hw, p = t % hw;
         long long i = ((long long)s * c + ch) * hw + p;
-        float xhat = (x[i] - mean[s * groups + g]) * rstd[s * groups + g];
-        sg += dy[i] * xhat;
-        sb += dy[i];
+        float mu = mean[s * groups + g], r = rstd[s * groups + g];
+        float d = norm_grad(dy, x, gamma, beta, mu, r, ch, i, silu);
+        float xhat = (x[i] - mu) * r;
+        sg += d * xhat;
+        sb += d;
     }
     sg = block_sum(sg, scratch);
     sb = block_sum(sb, scratch);

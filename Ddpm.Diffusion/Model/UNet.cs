@@ -78,15 +78,13 @@ public sealed class ResidualBlock : UNetBlock
     public override Tensor Forward(Tensor x, Tensor t)
     {
         int n = x.Shape[0];
-        using var n1 = _norm1.Forward(x);
-        using var a1 = Ops.Silu(n1);
+        using var a1 = _norm1.Forward(x, silu: true);          // act(norm1(x)) as one op
         using var h1 = _conv1.Forward(a1);
         using var ta = Ops.Silu(t);
         using var te = _timeEmb.Forward(ta);                    // [N, out]
         using var te4 = Ops.Reshape(te, n, te.Shape[1], 1, 1);
         using var h2 = h1 + te4;
-        using var n2 = _norm2.Forward(h2);
-        using var a2 = Ops.Silu(n2);
+        using var a2 = _norm2.Forward(h2, silu: true);
         using var d2 = _dropout.Forward(a2);
         using var h3 = _conv2.Forward(d2);
         if (_shortcut is null) return h3 + x;
@@ -340,8 +338,7 @@ public sealed class UNet : Module
                 }
                 owned.Add(h);
             }
-            using var n = _norm.Forward(h);
-            using var a = Ops.Silu(n);
+            using var a = _norm.Forward(h, silu: true);
             return _final.Forward(a);
         }
         finally

@@ -100,8 +100,8 @@ public sealed class GroupNorm : Module
     public Parameter Weight { get; }
     public Parameter Bias { get; }
 
-    /// <summary>x: [N, C, ...] -> same shape.</summary>
-    public Tensor Forward(Tensor x) => Ops.GroupNorm(x, Groups, Weight, Bias, Eps);
+    /// <summary>x: [N, C, ...] -> same shape; with <paramref name="silu"/>, silu of it in the same op.</summary>
+    public Tensor Forward(Tensor x, bool silu = false) => Ops.GroupNorm(x, Groups, Weight, Bias, Eps, silu);
 }
 
 /// <summary>torch.nn.Dropout: active only in training mode; draws its mask from <see cref="Generator"/>.</summary>
