@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Ddpm.Backends.Cpu;
 using Ddpm.Backends.Cpu.Fast;
 using Ddpm.Tensors;
@@ -100,6 +101,31 @@ public sealed unsafe class KernelTests
                 fixed (float* xp = x) got = Kernel.SumSquaredDeviation(xp, n, 0.3f, bits);
                 Assert.True(Math.Abs(got - expected) <= 1e-5 * expected + 1e-12, $"n={n} bits={bits}: {got} vs {expected}");
             }
+    }
+
+    [Fact]
+    public void FastSigmoidAgainstDouble()
+    {
+        // Every 1/64 from -120 to 120: past about -88 the logistic is below 1e-38 and comes out as 0; elsewhere a
+        // few ulp (2e-7 relative) of the double value.
+        var xs = Enumerable.Range(-120 * 64, 240 * 64 + 1).Select(i => i / 64f).ToArray();
+        for (int i = 0; i + 16 <= xs.Length; i += 16)
+        {
+            var v512 = FastSigmoid.Invoke(Vector512.Create(xs.AsSpan(i, 16)));
+            var v256 = FastSigmoid.Invoke(Vector256.Create(xs.AsSpan(i, 8)));
+            for (int j = 0; j < 16; j++)
+            {
+                double expected = 1 / (1 + Math.Exp(-(double)xs[i + j]));
+                Assert.True(Math.Abs(v512[j] - expected) <= 2e-7 * expected + 1e-38, $"512-bit sigmoid({xs[i + j]}) = {v512[j]}, expected {expected}");
+                if (j < 8) Assert.True(Math.Abs(v256[j] - expected) <= 2e-7 * expected + 1e-38, $"256-bit sigmoid({xs[i + j]}) = {v256[j]}, expected {expected}");
+            }
+        }
+        var special = FastSigmoid.Invoke(Vector512.Create(float.NegativeInfinity, float.PositiveInfinity, -3e38f, 3e38f, 0f, -0f, 1f, -1f, 88f, -88f, 50f, -50f, 10f, -10f, 0.5f, -0.5f));
+        Assert.Equal(0f, special[0]);
+        Assert.Equal(1f, special[1]);
+        Assert.Equal(0f, special[2]);
+        Assert.Equal(1f, special[3]);
+        Assert.Equal(0.5f, special[4]);
     }
 
     [Fact]
