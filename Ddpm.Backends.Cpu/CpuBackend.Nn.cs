@@ -138,7 +138,8 @@ public sealed unsafe partial class CpuBackend
                 for (int o = 0; o < geo.O; o++) new Span<float>(yn + (long)o * ohw, ohw).Fill(((float*)bp)[o]);
                 beta = 1f;
             }
-            if (direct) Sgemm.Run(pool, scratch, false, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, xn, ohw, beta, yn, ohw);
+            if (direct && pool is null) Sgemm.RunDirectB(scratch, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, xn, ohw, beta, yn, ohw);
+            else if (direct) Sgemm.Run(pool, scratch, false, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, xn, ohw, beta, yn, ohw);
             else Sgemm.Run(pool, scratch, false, geo.O, ohw, ckk, 1f, (float*)wp, ckk, new ConvColumnsB(xn, geo with { N = 1 }), beta, yn, ohw);
         }
 
@@ -200,7 +201,8 @@ public sealed unsafe partial class CpuBackend
             float* dxn = (float*)dxp + (long)s * chw;
             if (direct)
             {
-                Sgemm.Run(pool, scratch, true, false, geo.C, ohw, geo.O, 1f, (float*)wp, geo.C, dyn, ohw, 0f, dxn, ohw);
+                if (pool is null) Sgemm.RunDirectB(scratch, true, geo.C, ohw, geo.O, 1f, (float*)wp, geo.C, dyn, ohw, 0f, dxn, ohw);
+                else Sgemm.Run(pool, scratch, true, false, geo.C, ohw, geo.O, 1f, (float*)wp, geo.C, dyn, ohw, 0f, dxn, ohw);
                 return;
             }
             float* col = scratch.Get(ScratchSlot.Columns, (long)ckk * ohw);

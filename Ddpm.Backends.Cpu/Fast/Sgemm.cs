@@ -186,11 +186,11 @@ internal static unsafe class Sgemm
                 float* as_ = ap + (long)s * kc * mr;
                 if (mrEff == mr && nrEff == nr)
                 {
-                    MicroKernel(mr, kc, as_, bs, cc, ldc, first);
+                    MicroKernel(mr, kc, as_, bs, nr, cc, ldc, first);
                 }
                 else
                 {
-                    MicroKernel(mr, kc, as_, bs, tile, nr, true);
+                    MicroKernel(mr, kc, as_, bs, nr, tile, nr, true);
                     for (int r = 0; r < mrEff; r++)
                     {
                         float* crow = cc + (long)r * ldc;
@@ -244,6 +244,71 @@ internal static unsafe class Sgemm
     }
 
     /// <summary>
+    /// C [m, n] = alpha op(A) B + beta C on the calling thread with a row-major B [k, n] read in place by the
+    /// micro-kernels (row p of a strip at b + p * ldb) instead of packed: for products with few rows, where each
+    /// packed B element would serve only m / MR micro-kernel calls and packing costs about as much as the
+    /// arithmetic (the 1x1 convolutions: m = 32 to 128 output channels, k = 32 to 256, n = H W). Only a last
+    /// partial strip is packed. A is packed whole per k-block.
+    /// </summary>
+    internal static void RunDirectB(WorkerScratch scratch, bool transA, int m, int n, int k, float alpha, float* a, int lda,
+        float* b, int ldb, float beta, float* c, int ldc)
+    {
+        if (m <= 0 || n <= 0) return;
+        if (k <= 0 || alpha == 0f)
+        {
+            ScaleC(m, n, beta, c, ldc);
+            return;
+        }
+        bool overwrite = beta == 0f;
+        if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
+        var options = scratch.Options;
+        int mr = ChooseMR(m, options.UseAvx512), nr = NRFor(mr);
+        int kcb = KBlock(k, options.GemmKC);
+        int aStrips = (m + mr - 1) / mr, fullStrips = n / nr;
+        float* tile = stackalloc float[12 * 32];
+        for (int pc = 0; pc < k; pc += kcb)
+        {
+            int kc = Math.Min(kcb, k - pc);
+            bool first = overwrite && pc == 0;
+            float* ap = scratch.Get(ScratchSlot.PackA, (long)aStrips * kc * mr);
+            for (int s = 0; s < aStrips; s++)
+                PackA(transA, a, lda, s * mr, Math.Min(mr, m - s * mr), pc, kc, alpha, mr, ap + (long)s * kc * mr);
+            for (int js = 0; js * nr < n; js++)
+            {
+                int j = js * nr, nrEff = Math.Min(nr, n - j);
+                float* bs = b + (long)pc * ldb + j;
+                int bStride = ldb;
+                if (js >= fullStrips)
+                {
+                    float* packed = scratch.Get(ScratchSlot.PackB, (long)kc * nr);
+                    PackB(false, b, ldb, pc, kc, j, nrEff, nr, packed);
+                    bs = packed;
+                    bStride = nr;
+                }
+                for (int s = 0; s < aStrips; s++)
+                {
+                    int i = s * mr, mrEff = Math.Min(mr, m - i);
+                    float* cc = c + (long)i * ldc + j;
+                    float* as_ = ap + (long)s * kc * mr;
+                    if (mrEff == mr && nrEff == nr)
+                    {
+                        MicroKernel(mr, kc, as_, bs, bStride, cc, ldc, first);
+                        continue;
+                    }
+                    MicroKernel(mr, kc, as_, bs, bStride, tile, nr, true);
+                    for (int r = 0; r < mrEff; r++)
+                    {
+                        float* crow = cc + (long)r * ldc;
+                        float* trow = tile + r * nr;
+                        if (first) for (int q = 0; q < nrEff; q++) crow[q] = trow[q];
+                        else for (int q = 0; q < nrEff; q++) crow[q] += trow[q];
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
     /// GFLOP/s of the micro-kernel alone on L1/L2-resident packed panels (the ceiling the blocking can reach),
     /// timed by <paramref name="clock"/> in seconds.
     /// </summary>
@@ -255,25 +320,28 @@ internal static unsafe class Sgemm
         var c = GC.AllocateArray<float>(mr * nr * 8, pinned: true);
         fixed (float* ap = a, bp = b, cp = c)
         {
-            for (int i = 0; i < 1000; i++) MicroKernel(mr, kc, ap, bp, cp, nr, true);
+            for (int i = 0; i < 1000; i++) MicroKernel(mr, kc, ap, bp, nr, cp, nr, true);
             double t0 = clock();
-            for (int i = 0; i < calls; i++) MicroKernel(mr, kc, ap + (i & 7) * kc * mr, bp, cp + (i & 7) * mr * nr, nr, false);
+            for (int i = 0; i < calls; i++) MicroKernel(mr, kc, ap + (i & 7) * kc * mr, bp, nr, cp + (i & 7) * mr * nr, nr, false);
             return 2.0 * mr * nr * kc * calls / (clock() - t0) / 1e9;
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MicroKernel(int mr, int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    private static void MicroKernel(int mr, int kc, float* a, float* b, int ldb, float* c, int ldc, bool overwrite)
     {
-        if (mr == 12) Kernel12x32(kc, a, b, c, ldc, overwrite);
-        else if (mr == 8) Kernel8x32(kc, a, b, c, ldc, overwrite);
-        else Kernel6x16(kc, a, b, c, ldc, overwrite);
+        if (mr == 12) Kernel12x32(kc, a, b, ldb, c, ldc, overwrite);
+        else if (mr == 8) Kernel8x32(kc, a, b, ldb, c, ldc, overwrite);
+        else Kernel6x16(kc, a, b, ldb, c, ldc, overwrite);
     }
+
+    // The kernels read row p of their B strip at b + p * ldb: ldb is the strip width for packed strips, or the
+    // leading dimension of a row-major B read in place (RunDirectB).
 
     /// <summary>C[12, 32] (=|+=) sum over p of a[p, 0..12) outer b[p, 0..32): 24 zmm accumulators, 2 B loads and 12
     /// broadcasts per 24 FMAs (27 of the 32 registers).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel12x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    private static void Kernel12x32(int kc, float* a, float* b, int ldb, float* c, int ldc, bool overwrite)
     {
         // The C tile is read only at the end: start fetching its rows now (power-of-two ldc maps all 12 rows
         // to one L1 set, so they would otherwise miss).
@@ -316,7 +384,7 @@ internal static unsafe class Sgemm
             var a11 = Vector512.Create(a[11]);
             c110 = Vector512.FusedMultiplyAdd(a11, b0, c110); c111 = Vector512.FusedMultiplyAdd(a11, b1, c111);
             a += 12;
-            b += 32;
+            b += ldb;
         }
         Store512(c, overwrite, c00, c01); c += ldc;
         Store512(c, overwrite, c10, c11); c += ldc;
@@ -334,7 +402,7 @@ internal static unsafe class Sgemm
 
     /// <summary>C[8, 32] (=|+=) sum over p of a[p, 0..8) outer b[p, 0..32): 16 zmm accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel8x32(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    private static void Kernel8x32(int kc, float* a, float* b, int ldb, float* c, int ldc, bool overwrite)
     {
         // The C tile is read only at the end: start fetching its rows now (power-of-two ldc maps all 8 rows
         // to one L1 set, so they would otherwise miss).
@@ -368,7 +436,7 @@ internal static unsafe class Sgemm
             var a7 = Vector512.Create(a[7]);
             c70 = Vector512.FusedMultiplyAdd(a7, b0, c70); c71 = Vector512.FusedMultiplyAdd(a7, b1, c71);
             a += 8;
-            b += 32;
+            b += ldb;
         }
         Store512(c, overwrite, c00, c01); c += ldc;
         Store512(c, overwrite, c10, c11); c += ldc;
@@ -394,7 +462,7 @@ internal static unsafe class Sgemm
 
     /// <summary>C[6, 16] (=|+=) sum over p of a[p, 0..6) outer b[p, 0..16): 12 ymm accumulators.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6x16(int kc, float* a, float* b, float* c, int ldc, bool overwrite)
+    private static void Kernel6x16(int kc, float* a, float* b, int ldb, float* c, int ldc, bool overwrite)
     {
         Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default,
             c30 = default, c31 = default, c40 = default, c41 = default, c50 = default, c51 = default;
@@ -415,7 +483,7 @@ internal static unsafe class Sgemm
             var a5 = Vector256.Create(a[5]);
             c50 = Vector256.FusedMultiplyAdd(a5, b0, c50); c51 = Vector256.FusedMultiplyAdd(a5, b1, c51);
             a += 6;
-            b += 16;
+            b += ldb;
         }
         Store256(c, overwrite, c00, c01); c += ldc;
         Store256(c, overwrite, c10, c11); c += ldc;

@@ -71,6 +71,40 @@ public sealed class GemmTests
 
     [Theory]
     [MemberData(nameof(Sizes))]
+    public unsafe void DirectBReadsRowMajorBInPlace(int m, int n, int k, bool transA, bool transB)
+    {
+        if (transB) return; // RunDirectB reads a row-major B only
+        foreach (bool avx512 in new[] { true, false })
+        {
+            using var pool = new WorkerPool(new CpuBackendOptions { Threads = 1, Avx512 = avx512 });
+            foreach (var (alpha, beta) in new[] { (1f, 0f), (-0.75f, 0.5f), (1.25f, 1f) })
+            {
+                var a = Random(m * k, m + 3); var b = Random(k * n, n + 5); var c = Random(m * n, k + 7);
+                var expected = new double[m * n]; var bound = new double[m * n];
+                for (int i = 0; i < m; i++)
+                    for (int j = 0; j < n; j++)
+                    {
+                        double sum = 0, abs = 0;
+                        for (int p = 0; p < k; p++)
+                        {
+                            double av = transA ? a[p * m + i] : a[i * k + p], bv = b[p * n + j];
+                            sum += av * bv; abs += Math.Abs(av * bv);
+                        }
+                        double old = beta == 0f ? 0 : c[i * n + j] * (double)beta;
+                        expected[i * n + j] = alpha * sum + old;
+                        bound[i * n + j] = (k + 4) * Eps * (Math.Abs(alpha) * abs + Math.Abs(old)) + 1e-30;
+                    }
+                fixed (float* ap = a, bp = b, cp = c)
+                    Sgemm.RunDirectB(pool.Scratch(0), transA, m, n, k, alpha, ap, transA ? m : k, bp, n, beta, cp, n);
+                for (int i = 0; i < m * n; i++)
+                    if (!(Math.Abs(c[i] - expected[i]) <= bound[i]))
+                        Assert.Fail($"RunDirectB avx512={avx512} tA={transA} {m}x{n}x{k} a={alpha} b={beta}: C[{i}] = {c[i]}, expected {expected[i]}.");
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Sizes))]
     public void Vector256MicroKernel(int m, int n, int k, bool transA, bool transB)
     {
         using var be = new CpuBackend(new CpuBackendOptions { Threads = 2, Avx512 = false });
