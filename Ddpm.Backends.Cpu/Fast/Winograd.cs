@@ -21,6 +21,13 @@ namespace Ddpm.Backends.Cpu.Fast;
 /// </summary>
 internal static unsafe class Winograd
 {
+    /// <summary>
+    /// The distance between two of the 16 planes of transformed tiles or products: their size plus one cache line.
+    /// Planes are often a multiple of 4 KB (e.g. 32 channels x 512 tiles = 64 KB), and 16 streams whose addresses
+    /// differ by such a multiple fall into the same L1 and L2 sets and evict each other; the offset spreads them.
+    /// </summary>
+    internal static long PlaneStride(long floats) => floats + 16;
+
     /// <summary>Whether the geometry is one Winograd F(2x2, 3x3) here computes: 3x3, stride 1, padding 1.</summary>
     public static bool Applies(in ConvGeometry g) =>
         g.KH == 3 && g.KW == 3 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 1 && g.PadW == 1;
@@ -154,10 +161,9 @@ internal static unsafe class Winograd
     /// transform gives two rows of per-tile sums, the row transform the even and odd output columns, which are
     /// interleaved into the image (outputs past the last row or column are dropped).
     /// </summary>
-    internal static void OutputTransform(float* m, float* bias, float* y, in ConvGeometry g, int th, int tw, int r0, int rows, int ld, float* stage)
+    internal static void OutputTransform(float* m, long plane, float* bias, float* y, in ConvGeometry g, int th, int tw, int r0, int rows, int ld, float* stage)
     {
         int oh = g.OH, ow = g.OW;
-        long plane = (long)g.O * ld;
         float* s = stage, e = stage + 8 * tw;
         for (int o = 0; o < g.O; o++)
         {
@@ -196,10 +202,9 @@ internal static unsafe class Winograd
     /// dM [16, O, ld] = A dy A^T for the chunk's output tiles, A = [[1,0],[1,1],[1,-1],[0,-1]] (outputs past the
     /// last row or column count as zero): the adjoint of <see cref="OutputTransform"/>.
     /// </summary>
-    internal static void GradOutputTransform(float* dy, in ConvGeometry g, int th, int tw, int r0, int rows, float* dm, int ld, float* stage)
+    internal static void GradOutputTransform(float* dy, in ConvGeometry g, int th, int tw, int r0, int rows, float* dm, long plane, int ld, float* stage)
     {
         int oh = g.OH, ow = g.OW;
-        long plane = (long)g.O * ld;
         // raw: row 0 even, row 0 odd, row 1 even, row 1 odd; w: 4 rows x (even, odd) of the column transform.
         float* raw = stage, wv = stage + 4 * tw;
         for (int o = 0; o < g.O; o++)
@@ -255,7 +260,8 @@ internal static unsafe class Winograd
         int rowsPer = RowsPerChunk(g, tw, pool.Options.WinogradChunk), totalRows = g.N * th;
         int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = rowsPer * tw;
         var (mr, nr) = Sgemm.RegisterTile(g.O, pool.Options);
-        long aSize = Sgemm.PackedASize(g.O, g.C, mr), bPlane = Sgemm.PackedBSize(g.C, ld, nr);
+        long aSize = Sgemm.PackedASize(g.O, g.C, mr), bPlane = PlaneStride(Sgemm.PackedBSize(g.C, ld, nr));
+        long mPlane = PlaneStride((long)g.O * ld);
         float* u = pool.Scratch(0).Get(ScratchSlot.WinogradU, 16L * g.O * g.C);
         float* ua = pool.Scratch(0).Get(ScratchSlot.WinogradUPacked, 16 * aSize);
         FilterTransform(pool, w, u, g.O, g.C);
@@ -266,7 +272,7 @@ internal static unsafe class Winograd
         {
             var scratch = pool.Scratch(wk);
             float* v = scratch.Get(ScratchSlot.WinogradV, 16 * bPlane);
-            float* m = scratch.Get(ScratchSlot.WinogradM, 16L * geo.O * ld);
+            float* m = scratch.Get(ScratchSlot.WinogradM, 16 * mPlane);
             float* stage = scratch.Get(ScratchSlot.WinogradStage, 16L * (tw + 1));
             int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), cols = rows * tw;
             InputTransform((float*)xp, geo, th, tw, r0, rows, v, bPlane, nr, ld, stage);
@@ -280,8 +286,8 @@ internal static unsafe class Winograd
                         new Span<float>(last + xi * bPlane + (long)c * nr + from, nr - from).Clear();
             }
             for (int xi = 0; xi < 16; xi++)
-                Sgemm.RunPacked(mr, nr, geo.O, cols, geo.C, (float*)uap + xi * aSize, v + xi * bPlane, m + (long)xi * geo.O * ld, ld);
-            OutputTransform(m, (float*)bp, (float*)yp, geo, th, tw, r0, rows, ld, stage);
+                Sgemm.RunPacked(mr, nr, geo.O, cols, geo.C, (float*)uap + xi * aSize, v + xi * bPlane, m + xi * mPlane, ld);
+            OutputTransform(m, mPlane, (float*)bp, (float*)yp, geo, th, tw, r0, rows, ld, stage);
         });
     }
 
@@ -298,6 +304,7 @@ internal static unsafe class Winograd
         int items = Math.Min(pool.Threads, chunks), per = (chunks + items - 1) / items;
         items = (chunks + per - 1) / per;
         long uSize = 16L * g.O * g.C;
+        long vPlane = PlaneStride((long)g.C * ld), mPlane = PlaneStride((long)g.O * ld);
         var geo = g;
         nint xp = (nint)x, dyp = (nint)dy;
         var partials = new nint[items];
@@ -307,18 +314,18 @@ internal static unsafe class Winograd
             // The partial belongs to item t (in the scratch of worker t), the buffers to the worker running it.
             float* du = pool.Scratch(t).Get(ScratchSlot.WinogradU, uSize);
             partials[t] = (nint)du;
-            float* v = scratch.Get(ScratchSlot.WinogradV, 16L * geo.C * ld);
-            float* dm = scratch.Get(ScratchSlot.WinogradM, 16L * geo.O * ld);
+            float* v = scratch.Get(ScratchSlot.WinogradV, 16 * vPlane);
+            float* dm = scratch.Get(ScratchSlot.WinogradM, 16 * mPlane);
             float* stage = scratch.Get(ScratchSlot.WinogradStage, 16L * (tw + 1));
             int c0 = t * per, c1 = Math.Min(chunks, c0 + per);
             for (int ch = c0; ch < c1; ch++)
             {
                 int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), cols = rows * tw;
-                InputTransform((float*)xp, geo, th, tw, r0, rows, v, (long)geo.C * ld, 0, ld, stage);
-                GradOutputTransform((float*)dyp, geo, th, tw, r0, rows, dm, ld, stage);
+                InputTransform((float*)xp, geo, th, tw, r0, rows, v, vPlane, 0, ld, stage);
+                GradOutputTransform((float*)dyp, geo, th, tw, r0, rows, dm, mPlane, ld, stage);
                 for (int xi = 0; xi < 16; xi++)
-                    Sgemm.Run(null, scratch, false, true, geo.O, geo.C, cols, 1f, dm + (long)xi * geo.O * ld, ld,
-                        v + (long)xi * geo.C * ld, ld, ch == c0 ? 0f : 1f, du + (long)xi * geo.O * geo.C, geo.C);
+                    Sgemm.Run(null, scratch, false, true, geo.O, geo.C, cols, 1f, dm + xi * mPlane, ld,
+                        v + xi * vPlane, ld, ch == c0 ? 0f : 1f, du + (long)xi * geo.O * geo.C, geo.C);
             }
         });
         float* total = (float*)partials[0];
