@@ -333,12 +333,16 @@ public sealed unsafe partial class CpuBackend
 
     // ---- normalisation ------------------------------------------------------------------------------
 
-    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+    // With a shift, channel cc of sample s is x + shift[s, cc]: every pass below treats it as x measured from the
+    // channel's own mean mu - shift, so the sum is never formed.
+
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
         float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels do not split into {groups} groups.");
         long size = (long)n * c * hw;
         nint xp = (nint)Ptr(x, size, nameof(x)), yp = (nint)Ptr(y, size, nameof(y));
+        nint shp = shift is null ? 0 : (nint)Ptr(shift, (long)n * c, nameof(shift));
         nint gp = (nint)Ptr(gamma, c, nameof(gamma)), bp = (nint)Ptr(beta, c, nameof(beta));
         nint mp = (nint)Ptr(mean, (long)n * groups, nameof(mean)), rp = (nint)Ptr(rstd, (long)n * groups, nameof(rstd));
         int cpg = c / groups;
@@ -347,32 +351,38 @@ public sealed unsafe partial class CpuBackend
         {
             int s = idx / groups, gi = idx % groups;
             long baseOff = ((long)s * c + gi * cpg) * hw;
+            float* sh = shp == 0 ? null : (float*)shp + (long)s * c + gi * cpg;
             double sum = 0;
             for (int ch = 0; ch < cpg; ch++)
+            {
                 sum += TensorPrimitives.Sum(new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw));
+                if (sh != null) sum += (double)hw * sh[ch];
+            }
             float mu = (float)(sum / count);
             double sq = 0;
-            for (int ch = 0; ch < cpg; ch++) sq += Kernel.SumSquaredDeviation((float*)xp + baseOff + (long)ch * hw, hw, mu);
+            for (int ch = 0; ch < cpg; ch++)
+                sq += Kernel.SumSquaredDeviation((float*)xp + baseOff + (long)ch * hw, hw, sh == null ? mu : mu - sh[ch]);
             float r = (float)(1.0 / Math.Sqrt(sq / count + eps));
             ((float*)mp)[idx] = mu;
             ((float*)rp)[idx] = r;
             for (int ch = 0; ch < cpg; ch++)
             {
                 int cc = gi * cpg + ch;
-                float scale = r * ((float*)gp)[cc];
+                float scale = r * ((float*)gp)[cc], m = sh == null ? mu : mu - sh[ch];
                 long o = baseOff + (long)ch * hw;
-                if (silu) Kernel.Map(new NormalizeSiluKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
-                else Kernel.Map(new NormalizeKernel(mu, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                if (silu) Kernel.Map(new NormalizeSiluKernel(m, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                else Kernel.Map(new NormalizeKernel(m, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
             }
         });
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
         int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels do not split into {groups} groups.");
         long size = (long)n * c * hw;
         nint dyIn = (nint)Ptr(dy, size, nameof(dy)), xp = (nint)Ptr(x, size, nameof(x)), dxp = (nint)Ptr(dx, size, nameof(dx));
+        nint shp = shift is null ? 0 : (nint)Ptr(shift, (long)n * c, nameof(shift));
         nint gp = (nint)Ptr(gamma, c, nameof(gamma)), bp = (nint)Ptr(beta, c, nameof(beta));
         nint mp = (nint)Ptr(mean, (long)n * groups, nameof(mean)), rp = (nint)Ptr(rstd, (long)n * groups, nameof(rstd));
         float* dgp = Ptr(dgamma, c, nameof(dgamma)), dbp = Ptr(dbeta, c, nameof(dbeta));
@@ -386,6 +396,7 @@ public sealed unsafe partial class CpuBackend
             int s = idx / groups, gi = idx % groups;
             float mu = ((float*)mp)[idx], r = ((float*)rp)[idx];
             long baseOff = ((long)s * c + gi * cpg) * hw;
+            float* sh = shp == 0 ? null : (float*)shp + (long)s * c + gi * cpg;
             // The gradient of the normalised tensor: dy, or under SiLU dy silu'(z), written to dx (read back below).
             nint dyp = dyIn;
             if (silu)
@@ -395,7 +406,7 @@ public sealed unsafe partial class CpuBackend
                 {
                     int cc = gi * cpg + ch;
                     long o = baseOff + (long)ch * hw;
-                    var k = new NormalizeSiluBackwardKernel(mu, r * ((float*)gp)[cc], ((float*)bp)[cc]);
+                    var k = new NormalizeSiluBackwardKernel(sh == null ? mu : mu - sh[ch], r * ((float*)gp)[cc], ((float*)bp)[cc]);
                     Kernel.Map(k, (float*)dyIn + o, (float*)xp + o, (float*)dxp + o, hw);
                 }
             }
@@ -405,7 +416,8 @@ public sealed unsafe partial class CpuBackend
                 int cc = gi * cpg + ch;
                 var dys = new ReadOnlySpan<float>((float*)dyp + baseOff + (long)ch * hw, hw);
                 double sdy = TensorPrimitives.Sum(dys);
-                double sxhat = Reduce.SumProductDeviation((float*)dyp + baseOff + (long)ch * hw, (float*)xp + baseOff + (long)ch * hw, hw, mu) * r;
+                double sxhat = Reduce.SumProductDeviation((float*)dyp + baseOff + (long)ch * hw, (float*)xp + baseOff + (long)ch * hw, hw,
+                    sh == null ? mu : mu - sh[ch]) * r;
                 s1[s * c + cc] = sdy;
                 s2[s * c + cc] = sxhat;
                 double gm = ((float*)gp)[cc];
@@ -420,7 +432,7 @@ public sealed unsafe partial class CpuBackend
             {
                 int cc = gi * cpg + ch;
                 long o = baseOff + (long)ch * hw;
-                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, mu, k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
+                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, sh == null ? mu : mu - sh[ch], k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
             }
         });
         for (int cc = 0; cc < c; cc++)

@@ -584,12 +584,23 @@ public sealed class CpuReferenceBackend : IBackend
             throw new ArgumentException($"{c} channels do not split into {groups} groups.", nameof(groups));
     }
 
-    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+    /// <summary>x [n, c, hw] in double, plus shift [n, c] broadcast over hw when there is one.</summary>
+    private double[] Shifted(DeviceBuffer x, DeviceBuffer? shift, int n, int c, int hw)
+    {
+        long size = (long)n * c * hw;
+        var xs = Data(x, size, nameof(x));
+        var sv = shift is null ? default : Data(shift, (long)n * c, nameof(shift));
+        var r = new double[size];
+        for (long i = 0; i < size; i++) r[i] = xs[(int)i] + (shift is null ? 0.0 : sv[(int)(i / hw)]);
+        return r;
+    }
+
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
         float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         CheckGroups(n, c, hw, groups);
         long size = (long)n * c * hw;
-        var xv = Data(x, size, nameof(x));
+        var xv = Shifted(x, shift, n, c, hw);
         var gv = Data(gamma, c, nameof(gamma));
         var bv = Data(beta, c, nameof(beta));
         var yv = Data(y, size, nameof(y));
@@ -620,13 +631,13 @@ public sealed class CpuReferenceBackend : IBackend
             }
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
         int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         CheckGroups(n, c, hw, groups);
         long size = (long)n * c * hw;
         var dyIn = Data(dy, size, nameof(dy));
-        var xv = Data(x, size, nameof(x));
+        var xv = Shifted(x, shift, n, c, hw);
         var gv = Data(gamma, c, nameof(gamma));
         var bv = Data(beta, c, nameof(beta));
         var mv = Data(mean, (long)n * groups, nameof(mean));

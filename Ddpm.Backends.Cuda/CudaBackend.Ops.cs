@@ -537,7 +537,7 @@ public sealed partial class CudaBackend
 
     // ---- normalisation --------------------------------------------------------------------------------
 
-    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
         float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         Enter();
@@ -546,11 +546,12 @@ public sealed partial class CudaBackend
         ulong px = Ptr(x, size, "GroupNormForward x"), pg = Ptr(gamma, c, "GroupNormForward gamma");
         ulong pb = Ptr(beta, c, "GroupNormForward beta"), py = Ptr(y, size, "GroupNormForward y");
         ulong pm = Ptr(mean, (long)n * groups, "GroupNormForward mean"), pr = Ptr(rstd, (long)n * groups, "GroupNormForward rstd");
+        ulong psh = shift is null ? 0 : Ptr(shift, (long)n * c, "GroupNormForward shift");
         if (n == 0) return;
-        Launch("group_norm_forward", (uint)(n * groups), ThreadsPerBlock, px, pg, pb, c, hw, groups, eps, silu ? 1 : 0, py, pm, pr);
+        Launch("group_norm_forward", (uint)(n * groups), ThreadsPerBlock, px, psh, pg, pb, c, hw, groups, eps, silu ? 1 : 0, py, pm, pr);
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
         int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         Enter();
@@ -561,9 +562,10 @@ public sealed partial class CudaBackend
         ulong pm = Ptr(mean, (long)n * groups, "GroupNormBackward mean"), pr = Ptr(rstd, (long)n * groups, "GroupNormBackward rstd");
         ulong pdx = Ptr(dx, size, "GroupNormBackward dx");
         ulong pdg = Ptr(dgamma, c, "GroupNormBackward dgamma"), pdb = Ptr(dbeta, c, "GroupNormBackward dbeta");
+        ulong psh = shift is null ? 0 : Ptr(shift, (long)n * c, "GroupNormBackward shift");
         if (n > 0)
-            Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, pg, pb, pm, pr, c, hw, groups, silu ? 1 : 0, pdx);
-        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, pg, pb, pm, pr, n, c, hw, groups, silu ? 1 : 0, pdg, pdb);
+            Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, c, hw, groups, silu ? 1 : 0, pdx);
+        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, n, c, hw, groups, silu ? 1 : 0, pdg, pdb);
     }
 
     private static void CheckGroups(int n, int c, int hw, int groups, string what)

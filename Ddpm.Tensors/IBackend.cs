@@ -209,18 +209,20 @@ public interface IBackend : IDisposable
 
     /// <summary>
     /// Group norm of x [n, c, hw] in <paramref name="groups"/> groups with affine gamma, beta [c]; writes y,
-    /// and the per-(sample, group) mean and 1/std [n, groups] for the backward pass. With <paramref name="silu"/>,
+    /// and the per-(sample, group) mean and 1/std [n, groups] for the backward pass. With <paramref name="shift"/>
+    /// [n, c], the input is x + shift broadcast over hw (the sum is never stored). With <paramref name="silu"/>,
     /// y = silu(z) of the normalised z = (x - mean) rstd gamma + beta, in the same pass (z is not kept: the
     /// backward pass recomputes it from x).
     /// </summary>
-    void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+    void GroupNormForward(DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
         float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd);
 
     /// <summary>
     /// dx, dgamma, dbeta (overwritten) of the group norm above, given dy of its output y (with
     /// <paramref name="silu"/>: of silu(z), so dy is first multiplied by silu'(z), z recomputed with gamma and beta).
+    /// The gradient of <paramref name="shift"/> is the sum of dx over hw, left to the caller.
     /// </summary>
-    void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+    void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
         int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta);
 
     /// <summary>Softmax of x viewed as [outer, dim, inner] over the middle dimension.</summary>

@@ -146,25 +146,33 @@ public static partial class Ops
     /// <summary>
     /// GroupNorm over x [N, C, ...] in <paramref name="groups"/> groups, affine gamma/beta [C]; with
     /// <paramref name="silu"/>, silu(GroupNorm(x)) as one op (one pass over the activation instead of two, and the
-    /// normalised tensor is not kept for the backward pass).
+    /// normalised tensor is not kept for the backward pass). With <paramref name="shift"/> (N x C values, e.g.
+    /// [N, C, 1, 1]) it normalises x + shift broadcast over the positions, without storing the sum.
     /// </summary>
-    public static Tensor GroupNorm(Tensor x, int groups, Tensor gamma, Tensor beta, float eps = 1e-5f, bool silu = false)
+    public static Tensor GroupNorm(Tensor x, int groups, Tensor gamma, Tensor beta, float eps = 1e-5f, bool silu = false, Tensor? shift = null)
     {
         var be = SameBackend(x, gamma, "GroupNorm");
         if (x.Rank < 2) throw new ArgumentException($"GroupNorm needs [N, C, ...]; got {x.Describe()}.");
         int n = x.Shape[0], c = x.Shape[1], hw = x.Size / Math.Max(1, n * c);
         if (groups <= 0 || c % groups != 0) throw new ArgumentException($"GroupNorm: {c} channels of {x.Describe()} do not split into {groups} groups.");
         if (gamma.Size != c || beta.Size != c) throw new ArgumentException($"GroupNorm: affine parameters {gamma.Describe()}, {beta.Describe()} do not have {c} entries.");
+        if (shift is not null)
+        {
+            if (!ReferenceEquals(shift.Backend, be)) throw new ArgumentException("GroupNorm: the shift lives on another backend.");
+            if (shift.Size != n * c) throw new ArgumentException($"GroupNorm: shift {shift.Describe()} does not have {n} x {c} entries.");
+        }
         var y = Tensor.Empty(be, x.Shape);
         var mean = Tensor.Empty(be, new Shape(n, groups));
         var rstd = Tensor.Empty(be, new Shape(n, groups));
-        be.GroupNormForward(x.Buffer, gamma.Buffer, beta.Buffer, n, c, hw, groups, eps, silu, y.Buffer, mean.Buffer, rstd.Buffer);
-        return Autograd.Record(silu ? "GroupNormSilu" : "GroupNorm", y, [x, gamma, beta], g =>
+        be.GroupNormForward(x.Buffer, shift?.Buffer, gamma.Buffer, beta.Buffer, n, c, hw, groups, eps, silu, y.Buffer, mean.Buffer, rstd.Buffer);
+        Tensor[] inputs = shift is null ? [x, gamma, beta] : [x, gamma, beta, shift];
+        return Autograd.Record(silu ? "GroupNormSilu" : "GroupNorm", y, inputs, g =>
         {
             var gx = Tensor.Empty(be, x.Shape);
             var gg = Tensor.Empty(be, gamma.Shape);
             var gbt = Tensor.Empty(be, beta.Shape);
-            be.GroupNormBackward(g.Buffer, x.Buffer, gamma.Buffer, beta.Buffer, mean.Buffer, rstd.Buffer, n, c, hw, groups, silu, gx.Buffer, gg.Buffer, gbt.Buffer);
+            be.GroupNormBackward(g.Buffer, x.Buffer, shift?.Buffer, gamma.Buffer, beta.Buffer, mean.Buffer, rstd.Buffer, n, c, hw, groups, silu, gx.Buffer, gg.Buffer, gbt.Buffer);
+            if (shift is not null) return [gx, gg, gbt, SumTo(gx, shift.Shape)];
             return [gx, gg, gbt];
         });
     }

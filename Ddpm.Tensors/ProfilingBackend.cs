@@ -230,14 +230,17 @@ public sealed class ProfilingBackend : IBackend
         Time(Conv("bwd-weight", geo), ConvFlops(geo), () => Inner.Conv2dBackwardWeight(x, dy, geo, dw, dbias));
     }
 
-    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups,
         float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd) =>
-        Time(silu ? "group norm + silu" : "group norm", 0, () => Inner.GroupNormForward(x, gamma, beta, n, c, hw, groups, eps, silu, y, mean, rstd));
+        Time(GroupNormName(shift, silu), 0, () => Inner.GroupNormForward(x, shift, gamma, beta, n, c, hw, groups, eps, silu, y, mean, rstd));
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd,
         int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta) =>
-        Time(silu ? "group norm + silu backward" : "group norm backward", 0,
-            () => Inner.GroupNormBackward(dy, x, gamma, beta, mean, rstd, n, c, hw, groups, silu, dx, dgamma, dbeta));
+        Time(GroupNormName(shift, silu) + " backward", 0,
+            () => Inner.GroupNormBackward(dy, x, shift, gamma, beta, mean, rstd, n, c, hw, groups, silu, dx, dgamma, dbeta));
+
+    private static string GroupNormName(DeviceBuffer? shift, bool silu) =>
+        (shift is null ? "group norm" : "shift + group norm") + (silu ? " + silu" : "");
 
     public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y) =>
         Time("softmax", 0, () => Inner.SoftmaxForward(x, outer, dim, inner, y));

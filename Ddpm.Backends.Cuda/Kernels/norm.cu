@@ -4,22 +4,30 @@
 // One block per (sample, group) of x: [n, c, hw]; the group's cpg * hw elements are contiguous.
 // Two passes (mean, then centred variance) for accuracy; biased variance as in PyTorch.
 // y: like x; mean, rstd: [n, groups].
-// With silu != 0, y = silu(z) of the normalised z (fused: z is not stored).
-extern "C" __global__ void group_norm_forward(const float* x, const float* gamma, const float* beta, int c, int hw,
+// Element i of a (sample, group) block: x, plus shift[sample, channel] when there is a shift.
+__device__ __forceinline__ float shifted(const float* xg, const float* shiftg, int i, int hw)
+{
+    return shiftg ? xg[i] + shiftg[i / hw] : xg[i];
+}
+
+// With shift (n x c, may be null) the input is x + shift broadcast over hw; with silu != 0, y = silu(z) of the
+// normalised z (fused: neither the sum nor z is stored).
+extern "C" __global__ void group_norm_forward(const float* x, const float* shift, const float* gamma, const float* beta, int c, int hw,
     int groups, float eps, int silu, float* y, float* mean, float* rstd)
 {
     __shared__ float scratch[32];
     int ng = blockIdx.x, g = ng % groups;
     int cpg = c / groups, count = cpg * hw;
     const float* xg = x + (long long)ng * count;
+    const float* shiftg = shift ? shift + (long long)ng * cpg : 0;
     float* yg = y + (long long)ng * count;
     float s = 0.0f;
-    for (int i = threadIdx.x; i < count; i += blockDim.x) s += xg[i];
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += shifted(xg, shiftg, i, hw);
     float mu = block_sum(s, scratch) / count;
     float q = 0.0f;
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
-        float d = xg[i] - mu;
+        float d = shifted(xg, shiftg, i, hw) - mu;
         q += d * d;
     }
     float var = block_sum(q, scratch) / count;
@@ -27,7 +35,7 @@ extern "C" __global__ void group_norm_forward(const float* x, const float* gamma
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
         int ch = g * cpg + i / hw;
-        float z = (xg[i] - mu) * r * gamma[ch] + beta[ch];
+        float z = (shifted(xg, shiftg, i, hw) - mu) * r * gamma[ch] + beta[ch];
         yg[i] = silu ? z * sigmoidf(z) : z;
     }
     if (threadIdx.x == 0)
@@ -37,45 +45,49 @@ extern "C" __global__ void group_norm_forward(const float* x, const float* gamma
     }
 }
 
-// The gradient of the normalised z at element i of channel ch: dy, or under a fused SiLU dy silu'(z).
-__device__ __forceinline__ float norm_grad(const float* dy, const float* x, const float* gamma, const float* beta,
+// The gradient of the normalised z at element i of channel ch (input value xi): dy, or under a fused SiLU dy silu'(z).
+__device__ __forceinline__ float norm_grad(const float* dy, float xi, const float* gamma, const float* beta,
     float mu, float r, int ch, long long i, int silu)
 {
     float g = dy[i];
-    if (silu) g *= silu_grad((x[i] - mu) * r * gamma[ch] + beta[ch]);
+    if (silu) g *= silu_grad((xi - mu) * r * gamma[ch] + beta[ch]);
     return g;
 }
 
 // dx for one (sample, group) per block: dx = rstd * (dy*gamma - mean(dy*gamma) - xhat * mean(dy*gamma*xhat)).
-extern "C" __global__ void group_norm_backward_data(const float* dy, const float* x, const float* gamma,
+extern "C" __global__ void group_norm_backward_data(const float* dy, const float* x, const float* shift, const float* gamma,
     const float* beta, const float* mean, const float* rstd, int c, int hw, int groups, int silu, float* dx)
 {
     __shared__ float scratch[32];
     int ng = blockIdx.x, g = ng % groups;
     int cpg = c / groups, count = cpg * hw;
     long long base = (long long)ng * count;
+    const float* xg = x + base;
+    const float* shiftg = shift ? shift + (long long)ng * cpg : 0;
     float mu = mean[ng], r = rstd[ng];
     float s1 = 0.0f, s2 = 0.0f;
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
         int ch = g * cpg + i / hw;
-        float dg = norm_grad(dy, x, gamma, beta, mu, r, ch, base + i, silu) * gamma[ch];
+        float xi = shifted(xg, shiftg, i, hw);
+        float dg = norm_grad(dy, xi, gamma, beta, mu, r, ch, base + i, silu) * gamma[ch];
         s1 += dg;
-        s2 += dg * (x[base + i] - mu) * r;
+        s2 += dg * (xi - mu) * r;
     }
     float m1 = block_sum(s1, scratch) / count;
     float m2 = block_sum(s2, scratch) / count;
     for (int i = threadIdx.x; i < count; i += blockDim.x)
     {
         int ch = g * cpg + i / hw;
-        float dg = norm_grad(dy, x, gamma, beta, mu, r, ch, base + i, silu) * gamma[ch];
-        float xhat = (x[base + i] - mu) * r;
+        float xi = shifted(xg, shiftg, i, hw);
+        float dg = norm_grad(dy, xi, gamma, beta, mu, r, ch, base + i, silu) * gamma[ch];
+        float xhat = (xi - mu) * r;
         dx[base + i] = r * (dg - m1 - xhat * m2);
     }
 }
 
 // One block per channel: dgamma[ch] = sum over samples and positions of dy * xhat, dbeta[ch] = sum of dy.
-extern "C" __global__ void group_norm_backward_affine(const float* dy, const float* x, const float* gamma, const float* beta,
+extern "C" __global__ void group_norm_backward_affine(const float* dy, const float* x, const float* shift, const float* gamma, const float* beta,
     const float* mean, const float* rstd, int n, int c, int hw, int groups, int silu, float* dgamma, float* dbeta)
 {
     __shared__ float scratch[32];
@@ -86,8 +98,9 @@ extern "C" __global__ void group_norm_backward_affine(const float* dy, const flo
         int s = t / hw, p = t % hw;
         long long i = ((long long)s * c + ch) * hw + p;
         float mu = mean[s * groups + g], r = rstd[s * groups + g];
-        float d = norm_grad(dy, x, gamma, beta, mu, r, ch, i, silu);
-        float xhat = (x[i] - mu) * r;
+        float xi = shift ? x[i] + shift[(long long)s * c + ch] : x[i];
+        float d = norm_grad(dy, xi, gamma, beta, mu, r, ch, i, silu);
+        float xhat = (xi - mu) * r;
         sg += d * xhat;
         sb += d;
     }

@@ -83,8 +83,7 @@ public sealed class ResidualBlock : UNetBlock
         using var ta = Ops.Silu(t);
         using var te = _timeEmb.Forward(ta);                    // [N, out]
         using var te4 = Ops.Reshape(te, n, te.Shape[1], 1, 1);
-        using var h2 = h1 + te4;
-        using var a2 = _norm2.Forward(h2, silu: true);
+        using var a2 = _norm2.Forward(h1, silu: true, shift: te4); // act(norm2(h1 + te4)) as one op
         using var d2 = _dropout.Forward(a2);
         using var h3 = _conv2.Forward(d2);
         if (_shortcut is null) return h3 + x;

@@ -100,8 +100,11 @@ public sealed class GroupNorm : Module
     public Parameter Weight { get; }
     public Parameter Bias { get; }
 
-    /// <summary>x: [N, C, ...] -> same shape; with <paramref name="silu"/>, silu of it in the same op.</summary>
-    public Tensor Forward(Tensor x, bool silu = false) => Ops.GroupNorm(x, Groups, Weight, Bias, Eps, silu);
+    /// <summary>
+    /// x: [N, C, ...] -> same shape; with <paramref name="silu"/>, silu of it in the same op; with
+    /// <paramref name="shift"/> (N x C values), the norm of x + shift without storing the sum.
+    /// </summary>
+    public Tensor Forward(Tensor x, bool silu = false, Tensor? shift = null) => Ops.GroupNorm(x, Groups, Weight, Bias, Eps, silu, shift);
 }
 
 /// <summary>torch.nn.Dropout: active only in training mode; draws its mask from <see cref="Generator"/>.</summary>

@@ -80,16 +80,16 @@ public class ForwardingBackend(IBackend inner) : IBackend
     public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx) { Count(nameof(Conv2dBackwardData)); Inner.Conv2dBackwardData(dy, w, g, dx); }
     public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias) { Count(nameof(Conv2dBackwardWeight)); Inner.Conv2dBackwardWeight(x, dy, g, dw, dbias); }
 
-    public void GroupNormForward(DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups, float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
+    public void GroupNormForward(DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, int n, int c, int hw, int groups, float eps, bool silu, DeviceBuffer y, DeviceBuffer mean, DeviceBuffer rstd)
     {
         Count(nameof(GroupNormForward));
-        Inner.GroupNormForward(x, gamma, beta, n, c, hw, groups, eps, silu, y, mean, rstd);
+        Inner.GroupNormForward(x, shift, gamma, beta, n, c, hw, groups, eps, silu, y, mean, rstd);
     }
 
-    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd, int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
+    public void GroupNormBackward(DeviceBuffer dy, DeviceBuffer x, DeviceBuffer? shift, DeviceBuffer gamma, DeviceBuffer beta, DeviceBuffer mean, DeviceBuffer rstd, int n, int c, int hw, int groups, bool silu, DeviceBuffer dx, DeviceBuffer dgamma, DeviceBuffer dbeta)
     {
         Count(nameof(GroupNormBackward));
-        Inner.GroupNormBackward(dy, x, gamma, beta, mean, rstd, n, c, hw, groups, silu, dx, dgamma, dbeta);
+        Inner.GroupNormBackward(dy, x, shift, gamma, beta, mean, rstd, n, c, hw, groups, silu, dx, dgamma, dbeta);
     }
 
     public void SoftmaxForward(DeviceBuffer x, int outer, int dim, int inner, DeviceBuffer y) { Count(nameof(SoftmaxForward)); Inner.SoftmaxForward(x, outer, dim, inner, y); }

@@ -24,6 +24,7 @@ namespace Ddpm.Tests.Core;
 ///   Log (x in [0.5, 3])         1e-2    3e-4    (9.4e-5)
 ///   GroupNorm (groups 1,2,3,6)  1e-2    3e-4    (5.8e-5)
 ///     and fused with SiLU       1e-2    3e-4    (4.5e-5)
+///     and with a shift input    1e-2    3e-4    (3.7e-5)
 ///   Softmax                    1e-2    3e-5    (4.5e-6)
 ///   CrossEntropy               1e-2    3e-5    (1.1e-5)
 /// </summary>
@@ -154,6 +155,8 @@ public sealed class GradientTests
                 [N(50, 2, 6, 3, 5), N(51, 6), N(52, 6)], SmoothH, 3e-4);
             c[$"GroupNormSilu_g{g}"] = new(t => Ops.GroupNorm(t[0], g, t[1], t[2], silu: true),
                 [N(50, 2, 6, 3, 5), N(51, 6), N(52, 6)], SmoothH, 3e-4);
+            c[$"GroupNormShiftSilu_g{g}"] = new(t => Ops.GroupNorm(t[0], g, t[1], t[2], silu: true, shift: t[3]),
+                [N(50, 2, 6, 3, 5), N(51, 6), N(52, 6), N(53, 2, 6, 1, 1)], SmoothH, 3e-4);
         }
         for (int d = 0; d < 3; d++)
         {

@@ -14,19 +14,26 @@ namespace Ddpm.Tests.FastCpu;
 public sealed class NnTests
 {
     [Theory]
-    [InlineData(3, 12, 37, 4, false)]
-    [InlineData(2, 32, 64, 32, false)]
-    [InlineData(5, 6, 1, 3, false)]
-    [InlineData(4, 64, 1024, 32, false)]
-    [InlineData(3, 12, 37, 4, true)]
-    [InlineData(2, 32, 64, 32, true)]
-    [InlineData(5, 6, 1, 3, true)]
-    [InlineData(4, 64, 1024, 32, true)]
-    public void GroupNormForwardBackward(int n, int c, int hw, int groups, bool silu)
+    [InlineData(3, 12, 37, 4, false, false)]
+    [InlineData(2, 32, 64, 32, false, false)]
+    [InlineData(5, 6, 1, 3, false, false)]
+    [InlineData(4, 64, 1024, 32, false, false)]
+    [InlineData(3, 12, 37, 4, true, false)]
+    [InlineData(2, 32, 64, 32, true, false)]
+    [InlineData(5, 6, 1, 3, true, false)]
+    [InlineData(4, 64, 1024, 32, true, false)]
+    [InlineData(3, 12, 37, 4, true, true)]
+    [InlineData(2, 32, 64, 32, false, true)]
+    [InlineData(5, 6, 1, 3, true, true)]
+    [InlineData(4, 64, 1024, 32, true, true)]
+    public void GroupNormForwardBackward(int n, int c, int hw, int groups, bool silu, bool withShift)
     {
         using var be = new CpuBackend(2);
         int size = n * c * hw, cpg = c / groups;
-        var x = Random(size, 1, -2f, 3f); var gamma = Random(c, 2, 0.5f, 1.5f); var beta = Random(c, 3); var dy = Random(size, 4);
+        var x0 = Random(size, 1, -2f, 3f); var gamma = Random(c, 2, 0.5f, 1.5f); var beta = Random(c, 3); var dy = Random(size, 4);
+        // With a shift [n, c] the op normalises x + shift; the references below use that sum in double.
+        var shift = withShift ? Random(n * c, 5, -1.5f, 1.5f) : null;
+        var x = x0.Select((v, i) => v + (shift?[i / hw] ?? 0.0)).ToArray();
         const double eps = 1e-5;
         var ey = new double[size]; var edx = new double[size]; var edg = new double[c]; var edb = new double[c];
         var emean = new double[n * groups]; var erstd = new double[n * groups];
@@ -45,9 +52,10 @@ public sealed class NnTests
                     ey[off + i] = silu ? z / (1 + Math.Exp(-z)) : z;
                 }
             }
-        var xb = Up(be, x); var gb = Up(be, gamma); var bb = Up(be, beta); var yb = be.Allocate(size);
+        var xb = Up(be, x0); var gb = Up(be, gamma); var bb = Up(be, beta); var yb = be.Allocate(size);
+        var sb = shift is null ? null : Up(be, shift);
         var mb = be.Allocate(n * groups); var rb = be.Allocate(n * groups);
-        be.GroupNormForward(xb, gb, bb, n, c, hw, groups, (float)eps, silu, yb, mb, rb);
+        be.GroupNormForward(xb, sb, gb, bb, n, c, hw, groups, (float)eps, silu, yb, mb, rb);
         Closeness.AssertElementwise("y", Down(be, yb, size), ey, 1e-5, 1e-5);
         Closeness.AssertElementwise("mean", Down(be, mb, n * groups), emean, 1e-6, 1e-5);
         Closeness.AssertElementwise("rstd", Down(be, rb, n * groups), erstd, 1e-6, 1e-5);
@@ -84,7 +92,7 @@ public sealed class NnTests
                 }
             }
         var dyb = Up(be, dy); var dxb = be.Allocate(size); var dgb = be.Allocate(c); var dbb = be.Allocate(c);
-        be.GroupNormBackward(dyb, xb, gb, bb, mb, rb, n, c, hw, groups, silu, dxb, dgb, dbb);
+        be.GroupNormBackward(dyb, xb, sb, gb, bb, mb, rb, n, c, hw, groups, silu, dxb, dgb, dbb);
         Closeness.AssertElementwise("dx", Down(be, dxb, size), edx, 2e-5, 1e-4);
         Closeness.AssertElementwise("dgamma", Down(be, dgb, c), edg, 1e-4, 1e-5);
         Closeness.AssertElementwise("dbeta", Down(be, dbb, c), edb, 1e-4, 1e-5);
@@ -103,15 +111,15 @@ public sealed class NnTests
         var xb = Up(be, x); var gb = Up(be, gamma); var bb = Up(be, beta); var dyb = Up(be, dy);
         var z = be.Allocate(size); var a = be.Allocate(size); var fused = be.Allocate(size);
         var m1 = be.Allocate(n * groups); var r1 = be.Allocate(n * groups); var m2 = be.Allocate(n * groups); var r2 = be.Allocate(n * groups);
-        be.GroupNormForward(xb, gb, bb, n, c, hw, groups, 1e-5f, false, z, m1, r1);
+        be.GroupNormForward(xb, null, gb, bb, n, c, hw, groups, 1e-5f, false, z, m1, r1);
         be.Unary(UnaryOp.Silu, z, size, a);
-        be.GroupNormForward(xb, gb, bb, n, c, hw, groups, 1e-5f, true, fused, m2, r2);
+        be.GroupNormForward(xb, null, gb, bb, n, c, hw, groups, 1e-5f, true, fused, m2, r2);
         Assert.Equal(Down(be, a, size), Down(be, fused, size));
         var dz = be.Allocate(size); var dx1 = be.Allocate(size); var dx2 = be.Allocate(size);
         var dg1 = be.Allocate(c); var db1 = be.Allocate(c); var dg2 = be.Allocate(c); var db2 = be.Allocate(c);
         be.UnaryBackward(UnaryOp.Silu, z, a, dyb, size, dz);
-        be.GroupNormBackward(dz, xb, gb, bb, m1, r1, n, c, hw, groups, false, dx1, dg1, db1);
-        be.GroupNormBackward(dyb, xb, gb, bb, m2, r2, n, c, hw, groups, true, dx2, dg2, db2);
+        be.GroupNormBackward(dz, xb, null, gb, bb, m1, r1, n, c, hw, groups, false, dx1, dg1, db1);
+        be.GroupNormBackward(dyb, xb, null, gb, bb, m2, r2, n, c, hw, groups, true, dx2, dg2, db2);
         Assert.Equal(Down(be, dx1, size), Down(be, dx2, size));
         Assert.Equal(Down(be, dg1, c), Down(be, dg2, c));
         Assert.Equal(Down(be, db1, c), Down(be, db2, c));

@@ -241,19 +241,23 @@ public static class ParityCases
 
         foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32) })
         foreach (bool silu in new[] { false, true })
+        foreach (bool withShift in new[] { false, true })
         {
-            yield return new($"group-norm{(silu ? "-silu" : "")}-{n}x{c}x{hw}-g{groups}", (be, rf) =>
+            yield return new($"group-norm{(withShift ? "-shift" : "")}{(silu ? "-silu" : "")}-{n}x{c}x{hw}-g{groups}", (be, rf) =>
             {
                 var x = N(n * c * hw, 24);
                 for (int i = 0; i < x.Length; i++) x[i] = 3f + 2f * x[i];
                 var gamma = N(c, 25); var beta = N(c, 26); var dy = N(n * c * hw, 27);
-                Both(be, rf, [x, gamma, beta], [n * c * hw, n * groups, n * groups], Reduction, "GroupNormForward",
-                    (b, i, o) => b.GroupNormForward(i[0], i[1], i[2], n, c, hw, groups, 1e-5f, silu, o[0], o[1], o[2]));
-                Both(be, rf, [dy, x, gamma, beta], [n * c * hw, c, c], Reduction, "GroupNormBackward", (b, i, o) =>
+                var shift = N(n * c, 28);
+                // The shift is an input of every call; the plain cases pass null in its place.
+                DeviceBuffer? Shift(DeviceBuffer s) => withShift ? s : null;
+                Both(be, rf, [x, shift, gamma, beta], [n * c * hw, n * groups, n * groups], Reduction, "GroupNormForward",
+                    (b, i, o) => b.GroupNormForward(i[0], Shift(i[1]), i[2], i[3], n, c, hw, groups, 1e-5f, silu, o[0], o[1], o[2]));
+                Both(be, rf, [dy, x, shift, gamma, beta], [n * c * hw, c, c], Reduction, "GroupNormBackward", (b, i, o) =>
                 {
                     var y = b.Allocate(n * c * hw); var mean = b.Allocate(n * groups); var rstd = b.Allocate(n * groups);
-                    b.GroupNormForward(i[1], i[2], i[3], n, c, hw, groups, 1e-5f, silu, y, mean, rstd);
-                    b.GroupNormBackward(i[0], i[1], i[2], i[3], mean, rstd, n, c, hw, groups, silu, o[0], o[1], o[2]);
+                    b.GroupNormForward(i[1], Shift(i[2]), i[3], i[4], n, c, hw, groups, 1e-5f, silu, y, mean, rstd);
+                    b.GroupNormBackward(i[0], i[1], Shift(i[2]), i[3], i[4], mean, rstd, n, c, hw, groups, silu, o[0], o[1], o[2]);
                     y.Release(); mean.Release(); rstd.Release();
                 });
             });
