@@ -201,22 +201,9 @@ internal static class FastSigmoid
     private const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
         P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
 
-    public static Vector512<float> Invoke(Vector512<float> x)
-    {
-        if (Avx512F.IsSupported) return InvokeAvx512(x);
-        var t = Vector512.Min(Vector512.Max(-x, Vector512.Create(ArgMin)), Vector512.Create(ArgMax));
-        var n = Vector512.Round(t * Vector512.Create(Log2E));
-        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), t);
-        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
-        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
-        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
-        var e = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
-        e *= Vector512.ShiftLeft(Vector512.ConvertToInt32(n) + Vector512.Create(127), 23).AsSingle();
-        return Saturate(t, Vector512<float>.One / (Vector512<float>.One + e));
-    }
+    /// <summary>On AVX-512 one 512-bit pass; elsewhere (a software Vector512) the two 256-bit halves.</summary>
+    public static Vector512<float> Invoke(Vector512<float> x) =>
+        Avx512F.IsSupported ? InvokeAvx512(x) : Vector512.Create(Invoke(x.GetLower()), Invoke(x.GetUpper()));
 
     /// <summary>0 where exp(-x) was clamped at the top (x below about -88): there the logistic is below 1e-38, and exactly 0 makes silu(-inf) NaN and silu(-3e38) zero, as the plain formula gives.</summary>
     private static Vector512<float> Saturate(Vector512<float> t, Vector512<float> s) =>

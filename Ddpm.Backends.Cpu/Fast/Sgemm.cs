@@ -47,14 +47,7 @@ internal static unsafe class Sgemm
     public static void Run<TB>(WorkerPool? pool, WorkerScratch scratch, bool transA, int m, int n, int k,
         float alpha, float* a, int lda, TB b, float beta, float* c, int ldc) where TB : struct, IPackB
     {
-        if (m <= 0 || n <= 0) return;
-        if (k <= 0 || alpha == 0f)
-        {
-            ScaleC(m, n, beta, c, ldc);
-            return;
-        }
-        bool overwrite = beta == 0f;
-        if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
+        if (!Begin(m, n, k, alpha, beta, c, ldc, out bool overwrite)) return;
 
         var options = scratch.Options;
         bool gather = options.UseGather;
@@ -119,6 +112,24 @@ internal static unsafe class Sgemm
                 });
             }
         }
+    }
+
+    /// <summary>
+    /// What every product does before its micro-kernels: nothing for an empty C; C scaled by beta and done when
+    /// there is nothing to add (k = 0 or alpha = 0); otherwise C pre-scaled when 0 &lt; |beta| != 1, and
+    /// <paramref name="overwrite"/> set when beta is 0 (C is then written without being read).
+    /// </summary>
+    private static bool Begin(int m, int n, int k, float alpha, float beta, float* c, int ldc, out bool overwrite)
+    {
+        overwrite = beta == 0f;
+        if (m <= 0 || n <= 0) return false;
+        if (k <= 0 || alpha == 0f)
+        {
+            ScaleC(m, n, beta, c, ldc);
+            return false;
+        }
+        if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
+        return true;
     }
 
     /// <summary>
@@ -253,14 +264,7 @@ internal static unsafe class Sgemm
     internal static void RunDirectB(WorkerScratch scratch, bool transA, int m, int n, int k, float alpha, float* a, int lda,
         float* b, int ldb, float beta, float* c, int ldc)
     {
-        if (m <= 0 || n <= 0) return;
-        if (k <= 0 || alpha == 0f)
-        {
-            ScaleC(m, n, beta, c, ldc);
-            return;
-        }
-        bool overwrite = beta == 0f;
-        if (!overwrite && beta != 1f) ScaleC(m, n, beta, c, ldc);
+        if (!Begin(m, n, k, alpha, beta, c, ldc, out bool overwrite)) return;
         var options = scratch.Options;
         int mr = ChooseMR(m, options.UseAvx512), nr = NRFor(mr);
         int kcb = KBlock(k, options.GemmKC);
