@@ -202,15 +202,21 @@ internal static unsafe class Sgemm
                 else
                 {
                     MicroKernel(mr, kc, as_, bs, nr, tile, nr, true);
-                    for (int r = 0; r < mrEff; r++)
-                    {
-                        float* crow = cc + (long)r * ldc;
-                        float* trow = tile + r * nr;
-                        if (first) for (int q = 0; q < nrEff; q++) crow[q] = trow[q];
-                        else for (int q = 0; q < nrEff; q++) crow[q] += trow[q];
-                    }
+                    StoreEdge(tile, nr, cc, ldc, mrEff, nrEff, first);
                 }
             }
+        }
+    }
+
+    /// <summary>The rows x cols corner of a register tile computed into <paramref name="tile"/> (row stride nr), stored or added into C.</summary>
+    private static void StoreEdge(float* tile, int nr, float* c, int ldc, int rows, int cols, bool overwrite)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            float* crow = c + (long)r * ldc;
+            float* trow = tile + r * nr;
+            if (overwrite) for (int q = 0; q < cols; q++) crow[q] = trow[q];
+            else for (int q = 0; q < cols; q++) crow[q] += trow[q];
         }
     }
 
@@ -300,13 +306,7 @@ internal static unsafe class Sgemm
                         continue;
                     }
                     MicroKernel(mr, kc, as_, bs, bStride, tile, nr, true);
-                    for (int r = 0; r < mrEff; r++)
-                    {
-                        float* crow = cc + (long)r * ldc;
-                        float* trow = tile + r * nr;
-                        if (first) for (int q = 0; q < nrEff; q++) crow[q] = trow[q];
-                        else for (int q = 0; q < nrEff; q++) crow[q] += trow[q];
-                    }
+                    StoreEdge(tile, nr, cc, ldc, mrEff, nrEff, first);
                 }
             }
         }
