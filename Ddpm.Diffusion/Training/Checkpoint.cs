@@ -73,7 +73,7 @@ public sealed class Checkpoint
     /// weights and for the EMA weights: a header that describes another model is refused before the model is
     /// built, so the model the header asks for is never larger than the file that carries it.
     /// </summary>
-    private static void CheckParameterCount(string path, UNetConfig model, SafeTensorsHeader h, bool training)
+    internal static void CheckParameterCount(string path, UNetConfig model, SafeTensorsHeader h, bool training)
     {
         long expected = model.ParameterCount();
         long weights = 0, ema = 0;
@@ -102,7 +102,7 @@ public sealed class Checkpoint
         ParseInteger<long>(path, m, "data_epoch", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<long>(path, m, "data_index", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null));
 
-    private static T? ParseConfig<T>(string path, IReadOnlyDictionary<string, string> m, string key, Action<T> validate) where T : class
+    internal static T? ParseConfig<T>(string path, IReadOnlyDictionary<string, string> m, string key, Action<T> validate) where T : class
     {
         if (!m.TryGetValue(key, out var json)) return null;
         T? config;

@@ -40,6 +40,10 @@ public sealed class Trainer : IDisposable
     private float[] _batch = [];
     private int[] _labels = [];
     private bool _checkedOnce;
+    // Step recording (RecordSteps): the weights a step starts from, its gradient before clipping, its streams' offsets.
+    private DeviceBuffer? _recordWeights, _recordGradients;
+    private ulong _recordNoiseOffset, _recordDropoutOffset;
+    private long _recordedStep = -1;
 
     // _stats: [loss, sum of squared gradients (hi, lo)].
     private const int StatsLength = 3;
@@ -79,8 +83,8 @@ public sealed class Trainer : IDisposable
         // and averaged like the others but not optimised, and have no Adam moments in checkpoints.
         var trainable = named.Where(p => p.Param.RequiresGrad).ToList();
         Optimizer = new Adam(trainable, config.LearningRate, config.Beta1, config.Beta2, config.AdamEps, config.WeightDecay);
-        NoiseGenerator = new PhiloxGenerator(config.Seed * 4 + 1);
-        DropoutGenerator = new PhiloxGenerator(config.Seed * 4 + 2);
+        NoiseGenerator = new PhiloxGenerator(config.NoiseKey);
+        DropoutGenerator = new PhiloxGenerator(config.DropoutKey);
         Model.SetDropoutGenerator(DropoutGenerator);
         if (config.EmaDecay > 0) _ema = Store.CreateState(copyParameters: true);
         _params = named.Select((p, i) => (p.Name, p.Param, _ema?.Views[i])).ToList();
@@ -121,6 +125,12 @@ public sealed class Trainer : IDisposable
     {
         var sw = Stopwatch.StartNew();
         var coll = Parallel.Collective;
+        if (_recordWeights is not null)
+        {
+            Store.Backend.Copy(Store.Parameters, 0, Store.Count, _recordWeights, 0);
+            (_recordNoiseOffset, _recordDropoutOffset) = (NoiseGenerator.Offset, DropoutGenerator.Offset);
+            _recordedStep = -1;
+        }
         if (Parallel.ChecksumEvery > 0 && (!_checkedOnce || Optimizer.StepCount % Parallel.ChecksumEvery == 0))
         {
             _replicaCheck.Verify(coll, Store, Optimizer.StepCount);
@@ -168,6 +178,11 @@ public sealed class Trainer : IDisposable
                 Store.CompleteGradients();
                 coll.AllReduce(Store.Gradients, 0, Store.Count, ReduceOp.Average);
             }
+            if (_recordGradients is not null)
+            {
+                Store.CompleteGradients();
+                be.Copy(Store.Gradients, 0, Store.Count, _recordGradients, 0);
+            }
             // A clip of 0 means none: the norm is still measured (and logged).
             GradClip.ClipGradNorm(Store, Config.GradClip > 0 ? Config.GradClip : 0.0, _stats, 1);
             Optimizer.LearningRate = lr;
@@ -179,7 +194,72 @@ public sealed class Trainer : IDisposable
         // The logged loss is the global batch's mean: the mean of the equal shards' means.
         if (coll.Size > 1) coll.AllReduce(_statsHost.AsSpan(0, 1), ReduceOp.Average);
         double norm = Math.Sqrt(NormMath.Join(_statsHost[1], _statsHost[2]));
+        if (_recordWeights is not null) _recordedStep = Optimizer.StepCount;
         return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
+    }
+
+    /// <summary>
+    /// Keep what <see cref="RecordLastStep"/> needs: each step copies the weights it starts from and its gradient
+    /// before clipping (two model-sized device buffers, two device copies a step). One process only.
+    /// </summary>
+    public bool RecordSteps
+    {
+        get => _recordWeights is not null;
+        set
+        {
+            if (value == RecordSteps) return;
+            if (value && Parallel.Size > 1) throw new InvalidOperationException("Steps are recorded by a single-process trainer only.");
+            if (value)
+            {
+                _recordWeights = Store.Backend.Allocate(Store.Count);
+                _recordGradients = Store.Backend.Allocate(Store.Count);
+                return;
+            }
+            _recordWeights!.Release();
+            _recordGradients!.Release();
+            _recordWeights = _recordGradients = null;
+            _recordedStep = -1;
+        }
+    }
+
+    /// <summary>
+    /// The last step as a <see cref="StepRecord"/> (with <see cref="RecordSteps"/> on, before the next step): its
+    /// starting weights, batch, timesteps, noise and labels drawn again from the recorded stream offsets, the
+    /// gradient before clipping, and the loss and norm of <paramref name="result"/>.
+    /// </summary>
+    public StepRecord RecordLastStep(TrainStep result)
+    {
+        if (_recordWeights is null || _recordedStep != result.Step || _recordedStep != Optimizer.StepCount)
+            throw new InvalidOperationException($"Step {result.Step} was not recorded (RecordSteps must be on before the step, and the record taken before the next one).");
+        var be = Store.Backend;
+        var mc = Model.Config;
+        int b = Config.BatchSize;
+        // The draws of the step in its order: the label drop, the timesteps, the noise (Step and Diffusion.Loss).
+        var gen = new PhiloxGenerator(NoiseGenerator.Seed, _recordNoiseOffset);
+        int[]? labels = mc.IsConditional ? DropLabels(_labels.AsSpan(0, b), Config.ClassDropout, mc.NullClass, gen) : null;
+        var t = gen.NextInts(b, Diffusion.Steps);
+        float[] noise;
+        using (var n = Tensor.RandN(be, new Shape(b, mc.ImageChannels, mc.ImageSize, mc.ImageSize), gen)) noise = n.ToArray();
+        if (gen.Offset != NoiseGenerator.Offset)
+            throw new InvalidOperationException("The recorded step's noise stream does not end where the step's did; the record would not replay the step.");
+        var weights = new float[Store.Count];
+        var grads = new float[Store.Count];
+        be.Download(_recordWeights, 0, weights);
+        be.Download(_recordGradients!, 0, grads);
+        var w = new List<(string, int[], float[])>();
+        var g = new Dictionary<string, float[]>();
+        foreach (var (name, p, _) in _params)
+        {
+            int at = Store.Slots[Store.IndexOf(p)].Offset;
+            w.Add((name, p.Shape.ToArray(), weights.AsSpan(at, p.Size).ToArray()));
+            if (p.RequiresGrad) g[name] = grads.AsSpan(at, p.Size).ToArray();
+        }
+        return new StepRecord
+        {
+            Model = mc, Diffusion = Diffusion.Config, Step = result.Step, Loss = result.Loss, GradNorm = result.GradNorm, LearningRate = result.LearningRate,
+            DropoutSeed = DropoutGenerator.Seed, DropoutOffset = _recordDropoutOffset, Weights = w, Gradients = g,
+            Batch = b, X0 = _batch.AsSpan(0, _batch.Length).ToArray(), Timesteps = t, Noise = noise, Labels = labels,
+        };
     }
 
     /// <summary>The labels of the shard's samples with the label drop applied (null for an unconditional model).</summary>
@@ -231,6 +311,7 @@ public sealed class Trainer : IDisposable
 
     public void Dispose()
     {
+        RecordSteps = false;
         Optimizer.Dispose();
         _ema?.Dispose();
         _stats.Release();

@@ -26,6 +26,20 @@ public sealed record TrainingConfig
     /// <summary>Use min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the random init.</summary>
     [JsonPropertyName("ema_warmup")] public bool EmaWarmup { get; init; } = true;
     [JsonPropertyName("seed")] public ulong Seed { get; init; }
+
+    // The Philox keys of a run's random streams, one per stream so that no two streams draw the same words: the
+    // data order and flips (the loader's key, the seed itself), the timesteps, noise and label drops, the dropout
+    // masks, and the model's initial weights. Below MaxSeed, 4 s + k does not wrap and never equals s for k = 1, 2, 3.
+
+    /// <summary>The largest seed (2^62 - 1): the stream keys 4 s + k stay distinct 64-bit numbers.</summary>
+    public const ulong MaxSeed = (1UL << 62) - 1;
+
+    /// <summary>The key of the timestep, noise and label-drop stream.</summary>
+    [JsonIgnore] public ulong NoiseKey => Seed * 4 + 1;
+    /// <summary>The key of the dropout-mask stream.</summary>
+    [JsonIgnore] public ulong DropoutKey => Seed * 4 + 2;
+    /// <summary>The key the model's initial weights are drawn from.</summary>
+    [JsonIgnore] public ulong InitKey => Seed * 4 + 3;
     [JsonPropertyName("hflip")] public bool HorizontalFlip { get; init; }
     /// <summary>
     /// The share of a class-conditional model's training samples whose label is replaced by the null class, so
@@ -37,6 +51,7 @@ public sealed record TrainingConfig
     public void Validate()
     {
         if (BatchSize <= 0) throw new ConfigValueException("batch_size", $"{BatchSize} is not positive.");
+        if (Seed > MaxSeed) throw new ConfigValueException("seed", $"{Seed} is above {MaxSeed} (2^62 - 1).");
         if (!(LearningRate > 0 && float.IsFinite(LearningRate))) throw new ConfigValueException("lr", $"{LearningRate} is not a positive learning rate.");
         if (!(Beta1 >= 0 && Beta1 < 1)) throw new ConfigValueException("beta1", $"{Beta1} is not in [0, 1).");
         if (!(Beta2 >= 0 && Beta2 < 1)) throw new ConfigValueException("beta2", $"{Beta2} is not in [0, 1).");

@@ -38,6 +38,14 @@ public sealed class ProgressLine(ToolConsole con, long start = 0, int every = 0)
         }
     }
 
+    /// <summary>Prints a line of its own between progress lines (the live line is redrawn at the next report).</summary>
+    public void Note(string line)
+    {
+        Finish();
+        con.Out.WriteLine(line);
+        _lastDraw = DateTime.MinValue;
+    }
+
     /// <summary>Ends the live line so that the next output starts on a fresh one.</summary>
     public void Finish()
     {

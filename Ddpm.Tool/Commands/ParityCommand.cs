@@ -4,6 +4,7 @@ using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
+using Ddpm.Tensors.IO;
 
 namespace Ddpm.Tool.Commands;
 
@@ -25,6 +26,10 @@ public sealed class ParityOptions : ModelOptions
     [Option("seed", Default = 0UL, HelpText = "Seed of the weights, inputs and noise.")]
     public ulong Seed { get; set; }
 
+    [Option("replay", HelpText = "A recorded training step (train --save-spikes): recompute its loss and gradient on both backends from its "
+        + "weights and batch, and compare each with the recorded ones and with each other.")]
+    public string? Replay { get; set; }
+
     [Option("all", Default = false, HelpText = "List every parameter gradient, not only the worst.")]
     public bool All { get; set; }
 }
@@ -43,6 +48,7 @@ public static class ParityCommand
 
     public static int Run(ParityOptions o, ToolConsole con)
     {
+        if (o.Replay is not null) return RunReplay(o, con);
         if (o.Batch <= 0 || o.TrainSteps < 0 || o.SampleSteps <= 0) throw new UsageError("--batch and --sample-steps must be positive, --train-steps >= 0.");
         var cfg = o.ResolveModel(Presets.Get(o.Preset ?? "tiny").Model);
         using var a = ToolBackends.Create(o);
@@ -97,6 +103,68 @@ public static class ParityCommand
         }
         rows.Add(Compare($"samples ({o.SampleSteps} DDIM steps)", Sample(ma), Sample(mb), GradTol));
 
+        return Report(rows, con);
+    }
+
+    /// <summary>
+    /// parity --replay: one recorded training step computed again on both backends. Each backend's loss and
+    /// gradient are compared with the recorded ones (the backend that trained) and with each other; the table of
+    /// the largest gradients says where the step's gradient norm comes from.
+    /// </summary>
+    private static int RunReplay(ParityOptions o, ToolConsole con)
+    {
+        if (o.HasModelOverrides) throw new UsageError("--replay uses the model the recorded step describes; drop the model options.");
+        string path = o.Replay!;
+        if (!File.Exists(path)) throw new UserError($"{path}: no such file (train --save-spikes writes recorded steps).");
+        StepRecord rec;
+        try
+        {
+            rec = StepRecord.Load(path);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            throw new UserError(e is DataFormatException ? e.Message : $"{path}: {e.Message}", e);
+        }
+        using var a = ToolBackends.Create(o);
+        using var b = ToolBackends.Create(o.Against, o);
+        con.Out.WriteLine($"parity --replay {path}: {a.Description}  vs  {b.Description}");
+        con.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  step {rec.Step:N0} of {rec.Model}, batch {rec.Batch}: recorded loss {rec.Loss:G6}, gradient norm {rec.GradNorm:G6}, lr {rec.LearningRate:G3}"));
+        (float Loss, Dictionary<string, float[]> Grads) ra, rb;
+        try
+        {
+            ra = rec.Replay(a);
+            rb = rec.Replay(b);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new UserError($"{path}: {e.Message}", e);
+        }
+        var names = rec.Gradients.Keys.ToList();
+        float[] Flat(IReadOnlyDictionary<string, float[]> g) => names.SelectMany(n => g[n]).ToArray();
+        float[] recorded = Flat(rec.Gradients), ga = Flat(ra.Grads), gb = Flat(rb.Grads);
+        double norm = Math.Sqrt(SumSq(recorded));
+        var rows = new List<Row>
+        {
+            Compare("loss: backend vs recorded", [ra.Loss], [rec.Loss], OutputTol),
+            Compare("loss: against vs recorded", [rb.Loss], [rec.Loss], OutputTol),
+            Compare("gradient: backend vs recorded", ga, recorded, GradTol),
+            Compare("gradient: against vs recorded", gb, recorded, GradTol),
+            Compare("gradient: backend vs against", ga, gb, GradTol),
+        };
+        AddWorst(rows, names.Select(n => Compare("grad." + n, rb.Grads[n], rec.Gradients[n], GradTol, ZeroScale * norm)).ToList(),
+            "against vs recorded", o.All);
+        con.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  gradient norm recomputed: {Math.Sqrt(SumSq(ga)):G6} on the backend, {Math.Sqrt(SumSq(gb)):G6} on the one compared against"));
+        con.Out.WriteLine();
+        con.Out.WriteLine($"  {"largest gradients (recorded)",-64} {"norm",10} {"share",8}");
+        foreach (var (name, n, share) in rec.LargestGradients().Take(o.All ? int.MaxValue : 8))
+            con.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "  {0,-64} {1,10:G4} {2,7:F1}%", name, n, share * 100));
+        return Report(rows, con);
+    }
+
+    private static int Report(List<Row> rows, ToolConsole con)
+    {
         con.Out.WriteLine();
         con.Out.WriteLine($"  {"tensor",-64} {"max |a-b|",10} {"rel L2",10} {"NMSE",10} {"tol",8}  ");
         foreach (var r in rows)

@@ -52,13 +52,18 @@ public static class TrainCommand
         using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
         dp = dp with { Collective = onDevice };
-        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
+        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.InitKey));
         var diffusion = new DenoiseDiffusion(unet, plan.Diffusion);
         using var trainer = new Trainer(diffusion, new LoaderBatchSource(plan.Loader), plan.Training, dp);
         if (plan.Resume is not null)
         {
             try { plan.Resume.RestoreInto(trainer); }
             catch (InvalidDataException e) { throw new UserError(e.Message, e); }
+        }
+        if (o.SaveSpikes > 0)
+        {
+            if (dp.Size > 1) throw new UsageError("--save-spikes records the steps of a single-process run; drop --distributed or --save-spikes.");
+            trainer.RecordSteps = true;
         }
         PrintHeader(plan, unet, be, trainer, con);
         if (dp.Size > 1)
@@ -70,6 +75,7 @@ public static class TrainCommand
         var saved = new SavedState(plan, log, SameFile(plan.Resume?.Path, plan.CheckpointPath) ? plan.Resume!.Step : null);
         var progress = new ProgressLine(con, trainer.StepCount, o.LogEvery);
         var loss = new SmoothedLoss();
+        var spikes = new SpikeRecorder(o.SaveSpikes, Path.Combine(plan.OutFolder, "spikes"));
         bool interrupted = false;
         string? diverged = null;
         try
@@ -81,6 +87,7 @@ public static class TrainCommand
                 if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
                 log.Add(s);
                 loss.Add(s.Loss);
+                spikes.Check(trainer, s, progress);
                 progress.Report(s.Step, plan.TotalSteps, string.Create(CultureInfo.InvariantCulture,
                     $"loss {loss.Value:F4}  {progress.Rate(s.Step) * plan.Training.BatchSize,6:F1} img/s  lr {s.LearningRate:G3}  |g| {s.GradNorm:F2}"));
                 if (o.CheckpointEvery > 0 && s.Step % o.CheckpointEvery == 0 && s.Step < plan.TotalSteps)
@@ -129,7 +136,7 @@ public static class TrainCommand
         using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
         dp = dp with { Collective = onDevice };
-        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.Seed));
+        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.InitKey));
         using var trainer = new Trainer(new DenoiseDiffusion(unet, plan.Diffusion), new LoaderBatchSource(plan.Loader), plan.Training, dp);
         plan.Resume?.RestoreInto(trainer);
         while (trainer.StepCount < plan.TotalSteps)
@@ -139,6 +146,41 @@ public static class TrainCommand
             if (!float.IsFinite(trainer.Step().Loss)) return ExitCodes.Failed;
         }
         return ExitCodes.Ok;
+    }
+
+    /// <summary>
+    /// --save-spikes: a step whose gradient norm exceeds the threshold is written as a <see cref="StepRecord"/>
+    /// (the first <see cref="TrainOptions.MaxSpikeFiles"/> of a run) and named in one line with its largest gradients.
+    /// </summary>
+    private sealed class SpikeRecorder(double threshold, string folder)
+    {
+        private int _saved;
+
+        public void Check(Trainer trainer, TrainStep s, ProgressLine progress)
+        {
+            if (threshold <= 0 || !(s.GradNorm > threshold)) return;
+            if (_saved == TrainOptions.MaxSpikeFiles)
+            {
+                progress.Note($"step {s.Step}: gradient norm {s.GradNorm:G4} > {threshold:G4}; not saved ({TrainOptions.MaxSpikeFiles} steps of this run already are, in {folder})");
+                _saved++;
+                return;
+            }
+            if (_saved > TrainOptions.MaxSpikeFiles) return;
+            var record = trainer.RecordLastStep(s);
+            string path = Path.Combine(folder, $"step-{s.Step:D7}.safetensors");
+            try
+            {
+                Directory.CreateDirectory(folder);
+                record.Save(path);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new UserError($"could not write {path}: {e.Message}", e);
+            }
+            _saved++;
+            var top = string.Join(", ", record.LargestGradients().Take(3).Select(g => string.Create(CultureInfo.InvariantCulture, $"{g.Name} {g.Share * 100:F0} %")));
+            progress.Note(string.Create(CultureInfo.InvariantCulture, $"step {s.Step}: gradient norm {s.GradNorm:G4} > {threshold:G4}, saved {path}; largest: {top}"));
+        }
     }
 
     private static bool SameFile(string? a, string b) =>

@@ -120,6 +120,10 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("checkpoint-every", Default = 500, HelpText = "Write the checkpoint every N steps (0: only at the end).")]
     public int CheckpointEvery { get; set; }
 
+    [Option("save-spikes", Default = 0.0, HelpText = "Save every step whose gradient norm (before clipping) exceeds this as OUT/spikes/step-N.safetensors "
+        + "(starting weights, batch, noise, gradient; the first 20 such steps) and name its largest gradients; replay one with 'parity --replay FILE'. 0: off.")]
+    public double SaveSpikes { get; set; }
+
     [Option("log-every", Default = 50, HelpText = "Print a progress line every N steps when the output is not a terminal.")]
     public int LogEvery { get; set; }
 
@@ -134,6 +138,9 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
 
     /// <summary>Upper bounds of the size-like options (the memory a run needs is checked separately, from the model).</summary>
     public const long MaxSteps = 1_000_000_000;
+
+    /// <summary>The most steps one run saves for --save-spikes (the help text says 20).</summary>
+    public const int MaxSpikeFiles = 20;
     public const int MaxBatch = 1 << 16, MaxSamples = 1024, MaxScale = 64;
 
     /// <summary>Checks the values that need no file; the rest is checked while the plan is resolved.</summary>
@@ -151,6 +158,8 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
         if (Samples <= 0 || Samples > MaxSamples) throw new UsageError($"--samples must be between 1 and {MaxSamples}, got {Samples}.");
         if (SampleSteps <= 0) throw new UsageError($"--sample-steps must be positive, got {SampleSteps}.");
         if (SampleEvery < 0 || CheckpointEvery < 0 || LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
+        if (Seed > Ddpm.Diffusion.Training.TrainingConfig.MaxSeed) throw new UsageError($"--seed must be at most {Ddpm.Diffusion.Training.TrainingConfig.MaxSeed} (2^62 - 1), got {Seed}.");
+        if (!(SaveSpikes >= 0 && double.IsFinite(SaveSpikes))) throw new UsageError($"--save-spikes must be a gradient norm >= 0 (0: off), got {SaveSpikes}.");
         if (Classes && NoClasses) throw new UsageError("give --classes or --no-classes, not both.");
         if (!(ClassDropout >= 0 && ClassDropout <= 1)) throw new UsageError($"--class-dropout must be in [0, 1], got {ClassDropout}.");
         if (Classes && LabmlExact) throw new UsageError("--labml-exact trains labml's unconditional model; drop --classes.");

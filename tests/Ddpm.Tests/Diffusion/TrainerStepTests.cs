@@ -1,4 +1,5 @@
 using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
@@ -53,6 +54,20 @@ public sealed class TrainerStepTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void EveryRandomStreamOfARunHasItsOwnKey()
+    {
+        // The data loader draws with the seed itself; the noise, dropout and initial-weight streams must never
+        // reuse its words (or each other's), within a run, for any seed.
+        foreach (ulong seed in new ulong[] { 0, 1, 2, 3, 7, 1000, TrainingConfig.MaxSeed / 3, TrainingConfig.MaxSeed })
+        {
+            var c = new TrainingConfig { Seed = seed };
+            Assert.Equal(4, new[] { c.Seed, c.NoiseKey, c.DropoutKey, c.InitKey }.Distinct().Count());
+        }
+        // Above 2^62 - 1 the keys would wrap (4 s + 3 = s at s = 2^64 - 1): such a seed is refused.
+        Assert.Equal("seed", Assert.Throws<ConfigValueException>(() => new TrainingConfig { Seed = TrainingConfig.MaxSeed + 1 }.Validate()).Key);
+    }
+
+    [Fact]
     public void TheFlatStepComputesWhatThePerTensorLoopDoes()
     {
         using var be = new CpuBackend(2);
@@ -64,8 +79,8 @@ public sealed class TrainerStepTests(ITestOutputHelper output)
         using var twin = new UNet(be, Tiny, new PhiloxGenerator(1));
         var diffusion = new DenoiseDiffusion(twin, new DiffusionConfig());
         var data = new SyntheticBatches(1, Tiny.ImageSize, 2);
-        var noise = new PhiloxGenerator(tc.Seed * 4 + 1);
-        twin.SetDropoutGenerator(new PhiloxGenerator(tc.Seed * 4 + 2));
+        var noise = new PhiloxGenerator(tc.NoiseKey);
+        twin.SetDropoutGenerator(new PhiloxGenerator(tc.DropoutKey));
         var named = twin.NamedParameters().ToList();
         using var adam = new Adam(named.Where(p => p.Param.RequiresGrad), tc.LearningRate, tc.Beta1, tc.Beta2, tc.AdamEps, tc.WeightDecay);
         Assert.Null(adam.Store);

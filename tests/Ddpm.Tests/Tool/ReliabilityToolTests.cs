@@ -6,6 +6,7 @@ using Ddpm.Diffusion.Training;
 using Ddpm.Tensors.IO;
 using Ddpm.Tests.Data;
 using Ddpm.Tool;
+using Ddpm.Tool.Commands;
 using Xunit;
 using static Ddpm.Tests.Tool.ToolTests;
 
@@ -30,6 +31,39 @@ public sealed class ReliabilityToolTests
 
     private static int[] LoggedSteps(string csv) =>
         File.ReadAllLines(csv).Skip(1).Select(l => int.Parse(l.Split(',')[0], CultureInfo.InvariantCulture)).ToArray();
+
+    // ---- --save-spikes and parity --replay ----------------------------------------------------------------
+
+    [Fact]
+    public void SavedStepsReplayOnBothBackendsAndTheirNumberIsCapped()
+    {
+        using var dir = new TempDir();
+        // Every step's norm exceeds 1e-9: the first 20 are saved, the 21st is named once as not saved.
+        var (code, output, err) = Run(TinyRun(dir.Path, "--steps", "22", "--save-spikes", "1e-9"));
+        Assert.True(code == 0, err);
+        var files = Directory.GetFiles(Path.Combine(dir.Path, "spikes")).Select(Path.GetFileName).Order().ToArray();
+        Assert.Equal(Enumerable.Range(1, TrainOptions.MaxSpikeFiles).Select(i => $"step-{i:D7}.safetensors"), files);
+        Assert.Matches(@"step 3: gradient norm \S+ > 1E-09, saved .*step-0000003\.safetensors; largest: \S+ \d+ %", output);
+        Assert.Single(Regex.Matches(output, "not saved"));
+        Assert.Contains("step 21: gradient norm", output);
+
+        var (rc, replay, rerr) = Run("parity", "--replay", Path.Combine(dir.Path, "spikes", "step-0000020.safetensors"), "--threads", "2");
+        Assert.True(rc == 0, replay + rerr);
+        Assert.Contains("parity holds", replay);
+        Assert.Contains("largest gradients (recorded)", replay);
+
+        // A file that is not a recorded step, and bad thresholds, are one line each.
+        var (bc, _, berr) = Run("parity", "--replay", dir.File("checkpoint.safetensors"));
+        Assert.Equal(1, bc);
+        Assert.Contains("not a recorded training step", berr);
+        Assert.Single(berr.Trim().Split('\n'));
+        foreach (var bad in new[] { "-1", "NaN", "Infinity" })
+        {
+            var (uc, _, uerr) = Run(TinyRun(dir.Path + "-x", "--steps", "2", "--save-spikes", bad));
+            Assert.Equal(2, uc);
+            Assert.Contains("--save-spikes", uerr);
+        }
+    }
 
     // ---- a diverged run keeps the last good checkpoint ---------------------------------------------------
 
