@@ -94,20 +94,24 @@ public sealed class ResidualBlock : UNetBlock
 
 /// <summary>
 /// labml's AttentionBlock: multi-head self-attention over the H*W positions with a residual connection.
-/// Its GroupNorm <c>norm</c> is registered (so names and counts match PyTorch) but, as in labml, never applied.
+/// Its GroupNorm <c>norm</c> is registered (so names and counts match PyTorch) but, as in labml, never applied,
+/// unless <see cref="UNetConfig.AttnNorm"/>: then the queries, keys and values are projected from the normalised
+/// input (the original DDPM's attention) and the residual adds the input as it came.
 /// </summary>
 public sealed class AttentionBlock : UNetBlock
 {
     private readonly Linear _projection, _output;
+    private readonly GroupNorm? _norm;
     private readonly int _heads, _dk;
     private readonly float _scale;
 
-    public AttentionBlock(IBackend be, int channels, int nHeads, int nGroups, PhiloxGenerator init)
+    public AttentionBlock(IBackend be, int channels, int nHeads, int nGroups, PhiloxGenerator init, bool applyNorm = false)
     {
         _heads = nHeads;
         _dk = channels;
         var norm = Register("norm", new GroupNorm(be, nGroups, channels));
-        foreach (var p in norm.Parameters()) p.RequiresGrad = false;
+        if (applyNorm) _norm = norm;
+        else foreach (var p in norm.Parameters()) p.RequiresGrad = false;
         _projection = Register("projection", new Linear(be, channels, nHeads * _dk * 3, init));
         _output = Register("output", new Linear(be, nHeads * _dk, channels, init));
         _scale = (float)Math.Pow(_dk, -0.5);
@@ -118,7 +122,10 @@ public sealed class AttentionBlock : UNetBlock
         int b = x.Shape[0], c = x.Shape[1], h = x.Shape[2], w = x.Shape[3], hw = h * w;
         using var x3 = Ops.Reshape(x, b, c, hw);
         using var xs = Ops.Permute(x3, 0, 2, 1);                 // [B, HW, C]
-        using var qkv = _projection.Forward(xs);                 // [B, HW, heads * 3 dk]
+        using var normed = _norm?.Forward(x);
+        using var n3 = normed is null ? null : Ops.Reshape(normed, b, c, hw);
+        using var ns = n3 is null ? null : Ops.Permute(n3, 0, 2, 1);
+        using var qkv = _projection.Forward(ns ?? xs);           // [B, HW, heads * 3 dk]
         using var qkv4 = Ops.Reshape(qkv, b, hw, _heads, 3 * _dk);
         using var q = HeadsFirst(Ops.Narrow(qkv4, 3, 0, _dk));  // [B*heads, HW, dk]
         using var k = HeadsFirst(Ops.Narrow(qkv4, 3, _dk, _dk));
@@ -165,7 +172,7 @@ public sealed class ResAttnBlock : UNetBlock
     public ResAttnBlock(IBackend be, int inCh, int outCh, int timeCh, bool hasAttn, UNetConfig cfg, PhiloxGenerator init)
     {
         _res = Register("res", new ResidualBlock(be, inCh, outCh, timeCh, cfg.NGroups, cfg.Dropout, init));
-        if (hasAttn) _attn = Register("attn", new AttentionBlock(be, outCh, cfg.NHeads, cfg.NGroups, init));
+        if (hasAttn) _attn = Register("attn", new AttentionBlock(be, outCh, cfg.NHeads, cfg.NGroups, init, cfg.AttnNorm));
     }
 
     public override Tensor Forward(Tensor x, Tensor t)
@@ -185,7 +192,7 @@ public sealed class MiddleBlock : UNetBlock
     public MiddleBlock(IBackend be, int channels, int timeCh, UNetConfig cfg, PhiloxGenerator init)
     {
         _res1 = Register("res1", new ResidualBlock(be, channels, channels, timeCh, cfg.NGroups, cfg.Dropout, init));
-        _attn = Register("attn", new AttentionBlock(be, channels, cfg.NHeads, cfg.NGroups, init));
+        _attn = Register("attn", new AttentionBlock(be, channels, cfg.NHeads, cfg.NGroups, init, cfg.AttnNorm));
         _res2 = Register("res2", new ResidualBlock(be, channels, channels, timeCh, cfg.NGroups, cfg.Dropout, init));
     }
 

@@ -19,6 +19,16 @@ public sealed record UNetConfig
     [JsonPropertyName("n_heads")] public int NHeads { get; init; } = 1;
 
     /// <summary>
+    /// Normalise each attention block's input with the block's GroupNorm before the query, key and value
+    /// projection, as the original DDPM's attention does. labml's UNet declares that norm and never applies it
+    /// (false, the default, keeps labml's model): its attention logits then grow with the square of the residual
+    /// stream during training (to 1e5 and beyond), the softmax saturates, and near-ties between keys give the
+    /// gradient spikes described in docs/sample-quality.md. The norm's weights exist either way.
+    /// </summary>
+    [JsonPropertyName("attn_norm"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool AttnNorm { get; init; }
+
+    /// <summary>
     /// Classes of a class-conditional model (0: unconditional, labml's UNet). A conditional model learns an
     /// embedding of K + 1 classes (index K is the null class, "no label") added to the time embedding.
     /// </summary>
@@ -213,5 +223,5 @@ public sealed record UNetConfig
     public override string ToString() =>
         $"UNet(image_channels={ImageChannels}, image_size={ImageSize}, n_channels={NChannels}, ch_mults=[{string.Join(",", ChMults)}], " +
         $"is_attn=[{string.Join(",", IsAttn.Select(a => a ? 1 : 0))}], n_blocks={NBlocks}, dropout={Dropout}, n_heads={NHeads}" +
-        (NumClasses > 0 ? $", num_classes={NumClasses})" : ")");
+        (AttnNorm ? ", attn_norm=1" : "") + (NumClasses > 0 ? $", num_classes={NumClasses})" : ")");
 }

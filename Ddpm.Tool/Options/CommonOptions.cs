@@ -64,6 +64,10 @@ public abstract class ModelOptions : CommonOptions
     [Option("n-heads", HelpText = "Attention heads.")]
     public int? NHeads { get; set; }
 
+    [Option("attn-norm", HelpText = "Normalise the attention blocks' input with their GroupNorm (the original DDPM's attention; "
+        + "labml's UNet declares that norm but does not apply it): 1 on, 0 off (labml's model, the presets' default).")]
+    public int? AttnNorm { get; set; }
+
     /// <summary>The preset (or <paramref name="fallback"/>) with the options given on the command line applied.</summary>
     public UNetConfig ResolveModel(UNetConfig fallback)
     {
@@ -77,6 +81,8 @@ public abstract class ModelOptions : CommonOptions
         if (NGroups is { } ng) c = c with { NGroups = ng };
         if (Dropout is { } d) c = c with { Dropout = d };
         if (NHeads is { } nh) c = c with { NHeads = nh };
+        if (AttnNorm is { } an)
+            c = an is 0 or 1 ? c with { AttnNorm = an == 1 } : throw new UsageError($"--attn-norm must be 0 or 1, got {an}.");
         try { c.Validate(); }
         catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
         return c;
@@ -84,7 +90,7 @@ public abstract class ModelOptions : CommonOptions
 
     public bool HasModelOverrides =>
         ImageChannels is not null || ImageSize is not null || NChannels is not null || ChMults is not null || Attn is not null
-        || NBlocks is not null || NGroups is not null || Dropout is not null || NHeads is not null;
+        || NBlocks is not null || NGroups is not null || Dropout is not null || NHeads is not null || AttnNorm is not null;
 }
 
 /// <summary>The reverse-step variance as the command line names it.</summary>

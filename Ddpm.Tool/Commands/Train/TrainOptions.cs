@@ -163,6 +163,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
         if (Classes && NoClasses) throw new UsageError("give --classes or --no-classes, not both.");
         if (!(ClassDropout >= 0 && ClassDropout <= 1)) throw new UsageError($"--class-dropout must be in [0, 1], got {ClassDropout}.");
         if (Classes && LabmlExact) throw new UsageError("--labml-exact trains labml's unconditional model; drop --classes.");
+        if (AttnNorm == 1 && LabmlExact) throw new UsageError("--labml-exact trains labml's model, whose attention does not apply its norm; drop --attn-norm 1.");
         if (LabmlExact && Prediction == Ddpm.Diffusion.Diffusion.Prediction.V)
             throw new UsageError("--labml-exact trains labml's eps prediction; drop --prediction v.");
         if (!(MinSnrGamma > 0 && double.IsFinite(MinSnrGamma))) throw new UsageError($"--min-snr-gamma must be a positive number, got {MinSnrGamma}.");

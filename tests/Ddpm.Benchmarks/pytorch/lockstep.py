@@ -40,7 +40,8 @@ def main():
     if mc.get('num_classes', 0) or mc.get('dropout', 0.0) > 0 or str(dc.get('loss_weighting', 'Uniform')).lower() != 'uniform':
         raise SystemExit(f'{a.run}: lockstep covers an unconditional model without dropout and with uniform loss weights')
     model = UNet(image_channels=mc['image_channels'], n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
-                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32))
+                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
+                 attn_norm=bool(mc.get('attn_norm', False)))
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0

@@ -102,7 +102,8 @@ def main():
                 ts[k] = ts[k][keep]
     dtype = torch.float64 if a.double else torch.float32
     model = UNet(image_channels=mc['image_channels'], n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
-                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32))
+                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
+                 attn_norm=bool(mc.get('attn_norm', False)))
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0

@@ -97,7 +97,8 @@ def main():
     steps = a.steps or int(meta['step'])
     size, channels = mc['image_size'], mc['image_channels']
     model = UNet(image_channels=channels, n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
-                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32))
+                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
+                 attn_norm=bool(mc.get('attn_norm', False)))
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = mc.get('dropout', 0.0)

@@ -68,11 +68,15 @@ class AttentionBlock(nn.Module):
         self.scale = d_k ** -0.5
         self.n_heads = n_heads
         self.d_k = d_k
+        # labml never applies self.norm; ddpm-tool's attn_norm option (the original DDPM's attention) does.
+        self.apply_norm = False
 
     def forward(self, x, t=None):
         batch_size, n_channels, height, width = x.shape
+        h = self.norm(x) if self.apply_norm else x
         x = x.view(batch_size, n_channels, -1).permute(0, 2, 1)
-        qkv = self.projection(x).view(batch_size, -1, self.n_heads, 3 * self.d_k)
+        h = h.view(batch_size, n_channels, -1).permute(0, 2, 1)
+        qkv = self.projection(h).view(batch_size, -1, self.n_heads, 3 * self.d_k)
         q, k, v = torch.chunk(qkv, 3, dim=-1)
         attn = torch.einsum('bihd,bjhd->bijh', q, k) * self.scale
         attn = attn.softmax(dim=2)
@@ -133,7 +137,8 @@ class Downsample(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, image_channels=3, n_channels=64, ch_mults=(1, 2, 2, 4), is_attn=(False, False, True, True), n_blocks=2, n_groups=32):
+    def __init__(self, image_channels=3, n_channels=64, ch_mults=(1, 2, 2, 4), is_attn=(False, False, True, True), n_blocks=2, n_groups=32,
+                 attn_norm=False):
         super().__init__()
         n_resolutions = len(ch_mults)
         self.image_proj = nn.Conv2d(image_channels, n_channels, kernel_size=(3, 3), padding=(1, 1))
@@ -164,6 +169,9 @@ class UNet(nn.Module):
         self.norm = nn.GroupNorm(8, n_channels)
         self.act = Swish()
         self.final = nn.Conv2d(in_channels, image_channels, kernel_size=(3, 3), padding=(1, 1))
+        for m in self.modules():
+            if isinstance(m, AttentionBlock):
+                m.apply_norm = attn_norm
 
     def forward(self, x, t):
         t = self.time_emb(t)
