@@ -14,11 +14,11 @@ import argparse, glob, json, os, sys
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from unet_step import UNet  # noqa: E402
-from replay_step import alpha_bar, read_safetensors  # noqa: E402
+from unet_step import unet_from_config  # noqa: E402
+from replay_step import read_safetensors  # noqa: E402
+from train_recipe import alpha_bar  # noqa: E402
 
 
 def main():
@@ -39,12 +39,7 @@ def main():
     mc, dc = json.loads(meta['model']), json.loads(meta['diffusion'])
     if mc.get('num_classes', 0) or mc.get('dropout', 0.0) > 0 or str(dc.get('loss_weighting', 'Uniform')).lower() != 'uniform':
         raise SystemExit(f'{a.run}: lockstep covers an unconditional model without dropout and with uniform loss weights')
-    model = UNet(image_channels=mc['image_channels'], n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
-                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
-                 attn_norm=bool(mc.get('attn_norm', False)))
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    model = unet_from_config(dict(mc, dropout=0.0))
     model.load_state_dict({k[len('model.'):]: torch.from_numpy(v.copy()) for k, v in ts.items() if k.startswith('model.')}, strict=False)
     opt = torch.optim.Adam(model.parameters(), lr=tc['lr'], betas=(tc['beta1'], tc['beta2']), eps=tc['adam_eps'],
                            weight_decay=tc.get('weight_decay', 0.0))

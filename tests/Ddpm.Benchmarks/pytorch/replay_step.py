@@ -13,14 +13,14 @@ record that `ddpm-tool parity --replay OUT` compares both Ddpm backends against.
   /usr/bin/python3 replay_step.py STEP --double --samples 25 --write torch64.safetensors
   ddpm-tool parity --replay torch64.safetensors
 """
-import argparse, json, math, os, struct, sys
+import argparse, json, os, struct, sys
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from unet_step import UNet  # noqa: E402
+from unet_step import unet_from_config  # noqa: E402
+from train_recipe import alpha_bar  # noqa: E402
 
 DTYPES = {'F32': np.float32, 'F64': np.float64, 'I64': np.int64, 'I32': np.int32}
 
@@ -38,17 +38,6 @@ def read_safetensors(path):
         b, e = h['data_offsets']
         tensors[name] = np.frombuffer(data[b:e], dtype=DTYPES[h['dtype']]).reshape(h['shape'])
     return meta, tensors
-
-
-def alpha_bar(d):
-    T = d['n_steps']
-    if d.get('schedule', 'linear').lower() == 'cosine':
-        s = 0.008
-        f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
-        betas = np.array([min(1 - f(t + 1) / f(t), 0.999) for t in range(T)], dtype=np.float64)
-    else:
-        betas = np.linspace(d.get('beta_start', 1e-4), d.get('beta_end', 0.02), T, dtype=np.float64)
-    return np.cumprod(1 - betas)
 
 
 def write_record(path, meta, tensors):
@@ -101,12 +90,7 @@ def main():
             if k in ts:
                 ts[k] = ts[k][keep]
     dtype = torch.float64 if a.double else torch.float32
-    model = UNet(image_channels=mc['image_channels'], n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
-                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
-                 attn_norm=bool(mc.get('attn_norm', False)))
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    model = unet_from_config(dict(mc, dropout=0.0))
     state = {k[len('model.'):]: torch.from_numpy(v.copy()) for k, v in ts.items() if k.startswith('model.')}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -15,11 +15,10 @@ import argparse, gzip, json, math, struct, sys, time, os
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from unet_step import UNet  # noqa: E402
+from unet_step import unet_from_config  # noqa: E402
 
 
 def read_safetensors_header(path):
@@ -96,12 +95,7 @@ def main():
         raise SystemExit(f'{a.like}: a class-conditional model; this script trains the unconditional recipe (train --no-classes)')
     steps = a.steps or int(meta['step'])
     size, channels = mc['image_size'], mc['image_channels']
-    model = UNet(image_channels=channels, n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
-                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
-                 attn_norm=bool(mc.get('attn_norm', False)))
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = mc.get('dropout', 0.0)
+    model = unet_from_config(mc)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     images = read_idx_images(a.data)

@@ -199,6 +199,17 @@ PRESETS = {
 }
 
 
+def unet_from_config(mc):
+    """labml's UNet for a ddpm-tool model config (the JSON of a checkpoint's "model" header key), dropout as it says."""
+    model = UNet(image_channels=mc['image_channels'], n_channels=mc['n_channels'], ch_mults=tuple(mc['ch_mults']),
+                 is_attn=tuple(bool(x) for x in mc['is_attn']), n_blocks=mc['n_blocks'], n_groups=mc.get('n_groups', 32),
+                 attn_norm=bool(mc.get('attn_norm', False)))
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = mc.get('dropout', 0.0)
+    return model
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--preset', default='small', choices=PRESETS)
