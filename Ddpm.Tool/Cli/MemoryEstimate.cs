@@ -26,7 +26,8 @@ public static class MemoryEstimate
         long total = 0, nc = c.NChannels, inCh = nc, outCh = nc;
         long side = c.ImageSize;
         long Res(long ch, long s) => 14 * ch * s * s;
-        long Attn(long ch, long s) => 2L * c.NHeads * s * s * s * s + 6 * ch * s * s;
+        // With attn_norm the normalised input and its permuted copy are kept too.
+        long Attn(long ch, long s) => 2L * c.NHeads * s * s * s * s + (c.AttnNorm ? 8 : 6) * ch * s * s;
         total += (c.ImageChannels + 2 * nc) * side * side;
         int levels = c.ChMults.Length;
         for (int i = 0; i < levels; i++)
