@@ -158,7 +158,8 @@ public static class TrainCommand
 
         public void Check(Trainer trainer, TrainStep s, ProgressLine progress)
         {
-            if (threshold <= 0 || !(s.GradNorm > threshold)) return;
+            // A non-finite norm is a divergence, which the run reports itself; a record holds finite numbers only.
+            if (threshold <= 0 || !double.IsFinite(s.GradNorm) || !(s.GradNorm > threshold)) return;
             if (_saved == TrainOptions.MaxSpikeFiles)
             {
                 progress.Note($"step {s.Step}: gradient norm {s.GradNorm:G4} > {threshold:G4}; not saved ({TrainOptions.MaxSpikeFiles} steps of this run already are, in {folder})");
