@@ -10,12 +10,15 @@ namespace Ddpm.Tool.Commands;
 /// <summary>Builds a model and its diffusion from a training checkpoint or a plain labml-named weights file.</summary>
 public static class ModelLoading
 {
-    public static Checkpoint OpenCheckpoint(string path)
+    public static Checkpoint OpenCheckpoint(string path) => Open(path, Checkpoint.Load, "checkpoint or weights file");
+
+    /// <summary>Reads a file with <paramref name="load"/>; a missing, unreadable or malformed file is one <see cref="UserError"/> line.</summary>
+    public static T Open<T>(string path, Func<string, T> load, string what)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such checkpoint or weights file.");
+        if (!File.Exists(path)) throw new UserError($"{path}: no such {what}.");
         try
         {
-            return Checkpoint.Load(path);
+            return load(path);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {

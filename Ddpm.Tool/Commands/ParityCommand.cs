@@ -4,7 +4,6 @@ using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
-using Ddpm.Tensors.IO;
 
 namespace Ddpm.Tool.Commands;
 
@@ -115,16 +114,7 @@ public static class ParityCommand
     {
         if (o.HasModelOverrides) throw new UsageError("--replay uses the model the recorded step describes; drop the model options.");
         string path = o.Replay!;
-        if (!File.Exists(path)) throw new UserError($"{path}: no such file (train --save-spikes writes recorded steps).");
-        StepRecord rec;
-        try
-        {
-            rec = StepRecord.Load(path);
-        }
-        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
-        {
-            throw new UserError(e is DataFormatException ? e.Message : $"{path}: {e.Message}", e);
-        }
+        var rec = ModelLoading.Open(path, StepRecord.Load, "recorded training step (train --save-spikes writes them)");
         using var a = ToolBackends.Create(o);
         using var b = ToolBackends.Create(o.Against, o);
         con.Out.WriteLine($"parity --replay {path}: {a.Description}  vs  {b.Description}");
