@@ -2,7 +2,8 @@
 # Data-parallel training on MPICH: `mpiexec -n 2 ddpm-tool train` against one process with the same global batch
 # (same loss curve and, after 5 steps, the same weights within float summation order), a 2-rank checkpoint resumed
 # on 1 rank, and the messages for an indivisible batch, for a launcher that does not match the MPI library and for
-# --distributed nccl without CUDA. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
+# --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
+# without a hang and leave a checkpoint that loads. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
 # also builds a simulated libnccl.so.2), the same comparison for --backend cuda over NCCL and over the MPI
 # fallback through host memory (libnccl.so.2 left out of the library path). Needs MPICH's mpiexec and
 # libmpich.so.12 (Debian: apt-get install --no-install-recommends mpich); without them it says so and exits 0 with
@@ -13,7 +14,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
 if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 14 skipped"
+  echo "0 passed, 0 failed, 17 skipped"
   exit 0
 fi
 
@@ -132,6 +133,70 @@ if [ $rc -eq 2 ] && [ "$(echo "$out" | grep -c -- "--distributed nccl needs --ba
   pass "--distributed nccl with --backend cpu is one usage error"
 else
   echo "$out"; flunk "--distributed nccl with --backend cpu is one usage error (exit $rc)"
+fi
+
+# 3b. A rank that cannot start (its --data is missing; MPMD launch) names itself, and the job ends at once.
+out=$(timeout 120 mpiexec -n 1 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/alone" \
+      : -n 1 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/alone" --data "$work/missing" 2>&1); rc=$?
+if [ $rc -eq 1 ] && [ "$(echo "$out" | grep -c "^ddpm-tool: rank 1 of 2: $work/missing: no such file or folder.")" = 1 ] \
+   && [ "$(echo "$out" | grep -c "^ddpm-tool:")" = 1 ]; then
+  pass "a rank that cannot start names itself in one line and ends the job"
+else
+  echo "$out"; flunk "a rank that cannot start names itself in one line and ends the job (exit $rc)"
+fi
+
+# The lines of loss.csv in folder $1 (0 before it exists).
+rows() { [ -f "$1/loss.csv" ] && wc -l < "$1/loss.csv" || echo 0; }
+# Waits up to 120 s for folder $1 to log $2 steps; 0 when it did.
+await_rows() { local i; for i in $(seq 1 240); do [ "$(rows "$1")" -gt "$2" ] && return 0; sleep 0.5; done; return 1; }
+# The common options with --checkpoint-every $1, one per line.
+checkpoint_every() {
+  local a=("${common[@]}") i
+  for i in "${!a[@]}"; do [ "${a[$i]}" = --checkpoint-every ] && a[i + 1]=$1; done
+  printf '%s\n' "${a[@]}"
+}
+# The exit code of background launcher $1, given 60 s to end; one that hangs is killed with its ranks (named by
+# their --out folder $2) and counts as code 124.
+launcher_code() {
+  if timeout 60 tail --pid="$1" -f /dev/null; then wait "$1"; return $?; fi
+  pkill -KILL -f -- "--out $2" ; kill -KILL "$1" 2> /dev/null; wait "$1"; return 124
+}
+
+# 3c. SIGTERM to the launcher (a scheduler's time limit; Ctrl-C alike) stops every rank after the same step and
+# saves one checkpoint that loads; exit code 130, one notice.
+mapfile -t args < <(checkpoint_every 100000)
+mpiexec -n 2 dotnet "$tool" "${args[@]}" --steps 100000 --batch 8 --out "$work/term" > "$work/term.log" 2>&1 &
+launcher=$!
+await_rows "$work/term" 3; kill -TERM $launcher
+launcher_code $launcher "$work/term"; rc=$?
+step=$(sed -n 's/^interrupted at step \([0-9,]*\); checkpoint saved.*/\1/p' "$work/term.log" | tr -d ,)
+if [ $rc -eq 130 ] && [ -n "$step" ] && [ "$(grep -c "SIGTERM: stopping after the current step" "$work/term.log")" = 1 ] \
+   && dotnet "$tool" info --checkpoint "$work/term/checkpoint.safetensors" 2>&1 | grep -q "^  step      $step;"; then
+  pass "SIGTERM to mpiexec saves one checkpoint of the step every rank stopped after (exit 130)"
+else
+  cat "$work/term.log"; flunk "SIGTERM to mpiexec saves one checkpoint of the step every rank stopped after (exit $rc)"
+fi
+
+# 3d. A rank killed mid-run: the launcher ends the job within seconds with a non-zero code, and the last
+# checkpoint written (every 2 steps, atomically) loads.
+mapfile -t args < <(checkpoint_every 2)
+mpiexec -n 2 dotnet "$tool" "${args[@]}" --steps 100000 --batch 8 --out "$work/killed" > "$work/killed.log" 2>&1 &
+launcher=$!
+await_rows "$work/killed" 5
+victim=""
+for p in $(pgrep -f -- "--out $work/killed"); do
+  tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx PMI_RANK=1 && victim=$p
+done
+start=$(date +%s)
+[ -n "$victim" ] && kill -KILL "$victim"
+launcher_code $launcher "$work/killed"; rc=$?
+took=$(( $(date +%s) - start ))
+if [ -n "$victim" ] && [ $rc -ne 0 ] && [ $took -le 10 ] \
+   && dotnet "$tool" info --checkpoint "$work/killed/checkpoint.safetensors" 2>&1 | grep -q "^  step      [0-9]*;"; then
+  pass "a killed rank ends the job within seconds (exit $rc after ${took} s) and the last checkpoint loads"
+else
+  echo "rank 1: ${victim:-not found}, exit $rc after ${took} s"; cat "$work/killed.log"
+  flunk "a killed rank ends the job within seconds and the last checkpoint loads"
 fi
 
 # bench's data-parallel modes: the all-reduce's time and bandwidth, and its share of a 2-rank training step.

@@ -16,22 +16,24 @@ public static class Program
     public static int Main(string[] args)
     {
         using var cts = new CancellationTokenSource();
+        // A launcher passes Ctrl-C and SIGTERM to every rank; rank 0 alone says so, as it alone speaks for the job.
+        var notices = ToolCollective.LaunchedAsOtherRank() ? TextWriter.Null : Console.Error;
         Console.CancelKeyPress += (_, e) =>
         {
             // The first Ctrl-C asks long commands to stop cleanly (train saves a checkpoint); a second one kills.
             if (cts.IsCancellationRequested) return;
             e.Cancel = true;
             cts.Cancel();
-            Console.Error.WriteLine();
-            Console.Error.WriteLine("stopping after the current step (Ctrl-C again to abort)...");
+            notices.WriteLine();
+            notices.WriteLine("stopping after the current step (Ctrl-C again to abort)...");
         };
         // SIGTERM (kill, docker stop, a scheduler's time limit) stops the same way: the checkpoint is written first.
-        using var term = OnSigterm(cts);
+        using var term = OnSigterm(cts, notices);
         var con = new ToolConsole(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
         return Run(args, con);
     }
 
-    private static IDisposable? OnSigterm(CancellationTokenSource cts)
+    private static IDisposable? OnSigterm(CancellationTokenSource cts, TextWriter notices)
     {
         try
         {
@@ -40,7 +42,7 @@ public static class Program
                 if (cts.IsCancellationRequested) return;
                 ctx.Cancel = true;
                 cts.Cancel();
-                Console.Error.WriteLine("SIGTERM: stopping after the current step...");
+                notices.WriteLine("SIGTERM: stopping after the current step...");
             });
         }
         catch (PlatformNotSupportedException)
@@ -84,9 +86,11 @@ public static class Program
                 con.Out.WriteLine(help);
                 return ExitCodes.Ok;
             }
+            // Every rank of a launched job meets the same bad arguments: rank 0 alone says so.
+            if (ToolCollective.LaunchedAsOtherRank()) return ExitCodes.Usage;
             string verb = args.FirstOrDefault(a => !a.StartsWith('-')) ?? "";
             con.Err.WriteLine($"ddpm-tool: {Describe(errors.First())}. See 'ddpm-tool {(verb.Length > 0 && Verbs.Any(v => v.GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().Any(a => a.Name == verb)) ? verb + " " : "")}--help'.");
-            return 2;
+            return ExitCodes.Usage;
         }
         var options = ((Parsed<object>)result).Value;
         bool verbose = options is CommonOptions co && co.Verbose;

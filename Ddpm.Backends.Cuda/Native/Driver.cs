@@ -71,6 +71,7 @@ internal static unsafe partial class Driver
     [LibraryImport(Lib)] internal static partial CUresult cuStreamCreate(out nint stream, uint flags);
     [LibraryImport(Lib)] internal static partial CUresult cuStreamDestroy_v2(nint stream);
     [LibraryImport(Lib)] internal static partial CUresult cuStreamSynchronize(nint stream);
+    [LibraryImport(Lib)] internal static partial CUresult cuStreamWaitEvent(nint stream, nint ev, uint flags);
 
     [LibraryImport(Lib)] internal static partial CUresult cuEventCreate(out nint ev, uint flags);
     [LibraryImport(Lib)] internal static partial CUresult cuEventRecord(nint ev, nint stream);

@@ -45,6 +45,20 @@ public sealed record DataParallel(ICollective Collective, int ChecksumEvery = 10
         return f[0] > 0f;
     }
 
+    /// <summary>
+    /// Every rank's <paramref name="code"/> (an exit code, 0 for success), on every rank, indexed by rank: how the
+    /// ranks agree on whether each of them can go on. Collective: all ranks must call it.
+    /// </summary>
+    public int[] GatherCodes(int code)
+    {
+        if (Size == 1) return [code];
+        // One slot per rank, zero but for this rank's: the sum is every rank's code, exact for small integers.
+        var slots = new float[Size];
+        slots[Rank] = code;
+        Collective.AllReduce(slots, ReduceOp.Sum);
+        return [.. slots.Select(f => (int)f)];
+    }
+
     /// <summary>The shard [start, start + count) of a global batch that this rank trains on.</summary>
     public (int Start, int Count) ShardOf(int globalBatch)
     {

@@ -1480,6 +1480,27 @@ API int cuEventQuery(void* ev)
     return eventPending(e) ? NOT_READY : SUCCESS;
 }
 
+API int cuStreamWaitEvent(void* stream, void* ev, unsigned flags)
+{
+    std::lock_guard<std::mutex> lock(g_mu);
+    NEED_CONTEXT();
+    Stream* s = lookupStream(stream);
+    if (!s) return fail(INVALID_HANDLE, format("cuStreamWaitEvent: unknown stream %p", stream));
+    Event* e = static_cast<Event*>(ev);
+    if (!g_events.count(e)) return fail(INVALID_HANDLE, format("cuStreamWaitEvent: unknown event %p", ev));
+    if (flags != 0) return fail(INVALID_VALUE, "cuStreamWaitEvent: unknown flags");
+    // The wait is on the event's latest record at the time of this call (a later record does not change it);
+    // an event never recorded, or whose work has run, lets the stream go on at once.
+    if (!eventPending(e) || !e->stream) return SUCCESS;
+    Stream* waitedOn = e->stream;
+    uint64_t seq = e->recordSeq;
+    enqueue(s, "cuStreamWaitEvent", [waitedOn, seq] {
+        // The simulated device runs the other stream's work up to the marker before this stream's next work.
+        if (waitedOn == &g_legacy || g_streams.count(waitedOn)) flushStream(waitedOn, seq);
+    });
+    return SUCCESS;
+}
+
 API int cuEventSynchronize(void* ev)
 {
     std::lock_guard<std::mutex> lock(g_mu);

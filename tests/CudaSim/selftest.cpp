@@ -36,6 +36,7 @@ int cuEventRecord(void*, void*);
 int cuEventSynchronize(void*);
 int cuEventElapsedTime(float*, void*, void*);
 int cuEventDestroy_v2(void*);
+int cuStreamWaitEvent(void*, void*, unsigned);
 int cuModuleLoadData(void**, const void*);
 int cuModuleUnload(void*);
 int cuModuleGetFunction(void**, void*, const char*);
@@ -309,6 +310,40 @@ void testNanFillAndStaleCopies()
     cuEventDestroy_v2(e2);
 }
 
+// Two streams ordered by an event: the waiting stream's later work sees the other stream's work up to the
+// record, not what that stream queued after it, even when the event is recorded again before the wait runs.
+void testStreamWaitEvent()
+{
+    freshContext();
+    void* other = nullptr;
+    cuStreamCreate(&other, 1);
+    uint64_t a = alloc(16), b = alloc(16);
+    void* ev = nullptr;
+    cuEventCreate(&ev, 2);
+    cuMemsetD32Async(a, 0x3f800000u, 4, g_stream);  // a = 1
+    cuEventRecord(ev, g_stream);
+    int r = cuStreamWaitEvent(other, ev, 0);
+    cuMemsetD32Async(a, 0x40000000u, 4, g_stream);  // a = 2, after the record
+    cuEventRecord(ev, g_stream);                    // does not move the wait queued above
+    cuMemcpyDtoDAsync_v2(b, a, 16, other);          // b = a as of the record: 1
+    std::vector<float> h(4, -1.0f);
+    cuMemcpyDtoHAsync_v2(h.data(), b, 16, other);
+    cuStreamSynchronize(other);
+    bool ordered = r == 0 && h[0] == 1.0f && h[3] == 1.0f;
+    void* never = nullptr;
+    cuEventCreate(&never, 2);
+    bool free = cuStreamWaitEvent(other, never, 0) == 0 && cuStreamWaitEvent(other, never, 1) == 1 &&
+                cuStreamWaitEvent((void*)0x1234, never, 0) == 400;
+    cuStreamSynchronize(g_stream);
+    auto after = download<float>(a, 4);
+    check(ordered && free && after[0] == 2.0f,
+        "cuStreamWaitEvent orders a stream after the other's work up to the record (a later record does not move it)",
+        "b " + std::to_string(h[0]) + ", a " + std::to_string(after[0]));
+    cuEventDestroy_v2(ev);
+    cuEventDestroy_v2(never);
+    cuStreamDestroy_v2(other);
+}
+
 void naiveGemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb, float beta,
     float* c, int ldc)
 {
@@ -531,6 +566,7 @@ int main()
     testTrap();
     testGuardZone();
     testNanFillAndStaleCopies();
+    testStreamWaitEvent();
     testCublas();
     testLaunchLimitsAndLookups();
     testCubinImages();

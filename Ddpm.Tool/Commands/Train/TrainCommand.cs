@@ -26,28 +26,68 @@ public static class TrainCommand
         using var collective = job.Host;
         var dp = new DataParallel(collective, BucketMegabytes: o.BucketMb);
         if (dp.IsRoot && job.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
-        if (dp.Size == 1) return RunRank(o, con, dp, job);
+        if (dp.Size == 1)
+        {
+            var single = TrainPlan.Resolve(o);
+            using var folder = OutputFolder.Lock(single.OutFolder);
+            return RunRoot(o, single, folder, con, dp, job);
+        }
+
+        // Before any other collective the ranks agree on the plan (options, data, resume file, rank 0's output
+        // folder): a rank that cannot start must not leave the others waiting for it in a collective.
+        TrainPlan? plan = null;
+        OutputFolder? held = null;
+        Exception? error = null;
         try
         {
-            // Rank 0 speaks for the job: an error every rank meets alike (a bad option) is printed once, by it.
-            return RunRank(o, dp.IsRoot ? con : ToolCollective.Quiet(con), dp, job);
+            plan = TrainPlan.Resolve(o);
+            CheckForRanks(o, plan, dp.Size);
+            if (dp.IsRoot) held = OutputFolder.Lock(plan.OutFolder);
         }
-        catch (Exception e) when (e is not UsageError)
+        catch (Exception e) when (e is UsageError or UserError)
         {
-            // A rank that fails alone would leave the others waiting in a collective: it names itself and ends the job.
+            error = e;
+        }
+        using var _ = held;
+        int[] codes = dp.GatherCodes(error switch { null => ExitCodes.Ok, UsageError => ExitCodes.Usage, _ => ExitCodes.Failed });
+        if (codes[0] != ExitCodes.Ok)
+        {
+            // Rank 0 speaks for the job: an error every rank meets alike (a bad option) is printed once, by it.
+            if (dp.IsRoot) throw error!;
+            return codes[0];
+        }
+        int failed = Array.FindIndex(codes, c => c != ExitCodes.Ok);
+        if (failed > 0)
+        {
+            if (error is not null) con.Err.WriteLine($"ddpm-tool: rank {dp.Rank} of {dp.Size}: {error.Message}");
+            return codes[failed];
+        }
+        try
+        {
+            return dp.IsRoot ? RunRoot(o, plan!, held!, con, dp, job) : RunWorker(o, plan!, dp, job, con.Cancel);
+        }
+        catch (Exception e)
+        {
+            // Past the agreement an error is this rank's alone (the others are in, or on their way to, a
+            // collective that waits for it): it names itself and ends the job.
             con.Err.WriteLine($"ddpm-tool: rank {dp.Rank} of {dp.Size}: {e.Message}");
-            collective.Abort(ExitCodes.Failed);
+            collective.Abort(e is UsageError ? ExitCodes.Usage : ExitCodes.Failed);
             throw;
         }
     }
 
-    private static int RunRank(TrainOptions o, ToolConsole con, DataParallel dp, CollectiveChoice job)
+    /// <summary>What a data-parallel run needs of its plan, checked alike on every rank.</summary>
+    private static void CheckForRanks(TrainOptions o, TrainPlan plan, int ranks)
     {
-        var plan = TrainPlan.Resolve(o);
-        if (plan.Training.BatchSize % dp.Size != 0)
-            throw new UsageError($"--batch {plan.Training.BatchSize} (the global batch) does not divide over {dp.Size} ranks; use a multiple of {dp.Size}.");
-        if (!dp.IsRoot) return RunWorker(o, plan, con, dp, job);
-        using var folder = OutputFolder.Lock(plan.OutFolder);
+        if (plan.Training.BatchSize % ranks != 0)
+            throw new UsageError($"--batch {plan.Training.BatchSize} (the global batch) does not divide over {ranks} ranks; use a multiple of {ranks}.");
+        if (o.SaveSpikes > 0)
+            throw new UsageError("--save-spikes records the steps of a single-process run; drop --distributed or --save-spikes.");
+    }
+
+    /// <summary>Rank 0 (or the only process): trains, writes the files and speaks for the job.</summary>
+    private static int RunRoot(TrainOptions o, TrainPlan plan, OutputFolder folder, ToolConsole con, DataParallel dp, CollectiveChoice job)
+    {
         int stale = folder.RemoveStaleTemporaries();
         using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
@@ -60,11 +100,7 @@ public static class TrainCommand
             try { plan.Resume.RestoreInto(trainer); }
             catch (InvalidDataException e) { throw new UserError(e.Message, e); }
         }
-        if (o.SaveSpikes > 0)
-        {
-            if (dp.Size > 1) throw new UsageError("--save-spikes records the steps of a single-process run; drop --distributed or --save-spikes.");
-            trainer.RecordSteps = true;
-        }
+        trainer.RecordSteps = o.SaveSpikes > 0;
         PrintHeader(plan, unet, be, trainer, con);
         if (dp.Size > 1)
             con.Out.WriteLine($"  data-parallel: {dp.Size} ranks over {CollectiveChoice.Describe(dp.Collective)}, {plan.Training.BatchSize / dp.Size} images per rank per step");
@@ -131,7 +167,7 @@ public static class TrainCommand
     }
 
     /// <summary>A rank other than 0: the same steps and collectives as rank 0, and no files.</summary>
-    private static int RunWorker(TrainOptions o, TrainPlan plan, ToolConsole con, DataParallel dp, CollectiveChoice job)
+    private static int RunWorker(TrainOptions o, TrainPlan plan, DataParallel dp, CollectiveChoice job, CancellationToken cancel)
     {
         using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
@@ -141,7 +177,7 @@ public static class TrainCommand
         plan.Resume?.RestoreInto(trainer);
         while (trainer.StepCount < plan.TotalSteps)
         {
-            if (dp.AnyRank(con.Cancel.IsCancellationRequested)) return ExitCodes.Interrupted;
+            if (dp.AnyRank(cancel.IsCancellationRequested)) return ExitCodes.Interrupted;
             // The loss is the global mean, so rank 0 sees the same divergence and reports it.
             if (!float.IsFinite(trainer.Step().Loss)) return ExitCodes.Failed;
         }
