@@ -14,7 +14,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
 if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 17 skipped"
+  echo "0 passed, 0 failed, 18 skipped"
   exit 0
 fi
 
@@ -217,7 +217,7 @@ IFS=: read -ra cuda_dirs <<< "${DDPM_CUDA_LIB_DIR:-}"
 for d in "${cuda_dirs[@]}"; do [ -f "$d/libnccl.so.2" ] && [ -f "$d/libcuda.so.1" ] && sim_nccl=$d; done
 if [ -z "$sim_nccl" ]; then
   echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
-  skipped=$((skipped + 6))
+  skipped=$((skipped + 7))
 else
   cuda=("${common[@]/#cpu/cuda}")
   # The same folders without libnccl.so.2: links to everything else in them.
@@ -241,6 +241,15 @@ else
     pass "cuda: the header says the ranks talk over NCCL"
   else
     cat "$work/cuda-nccl.log"; flunk "cuda: the header says the ranks talk over NCCL"
+  fi
+  # Buckets on NCCL's own stream (started during the backward pass, joined by events) against one all-reduce
+  # after it: the simulated NCCL sums in rank order, so the weights agree bit for bit.
+  mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0 --out "$work/cuda-flat" > "$work/cuda-flat.log" 2>&1
+  mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0.05 --out "$work/cuda-buckets" > "$work/cuda-buckets.log" 2>&1
+  if [ -f "$work/cuda-flat/checkpoint.safetensors" ] && cmp -s "$work/cuda-flat/checkpoint.safetensors" "$work/cuda-buckets/checkpoint.safetensors"; then
+    pass "cuda: NCCL buckets on their own stream train the weights of one all-reduce bit for bit"
+  else
+    cat "$work/cuda-flat.log" "$work/cuda-buckets.log"; flunk "cuda: NCCL buckets on their own stream train the weights of one all-reduce bit for bit"
   fi
   # NCCL before 2.10 has no ncclAvg: the binding sums and scales by 1/N on the device.
   DDPM_NCCL_SIM_VERSION=2.9.9 mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-old" > "$work/cuda-old.log" 2>&1 \

@@ -5,24 +5,31 @@ using Ddpm.Tensors.Distributed;
 namespace Ddpm.Backends.Cuda.Nccl;
 
 /// <summary>
-/// <see cref="ICollective"/> whose device all-reduce runs through NCCL on a <see cref="CudaBackend"/>'s stream,
-/// in place, in stream order with the backend's kernels (no host copy and no wait). Every other operation (host
-/// spans, broadcast, barrier, abort) goes to the collective it wraps, normally MPI, which launched the job and
-/// carries NCCL's unique id from rank 0 to the others. Disposing destroys the communicator, not the wrapped
-/// collective (its owner disposes it).
+/// <see cref="ICollective"/> whose device all-reduce runs through NCCL, in place, in stream order with a
+/// <see cref="CudaBackend"/>'s kernels (no host copy and no host wait). <see cref="AllReduce(DeviceBuffer, int, int, ReduceOp)"/>
+/// runs on the backend's stream; <see cref="StartAllReduce"/> runs on a stream of its own, ordered by events
+/// after the kernels queued so far and before the backend's work queued after its wait, so the reduction of
+/// one gradient bucket runs beside the backward kernels of the next. Every other operation (host spans,
+/// broadcast, barrier, abort) goes to the collective it wraps, normally MPI, which launched the job and carries
+/// NCCL's unique id from rank 0 to the others. Disposing destroys the communicator, its stream and events, not
+/// the wrapped collective (its owner disposes it).
 /// </summary>
 public sealed unsafe class NcclCollective : ICollective
 {
     private readonly ICollective _host;
     private readonly CudaBackend _backend;
     private readonly bool _hasAvg;
+    private readonly Stack<nint> _freeEvents = new();
+    private readonly List<nint> _allEvents = [];
     private nint _comm;
+    private nint _stream;
 
-    private NcclCollective(ICollective host, CudaBackend backend, nint comm, int versionCode)
+    private NcclCollective(ICollective host, CudaBackend backend, nint comm, nint stream, int versionCode)
     {
         _host = host;
         _backend = backend;
         _comm = comm;
+        _stream = stream;
         _hasAvg = versionCode >= NcclNative.FirstWithAvg;
         var (major, minor, patch) = NcclNative.DecodeVersion(versionCode);
         Version = $"NCCL {major}.{minor}.{patch}";
@@ -75,7 +82,13 @@ public sealed unsafe class NcclCollective : ICollective
         // NCCL's CUDA runtime works on the context current on this thread: the backend's.
         backend.MakeCurrent();
         NcclNative.Check(NcclNative.ncclCommInitRank(out nint comm, host.Size, id, host.Rank), "ncclCommInitRank");
-        return new NcclCollective(host, backend, comm, version);
+        var r = Driver.cuStreamCreate(out nint stream, Driver.StreamNonBlocking);
+        if (r != CUresult.Success)
+        {
+            NcclNative.ncclCommDestroy(comm);
+            Driver.Check(r, "cuStreamCreate (the NCCL stream)");
+        }
+        return new NcclCollective(host, backend, comm, stream, version);
     }
 
     private static int LoadAndGetVersion()
@@ -107,6 +120,76 @@ public sealed unsafe class NcclCollective : ICollective
         }
     }
 
+    /// <summary>
+    /// Starts the all-reduce of [offset, offset + count) on the NCCL stream after the backend's work queued so
+    /// far (an event), and returns at once: the backend's kernels queued meanwhile run beside it. The range must
+    /// not be written by the backend until <see cref="IPendingReduce.Wait"/>, which orders the backend's later
+    /// work after the reduction (an event; the host does not wait).
+    /// </summary>
+    public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
+    {
+        Collective.CheckRange(buffer, offset, count);
+        ThrowIfDisposed();
+        if (count == 0) return PendingReduce.Completed;
+        ulong p = _backend.EnterAndPointer(buffer, offset, count, "NCCL all-reduce buffer");
+        bool scaleAfter = op == ReduceOp.Average && !_hasAvg && Size > 1;
+        int ncclOp = op == ReduceOp.Average && _hasAvg ? NcclNative.OpAvg : NcclNative.OpSum;
+        // A stream waits on an event's record as it is when the wait is queued, so the event is free again at once.
+        nint ready = TakeEvent();
+        try
+        {
+            Driver.Check(Driver.cuEventRecord(ready, _backend.Stream), "cuEventRecord (gradients ready)");
+            Driver.Check(Driver.cuStreamWaitEvent(_stream, ready, 0), "cuStreamWaitEvent (NCCL stream)");
+        }
+        finally { _freeEvents.Push(ready); }
+        NcclNative.Check(NcclNative.ncclAllReduce(p, p, (nuint)count, NcclNative.Float32, ncclOp, _comm, _stream), "ncclAllReduce");
+        nint done = TakeEvent();
+        try { Driver.Check(Driver.cuEventRecord(done, _stream), "cuEventRecord (all-reduce done)"); }
+        catch { _freeEvents.Push(done); throw; }
+        return new Pending(this, buffer, offset, count, scaleAfter, done);
+    }
+
+    private nint TakeEvent()
+    {
+        if (_freeEvents.TryPop(out nint ev)) return ev;
+        Driver.Check(Driver.cuEventCreate(out ev, Driver.EventDisableTiming), "cuEventCreate");
+        _allEvents.Add(ev);
+        return ev;
+    }
+
+    /// <summary>A reduction on the NCCL stream; <see cref="Wait"/> orders the backend's stream after it.</summary>
+    private sealed class Pending(NcclCollective owner, DeviceBuffer buffer, int offset, int count, bool scaleAfter, nint done) : IPendingReduce
+    {
+        private bool _joined;
+
+        public bool Test()
+        {
+            if (_joined) return true;
+            owner.ThrowIfDisposed();
+            owner._backend.MakeCurrent();
+            var r = Driver.cuEventQuery(done);
+            if (r == CUresult.ErrorNotReady) return false;
+            Driver.Check(r, "cuEventQuery (all-reduce done)");
+            return true;
+        }
+
+        public void Wait()
+        {
+            if (_joined) return;
+            owner.ThrowIfDisposed();
+            owner._backend.MakeCurrent();
+            Driver.Check(Driver.cuStreamWaitEvent(owner._backend.Stream, done, 0), "cuStreamWaitEvent (backend stream)");
+            _joined = true;
+            owner._freeEvents.Push(done);
+            if (scaleAfter)
+            {
+                var range = owner._backend.Slice(buffer, offset, count);
+                try { owner._backend.Affine(range, count, 1f / owner.Size, 0f, range); }
+                finally { range.Release(); }
+            }
+        }
+    }
+
     public void AllReduce(Span<float> data, ReduceOp op) => _host.AllReduce(data, op);
     public void AllReduce(Span<double> data, ReduceOp op) => _host.AllReduce(data, op);
     public void Broadcast(Span<byte> data, int root) => _host.Broadcast(data, root);
@@ -126,10 +209,20 @@ public sealed unsafe class NcclCollective : ICollective
         if (_comm == 0) return;
         // NCCL frees the communicator's device memory in the backend's context; after the backend's own
         // disposal the context is gone with everything in it.
-        try { _backend.MakeCurrent(); }
-        catch (ObjectDisposedException) { }
+        bool current;
+        try { _backend.MakeCurrent(); current = true; }
+        catch (ObjectDisposedException) { current = false; }
         NcclNative.ncclCommDestroy(_comm);
         _comm = 0;
+        if (current)
+        {
+            Driver.cuStreamSynchronize(_stream);
+            Driver.cuStreamDestroy_v2(_stream);
+            foreach (nint ev in _allEvents) Driver.cuEventDestroy_v2(ev);
+        }
+        _stream = 0;
+        _allEvents.Clear();
+        _freeEvents.Clear();
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_comm == 0, this);

@@ -11,9 +11,10 @@ namespace Ddpm.Cuda.Check;
 /// <summary>
 /// Ddpm.Cuda.Check: probes CUDA, runs every per-op parity case of the test suite on the cuda backend against
 /// cpu-reference (TF32 off), or with --golden the PyTorch golden tests on cuda, then times GEMM and convolution
-/// on the device. Exit code 0 when every check passed, 1 on a failure, 2 when CUDA cannot be used here (nothing
-/// was checked; the reason is printed).
-/// Usage: Ddpm.Cuda.Check [--golden] [--no-bench] [--filter SUBSTRING]
+/// on the device; with --nccl it joins a one-rank NCCL communicator, times its all-reduce of gradient-sized
+/// buffers and checks the results. Exit code 0 when every check passed, 1 on a failure, 2 when CUDA (or, for
+/// --nccl, libnccl.so.2) cannot be used here (nothing was checked; the reason is printed).
+/// Usage: Ddpm.Cuda.Check [--golden | --nccl] [--no-bench] [--filter SUBSTRING]
 /// </summary>
 public static class Program
 {
@@ -46,6 +47,7 @@ public static class Program
         {
             Console.WriteLine(be.Description);
             if (args.Contains("--golden")) return Golden();
+            if (args.Contains("--nccl")) return Nccl(be);
             int filterAt = Array.IndexOf(args, "--filter");
             string? filter = filterAt >= 0 && filterAt + 1 < args.Length ? args[filterAt + 1] : null;
             var names = ParityCases.Names.Select(n => (string)n[0]).Where(n => filter is null || n.Contains(filter, StringComparison.Ordinal)).ToList();
@@ -75,6 +77,69 @@ public static class Program
             }
             return failed == 0 ? 0 : 1;
         }
+    }
+
+    /// <summary>
+    /// NCCL on one rank: the communicator's set-up time, then for buffers the size of a 4 MB gradient bucket, of
+    /// `small`'s gradient (13.7 MB) and of `labml`'s (671 MB) the median time of 5 in-place averages on the
+    /// backend's stream and of 5 started on NCCL's own stream and joined by an event, each after one untimed
+    /// call. One rank's average is the identity, which is what is checked; the set-up's and the calls' costs
+    /// are what one rank can measure (a ring's transfers need two GPUs).
+    /// </summary>
+    private static int Nccl(CudaBackend be)
+    {
+        if (Ddpm.Backends.Cuda.Nccl.NcclCollective.Probe(out string reason) is null)
+        {
+            Console.WriteLine($"SKIPPED: {reason}");
+            return 2;
+        }
+        var sw = Stopwatch.StartNew();
+        using var nccl = Ddpm.Backends.Cuda.Nccl.NcclCollective.Create(Ddpm.Tensors.Distributed.SingleProcess.Instance, be);
+        Console.WriteLine($"{nccl.Version}: a communicator of 1 rank in {sw.Elapsed.TotalMilliseconds:F1} ms");
+        int failed = 0;
+        foreach (var (name, floats) in new[] { ("4 MB bucket", 1_000_000), ("small gradient", 3_430_000), ("labml gradient", 167_777_987) })
+        {
+            var host = new float[floats];
+            for (int i = 0; i < floats; i++) host[i] = (i % 1000) * 0.125f - 60f;
+            var buf = be.Allocate(floats);
+            try
+            {
+                be.Upload(host, buf, 0);
+                var one = new float[1];
+                double Median(Action reduce)
+                {
+                    reduce();
+                    be.Download(buf, 0, one);
+                    var ms = new List<double>();
+                    for (int r = 0; r < 5; r++)
+                    {
+                        var t = Stopwatch.StartNew();
+                        reduce();
+                        be.Download(buf, 0, one);
+                        ms.Add(t.Elapsed.TotalMilliseconds);
+                    }
+                    ms.Sort();
+                    return ms[2];
+                }
+                double inStream = Median(() => nccl.AllReduce(buf, 0, floats, Ddpm.Tensors.Distributed.ReduceOp.Average));
+                double ownStream = Median(() => nccl.StartAllReduce(buf, 0, floats, Ddpm.Tensors.Distributed.ReduceOp.Average).Wait());
+                var back = new float[floats];
+                be.Download(buf, 0, back);
+                int wrong = 0;
+                for (int i = 0; i < floats; i++) if (back[i] != host[i]) wrong++;
+                if (wrong > 0) failed++;
+                Console.WriteLine(FormattableString.Invariant(
+                    $"{(wrong == 0 ? "PASS" : "FAIL")} nccl all-reduce, {name} ({4.0 * floats / 1e6:F1} MB): {inStream:F3} ms on the backend's stream, {ownStream:F3} ms on its own stream (median of 5, with one download of 4 bytes){(wrong > 0 ? $"; {wrong} elements changed" : "")}"));
+            }
+            finally
+            {
+                buf.Release();
+            }
+        }
+        sw.Restart();
+        nccl.Dispose();
+        Console.WriteLine($"communicator destroyed in {sw.Elapsed.TotalMilliseconds:F1} ms");
+        return failed == 0 ? 0 : 1;
     }
 
     /// <summary>The golden tests of the suite (labml's UNet in PyTorch: forward, gradients, diffusion steps) on cuda.</summary>

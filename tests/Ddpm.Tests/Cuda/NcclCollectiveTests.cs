@@ -60,6 +60,41 @@ public sealed class NcclCollectiveTests
     }
 
     [SimulatorFact]
+    public void StartedAllReducesRunOnTheirOwnStreamBetweenTheBackendsWork()
+    {
+        var be = CudaTestEnvironment.Backend;
+        using var nccl = NcclCollective.Create(SingleProcess.Instance, be);
+        var host = Enumerable.Range(0, 40).Select(i => 0.5f * i - 7f).ToArray();
+        var buf = be.Allocate(host.Length);
+        var head = be.Slice(buf, 0, 5);
+        try
+        {
+            be.Upload(host, buf, 0);
+            be.Affine(buf, host.Length, 2f, 1f, buf);
+            // Two buckets in flight, and backend work on the range neither of them covers meanwhile.
+            var first = nccl.StartAllReduce(buf, 25, 15, ReduceOp.Average);
+            var second = nccl.StartAllReduce(buf, 5, 20, ReduceOp.Sum);
+            be.Affine(head, 5, 1f, 10f, head);
+            // Waited for in the other order, twice: the later work runs after both.
+            second.Wait();
+            first.Wait();
+            first.Wait();
+            Assert.True(first.Test() && second.Test());
+            be.Affine(buf, host.Length, 3f, 0f, buf);
+            var back = new float[host.Length];
+            be.Download(buf, 0, back);
+            Assert.Equal(host.Select((x, i) => 3f * (2f * x + 1f + (i < 5 ? 10f : 0f))), back);
+            Assert.Same(PendingReduce.Completed, nccl.StartAllReduce(buf, 3, 0, ReduceOp.Sum));
+            Assert.Throws<ArgumentOutOfRangeException>(() => nccl.StartAllReduce(buf, 30, 11, ReduceOp.Sum));
+        }
+        finally
+        {
+            head.Release();
+            buf.Release();
+        }
+    }
+
+    [SimulatorFact]
     public void FailedCallsNameTheCallAndTheResult()
     {
         var be = CudaTestEnvironment.Backend;
