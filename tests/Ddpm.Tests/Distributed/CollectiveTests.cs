@@ -70,6 +70,16 @@ public sealed class CollectiveTests
     }
 
     [Fact]
+    public void EveryRankLearnsEveryRanksExitCode()
+    {
+        // How the ranks agree before training on whether each can start: rank 2 alone failed with a usage error.
+        var results = new InProcessRanks(4).Run(c =>
+            new Ddpm.Diffusion.Training.DataParallel(c).GatherCodes(c.Rank == 2 ? 2 : 0));
+        Assert.All(results, r => Assert.Equal([0, 0, 2, 0], r));
+        Assert.Equal([130], Ddpm.Diffusion.Training.DataParallel.None.GatherCodes(130));
+    }
+
+    [Fact]
     public void TheLaunchEnvironmentIsReadFromTheLaunchersVariables()
     {
         LaunchEnvironment? Detect(params (string, string)[] vars) =>
