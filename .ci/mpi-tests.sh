@@ -14,7 +14,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
 if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 18 skipped"
+  echo "0 passed, 0 failed, 19 skipped"
   exit 0
 fi
 
@@ -198,6 +198,15 @@ if [ -n "$victim" ] && [ $rc -ne 0 ] && [ $took -le 10 ] \
 else
   echo "rank 1: ${victim:-not found}, exit $rc after ${took} s"; cat "$work/killed.log"
   flunk "a killed rank ends the job within seconds and the last checkpoint loads"
+fi
+
+# A verb that is not data-parallel runs once, on rank 0, with one warning line.
+out=$(timeout 120 mpiexec -n 2 dotnet "$tool" info 2>&1); rc=$?
+if [ $rc -eq 0 ] && [ "$(echo "$out" | grep -c '^presets:')" = 1 ] \
+   && [ "$(echo "$out" | grep -c '^ddpm-tool: warning: info is not data-parallel; of the 2 ranks .* rank 0 runs it alone.$')" = 1 ]; then
+  pass "a verb that is not data-parallel runs once under mpiexec, with one warning"
+else
+  echo "$out"; flunk "a verb that is not data-parallel runs once under mpiexec, with one warning (exit $rc)"
 fi
 
 # bench's data-parallel modes: the all-reduce's time and bandwidth, and its share of a 2-rank training step.

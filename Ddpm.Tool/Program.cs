@@ -93,6 +93,14 @@ public static class Program
             return ExitCodes.Usage;
         }
         var options = ((Parsed<object>)result).Value;
+        // Only train and bench take part in a data-parallel job; any other verb started by a launcher would run N
+        // times over the same files, so rank 0 runs it alone.
+        if (options is not (TrainOptions or BenchOptions) && ToolCollective.LaunchedJob() is { } job)
+        {
+            if (job.Rank > 0) return ExitCodes.Ok;
+            string name = options.GetType().GetCustomAttributes(typeof(VerbAttribute), false).Cast<VerbAttribute>().First().Name;
+            con.Err.WriteLine($"ddpm-tool: warning: {name} is not data-parallel; of the {job.Size} ranks the launcher ({job.Launcher}) started, rank 0 runs it alone.");
+        }
         bool verbose = options is CommonOptions co && co.Verbose;
         try
         {

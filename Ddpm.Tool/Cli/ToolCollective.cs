@@ -103,6 +103,13 @@ public static class ToolCollective
         catch (FormatException) { return false; }
     }
 
+    /// <summary>The launcher's word on this process (rank, ranks), or null outside a launched job of several ranks.</summary>
+    public static LaunchEnvironment? LaunchedJob()
+    {
+        try { return LaunchEnvironment.Detect() is { IsParallel: true } job ? job : null; }
+        catch (FormatException) { return null; }
+    }
+
     /// <summary>The console of a rank other than 0: it prints nothing (rank 0 speaks for the job).</summary>
     public static ToolConsole Quiet(ToolConsole con) =>
         new(TextWriter.Null, TextWriter.Null, interactive: false) { Cancel = con.Cancel };
