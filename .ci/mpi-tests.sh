@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Data-parallel training on MPICH: `mpiexec -n 2 ddpm-tool train` against one process with the same global batch
+# Data-parallel training on MPICH (and on Open MPI where installed): `mpiexec -n 2 ddpm-tool train` against one process with the same global batch
 # (same loss curve and, after 5 steps, the same weights within float summation order), a 2-rank checkpoint resumed
 # on 1 rank, and the messages for an indivisible batch, for a launcher that does not match the MPI library and for
 # --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
@@ -12,9 +12,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 
-if ! command -v mpiexec > /dev/null || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
-  echo "mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 19 skipped"
+# MPICH's launcher by its own name: with Open MPI installed too, plain mpiexec may be Open MPI's.
+mpiexec=$(command -v mpiexec.mpich || command -v mpiexec.hydra || true)
+if [ -z "$mpiexec" ] || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
+  echo "MPICH's mpiexec or libmpich.so.12 not installed: MPI tests skipped"
+  echo "0 passed, 0 failed, 21 skipped"
   exit 0
 fi
 
@@ -79,7 +81,7 @@ runs_agree() {
 # 1. 2 ranks x 4 images against 1 rank x 8 images.
 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed none --out "$work/one" > "$work/one.log" 2>&1 \
   || { cat "$work/one.log"; flunk "1-rank run"; }
-mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
+"$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/two" > "$work/two.log" 2>&1 \
   || { cat "$work/two.log"; flunk "2-rank run"; }
 if runs_agree one two; then
   pass "2 ranks with batch 8 give 1 rank's losses, gradient norms and, after 5 steps, weights"
@@ -95,7 +97,7 @@ fi
 
 # 2. The 2-rank checkpoint of step 3 resumed on 1 rank continues the 1-rank loss curve.
 mkdir -p "$work/resume"
-mpiexec -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --out "$work/half" > "$work/half.log" 2>&1 \
+"$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --out "$work/half" > "$work/half.log" 2>&1 \
   && dotnet "$tool" train --resume "$work/half/checkpoint.safetensors" --steps 5 --threads 1 --sample-every 0 --samples 4 \
        --sample-steps 2 --log-every 1 --out "$work/half" > "$work/resume.log" 2>&1
 if [ -f "$work/half/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/half/loss.csv"; then
@@ -106,8 +108,8 @@ fi
 
 # 2b. Gradients averaged in small buckets during the backward pass (MPI_Iallreduce) train the same weights, bit for
 # bit, as one all-reduce after it: every element is summed once over the same 2 ranks.
-mpiexec -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0 --out "$work/flat" > "$work/flat.log" 2>&1
-mpiexec -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0.05 --out "$work/buckets" > "$work/buckets.log" 2>&1
+"$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0 --out "$work/flat" > "$work/flat.log" 2>&1
+"$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0.05 --out "$work/buckets" > "$work/buckets.log" 2>&1
 if [ -f "$work/flat/checkpoint.safetensors" ] && cmp -s "$work/flat/checkpoint.safetensors" "$work/buckets/checkpoint.safetensors"; then
   pass "gradient buckets train the weights of one all-reduce bit for bit"
 else
@@ -115,20 +117,21 @@ else
 fi
 
 # 3. The messages: an indivisible batch, and a launcher the MPI library does not belong to.
-out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 5 --out "$work/odd" 2>&1); rc=$?
+out=$("$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 5 --out "$work/odd" 2>&1); rc=$?
 if [ $rc -ne 0 ] && echo "$out" | grep -q -- "--batch 5 (the global batch) does not divide over 2 ranks; use a multiple of 2."; then
   pass "an indivisible batch is refused with its sizes"
 else
   echo "$out"; flunk "an indivisible batch is refused with its sizes (exit $rc)"
 fi
-out=$(OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=0 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/mismatch" 2>&1); rc=$?
-if [ $rc -ne 0 ] && echo "$out" | grep -q "started 2 ranks but MPI (libmpich.so.12) sees 1"; then
+# A Slurm step of 2 tasks without --mpi=pmi2: MPICH's library starts alone and sees 1 rank.
+out=$(SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=0 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/mismatch" 2>&1); rc=$?
+if [ $rc -ne 0 ] && echo "$out" | grep -q "The launcher (Slurm) started 2 ranks but MPI (libmpich.so.12) sees 1"; then
   pass "a launcher/library mismatch is refused"
 else
   echo "$out"; flunk "a launcher/library mismatch is refused (exit $rc)"
 fi
 
-out=$(mpiexec -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/nccl-cpu" 2>&1); rc=$?
+out=$("$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/nccl-cpu" 2>&1); rc=$?
 if [ $rc -eq 2 ] && [ "$(echo "$out" | grep -c -- "--distributed nccl needs --backend cuda (got --backend cpu)")" = 1 ]; then
   pass "--distributed nccl with --backend cpu is one usage error"
 else
@@ -136,7 +139,7 @@ else
 fi
 
 # 3b. A rank that cannot start (its --data is missing; MPMD launch) names itself, and the job ends at once.
-out=$(timeout 120 mpiexec -n 1 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/alone" \
+out=$(timeout 120 "$mpiexec" -n 1 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/alone" \
       : -n 1 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/alone" --data "$work/missing" 2>&1); rc=$?
 if [ $rc -eq 1 ] && [ "$(echo "$out" | grep -c "^ddpm-tool: rank 1 of 2: $work/missing: no such file or folder.")" = 1 ] \
    && [ "$(echo "$out" | grep -c "^ddpm-tool:")" = 1 ]; then
@@ -166,7 +169,7 @@ launcher_code() {
 # saves one checkpoint that loads, with one notice. Every rank exits with 130; what mpiexec returns is Hydra's
 # choice after it forwarded a signal (130 or 0 from run to run here), so both are accepted.
 mapfile -t args < <(checkpoint_every 100000)
-mpiexec -n 2 dotnet "$tool" "${args[@]}" --steps 100000 --batch 8 --out "$work/term" > "$work/term.log" 2>&1 &
+"$mpiexec" -n 2 dotnet "$tool" "${args[@]}" --steps 100000 --batch 8 --out "$work/term" > "$work/term.log" 2>&1 &
 launcher=$!
 await_rows "$work/term" 3; kill -TERM $launcher
 launcher_code $launcher "$work/term"; rc=$?
@@ -181,7 +184,7 @@ fi
 # 3d. A rank killed mid-run: the launcher ends the job within seconds with a non-zero code, and the last
 # checkpoint written (every 2 steps, atomically) loads.
 mapfile -t args < <(checkpoint_every 2)
-mpiexec -n 2 dotnet "$tool" "${args[@]}" --steps 100000 --batch 8 --out "$work/killed" > "$work/killed.log" 2>&1 &
+"$mpiexec" -n 2 dotnet "$tool" "${args[@]}" --steps 100000 --batch 8 --out "$work/killed" > "$work/killed.log" 2>&1 &
 launcher=$!
 await_rows "$work/killed" 5
 victim=""
@@ -201,7 +204,7 @@ else
 fi
 
 # A verb that is not data-parallel runs once, on rank 0, with one warning line.
-out=$(timeout 120 mpiexec -n 2 dotnet "$tool" info 2>&1); rc=$?
+out=$(timeout 120 "$mpiexec" -n 2 dotnet "$tool" info 2>&1); rc=$?
 if [ $rc -eq 0 ] && [ "$(echo "$out" | grep -c '^presets:')" = 1 ] \
    && [ "$(echo "$out" | grep -c '^ddpm-tool: warning: info is not data-parallel; of the 2 ranks .* rank 0 runs it alone.$')" = 1 ]; then
   pass "a verb that is not data-parallel runs once under mpiexec, with one warning"
@@ -210,13 +213,39 @@ else
 fi
 
 # bench's data-parallel modes: the all-reduce's time and bandwidth, and its share of a 2-rank training step.
-out=$(mpiexec -n 2 dotnet "$tool" bench --mode allreduce --preset tiny --threads 1 --steps 2 --json 2>&1 \
-      && mpiexec -n 2 dotnet "$tool" bench --mode train --preset tiny --batch 4 --threads 1 --steps 2 --json 2>&1); rc=$?
+out=$("$mpiexec" -n 2 dotnet "$tool" bench --mode allreduce --preset tiny --threads 1 --steps 2 --json 2>&1 \
+      && "$mpiexec" -n 2 dotnet "$tool" bench --mode train --preset tiny --batch 4 --threads 1 --steps 2 --json 2>&1); rc=$?
 if [ $rc -eq 0 ] && echo "$out" | grep -q '"mode":"allreduce".*"ranks":2,"collective":"MPI' \
    && echo "$out" | grep -q "data-parallel: 2 ranks over MPI" && [ "$(echo "$out" | grep -c '^bench ')" = 2 ]; then
   pass "bench times the all-reduce and a 2-rank training step, rank 0 reporting"
 else
   echo "$out"; flunk "bench times the all-reduce and a 2-rank training step, rank 0 reporting (exit $rc)"
+fi
+
+# 3e. Open MPI (libmpi.so.40, its handles the addresses of exported objects) under its own mpirun, when installed:
+# 2 ranks give 1 rank's losses and weights, and its non-blocking all-reduce (buckets) the weights of one all-reduce
+# bit for bit. Open MPI refuses to run as root without --allow-run-as-root.
+ompi=$(command -v mpirun.openmpi || true)
+if [ -z "$ompi" ] || ! ldconfig -p | grep 'libmpi\.so\.40' > /dev/null; then
+  echo "Open MPI's mpirun.openmpi or libmpi.so.40 not installed: Open MPI tests skipped"
+  skipped=$((skipped + 2))
+else
+  ompi_run=("$ompi" --oversubscribe -n 2)
+  [ "$(id -u)" = 0 ] && ompi_run+=(--allow-run-as-root)
+  "${ompi_run[@]}" dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --out "$work/ompi" > "$work/ompi.log" 2>&1 \
+    || { cat "$work/ompi.log"; flunk "2-rank run over Open MPI"; }
+  if runs_agree one ompi && grep -q "data-parallel: 2 ranks over MPI (Open MPI v" "$work/ompi.log"; then
+    pass "Open MPI: 2 ranks with batch 8 give 1 rank's losses, gradient norms and weights"
+  else
+    cat "$work/ompi.log"; flunk "Open MPI: 2 ranks with batch 8 give 1 rank's losses, gradient norms and weights"
+  fi
+  "${ompi_run[@]}" dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0 --out "$work/ompi-flat" > "$work/ompi-flat.log" 2>&1
+  "${ompi_run[@]}" dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0.05 --out "$work/ompi-buckets" > "$work/ompi-buckets.log" 2>&1
+  if [ -f "$work/ompi-flat/checkpoint.safetensors" ] && cmp -s "$work/ompi-flat/checkpoint.safetensors" "$work/ompi-buckets/checkpoint.safetensors"; then
+    pass "Open MPI: gradient buckets (MPI_Iallreduce) train the weights of one all-reduce bit for bit"
+  else
+    cat "$work/ompi-flat.log" "$work/ompi-buckets.log"; flunk "Open MPI: gradient buckets (MPI_Iallreduce) train the weights of one all-reduce bit for bit"
+  fi
 fi
 
 # 4. --backend cuda on the simulated device (a CPU test harness, slow: 5 tiny steps per run): 2 ranks over the
@@ -240,7 +269,7 @@ else
   no_nccl_path=$(IFS=:; echo "${no_nccl[*]}")
   dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed none --out "$work/cuda-one" > "$work/cuda-one.log" 2>&1 \
     || { cat "$work/cuda-one.log"; flunk "1-rank cuda run"; }
-  mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-nccl" > "$work/cuda-nccl.log" 2>&1 \
+  "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-nccl" > "$work/cuda-nccl.log" 2>&1 \
     || { cat "$work/cuda-nccl.log"; flunk "2-rank cuda run over NCCL"; }
   if runs_agree cuda-one cuda-nccl; then
     pass "cuda: 2 ranks over NCCL with batch 8 give 1 rank's losses and weights"
@@ -254,22 +283,22 @@ else
   fi
   # Buckets on NCCL's own stream (started during the backward pass, joined by events) against one all-reduce
   # after it: the simulated NCCL sums in rank order, so the weights agree bit for bit.
-  mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0 --out "$work/cuda-flat" > "$work/cuda-flat.log" 2>&1
-  mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0.05 --out "$work/cuda-buckets" > "$work/cuda-buckets.log" 2>&1
+  "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0 --out "$work/cuda-flat" > "$work/cuda-flat.log" 2>&1
+  "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0.05 --out "$work/cuda-buckets" > "$work/cuda-buckets.log" 2>&1
   if [ -f "$work/cuda-flat/checkpoint.safetensors" ] && cmp -s "$work/cuda-flat/checkpoint.safetensors" "$work/cuda-buckets/checkpoint.safetensors"; then
     pass "cuda: NCCL buckets on their own stream train the weights of one all-reduce bit for bit"
   else
     cat "$work/cuda-flat.log" "$work/cuda-buckets.log"; flunk "cuda: NCCL buckets on their own stream train the weights of one all-reduce bit for bit"
   fi
   # NCCL before 2.10 has no ncclAvg: the binding sums and scales by 1/N on the device.
-  DDPM_NCCL_SIM_VERSION=2.9.9 mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-old" > "$work/cuda-old.log" 2>&1 \
+  DDPM_NCCL_SIM_VERSION=2.9.9 "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-old" > "$work/cuda-old.log" 2>&1 \
     || { cat "$work/cuda-old.log"; flunk "2-rank cuda run over NCCL 2.9.9"; }
   if grep -q "2 ranks over NCCL 2.9.9" "$work/cuda-old.log" && runs_agree cuda-one cuda-old; then
     pass "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
   else
     cat "$work/cuda-old.log"; flunk "cuda: over NCCL 2.9 (no ncclAvg: sum, then 1/N) 2 ranks give 1 rank's losses and weights"
   fi
-  DDPM_CUDA_LIB_DIR=$no_nccl_path mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-mpi" > "$work/cuda-mpi.log" 2>&1 \
+  DDPM_CUDA_LIB_DIR=$no_nccl_path "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --out "$work/cuda-mpi" > "$work/cuda-mpi.log" 2>&1 \
     || { cat "$work/cuda-mpi.log"; flunk "2-rank cuda run over MPI"; }
   if runs_agree cuda-one cuda-mpi; then
     pass "cuda without NCCL: 2 ranks over MPI through host memory give 1 rank's losses and weights"
@@ -282,7 +311,7 @@ else
   else
     cat "$work/cuda-mpi.log"; flunk "cuda without NCCL: rank 0 warns once and the header says MPI"
   fi
-  out=$(DDPM_CUDA_LIB_DIR=$no_nccl_path mpiexec -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-no" 2>&1); rc=$?
+  out=$(DDPM_CUDA_LIB_DIR=$no_nccl_path "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 5 --batch 8 --distributed nccl --out "$work/cuda-no" 2>&1); rc=$?
   if [ $rc -ne 0 ] && [ "$(echo "$out" | grep -c "error: --distributed nccl: libnccl.so.2 was not found")" = 1 ]; then
     pass "cuda: --distributed nccl without libnccl.so.2 is one error line"
   else

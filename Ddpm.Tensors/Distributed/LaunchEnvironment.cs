@@ -12,10 +12,13 @@ public sealed record LaunchEnvironment(string Launcher, int Rank, int Size, int 
     private static readonly (string Launcher, string Rank, string Size, string LocalRank)[] Known =
     [
         ("MPICH/PMI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-        ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+        (OpenMpi, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
         ("MVAPICH", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK"),
         ("Slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"),
     ];
+
+    /// <summary>The <see cref="Launcher"/> name of Open MPI's mpirun/mpiexec.</summary>
+    public const string OpenMpi = "Open MPI";
 
     /// <summary>Whether the launcher started more than one rank.</summary>
     public bool IsParallel => Size > 1;

@@ -1,11 +1,12 @@
 namespace Ddpm.Tensors.Distributed.Mpi;
 
 /// <summary>
-/// <see cref="ICollective"/> over MPI_COMM_WORLD of MPICH. Device buffers are reduced through host memory: each
+/// <see cref="ICollective"/> over MPI_COMM_WORLD of MPICH or Open MPI (the library that belongs to the launcher:
+/// libmpi.so.40 under Open MPI's mpirun, libmpich.so.12 otherwise). Device buffers are reduced through host memory: each
 /// chunk of the range is downloaded into a pinned array, all-reduced in place and uploaded again. One instance
 /// per process: it initialises MPI and finalises it when disposed (MPI cannot be initialised twice).
 /// <see cref="StartAllReduce"/> downloads its range into a pinned array of its own (kept for the next reduction
-/// of the same length, so a training step's buckets reuse theirs) and posts MPI_Iallreduce on it; MPICH advances
+/// of the same length, so a training step's buckets reuse theirs) and posts MPI_Iallreduce on it; MPI advances
 /// the reduction inside MPI calls, so every start and every <see cref="IPendingReduce.Test"/> also tests the
 /// reductions still outstanding.
 /// </summary>
@@ -14,14 +15,16 @@ public sealed unsafe class MpiCollective : ICollective
     // Host staging size: large enough that a small model's gradient goes in one call, bounded for huge ones.
     private const int MaxChunk = 1 << 24;
 
+    private readonly MpiAbi _abi;
     private readonly bool _ownsInit;
     private float[] _host = [];
     private readonly Dictionary<int, Stack<float[]>> _freeHost = [];
     private readonly List<Pending> _outstanding = [];
     private bool _disposed;
 
-    private MpiCollective(bool ownsInit, int rank, int size, string library)
+    private MpiCollective(MpiAbi abi, bool ownsInit, int rank, int size, string library)
     {
+        _abi = abi;
         _ownsInit = ownsInit;
         Rank = rank;
         Size = size;
@@ -36,42 +39,47 @@ public sealed unsafe class MpiCollective : ICollective
     public string Library { get; }
 
     /// <summary>
-    /// Initialises MPI (unless something already did) and joins MPI_COMM_WORLD. When <paramref name="launch"/>
+    /// Initialises MPI (unless something already did) and joins MPI_COMM_WORLD, through Open MPI's library when
+    /// <paramref name="launch"/> names Open MPI's launcher and MPICH's otherwise. When <paramref name="launch"/>
     /// says the job has N ranks but MPI sees a different number, the launcher and the library do not belong
-    /// together (an Open MPI launcher with MPICH's library, or a Slurm step without <c>--mpi=pmi2</c>): that
-    /// is an error saying so, since the ranks would otherwise each train alone.
+    /// together (a Slurm step without <c>--mpi=pmi2</c>, a launcher of a third MPI): that is an error saying so,
+    /// since the ranks would otherwise each train alone.
     /// </summary>
     public static MpiCollective Initialize(LaunchEnvironment? launch)
     {
+        bool openMpi = launch?.Launcher == LaunchEnvironment.OpenMpi;
+        MpiAbi abi;
         bool owns;
         int rank, size;
         string library;
         try
         {
-            MpiNative.Check(MpiNative.MPI_Initialized(out int initialised), "MPI_Initialized");
+            abi = openMpi ? OpenMpiAbi.Load() : MpichAbi.Instance;
+            abi.Check(abi.Initialized(out int initialised), "MPI_Initialized");
             owns = initialised == 0;
-            if (owns)
-                MpiNative.Check(MpiNative.MPI_Init_thread(null, null, MpiNative.ThreadSerialized, out _), "MPI_Init_thread");
-            MpiNative.Check(MpiNative.MPI_Comm_rank(MpiNative.CommWorld, out rank), "MPI_Comm_rank");
-            MpiNative.Check(MpiNative.MPI_Comm_size(MpiNative.CommWorld, out size), "MPI_Comm_size");
+            if (owns) abi.Check(abi.InitThread(MpiAbi.ThreadSerialized, out _), "MPI_Init_thread");
+            abi.Check(abi.CommRank(out rank), "MPI_Comm_rank");
+            abi.Check(abi.CommSize(out size), "MPI_Comm_size");
             var text = stackalloc byte[8192];
-            library = MpiNative.MPI_Get_library_version(text, out int len) == MpiNative.Success
+            library = abi.LibraryVersion(text, out int len) == MpiAbi.Success
                 ? System.Text.Encoding.ASCII.GetString(text, Math.Clamp(len, 0, 8192)).Split('\n')[0].Replace('\t', ' ').Trim()
-                : "MPICH";
+                : abi.Family;
         }
         catch (DllNotFoundException e)
         {
-            throw new DllNotFoundException(
-                $"The MPI library {MpiNative.Lib} (MPICH) was not found: install it (Debian: apt-get install mpich). {e.Message}", e);
+            string lib = openMpi ? OpenMpiAbi.Lib : MpichAbi.Lib;
+            string family = openMpi ? "Open MPI" : "MPICH";
+            string hint = openMpi ? "Debian: apt-get install openmpi-bin" : "Debian: apt-get install mpich";
+            throw new DllNotFoundException($"The MPI library {lib} ({family}) was not found: install it ({hint}). {e.Message}", e);
         }
         if (launch is not null && launch.Size != size)
         {
-            var message = $"The launcher ({launch.Launcher}) started {launch.Size} ranks but MPI ({MpiNative.Lib}) sees {size}: "
-                + "the launcher and the MPI library do not match (use MPICH's mpiexec, or srun --mpi=pmi2 under Slurm).";
-            if (owns) MpiNative.MPI_Finalize();
+            var message = $"The launcher ({launch.Launcher}) started {launch.Size} ranks but MPI ({abi.Library}) sees {size}: "
+                + "the launcher and the MPI library do not match (use MPICH's mpiexec or Open MPI's mpirun, or srun --mpi=pmi2 under Slurm).";
+            if (owns) abi.Finalize();
             throw new InvalidOperationException(message);
         }
-        return new MpiCollective(owns, rank, size, library);
+        return new MpiCollective(abi, owns, rank, size, library);
     }
 
     public void AllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
@@ -104,14 +112,14 @@ public sealed unsafe class MpiCollective : ICollective
         var pending = new Pending(this, buffer, offset, host, op);
         // The array is pinned (allocated on the pinned heap): MPI may keep its address until the request completes.
         fixed (float* p = host)
-        fixed (int* request = &pending.Request)
-            MpiNative.Check(MpiNative.MPI_Iallreduce(MpiNative.InPlace, p, count, MpiNative.Float, MpiNative.OpSum, MpiNative.CommWorld, request), "MPI_Iallreduce");
+        fixed (nint* request = &pending.Request)
+            _abi.Check(_abi.IallreduceInPlace(p, count, MpiType.Float, request), "MPI_Iallreduce");
         Progress();
         _outstanding.Add(pending);
         return pending;
     }
 
-    /// <summary>Tests every outstanding reduction once: MPICH advances non-blocking collectives only inside MPI calls.</summary>
+    /// <summary>Tests every outstanding reduction once: MPI advances non-blocking collectives only inside MPI calls.</summary>
     private void Progress()
     {
         foreach (var p in _outstanding) p.TestRequest();
@@ -129,7 +137,7 @@ public sealed unsafe class MpiCollective : ICollective
         ThrowIfDisposed();
         if (data.IsEmpty) return;
         fixed (float* p = data)
-            MpiNative.Check(MpiNative.MPI_Allreduce(MpiNative.InPlace, p, data.Length, MpiNative.Float, MpiNative.OpSum, MpiNative.CommWorld), "MPI_Allreduce");
+            _abi.Check(_abi.AllreduceInPlace(p, data.Length, MpiType.Float), "MPI_Allreduce");
         if (op == ReduceOp.Average && Size > 1) Divide(data, Size);
     }
 
@@ -138,7 +146,7 @@ public sealed unsafe class MpiCollective : ICollective
         ThrowIfDisposed();
         if (data.IsEmpty) return;
         fixed (double* p = data)
-            MpiNative.Check(MpiNative.MPI_Allreduce(MpiNative.InPlace, p, data.Length, MpiNative.Double, MpiNative.OpSum, MpiNative.CommWorld), "MPI_Allreduce");
+            _abi.Check(_abi.AllreduceInPlace(p, data.Length, MpiType.Double), "MPI_Allreduce");
         if (op == ReduceOp.Average && Size > 1)
             for (int i = 0; i < data.Length; i++) data[i] /= Size;
     }
@@ -148,7 +156,7 @@ public sealed unsafe class MpiCollective : ICollective
         Collective.CheckRoot(root, Size);
         ThrowIfDisposed();
         fixed (byte* p = data)
-            MpiNative.Check(MpiNative.MPI_Bcast(p, data.Length, MpiNative.Byte, root, MpiNative.CommWorld), "MPI_Bcast");
+            _abi.Check(_abi.Bcast(p, data.Length, MpiType.Byte, root), "MPI_Bcast");
     }
 
     public void Broadcast(Span<float> data, int root)
@@ -156,18 +164,18 @@ public sealed unsafe class MpiCollective : ICollective
         Collective.CheckRoot(root, Size);
         ThrowIfDisposed();
         fixed (float* p = data)
-            MpiNative.Check(MpiNative.MPI_Bcast(p, data.Length, MpiNative.Float, root, MpiNative.CommWorld), "MPI_Bcast");
+            _abi.Check(_abi.Bcast(p, data.Length, MpiType.Float, root), "MPI_Bcast");
     }
 
     public void Barrier()
     {
         ThrowIfDisposed();
-        MpiNative.Check(MpiNative.MPI_Barrier(MpiNative.CommWorld), "MPI_Barrier");
+        _abi.Check(_abi.Barrier(), "MPI_Barrier");
     }
 
     public void Abort(int exitCode)
     {
-        MpiNative.MPI_Abort(MpiNative.CommWorld, exitCode);
+        _abi.Abort(exitCode);
         Environment.Exit(exitCode);
     }
 
@@ -175,8 +183,8 @@ public sealed unsafe class MpiCollective : ICollective
     {
         if (_disposed) return;
         _disposed = true;
-        if (_ownsInit && MpiNative.MPI_Finalized(out int done) == MpiNative.Success && done == 0)
-            MpiNative.MPI_Finalize();
+        if (_ownsInit && _abi.Finalized(out int done) == MpiAbi.Success && done == 0)
+            _abi.Finalize();
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
@@ -184,7 +192,7 @@ public sealed unsafe class MpiCollective : ICollective
     /// <summary>One MPI_Iallreduce in flight on a pinned copy of a device range.</summary>
     private sealed class Pending(MpiCollective owner, DeviceBuffer buffer, int offset, float[] host, ReduceOp op) : IPendingReduce
     {
-        public int Request = MpiNative.RequestNull;
+        public nint Request = owner._abi.RequestNull;
         private bool _done;
 
         public bool Test()
@@ -192,24 +200,24 @@ public sealed unsafe class MpiCollective : ICollective
             if (_done) return true;
             owner.ThrowIfDisposed();
             owner.Progress();
-            return Request == MpiNative.RequestNull;
+            return owner._abi.IsNull(Request);
         }
 
         /// <summary>MPI_Test on this request (MPI sets it to MPI_REQUEST_NULL once complete).</summary>
         public void TestRequest()
         {
-            if (Request == MpiNative.RequestNull) return;
-            fixed (int* r = &Request)
-                MpiNative.Check(MpiNative.MPI_Test(r, out _, MpiNative.StatusIgnore), "MPI_Test");
+            if (owner._abi.IsNull(Request)) return;
+            fixed (nint* r = &Request)
+                owner._abi.Check(owner._abi.Test(r, out _), "MPI_Test");
         }
 
         public void Wait()
         {
             if (_done) return;
             owner.ThrowIfDisposed();
-            if (Request != MpiNative.RequestNull)
-                fixed (int* r = &Request)
-                    MpiNative.Check(MpiNative.MPI_Wait(r, MpiNative.StatusIgnore), "MPI_Wait");
+            if (!owner._abi.IsNull(Request))
+                fixed (nint* r = &Request)
+                    owner._abi.Check(owner._abi.Wait(r), "MPI_Wait");
             _done = true;
             owner._outstanding.Remove(this);
             if (op == ReduceOp.Average && owner.Size > 1) Divide(host, owner.Size);
