@@ -35,7 +35,7 @@ public sealed unsafe class MpiCollective : ICollective
     public int Rank { get; }
     public int Size { get; }
 
-    /// <summary>MPI_Get_library_version's first line.</summary>
+    /// <summary>The library's name and version, from MPI_Get_library_version: "MPICH Version: 4.0.2", "Open MPI v4.1.4".</summary>
     public string Library { get; }
 
     /// <summary>
@@ -62,7 +62,9 @@ public sealed unsafe class MpiCollective : ICollective
             abi.Check(abi.CommSize(out size), "MPI_Comm_size");
             var text = stackalloc byte[8192];
             library = abi.LibraryVersion(text, out int len) == MpiAbi.Success
-                ? System.Text.Encoding.ASCII.GetString(text, Math.Clamp(len, 0, 8192)).Split('\n')[0].Replace('\t', ' ').Trim()
+                // Open MPI counts the terminating NUL in the length (MPICH does not) and follows its version with
+                // ", package: ..." on the same line: "Open MPI v4.1.4", "MPICH Version: 4.0.2".
+                ? System.Text.Encoding.ASCII.GetString(text, Math.Clamp(len, 0, 8192)).Split('\0')[0].Split('\n')[0].Split(',')[0].Replace('\t', ' ').Trim()
                 : abi.Family;
         }
         catch (DllNotFoundException e)
