@@ -65,8 +65,8 @@ public abstract class ModelOptions : CommonOptions
     public int? NHeads { get; set; }
 
     [Option("attn-norm", HelpText = "Normalise the attention blocks' input with their GroupNorm (the original DDPM's attention; "
-        + "labml's UNet declares that norm but does not apply it): 1 on (unconditional runs train without gradient spikes and score far better), "
-        + "0 off (labml's model, the presets' default).")]
+        + "labml's UNet declares that norm but does not apply it): 1 on (train's default for new runs: no gradient spikes, "
+        + "far better unconditional models), 0 off (labml's model; the default with --labml-exact or --preset labml, and for other verbs' presets).")]
     public int? AttnNorm { get; set; }
 
     /// <summary>The preset (or <paramref name="fallback"/>) with the options given on the command line applied.</summary>

@@ -35,6 +35,11 @@ internal sealed record TrainPlan(
 
         var preset = Presets.Get(o.Preset ?? "small");
         var model = resume?.Model ?? o.ResolveModel(preset.Model);
+        // A new run normalises its attention blocks' input (the original DDPM's attention; with labml's, which
+        // declares the norm and skips it, attention logits grow until the gradients spike), unless it trains
+        // labml's own model (--labml-exact, --preset labml) or says --attn-norm 0.
+        if (resume is null && o.AttnNorm is null && !o.LabmlExact && !string.Equals(o.Preset, "labml", StringComparison.OrdinalIgnoreCase))
+            model = model with { AttnNorm = true };
         var prediction = o.Prediction ?? (o.LabmlExact ? Prediction.Eps : Prediction.V);
         var diffusion = resume?.Diffusion ?? o.Resolve() with
         {

@@ -268,6 +268,23 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         Assert.Equal(noted, plan.Notes.Any(n => n.StartsWith("warm-up shortened", StringComparison.Ordinal)));
     }
 
+    [Theory]
+    [InlineData(new string[0], true)]
+    [InlineData(new[] { "--no-classes" }, true)]
+    [InlineData(new[] { "--attn-norm", "0" }, false)]
+    [InlineData(new[] { "--attn-norm", "1" }, true)]
+    [InlineData(new[] { "--labml-exact" }, false)]
+    [InlineData(new[] { "--preset", "labml", "--batch", "1" }, false)]
+    public void NewRunsNormaliseTheirAttentionUnlessTheyTrainLabmlsModel(string[] extra, bool expected)
+    {
+        var args = new List<string> { "train", "--steps", "20", "--max-images", "8" };
+        if (!extra.Contains("--preset")) args.AddRange(["--preset", "tiny"]);
+        args.AddRange(extra);
+        Assert.Equal(expected, Plan(args.ToArray()).Model.AttnNorm);
+        // The presets themselves stay labml's model (bench, parity and forward build them as they are).
+        Assert.False(Presets.Get("tiny").Model.AttnNorm);
+    }
+
     /// <summary>The plan <c>train</c> resolves from <paramref name="args"/> (options, data and model), without training.</summary>
     internal static Ddpm.Tool.Commands.TrainPlan Plan(params string[] args)
     {
