@@ -44,16 +44,23 @@ public static class TrainCommand
             CheckForRanks(o, plan, dp.Size);
             if (dp.IsRoot) held = OutputFolder.Lock(plan.OutFolder);
         }
-        catch (Exception e) when (e is UsageError or UserError)
+        catch (Exception e)
         {
+            // Whatever it is, the other ranks must hear of it before it ends this one.
             error = e;
         }
         using var _ = held;
-        int[] codes = dp.GatherCodes(error switch { null => ExitCodes.Ok, UsageError => ExitCodes.Usage, _ => ExitCodes.Failed });
+        int[] codes = dp.GatherCodes(error switch
+        {
+            null => ExitCodes.Ok,
+            UsageError => ExitCodes.Usage,
+            UserError or IOException or UnauthorizedAccessException or InvalidDataException => ExitCodes.Failed,
+            _ => ExitCodes.Internal,
+        });
         if (codes[0] != ExitCodes.Ok)
         {
             // Rank 0 speaks for the job: an error every rank meets alike (a bad option) is printed once, by it.
-            if (dp.IsRoot) throw error!;
+            if (dp.IsRoot) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error!).Throw();
             return codes[0];
         }
         int failed = Array.FindIndex(codes, c => c != ExitCodes.Ok);
