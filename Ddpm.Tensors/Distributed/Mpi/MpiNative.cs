@@ -170,9 +170,6 @@ internal sealed unsafe partial class OpenMpiAbi : MpiAbi
     private readonly delegate* unmanaged<int, byte*, int*, int> _errorString;
     private readonly delegate* unmanaged<byte*, int*, int> _libraryVersion;
 
-    private static OpenMpiAbi? s_loaded;
-    private static readonly Lock s_lock = new();
-
     private OpenMpiAbi(nint lib)
     {
         nint F(string name) => NativeLibrary.GetExport(lib, name);
@@ -199,28 +196,27 @@ internal sealed unsafe partial class OpenMpiAbi : MpiAbi
         _libraryVersion = (delegate* unmanaged<byte*, int*, int>)F("MPI_Get_library_version");
     }
 
-    /// <summary>Loads libmpi.so.40 (once per process); <see cref="DllNotFoundException"/> when it is not installed.</summary>
+    /// <summary>
+    /// Loads libmpi.so.40 and looks up its entry points and handles; <see cref="DllNotFoundException"/> when it
+    /// is not installed. The loader counts references: a second load finds the same library and handles.
+    /// </summary>
     public static OpenMpiAbi Load()
     {
-        lock (s_lock)
+        // RTLD_NOW | RTLD_GLOBAL first, so the plug-ins Open MPI opens later resolve against this copy;
+        // NativeLibrary then hands out the same handle.
+        nint global = Dl.dlopen(Lib, Dl.RtldNow | Dl.RtldGlobal);
+        if (global == 0)
         {
-            if (s_loaded is not null) return s_loaded;
-            // RTLD_NOW | RTLD_GLOBAL first, so the plug-ins Open MPI opens later resolve against this copy;
-            // NativeLibrary then hands out the same handle.
-            nint global = Dl.dlopen(Lib, Dl.RtldNow | Dl.RtldGlobal);
-            if (global == 0)
-            {
-                string why = Dl.dlerror() is { } e ? Marshal.PtrToStringUTF8(e) ?? "" : "";
-                throw new DllNotFoundException($"{Lib} could not be loaded: {why}");
-            }
-            try
-            {
-                return s_loaded = new OpenMpiAbi(NativeLibrary.Load(Lib));
-            }
-            catch (EntryPointNotFoundException e)
-            {
-                throw new DllNotFoundException($"{Lib} is not Open MPI's library: {e.Message}", e);
-            }
+            string why = Dl.dlerror() is { } e and not 0 ? Marshal.PtrToStringUTF8(e) ?? "" : "";
+            throw new DllNotFoundException($"{Lib} could not be loaded: {why}");
+        }
+        try
+        {
+            return new OpenMpiAbi(NativeLibrary.Load(Lib));
+        }
+        catch (EntryPointNotFoundException e)
+        {
+            throw new DllNotFoundException($"{Lib} is not Open MPI's library: {e.Message}", e);
         }
     }
 

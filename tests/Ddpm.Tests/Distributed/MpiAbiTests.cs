@@ -29,7 +29,7 @@ public sealed unsafe class MpiAbiTests
     public void OpenMpisHandlesAreTheAddressesOfItsExportedObjects()
     {
         var abi = OpenMpiAbi.Load();
-        Assert.Same(abi, OpenMpiAbi.Load());
+        Assert.Equal(abi.RequestNull, OpenMpiAbi.Load().RequestNull);
         Assert.Equal(("Open MPI", "libmpi.so.40"), (abi.Family, abi.Library));
         nint lib = NativeLibrary.Load(OpenMpiAbi.Lib);
         Assert.Equal(NativeLibrary.GetExport(lib, "ompi_request_null"), abi.RequestNull);
