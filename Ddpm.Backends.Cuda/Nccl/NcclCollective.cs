@@ -109,15 +109,9 @@ public sealed unsafe class NcclCollective : ICollective
         ThrowIfDisposed();
         if (count == 0) return;
         ulong p = _backend.EnterAndPointer(buffer, offset, count, "NCCL all-reduce buffer");
-        bool scaleAfter = op == ReduceOp.Average && !_hasAvg;
-        int ncclOp = op == ReduceOp.Average && _hasAvg ? NcclNative.OpAvg : NcclNative.OpSum;
+        var (ncclOp, scaleAfter) = OpFor(op);
         NcclNative.Check(NcclNative.ncclAllReduce(p, p, (nuint)count, NcclNative.Float32, ncclOp, _comm, _backend.Stream), "ncclAllReduce");
-        if (scaleAfter && Size > 1)
-        {
-            var range = _backend.Slice(buffer, offset, count);
-            try { _backend.Affine(range, count, 1f / Size, 0f, range); }
-            finally { range.Release(); }
-        }
+        if (scaleAfter) DivideBySize(buffer, offset, count);
     }
 
     /// <summary>
@@ -132,8 +126,7 @@ public sealed unsafe class NcclCollective : ICollective
         ThrowIfDisposed();
         if (count == 0) return PendingReduce.Completed;
         ulong p = _backend.EnterAndPointer(buffer, offset, count, "NCCL all-reduce buffer");
-        bool scaleAfter = op == ReduceOp.Average && !_hasAvg && Size > 1;
-        int ncclOp = op == ReduceOp.Average && _hasAvg ? NcclNative.OpAvg : NcclNative.OpSum;
+        var (ncclOp, scaleAfter) = OpFor(op);
         // A stream waits on an event's record as it is when the wait is queued, so the event is free again at once.
         nint ready = TakeEvent();
         try
@@ -147,6 +140,18 @@ public sealed unsafe class NcclCollective : ICollective
         try { Driver.Check(Driver.cuEventRecord(done, _stream), "cuEventRecord (all-reduce done)"); }
         catch { _freeEvents.Push(done); throw; }
         return new Pending(this, buffer, offset, count, scaleAfter, done);
+    }
+
+    /// <summary>NCCL's op for <paramref name="op"/>, and whether the sum must then be scaled by 1/N (an average on NCCL without ncclAvg).</summary>
+    private (int NcclOp, bool ScaleAfter) OpFor(ReduceOp op) =>
+        op == ReduceOp.Average && _hasAvg ? (NcclNative.OpAvg, false) : (NcclNative.OpSum, op == ReduceOp.Average && Size > 1);
+
+    /// <summary>Scales [offset, offset + count) by 1/N on the backend's stream.</summary>
+    private void DivideBySize(DeviceBuffer buffer, int offset, int count)
+    {
+        var range = _backend.Slice(buffer, offset, count);
+        try { _backend.Affine(range, count, 1f / Size, 0f, range); }
+        finally { range.Release(); }
     }
 
     private nint TakeEvent()
@@ -181,12 +186,7 @@ public sealed unsafe class NcclCollective : ICollective
             Driver.Check(Driver.cuStreamWaitEvent(owner._backend.Stream, done, 0), "cuStreamWaitEvent (backend stream)");
             _joined = true;
             owner._freeEvents.Push(done);
-            if (scaleAfter)
-            {
-                var range = owner._backend.Slice(buffer, offset, count);
-                try { owner._backend.Affine(range, count, 1f / owner.Size, 0f, range); }
-                finally { range.Release(); }
-            }
+            if (scaleAfter) owner.DivideBySize(buffer, offset, count);
         }
     }
 

@@ -97,11 +97,7 @@ public static class ToolCollective
     }
 
     /// <summary>Whether an MPI launcher started this process as a rank other than 0 (which leaves printing to rank 0).</summary>
-    public static bool LaunchedAsOtherRank()
-    {
-        try { return LaunchEnvironment.Detect() is { Rank: > 0 }; }
-        catch (FormatException) { return false; }
-    }
+    public static bool LaunchedAsOtherRank() => LaunchedJob() is { Rank: > 0 };
 
     /// <summary>The launcher's word on this process (rank, ranks), or null outside a launched job of several ranks.</summary>
     public static LaunchEnvironment? LaunchedJob()
