@@ -28,7 +28,9 @@ internal sealed class LossLog
         var kept = new List<string>();
         if (resumeStep is { } last && File.Exists(path))
         {
-            foreach (var line in File.ReadLines(path).Skip(1))
+            using var reader = new StreamReader(InputFile.OpenRead(path));
+            reader.ReadLine();
+            while (reader.ReadLine() is { } line)
             {
                 var f = line.Split(',');
                 if (f.Length >= 2 && double.TryParse(f[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var s)

@@ -190,16 +190,8 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static SafeTensorsFile Read(string path, Action<SafeTensorsHeader>? checkHeader)
     {
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
-        }
-        using (fs) return Read(fs, path, checkHeader);
+        using var fs = OpenFile(path, 1 << 16);
+        return Read(fs, path, checkHeader);
     }
 
     public static SafeTensorsFile Read(byte[] bytes, string sourceName)
@@ -242,18 +234,12 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static SafeTensorsHeader ReadHeader(string path)
     {
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 4096);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
-        }
-        using (fs) return ParseHeader(fs, fs.Length, path);
+        using var fs = OpenFile(path, 4096);
+        return ParseHeader(fs, fs.Length, path);
     }
 
+    private static FileStream OpenFile(string path, int bufferSize) =>
+        InputFile.OpenRead(path, bufferSize, (problem, inner) => new SafeTensorsFormatException(path, null, problem, inner));
 
     private static SafeTensorsHeader ParseHeader(Stream stream, long size, string src)
     {

@@ -71,7 +71,7 @@ public static class TrainCommand
         }
         try
         {
-            return dp.IsRoot ? RunRoot(o, plan!, held!, con, dp, job) : RunWorker(o, plan!, dp, job, con.Cancel);
+            return dp.IsRoot ? RunRoot(o, plan!, held!, con, dp, job) : RunWorker(o, plan!, dp, job, con);
         }
         catch (Exception e)
         {
@@ -121,11 +121,20 @@ public static class TrainCommand
         var spikes = new SpikeRecorder(o.SaveSpikes, Path.Combine(plan.OutFolder, "spikes"));
         bool interrupted = false;
         string? diverged = null;
+        var iteration = Stopwatch.StartNew();
         try
         {
             while (trainer.StepCount < plan.TotalSteps)
             {
-                if (dp.AnyRank(con.Cancel.IsCancellationRequested)) { interrupted = true; break; }
+                // A step with its grid and checkpoint is what a stop request may have to wait for.
+                con.Signals?.StepTook(iteration.Elapsed);
+                iteration.Restart();
+                if (dp.AnyRank(con.Cancel.IsCancellationRequested))
+                {
+                    con.Signals?.StoppingCleanly();
+                    interrupted = true;
+                    break;
+                }
                 var s = trainer.Step();
                 if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
                 log.Add(s);
@@ -174,7 +183,7 @@ public static class TrainCommand
     }
 
     /// <summary>A rank other than 0: the same steps and collectives as rank 0, and no files.</summary>
-    private static int RunWorker(TrainOptions o, TrainPlan plan, DataParallel dp, CollectiveChoice job, CancellationToken cancel)
+    private static int RunWorker(TrainOptions o, TrainPlan plan, DataParallel dp, CollectiveChoice job, ToolConsole con)
     {
         using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
@@ -182,9 +191,12 @@ public static class TrainCommand
         using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.InitKey));
         using var trainer = new Trainer(new DenoiseDiffusion(unet, plan.Diffusion), new LoaderBatchSource(plan.Loader), plan.Training, dp);
         plan.Resume?.RestoreInto(trainer);
+        var iteration = Stopwatch.StartNew();
         while (trainer.StepCount < plan.TotalSteps)
         {
-            if (dp.AnyRank(cancel.IsCancellationRequested)) return ExitCodes.Interrupted;
+            con.Signals?.StepTook(iteration.Elapsed);
+            iteration.Restart();
+            if (dp.AnyRank(con.Cancel.IsCancellationRequested)) return ExitCodes.Interrupted;
             // The loss is the global mean, so rank 0 sees the same divergence and reports it.
             if (!float.IsFinite(trainer.Step().Loss)) return ExitCodes.Failed;
         }
