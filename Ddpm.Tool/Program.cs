@@ -1,5 +1,6 @@
 using CommandLine;
 using CommandLine.Text;
+using Ddpm.Tensors.IO;
 using Ddpm.Tool.Commands;
 
 namespace Ddpm.Tool;
@@ -98,7 +99,7 @@ public static class Program
         {
             return Fail(con, "interrupted; nothing was written.", e, verbose, ExitCodes.Interrupted);
         }
-        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException)
+        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException or NonFiniteOutputException)
         {
             return Fail(con, "error: " + e.Message, e, verbose, ExitCodes.Failed);
         }

@@ -187,11 +187,7 @@ public sealed class Checkpoint
     /// <summary>One pass over the host copies that are about to be written: the first non-finite value stops the save.</summary>
     private static void RequireFinite(string path, List<SafeTensorEntry> entries)
     {
-        foreach (var e in entries)
-        {
-            long bad = e.FirstNonFinite();
-            if (bad >= 0) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
-        }
+        if (SafeTensorEntry.FirstNonFinite(entries) is (var e, var bad)) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
     }
 
     /// <summary>

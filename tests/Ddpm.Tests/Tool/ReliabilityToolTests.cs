@@ -104,7 +104,7 @@ public sealed class ReliabilityToolTests
     // ---- non-finite models and options are refused ----------------------------------------------------------
 
     /// <summary>A copy of <paramref name="path"/> with one value of tensor <paramref name="name"/> replaced.</summary>
-    private static string WithValue(string path, string name, float value, string copy)
+    internal static string WithValue(string path, string name, float value, string copy)
     {
         var file = SafeTensorsFile.Read(path);
         var entries = file.Entries.Select(e =>

@@ -12,18 +12,14 @@ namespace Ddpm.Tests.Tool;
 /// Inputs that are not regular files (named pipes, folders, devices) are refused at once, naming the file; Ctrl-C and
 /// SIGTERM end a verb within seconds wherever it is, blocked included (the real tool, as a child process).
 /// </summary>
-public sealed class StopAndSpecialFileTests : IClassFixture<StopAndSpecialFileTests.TrainedTiny>
+public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
 {
     private static readonly string Tool = Path.Combine(AppContext.BaseDirectory, "ddpm-tool");
     private static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
 
-    private readonly TrainedTiny _run;
+    private readonly TrainedRun _run;
 
-    public StopAndSpecialFileTests(TrainedTiny run) => _run = run;
-
-    /// <summary>A two-step run whose checkpoint the verbs below open.</summary>
-    public sealed class TrainedTiny() : ToolRun("train", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch", "4", "--max-images", "64",
-        "--diffusion-steps", "20", "--samples", "1", "--sample-steps", "1", "--sample-every", "0", "--threads", "2");
+    public StopAndSpecialFileTests(TrainedRun run) => _run = run;
 
     private static string[] TinyTrain(string outDir, params string[] extra) =>
     [
