@@ -137,11 +137,11 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     public int? Scale { get; set; }
 
     /// <summary>Upper bounds of the size-like options (the memory a run needs is checked separately, from the model).</summary>
-    public const long MaxSteps = 1_000_000_000;
+    public const long MaxSteps = Ddpm.Diffusion.Training.TrainingConfig.MaxSteps;
 
     /// <summary>The most steps one run saves for --save-spikes (the help text says 20).</summary>
     public const int MaxSpikeFiles = 20;
-    public const int MaxBatch = 1 << 16, MaxSamples = 1024, MaxScale = 64;
+    public const int MaxBatch = Ddpm.Diffusion.Training.TrainingConfig.MaxBatchSize, MaxSamples = 1024, MaxScale = 64;
 
     /// <summary>Checks the values that need no file; the rest is checked while the plan is resolved.</summary>
     public void Check()

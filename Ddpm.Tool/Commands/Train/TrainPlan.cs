@@ -68,6 +68,8 @@ internal sealed record TrainPlan(
 
         var notes = new List<string>();
         long totalSteps = o.Steps ?? (o.Epochs is { } ep ? (long)ep * loader.BatchesPerEpoch : 2000);
+        if (totalSteps > TrainOptions.MaxSteps)
+            throw new UsageError($"--epochs {o.Epochs} makes {totalSteps:N0} steps; at most {TrainOptions.MaxSteps:N0} are allowed.");
         // A short first run (a smoke test) keeps a warm-up of a tenth of its length rather than failing on the
         // default's 100 steps; a warm-up the user asked for is kept and checked.
         if (resume is null && o.Warmup is null && totalSteps < 10L * TrainOptions.DefaultWarmup)
@@ -86,8 +88,6 @@ internal sealed record TrainPlan(
             throw new UsageError($"the warm-up ({training.WarmupSteps} steps) must be shorter than the run ({totalSteps:N0} steps) for the cosine decay; lower --warmup or use --lr-schedule constant.");
         try { training.Validate(); }
         catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
-        if (totalSteps > TrainOptions.MaxSteps)
-            throw new UsageError($"--epochs {o.Epochs} makes {totalSteps:N0} steps; at most {TrainOptions.MaxSteps:N0} are allowed.");
         return new TrainPlan(model, diffusion, training, totalSteps, dataPath, data, loader, resume, o.Out, notes);
     }
 
