@@ -61,14 +61,36 @@ public static partial class InputFile
         };
     }
 
+    /// <summary>
+    /// What identifies the file or folder <paramref name="path"/> leads to, links followed: its device and inode on
+    /// Linux (two paths to one folder, through links, give the same value); elsewhere, or when the call fails, its
+    /// full path with a final link resolved.
+    /// </summary>
+    public static string Identity(string path)
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            try
+            {
+                if (DeviceAndInode(path) is var (device, inode)) return $"{device}:{inode}";
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+            {
+            }
+        }
+        var info = new DirectoryInfo(path);
+        return (info.ResolveLinkTarget(returnFinalTarget: true) ?? info).FullName;
+    }
+
     // The file-type bits of st_mode (Linux, every architecture).
     private const int TypeMask = 0xF000, Fifo = 0x1000, CharacterDevice = 0x2000, Folder = 0x4000, BlockDevice = 0x6000,
         Regular = 0x8000, Socket = 0xC000;
 
     private const int AtFdCwd = -100;
-    private const uint StatxType = 0x1;
-    // struct statx is the same on every Linux architecture: 256 bytes, stx_mode a u16 at byte 28.
-    private const int StatxSize = 256, StatxModeOffset = 28;
+    private const uint StatxType = 0x1, StatxInode = 0x100;
+    // struct statx is the same on every Linux architecture: 256 bytes; stx_mode a u16 at byte 28, stx_ino a u64 at
+    // byte 32, stx_dev_major and stx_dev_minor u32s at bytes 136 and 140.
+    private const int StatxSize = 256, StatxModeOffset = 28, StatxInodeOffset = 32, StatxDeviceOffset = 136;
 
     /// <summary>The st_mode of <paramref name="path"/> (links followed), or -1 when statx fails (no such file, no permission, not supported).</summary>
     private static unsafe int ModeOf(string path)
@@ -76,6 +98,14 @@ public static partial class InputFile
         byte* buf = stackalloc byte[StatxSize];
         if (Statx(AtFdCwd, path, 0, StatxType, buf) != 0) return -1;
         return *(ushort*)(buf + StatxModeOffset);
+    }
+
+    /// <summary>((dev_major, dev_minor), ino) of <paramref name="path"/>, links followed, or null when statx fails.</summary>
+    private static unsafe (ulong Device, ulong Inode)? DeviceAndInode(string path)
+    {
+        byte* buf = stackalloc byte[StatxSize];
+        if (Statx(AtFdCwd, path, 0, StatxType | StatxInode, buf) != 0) return null;
+        return (*(ulong*)(buf + StatxDeviceOffset), *(ulong*)(buf + StatxInodeOffset));
     }
 
     [LibraryImport("libc.so.6", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
