@@ -11,10 +11,6 @@ namespace Ddpm.Tests.Tool;
 /// </summary>
 public sealed class FiniteOutputToolTests : IClassFixture<TrainedRun>
 {
-    private static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
-    private static readonly string[] GoldenModel =
-        ["--image-channels", "1", "--image-size", "16", "--n-channels", "32", "--ch-mults", "1,2", "--attn", "0,1", "--n-blocks", "1"];
-
     private readonly TrainedRun _run;
 
     public FiniteOutputToolTests(TrainedRun run) => _run = run;
@@ -71,8 +67,8 @@ public sealed class FiniteOutputToolTests : IClassFixture<TrainedRun>
     public void ForwardDoesNotWriteTensorsThatAreNotFinite()
     {
         using var dir = new TempDir();
-        string big = ReliabilityToolTests.WithValue(Path.Combine(Golden, "model.safetensors"), "final.weight", 3e38f, dir.File("w-big.safetensors"));
-        var r = Run(["forward", "--weights", big, "--inputs", Path.Combine(Golden, "io.safetensors"), "--out", dir.File("o.safetensors"), .. GoldenModel]);
+        string big = ReliabilityToolTests.WithValue(Path.Combine(ReliabilityToolTests.Golden, "model.safetensors"), "final.weight", 3e38f, dir.File("w-big.safetensors"));
+        var r = Run(["forward", "--weights", big, "--inputs", Path.Combine(ReliabilityToolTests.Golden, "io.safetensors"), "--out", dir.File("o.safetensors"), .. ReliabilityToolTests.GoldenModel]);
         AssertRefused(r, "forward", $@"{System.Text.RegularExpressions.Regex.Escape(dir.File("o.safetensors"))}: value \d+ of tensor 'eps' \[\d+,1,16,16\] is -?Infinity; nothing was written\.");
         Assert.False(File.Exists(dir.File("o.safetensors")));
     }

@@ -4,6 +4,7 @@ using Ddpm.Tests.TestUtil;
 using Ddpm.Tool;
 using Xunit;
 using Xunit.Sdk;
+using static Ddpm.Tests.Tool.ReliabilityToolTests;
 using static Ddpm.Tests.Tool.ToolTests;
 
 namespace Ddpm.Tests.Tool;
@@ -15,17 +16,10 @@ namespace Ddpm.Tests.Tool;
 public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
 {
     private static readonly string Tool = Path.Combine(AppContext.BaseDirectory, "ddpm-tool");
-    private static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
 
     private readonly TrainedRun _run;
 
     public StopAndSpecialFileTests(TrainedRun run) => _run = run;
-
-    private static string[] TinyTrain(string outDir, params string[] extra) =>
-    [
-        "train", "--preset", "tiny", "--batch", "4", "--max-images", "64", "--diffusion-steps", "20", "--sample-every", "0",
-        "--checkpoint-every", "0", "--warmup", "1", "--threads", "2", "--out", outDir, .. extra,
-    ];
 
     // ---- inputs that are not regular files ------------------------------------------------------------------------
 
@@ -56,11 +50,11 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
             (["info", "--checkpoint", folder], folder, "not a regular file but a folder"),
             (["info", "--checkpoint", zero], zero, "not a regular file but a character device"),
             (["sample", "--checkpoint", fifo, "--n", "1", "--out", dir.File("s.png")], fifo, Pipe),
-            (TinyTrain(dir.File("r1"), "--steps", "3", "--resume", fifo), fifo, Pipe),
-            (TinyTrain(dir.File("r2"), "--steps", "3", "--data", fifo), fifo, Pipe),
-            (TinyTrain(dir.File("r3"), "--steps", "3", "--data", images), Path.Combine(images, "a", "x.png"), Pipe),
-            (TinyTrain(resumeOut, "--steps", "3", "--resume", _run.Checkpoint), Path.Combine(resumeOut, "loss.csv"), Pipe),
-            (["forward", "--weights", Path.Combine(Golden, "model.safetensors"), "--inputs", fifo, "--out", dir.File("o.safetensors")], fifo, Pipe),
+            (TinyRun(dir.File("r1"), "--steps", "3", "--resume", fifo), fifo, Pipe),
+            (TinyRun(dir.File("r2"), "--steps", "3", "--data", fifo), fifo, Pipe),
+            (TinyRun(dir.File("r3"), "--steps", "3", "--data", images), Path.Combine(images, "a", "x.png"), Pipe),
+            (TinyRun(resumeOut, "--steps", "3", "--resume", _run.Checkpoint), Path.Combine(resumeOut, "loss.csv"), Pipe),
+            (["forward", "--weights", Path.Combine(ReliabilityToolTests.Golden, "model.safetensors"), "--inputs", fifo, "--out", dir.File("o.safetensors")], fifo, Pipe),
             (["interpolate", "--checkpoint", _run.Checkpoint, "--a", fifo, "--b", "data:1", "--t", "5", "--out", dir.File("i.png")], fifo, Pipe),
             (["eval", "--images", fifo, "--n", "2"], fifo, Pipe),
             (["eval", "--checkpoint", _run.Checkpoint, "--classifier", fifo, "--n", "2"], fifo, Pipe),
@@ -143,7 +137,7 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
         Posix.MakeFifo(fifo);
         // The reader holds the pipe open and never reads: once a page of progress lines is written, the run blocks in write(2).
         using var reader = Posix.OpenReaderThatNeverReads(fifo, 4096);
-        var (p, err) = Start(fifo, TinyTrain(dir.File("run"), "--steps", "100000", "--log-every", "1"));
+        var (p, err) = Start(fifo, TinyRun(dir.File("run"), "--steps", "100000"));
         using var _ = p;
         try
         {
@@ -185,7 +179,7 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
     {
         using var dir = new TempDir();
         string run = dir.File("run");
-        var (p, err) = Start(dir.File("out.txt"), TinyTrain(run, "--steps", "100000", "--log-every", "1"));
+        var (p, err) = Start(dir.File("out.txt"), TinyRun(run, "--steps", "100000"));
         using var _ = p;
         try
         {
