@@ -37,18 +37,7 @@ public static partial class InputFile
     /// </summary>
     public static string? NotRegular(string path)
     {
-        int mode = -1;
-        if (OperatingSystem.IsLinux())
-        {
-            try
-            {
-                mode = ModeOf(path);
-            }
-            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-            {
-            }
-        }
-        if (mode < 0) return Directory.Exists(path) ? "a folder" : null;
+        if (Stat(path) is not (var mode, _, _)) return Directory.Exists(path) ? "a folder" : null;
         return (mode & TypeMask) switch
         {
             Regular => null,
@@ -68,16 +57,7 @@ public static partial class InputFile
     /// </summary>
     public static string Identity(string path)
     {
-        if (OperatingSystem.IsLinux())
-        {
-            try
-            {
-                if (DeviceAndInode(path) is var (device, inode)) return $"{device}:{inode}";
-            }
-            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-            {
-            }
-        }
+        if (Stat(path) is (_, var device, var inode)) return $"{device}:{inode}";
         var info = new DirectoryInfo(path);
         return (info.ResolveLinkTarget(returnFinalTarget: true) ?? info).FullName;
     }
@@ -92,20 +72,23 @@ public static partial class InputFile
     // byte 32, stx_dev_major and stx_dev_minor u32s at bytes 136 and 140.
     private const int StatxSize = 256, StatxModeOffset = 28, StatxInodeOffset = 32, StatxDeviceOffset = 136;
 
-    /// <summary>The st_mode of <paramref name="path"/> (links followed), or -1 when statx fails (no such file, no permission, not supported).</summary>
-    private static unsafe int ModeOf(string path)
+    /// <summary>
+    /// st_mode, the device (major and minor) and the inode of <paramref name="path"/>, links followed; null where
+    /// statx fails (no such file, no permission) or is missing.
+    /// </summary>
+    private static unsafe (int Mode, ulong Device, ulong Inode)? Stat(string path)
     {
+        if (!OperatingSystem.IsLinux()) return null;
         byte* buf = stackalloc byte[StatxSize];
-        if (Statx(AtFdCwd, path, 0, StatxType, buf) != 0) return -1;
-        return *(ushort*)(buf + StatxModeOffset);
-    }
-
-    /// <summary>((dev_major, dev_minor), ino) of <paramref name="path"/>, links followed, or null when statx fails.</summary>
-    private static unsafe (ulong Device, ulong Inode)? DeviceAndInode(string path)
-    {
-        byte* buf = stackalloc byte[StatxSize];
-        if (Statx(AtFdCwd, path, 0, StatxType | StatxInode, buf) != 0) return null;
-        return (*(ulong*)(buf + StatxDeviceOffset), *(ulong*)(buf + StatxInodeOffset));
+        try
+        {
+            if (Statx(AtFdCwd, path, 0, StatxType | StatxInode, buf) != 0) return null;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return null;
+        }
+        return (*(ushort*)(buf + StatxModeOffset), *(ulong*)(buf + StatxDeviceOffset), *(ulong*)(buf + StatxInodeOffset));
     }
 
     [LibraryImport("libc.so.6", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]

@@ -6,8 +6,8 @@ namespace Ddpm.Tool;
 /// Ctrl-C and SIGTERM. The first asks the running command to stop (<see cref="Token"/>): train saves its checkpoint,
 /// the sampling verbs stop after the current step and write nothing. A command that has neither stopped nor said it is
 /// stopping cleanly (<see cref="StoppingCleanly"/>) <see cref="Grace"/> plus its longest step (<see cref="StepTook"/>)
-/// after the signal is blocked where no step ends (a pipe nobody reads, a file system that does not answer): the
-/// process then ends with exit code 130, whatever it was doing. A second signal ends it at once.
+/// after the signal is blocked where no step ends (writing to a pipe nobody reads, opening a named pipe no one
+/// writes): the process then ends with exit code 130, whatever it was doing. A second signal ends it at once.
 /// </summary>
 public sealed partial class StopSignals : IDisposable
 {
