@@ -48,6 +48,10 @@ public static class OnnxExport
         AtomicFile.Write(path, s => proto.WriteTo(s));
     }
 
+    /// <summary>Writes the serialized model to <paramref name="stream"/>.</summary>
+    public static void Write(UNet model, Stream stream, OnnxExportOptions? options = null) =>
+        Build(model, options ?? new OnnxExportOptions()).WriteTo(stream);
+
     /// <summary>The serialized model.</summary>
     public static byte[] ToBytes(UNet model, OnnxExportOptions? options = null) => Build(model, options ?? new OnnxExportOptions()).ToByteArray();
 
