@@ -22,7 +22,7 @@ public sealed class InpaintOptions : SamplingOptions
     [Option("mask", Default = "center", HelpText = "What to keep: a mask image (white = keep, black = fill in; resized to the model) or a built-in mask: center (the central square of half the side is filled in), left (the left half), random:SEED (cells of an 8x8 board, each filled in with probability 1/2).")]
     public string Mask { get; set; } = "center";
 
-    [Option('n', "count", Default = 1, HelpText = "Inpaintings of each image (also --n); inpainting k of a batch starts from seed + k's noise.")]
+    [Option('n', "count", Default = 1, HelpText = "Inpaintings of each image (also --n). They are drawn in chunks of 256 (128 when guided), chunk k from seed + k.")]
     public int N { get; set; }
 
     [Option("jump-length", Default = 10, HelpText = "RePaint's jump length: sampler steps gone back up before coming down again.")]

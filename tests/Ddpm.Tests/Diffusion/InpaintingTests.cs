@@ -2,6 +2,7 @@ using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Imaging;
 using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Quality;
 using Ddpm.Tensors;
 using Ddpm.Tests.TestUtil;
 using Xunit;
@@ -110,6 +111,29 @@ public class InpaintingTests
             if (da < db && Math.Sqrt(da / 16) < 0.01) toA++;
         }
         Assert.True(toA == n, $"{toA} of {n} holes were completed as the known image's");
+        // The tool's measure against its baseline: the fill's error is a small part of a mean fill's.
+        var range = Ddpm.Diffusion.Data.DataRange.MinusOneToOne;
+        var error = InpaintingQuality.Measure(image, result, 1, mask, 1, Side, range);
+        var baseline = InpaintingQuality.Measure(image, InpaintingQuality.MeanFill(image, mask, 1, Side, range), 1, mask, 1, Side, range);
+        Assert.Equal(0, error.KnownMismatches);
+        Assert.True(error.HoleRms < 0.02 * baseline.HoleRms, $"hole RMS {error.HoleRms} against mean fill {baseline.HoleRms}");
+    }
+
+    [Fact]
+    public void TheMeasuresAreTheHandComputedOnes()
+    {
+        // One 2x2 image in [-1, 1] (unit 0, 1, 0.5, 0.25), the top-left pixel unknown; results: the truth, then 1 (unit).
+        float[] image = [-1f, 1f, 0f, -0.5f];
+        float[] mask = [0f, 1f, 1f, 1f];
+        var range = Ddpm.Diffusion.Data.DataRange.MinusOneToOne;
+        float[] results = [-1f, 1f, 0f, -0.5f, 1f, 1f, 0f, 0.25f];
+        var e = InpaintingQuality.Measure(image, results, 2, mask, 1, 2, range);
+        // Hole: errors 0 and 1 (unit) -> RMS sqrt(1/2); known: 6 values, one off by 0.75.
+        Assert.Equal(Math.Sqrt(0.5), e.HoleRms, 12);
+        Assert.Equal((2L, 6L, 1L), (e.HolePixels, e.KnownPixels, e.KnownMismatches));
+        Assert.Equal(0.75, e.KnownMaxAbs, 6);
+        // Mean fill: the known pixels' mean (1 + 0 - 0.5) / 3 = 1/6 in the data range.
+        Assert.Equal([1f / 6, 1f, 0f, -0.5f], InpaintingQuality.MeanFill(image, mask, 1, 2, range));
     }
 
     [Fact]
