@@ -42,16 +42,9 @@ public class InpaintingTests
     [InlineData(SamplerKind.DpmSolver, 0f)]
     public void TheKnownRegionIsKeptBitForBit(SamplerKind kind, float eta)
     {
-        using var be = new CpuBackend(2);
-        using var scope = new TensorScope();
-        using var model = new UNet(be, DiffusionTests.Tiny, new PhiloxGenerator(1));
-        model.Eval();
-        var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 30 }));
         var image = TestData.Uniform(3 * Pixels, 4, -1f, 1f);
         var mask = InpaintMasks.Random(Side, 9);
-        using var x = Tensor.FromArray(be, image, 3, 1, Side, Side);
-        using var m = Tensor.FromArray(be, mask, 1, 1, Side, Side);
-        var result = Inpainting.Inpaint(sampler, x, m, kind, 6, eta, new RePaintOptions(2, 3), seed: 5).ToArray();
+        var result = Inpaint(null, new DiffusionConfig { NSteps = 30 }, image, 3, mask, kind, 6, new RePaintOptions(2, 3), 5, eta);
         int kept = 0;
         for (int i = 0; i < result.Length; i++)
         {
@@ -198,17 +191,19 @@ public class InpaintingTests
         Assert.Contains(edited.Zip(image), p => Math.Abs(p.First - p.Second) > 0.05);
     }
 
-    private static float[] Inpaint(DenoiseDiffusion.NetworkFunction network, DiffusionConfig cfg, float[] image, int n, float[] mask,
-        SamplerKind kind, int steps, RePaintOptions options, ulong seed)
+    /// <summary>Inpaints with <paramref name="network"/>, or a tiny random UNet (eval mode) when null.</summary>
+    private static float[] Inpaint(DenoiseDiffusion.NetworkFunction? network, DiffusionConfig cfg, float[] image, int n, float[] mask,
+        SamplerKind kind, int steps, RePaintOptions options, ulong seed, float eta = 0f)
     {
         using var be = new CpuBackend(2);
         using var scope = new TensorScope();
         using var model = new UNet(be, DiffusionTests.Tiny, new PhiloxGenerator(1));
+        model.Eval();
         var sampler = new Sampler(new DenoiseDiffusion(model, cfg, network));
         var x = image.Length == Pixels ? Enumerable.Range(0, n * Pixels).Select(i => image[i % Pixels]).ToArray() : image;
         using var xt = Tensor.FromArray(be, x, n, 1, Side, Side);
         using var m = Tensor.FromArray(be, mask, 1, 1, Side, Side);
-        return Inpainting.Inpaint(sampler, xt, m, kind, steps, 0f, options, seed).ToArray();
+        return Inpainting.Inpaint(sampler, xt, m, kind, steps, eta, options, seed).ToArray();
     }
 
     /// <summary>
