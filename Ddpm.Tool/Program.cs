@@ -11,7 +11,7 @@ public static class Program
     [
         typeof(TrainOptions), typeof(SampleOptions), typeof(AnimateOptions), typeof(InterpolateOptions),
         typeof(ForwardOptions), typeof(ParityOptions), typeof(BenchOptions), typeof(InfoOptions),
-        typeof(EvalOptions), typeof(TrainClassifierOptions),
+        typeof(EvalOptions), typeof(TrainClassifierOptions), typeof(InpaintOptions), typeof(ExportOptions),
     ];
 
     public static int Main(string[] args)
@@ -88,6 +88,8 @@ public static class Program
                 InfoOptions o => InfoCommand.Run(o, con),
                 EvalOptions o => EvalCommand.Run(o, con),
                 TrainClassifierOptions o => TrainClassifierCommand.Run(o, con),
+                InpaintOptions o => InpaintCommand.Run(o, con),
+                ExportOptions o => ExportCommand.Run(o, con),
                 _ => throw new InvalidOperationException($"verb {options.GetType().Name} has no handler"),
             };
         }
@@ -136,8 +138,8 @@ public static class Program
         BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName}",
         MissingRequiredOptionError m => $"missing required option --{m.NameInfo.LongName}",
         MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
-        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
-        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
+        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export)",
+        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export)",
         RepeatedOptionError r => $"option --{r.NameInfo.LongName} given twice",
         _ => $"bad arguments ({e.Tag})",
     };

@@ -283,7 +283,7 @@ public static class EvalCommand
         return 0;
     }
 
-    private static (FeatureClassifier, IReadOnlyDictionary<string, string>) LoadClassifier(string path, IBackend be)
+    internal static (FeatureClassifier, IReadOnlyDictionary<string, string>) LoadClassifier(string path, IBackend be)
     {
         if (!Path.Exists(path)) throw new UserError($"{path}: no such classifier weights file.");
         try { return FeatureClassifier.Load(path, be); }

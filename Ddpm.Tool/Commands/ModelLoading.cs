@@ -76,10 +76,11 @@ public static class ModelLoading
     /// <summary>
     /// Draws <paramref name="n"/> images in chunks of at most <paramref name="chunk"/>, chunk k from seed + k, each
     /// chunk guided by its slice of <paramref name="labels"/> when given. <paramref name="progress"/> sees the chunk,
-    /// its first image and the sampler's progress (and may throw to stop). Returns [n, C, H, W] on the host.
+    /// its first image and the sampler's progress (and may throw to stop). With <paramref name="init"/> ([C, H, W])
+    /// every image is an SDEdit of it at <paramref name="strength"/>. Returns [n, C, H, W] on the host.
     /// </summary>
     public static float[] Draw(DenoiseDiffusion diffusion, SamplerOptions o, int n, int chunk, int[]? labels, float guidance,
-        Action<int, int, SampleProgress>? progress = null)
+        Action<int, int, SampleProgress>? progress = null, float[]? init = null, float strength = 1f)
     {
         var mc = diffusion.EpsModel.Config;
         long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
@@ -89,8 +90,12 @@ public static class ModelLoading
             int count = Math.Min(chunk, n - start), first = start, chunkIndex = k;
             var condition = labels is null ? null : new ClassCondition(labels[start..(start + count)], guidance);
             using var scope = new TensorScope();
-            var x = new Sampler(diffusion, condition).Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k,
-                p => progress?.Invoke(chunkIndex, first, p));
+            var sampler = new Sampler(diffusion, condition);
+            Action<SampleProgress> report = p => progress?.Invoke(chunkIndex, first, p);
+            var x = init is null
+                ? sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report)
+                : sampler.Edit(Tensor.FromArray(diffusion.EpsModel.Backend, Enumerable.Range(0, count).SelectMany(_ => init).ToArray(),
+                    count, mc.ImageChannels, mc.ImageSize, mc.ImageSize), strength, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report);
             x.ToArray().CopyTo(data, first * per);
         }
         return data;
