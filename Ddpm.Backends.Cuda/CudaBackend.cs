@@ -48,8 +48,8 @@ public sealed partial class CudaBackend : IBackend
             CudaLibraries.Load(CudaLibrary.Cublas);
             Cublas.Check(Cublas.cublasCreate_v2(out _cublas), "cublasCreate_v2");
             Cublas.Check(Cublas.cublasSetStream_v2(_cublas, _stream), "cublasSetStream_v2");
-            // Default math is full FP32; TF32 tensor cores only when the caller allows it (never in parity runs).
-            Cublas.Check(Cublas.cublasSetMathMode(_cublas, _options.AllowTf32 ? CublasMath.Tf32TensorOp : CublasMath.Default),
+            // Full FP32 math unless the caller asks for TF32 tensor cores (never in parity runs).
+            Cublas.Check(Cublas.cublasSetMathMode(_cublas, _options.Precision == Precision.Tf32 ? CublasMath.Tf32TensorOp : CublasMath.Default),
                 "cublasSetMathMode");
             Cublas.Check(Cublas.cublasGetVersion_v2(_cublas, out int cublasVersion), "cublasGetVersion_v2");
             CublasVersion = cublasVersion;
@@ -66,7 +66,7 @@ public sealed partial class CudaBackend : IBackend
         var (nvMajor, nvMinor) = NvrtcCompiler.Version();
         Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
             $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, " +
-            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), TF32 {(_options.AllowTf32 ? "on" : "off")}" +
+            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), precision {BackendPrecisions.Name(_options.Precision)}" +
             (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "");
     }
 

@@ -26,6 +26,9 @@ public enum BenchMode
 [Verb("bench", HelpText = "Median seconds per training step or sampling step (images/s), or SGEMM GFLOP/s.")]
 public sealed class BenchOptions : ModelOptions
 {
+    /// <summary>Timed as training and sampling run: in the backend's default precision (tf32 on cuda).</summary>
+    protected override bool UsesBackendDefaultPrecision => true;
+
     [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam; data-parallel with its all-reduce's share when " +
         "started by an MPI launcher), sample (one reverse step, no grad), gemm, or allreduce (the model's gradient buffer averaged over " +
         "the ranks of an MPI job: time and bandwidth).")]

@@ -26,7 +26,7 @@ public sealed class CudaTrainingStepTests(ITestOutputHelper output)
     public void ATrainingStepWaitsForTheDeviceOnce()
     {
         var counters = SimulatorCounters.Open()!;
-        using var be = new CudaBackend(new BackendOptions { AllowTf32 = false });
+        using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32 });
         foreach (var (name, config, batch) in new[] { ("small", Small, 2), ("golden tiny", Golden.GoldenTestsBase.TinyConfig, 2) })
         {
             using var model = new UNet(be, config, new PhiloxGenerator(1));
