@@ -11,6 +11,18 @@ public sealed partial class CudaBackend
 
     private const int WarpsPerBlock = 8;
 
+    // Reductions with few outputs (a bias gradient [N, O, HW] -> [O]) are split into segments of the reduced
+    // range so that about this many warps work at once, several times what an H100 (132 SMs) holds; each
+    // segment is summed in a fixed order, then the segments in order. A constant rather than the device's SM
+    // count, so that the summation order, and so the result, depends on the shapes only.
+    private const int ReductionWarps = 4096;
+
+    // The group norm's affine gradients split likewise, into about this many blocks of ThreadsPerBlock.
+    private const int ReductionBlocks = 512;
+
+    // A segment holds at least this many elements (32 per lane of a warp), so short sums are not split.
+    private const int ReductionMinSegment = 1024;
+
     // ---- fills and copies -----------------------------------------------------------------------------
 
     public void Fill(float value, DeviceBuffer dst, int n)
@@ -245,7 +257,27 @@ public sealed partial class CudaBackend
             }
         }
         int nRed = (int)(nx / ny);
-        Launch("sum_to_shape", GridFor(ny * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, py, (int)ny, nRed, KernelArg.Struct(dims));
+        // Two passes whatever the split, so that the launches of a step do not depend on the batch size.
+        var (segments, segLen) = SplitReduction(ny, nRed, ReductionWarps);
+        using var partial = new ScratchLease(Scratch(segments * ny));
+        Launch("sum_to_shape_partial", GridFor(segments * ny * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, partial.Pointer, (int)ny, nRed,
+            segments, segLen, KernelArg.Struct(dims));
+        Launch("sum_segments", GridFor(ny), ThreadsPerBlock, partial.Pointer, py, (int)ny, segments);
+    }
+
+    /// <summary>
+    /// How a sum of <paramref name="reduced"/> elements into each of <paramref name="outputs"/> outputs is split:
+    /// enough segments that outputs x segments reaches <paramref name="workers"/>, none shorter than
+    /// <see cref="ReductionMinSegment"/> (except a whole short sum), and no empty one.
+    /// </summary>
+    internal static (int Segments, int SegmentLength) SplitReduction(long outputs, long reduced, int workers)
+    {
+        if (reduced <= 0 || outputs <= 0) return (1, 1);
+        long wanted = (workers + outputs - 1) / outputs;
+        long most = (reduced + ReductionMinSegment - 1) / ReductionMinSegment;
+        long segments = Math.Max(1, Math.Min(wanted, most));
+        long length = (reduced + segments - 1) / segments;
+        return ((int)((reduced + length - 1) / length), (int)length);
     }
 
     public unsafe double SumOfSquares(DeviceBuffer x, int n)
@@ -439,27 +471,18 @@ public sealed partial class CudaBackend
         ulong pbias = bias is null ? 0 : Ptr(bias, g.O, "Conv2dForward bias");
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        CheckGemmSizes(g, ckk, ohw);
-        if (IsPointwise(g))
+        int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
+        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
+        using var yt = new ScratchLease(Scratch(chunk * g.O * ohw));
+        for (int n0 = 0; n0 < g.N; n0 += chunk)
         {
-            // 1x1, stride 1, no padding: x_b [C, H*W] is already the column matrix.
-            GemmRaw(false, false, g.N, g.O, (int)ohw, g.C, 1f, pw, 0, px, ckk * ohw, 0f, py, g.O * ohw);
+            int nb = Math.Min(chunk, g.N - n0);
+            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, KernelArg.Struct(d));
+            // yt [O, nb*OH*OW] = w [O, C*KH*KW] x col [C*KH*KW, nb*OH*OW]: the whole chunk in one product.
+            GemmRaw(false, false, 1, g.O, (int)(nb * ohw), (int)ckk, 1f, pw, 0, col.Pointer, 0, 0f, yt.Pointer, 0);
+            Launch("conv_output", GridFor(nb * g.O * ohw), ThreadsPerBlock, yt.Pointer, pbias,
+                py + 4UL * (ulong)((long)n0 * g.O * ohw), nb, g.O, (int)ohw);
         }
-        else
-        {
-            int chunk = ChunkSamples(g.N, ckk * ohw);
-            using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-            for (int n0 = 0; n0 < g.N; n0 += chunk)
-            {
-                int nb = Math.Min(chunk, g.N - n0);
-                Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 1, KernelArg.Struct(d));
-                // y_b [O, OH*OW] = w [O, C*KH*KW] x col_b [C*KH*KW, OH*OW]
-                GemmRaw(false, false, nb, g.O, (int)ohw, (int)ckk, 1f, pw, 0, col.Pointer, ckk * ohw, 0f,
-                    py + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw);
-            }
-        }
-        if (pbias != 0)
-            Launch("bias_add", GridFor(g.OutputSize), ThreadsPerBlock, py, pbias, g.OutputSize, g.O, (int)ohw);
     }
 
     public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx)
@@ -470,21 +493,16 @@ public sealed partial class CudaBackend
         ulong pdx = Ptr(dx, g.InputSize, "Conv2dBackwardData dx");
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        CheckGemmSizes(g, ckk, ohw);
-        if (IsPointwise(g))
-        {
-            // dx_b [C, H*W] = w^T [C, O] x dy_b [O, H*W]
-            GemmRaw(true, false, g.N, g.C, (int)ohw, g.O, 1f, pw, 0, pdy, g.O * ohw, 0f, pdx, ckk * ohw);
-            return;
-        }
-        int chunk = ChunkSamples(g.N, ckk * ohw);
+        int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
         using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
+        using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
         for (int n0 = 0; n0 < g.N; n0 += chunk)
         {
             int nb = Math.Min(chunk, g.N - n0);
-            // dcol_b [C*KH*KW, OH*OW] = w^T [C*KH*KW, O] x dy_b [O, OH*OW], then scattered back by col2im.
-            GemmRaw(true, false, nb, (int)ckk, (int)ohw, g.O, 1f, pw, 0, pdy + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw, 0f,
-                col.Pointer, ckk * ohw);
+            // dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW]; dcol [C*KH*KW, nb*OH*OW] = w^T [C*KH*KW, O] x dyT, then
+            // gathered back into dx by col2im.
+            PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
+            GemmRaw(true, false, 1, (int)ckk, (int)(nb * ohw), g.O, 1f, pw, 0, dyT.Pointer, 0, 0f, col.Pointer, 0);
             Launch("col2im", GridFor((long)nb * g.C * g.H * g.W), ThreadsPerBlock, col.Pointer, pdx, n0, nb, KernelArg.Struct(d));
         }
     }
@@ -498,16 +516,14 @@ public sealed partial class CudaBackend
         ulong pdb = dbias is null ? 0 : Ptr(dbias, g.O, "Conv2dBackwardWeight dbias");
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        CheckGemmSizes(g, ckk, ohw);
-        // Both staging matrices (columns and the transposed dy) stay within the column budget.
-        int chunk = ChunkSamples(g.N, Math.Max(ckk, g.O) * ohw);
+        int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
         using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
         using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
         for (int n0 = 0; n0 < g.N; n0 += chunk)
         {
             int nb = Math.Min(chunk, g.N - n0);
             // col: [C*KH*KW, nb, OH*OW]; dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW].
-            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 0, KernelArg.Struct(d));
+            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, KernelArg.Struct(d));
             PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
             // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
             // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
@@ -518,22 +534,24 @@ public sealed partial class CudaBackend
             SumToShapeRaw(pdy, [g.N, g.O, (int)ohw], pdb, [1, g.O, 1]);
     }
 
-    private static bool IsPointwise(in ConvGeometry g) =>
-        g.KH == 1 && g.KW == 1 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 0 && g.PadW == 0;
-
     private static ConvDims Dims(in ConvGeometry g) => new()
     {
         N = g.N, C = g.C, H = g.H, W = g.W, O = g.O, KH = g.KH, KW = g.KW,
         SH = g.StrideH, SW = g.StrideW, PH = g.PadH, PW = g.PadW, OH = g.OH, OW = g.OW,
     };
 
-    private static void CheckGemmSizes(in ConvGeometry g, long ckk, long ohw)
+    /// <summary>
+    /// Samples per chunk of a convolution pass whose staging buffers hold <paramref name="stagedRows"/> x OH*OW
+    /// floats per sample, within <see cref="ColumnBudgetFloats"/> (at least one sample); refuses a geometry whose
+    /// GEMM operands exceed cuBLAS's int sizes.
+    /// </summary>
+    private static int ChunkSamples(in ConvGeometry g, long stagedRows, long ckk, long ohw)
     {
-        if (ckk * ohw > int.MaxValue || (long)g.O * ohw > int.MaxValue)
+        int chunk = (int)Math.Clamp(ColumnBudgetFloats / Math.Max(stagedRows * ohw, 1), 1, g.N);
+        if (ckk * ohw * chunk > int.MaxValue || (long)g.O * ohw * chunk > int.MaxValue || ohw * chunk > int.MaxValue)
             throw new NotSupportedException($"Convolution {g}: one sample's column matrix ({ckk} x {ohw}) exceeds 2^31 elements.");
+        return chunk;
     }
-
-    private static int ChunkSamples(int n, long perSample) => (int)Math.Clamp(ColumnBudgetFloats / Math.Max(perSample, 1), 1, n);
 
     // ---- normalisation --------------------------------------------------------------------------------
 
@@ -565,7 +583,12 @@ public sealed partial class CudaBackend
         ulong psh = shift is null ? 0 : Ptr(shift, (long)n * c, "GroupNormBackward shift");
         if (n > 0)
             Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, c, hw, groups, silu ? 1 : 0, pdx);
-        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, n, c, hw, groups, silu ? 1 : 0, pdg, pdb);
+        // dgamma, dbeta: [c], each a sum over n * hw elements, split so that about ReductionBlocks blocks share it.
+        var (segments, segLen) = SplitReduction(c, (long)n * hw, ReductionBlocks);
+        using var partial = new ScratchLease(Scratch(2L * segments * c));
+        Launch("group_norm_backward_affine_partial", (uint)(c * segments), ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, n, c, hw, groups,
+            silu ? 1 : 0, segments, segLen, partial.Pointer);
+        Launch("group_norm_backward_affine_finish", GridFor(c), ThreadsPerBlock, partial.Pointer, c, segments, pdg, pdb);
     }
 
     private static void CheckGroups(int n, int c, int hw, int groups, string what)

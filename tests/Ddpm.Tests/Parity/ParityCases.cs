@@ -144,6 +144,9 @@ public static class ParityCases
             [[64, 33], [1, 33]],
             [[64, 33], [64, 1]],
             [[3, 100000], [1, 1]],
+            // A convolution's bias gradient: few outputs, long sums split over many warps, then the segments added.
+            [[16, 8, 33 * 33], [1, 8, 1]],
+            [[5, 3000], [5, 1]],
         ];
         foreach (var pair in reductions)
         {
@@ -239,7 +242,7 @@ public static class ParityCases
                     (b, i, o) => b.Conv2dBackwardWeight(i[0], i[1], g, o[0], o[1])));
         }
 
-        foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32) })
+        foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32), (4, 8, 1500, 4) })
         foreach (bool silu in new[] { false, true })
         foreach (bool withShift in new[] { false, true })
         {
