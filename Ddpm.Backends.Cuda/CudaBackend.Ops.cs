@@ -459,6 +459,7 @@ public sealed partial class CudaBackend
         Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas,
             transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
             n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC, batch), "cublasSgemmStridedBatched");
+        _blasCalls++;
         if (_syncEachLaunch) SynchronizeAfter("cublasSgemmStridedBatched");
     }
 
@@ -469,6 +470,11 @@ public sealed partial class CudaBackend
         ulong px = Ptr(x, g.InputSize, "Conv2dForward x"), pw = Ptr(w, g.WeightSize, "Conv2dForward w");
         ulong py = Ptr(y, g.OutputSize, "Conv2dForward y");
         ulong pbias = bias is null ? 0 : Ptr(bias, g.O, "Conv2dForward bias");
+        if (UsesCudnn)
+        {
+            CudnnForward(g, px, pw, pbias, py);
+            return;
+        }
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
         int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
@@ -491,6 +497,11 @@ public sealed partial class CudaBackend
         g.Validate();
         ulong pdy = Ptr(dy, g.OutputSize, "Conv2dBackwardData dy"), pw = Ptr(w, g.WeightSize, "Conv2dBackwardData w");
         ulong pdx = Ptr(dx, g.InputSize, "Conv2dBackwardData dx");
+        if (UsesCudnn)
+        {
+            CudnnBackwardData(g, pdy, pw, pdx);
+            return;
+        }
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
         int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
@@ -514,6 +525,11 @@ public sealed partial class CudaBackend
         ulong px = Ptr(x, g.InputSize, "Conv2dBackwardWeight x"), pdy = Ptr(dy, g.OutputSize, "Conv2dBackwardWeight dy");
         ulong pdw = Ptr(dw, g.WeightSize, "Conv2dBackwardWeight dw");
         ulong pdb = dbias is null ? 0 : Ptr(dbias, g.O, "Conv2dBackwardWeight dbias");
+        if (UsesCudnn)
+        {
+            CudnnBackwardFilter(g, px, pdy, pdw, pdb);
+            return;
+        }
         var d = Dims(g);
         long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
         int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
