@@ -71,7 +71,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
         var (nvMajor, nvMinor) = NvrtcCompiler.Version();
         Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
             $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, convolutions: {ConvolutionPath}, " +
-            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), precision {BackendPrecisions.Name(_options.Precision)}" +
+            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}; {KernelCacheReport}), precision {BackendPrecisions.Name(_options.Precision)}" +
             (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "");
     }
 
@@ -104,6 +104,9 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
 
     /// <summary>What the kernels were compiled to: "sm_90 cubin" or "compute_90 PTX".</summary>
     public string KernelTarget { get; private set; } = "";
+
+    /// <summary>Where the compiled kernels came from: the cache folder, how many modules were read and how many compiled.</summary>
+    public string KernelCacheReport { get; private set; } = "";
 
     /// <summary>Bytes in live buffers and in the allocator's cache.</summary>
     public (long InUse, long Cached) MemoryUse => (_allocator?.InUseBytes ?? 0, _allocator?.CachedBytes ?? 0);
@@ -143,13 +146,18 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
         }
     }
 
+    /// <summary>
+    /// Loads every kernel module, from the on-disk cache or compiled by NVRTC, and fetches every kernel: with CUDA's
+    /// lazy loading, cuModuleGetFunction is what loads a kernel, so all of ours are on the device before any
+    /// work (and before any NCCL collective, which must not run beside a kernel load).
+    /// </summary>
     private void LoadKernels(int computeCapability)
     {
-        var targets = new HashSet<string>();
+        var cache = KernelCache.FromEnvironment(Environment.GetEnvironmentVariable);
+        var (target, cubin) = NvrtcCompiler.TargetFor(computeCapability);
         foreach (var source in KernelSources.Sources)
         {
-            var compiled = NvrtcCompiler.Compile(source, computeCapability);
-            targets.Add($"{compiled.Target} {(compiled.IsCubin ? "cubin" : "PTX")}");
+            var compiled = cache.GetOrCompile(source, target, cubin);
             nint module;
             unsafe
             {
@@ -167,7 +175,8 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
                 _functions[name] = f;
             }
         }
-        KernelTarget = string.Join(", ", targets);
+        KernelTarget = $"{target} {(cubin ? "cubin" : "PTX")}";
+        KernelCacheReport = cache.Describe();
     }
 
     /// <summary>The stream every operation of this backend is queued on; NCCL queues its all-reduce there too.</summary>

@@ -190,6 +190,18 @@ struct Geometry
     int ws(int ss) const { return flip ? s - 1 - ss : ss; }
 };
 
+// The outputs o in [lo, hi) whose input position o * stride - pad + k * dil lies in [0, size): the loops below
+// run over exactly those, without a test per element.
+void validRange(int outputs, int size, int stride, int pad, int k, int dil, int* lo, int* hi)
+{
+    int offset = k * dil - pad;  // input position of output 0
+    int first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    int last = size - 1 - offset < 0 ? -1 : (size - 1 - offset) / stride;  // the last output that stays inside
+    *lo = first < outputs ? first : outputs;
+    *hi = last + 1 < outputs ? last + 1 : outputs;
+    if (*hi < *lo) *hi = *lo;
+}
+
 enum class Pass
 {
     Forward,
@@ -247,17 +259,14 @@ void forward(const Job& j)
                     for (int ss = 0; ss < g.s; ss++)
                     {
                         double wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
-                        for (int oh = 0; oh < g.oh; oh++)
+                        int ohLo, ohHi, owLo, owHi;
+                        validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
+                        validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
+                        for (int oh = ohLo; oh < ohHi; oh++)
                         {
-                            int ih = oh * g.strideH - g.padH + rr * g.dilH;
-                            if (ih < 0 || ih >= g.h) continue;
-                            const float* row = xc + (size_t)ih * g.w;
+                            const float* row = xc + (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
                             double* arow = acc.data() + (size_t)oh * g.ow;
-                            for (int ow = 0; ow < g.ow; ow++)
-                            {
-                                int iw = ow * g.strideW - g.padW + ss * g.dilW;
-                                if (iw >= 0 && iw < g.w) arow[ow] += wv * (double)row[iw];
-                            }
+                            for (int ow = owLo; ow < owHi; ow++) arow[ow] += wv * (double)row[ow * g.strideW];
                         }
                     }
             }
@@ -296,18 +305,17 @@ void backwardData(const Job& j)
                     for (int ss = 0; ss < g.s; ss++)
                     {
                         float wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
-                        for (int oh = 0; oh < g.oh; oh++)
+                        int ohLo, ohHi, owLo, owHi;
+                        validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
+                        validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
+                        for (int oh = ohLo; oh < ohHi; oh++)
                         {
-                            int ih = oh * g.strideH - g.padH + rr * g.dilH;
-                            if (ih < 0 || ih >= g.h) continue;
-                            for (int ow = 0; ow < g.ow; ow++)
-                            {
-                                int iw = ow * g.strideW - g.padW + ss * g.dilW;
-                                if (iw < 0 || iw >= g.w) continue;
-                                float d = dyk[(size_t)oh * g.ow + ow];
-                                if (j.nondeterministic) accf[(size_t)ih * g.w + iw] += wv * d;
-                                else acc[(size_t)ih * g.w + iw] += (double)wv * (double)d;
-                            }
+                            size_t at = (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
+                            const float* drow = dyk + (size_t)oh * g.ow;
+                            if (j.nondeterministic)
+                                for (int ow = owLo; ow < owHi; ow++) accf[at + (size_t)ow * g.strideW] += wv * drow[ow];
+                            else
+                                for (int ow = owLo; ow < owHi; ow++) acc[at + (size_t)ow * g.strideW] += (double)wv * (double)drow[ow];
                         }
                     }
             }
@@ -341,23 +349,22 @@ void backwardFilter(const Job& j)
                 {
                     double acc = 0.0;
                     float accf = 0.0f;
+                    int ohLo, ohHi, owLo, owHi;
+                    validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
+                    validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
                     for (int nn = 0; nn < g.n; nn++)
                     {
                         int n = reversed ? g.n - 1 - nn : nn;
                         const float* dyk = dy + ((size_t)n * g.k + k) * g.oh * g.ow;
                         const float* xc = x + ((size_t)n * g.c + c) * g.h * g.w;
-                        for (int oh = 0; oh < g.oh; oh++)
+                        for (int oh = ohLo; oh < ohHi; oh++)
                         {
-                            int ih = oh * g.strideH - g.padH + rr * g.dilH;
-                            if (ih < 0 || ih >= g.h) continue;
-                            for (int ow = 0; ow < g.ow; ow++)
-                            {
-                                int iw = ow * g.strideW - g.padW + ss * g.dilW;
-                                if (iw < 0 || iw >= g.w) continue;
-                                float d = dyk[(size_t)oh * g.ow + ow], xv = xc[(size_t)ih * g.w + iw];
-                                if (j.nondeterministic) accf += d * xv;
-                                else acc += (double)d * (double)xv;
-                            }
+                            const float* xrow = xc + (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
+                            const float* drow = dyk + (size_t)oh * g.ow;
+                            if (j.nondeterministic)
+                                for (int ow = owLo; ow < owHi; ow++) accf += drow[ow] * xrow[ow * g.strideW];
+                            else
+                                for (int ow = owLo; ow < owHi; ow++) acc += (double)drow[ow] * (double)xrow[ow * g.strideW];
                         }
                     }
                     size_t i = (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss);

@@ -32,7 +32,8 @@ public sealed class CudaTrainingStepTests(ITestOutputHelper output)
         var counters = SimulatorCounters.Open()!;
         using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32 }, engine);
         var perStep = new List<DeviceCounters>();
-        foreach (int batch in new[] { 2, 5 })
+        // Batches of 2 and more: at 1 some layout ops have nothing to move (a size-1 dimension) and become copies.
+        foreach (int batch in new[] { 2, 3 })
         {
             using var model = new UNet(be, Small, new PhiloxGenerator(1));
             var tc = new TrainingConfig { BatchSize = batch, WarmupSteps = 1, GradClip = 1f, EmaDecay = 0.99f };
