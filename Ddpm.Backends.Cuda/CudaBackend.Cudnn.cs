@@ -98,38 +98,39 @@ public sealed partial class CudaBackend
     // y = conv(x, w) (+ bias): cudnnConvolutionForward, then cudnnAddTensor of the [1, O, 1, 1] bias.
     private unsafe void CudnnForward(in ConvGeometry g, ulong px, ulong pw, ulong pbias, ulong py)
     {
-        var plan = PlanFor(g);
-        var pass = plan.Pass(this, g, ConvPass.Forward);
-        using var ws = Workspace(pass);
-        float one = 1f, zero = 0f;
-        CudnnCall(Cudnn.cudnnConvolutionForward(_cudnn, &one, plan.X, px, plan.W, pw, pass.Convolution, pass.Algorithm, ws.Pointer,
-            pass.WorkspaceBytes, &zero, plan.Y, py), "cudnnConvolutionForward", g);
-        if (pbias != 0)
-            CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &one, plan.Bias, pbias, &one, plan.Y, py), "cudnnAddTensor", g);
+        var plan = RunPass(g, ConvPass.Forward, "cudnnConvolutionForward", (p, pass, ws, one, zero) => Cudnn.cudnnConvolutionForward(_cudnn, one,
+            p.X, px, p.W, pw, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.Y, py));
+        float unit = 1f;
+        if (pbias != 0) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Y, py), "cudnnAddTensor", g);
     }
 
     // dx = conv^T(dy, w): cudnnConvolutionBackwardData.
-    private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx)
-    {
-        var plan = PlanFor(g);
-        var pass = plan.Pass(this, g, ConvPass.BackwardData);
-        using var ws = Workspace(pass);
-        float one = 1f, zero = 0f;
-        CudnnCall(Cudnn.cudnnConvolutionBackwardData(_cudnn, &one, plan.W, pw, plan.Y, pdy, pass.Convolution, pass.Algorithm, ws.Pointer,
-            pass.WorkspaceBytes, &zero, plan.X, pdx), "cudnnConvolutionBackwardData", g);
-    }
+    private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx) =>
+        RunPass(g, ConvPass.BackwardData, "cudnnConvolutionBackwardData", (p, pass, ws, one, zero) => Cudnn.cudnnConvolutionBackwardData(_cudnn,
+            one, p.W, pw, p.Y, pdy, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.X, pdx));
 
     // dw = the filter gradient, dbias = dy summed over N, OH, OW: cudnnConvolutionBackwardFilter and cudnnConvolutionBackwardBias.
     private unsafe void CudnnBackwardFilter(in ConvGeometry g, ulong px, ulong pdy, ulong pdw, ulong pdb)
     {
+        var plan = RunPass(g, ConvPass.BackwardFilter, "cudnnConvolutionBackwardFilter", (p, pass, ws, one, zero) =>
+            Cudnn.cudnnConvolutionBackwardFilter(_cudnn, one, p.X, px, p.Y, pdy, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero,
+                p.W, pdw));
+        float unit = 1f, none = 0f;
+        if (pdb != 0) CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &unit, plan.Y, pdy, &none, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
+    }
+
+    /// <summary>One pass's call, given the plan, the pass's plan, its workspace and alpha = 1, beta = 0.</summary>
+    private unsafe delegate int PassCall(ConvPlan plan, PassPlan pass, ulong workspace, float* one, float* zero);
+
+    /// <summary>Runs <paramref name="kind"/> of convolution <paramref name="g"/> with its cached plan and a workspace from the allocator.</summary>
+    private unsafe ConvPlan RunPass(in ConvGeometry g, ConvPass kind, string call, PassCall body)
+    {
         var plan = PlanFor(g);
-        var pass = plan.Pass(this, g, ConvPass.BackwardFilter);
-        using var ws = Workspace(pass);
+        var pass = plan.Pass(this, g, kind);
+        using var ws = new ScratchLease(pass.WorkspaceBytes == 0 ? null : Scratch(((long)pass.WorkspaceBytes + 3) / 4));
         float one = 1f, zero = 0f;
-        CudnnCall(Cudnn.cudnnConvolutionBackwardFilter(_cudnn, &one, plan.X, px, plan.Y, pdy, pass.Convolution, pass.Algorithm, ws.Pointer,
-            pass.WorkspaceBytes, &zero, plan.W, pdw), "cudnnConvolutionBackwardFilter", g);
-        if (pdb != 0)
-            CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &one, plan.Y, pdy, &zero, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
+        CudnnCall(body(plan, pass, ws.Pointer, &one, &zero), call, g);
+        return plan;
     }
 
     private void CudnnCall(int status, string call, in ConvGeometry g)
@@ -138,9 +139,6 @@ public sealed partial class CudaBackend
         _dnnCalls++;
         if (_syncEachLaunch) SynchronizeAfter(call);
     }
-
-    private ScratchLease Workspace(PassPlan pass) =>
-        new(pass.WorkspaceBytes == 0 ? null : Scratch(((long)pass.WorkspaceBytes + 3) / 4));
 
     private ConvPlan PlanFor(in ConvGeometry g)
     {

@@ -475,19 +475,15 @@ public sealed partial class CudaBackend
             CudnnForward(g, px, pw, pbias, py);
             return;
         }
-        var d = Dims(g);
-        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
-        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-        using var yt = new ScratchLease(Scratch(chunk * g.O * ohw));
-        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        using var st = new ConvStaging(this, g);
+        for (int n0 = 0; n0 < g.N; n0 += st.Chunk)
         {
-            int nb = Math.Min(chunk, g.N - n0);
-            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, KernelArg.Struct(d));
+            int nb = Math.Min(st.Chunk, g.N - n0);
+            st.Im2col(this, px, n0, nb);
             // yt [O, nb*OH*OW] = w [O, C*KH*KW] x col [C*KH*KW, nb*OH*OW]: the whole chunk in one product.
-            GemmRaw(false, false, 1, g.O, (int)(nb * ohw), (int)ckk, 1f, pw, 0, col.Pointer, 0, 0f, yt.Pointer, 0);
-            Launch("conv_output", GridFor(nb * g.O * ohw), ThreadsPerBlock, yt.Pointer, pbias,
-                py + 4UL * (ulong)((long)n0 * g.O * ohw), nb, g.O, (int)ohw);
+            GemmRaw(false, false, 1, g.O, (int)(nb * st.Ohw), (int)st.Ckk, 1f, pw, 0, st.Columns.Pointer, 0, 0f, st.ByOutput.Pointer, 0);
+            Launch("conv_output", GridFor(nb * g.O * st.Ohw), ThreadsPerBlock, st.ByOutput.Pointer, pbias,
+                py + 4UL * (ulong)((long)n0 * g.O * st.Ohw), nb, g.O, (int)st.Ohw);
         }
     }
 
@@ -502,19 +498,14 @@ public sealed partial class CudaBackend
             CudnnBackwardData(g, pdy, pw, pdx);
             return;
         }
-        var d = Dims(g);
-        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
-        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-        using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
-        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        using var st = new ConvStaging(this, g);
+        for (int n0 = 0; n0 < g.N; n0 += st.Chunk)
         {
-            int nb = Math.Min(chunk, g.N - n0);
-            // dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW]; dcol [C*KH*KW, nb*OH*OW] = w^T [C*KH*KW, O] x dyT, then
-            // gathered back into dx by col2im.
-            PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
-            GemmRaw(true, false, 1, (int)ckk, (int)(nb * ohw), g.O, 1f, pw, 0, dyT.Pointer, 0, 0f, col.Pointer, 0);
-            Launch("col2im", GridFor((long)nb * g.C * g.H * g.W), ThreadsPerBlock, col.Pointer, pdx, n0, nb, KernelArg.Struct(d));
+            int nb = Math.Min(st.Chunk, g.N - n0);
+            // dcol [C*KH*KW, nb*OH*OW] = w^T [C*KH*KW, O] x dyT [O, nb*OH*OW], then gathered back into dx by col2im.
+            st.TransposeDy(this, pdy, n0, nb);
+            GemmRaw(true, false, 1, (int)st.Ckk, (int)(nb * st.Ohw), g.O, 1f, pw, 0, st.ByOutput.Pointer, 0, 0f, st.Columns.Pointer, 0);
+            Launch("col2im", GridFor((long)nb * g.C * g.H * g.W), ThreadsPerBlock, st.Columns.Pointer, pdx, n0, nb, KernelArg.Struct(st.Dims));
         }
     }
 
@@ -530,24 +521,61 @@ public sealed partial class CudaBackend
             CudnnBackwardFilter(g, px, pdy, pdw, pdb);
             return;
         }
-        var d = Dims(g);
-        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        int chunk = ChunkSamples(g, ckk + g.O, ckk, ohw);
-        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-        using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
-        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        using (var st = new ConvStaging(this, g))
         {
-            int nb = Math.Min(chunk, g.N - n0);
-            // col: [C*KH*KW, nb, OH*OW]; dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW].
-            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, KernelArg.Struct(d));
-            PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
-            // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
-            // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
-            GemmRaw(false, true, 1, g.O, (int)ckk, (int)(nb * ohw), 1f, dyT.Pointer, 0, col.Pointer, 0,
-                n0 == 0 ? 0f : 1f, pdw, 0);
+            for (int n0 = 0; n0 < g.N; n0 += st.Chunk)
+            {
+                int nb = Math.Min(st.Chunk, g.N - n0);
+                st.Im2col(this, px, n0, nb);
+                st.TransposeDy(this, pdy, n0, nb);
+                // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
+                // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
+                GemmRaw(false, true, 1, g.O, (int)st.Ckk, (int)(nb * st.Ohw), 1f, st.ByOutput.Pointer, 0, st.Columns.Pointer, 0,
+                    n0 == 0 ? 0f : 1f, pdw, 0);
+            }
         }
         if (pdb != 0)
-            SumToShapeRaw(pdy, [g.N, g.O, (int)ohw], pdb, [1, g.O, 1]);
+            SumToShapeRaw(pdy, [g.N, g.O, g.OH * g.OW], pdb, [1, g.O, 1]);
+    }
+
+    /// <summary>
+    /// The staging buffers of an im2col pass, for chunks of <see cref="Chunk"/> samples: the columns
+    /// [C*KH*KW, chunk*OH*OW] and a matrix [O, chunk*OH*OW] (the product before its transpose, or dy transposed).
+    /// </summary>
+    private readonly struct ConvStaging : IDisposable
+    {
+        internal ConvStaging(CudaBackend be, in ConvGeometry g)
+        {
+            Dims = CudaBackend.Dims(g);
+            Ckk = (long)g.C * g.KH * g.KW;
+            Ohw = (long)g.OH * g.OW;
+            O = g.O;
+            Chunk = ChunkSamples(g, Ckk + g.O, Ckk, Ohw);
+            Columns = new ScratchLease(be.Scratch(Chunk * Ckk * Ohw));
+            ByOutput = new ScratchLease(be.Scratch(Chunk * g.O * Ohw));
+        }
+
+        internal ConvDims Dims { get; }
+        internal long Ckk { get; }
+        internal long Ohw { get; }
+        internal int O { get; }
+        internal int Chunk { get; }
+        internal ScratchLease Columns { get; }
+        internal ScratchLease ByOutput { get; }
+
+        /// <summary>Columns of samples [n0, n0 + nb) of x.</summary>
+        internal void Im2col(CudaBackend be, ulong px, int n0, int nb) =>
+            be.Launch("im2col", be.GridFor(nb * Ckk * Ohw), ThreadsPerBlock, px, Columns.Pointer, n0, nb, KernelArg.Struct(Dims));
+
+        /// <summary>ByOutput: [O, nb, OH*OW] from samples [n0, n0 + nb) of dy: [N, O, OH*OW].</summary>
+        internal void TransposeDy(CudaBackend be, ulong pdy, int n0, int nb) =>
+            be.PermuteRaw(pdy + 4UL * (ulong)((long)n0 * O * Ohw), [nb, O, (int)Ohw], [1, 0, 2], ByOutput.Pointer);
+
+        public void Dispose()
+        {
+            Columns.Dispose();
+            ByOutput.Dispose();
+        }
     }
 
     private static ConvDims Dims(in ConvGeometry g) => new()

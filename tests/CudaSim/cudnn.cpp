@@ -227,26 +227,50 @@ struct Job
     TensorDesc aDesc, cDesc;  // add tensor: A and C; bias gradient: dy and db
 };
 
-std::vector<float> rounded(const float* p, size_t count)
+// The two operands of a pass as the arithmetic sees them: the device buffers, or under tensor-op math copies
+// rounded to TF32 (the device buffers are not changed).
+struct Operands
 {
-    std::vector<float> v(p, p + count);
-    for (auto& e : v) e = tf32(e);
-    return v;
+    const float* a;
+    const float* b;
+    std::vector<float> ra, rb;
+
+    Operands(const Job& j, size_t aCount, size_t bCount) : a(j.a), b(j.b)
+    {
+        if (!j.tensorOps) return;
+        ra.assign(a, a + aCount);
+        rb.assign(b, b + bCount);
+        for (auto& e : ra) e = tf32(e);
+        for (auto& e : rb) e = tf32(e);
+        a = ra.data();
+        b = rb.data();
+    }
+};
+
+// out[i] = alpha * v + beta * out[i], out not read when beta is 0 (cuDNN's blending).
+void blend(const Job& j, float* out, size_t i, double v)
+{
+    Element<float>::store(out, i, (double)j.alpha * v + (j.beta != 0.0f ? (double)j.beta * out[i] : 0.0));
 }
+
+// The output rows and columns that filter tap (rr, ss) reads inside the input.
+struct Window
+{
+    int ohLo, ohHi, owLo, owHi;
+
+    Window(const Geometry& g, int rr, int ss)
+    {
+        validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
+        validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
+    }
+};
 
 void forward(const Job& j)
 {
     const Geometry& g = j.g;
-    std::vector<float> xr, wr;
-    const float* x = j.a;
-    const float* w = j.b;
-    if (j.tensorOps)
-    {
-        xr = rounded(x, (size_t)g.n * g.c * g.h * g.w);
-        wr = rounded(w, (size_t)g.k * g.c * g.r * g.s);
-        x = xr.data();
-        w = wr.data();
-    }
+    Operands in(j, (size_t)g.n * g.c * g.h * g.w, (size_t)g.k * g.c * g.r * g.s);
+    const float* x = in.a;
+    const float* w = in.b;
     std::vector<double> acc((size_t)g.oh * g.ow);
     for (int n = 0; n < g.n; n++)
         for (int k = 0; k < g.k; k++)
@@ -259,36 +283,26 @@ void forward(const Job& j)
                     for (int ss = 0; ss < g.s; ss++)
                     {
                         double wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
-                        int ohLo, ohHi, owLo, owHi;
-                        validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
-                        validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
-                        for (int oh = ohLo; oh < ohHi; oh++)
+                        Window win(g, rr, ss);
+                        for (int oh = win.ohLo; oh < win.ohHi; oh++)
                         {
                             const float* row = xc + (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
                             double* arow = acc.data() + (size_t)oh * g.ow;
-                            for (int ow = owLo; ow < owHi; ow++) arow[ow] += wv * (double)row[ow * g.strideW];
+                            for (int ow = win.owLo; ow < win.owHi; ow++) arow[ow] += wv * (double)row[ow * g.strideW];
                         }
                     }
             }
             float* y = j.out + ((size_t)n * g.k + k) * g.oh * g.ow;
-            for (size_t p = 0; p < acc.size(); p++)
-                Element<float>::store(y, p, (double)j.alpha * acc[p] + (j.beta != 0.0f ? (double)j.beta * y[p] : 0.0));
+            for (size_t p = 0; p < acc.size(); p++) blend(j, y, p, acc[p]);
         }
 }
 
 void backwardData(const Job& j)
 {
     const Geometry& g = j.g;
-    std::vector<float> dyr, wr;
-    const float* dy = j.a;
-    const float* w = j.b;
-    if (j.tensorOps)
-    {
-        dyr = rounded(dy, (size_t)g.n * g.k * g.oh * g.ow);
-        wr = rounded(w, (size_t)g.k * g.c * g.r * g.s);
-        dy = dyr.data();
-        w = wr.data();
-    }
+    Operands in(j, (size_t)g.n * g.k * g.oh * g.ow, (size_t)g.k * g.c * g.r * g.s);
+    const float* dy = in.a;
+    const float* w = in.b;
     std::vector<double> acc((size_t)g.h * g.w);
     std::vector<float> accf((size_t)g.h * g.w);
     bool reversed = j.nondeterministic && (j.run & 1);
@@ -305,42 +319,29 @@ void backwardData(const Job& j)
                     for (int ss = 0; ss < g.s; ss++)
                     {
                         float wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
-                        int ohLo, ohHi, owLo, owHi;
-                        validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
-                        validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
-                        for (int oh = ohLo; oh < ohHi; oh++)
+                        Window win(g, rr, ss);
+                        for (int oh = win.ohLo; oh < win.ohHi; oh++)
                         {
                             size_t at = (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
                             const float* drow = dyk + (size_t)oh * g.ow;
                             if (j.nondeterministic)
-                                for (int ow = owLo; ow < owHi; ow++) accf[at + (size_t)ow * g.strideW] += wv * drow[ow];
+                                for (int ow = win.owLo; ow < win.owHi; ow++) accf[at + (size_t)ow * g.strideW] += wv * drow[ow];
                             else
-                                for (int ow = owLo; ow < owHi; ow++) acc[at + (size_t)ow * g.strideW] += (double)wv * (double)drow[ow];
+                                for (int ow = win.owLo; ow < win.owHi; ow++) acc[at + (size_t)ow * g.strideW] += (double)wv * (double)drow[ow];
                         }
                     }
             }
             float* dx = j.out + ((size_t)n * g.c + c) * g.h * g.w;
-            for (size_t p = 0; p < acc.size(); p++)
-            {
-                double v = j.nondeterministic ? (double)accf[p] : acc[p];
-                Element<float>::store(dx, p, (double)j.alpha * v + (j.beta != 0.0f ? (double)j.beta * dx[p] : 0.0));
-            }
+            for (size_t p = 0; p < acc.size(); p++) blend(j, dx, p, j.nondeterministic ? (double)accf[p] : acc[p]);
         }
 }
 
 void backwardFilter(const Job& j)
 {
     const Geometry& g = j.g;
-    std::vector<float> xr, dyr;
-    const float* x = j.a;
-    const float* dy = j.b;
-    if (j.tensorOps)
-    {
-        xr = rounded(x, (size_t)g.n * g.c * g.h * g.w);
-        dyr = rounded(dy, (size_t)g.n * g.k * g.oh * g.ow);
-        x = xr.data();
-        dy = dyr.data();
-    }
+    Operands in(j, (size_t)g.n * g.c * g.h * g.w, (size_t)g.n * g.k * g.oh * g.ow);
+    const float* x = in.a;
+    const float* dy = in.b;
     bool reversed = j.nondeterministic && (j.run & 1);
     for (int k = 0; k < g.k; k++)
         for (int c = 0; c < g.c; c++)
@@ -349,27 +350,23 @@ void backwardFilter(const Job& j)
                 {
                     double acc = 0.0;
                     float accf = 0.0f;
-                    int ohLo, ohHi, owLo, owHi;
-                    validRange(g.oh, g.h, g.strideH, g.padH, rr, g.dilH, &ohLo, &ohHi);
-                    validRange(g.ow, g.w, g.strideW, g.padW, ss, g.dilW, &owLo, &owHi);
+                    Window win(g, rr, ss);
                     for (int nn = 0; nn < g.n; nn++)
                     {
                         int n = reversed ? g.n - 1 - nn : nn;
                         const float* dyk = dy + ((size_t)n * g.k + k) * g.oh * g.ow;
                         const float* xc = x + ((size_t)n * g.c + c) * g.h * g.w;
-                        for (int oh = ohLo; oh < ohHi; oh++)
+                        for (int oh = win.ohLo; oh < win.ohHi; oh++)
                         {
                             const float* xrow = xc + (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
                             const float* drow = dyk + (size_t)oh * g.ow;
                             if (j.nondeterministic)
-                                for (int ow = owLo; ow < owHi; ow++) accf += drow[ow] * xrow[ow * g.strideW];
+                                for (int ow = win.owLo; ow < win.owHi; ow++) accf += drow[ow] * xrow[ow * g.strideW];
                             else
-                                for (int ow = owLo; ow < owHi; ow++) acc += (double)drow[ow] * (double)xrow[ow * g.strideW];
+                                for (int ow = win.owLo; ow < win.owHi; ow++) acc += (double)drow[ow] * (double)xrow[ow * g.strideW];
                         }
                     }
-                    size_t i = (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss);
-                    double v = j.nondeterministic ? (double)accf : acc;
-                    Element<float>::store(j.out, i, (double)j.alpha * v + (j.beta != 0.0f ? (double)j.beta * j.out[i] : 0.0));
+                    blend(j, j.out, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss), j.nondeterministic ? (double)accf : acc);
                 }
 }
 
@@ -386,7 +383,7 @@ void backwardBias(const Job& j)
             const float* p = j.a + ((size_t)n * d.c + k) * plane;
             for (size_t i = 0; i < plane; i++) acc += p[i];
         }
-        Element<float>::store(j.out, k, (double)j.alpha * acc + (j.beta != 0.0f ? (double)j.beta * j.out[k] : 0.0));
+        blend(j, j.out, k, acc);
     }
 }
 
@@ -401,7 +398,7 @@ void addTensor(const Job& j)
                 {
                     size_t ci = (((size_t)n * c.c + ch) * c.h + h) * c.w + w;
                     size_t ai = (((size_t)(a.n == 1 ? 0 : n) * a.c + (a.c == 1 ? 0 : ch)) * a.h + (a.h == 1 ? 0 : h)) * a.w + (a.w == 1 ? 0 : w);
-                    Element<float>::store(j.out, ci, (double)j.alpha * j.a[ai] + (j.beta != 0.0f ? (double)j.beta * j.out[ci] : 0.0));
+                    blend(j, j.out, ci, j.a[ai]);
                 }
 }
 
@@ -609,6 +606,23 @@ int convolution(Pass pass, const char* what, void* handle, const float* alpha, v
     return enqueue(r.handle, job, what, pointers, counts, 3);
 }
 
+// A pass over plain tensors (the bias gradient, the bias add): out (described by c) from a (described by a).
+int tensorJob(Pass pass, const char* what, Handle* h, float alpha, float beta, const float* a, const TensorDesc& ad, float* out, const TensorDesc& cd)
+{
+    if (ddpmsim_context_status() != 0) return fail(EXECUTION_FAILED, std::string(what) + ": the context has a sticky error");
+    Job* job = new Job{};
+    job->pass = pass;
+    job->alpha = alpha;
+    job->beta = beta;
+    job->a = a;
+    job->out = out;
+    job->aDesc = ad;
+    job->cDesc = cd;
+    const void* pointers[2] = {a, out};
+    const size_t counts[2] = {ad.count(), cd.count()};
+    return enqueue(h, job, what, pointers, counts, 2);
+}
+
 int setTensor(void* desc, int format, int dtype, int n, int c, int h, int w)
 {
     auto* d = live<TensorDesc>(g_tensors, desc);
@@ -792,18 +806,7 @@ API int cudnnConvolutionBackwardBias(void* handle, const float* alpha, void* dyD
     int st;
     if ((st = checkType(d->dtype)) != SUCCESS || (st = checkType(b->dtype)) != SUCCESS) return st;
     if (b->n != 1 || b->c != d->c || b->h != 1 || b->w != 1) return fail(BAD_PARAM_SHAPE_MISMATCH, "db must be [1, C, 1, 1] for dy [N, C, H, W]");
-    if (ddpmsim_context_status() != 0) return fail(EXECUTION_FAILED, "cudnnConvolutionBackwardBias: the context has a sticky error");
-    Job* job = new Job{};
-    job->pass = Pass::BackwardBias;
-    job->alpha = *alpha;
-    job->beta = *beta;
-    job->a = dy;
-    job->out = db;
-    job->aDesc = *d;
-    job->cDesc = *b;
-    const void* pointers[2] = {dy, db};
-    const size_t counts[2] = {d->count(), b->count()};
-    return enqueue(h, job, "cudnnConvolutionBackwardBias", pointers, counts, 2);
+    return tensorJob(Pass::BackwardBias, "cudnnConvolutionBackwardBias", h, *alpha, *beta, dy, *d, db, *b);
 }
 
 API int cudnnAddTensor(void* handle, const float* alpha, void* aDesc, const float* a, const float* beta, void* cDesc, float* c)
@@ -818,18 +821,7 @@ API int cudnnAddTensor(void* handle, const float* alpha, void* aDesc, const floa
     if ((st = checkType(ad->dtype)) != SUCCESS || (st = checkType(cd->dtype)) != SUCCESS) return st;
     if ((ad->n != 1 && ad->n != cd->n) || (ad->c != 1 && ad->c != cd->c) || (ad->h != 1 && ad->h != cd->h) || (ad->w != 1 && ad->w != cd->w))
         return fail(BAD_PARAM_SHAPE_MISMATCH, "each dimension of A must be 1 or C's");
-    if (ddpmsim_context_status() != 0) return fail(EXECUTION_FAILED, "cudnnAddTensor: the context has a sticky error");
-    Job* job = new Job{};
-    job->pass = Pass::AddTensor;
-    job->alpha = *alpha;
-    job->beta = *beta;
-    job->a = a;
-    job->out = c;
-    job->aDesc = *ad;
-    job->cDesc = *cd;
-    const void* pointers[2] = {a, c};
-    const size_t counts[2] = {ad->count(), cd->count()};
-    return enqueue(h, job, "cudnnAddTensor", pointers, counts, 2);
+    return tensorJob(Pass::AddTensor, "cudnnAddTensor", h, *alpha, *beta, a, *ad, c, *cd);
 }
 
 // The simulator's own counters: calls that queued work, and heuristic algorithm queries.
