@@ -6,5 +6,7 @@ namespace Ddpm.Backends.Cuda;
 public static class CudaBackends
 {
     public static BackendRegistry RegisterCuda(this BackendRegistry r) =>
-        r.Register("cuda", "NVIDIA GPU: CUDA driver API, cuBLAS GEMMs, NVRTC-compiled kernels", o => new CudaBackend(o));
+        r.Register("cuda", "NVIDIA GPU: CUDA driver API, cuDNN convolutions (im2col + cuBLAS without it), cuBLAS GEMMs, NVRTC-compiled kernels", o => new CudaBackend(o),
+            // TF32 by default for training and sampling, as PyTorch does for cuDNN convolutions.
+            new BackendPrecisions([Precision.Fp32, Precision.Tf32], Precision.Tf32));
 }

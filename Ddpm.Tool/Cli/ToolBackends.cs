@@ -22,16 +22,17 @@ public static class ToolBackends
     /// <summary>The device of the rank with <paramref name="localRank"/> on a host with <paramref name="devices"/> visible devices.</summary>
     public static int DeviceForRank(int localRank, int devices) => devices > 0 ? localRank % devices : 0;
 
-    /// <summary>Backend <paramref name="name"/> with the thread and TF32 options of <paramref name="o"/>.</summary>
+    /// <summary>Backend <paramref name="name"/> with the thread and precision options of <paramref name="o"/>.</summary>
     public static IBackend Create(string name, CommonOptions o, int device = 0)
     {
         var reg = Registry();
         if (!reg.Contains(name))
             throw new UsageError($"unknown backend '{name}'; known: {string.Join(", ", reg.Available.Select(a => a.Name))}.");
         if (o.Threads < 0) throw new UsageError($"--threads must be >= 0, got {o.Threads}.");
+        var precision = o.ResolvePrecision(reg, name);
         try
         {
-            return reg.Create(name, new BackendOptions { Threads = o.Threads, AllowTf32 = o.Tf32, Device = device });
+            return reg.Create(name, new BackendOptions { Threads = o.Threads, Precision = precision, Device = device });
         }
         catch (Exception e) when (e is not UsageError)
         {

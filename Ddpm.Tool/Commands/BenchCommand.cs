@@ -26,6 +26,9 @@ public enum BenchMode
 [Verb("bench", HelpText = "Median seconds per training step or sampling step (images/s), or SGEMM GFLOP/s.")]
 public sealed class BenchOptions : ModelOptions
 {
+    /// <summary>Timed as training and sampling run: in the backend's default precision (tf32 on cuda).</summary>
+    protected override bool UsesBackendDefaultPrecision => true;
+
     [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam; data-parallel with its all-reduce's share when " +
         "started by an MPI launcher), sample (one reverse step, no grad), gemm, or allreduce (the model's gradient buffer averaged over " +
         "the ranks of an MPI job: time and bandwidth).")]
@@ -93,6 +96,9 @@ public static class BenchCommand
         var counter = profiler ?? (mode is "train" or "sample" ? new ProfilingBackend(raw, synchronize: false) : null);
         using IBackend be = counter ?? raw;
         using var collective = job is null ? null : new TimedCollective(job.ForBackend(raw));
+        // Device work of the timed steps, as the backend counts it (a GPU backend: launches, library calls, waits, memory).
+        var device = raw as IDeviceCounters;
+        var deviceBefore = default(DeviceCounters);
         var times = new List<double>();
         var allReduceTimes = new List<double>();
         double flops = 0;
@@ -127,7 +133,7 @@ public static class BenchCommand
             be.Upload(host, a, 0); be.Upload(host, b, 0);
             for (int i = 0; i < o.Warmup + o.Steps; i++)
             {
-                if (i == o.Warmup) counter?.Start();
+                if (i == o.Warmup) StartCounting();
                 var sw = Stopwatch.StartNew();
                 be.Gemm(false, false, a, 0, b, 0, 1, n, n, n, 1f, 0f, c, 0);
                 be.Synchronize();
@@ -150,7 +156,7 @@ public static class BenchCommand
                 buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
-                    if (i == o.Warmup) counter?.Start();
+                    if (i == o.Warmup) StartCounting();
                     collective!.Reset();
                     var s = trainer.Step();
                     if (i >= o.Warmup)
@@ -168,7 +174,7 @@ public static class BenchCommand
                 var t = Enumerable.Repeat(500, batch).ToArray();
                 for (int i = 0; i < o.Warmup + o.Steps; i++)
                 {
-                    if (i == o.Warmup) counter?.Start();
+                    if (i == o.Warmup) StartCounting();
                     var sw = Stopwatch.StartNew();
                     using (var scope = new TensorScope())
                     {
@@ -181,6 +187,8 @@ public static class BenchCommand
             }
         }
 
+        // Read before the profiler's closing wait, which is no part of a step.
+        var work = device is null ? (DeviceCounters?)null : DeviceCounters.Between(deviceBefore, device.ReadCounters());
         counter?.Stop();
         double median = Median(times);
         long peak = Process.GetCurrentProcess().PeakWorkingSet64;
@@ -191,9 +199,11 @@ public static class BenchCommand
             double gflops = flops / median / 1e9;
             con.Out.WriteLine(string.Format(inv, "  SGEMM {0}^3: median {1:F4} s over {2} runs = {3:F1} GFLOP/s (min {4:F4} s, max {5:F4} s)",
                 o.Size, median, times.Count, gflops, times.Min(), times.Max()));
+            PrintDeviceWork();
             PrintProfile();
             if (o.Json)
-                con.Out.WriteLine(JsonSerializer.Serialize(new { mode, backend = be.Name, size = o.Size, threads = o.Threads, median_s = median, gflops }));
+                con.Out.WriteLine(JsonSerializer.Serialize(new { mode, backend = be.Name, size = o.Size, threads = o.Threads, median_s = median, gflops,
+                    device_work_per_step = DeviceWorkJson() }));
         }
         else if (mode == "allreduce")
         {
@@ -224,6 +234,7 @@ public static class BenchCommand
                     ar * 1e3, 100 * ar / median));
             var arithmetic = Arithmetic(counter!.Entries.Sum(e => e.Flops) / o.Steps, median, raw);
             con.Out.WriteLine(arithmetic.Describe());
+            PrintDeviceWork();
             PrintProfile();
             if (o.Json)
                 con.Out.WriteLine(JsonSerializer.Serialize(new
@@ -231,7 +242,7 @@ public static class BenchCommand
                     mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
                     peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce, buckets,
                     flops_per_step = arithmetic.FlopsPerStep, gflops_per_s = arithmetic.Gflops, fma_peak_gflops = arithmetic.PeakGflops,
-                    efficiency_percent = arithmetic.EfficiencyPercent,
+                    efficiency_percent = arithmetic.EfficiencyPercent, device_work_per_step = DeviceWorkJson(),
                 }));
         }
         return 0;
@@ -251,6 +262,30 @@ public static class BenchCommand
             int h = sorted.Count / 2;
             return sorted.Count % 2 == 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h]);
         }
+
+        void StartCounting()
+        {
+            counter?.Start();
+            if (device is null) return;
+            device.ResetPeak();
+            deviceBefore = device.ReadCounters();
+        }
+
+        void PrintDeviceWork()
+        {
+            if (work is not { } w) return;
+            con.Out.WriteLine(string.Format(inv, "  device work per step (counted by the backend): {0:G4} kernel launches, {1:G4} BLAS calls, " +
+                "{2:G4} DNN-library calls, {3:G4} host waits; peak device memory {4:F3} GB",
+                (double)w.KernelLaunches / o.Steps, (double)w.BlasCalls / o.Steps, (double)w.DnnCalls / o.Steps,
+                (double)w.HostSynchronizations / o.Steps, w.PeakDeviceBytes / 1e9));
+        }
+
+        object? DeviceWorkJson() => work is not { } w ? null : new
+        {
+            kernel_launches = (double)w.KernelLaunches / o.Steps, blas_calls = (double)w.BlasCalls / o.Steps,
+            dnn_calls = (double)w.DnnCalls / o.Steps, host_syncs = (double)w.HostSynchronizations / o.Steps,
+            peak_device_bytes = w.PeakDeviceBytes,
+        };
 
         void PrintProfile()
         {

@@ -6,6 +6,9 @@ namespace Ddpm.Tool;
 /// <summary>How to run the reverse process; eval has them with an optional checkpoint.</summary>
 public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
 {
+    /// <summary>Sampling runs in the backend's default precision (tf32 on cuda).</summary>
+    protected override bool UsesBackendDefaultPrecision => true;
+
     [Option("sampler", Default = "ddim", HelpText = "ddim (few steps, fast; the default), dpm++ (DPM-Solver++(2M): deterministic, second order, the same steps as ddim) or ddpm (all T ancestral steps).")]
     public string SamplerText { get; set; } = "ddim";
 

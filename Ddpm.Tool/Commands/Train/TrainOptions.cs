@@ -7,6 +7,9 @@ namespace Ddpm.Tool.Commands;
 [Verb("train", HelpText = "Train a UNet denoiser (default: the small preset on the bundled Fashion-MNIST subset).")]
 public sealed class TrainOptions : ModelOptions, IDiffusionOptions
 {
+    /// <summary>Training runs in the backend's default precision (tf32 on cuda).</summary>
+    protected override bool UsesBackendDefaultPrecision => true;
+
     /// <summary>The warm-up of a run that does not set --warmup, when the run is long enough for it.</summary>
     public const int DefaultWarmup = 100;
 

@@ -60,6 +60,21 @@ public sealed class CudaToolTests
     }
 
     [CudaFact]
+    public void BenchJsonCarriesTheDeviceWorkOfAStep()
+    {
+        var (code, output, err) = Run("bench", "--backend", "cuda", "--preset", "tiny", "--batch", "2", "--steps", "2", "--json");
+        Assert.True(code == 0, err + output);
+        Assert.Contains("device work per step (counted by the backend)", output);
+        using var json = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[^1]);
+        var work = json.RootElement.GetProperty("device_work_per_step");
+        Assert.True(work.GetProperty("kernel_launches").GetDouble() > 0);
+        Assert.True(work.GetProperty("blas_calls").GetDouble() > 0);
+        Assert.True(work.GetProperty("host_syncs").GetDouble() <= 1, work.ToString());
+        Assert.True(work.GetProperty("peak_device_bytes").GetInt64() > 0);
+        Assert.True(work.GetProperty("dnn_calls").GetDouble() > 0 == CudaTestEnvironment.Backend.UsesCudnn, work.ToString());
+    }
+
+    [CudaFact]
     public void ParityVerbAgreesWithTheCpuBackend()
     {
         var (code, output, err) = Run("parity", "--backend", "cuda", "--against", "cpu", "--preset", "tiny", "--threads", "2");
