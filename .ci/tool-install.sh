@@ -38,12 +38,12 @@ step "ddpm-tool train (2 steps of the tiny preset on the bundled data)"
 "$tool" train --preset tiny --steps 2 --batch 4 --samples 4 --sample-steps 2 --out out --threads 2 | tee train.log
 grep -q "/tools/.*data/fashion-mnist/train-images-idx3-ubyte.gz" train.log \
   || { echo "tool-install: train did not read the data bundled in the package" >&2; exit 1; }
-for f in checkpoint.safetensors model.safetensors samples.png loss.png loss.csv; do
+for f in checkpoint-0000002.safetensors config.json model.safetensors samples.png loss.png loss.csv; do
   [ -s "out/$f" ] || { echo "tool-install: train did not write out/$f" >&2; exit 1; }
 done
 
 step "ddpm-tool eval (8 samples against the bundled test images, on the bundled classifier)"
-"$tool" eval --checkpoint out/checkpoint.safetensors --n 8 --steps 2 --batch 8 --threads 2 | tee eval.log
+"$tool" eval --checkpoint out --n 8 --steps 2 --batch 8 --threads 2 | tee eval.log
 grep -q "^classifier .*/tools/.*models/fashion-classifier.safetensors" eval.log \
   || { echo "tool-install: eval did not use the classifier bundled in the package" >&2; exit 1; }
 grep -q "^FID " eval.log || { echo "tool-install: eval printed no FID" >&2; exit 1; }

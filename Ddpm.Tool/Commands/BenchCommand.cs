@@ -68,11 +68,11 @@ public static class BenchCommand
     {
         if (o.Steps <= 0 || o.Warmup < 0) throw new UsageError("--steps must be positive and --warmup >= 0.");
         string mode = o.Mode.ToString().ToLowerInvariant(); // as the report and its JSON name it
-        var preset = Presets.Get(o.Preset ?? "small");
+        var preset = ModelOptions.PresetNamed(o.Preset ?? "small");
         var cfg = o.ResolveModel(preset.Model);
         int batch = o.Batch ?? preset.Batch;
         if (batch is <= 0 or > TrainOptions.MaxBatch) throw new UsageError($"--batch must be between 1 and {TrainOptions.MaxBatch:N0}, got {batch}.");
-        if (mode == "train" && o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
+        if (mode == "train" && ToolBackends.IsHostMemory(o.Backend))
             MemoryEstimate.Require(MemoryEstimate.TrainingBytes(cfg, batch), $"training a {cfg.ParameterCount():N0}-parameter model with --batch {batch}");
         TrainOptions.CheckBucketMb(o.BucketMb);
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");

@@ -1,5 +1,5 @@
 using CommandLine;
-using Ddpm.Backends.Cuda;
+using Ddpm.Diffusion.Training;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
@@ -37,6 +37,7 @@ public static class InfoCommand
                 con.Out.WriteLine($"  no model config in the header; {n:N0} values");
             }
             if (c.Diffusion is not null) con.Out.WriteLine($"  diffusion T={c.Diffusion.NSteps} {c.Diffusion.Schedule} variance={c.Diffusion.Variance} clip_x0={c.Diffusion.ClipX0} range={c.Diffusion.DataRange} prediction={c.Diffusion.Prediction}{(c.Diffusion.LossWeighting == LossWeighting.MinSnr ? $" loss=min-snr(gamma {c.Diffusion.MinSnrGamma})" : "")}");
+            if (c.Run is { } run) con.Out.WriteLine($"  run       {run.Steps:N0} steps (preset {run.Preset}), checkpoint every {run.CheckpointEvery}, keep {run.Keep}{(run.GradAccum > 1 ? $", {run.GradAccum} micro-batches" : "")}");
             if (c.Training is not null) con.Out.WriteLine($"  training  batch {c.Training.BatchSize}, lr {c.Training.LearningRate:G3}, EMA {c.Training.EmaDecay:G4}, seed {c.Training.Seed}");
             if (c.IsTrainingCheckpoint) con.Out.WriteLine($"  step      {c.Step:N0}; EMA weights: {(c.HasEma ? "yes" : "no")}");
             con.Out.WriteLine();
@@ -45,14 +46,10 @@ public static class InfoCommand
         foreach (var p in Presets.All) con.Out.WriteLine($"  {p.Name,-13} batch {p.Batch,4}  {p.Summary}");
         con.Out.WriteLine();
         con.Out.WriteLine("backends:");
-        foreach (var (name, summary) in ToolBackends.Registry().Available)
+        var registry = ToolBackends.Registry();
+        foreach (var (name, summary) in registry.Available)
         {
-            string status = "available";
-            if (name == "cuda")
-            {
-                var probe = CudaProbe.Run();
-                status = probe.Available ? probe.ToString() : "unavailable: " + probe.Reason;
-            }
+            string status = registry.Traits(name).Probe is { } probe ? probe() : "available";
             con.Out.WriteLine($"  {name,-13} {summary}");
             con.Out.WriteLine($"  {"",-13} {status}");
         }
