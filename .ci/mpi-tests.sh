@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel training on MPICH (and on Open MPI where installed): `mpiexec -n 2 ddpm-tool train` against one process with the same global batch
-# (same loss curve and, after 5 steps, the same weights within float summation order), a 2-rank checkpoint resumed
+# (same loss curve and, after 5 steps, the same weights within float summation order; also with --grad-accum 2), a 2-rank checkpoint resumed
 # on 1 rank, and the messages for an indivisible batch, for a launcher that does not match the MPI library and for
 # --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
 # without a hang and leave a checkpoint that loads. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
@@ -16,7 +16,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 mpiexec=$(command -v mpiexec.mpich || command -v mpiexec.hydra || true)
 if [ -z "$mpiexec" ] || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "MPICH's mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 21 skipped"
+  echo "0 passed, 0 failed, 22 skipped"
   exit 0
 fi
 
@@ -90,6 +90,14 @@ if runs_agree one two; then
   pass "2 ranks with batch 8 give 1 rank's losses, gradient norms and, after 5 steps, weights"
 else
   flunk "2 ranks with batch 8 give 1 rank's losses, gradient norms and, after 5 steps, weights"
+fi
+# 1b. Gradient accumulation on 2 ranks (each rank's 4 images as 2 micro-batches of 2) against 1 rank x 8 images.
+"$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --grad-accum 2 --out "$work/accum" > "$work/accum.log" 2>&1 \
+  || { cat "$work/accum.log"; flunk "2-rank run with --grad-accum 2"; }
+if runs_agree one accum && grep -q "each as 2 micro-batches of 2" "$work/accum.log"; then
+  pass "2 ranks with --grad-accum 2 give 1 rank's losses, gradient norms and weights"
+else
+  flunk "2 ranks with --grad-accum 2 give 1 rank's losses, gradient norms and weights"
 fi
 # Rank 0 alone writes: one header line of output, one copy of each file.
 if grep -q "2 ranks" "$work/two.log" && [ "$(grep -c '^ddpm-tool train' "$work/two.log")" = 1 ]; then
