@@ -47,7 +47,7 @@ public enum RunStatus
 public sealed record RunOutcome(RunStatus Status, long Step, string? Checkpoint, double SmoothedLoss, TimeSpan Elapsed);
 
 /// <summary>A sample grid written by a run: where, at which step, of how many images, and how long it took.</summary>
-public sealed record SampleGrid(string Path, long Step, int Images, int SamplerSteps, TimeSpan Took);
+public sealed record SampleGrid(string Path, long Step, int Images, int SamplerSteps, TimeSpan Took, int Width, int Height, int Channels);
 
 /// <summary>A run that diverged; the message says why and which checkpoint is the last good one.</summary>
 public sealed class TrainingDivergedException(string message) : Exception(message);
@@ -76,6 +76,7 @@ public sealed class TrainingRun : IDisposable
     private readonly RunFolder? _folder;
     private readonly IReadOnlyList<ITrainingObserver> _observers;
     private readonly LossLog? _log;
+    private readonly EventFile? _events;
     private long? _savedStep;
 
     /// <summary>
@@ -103,16 +104,23 @@ public sealed class TrainingRun : IDisposable
                 StaleTemporaries = _folder.RemoveStaleTemporaries();
                 _log = new LossLog(_folder.File(RunFolder.LossName), plan.Resume?.Step);
                 _folder.WriteText(RunFolder.ConfigName, plan.ConfigJson());
+                _events = new EventFile(_folder.File(RunFolder.LogsName));
+                if (plan.Resume is { } resumed) _events.SessionStart(resumed.Step);
+                _events.Text("config", Trainer.StepCount, "```\n" + plan.ConfigJson() + "```");
                 if (plan.Resume is { } r && SameFile(r.Path, _folder.CheckpointPath(r.Step))) _savedStep = r.Step;
             }
         }
         catch
         {
+            _events?.Dispose();
             Trainer?.Dispose();
             Model.Dispose();
             throw;
         }
     }
+
+    /// <summary>The run's TensorBoard event file (rank 0), under the folder's logs/.</summary>
+    public EventFile? Events => _events;
 
     /// <summary>
     /// The agreement that starts a data-parallel run: every rank runs <paramref name="prepare"/> (resolving its
@@ -193,6 +201,13 @@ public sealed class TrainingRun : IDisposable
                 if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
                 _log?.Add(s);
                 loss.Add(s.Loss);
+                if (_events is not null)
+                {
+                    _events.Scalar("train/loss", s.Step, s.Loss);
+                    _events.Scalar("train/grad_norm", s.Step, s.GradNorm);
+                    _events.Scalar("train/lr", s.Step, s.LearningRate);
+                    _events.Scalar("train/images_per_s", s.Step, s.Batch / Math.Max(s.Seconds, 1e-9));
+                }
                 foreach (var o in _observers) o.OnStep(this, s);
                 if (s.Step >= total) break;
                 if (run.CheckpointEvery > 0 && s.Step % run.CheckpointEvery == 0)
@@ -213,6 +228,7 @@ public sealed class TrainingRun : IDisposable
         }
         // A run that diverged keeps the last checkpoint written before it; its state is not saved.
         if (diverged is null) diverged = Save();
+        _events?.Flush();
         if (diverged is not null)
         {
             // The rows up to the divergence stay for inspection; a resume cuts the log back to its checkpoint.
@@ -263,6 +279,7 @@ public sealed class TrainingRun : IDisposable
             return $"training diverged by step {Trainer.StepCount} ('{e.Tensor}' is not finite)";
         }
         _folder.Prune(Plan.Run.Keep);
+        _events?.Flush();
         foreach (var o in _observers) o.OnCheckpoint(this, path, Trainer.StepCount);
         return null;
     }
@@ -291,10 +308,12 @@ public sealed class TrainingRun : IDisposable
             var condition = mc.IsConditional ? ClassCondition.Rows(mc.NumClasses, perRow, ClassCondition.DefaultGuidance) : null;
             int n = condition?.Labels.Length ?? perRow;
             var x = new Sampler(Trainer.Diffusion, condition).Sample(n, SamplerKind.Ddim, steps, 0f, Trainer.Config.Seed + 1000);
-            ImageGrid.SavePng(path, x.ToArray(), n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
+            var (width, height) = ImageGrid.SavePng(path, x.ToArray(), n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
                 mc.IsConditional ? perRow : ImageGrid.SquareRow(n), Trainer.Diffusion.Config.DataRange, scale: SampleScale);
             Model.Train();
-            var grid = new SampleGrid(path, Trainer.StepCount, n, steps, sw.Elapsed);
+            var grid = new SampleGrid(path, Trainer.StepCount, n, steps, sw.Elapsed, width, height, mc.ImageChannels);
+            _events?.Image("samples", grid.Step, File.ReadAllBytes(path), width, height, mc.ImageChannels);
+            _events?.Flush();
             foreach (var o in _observers) o.OnSamples(this, grid);
         }
     }
@@ -307,6 +326,7 @@ public sealed class TrainingRun : IDisposable
 
     public void Dispose()
     {
+        _events?.Dispose();
         Trainer.Dispose();
         Model.Dispose();
     }
