@@ -42,6 +42,12 @@ internal static class LossPlot
         plot.XLabel("step");
         plot.YLabel("loss (log scale)");
         plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
+        Write(plot, path);
+    }
+
+    /// <summary>Writes <paramref name="plot"/> as a PNG whole or not at all (a temporary file renamed into place).</summary>
+    internal static void Write(Plot plot, string path)
+    {
         string tmp = AtomicFile.TemporaryPath(path);
         try
         {
@@ -103,5 +109,24 @@ internal static class LossPlot
             result[i] = w > 0 ? m / w : y[i];
         }
         return result;
+    }
+}
+
+/// <summary>FID by step as a PNG (ScottPlot), beside the loss curve.</summary>
+internal static class FidPlot
+{
+    public static void Save(string path, IReadOnlyList<(long Step, double Fid)> points)
+    {
+        using var plot = new Plot();
+        var line = plot.Add.Scatter(points.Select(p => (double)p.Step).ToArray(), points.Select(p => p.Fid).ToArray());
+        line.LegendText = "FID (bundled classifier's features)";
+        line.LineWidth = 2;
+        line.MarkerSize = 8;
+        plot.ShowLegend(Alignment.UpperRight);
+        plot.Title("Sample quality while training");
+        plot.XLabel("step");
+        plot.YLabel("FID (lower is better)");
+        plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
+        LossPlot.Write(plot, path);
     }
 }

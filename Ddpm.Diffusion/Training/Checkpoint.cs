@@ -197,14 +197,16 @@ public sealed class Checkpoint
     }
 
     /// <summary>
-    /// Writes a model's weights alone under labml's names (interchange with PyTorch); non-finite weights are
-    /// refused as by <see cref="Save"/>.
+    /// Writes a model's weights alone under labml's names (interchange with PyTorch), with the model's and the
+    /// diffusion's configs when given (so the file samples as it was trained); non-finite weights are refused as by
+    /// <see cref="Save"/>.
     /// </summary>
-    public static void SaveWeights(string path, Module model, UNetConfig? config = null)
+    public static void SaveWeights(string path, Module model, UNetConfig? config = null, DiffusionConfig? diffusion = null)
     {
         var entries = model.NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
         var meta = new Dictionary<string, string> { ["format"] = FrameworkFormat };
         if (config is not null) meta["model"] = JsonSerializer.Serialize(config, Json);
+        if (diffusion is not null) meta["diffusion"] = JsonSerializer.Serialize(diffusion, Json);
         RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
     }

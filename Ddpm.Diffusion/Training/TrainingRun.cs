@@ -26,6 +26,9 @@ public interface ITrainingObserver
     /// <summary>A sample grid of the EMA weights at <paramref name="step"/> was written to <paramref name="path"/>.</summary>
     void OnSamples(TrainingRun run, SampleGrid grid) { }
 
+    /// <summary>The samples' quality was measured (<paramref name="best"/>: the lowest FID of the run so far, saved as best.safetensors).</summary>
+    void OnEval(TrainingRun run, Quality.QualityResult result, bool best) { }
+
     /// <summary>The run ended: finished, interrupted or diverged (its last checkpoint is written, if any).</summary>
     void OnFinished(TrainingRun run, RunOutcome outcome) { }
 }
@@ -77,6 +80,7 @@ public sealed class TrainingRun : IDisposable
     private readonly IReadOnlyList<ITrainingObserver> _observers;
     private readonly LossLog? _log;
     private readonly EventFile? _events;
+    private MetricsLog? _metrics;
     private long? _savedStep;
 
     /// <summary>
@@ -118,6 +122,15 @@ public sealed class TrainingRun : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Rank 0's sample-quality measurement every <see cref="RunSettings.EvalEvery"/> steps (null: none): its rows go
+    /// to metrics.csv and the event file, and the EMA weights of the lowest FID to best.safetensors.
+    /// </summary>
+    public Quality.QualityProbe? Quality { get; init; }
+
+    /// <summary>The measurements so far (rank 0 with <see cref="RunSettings.EvalEvery"/> on), for plots.</summary>
+    public MetricsLog? Metrics => _metrics;
 
     /// <summary>The run's TensorBoard event file (rank 0), under the folder's logs/.</summary>
     public EventFile? Events => _events;
@@ -209,6 +222,7 @@ public sealed class TrainingRun : IDisposable
                     _events.Scalar("train/images_per_s", s.Step, s.Batch / Math.Max(s.Seconds, 1e-9));
                 }
                 foreach (var o in _observers) o.OnStep(this, s);
+                if (run.EvalEvery > 0 && s.Step % run.EvalEvery == 0) Evaluate();
                 if (s.Step >= total) break;
                 if (run.CheckpointEvery > 0 && s.Step % run.CheckpointEvery == 0)
                 {
@@ -248,7 +262,7 @@ public sealed class TrainingRun : IDisposable
         {
             WriteSamples(_folder.File(RunFolder.SamplesName));
             using (Trainer.UseEmaWeights())
-                Checkpoint.SaveWeights(_folder.File(RunFolder.ModelName), Model, Plan.Model);
+                Checkpoint.SaveWeights(_folder.File(RunFolder.ModelName), Model, Plan.Model, Plan.Diffusion);
         }
         var done = new RunOutcome(RunStatus.Finished, Trainer.StepCount, SavedPath, loss.Value, _clock.Elapsed);
         foreach (var o in _observers) o.OnFinished(this, done);
@@ -282,6 +296,32 @@ public sealed class TrainingRun : IDisposable
         _events?.Flush();
         foreach (var o in _observers) o.OnCheckpoint(this, path, Trainer.StepCount);
         return null;
+    }
+
+    /// <summary>Rank 0 measures the EMA weights' samples and records them; a new lowest FID saves best.safetensors.</summary>
+    private void Evaluate()
+    {
+        if (_folder is null || Quality is null) return;
+        // Opened at the first measurement: a resumed run's rows after its checkpoint are dropped then.
+        _metrics ??= new MetricsLog(_folder.File(RunFolder.MetricsName), Plan.Resume?.Step);
+        Quality.QualityResult r;
+        using (Trainer.UseEmaWeights())
+        {
+            r = Quality.Measure(Trainer.Diffusion, Trainer.StepCount);
+            bool best = r.Fid < _metrics.BestFid;
+            if (best) Checkpoint.SaveWeights(_folder.File(RunFolder.BestName), Model, Plan.Model, Plan.Diffusion);
+            Model.Train();
+            _metrics.Add(r);
+            if (_events is not null)
+            {
+                _events.Scalar("eval/fid", r.Step, r.Fid);
+                _events.Scalar("eval/inception_score", r.Step, r.InceptionScore);
+                if (r.ClassAccuracy is { } a) _events.Scalar("eval/class_accuracy", r.Step, a);
+                _events.Scalar("eval/seconds", r.Step, r.Seconds);
+                _events.Flush();
+            }
+            foreach (var o in _observers) o.OnEval(this, r, best);
+        }
     }
 
     private string DescribeSaved() => SavedPath is { } path

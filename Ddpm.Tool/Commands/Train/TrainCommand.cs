@@ -1,6 +1,7 @@
 using System.Globalization;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Imaging;
+using Ddpm.Diffusion.Quality;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 
@@ -86,10 +87,11 @@ public static class TrainCommand
         using var onDevice = job.ForBackend(be);
         dp = dp with { Collective = onDevice };
         var console = new ConsoleObserver(o, plan, con, be, dp);
+        using var probe = dp.IsRoot && plan.Run.Run.EvalEvery > 0 && plan.Run.Run.EvalEvery <= plan.Run.TotalSteps ? QualityProbes.Create(plan, be) : null;
         TrainingRun run;
         try
         {
-            run = new TrainingRun(plan.Run, be, dp, folder, [console]) { SampleScale = o.Scale ?? ImageGrid.AutoScale };
+            run = new TrainingRun(plan.Run, be, dp, folder, [console]) { SampleScale = o.Scale ?? ImageGrid.AutoScale, Quality = probe?.Probe };
         }
         catch (InvalidDataException e) { throw new UserError(e.Message, e); }
         using var _ = run;
@@ -137,6 +139,10 @@ public static class TrainCommand
             if (!con.Interactive) con.Out.WriteLine($"  wrote {grid.Path} ({grid.SamplerSteps} DDIM steps, {grid.Took.TotalSeconds:F1}s)");
         }
 
+        public void OnEval(TrainingRun run, QualityResult r, bool best) =>
+            _progress.Note(string.Create(CultureInfo.InvariantCulture,
+                $"  step {r.Step:N0}: FID {r.Fid:F2}, IS {r.InceptionScore:F2}{(r.ClassAccuracy is { } a ? $", class accuracy {a * 100:F1} %" : "")} ({r.Samples} samples, {r.Seconds:F0}s){(best ? $"; best so far: {RunFolder.BestName}" : "")}"));
+
         public void OnFinished(TrainingRun run, RunOutcome outcome)
         {
             _progress.Finish();
@@ -149,6 +155,7 @@ public static class TrainCommand
             }
             if (outcome.Status != RunStatus.Finished) return;
             LossPlot.Save(Path.Combine(plan.OutFolder, "loss.png"), run.Log!.Points);
+            if (run.Metrics is { Fids.Count: > 0 } m) FidPlot.Save(Path.Combine(plan.OutFolder, "fid.png"), m.Fids);
             con.Out.WriteLine($"done: {outcome.Step:N0} steps in {Duration.Format(outcome.Elapsed.TotalSeconds)}; final loss (smoothed) {outcome.SmoothedLoss:F4}.");
             con.Out.WriteLine($"  {plan.OutFolder}: {RunFolder.SamplesName}, loss.png, {RunFolder.LossName}, {RunFolder.ConfigName}, {(outcome.Checkpoint is { } c ? Path.GetFileName(c) : "")}, {RunFolder.ModelName} ({(run.Trainer.HasEma ? "EMA " : "")}weights)");
         }
@@ -172,6 +179,32 @@ public static class TrainCommand
             foreach (var note in p.Notes) con.Out.WriteLine("  " + note);
             if (run.StaleTemporaries > 0) con.Out.WriteLine($"  removed {run.StaleTemporaries} temporary file(s) a stopped run left in {plan.OutFolder}");
         }
+    }
+
+    /// <summary>The bundled classifier and test images as a run's <see cref="QualityProbe"/> (the classifier disposed with it).</summary>
+    private sealed class QualityProbes(FeatureClassifier classifier, QualityProbe probe) : IDisposable
+    {
+        public QualityProbe Probe => probe;
+
+        public static QualityProbes? Create(TrainPlan plan, IBackend be)
+        {
+            string path = BundledFiles.Model(BundledFiles.Classifier);
+            var (classifier, _) = ModelLoading.Open(path, p => FeatureClassifier.Load(p, be), "classifier weights file");
+            try
+            {
+                var mc = plan.Model;
+                SampleQuality.CheckFits(classifier.Config, mc.ImageChannels, mc.ImageSize, mc.ImageSize, "the model");
+                var real = Datasets.Open(BundledFiles.Data(BundledFiles.TestImages), mc.ImageSize, mc.ImageChannels);
+                return new QualityProbes(classifier, new QualityProbe(classifier, real, real.Count, plan.Run.Run.EvalSamples, plan.Training.Seed + 2000));
+            }
+            catch (ArgumentException e)
+            {
+                classifier.Dispose();
+                throw new UsageError($"--eval-every: {e.Message}");
+            }
+        }
+
+        public void Dispose() => classifier.Dispose();
     }
 
     /// <summary>

@@ -206,7 +206,7 @@ public sealed class RunFolderToolTests
         var data = new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
         var recipe = new TrainingRecipe()
             .Set("run", "preset", "tiny").Set("run", "steps", 3L).Set("run", "max_images", 32).Set("run", "samples", 1)
-            .Set("run", "sample_steps", 1).Set("run", "sample_every", 0)
+            .Set("run", "sample_steps", 1).Set("run", "sample_every", 0).Set("run", "eval_every", 1000)
             .Set("diffusion", "n_steps", 20).Set("training", "batch_size", 4).Set("training", "lr", 2e-3f);
         using var library = new TempDir();
         var plan = Recipes.Plan(recipe, data);
@@ -219,5 +219,27 @@ public sealed class RunFolderToolTests
         SameTensors(RunFolder.Latest(tool.Path)!, RunFolder.Latest(library.Path)!);
         SameTensors(tool.File(RunFolder.ModelName), library.File(RunFolder.ModelName));
         Assert.Equal(File.ReadAllText(tool.File(RunFolder.ConfigName)), File.ReadAllText(library.File(RunFolder.ConfigName)));
+    }
+
+    [Fact]
+    public void EvalEveryMeasuresWhatEvalMeasuresAndKeepsTheBest()
+    {
+        using var dir = new TempDir();
+        var (code, output, err) = Run(Tiny(dir.Path, "--steps", "4", "--eval-every", "2", "--eval-samples", "6", "--seed", "1"));
+        Assert.True(code == 0, err + output);
+        var rows = File.ReadAllLines(dir.File(RunFolder.MetricsName));
+        Assert.Equal(MetricsLog.Header, rows[0]);
+        Assert.Equal(["2", "4"], rows.Skip(1).Select(r => r.Split(',')[0]));
+        Assert.Contains("step 2: FID ", output);
+        Assert.True(File.Exists(dir.File("fid.png")));
+        // The measurement is eval's: the same seed (the run's + 2000), DPM-Solver++ 20 steps, class-balanced at
+        // guidance 1, in chunks of 125, against the bundled test set with the bundled classifier. best.safetensors
+        // holds the EMA weights of the lowest FID, with the configs to sample them.
+        var fids = rows.Skip(1).Select(r => double.Parse(r.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
+        (code, output, err) = Run("eval", "--checkpoint", dir.File(RunFolder.BestName), "--n", "6", "--batch", "125", "--sampler", "dpm++",
+            "--steps", "20", "--guidance", "1", "--seed", "2001", "--threads", "1", "--json");
+        Assert.True(code == 0, err + output);
+        double evalFid = JsonNode.Parse(output.Trim().Split('\n')[^1])!["fid"]!.GetValue<double>();
+        Assert.Equal(fids.Min(), evalFid, 9);
     }
 }
