@@ -77,6 +77,7 @@ public static class Program
                 var help = HelpText.AutoBuild(result, h =>
                 {
                     h.Heading = "ddpm-tool: train and sample DDPM image models (C#, CPU or CUDA)";
+                    h.AddPreOptionsLine(InfoCommand.BundledModelLine());
                     h.Copyright = "";
                     h.AddDashesToOption = true;
                     h.AdditionalNewLineAfterOption = false;

@@ -198,13 +198,17 @@ public sealed class Checkpoint
 
     /// <summary>
     /// Writes a model's weights alone under labml's names (interchange with PyTorch), with the model's and the
-    /// diffusion's configs when given (so the file samples as it was trained); non-finite weights are refused as by
-    /// <see cref="Save"/>.
+    /// diffusion's configs when given (so the file samples as it was trained), in F16 when <paramref name="half"/>
+    /// (float32 again when read); non-finite weights (also after rounding to half) are refused as by <see cref="Save"/>.
     /// </summary>
-    public static void SaveWeights(string path, Module model, UNetConfig? config = null, DiffusionConfig? diffusion = null)
+    public static void SaveWeights(string path, Module model, UNetConfig? config = null, DiffusionConfig? diffusion = null,
+        bool half = false, IReadOnlyDictionary<string, string>? extra = null)
     {
-        var entries = model.NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
+        var entries = model.NamedParameters().Select(p => half
+            ? SafeTensorEntry.F16(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())
+            : SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
         var meta = new Dictionary<string, string> { ["format"] = FrameworkFormat };
+        if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
         if (config is not null) meta["model"] = JsonSerializer.Serialize(config, Json);
         if (diffusion is not null) meta["diffusion"] = JsonSerializer.Serialize(diffusion, Json);
         RequireFinite(path, entries);

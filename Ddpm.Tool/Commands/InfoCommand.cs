@@ -42,6 +42,8 @@ public static class InfoCommand
             if (c.IsTrainingCheckpoint) con.Out.WriteLine($"  step      {c.Step:N0}; EMA weights: {(c.HasEma ? "yes" : "no")}");
             con.Out.WriteLine();
         }
+        con.Out.WriteLine(BundledModelLine());
+        con.Out.WriteLine();
         con.Out.WriteLine("presets:");
         foreach (var p in Presets.All) con.Out.WriteLine($"  {p.Name,-13} batch {p.Batch,4}  {p.Summary}");
         con.Out.WriteLine();
@@ -55,5 +57,17 @@ public static class InfoCommand
         }
         con.Out.WriteLine($"  this machine: {Environment.ProcessorCount} cores, AVX-512 {(System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? "yes" : "no")}, AVX2 {(System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "yes" : "no")}, .NET {Environment.Version}");
         return 0;
+    }
+
+    /// <summary>What the bundled model is (sample, animate, interpolate and eval use it without --checkpoint), and its FID.</summary>
+    internal static string BundledModelLine()
+    {
+        if (BundledFiles.TryModel(BundledFiles.DdpmModelFile) is not { } path)
+            return $"bundled model: none in this build (models/{BundledFiles.DdpmModelFile}; 'train --bundle FILE' makes one); the sampling verbs need --checkpoint";
+        var c = ModelLoading.OpenCheckpoint(path);
+        var meta = c.File.Metadata;
+        string what = meta.TryGetValue("description", out var d) ? d : c.Model?.ToString() ?? "weights";
+        string fid = meta.TryGetValue("fid", out var f) ? $"; FID {f} ({(meta.TryGetValue("fid_measure", out var how) ? how : "measured while training")})" : "";
+        return $"bundled model: {path}: {what}{fid}. The sampling verbs use it without --checkpoint, e.g. 'ddpm-tool sample --class Sneaker'.";
     }
 }

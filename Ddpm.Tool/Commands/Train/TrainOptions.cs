@@ -113,6 +113,9 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("overwrite", Default = false, HelpText = "Start a new run in an --out that holds another: that run's checkpoints, logs, grids and weights are removed first.")]
     public bool Overwrite { get; set; }
 
+    [Option("bundle", HelpText = "When the run finishes, also write its final EMA weights in fp16 with its configs and last FID to this file: how the tool's bundled model (models/" + BundledFiles.DdpmModelFile + ") is made from the main job.")]
+    public string? Bundle { get; set; }
+
     [Option("keep", HelpText = "Step-numbered checkpoints kept in the run folder, the oldest removed first (default 3).")]
     public int? Keep { get; set; }
 

@@ -242,4 +242,43 @@ public sealed class RunFolderToolTests
         double evalFid = JsonNode.Parse(output.Trim().Split('\n')[^1])!["fid"]!.GetValue<double>();
         Assert.Equal(fids.Min(), evalFid, 9);
     }
+
+    [Fact]
+    public void ABundledModelSamplesWithoutACheckpoint()
+    {
+        // The tool finds its bundled model beside its binary (here: the test's output folder).
+        string bundled = Path.Combine(AppContext.BaseDirectory, "models", BundledFiles.DdpmModelFile);
+        Assert.False(File.Exists(bundled), "the test build carries no bundled model");
+        var (code, _, err) = Run("sample", "--n", "1", "--steps", "1", "--out", Path.Combine(Path.GetTempPath(), "never.png"));
+        Assert.Equal(1, code);
+        Assert.Contains("carries no bundled model", err);
+        Assert.Single(err.Trim().Split('\n'));
+
+        using var dir = new TempDir();
+        (code, var output, err) = Run(Tiny(dir.Path, "--steps", "2", "--ema", "0.9", "--bundle", dir.File("bundle.safetensors")));
+        Assert.True(code == 0, err);
+        var file = SafeTensorsFile.Read(dir.File("bundle.safetensors"));
+        Assert.All(file.Entries, e => Assert.Equal(SafeTensorsDType.F16, e.DType));
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Contains("EMA weights after 2 steps", file.Metadata["description"]);
+        // fp16 on disk, float32 in memory: the EMA weights of model.safetensors rounded to half, and nothing else.
+        var full = SafeTensorsFile.Read(dir.File(RunFolder.ModelName));
+        foreach (var e in full.Entries)
+            Assert.Equal(e.AsFloats().Select(v => (float)(Half)v), file[e.Name].AsFloats());
+        try
+        {
+            File.Copy(dir.File("bundle.safetensors"), bundled);
+            (code, output, err) = Run("sample", "--class", "Sneaker", "--n", "2", "--steps", "2", "--out", dir.File("s.png"), "--threads", "1");
+            Assert.True(code == 0, err);
+            Assert.Contains($"from {bundled}", output);
+            Assert.Contains("of class 7 (Sneaker)", output);
+            (code, output, err) = Run("info");
+            Assert.True(code == 0, err);
+            Assert.Contains($"bundled model: {bundled}: class-conditional", output);
+        }
+        finally
+        {
+            File.Delete(bundled);
+        }
+    }
 }

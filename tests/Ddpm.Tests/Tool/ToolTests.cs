@@ -319,7 +319,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--bogus" }, "unknown option 'bogus'")]
     [InlineData(new[] { "train", "--steps", "abc" }, "bad value for --steps")]
     [InlineData(new[] { "frobnicate" }, "unknown verb 'frobnicate'")]
-    [InlineData(new[] { "sample" }, "missing required option --checkpoint")]
+    [InlineData(new[] { "eval" }, "give --checkpoint (to sample) or --images")]
     [InlineData(new[] { "train", "--steps", "0" }, "--steps must be between 1 and")]
     [InlineData(new[] { "train", "--preset", "huge" }, "--preset 'huge' is not a preset; known: tiny, small")]
     [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "bad value for --lr-schedule")]
