@@ -24,6 +24,9 @@ public sealed record BackendTraits
 
     /// <summary>What this machine offers of the backend in one line ("available", or why not); null: always available.</summary>
     public Func<string>? Probe { get; init; }
+
+    /// <summary>The arithmetic peak (GFLOP/s) of a backend made from this entry, measured on it, for efficiency figures; null when unknown.</summary>
+    public Func<IBackend, double?>? PeakGflops { get; init; }
 }
 
 /// <summary>
