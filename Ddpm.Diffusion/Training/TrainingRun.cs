@@ -23,7 +23,7 @@ public interface ITrainingObserver
     /// <summary>A checkpoint of <paramref name="step"/> was written to <paramref name="path"/>.</summary>
     void OnCheckpoint(TrainingRun run, string path, long step) { }
 
-    /// <summary>A sample grid of the EMA weights at <paramref name="step"/> was written to <paramref name="path"/>.</summary>
+    /// <summary>A sample grid of the EMA weights was written (<see cref="SampleGrid.Path"/>, at <see cref="SampleGrid.Step"/>).</summary>
     void OnSamples(TrainingRun run, SampleGrid grid) { }
 
     /// <summary>The samples' quality was measured (<paramref name="best"/>: the lowest FID of the run so far, saved as best.safetensors).</summary>
