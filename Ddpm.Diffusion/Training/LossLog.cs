@@ -23,26 +23,32 @@ public sealed class LossLog
     public LossLog(string path, long? resumeStep)
     {
         _path = path;
-        var kept = new List<string>();
+        foreach (var (step, value, _) in Restart(path, Header, resumeStep)) _all.Add((step, value));
+    }
+
+    /// <summary>
+    /// Starts a CSV log of a run folder (<paramref name="header"/>, then rows "step,value,..."): a new run's is
+    /// empty; a resumed run's keeps the rows of steps up to <paramref name="resumeStep"/> (the resumed checkpoint's,
+    /// so rows a stopped run wrote after it go), rewritten atomically. Returns the kept rows' step and first value.
+    /// </summary>
+    internal static List<(double Step, double Value, string Line)> Restart(string path, string header, long? resumeStep)
+    {
+        var kept = new List<(double, double, string)>();
         if (resumeStep is { } last && File.Exists(path))
-        {
             foreach (var line in File.ReadLines(path).Skip(1))
             {
                 var f = line.Split(',');
                 if (f.Length >= 2 && double.TryParse(f[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var s)
-                    && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var l) && s <= last)
-                {
-                    _all.Add((s, l));
-                    kept.Add(line);
-                }
+                    && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && s <= last)
+                    kept.Add((s, v, line));
             }
-        }
         AtomicFile.Write(path, stream =>
         {
             using var w = new StreamWriter(stream, leaveOpen: true);
-            w.Write(Header + "\n");
-            foreach (var line in kept) w.Write(line + "\n");
+            w.Write(header + "\n");
+            foreach (var (_, _, line) in kept) w.Write(line + "\n");
         });
+        return kept;
     }
 
     public IReadOnlyList<(double Step, double Loss)> Points => _all;

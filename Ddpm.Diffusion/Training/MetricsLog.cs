@@ -1,6 +1,5 @@
 using System.Globalization;
 using Ddpm.Diffusion.Quality;
-using Ddpm.Tensors.IO;
 
 namespace Ddpm.Diffusion.Training;
 
@@ -17,24 +16,7 @@ public sealed class MetricsLog
     public MetricsLog(string path, long? resumeStep)
     {
         _path = path;
-        var kept = new List<string>();
-        if (resumeStep is { } last && File.Exists(path))
-            foreach (var line in File.ReadLines(path).Skip(1))
-            {
-                var f = line.Split(',');
-                if (f.Length >= 2 && long.TryParse(f[0], NumberStyles.None, CultureInfo.InvariantCulture, out long s) && s <= last
-                    && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double fid))
-                {
-                    kept.Add(line);
-                    _fids.Add((s, fid));
-                }
-            }
-        AtomicFile.Write(path, stream =>
-        {
-            using var w = new StreamWriter(stream, leaveOpen: true);
-            w.Write(Header + "\n");
-            foreach (var line in kept) w.Write(line + "\n");
-        });
+        foreach (var (step, fid, _) in LossLog.Restart(path, Header, resumeStep)) _fids.Add(((long)step, fid));
     }
 
     /// <summary>The FIDs measured so far, by step.</summary>

@@ -235,7 +235,7 @@ public sealed class ReliabilityToolTests
     }
 
     /// <summary>A console writer that asks the run to stop (as Ctrl-C does) once a line containing <paramref name="trigger"/> is written.</summary>
-    private sealed class StopOn(string trigger, CancellationTokenSource cts) : StringWriter
+    internal sealed class StopOn(string trigger, CancellationTokenSource cts) : StringWriter
     {
         public override void WriteLine(string? value)
         {

@@ -74,16 +74,6 @@ public sealed class RunFolderToolTests
         Assert.Equal(2, Checkpoint.Load(RunFolder.Latest(dir.Path)!).Step);
     }
 
-    /// <summary>A console writer that asks the run to stop (as SIGTERM does) once a line containing <paramref name="trigger"/> is written.</summary>
-    private sealed class StopOn(string trigger, CancellationTokenSource cts) : StringWriter
-    {
-        public override void WriteLine(string? value)
-        {
-            base.WriteLine(value);
-            if (value is not null && value.Contains(trigger, StringComparison.Ordinal)) cts.Cancel();
-        }
-    }
-
     [Fact]
     public void AStoppedRunContinuesWithResumeAloneToTheLossesOfAnUninterruptedRun()
     {
@@ -91,7 +81,7 @@ public sealed class RunFolderToolTests
         Assert.Equal(0, Run(Tiny(whole.Path, "--steps", "6")).Code);
         using var split = new TempDir();
         using var cts = new CancellationTokenSource();
-        int code = Program.Run(Tiny(split.Path, "--steps", "6"), new ToolConsole(new StopOn("step       3/", cts), new StringWriter(), interactive: false) { Cancel = cts.Token });
+        int code = Program.Run(Tiny(split.Path, "--steps", "6"), new ToolConsole(new ReliabilityToolTests.StopOn("step       3/", cts), new StringWriter(), interactive: false) { Cancel = cts.Token });
         Assert.Equal(ExitCodes.Interrupted, code);
         Assert.Equal([3], Steps(split.Path));
         // The stopped run's plan (6 steps, its schedule) is in its checkpoint: --resume alone finishes it.
