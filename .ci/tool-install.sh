@@ -48,4 +48,21 @@ grep -q "^classifier .*/tools/.*models/fashion-classifier.safetensors" eval.log 
   || { echo "tool-install: eval did not use the classifier bundled in the package" >&2; exit 1; }
 grep -q "^FID " eval.log || { echo "tool-install: eval printed no FID" >&2; exit 1; }
 
+# The bundled model: a package that carries one samples with no checkpoint; one without says so in one line.
+if unzip -l "$work"/nupkg/Ddpm.Tool.*.nupkg | grep -q "models/fashion-ddpm.safetensors"; then
+  step "ddpm-tool sample --class Sneaker (the bundled model, no checkpoint)"
+  "$tool" sample --class Sneaker --n 2 --steps 2 --threads 2 --out sneakers.png | tee sample.log
+  grep -q "/tools/.*models/fashion-ddpm.safetensors" sample.log && [ -s sneakers.png ] \
+    || { echo "tool-install: sample did not use the model bundled in the package" >&2; exit 1; }
+  "$tool" info | grep -q "^bundled model: .*/tools/.*fashion-ddpm.safetensors: .*FID" \
+    || { echo "tool-install: info does not describe the bundled model and its FID" >&2; exit 1; }
+else
+  step "ddpm-tool sample without --checkpoint (this package carries no bundled model)"
+  if "$tool" sample --class Sneaker --n 2 --steps 2 --out sneakers.png 2> sample.err; then
+    echo "tool-install: sample ran without a checkpoint or a bundled model" >&2; exit 1
+  fi
+  grep -q "carries no bundled model" sample.err && [ "$(wc -l < sample.err)" = 1 ] \
+    || { cat sample.err; echo "tool-install: sample without a checkpoint did not say it in one line" >&2; exit 1; }
+fi
+
 step "ok"
