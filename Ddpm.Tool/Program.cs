@@ -1,5 +1,6 @@
 using CommandLine;
 using CommandLine.Text;
+using Ddpm.Tensors.IO;
 using Ddpm.Tool.Commands;
 
 namespace Ddpm.Tool;
@@ -15,40 +16,10 @@ public static class Program
 
     public static int Main(string[] args)
     {
-        using var cts = new CancellationTokenSource();
         // A launcher passes Ctrl-C and SIGTERM to every rank; rank 0 alone says so, as it alone speaks for the job.
-        var notices = ToolCollective.LaunchedAsOtherRank() ? TextWriter.Null : Console.Error;
-        Console.CancelKeyPress += (_, e) =>
-        {
-            // The first Ctrl-C asks long commands to stop cleanly (train saves a checkpoint); a second one kills.
-            if (cts.IsCancellationRequested) return;
-            e.Cancel = true;
-            cts.Cancel();
-            notices.WriteLine();
-            notices.WriteLine("stopping after the current step (Ctrl-C again to abort)...");
-        };
-        // SIGTERM (kill, docker stop, a scheduler's time limit) stops the same way: the checkpoint is written first.
-        using var term = OnSigterm(cts, notices);
-        var con = new ToolConsole(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
+        using var signals = new StopSignals(ToolCollective.LaunchedAsOtherRank() ? TextWriter.Null : StopSignals.StandardError());
+        var con = new ToolConsole(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = signals.Token, Signals = signals };
         return Run(args, con);
-    }
-
-    private static IDisposable? OnSigterm(CancellationTokenSource cts, TextWriter notices)
-    {
-        try
-        {
-            return System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx =>
-            {
-                if (cts.IsCancellationRequested) return;
-                ctx.Cancel = true;
-                cts.Cancel();
-                notices.WriteLine("SIGTERM: stopping after the current step...");
-            });
-        }
-        catch (PlatformNotSupportedException)
-        {
-            return null;
-        }
     }
 
     /// <summary>Parses and runs one verb; returns the exit code (<see cref="ExitCodes"/>).</summary>
@@ -130,7 +101,7 @@ public static class Program
         {
             return Fail(con, "interrupted; nothing was written.", e, verbose, ExitCodes.Interrupted);
         }
-        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException)
+        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException or NonFiniteOutputException)
         {
             return Fail(con, "error: " + e.Message, e, verbose, ExitCodes.Failed);
         }

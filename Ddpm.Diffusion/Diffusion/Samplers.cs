@@ -1,4 +1,5 @@
 using Ddpm.Tensors;
+using Ddpm.Tensors.IO;
 
 namespace Ddpm.Diffusion.Diffusion;
 
@@ -94,7 +95,8 @@ public sealed class Sampler
         for (int t = tStart; t >= 0; t--)
         {
             using var scope = new TensorScope();
-            var next = Step(x, t, gen, out _);
+            var next = Step(x, t, gen, out var eps);
+            RequireFinite(eps, next, tStart - t + 1, tStart + 1, t);
             x.Dispose();
             x = scope.Keep(next);
         }
@@ -108,6 +110,7 @@ public sealed class Sampler
         {
             using var scope = new TensorScope();
             var next = Step(x, t, gen, out var eps);
+            RequireFinite(eps, next, T - t, T, t);
             if (onStep is not null)
             {
                 using var x0 = _d.PredictX0(x, Fill(x.Shape[0], t), eps);
@@ -157,6 +160,7 @@ public sealed class Sampler
                 using var prev = next;
                 next = prev + sz;
             }
+            RequireFinite(eps, next, seq.Length - i, seq.Length, t);
             onStep?.Invoke(t, next, x0);
             x.Dispose();
             x = scope.Keep(next);
@@ -223,6 +227,7 @@ public sealed class Sampler
                         next = sum + e;
                     }
                 }
+                RequireFinite(eps, next, seq.Length - i, seq.Length, t);
                 onStep?.Invoke(t, next, d);
                 x.Dispose();
                 x = scope.Keep(next);
@@ -236,6 +241,27 @@ public sealed class Sampler
             prevD?.Dispose();
         }
         return x;
+    }
+
+    /// <summary>
+    /// After every step the model's output and the new x must be finite, or sampling stops there with
+    /// <see cref="NonFiniteOutputException"/> naming the step and the image: clipping the predicted x0 would otherwise
+    /// turn NaN and infinities into a plausible black or white picture. Each check is one reduction (the sum of
+    /// squares, accumulated in double, is finite exactly when every value is); only a failure downloads.
+    /// </summary>
+    private static void RequireFinite(Tensor eps, Tensor next, int step, int of, int t)
+    {
+        RequireFinite(eps, "the model's output", step, of, t);
+        RequireFinite(next, "x", step, of, t);
+    }
+
+    private static void RequireFinite(Tensor v, string what, int step, int of, int t)
+    {
+        if (double.IsFinite(v.Backend.SumOfSquares(v.Buffer, v.Size))) return;
+        var host = v.ToArray();
+        long bad = Finite.FirstNonFinite(host), per = host.Length / v.Shape[0];
+        throw new NonFiniteOutputException(
+            $"sampling step {step} of {of} (t = {t}): {what} is {host[bad]} in image {bad / per} (value {bad % per} of {per}); the values stopped being finite there, so no image was written");
     }
 
     private static Tensor EpsFromX0(Tensor xt, Tensor x0, double ab)

@@ -84,7 +84,7 @@ public sealed class FeatureClassifier : Module
         return (features, _head.Forward(features));
     }
 
-    /// <summary>Writes the weights with the config (and any <paramref name="metadata"/>) in the header.</summary>
+    /// <summary>Writes the weights with the config (and any <paramref name="metadata"/>) in the header; non-finite weights are refused.</summary>
     public void Save(string path, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var entries = NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
@@ -92,6 +92,7 @@ public sealed class FeatureClassifier : Module
         if (metadata is not null) foreach (var kv in metadata) meta[kv.Key] = kv.Value;
         Ddpm.Diffusion.Training.Checkpoint.AddFormat(meta, Format);
         meta["config"] = JsonSerializer.Serialize(Config, Json);
+        NonFiniteOutputException.ThrowIfAny(entries, path);
         SafeTensorsFile.Write(path, entries, meta);
     }
 

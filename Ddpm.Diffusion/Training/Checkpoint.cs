@@ -57,8 +57,9 @@ public sealed class Checkpoint
     /// <summary>
     /// Reads a checkpoint or weights file. Every header value is checked before any tensor data is read: the
     /// configs by the same <c>Validate</c> rules as the command-line options (including the model's size
-    /// bounds), the counters as non-negative integers; then every tensor must be floating-point and finite.
-    /// Any problem throws <see cref="SafeTensorsFormatException"/> naming the file and the key or tensor.
+    /// bounds), the counters as non-negative integers that agree with each other (<see cref="CheckCounters"/>);
+    /// then every tensor must be floating-point and finite, and Adam's second moments not negative. Any problem
+    /// throws <see cref="SafeTensorsFormatException"/> naming the file and the key or tensor.
     /// </summary>
     public static Checkpoint Load(string path)
     {
@@ -66,6 +67,7 @@ public sealed class Checkpoint
         var file = SafeTensorsFile.Read(path, h =>
         {
             header = ParseHeader(path, h.Metadata);
+            CheckCounters(path, header);
             if (header.Model is { } model) CheckParameterCount(path, model, h, header.IsTrainingCheckpoint);
         });
         foreach (var e in file.Entries)
@@ -76,6 +78,9 @@ public sealed class Checkpoint
             if (bad >= 0)
                 throw new SafeTensorsFormatException(path, e.Name,
                     $"value {bad} of {e.ShapeText} is {e.Floats![bad]}; a model's tensors must be finite (was it saved after training diverged?)");
+            if (e.Name.StartsWith("adam.v.", StringComparison.Ordinal) && Array.FindIndex(e.Floats!, v => v < 0) is var negative and >= 0)
+                throw new SafeTensorsFormatException(path, e.Name,
+                    $"value {negative} of {e.ShapeText} is {e.Floats![negative]}; Adam's second moments are running means of squared gradients and cannot be negative");
         }
         return new Checkpoint(path, file, header!);
     }
@@ -124,6 +129,23 @@ public sealed class Checkpoint
     {
         meta["format"] = FrameworkFormat;
         meta[FormatKey] = format;
+    }
+
+    /// <summary>
+    /// The step and the data position must be reachable together: a step never exceeds
+    /// <see cref="TrainingConfig.MaxSteps"/>, and each step takes one batch, so the position (epoch, batch in the
+    /// epoch) moves by at most one of the two per step (a resume with other data keeps it) and
+    /// data_epoch + data_index never exceeds the step.
+    /// </summary>
+    private static void CheckCounters(string path, HeaderValues h)
+    {
+        if (h.Step > TrainingConfig.MaxSteps)
+            throw new SafeTensorsFormatException(path, null, $"header key \"step\": {h.Step} is more than the {TrainingConfig.MaxSteps:N0} steps a run may have");
+        if (h.Step is not { } step) return;
+        long epoch = h.DataEpoch ?? 0, index = h.DataIndex ?? 0;
+        if (epoch > step - index)
+            throw new SafeTensorsFormatException(path, null,
+                $"header keys \"data_epoch\" {epoch} and \"data_index\" {index}: a run at step {step} has read {step} batches and cannot have reached that position");
     }
 
     internal static T? ParseConfig<T>(string path, IReadOnlyDictionary<string, string> m, string key, Action<T> validate) where T : class
@@ -218,11 +240,7 @@ public sealed class Checkpoint
     /// <summary>One pass over the host copies that are about to be written: the first non-finite value stops the save.</summary>
     private static void RequireFinite(string path, List<SafeTensorEntry> entries)
     {
-        foreach (var e in entries)
-        {
-            long bad = e.FirstNonFinite();
-            if (bad >= 0) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
-        }
+        if (SafeTensorEntry.FirstNonFinite(entries) is (var e, var bad)) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
     }
 
     /// <summary>
@@ -278,6 +296,7 @@ public sealed class Checkpoint
             throw new InvalidDataException($"{Path} cannot resume this training: {string.Join("; ", problems.Take(12))}{(problems.Count > 12 ? $"; and {problems.Count - 12} more" : "")}.");
         var position = (Required(_header.DataEpoch, "data_epoch"), Required(_header.DataIndex, "data_index"));
         ulong noise = Required(_header.NoiseOffset, "noise_offset"), dropout = Required(_header.DropoutOffset, "dropout_offset");
+        long step = Required(_header.Step, "step");
         var saved = trainer.Data.Position;
         try
         {
@@ -297,7 +316,7 @@ public sealed class Checkpoint
             m.CopyFrom(File["adam.m." + name].AsFloats());
             v.CopyFrom(File["adam.v." + name].AsFloats());
         }
-        trainer.Optimizer.StepCount = Step;
+        trainer.Optimizer.StepCount = step;
         trainer.SetRandomState(noise, dropout);
         trainer.Data.Position = position;
     }

@@ -35,13 +35,17 @@ public sealed class LossLog
     {
         var kept = new List<(double, double, string)>();
         if (resumeStep is { } last && File.Exists(path))
-            foreach (var line in File.ReadLines(path).Skip(1))
+        {
+            using var reader = new StreamReader(InputFile.OpenRead(path));
+            reader.ReadLine();
+            while (reader.ReadLine() is { } line)
             {
                 var f = line.Split(',');
                 if (f.Length >= 2 && double.TryParse(f[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var s)
                     && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && s <= last)
                     kept.Add((s, v, line));
             }
+        }
         AtomicFile.Write(path, stream =>
         {
             using var w = new StreamWriter(stream, leaveOpen: true);

@@ -52,6 +52,12 @@ public sealed record RunOutcome(RunStatus Status, long Step, string? Checkpoint,
 /// <summary>A sample grid written by a run: where, at which step, of how many images, and how long it took.</summary>
 public sealed record SampleGrid(string Path, long Step, int Images, int SamplerSteps, TimeSpan Took, int Width, int Height, int Channels);
 
+/// <summary>
+/// What a run tells whoever ends a process that does not stop in time (every rank): how long each step (with its
+/// grid and checkpoint) took, and that it saw the stop request and now stops cleanly (writing its checkpoint).
+/// </summary>
+public sealed record RunPacing(Action<TimeSpan> StepTook, Action StoppingCleanly);
+
 /// <summary>A run that diverged; the message says why and which checkpoint is the last good one.</summary>
 public sealed class TrainingDivergedException(string message) : Exception(message);
 
@@ -189,7 +195,7 @@ public sealed class TrainingRun : IDisposable
     /// <see cref="TrainingDivergedException"/> instead (its message names the last good checkpoint). Another
     /// failure (an I/O error) saves what was trained first, then is rethrown.
     /// </summary>
-    public RunOutcome Run(CancellationToken cancel = default)
+    public RunOutcome Run(CancellationToken cancel = default, RunPacing? pacing = null)
     {
         _clock.Restart();
         var run = Plan.Run;
@@ -198,14 +204,18 @@ public sealed class TrainingRun : IDisposable
         bool interrupted = false, stop = false;
         string? diverged = null;
         foreach (var o in _observers) o.OnStart(this);
+        var iteration = Stopwatch.StartNew();
         try
         {
             while (Trainer.StepCount < total)
             {
+                pacing?.StepTook(iteration.Elapsed);
+                iteration.Restart();
                 // One flag from every rank: a stop asked of any of them (or rank 0's refusal to save a non-finite
                 // state) stops all of them after the same step.
                 if (Parallel.AnyRank(cancel.IsCancellationRequested || stop))
                 {
+                    if (cancel.IsCancellationRequested) pacing?.StoppingCleanly();
                     interrupted = diverged is null;
                     break;
                 }

@@ -86,25 +86,19 @@ public sealed class SafeTensorEntry
 
     /// <summary>
     /// The index of the first NaN or infinite value, or -1 when every value is finite (integer entries always
-    /// are). One vectorised pass: x - x is 0 for every finite x and NaN otherwise.
+    /// are).
     /// </summary>
-    public long FirstNonFinite()
+    public long FirstNonFinite() => Floats is { } f ? Finite.FirstNonFinite(f) : -1;
+
+    /// <summary>The first of <paramref name="entries"/> that holds a NaN or infinite value, with that value's index; null when none does.</summary>
+    public static (SafeTensorEntry Entry, long Index)? FirstNonFinite(IEnumerable<SafeTensorEntry> entries)
     {
-        if (Floats is not { } f) return -1;
-        var span = f.AsSpan();
-        int i = 0;
-        if (System.Numerics.Vector.IsHardwareAccelerated)
+        foreach (var e in entries)
         {
-            int w = System.Numerics.Vector<float>.Count;
-            for (; i + w <= span.Length; i += w)
-            {
-                var v = new System.Numerics.Vector<float>(span.Slice(i, w));
-                if (!System.Numerics.Vector.EqualsAll(v - v, System.Numerics.Vector<float>.Zero)) break;
-            }
+            long bad = e.FirstNonFinite();
+            if (bad >= 0) return (e, bad);
         }
-        for (; i < span.Length; i++)
-            if (!float.IsFinite(span[i])) return i;
-        return -1;
+        return null;
     }
 
     /// <summary>The float values; throws if the entry holds integers.</summary>
@@ -194,16 +188,8 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static SafeTensorsFile Read(string path, Action<SafeTensorsHeader>? checkHeader)
     {
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
-        }
-        using (fs) return Read(fs, path, checkHeader);
+        using var fs = OpenFile(path, 1 << 16);
+        return Read(fs, path, checkHeader);
     }
 
     public static SafeTensorsFile Read(byte[] bytes, string sourceName)
@@ -246,18 +232,12 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static SafeTensorsHeader ReadHeader(string path)
     {
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 4096);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
-        }
-        using (fs) return ParseHeader(fs, fs.Length, path);
+        using var fs = OpenFile(path, 4096);
+        return ParseHeader(fs, fs.Length, path);
     }
 
+    private static FileStream OpenFile(string path, int bufferSize) =>
+        InputFile.OpenRead(path, bufferSize, (problem, inner) => new SafeTensorsFormatException(path, null, problem, inner));
 
     private static SafeTensorsHeader ParseHeader(Stream stream, long size, string src)
     {

@@ -80,6 +80,7 @@ public static class ForwardCommand
                     outputs.Add(SafeTensorEntry.F32("grad." + name, p.Shape.ToArray(), p.Grad?.ToArray() ?? new float[p.Size]));
             }
         }
+        NonFiniteOutputException.ThrowIfAny(outputs, o.Out);
         SafeTensorsFile.Write(o.Out, outputs, new Dictionary<string, string> { ["backend"] = be.Name, ["model"] = config.ToString() });
         con.Out.WriteLine($"wrote {o.Out}: {string.Join(", ", outputs.Take(4).Select(e => e.Name))}{(outputs.Count > 4 ? $" and {outputs.Count - 4} more" : "")} ({be.Name})");
         return 0;

@@ -86,7 +86,7 @@ public static class InterpolateCommand
         }
         else
         {
-            if (!File.Exists(spec)) throw new UserError($"{spec}: no such image file.");
+            if (!Path.Exists(spec)) throw new UserError($"{spec}: no such image file.");
             try
             {
                 unit = Resampler.CenterCropResize(ImageFile.Load(spec, channels), size, size, ResizeFilter.Auto);

@@ -22,7 +22,7 @@ public static class ModelLoading
     /// <summary>Reads a file with <paramref name="load"/>; a missing, unreadable or malformed file is one <see cref="UserError"/> line.</summary>
     public static T Open<T>(string path, Func<string, T> load, string what)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such {what}.");
+        if (!Path.Exists(path)) throw new UserError($"{path}: no such {what}.");
         try
         {
             return load(path);

@@ -99,7 +99,8 @@ public static class TrainCommand
         RunOutcome outcome;
         try
         {
-            outcome = run.Run(con.Cancel);
+            // A step with its grid and checkpoint is what a stop request may have to wait for (every rank says so).
+            outcome = run.Run(con.Cancel, con.Signals is { } signals ? new RunPacing(signals.StepTook, signals.StoppingCleanly) : null);
         }
         catch (TrainingDivergedException e) { throw new UserError(e.Message, e); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

@@ -164,7 +164,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
 
     /// <summary>The most steps one run saves for --save-spikes (the help text says 20).</summary>
     public const int MaxSpikeFiles = 20;
-    public const int MaxBatch = 1 << 16, MaxScale = 64;
+    public const int MaxBatch = TrainingConfig.MaxBatchSize, MaxScale = 64;
 
     /// <summary>Checks the values that need no file; the rest is checked while the plan is resolved.</summary>
     public void Check()

@@ -19,11 +19,11 @@ namespace Ddpm.Tests.Tool;
 /// </summary>
 public sealed class ReliabilityToolTests
 {
-    private static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
-    private static readonly string[] GoldenModel =
+    internal static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
+    internal static readonly string[] GoldenModel =
         ["--image-channels", "1", "--image-size", "16", "--n-channels", "32", "--ch-mults", "1,2", "--attn", "0,1", "--n-blocks", "1"];
 
-    private static string[] TinyRun(string outDir, params string[] extra) =>
+    internal static string[] TinyRun(string outDir, params string[] extra) =>
     [
         "train", "--preset", "tiny", "--batch", "4", "--max-images", "64", "--diffusion-steps", "50", "--samples", "1",
         "--sample-steps", "2", "--sample-every", "0", "--log-every", "1", "--threads", "2", "--out", outDir, .. extra,
@@ -104,7 +104,7 @@ public sealed class ReliabilityToolTests
     // ---- non-finite models and options are refused ----------------------------------------------------------
 
     /// <summary>A copy of <paramref name="path"/> with one value of tensor <paramref name="name"/> replaced.</summary>
-    private static string WithValue(string path, string name, float value, string copy)
+    internal static string WithValue(string path, string name, float value, string copy)
     {
         var file = SafeTensorsFile.Read(path);
         var entries = file.Entries.Select(e =>
