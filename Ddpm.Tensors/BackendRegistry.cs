@@ -43,21 +43,47 @@ public sealed record BackendOptions
     public int Device { get; init; }
 }
 
+/// <summary>What a backend is, known from its registry entry before one is made (ggml's buffer-type <c>is_host</c>).</summary>
+public sealed record BackendTraits
+{
+    /// <summary>Its tensors live in host memory (the machine's RAM bounds a run); false for a device with memory of its own.</summary>
+    public bool HostMemory { get; init; } = true;
+
+    /// <summary>For a backend of several devices: how many this process sees (a rank takes one by its local rank); null for one device.</summary>
+    public Func<int>? VisibleDevices { get; init; }
+
+    /// <summary>What this machine offers of the backend in one line ("available", or why not); null: always available.</summary>
+    public Func<string>? Probe { get; init; }
+
+    /// <summary>The arithmetic peak (GFLOP/s) of a backend made from this entry, measured on it, for efficiency figures; null when unknown.</summary>
+    public Func<IBackend, double?>? PeakGflops { get; init; }
+
+    /// <summary>The precisions it computes in, and its default for training and sampling (float32 only unless set).</summary>
+    public BackendPrecisions Precisions { get; init; } = BackendPrecisions.Fp32Only;
+}
+
 /// <summary>
 /// Backends by name. An instance is built by the program (the tool, a test) from the backend assemblies it
 /// references; there is no global registry and no global current backend.
 /// </summary>
 public sealed class BackendRegistry
 {
-    private readonly Dictionary<string, (string Summary, BackendPrecisions Precisions, Func<BackendOptions, IBackend> Factory)> _factories =
+    private readonly Dictionary<string, (string Summary, Func<BackendOptions, IBackend> Factory, BackendTraits Traits)> _factories =
         new(StringComparer.OrdinalIgnoreCase);
 
-    /// <summary>Registers a backend that computes in <paramref name="precisions"/> (float32 only when null).</summary>
-    public BackendRegistry Register(string name, string summary, Func<BackendOptions, IBackend> factory, BackendPrecisions? precisions = null)
+    public BackendRegistry Register(string name, string summary, Func<BackendOptions, IBackend> factory) =>
+        Register(name, summary, factory, new BackendTraits());
+
+    /// <summary>Registers a backend with what a program needs to know of it before it exists (<paramref name="traits"/>).</summary>
+    public BackendRegistry Register(string name, string summary, Func<BackendOptions, IBackend> factory, BackendTraits traits)
     {
-        _factories[name] = (summary, precisions ?? BackendPrecisions.Fp32Only, factory);
+        _factories[name] = (summary, factory, traits);
         return this;
     }
+
+    /// <summary>What backend <paramref name="name"/> is, before one is made.</summary>
+    public BackendTraits Traits(string name) =>
+        _factories.TryGetValue(name, out var f) ? f.Traits : throw UnknownBackend(name);
 
     public IEnumerable<(string Name, string Summary)> Available => _factories.Select(kv => (kv.Key, kv.Value.Summary));
 
@@ -65,16 +91,16 @@ public sealed class BackendRegistry
 
     /// <summary>The precisions backend <paramref name="name"/> computes in.</summary>
     public BackendPrecisions Precisions(string name) =>
-        _factories.TryGetValue(name, out var f) ? f.Precisions : throw UnknownBackend(name);
+        _factories.TryGetValue(name, out var f) ? f.Traits.Precisions : throw UnknownBackend(name);
 
     /// <summary>Backend <paramref name="name"/>; a precision it cannot compute in is refused with <see cref="NotSupportedException"/>.</summary>
     public IBackend Create(string name, BackendOptions? options = null)
     {
         if (!_factories.TryGetValue(name, out var f)) throw UnknownBackend(name);
         options ??= new BackendOptions();
-        if (!f.Precisions.Supported.Contains(options.Precision))
+        if (!f.Traits.Precisions.Supported.Contains(options.Precision))
             throw new NotSupportedException(
-                $"Backend '{name}' computes in {string.Join(", ", f.Precisions.Supported.Select(BackendPrecisions.Name))} only, not {BackendPrecisions.Name(options.Precision)}.");
+                $"Backend '{name}' computes in {string.Join(", ", f.Traits.Precisions.Supported.Select(BackendPrecisions.Name))} only, not {BackendPrecisions.Name(options.Precision)}.");
         return f.Factory(options);
     }
 

@@ -33,6 +33,7 @@ public static class Program
         });
         // The one-letter options read naturally as --n, --t, --a, --b; the parser wants -n, -t, -a, -b.
         args = args.Select(a => a is "--n" or "--t" or "--a" or "--b" ? a[1..] : a).ToArray();
+        args = BareResume(args);
         var result = parser.ParseArguments(args, Verbs);
         if (result is NotParsed<object> notParsed)
         {
@@ -47,6 +48,7 @@ public static class Program
                 var help = HelpText.AutoBuild(result, h =>
                 {
                     h.Heading = "ddpm-tool: train and sample DDPM image models (C#, CPU or CUDA)";
+                    h.AddPreOptionsLine(InfoCommand.BundledModelLine());
                     h.Copyright = "";
                     h.AddDashesToOption = true;
                     h.AdditionalNewLineAfterOption = false;
@@ -110,6 +112,22 @@ public static class Program
             return Fail(con, $"internal error: {e.GetType().Name}: {e.Message}{(verbose ? "" : " (run with --verbose for the stack trace)")}",
                 e, verbose, ExitCodes.Internal);
         }
+    }
+
+    /// <summary>
+    /// <c>train --resume</c> with no value (last, or before another option) continues the run in --out: the parser
+    /// wants a value, so the bare option is given the value "latest".
+    /// </summary>
+    private static string[] BareResume(string[] args)
+    {
+        if (args.FirstOrDefault() != "train") return args;
+        var r = new List<string>(args.Length + 1);
+        for (int i = 0; i < args.Length; i++)
+        {
+            r.Add(args[i]);
+            if (args[i] == "--resume" && (i + 1 == args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal))) r.Add("latest");
+        }
+        return [.. r];
     }
 
     /// <summary>One line on stderr; with --verbose the exception and its stack trace follow it. The exit code is the same either way.</summary>

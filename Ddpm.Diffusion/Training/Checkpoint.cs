@@ -11,12 +11,21 @@ namespace Ddpm.Diffusion.Training;
 /// <summary>
 /// A training checkpoint in one safetensors file: <c>model.NAME</c> (weights under labml's state_dict names),
 /// <c>ema.NAME</c>, <c>adam.m.NAME</c>, <c>adam.v.NAME</c>, and in the header metadata the model, diffusion and
-/// training configs (JSON), the step, Philox offsets and data position. A plain labml-named weights file (no
-/// prefixes) is read too. Files are written to a temporary file and renamed.
+/// training configs (JSON), the run's settings, the step, Philox offsets and data position. The metadata key
+/// <c>format</c> names the framework as the Hugging Face convention has it (<c>pt</c>: the tensors are laid out as
+/// PyTorch's); this project's format is under <see cref="FormatKey"/> (files written before that key existed name
+/// it under <c>format</c>, and are read too). A plain labml-named weights file (no prefixes) is read too. Files are
+/// written to a temporary file and renamed.
 /// </summary>
 public sealed class Checkpoint
 {
     public const string Format = "ddpm-checkpoint/1";
+
+    /// <summary>The metadata key of this project's file format.</summary>
+    public const string FormatKey = "ddpm_format";
+
+    /// <summary>The Hugging Face convention's <c>format</c> value: tensors named and laid out as PyTorch's state_dict.</summary>
+    public const string FrameworkFormat = "pt";
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
 
     private Checkpoint(string path, SafeTensorsFile file, HeaderValues header)
@@ -34,13 +43,16 @@ public sealed class Checkpoint
     public UNetConfig? Model => _header.Model;
     public DiffusionConfig? Diffusion => _header.Diffusion;
     public TrainingConfig? Training => _header.Training;
+
+    /// <summary>The run's settings (length, cadence), when the checkpoint records them.</summary>
+    public RunSettings? Run => _header.Run;
     public long Step => _header.Step ?? 0;
     public bool HasEma => File.Entries.Any(e => e.Name.StartsWith("ema.", StringComparison.Ordinal));
     private string WeightPrefix => IsTrainingCheckpoint ? "model." : "";
 
     /// <summary>What the header's metadata says, every value checked.</summary>
     private sealed record HeaderValues(bool IsTrainingCheckpoint, UNetConfig? Model, DiffusionConfig? Diffusion, TrainingConfig? Training,
-        long? Step, ulong? NoiseOffset, ulong? DropoutOffset, long? DataEpoch, long? DataIndex);
+        RunSettings? Run, long? Step, ulong? NoiseOffset, ulong? DropoutOffset, long? DataEpoch, long? DataIndex);
 
     /// <summary>
     /// Reads a checkpoint or weights file. Every header value is checked before any tensor data is read: the
@@ -97,15 +109,27 @@ public sealed class Checkpoint
     }
 
     private static HeaderValues ParseHeader(string path, IReadOnlyDictionary<string, string> m) => new(
-        m.TryGetValue("format", out var f) && f == Format,
+        IsFormat(m, Format),
         ParseConfig<UNetConfig>(path, m, "model", c => c.Validate()),
         ParseConfig<DiffusionConfig>(path, m, "diffusion", c => c.Validate()),
         ParseConfig<TrainingConfig>(path, m, "training", c => c.Validate()),
+        ParseConfig<RunSettings>(path, m, "run", c => c.Validate()),
         ParseInteger<long>(path, m, "step", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<ulong>(path, m, "noise_offset", s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<ulong>(path, m, "dropout_offset", s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<long>(path, m, "data_epoch", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<long>(path, m, "data_index", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null));
+
+    /// <summary>Whether metadata <paramref name="m"/> names this project's <paramref name="format"/> (under <see cref="FormatKey"/>, or under <c>format</c> in older files).</summary>
+    public static bool IsFormat(IReadOnlyDictionary<string, string> m, string format) =>
+        m.TryGetValue(FormatKey, out var f) ? f == format : m.TryGetValue("format", out var old) && old == format;
+
+    /// <summary>The format keys of a file of this project's <paramref name="format"/>.</summary>
+    public static void AddFormat(IDictionary<string, string> meta, string format)
+    {
+        meta["format"] = FrameworkFormat;
+        meta[FormatKey] = format;
+    }
 
     /// <summary>
     /// The step and the data position must be reachable together: a step never exceeds
@@ -162,7 +186,7 @@ public sealed class Checkpoint
     /// (training diverged) is refused with <see cref="NonFiniteStateException"/> before anything is written, so
     /// the checkpoint already on disk stays the last good one.
     /// </summary>
-    public static void Save(string path, Trainer trainer, IReadOnlyDictionary<string, string>? extra = null)
+    public static void Save(string path, Trainer trainer, RunSettings? run = null, IReadOnlyDictionary<string, string>? extra = null)
     {
         var entries = new List<SafeTensorEntry>();
         foreach (var (name, p, ema) in trainer.Parameters)
@@ -178,7 +202,6 @@ public sealed class Checkpoint
         var (epoch, index) = trainer.Data.Position;
         var meta = new Dictionary<string, string>
         {
-            ["format"] = Format,
             ["model"] = JsonSerializer.Serialize(trainer.Model.Config, Json),
             ["diffusion"] = JsonSerializer.Serialize(trainer.Diffusion.Config, Json),
             ["training"] = JsonSerializer.Serialize(trainer.Config, Json),
@@ -188,20 +211,28 @@ public sealed class Checkpoint
             ["data_epoch"] = epoch.ToString(CultureInfo.InvariantCulture),
             ["data_index"] = index.ToString(CultureInfo.InvariantCulture),
         };
+        AddFormat(meta, Format);
+        if (run is not null) meta["run"] = JsonSerializer.Serialize(run, Json);
         if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
         RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
     }
 
     /// <summary>
-    /// Writes a model's weights alone under labml's names (interchange with PyTorch); non-finite weights are
-    /// refused as by <see cref="Save"/>.
+    /// Writes a model's weights alone under labml's names (interchange with PyTorch), with the model's and the
+    /// diffusion's configs when given (so the file samples as it was trained), in F16 when <paramref name="half"/>
+    /// (float32 again when read); non-finite weights (also after rounding to half) are refused as by <see cref="Save"/>.
     /// </summary>
-    public static void SaveWeights(string path, Module model, UNetConfig? config = null)
+    public static void SaveWeights(string path, Module model, UNetConfig? config = null, DiffusionConfig? diffusion = null,
+        bool half = false, IReadOnlyDictionary<string, string>? extra = null)
     {
-        var entries = model.NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
-        var meta = new Dictionary<string, string>();
+        var entries = model.NamedParameters().Select(p => half
+            ? SafeTensorEntry.F16(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())
+            : SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
+        var meta = new Dictionary<string, string> { ["format"] = FrameworkFormat };
+        if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
         if (config is not null) meta["model"] = JsonSerializer.Serialize(config, Json);
+        if (diffusion is not null) meta["diffusion"] = JsonSerializer.Serialize(diffusion, Json);
         RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
     }

@@ -56,7 +56,7 @@ public sealed class SafeTensorEntry
 
     public string Name { get; }
 
-    /// <summary>The dtype in the file; entries made in memory are F32 or I64, which is also what they are written as.</summary>
+    /// <summary>The dtype in the file; entries made in memory are F32, F16 or I64, which is also what they are written as.</summary>
     public SafeTensorsDType DType { get; }
 
     public int[] Shape { get; }
@@ -73,6 +73,10 @@ public sealed class SafeTensorEntry
 
     public static SafeTensorEntry F32(string name, int[] shape, float[] data) =>
         new(name, SafeTensorsDType.F32, (int[])shape.Clone(), data, null);
+
+    /// <summary>A float entry written as F16 (IEEE half): the values are rounded to half precision here, as the file will hold them.</summary>
+    public static SafeTensorEntry F16(string name, int[] shape, float[] data) =>
+        new(name, SafeTensorsDType.F16, (int[])shape.Clone(), data.Select(v => (float)(Half)v).ToArray(), null);
 
     public static SafeTensorEntry I64(string name, int[] shape, long[] data) =>
         new(name, SafeTensorsDType.I64, (int[])shape.Clone(), null, data);
@@ -527,7 +531,7 @@ public sealed class SafeTensorsFile
         AtomicFile.Write(path, fs => Write(fs, list, metadata));
     }
 
-    /// <summary>Writes the safetensors bytes to a stream: F32 for float entries, I64 for integer entries.</summary>
+    /// <summary>Writes the safetensors bytes to a stream: F16 entries as F16, other float entries as F32, integer entries as I64.</summary>
     public static void Write(Stream stream, IReadOnlyList<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var names = new HashSet<string>(StringComparer.Ordinal);
@@ -544,7 +548,8 @@ public sealed class SafeTensorsFile
         stream.Write(header);
         foreach (var e in entries)
         {
-            if (e.Floats is { } f) WriteLittleEndian(stream, f);
+            if (e.DType == SafeTensorsDType.F16) WriteHalves(stream, e.Floats!);
+            else if (e.Floats is { } f) WriteLittleEndian(stream, f);
             else WriteLittleEndian(stream, e.Longs!);
         }
     }
@@ -566,9 +571,10 @@ public sealed class SafeTensorsFile
             long offset = 0;
             foreach (var e in entries)
             {
-                long bytes = e.Count * (e.IsFloat ? 4 : 8);
+                bool half = e.DType == SafeTensorsDType.F16;
+                long bytes = e.Count * (half ? 2 : e.IsFloat ? 4 : 8);
                 w.WriteStartObject(e.Name);
-                w.WriteString("dtype", e.IsFloat ? "F32" : "I64");
+                w.WriteString("dtype", half ? "F16" : e.IsFloat ? "F32" : "I64");
                 w.WriteStartArray("shape");
                 foreach (int d in e.Shape) w.WriteNumberValue(d);
                 w.WriteEndArray();
@@ -599,6 +605,13 @@ public sealed class SafeTensorsFile
             BinaryPrimitives.WriteSingleLittleEndian(b, v);
             s.Write(b);
         }
+    }
+
+    private static void WriteHalves(Stream s, float[] data)
+    {
+        var b = new byte[2 * data.Length];
+        for (int i = 0; i < data.Length; i++) BinaryPrimitives.WriteHalfLittleEndian(b.AsSpan(2 * i), (Half)data[i]);
+        s.Write(b);
     }
 
     private static void WriteLittleEndian(Stream s, long[] data)

@@ -4,6 +4,7 @@ using CommandLine;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Export;
 using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;

@@ -10,7 +10,14 @@ namespace Ddpm.Tool.Commands;
 /// <summary>Builds a model and its diffusion from a training checkpoint or a plain labml-named weights file.</summary>
 public static class ModelLoading
 {
-    public static Checkpoint OpenCheckpoint(string path) => Open(path, Checkpoint.Load, "checkpoint or weights file");
+    /// <summary>A checkpoint or weights file, or the latest checkpoint of a run folder.</summary>
+    public static Checkpoint OpenCheckpoint(string path)
+    {
+        if (Directory.Exists(path))
+            path = RunFolder.Latest(path) ?? (File.Exists(Path.Combine(path, RunFolder.ModelName)) ? Path.Combine(path, RunFolder.ModelName)
+                : throw new UserError($"{path} is a folder without a checkpoint (checkpoint-NNNNNNN.safetensors) or {RunFolder.ModelName}."));
+        return Open(path, Checkpoint.Load, "checkpoint or weights file");
+    }
 
     /// <summary>Reads a file with <paramref name="load"/>; a missing, unreadable or malformed file is one <see cref="UserError"/> line.</summary>
     public static T Open<T>(string path, Func<string, T> load, string what)
@@ -35,7 +42,7 @@ public static class ModelLoading
     {
         if (ckpt.Model is not null && o.HasModelOverrides)
             throw new UsageError($"{ckpt.Path} describes its own model ({ckpt.Model}); drop the model options.");
-        var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model);
+        var config = ckpt.Model ?? o.ResolveModel(ModelOptions.PresetNamed("small").Model);
         var model = new UNet(be, config, new PhiloxGenerator(0));
         bool useEma = ema ?? ckpt.HasEma;
         try

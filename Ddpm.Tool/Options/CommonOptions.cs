@@ -1,4 +1,5 @@
 using CommandLine;
+using Ddpm.Diffusion.Training;
 using Ddpm.Diffusion;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
@@ -101,10 +102,17 @@ public abstract class ModelOptions : CommonOptions
         + "far better unconditional models), 0 off (labml's model; the default with --labml-exact or --preset labml, and for other verbs' presets).")]
     public int? AttnNorm { get; set; }
 
+    /// <summary>The preset called <paramref name="name"/>; an unknown name is a usage error naming --preset and the known ones.</summary>
+    public static Presets.Preset PresetNamed(string name)
+    {
+        try { return Presets.Get(name); }
+        catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
+    }
+
     /// <summary>The preset (or <paramref name="fallback"/>) with the options given on the command line applied.</summary>
     public UNetConfig ResolveModel(UNetConfig fallback)
     {
-        var c = Preset is null ? fallback : Presets.Get(Preset).Model;
+        var c = Preset is null ? fallback : PresetNamed(Preset).Model;
         if (ImageChannels is { } ic) c = c with { ImageChannels = ic };
         if (ImageSize is { } isz) c = c with { ImageSize = isz };
         if (NChannels is { } nc) c = c with { NChannels = nc };

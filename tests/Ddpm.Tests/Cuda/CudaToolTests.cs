@@ -29,11 +29,11 @@ public sealed class CudaToolTests
         var (code, output, err) = Run(Train(dir.Path, 2));
         Assert.True(code == 0, err + output);
         Assert.Contains("cuda", output);
-        var ckpt = Checkpoint.Load(dir.File("checkpoint.safetensors"));
+        var ckpt = Checkpoint.Load(RunFolder.Latest(dir.Path)!);
         Assert.Equal(2, ckpt.Step);
         Assert.All(LossRows(dir.Path), row => Assert.True(float.IsFinite(float.Parse(row.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture)), row));
 
-        (code, output, err) = Run("sample", "--backend", "cuda", "--checkpoint", dir.File("checkpoint.safetensors"), "--n", "4",
+        (code, output, err) = Run("sample", "--backend", "cuda", "--checkpoint", dir.Path, "--n", "4",
             "--steps", "3", "--out", dir.File("s.png"));
         Assert.True(code == 0, err + output);
         var grid = ImageFile.Load(dir.File("s.png"), 1);
@@ -51,7 +51,7 @@ public sealed class CudaToolTests
         using var split = new TempDir();
         (code, output, err) = Run(Train(split.Path, 2, "--lr-schedule", "constant"));
         Assert.True(code == 0, err + output);
-        (code, output, err) = Run("train", "--backend", "cuda", "--resume", split.File("checkpoint.safetensors"), "--steps", "4",
+        (code, output, err) = Run("train", "--backend", "cuda", "--resume", split.Path, "--steps", "4",
             "--max-images", "32", "--samples", "4", "--sample-steps", "2", "--sample-every", "0", "--out", split.Path);
         Assert.True(code == 0, err + output);
         Assert.Equal(4, LossRows(split.Path).Length);

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Export;
 using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 using Ddpm.Tests.Data;
 using Ddpm.Tests.TestUtil;

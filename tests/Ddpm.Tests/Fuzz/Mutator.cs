@@ -261,10 +261,10 @@ internal sealed class Mutator(int seed)
                 return MutateConfig(meta!);
             case 10:
             {
-                var counters = new[] { "step", "noise_offset", "dropout_offset", "data_epoch", "data_index", "format" };
+                var counters = new[] { "step", "noise_offset", "dropout_offset", "data_epoch", "data_index", "ddpm_format" };
                 string key = Pick(counters);
                 if (_rng.Next(4) == 0) { meta!.Remove(key); return $"metadata '{key}' removed"; }
-                string v = key == "format" ? Pick(new[] { "ddpm-checkpoint/2", "", "ddpm-checkpoint/1 " }) : Pick(CounterValues);
+                string v = key == "ddpm_format" ? Pick(new[] { "ddpm-checkpoint/2", "", "ddpm-checkpoint/1 " }) : Pick(CounterValues);
                 meta![key] = v;
                 return $"metadata '{key}' = '{v}'";
             }

@@ -60,7 +60,7 @@ public sealed class FiniteOutputToolTests : IClassFixture<TrainedRun>
         Assert.Empty(Directory.GetFiles(run, "*.tmp"));
         Assert.Empty(Directory.GetFiles(run, "samples*"));
         // The training itself was sound: its checkpoint (the model's weights, the EMA's absurd one) is kept.
-        Assert.Equal(5, Ddpm.Diffusion.Training.Checkpoint.Load(Path.Combine(run, "checkpoint.safetensors")).Step);
+        Assert.Equal(5, Ddpm.Diffusion.Training.Checkpoint.Load(Ddpm.Diffusion.Training.RunFolder.Latest(run)!).Step);
     }
 
     [Fact]

@@ -47,7 +47,8 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
         var cases = new (string[] Args, string File, string Kind)[]
         {
             (["info", "--checkpoint", fifo], fifo, Pipe),
-            (["info", "--checkpoint", folder], folder, "not a regular file but a folder"),
+            // A folder is a run folder (its latest checkpoint): one without a checkpoint is named as such.
+            (["info", "--checkpoint", folder], folder, "is a folder without a checkpoint"),
             (["info", "--checkpoint", zero], zero, "not a regular file but a character device"),
             (["sample", "--checkpoint", fifo, "--n", "1", "--out", dir.File("s.png")], fifo, Pipe),
             (TinyRun(dir.File("r1"), "--steps", "3", "--resume", fifo), fifo, Pipe),
@@ -101,7 +102,9 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
     {
         var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add("-c");
-        psi.ArgumentList.Add("exec \"$0\" \"$@\" > \"$DDPM_TEST_STDOUT\"");
+        // SIGINT back to its default: a test run started in the background by a shell without job control inherits
+        // it ignored, and a process that starts with SIGINT ignored keeps ignoring it (as nohup'd jobs should).
+        psi.ArgumentList.Add("exec env --default-signal=INT \"$0\" \"$@\" > \"$DDPM_TEST_STDOUT\"");
         psi.ArgumentList.Add(Tool);
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["DDPM_TEST_STDOUT"] = stdout;
@@ -195,7 +198,7 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
             var m = System.Text.RegularExpressions.Regex.Match(output, @"interrupted at step (\d+); checkpoint saved");
             Assert.True(m.Success, output + err());
             Assert.Equal(long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture),
-                Ddpm.Diffusion.Training.Checkpoint.Load(Path.Combine(run, "checkpoint.safetensors")).Step);
+                Ddpm.Diffusion.Training.Checkpoint.Load(Ddpm.Diffusion.Training.RunFolder.Latest(run)!).Step);
         }
         finally
         {

@@ -69,7 +69,7 @@ public sealed class StoredValueToolTests : IClassFixture<TrainedRun>
             Assert.StartsWith($"ddpm-tool: error: safetensors '{bad}': {message}", err);
             Assert.Single(err.Trim().Split('\n'));
         }
-        Assert.False(File.Exists(dir.File(Path.Combine("run", "checkpoint.safetensors"))));
+        Assert.Null(Ddpm.Diffusion.Training.RunFolder.Latest(dir.File("run")));
     }
 
     [Fact]
@@ -91,7 +91,7 @@ public sealed class StoredValueToolTests : IClassFixture<TrainedRun>
             Assert.Equal($"ddpm-tool: error: safetensors '{bad}', tensor '{Name}': value {v.Count / 2} of {v.ShapeText} is -0.5; "
                 + "Adam's second moments are running means of squared gradients and cannot be negative", err.Trim());
         }
-        Assert.False(File.Exists(dir.File(Path.Combine("run", "checkpoint.safetensors"))));
+        Assert.Null(Ddpm.Diffusion.Training.RunFolder.Latest(dir.File("run")));
     }
 
     [Fact]
