@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Reflection;
-using System.Text;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Builder;
@@ -9,36 +8,28 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.FileProviders;
 
 namespace Ddpm.Tool.Serve;
 
 /// <summary>
 /// The page's web server: Kestrel on one address and port, the page (HTML, JavaScript and CSS embedded in the
-/// tool) and a JSON API. Every answer to a bad request is a 4xx with <c>{"error": "one line"}</c>; an unexpected
+/// tool, served by the static-file middleware) and a JSON API. Every answer to a bad request is a 4xx with <c>{"error": "one line"}</c>; an unexpected
 /// exception is a 500 with the same shape and never ends the server. Bound to a loopback address, it answers only
 /// requests addressed to this machine by name (127.0.0.1, localhost, [::1]), so that another site cannot reach it
 /// through a DNS name of its own.
 /// </summary>
 public sealed class ServeHost : IDisposable
 {
-    /// <summary>How often a waiting event stream sends a comment, so that proxies and browsers keep it open.</summary>
-    public static readonly TimeSpan KeepAlive = TimeSpan.FromSeconds(15);
-
     private static readonly JsonSerializerOptions JsonOptions = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
     };
 
-    /// <summary>The page's files, by the path they are served at: (resource name, content type).</summary>
-    private static readonly Dictionary<string, (string Resource, string Type)> PageFiles = new(StringComparer.Ordinal)
-    {
-        ["/"] = ("index.html", "text/html; charset=utf-8"),
-        ["/app.js"] = ("app.js", "text/javascript; charset=utf-8"),
-        ["/app.css"] = ("app.css", "text/css; charset=utf-8"),
-    };
+    /// <summary>The page's files are the tool's resources under this name (index.html, app.js, app.css).</summary>
+    private const string PageResources = "Ddpm.Tool.Serve.Page";
 
     private const string ContentSecurityPolicy =
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -49,7 +40,6 @@ public sealed class ServeHost : IDisposable
     private readonly TextWriter _log;
     private readonly bool _loopback;
     private readonly CancellationTokenSource _stopping = new();
-    private readonly Dictionary<string, byte[]> _page = new(StringComparer.Ordinal);
 
     private ServeHost(WebApplication app, SampleQueue samples, RunWatcher? run, TextWriter log, bool loopback)
     {
@@ -58,7 +48,6 @@ public sealed class ServeHost : IDisposable
         _run = run;
         _log = log;
         _loopback = loopback;
-        foreach (var (_, (resource, _)) in PageFiles) _page[resource] = PageResource(resource);
     }
 
     /// <summary>The address the page is at (the port Kestrel chose when 0 was asked for).</summary>
@@ -114,8 +103,9 @@ public sealed class ServeHost : IDisposable
     private void Map()
     {
         _app.Use(Guard);
-        foreach (var (path, (resource, type)) in PageFiles)
-            _app.MapGet(path, new RequestDelegate(ctx => Page(ctx, resource, type)));
+        var page = new EmbeddedFileProvider(typeof(ServeHost).Assembly, PageResources);
+        _app.UseDefaultFiles(new DefaultFilesOptions { FileProvider = page });
+        _app.UseStaticFiles(new StaticFileOptions { FileProvider = page, OnPrepareResponse = f => PageHeaders(f.Context, f.File.Name) });
         _app.MapGet("/api/info", new RequestDelegate(Info));
         _app.MapPost("/api/sample", new RequestDelegate(Submit));
         _app.MapGet("/api/jobs/{id}", new RequestDelegate(ctx => Json(ctx, StatusCodes.Status200OK, _samples.Status(JobOf(ctx)))));
@@ -176,15 +166,12 @@ public sealed class ServeHost : IDisposable
         throw ApiException.BadRequest($"Host {Shown(ctx.Request.Host.Value)} is not this server: it serves this machine only, as 127.0.0.1, localhost or [::1] (serve --host widens it).");
     }
 
-    private async Task Page(HttpContext ctx, string resource, string type)
+    /// <summary>The page itself may load only its own script, style and images, and may not be framed.</summary>
+    private static void PageHeaders(HttpContext ctx, string file)
     {
-        ctx.Response.ContentType = type;
-        if (type.StartsWith("text/html", StringComparison.Ordinal))
-        {
-            ctx.Response.Headers["Content-Security-Policy"] = ContentSecurityPolicy;
-            ctx.Response.Headers["X-Frame-Options"] = "DENY";
-        }
-        await ctx.Response.Body.WriteAsync(_page[resource], ctx.RequestAborted);
+        if (!file.EndsWith(".html", StringComparison.Ordinal)) return;
+        ctx.Response.Headers.ContentSecurityPolicy = ContentSecurityPolicy;
+        ctx.Response.Headers.XFrameOptions = "DENY";
     }
 
     private Task Info(HttpContext ctx)
@@ -205,15 +192,9 @@ public sealed class ServeHost : IDisposable
     {
         if (!IsJson(ctx.Request.ContentType))
             throw new ApiException(StatusCodes.Status415UnsupportedMediaType, "send the drawing's fields as JSON (Content-Type: application/json).");
-        var body = new MemoryStream();
-        var buffer = new byte[1024];
-        int read;
-        while ((read = await ctx.Request.Body.ReadAsync(buffer, ctx.RequestAborted)) > 0)
-        {
-            body.Write(buffer, 0, read);
-            if (body.Length > SampleRequest.MaxBodyBytes)
-                throw new ApiException(StatusCodes.Status413PayloadTooLarge, $"the body is larger than {SampleRequest.MaxBodyBytes} bytes; a request is a few short fields.");
-        }
+        // Kestrel refuses a body over SampleRequest.MaxBodyBytes as it is read (413, answered by Guard).
+        using var body = new MemoryStream();
+        await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted);
         var job = _samples.Submit(SampleRequest.Parse(body.ToArray(), _samples.Defaults));
         ctx.Response.Headers.Location = $"/api/jobs/{job.Id}";
         await Json(ctx, StatusCodes.Status202Accepted, _samples.Status(job));
@@ -254,12 +235,12 @@ public sealed class ServeHost : IDisposable
     /// Server-sent events of one drawing: its status at every change, with the newest predicted-x0 frame (and at
     /// the end the grid) as a base64 PNG when it is new; the stream ends with the drawing.
     /// </summary>
-    private async Task Events(HttpContext ctx)
+    private Task Events(HttpContext ctx) => TypedResults.ServerSentEvents(Updates(JobOf(ctx))).ExecuteAsync(ctx);
+
+    /// <summary>The events of <see cref="Events"/>, as JSON; ended by the page going away or the server stopping.</summary>
+    private async IAsyncEnumerable<string> Updates(SampleJob job, [EnumeratorCancellation] CancellationToken aborted = default)
     {
-        var job = JobOf(ctx);
-        ctx.Response.ContentType = "text/event-stream";
-        ctx.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, _stopping.Token);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(aborted, _stopping.Token);
         int sentFrame = -1;
         while (true)
         {
@@ -269,18 +250,9 @@ public sealed class ServeHost : IDisposable
             bool finished = status.State is "done" or "failed" or "cancelled";
             string? image = png is not null && (frame != sentFrame || finished && status.State == "done") ? Convert.ToBase64String(png) : null;
             if (image is not null) sentFrame = frame;
-            var message = JsonSerializer.SerializeToUtf8Bytes(status with { Png = image }, JsonOptions);
-            await ctx.Response.Body.WriteAsync(Encoding.ASCII.GetBytes("data: "), cts.Token);
-            await ctx.Response.Body.WriteAsync(message, cts.Token);
-            await ctx.Response.Body.WriteAsync(Encoding.ASCII.GetBytes("\n\n"), cts.Token);
-            await ctx.Response.Body.FlushAsync(cts.Token);
-            if (finished) return;
-            var changed = job.ChangedAsync(seen);
-            while (await Task.WhenAny(changed, Task.Delay(KeepAlive, cts.Token)) != changed)
-            {
-                await ctx.Response.Body.WriteAsync(Encoding.ASCII.GetBytes(": waiting\n\n"), cts.Token);
-                await ctx.Response.Body.FlushAsync(cts.Token);
-            }
+            yield return JsonSerializer.Serialize(status with { Png = image }, JsonOptions);
+            if (finished) yield break;
+            await job.ChangedAsync(seen).WaitAsync(cts.Token);
         }
     }
 
@@ -324,15 +296,6 @@ public sealed class ServeHost : IDisposable
     }
 
     private static string Shown(string? s) => ApiException.Shown(s, 80);
-
-    private static byte[] PageResource(string name)
-    {
-        using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream($"Ddpm.Tool.Serve.Page.{name}")
-            ?? throw new InvalidOperationException($"the page's {name} is not embedded in the tool");
-        using var copy = new MemoryStream();
-        stream.CopyTo(copy);
-        return copy.ToArray();
-    }
 
     /// <summary>Ends the event streams, stops the server (its open requests get a few seconds) and releases the port.</summary>
     public void Dispose()
