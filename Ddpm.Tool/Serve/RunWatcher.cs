@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors.IO;
 
@@ -37,7 +36,6 @@ public sealed class RunWatcher(string folder)
     /// <summary>The most of a CSV log read (its end); the most of config.json and of a grid.</summary>
     public const long MaxCsvBytes = 64L << 20, MaxConfigBytes = 1L << 20, MaxGridBytes = 64L << 20;
 
-    private static readonly Regex GridPattern = new(@"^samples(-(\d{7,}))?\.png$", RegexOptions.CultureInvariant);
     private static readonly string[] LossColumns = ["step", "loss", "grad_norm", "lr"];
 
     private readonly object _lock = new();
@@ -65,10 +63,10 @@ public sealed class RunWatcher(string folder)
             var config = Read(files, RunFolder.ConfigName, MaxConfigBytes, ParseConfig, notes);
             var loss = Read(files, RunFolder.LossName, MaxCsvBytes, ParseLoss, notes) ?? new LossSeries(0, 1, [], [], [], [], null);
             var metrics = Read(files, RunFolder.MetricsName, MaxCsvBytes, ParseMetrics, notes) ?? new MetricsTable(MetricsLog.Header.Split(','), []);
-            var grids = files.Where(f => GridPattern.IsMatch(f.Key))
+            var grids = files.Where(f => IsGrid(f.Key))
                 .Select(f => new GridFile(f.Key, GridStep(f.Key), f.Value.Length, f.Value.Ticks.ToString("x", CultureInfo.InvariantCulture)))
                 .OrderBy(g => g.Step ?? long.MaxValue).ToArray();
-            string? latest = files.Where(f => GridPattern.IsMatch(f.Key)).OrderByDescending(f => f.Value.Ticks).ThenBy(f => GridStep(f.Key) ?? long.MaxValue)
+            string? latest = files.Where(f => IsGrid(f.Key)).OrderByDescending(f => f.Value.Ticks).ThenBy(f => GridStep(f.Key) ?? long.MaxValue)
                 .Select(f => f.Key).FirstOrDefault();
             var checkpoints = RunFolder.Checkpoints(Folder).Select(c => c.Step).ToArray();
             long? updated = files.Count == 0 ? null : new DateTime(files.Values.Max(s => s.Ticks), DateTimeKind.Utc).Subtract(DateTime.UnixEpoch).Ticks / TimeSpan.TicksPerMillisecond;
@@ -116,7 +114,7 @@ public sealed class RunWatcher(string folder)
         }
         foreach (var name in names)
         {
-            bool wanted = name is RunFolder.ConfigName or RunFolder.LossName or RunFolder.MetricsName || GridPattern.IsMatch(name);
+            bool wanted = name is RunFolder.ConfigName or RunFolder.LossName or RunFolder.MetricsName || IsGrid(name);
             if (!wanted) continue;
             var info = new FileInfo(System.IO.Path.Combine(Folder, name));
             try
@@ -226,10 +224,10 @@ public sealed class RunWatcher(string folder)
     private static (LossSeries, string?) ParseLoss(byte[] bytes, bool truncated)
     {
         var lines = Lines(bytes, truncated);
-        string[] header = truncated ? ["step", "loss", "grad_norm", "lr", "seconds"] : lines.Count > 0 ? lines[0].Split(',') : [];
+        string[] header = truncated ? LossLog.Header.Split(',') : lines.Count > 0 ? lines[0].Split(',') : [];
         var at = LossColumns.Select(c => Array.IndexOf(header, c)).ToArray();
         if (at.Any(i => i < 0))
-            return (new LossSeries(0, 1, [], [], [], [], null), lines.Count == 0 ? null : $"{RunFolder.LossName} does not begin with the header step,loss,grad_norm,lr,seconds");
+            return (new LossSeries(0, 1, [], [], [], [], null), lines.Count == 0 ? null : $"{RunFolder.LossName} does not begin with the header {LossLog.Header}");
         var rows = new List<(long Step, double Loss, double Grad, double Lr, string[] Fields)>();
         int skipped = 0;
         foreach (var line in lines.Skip(truncated ? 0 : 1))
@@ -257,7 +255,7 @@ public sealed class RunWatcher(string folder)
             lrs[p] = rows[to - 1].Lr;
         }
         var notes = new List<string>();
-        if (skipped > 0) notes.Add($"{skipped} line{(skipped == 1 ? "" : "s")} of {RunFolder.LossName} skipped (not step,loss,grad_norm,lr,seconds)");
+        if (skipped > 0) notes.Add($"{skipped} line{(skipped == 1 ? "" : "s")} of {RunFolder.LossName} skipped (not {LossLog.Header})");
         if (truncated) notes.Add($"{RunFolder.LossName} is larger than {MaxCsvBytes >> 20} MiB: its last rows are shown");
         return (new LossSeries(rows.Count, every, steps, losses, grads, lrs, rows.Count > 0 ? rows[^1].Fields : null),
             notes.Count == 0 ? null : string.Join("; ", notes));
@@ -300,9 +298,7 @@ public sealed class RunWatcher(string folder)
         }
     }
 
-    private static long? GridStep(string name)
-    {
-        var m = GridPattern.Match(name);
-        return m.Groups[2].Success && long.TryParse(m.Groups[2].Value, NumberStyles.None, CultureInfo.InvariantCulture, out long s) ? s : null;
-    }
+    private static bool IsGrid(string name) => RunFolder.IsSampleGrid(name, out _);
+
+    private static long? GridStep(string name) => RunFolder.IsSampleGrid(name, out long? step) ? step : null;
 }
