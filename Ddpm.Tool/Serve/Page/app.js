@@ -205,6 +205,9 @@ async function paint(base64, frameOf) {
   const canvas = $('sample-canvas');
   canvas.width = img.naturalWidth;
   canvas.height = img.naturalHeight;
+  // Shown enlarged by a whole factor (crisp pixels), as large as fits 640 px wide and most of the window's height.
+  const fit = Math.min(640 / img.naturalWidth, window.innerHeight * 0.75 / img.naturalHeight);
+  canvas.style.width = `${img.naturalWidth * Math.max(1, Math.floor(fit))}px`;
   const ctx = canvas.getContext('2d');
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(img, 0, 0);
@@ -323,6 +326,7 @@ function grids(d) {
   const shown = state.gridChosen || d.latest_grid;
   select.replaceChildren(...d.grids.map(g => option(g.name, g.step == null ? `${g.name} (final)` : `step ${g.step}`)));
   const img = $('run-grid');
+  select.hidden = !d.grids.length;
   if (!shown) {
     $('grid-note').textContent = 'no sample grid yet';
     img.hidden = true;
@@ -345,9 +349,10 @@ function niceStep(span, count) {
   return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * power;
 }
 
-function ticks(lo, hi, count) {
+// Round values between lo and hi, about count of them; whole numbers only when whole (steps).
+function ticks(lo, hi, count, whole = false) {
   if (!(hi > lo)) return [lo];
-  const step = niceStep(hi - lo, count), out = [];
+  const step = whole ? Math.max(1, niceStep(hi - lo, count)) : niceStep(hi - lo, count), out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
   return out;
 }
@@ -373,7 +378,7 @@ function el(name, attrs, text) {
 }
 
 function chart(svg, xs, ys, { log = false, smooth = false, dots = false }) {
-  const W = 320, H = 160, L = 46, R = 8, T = 8, B = 22;
+  const W = 320, H = 160, L = 46, R = 16, T = 8, B = 22;
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const points = xs.map((x, i) => [x, ys[i]]).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!log || y > 0));
@@ -395,7 +400,7 @@ function chart(svg, xs, ys, { log = false, smooth = false, dots = false }) {
     svg.append(el('line', { class: 'axis', x1: L - 3, y1: sy(v), x2: W - R, y2: sy(v), 'stroke-dasharray': '2 3' }));
     svg.append(el('text', { x: L - 5, y: sy(v) + 3, 'text-anchor': 'end' }, fmt(v)));
   }
-  for (const v of ticks(x0, x1, 4)) svg.append(el('text', { x: sx(v), y: H - 6, 'text-anchor': 'middle' }, fmt(v)));
+  for (const v of ticks(x0, x1, 4, true)) svg.append(el('text', { x: sx(v), y: H - 6, 'text-anchor': 'middle' }, fmt(v)));
   const path = pts => pts.map((p, i) => `${i ? 'L' : 'M'}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join('');
   if (smooth && points.length > 20) {
     // The raw curve light, an exponential moving average (in log space for a log axis) over it.
