@@ -14,10 +14,13 @@ public static class ModelLoading
     public static Checkpoint OpenCheckpoint(string path)
     {
         if (Directory.Exists(path))
-            path = RunFolder.Latest(path) ?? (File.Exists(Path.Combine(path, RunFolder.ModelName)) ? Path.Combine(path, RunFolder.ModelName)
-                : throw new UserError($"{path} is a folder without a checkpoint (checkpoint-NNNNNNN.safetensors) or {RunFolder.ModelName}."));
+            path = FolderModel(path) ?? throw new UserError($"{path} is a folder without a checkpoint (checkpoint-NNNNNNN.safetensors) or {RunFolder.ModelName}.");
         return Open(path, Checkpoint.Load, "checkpoint or weights file");
     }
+
+    /// <summary>The file a run folder given as a checkpoint means: its latest checkpoint, else its final weights; null when it has neither.</summary>
+    public static string? FolderModel(string folder) =>
+        RunFolder.Latest(folder) ?? (File.Exists(Path.Combine(folder, RunFolder.ModelName)) ? Path.Combine(folder, RunFolder.ModelName) : null);
 
     /// <summary>Reads a file with <paramref name="load"/>; a missing, unreadable or malformed file is one <see cref="UserError"/> line.</summary>
     public static T Open<T>(string path, Func<string, T> load, string what)

@@ -24,9 +24,10 @@ internal sealed class LoadedModel(UNet model, DenoiseDiffusion diffusion, string
 
 /// <summary>
 /// The model the Sample view draws from: a checkpoint or weights file, loaded once, or a run folder, whose latest
-/// checkpoint is loaded again when training writes a newer one. Loading and drawing happen on one thread (the
-/// queue's worker, or the caller of <see cref="Start"/> before it runs); <see cref="Info"/> and
-/// <see cref="Problem"/> may be read from any thread.
+/// checkpoint is loaded again when training writes a newer one, and whose other checkpoints (<see cref="Choices"/>)
+/// a drawing may name. One model is held at a time. Loading and drawing happen on one thread (the queue's worker,
+/// or the caller of <see cref="Start"/> before it runs); <see cref="Info"/>, <see cref="Problem"/> and
+/// <see cref="Choices"/> may be read from any thread.
 /// </summary>
 internal sealed class ModelSource : IDisposable
 {
@@ -39,6 +40,7 @@ internal sealed class ModelSource : IDisposable
     private readonly IBackend _backend;
     private readonly bool _folder;
     private LoadedModel? _current;
+    private string? _latest;
     private volatile ModelInfo? _info;
     private volatile string? _problem;
 
@@ -77,26 +79,66 @@ internal sealed class ModelSource : IDisposable
     }
 
     /// <summary>
-    /// The model to draw from now: for a run folder, its latest checkpoint, loaded when it is newer than the one
-    /// held. Throws <see cref="UserError"/> when there is none.
+    /// The files of a run folder a drawing may name: its step-numbered checkpoints, newest first, then
+    /// best.safetensors and model.safetensors when it has them; empty for a single file.
     /// </summary>
-    public LoadedModel Current()
+    public string[] Choices()
     {
-        Refresh();
+        if (!_folder) return [];
+        var names = RunFolder.Checkpoints(_path).Reverse().Select(c => System.IO.Path.GetFileName(c.Path)).ToList();
+        foreach (var name in new[] { RunFolder.BestName, RunFolder.ModelName })
+            if (File.Exists(System.IO.Path.Combine(_path, name))) names.Add(name);
+        return [.. names];
+    }
+
+    /// <summary>
+    /// Refuses, as a 400 naming the field, a <paramref name="choice"/> (a file name) that is not one of
+    /// <see cref="Choices"/> now; null (the latest) is always allowed.
+    /// </summary>
+    public void CheckChoice(string? choice)
+    {
+        if (choice is null) return;
+        if (!_folder)
+            throw ApiException.BadRequest($"checkpoint: this server draws from {_info?.File ?? _path} alone (serve --run DIR offers a run's checkpoints); leave checkpoint out.");
+        var choices = Choices();
+        if (Array.IndexOf(choices, choice) < 0)
+            throw ApiException.BadRequest($"checkpoint '{ApiException.Shown(choice)}' is not a checkpoint of the run folder; it has {(choices.Length == 0 ? "none yet" : string.Join(", ", choices))}.");
+    }
+
+    /// <summary>
+    /// The model to draw from now: <paramref name="choice"/> (one of <see cref="Choices"/>, checked again here), or
+    /// for null the latest (for a run folder, loaded when it is newer than the one held). Throws
+    /// <see cref="UserError"/> when there is none and <see cref="ApiException"/> for a choice the folder no longer has.
+    /// </summary>
+    public LoadedModel Current(string? choice = null)
+    {
+        if (choice is null) Refresh();
+        else
+        {
+            CheckChoice(choice);
+            // The name is one of the folder's listing: it is looked up there, never taken as a path.
+            string path = System.IO.Path.Combine(_path, choice);
+            if (_current?.Path != path) Replace(Load(path), latest: false);
+            return _current!;
+        }
+        if (_latest is not null && _current?.Path != _latest) Replace(Load(_latest));
         return _current ?? throw new UserError(_problem ?? $"{_path} has no model");
     }
 
-    /// <summary>For a run folder: loads its latest checkpoint when it differs from the one held; a problem is kept in <see cref="Problem"/>.</summary>
+    /// <summary>
+    /// For a run folder: loads its latest checkpoint when it differs from the latest loaded before (the model
+    /// <see cref="Info"/> describes); a problem is kept in <see cref="Problem"/>.
+    /// </summary>
     public void Refresh()
     {
         if (!_folder) return;
-        string? latest = RunFolder.Latest(_path) ?? (File.Exists(System.IO.Path.Combine(_path, RunFolder.ModelName)) ? System.IO.Path.Combine(_path, RunFolder.ModelName) : null);
+        string? latest = ModelLoading.FolderModel(_path);
         if (latest is null)
         {
             if (_current is null) _problem = $"{_path} has no checkpoint yet; the Sample view draws once train writes one (checkpoint-NNNNNNN.safetensors).";
             return;
         }
-        if (_current is not null && _current.Path == latest) return;
+        if (latest == _latest) return;
         try
         {
             Replace(Load(latest));
@@ -121,12 +163,17 @@ internal sealed class ModelSource : IDisposable
             new ModelInfo(source, file, ckpt.Step, ema, mc.IsConditional, classes, diffusion.Steps, mc.ImageSize, mc.ImageChannels, mc));
     }
 
-    private void Replace(LoadedModel next)
+    /// <summary>Holds <paramref name="next"/> in place of the model held; the latest is also what <see cref="Info"/> describes.</summary>
+    private void Replace(LoadedModel next, bool latest = true)
     {
         var old = _current;
         _current = next;
-        _info = next.Info;
-        _problem = null;
+        if (latest)
+        {
+            _latest = next.Path;
+            _info = next.Info;
+            _problem = null;
+        }
         old?.Dispose();
     }
 

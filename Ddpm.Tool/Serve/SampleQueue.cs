@@ -54,6 +54,9 @@ public sealed class SampleQueue : IDisposable
 
     public string? Problem => _models.Problem;
 
+    /// <summary>The run folder's checkpoints a drawing may name (see <see cref="ModelSource.Choices"/>).</summary>
+    public string[] Checkpoints => _models.Choices();
+
     /// <summary>
     /// Queues a drawing checked against the model and the limits: a bad value is a 400, no model a 503, a full queue
     /// a 429, each with one line.
@@ -62,6 +65,7 @@ public sealed class SampleQueue : IDisposable
     {
         var model = _models.Info ?? throw new ApiException(StatusCodes.Status503ServiceUnavailable, $"there is no model to draw from yet: {_models.Problem}");
         int images = request.Check(model, Limits);
+        _models.CheckChoice(request.Checkpoint);
         lock (_lock)
         {
             if (_stopping) throw new ApiException(StatusCodes.Status503ServiceUnavailable, "the server is stopping.");
@@ -170,7 +174,7 @@ public sealed class SampleQueue : IDisposable
     /// </summary>
     private void Draw(SampleJob job)
     {
-        var model = _models.Current();
+        var model = _models.Current(job.Request.Checkpoint);
         var info = model.Info;
         if (!job.Start(_clock.ElapsedMilliseconds, info.Source)) return;
         // The model may have changed since the request was checked (a run's newer checkpoint): check it again.

@@ -42,11 +42,13 @@ public sealed record SampleDefaults(string Sampler, int Steps, float Eta, ulong 
 /// <summary>
 /// A drawing the page asks for: a JSON object with any of <see cref="Fields"/> (the others take
 /// <see cref="SampleDefaults"/>). <see cref="Parse"/> checks the form and <see cref="Check"/> the values against the
-/// model and the server's limits; each refusal is one line naming the field.
+/// model and the server's limits; each refusal is one line naming the field. <see cref="Checkpoint"/> names one of
+/// the run folder's checkpoints by its file name (null: the latest); the server looks the name up in the folder's
+/// listing and never takes it as a path.
 /// </summary>
-public sealed record SampleRequest(int N, string? Class, float? Guidance, string Sampler, int Steps, float Eta, ulong Seed)
+public sealed record SampleRequest(int N, string? Class, float? Guidance, string Sampler, int Steps, float Eta, ulong Seed, string? Checkpoint = null)
 {
-    public static readonly string[] Fields = ["n", "class", "guidance", "sampler", "steps", "eta", "seed"];
+    public static readonly string[] Fields = ["n", "class", "guidance", "sampler", "steps", "eta", "seed", "checkpoint"];
 
     /// <summary>The largest body accepted: a request is a few short fields.</summary>
     public const int MaxBodyBytes = 4096;
@@ -95,7 +97,8 @@ public sealed record SampleRequest(int N, string? Class, float? Guidance, string
                     : defaults.Sampler,
                 Int(root, "steps", defaults.Steps),
                 Number(root, "eta", MaxEta) ?? defaults.Eta,
-                SeedOf(root, defaults.Seed));
+                SeedOf(root, defaults.Seed),
+                CheckpointOf(root));
         }
     }
 
@@ -171,6 +174,15 @@ public sealed record SampleRequest(int N, string? Class, float? Guidance, string
         string text = c.GetString()!.Trim();
         if (text.Length > 100) throw ApiException.BadRequest($"class must be a class name, an index or \"all\"; got {text.Length} characters.");
         return text.Length == 0 ? null : text;
+    }
+
+    private static string? CheckpointOf(JsonElement root)
+    {
+        if (!root.TryGetProperty("checkpoint", out var c) || c.ValueKind == JsonValueKind.Null) return null;
+        if (c.ValueKind != JsonValueKind.String)
+            throw ApiException.BadRequest($"checkpoint must be the file name of one of the run's checkpoints, not {Sent(c)}.");
+        string name = c.GetString()!;
+        return name.Length == 0 ? null : name;
     }
 
     private static int Int(JsonElement root, string name, int fallback)

@@ -180,6 +180,7 @@ public sealed class ServeHost : IDisposable
         {
             ["model"] = _samples.Model,
             ["problem"] = _samples.Problem,
+            ["checkpoints"] = _samples.Checkpoints,
             ["limits"] = _samples.Limits,
             ["defaults"] = _samples.Defaults,
             ["run"] = _run?.Folder,

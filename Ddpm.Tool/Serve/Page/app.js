@@ -5,6 +5,7 @@
 const $ = id => document.getElementById(id);
 const SVG = 'http://www.w3.org/2000/svg';
 const RUN_REFRESH_MS = 2000;
+const INFO_REFRESH_MS = 5000;
 
 const state = {
   info: null,        // /api/info
@@ -54,8 +55,8 @@ async function loadInfo() {
   } catch (e) {
     setText('sample-status', e.message, true);
   }
-  // A run folder without a checkpoint yet: look again until train writes one.
-  if (!state.info || !state.info.model) setTimeout(loadInfo, 3000);
+  // A run folder without a checkpoint yet: look again until train writes one; then for its newer checkpoints.
+  setTimeout(loadInfo, state.info && state.info.model ? INFO_REFRESH_MS : 3000);
 }
 
 function option(value, text) {
@@ -63,6 +64,17 @@ function option(value, text) {
   o.value = value;
   o.textContent = text;
   return o;
+}
+
+// Gives a select these options (value, text) unless it has them already (an open list stays open), keeping the
+// chosen value when it is still offered.
+function offer(select, options) {
+  const key = JSON.stringify(options);
+  if (select.dataset.offered === key) return;
+  const chosen = select.value;
+  select.replaceChildren(...options.map(([value, text]) => option(value, text)));
+  select.dataset.offered = key;
+  if (options.some(([value]) => value === chosen)) select.value = chosen;
 }
 
 function fillForm(info) {
@@ -73,14 +85,12 @@ function fillForm(info) {
     setText('sample-status', info.problem || 'no model', true);
     return;
   }
-  const cls = $('f-class'), chosen = cls.value;
-  cls.replaceChildren(option('', model.conditional ? 'unconditional' : 'unconditional model'));
-  if (model.conditional) {
-    model.classes.forEach((name, i) => cls.append(option(String(i), `${i} ${name}`)));
-    cls.append(option('all', 'all (one row per class)'));
-  }
-  cls.disabled = !model.conditional;
-  if ([...cls.options].some(o => o.value === chosen)) cls.value = chosen;
+  offer($('f-class'), [['', model.conditional ? 'unconditional' : 'unconditional model'],
+    ...(model.conditional ? [...model.classes.map((name, i) => [String(i), `${i} ${name}`]), ['all', 'all (one row per class)']] : [])]);
+  $('f-class').disabled = !model.conditional;
+  // A run folder's checkpoints (newest first): the latest by default, any other by its file name.
+  offer($('f-checkpoint'), [['', `latest (${model.file})`], ...info.checkpoints.map(name => [name, name])]);
+  $('checkpoint-label').hidden = info.checkpoints.length === 0;
   const maxSteps = Math.min(model.t, limits.max_steps);
   $('f-steps').max = maxSteps;
   $('f-n').max = limits.max_images;
@@ -105,6 +115,12 @@ function fromAddress(model) {
   const query = location.hash.split('?')[1];
   if (!location.hash.startsWith('#sample') || !query) return null;
   const p = new URLSearchParams(query);
+  if (p.has('checkpoint')) {
+    // A checkpoint the folder no longer lists is asked for all the same: the server says what it has.
+    const ckpt = $('f-checkpoint'), name = p.get('checkpoint');
+    if (![...ckpt.options].some(o => o.value === name)) ckpt.append(option(name, name));
+    ckpt.value = name;
+  }
   const cls = p.get('class');
   if (cls != null) {
     const byName = model.classes.findIndex(c => c.toLowerCase() === cls.toLowerCase());
@@ -144,6 +160,7 @@ async function draw(event) {
     request.class = $('f-class').value;
     request.guidance = field('f-guidance');
   }
+  if ($('f-checkpoint').value !== '') request.checkpoint = $('f-checkpoint').value;
   $('draw').disabled = true;
   toAddress(request);
   try {
@@ -171,6 +188,7 @@ function follow(job) {
   canvas.dataset.state = job.state;
   canvas.dataset.frames = '0';
   $('sample-download').hidden = true;
+  $('sample-model').textContent = '';
   $('stop').disabled = false;
   showJob(job);
   const events = new EventSource(`/api/jobs/${encodeURIComponent(job.id)}/events`);
@@ -219,6 +237,7 @@ function ended(s) {
   canvas.dataset.state = s.state;
   $('stop').disabled = true;
   $('draw').disabled = !(state.info && state.info.model);
+  if (s.model) $('sample-model').textContent = `drawn from ${s.model}`;
   if (s.state === 'done') {
     const link = $('sample-download');
     link.href = `/api/jobs/${encodeURIComponent(s.id)}/image.png`;

@@ -74,6 +74,24 @@ public sealed class ServeBrowserTests(ServeRun run)
         Assert.Equal("#sample?n=6&sampler=dpm%2B%2B&seed=11&steps=12&class=Sneaker&guidance=2", (await page.EvaluateAsync("location.hash")).GetString());
         File.WriteAllBytes(Path.Combine(shots, "sample.png"), await page.ScreenshotAsync());
 
+        // An older checkpoint of the run, picked in the page, draws that checkpoint's images.
+        string first = (await page.EvaluateAsync("document.getElementById('sample-canvas').dataset.job")).GetString()!;
+        Assert.Equal(["", "checkpoint-0000004.safetensors", "checkpoint-0000002.safetensors", "best.safetensors", "model.safetensors"],
+            (await page.EvaluateAsync("[...document.getElementById('f-checkpoint').options].map(o => o.value)")).EnumerateArray().Select(v => v.GetString()));
+        await page.EvaluateAsync("""
+            (() => {
+              const set = (id, v) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('change')); };
+              set('f-checkpoint', 'checkpoint-0000002.safetensors'); set('f-class', ''); set('f-sampler', 'ddim'); set('f-steps', '4'); set('f-n', '2');
+              document.getElementById('draw').click();
+            })()
+            """);
+        await page.WaitForAsync($"document.getElementById('sample-canvas').dataset.job !== '{first}' && document.getElementById('sample-canvas').dataset.state === 'done'", Patience);
+        Assert.Contains("checkpoint-0000002.safetensors", await page.TextAsync("sample-model"));
+        (code, _, err) = Run("sample", "--checkpoint", folder.File("checkpoint-0000002.safetensors"), "--steps", "4", "--seed", "11", "--n", "2",
+            "--scale", "1", "--threads", "2", "--out", dir.File("older.png"));
+        Assert.True(code == 0, err);
+        AssertSamePixels(ImageFile.Load(dir.File("older.png"), 1), await page.EvaluateAsync($"({GreyPixels})('sample-canvas')"));
+
         // Run: the numbers of loss.csv and metrics.csv, a point per row, the latest grid's pixels.
         await page.EvaluateAsync("location.hash = '#run'");
         await page.WaitForAsync("document.getElementById('view-run').dataset.version", Patience);

@@ -110,6 +110,18 @@ public sealed class ServeCommandTests(ServeRun run)
     }
 
     [Fact]
+    public async Task AServerOfOneFileOffersNoOtherCheckpoint()
+    {
+        using var serve = new ServedTool("--checkpoint", run.Checkpoint);
+        Assert.Empty((await serve.GetJsonAsync("/api/info")).GetProperty("checkpoints").EnumerateArray());
+        using var r = await serve.PostJsonAsync("/api/sample", $"{{\"n\": 1, \"checkpoint\": \"{RunFolder.CheckpointName(2)}\"}}");
+        Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+        Assert.Contains($"checkpoint: this server draws from {RunFolder.CheckpointName(4)} alone (serve --run DIR offers a run's checkpoints); leave checkpoint out.",
+            JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetString());
+        Assert.Equal(130, serve.Stop());
+    }
+
+    [Fact]
     public void APortInUseIsOneLineAndAWiderAddressIsWarnedOf()
     {
         using var wide = new ServedTool("--checkpoint", run.Checkpoint, "--host", "0.0.0.0");

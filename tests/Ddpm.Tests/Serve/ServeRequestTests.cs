@@ -71,9 +71,14 @@ public sealed class ServeRequestTests : IDisposable
     [InlineData("{\"class\": 10}", "class '10' is not a class of checkpoint-0000004.safetensors")]
     [InlineData("{\"class\": \"all\", \"n\": 1}", "class all draws n = 1 images for each of 10 classes, 10 in all; this server draws at most 8 at once (--max-images)")]
     [InlineData("{\"class\": [\"Bag\"]}", "class must be a class name, an index or \"all\", not an array")]
-    [InlineData("{\"colour\": \"red\"}", "unknown field 'colour'; the fields are n, class, guidance, sampler, steps, eta, seed")]
+    [InlineData("{\"colour\": \"red\"}", "unknown field 'colour'; the fields are n, class, guidance, sampler, steps, eta, seed, checkpoint")]
     [InlineData("{\"n\": 1, \"n\": 2}", "field n is given twice")]
-    [InlineData("[1, 2]", "the body must be a JSON object of n, class, guidance, sampler, steps, eta, seed, not an array")]
+    [InlineData("[1, 2]", "the body must be a JSON object of n, class, guidance, sampler, steps, eta, seed, checkpoint, not an array")]
+    [InlineData("{\"checkpoint\": 2}", "checkpoint must be the file name of one of the run's checkpoints, not 2")]
+    [InlineData("{\"checkpoint\": \"checkpoint-0000003.safetensors\"}", "checkpoint 'checkpoint-0000003.safetensors' is not a checkpoint of the run folder; it has checkpoint-0000004.safetensors, checkpoint-0000002.safetensors, best.safetensors, model.safetensors")]
+    [InlineData("{\"checkpoint\": \"../checkpoint-0000004.safetensors\"}", "checkpoint '../checkpoint-0000004.safetensors' is not a checkpoint of the run folder")]
+    [InlineData("{\"checkpoint\": \"/etc/passwd\"}", "checkpoint '/etc/passwd' is not a checkpoint of the run folder")]
+    [InlineData("{\"checkpoint\": \"config.json\"}", "checkpoint 'config.json' is not a checkpoint of the run folder")]
     [InlineData("{\"n\": ", "the body is not JSON")]
     [InlineData("{\"n\": 1} {\"n\": 2}", "the body holds more than one JSON value")]
     [InlineData("", "the body is empty")]
@@ -231,6 +236,38 @@ public sealed class ServeRequestTests : IDisposable
         Assert.Equal((sampled.Width, sampled.Height), (served.Width, served.Height));
         Assert.Equal((status.GetProperty("width").GetInt32(), status.GetProperty("height").GetInt32()), (served.Width, served.Height));
         Assert.Equal(sampled.Pixels, served.Pixels);
+    }
+
+    [Fact]
+    public async Task ADrawingFromAnOlderCheckpointIsThatCheckpointsSample()
+    {
+        var info = await _serve.GetJsonAsync("/api/info");
+        Assert.Equal(["checkpoint-0000004.safetensors", "checkpoint-0000002.safetensors", "best.safetensors", "model.safetensors"],
+            info.GetProperty("checkpoints").EnumerateArray().Select(c => c.GetString()));
+        using var dir = new TempDir();
+        foreach (var (name, fromLatest) in new[] { ("checkpoint-0000002.safetensors", false), ("model.safetensors", false), ("checkpoint-0000004.safetensors", true) })
+        {
+            var status = await _serve.DrawAsync($"{{\"n\": 2, \"steps\": 3, \"seed\": 5, \"checkpoint\": \"{name}\"}}");
+            Assert.True(status.GetProperty("state").GetString() == "done", status.ToString());
+            Assert.Contains(name, status.GetProperty("model").GetString());
+            File.WriteAllBytes(dir.File("served.png"), await _serve.Http.GetByteArrayAsync($"/api/jobs/{status.GetProperty("id").GetString()}/image.png"));
+            var (code, _, err) = Run(["sample", "--checkpoint", _folder.File(name), "--n", "2", "--steps", "3", "--seed", "5", "--scale", "1",
+                "--threads", "2", "--out", dir.File("sample.png")]);
+            Assert.True(code == 0, err);
+            Assert.Equal(ImageFile.Load(dir.File("sample.png"), 1).Pixels, ImageFile.Load(dir.File("served.png"), 1).Pixels);
+            // The latest checkpoint draws the same with or without its name.
+            if (fromLatest)
+            {
+                var latest = await _serve.DrawAsync("{\"n\": 2, \"steps\": 3, \"seed\": 5}");
+                Assert.Equal(await _serve.Http.GetByteArrayAsync($"/api/jobs/{status.GetProperty("id").GetString()}/image.png"),
+                    await _serve.Http.GetByteArrayAsync($"/api/jobs/{latest.GetProperty("id").GetString()}/image.png"));
+            }
+        }
+        // The step-2 checkpoint and the final weights draw other images than the latest: the choice is not ignored.
+        var older = await _serve.DrawAsync("{\"n\": 2, \"steps\": 3, \"seed\": 5, \"checkpoint\": \"checkpoint-0000002.safetensors\"}");
+        var newest = await _serve.DrawAsync("{\"n\": 2, \"steps\": 3, \"seed\": 5}");
+        Assert.NotEqual(await _serve.Http.GetByteArrayAsync($"/api/jobs/{older.GetProperty("id").GetString()}/image.png"),
+            await _serve.Http.GetByteArrayAsync($"/api/jobs/{newest.GetProperty("id").GetString()}/image.png"));
     }
 
     [Fact]
