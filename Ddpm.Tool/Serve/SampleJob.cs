@@ -69,8 +69,8 @@ public sealed class SampleJob(string id, SampleRequest request, int images, stri
         lock (_lock) return _version != seenVersion ? Task.CompletedTask : _changed.Task;
     }
 
-    /// <summary>Moves a queued job to running; false when it was cancelled while it waited.</summary>
-    internal bool Start(long nowMs, string model)
+    /// <summary>Moves a queued job to running, at step 0 of <paramref name="steps"/>; false when it was cancelled while it waited.</summary>
+    internal bool Start(long nowMs, string model, int steps)
     {
         lock (_lock)
         {
@@ -78,6 +78,7 @@ public sealed class SampleJob(string id, SampleRequest request, int images, stri
             _state = JobState.Running;
             _startedMs = nowMs;
             _model = model;
+            _of = steps;
             Changed();
             return true;
         }

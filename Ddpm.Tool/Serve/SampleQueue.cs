@@ -176,7 +176,7 @@ public sealed class SampleQueue : IDisposable
     {
         var model = _models.Current(job.Request.Checkpoint);
         var info = model.Info;
-        if (!job.Start(_clock.ElapsedMilliseconds, info.Source)) return;
+        if (!job.Start(_clock.ElapsedMilliseconds, info.Source, job.Request.AsOptions().StepsFor(info.T))) return;
         // The model may have changed since the request was checked (a run's newer checkpoint): check it again.
         job.Request.Check(info, Limits);
         var mc = model.Model.Config;

@@ -252,7 +252,7 @@ function showJob(s) {
   progress.value = s.state === 'done' ? progress.max : s.step;
   let text;
   if (s.state === 'queued') text = `waiting: ${s.ahead} drawing${s.ahead === 1 ? '' : 's'} before this one`;
-  else if (s.state === 'running') text = s.of ? `step ${s.step} of ${s.of} (predicted x0 shown)` : 'starting';
+  else if (s.state === 'running') text = s.step ? `step ${s.step} of ${s.of} (predicted x0 shown)` : `starting (${s.of} steps)`;
   else if (s.state === 'done') text = `${s.what}: done in ${s.seconds.toFixed(1)} s`;
   else text = `${s.state}: ${s.error || ''}`;
   setText('sample-status', text, s.state === 'failed');
