@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Builder;
@@ -26,6 +27,9 @@ public sealed class ServeHost : IDisposable
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        // Messages keep their quotes and plus signs readable ("server's", "DPM-Solver++"); the JSON is only ever
+        // served as application/json (nosniff) and shown by the page as text.
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
 
     /// <summary>The page's files are the tool's resources under this name (index.html, app.js, app.css).</summary>
