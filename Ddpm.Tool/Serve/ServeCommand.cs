@@ -7,7 +7,7 @@ namespace Ddpm.Tool.Serve;
 [Verb("serve", HelpText = "A local web page: draw samples and watch them denoise (Sample), follow a run folder's loss, learning rate, FID and sample grids while train writes it (Run).")]
 public sealed class ServeOptions : SamplingOptions
 {
-    [Option("run", HelpText = "A run folder for the Run view (loss, learning rate, metrics, sample grids, refreshed while train writes it). Without --checkpoint the Sample view draws from its latest checkpoint.")]
+    [Option("run", HelpText = "A run folder for the Run view (loss, learning rate, metrics, sample grids, refreshed while train writes it). Without --checkpoint the Sample view draws from its latest checkpoint, or from another of its checkpoints picked in the page.")]
     public string? Run { get; set; }
 
     [Option("port", Default = ServeLimits.DefaultPort, HelpText = "TCP port to listen on (0: a free port, printed at the start).")]
