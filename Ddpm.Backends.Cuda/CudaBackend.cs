@@ -30,7 +30,12 @@ public sealed partial class CudaBackend : IBackend
     private bool _disposed;
 
     /// <summary>Opens device <see cref="BackendOptions.Device"/>; throws <see cref="CudaUnavailableException"/> or <see cref="CudaException"/>.</summary>
-    public CudaBackend(BackendOptions? options = null)
+    public CudaBackend(BackendOptions? options = null) : this(options, CudaMemoryChecks.FromEnvironment())
+    {
+    }
+
+    /// <summary>Opens the device with the memory checks given (the public constructor reads them from the environment).</summary>
+    internal CudaBackend(BackendOptions? options, CudaMemoryChecks memoryChecks)
     {
         _options = options ?? new BackendOptions();
         // DDPM_CUDA_SYNC=1: wait after every kernel and cuBLAS call, so that a fault is reported under the call
@@ -55,7 +60,7 @@ public sealed partial class CudaBackend : IBackend
             CublasVersion = cublasVersion;
 
             LoadKernels(info.ComputeCapability);
-            _allocator = new CudaAllocator(SynchronizeStream);
+            _allocator = new CudaAllocator(SynchronizeStream, memoryChecks, PoisonBlock);
             _staging = new StagingRing(_stream, StagingBytes);
         }
         catch
@@ -67,7 +72,7 @@ public sealed partial class CudaBackend : IBackend
         Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
             $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, " +
             $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), TF32 {(_options.AllowTf32 ? "on" : "off")}" +
-            (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "");
+            (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "") + memoryChecks.Describe();
     }
 
     /// <summary>A backend for device <see cref="BackendOptions.Device"/>, or null with the reason CUDA is unavailable.</summary>
@@ -184,6 +189,10 @@ public sealed partial class CudaBackend : IBackend
         ObjectDisposedException.ThrowIf(_disposed, this);
         Driver.Check(Driver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
     }
+
+    /// <summary>Fills a block the allocator hands out with NaN, on the stream (DDPM_CUDA_POISON=1).</summary>
+    private void PoisonBlock(ulong pointer, long bytes) =>
+        Driver.Check(Driver.cuMemsetD32Async(pointer, CudaAllocator.PoisonBits, (nuint)(bytes / 4), _stream), "cuMemsetD32Async (poison)");
 
     private void SynchronizeStream()
     {
