@@ -78,19 +78,88 @@ std::string threadText(unsigned index)
     return format("(%u,%u,%u)", t.x, t.y, t.z);
 }
 
-[[noreturn]] void outOfBounds(uintptr_t a, size_t n, bool write)
+[[noreturn]] __attribute__((noinline, cold)) void outOfBounds(uintptr_t a, size_t n, bool write)
 {
     faultInFiber(ILLEGAL_ADDRESS, format("%s %s %zu bytes at 0x%llx, %s", whereInKernel().c_str(), verb(write), n,
                                       (unsigned long long)a, describeAddress(a).c_str()));
+}
+
+// What a check found; the messages are built out of the hot path.
+enum class Finding
+{
+    WriteAfterWrite,
+    WriteAfterRead,
+    ReadAfterWrite,
+    Unwritten,
+    PendingRead,
+    PendingWrite,
+    OutOfBounds,
+};
+
+[[noreturn]] __attribute__((noinline, cold)) void sharedFinding(Finding f, size_t off, size_t n, size_t word, unsigned other)
+{
+    std::string var = sharedName(word * 4), where = whereInKernel();
+    switch (f)
+    {
+        case Finding::WriteAfterWrite:
+            faultInFiber(LAUNCH_FAILED, format("race detector: %s writes %s, which thread %s wrote since the last __syncthreads "
+                                               "(a write-write hazard in shared memory)",
+                                            where.c_str(), var.c_str(), threadText(other).c_str()));
+        case Finding::WriteAfterRead:
+            faultInFiber(LAUNCH_FAILED,
+                format("race detector: %s writes %s, which %s read since the last __syncthreads (a read-write hazard in shared memory)",
+                    where.c_str(), var.c_str(), other == kManyThreads ? "other threads" : ("thread " + threadText(other)).c_str()));
+        case Finding::ReadAfterWrite:
+            faultInFiber(LAUNCH_FAILED, format("race detector: %s reads %s, which thread %s wrote since the last __syncthreads "
+                                               "(a write-read hazard in shared memory)",
+                                            where.c_str(), var.c_str(), threadText(other).c_str()));
+        case Finding::Unwritten:
+            faultInFiber(LAUNCH_FAILED, format("init check: %s reads %s, which no thread of the block has written", where.c_str(), var.c_str()));
+        case Finding::OutOfBounds:
+        default:
+            faultInFiber(ILLEGAL_ADDRESS, format("%s accesses %zu bytes at shared memory offset %zu, past the %zu bytes the block declared",
+                                              where.c_str(), n, off, g_run.sharedUsed));
+    }
+}
+
+[[noreturn]] __attribute__((noinline, cold)) void deviceFinding(Finding f, const Alloc& al, size_t word, uint32_t other)
+{
+    std::string where = whereInKernel(), what = format("byte %zu of %s", word * 4, describeAlloc(al).c_str());
+    switch (f)
+    {
+        case Finding::PendingRead:
+        case Finding::PendingWrite:
+            faultInFiber(LAUNCH_FAILED, format("%s %s %s %s %s (the result lands there at the collective's completion point in stream "
+                                               "order: a missing wait or event)",
+                                            where.c_str(), f == Finding::PendingRead ? "reads" : "writes", what.c_str(),
+                                            f == Finding::PendingRead ? "before" : "while", (al.pendingWhat +
+                                                (f == Finding::PendingRead ? " completed" : " is in flight")).c_str()));
+        case Finding::Unwritten:
+            faultInFiber(LAUNCH_FAILED, format("init check: %s reads %s, which nothing has written (no kernel, copy or memset)",
+                                            where.c_str(), what.c_str()));
+        case Finding::ReadAfterWrite:
+            faultInFiber(LAUNCH_FAILED, format("race detector: %s reads %s, which block %s wrote in the same launch "
+                                               "(blocks are not ordered: a write-read hazard in global memory)",
+                                            where.c_str(), what.c_str(), blockOfSerial(other).c_str()));
+        case Finding::WriteAfterWrite:
+            faultInFiber(LAUNCH_FAILED, format("race detector: %s writes %s, which block %s wrote in the same launch "
+                                               "(blocks are not ordered: a write-write hazard in global memory)",
+                                            where.c_str(), what.c_str(), blockOfSerial(other).c_str()));
+        case Finding::WriteAfterRead:
+        default:
+            faultInFiber(LAUNCH_FAILED, format("race detector: %s writes %s, which %s read in the same launch (blocks are not ordered: "
+                                               "a read-write hazard in global memory)",
+                                            where.c_str(), what.c_str(),
+                                            other != g_blockSerial ? ("block " + blockOfSerial(other)).c_str() : "other blocks"));
+    }
 }
 
 void sharedAccess(size_t off, size_t n, bool write)
 {
     if (off + n > g_run.sharedUsed)
     {
-        if (!g_bounds) return;
-        faultInFiber(ILLEGAL_ADDRESS, format("%s %s %zu bytes at shared memory offset %zu, past the %zu bytes the block declared",
-                                          whereInKernel().c_str(), verb(write), n, off, g_run.sharedUsed));
+        if (g_bounds) sharedFinding(Finding::OutOfBounds, off, n, 0, 0);
+        return;
     }
     if (!g_race && !g_init) return;
     unsigned t = g_run.thread;
@@ -99,27 +168,15 @@ void sharedAccess(size_t off, size_t n, bool write)
         SharedWord& s = g_shared[i];
         if (write)
         {
-            if (g_race && s.wInterval == g_interval && s.wThread != t)
-                faultInFiber(LAUNCH_FAILED, format("race detector: %s writes %s, which thread %s wrote since the last __syncthreads "
-                                                   "(a write-write hazard in shared memory)",
-                                                whereInKernel().c_str(), sharedName(i * 4).c_str(), threadText(s.wThread).c_str()));
-            if (g_race && s.rInterval == g_interval && s.rThread != t)
-                faultInFiber(LAUNCH_FAILED,
-                    format("race detector: %s writes %s, which %s read since the last __syncthreads (a read-write hazard in shared memory)",
-                        whereInKernel().c_str(), sharedName(i * 4).c_str(),
-                        s.rThread == kManyThreads ? "other threads" : ("thread " + threadText(s.rThread)).c_str()));
+            if (g_race && s.wInterval == g_interval && s.wThread != t) sharedFinding(Finding::WriteAfterWrite, off, n, i, s.wThread);
+            if (g_race && s.rInterval == g_interval && s.rThread != t) sharedFinding(Finding::WriteAfterRead, off, n, i, s.rThread);
             s.wInterval = g_interval;
             s.wThread = (uint16_t)t;
         }
         else
         {
-            if (g_init && s.wInterval < g_blockStartInterval)
-                faultInFiber(LAUNCH_FAILED, format("init check: %s reads %s, which no thread of the block has written",
-                                                whereInKernel().c_str(), sharedName(i * 4).c_str()));
-            if (g_race && s.wInterval == g_interval && s.wThread != t)
-                faultInFiber(LAUNCH_FAILED, format("race detector: %s reads %s, which thread %s wrote since the last __syncthreads "
-                                                   "(a write-read hazard in shared memory)",
-                                                whereInKernel().c_str(), sharedName(i * 4).c_str(), threadText(s.wThread).c_str()));
+            if (g_init && s.wInterval < g_blockStartInterval) sharedFinding(Finding::Unwritten, off, n, i, 0);
+            if (g_race && s.wInterval == g_interval && s.wThread != t) sharedFinding(Finding::ReadAfterWrite, off, n, i, s.wThread);
             if (s.rInterval != g_interval)
             {
                 s.rInterval = g_interval;
@@ -131,8 +188,6 @@ void sharedAccess(size_t off, size_t n, bool write)
     }
 }
 
-std::string wordName(const Alloc& al, size_t word) { return format("byte %zu of %s", word * 4, describeAlloc(al).c_str()); }
-
 void deviceAccess(Alloc& al, uintptr_t a, size_t n, bool write, bool atomic)
 {
     if (a + n > al.base + al.size)
@@ -141,7 +196,7 @@ void deviceAccess(Alloc& al, uintptr_t a, size_t n, bool write, bool atomic)
         return;
     }
     if (!g_race && !g_init && !(g_pending && al.writer && !al.pendingWhat.empty())) return;
-    ensureShadow(al);
+    if (!al.writer) ensureShadow(al);
     size_t first = (a - al.base) / 4, last = (a - al.base + n - 1) / 4;
     bool race = g_race && !atomic;
     for (size_t i = first; i <= last; i++)
@@ -150,17 +205,9 @@ void deviceAccess(Alloc& al, uintptr_t a, size_t n, bool write, bool atomic)
         bool otherBlockWrote = w >= g_firstSerial && w != g_blockSerial;
         if (!write || atomic)
         {
-            if (w == kPendingWrite && g_pending)
-                faultInFiber(LAUNCH_FAILED, format("%s reads %s before %s completed in stream order (the result lands at the "
-                                                   "collective's completion point: a missing wait or event)",
-                                                whereInKernel().c_str(), wordName(al, i).c_str(), al.pendingWhat.c_str()));
-            if (w == 0 && g_init)
-                faultInFiber(LAUNCH_FAILED, format("init check: %s reads %s, which nothing has written (no kernel, copy or memset)",
-                                                whereInKernel().c_str(), wordName(al, i).c_str()));
-            if (race && otherBlockWrote)
-                faultInFiber(LAUNCH_FAILED, format("race detector: %s reads %s, which block %s wrote in the same launch "
-                                                   "(blocks are not ordered: a write-read hazard in global memory)",
-                                                whereInKernel().c_str(), wordName(al, i).c_str(), blockOfSerial(w).c_str()));
+            if (w == kPendingWrite && g_pending) deviceFinding(Finding::PendingRead, al, i, 0);
+            if (w == 0 && g_init) deviceFinding(Finding::Unwritten, al, i, 0);
+            if (race && otherBlockWrote) deviceFinding(Finding::ReadAfterWrite, al, i, w);
             if (race)
             {
                 uint32_t r = al.reader[i], rs = r & ~kManyReaders;
@@ -170,23 +217,12 @@ void deviceAccess(Alloc& al, uintptr_t a, size_t n, bool write, bool atomic)
         }
         if (write)
         {
-            if (w == kPendingWrite && g_pending)
-                faultInFiber(LAUNCH_FAILED, format("%s writes %s while %s is in flight (its result lands there at the collective's "
-                                                   "completion point: a missing wait or event)",
-                                                whereInKernel().c_str(), wordName(al, i).c_str(), al.pendingWhat.c_str()));
-            if (race && otherBlockWrote)
-                faultInFiber(LAUNCH_FAILED, format("race detector: %s writes %s, which block %s wrote in the same launch "
-                                                   "(blocks are not ordered: a write-write hazard in global memory)",
-                                                whereInKernel().c_str(), wordName(al, i).c_str(), blockOfSerial(w).c_str()));
+            if (w == kPendingWrite && g_pending) deviceFinding(Finding::PendingWrite, al, i, 0);
+            if (race && otherBlockWrote) deviceFinding(Finding::WriteAfterWrite, al, i, w);
             if (race)
             {
                 uint32_t r = al.reader[i], rs = r & ~kManyReaders;
-                if (rs >= g_firstSerial && (rs != g_blockSerial || (r & kManyReaders)))
-                    faultInFiber(LAUNCH_FAILED,
-                        format("race detector: %s writes %s, which %s read in the same launch (blocks are not ordered: a read-write "
-                               "hazard in global memory)",
-                            whereInKernel().c_str(), wordName(al, i).c_str(),
-                            rs != g_blockSerial ? ("block " + blockOfSerial(rs)).c_str() : "other blocks"));
+                if (rs >= g_firstSerial && (rs != g_blockSerial || (r & kManyReaders))) deviceFinding(Finding::WriteAfterRead, al, i, rs);
             }
             al.writer[i] = g_blockSerial;
         }
@@ -201,12 +237,9 @@ Alloc* allocationAt(uintptr_t a)
     return a - al.base < al.size ? &al : nullptr;
 }
 
-inline void access(uintptr_t a, size_t n, bool write, bool atomic = false)
+// Everything but the thread's own stack.
+__attribute__((noinline)) void accessBeyondStack(uintptr_t a, size_t n, bool write, bool atomic)
 {
-    if (!g_active || n == 0) return;
-    g_accesses++;
-    // The thread's own stack (locals, arguments passed by value) first: the most frequent, never checked further.
-    if (g_run.stackTop - a <= kFiberStack) return;
     uintptr_t off = a - g_run.sharedBase;
     if (off < kMaxShared)
     {
@@ -236,6 +269,15 @@ inline void access(uintptr_t a, size_t n, bool write, bool atomic = false)
     if (a >= g_imageLo && a + n <= g_imageHi) return;
     if (inHostAlloc(a)) return;
     if (g_bounds) outOfBounds(a, n, write);
+}
+
+inline __attribute__((always_inline)) void access(uintptr_t a, size_t n, bool write, bool atomic = false)
+{
+    if (!g_active) return;
+    g_accesses++;
+    // The thread's own stack (locals, arguments passed by value) first: the most frequent, never checked further.
+    if (g_run.stackTop - a <= kFiberStack) return;
+    accessBeyondStack(a, n, write, atomic);
 }
 }  // namespace
 

@@ -55,6 +55,11 @@ void ddpmsim_atomic_access(const void* p, unsigned size);
 #ifndef DDPMSIM_INSTRUMENTED
 #define DDPMSIM_INSTRUMENTED 0
 #endif
+#if DDPMSIM_INSTRUMENTED
+// The launchers' templates get names of their own, so the linker never merges an instrumented instantiation
+// into the plain build (or the reverse).
+#define ddpmsim_detail ddpmsim_detail_instrumented
+#endif
 
 #define threadIdx ddpmsim_threadIdx
 #define blockIdx ddpmsim_blockIdx
@@ -157,21 +162,25 @@ template <typename... A> struct KernelTraits<void (*)(A...)>
     static_assert((std::is_trivially_copyable<std::decay_t<A>>::value && ...), "kernel parameters are copied as bytes");
     static_assert(sizeof...(A) <= 64, "at most 64 kernel parameters");
 
-    template <typename T> static T load(const void* p)
+    template <typename T> __attribute__((no_sanitize_address)) static T load(const void* p)
     {
         T v;
         memcpy(&v, p, sizeof(T));
         return v;
     }
 
-    template <size_t... I> static void packImpl(void* dst, void* const* params, std::index_sequence<I...>)
+    // Unpacking the arguments is the launcher's work, not the kernel's: never instrumented.
+    template <size_t... I> __attribute__((no_sanitize_address)) static void packImpl(void* dst, void* const* params, std::index_sequence<I...>)
     {
         new (dst) Args(load<std::decay_t<A>>(params[I])...);
     }
 
-    static void pack(void* dst, void* const* params) { packImpl(dst, params, std::index_sequence_for<A...>{}); }
+    __attribute__((no_sanitize_address)) static void pack(void* dst, void* const* params)
+    {
+        packImpl(dst, params, std::index_sequence_for<A...>{});
+    }
 
-    static void invoke(void* fn, const void* args)
+    __attribute__((no_sanitize_address)) static void invoke(void* fn, const void* args)
     {
         std::apply(reinterpret_cast<void (*)(A...)>(fn), *static_cast<const Args*>(args));
     }
