@@ -611,7 +611,7 @@ API void ddpmsim_mark_pending(void* p, size_t bytes, const char* what)
 {
     fillNan(p, bytes);
     markRange(reinterpret_cast<uintptr_t>(p), bytes, kPendingWrite);
-    for (Alloc* a = findAlloc(reinterpret_cast<uintptr_t>(p), 0); a; a = nullptr) a->pendingWhat = what ? what : "a collective";
+    if (Alloc* a = findAlloc(reinterpret_cast<uintptr_t>(p), 0)) a->pendingWhat = what ? what : "a collective";
 }
 
 // ---- driver API ---------------------------------------------------------------------------------------------

@@ -977,7 +977,7 @@ void plantedUnwrittenRead()
 
 void plantedLargeUnpoisoned()
 {
-    // Past 256 MiB an allocation used to read as zero; now as NaN whatever its size (and the init check names it).
+    // Without the poison check an allocation past 256 MiB reads as zero; with it as NaN whatever its size (and the init check names the read).
     const size_t bytes = 300u << 20, tail = 1u << 20;
     auto run = [&](const char* checks) {
         Option o("check", checks);

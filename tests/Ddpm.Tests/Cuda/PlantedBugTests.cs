@@ -260,7 +260,7 @@ public sealed class PlantedBugTests
         ulong floor = device.FreshAllocation(n);
         void Run() =>
             device.Run(kernel, blocks, threads, kernel == "planted_unwritten_max" ? [x.Pointer, floor, y.Pointer, n] : [x.Pointer, y.Pointer]);
-        // The lenient run has threads, warps and blocks in index order, as a device without these checks ran them.
+        // The lenient run has threads, warps and blocks in index order, as a device without these checks runs them.
         using (Checks(lenient, "ordered")) Run();
         using (Checks(strict, "random:11"))
         {
