@@ -5,7 +5,9 @@
 # --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
 # without a hang and leave a checkpoint that loads. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
 # also builds a simulated libnccl.so.2), the same comparison for --backend cuda over NCCL and over the MPI
-# fallback through host memory (libnccl.so.2 left out of the library path). Needs MPICH's mpiexec and
+# fallback through host memory (libnccl.so.2 left out of the library path); those ranks run under the simulator's
+# schedule and checks from the environment (DDPM_CUDA_SIM_SCHEDULE, DDPM_CUDA_SIM_CHECK: .ci/run sets them, with
+# NCCL's results arriving at their completion point in stream order). Needs MPICH's mpiexec and
 # libmpich.so.12 (Debian: apt-get install --no-install-recommends mpich); without them it says so and exits 0 with
 # "skipped". Uses the Release build of ddpm-tool (built here if missing). Prints "N passed, N failed" last.
 set -uo pipefail
