@@ -271,7 +271,9 @@ if [ -z "$sim_nccl" ]; then
   echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
   skipped=$((skipped + 7))
 else
-  cuda=("${common[@]/#cpu/cuda}")
+  # fp32: the check is of the data parallelism (TF32, the CUDA default, rounds every product's inputs and moves
+  # Adam's near-zero gradient elements by more than the tolerance's rounding margin).
+  cuda=("${common[@]/#cpu/cuda}" --precision fp32)
   # The same folders without libnccl.so.2: links to everything else in them.
   no_nccl=()
   for i in "${!cuda_dirs[@]}"; do
