@@ -25,6 +25,12 @@ public sealed record CpuBackendOptions
     public bool Winograd { get; init; } = true;
 
     /// <summary>
+    /// Outputs per side of a Winograd tile: 4 runs F(4x4, 3x3) (36 products per 4x4 outputs, 4x fewer multiplies than
+    /// the direct sums), 2 runs F(2x2, 3x3) (16 products per 2x2 outputs, 2.25x fewer).
+    /// </summary>
+    public int WinogradTile { get; init; } = 4;
+
+    /// <summary>
     /// Fewest input and output channels of a Winograd convolution: its 16 GEMMs are C deep and O tall, too thin to
     /// pay for the transforms below this (the UNet's 1-channel image projection and output layer).
     /// </summary>
@@ -81,6 +87,7 @@ public sealed record CpuBackendOptions
         if (Threads < 0) throw new ArgumentOutOfRangeException(nameof(Threads), $"Thread count {Threads} is negative.");
         if (GemmKC < 16 || GemmMC < 12 || GemmNC < 32)
             throw new ArgumentOutOfRangeException(nameof(GemmKC), $"SGEMM blocks KC {GemmKC}, MC {GemmMC}, NC {GemmNC} are below 16, 12, 32.");
+        if (WinogradTile is not (2 or 4)) throw new ArgumentOutOfRangeException(nameof(WinogradTile), $"Winograd tile {WinogradTile} is not 2 or 4.");
         if (WinogradChunk < 1) throw new ArgumentOutOfRangeException(nameof(WinogradChunk), $"Winograd chunk {WinogradChunk} is below 1.");
         if (WinogradMinTiles < 1 || WinogradMinWork < 0)
             throw new ArgumentOutOfRangeException(nameof(WinogradMinTiles), $"Winograd thresholds {WinogradMinTiles} tiles, {WinogradMinWork} work are out of range.");

@@ -7,66 +7,74 @@ using Ddpm.Tensors;
 namespace Ddpm.Backends.Cpu.Fast;
 
 /// <summary>
-/// Winograd F(2x2, 3x3) (Lavin and Gray 2016) for the 3x3, stride-1, padding-1 convolutions: every 2x2 output
-/// tile is A^T [ (G g G^T) . (B^T d B) ] A for the 4x4 input patch d around it, so the channel sums become 16
-/// GEMMs with 4 outputs per column instead of 9 multiply-adds per output: 2.25x fewer multiplies. The transforms
-/// have coefficients 0, +-1 and +-1/2 only, so float32 loses about as little as the direct sums (ConvTests).
-/// <para>
-/// Work goes in chunks of whole tile rows (a row of output tiles of one image), sized so that a chunk's
-/// transformed input V [16, C, T] and product M [16, O, T] stay in a core's L2: a worker transforms its
-/// chunk's input, runs the 16 GEMMs on its own thread and transforms the products back. Tile rows are read
-/// with even and odd columns split, so that every transform is a contiguous vector operation over the tiles of
-/// a row. Index convention: xi = 4 i + j, i the row and j the column of the 4x4 transformed tile.
-/// </para>
+/// Winograd F(2x2, 3x3) transforms: every 2x2 output tile is A^T [ (G g G^T) . (B^T d B) ] A of the 4x4 input patch d
+/// around it, 16 products with 4 outputs per tile (2.25x fewer multiplies than the direct sums). The transforms have
+/// coefficients 0, +-1 and +-1/2 only, so float32 loses about as little as the direct sums (ConvTests). Tile rows are
+/// read with even and odd columns split, so that every transform is a contiguous vector operation over the tiles of a
+/// row. Index convention: xi = 4 i + j, i the row and j the column of the 4x4 transformed tile.
 /// </summary>
-internal static unsafe class Winograd
+internal readonly unsafe struct WinogradF2 : IWinogradTile
 {
-    /// <summary>
-    /// The distance between two of the 16 planes of transformed tiles or products: their size plus one cache line.
-    /// Planes are often a multiple of 4 KB (e.g. 32 channels x 512 tiles = 64 KB), and 16 streams whose addresses
-    /// differ by such a multiple fall into the same L1 and L2 sets and evict each other; the offset spreads them.
-    /// </summary>
-    internal static long PlaneStride(long floats) => floats + 16;
+    public static int M => 2;
 
-    /// <summary>Whether the geometry is one Winograd F(2x2, 3x3) here computes: 3x3, stride 1, padding 1.</summary>
-    public static bool Applies(in ConvGeometry g) =>
-        g.KH == 3 && g.KW == 3 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 1 && g.PadW == 1;
+    public static int Planes => 16;
 
-    /// <summary>Tile rows per chunk: about <see cref="CpuBackendOptions.WinogradChunk"/> tile-channels ((C + O) x T), at least one tile row.</summary>
-    internal static int RowsPerChunk(in ConvGeometry g, int tw, int budget) => Math.Max(1, budget / (g.C + g.O) / tw);
+    public static long StageFloats(int tw, int tiles) => 16L * (tw + 1);
 
-    /// <summary>U [16, O, C] = G w G^T for every (o, c), G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]].</summary>
-    internal static void FilterTransform(WorkerPool pool, float* w, float* u, int o, int c)
+    /// <summary>U [16, O*C] = G g G^T for every filter, G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]].</summary>
+    public static void FilterTransform(float* w, float* u, long plane, int p0, int count)
     {
-        nint wp = (nint)w, up = (nint)u;
-        long plane = (long)o * c;
-        pool.ForItems(o * c, 256, (p0, count) =>
+        float* t = stackalloc float[12];
+        for (int p = p0; p < p0 + count; p++)
         {
-            float* t = stackalloc float[12];
-            for (int p = p0; p < p0 + count; p++)
+            float* g = w + (long)p * 9;
+            // t [4, 3] = G g
+            for (int col = 0; col < 3; col++)
             {
-                float* g = (float*)wp + (long)p * 9;
-                // t [4, 3] = G g
-                for (int col = 0; col < 3; col++)
-                {
-                    float g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
-                    t[col] = g0;
-                    t[3 + col] = 0.5f * (g0 + g1 + g2);
-                    t[6 + col] = 0.5f * (g0 - g1 + g2);
-                    t[9 + col] = g2;
-                }
-                // U [4, 4] = t G^T
-                for (int i = 0; i < 4; i++)
-                {
-                    float a = t[3 * i], b = t[3 * i + 1], cc = t[3 * i + 2];
-                    float* dst = (float*)up + p;
-                    dst[(4 * i + 0) * plane] = a;
-                    dst[(4 * i + 1) * plane] = 0.5f * (a + b + cc);
-                    dst[(4 * i + 2) * plane] = 0.5f * (a - b + cc);
-                    dst[(4 * i + 3) * plane] = cc;
-                }
+                float g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
+                t[col] = g0;
+                t[3 + col] = 0.5f * (g0 + g1 + g2);
+                t[6 + col] = 0.5f * (g0 - g1 + g2);
+                t[9 + col] = g2;
             }
-        });
+            // U [4, 4] = t G^T
+            for (int i = 0; i < 4; i++)
+            {
+                float a = t[3 * i], b = t[3 * i + 1], cc = t[3 * i + 2];
+                float* dst = u + p;
+                dst[(4 * i + 0) * plane] = a;
+                dst[(4 * i + 1) * plane] = 0.5f * (a + b + cc);
+                dst[(4 * i + 2) * plane] = 0.5f * (a - b + cc);
+                dst[(4 * i + 3) * plane] = cc;
+            }
+        }
+    }
+
+    /// <summary>dw [o, c] (3x3) = G^T dU G with G^T = [[1,1/2,1/2,0],[0,1/2,-1/2,0],[0,1/2,1/2,1]].</summary>
+    public static void FilterGradient(float* du, long plane, float* dw, int p0, int count)
+    {
+        float* d = stackalloc float[16];
+        float* t3 = stackalloc float[12];
+        for (int p = p0; p < p0 + count; p++)
+        {
+            for (int xi = 0; xi < 16; xi++) d[xi] = du[xi * plane + p];
+            // t3 [3, 4] = G^T d
+            for (int j = 0; j < 4; j++)
+            {
+                float d0 = d[j], d1 = d[4 + j], d2 = d[8 + j], d3 = d[12 + j];
+                t3[j] = d0 + 0.5f * (d1 + d2);
+                t3[4 + j] = 0.5f * (d1 - d2);
+                t3[8 + j] = 0.5f * (d1 + d2) + d3;
+            }
+            float* dst = dw + (long)p * 9;
+            for (int i = 0; i < 3; i++)
+            {
+                float a = t3[4 * i], b = t3[4 * i + 1], c = t3[4 * i + 2], e = t3[4 * i + 3];
+                dst[3 * i] = a + 0.5f * (b + c);
+                dst[3 * i + 1] = 0.5f * (b - c);
+                dst[3 * i + 2] = 0.5f * (b + c) + e;
+            }
+        }
     }
 
     /// <summary>
@@ -78,7 +86,7 @@ internal static unsafe class Winograd
     /// x[2k]), the column transform is applied to those, then the row transform is four vector operations over the
     /// tiles.
     /// </summary>
-    internal static void InputTransform(float* x, in ConvGeometry g, int th, int tw, int r0, int rows, float* v, long plane, int nr, int ld, float* stage)
+    public static void InputTransform(float* x, in ConvGeometry g, int th, int tw, int r0, int rows, float* v, long plane, int nr, int ld, float* stage)
     {
         int h = g.H, wd = g.W, k1 = tw + 1;
         long strip = (long)g.C * nr;
@@ -161,7 +169,7 @@ internal static unsafe class Winograd
     /// transform gives two rows of per-tile sums, the row transform the even and odd output columns, which are
     /// interleaved into the image (outputs past the last row or column are dropped).
     /// </summary>
-    internal static void OutputTransform(float* m, long plane, float* bias, float* y, in ConvGeometry g, int th, int tw, int r0, int rows, int ld, float* stage)
+    public static void OutputTransform(float* m, long plane, float* bias, float* y, in ConvGeometry g, int th, int tw, int r0, int rows, int ld, float* stage)
     {
         int oh = g.OH, ow = g.OW;
         float* s = stage, e = stage + 8 * tw;
@@ -202,7 +210,7 @@ internal static unsafe class Winograd
     /// dM [16, O, ld] = A dy A^T for the chunk's output tiles, A = [[1,0],[1,1],[1,-1],[0,-1]] (outputs past the
     /// last row or column count as zero): the adjoint of <see cref="OutputTransform"/>.
     /// </summary>
-    internal static void GradOutputTransform(float* dy, in ConvGeometry g, int th, int tw, int r0, int rows, float* dm, long plane, int ld, float* stage)
+    public static void GradOutputTransform(float* dy, in ConvGeometry g, int th, int tw, int r0, int rows, float* dm, long plane, int ld, float* stage)
     {
         int oh = g.OH, ow = g.OW;
         // raw: row 0 even, row 0 odd, row 1 even, row 1 odd; w: 4 rows x (even, odd) of the column transform.
@@ -243,123 +251,6 @@ internal static unsafe class Winograd
                 }
             }
         }
-    }
-
-    private static int TileRows(in ConvGeometry g) => (g.OH + 1) / 2;
-
-    private static int TileCols(in ConvGeometry g) => (g.OW + 1) / 2;
-
-    /// <summary>
-    /// y = conv(x, w) + bias for a geometry <see cref="Applies"/> accepts. The transformed filters are packed once
-    /// as SGEMM A panels and the input transform writes its tiles as packed B strips, so the 16 products of a chunk
-    /// run the micro-kernels with no packing.
-    /// </summary>
-    public static void Forward(WorkerPool pool, float* x, float* w, float* bias, float* y, in ConvGeometry g)
-    {
-        int th = TileRows(g), tw = TileCols(g);
-        int rowsPer = RowsPerChunk(g, tw, pool.Options.WinogradChunk), totalRows = g.N * th;
-        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = rowsPer * tw;
-        var (mr, nr) = Sgemm.RegisterTile(g.O, pool.Options);
-        long aSize = Sgemm.PackedASize(g.O, g.C, mr), bPlane = PlaneStride(Sgemm.PackedBSize(g.C, ld, nr));
-        long mPlane = PlaneStride((long)g.O * ld);
-        float* u = pool.Scratch(0).Get(ScratchSlot.WinogradU, 16L * g.O * g.C);
-        float* ua = pool.Scratch(0).Get(ScratchSlot.WinogradUPacked, 16 * aSize);
-        FilterTransform(pool, w, u, g.O, g.C);
-        var geo = g;
-        nint xp = (nint)x, up = (nint)u, uap = (nint)ua, yp = (nint)y, bp = (nint)bias;
-        pool.For(16, (_, xi) => Sgemm.PackAPanel((float*)up + (long)xi * geo.O * geo.C, geo.C, geo.O, geo.C, mr, (float*)uap + xi * aSize));
-        pool.For(chunks, (wk, ch) =>
-        {
-            var scratch = pool.Scratch(wk);
-            float* v = scratch.Get(ScratchSlot.WinogradV, 16 * bPlane);
-            float* m = scratch.Get(ScratchSlot.WinogradM, 16 * mPlane);
-            float* stage = scratch.Get(ScratchSlot.WinogradStage, 16L * (tw + 1));
-            int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), cols = rows * tw;
-            InputTransform((float*)xp, geo, th, tw, r0, rows, v, bPlane, nr, ld, stage);
-            if (cols % nr != 0)
-            {
-                // The last strip's columns past the chunk: zero, so the discarded products stay finite and fast.
-                float* last = v + cols / nr * geo.C * (long)nr;
-                int from = cols % nr;
-                for (int xi = 0; xi < 16; xi++)
-                    for (int c = 0; c < geo.C; c++)
-                        new Span<float>(last + xi * bPlane + (long)c * nr + from, nr - from).Clear();
-            }
-            for (int xi = 0; xi < 16; xi++)
-                Sgemm.RunPacked(mr, nr, geo.O, cols, geo.C, (float*)uap + xi * aSize, v + xi * bPlane, m + xi * mPlane, ld);
-            OutputTransform(m, mPlane, (float*)bp, (float*)yp, geo, th, tw, r0, rows, ld, stage);
-        });
-    }
-
-    /// <summary>
-    /// dw = the weight gradient of <see cref="Forward"/>: dU [16, O, C] = sum over tiles of dM V^T, then
-    /// dw = G^T dU G. Worker item t sums a fixed range of chunks into its own dU, and the partials are added in
-    /// item order, so the result does not depend on scheduling.
-    /// </summary>
-    public static void BackwardWeight(WorkerPool pool, float* x, float* dy, float* dw, in ConvGeometry g)
-    {
-        int th = TileRows(g), tw = TileCols(g);
-        int rowsPer = RowsPerChunk(g, tw, pool.Options.WinogradChunk), totalRows = g.N * th;
-        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = rowsPer * tw;
-        int items = Math.Min(pool.Threads, chunks), per = (chunks + items - 1) / items;
-        items = (chunks + per - 1) / per;
-        long uSize = 16L * g.O * g.C;
-        long vPlane = PlaneStride((long)g.C * ld), mPlane = PlaneStride((long)g.O * ld);
-        var geo = g;
-        nint xp = (nint)x, dyp = (nint)dy;
-        var partials = new nint[items];
-        pool.For(items, (wk, t) =>
-        {
-            var scratch = pool.Scratch(wk);
-            // The partial belongs to item t (in the scratch of worker t), the buffers to the worker running it.
-            float* du = pool.Scratch(t).Get(ScratchSlot.WinogradU, uSize);
-            partials[t] = (nint)du;
-            float* v = scratch.Get(ScratchSlot.WinogradV, 16 * vPlane);
-            float* dm = scratch.Get(ScratchSlot.WinogradM, 16 * mPlane);
-            float* stage = scratch.Get(ScratchSlot.WinogradStage, 16L * (tw + 1));
-            int c0 = t * per, c1 = Math.Min(chunks, c0 + per);
-            for (int ch = c0; ch < c1; ch++)
-            {
-                int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), cols = rows * tw;
-                InputTransform((float*)xp, geo, th, tw, r0, rows, v, vPlane, 0, ld, stage);
-                GradOutputTransform((float*)dyp, geo, th, tw, r0, rows, dm, mPlane, ld, stage);
-                for (int xi = 0; xi < 16; xi++)
-                    Sgemm.Run(null, scratch, false, true, geo.O, geo.C, cols, 1f, dm + xi * mPlane, ld,
-                        v + xi * vPlane, ld, ch == c0 ? 0f : 1f, du + (long)xi * geo.O * geo.C, geo.C);
-            }
-        });
-        float* total = (float*)partials[0];
-        for (int t = 1; t < items; t++)
-            System.Numerics.Tensors.TensorPrimitives.Add(new ReadOnlySpan<float>(total, (int)uSize),
-                new ReadOnlySpan<float>((float*)partials[t], (int)uSize), new Span<float>(total, (int)uSize));
-        // dw [o, c] (3x3) = G^T dU G with G^T = [[1,1/2,1/2,0],[0,1/2,-1/2,0],[0,1/2,1/2,1]].
-        long plane = (long)g.O * g.C;
-        nint tp = (nint)total, dwp = (nint)dw;
-        pool.ForItems(g.O * g.C, 256, (p0, count) =>
-        {
-            float* d = stackalloc float[16];
-            float* t3 = stackalloc float[12];
-            for (int p = p0; p < p0 + count; p++)
-            {
-                for (int xi = 0; xi < 16; xi++) d[xi] = ((float*)tp)[xi * plane + p];
-                // t3 [3, 4] = G^T d
-                for (int j = 0; j < 4; j++)
-                {
-                    float d0 = d[j], d1 = d[4 + j], d2 = d[8 + j], d3 = d[12 + j];
-                    t3[j] = d0 + 0.5f * (d1 + d2);
-                    t3[4 + j] = 0.5f * (d1 - d2);
-                    t3[8 + j] = 0.5f * (d1 + d2) + d3;
-                }
-                float* dst = (float*)dwp + (long)p * 9;
-                for (int i = 0; i < 3; i++)
-                {
-                    float a = t3[4 * i], b = t3[4 * i + 1], c = t3[4 * i + 2], e = t3[4 * i + 3];
-                    dst[3 * i] = a + 0.5f * (b + c);
-                    dst[3 * i + 1] = 0.5f * (b - c);
-                    dst[3 * i + 2] = 0.5f * (b + c) + e;
-                }
-            }
-        });
     }
 
     // ---- small vector helpers over contiguous runs ----------------------------------------------------------

@@ -49,22 +49,28 @@ public sealed class ConvTests
     }
 
     /// <summary>
-    /// Backends on 1..maxThreads threads, each with Winograd off, on, on with chunks of one or two tile rows
-    /// (chunks that start inside an image), and on with the AVX2 kernels (other register-tile widths).
+    /// Backends on 1..maxThreads threads, each with Winograd off, and for F(2x2, 3x3) and F(4x4, 3x3) each: on, on with
+    /// chunks of one or two tile rows (chunks that start inside an image), and on with the AVX2 kernels (other
+    /// register-tile widths).
     /// </summary>
     private static IEnumerable<(string Name, CpuBackend Backend)> Backends(int maxThreads)
     {
         for (int threads = 1; threads <= maxThreads; threads++)
         {
             yield return ($"{threads} threads, winograd off", new CpuBackend(new CpuBackendOptions { Threads = threads, Winograd = false }));
-            yield return ($"{threads} threads, winograd", new CpuBackend(Winograd(threads)));
-            yield return ($"{threads} threads, winograd in small chunks", new CpuBackend(Winograd(threads) with { WinogradChunk = 200 }));
-            yield return ($"{threads} threads, winograd on the AVX2 kernels", new CpuBackend(Winograd(threads) with { Avx512 = false }));
+            foreach (int tile in new[] { 2, 4 })
+            {
+                string f = $"winograd F({tile}x{tile}, 3x3)";
+                yield return ($"{threads} threads, {f}", new CpuBackend(Winograd(threads, tile)));
+                yield return ($"{threads} threads, {f} in small chunks", new CpuBackend(Winograd(threads, tile) with { WinogradChunk = 200 }));
+                yield return ($"{threads} threads, {f} on the AVX2 kernels", new CpuBackend(Winograd(threads, tile) with { Avx512 = false }));
+            }
         }
     }
 
-    /// <summary>Winograd for every geometry it applies to with 16 channels or more, however few its tiles.</summary>
-    private static CpuBackendOptions Winograd(int threads) => new() { Threads = threads, WinogradMinTiles = 1, WinogradMinWork = 0 };
+    /// <summary>Winograd with <paramref name="tile"/> x <paramref name="tile"/> output tiles for every geometry it applies to with 16 channels or more, however few its tiles.</summary>
+    private static CpuBackendOptions Winograd(int threads, int tile) =>
+        new() { Threads = threads, WinogradTile = tile, WinogradMinTiles = 1, WinogradMinWork = 0 };
 
     private static ConvGeometry Geo(int n, int c, int h, int w, int o, int k, int s, int p) => new(n, c, h, w, o, k, k, s, s, p, p);
 

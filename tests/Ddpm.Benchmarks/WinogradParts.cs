@@ -1,0 +1,144 @@
+using System.Globalization;
+using Ddpm.Backends.Cpu;
+using Ddpm.Backends.Cpu.Fast;
+using Ddpm.Tensors;
+
+namespace Ddpm.Benchmarks;
+
+/// <summary>
+/// <c>winograd [--batch 64] [--reps 5]</c>: where a Winograd convolution's time goes on one thread, timed by the
+/// thread's CPU time (<see cref="UnetProfile.ThreadCpuSeconds"/>), F(2x2, 3x3) and F(4x4, 3x3) one after the other:
+/// the filter transform and packing, the input transform, the products and the output transform of the forward pass
+/// over all chunks, and the whole forward, input-gradient and weight-gradient ops, for the 3x3 layers of the
+/// <c>small</c> UNet. Medians of the repetitions, milliseconds per call. <c>--layer i --tile t --part p</c> run one layer
+/// (0 .. 5), tile (2 or 4) and part (filters, in, products, out, forward, bwd-data, bwd-weight) alone: under <c>valgrind --tool=callgrind</c>, the instruction counts of two runs with
+/// different <c>--reps</c> give each op's instructions exactly.
+/// </summary>
+public static unsafe class WinogradParts
+{
+    public static int Run(string[] args)
+    {
+        int batch = 64, reps = 5, onlyLayer = -1, onlyTile = 0;
+        for (int i = 0; i + 1 < args.Length; i += 2)
+        {
+            switch (args[i])
+            {
+                case "--batch": batch = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--reps": reps = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--layer": onlyLayer = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--tile": onlyTile = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--part": _part = args[i + 1]; break;
+                default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
+            }
+        }
+        Console.WriteLine($"winograd parts, batch {batch}, 1 thread, {new CpuBackend(1).Description}, thread CPU time, median of {reps}, ms per call");
+        Console.WriteLine($"{"layer",-24} {"tile",4} {"filters",8} {"in-xform",9} {"products",9} {"out-xform",9} {"forward",9} {"bwd-data",9} {"bwd-weight",10} {"fwd GFLOP/s",11}");
+        var layers = new[] { (32, 32, 32), (64, 32, 32), (64, 16, 64), (128, 16, 64), (128, 8, 128), (256, 8, 128) };
+        for (int li = 0; li < layers.Length; li++)
+        {
+            if (onlyLayer >= 0 && li != onlyLayer) continue;
+            var (c, hw, o) = layers[li];
+            var g = new ConvGeometry(batch, c, hw, hw, o, 3, 3, 1, 1, 1, 1);
+            foreach (int tile in new[] { 2, 4 })
+            {
+                if (onlyTile != 0 && tile != onlyTile) continue;
+                var options = new CpuBackendOptions { Threads = 1, WinogradTile = tile, WinogradMinTiles = 1, WinogradMinWork = 0 };
+                using var be = new CpuBackend(options);
+                using var pool = new WorkerPool(options);
+                var x = Filled(be, g.InputSize, 1); var w = Filled(be, g.WeightSize, 2); var bias = Filled(be, g.O, 3);
+                var y = be.Allocate(g.OutputSize); var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize);
+                var parts = tile == 4 ? Parts<WinogradF4>(pool, g, reps) : Parts<WinogradF2>(pool, g, reps);
+                double fwd = Time("forward", reps, () => be.Conv2dForward(x, w, bias, g, y));
+                double bwd = Time("bwd-data", reps, () => be.Conv2dBackwardData(y, w, g, dx));
+                double bww = Time("bwd-weight", reps, () => be.Conv2dBackwardWeight(x, y, g, dw, null));
+                double flops = 2.0 * g.N * g.O * g.OH * g.OW * g.C * 9;
+                Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-24} {1,4} {2,8:F2} {3,9:F2} {4,9:F2} {5,9:F2} {6,9:F2} {7,9:F2} {8,10:F2} {9,11:F1}",
+                    $"[{batch},{c},{hw},{hw}]->{o}", $"F{tile}", parts.Filter, parts.In, parts.Products, parts.Out, fwd, bwd, bww, flops / fwd / 1e6));
+                foreach (var b in new[] { x, w, bias, y, dx, dw }) b.Release();
+            }
+        }
+        return 0;
+    }
+
+    private static DeviceBuffer Filled(IBackend be, int n, ulong seed)
+    {
+        var b = be.Allocate(n);
+        be.FillUniform(seed, 0, b, n);
+        return b;
+    }
+
+    /// <summary>With --part, only that part runs (the others report 0).</summary>
+    private static string? _part;
+
+    private static double Time(string part, int reps, Action op)
+    {
+        if (_part is not null && _part != part) return 0;
+        op();
+        var t = new double[reps];
+        for (int r = 0; r < reps; r++)
+        {
+            double t0 = UnetProfile.ThreadCpuSeconds();
+            op();
+            t[r] = (UnetProfile.ThreadCpuSeconds() - t0) * 1e3;
+        }
+        Array.Sort(t);
+        return t[reps / 2];
+    }
+
+    /// <summary>The forward pass's stages over all chunks, each timed alone (as <see cref="Winograd.Forward{T}"/> runs them).</summary>
+    private static (double Filter, double In, double Products, double Out) Parts<T>(WorkerPool pool, ConvGeometry g, int reps) where T : IWinogradTile
+    {
+        int m = T.M, planes = T.Planes;
+        int th = (g.OH + m - 1) / m, tw = (g.OW + m - 1) / m, totalRows = g.N * th;
+        int rowsPer = Winograd.RowsPerChunk(g, tw, totalRows, pool.Options.WinogradChunk, planes, pool.Threads);
+        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = Winograd.ChunkLd(rowsPer, tw);
+        var (mr, nr) = Sgemm.RegisterTile(g.O, pool.Options);
+        long aSize = Sgemm.PackedASize(g.O, g.C, mr), bPlane = Winograd.PlaneStride(Sgemm.PackedBSize(g.C, ld, nr));
+        long mPlane = Winograd.PlaneStride((long)g.O * ld), uPlane = (long)g.O * g.C;
+        var xa = GC.AllocateArray<float>(g.InputSize, pinned: true);
+        var ya = GC.AllocateArray<float>(g.OutputSize, pinned: true);
+        var wa = GC.AllocateArray<float>(g.WeightSize, pinned: true);
+        var uu = GC.AllocateArray<float>((int)(planes * uPlane), pinned: true);
+        var ua = GC.AllocateArray<float>((int)(planes * aSize), pinned: true);
+        var va = GC.AllocateArray<float>((int)(planes * bPlane), pinned: true);
+        var ma = GC.AllocateArray<float>((int)(planes * mPlane), pinned: true);
+        var sa = GC.AllocateArray<float>((int)T.StageFloats(tw, ld), pinned: true);
+        for (int i = 0; i < xa.Length; i++) xa[i] = (i % 17) * 0.1f - 0.8f;
+        for (int i = 0; i < wa.Length; i++) wa[i] = (i % 13) * 0.1f - 0.6f;
+        fixed (float* x = xa, y = ya, w = wa, u0 = uu, u = ua, v = va, mm = ma, stage = sa)
+        {
+            float* xp = x, yp = y, wp = w, u0p = u0, up = u, vp = v, mp = mm, sp = stage;
+            double tf = Time("filters", reps, () =>
+            {
+                T.FilterTransform(wp, u0p, uPlane, 0, g.O * g.C);
+                for (int xi = 0; xi < planes; xi++) Sgemm.PackAPanel(u0p + xi * uPlane, g.C, g.O, g.C, mr, up + xi * aSize);
+            });
+            double tin = Time("in", reps, () =>
+            {
+                for (int ch = 0; ch < chunks; ch++)
+                {
+                    int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0);
+                    T.InputTransform(xp, g, th, tw, r0, rows, vp, bPlane, nr, ld, sp);
+                }
+            });
+            double tprod = Time("products", reps, () =>
+            {
+                for (int ch = 0; ch < chunks; ch++)
+                {
+                    int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), width = (rows * tw + nr - 1) / nr * nr;
+                    for (int xi = 0; xi < planes; xi++)
+                        Sgemm.RunPacked(mr, nr, g.O, width, g.C, up + xi * aSize, vp + xi * bPlane, mp + xi * mPlane, ld);
+                }
+            });
+            double tout = Time("out", reps, () =>
+            {
+                for (int ch = 0; ch < chunks; ch++)
+                {
+                    int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0);
+                    T.OutputTransform(mp, mPlane, null, yp, g, th, tw, r0, rows, ld, sp);
+                }
+            });
+            return (tf, tin, tprod, tout);
+        }
+    }
+}
