@@ -37,18 +37,19 @@ public sealed record CpuBackendOptions
     public int WinogradMinChannels { get; init; } = 16;
 
     /// <summary>
-    /// Fewest output tiles (N x ceil(OH / 2) x ceil(OW / 2)) of a Winograd convolution. The filter transform costs
-    /// as much as the products of about a hundred tiles and is paid per call: on the benchmark machine Winograd lost
-    /// at 16 to 256 tiles (0.2x to 1.0x of the implicit GEMM, labml's 4x4 levels at batch 16) and won from 512 on
-    /// (1.16x to 1.56x, forward plus both backward passes).
+    /// Fewest output tiles, counted as F(2x2) tiles (N x ceil(OH / 2) x ceil(OW / 2)), of a Winograd convolution. The
+    /// filter transform is paid per call: on the benchmark machine (one thread, thread CPU time, forward plus both
+    /// backward passes) F(4x4, 3x3) lost to the implicit GEMM at 16 and 32 such tiles of a [N, 128, 8, 8] -> 128
+    /// convolution (0.4x, 0.6x) and at 64 of labml's [16, 1024, 4, 4] -> 1024 (1.0x), and won from 128 on (1.1x to 2.5x;
+    /// docs/cpu-backend.md).
     /// </summary>
-    public int WinogradMinTiles { get; init; } = 512;
+    public int WinogradMinTiles { get; init; } = 128;
 
     /// <summary>
-    /// Smallest O x C x tiles of a Winograd convolution: below about 2M the whole convolution takes a fraction of a
-    /// millisecond and the transforms' extra passes and parallel regions cost more than the multiplies saved.
+    /// Smallest O x C x tiles (F(2x2) tiles) of a Winograd convolution: below this the whole convolution takes a few
+    /// tens of microseconds and its extra passes and parallel regions cost more than the multiplies saved.
     /// </summary>
-    public long WinogradMinWork { get; init; } = 1L << 21;
+    public long WinogradMinWork { get; init; } = 1L << 18;
 
     /// <summary>
     /// Size of a Winograd work chunk in tile-channels, (C + O) x tiles: its transformed input and products take 64

@@ -142,3 +142,75 @@ public static unsafe class WinogradParts
         }
     }
 }
+
+/// <summary>
+/// <c>winograd-sweep [--reps 5] [--threads 1]</c>: forward + input gradient + weight gradient of 3x3 convolutions
+/// as implicit GEMMs, Winograd F(2x2, 3x3) and F(4x4, 3x3) (every threshold off), milliseconds per call (medians;
+/// thread CPU time on one thread, wall time otherwise): where Winograd starts to pay, for
+/// <see cref="CpuBackendOptions.WinogradMinTiles"/> and <see cref="CpuBackendOptions.WinogradMinWork"/>.
+/// </summary>
+public static class WinogradSweep
+{
+    public static int Run(string[] args)
+    {
+        int reps = 5, threads = 1;
+        for (int i = 0; i + 1 < args.Length; i += 2)
+        {
+            switch (args[i])
+            {
+                case "--reps": reps = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--threads": threads = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
+            }
+        }
+        Func<double> clock = threads == 1 ? UnetProfile.ThreadCpuSeconds : () => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
+        Console.WriteLine($"winograd sweep, {threads} thread(s), {new CpuBackend(threads).Description}, ms per forward + bwd-data + bwd-weight, median of {reps}");
+        Console.WriteLine($"{"geometry",-26} {"F2 tiles",9} {"O C tiles",10} {"gemm",8} {"F2",8} {"F4",8} {"gemm/F2",8} {"gemm/F4",8}");
+        int[][] shapes =
+        [
+            [1, 32, 32, 32], [2, 32, 32, 32], [8, 32, 32, 32], [1, 64, 16, 64], [2, 64, 16, 64], [8, 64, 16, 64], [16, 64, 16, 64],
+            [1, 128, 8, 128], [2, 128, 8, 128], [8, 128, 8, 128], [16, 128, 8, 128], [32, 128, 8, 128], [8, 256, 8, 128],
+            [16, 1024, 4, 1024], [64, 256, 4, 256], [16, 256, 8, 256], [2, 64, 32, 64], [16, 64, 32, 64],
+        ];
+        foreach (var sh in shapes)
+        {
+            var g = new ConvGeometry(sh[0], sh[1], sh[2], sh[2], sh[3], 3, 3, 1, 1, 1, 1);
+            var t = new double[3];
+            for (int v = 0; v < 3; v++)
+            {
+                var o = new CpuBackendOptions { Threads = threads, Winograd = v > 0, WinogradTile = v == 2 ? 4 : 2, WinogradMinTiles = 1, WinogradMinWork = 0 };
+                using var be = new CpuBackend(o);
+                var x = Fill(be, g.InputSize, 1); var w = Fill(be, g.WeightSize, 2); var y = be.Allocate(g.OutputSize);
+                var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize);
+                void Op()
+                {
+                    be.Conv2dForward(x, w, null, g, y);
+                    be.Conv2dBackwardData(y, w, g, dx);
+                    be.Conv2dBackwardWeight(x, y, g, dw, null);
+                }
+                Op();
+                var r = new double[reps];
+                for (int i = 0; i < reps; i++)
+                {
+                    double t0 = clock();
+                    Op();
+                    r[i] = (clock() - t0) * 1e3;
+                }
+                Array.Sort(r);
+                t[v] = r[reps / 2];
+                foreach (var b in new[] { x, w, y, dx, dw }) b.Release();
+            }
+            long tiles = Winograd.Tiles(g, 2);
+            Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0,-26} {1,9} {2,10:F1}M {3,8:F2} {4,8:F2} {5,8:F2} {6,8:F2} {7,8:F2}",
+                $"[{sh[0]},{sh[1]},{sh[2]},{sh[2]}]->{sh[3]}", tiles, g.O * (double)g.C * tiles / 1e6, t[0], t[1], t[2], t[0] / t[1], t[0] / t[2]));
+        }
+        return 0;
+    }
+
+    private static DeviceBuffer Fill(IBackend be, int n, ulong seed)
+    {
+        var b = be.Allocate(n);
+        be.FillUniform(seed, 0, b, n);
+        return b;
+    }
+}
