@@ -117,6 +117,12 @@ public sealed unsafe partial class CpuBackend
             return;
         }
 
+        if (DirectConv.Applies(g))
+        {
+            DirectConv.Forward(_pool, x, w, bias, y, g);
+            return;
+        }
+
         if (WholeBatch(g))
         {
             // yAll [O, N*OH*OW] = w x columns, then rearranged to [N, O, OH*OW] and the bias added.
@@ -246,6 +252,10 @@ public sealed unsafe partial class CpuBackend
         if (UseWinograd(g))
         {
             Winograd.BackwardWeight(_pool, (float*)xp, (float*)dyp, dwp, g);
+        }
+        else if (DirectConv.Applies(g))
+        {
+            DirectConv.BackwardWeight(_pool, (float*)xp, (float*)dyp, dwp, g);
         }
         else if (WholeBatch(g))
         {

@@ -36,6 +36,10 @@ public sealed class ConvTests
             [2, 3, 30, 26, 5, 4, 2, 1],
             // One-pixel-wide rows: a whole image is 300 runs of one column (the packer's heap-allocated run table).
             [2, 2, 300, 1, 3, 3, 1, 1],
+            // At most 4 output channels at stride 1 (also several of the above): direct sums, rows longer than four
+            // vectors with a tail, a 4x4 kernel with padding 2.
+            [3, 32, 6, 37, 2, 3, 1, 1],
+            [2, 5, 9, 13, 1, 4, 1, 2],
             // At least 16 channels in and out: the 3x3 stride-1 padding-1 ones run as Winograd F(2x2, 3x3), with
             // odd and even sizes (partial tiles), chunks of several tile rows, and images narrower than a tile.
             [2, 16, 9, 7, 17, 3, 1, 1],
