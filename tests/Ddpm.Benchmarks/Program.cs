@@ -21,6 +21,7 @@ public static class Program
         if (args.Length > 0 && args[0] == "winograd-sweep") return WinogradSweep.Run(args[1..]);
         if (args.Length > 0 && args[0] == "groupnorm") return NormBench.Run(args[1..]);
         if (args.Length > 0 && args[0] == "conv") return ConvBench.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "gemm") return GemmBench.Run(args[1..]);
         return QuickReport.Run(args);
     }
 }
