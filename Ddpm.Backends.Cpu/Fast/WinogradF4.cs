@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Ddpm.Tensors;
 using static Ddpm.Backends.Cpu.Fast.Winograd;
 
@@ -35,7 +36,7 @@ internal readonly unsafe struct WinogradF4 : IWinogradTile
     public static long StageFloats(int tw, int tiles)
     {
         long lc = Padded(tiles);
-        return Math.Max(36 * lc + 4L * tw + 32, 40 * lc + 4L * tiles + 8);
+        return Math.Max(36 * lc + 4L * ((tw + 16) & ~7) + 8, 40 * lc + 4L * tiles + 8);
     }
 
     // ---- filters ------------------------------------------------------------------------------------------
@@ -173,15 +174,32 @@ internal readonly unsafe struct WinogradF4 : IWinogradTile
 
     /// <summary>
     /// The six columns tile k of a row reads, a_j[k] = x[4k - 1 + j] (j = 0 .. 5, zero outside the row), for the
-    /// <paramref name="tw"/> tiles of one input row, at dst + j * lc; may write up to 4 tiles further. The row is
+    /// <paramref name="tw"/> tiles of one input row, at dst + j * lc; may write up to 8 tiles further. The row is
     /// copied to <paramref name="buf"/> + 1, whose padding (<see cref="PrepareRowBuffer"/>) stays zero, then split by
-    /// 4x4 transposes (columns 0 .. 3); columns 4 and 5 are columns 0 and 1 of the next tile.
+    /// transposes of 4x4 blocks (columns 0 .. 3 of four tiles; with AVX2 eight tiles at a time, the lanes put back in
+    /// order by one permute); columns 4 and 5 are columns 0 and 1 of the next tile, split from one group further.
     /// </summary>
     private static void Split6(float* src, int width, int tw, float* dst, int lc, float* buf)
     {
         int lanes = Vector<float>.Count, i = 0;
         for (; i + lanes <= width; i += lanes) Store(buf + 1 + i, Load(src + i));
         for (; i < width; i++) buf[1 + i] = src[i];
+        if (Avx2.IsSupported)
+        {
+            var order = Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7);
+            for (int k = 0; k < tw; k += 8)
+            {
+                Transpose8(buf + 4 * k, order, out var c0, out var c1, out var c2, out var c3);
+                c0.Store(dst + k);
+                c1.Store(dst + lc + k);
+                c2.Store(dst + 2 * lc + k);
+                c3.Store(dst + 3 * lc + k);
+                Transpose8(buf + 4 * k + 4, order, out c0, out c1, out _, out _);
+                c0.Store(dst + 4 * lc + k);
+                c1.Store(dst + 5 * lc + k);
+            }
+            return;
+        }
         for (int k = 0; k <= tw; k += 4)
         {
             var a = Vector128.Load(buf + 4 * k);
@@ -201,10 +219,32 @@ internal readonly unsafe struct WinogradF4 : IWinogradTile
         }
     }
 
+    /// <summary>
+    /// Eight groups of four floats at p (one per tile), transposed: c_j holds element j of each group, in group order.
+    /// The 4x4 transposes run inside the 128-bit lanes (groups 0, 2, 4, 6 and 1, 3, 5, 7), then one permute each.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8(float* p, Vector256<int> order, out Vector256<float> c0, out Vector256<float> c1,
+        out Vector256<float> c2, out Vector256<float> c3)
+    {
+        var a = Avx.LoadVector256(p);
+        var b = Avx.LoadVector256(p + 8);
+        var c = Avx.LoadVector256(p + 16);
+        var d = Avx.LoadVector256(p + 24);
+        var t0 = Avx.UnpackLow(a, b);
+        var t1 = Avx.UnpackLow(c, d);
+        var t2 = Avx.UnpackHigh(a, b);
+        var t3 = Avx.UnpackHigh(c, d);
+        c0 = Avx2.PermuteVar8x32(Avx.Shuffle(t0, t1, 0x44), order);
+        c1 = Avx2.PermuteVar8x32(Avx.Shuffle(t0, t1, 0xEE), order);
+        c2 = Avx2.PermuteVar8x32(Avx.Shuffle(t2, t3, 0x44), order);
+        c3 = Avx2.PermuteVar8x32(Avx.Shuffle(t2, t3, 0xEE), order);
+    }
+
     /// <summary>Floats of the padded row buffer of <see cref="Split6"/>; zeroes it (the left padding and everything past the row).</summary>
     private static int PrepareRowBuffer(float* buf, int tw)
     {
-        int len = 4 * ((tw + 4) & ~3) + 4;
+        int len = 4 * ((tw + 16) & ~7) + 8;
         new Span<float>(buf, len).Clear();
         return len;
     }
@@ -227,7 +267,19 @@ internal readonly unsafe struct WinogradF4 : IWinogradTile
             {
                 int r = r0 + rr, n = r / th, ty = r % th;
                 float* img = x + ((long)n * g.C + c) * h * wd;
-                for (int i = 0; i < 6; i++)
+                // Input rows 0 and 1 of a tile row are rows 4 and 5 of the one before it in the same image: copied.
+                int first = 0;
+                if (rr > 0 && ty > 0)
+                {
+                    for (int i = 0; i < 2; i++)
+                        for (int j = 0; j < 6; j++)
+                        {
+                            float* from = a + (6 * (4 + i) + j) * lc + (rr - 1) * tw, to = a + (6 * i + j) * lc + rr * tw;
+                            for (int k = 0; k < tw; k += lanes) Store(to + k, Load(from + k));
+                        }
+                    first = 2;
+                }
+                for (int i = first; i < 6; i++)
                 {
                     int ih = 4 * ty - 1 + i;
                     float* ai = a + 6 * i * lc + rr * tw;

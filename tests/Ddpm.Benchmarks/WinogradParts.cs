@@ -10,7 +10,8 @@ namespace Ddpm.Benchmarks;
 /// thread's CPU time (<see cref="UnetProfile.ThreadCpuSeconds"/>), F(2x2, 3x3) and F(4x4, 3x3) one after the other:
 /// the filter transform and packing, the input transform, the products and the output transform of the forward pass
 /// over all chunks, and the whole forward, input-gradient and weight-gradient ops, for the 3x3 layers of the
-/// <c>small</c> UNet. Medians of the repetitions, milliseconds per call. <c>--layer i --tile t --part p</c> run one layer
+/// <c>small</c> UNet. The fastest of the repetitions (on a shared machine interference only adds time), milliseconds
+/// per call. <c>--layer i --tile t --part p</c> run one layer
 /// (0 .. 5), tile (2 or 4) and part (filters, in, products, out, forward, bwd-data, bwd-weight) alone: under <c>valgrind --tool=callgrind</c>, the instruction counts of two runs with
 /// different <c>--reps</c> give each op's instructions exactly.
 /// </summary>
@@ -31,7 +32,7 @@ public static unsafe class WinogradParts
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
-        Console.WriteLine($"winograd parts, batch {batch}, 1 thread, {new CpuBackend(1).Description}, thread CPU time, median of {reps}, ms per call");
+        Console.WriteLine($"winograd parts, batch {batch}, 1 thread, {new CpuBackend(1).Description}, thread CPU time, fastest of {reps}, ms per call");
         Console.WriteLine($"{"layer",-24} {"tile",4} {"filters",8} {"in-xform",9} {"products",9} {"out-xform",9} {"forward",9} {"bwd-data",9} {"bwd-weight",10} {"fwd GFLOP/s",11}");
         var layers = new[] { (32, 32, 32), (64, 32, 32), (64, 16, 64), (128, 16, 64), (128, 8, 128), (256, 8, 128) };
         for (int li = 0; li < layers.Length; li++)
@@ -74,15 +75,14 @@ public static unsafe class WinogradParts
     {
         if (_part is not null && _part != part) return 0;
         op();
-        var t = new double[reps];
+        double best = double.MaxValue;
         for (int r = 0; r < reps; r++)
         {
             double t0 = UnetProfile.ThreadCpuSeconds();
             op();
-            t[r] = (UnetProfile.ThreadCpuSeconds() - t0) * 1e3;
+            best = Math.Min(best, (UnetProfile.ThreadCpuSeconds() - t0) * 1e3);
         }
-        Array.Sort(t);
-        return t[reps / 2];
+        return best;
     }
 
     /// <summary>The forward pass's stages over all chunks, each timed alone (as <see cref="Winograd.Forward{T}"/> runs them).</summary>
