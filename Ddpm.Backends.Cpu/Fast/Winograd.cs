@@ -184,11 +184,17 @@ internal static unsafe class Winograd
                         v + xi * vPlane, ld, ch == c0 ? 0f : 1f, du + xi * uPlane, geo.C);
             }
         });
+        // The partials added in item order, split by element over the workers (36 O C floats: a serial pass would be a
+        // few percent of a small batch's step).
         float* total = (float*)partials[0];
-        for (int t = 1; t < items; t++)
-            System.Numerics.Tensors.TensorPrimitives.Add(new ReadOnlySpan<float>(total, (int)uSize),
-                new ReadOnlySpan<float>((float*)partials[t], (int)uSize), new Span<float>(total, (int)uSize));
         nint tp = (nint)total, dwp = (nint)dw;
+        if (items > 1)
+            pool.ForRange((int)uSize, 16384, (i0, len) =>
+            {
+                var sum = new Span<float>((float*)tp + i0, len);
+                for (int t = 1; t < partials.Length; t++)
+                    System.Numerics.Tensors.TensorPrimitives.Add(sum, new ReadOnlySpan<float>((float*)partials[t] + i0, len), sum);
+            });
         pool.ForItems(g.O * g.C, 256, (p0, count) => T.FilterGradient((float*)tp, uPlane, (float*)dwp, p0, count));
     }
 

@@ -28,27 +28,16 @@ public static class ConvBench
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
-        Func<double> clock = threads == 1 ? UnetProfile.ThreadCpuSeconds : () => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
+        Func<double> clock = BenchClock.For(threads);
         using var be = new CpuBackend(threads);
         Console.WriteLine($"convolutions, {be.Description}, ms per call (GFLOP/s), fastest of {reps}");
         foreach (var spec in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
         {
             var v = spec.Split(',').Select(t => int.Parse(t, CultureInfo.InvariantCulture)).ToArray();
             var g = new ConvGeometry(v[0], v[1], v[2], v[2], v[3], v[4], v[4], v[5], v[5], v[6], v[6]);
-            var x = Fill(be, g.InputSize, 1); var w = Fill(be, g.WeightSize, 2); var bias = Fill(be, g.O, 3); var dy = Fill(be, g.OutputSize, 4);
+            var x = BenchClock.Filled(be, g.InputSize, 1); var w = BenchClock.Filled(be, g.WeightSize, 2); var bias = BenchClock.Filled(be, g.O, 3); var dy = BenchClock.Filled(be, g.OutputSize, 4);
             var y = be.Allocate(g.OutputSize); var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize); var db = be.Allocate(g.O);
-            double T(Action a)
-            {
-                a();
-                double best = double.MaxValue;
-                for (int i = 0; i < reps; i++)
-                {
-                    double t0 = clock();
-                    a();
-                    best = Math.Min(best, (clock() - t0) * 1e3);
-                }
-                return best;
-            }
+            double T(Action a) => BenchClock.BestMs(clock, reps, a);
             double f = T(() => be.Conv2dForward(x, w, bias, g, y));
             double d = T(() => be.Conv2dBackwardData(dy, w, g, dx));
             double wt = T(() => be.Conv2dBackwardWeight(x, dy, g, dw, db));
@@ -60,10 +49,4 @@ public static class ConvBench
         return 0;
     }
 
-    private static DeviceBuffer Fill(IBackend be, int n, ulong seed)
-    {
-        var b = be.Allocate(n);
-        be.FillUniform(seed, 0, b, n);
-        return b;
-    }
 }

@@ -26,7 +26,7 @@ public static class GemmBench
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
-        Func<double> clock = threads == 1 ? UnetProfile.ThreadCpuSeconds : () => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
+        Func<double> clock = BenchClock.For(threads);
         using var be = new CpuBackend(new CpuBackendOptions { Threads = threads, GemmKC = kc });
         Console.WriteLine($"gemm, {be.Description}, KC {kc}, ms per call (GFLOP/s), fastest of {reps}");
         foreach (var spec in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
@@ -35,15 +35,8 @@ public static class GemmBench
             bool ta = v[0] == "T", tb = v[1] == "T";
             int batch = int.Parse(v[2], CultureInfo.InvariantCulture), m = int.Parse(v[3], CultureInfo.InvariantCulture);
             int n = int.Parse(v[4], CultureInfo.InvariantCulture), k = int.Parse(v[5], CultureInfo.InvariantCulture);
-            var a = Fill(be, batch * m * k, 1); var b = Fill(be, batch * k * n, 2); var c = be.Allocate(batch * m * n);
-            be.Gemm(ta, tb, a, (long)m * k, b, (long)k * n, batch, m, n, k, 1f, 0f, c, (long)m * n);
-            double best = double.MaxValue;
-            for (int i = 0; i < reps; i++)
-            {
-                double t0 = clock();
-                be.Gemm(ta, tb, a, (long)m * k, b, (long)k * n, batch, m, n, k, 1f, 0f, c, (long)m * n);
-                best = Math.Min(best, (clock() - t0) * 1e3);
-            }
+            var a = BenchClock.Filled(be, batch * m * k, 1); var b = BenchClock.Filled(be, batch * k * n, 2); var c = be.Allocate(batch * m * n);
+            double best = BenchClock.BestMs(clock, reps, () => be.Gemm(ta, tb, a, (long)m * k, b, (long)k * n, batch, m, n, k, 1f, 0f, c, (long)m * n));
             Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "{0}{1} {2}x{3}x{4}x{5}: {6:F3} ms ({7:F1} GFLOP/s)",
                 v[0], v[1], batch, m, n, k, best, 2.0 * batch * m * n * k / best / 1e6));
             a.Release(); b.Release(); c.Release();
@@ -51,10 +44,4 @@ public static class GemmBench
         return 0;
     }
 
-    private static DeviceBuffer Fill(IBackend be, int n, ulong seed)
-    {
-        var b = be.Allocate(n);
-        be.FillUniform(seed, 0, b, n);
-        return b;
-    }
 }

@@ -25,27 +25,16 @@ public static class NormBench
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
-        Func<double> clock = threads == 1 ? UnetProfile.ThreadCpuSeconds : () => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
+        Func<double> clock = BenchClock.For(threads);
         using var be = new CpuBackend(threads);
         Console.WriteLine($"group norm + silu, batch {batch}, {be.Description}, ms per call, fastest of {reps}");
         foreach (var (c, hw) in new[] { (32, 1024), (64, 1024), (64, 256), (128, 64), (256, 64) })
         {
             int n = batch, groups = 32, size = n * c * hw;
-            var x = Fill(be, size, 1); var dy = Fill(be, size, 2); var y = be.Allocate(size); var dx = be.Allocate(size);
-            var gamma = Fill(be, c, 3); var beta = Fill(be, c, 4); var shift = Fill(be, n * c, 5);
+            var x = BenchClock.Filled(be, size, 1); var dy = BenchClock.Filled(be, size, 2); var y = be.Allocate(size); var dx = be.Allocate(size);
+            var gamma = BenchClock.Filled(be, c, 3); var beta = BenchClock.Filled(be, c, 4); var shift = BenchClock.Filled(be, n * c, 5);
             var mean = be.Allocate(n * groups); var rstd = be.Allocate(n * groups); var dg = be.Allocate(c); var db = be.Allocate(c);
-            double T(Action a)
-            {
-                a();
-                var r = new double[reps];
-                for (int i = 0; i < reps; i++)
-                {
-                    double t0 = clock();
-                    a();
-                    r[i] = (clock() - t0) * 1e3;
-                }
-                return r.Min();
-            }
+            double T(Action a) => BenchClock.BestMs(clock, reps, a);
             double f = T(() => be.GroupNormForward(x, null, gamma, beta, n, c, hw, groups, 1e-5f, true, y, mean, rstd));
             double b = T(() => be.GroupNormBackward(dy, x, null, gamma, beta, mean, rstd, n, c, hw, groups, true, dx, dg, db));
             double fs = T(() => be.GroupNormForward(x, shift, gamma, beta, n, c, hw, groups, 1e-5f, true, y, mean, rstd));
@@ -59,10 +48,4 @@ public static class NormBench
         return 0;
     }
 
-    private static DeviceBuffer Fill(IBackend be, int n, ulong seed)
-    {
-        var b = be.Allocate(n);
-        be.FillUniform(seed, 0, b, n);
-        return b;
-    }
 }

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.InteropServices;
 using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
@@ -18,25 +17,6 @@ namespace Ddpm.Benchmarks;
 /// </summary>
 public static class UnetProfile
 {
-    [StructLayout(LayoutKind.Sequential)]
-    private struct Timespec
-    {
-        public long Seconds;
-        public long Nanoseconds;
-    }
-
-    [DllImport("libc", EntryPoint = "clock_gettime")]
-    private static extern int ClockGettime(int clock, out Timespec ts);
-
-    private const int ClockThreadCpuTime = 3;
-
-    /// <summary>Seconds of CPU time of the calling thread (Linux).</summary>
-    public static double ThreadCpuSeconds()
-    {
-        if (ClockGettime(ClockThreadCpuTime, out var ts) != 0) throw new InvalidOperationException("clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed.");
-        return ts.Seconds + ts.Nanoseconds * 1e-9;
-    }
-
     public static int Run(string[] args)
     {
         string preset = "small", mode = "train";
@@ -59,7 +39,7 @@ public static class UnetProfile
         if (mode is not ("train" or "sample")) { Console.Error.WriteLine("--mode is train or sample"); return 2; }
         var cfg = Ddpm.Tool.Presets.Get(preset).Model;
         bool cpuClock = threads == 1;
-        Func<double> clock = cpuClock ? ThreadCpuSeconds : () => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
+        Func<double> clock = BenchClock.For(threads);
         var raw = new CpuBackend(new CpuBackendOptions { Threads = threads, WinogradTile = tile });
         using var be = new ProfilingBackend(raw, synchronize: true, clock);
         using var model = new UNet(be, cfg, new PhiloxGenerator(0));

@@ -7,7 +7,7 @@ namespace Ddpm.Benchmarks;
 
 /// <summary>
 /// <c>winograd [--batch 64] [--reps 5]</c>: where a Winograd convolution's time goes on one thread, timed by the
-/// thread's CPU time (<see cref="UnetProfile.ThreadCpuSeconds"/>), F(2x2, 3x3) and F(4x4, 3x3) one after the other:
+/// thread's CPU time (<see cref="BenchClock.ThreadCpuSeconds"/>), F(2x2, 3x3) and F(4x4, 3x3) one after the other:
 /// the filter transform and packing, the input transform, the products and the output transform of the forward pass
 /// over all chunks, and the whole forward, input-gradient and weight-gradient ops, for the 3x3 layers of the
 /// <c>small</c> UNet. The fastest of the repetitions (on a shared machine interference only adds time), milliseconds
@@ -46,7 +46,7 @@ public static unsafe class WinogradParts
                 var options = new CpuBackendOptions { Threads = 1, WinogradTile = tile, WinogradMinTiles = 1, WinogradMinWork = 0 };
                 using var be = new CpuBackend(options);
                 using var pool = new WorkerPool(options);
-                var x = Filled(be, g.InputSize, 1); var w = Filled(be, g.WeightSize, 2); var bias = Filled(be, g.O, 3);
+                var x = BenchClock.Filled(be, g.InputSize, 1); var w = BenchClock.Filled(be, g.WeightSize, 2); var bias = BenchClock.Filled(be, g.O, 3);
                 var y = be.Allocate(g.OutputSize); var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize);
                 var parts = tile == 4 ? Parts<WinogradF4>(pool, g, reps) : Parts<WinogradF2>(pool, g, reps);
                 double fwd = Time("forward", reps, () => be.Conv2dForward(x, w, bias, g, y));
@@ -61,12 +61,6 @@ public static unsafe class WinogradParts
         return 0;
     }
 
-    private static DeviceBuffer Filled(IBackend be, int n, ulong seed)
-    {
-        var b = be.Allocate(n);
-        be.FillUniform(seed, 0, b, n);
-        return b;
-    }
 
     /// <summary>With --part, only that part runs (the others report 0).</summary>
     private static string? _part;
@@ -74,15 +68,7 @@ public static unsafe class WinogradParts
     private static double Time(string part, int reps, Action op)
     {
         if (_part is not null && _part != part) return 0;
-        op();
-        double best = double.MaxValue;
-        for (int r = 0; r < reps; r++)
-        {
-            double t0 = UnetProfile.ThreadCpuSeconds();
-            op();
-            best = Math.Min(best, (UnetProfile.ThreadCpuSeconds() - t0) * 1e3);
-        }
-        return best;
+        return BenchClock.BestMs(BenchClock.ThreadCpuSeconds, reps, op);
     }
 
     /// <summary>The forward pass's stages over all chunks, each timed alone (as <see cref="Winograd.Forward{T}"/> runs them).</summary>
@@ -145,8 +131,8 @@ public static unsafe class WinogradParts
 
 /// <summary>
 /// <c>winograd-sweep [--reps 5] [--threads 1]</c>: forward + input gradient + weight gradient of 3x3 convolutions
-/// as implicit GEMMs, Winograd F(2x2, 3x3) and F(4x4, 3x3) (every threshold off), milliseconds per call (medians;
-/// thread CPU time on one thread, wall time otherwise): where Winograd starts to pay, for
+/// as implicit GEMMs, Winograd F(2x2, 3x3) and F(4x4, 3x3) (every threshold off), milliseconds per call (the fastest of
+/// the repetitions, <see cref="BenchClock"/>): where Winograd starts to pay, for
 /// <see cref="CpuBackendOptions.WinogradMinTiles"/> and <see cref="CpuBackendOptions.WinogradMinWork"/>.
 /// </summary>
 public static class WinogradSweep
@@ -163,8 +149,8 @@ public static class WinogradSweep
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
-        Func<double> clock = threads == 1 ? UnetProfile.ThreadCpuSeconds : () => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
-        Console.WriteLine($"winograd sweep, {threads} thread(s), {new CpuBackend(threads).Description}, ms per forward + bwd-data + bwd-weight, median of {reps}");
+        Func<double> clock = BenchClock.For(threads);
+        Console.WriteLine($"winograd sweep, {threads} thread(s), {new CpuBackend(threads).Description}, ms per forward + bwd-data + bwd-weight, fastest of {reps}");
         Console.WriteLine($"{"geometry",-26} {"F2 tiles",9} {"O C tiles",10} {"gemm",8} {"F2",8} {"F4",8} {"gemm/F2",8} {"gemm/F4",8}");
         int[][] shapes =
         [
@@ -180,24 +166,14 @@ public static class WinogradSweep
             {
                 var o = new CpuBackendOptions { Threads = threads, Winograd = v > 0, WinogradTile = v == 2 ? 4 : 2, WinogradMinTiles = 1, WinogradMinWork = 0 };
                 using var be = new CpuBackend(o);
-                var x = Fill(be, g.InputSize, 1); var w = Fill(be, g.WeightSize, 2); var y = be.Allocate(g.OutputSize);
+                var x = BenchClock.Filled(be, g.InputSize, 1); var w = BenchClock.Filled(be, g.WeightSize, 2); var y = be.Allocate(g.OutputSize);
                 var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize);
-                void Op()
+                t[v] = BenchClock.BestMs(clock, reps, () =>
                 {
                     be.Conv2dForward(x, w, null, g, y);
                     be.Conv2dBackwardData(y, w, g, dx);
                     be.Conv2dBackwardWeight(x, y, g, dw, null);
-                }
-                Op();
-                var r = new double[reps];
-                for (int i = 0; i < reps; i++)
-                {
-                    double t0 = clock();
-                    Op();
-                    r[i] = (clock() - t0) * 1e3;
-                }
-                Array.Sort(r);
-                t[v] = r[reps / 2];
+                });
                 foreach (var b in new[] { x, w, y, dx, dw }) b.Release();
             }
             long tiles = Winograd.Tiles(g, 2);
@@ -207,10 +183,4 @@ public static class WinogradSweep
         return 0;
     }
 
-    private static DeviceBuffer Fill(IBackend be, int n, ulong seed)
-    {
-        var b = be.Allocate(n);
-        be.FillUniform(seed, 0, b, n);
-        return b;
-    }
 }

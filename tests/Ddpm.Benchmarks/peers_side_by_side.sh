@@ -48,8 +48,9 @@ run() { # kind round name command...
   echo "$kind $i $name $(median < "$out") ${rss#RSSKB }" | tee -a "$log"
 }
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $rounds rounds, Ddpm env: ${DDPM_ENV:-none}, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$log"
-for kind in ${KINDS:-small-train64 small-train32 small-sample64 labml-sample16 labml-train16}; do
-  for i in $(seq "$rounds"); do
+# Rounds outside, figures inside: every figure of a round is taken in the same minutes (batch 8 beside batch 64).
+for i in $(seq "$rounds"); do
+  for kind in ${KINDS:-small-train64 small-train32 small-sample64 labml-sample16 labml-train16}; do
     for b in "${builds[@]}"; do
       name=$(basename "$b")
       d="env ${DDPM_ENV:-} dotnet"
