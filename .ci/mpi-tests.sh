@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel training on MPICH (and on Open MPI where installed): `mpiexec -n 2 ddpm-tool train` against one process with the same global batch
-# (same loss curve and, after 5 steps, the same weights within float summation order), a 2-rank checkpoint resumed
+# (same loss curve and, after 5 steps, the same weights within float summation order; also with --grad-accum 2), a 2-rank checkpoint resumed
 # on 1 rank, and the messages for an indivisible batch, for a launcher that does not match the MPI library and for
 # --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
 # without a hang and leave a checkpoint that loads. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
@@ -16,7 +16,7 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 mpiexec=$(command -v mpiexec.mpich || command -v mpiexec.hydra || true)
 if [ -z "$mpiexec" ] || ! ldconfig -p | grep 'libmpich\.so\.12' > /dev/null; then
   echo "MPICH's mpiexec or libmpich.so.12 not installed: MPI tests skipped"
-  echo "0 passed, 0 failed, 21 skipped"
+  echo "0 passed, 0 failed, 22 skipped"
   exit 0
 fi
 
@@ -72,10 +72,13 @@ same_weights() {
     END { printf "  %d weights, largest absolute difference %.3g\n", n, worst; exit (bad > 0 || n == 0) }'
 }
 
+# The latest checkpoint of run folder $1 (the highest step number), or nothing.
+latest() { ls "$1"/checkpoint-*.safetensors 2> /dev/null | tail -n 1; }
+
 # runs_agree A B: the runs in $work/A and $work/B logged the same losses and gradient norms and saved the same weights.
 runs_agree() {
   [ -f "$work/$1/loss.csv" ] && [ -f "$work/$2/loss.csv" ] && same_losses "$work/$1/loss.csv" "$work/$2/loss.csv" \
-    && same_weights "$work/$1/checkpoint.safetensors" "$work/$2/checkpoint.safetensors"
+    && same_weights "$(latest "$work/$1")" "$(latest "$work/$2")"
 }
 
 # 1. 2 ranks x 4 images against 1 rank x 8 images.
@@ -88,6 +91,14 @@ if runs_agree one two; then
 else
   flunk "2 ranks with batch 8 give 1 rank's losses, gradient norms and, after 5 steps, weights"
 fi
+# 1b. Gradient accumulation on 2 ranks (each rank's 4 images as 2 micro-batches of 2) against 1 rank x 8 images.
+"$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --steps 5 --batch 8 --grad-accum 2 --out "$work/accum" > "$work/accum.log" 2>&1 \
+  || { cat "$work/accum.log"; flunk "2-rank run with --grad-accum 2"; }
+if runs_agree one accum && grep -q "each as 2 micro-batches of 2" "$work/accum.log"; then
+  pass "2 ranks with --grad-accum 2 give 1 rank's losses, gradient norms and weights"
+else
+  flunk "2 ranks with --grad-accum 2 give 1 rank's losses, gradient norms and weights"
+fi
 # Rank 0 alone writes: one header line of output, one copy of each file.
 if grep -q "2 ranks" "$work/two.log" && [ "$(grep -c '^ddpm-tool train' "$work/two.log")" = 1 ]; then
   pass "only rank 0 writes the console"
@@ -98,7 +109,7 @@ fi
 # 2. The 2-rank checkpoint of step 3 resumed on 1 rank continues the 1-rank loss curve.
 mkdir -p "$work/resume"
 "$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --out "$work/half" > "$work/half.log" 2>&1 \
-  && dotnet "$tool" train --resume "$work/half/checkpoint.safetensors" --steps 5 --threads 1 --sample-every 0 --samples 4 \
+  && dotnet "$tool" train --resume --steps 5 --threads 1 --sample-every 0 --samples 4 \
        --sample-steps 2 --log-every 1 --out "$work/half" > "$work/resume.log" 2>&1
 if [ -f "$work/half/loss.csv" ] && same_losses "$work/one/loss.csv" "$work/half/loss.csv"; then
   pass "a 2-rank checkpoint resumes on 1 rank with the same losses"
@@ -110,7 +121,7 @@ fi
 # bit, as one all-reduce after it: every element is summed once over the same 2 ranks.
 "$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0 --out "$work/flat" > "$work/flat.log" 2>&1
 "$mpiexec" -n 2 dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0.05 --out "$work/buckets" > "$work/buckets.log" 2>&1
-if [ -f "$work/flat/checkpoint.safetensors" ] && cmp -s "$work/flat/checkpoint.safetensors" "$work/buckets/checkpoint.safetensors"; then
+if [ -n "$(latest "$work/flat")" ] && cmp -s "$(latest "$work/flat")" "$(latest "$work/buckets")"; then
   pass "gradient buckets train the weights of one all-reduce bit for bit"
 else
   cat "$work/flat.log" "$work/buckets.log"; flunk "gradient buckets train the weights of one all-reduce bit for bit"
@@ -175,7 +186,7 @@ await_rows "$work/term" 3; kill -TERM $launcher
 launcher_code $launcher "$work/term"; rc=$?
 step=$(sed -n 's/^interrupted at step \([0-9,]*\); checkpoint saved.*/\1/p' "$work/term.log" | tr -d ,)
 if { [ $rc -eq 130 ] || [ $rc -eq 0 ]; } && [ -n "$step" ] && [ "$(grep -c "SIGTERM: stopping after the current step" "$work/term.log")" = 1 ] \
-   && dotnet "$tool" info --checkpoint "$work/term/checkpoint.safetensors" 2>&1 | grep -q "^  step      $step;"; then
+   && dotnet "$tool" info --checkpoint "$work/term" 2>&1 | grep -q "^  step      $step;"; then
   pass "SIGTERM to mpiexec saves one checkpoint of the step every rank stopped after (mpiexec's exit $rc)"
 else
   cat "$work/term.log"; flunk "SIGTERM to mpiexec saves one checkpoint of the step every rank stopped after (exit $rc)"
@@ -196,7 +207,7 @@ start=$(date +%s)
 launcher_code $launcher "$work/killed"; rc=$?
 took=$(( $(date +%s) - start ))
 if [ -n "$victim" ] && [ $rc -ne 0 ] && [ $took -le 10 ] \
-   && dotnet "$tool" info --checkpoint "$work/killed/checkpoint.safetensors" 2>&1 | grep -q "^  step      [0-9]*;"; then
+   && dotnet "$tool" info --checkpoint "$work/killed" 2>&1 | grep -q "^  step      [0-9]*;"; then
   pass "a killed rank ends the job within seconds (exit $rc after ${took} s) and the last checkpoint loads"
 else
   echo "rank 1: ${victim:-not found}, exit $rc after ${took} s"; cat "$work/killed.log"
@@ -241,7 +252,7 @@ else
   fi
   "${ompi_run[@]}" dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0 --out "$work/ompi-flat" > "$work/ompi-flat.log" 2>&1
   "${ompi_run[@]}" dotnet "$tool" "${common[@]}" --batch 8 --steps 3 --bucket-mb 0.05 --out "$work/ompi-buckets" > "$work/ompi-buckets.log" 2>&1
-  if [ -f "$work/ompi-flat/checkpoint.safetensors" ] && cmp -s "$work/ompi-flat/checkpoint.safetensors" "$work/ompi-buckets/checkpoint.safetensors"; then
+  if [ -n "$(latest "$work/ompi-flat")" ] && cmp -s "$(latest "$work/ompi-flat")" "$(latest "$work/ompi-buckets")"; then
     pass "Open MPI: gradient buckets (MPI_Iallreduce) train the weights of one all-reduce bit for bit"
   else
     cat "$work/ompi-flat.log" "$work/ompi-buckets.log"; flunk "Open MPI: gradient buckets (MPI_Iallreduce) train the weights of one all-reduce bit for bit"
@@ -285,7 +296,7 @@ else
   # after it: the simulated NCCL sums in rank order, so the weights agree bit for bit.
   "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0 --out "$work/cuda-flat" > "$work/cuda-flat.log" 2>&1
   "$mpiexec" -n 2 dotnet "$tool" "${cuda[@]}" --steps 3 --batch 8 --distributed nccl --bucket-mb 0.05 --out "$work/cuda-buckets" > "$work/cuda-buckets.log" 2>&1
-  if [ -f "$work/cuda-flat/checkpoint.safetensors" ] && cmp -s "$work/cuda-flat/checkpoint.safetensors" "$work/cuda-buckets/checkpoint.safetensors"; then
+  if [ -n "$(latest "$work/cuda-flat")" ] && cmp -s "$(latest "$work/cuda-flat")" "$(latest "$work/cuda-buckets")"; then
     pass "cuda: NCCL buckets on their own stream train the weights of one all-reduce bit for bit"
   else
     cat "$work/cuda-flat.log" "$work/cuda-buckets.log"; flunk "cuda: NCCL buckets on their own stream train the weights of one all-reduce bit for bit"

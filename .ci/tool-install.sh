@@ -38,14 +38,31 @@ step "ddpm-tool train (2 steps of the tiny preset on the bundled data)"
 "$tool" train --preset tiny --steps 2 --batch 4 --samples 4 --sample-steps 2 --out out --threads 2 | tee train.log
 grep -q "/tools/.*data/fashion-mnist/train-images-idx3-ubyte.gz" train.log \
   || { echo "tool-install: train did not read the data bundled in the package" >&2; exit 1; }
-for f in checkpoint.safetensors model.safetensors samples.png loss.png loss.csv; do
+for f in checkpoint-0000002.safetensors config.json model.safetensors samples.png loss.png loss.csv; do
   [ -s "out/$f" ] || { echo "tool-install: train did not write out/$f" >&2; exit 1; }
 done
 
 step "ddpm-tool eval (8 samples against the bundled test images, on the bundled classifier)"
-"$tool" eval --checkpoint out/checkpoint.safetensors --n 8 --steps 2 --batch 8 --threads 2 | tee eval.log
+"$tool" eval --checkpoint out --n 8 --steps 2 --batch 8 --threads 2 | tee eval.log
 grep -q "^classifier .*/tools/.*models/fashion-classifier.safetensors" eval.log \
   || { echo "tool-install: eval did not use the classifier bundled in the package" >&2; exit 1; }
 grep -q "^FID " eval.log || { echo "tool-install: eval printed no FID" >&2; exit 1; }
+
+# The bundled model: a package that carries one samples with no checkpoint; one without says so in one line.
+if unzip -l "$work"/nupkg/Ddpm.Tool.*.nupkg | grep -q "models/fashion-ddpm.safetensors"; then
+  step "ddpm-tool sample --class Sneaker (the bundled model, no checkpoint)"
+  "$tool" sample --class Sneaker --n 2 --steps 2 --threads 2 --out sneakers.png | tee sample.log
+  grep -q "/tools/.*models/fashion-ddpm.safetensors" sample.log && [ -s sneakers.png ] \
+    || { echo "tool-install: sample did not use the model bundled in the package" >&2; exit 1; }
+  "$tool" info | grep -q "^bundled model: .*/tools/.*fashion-ddpm.safetensors: .*FID" \
+    || { echo "tool-install: info does not describe the bundled model and its FID" >&2; exit 1; }
+else
+  step "ddpm-tool sample without --checkpoint (this package carries no bundled model)"
+  if "$tool" sample --class Sneaker --n 2 --steps 2 --out sneakers.png 2> sample.err; then
+    echo "tool-install: sample ran without a checkpoint or a bundled model" >&2; exit 1
+  fi
+  grep -q "carries no bundled model" sample.err && [ "$(wc -l < sample.err)" = 1 ] \
+    || { cat sample.err; echo "tool-install: sample without a checkpoint did not say it in one line" >&2; exit 1; }
+fi
 
 step "ok"

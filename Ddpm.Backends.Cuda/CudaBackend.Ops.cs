@@ -11,6 +11,18 @@ public sealed partial class CudaBackend
 
     private const int WarpsPerBlock = 8;
 
+    // Reductions with few outputs (a bias gradient [N, O, HW] -> [O]) are split into segments of the reduced
+    // range so that about this many warps work at once, several times what an H100 (132 SMs) holds; each
+    // segment is summed in a fixed order, then the segments in order. A constant rather than the device's SM
+    // count, so that the summation order, and so the result, depends on the shapes only.
+    private const int ReductionWarps = 4096;
+
+    // The group norm's affine gradients split likewise, into about this many blocks of ThreadsPerBlock.
+    private const int ReductionBlocks = 512;
+
+    // A segment holds at least this many elements (32 per lane of a warp), so short sums are not split.
+    private const int ReductionMinSegment = 1024;
+
     // ---- fills and copies -----------------------------------------------------------------------------
 
     public void Fill(float value, DeviceBuffer dst, int n)
@@ -245,7 +257,27 @@ public sealed partial class CudaBackend
             }
         }
         int nRed = (int)(nx / ny);
-        Launch("sum_to_shape", GridFor(ny * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, py, (int)ny, nRed, KernelArg.Struct(dims));
+        // Two passes whatever the split, so that the launches of a step do not depend on the batch size.
+        var (segments, segLen) = SplitReduction(ny, nRed, ReductionWarps);
+        using var partial = new ScratchLease(Scratch(segments * ny));
+        Launch("sum_to_shape_partial", GridFor(segments * ny * 32, WarpsPerBlock * 32), WarpsPerBlock * 32, px, partial.Pointer, (int)ny, nRed,
+            segments, segLen, KernelArg.Struct(dims));
+        Launch("sum_segments", GridFor(ny), ThreadsPerBlock, partial.Pointer, py, (int)ny, segments);
+    }
+
+    /// <summary>
+    /// How a sum of <paramref name="reduced"/> elements into each of <paramref name="outputs"/> outputs is split:
+    /// enough segments that outputs x segments reaches <paramref name="workers"/>, none shorter than
+    /// <see cref="ReductionMinSegment"/> (except a whole short sum), and no empty one.
+    /// </summary>
+    internal static (int Segments, int SegmentLength) SplitReduction(long outputs, long reduced, int workers)
+    {
+        if (reduced <= 0 || outputs <= 0) return (1, 1);
+        long wanted = (workers + outputs - 1) / outputs;
+        long most = (reduced + ReductionMinSegment - 1) / ReductionMinSegment;
+        long segments = Math.Max(1, Math.Min(wanted, most));
+        long length = (reduced + segments - 1) / segments;
+        return ((int)((reduced + length - 1) / length), (int)length);
     }
 
     public unsafe double SumOfSquares(DeviceBuffer x, int n)
@@ -427,6 +459,7 @@ public sealed partial class CudaBackend
         Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas,
             transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
             n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC, batch), "cublasSgemmStridedBatched");
+        _blasCalls++;
         if (_syncEachLaunch) SynchronizeAfter("cublasSgemmStridedBatched");
     }
 
@@ -437,29 +470,21 @@ public sealed partial class CudaBackend
         ulong px = Ptr(x, g.InputSize, "Conv2dForward x"), pw = Ptr(w, g.WeightSize, "Conv2dForward w");
         ulong py = Ptr(y, g.OutputSize, "Conv2dForward y");
         ulong pbias = bias is null ? 0 : Ptr(bias, g.O, "Conv2dForward bias");
-        var d = Dims(g);
-        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        CheckGemmSizes(g, ckk, ohw);
-        if (IsPointwise(g))
+        if (UsesCudnn)
         {
-            // 1x1, stride 1, no padding: x_b [C, H*W] is already the column matrix.
-            GemmRaw(false, false, g.N, g.O, (int)ohw, g.C, 1f, pw, 0, px, ckk * ohw, 0f, py, g.O * ohw);
+            CudnnForward(g, px, pw, pbias, py);
+            return;
         }
-        else
+        using var st = new ConvStaging(this, g);
+        for (int n0 = 0; n0 < g.N; n0 += st.Chunk)
         {
-            int chunk = ChunkSamples(g.N, ckk * ohw);
-            using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-            for (int n0 = 0; n0 < g.N; n0 += chunk)
-            {
-                int nb = Math.Min(chunk, g.N - n0);
-                Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 1, KernelArg.Struct(d));
-                // y_b [O, OH*OW] = w [O, C*KH*KW] x col_b [C*KH*KW, OH*OW]
-                GemmRaw(false, false, nb, g.O, (int)ohw, (int)ckk, 1f, pw, 0, col.Pointer, ckk * ohw, 0f,
-                    py + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw);
-            }
+            int nb = Math.Min(st.Chunk, g.N - n0);
+            st.Im2col(this, px, n0, nb);
+            // yt [O, nb*OH*OW] = w [O, C*KH*KW] x col [C*KH*KW, nb*OH*OW]: the whole chunk in one product.
+            GemmRaw(false, false, 1, g.O, (int)(nb * st.Ohw), (int)st.Ckk, 1f, pw, 0, st.Columns.Pointer, 0, 0f, st.ByOutput.Pointer, 0);
+            Launch("conv_output", GridFor(nb * g.O * st.Ohw), ThreadsPerBlock, st.ByOutput.Pointer, pbias,
+                py + 4UL * (ulong)((long)n0 * g.O * st.Ohw), nb, g.O, (int)st.Ohw);
         }
-        if (pbias != 0)
-            Launch("bias_add", GridFor(g.OutputSize), ThreadsPerBlock, py, pbias, g.OutputSize, g.O, (int)ohw);
     }
 
     public void Conv2dBackwardData(DeviceBuffer dy, DeviceBuffer w, in ConvGeometry g, DeviceBuffer dx)
@@ -468,24 +493,19 @@ public sealed partial class CudaBackend
         g.Validate();
         ulong pdy = Ptr(dy, g.OutputSize, "Conv2dBackwardData dy"), pw = Ptr(w, g.WeightSize, "Conv2dBackwardData w");
         ulong pdx = Ptr(dx, g.InputSize, "Conv2dBackwardData dx");
-        var d = Dims(g);
-        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        CheckGemmSizes(g, ckk, ohw);
-        if (IsPointwise(g))
+        if (UsesCudnn)
         {
-            // dx_b [C, H*W] = w^T [C, O] x dy_b [O, H*W]
-            GemmRaw(true, false, g.N, g.C, (int)ohw, g.O, 1f, pw, 0, pdy, g.O * ohw, 0f, pdx, ckk * ohw);
+            CudnnBackwardData(g, pdy, pw, pdx);
             return;
         }
-        int chunk = ChunkSamples(g.N, ckk * ohw);
-        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        using var st = new ConvStaging(this, g);
+        for (int n0 = 0; n0 < g.N; n0 += st.Chunk)
         {
-            int nb = Math.Min(chunk, g.N - n0);
-            // dcol_b [C*KH*KW, OH*OW] = w^T [C*KH*KW, O] x dy_b [O, OH*OW], then scattered back by col2im.
-            GemmRaw(true, false, nb, (int)ckk, (int)ohw, g.O, 1f, pw, 0, pdy + 4UL * (ulong)((long)n0 * g.O * ohw), g.O * ohw, 0f,
-                col.Pointer, ckk * ohw);
-            Launch("col2im", GridFor((long)nb * g.C * g.H * g.W), ThreadsPerBlock, col.Pointer, pdx, n0, nb, KernelArg.Struct(d));
+            int nb = Math.Min(st.Chunk, g.N - n0);
+            // dcol [C*KH*KW, nb*OH*OW] = w^T [C*KH*KW, O] x dyT [O, nb*OH*OW], then gathered back into dx by col2im.
+            st.TransposeDy(this, pdy, n0, nb);
+            GemmRaw(true, false, 1, (int)st.Ckk, (int)(nb * st.Ohw), g.O, 1f, pw, 0, st.ByOutput.Pointer, 0, 0f, st.Columns.Pointer, 0);
+            Launch("col2im", GridFor((long)nb * g.C * g.H * g.W), ThreadsPerBlock, st.Columns.Pointer, pdx, n0, nb, KernelArg.Struct(st.Dims));
         }
     }
 
@@ -496,30 +516,67 @@ public sealed partial class CudaBackend
         ulong px = Ptr(x, g.InputSize, "Conv2dBackwardWeight x"), pdy = Ptr(dy, g.OutputSize, "Conv2dBackwardWeight dy");
         ulong pdw = Ptr(dw, g.WeightSize, "Conv2dBackwardWeight dw");
         ulong pdb = dbias is null ? 0 : Ptr(dbias, g.O, "Conv2dBackwardWeight dbias");
-        var d = Dims(g);
-        long ckk = (long)g.C * g.KH * g.KW, ohw = (long)g.OH * g.OW;
-        CheckGemmSizes(g, ckk, ohw);
-        // Both staging matrices (columns and the transposed dy) stay within the column budget.
-        int chunk = ChunkSamples(g.N, Math.Max(ckk, g.O) * ohw);
-        using var col = new ScratchLease(Scratch(chunk * ckk * ohw));
-        using var dyT = new ScratchLease(Scratch(chunk * g.O * ohw));
-        for (int n0 = 0; n0 < g.N; n0 += chunk)
+        if (UsesCudnn)
         {
-            int nb = Math.Min(chunk, g.N - n0);
-            // col: [C*KH*KW, nb, OH*OW]; dyT: [O, nb, OH*OW] from dy's [nb, O, OH*OW].
-            Launch("im2col", GridFor(nb * ckk * ohw), ThreadsPerBlock, px, col.Pointer, n0, nb, 0, KernelArg.Struct(d));
-            PermuteRaw(pdy + 4UL * (ulong)((long)n0 * g.O * ohw), [nb, g.O, (int)ohw], [1, 0, 2], dyT.Pointer);
-            // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
-            // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
-            GemmRaw(false, true, 1, g.O, (int)ckk, (int)(nb * ohw), 1f, dyT.Pointer, 0, col.Pointer, 0,
-                n0 == 0 ? 0f : 1f, pdw, 0);
+            CudnnBackwardFilter(g, px, pdy, pdw, pdb);
+            return;
+        }
+        using (var st = new ConvStaging(this, g))
+        {
+            for (int n0 = 0; n0 < g.N; n0 += st.Chunk)
+            {
+                int nb = Math.Min(st.Chunk, g.N - n0);
+                st.Im2col(this, px, n0, nb);
+                st.TransposeDy(this, pdy, n0, nb);
+                // dw [O, C*KH*KW] (+)= dyT [O, nb*OH*OW] x col^T [nb*OH*OW, C*KH*KW]: the sum over the chunk's
+                // samples is the GEMM's inner dimension; later chunks accumulate with beta = 1.
+                GemmRaw(false, true, 1, g.O, (int)st.Ckk, (int)(nb * st.Ohw), 1f, st.ByOutput.Pointer, 0, st.Columns.Pointer, 0,
+                    n0 == 0 ? 0f : 1f, pdw, 0);
+            }
         }
         if (pdb != 0)
-            SumToShapeRaw(pdy, [g.N, g.O, (int)ohw], pdb, [1, g.O, 1]);
+            SumToShapeRaw(pdy, [g.N, g.O, g.OH * g.OW], pdb, [1, g.O, 1]);
     }
 
-    private static bool IsPointwise(in ConvGeometry g) =>
-        g.KH == 1 && g.KW == 1 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 0 && g.PadW == 0;
+    /// <summary>
+    /// The staging buffers of an im2col pass, for chunks of <see cref="Chunk"/> samples: the columns
+    /// [C*KH*KW, chunk*OH*OW] and a matrix [O, chunk*OH*OW] (the product before its transpose, or dy transposed).
+    /// </summary>
+    private readonly struct ConvStaging : IDisposable
+    {
+        internal ConvStaging(CudaBackend be, in ConvGeometry g)
+        {
+            Dims = CudaBackend.Dims(g);
+            Ckk = (long)g.C * g.KH * g.KW;
+            Ohw = (long)g.OH * g.OW;
+            O = g.O;
+            Chunk = ChunkSamples(g, Ckk + g.O, Ckk, Ohw);
+            Columns = new ScratchLease(be.Scratch(Chunk * Ckk * Ohw));
+            ByOutput = new ScratchLease(be.Scratch(Chunk * g.O * Ohw));
+        }
+
+        internal ConvDims Dims { get; }
+        internal long Ckk { get; }
+        internal long Ohw { get; }
+        internal int O { get; }
+        internal int Chunk { get; }
+        internal ScratchLease Columns { get; }
+        internal ScratchLease ByOutput { get; }
+
+        /// <summary>Columns of samples [n0, n0 + nb) of x.</summary>
+        internal void Im2col(CudaBackend be, ulong px, int n0, int nb) =>
+            be.Launch("im2col", be.GridFor(nb * Ckk * Ohw), ThreadsPerBlock, px, Columns.Pointer, n0, nb, KernelArg.Struct(Dims));
+
+        /// <summary>ByOutput: [O, nb, OH*OW] from samples [n0, n0 + nb) of dy: [N, O, OH*OW].</summary>
+        internal void TransposeDy(CudaBackend be, ulong pdy, int n0, int nb) =>
+            be.PermuteRaw(pdy + 4UL * (ulong)((long)n0 * O * Ohw), [nb, O, (int)Ohw], [1, 0, 2], ByOutput.Pointer);
+
+        public void Dispose()
+        {
+            Columns.Dispose();
+            ByOutput.Dispose();
+        }
+    }
 
     private static ConvDims Dims(in ConvGeometry g) => new()
     {
@@ -527,13 +584,18 @@ public sealed partial class CudaBackend
         SH = g.StrideH, SW = g.StrideW, PH = g.PadH, PW = g.PadW, OH = g.OH, OW = g.OW,
     };
 
-    private static void CheckGemmSizes(in ConvGeometry g, long ckk, long ohw)
+    /// <summary>
+    /// Samples per chunk of a convolution pass whose staging buffers hold <paramref name="stagedRows"/> x OH*OW
+    /// floats per sample, within <see cref="ColumnBudgetFloats"/> (at least one sample); refuses a geometry whose
+    /// GEMM operands exceed cuBLAS's int sizes.
+    /// </summary>
+    private static int ChunkSamples(in ConvGeometry g, long stagedRows, long ckk, long ohw)
     {
-        if (ckk * ohw > int.MaxValue || (long)g.O * ohw > int.MaxValue)
+        int chunk = (int)Math.Clamp(ColumnBudgetFloats / Math.Max(stagedRows * ohw, 1), 1, g.N);
+        if (ckk * ohw * chunk > int.MaxValue || (long)g.O * ohw * chunk > int.MaxValue || ohw * chunk > int.MaxValue)
             throw new NotSupportedException($"Convolution {g}: one sample's column matrix ({ckk} x {ohw}) exceeds 2^31 elements.");
+        return chunk;
     }
-
-    private static int ChunkSamples(int n, long perSample) => (int)Math.Clamp(ColumnBudgetFloats / Math.Max(perSample, 1), 1, n);
 
     // ---- normalisation --------------------------------------------------------------------------------
 
@@ -565,7 +627,12 @@ public sealed partial class CudaBackend
         ulong psh = shift is null ? 0 : Ptr(shift, (long)n * c, "GroupNormBackward shift");
         if (n > 0)
             Launch("group_norm_backward_data", (uint)(n * groups), ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, c, hw, groups, silu ? 1 : 0, pdx);
-        Launch("group_norm_backward_affine", (uint)c, ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, n, c, hw, groups, silu ? 1 : 0, pdg, pdb);
+        // dgamma, dbeta: [c], each a sum over n * hw elements, split so that about ReductionBlocks blocks share it.
+        var (segments, segLen) = SplitReduction(c, (long)n * hw, ReductionBlocks);
+        using var partial = new ScratchLease(Scratch(2L * segments * c));
+        Launch("group_norm_backward_affine_partial", (uint)(c * segments), ThreadsPerBlock, pdy, px, psh, pg, pb, pm, pr, n, c, hw, groups,
+            silu ? 1 : 0, segments, segLen, partial.Pointer);
+        Launch("group_norm_backward_affine_finish", GridFor(c), ThreadsPerBlock, partial.Pointer, c, segments, pdg, pdb);
     }
 
     private static void CheckGroups(int n, int c, int hw, int groups, string what)

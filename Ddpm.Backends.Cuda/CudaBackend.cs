@@ -12,7 +12,7 @@ namespace Ddpm.Backends.Cuda;
 /// <see cref="Synchronize"/> wait for the device. Not thread-safe: one backend is driven by one thread at a
 /// time (any thread; the context is made current on each call). No finalizer: call Dispose.
 /// </summary>
-public sealed partial class CudaBackend : IBackend
+public sealed partial class CudaBackend : IBackend, IDeviceCounters
 {
     private const int StagingBytes = 16 << 20;
     private const int ThreadsPerBlock = 256;
@@ -28,9 +28,13 @@ public sealed partial class CudaBackend : IBackend
     private CudaAllocator? _allocator;
     private StagingRing? _staging;
     private bool _disposed;
+    private long _launches, _blasCalls, _dnnCalls, _hostSyncs, _peakBytes;
 
-    /// <summary>Opens device <see cref="BackendOptions.Device"/>; throws <see cref="CudaUnavailableException"/> or <see cref="CudaException"/>.</summary>
-    public CudaBackend(BackendOptions? options = null)
+    /// <summary>
+    /// Opens device <see cref="BackendOptions.Device"/>, its convolutions on <paramref name="convolutions"/>; throws
+    /// <see cref="CudaUnavailableException"/> or <see cref="CudaException"/>.
+    /// </summary>
+    public CudaBackend(BackendOptions? options = null, ConvolutionEngine convolutions = ConvolutionEngine.Auto)
     {
         _options = options ?? new BackendOptions();
         // DDPM_CUDA_SYNC=1: wait after every kernel and cuBLAS call, so that a fault is reported under the call
@@ -48,11 +52,12 @@ public sealed partial class CudaBackend : IBackend
             CudaLibraries.Load(CudaLibrary.Cublas);
             Cublas.Check(Cublas.cublasCreate_v2(out _cublas), "cublasCreate_v2");
             Cublas.Check(Cublas.cublasSetStream_v2(_cublas, _stream), "cublasSetStream_v2");
-            // Default math is full FP32; TF32 tensor cores only when the caller allows it (never in parity runs).
-            Cublas.Check(Cublas.cublasSetMathMode(_cublas, _options.AllowTf32 ? CublasMath.Tf32TensorOp : CublasMath.Default),
+            // Full FP32 math unless the caller asks for TF32 tensor cores (never in parity runs).
+            Cublas.Check(Cublas.cublasSetMathMode(_cublas, _options.Precision == Precision.Tf32 ? CublasMath.Tf32TensorOp : CublasMath.Default),
                 "cublasSetMathMode");
             Cublas.Check(Cublas.cublasGetVersion_v2(_cublas, out int cublasVersion), "cublasGetVersion_v2");
             CublasVersion = cublasVersion;
+            OpenConvolutions(convolutions);
 
             LoadKernels(info.ComputeCapability);
             _allocator = new CudaAllocator(SynchronizeStream);
@@ -65,17 +70,17 @@ public sealed partial class CudaBackend : IBackend
         }
         var (nvMajor, nvMinor) = NvrtcCompiler.Version();
         Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
-            $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, " +
-            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}), TF32 {(_options.AllowTf32 ? "on" : "off")}" +
+            $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, convolutions: {ConvolutionPath}, " +
+            $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}; {KernelCacheReport}), precision {BackendPrecisions.Name(_options.Precision)}" +
             (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "");
     }
 
     /// <summary>A backend for device <see cref="BackendOptions.Device"/>, or null with the reason CUDA is unavailable.</summary>
-    public static CudaBackend? TryCreate(out string reason, BackendOptions? options = null)
+    public static CudaBackend? TryCreate(out string reason, BackendOptions? options = null, ConvolutionEngine convolutions = ConvolutionEngine.Auto)
     {
         try
         {
-            var b = new CudaBackend(options);
+            var b = new CudaBackend(options, convolutions);
             reason = "";
             return b;
         }
@@ -100,8 +105,15 @@ public sealed partial class CudaBackend : IBackend
     /// <summary>What the kernels were compiled to: "sm_90 cubin" or "compute_90 PTX".</summary>
     public string KernelTarget { get; private set; } = "";
 
+    /// <summary>Where the compiled kernels came from: the cache folder, how many modules were read and how many compiled.</summary>
+    public string KernelCacheReport { get; private set; } = "";
+
     /// <summary>Bytes in live buffers and in the allocator's cache.</summary>
     public (long InUse, long Cached) MemoryUse => (_allocator?.InUseBytes ?? 0, _allocator?.CachedBytes ?? 0);
+
+    public DeviceCounters ReadCounters() => new(_launches, _blasCalls, _dnnCalls, _hostSyncs + (_staging?.Waits ?? 0), _peakBytes);
+
+    public void ResetPeak() => _peakBytes = _allocator?.InUseBytes ?? 0;
 
     /// <summary>Frees the allocator's cached blocks (after the queued work has finished).</summary>
     public void ReleaseCachedMemory()
@@ -122,6 +134,7 @@ public sealed partial class CudaBackend : IBackend
             Driver.Check(Driver.cuEventRecord(start, _stream), "cuEventRecord");
             enqueue();
             Driver.Check(Driver.cuEventRecord(end, _stream), "cuEventRecord");
+            _hostSyncs++;
             Driver.Check(Driver.cuEventSynchronize(end), "cuEventSynchronize");
             Driver.Check(Driver.cuEventElapsedTime(out float ms, start, end), "cuEventElapsedTime");
             return ms;
@@ -133,13 +146,18 @@ public sealed partial class CudaBackend : IBackend
         }
     }
 
+    /// <summary>
+    /// Loads every kernel module, from the on-disk cache or compiled by NVRTC, and fetches every kernel: with CUDA's
+    /// lazy loading, cuModuleGetFunction is what loads a kernel, so all of ours are on the device before any
+    /// work (and before any NCCL collective, which must not run beside a kernel load).
+    /// </summary>
     private void LoadKernels(int computeCapability)
     {
-        var targets = new HashSet<string>();
+        var cache = KernelCache.FromEnvironment(Environment.GetEnvironmentVariable);
+        var (target, cubin) = NvrtcCompiler.TargetFor(computeCapability);
         foreach (var source in KernelSources.Sources)
         {
-            var compiled = NvrtcCompiler.Compile(source, computeCapability);
-            targets.Add($"{compiled.Target} {(compiled.IsCubin ? "cubin" : "PTX")}");
+            var compiled = cache.GetOrCompile(source, target, cubin);
             nint module;
             unsafe
             {
@@ -157,7 +175,8 @@ public sealed partial class CudaBackend : IBackend
                 _functions[name] = f;
             }
         }
-        KernelTarget = string.Join(", ", targets);
+        KernelTarget = $"{target} {(cubin ? "cubin" : "PTX")}";
+        KernelCacheReport = cache.Describe();
     }
 
     /// <summary>The stream every operation of this backend is queued on; NCCL queues its all-reduce there too.</summary>
@@ -187,6 +206,7 @@ public sealed partial class CudaBackend : IBackend
 
     private void SynchronizeStream()
     {
+        _hostSyncs++;
         Driver.Check(Driver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
         _staging?.AllCompleted();
     }
@@ -220,12 +240,14 @@ public sealed partial class CudaBackend : IBackend
         }
         var r = Driver.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, _stream, ptrs, null);
         if (r != CUresult.Success) throw new CudaException($"cuLaunchKernel({kernel})", r);
+        _launches++;
         if (_syncEachLaunch) SynchronizeAfter($"kernel {kernel}");
     }
 
     /// <summary>With DDPM_CUDA_SYNC=1: waits for the call just queued and names it if it failed.</summary>
     private void SynchronizeAfter(string what)
     {
+        _hostSyncs++;
         var r = Driver.cuStreamSynchronize(_stream);
         if (r != CUresult.Success) throw new CudaException($"cuStreamSynchronize after {what} (DDPM_CUDA_SYNC=1)", r);
     }
@@ -288,6 +310,7 @@ public sealed partial class CudaBackend : IBackend
         Enter();
         if (length == 0) return new CudaBuffer(this, _allocator!, 0, 0, 0);
         var (p, block) = _allocator!.Rent(4L * length);
+        _peakBytes = Math.Max(_peakBytes, _allocator.InUseBytes);
         return new CudaBuffer(this, _allocator, p, block, length);
     }
 
@@ -326,6 +349,7 @@ public sealed partial class CudaBackend : IBackend
         if (_stream != 0) Driver.cuStreamSynchronize(_stream);
         try { _allocator?.Dispose(); } catch (CudaException) { }
         _staging?.Dispose();
+        CloseConvolutions();
         if (_cublas != 0) Cublas.cublasDestroy_v2(_cublas);
         foreach (var m in _modules) Driver.cuModuleUnload(m);
         _modules.Clear();

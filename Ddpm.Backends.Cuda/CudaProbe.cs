@@ -11,6 +11,14 @@ public sealed record CudaDeviceInfo(int Ordinal, string Name, int ComputeCapabil
 public sealed record CudaProbeResult(bool Available, string Reason, CudaDeviceInfo? Device, int DeviceCount,
     string? DriverPath, string? CublasVersion, string? CublasPath, string? NvrtcVersion, string? NvrtcPath)
 {
+    /// <summary>cuDNN's version ("9.3.0") when it loads, else null; <see cref="CudnnNote"/> says what the convolutions use.</summary>
+    public string? CudnnVersion { get; init; }
+
+    public string? CudnnPath { get; init; }
+
+    /// <summary>Why the convolutions do not run on cuDNN (not found, DDPM_CUDNN=0), or empty when they do.</summary>
+    public string CudnnNote { get; init; } = "";
+
     public override string ToString()
     {
         var sb = new StringBuilder();
@@ -23,6 +31,9 @@ public sealed record CudaProbeResult(bool Available, string Reason, CudaDeviceIn
             sb.AppendLine($"  driver: CUDA {CudaProbe.FormatVersion(Device.DriverVersion)}");
         }
         sb.AppendLine($"  cuBLAS: {CublasVersion ?? "not found"}{(CublasPath is null ? "" : $" ({CublasPath})")}");
+        sb.AppendLine(CudnnVersion is not null && CudnnNote.Length == 0
+            ? $"  cuDNN: {CudnnVersion} ({CudnnPath}); convolutions on cuDNN"
+            : $"  cuDNN: {CudnnVersion ?? "not found"}{(CudnnPath is null ? "" : $" ({CudnnPath})")}; convolutions on im2col + cuBLAS ({CudnnNote})");
         sb.Append($"  NVRTC: {NvrtcVersion ?? "not found"}{(NvrtcPath is null ? "" : $" ({NvrtcPath})")}");
         return sb.ToString();
     }
@@ -84,9 +95,28 @@ public static class CudaProbe
         {
             if (reason.Length == 0) reason = e.Message;
         }
+        // cuDNN is optional: without it the convolutions run on im2col + cuBLAS, and CUDA is still available.
+        string? cudnn = null, note = "";
+        try
+        {
+            if (CudaBackend.ResolveEngine(ConvolutionEngine.Auto, Environment.GetEnvironmentVariable("DDPM_CUDNN")) == ConvolutionEngine.Im2col)
+                note = "DDPM_CUDNN=0";
+            CudaLibraries.Load(CudaLibrary.Cudnn);
+            int v = (int)Cudnn.cudnnGetVersion();
+            cudnn = $"{v / 10000}.{v / 100 % 100}.{v % 100}";
+        }
+        catch (Exception e) when (e is CudaUnavailableException or EntryPointNotFoundException)
+        {
+            if (note.Length == 0) note = e.Message;
+        }
         return new CudaProbeResult(reason.Length == 0, reason, device, count,
             CudaLibraries.LoadedPath(CudaLibrary.Driver), cublas, CudaLibraries.LoadedPath(CudaLibrary.Cublas),
-            nvrtc, CudaLibraries.LoadedPath(CudaLibrary.Nvrtc));
+            nvrtc, CudaLibraries.LoadedPath(CudaLibrary.Nvrtc))
+        {
+            CudnnVersion = cudnn,
+            CudnnPath = CudaLibraries.LoadedPath(CudaLibrary.Cudnn),
+            CudnnNote = note,
+        };
     }
 
     /// <summary>"12.8" from cuDriverGetVersion's 12080.</summary>

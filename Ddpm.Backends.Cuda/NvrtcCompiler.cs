@@ -35,22 +35,36 @@ internal static unsafe class NvrtcCompiler
     /// </summary>
     internal static CompiledModule Compile(KernelSource source, int arch)
     {
+        var (target, cubin) = TargetFor(arch);
+        return Compile(source, target, cubin);
+    }
+
+    /// <summary>What a device of compute capability <paramref name="arch"/> gets: sm_XY cubins, or compute_XY PTX for a newer device.</summary>
+    internal static (string Target, bool Cubin) TargetFor(int arch)
+    {
         var supported = SupportedArchitectures();
-        if (supported.Contains(arch)) return Compile(source, $"sm_{arch}", cubin: true);
+        if (supported.Contains(arch)) return ($"sm_{arch}", true);
         int fallback = supported.Where(a => a <= arch).DefaultIfEmpty(-1).Max();
         if (fallback < 0)
             throw new CudaUnavailableException(
                 $"NVRTC {Version().Major}.{Version().Minor} supports architectures {string.Join(", ", supported)}; none is at or below the device's sm_{arch}.");
-        return Compile(source, $"compute_{fallback}", cubin: false);
+        return ($"compute_{fallback}", false);
+    }
+
+    /// <summary>The NVRTC options <paramref name="source"/> is compiled with for <paramref name="target"/>.</summary>
+    internal static IReadOnlyList<string> Options(KernelSource source, string target)
+    {
+        // C++17 is the one dialect every NVRTC we load (11.8 to 13) accepts; 11.8 does not default to it.
+        var options = new List<string> { $"--gpu-architecture={target}", "--std=c++17", "-default-device" };
+        options.AddRange(source.Options);
+        return options;
     }
 
     /// <summary>Compiles to <paramref name="target"/> (sm_XY for a cubin, compute_XY for PTX).</summary>
     internal static CompiledModule Compile(KernelSource source, string target, bool cubin)
     {
         CudaLibraries.Load(CudaLibrary.Nvrtc);
-        // C++17 is the one dialect every NVRTC we load (11.8 to 13) accepts; 11.8 does not default to it.
-        var options = new List<string> { $"--gpu-architecture={target}", "--std=c++17", "-default-device" };
-        options.AddRange(source.Options);
+        var options = Options(source, target);
 
         var headers = KernelSources.Headers;
         using var src = new Utf8Strings([source.Text, source.FileName]);

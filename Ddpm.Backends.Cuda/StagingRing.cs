@@ -26,6 +26,9 @@ internal sealed unsafe class StagingRing : IDisposable
 
     internal long Bytes { get; }
 
+    /// <summary>Times an upload waited for the device because the ring was full.</summary>
+    internal long Waits { get; private set; }
+
     private byte* Base { get; }
 
     /// <summary>
@@ -47,7 +50,11 @@ internal sealed unsafe class StagingRing : IDisposable
         for (int i = 0; i <= lastOverlap; i++)
         {
             var (_, _, ev) = _pending.Dequeue();
-            if (i == lastOverlap) Driver.Check(Driver.cuEventSynchronize(ev), "cuEventSynchronize");
+            if (i == lastOverlap)
+            {
+                Waits++;
+                Driver.Check(Driver.cuEventSynchronize(ev), "cuEventSynchronize");
+            }
             _events.Push(ev);
         }
         return ((nint)(Base + start), start);

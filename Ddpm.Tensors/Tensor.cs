@@ -37,7 +37,7 @@ public class Tensor : IDisposable
     /// <summary>Whether gradients flow to this tensor (leaf) or through it (interior node).</summary>
     public bool RequiresGrad { get; set; }
 
-    /// <summary>The accumulated gradient of a leaf after <see cref="Backward"/>; lives outside scopes.</summary>
+    /// <summary>The accumulated gradient of a leaf after <see cref="Backward(Tensor?)"/>; lives outside scopes.</summary>
     public Tensor? Grad { get; set; }
 
     internal GradNode? Node { get; set; }

@@ -1,5 +1,6 @@
 using CommandLine;
 using CommandLine.Text;
+using Ddpm.Tensors.IO;
 using Ddpm.Tool.Commands;
 
 namespace Ddpm.Tool;
@@ -10,45 +11,15 @@ public static class Program
     [
         typeof(TrainOptions), typeof(SampleOptions), typeof(AnimateOptions), typeof(InterpolateOptions),
         typeof(ForwardOptions), typeof(ParityOptions), typeof(BenchOptions), typeof(InfoOptions),
-        typeof(EvalOptions), typeof(TrainClassifierOptions),
+        typeof(EvalOptions), typeof(TrainClassifierOptions), typeof(InpaintOptions), typeof(ExportOptions),
     ];
 
     public static int Main(string[] args)
     {
-        using var cts = new CancellationTokenSource();
         // A launcher passes Ctrl-C and SIGTERM to every rank; rank 0 alone says so, as it alone speaks for the job.
-        var notices = ToolCollective.LaunchedAsOtherRank() ? TextWriter.Null : Console.Error;
-        Console.CancelKeyPress += (_, e) =>
-        {
-            // The first Ctrl-C asks long commands to stop cleanly (train saves a checkpoint); a second one kills.
-            if (cts.IsCancellationRequested) return;
-            e.Cancel = true;
-            cts.Cancel();
-            notices.WriteLine();
-            notices.WriteLine("stopping after the current step (Ctrl-C again to abort)...");
-        };
-        // SIGTERM (kill, docker stop, a scheduler's time limit) stops the same way: the checkpoint is written first.
-        using var term = OnSigterm(cts, notices);
-        var con = new ToolConsole(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = cts.Token };
+        using var signals = new StopSignals(ToolCollective.LaunchedAsOtherRank() ? TextWriter.Null : StopSignals.StandardError());
+        var con = new ToolConsole(Console.Out, Console.Error, !Console.IsOutputRedirected) { Cancel = signals.Token, Signals = signals };
         return Run(args, con);
-    }
-
-    private static IDisposable? OnSigterm(CancellationTokenSource cts, TextWriter notices)
-    {
-        try
-        {
-            return System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx =>
-            {
-                if (cts.IsCancellationRequested) return;
-                ctx.Cancel = true;
-                cts.Cancel();
-                notices.WriteLine("SIGTERM: stopping after the current step...");
-            });
-        }
-        catch (PlatformNotSupportedException)
-        {
-            return null;
-        }
     }
 
     /// <summary>Parses and runs one verb; returns the exit code (<see cref="ExitCodes"/>).</summary>
@@ -62,6 +33,7 @@ public static class Program
         });
         // The one-letter options read naturally as --n, --t, --a, --b; the parser wants -n, -t, -a, -b.
         args = args.Select(a => a is "--n" or "--t" or "--a" or "--b" ? a[1..] : a).ToArray();
+        args = BareResume(args);
         var result = parser.ParseArguments(args, Verbs);
         if (result is NotParsed<object> notParsed)
         {
@@ -76,6 +48,7 @@ public static class Program
                 var help = HelpText.AutoBuild(result, h =>
                 {
                     h.Heading = "ddpm-tool: train and sample DDPM image models (C#, CPU or CUDA)";
+                    h.AddPreOptionsLine(InfoCommand.BundledModelLine());
                     h.Copyright = "";
                     h.AddDashesToOption = true;
                     h.AdditionalNewLineAfterOption = false;
@@ -117,6 +90,8 @@ public static class Program
                 InfoOptions o => InfoCommand.Run(o, con),
                 EvalOptions o => EvalCommand.Run(o, con),
                 TrainClassifierOptions o => TrainClassifierCommand.Run(o, con),
+                InpaintOptions o => InpaintCommand.Run(o, con),
+                ExportOptions o => ExportCommand.Run(o, con),
                 _ => throw new InvalidOperationException($"verb {options.GetType().Name} has no handler"),
             };
         }
@@ -128,7 +103,7 @@ public static class Program
         {
             return Fail(con, "interrupted; nothing was written.", e, verbose, ExitCodes.Interrupted);
         }
-        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException)
+        catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException or InvalidDataException or NonFiniteOutputException)
         {
             return Fail(con, "error: " + e.Message, e, verbose, ExitCodes.Failed);
         }
@@ -137,6 +112,22 @@ public static class Program
             return Fail(con, $"internal error: {e.GetType().Name}: {e.Message}{(verbose ? "" : " (run with --verbose for the stack trace)")}",
                 e, verbose, ExitCodes.Internal);
         }
+    }
+
+    /// <summary>
+    /// <c>train --resume</c> with no value (last, or before another option) continues the run in --out: the parser
+    /// wants a value, so the bare option is given the value "latest".
+    /// </summary>
+    private static string[] BareResume(string[] args)
+    {
+        if (args.FirstOrDefault() != "train") return args;
+        var r = new List<string>(args.Length + 1);
+        for (int i = 0; i < args.Length; i++)
+        {
+            r.Add(args[i]);
+            if (args[i] == "--resume" && (i + 1 == args.Length || args[i + 1].StartsWith("--", StringComparison.Ordinal))) r.Add("latest");
+        }
+        return [.. r];
     }
 
     /// <summary>One line on stderr; with --verbose the exception and its stack trace follow it. The exit code is the same either way.</summary>
@@ -165,8 +156,8 @@ public static class Program
         BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName}",
         MissingRequiredOptionError m => $"missing required option --{m.NameInfo.LongName}",
         MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
-        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
-        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier)",
+        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export)",
+        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export)",
         RepeatedOptionError r => $"option --{r.NameInfo.LongName} given twice",
         _ => $"bad arguments ({e.Tag})",
     };

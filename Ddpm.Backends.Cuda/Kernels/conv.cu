@@ -1,4 +1,5 @@
-// im2col / col2im for convolutions computed as GEMMs by cuBLAS.
+// im2col / col2im and the output transpose for convolutions computed as whole-chunk GEMMs by cuBLAS (the path
+// without cuDNN).
 #include "common.cuh"
 
 // The geometry of Ddpm.Tensors.ConvGeometry plus the output size.
@@ -8,12 +9,11 @@ struct ConvDims
 };
 static_assert(sizeof(ConvDims) == 52, "ConvDims layout changed: update KernelArgs.cs");
 
-// x: [N, C, H, W] from sample n0; the column matrices of samples n0 .. n0+nb-1 (zero where the window falls
-// in the padding). Row r of a sample's matrix is (c, kh, kw); column p is (oh, ow).
-// sampleMajor != 0: col is [nb, C*KH*KW, OH*OW], one matrix per sample (for the batched forward GEMM).
-// sampleMajor == 0: col is [C*KH*KW, nb, OH*OW], the samples side by side along the columns, so the weight
-// gradient of the whole chunk is one GEMM with k = nb*OH*OW.
-extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, int sampleMajor, ConvDims g)
+// x: [N, C, H, W] from sample n0; col: [C*KH*KW, nb, OH*OW], the column matrices of samples n0 .. n0+nb-1 side
+// by side (zero where the window falls in the padding). Row r is (c, kh, kw); column b*OH*OW + p is sample b's
+// output position p = (oh, ow). So each pass of a chunk is one GEMM: the forward and backward-data products
+// have n = nb*OH*OW, the weight gradient k = nb*OH*OW.
+extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, ConvDims g)
 {
     int ohw = g.OH * g.OW, kk = g.KH * g.KW, rows = g.C * kk;
     int total = nb * rows * ohw;
@@ -21,8 +21,8 @@ extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, in
     {
         int p = (int)(t % (u32)ohw);
         int rest = (int)(t / (u32)ohw);
-        int r = sampleMajor ? rest % rows : rest / nb;
-        int b = sampleMajor ? rest / rows : rest % nb;
+        int r = rest / nb;
+        int b = rest % nb;
         int c = r / kk, kh = (r % kk) / g.KW, kw = r % g.KW;
         int oh = p / g.OW, ow = p % g.OW;
         int h = oh * g.SH - g.PH + kh, w = ow * g.SW - g.PW + kw;
@@ -33,8 +33,9 @@ extern "C" __global__ void im2col(const float* x, float* col, int n0, int nb, in
     }
 }
 
-// The adjoint of im2col (sample-major layout): dx: [N, C, H, W] for samples n0 .. n0+nb-1 gets the sum of every col entry that
-// im2col read from it. One thread per dx element gathers (no atomics, fixed order).
+// The adjoint of im2col: dx: [N, C, H, W] for samples n0 .. n0+nb-1 gets the sum of every col entry that
+// im2col read from it, col: [C*KH*KW, nb, OH*OW] as im2col writes it. One thread per dx element gathers (no
+// atomics, fixed order).
 extern "C" __global__ void col2im(const float* col, float* dx, int n0, int nb, ConvDims g)
 {
     int ohw = g.OH * g.OW, kk = g.KH * g.KW;
@@ -60,9 +61,27 @@ extern "C" __global__ void col2im(const float* col, float* dx, int n0, int nb, C
                 if (ws < 0 || ws % g.SW != 0) continue;
                 int ow = ws / g.SW;
                 if (ow >= g.OW) continue;
-                s += col[((long long)b * g.C * kk + (c * kk + kh * g.KW + kw)) * ohw + oh * g.OW + ow];
+                long long r = c * kk + kh * g.KW + kw;
+                s += col[(r * nb + b) * ohw + oh * g.OW + ow];
             }
         }
         dx[((long long)(n0 + b) * g.C + c) * g.H * g.W + h * g.W + w] = s;
+    }
+}
+
+// The output of a whole-chunk convolution GEMM put in place: yt: [O, nb, OHW] (the GEMM's row-major product,
+// samples side by side) to y: [nb, O, OHW] (y already at the chunk's first sample), plus bias: [O] when it is
+// not null. One pass: the transpose and the bias add cost one read and one write of the output.
+extern "C" __global__ void conv_output(const float* yt, const float* bias, float* y, int nb, int o, int ohw)
+{
+    int total = nb * o * ohw;
+    GRID_STRIDE(t, total)
+    {
+        int p = (int)(t % (u32)ohw);
+        int rest = (int)(t / (u32)ohw);
+        int ch = rest % o;
+        int b = rest / o;
+        float v = yt[((long long)ch * nb + b) * ohw + p];
+        y[t] = bias ? v + bias[ch] : v;
     }
 }

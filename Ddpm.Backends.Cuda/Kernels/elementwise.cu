@@ -118,14 +118,19 @@ extern "C" __global__ void binary_broadcast(const float* a, const float* b, floa
     }
 }
 
-// y: [nOut] over the kept dimensions, each element the sum of nRed elements of x. One warp per output so
-// both many small sums and few large ones keep the device busy; fixed order, so deterministic.
-extern "C" __global__ void sum_to_shape(const float* x, float* y, int nOut, int nRed, ReduceDims d)
+// The first pass of a sum over the reduced dimensions: partial: [segments, nOut], element (s, o) the sum of x
+// over the reduced positions [s * segLen, min((s + 1) * segLen, nRed)) of output o (kept dimensions). One warp
+// per (segment, output), lanes striding the segment, then a fixed shuffle tree: so many warps reduce a few
+// outputs at once (a bias gradient [N, O, HW] -> [O]), and every partial has one fixed summation order.
+extern "C" __global__ void sum_to_shape_partial(const float* x, float* partial, int nOut, int nRed, int segments, int segLen,
+    ReduceDims d)
 {
     int lane = threadIdx.x & 31;
     int warpsPerBlock = blockDim.x >> 5;
-    for (int o = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); o < nOut; o += gridDim.x * warpsPerBlock)
+    long long items = (long long)nOut * segments;
+    for (long long w = (long long)blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); w < items; w += (long long)gridDim.x * warpsPerBlock)
     {
+        int o = (int)(w % nOut), seg = (int)(w / nOut);
         int base = 0;
         int rem = o;
         for (int k = d.keptRank - 1; k >= 0; k--)
@@ -133,8 +138,10 @@ extern "C" __global__ void sum_to_shape(const float* x, float* y, int nOut, int 
             base += (rem % d.keptSize[k]) * d.keptStride[k];
             rem /= d.keptSize[k];
         }
+        int begin = seg * segLen;
+        int end = nRed - begin < segLen ? nRed : begin + segLen;
         float s = 0.0f;
-        for (int r = lane; r < nRed; r += 32)
+        for (int r = begin + lane; r < end; r += 32)
         {
             int off = base, rr = r;
             for (int k = d.redRank - 1; k >= 0; k--)
@@ -145,7 +152,18 @@ extern "C" __global__ void sum_to_shape(const float* x, float* y, int nOut, int 
             s += x[off];
         }
         s = warp_sum(s);
-        if (lane == 0) y[o] = s;
+        if (lane == 0) partial[w] = s;
+    }
+}
+
+// The second pass: y[o] = sum over s of partial[s, o], in segment order. partial: [segments, nOut].
+extern "C" __global__ void sum_segments(const float* partial, float* y, int nOut, int segments)
+{
+    GRID_STRIDE(o, nOut)
+    {
+        float s = 0.0f;
+        for (int seg = 0; seg < segments; seg++) s += partial[(long long)seg * nOut + o];
+        y[o] = s;
     }
 }
 

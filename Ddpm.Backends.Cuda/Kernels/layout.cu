@@ -1,5 +1,5 @@
-// Layout kernels: permute, slice copies (concat / split and their gradients), row gather and scatter-add,
-// per-channel bias. All buffers are contiguous float32.
+// Layout kernels: permute, slice copies (concat / split and their gradients), row gather and scatter-add.
+// All buffers are contiguous float32.
 #include "common.cuh"
 
 // y: [n] with shape d.size; x is read through d.strideA (x's stride of the dimension that lands at each
@@ -67,10 +67,4 @@ extern "C" __global__ void index_add_ordered(const float* src, int rowSize, cons
         for (int r = 0; r < count; r++)
             dst[(long long)idx[r] * rowSize + j] += src[(long long)r * rowSize + j];
     }
-}
-
-// y: [outer, channels, inner] += bias: [channels] broadcast.
-extern "C" __global__ void bias_add(float* y, const float* bias, int total, int channels, int inner)
-{
-    GRID_STRIDE(t, total) y[t] += bias[(t / (u32)inner) % (u32)channels];
 }

@@ -86,14 +86,19 @@ extern "C" __global__ void group_norm_backward_data(const float* dy, const float
     }
 }
 
-// One block per channel: dgamma[ch] = sum over samples and positions of dy * xhat, dbeta[ch] = sum of dy.
-extern "C" __global__ void group_norm_backward_affine(const float* dy, const float* x, const float* shift, const float* gamma, const float* beta,
-    const float* mean, const float* rstd, int n, int c, int hw, int groups, int silu, float* dgamma, float* dbeta)
+// The first pass of the affine gradients: block (ch, seg) of c * segments blocks sums, over positions
+// t = sample * hw + p in [seg * segLen, min((seg + 1) * segLen, n * hw)) of channel ch, dy * xhat (dgamma) and
+// dy (dbeta). partial: [2, segments, c], dgamma's partial sums then dbeta's. Fixed order within each block.
+extern "C" __global__ void group_norm_backward_affine_partial(const float* dy, const float* x, const float* shift, const float* gamma,
+    const float* beta, const float* mean, const float* rstd, int n, int c, int hw, int groups, int silu, int segments, int segLen,
+    float* partial)
 {
     __shared__ float scratch[32];
-    int ch = blockIdx.x, g = ch / (c / groups);
+    int ch = blockIdx.x % c, seg = blockIdx.x / c, g = ch / (c / groups);
+    int total = n * hw, begin = seg * segLen;
+    int end = total - begin < segLen ? total : begin + segLen;
     float sg = 0.0f, sb = 0.0f;
-    for (int t = threadIdx.x; t < n * hw; t += blockDim.x)
+    for (int t = begin + threadIdx.x; t < end; t += blockDim.x)
     {
         int s = t / hw, p = t % hw;
         long long i = ((long long)s * c + ch) * hw + p;
@@ -108,6 +113,22 @@ extern "C" __global__ void group_norm_backward_affine(const float* dy, const flo
     sb = block_sum(sb, scratch);
     if (threadIdx.x == 0)
     {
+        partial[(long long)seg * c + ch] = sg;
+        partial[(long long)(segments + seg) * c + ch] = sb;
+    }
+}
+
+// The second pass: dgamma[ch], dbeta[ch] = the partial sums of channel ch added in segment order.
+extern "C" __global__ void group_norm_backward_affine_finish(const float* partial, int c, int segments, float* dgamma, float* dbeta)
+{
+    GRID_STRIDE(ch, c)
+    {
+        float sg = 0.0f, sb = 0.0f;
+        for (int seg = 0; seg < segments; seg++)
+        {
+            sg += partial[(long long)seg * c + ch];
+            sb += partial[(long long)(segments + seg) * c + ch];
+        }
         dgamma[ch] = sg;
         dbeta[ch] = sb;
     }

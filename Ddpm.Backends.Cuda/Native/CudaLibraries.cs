@@ -12,10 +12,13 @@ internal enum CudaLibrary
 
     /// <summary>NCCL, for data-parallel all-reduce between CUDA ranks; optional (MPI through host memory without it).</summary>
     Nccl,
+
+    /// <summary>cuDNN 9, for the convolutions; optional (im2col + cuBLAS without it).</summary>
+    Cudnn,
 }
 
 /// <summary>
-/// Finds and loads libcuda, libcublas, libnvrtc and libnccl. The <c>[LibraryImport]</c> names are logical ("cuda",
+/// Finds and loads libcuda, libcublas, libnvrtc, libnccl and libcudnn. The <c>[LibraryImport]</c> names are logical ("cuda",
 /// "cublas", "nvrtc"); the resolver maps them to the handle loaded here, so a missing library is reported by
 /// <see cref="Load"/> with every place searched, instead of as a bare DllNotFoundException on first call.
 /// Search order: DDPM_CUDA_LIB_DIR (one folder or a ':'-separated list), directories added by <see cref="AddSearchDirectory"/>, CUDA_PATH/lib64,
@@ -28,6 +31,7 @@ internal static class CudaLibraries
     internal const string CublasName = "cublas";
     internal const string NvrtcName = "nvrtc";
     internal const string NcclName = "nccl";
+    internal const string CudnnName = "cudnn";
 
     private static readonly object Gate = new();
     private static readonly Dictionary<CudaLibrary, nint> Loaded = [];
@@ -42,6 +46,7 @@ internal static class CudaLibraries
         CudaLibrary.Cublas => ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"],
         CudaLibrary.Nvrtc => ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"],
         CudaLibrary.Nccl => ["libnccl.so.2"],
+        CudaLibrary.Cudnn => ["libcudnn.so.9"],
         _ => throw new ArgumentOutOfRangeException(nameof(lib)),
     };
 
@@ -82,7 +87,8 @@ internal static class CudaLibraries
         dirs.Add(null);
         if (lib != CudaLibrary.Driver)
         {
-            // pip's nvidia-* wheels: nvidia/cublas/lib, nvidia/cuda_nvrtc/lib (CUDA 12) or nvidia/cu13/lib (CUDA 13).
+            // pip's nvidia-* wheels: nvidia/cublas/lib, nvidia/cuda_nvrtc/lib (CUDA 12) or nvidia/cu13/lib (CUDA 13), and
+            // nvidia/cudnn/lib (nvidia-cudnn-cu12 and -cu13).
             string? venv = env("VIRTUAL_ENV"), home = env("HOME");
             var roots = new List<string>();
             if (!string.IsNullOrWhiteSpace(venv)) roots.Add($"{venv}/lib/python3*/site-packages");
@@ -127,8 +133,9 @@ internal static class CudaLibraries
     internal static int? MajorOf(string fileName)
     {
         int so = fileName.IndexOf(".so.", StringComparison.Ordinal);
-        // NCCL's soname carries its own major (2), not a CUDA one.
-        if (so < 0 || fileName.StartsWith("libcuda.", StringComparison.Ordinal) || fileName.StartsWith("libnccl.", StringComparison.Ordinal))
+        // NCCL's and cuDNN's sonames carry their own majors (2, 9), not a CUDA one.
+        if (so < 0 || fileName.StartsWith("libcuda.", StringComparison.Ordinal) || fileName.StartsWith("libnccl.", StringComparison.Ordinal)
+            || fileName.StartsWith("libcudnn.", StringComparison.Ordinal))
             return null;
         string rest = fileName[(so + 4)..];
         int dot = rest.IndexOf('.');
@@ -221,6 +228,7 @@ internal static class CudaLibraries
         CudaLibrary.Driver => "the CUDA driver; it comes with the NVIDIA display driver, so no NVIDIA driver is installed or visible here",
         CudaLibrary.Cublas => "cuBLAS, from the CUDA toolkit or the nvidia-cublas Python wheel",
         CudaLibrary.Nccl => "NCCL, from NVIDIA's containers, the nvidia-nccl Python wheel (PyTorch's CUDA wheels bring it) or NVIDIA's libnccl2 package",
+        CudaLibrary.Cudnn => "cuDNN 9, from NVIDIA's containers, the nvidia-cudnn-cu13 or -cu12 Python wheel (PyTorch's CUDA wheels bring it) or NVIDIA's libcudnn9 package",
         _ => "NVRTC, from the CUDA toolkit, the nvidia-cuda-nvrtc wheel or Debian's libnvrtc11.2",
     };
 
@@ -240,6 +248,16 @@ internal static class CudaLibraries
             string lt = Path.Combine(dir, file.Replace("libcublas.", "libcublasLt.", StringComparison.Ordinal));
             if (File.Exists(lt)) NativeLibrary.TryLoad(lt, out _);
         }
+        else if (lib == CudaLibrary.Cudnn)
+        {
+            // libcudnn.so.9 dlopens its sub-libraries (graph, ops, cnn, engines, heuristic) by soname: loaded here
+            // first, from the same release's folder. They depend on one another, so passes repeat while one loads.
+            var pending = Directory.EnumerateFiles(dir, "libcudnn_*.so.9").Order(StringComparer.Ordinal).ToList();
+            for (int loaded = -1; loaded != 0 && pending.Count > 0;)
+            {
+                loaded = pending.RemoveAll(f => NativeLibrary.TryLoad(f, out _));
+            }
+        }
     }
 
     private static void InstallResolver()
@@ -254,6 +272,7 @@ internal static class CudaLibraries
         CublasName => Load(CudaLibrary.Cublas),
         NvrtcName => Load(CudaLibrary.Nvrtc),
         NcclName => Load(CudaLibrary.Nccl),
+        CudnnName => Load(CudaLibrary.Cudnn),
         _ => 0,
     };
 }

@@ -13,6 +13,14 @@ namespace Ddpm.Backends.Cuda.Nccl;
 /// broadcast, barrier, abort) goes to the collective it wraps, normally MPI, which launched the job and carries
 /// NCCL's unique id from rank 0 to the others. Disposing destroys the communicator, its stream and events, not
 /// the wrapped collective (its owner disposes it).
+/// <para>
+/// CUDA loads library kernels (cuBLAS's, cuDNN's) lazily, at their first launch, and a load may wait for the device
+/// to go idle, which it never does while an NCCL kernel spins for a rank that is itself held in such a load (the
+/// CUDA guide's lazy-loading hazard). So the all-reduces started before the first <see cref="IPendingReduce.Wait"/>
+/// are held back: at that wait the backend's stream is drained once (every kernel of the first backward pass, each
+/// shape's first use, has loaded and run) and they start then, in order. Later passes reuse kernels already loaded
+/// (the backend fetches its own at start), so their reductions overlap the backward pass.
+/// </para>
 /// </summary>
 public sealed unsafe class NcclCollective : ICollective
 {
@@ -23,6 +31,9 @@ public sealed unsafe class NcclCollective : ICollective
     private readonly List<nint> _allEvents = [];
     private nint _comm;
     private nint _stream;
+
+    // All-reduces started before the first wait, held back until the backend's stream has drained once; null after.
+    private List<Pending>? _heldBack = [];
 
     private NcclCollective(ICollective host, CudaBackend backend, nint comm, nint stream, int versionCode)
     {
@@ -118,7 +129,8 @@ public sealed unsafe class NcclCollective : ICollective
     /// Starts the all-reduce of [offset, offset + count) on the NCCL stream after the backend's work queued so
     /// far (an event), and returns at once: the backend's kernels queued meanwhile run beside it. The range must
     /// not be written by the backend until <see cref="IPendingReduce.Wait"/>, which orders the backend's later
-    /// work after the reduction (an event; the host does not wait).
+    /// work after the reduction (an event; the host does not wait). Before the first wait the reduction is held
+    /// back (see the class remarks).
     /// </summary>
     public IPendingReduce StartAllReduce(DeviceBuffer buffer, int offset, int count, ReduceOp op)
     {
@@ -127,19 +139,19 @@ public sealed unsafe class NcclCollective : ICollective
         if (count == 0) return PendingReduce.Completed;
         ulong p = _backend.EnterAndPointer(buffer, offset, count, "NCCL all-reduce buffer");
         var (ncclOp, scaleAfter) = OpFor(op);
-        // A stream waits on an event's record as it is when the wait is queued, so the event is free again at once.
-        nint ready = TakeEvent();
-        try
-        {
-            Driver.Check(Driver.cuEventRecord(ready, _backend.Stream), "cuEventRecord (gradients ready)");
-            Driver.Check(Driver.cuStreamWaitEvent(_stream, ready, 0), "cuStreamWaitEvent (NCCL stream)");
-        }
-        finally { _freeEvents.Push(ready); }
-        NcclNative.Check(NcclNative.ncclAllReduce(p, p, (nuint)count, NcclNative.Float32, ncclOp, _comm, _stream), "ncclAllReduce");
-        nint done = TakeEvent();
-        try { Driver.Check(Driver.cuEventRecord(done, _stream), "cuEventRecord (all-reduce done)"); }
-        catch { _freeEvents.Push(done); throw; }
-        return new Pending(this, buffer, offset, count, scaleAfter, done);
+        var pending = new Pending(this, buffer, offset, count, scaleAfter, p, ncclOp);
+        if (_heldBack is not null) _heldBack.Add(pending);
+        else pending.Launch();
+        return pending;
+    }
+
+    /// <summary>Drains the backend's stream once, then starts the all-reduces held back until now, in the order they were started.</summary>
+    private void ReleaseHeldBack()
+    {
+        if (_heldBack is not { } held) return;
+        _heldBack = null;
+        _backend.Synchronize();
+        foreach (var pending in held) pending.Launch();
     }
 
     /// <summary>NCCL's op for <paramref name="op"/>, and whether the sum must then be scaled by 1/N (an average on NCCL without ncclAvg).</summary>
@@ -163,16 +175,40 @@ public sealed unsafe class NcclCollective : ICollective
     }
 
     /// <summary>A reduction on the NCCL stream; <see cref="Wait"/> orders the backend's stream after it.</summary>
-    private sealed class Pending(NcclCollective owner, DeviceBuffer buffer, int offset, int count, bool scaleAfter, nint done) : IPendingReduce
+    private sealed class Pending(NcclCollective owner, DeviceBuffer buffer, int offset, int count, bool scaleAfter, ulong pointer, int ncclOp)
+        : IPendingReduce
     {
+        private nint _done;
         private bool _joined;
+
+        /// <summary>
+        /// Queues the all-reduce on the NCCL stream after the backend's work queued so far (an event), and an event
+        /// after it. A stream waits on an event's record as it is when the wait is queued, so that event is free again at once.
+        /// </summary>
+        internal void Launch()
+        {
+            nint ready = owner.TakeEvent();
+            try
+            {
+                Driver.Check(Driver.cuEventRecord(ready, owner._backend.Stream), "cuEventRecord (gradients ready)");
+                Driver.Check(Driver.cuStreamWaitEvent(owner._stream, ready, 0), "cuStreamWaitEvent (NCCL stream)");
+            }
+            finally { owner._freeEvents.Push(ready); }
+            NcclNative.Check(NcclNative.ncclAllReduce(pointer, pointer, (nuint)count, NcclNative.Float32, ncclOp, owner._comm, owner._stream), "ncclAllReduce");
+            nint done = owner.TakeEvent();
+            try { Driver.Check(Driver.cuEventRecord(done, owner._stream), "cuEventRecord (all-reduce done)"); }
+            catch { owner._freeEvents.Push(done); throw; }
+            _done = done;
+        }
 
         public bool Test()
         {
             if (_joined) return true;
             owner.ThrowIfDisposed();
+            // Held back: not started, so not done.
+            if (_done == 0) return false;
             owner._backend.MakeCurrent();
-            var r = Driver.cuEventQuery(done);
+            var r = Driver.cuEventQuery(_done);
             if (r == CUresult.ErrorNotReady) return false;
             Driver.Check(r, "cuEventQuery (all-reduce done)");
             return true;
@@ -183,9 +219,10 @@ public sealed unsafe class NcclCollective : ICollective
             if (_joined) return;
             owner.ThrowIfDisposed();
             owner._backend.MakeCurrent();
-            Driver.Check(Driver.cuStreamWaitEvent(owner._backend.Stream, done, 0), "cuStreamWaitEvent (backend stream)");
+            if (_done == 0) owner.ReleaseHeldBack();
+            Driver.Check(Driver.cuStreamWaitEvent(owner._backend.Stream, _done, 0), "cuStreamWaitEvent (backend stream)");
             _joined = true;
-            owner._freeEvents.Push(done);
+            owner._freeEvents.Push(_done);
             if (scaleAfter) owner.DivideBySize(buffer, offset, count);
         }
     }

@@ -1,8 +1,8 @@
 namespace Ddpm.Diffusion.Data;
 
 /// <summary>
-/// A finite, random-access set of images of one size. <see cref="Get"/> writes image
-/// <paramref name="index"/> as CHW floats in [0, 1] (0 = black); mapping to the model's data range,
+/// A finite, random-access set of images of one size. <see cref="Get"/> writes an image by its index
+/// as CHW floats in [0, 1] (0 = black); mapping to the model's data range,
 /// padding and augmentation are the <see cref="DataLoader"/>'s job.
 /// </summary>
 public interface IImageDataset

@@ -16,7 +16,7 @@ internal static class IdxReader
     /// <summary>Reads an unsigned-byte IDX file of <paramref name="rank"/> dimensions: (dims, values).</summary>
     public static (int[] Dims, byte[] Data) Read(string path, int rank)
     {
-        using var file = Open(path);
+        using var file = InputFile.OpenRead(path);
         bool gz = IsGzip(file);
         using Stream content = gz ? new GZipStream(file, CompressionMode.Decompress) : file;
         string src = gz ? path + " (decompressed)" : path;
@@ -84,18 +84,6 @@ internal static class IdxReader
         if (s.ReadByte() >= 0)
             throw new DataFormatException(src, $"bytes trail after the {string.Join(" x ", dims)} values the header declares", expectedEnd);
         return (dims, data);
-    }
-
-    private static FileStream Open(string path)
-    {
-        try
-        {
-            return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new DataFormatException(path, $"cannot open the file: {ex.Message}", null, ex);
-        }
     }
 
     private static bool IsGzip(FileStream f)

@@ -50,10 +50,7 @@ public sealed class ImageFolderDataset : ByteImageDataset
         if (!Directory.Exists(folder))
             throw new DataFormatException(folder, "the image folder does not exist");
 
-        var files = Directory.EnumerateFiles(folder, "*", recursive ? SearchOption.AllDirectories : SearchOption.TopDirectoryOnly)
-            .Where(ImageFile.HasImageExtension)
-            .OrderBy(f => Path.GetRelativePath(folder, f), StringComparer.Ordinal)
-            .ToArray();
+        var files = ImageFiles(folder, recursive).OrderBy(f => Path.GetRelativePath(folder, f), StringComparer.Ordinal).ToArray();
         if (files.Length == 0)
             throw new DataFormatException(folder, $"the folder has no images ({string.Join(", ", ImageFile.Extensions)})");
 
@@ -79,5 +76,28 @@ public sealed class ImageFolderDataset : ByteImageDataset
         if (errors.FirstOrDefault(e => e is not null) is { } first)
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
         return new ImageFolderDataset(folder, pixels, files, channels, height, width);
+    }
+
+    /// <summary>
+    /// The files with an image's name in <paramref name="folder"/> and, when <paramref name="recursive"/>, its
+    /// sub-folders. Links are followed (a class folder may be a link to another disk), but a folder already seen, by
+    /// its identity rather than its path, is not entered again: a link back up the tree would otherwise list the
+    /// same images without end (two such links double the walk at every level).
+    /// </summary>
+    private static List<string> ImageFiles(string folder, bool recursive)
+    {
+        var files = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Stack<string>();
+        pending.Push(folder);
+        while (pending.Count > 0)
+        {
+            string dir = pending.Pop();
+            if (!seen.Add(InputFile.Identity(dir))) continue;
+            files.AddRange(Directory.EnumerateFiles(dir).Where(ImageFile.HasImageExtension));
+            if (!recursive) break;
+            foreach (var sub in Directory.EnumerateDirectories(dir).OrderDescending(StringComparer.Ordinal)) pending.Push(sub);
+        }
+        return files;
     }
 }

@@ -10,6 +10,8 @@ namespace Ddpm.Diffusion.Diffusion;
 /// </summary>
 public sealed class DenoiseDiffusion
 {
+    /// <param name="epsModel">The UNet being trained or sampled.</param>
+    /// <param name="config">The forward and reverse process.</param>
     /// <param name="network">
     /// The function whose output the sampler reads as eps or v (per <see cref="DiffusionConfig.Prediction"/>);
     /// the UNet's forward pass when null. Another function (an analytic denoiser) is sampled with the same code.

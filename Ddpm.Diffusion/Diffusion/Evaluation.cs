@@ -1,4 +1,5 @@
 using Ddpm.Tensors;
+using Ddpm.Tensors.IO;
 
 namespace Ddpm.Diffusion.Diffusion;
 
@@ -25,6 +26,9 @@ public static class Evaluation
             var noise = Tensor.RandN(x0.Backend, x0.Shape, gen);
             var eps = d.PredictEps(d.QSample(x0, ts, noise), ts);
             float[] e = eps.ToArray(), z = noise.ToArray();
+            long bad = Finite.FirstNonFinite(e);
+            if (bad >= 0)
+                throw new NonFiniteOutputException($"the model's output at t = {t} is {e[bad]} for image {bad / (e.Length / n)}; its error cannot be measured");
             double sum = 0;
             for (int i = 0; i < e.Length; i++) sum += ((double)e[i] - z[i]) * ((double)e[i] - z[i]);
             double mse = sum / e.Length, ab = d.Schedule.AlphaBar[t];

@@ -62,107 +62,108 @@ public sealed class Sampler
         Action<SampleProgress>? progress = null, Action<int, Tensor, Tensor>? onStep = null)
     {
         var cfg = _d.EpsModel.Config;
-        var be = _d.EpsModel.Backend;
-        if (_condition is not null && _condition.Labels.Length != n)
-            throw new ArgumentException($"The sampler's condition has {_condition.Labels.Length} labels; it cannot draw {n} images.", nameof(n));
+        CheckBatch(n);
         var gen = new PhiloxGenerator(seed);
         var shape = new Shape(n, cfg.ImageChannels, cfg.ImageSize, cfg.ImageSize);
         using var _ = GradMode.NoGrad();
-        var x = Tensor.RandN(be, shape, gen);
-        try
-        {
-            return kind switch
-            {
-                SamplerKind.Ddpm => RunDdpm(ref x, gen, progress, onStep),
-                SamplerKind.Ddim => RunDdim(ref x, gen, steps, eta, progress, onStep),
-                SamplerKind.DpmSolver => RunDpmSolver(ref x, steps, progress, onStep),
-                _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Unknown sampler."),
-            };
-        }
-        catch
-        {
-            x.Dispose();
-            throw;
-        }
+        using var run = new ReverseSteps(this, kind, steps, eta);
+        var x = Tensor.RandN(_d.EpsModel.Backend, shape, gen);
+        return run.Run(x, run.Timesteps.Length - 1, gen, progress, onStep);
+    }
+
+    /// <summary>
+    /// SDEdit (Meng et al. 2022), image-to-image: <paramref name="init"/> ([n, C, H, W] in the data range) is
+    /// noised to the timestep at <paramref name="strength"/> of the way through the sampler's timesteps and
+    /// denoised from there. Of the sampler's steps (T for DDPM) the last round(strength x steps) run, from the
+    /// image put through q(x_t | x_0) at the first of them (t about strength x T); strength 0 returns the image,
+    /// 1 starts from t = T - 1 (almost pure noise). With a condition the result is steered toward its classes.
+    /// </summary>
+    public Tensor Edit(Tensor init, float strength, SamplerKind kind, int steps, float eta, ulong seed,
+        Action<SampleProgress>? progress = null, Action<int, Tensor, Tensor>? onStep = null)
+    {
+        var cfg = _d.EpsModel.Config;
+        if (init.Rank != 4 || init.Shape[1] != cfg.ImageChannels || init.Shape[2] != cfg.ImageSize || init.Shape[3] != cfg.ImageSize)
+            throw new ArgumentException($"The image to edit must be [N, {cfg.ImageChannels}, {cfg.ImageSize}, {cfg.ImageSize}]; got {init.Describe()}.", nameof(init));
+        if (!(strength >= 0 && strength <= 1)) throw new ArgumentOutOfRangeException(nameof(strength), $"The strength must be in [0, 1], got {strength}.");
+        int n = init.Shape[0];
+        CheckBatch(n);
+        var gen = new PhiloxGenerator(seed);
+        using var _ = GradMode.NoGrad();
+        using var run = new ReverseSteps(this, kind, steps, eta);
+        int count = EditSteps(run.Timesteps.Length, strength);
+        if (count == 0) return init.Detach();
+        int start = count - 1;
+        using var noise = Tensor.RandN(init.Backend, init.Shape, gen);
+        var x = _d.QSample(init, Fill(n, run.Timesteps[start]), noise);
+        return run.Run(x, start, gen, progress, onStep);
+    }
+
+    /// <summary>The steps SDEdit runs of a sampler's <paramref name="steps"/> at <paramref name="strength"/>: round(strength x steps).</summary>
+    public static int EditSteps(int steps, float strength) => (int)Math.Round(strength * (double)steps, MidpointRounding.AwayFromZero);
+
+    private void CheckBatch(int n)
+    {
+        if (_condition is not null && _condition.Labels.Length != n)
+            throw new ArgumentException($"The sampler's condition has {_condition.Labels.Length} labels; it cannot draw {n} images.", nameof(n));
     }
 
     /// <summary>Continues the reverse process from x_t at <paramref name="tStart"/> down to 0 (interpolation).</summary>
     public Tensor Denoise(Tensor xt, int tStart, PhiloxGenerator gen)
     {
         using var noGrad = GradMode.NoGrad();
-        var x = xt.Detach();
-        for (int t = tStart; t >= 0; t--)
-        {
-            using var scope = new TensorScope();
-            var next = Step(x, t, gen, out _);
-            x.Dispose();
-            x = scope.Keep(next);
-        }
-        return x;
+        using var run = new ReverseSteps(this, SamplerKind.Ddpm, _d.Steps, 0f);
+        return run.Run(xt.Detach(), tStart, gen, null, null);
     }
 
-    private Tensor RunDdpm(ref Tensor x, PhiloxGenerator gen, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep)
-    {
-        int T = _d.Steps;
-        for (int t = T - 1; t >= 0; t--)
-        {
-            using var scope = new TensorScope();
-            var next = Step(x, t, gen, out var eps);
-            if (onStep is not null)
-            {
-                using var x0 = _d.PredictX0(x, Fill(x.Shape[0], t), eps);
-                onStep(t, next, x0);
-            }
-            x.Dispose();
-            x = scope.Keep(next);
-            progress?.Invoke(new SampleProgress(T - t, T, t));
-        }
-        return x;
-    }
-
-    private Tensor Step(Tensor x, int t, PhiloxGenerator gen, out Tensor eps)
+    /// <summary>One DDPM step from x_t: x_{t-1} ~ p_theta(x_{t-1} | x_t), its noise drawn from <paramref name="gen"/> where sigma_t &gt; 0.</summary>
+    internal Tensor DdpmStep(Tensor x, int t, PhiloxGenerator gen, Action<int, Tensor, Tensor>? onStep, StepPosition at)
     {
         var ts = Fill(x.Shape[0], t);
-        eps = _d.PredictEps(x, ts, _condition);
-        using var z = _d.NoiseStd(t) == 0 ? null : Tensor.RandN(x.Backend, x.Shape, gen);
-        return _d.PSampleFromEps(x, ts, eps, z);
+        using var eps = _d.PredictEps(x, ts, _condition);
+        Tensor next;
+        using (var z = _d.NoiseStd(t) == 0 ? null : Tensor.RandN(x.Backend, x.Shape, gen))
+            next = _d.PSampleFromEps(x, ts, eps, z);
+        at.RequireFinite(eps, next);
+        if (onStep is not null)
+        {
+            using var x0 = _d.PredictX0(x, ts, eps);
+            onStep(t, next, x0);
+        }
+        return next;
     }
 
-    private Tensor RunDdim(ref Tensor x, PhiloxGenerator gen, int steps, float eta, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep)
+    /// <summary>
+    /// One DDIM step from timestep <paramref name="t"/> to <paramref name="tPrev"/> (-1: the data, alpha_bar 1),
+    /// with noise sigma = eta sqrt((1 - ab_prev) / (1 - ab) (1 - ab / ab_prev)) drawn from <paramref name="gen"/>
+    /// when positive and not at the last step.
+    /// </summary>
+    internal Tensor DdimStep(Tensor x, int t, int tPrev, float eta, PhiloxGenerator gen, Action<int, Tensor, Tensor>? onStep, StepPosition at)
     {
-        var seq = DdimTimesteps(_d.Steps, steps);
         var s = _d.Schedule;
         var (lo, hi) = _d.Config.Range;
-        for (int i = seq.Length - 1; i >= 0; i--)
+        double ab = s.AlphaBar[t];
+        double abPrev = tPrev >= 0 ? s.AlphaBar[tPrev] : 1.0;
+        var ts = Fill(x.Shape[0], t);
+        using var eps = _d.PredictEps(x, ts, _condition);
+        using var x0Raw = _d.PredictX0(x, ts, eps);
+        using var x0 = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
+        // With a clipped x0, eps is re-derived from it so the step stays on the DDIM path.
+        using var epsUsed = _d.Config.ClipX0 ? EpsFromX0(x, x0, ab) : eps.Detach();
+        double sigma = eta * Math.Sqrt((1 - abPrev) / (1 - ab) * (1 - ab / abPrev));
+        double dirCoef = Math.Sqrt(Math.Max(0, 1 - abPrev - sigma * sigma));
+        using var a = x0 * (float)Math.Sqrt(abPrev);
+        using var b = epsUsed * (float)dirCoef;
+        var next = a + b;
+        if (sigma > 0 && tPrev >= 0)
         {
-            using var scope = new TensorScope();
-            int t = seq[i];
-            double ab = s.AlphaBar[t];
-            double abPrev = i > 0 ? s.AlphaBar[seq[i - 1]] : 1.0;
-            var ts = Fill(x.Shape[0], t);
-            using var eps = _d.PredictEps(x, ts, _condition);
-            using var x0Raw = _d.PredictX0(x, ts, eps);
-            using var x0 = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
-            // With a clipped x0, eps is re-derived from it so the step stays on the DDIM path.
-            using var epsUsed = _d.Config.ClipX0 ? EpsFromX0(x, x0, ab) : eps.Detach();
-            double sigma = eta * Math.Sqrt((1 - abPrev) / (1 - ab) * (1 - ab / abPrev));
-            double dirCoef = Math.Sqrt(Math.Max(0, 1 - abPrev - sigma * sigma));
-            using var a = x0 * (float)Math.Sqrt(abPrev);
-            using var b = epsUsed * (float)dirCoef;
-            var next = a + b;
-            if (sigma > 0 && i > 0)
-            {
-                using var z = Tensor.RandN(x.Backend, x.Shape, gen);
-                using var sz = z * (float)sigma;
-                using var prev = next;
-                next = prev + sz;
-            }
-            onStep?.Invoke(t, next, x0);
-            x.Dispose();
-            x = scope.Keep(next);
-            progress?.Invoke(new SampleProgress(seq.Length - i, seq.Length, t));
+            using var z = Tensor.RandN(x.Backend, x.Shape, gen);
+            using var sz = z * (float)sigma;
+            using var prev = next;
+            next = prev + sz;
         }
-        return x;
+        at.RequireFinite(eps, next);
+        onStep?.Invoke(t, next, x0);
+        return next;
     }
 
     /// <summary>
@@ -189,56 +190,7 @@ public sealed class Sampler
         return new DpmSolverCoefficients(sigmaTo / sigmaFrom, first * (1 + 0.5 / r), -first * 0.5 / r);
     }
 
-    private Tensor RunDpmSolver(ref Tensor x, int steps, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep)
-    {
-        var seq = DdimTimesteps(_d.Steps, steps);
-        var ab = _d.Schedule.AlphaBar;
-        var (lo, hi) = _d.Config.Range;
-        Tensor? prevD = null;
-        try
-        {
-            for (int i = seq.Length - 1; i >= 0; i--)
-            {
-                using var scope = new TensorScope();
-                int t = seq[i];
-                var ts = Fill(x.Shape[0], t);
-                using var eps = _d.PredictEps(x, ts, _condition);
-                using var x0Raw = _d.PredictX0(x, ts, eps);
-                var d = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
-                Tensor next;
-                // The last step lands on the data (alpha_bar 1): the result is the data prediction itself.
-                if (i == 0) next = d.Detach();
-                else
-                {
-                    // First order at the first step, which has no earlier prediction.
-                    bool second = prevD is not null;
-                    var c = DpmSolverStep(ab[t], ab[seq[i - 1]], second ? ab[seq[i + 1]] : null);
-                    using var a = x * (float)c.X;
-                    using var b = d * (float)c.D0;
-                    next = a + b;
-                    if (second)
-                    {
-                        using var e = prevD! * (float)c.D1;
-                        using var sum = next;
-                        next = sum + e;
-                    }
-                }
-                onStep?.Invoke(t, next, d);
-                x.Dispose();
-                x = scope.Keep(next);
-                prevD?.Dispose();
-                prevD = scope.Keep(d);
-                progress?.Invoke(new SampleProgress(seq.Length - i, seq.Length, t));
-            }
-        }
-        finally
-        {
-            prevD?.Dispose();
-        }
-        return x;
-    }
-
-    private static Tensor EpsFromX0(Tensor xt, Tensor x0, double ab)
+    internal static Tensor EpsFromX0(Tensor xt, Tensor x0, double ab)
     {
         // eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)
         using var sx = x0 * (float)Math.Sqrt(ab);
@@ -246,7 +198,7 @@ public sealed class Sampler
         return d * (float)(1 / Math.Sqrt(1 - ab));
     }
 
-    private static int[] Fill(int n, int t)
+    internal static int[] Fill(int n, int t)
     {
         var r = new int[n];
         Array.Fill(r, t);

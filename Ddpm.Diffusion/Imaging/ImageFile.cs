@@ -49,8 +49,10 @@ public static class ImageFile
         {
             var info = ImageInfo.FromStream(new MemoryStream(bytes, writable: false))
                 ?? throw new DataFormatException(path, "cannot decode the image: not a PNG, JPEG or BMP file stb_image recognises");
-            if (info.Width <= 0 || info.Height <= 0 || (long)info.Width * info.Height > MaxPixels)
-                throw new DataFormatException(path, $"the image is {info.Width}x{info.Height}; at most {MaxPixels} pixels are read");
+            // A BMP stored top-down reports a negative height; stb_image decodes it upright.
+            long height = Math.Abs((long)info.Height);
+            if (info.Width <= 0 || height == 0 || info.Width * height > MaxPixels)
+                throw new DataFormatException(path, $"the image is {info.Width}x{height}; at most {MaxPixels} pixels are read");
             img = ImageResult.FromMemory(bytes, channels == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue);
         }
         catch (Exception ex) when (ex is not (OutOfMemoryException or DataFormatException))

@@ -1,4 +1,5 @@
 using Ddpm.Diffusion.Data;
+using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
 using StbImageWriteSharp;
 
@@ -7,7 +8,8 @@ namespace Ddpm.Diffusion.Imaging;
 /// <summary>
 /// Writes model outputs as PNG: one grid of many images (torchvision's make_grid + save_image layout) or one
 /// file per image. Values are mapped back from the data range to [0, 1], clamped, and rounded to 8 bits as
-/// floor(255 v + 0.5); NaN becomes 0. Files are written atomically.
+/// floor(255 v + 0.5). Images holding NaN or an infinity are refused before anything is written (a PNG would show
+/// them as black or white, as if the model had drawn that). Files are written atomically.
 /// </summary>
 public static class ImageGrid
 {
@@ -34,6 +36,7 @@ public static class ImageGrid
         int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f, int scale = 1)
     {
         CheckGeometry(images, n, c, h, w);
+        RequireFinite(path, images, n);
         if (nrow <= 0) throw new ArgumentOutOfRangeException(nameof(nrow), "Images per row must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegative(padding);
         ArgumentOutOfRangeException.ThrowIfNegative(scale);
@@ -83,6 +86,7 @@ public static class ImageGrid
         DataRange dataRange = DataRange.MinusOneToOne, string prefix = "sample_", int firstIndex = 0)
     {
         CheckGeometry(images, n, c, h, w);
+        RequireFinite(folder, images, n);
         var paths = new string[n];
         var pixels = new byte[h * w * c];
         for (int i = 0; i < n; i++)
@@ -116,6 +120,15 @@ public static class ImageGrid
     {
         var components = channels == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue;
         AtomicFile.Write(path, s => new ImageWriter().WritePng(hwc, width, height, components, s));
+    }
+
+    /// <summary>Throws <see cref="NonFiniteOutputException"/> naming the first image that holds a non-finite value.</summary>
+    private static void RequireFinite(string path, ReadOnlySpan<float> images, int n)
+    {
+        long bad = Finite.FirstNonFinite(images);
+        if (bad < 0) return;
+        long per = images.Length / n;
+        throw new NonFiniteOutputException($"{path} was not written: image {bad / per} holds {images[(int)bad]} (value {bad % per} of {per}); images must be finite.");
     }
 
     private static void CheckGeometry(ReadOnlySpan<float> images, int n, int c, int h, int w)

@@ -24,11 +24,20 @@ public sealed class TimeEmbedding : Module
         NChannels = nChannels;
         _lin1 = Register("lin1", new Linear(be, nChannels / 4, nChannels, init));
         _lin2 = Register("lin2", new Linear(be, nChannels, nChannels, init));
+        _freqs = Frequencies(nChannels);
+    }
+
+    /// <summary>
+    /// The n_channels / 8 frequencies f_i = exp(-i ln(10000) / (half - 1)) as PyTorch computes them: the scalar in
+    /// double, rounded to float32, then i * s and exp in float32.
+    /// </summary>
+    public static float[] Frequencies(int nChannels)
+    {
         int half = nChannels / 8;
-        // As PyTorch computes it: the scalar in double, rounded to float32, then i * s and exp in float32.
         float s = (float)(Math.Log(10_000) / (half - 1));
-        _freqs = new float[half];
-        for (int i = 0; i < half; i++) _freqs[i] = MathF.Exp(i * -s);
+        var freqs = new float[half];
+        for (int i = 0; i < half; i++) freqs[i] = MathF.Exp(i * -s);
+        return freqs;
     }
 
     public int NChannels { get; }

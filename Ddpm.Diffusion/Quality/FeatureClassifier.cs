@@ -84,14 +84,15 @@ public sealed class FeatureClassifier : Module
         return (features, _head.Forward(features));
     }
 
-    /// <summary>Writes the weights with the config (and any <paramref name="metadata"/>) in the header.</summary>
+    /// <summary>Writes the weights with the config (and any <paramref name="metadata"/>) in the header; non-finite weights are refused.</summary>
     public void Save(string path, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var entries = NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
         var meta = new Dictionary<string, string>();
         if (metadata is not null) foreach (var kv in metadata) meta[kv.Key] = kv.Value;
-        meta["format"] = Format;
+        Ddpm.Diffusion.Training.Checkpoint.AddFormat(meta, Format);
         meta["config"] = JsonSerializer.Serialize(Config, Json);
+        NonFiniteOutputException.ThrowIfAny(entries, path);
         SafeTensorsFile.Write(path, entries, meta);
     }
 
@@ -102,7 +103,7 @@ public sealed class FeatureClassifier : Module
     public static (FeatureClassifier Model, IReadOnlyDictionary<string, string> Metadata) Load(string path, IBackend backend)
     {
         var file = SafeTensorsFile.Read(path);
-        if (!file.Metadata.TryGetValue("format", out var format) || format != Format || !file.Metadata.TryGetValue("config", out var json))
+        if (!Ddpm.Diffusion.Training.Checkpoint.IsFormat(file.Metadata, Format) || !file.Metadata.TryGetValue("config", out var json))
             throw new InvalidDataException($"{path} is not a classifier weights file (its header has no format '{Format}' and config).");
         ClassifierConfig config;
         try

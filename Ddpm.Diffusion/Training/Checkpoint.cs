@@ -11,12 +11,21 @@ namespace Ddpm.Diffusion.Training;
 /// <summary>
 /// A training checkpoint in one safetensors file: <c>model.NAME</c> (weights under labml's state_dict names),
 /// <c>ema.NAME</c>, <c>adam.m.NAME</c>, <c>adam.v.NAME</c>, and in the header metadata the model, diffusion and
-/// training configs (JSON), the step, Philox offsets and data position. A plain labml-named weights file (no
-/// prefixes) is read too. Files are written to a temporary file and renamed.
+/// training configs (JSON), the run's settings, the step, Philox offsets and data position. The metadata key
+/// <c>format</c> names the framework as the Hugging Face convention has it (<c>pt</c>: the tensors are laid out as
+/// PyTorch's); this project's format is under <see cref="FormatKey"/> (files written before that key existed name
+/// it under <c>format</c>, and are read too). A plain labml-named weights file (no prefixes) is read too. Files are
+/// written to a temporary file and renamed.
 /// </summary>
 public sealed class Checkpoint
 {
     public const string Format = "ddpm-checkpoint/1";
+
+    /// <summary>The metadata key of this project's file format.</summary>
+    public const string FormatKey = "ddpm_format";
+
+    /// <summary>The Hugging Face convention's <c>format</c> value: tensors named and laid out as PyTorch's state_dict.</summary>
+    public const string FrameworkFormat = "pt";
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = false };
 
     private Checkpoint(string path, SafeTensorsFile file, HeaderValues header)
@@ -34,19 +43,23 @@ public sealed class Checkpoint
     public UNetConfig? Model => _header.Model;
     public DiffusionConfig? Diffusion => _header.Diffusion;
     public TrainingConfig? Training => _header.Training;
+
+    /// <summary>The run's settings (length, cadence), when the checkpoint records them.</summary>
+    public RunSettings? Run => _header.Run;
     public long Step => _header.Step ?? 0;
     public bool HasEma => File.Entries.Any(e => e.Name.StartsWith("ema.", StringComparison.Ordinal));
     private string WeightPrefix => IsTrainingCheckpoint ? "model." : "";
 
     /// <summary>What the header's metadata says, every value checked.</summary>
     private sealed record HeaderValues(bool IsTrainingCheckpoint, UNetConfig? Model, DiffusionConfig? Diffusion, TrainingConfig? Training,
-        long? Step, ulong? NoiseOffset, ulong? DropoutOffset, long? DataEpoch, long? DataIndex);
+        RunSettings? Run, long? Step, ulong? NoiseOffset, ulong? DropoutOffset, long? DataEpoch, long? DataIndex);
 
     /// <summary>
     /// Reads a checkpoint or weights file. Every header value is checked before any tensor data is read: the
     /// configs by the same <c>Validate</c> rules as the command-line options (including the model's size
-    /// bounds), the counters as non-negative integers; then every tensor must be floating-point and finite.
-    /// Any problem throws <see cref="SafeTensorsFormatException"/> naming the file and the key or tensor.
+    /// bounds), the counters as non-negative integers that agree with each other (<see cref="CheckCounters"/>);
+    /// then every tensor must be floating-point and finite, and Adam's second moments not negative. Any problem
+    /// throws <see cref="SafeTensorsFormatException"/> naming the file and the key or tensor.
     /// </summary>
     public static Checkpoint Load(string path)
     {
@@ -54,6 +67,7 @@ public sealed class Checkpoint
         var file = SafeTensorsFile.Read(path, h =>
         {
             header = ParseHeader(path, h.Metadata);
+            CheckCounters(path, header);
             if (header.Model is { } model) CheckParameterCount(path, model, h, header.IsTrainingCheckpoint);
         });
         foreach (var e in file.Entries)
@@ -64,6 +78,9 @@ public sealed class Checkpoint
             if (bad >= 0)
                 throw new SafeTensorsFormatException(path, e.Name,
                     $"value {bad} of {e.ShapeText} is {e.Floats![bad]}; a model's tensors must be finite (was it saved after training diverged?)");
+            if (e.Name.StartsWith("adam.v.", StringComparison.Ordinal) && Array.FindIndex(e.Floats!, v => v < 0) is var negative and >= 0)
+                throw new SafeTensorsFormatException(path, e.Name,
+                    $"value {negative} of {e.ShapeText} is {e.Floats![negative]}; Adam's second moments are running means of squared gradients and cannot be negative");
         }
         return new Checkpoint(path, file, header!);
     }
@@ -92,15 +109,44 @@ public sealed class Checkpoint
     }
 
     private static HeaderValues ParseHeader(string path, IReadOnlyDictionary<string, string> m) => new(
-        m.TryGetValue("format", out var f) && f == Format,
+        IsFormat(m, Format),
         ParseConfig<UNetConfig>(path, m, "model", c => c.Validate()),
         ParseConfig<DiffusionConfig>(path, m, "diffusion", c => c.Validate()),
         ParseConfig<TrainingConfig>(path, m, "training", c => c.Validate()),
+        ParseConfig<RunSettings>(path, m, "run", c => c.Validate()),
         ParseInteger<long>(path, m, "step", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<ulong>(path, m, "noise_offset", s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<ulong>(path, m, "dropout_offset", s => ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<long>(path, m, "data_epoch", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null),
         ParseInteger<long>(path, m, "data_index", s => long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : null));
+
+    /// <summary>Whether metadata <paramref name="m"/> names this project's <paramref name="format"/> (under <see cref="FormatKey"/>, or under <c>format</c> in older files).</summary>
+    public static bool IsFormat(IReadOnlyDictionary<string, string> m, string format) =>
+        m.TryGetValue(FormatKey, out var f) ? f == format : m.TryGetValue("format", out var old) && old == format;
+
+    /// <summary>The format keys of a file of this project's <paramref name="format"/>.</summary>
+    public static void AddFormat(IDictionary<string, string> meta, string format)
+    {
+        meta["format"] = FrameworkFormat;
+        meta[FormatKey] = format;
+    }
+
+    /// <summary>
+    /// The step and the data position must be reachable together: a step never exceeds
+    /// <see cref="TrainingConfig.MaxSteps"/>, and each step takes one batch, so the position (epoch, batch in the
+    /// epoch) moves by at most one of the two per step (a resume with other data keeps it) and
+    /// data_epoch + data_index never exceeds the step.
+    /// </summary>
+    private static void CheckCounters(string path, HeaderValues h)
+    {
+        if (h.Step > TrainingConfig.MaxSteps)
+            throw new SafeTensorsFormatException(path, null, $"header key \"step\": {h.Step} is more than the {TrainingConfig.MaxSteps:N0} steps a run may have");
+        if (h.Step is not { } step) return;
+        long epoch = h.DataEpoch ?? 0, index = h.DataIndex ?? 0;
+        if (epoch > step - index)
+            throw new SafeTensorsFormatException(path, null,
+                $"header keys \"data_epoch\" {epoch} and \"data_index\" {index}: a run at step {step} has read {step} batches and cannot have reached that position");
+    }
 
     internal static T? ParseConfig<T>(string path, IReadOnlyDictionary<string, string> m, string key, Action<T> validate) where T : class
     {
@@ -140,7 +186,7 @@ public sealed class Checkpoint
     /// (training diverged) is refused with <see cref="NonFiniteStateException"/> before anything is written, so
     /// the checkpoint already on disk stays the last good one.
     /// </summary>
-    public static void Save(string path, Trainer trainer, IReadOnlyDictionary<string, string>? extra = null)
+    public static void Save(string path, Trainer trainer, RunSettings? run = null, IReadOnlyDictionary<string, string>? extra = null)
     {
         var entries = new List<SafeTensorEntry>();
         foreach (var (name, p, ema) in trainer.Parameters)
@@ -156,7 +202,6 @@ public sealed class Checkpoint
         var (epoch, index) = trainer.Data.Position;
         var meta = new Dictionary<string, string>
         {
-            ["format"] = Format,
             ["model"] = JsonSerializer.Serialize(trainer.Model.Config, Json),
             ["diffusion"] = JsonSerializer.Serialize(trainer.Diffusion.Config, Json),
             ["training"] = JsonSerializer.Serialize(trainer.Config, Json),
@@ -166,20 +211,28 @@ public sealed class Checkpoint
             ["data_epoch"] = epoch.ToString(CultureInfo.InvariantCulture),
             ["data_index"] = index.ToString(CultureInfo.InvariantCulture),
         };
+        AddFormat(meta, Format);
+        if (run is not null) meta["run"] = JsonSerializer.Serialize(run, Json);
         if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
         RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
     }
 
     /// <summary>
-    /// Writes a model's weights alone under labml's names (interchange with PyTorch); non-finite weights are
-    /// refused as by <see cref="Save"/>.
+    /// Writes a model's weights alone under labml's names (interchange with PyTorch), with the model's and the
+    /// diffusion's configs when given (so the file samples as it was trained), in F16 when <paramref name="half"/>
+    /// (float32 again when read); non-finite weights (also after rounding to half) are refused as by <see cref="Save"/>.
     /// </summary>
-    public static void SaveWeights(string path, Module model, UNetConfig? config = null)
+    public static void SaveWeights(string path, Module model, UNetConfig? config = null, DiffusionConfig? diffusion = null,
+        bool half = false, IReadOnlyDictionary<string, string>? extra = null)
     {
-        var entries = model.NamedParameters().Select(p => SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
-        var meta = new Dictionary<string, string>();
+        var entries = model.NamedParameters().Select(p => half
+            ? SafeTensorEntry.F16(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())
+            : SafeTensorEntry.F32(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())).ToList();
+        var meta = new Dictionary<string, string> { ["format"] = FrameworkFormat };
+        if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
         if (config is not null) meta["model"] = JsonSerializer.Serialize(config, Json);
+        if (diffusion is not null) meta["diffusion"] = JsonSerializer.Serialize(diffusion, Json);
         RequireFinite(path, entries);
         SafeTensorsFile.Write(path, entries, meta);
     }
@@ -187,11 +240,7 @@ public sealed class Checkpoint
     /// <summary>One pass over the host copies that are about to be written: the first non-finite value stops the save.</summary>
     private static void RequireFinite(string path, List<SafeTensorEntry> entries)
     {
-        foreach (var e in entries)
-        {
-            long bad = e.FirstNonFinite();
-            if (bad >= 0) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
-        }
+        if (SafeTensorEntry.FirstNonFinite(entries) is (var e, var bad)) throw new NonFiniteStateException(path, e.Name, bad, e.Floats![bad]);
     }
 
     /// <summary>
@@ -247,6 +296,7 @@ public sealed class Checkpoint
             throw new InvalidDataException($"{Path} cannot resume this training: {string.Join("; ", problems.Take(12))}{(problems.Count > 12 ? $"; and {problems.Count - 12} more" : "")}.");
         var position = (Required(_header.DataEpoch, "data_epoch"), Required(_header.DataIndex, "data_index"));
         ulong noise = Required(_header.NoiseOffset, "noise_offset"), dropout = Required(_header.DropoutOffset, "dropout_offset");
+        long step = Required(_header.Step, "step");
         var saved = trainer.Data.Position;
         try
         {
@@ -266,7 +316,7 @@ public sealed class Checkpoint
             m.CopyFrom(File["adam.m." + name].AsFloats());
             v.CopyFrom(File["adam.v." + name].AsFloats());
         }
-        trainer.Optimizer.StepCount = Step;
+        trainer.Optimizer.StepCount = step;
         trainer.SetRandomState(noise, dropout);
         trainer.Data.Position = position;
     }

@@ -108,7 +108,6 @@ public sealed class StepRecord
         if (Labels is not null) entries.Add(SafeTensorEntry.I64("labels", [Batch], Labels.Select(l => (long)l).ToArray()));
         var meta = new Dictionary<string, string>
         {
-            ["format"] = Format,
             ["model"] = JsonSerializer.Serialize(Model, Json),
             ["diffusion"] = JsonSerializer.Serialize(Diffusion, Json),
             ["step"] = Step.ToString(CultureInfo.InvariantCulture),
@@ -118,6 +117,7 @@ public sealed class StepRecord
             ["dropout_seed"] = DropoutSeed.ToString(CultureInfo.InvariantCulture),
             ["dropout_offset"] = DropoutOffset.ToString(CultureInfo.InvariantCulture),
         };
+        Checkpoint.AddFormat(meta, Format);
         SafeTensorsFile.Write(path, entries, meta);
     }
 
@@ -135,8 +135,8 @@ public sealed class StepRecord
         var file = SafeTensorsFile.Read(path, h =>
         {
             meta = h.Metadata;
-            if (!h.Metadata.TryGetValue("format", out var f) || f != Format)
-                throw new SafeTensorsFormatException(path, null, $"header key \"format\" is not \"{Format}\"; this is not a recorded training step (train --save-spikes writes them)");
+            if (!Checkpoint.IsFormat(h.Metadata, Format))
+                throw new SafeTensorsFormatException(path, null, $"header key \"{Checkpoint.FormatKey}\" is not \"{Format}\"; this is not a recorded training step (train --save-spikes writes them)");
             model = Checkpoint.ParseConfig<UNetConfig>(path, h.Metadata, "model", c => c.Validate())
                 ?? throw new SafeTensorsFormatException(path, null, "header key \"model\" is missing");
             diffusion = Checkpoint.ParseConfig<DiffusionConfig>(path, h.Metadata, "diffusion", c => c.Validate())

@@ -150,28 +150,46 @@ public sealed class Trainer : IDisposable
         }
         float lr = Config.LearningRateAt(Optimizer.StepCount + 1);
         var be = Store.Backend;
+        int k = MicroBatches, micro = shard / k;
+        if (micro * k != shard)
+            throw new InvalidOperationException($"The shard of {shard} images does not split into {k} micro-batches of equal size.");
+        ulong noiseStart = NoiseGenerator.Offset, dropoutStart = DropoutGenerator.Offset;
+        Model.ZeroGrad();
         using (var scope = new TensorScope())
         {
-            var x0 = Tensor.FromArray(Model.Backend, _batch.AsSpan(shardStart * per, shard * per), shard, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
-            Tensor loss;
-            if (coll.Size == 1) loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(shardStart, shard));
-            else
+            for (int j = 0; j < k; j++)
             {
-                using var noiseShard = NoiseGenerator.ShardBatch(shardStart, shard, b);
-                using var dropoutShard = DropoutGenerator.ShardBatch(shardStart, shard, b);
-                loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(shardStart, shard));
+                // A micro-batch's activations are freed before the next one runs.
+                using var microScope = new TensorScope();
+                int start = shardStart + j * micro;
+                var x0 = Tensor.FromArray(Model.Backend, _batch.AsSpan(start * per, micro * per), micro, mc.ImageChannels, mc.ImageSize, mc.ImageSize);
+                Tensor loss;
+                if (coll.Size == 1 && k == 1) loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(start, micro));
+                else
+                {
+                    // Each micro-batch draws what its samples draw in the whole global batch: from the step's first
+                    // offset, at their positions; every micro-batch leaves the streams where the whole batch would.
+                    NoiseGenerator.Offset = noiseStart;
+                    DropoutGenerator.Offset = dropoutStart;
+                    using var noiseShard = NoiseGenerator.ShardBatch(start, micro, b);
+                    using var dropoutShard = DropoutGenerator.ShardBatch(start, micro, b);
+                    loss = Diffusion.Loss(x0, NoiseGenerator, ShardLabels(start, micro));
+                }
+                // The shard's mean loss is the mean of its equal micro-batches' means: each adds 1/k of its gradient.
+                if (k > 1) loss = Ops.Affine(loss, 1f / k, 0f);
+                bool last = j == k - 1;
+                if (_buckets is not null && last)
+                {
+                    // The mean of the shards' mean-loss gradients is the gradient of the global batch's mean loss,
+                    // averaged bucket by bucket while the (last micro-batch's) backward pass runs.
+                    _buckets.Begin();
+                    loss.Backward(null, _buckets.LeafReady);
+                    _buckets.Finish();
+                }
+                else loss.Backward();
+                if (j == 0) be.Copy(loss.Buffer, 0, 1, _stats, 0);
+                else be.Axpby(loss.Buffer, 1, 1f, 1f, _stats);
             }
-            Model.ZeroGrad();
-            if (_buckets is not null)
-            {
-                // The mean of the shards' mean-loss gradients is the gradient of the global batch's mean loss,
-                // averaged bucket by bucket while the backward pass runs.
-                _buckets.Begin();
-                loss.Backward(null, _buckets.LeafReady);
-                _buckets.Finish();
-            }
-            else loss.Backward();
-            be.Copy(loss.Buffer, 0, 1, _stats, 0);
             if (coll.Size > 1 && _buckets is null)
             {
                 // The mean of the shards' mean-loss gradients is the gradient of the global batch's mean loss.
@@ -197,6 +215,26 @@ public sealed class Trainer : IDisposable
         if (_recordWeights is not null) _recordedStep = Optimizer.StepCount;
         return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
     }
+
+    /// <summary>
+    /// The micro-batches each step runs its (shard of the) batch as, accumulating their gradients before the one
+    /// Adam step: the same step as one batch up to float rounding, with the activations of a micro-batch only.
+    /// Every sample draws its timestep, noise, label drop and dropout masks at its position in the global batch,
+    /// whatever the split. The shard must divide into this many equal parts.
+    /// </summary>
+    public int MicroBatches
+    {
+        get => _microBatches;
+        set
+        {
+            int shard = Parallel.ShardOf(Config.BatchSize).Count;
+            if (value <= 0 || shard % value != 0)
+                throw new ArgumentOutOfRangeException(nameof(value), $"{value} micro-batches do not split this {(Parallel.Size > 1 ? "rank's shard" : "batch")} of {shard} images into equal parts.");
+            _microBatches = value;
+        }
+    }
+
+    private int _microBatches = 1;
 
     /// <summary>
     /// Keep what <see cref="RecordLastStep"/> needs: each step copies the weights it starts from and its gradient

@@ -31,6 +31,12 @@ public sealed record TrainingConfig
     // data order and flips (the loader's key, the seed itself), the timesteps, noise and label drops, the dropout
     // masks, and the model's initial weights. Below MaxSeed, 4 s + k does not wrap and never equals s for k = 1, 2, 3.
 
+    /// <summary>The most steps a run may have (its step counter and the end of its decay).</summary>
+    public const long MaxSteps = 1_000_000_000;
+
+    /// <summary>The largest batch a run may take.</summary>
+    public const int MaxBatchSize = 1 << 16;
+
     /// <summary>The largest seed (2^62 - 1): the stream keys 4 s + k stay distinct 64-bit numbers.</summary>
     public const ulong MaxSeed = (1UL << 62) - 1;
 
@@ -50,7 +56,7 @@ public sealed record TrainingConfig
     /// <summary>Checks every setting; throws <see cref="ConfigValueException"/> naming the first that cannot work.</summary>
     public void Validate()
     {
-        if (BatchSize <= 0) throw new ConfigValueException("batch_size", $"{BatchSize} is not positive.");
+        if (BatchSize is <= 0 or > MaxBatchSize) throw new ConfigValueException("batch_size", $"{BatchSize} is not between 1 and {MaxBatchSize}.");
         if (Seed > MaxSeed) throw new ConfigValueException("seed", $"{Seed} is above {MaxSeed} (2^62 - 1).");
         if (!(LearningRate > 0 && float.IsFinite(LearningRate))) throw new ConfigValueException("lr", $"{LearningRate} is not a positive learning rate.");
         if (!(Beta1 >= 0 && Beta1 < 1)) throw new ConfigValueException("beta1", $"{Beta1} is not in [0, 1).");
@@ -61,7 +67,7 @@ public sealed record TrainingConfig
         if (!(GradClip >= 0 && float.IsFinite(GradClip))) throw new ConfigValueException("grad_clip", $"{GradClip} is not a number >= 0 (0: no clipping).");
         if (!(EmaDecay >= 0 && EmaDecay < 1)) throw new ConfigValueException("ema_decay", $"{EmaDecay} is not in [0, 1) (EMA decay).");
         if (!Enum.IsDefined(LrSchedule)) throw new ConfigValueException("lr_schedule", $"{(int)LrSchedule} is not constant or cosine.");
-        if (DecaySteps < 0) throw new ConfigValueException("decay_steps", $"{DecaySteps} is not >= 0.");
+        if (DecaySteps is < 0 or > MaxSteps) throw new ConfigValueException("decay_steps", $"{DecaySteps} is not between 0 and {MaxSteps}.");
         if (LrSchedule == LrSchedule.Cosine && DecaySteps <= WarmupSteps)
             throw new ConfigValueException("decay_steps", $"{DecaySteps} does not end the cosine decay after the warm-up of {WarmupSteps} steps.");
         if (!(ClassDropout >= 0 && ClassDropout <= 1)) throw new ConfigValueException("class_dropout", $"{ClassDropout} is not in [0, 1] (the share of labels dropped to the null class).");

@@ -2,8 +2,8 @@ namespace Ddpm.Tensors.IO;
 
 /// <summary>
 /// Reads a whole file, but never more than a format allows. The length a file reports cannot be trusted for
-/// this: a symbolic link to <c>/dev/zero</c> or to a growing file reports 0 or a stale size and then streams
-/// without end, and <see cref="File.ReadAllBytes(string)"/> would read until memory runs out.
+/// this: a growing file reports a stale size and then streams on, and <see cref="File.ReadAllBytes(string)"/> would read
+/// until memory runs out. (A device such as <c>/dev/zero</c>, or a pipe, is refused by <see cref="InputFile"/> before it is opened.)
 /// </summary>
 public static class BoundedFile
 {
@@ -15,16 +15,7 @@ public static class BoundedFile
     {
         ArgumentOutOfRangeException.ThrowIfNegative(maxBytes);
         if (maxBytes > Array.MaxLength) maxBytes = Array.MaxLength;
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or NotSupportedException)
-        {
-            throw new DataFormatException(path, $"cannot open the file: {ex.Message}", null, ex);
-        }
-        using (fs)
+        using (var fs = InputFile.OpenRead(path))
         {
             long reported = fs.CanSeek ? fs.Length : 0;
             if (reported > maxBytes)

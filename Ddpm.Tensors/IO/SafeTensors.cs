@@ -56,7 +56,7 @@ public sealed class SafeTensorEntry
 
     public string Name { get; }
 
-    /// <summary>The dtype in the file; entries made in memory are F32 or I64, which is also what they are written as.</summary>
+    /// <summary>The dtype in the file; entries made in memory are F32, F16 or I64, which is also what they are written as.</summary>
     public SafeTensorsDType DType { get; }
 
     public int[] Shape { get; }
@@ -74,6 +74,10 @@ public sealed class SafeTensorEntry
     public static SafeTensorEntry F32(string name, int[] shape, float[] data) =>
         new(name, SafeTensorsDType.F32, (int[])shape.Clone(), data, null);
 
+    /// <summary>A float entry written as F16 (IEEE half): the values are rounded to half precision here, as the file will hold them.</summary>
+    public static SafeTensorEntry F16(string name, int[] shape, float[] data) =>
+        new(name, SafeTensorsDType.F16, (int[])shape.Clone(), data.Select(v => (float)(Half)v).ToArray(), null);
+
     public static SafeTensorEntry I64(string name, int[] shape, long[] data) =>
         new(name, SafeTensorsDType.I64, (int[])shape.Clone(), null, data);
 
@@ -82,25 +86,19 @@ public sealed class SafeTensorEntry
 
     /// <summary>
     /// The index of the first NaN or infinite value, or -1 when every value is finite (integer entries always
-    /// are). One vectorised pass: x - x is 0 for every finite x and NaN otherwise.
+    /// are).
     /// </summary>
-    public long FirstNonFinite()
+    public long FirstNonFinite() => Floats is { } f ? Finite.FirstNonFinite(f) : -1;
+
+    /// <summary>The first of <paramref name="entries"/> that holds a NaN or infinite value, with that value's index; null when none does.</summary>
+    public static (SafeTensorEntry Entry, long Index)? FirstNonFinite(IEnumerable<SafeTensorEntry> entries)
     {
-        if (Floats is not { } f) return -1;
-        var span = f.AsSpan();
-        int i = 0;
-        if (System.Numerics.Vector.IsHardwareAccelerated)
+        foreach (var e in entries)
         {
-            int w = System.Numerics.Vector<float>.Count;
-            for (; i + w <= span.Length; i += w)
-            {
-                var v = new System.Numerics.Vector<float>(span.Slice(i, w));
-                if (!System.Numerics.Vector.EqualsAll(v - v, System.Numerics.Vector<float>.Zero)) break;
-            }
+            long bad = e.FirstNonFinite();
+            if (bad >= 0) return (e, bad);
         }
-        for (; i < span.Length; i++)
-            if (!float.IsFinite(span[i])) return i;
-        return -1;
+        return null;
     }
 
     /// <summary>The float values; throws if the entry holds integers.</summary>
@@ -190,16 +188,8 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static SafeTensorsFile Read(string path, Action<SafeTensorsHeader>? checkHeader)
     {
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 16);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
-        }
-        using (fs) return Read(fs, path, checkHeader);
+        using var fs = OpenFile(path, 1 << 16);
+        return Read(fs, path, checkHeader);
     }
 
     public static SafeTensorsFile Read(byte[] bytes, string sourceName)
@@ -242,18 +232,12 @@ public sealed class SafeTensorsFile
     /// </summary>
     public static SafeTensorsHeader ReadHeader(string path)
     {
-        FileStream fs;
-        try
-        {
-            fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 4096);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new SafeTensorsFormatException(path, null, $"cannot open the file: {ex.Message}", ex);
-        }
-        using (fs) return ParseHeader(fs, fs.Length, path);
+        using var fs = OpenFile(path, 4096);
+        return ParseHeader(fs, fs.Length, path);
     }
 
+    private static FileStream OpenFile(string path, int bufferSize) =>
+        InputFile.OpenRead(path, bufferSize, (problem, inner) => new SafeTensorsFormatException(path, null, problem, inner));
 
     private static SafeTensorsHeader ParseHeader(Stream stream, long size, string src)
     {
@@ -547,7 +531,7 @@ public sealed class SafeTensorsFile
         AtomicFile.Write(path, fs => Write(fs, list, metadata));
     }
 
-    /// <summary>Writes the safetensors bytes to a stream: F32 for float entries, I64 for integer entries.</summary>
+    /// <summary>Writes the safetensors bytes to a stream: F16 entries as F16, other float entries as F32, integer entries as I64.</summary>
     public static void Write(Stream stream, IReadOnlyList<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var names = new HashSet<string>(StringComparer.Ordinal);
@@ -564,7 +548,8 @@ public sealed class SafeTensorsFile
         stream.Write(header);
         foreach (var e in entries)
         {
-            if (e.Floats is { } f) WriteLittleEndian(stream, f);
+            if (e.DType == SafeTensorsDType.F16) WriteHalves(stream, e.Floats!);
+            else if (e.Floats is { } f) WriteLittleEndian(stream, f);
             else WriteLittleEndian(stream, e.Longs!);
         }
     }
@@ -586,9 +571,10 @@ public sealed class SafeTensorsFile
             long offset = 0;
             foreach (var e in entries)
             {
-                long bytes = e.Count * (e.IsFloat ? 4 : 8);
+                bool half = e.DType == SafeTensorsDType.F16;
+                long bytes = e.Count * (half ? 2 : e.IsFloat ? 4 : 8);
                 w.WriteStartObject(e.Name);
-                w.WriteString("dtype", e.IsFloat ? "F32" : "I64");
+                w.WriteString("dtype", half ? "F16" : e.IsFloat ? "F32" : "I64");
                 w.WriteStartArray("shape");
                 foreach (int d in e.Shape) w.WriteNumberValue(d);
                 w.WriteEndArray();
@@ -619,6 +605,13 @@ public sealed class SafeTensorsFile
             BinaryPrimitives.WriteSingleLittleEndian(b, v);
             s.Write(b);
         }
+    }
+
+    private static void WriteHalves(Stream s, float[] data)
+    {
+        var b = new byte[2 * data.Length];
+        for (int i = 0; i < data.Length; i++) BinaryPrimitives.WriteHalfLittleEndian(b.AsSpan(2 * i), (Half)data[i]);
+        s.Write(b);
     }
 
     private static void WriteLittleEndian(Stream s, long[] data)

@@ -171,7 +171,7 @@ public static class GradClip
 
     /// <summary>
     /// clip_grad_norm_ over a store's whole gradient buffer without waiting for the device: completes the
-    /// gradients (<see cref="ParameterStore.CompleteGradients"/>), writes the sum of their squares as a hi/lo pair
+    /// gradients (<see cref="ParameterStore.CompleteGradients()"/>), writes the sum of their squares as a hi/lo pair
     /// to result[index], result[index + 1] (<see cref="IBackend.SumOfSquaresTo"/>; the norm is
     /// sqrt(<see cref="NormMath.Join"/>)), and when <paramref name="maxNorm"/> &gt; 0 scales the gradients by
     /// max_norm / (norm + 1e-6) if that is below 1. Two launches plus a fill per parameter the backward pass

@@ -88,7 +88,7 @@ public abstract class Module : IDisposable
     /// <summary>
     /// Clears all parameter gradients (Grad becomes null). Gradients in a flat store's buffer are not filled
     /// here: the next backward pass overwrites each one it reaches, and
-    /// <see cref="ParameterStore.CompleteGradients"/> zeroes the others.
+    /// <see cref="ParameterStore.CompleteGradients()"/> zeroes the others.
     /// </summary>
     public void ZeroGrad()
     {

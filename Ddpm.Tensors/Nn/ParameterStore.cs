@@ -39,7 +39,7 @@ public sealed class ParameterStore : IDisposable
     public DeviceBuffer Parameters => _parameters ?? throw Disposed();
 
     /// <summary>
-    /// All gradients: [<see cref="Count"/>]. After a backward pass and <see cref="CompleteGradients"/> it holds
+    /// All gradients: [<see cref="Count"/>]. After a backward pass and <see cref="CompleteGradients()"/> it holds
     /// the gradient of every parameter (zero for one the pass did not reach).
     /// </summary>
     public DeviceBuffer Gradients => _gradients ?? throw Disposed();

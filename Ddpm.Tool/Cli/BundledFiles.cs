@@ -12,6 +12,16 @@ public static class BundledFiles
     public const string TestLabels = "t10k-labels-idx1-ubyte.gz";
     public const string Classifier = "fashion-classifier.safetensors";
 
+    /// <summary>The bundled diffusion model: the main job's EMA weights in fp16 (train --bundle writes it).</summary>
+    public const string DdpmModelFile = "fashion-ddpm.safetensors";
+
+    /// <summary>The bundled diffusion model, for the sampling verbs without --checkpoint.</summary>
+    public static string DdpmModel() => TryModel(DdpmModelFile)
+        ?? throw new UserError($"no --checkpoint given, and this ddpm-tool carries no bundled model (models/{DdpmModelFile}; made by 'ddpm-tool train --out runs/main --bundle Ddpm.Tool/models/{DdpmModelFile}'); pass --checkpoint FILE or a run folder.");
+
+    /// <summary>A bundled model file, or null when this build has none.</summary>
+    public static string? TryModel(string file) => Find(Path.Combine("models", file), Path.Combine("Ddpm.Tool", "models", file));
+
     /// <summary>A file of the bundled Fashion-MNIST subset.</summary>
     public static string Data(string file = TrainImages) =>
         Find(Path.Combine("data", "fashion-mnist", file), Path.Combine("data", "fashion-mnist", file))

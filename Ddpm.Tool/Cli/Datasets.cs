@@ -1,9 +1,8 @@
 using Ddpm.Diffusion.Data;
-using Ddpm.Diffusion.Imaging;
 
 namespace Ddpm.Tool;
 
-/// <summary>Training and test images by what the path is.</summary>
+/// <summary>Images by path (<see cref="TrainingData"/>), a file or format problem being one <see cref="UserError"/> line.</summary>
 public static class Datasets
 {
     /// <summary>An IDX file (.gz or raw), a CIFAR-10 batch folder or file, or an image folder (resized to <paramref name="imageSize"/>).</summary>
@@ -11,36 +10,35 @@ public static class Datasets
     {
         try
         {
-            if (File.Exists(path))
-            {
-                string name = Path.GetFileName(path).ToLowerInvariant();
-                if (name.EndsWith(".bin", StringComparison.Ordinal)) return Cifar10Dataset.Load(path, includeTest: false);
-                return IdxDataset.Load(path);
-            }
-            if (Directory.Exists(path))
-            {
-                if (Directory.EnumerateFiles(path, "data_batch_*.bin").Any()) return Cifar10Dataset.Load(path, includeTest: false);
-                return ImageFolderDataset.Load(path, imageSize, imageSize, channels, ResizeFilter.Auto, recursive: true);
-            }
+            return TrainingData.Open(path, imageSize, channels);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException)
         {
             throw new UserError(e.Message, e);
         }
-        throw new UserError($"{path}: no such file or folder.");
     }
-}
 
-/// <summary>The first <c>count</c> images of a dataset (--max-images).</summary>
-internal sealed class SubsetDataset(IImageDataset inner, int count) : IImageDataset
-{
-    public int Count => count;
-    public int Channels => inner.Channels;
-    public int Height => inner.Height;
-    public int Width => inner.Width;
-    public void Get(int index, Span<float> dst)
+    /// <summary>
+    /// The training images at <paramref name="path"/> (null: the bundled Fashion-MNIST subset, with its labels),
+    /// labelled when the format carries labels.
+    /// </summary>
+    public static (IImageDataset Data, string Path) OpenForTraining(string? path, int imageSize, int channels)
     {
-        if ((uint)index >= (uint)count) throw new ArgumentOutOfRangeException(nameof(index));
-        inner.Get(index, dst);
+        string p = path ?? BundledFiles.Data();
+        var data = Open(p, imageSize, channels);
+        if (path is null && data is IdxDataset) return (BundledLabels(data), p);
+        return (TrainingData.WithLabels(data) ?? data, p);
+    }
+
+    /// <summary>The bundled images with the bundled IDX labels (Fashion-MNIST's names).</summary>
+    private static LabelledDataset BundledLabels(IImageDataset data)
+    {
+        string path = BundledFiles.Data(BundledFiles.TrainLabels);
+        IdxLabels labels;
+        try { labels = IdxLabels.Load(path, KnownClassNames.FashionMnist.Count); }
+        catch (Exception e) when (e is IOException or InvalidDataException) { throw new UserError(e.Message, e); }
+        if (labels.Count != data.Count)
+            throw new UserError($"{path} has {labels.Count} labels for the {data.Count} bundled images.");
+        return new LabelledDataset(data, labels.Values.ToArray().Select(b => (int)b).ToArray(), KnownClassNames.FashionMnist.Count, KnownClassNames.FashionMnist);
     }
 }

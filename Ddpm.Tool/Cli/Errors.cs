@@ -18,4 +18,12 @@ public static class ExitCodes
     public const int Internal = 70;
     /// <summary>Stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell's convention).</summary>
     public const int Interrupted = 130;
+
+    /// <summary>The exit code an exception ends the tool with (as <see cref="Program.Run"/> reports it).</summary>
+    public static int Of(Exception e) => e switch
+    {
+        UsageError => Usage,
+        UserError or IOException or UnauthorizedAccessException or InvalidDataException => Failed,
+        _ => Internal,
+    };
 }

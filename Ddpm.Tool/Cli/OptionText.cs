@@ -28,7 +28,12 @@ public static class OptionText
         ["ch_mults"] = "--ch-mults", ["is_attn"] = "--attn", ["n_blocks"] = "--n-blocks", ["n_groups"] = "--n-groups",
         ["dropout"] = "--dropout", ["n_heads"] = "--n-heads", ["n_steps"] = "--diffusion-steps", ["batch_size"] = "--batch",
         ["lr"] = "--lr", ["warmup_steps"] = "--warmup", ["grad_clip"] = "--grad-clip", ["ema_decay"] = "--ema",
-        ["lr_final"] = "--lr-final", ["decay_steps"] = "--steps", ["min_snr_gamma"] = "--min-snr-gamma",
+        ["lr_final"] = "--lr-final", ["decay_steps"] = "--steps", ["min_snr_gamma"] = "--min-snr-gamma", ["preset"] = "--preset",
+        ["class_dropout"] = "--class-dropout", ["seed"] = "--seed", ["attn_norm"] = "--attn-norm", ["prediction"] = "--prediction",
+        ["loss_weighting"] = "--loss-weighting", ["data"] = "--data", ["max_images"] = "--max-images", ["classes"] = "--classes",
+        ["steps"] = "--steps", ["epochs"] = "--epochs", ["grad_accum"] = "--grad-accum", ["checkpoint_every"] = "--checkpoint-every",
+        ["keep"] = "--keep", ["sample_every"] = "--sample-every", ["samples"] = "--samples", ["sample_steps"] = "--sample-steps",
+        ["eval_every"] = "--eval-every", ["eval_samples"] = "--eval-samples",
     };
 
     /// <summary>A config value the options produced, refused as a usage error naming the option ("--image-size 30 must be ...").</summary>

@@ -17,21 +17,34 @@ public static class ToolBackends
     /// rank one GPU through CUDA_VISIBLE_DEVICES still works).
     /// </summary>
     public static IBackend Create(CommonOptions o, int localRank) =>
-        Create(o.Backend, o, o.Backend == "cuda" && localRank > 0 ? DeviceForRank(localRank, CudaProbe.VisibleDeviceCount()) : 0);
+        Create(o.Backend, o, localRank > 0 && Traits(o.Backend).VisibleDevices is { } devices ? DeviceForRank(localRank, devices()) : 0);
+
+    /// <summary>What backend <paramref name="name"/> is, from its registry entry; an unknown name is a usage error.</summary>
+    public static BackendTraits Traits(string name)
+    {
+        var reg = Registry();
+        if (!reg.Contains(name))
+            throw new UsageError($"unknown backend '{name}'; known: {string.Join(", ", reg.Available.Select(a => a.Name))}.");
+        return reg.Traits(name);
+    }
+
+    /// <summary>Whether backend <paramref name="name"/> keeps its tensors in host memory (so the machine's memory bounds a run).</summary>
+    public static bool IsHostMemory(string name) => Traits(name).HostMemory;
 
     /// <summary>The device of the rank with <paramref name="localRank"/> on a host with <paramref name="devices"/> visible devices.</summary>
     public static int DeviceForRank(int localRank, int devices) => devices > 0 ? localRank % devices : 0;
 
-    /// <summary>Backend <paramref name="name"/> with the thread and TF32 options of <paramref name="o"/>.</summary>
+    /// <summary>Backend <paramref name="name"/> with the thread and precision options of <paramref name="o"/>.</summary>
     public static IBackend Create(string name, CommonOptions o, int device = 0)
     {
         var reg = Registry();
         if (!reg.Contains(name))
             throw new UsageError($"unknown backend '{name}'; known: {string.Join(", ", reg.Available.Select(a => a.Name))}.");
         if (o.Threads < 0) throw new UsageError($"--threads must be >= 0, got {o.Threads}.");
+        var precision = o.ResolvePrecision(reg, name);
         try
         {
-            return reg.Create(name, new BackendOptions { Threads = o.Threads, AllowTf32 = o.Tf32, Device = device });
+            return reg.Create(name, new BackendOptions { Threads = o.Threads, Precision = precision, Device = device });
         }
         catch (Exception e) when (e is not UsageError)
         {

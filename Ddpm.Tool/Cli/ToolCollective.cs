@@ -71,12 +71,14 @@ public static class ToolCollective
         LaunchEnvironment? launch;
         try { launch = LaunchEnvironment.Detect(); }
         catch (FormatException e) { throw new UserError(e.Message, e); }
-        var chosen = mode ?? (launch is { IsParallel: true } ? (backend == "cuda" ? DistributedMode.Nccl : DistributedMode.Mpi) : DistributedMode.None);
+        // Ranks whose tensors live in device memory all-reduce on the device (NCCL); host-memory ranks over MPI.
+        bool device = !ToolBackends.IsHostMemory(backend);
+        var chosen = mode ?? (launch is { IsParallel: true } ? (device ? DistributedMode.Nccl : DistributedMode.Mpi) : DistributedMode.None);
         if (chosen == DistributedMode.None) return new CollectiveChoice(SingleProcess.Instance, false, null);
         string? warning = null;
         if (chosen == DistributedMode.Nccl)
         {
-            if (mode == DistributedMode.Nccl && backend != "cuda")
+            if (mode == DistributedMode.Nccl && !device)
                 throw new UsageError($"--distributed nccl needs --backend cuda (got --backend {backend}); use --distributed mpi.");
             if (NcclCollective.Probe(out string reason) is null)
             {

@@ -9,4 +9,9 @@ public sealed class ToolConsole(TextWriter output, TextWriter error, bool intera
     public bool Interactive { get; } = interactive;
     /// <summary>Set by Ctrl-C or SIGTERM; long commands check it between steps.</summary>
     public CancellationToken Cancel { get; init; }
+    /// <summary>
+    /// The process's Ctrl-C and SIGTERM (null when a verb runs in-process): a command that checks <see cref="Cancel"/>
+    /// between steps tells them how long its steps take and when it stops cleanly, so that it is not ended as blocked.
+    /// </summary>
+    public StopSignals? Signals { get; init; }
 }

@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using CommandLine;
-using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
@@ -26,6 +26,9 @@ public enum BenchMode
 [Verb("bench", HelpText = "Median seconds per training step or sampling step (images/s), or SGEMM GFLOP/s.")]
 public sealed class BenchOptions : ModelOptions
 {
+    /// <summary>Timed as training and sampling run: in the backend's default precision (tf32 on cuda).</summary>
+    protected override bool UsesBackendDefaultPrecision => true;
+
     [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam; data-parallel with its all-reduce's share when " +
         "started by an MPI launcher), sample (one reverse step, no grad), gemm, or allreduce (the model's gradient buffer averaged over " +
         "the ranks of an MPI job: time and bandwidth).")]
@@ -64,201 +67,289 @@ public sealed class BenchOptions : ModelOptions
 
 public static class BenchCommand
 {
+    /// <summary>What every mode of a bench run shares: the options, the model, the backend (behind the FLOP counter or profiler) and the ranks.</summary>
+    private sealed record Bench(BenchOptions O, ToolConsole Con, Presets.Preset Preset, UNetConfig Model, int Batch, IBackend Backend, IBackend Raw,
+        ProfilingBackend? Profiler, ProfilingBackend? Counter, TimedCollective? Collective, int Ranks)
+    {
+        /// <summary>Device work of the timed steps, as the backend counts it (a GPU backend: launches, library calls, waits, memory).</summary>
+        public DeviceWork Device { get; } = new(Raw as IDeviceCounters, O.Steps);
+
+        /// <summary>Starts counting FLOPs and device work, at the first timed step.</summary>
+        public void StartCounting()
+        {
+            Counter?.Start();
+            Device.Start();
+        }
+
+        /// <summary>Stops counting; the device's counters are read before the profiler's closing wait, which is no part of a step.</summary>
+        public void StopCounting()
+        {
+            Device.Stop();
+            Counter?.Stop();
+        }
+
+        public string Mode => O.Mode.ToString().ToLowerInvariant(); // as the report and its JSON name it
+        public string PresetName => O.Preset ?? Preset.Name;
+
+        /// <summary>The JSON object of the report (one per mode; its keys may grow, never change).</summary>
+        public JsonObject Json(params (string Key, object? Value)[] values)
+        {
+            var json = new JsonObject { ["mode"] = Mode };
+            foreach (var (key, value) in values) json[key] = JsonSerializer.SerializeToNode(value);
+            return json;
+        }
+    }
+
     public static int Run(BenchOptions o, ToolConsole con)
     {
         if (o.Steps <= 0 || o.Warmup < 0) throw new UsageError("--steps must be positive and --warmup >= 0.");
-        string mode = o.Mode.ToString().ToLowerInvariant(); // as the report and its JSON name it
-        var preset = Presets.Get(o.Preset ?? "small");
+        var preset = ModelOptions.PresetNamed(o.Preset ?? Presets.Default);
         var cfg = o.ResolveModel(preset.Model);
         int batch = o.Batch ?? preset.Batch;
         if (batch is <= 0 or > TrainOptions.MaxBatch) throw new UsageError($"--batch must be between 1 and {TrainOptions.MaxBatch:N0}, got {batch}.");
-        if (mode == "train" && o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
+        if (o.Mode == BenchMode.Train && ToolBackends.IsHostMemory(o.Backend))
             MemoryEstimate.Require(MemoryEstimate.TrainingBytes(cfg, batch), $"training a {cfg.ParameterCount():N0}-parameter model with --batch {batch}");
         TrainOptions.CheckBucketMb(o.BucketMb);
         if (o.ProfileTop <= 0) throw new UsageError($"--profile-top must be positive, got {o.ProfileTop}.");
-        if (mode is "sample" or "gemm" && o.Distributed is DistributedMode.Mpi or DistributedMode.Nccl)
-            throw new UsageError($"--distributed {o.Distributed.ToString()!.ToLowerInvariant()} applies to --mode train and allreduce, not {mode}.");
-        var job = mode is "train" or "allreduce" ? ToolCollective.Create(o.Distributed, o.Backend) : null;
+        bool parallel = o.Mode is BenchMode.Train or BenchMode.AllReduce;
+        if (!parallel && o.Distributed is DistributedMode.Mpi or DistributedMode.Nccl)
+            throw new UsageError($"--distributed {o.Distributed.ToString()!.ToLowerInvariant()} applies to --mode train and allreduce, not {o.Mode.ToString().ToLowerInvariant()}.");
+        var job = parallel ? ToolCollective.Create(o.Distributed, o.Backend) : null;
         using var hostCollective = job?.Host;
         int ranks = hostCollective?.Size ?? 1;
-        if (mode == "allreduce" && ranks < 2)
+        if (o.Mode == BenchMode.AllReduce && ranks < 2)
             throw new UsageError("--mode allreduce times an all-reduce between ranks: start it with an MPI launcher, e.g. mpiexec -n 2 ddpm-tool bench --mode allreduce.");
-        if (mode == "train" && batch % ranks != 0)
+        if (o.Mode == BenchMode.Train && batch % ranks != 0)
             throw new UsageError($"--batch {batch} does not divide into {ranks} ranks (it is the global batch).");
         if (hostCollective is { Rank: > 0 }) con = ToolCollective.Quiet(con);
         if (job?.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
         var raw = ToolBackends.Create(o, job?.LocalRank ?? 0);
         var profiler = o.Profile ? new ProfilingBackend(raw) : null;
         // The step's FLOPs (convolutions and GEMMs) are counted by a profiler that does not wait for each op.
-        var counter = profiler ?? (mode is "train" or "sample" ? new ProfilingBackend(raw, synchronize: false) : null);
+        var counter = profiler ?? (o.Mode is BenchMode.Train or BenchMode.Sample ? new ProfilingBackend(raw, synchronize: false) : null);
         using IBackend be = counter ?? raw;
         using var collective = job is null ? null : new TimedCollective(job.ForBackend(raw));
+        var b = new Bench(o, con, preset, cfg, batch, be, raw, profiler, counter, collective, ranks);
+        var json = o.Mode switch
+        {
+            BenchMode.Train => Train(b),
+            BenchMode.Sample => Sample(b),
+            BenchMode.Gemm => Gemm(b),
+            BenchMode.AllReduce => AllReduce(b),
+            _ => throw new UsageError($"--mode {o.Mode} is not a bench mode."),
+        };
+        if (o.Json) con.Out.WriteLine(json.ToJsonString());
+        return 0;
+    }
+
+    /// <summary>--mode train: forward + backward + Adam (data-parallel with its all-reduce's share when ranks > 1).</summary>
+    private static JsonObject Train(Bench b)
+    {
+        using var model = new UNet(b.Backend, b.Model, new PhiloxGenerator(0));
+        var diffusion = new DenoiseDiffusion(model, new DiffusionConfig());
+        using var trainer = new Trainer(diffusion, new SyntheticBatches(b.Model.ImageChannels, b.Model.ImageSize, 1),
+            // As the peers measure it: forward + backward + Adam, no EMA copy and no gradient clipping.
+            new TrainingConfig { BatchSize = b.Batch, EmaDecay = 0f, GradClip = 0f },
+            new DataParallel(b.Collective!, ChecksumEvery: 0, BucketMegabytes: b.O.BucketMb));
+        int buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
         var times = new List<double>();
         var allReduceTimes = new List<double>();
-        double flops = 0;
-        long parameters = 0;
-        int buckets = 0;
-
-        if (mode == "allreduce")
+        for (int i = 0; i < b.O.Warmup + b.O.Steps; i++)
         {
-            int count = checked((int)cfg.ParameterCount());
-            var grad = be.Allocate(count);
-            var host = new float[count];
-            Philox.FillNormal(host, (ulong)collective!.Rank + 1, 0);
-            be.Upload(host, grad, 0);
-            for (int i = 0; i < o.Warmup + o.Steps; i++)
+            if (i == b.O.Warmup) b.StartCounting();
+            b.Collective!.Reset();
+            var s = trainer.Step();
+            if (i >= b.O.Warmup)
             {
-                collective.Barrier();
-                var sw = Stopwatch.StartNew();
-                collective.AllReduce(grad, 0, count, Tensors.Distributed.ReduceOp.Average);
-                be.Synchronize();
-                if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
-            }
-            grad.Release();
-            parameters = count;
-        }
-        else if (mode == "gemm")
-        {
-            int n = o.Size;
-            if (n <= 0) throw new UsageError($"--size must be positive, got {n}.");
-            var host = new float[n * n];
-            Philox.FillNormal(host, 1, 0);
-            var a = be.Allocate(n * n); var b = be.Allocate(n * n); var c = be.Allocate(n * n);
-            be.Upload(host, a, 0); be.Upload(host, b, 0);
-            for (int i = 0; i < o.Warmup + o.Steps; i++)
-            {
-                if (i == o.Warmup) counter?.Start();
-                var sw = Stopwatch.StartNew();
-                be.Gemm(false, false, a, 0, b, 0, 1, n, n, n, 1f, 0f, c, 0);
-                be.Synchronize();
-                if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
-            }
-            a.Release(); b.Release(); c.Release();
-            flops = 2.0 * n * n * n;
-        }
-        else
-        {
-            using var model = new UNet(be, cfg, new PhiloxGenerator(0));
-            parameters = model.ParameterCount();
-            var diffusion = new DenoiseDiffusion(model, new DiffusionConfig());
-            if (mode == "train")
-            {
-                using var trainer = new Trainer(diffusion, new SyntheticBatches(cfg.ImageChannels, cfg.ImageSize, 1),
-                    // As the peers measure it: forward + backward + Adam, no EMA copy and no gradient clipping.
-                    new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f },
-                    new DataParallel(collective!, ChecksumEvery: 0, BucketMegabytes: o.BucketMb));
-                buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
-                for (int i = 0; i < o.Warmup + o.Steps; i++)
-                {
-                    if (i == o.Warmup) counter?.Start();
-                    collective!.Reset();
-                    var s = trainer.Step();
-                    if (i >= o.Warmup)
-                    {
-                        times.Add(s.Seconds);
-                        allReduceTimes.Add(collective.BufferSeconds);
-                    }
-                }
-            }
-            else
-            {
-                model.Eval();
-                var gen = new PhiloxGenerator(2);
-                using var x = Tensor.RandN(be, new Shape(batch, cfg.ImageChannels, cfg.ImageSize, cfg.ImageSize), gen);
-                var t = Enumerable.Repeat(500, batch).ToArray();
-                for (int i = 0; i < o.Warmup + o.Steps; i++)
-                {
-                    if (i == o.Warmup) counter?.Start();
-                    var sw = Stopwatch.StartNew();
-                    using (var scope = new TensorScope())
-                    {
-                        var z = Tensor.RandN(be, x.Shape, gen);
-                        diffusion.PSample(x, t, z);
-                        be.Synchronize();
-                    }
-                    if (i >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
-                }
+                times.Add(s.Seconds);
+                allReduceTimes.Add(b.Collective.BufferSeconds);
             }
         }
-
-        counter?.Stop();
+        var json = StepReport(b, times, model.ParameterCount());
+        double? allReduce = b.Ranks > 1 ? Median(allReduceTimes) : null;
         double median = Median(times);
-        long peak = Process.GetCurrentProcess().PeakWorkingSet64;
-        var inv = CultureInfo.InvariantCulture;
-        con.Out.WriteLine($"bench {mode} on {(profiler ?? raw).Description}");
-        if (mode == "gemm")
-        {
-            double gflops = flops / median / 1e9;
-            con.Out.WriteLine(string.Format(inv, "  SGEMM {0}^3: median {1:F4} s over {2} runs = {3:F1} GFLOP/s (min {4:F4} s, max {5:F4} s)",
-                o.Size, median, times.Count, gflops, times.Min(), times.Max()));
-            PrintProfile();
-            if (o.Json)
-                con.Out.WriteLine(JsonSerializer.Serialize(new { mode, backend = be.Name, size = o.Size, threads = o.Threads, median_s = median, gflops }));
-        }
-        else if (mode == "allreduce")
-        {
-            // Algorithm bandwidth: bytes / time; bus bandwidth: what each link carries in a ring, 2 (N - 1) / N of it.
-            double bytes = 4.0 * parameters, algbw = bytes / median / 1e9, busbw = algbw * 2.0 * (ranks - 1) / ranks;
-            con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {parameters:N0} gradient floats ({bytes / 1e6:F1} MB), {ranks} rank{(ranks == 1 ? "" : "s")} over {CollectiveChoice.Describe(collective!.Inner)}");
-            con.Out.WriteLine(string.Format(inv, "  all-reduce (average): median {0:F2} ms over {1} runs (min {2:F2} ms, max {3:F2} ms); algorithm bandwidth {4:F2} GB/s, bus bandwidth {5:F2} GB/s",
-                median * 1e3, times.Count, times.Min() * 1e3, times.Max() * 1e3, algbw, busbw));
-            if (o.Json)
-                con.Out.WriteLine(JsonSerializer.Serialize(new
-                {
-                    mode, preset = o.Preset ?? preset.Name, backend = be.Name, ranks, collective = CollectiveChoice.Describe(collective.Inner), floats = parameters,
-                    median_s = median, algbw_gb_per_s = algbw, busbw_gb_per_s = busbw,
-                }));
-        }
-        else
-        {
-            double ips = batch / median;
-            con.Out.WriteLine($"  preset {o.Preset ?? preset.Name}: {cfg}, {parameters:N0} parameters");
-            con.Out.WriteLine(string.Format(inv, "  {0} step, batch {1}: median {2:F4} s over {3} runs = {4:F2} images/s (min {5:F4} s, max {6:F4} s); peak memory {7:F2} GB",
-                mode == "train" ? "training" : "sampling", batch, median, times.Count, ips, times.Min(), times.Max(), peak / 1e9));
-            double? allReduce = ranks > 1 ? Median(allReduceTimes) : null;
-            if (allReduce is { } ar)
-                con.Out.WriteLine(string.Format(inv, "  data-parallel: {0} ranks over {1}, {2} images per rank, {3}; the gradient all-reduce takes a median {4:F1} ms of the step ({5:F1} %)",
-                    ranks, CollectiveChoice.Describe(collective!.Inner), batch / ranks,
-                    buckets > 0 ? string.Format(inv, "{0} bucket{1} (--bucket-mb {2:G}) started during the backward pass", buckets, buckets == 1 ? "" : "s", o.BucketMb)
-                        : "one all-reduce after the backward pass",
-                    ar * 1e3, 100 * ar / median));
-            var arithmetic = Arithmetic(counter!.Entries.Sum(e => e.Flops) / o.Steps, median, raw);
-            con.Out.WriteLine(arithmetic.Describe());
-            PrintProfile();
-            if (o.Json)
-                con.Out.WriteLine(JsonSerializer.Serialize(new
-                {
-                    mode, preset = o.Preset ?? preset.Name, backend = be.Name, batch, threads = o.Threads, median_s = median, images_per_s = ips,
-                    peak_memory_bytes = peak, ranks, allreduce_median_s = allReduce, buckets,
-                    flops_per_step = arithmetic.FlopsPerStep, gflops_per_s = arithmetic.Gflops, fma_peak_gflops = arithmetic.PeakGflops,
-                    efficiency_percent = arithmetic.EfficiencyPercent,
-                }));
-        }
-        return 0;
-
-        static StepArithmetic Arithmetic(double flopsPerStep, double seconds, IBackend backend)
-        {
-            // The CPU's FMA peak on the backend's threads, measured now (median of 3): the machine's speed drifts.
-            double? peak = backend is CpuBackend cpu
-                ? Median(Enumerable.Range(0, 3).Select(_ => FmaPeak.Measure(cpu.Threads, 0.2)).ToList())
-                : null;
-            return new StepArithmetic(flopsPerStep, flopsPerStep / seconds / 1e9, peak);
-        }
-
-        static double Median(List<double> v)
-        {
-            var sorted = v.Order().ToList();
-            int h = sorted.Count / 2;
-            return sorted.Count % 2 == 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h]);
-        }
-
-        void PrintProfile()
-        {
-            if (profiler is null) return;
-            con.Out.WriteLine($"  profile of the {o.Steps} timed steps, per step (ops waited for one by one):");
-            foreach (var line in profiler.Report(o.ProfileTop, o.Steps).TrimEnd().Split('\n')) con.Out.WriteLine("    " + line.TrimEnd());
-        }
+        if (allReduce is { } ar)
+            b.Con.Out.WriteLine(string.Format(Inv, "  data-parallel: {0} ranks over {1}, {2} images per rank, {3}; the gradient all-reduce takes a median {4:F1} ms of the step ({5:F1} %)",
+                b.Ranks, CollectiveChoice.Describe(b.Collective!.Inner), b.Batch / b.Ranks,
+                buckets > 0 ? string.Format(Inv, "{0} bucket{1} (--bucket-mb {2:G}) started during the backward pass", buckets, buckets == 1 ? "" : "s", b.O.BucketMb)
+                    : "one all-reduce after the backward pass",
+                ar * 1e3, 100 * ar / median));
+        json["ranks"] = b.Ranks;
+        json["allreduce_median_s"] = allReduce;
+        json["buckets"] = buckets;
+        return Arithmetic(b, json, median);
     }
+
+    /// <summary>--mode sample: one reverse step without grad.</summary>
+    private static JsonObject Sample(Bench b)
+    {
+        using var model = new UNet(b.Backend, b.Model, new PhiloxGenerator(0));
+        var diffusion = new DenoiseDiffusion(model, new DiffusionConfig());
+        model.Eval();
+        var gen = new PhiloxGenerator(2);
+        using var x = Tensor.RandN(b.Backend, new Shape(b.Batch, b.Model.ImageChannels, b.Model.ImageSize, b.Model.ImageSize), gen);
+        var t = Enumerable.Repeat(500, b.Batch).ToArray();
+        var times = Timed(b, () =>
+        {
+            using var scope = new TensorScope();
+            var z = Tensor.RandN(b.Backend, x.Shape, gen);
+            diffusion.PSample(x, t, z);
+        });
+        var json = StepReport(b, times, model.ParameterCount());
+        return Arithmetic(b, json, Median(times));
+    }
+
+    /// <summary>--mode gemm: one SGEMM of --size cubed.</summary>
+    private static JsonObject Gemm(Bench b)
+    {
+        int n = b.O.Size;
+        if (n <= 0) throw new UsageError($"--size must be positive, got {n}.");
+        var be = b.Backend;
+        var host = new float[n * n];
+        Philox.FillNormal(host, 1, 0);
+        var a = be.Allocate(n * n); var m = be.Allocate(n * n); var c = be.Allocate(n * n);
+        be.Upload(host, a, 0); be.Upload(host, m, 0);
+        var times = Timed(b, () => be.Gemm(false, false, a, 0, m, 0, 1, n, n, n, 1f, 0f, c, 0));
+        a.Release(); m.Release(); c.Release();
+        double median = Median(times), gflops = 2.0 * n * n * n / median / 1e9;
+        b.StopCounting();
+        b.Con.Out.WriteLine($"bench {b.Mode} on {(b.Profiler ?? b.Raw).Description}");
+        b.Con.Out.WriteLine(string.Format(Inv, "  SGEMM {0}^3: median {1:F4} s over {2} runs = {3:F1} GFLOP/s (min {4:F4} s, max {5:F4} s)",
+            n, median, times.Count, gflops, times.Min(), times.Max()));
+        b.Device.Print(b.Con);
+        PrintProfile(b);
+        return b.Json(("backend", be.Name), ("size", n), ("threads", b.O.Threads), ("median_s", median), ("gflops", gflops),
+            ("device_work_per_step", b.Device.Json()));
+    }
+
+    /// <summary>--mode allreduce: the model's gradient buffer averaged over the ranks: time and bandwidth.</summary>
+    private static JsonObject AllReduce(Bench b)
+    {
+        var be = b.Backend;
+        var collective = b.Collective!;
+        int count = checked((int)b.Model.ParameterCount());
+        var grad = be.Allocate(count);
+        var host = new float[count];
+        Philox.FillNormal(host, (ulong)collective.Rank + 1, 0);
+        be.Upload(host, grad, 0);
+        var times = new List<double>();
+        for (int i = 0; i < b.O.Warmup + b.O.Steps; i++)
+        {
+            collective.Barrier();
+            var sw = Stopwatch.StartNew();
+            collective.AllReduce(grad, 0, count, Tensors.Distributed.ReduceOp.Average);
+            be.Synchronize();
+            if (i >= b.O.Warmup) times.Add(sw.Elapsed.TotalSeconds);
+        }
+        grad.Release();
+        double median = Median(times);
+        // Algorithm bandwidth: bytes / time; bus bandwidth: what each link carries in a ring, 2 (N - 1) / N of it.
+        double bytes = 4.0 * count, algbw = bytes / median / 1e9, busbw = algbw * 2.0 * (b.Ranks - 1) / b.Ranks;
+        string over = CollectiveChoice.Describe(collective.Inner);
+        b.Con.Out.WriteLine($"bench {b.Mode} on {(b.Profiler ?? b.Raw).Description}");
+        b.Con.Out.WriteLine($"  preset {b.PresetName}: {count:N0} gradient floats ({bytes / 1e6:F1} MB), {b.Ranks} rank{(b.Ranks == 1 ? "" : "s")} over {over}");
+        b.Con.Out.WriteLine(string.Format(Inv, "  all-reduce (average): median {0:F2} ms over {1} runs (min {2:F2} ms, max {3:F2} ms); algorithm bandwidth {4:F2} GB/s, bus bandwidth {5:F2} GB/s",
+            median * 1e3, times.Count, times.Min() * 1e3, times.Max() * 1e3, algbw, busbw));
+        return b.Json(("preset", b.PresetName), ("backend", be.Name), ("ranks", b.Ranks), ("collective", over), ("floats", count),
+            ("median_s", median), ("algbw_gb_per_s", algbw), ("busbw_gb_per_s", busbw));
+    }
+
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    /// <summary>Times <paramref name="step"/> (waiting for the device after each), after the untimed warm-up repetitions.</summary>
+    private static List<double> Timed(Bench b, Action step)
+    {
+        var times = new List<double>();
+        for (int i = 0; i < b.O.Warmup + b.O.Steps; i++)
+        {
+            if (i == b.O.Warmup) b.StartCounting();
+            var sw = Stopwatch.StartNew();
+            step();
+            b.Backend.Synchronize();
+            if (i >= b.O.Warmup) times.Add(sw.Elapsed.TotalSeconds);
+        }
+        return times;
+    }
+
+    /// <summary>The report of a training or sampling step: time, images/s, peak memory.</summary>
+    private static JsonObject StepReport(Bench b, List<double> times, long parameters)
+    {
+        b.StopCounting();
+        double median = Median(times), ips = b.Batch / median;
+        long peak = Process.GetCurrentProcess().PeakWorkingSet64;
+        b.Con.Out.WriteLine($"bench {b.Mode} on {(b.Profiler ?? b.Raw).Description}");
+        b.Con.Out.WriteLine($"  preset {b.PresetName}: {b.Model}, {parameters:N0} parameters");
+        b.Con.Out.WriteLine(string.Format(Inv, "  {0} step, batch {1}: median {2:F4} s over {3} runs = {4:F2} images/s (min {5:F4} s, max {6:F4} s); peak memory {7:F2} GB",
+            b.O.Mode == BenchMode.Train ? "training" : "sampling", b.Batch, median, times.Count, ips, times.Min(), times.Max(), peak / 1e9));
+        return b.Json(("preset", b.PresetName), ("backend", b.Backend.Name), ("batch", b.Batch), ("threads", b.O.Threads), ("median_s", median),
+            ("images_per_s", ips), ("peak_memory_bytes", peak));
+    }
+
+    /// <summary>The step's arithmetic (FLOPs counted by the profiler, their rate and its share of the backend's peak), printed and added to <paramref name="json"/>.</summary>
+    private static JsonObject Arithmetic(Bench b, JsonObject json, double median)
+    {
+        double flopsPerStep = b.Counter!.Entries.Sum(e => e.Flops) / b.O.Steps;
+        var arithmetic = new StepArithmetic(flopsPerStep, flopsPerStep / median / 1e9, ToolBackends.Traits(b.O.Backend).PeakGflops?.Invoke(b.Raw));
+        b.Con.Out.WriteLine(arithmetic.Describe());
+        b.Device.Print(b.Con);
+        PrintProfile(b);
+        json["flops_per_step"] = arithmetic.FlopsPerStep;
+        json["gflops_per_s"] = arithmetic.Gflops;
+        json["fma_peak_gflops"] = arithmetic.PeakGflops;
+        json["efficiency_percent"] = arithmetic.EfficiencyPercent;
+        json["device_work_per_step"] = b.Device.Json();
+        return json;
+    }
+
+    private static double Median(List<double> v)
+    {
+        var sorted = v.Order().ToList();
+        int h = sorted.Count / 2;
+        return sorted.Count % 2 == 1 ? sorted[h] : 0.5 * (sorted[h - 1] + sorted[h]);
+    }
+
+    private static void PrintProfile(Bench b)
+    {
+        if (b.Profiler is null) return;
+        b.Con.Out.WriteLine($"  profile of the {b.O.Steps} timed steps, per step (ops waited for one by one):");
+        foreach (var line in b.Profiler.Report(b.O.ProfileTop, b.O.Steps).TrimEnd().Split('\n')) b.Con.Out.WriteLine("    " + line.TrimEnd());
+    }
+}
+
+/// <summary>The device work between <see cref="Start"/> and <see cref="Stop"/>, per timed step, where the backend counts it.</summary>
+internal sealed class DeviceWork(IDeviceCounters? device, int steps)
+{
+    private DeviceCounters _before;
+    private DeviceCounters? _work;
+
+    public void Start()
+    {
+        if (device is null) return;
+        device.ResetPeak();
+        _before = device.ReadCounters();
+    }
+
+    public void Stop()
+    {
+        if (device is not null) _work = DeviceCounters.Between(_before, device.ReadCounters());
+    }
+
+    public void Print(ToolConsole con)
+    {
+        if (_work is not { } w) return;
+        con.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "  device work per step (counted by the backend): {0:G4} kernel launches, {1:G4} BLAS calls, " +
+            "{2:G4} DNN-library calls, {3:G4} host waits; peak device memory {4:F3} GB",
+            (double)w.KernelLaunches / steps, (double)w.BlasCalls / steps, (double)w.DnnCalls / steps,
+            (double)w.HostSynchronizations / steps, w.PeakDeviceBytes / 1e9));
+    }
+
+    /// <summary>The JSON report's <c>device_work_per_step</c>: null where the backend counts no device work.</summary>
+    public JsonObject? Json() => _work is not { } w ? null : new JsonObject
+    {
+        ["kernel_launches"] = (double)w.KernelLaunches / steps, ["blas_calls"] = (double)w.BlasCalls / steps,
+        ["dnn_calls"] = (double)w.DnnCalls / steps, ["host_syncs"] = (double)w.HostSynchronizations / steps,
+        ["peak_device_bytes"] = w.PeakDeviceBytes,
+    };
 }
 
 /// <summary>

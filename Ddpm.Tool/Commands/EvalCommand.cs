@@ -283,16 +283,16 @@ public static class EvalCommand
         return 0;
     }
 
-    private static (FeatureClassifier, IReadOnlyDictionary<string, string>) LoadClassifier(string path, IBackend be)
+    internal static (FeatureClassifier, IReadOnlyDictionary<string, string>) LoadClassifier(string path, IBackend be)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such classifier weights file.");
+        if (!Path.Exists(path)) throw new UserError($"{path}: no such classifier weights file.");
         try { return FeatureClassifier.Load(path, be); }
         catch (Exception e) when (e is InvalidDataException or IOException) { throw new UserError(e.Message, e); }
     }
 
     private static IdxDataset LoadImages(string path)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such IDX image file.");
+        if (!Path.Exists(path)) throw new UserError($"{path}: no such IDX image file.");
         try { return IdxDataset.Load(path); }
         catch (Exception e) when (e is InvalidDataException or IOException) { throw new UserError(e.Message, e); }
     }

@@ -45,11 +45,11 @@ public static class ForwardCommand
         if (bad >= 0) throw new UserError($"{o.Inputs}: value {bad} of tensor 'x' {xe.ShapeText} is {xe.Floats![bad]}; x must be finite.");
 
         if (ckpt.Model is not null && o.HasModelOverrides) throw new UsageError($"{o.Weights} describes its own model; drop the model options.");
-        var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model with { ImageChannels = xe.Shape[1], ImageSize = xe.Shape[2] });
+        var config = ckpt.Model ?? o.ResolveModel(ModelOptions.PresetNamed("small").Model with { ImageChannels = xe.Shape[1], ImageSize = xe.Shape[2] });
         if (xe.Shape[1] != config.ImageChannels || xe.Shape[2] != config.ImageSize || xe.Shape[3] != config.ImageSize)
             throw new UserError($"{o.Inputs}: tensor 'x' is {xe.ShapeText}; the model takes [N, {config.ImageChannels}, {config.ImageSize}, {config.ImageSize}].");
         if (xe.Shape[0] <= 0) throw new UserError($"{o.Inputs}: tensor 'x' {xe.ShapeText} holds no images.");
-        if (o.Backend.StartsWith("cpu", StringComparison.OrdinalIgnoreCase))
+        if (ToolBackends.IsHostMemory(o.Backend))
             MemoryEstimate.Require(o.Grads ? MemoryEstimate.TrainingBytes(config, xe.Shape[0])
                 : 4 * (config.ParameterCount() + (long)xe.Shape[0] * MemoryEstimate.SamplingValuesPerImage(config)),
                 $"the forward pass of {xe.Shape[0]:N0} images");
@@ -80,6 +80,7 @@ public static class ForwardCommand
                     outputs.Add(SafeTensorEntry.F32("grad." + name, p.Shape.ToArray(), p.Grad?.ToArray() ?? new float[p.Size]));
             }
         }
+        NonFiniteOutputException.ThrowIfAny(outputs, o.Out);
         SafeTensorsFile.Write(o.Out, outputs, new Dictionary<string, string> { ["backend"] = be.Name, ["model"] = config.ToString() });
         con.Out.WriteLine($"wrote {o.Out}: {string.Join(", ", outputs.Take(4).Select(e => e.Name))}{(outputs.Count > 4 ? $" and {outputs.Count - 4} more" : "")} ({be.Name})");
         return 0;

@@ -1,5 +1,5 @@
 using CommandLine;
-using Ddpm.Backends.Cuda;
+using Ddpm.Diffusion.Training;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
@@ -24,9 +24,8 @@ public static class InfoCommand
             if (c.Model is not null)
             {
                 con.Out.WriteLine($"  model     {c.Model}");
-                using var be = new Ddpm.Backends.Cpu.CpuReferenceBackend();
-                using var m = new UNet(be, c.Model, new PhiloxGenerator(0));
-                con.Out.WriteLine($"  parameters {m.ParameterCount():N0}");
+                // Counted from the config (as the header was checked against the file), nothing built.
+                con.Out.WriteLine($"  parameters {c.Model.ParameterCount():N0}");
                 con.Out.WriteLine(c.Model.IsConditional
                     ? $"  classes   {c.Model.NumClasses}, class-conditional (sample --class NAME|INDEX|all --guidance W): {ModelLoading.ClassList(c.Model)}"
                     : "  classes   none (unconditional)");
@@ -37,26 +36,37 @@ public static class InfoCommand
                 con.Out.WriteLine($"  no model config in the header; {n:N0} values");
             }
             if (c.Diffusion is not null) con.Out.WriteLine($"  diffusion T={c.Diffusion.NSteps} {c.Diffusion.Schedule} variance={c.Diffusion.Variance} clip_x0={c.Diffusion.ClipX0} range={c.Diffusion.DataRange} prediction={c.Diffusion.Prediction}{(c.Diffusion.LossWeighting == LossWeighting.MinSnr ? $" loss=min-snr(gamma {c.Diffusion.MinSnrGamma})" : "")}");
+            if (c.Run is { } run) con.Out.WriteLine($"  run       {run.Steps:N0} steps (preset {run.Preset}), checkpoint every {run.CheckpointEvery}, keep {run.Keep}{(run.GradAccum > 1 ? $", {run.GradAccum} micro-batches" : "")}");
             if (c.Training is not null) con.Out.WriteLine($"  training  batch {c.Training.BatchSize}, lr {c.Training.LearningRate:G3}, EMA {c.Training.EmaDecay:G4}, seed {c.Training.Seed}");
             if (c.IsTrainingCheckpoint) con.Out.WriteLine($"  step      {c.Step:N0}; EMA weights: {(c.HasEma ? "yes" : "no")}");
             con.Out.WriteLine();
         }
+        con.Out.WriteLine(BundledModelLine());
+        con.Out.WriteLine();
         con.Out.WriteLine("presets:");
         foreach (var p in Presets.All) con.Out.WriteLine($"  {p.Name,-13} batch {p.Batch,4}  {p.Summary}");
         con.Out.WriteLine();
         con.Out.WriteLine("backends:");
-        foreach (var (name, summary) in ToolBackends.Registry().Available)
+        var registry = ToolBackends.Registry();
+        foreach (var (name, summary) in registry.Available)
         {
-            string status = "available";
-            if (name == "cuda")
-            {
-                var probe = CudaProbe.Run();
-                status = probe.Available ? probe.ToString() : "unavailable: " + probe.Reason;
-            }
+            string status = registry.Traits(name).Probe is { } probe ? probe() : "available";
             con.Out.WriteLine($"  {name,-13} {summary}");
             con.Out.WriteLine($"  {"",-13} {status}");
         }
         con.Out.WriteLine($"  this machine: {Environment.ProcessorCount} cores, AVX-512 {(System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? "yes" : "no")}, AVX2 {(System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "yes" : "no")}, .NET {Environment.Version}");
         return 0;
+    }
+
+    /// <summary>What the bundled model is (sample, animate, interpolate and eval use it without --checkpoint), and its FID.</summary>
+    internal static string BundledModelLine()
+    {
+        if (BundledFiles.TryModel(BundledFiles.DdpmModelFile) is not { } path)
+            return $"bundled model: none in this build (models/{BundledFiles.DdpmModelFile}; 'train --bundle FILE' makes one); the sampling verbs need --checkpoint";
+        var c = ModelLoading.OpenCheckpoint(path);
+        var meta = c.File.Metadata;
+        string what = meta.TryGetValue("description", out var d) ? d : c.Model?.ToString() ?? "weights";
+        string fid = meta.TryGetValue("fid", out var f) ? $"; FID {f} ({(meta.TryGetValue("fid_measure", out var how) ? how : "measured while training")})" : "";
+        return $"bundled model: {path}: {what}{fid}. The sampling verbs use it without --checkpoint, e.g. 'ddpm-tool sample --class Sneaker'.";
     }
 }

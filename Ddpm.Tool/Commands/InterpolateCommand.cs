@@ -46,8 +46,8 @@ public static class InterpolateCommand
         var mc = model.Config;
         int c = mc.ImageChannels, s = mc.ImageSize, per = c * s * s;
         var range = diffusion.Config.DataRange;
-        var a = LoadImage(o.A, o, mc.ImageSize, c, range);
-        var b = LoadImage(o.B, o, mc.ImageSize, c, range);
+        var a = ImageInputs.Load(o.A, o.Data, mc.ImageSize, c, range, "--a");
+        var b = ImageInputs.Load(o.B, o.Data, mc.ImageSize, c, range, "--b");
 
         var sw = Stopwatch.StartNew();
         var gen = new PhiloxGenerator(o.Seed);
@@ -61,41 +61,5 @@ public static class InterpolateCommand
         ImageGrid.SavePng(o.Out, strip, o.Frames + 2, c, s, s, o.Frames + 2, range, 2, scale: ImageGrid.AutoScale);
         con.Out.WriteLine($"wrote {o.Out}: {o.A}, {o.Frames} mixtures denoised from t={o.T}, {o.B} ({sw.Elapsed.TotalSeconds:F1}s)");
         return 0;
-    }
-
-    /// <summary>An image in the model's data range, [C, S, S]: a file (resized and center-cropped) or data:INDEX.</summary>
-    private static float[] LoadImage(string spec, InterpolateOptions o, int size, int channels, DataRange range)
-    {
-        float[] unit;
-        if (spec.StartsWith("data:", StringComparison.OrdinalIgnoreCase))
-        {
-            if (!int.TryParse(spec.AsSpan(5), out int index)) throw new UsageError($"'{spec}' is not data:INDEX.");
-            string path = o.Data ?? BundledFiles.Data(BundledFiles.TestImages);
-            var ds = Datasets.Open(path, size, channels);
-            if ((uint)index >= (uint)ds.Count) throw new UserError($"{path} has {ds.Count} images; there is no index {index}.");
-            if (ds.Channels != channels) throw new UserError($"{path} has {ds.Channels}-channel images; the model takes {channels}.");
-            if (ds.Height > size || ds.Width > size) throw new UserError($"{path} has {ds.Height}x{ds.Width} images; the model is {size}x{size}.");
-            var raw = new float[ds.Channels * ds.Height * ds.Width];
-            ds.Get(index, raw);
-            unit = new float[channels * size * size];
-            int top = (size - ds.Height) / 2, left = (size - ds.Width) / 2;
-            for (int ch = 0; ch < channels; ch++)
-                for (int y = 0; y < ds.Height; y++)
-                    for (int x = 0; x < ds.Width; x++)
-                        unit[(ch * size + top + y) * size + left + x] = raw[(ch * ds.Height + y) * ds.Width + x];
-        }
-        else
-        {
-            if (!File.Exists(spec)) throw new UserError($"{spec}: no such image file.");
-            try
-            {
-                unit = Resampler.CenterCropResize(ImageFile.Load(spec, channels), size, size, ResizeFilter.Auto);
-            }
-            catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException)
-            {
-                throw new UserError($"{spec}: {e.Message}", e);
-            }
-        }
-        return unit.Select(v => range.FromUnit(v)).ToArray();
     }
 }

@@ -10,12 +10,19 @@ namespace Ddpm.Tool.Commands;
 /// <summary>Builds a model and its diffusion from a training checkpoint or a plain labml-named weights file.</summary>
 public static class ModelLoading
 {
-    public static Checkpoint OpenCheckpoint(string path) => Open(path, Checkpoint.Load, "checkpoint or weights file");
+    /// <summary>A checkpoint or weights file, or the latest checkpoint of a run folder.</summary>
+    public static Checkpoint OpenCheckpoint(string path)
+    {
+        if (Directory.Exists(path))
+            path = RunFolder.Latest(path) ?? (File.Exists(Path.Combine(path, RunFolder.ModelName)) ? Path.Combine(path, RunFolder.ModelName)
+                : throw new UserError($"{path} is a folder without a checkpoint (checkpoint-NNNNNNN.safetensors) or {RunFolder.ModelName}."));
+        return Open(path, Checkpoint.Load, "checkpoint or weights file");
+    }
 
     /// <summary>Reads a file with <paramref name="load"/>; a missing, unreadable or malformed file is one <see cref="UserError"/> line.</summary>
     public static T Open<T>(string path, Func<string, T> load, string what)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such {what}.");
+        if (!Path.Exists(path)) throw new UserError($"{path}: no such {what}.");
         try
         {
             return load(path);
@@ -35,7 +42,7 @@ public static class ModelLoading
     {
         if (ckpt.Model is not null && o.HasModelOverrides)
             throw new UsageError($"{ckpt.Path} describes its own model ({ckpt.Model}); drop the model options.");
-        var config = ckpt.Model ?? o.ResolveModel(Presets.Get("small").Model);
+        var config = ckpt.Model ?? o.ResolveModel(ModelOptions.PresetNamed("small").Model);
         var model = new UNet(be, config, new PhiloxGenerator(0));
         bool useEma = ema ?? ckpt.HasEma;
         try
@@ -76,10 +83,11 @@ public static class ModelLoading
     /// <summary>
     /// Draws <paramref name="n"/> images in chunks of at most <paramref name="chunk"/>, chunk k from seed + k, each
     /// chunk guided by its slice of <paramref name="labels"/> when given. <paramref name="progress"/> sees the chunk,
-    /// its first image and the sampler's progress (and may throw to stop). Returns [n, C, H, W] on the host.
+    /// its first image and the sampler's progress (and may throw to stop). With <paramref name="init"/> ([C, H, W])
+    /// every image is an SDEdit of it at <paramref name="strength"/>. Returns [n, C, H, W] on the host.
     /// </summary>
     public static float[] Draw(DenoiseDiffusion diffusion, SamplerOptions o, int n, int chunk, int[]? labels, float guidance,
-        Action<int, int, SampleProgress>? progress = null)
+        Action<int, int, SampleProgress>? progress = null, float[]? init = null, float strength = 1f)
     {
         var mc = diffusion.EpsModel.Config;
         long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
@@ -89,8 +97,12 @@ public static class ModelLoading
             int count = Math.Min(chunk, n - start), first = start, chunkIndex = k;
             var condition = labels is null ? null : new ClassCondition(labels[start..(start + count)], guidance);
             using var scope = new TensorScope();
-            var x = new Sampler(diffusion, condition).Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k,
-                p => progress?.Invoke(chunkIndex, first, p));
+            var sampler = new Sampler(diffusion, condition);
+            Action<SampleProgress> report = p => progress?.Invoke(chunkIndex, first, p);
+            var x = init is null
+                ? sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report)
+                : sampler.Edit(Tensor.FromArray(diffusion.EpsModel.Backend, Enumerable.Range(0, count).SelectMany(_ => init).ToArray(),
+                    count, mc.ImageChannels, mc.ImageSize, mc.ImageSize), strength, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report);
             x.ToArray().CopyTo(data, first * per);
         }
         return data;

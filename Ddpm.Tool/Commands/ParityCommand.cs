@@ -49,7 +49,7 @@ public static class ParityCommand
     {
         if (o.Replay is not null) return RunReplay(o, con);
         if (o.Batch <= 0 || o.TrainSteps < 0 || o.SampleSteps <= 0) throw new UsageError("--batch and --sample-steps must be positive, --train-steps >= 0.");
-        var cfg = o.ResolveModel(Presets.Get(o.Preset ?? "tiny").Model);
+        var cfg = o.ResolveModel(ModelOptions.PresetNamed(o.Preset ?? "tiny").Model);
         using var a = ToolBackends.Create(o);
         using var b = ToolBackends.Create(o.Against, o);
         con.Out.WriteLine($"parity: {a.Description}  vs  {b.Description}");

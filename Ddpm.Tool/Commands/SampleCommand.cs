@@ -28,6 +28,12 @@ public sealed class SampleOptions : SamplingOptions
 
     [Option("each", HelpText = "Also write every image as its own PNG (at the model's resolution) into this folder.")]
     public string? Each { get; set; }
+
+    [Option("init", HelpText = "Image-to-image (SDEdit): start from this image (a PNG/JPEG/BMP file or data:INDEX of the bundled test set) noised to t = --strength x T, and denoise it; with --class it is turned toward that class.")]
+    public string? Init { get; set; }
+
+    [Option("strength", HelpText = "With --init: how far to noise the image, 0 (return it) to 1 (pure noise: ordinary sampling); of the sampler's steps the last strength x steps run. Default 0.6.")]
+    public float? Strength { get; set; }
 }
 
 public static class SampleCommand
@@ -36,6 +42,9 @@ public static class SampleCommand
     public const int MaxChunk = 256;
     public const int MaxCount = 100_000, MaxScale = 64;
 
+    /// <summary>--strength without a value: enough noise to change the image's details and keep its layout.</summary>
+    public const float DefaultStrength = 0.6f;
+
     public static int Run(SampleOptions o, ToolConsole con)
     {
         if (o.N <= 0 || o.N > MaxCount) throw new UsageError($"--n must be between 1 and {MaxCount:N0}, got {o.N}.");
@@ -43,6 +52,8 @@ public static class SampleCommand
         if (o.Scale is <= 0 or > MaxScale) throw new UsageError($"--scale must be between 1 and {MaxScale}, got {o.Scale}.");
         if (o.Guidance is { } g && !(g >= 0 && float.IsFinite(g))) throw new UsageError($"--guidance must be a number >= 0, got {g}.");
         if (o.Guidance is not null && o.Class is null) throw new UsageError("--guidance needs --class (the class to guide toward).");
+        if (o.Strength is not null && o.Init is null) throw new UsageError("--strength needs --init (the image to start from).");
+        if (o.Strength is { } st && !(st >= 0 && st <= 1)) throw new UsageError($"--strength must be between 0 and 1, got {st}.");
         OutputFiles.CheckFile(o.Out, "--out");
         if (o.Each is not null) OutputFiles.CheckFolder(o.Each, "--each");
         var ckpt = ModelLoading.OpenCheckpoint(o.Checkpoint);
@@ -83,16 +94,20 @@ public static class SampleCommand
         MemoryEstimate.Require(4 * (n * per + (long)chunk * (doubled ? 2 : 1) * MemoryEstimate.SamplingValuesPerImage(mc)) + gridBytes,
             $"sampling {n:N0} images into one grid");
 
-        con.Out.WriteLine($"sampling {o.N} images{what} with {o.Describe(diffusion.Steps)} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}");
+        float strength = o.Strength ?? DefaultStrength;
+        var init = o.Init is null ? null : ImageInputs.Load(o.Init, null, mc.ImageSize, mc.ImageChannels, diffusion.Config.DataRange, "--init");
+        int steps = init is null ? o.StepsFor(diffusion.Steps) : Sampler.EditSteps(o.StepsFor(diffusion.Steps), strength);
+        string from = init is null ? "" : $", edits of {o.Init} at strength {strength:G3} (the last {steps} steps),";
+        con.Out.WriteLine($"sampling {o.N} images{what} with {o.Describe(diffusion.Steps)}{from} from {o.Checkpoint}{(ema ? " (EMA weights)" : "")} on {be.Name}");
         var progress = new ProgressLine(con);
-        int chunks = (n + chunk - 1) / chunk, steps = o.StepsFor(diffusion.Steps);
+        int chunks = (n + chunk - 1) / chunk;
         // Chunk k draws from seed + k (as eval's batches do); a grid of up to one chunk of images is one chunk.
         var data = ModelLoading.Draw(diffusion, o, n, chunk, labels, guidance, (k, _, p) =>
         {
             // Ctrl-C / SIGTERM: stop after the step that just ended (the caller reports "interrupted", exit 130).
             con.Cancel.ThrowIfCancellationRequested();
             progress.Report((long)k * steps + p.Step, (long)chunks * steps);
-        });
+        }, init, strength);
         progress.Finish();
         var (w, h) = ImageGrid.SavePng(o.Out, data, n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
             nrow, diffusion.Config.DataRange, scale: scale);

@@ -131,14 +131,14 @@ public static class TrainClassifierCommand
 
     private static IdxDataset LoadImages(string path)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such IDX image file.");
+        if (!Path.Exists(path)) throw new UserError($"{path}: no such IDX image file.");
         try { return IdxDataset.Load(path); }
         catch (Exception e) when (e is InvalidDataException or IOException) { throw new UserError(e.Message, e); }
     }
 
     private static IdxLabels LoadLabels(string path, IdxDataset images)
     {
-        if (!File.Exists(path)) throw new UserError($"{path}: no such IDX label file.");
+        if (!Path.Exists(path)) throw new UserError($"{path}: no such IDX label file.");
         IdxLabels labels;
         try { labels = IdxLabels.Load(path, 256); }
         catch (Exception e) when (e is InvalidDataException or IOException) { throw new UserError(e.Message, e); }

@@ -1,7 +1,9 @@
 using CommandLine;
+using Ddpm.Diffusion.Training;
 using Ddpm.Diffusion;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
+using Ddpm.Tensors;
 
 namespace Ddpm.Tool;
 
@@ -14,7 +16,12 @@ public abstract class CommonOptions
     [Option("threads", Default = 0, HelpText = "CPU worker threads (0: all cores).")]
     public int Threads { get; set; }
 
-    [Option("tf32", Default = false, HelpText = "Allow TF32 tensor-core math on CUDA (faster, less exact).")]
+    [Option("precision", HelpText = "Arithmetic of convolutions and matrix products: fp32, or tf32 (CUDA: float32 data, products of "
+        + "inputs rounded to a 10-bit mantissa on tensor cores, float32 sums; PyTorch's default for cuDNN convolutions). Default: tf32 "
+        + "on cuda for training and sampling, fp32 otherwise and on the CPU backends (which compute in fp32 only).")]
+    public string? Precision { get; set; }
+
+    [Option("tf32", Default = false, Hidden = true, HelpText = "The same as --precision tf32.")]
     public bool Tf32 { get; set; }
 
     [Option("verbose", Default = false, HelpText = "Print stack traces with errors.")]
@@ -22,6 +29,32 @@ public abstract class CommonOptions
 
     /// <summary>More workers than this only contend for the cores (and thousands exhaust the runtime).</summary>
     public static int MaxThreads => 4 * Environment.ProcessorCount;
+
+    /// <summary>Whether this verb computes in the backend's default precision (tf32 on cuda) when --precision is not given, rather than fp32.</summary>
+    protected virtual bool UsesBackendDefaultPrecision => false;
+
+    /// <summary>The precision backend <paramref name="backend"/> runs this verb in; one usage line when it cannot.</summary>
+    public Precision ResolvePrecision(BackendRegistry registry, string backend)
+    {
+        Precision? asked = null;
+        if (Precision is not null)
+            asked = BackendPrecisions.Parse(Precision)
+                ?? throw new UsageError($"--precision must be {string.Join(" or ", Enum.GetValues<Precision>().Select(BackendPrecisions.Name))}, got '{Precision}'.");
+        if (Tf32)
+        {
+            if (asked is { } a && a != Tensors.Precision.Tf32) throw new UsageError($"--tf32 contradicts --precision {Precision}.");
+            asked = Tensors.Precision.Tf32;
+        }
+        var precisions = registry.Precisions(backend);
+        if (asked is { } p)
+        {
+            if (!precisions.Supported.Contains(p))
+                throw new UsageError($"--precision {BackendPrecisions.Name(p)} is not available on --backend {backend}, which computes in " +
+                    $"{string.Join(", ", precisions.Supported.Select(BackendPrecisions.Name))} only.");
+            return p;
+        }
+        return UsesBackendDefaultPrecision ? precisions.Default : Tensors.Precision.Fp32;
+    }
 
     /// <summary>Checks the options every verb has, before anything is allocated.</summary>
     public virtual void CheckCommon()
@@ -69,10 +102,17 @@ public abstract class ModelOptions : CommonOptions
         + "far better unconditional models), 0 off (labml's model; the default with --labml-exact or --preset labml, and for other verbs' presets).")]
     public int? AttnNorm { get; set; }
 
+    /// <summary>The preset called <paramref name="name"/>; an unknown name is a usage error naming --preset and the known ones.</summary>
+    public static Presets.Preset PresetNamed(string name)
+    {
+        try { return Presets.Get(name); }
+        catch (ConfigValueException e) { throw OptionText.ConfigError(e); }
+    }
+
     /// <summary>The preset (or <paramref name="fallback"/>) with the options given on the command line applied.</summary>
     public UNetConfig ResolveModel(UNetConfig fallback)
     {
-        var c = Preset is null ? fallback : Presets.Get(Preset).Model;
+        var c = Preset is null ? fallback : PresetNamed(Preset).Model;
         if (ImageChannels is { } ic) c = c with { ImageChannels = ic };
         if (ImageSize is { } isz) c = c with { ImageSize = isz };
         if (NChannels is { } nc) c = c with { NChannels = nc };

@@ -6,6 +6,9 @@ namespace Ddpm.Tool;
 /// <summary>How to run the reverse process; eval has them with an optional checkpoint.</summary>
 public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
 {
+    /// <summary>Sampling runs in the backend's default precision (tf32 on cuda).</summary>
+    protected override bool UsesBackendDefaultPrecision => true;
+
     [Option("sampler", Default = "ddim", HelpText = "ddim (few steps, fast; the default), dpm++ (DPM-Solver++(2M): deterministic, second order, the same steps as ddim) or ddpm (all T ancestral steps).")]
     public string SamplerText { get; set; } = "ddim";
 
@@ -93,6 +96,10 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
 /// <summary>Options of the verbs that sample from a trained model.</summary>
 public abstract class SamplingOptions : SamplerOptions
 {
-    [Option("checkpoint", Required = true, HelpText = "A training checkpoint or a labml-named weights .safetensors file.")]
-    public string Checkpoint { get; set; } = "";
+    [Option("checkpoint", HelpText = "A training checkpoint, a labml-named weights .safetensors file, or a run folder (its latest checkpoint). " +
+        "Default: the bundled model, the main job's EMA weights (class-conditional small UNet on Fashion-MNIST, fp16; 'ddpm-tool info' gives its FID).")]
+    public string? CheckpointOption { get; set; }
+
+    /// <summary>--checkpoint, or the bundled model when it is not given.</summary>
+    public string Checkpoint => CheckpointOption ?? BundledFiles.DdpmModel();
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the CUDA simulator (a test harness, not a backend): libcuda.so.1, libcublas.so.12 and libnccl.so.2 in
+# Builds the CUDA simulator (a test harness, not a backend): libcuda.so.1, libcublas.so.12, libcudnn.so.9 and libnccl.so.2 in
 # the output folder (default <repo>/.ci-cache/cuda-sim), with the kernels of Ddpm.Backends.Cuda/Kernels compiled
 # for the host, then builds and runs the self-tests (the NCCL one with two forked ranks). Use: DDPM_CUDA_LIB_DIR=<output folder>. Prints the output
 # folder on its last line; exits non-zero with a message on any failure.
@@ -106,6 +106,7 @@ compile "$obj/cublas.o" "$here/cublas.cpp $here/sim_api.h" "${common[@]}" -fvisi
 for w in "$gen"/reg_*.cpp; do
   compile "$obj/$(basename "${w%.cpp}").o" "$w $kdeps" "${kflags[@]}" -I "$gen/kernels" "$w" & pids+=($!)
 done
+compile "$obj/cudnn.o" "$here/cudnn.cpp $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/cudnn.cpp" & pids+=($!)
 compile "$obj/nccl.o" "$here/nccl.cpp $here/sim_api.h" "${common[@]}" -fvisibility=hidden -I "$here" "$here/nccl.cpp" & pids+=($!)
 compile "$obj/nccl_selftest.o" "$here/nccl_selftest.cpp" "${common[@]}" "$here/nccl_selftest.cpp" & pids+=($!)
 compile "$obj/selftest.o" "$here/selftest.cpp $here/sim_api.h" "${common[@]}" -I "$here" "$here/selftest.cpp" & pids+=($!)
@@ -123,6 +124,10 @@ mv -f "$out/libcuda.so.1.tmp" "$out/libcuda.so.1"
   "$obj/cublas.o" -L"$out" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lpthread \
   || die "linking libcublas.so.12 failed"
 mv -f "$out/libcublas.so.12.tmp" "$out/libcublas.so.12"
+"$CXX" -shared -o "$out/libcudnn.so.9.tmp" -Wl,-soname,libcudnn.so.9 -Wl,--version-script="$here/libcudnn.map" \
+  "$obj/cudnn.o" -L"$out" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lpthread \
+  || die "linking libcudnn.so.9 failed"
+mv -f "$out/libcudnn.so.9.tmp" "$out/libcudnn.so.9"
 "$CXX" -shared -o "$out/libnccl.so.2.tmp" -Wl,-soname,libnccl.so.2 -Wl,--version-script="$here/libnccl.map" \
   "$obj/nccl.o" -L"$out" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lpthread -lrt \
   || die "linking libnccl.so.2 failed"
@@ -148,6 +153,7 @@ check_exports() { # library, binding file, pattern of its declarations
 }
 check_exports "$out/libcuda.so.1" "$native/Driver.cs" 'partial CUresult cu[A-Za-z_0-9]+'
 check_exports "$out/libcublas.so.12" "$native/Cublas.cs" 'partial int cublas[A-Za-z_0-9]+'
+check_exports "$out/libcudnn.so.9" "$native/Cudnn.cs" 'partial (int|nint|nuint|void) cudnn[A-Za-z_0-9]+'
 check_exports "$out/libnccl.so.2" "$repo/Ddpm.Backends.Cuda/Nccl/NcclNative.cs" 'partial (int|nint) nccl[A-Za-z_0-9]+'
 
 "$out/cuda-sim-selftest" || die "the self-test failed (see the FAIL lines above)"

@@ -37,7 +37,7 @@ public static class UnetProfile
         }
         if (args.Length % 2 != 0) { Console.Error.WriteLine($"Option {args[^1]} needs a value"); return 2; }
         if (mode is not ("train" or "sample")) { Console.Error.WriteLine("--mode is train or sample"); return 2; }
-        var cfg = Ddpm.Tool.Presets.Get(preset).Model;
+        var cfg = Presets.Get(preset).Model;
         bool cpuClock = threads == 1;
         Func<double> clock = BenchClock.For(threads);
         var raw = new CpuBackend(new CpuBackendOptions { Threads = threads, WinogradTile = tile });

@@ -6,7 +6,7 @@
 #
 # With no publish dir it publishes this checkout to $PEERS_CACHE/ddpm. The peers are built outside the repository
 # (central package management does not apply to them) in $PEERS_CACHE (default ~/.cache/ddpm-peers); the ONNX
-# models are exported with Debian's PyTorch (apt-get install python3-torch python3-numpy; /usr/bin/python3).
+# models are the first build's own export of the presets (ddpm-tool export --format onnx, random weights, fixed batch).
 # One line per run: kind round program median_s peak_rss_kb (peak RSS from /usr/bin/time, the same for every program).
 # KINDS="small-sample64 ..." runs some of the figures only (also small-train8 and small-sample8, Ddpm alone: batch 8
 # against batch 64). PEERS=none runs the Ddpm builds alone (A/B of builds). DDPM_ENV="VAR=value ..." is set for the
@@ -21,9 +21,10 @@ if [ ${#builds[@]} -eq 0 ]; then
   dotnet publish "$repo/Ddpm.Tool" -c Release -o "$cache/ddpm" > /dev/null
   builds=("$cache/ddpm")
 fi
+exporter=$(cd "${builds[0]}" && pwd)/ddpm-tool.dll
 P=$cache/libtorch/bin/Release/net10.0/linux-x64/peer
 ORT=$cache/onnxruntime/artifacts/bin/OrtPeer/release_linux-x64/ortpeer
-MODELS=$cache/onnxruntime/models
+MODELS=$cache/onnxruntime/models-ddpm
 if [ "${PEERS:-}" != none ] && [ ! -x "$P" ]; then
   rm -rf "$cache/libtorch" && cp -r "$repo/tests/peers/libtorch" "$cache/libtorch"
   (cd "$cache/libtorch" && dotnet build -c Release > build.log)
@@ -31,8 +32,8 @@ fi
 if [ "${PEERS:-}" != none ] && { [ ! -x "$ORT" ] || [ ! -f "$MODELS/labml_b16.onnx" ]; }; then
   rm -rf "$cache/onnxruntime" && cp -r "$repo/tests/peers/onnxruntime" "$cache/onnxruntime"
   (cd "$cache/onnxruntime" && dotnet build -c Release --artifacts-path artifacts > build.log \
-    && OMP_NUM_THREADS=2 /usr/bin/python3 export_onnx.py --config small --batch 64 --out models \
-    && OMP_NUM_THREADS=2 /usr/bin/python3 export_onnx.py --config labml --batch 16 --out models)
+    && dotnet "$exporter" export --preset small --batch 64 --out "$MODELS/small_b64.onnx" \
+    && dotnet "$exporter" export --preset labml --batch 16 --out "$MODELS/labml_b16.onnx")
 fi
 SMALL="--image-size 32 --channels 1 --n-channels 32 --ch-mults 1,2,2 --attn 0,0,1"
 LABML="--image-size 32 --channels 3 --n-channels 64 --ch-mults 1,2,2,4 --attn 0,0,0,1"

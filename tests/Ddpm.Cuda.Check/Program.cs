@@ -32,7 +32,7 @@ public static class Program
         string reason;
         try
         {
-            be = CudaBackend.TryCreate(out reason, new BackendOptions { AllowTf32 = false });
+            be = CudaBackend.TryCreate(out reason, new BackendOptions { Precision = Precision.Fp32 });
         }
         catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
         {
@@ -72,7 +72,7 @@ public static class Program
             if (!args.Contains("--no-bench"))
             {
                 Bench(be, "TF32 off");
-                using var tf32 = new CudaBackend(new BackendOptions { AllowTf32 = true });
+                using var tf32 = new CudaBackend(new BackendOptions { Precision = Precision.Tf32 });
                 Bench(tf32, "TF32 on");
             }
             return failed == 0 ? 0 : 1;
@@ -174,7 +174,7 @@ public static class Program
 
     private sealed class GoldenOnCuda(ITestOutputHelper output) : GoldenTestsBase(output)
     {
-        protected override IBackend CreateBackend() => new CudaBackend(new BackendOptions { AllowTf32 = false });
+        protected override IBackend CreateBackend() => new CudaBackend(new BackendOptions { Precision = Precision.Fp32 });
     }
 
     private sealed class ConsoleOutput : ITestOutputHelper

@@ -90,7 +90,7 @@ device() {
   part nccl 20 "$bin/Ddpm.Cuda.Check" --nccl
   : > "$out/bench.log"
   bench() { for preset in small labml; do
-      "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json
+      "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json --precision fp32
       "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json --tf32
     done
     "$bin/Ddpm.Cuda.Check" --filter gemm-NN-b1 ; }

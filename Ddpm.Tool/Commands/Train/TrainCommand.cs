@@ -1,14 +1,13 @@
-using System.Diagnostics;
 using System.Globalization;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Imaging;
-using Ddpm.Diffusion.Model;
+using Ddpm.Diffusion.Quality;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;
 
-/// <summary><c>train</c>: options -> <see cref="TrainPlan"/> -> the training loop and its files.</summary>
+/// <summary><c>train</c>: options -> <see cref="TrainPlan"/> -> the library's <see cref="TrainingRun"/>, with the console as rank 0's observer.</summary>
 public static class TrainCommand
 {
     public static int Run(TrainOptions o, ToolConsole con)
@@ -26,54 +25,30 @@ public static class TrainCommand
         using var collective = job.Host;
         var dp = new DataParallel(collective, BucketMegabytes: o.BucketMb);
         if (dp.IsRoot && job.Warning is not null) con.Err.WriteLine($"ddpm-tool: warning: {job.Warning}");
-        if (dp.Size == 1)
-        {
-            var single = TrainPlan.Resolve(o);
-            using var folder = OutputFolder.Lock(single.OutFolder);
-            return RunRoot(o, single, folder, con, dp, job);
-        }
-
-        // Before any other collective the ranks agree on the plan (options, data, resume file, rank 0's output
+        bool hostMemory = ToolBackends.IsHostMemory(o.Backend);
+        // Before any other collective the ranks agree on the plan (options, data, resume file, rank 0's run
         // folder): a rank that cannot start must not leave the others waiting for it in a collective.
-        TrainPlan? plan = null;
-        OutputFolder? held = null;
-        Exception? error = null;
+        (TrainPlan Plan, RunFolder? Folder) start;
         try
         {
-            plan = TrainPlan.Resolve(o);
-            CheckForRanks(o, plan, dp.Size);
-            if (dp.IsRoot) held = OutputFolder.Lock(plan.OutFolder);
+            start = TrainingRun.Agree(dp, () =>
+            {
+                var plan = TrainPlan.Resolve(o, dp.Size, hostMemory);
+                return (plan, dp.IsRoot ? OpenFolder(o, plan) : null);
+            }, ExitCodes.Of);
         }
-        catch (Exception e)
-        {
-            // Whatever it is, the other ranks must hear of it before it ends this one.
-            error = e;
-        }
-        using var _ = held;
-        int[] codes = dp.GatherCodes(error switch
-        {
-            null => ExitCodes.Ok,
-            UsageError => ExitCodes.Usage,
-            UserError or IOException or UnauthorizedAccessException or InvalidDataException => ExitCodes.Failed,
-            _ => ExitCodes.Internal,
-        });
-        if (codes[0] != ExitCodes.Ok)
+        catch (RankStartException e) when (e.Rank != 0 || !dp.IsRoot)
         {
             // Rank 0 speaks for the job: an error every rank meets alike (a bad option) is printed once, by it.
-            if (dp.IsRoot) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(error!).Throw();
-            return codes[0];
+            if (e.InnerException is not null && e.Rank != 0) con.Err.WriteLine($"ddpm-tool: rank {dp.Rank} of {dp.Size}: {e.Message}");
+            return e.Code;
         }
-        int failed = Array.FindIndex(codes, c => c != ExitCodes.Ok);
-        if (failed > 0)
-        {
-            if (error is not null) con.Err.WriteLine($"ddpm-tool: rank {dp.Rank} of {dp.Size}: {error.Message}");
-            return codes[failed];
-        }
+        using var folder = start.Folder;
         try
         {
-            return dp.IsRoot ? RunRoot(o, plan!, held!, con, dp, job) : RunWorker(o, plan!, dp, job, con.Cancel);
+            return Train(o, start.Plan, folder, con, dp, job);
         }
-        catch (Exception e)
+        catch (Exception e) when (dp.Size > 1)
         {
             // Past the agreement an error is this rank's alone (the others are in, or on their way to, a
             // collective that waits for it): it names itself and ends the job.
@@ -83,112 +58,186 @@ public static class TrainCommand
         }
     }
 
-    /// <summary>What a data-parallel run needs of its plan, checked alike on every rank.</summary>
-    private static void CheckForRanks(TrainOptions o, TrainPlan plan, int ranks)
+    /// <summary>Rank 0's run folder: locked, and refused when it holds another run that this one neither resumes nor replaces.</summary>
+    private static RunFolder OpenFolder(TrainOptions o, TrainPlan plan)
     {
-        if (plan.Training.BatchSize % ranks != 0)
-            throw new UsageError($"--batch {plan.Training.BatchSize} (the global batch) does not divide over {ranks} ranks; use a multiple of {ranks}.");
-        if (o.SaveSpikes > 0)
-            throw new UsageError("--save-spikes records the steps of a single-process run; drop --distributed or --save-spikes.");
-    }
-
-    /// <summary>Rank 0 (or the only process): trains, writes the files and speaks for the job.</summary>
-    private static int RunRoot(TrainOptions o, TrainPlan plan, OutputFolder folder, ToolConsole con, DataParallel dp, CollectiveChoice job)
-    {
-        int stale = folder.RemoveStaleTemporaries();
-        using var be = ToolBackends.Create(o, job.LocalRank);
-        using var onDevice = job.ForBackend(be);
-        dp = dp with { Collective = onDevice };
-        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.InitKey));
-        var diffusion = new DenoiseDiffusion(unet, plan.Diffusion);
-        using var trainer = new Trainer(diffusion, new LoaderBatchSource(plan.Loader), plan.Training, dp);
-        if (plan.Resume is not null)
-        {
-            try { plan.Resume.RestoreInto(trainer); }
-            catch (InvalidDataException e) { throw new UserError(e.Message, e); }
-        }
-        trainer.RecordSteps = o.SaveSpikes > 0;
-        PrintHeader(plan, unet, be, trainer, con);
-        if (dp.Size > 1)
-            con.Out.WriteLine($"  data-parallel: {dp.Size} ranks over {CollectiveChoice.Describe(dp.Collective)}, {plan.Training.BatchSize / dp.Size} images per rank per step");
-        if (stale > 0) con.Out.WriteLine($"  removed {stale} temporary file(s) a stopped run left in {plan.OutFolder}");
-        var samples = new SampleGrids(o.Samples, o.SampleSteps, o.Scale ?? ImageGrid.AutoScale);
-
-        var log = new LossLog(Path.Combine(plan.OutFolder, "loss.csv"), plan.Resume?.Step);
-        var saved = new SavedState(plan, log, SameFile(plan.Resume?.Path, plan.CheckpointPath) ? plan.Resume!.Step : null);
-        var progress = new ProgressLine(con, trainer.StepCount, o.LogEvery);
-        var loss = new SmoothedLoss();
-        var spikes = new SpikeRecorder(o.SaveSpikes, Path.Combine(plan.OutFolder, "spikes"));
-        bool interrupted = false;
-        string? diverged = null;
+        if (string.IsNullOrWhiteSpace(o.Out)) throw new UsageError("--out is empty; give a folder.");
         try
         {
-            while (trainer.StepCount < plan.TotalSteps)
-            {
-                if (dp.AnyRank(con.Cancel.IsCancellationRequested)) { interrupted = true; break; }
-                var s = trainer.Step();
-                if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
-                log.Add(s);
-                loss.Add(s.Loss);
-                spikes.Check(trainer, s, progress);
-                progress.Report(s.Step, plan.TotalSteps, string.Create(CultureInfo.InvariantCulture,
-                    $"loss {loss.Value:F4}  {progress.Rate(s.Step) * plan.Training.BatchSize,6:F1} img/s  lr {s.LearningRate:G3}  |g| {s.GradNorm:F2}"));
-                if (o.CheckpointEvery > 0 && s.Step % o.CheckpointEvery == 0 && s.Step < plan.TotalSteps)
-                {
-                    diverged = saved.Save(trainer);
-                    if (diverged is not null) break;
-                }
-                if (o.SampleEvery > 0 && s.Step % o.SampleEvery == 0 && s.Step < plan.TotalSteps)
-                    samples.Write(trainer, Path.Combine(plan.OutFolder, $"samples-{s.Step:D7}.png"), con);
-            }
+            return RunFolder.Open(o.Out, resuming: plan.Run.Resume is not null, overwrite: o.Overwrite);
         }
-        catch
+        catch (RunFolderInUseException e)
         {
-            // Keep what was trained when something else fails (a sample grid, an I/O error), unless it diverged.
-            progress.Finish();
-            try { saved.Save(trainer); }
-            catch (Exception e) when (e is UserError or IOException or UnauthorizedAccessException) { }
-            throw;
+            throw new UserError($"--out {e.Message}; give another --out or wait for it to end.", e);
         }
-        progress.Finish();
-        // A run that diverged keeps the last checkpoint written before it; its state is not saved.
-        if (diverged is null) diverged = saved.Save(trainer);
-        if (diverged is not null)
+        catch (RunFolderOccupiedException e)
         {
-            // The rows up to the divergence stay for inspection; a resume cuts the log back to its checkpoint.
-            log.Flush(durable: false);
-            throw new UserError($"{diverged}; lower --lr or keep --grad-clip on. {saved.Describe()}");
+            throw new UserError($"--out {e.Message}; continue it with --resume, give another --out, or replace it with --overwrite.", e);
         }
-        if (interrupted)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
         {
-            con.Out.WriteLine($"interrupted at step {trainer.StepCount:N0}; checkpoint saved to {plan.CheckpointPath}. Resume with --resume {plan.CheckpointPath}.");
-            return 130;
+            throw new UserError($"--out {o.Out}: cannot use the folder ({e.Message})", e);
         }
-        log.Plot(Path.Combine(plan.OutFolder, "loss.png"));
-        samples.Write(trainer, Path.Combine(plan.OutFolder, "samples.png"), con);
-        using (trainer.UseEmaWeights())
-            Checkpoint.SaveWeights(Path.Combine(plan.OutFolder, "model.safetensors"), unet, plan.Model);
-        con.Out.WriteLine($"done: {trainer.StepCount:N0} steps in {Duration.Format(progress.Elapsed)}; final loss (smoothed) {loss.Value:F4}.");
-        con.Out.WriteLine($"  {Path.Combine(plan.OutFolder, "samples.png")}, loss.png, loss.csv, checkpoint.safetensors, model.safetensors ({(trainer.HasEma ? "EMA " : "")}weights)");
-        return 0;
     }
 
-    /// <summary>A rank other than 0: the same steps and collectives as rank 0, and no files.</summary>
-    private static int RunWorker(TrainOptions o, TrainPlan plan, DataParallel dp, CollectiveChoice job, CancellationToken cancel)
+    /// <summary>Every rank: builds the run on its backend and trains; rank 0 reports.</summary>
+    private static int Train(TrainOptions o, TrainPlan plan, RunFolder? folder, ToolConsole con, DataParallel dp, CollectiveChoice job)
     {
         using var be = ToolBackends.Create(o, job.LocalRank);
         using var onDevice = job.ForBackend(be);
         dp = dp with { Collective = onDevice };
-        using var unet = new UNet(be, plan.Model, new PhiloxGenerator(plan.Training.InitKey));
-        using var trainer = new Trainer(new DenoiseDiffusion(unet, plan.Diffusion), new LoaderBatchSource(plan.Loader), plan.Training, dp);
-        plan.Resume?.RestoreInto(trainer);
-        while (trainer.StepCount < plan.TotalSteps)
+        var console = new ConsoleObserver(o, plan, con, be, dp);
+        using var probe = dp.IsRoot && plan.Run.Run.EvalEvery > 0 && plan.Run.Run.EvalEvery <= plan.Run.TotalSteps ? QualityProbes.Create(plan, be) : null;
+        TrainingRun run;
+        try
         {
-            if (dp.AnyRank(cancel.IsCancellationRequested)) return ExitCodes.Interrupted;
-            // The loss is the global mean, so rank 0 sees the same divergence and reports it.
-            if (!float.IsFinite(trainer.Step().Loss)) return ExitCodes.Failed;
+            run = new TrainingRun(plan.Run, be, dp, folder, [console]) { SampleScale = o.Scale ?? ImageGrid.AutoScale, Quality = probe?.Probe };
         }
-        return ExitCodes.Ok;
+        catch (InvalidDataException e) { throw new UserError(e.Message, e); }
+        using var _ = run;
+        run.Trainer.RecordSteps = o.SaveSpikes > 0;
+        RunOutcome outcome;
+        try
+        {
+            // A step with its grid and checkpoint is what a stop request may have to wait for (every rank says so).
+            outcome = run.Run(con.Cancel, con.Signals is { } signals ? new RunPacing(signals.StepTook, signals.StoppingCleanly) : null);
+        }
+        catch (TrainingDivergedException e) { throw new UserError(e.Message, e); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UserError($"could not write in {o.Out}: {e.Message} (the previous checkpoint, if any, is intact).", e);
+        }
+        if (outcome.Status == RunStatus.Finished && o.Bundle is not null && dp.IsRoot) WriteBundle(o.Bundle, run, plan, con);
+        return outcome.Status switch
+        {
+            RunStatus.Finished => ExitCodes.Ok,
+            RunStatus.Interrupted => ExitCodes.Interrupted,
+            _ => ExitCodes.Failed,
+        };
+    }
+
+    /// <summary>
+    /// --bundle: the final EMA weights in fp16 with the model and diffusion configs, what they are, and the run's last
+    /// FID (when it measured one), as the tool's bundled model is made.
+    /// </summary>
+    private static void WriteBundle(string path, TrainingRun run, TrainPlan plan, ToolConsole con)
+    {
+        var p = plan.Run;
+        var meta = new Dictionary<string, string>
+        {
+            ["description"] = string.Create(CultureInfo.InvariantCulture,
+                $"{(p.Model.IsConditional ? "class-conditional " : "")}{run.Model.ParameterCount():N0}-parameter UNet (preset {p.Run.Preset}), EMA weights after {run.Trainer.StepCount:N0} steps on {Path.GetFileName(plan.DataPath)}, fp16"),
+        };
+        if (run.Metrics is { Fids.Count: > 0 } m)
+        {
+            var (step, fid) = m.Fids[^1];
+            meta["fid"] = fid.ToString("F2", CultureInfo.InvariantCulture);
+            meta["fid_measure"] = string.Create(CultureInfo.InvariantCulture,
+                $"step {step}: {p.Run.EvalSamples} samples, DPM-Solver++ 20 steps, class-balanced at guidance 1, against the bundled test set on the bundled classifier's features");
+        }
+        try
+        {
+            using (run.Trainer.UseEmaWeights())
+                Checkpoint.SaveWeights(path, run.Model, p.Model, p.Diffusion, half: true, extra: meta);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NonFiniteStateException)
+        {
+            throw new UserError($"--bundle {path}: {e.Message}", e);
+        }
+        con.Out.WriteLine($"  bundle: {path} ({new FileInfo(path).Length / 1e6:F1} MB, fp16)");
+    }
+
+    /// <summary>Rank 0's console and plots: the header, progress lines, spikes, grids written, the closing summary.</summary>
+    private sealed class ConsoleObserver(TrainOptions o, TrainPlan plan, ToolConsole con, IBackend be, DataParallel dp) : ITrainingObserver
+    {
+        private ProgressLine _progress = null!;
+        private SpikeRecorder _spikes = null!;
+
+        public void OnStart(TrainingRun run)
+        {
+            PrintHeader(run);
+            _progress = new ProgressLine(con, run.Trainer.StepCount, o.LogEvery);
+            _spikes = new SpikeRecorder(o.SaveSpikes, Path.Combine(plan.OutFolder, RunFolder.SpikesName));
+        }
+
+        public void OnStep(TrainingRun run, TrainStep s)
+        {
+            _spikes.Check(run.Trainer, s, _progress);
+            _progress.Report(s.Step, plan.Run.TotalSteps, string.Create(CultureInfo.InvariantCulture,
+                $"loss {run.SmoothedLoss:F4}  {_progress.Rate(s.Step) * plan.Training.BatchSize,6:F1} img/s  lr {s.LearningRate:G3}  |g| {s.GradNorm:F2}"));
+        }
+
+        public void OnSamples(TrainingRun run, SampleGrid grid)
+        {
+            if (!con.Interactive) con.Out.WriteLine($"  wrote {grid.Path} ({grid.SamplerSteps} DDIM steps, {grid.Took.TotalSeconds:F1}s)");
+        }
+
+        public void OnEval(TrainingRun run, QualityResult r, bool best) =>
+            _progress.Note(string.Create(CultureInfo.InvariantCulture,
+                $"  step {r.Step:N0}: FID {r.Fid:F2}, IS {r.InceptionScore:F2}{(r.ClassAccuracy is { } a ? $", class accuracy {a * 100:F1} %" : "")} ({r.Samples} samples, {r.Seconds:F0}s){(best ? $"; best so far: {RunFolder.BestName}" : "")}"));
+
+        public void OnFinished(TrainingRun run, RunOutcome outcome)
+        {
+            _progress.Finish();
+            if (outcome.Status == RunStatus.Interrupted)
+            {
+                con.Out.WriteLine(outcome.Checkpoint is { } path
+                    ? $"interrupted at step {outcome.Step:N0}; checkpoint saved to {path}. Resume with: ddpm-tool train --resume --out {plan.OutFolder}"
+                    : $"interrupted at step {outcome.Step:N0}; no step was trained.");
+                return;
+            }
+            if (outcome.Status != RunStatus.Finished) return;
+            LossPlot.Save(Path.Combine(plan.OutFolder, "loss.png"), run.Log!.Points);
+            if (run.Metrics is { Fids.Count: > 0 } m) FidPlot.Save(Path.Combine(plan.OutFolder, "fid.png"), m.Fids);
+            con.Out.WriteLine($"done: {outcome.Step:N0} steps in {Duration.Format(outcome.Elapsed.TotalSeconds)}; final loss (smoothed) {outcome.SmoothedLoss:F4}.");
+            con.Out.WriteLine($"  {plan.OutFolder}: {RunFolder.SamplesName}, loss.png, {RunFolder.LossName}, {RunFolder.ConfigName}, {(outcome.Checkpoint is { } c ? Path.GetFileName(c) : "")}, {RunFolder.ModelName} ({(run.Trainer.HasEma ? "EMA " : "")}weights)");
+        }
+
+        private void PrintHeader(TrainingRun run)
+        {
+            var p = plan.Run;
+            var (t, d, data, loader) = (p.Training, p.Diffusion, p.Data, p.Loader);
+            con.Out.WriteLine($"ddpm-tool train: {p.Model}");
+            con.Out.WriteLine($"  {run.Model.ParameterCount():N0} parameters on {be.Description}");
+            con.Out.WriteLine($"  data {plan.DataPath}: {data.Count:N0} images {data.Channels}x{data.Height}x{data.Width}{(loader.Height != data.Height ? $" padded to {loader.Height}x{loader.Width}" : "")}, {loader.BatchesPerEpoch} batches of {t.BatchSize} per epoch{(p.Run.GradAccum > 1 ? $", each as {p.Run.GradAccum} micro-batches of {t.BatchSize / dp.Size / p.Run.GradAccum}" : "")}");
+            string lrText = t.LrSchedule == LrSchedule.Cosine
+                ? $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, cosine to {t.LearningRate * t.LrFinal:G3})"
+                : $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, then constant)";
+            con.Out.WriteLine($"  {p.TotalSteps:N0} steps{(p.Resume is not null ? $" (resuming at {run.Trainer.StepCount:N0})" : "")}, {lrText}, EMA {t.EmaDecay:G4}, T {d.NSteps}, {d.Prediction.ToString().ToLowerInvariant()} prediction{(d.LossWeighting == LossWeighting.MinSnr ? $", Min-SNR-{d.MinSnrGamma:G4} loss weighting" : "")}, output {plan.OutFolder}");
+            if (p.Model.IsConditional)
+                con.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  class-conditional ({p.Model.NumClasses} classes, label drop {t.ClassDropout * 100:0.#} %); sample grids: one row per class, guidance {ClassCondition.DefaultGuidance:0.#}"));
+            if (dp.Size > 1)
+                con.Out.WriteLine($"  data-parallel: {dp.Size} ranks over {CollectiveChoice.Describe(dp.Collective)}, {t.BatchSize / dp.Size} images per rank per step");
+            foreach (var note in p.Notes) con.Out.WriteLine("  " + note);
+            if (run.StaleTemporaries > 0) con.Out.WriteLine($"  removed {run.StaleTemporaries} temporary file(s) a stopped run left in {plan.OutFolder}");
+        }
+    }
+
+    /// <summary>The bundled classifier and test images as a run's <see cref="QualityProbe"/> (the classifier disposed with it).</summary>
+    private sealed class QualityProbes(FeatureClassifier classifier, QualityProbe probe) : IDisposable
+    {
+        public QualityProbe Probe => probe;
+
+        public static QualityProbes? Create(TrainPlan plan, IBackend be)
+        {
+            string path = BundledFiles.Model(BundledFiles.Classifier);
+            var (classifier, _) = ModelLoading.Open(path, p => FeatureClassifier.Load(p, be), "classifier weights file");
+            try
+            {
+                var mc = plan.Model;
+                SampleQuality.CheckFits(classifier.Config, mc.ImageChannels, mc.ImageSize, mc.ImageSize, "the model");
+                var real = Datasets.Open(BundledFiles.Data(BundledFiles.TestImages), mc.ImageSize, mc.ImageChannels);
+                return new QualityProbes(classifier, new QualityProbe(classifier, real, real.Count, plan.Run.Run.EvalSamples, plan.Training.Seed + 2000));
+            }
+            catch (ArgumentException e)
+            {
+                classifier.Dispose();
+                throw new UsageError($"--eval-every: {e.Message}");
+            }
+        }
+
+        public void Dispose() => classifier.Dispose();
     }
 
     /// <summary>
@@ -224,98 +273,6 @@ public static class TrainCommand
             _saved++;
             var top = string.Join(", ", record.LargestGradients().Take(3).Select(g => string.Create(CultureInfo.InvariantCulture, $"{g.Name} {g.Share * 100:F0} %")));
             progress.Note(string.Create(CultureInfo.InvariantCulture, $"step {s.Step}: gradient norm {s.GradNorm:G4} > {threshold:G4}, saved {path}; largest: {top}"));
-        }
-    }
-
-    private static bool SameFile(string? a, string b) =>
-        a is not null && string.Equals(Path.GetFullPath(a), Path.GetFullPath(b), OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
-
-    private static void PrintHeader(TrainPlan plan, UNet unet, IBackend be, Trainer trainer, ToolConsole con)
-    {
-        var (t, d, data, loader) = (plan.Training, plan.Diffusion, plan.Data, plan.Loader);
-        con.Out.WriteLine($"ddpm-tool train: {plan.Model}");
-        con.Out.WriteLine($"  {unet.ParameterCount():N0} parameters on {be.Description}");
-        con.Out.WriteLine($"  data {plan.DataPath}: {data.Count:N0} images {data.Channels}x{data.Height}x{data.Width}{(loader.Height != data.Height ? $" padded to {loader.Height}x{loader.Width}" : "")}, {loader.BatchesPerEpoch} batches of {t.BatchSize} per epoch");
-        string lrText = t.LrSchedule == LrSchedule.Cosine
-            ? $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, cosine to {t.LearningRate * t.LrFinal:G3})"
-            : $"lr {t.LearningRate:G3} (warm-up {t.WarmupSteps}, then constant)";
-        con.Out.WriteLine($"  {plan.TotalSteps:N0} steps{(plan.Resume is not null ? $" (resuming at {trainer.StepCount:N0})" : "")}, {lrText}, EMA {t.EmaDecay:G4}, T {d.NSteps}, {d.Prediction.ToString().ToLowerInvariant()} prediction{(d.LossWeighting == LossWeighting.MinSnr ? $", Min-SNR-{d.MinSnrGamma:G4} loss weighting" : "")}, output {plan.OutFolder}");
-        if (plan.Model.IsConditional)
-            con.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"  class-conditional ({plan.Model.NumClasses} classes, label drop {t.ClassDropout * 100:0.#} %); sample grids: one row per class, guidance {ClassCondition.DefaultGuidance:0.#}"));
-        foreach (var note in plan.Notes) con.Out.WriteLine("  " + note);
-    }
-
-    /// <summary>
-    /// The run's checkpoint writes: the loss log is made durable up to the step first, so the log on disk always
-    /// covers the checkpoint on disk; a state that is not finite is never written, so the last good checkpoint stays.
-    /// </summary>
-    private sealed class SavedState(TrainPlan plan, LossLog log, long? resumedStep)
-    {
-        /// <summary>The step of the checkpoint at <see cref="TrainPlan.CheckpointPath"/> written by this run (or resumed from it).</summary>
-        public long? Step { get; private set; } = resumedStep;
-
-        /// <summary>Writes the checkpoint unless it is already current; returns why it was refused (diverged), or null.</summary>
-        public string? Save(Trainer trainer)
-        {
-            if (trainer.StepCount == 0 || trainer.StepCount == Step) return null;
-            try
-            {
-                log.Flush(durable: true);
-                Checkpoint.Save(plan.CheckpointPath, trainer);
-                Step = trainer.StepCount;
-                return null;
-            }
-            catch (NonFiniteStateException e)
-            {
-                return $"training diverged by step {trainer.StepCount} ('{e.Tensor}' is not finite)";
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                throw new UserError($"could not write the checkpoint {plan.CheckpointPath}: {e.Message} (the previous checkpoint, if any, is intact).", e);
-            }
-        }
-
-        public string Describe() => Step is { } step
-            ? $"The last good checkpoint is step {step} ({plan.CheckpointPath}); resume from it with --resume {plan.CheckpointPath}."
-            : plan.Resume is { } resumed
-                ? $"No checkpoint of this run was written before it diverged; the one it resumed from (step {resumed.Step}, {resumed.Path}) is unchanged."
-                : "No checkpoint of this run was written before it diverged (--checkpoint-every N writes one every N steps).";
-    }
-
-    /// <summary>
-    /// The sample grids a run writes: DDIM from the EMA weights, the same noise every time. A conditional model's
-    /// grid has one row per class, ceil(Count / classes) images each, guided with the default weight.
-    /// </summary>
-    private sealed record SampleGrids(int Count, int Steps, int Scale)
-    {
-        public void Write(Trainer trainer, string path, ToolConsole con)
-        {
-            var sw = Stopwatch.StartNew();
-            var mc = trainer.Model.Config;
-            using var ema = trainer.UseEmaWeights();
-            trainer.Model.Eval();
-            using var scope = new TensorScope();
-            int perClass = mc.IsConditional ? (Count + mc.NumClasses - 1) / mc.NumClasses : 0;
-            var condition = mc.IsConditional ? ClassCondition.Rows(mc.NumClasses, perClass, ClassCondition.DefaultGuidance) : null;
-            int n = condition?.Labels.Length ?? Count;
-            var x = new Sampler(trainer.Diffusion, condition).Sample(n, SamplerKind.Ddim, Math.Min(Steps, trainer.Diffusion.Steps), 0f, trainer.Config.Seed + 1000);
-            ImageGrid.SavePng(path, x.ToArray(), n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
-                mc.IsConditional ? perClass : ImageGrid.SquareRow(n), trainer.Diffusion.Config.DataRange, scale: Scale);
-            trainer.Model.Train();
-            if (!con.Interactive) con.Out.WriteLine($"  wrote {path} ({Steps} DDIM steps, {sw.Elapsed.TotalSeconds:F1}s)");
-        }
-    }
-
-    /// <summary>Bias-corrected moving average of the loss (as Adam corrects its moments), so early values are not dragged toward 0.</summary>
-    private sealed class SmoothedLoss
-    {
-        private double _ema, _weight;
-        public double Value => _weight > 0 ? _ema / _weight : double.NaN;
-        public void Add(double loss)
-        {
-            _ema = 0.95 * _ema + 0.05 * loss;
-            _weight = 0.95 * _weight + 0.05;
         }
     }
 }

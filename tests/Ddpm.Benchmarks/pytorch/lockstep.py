@@ -23,7 +23,7 @@ from train_recipe import alpha_bar  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('run', help='the output folder of a ddpm-tool run with --save-spikes (spikes/ and checkpoint.safetensors)')
+    ap.add_argument('run', help='the run folder of a ddpm-tool run with --save-spikes (spikes/ and its checkpoint-NNNNNNN.safetensors)')
     ap.add_argument('--threads', type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -33,7 +33,10 @@ def main():
     steps = [int(os.path.basename(r)[5:12]) for r in records]
     if steps != list(range(1, len(steps) + 1)):
         raise SystemExit(f'{a.run}: the recorded steps are {steps[:5]}...; lockstep needs every step from step 1 (Adam starts from zero moments)')
-    cmeta, ckpt = read_safetensors(os.path.join(a.run, 'checkpoint.safetensors'))
+    checkpoints = sorted(glob.glob(os.path.join(a.run, 'checkpoint-*.safetensors')))
+    if not checkpoints:
+        raise SystemExit(f'{a.run}: no checkpoint-NNNNNNN.safetensors')
+    cmeta, ckpt = read_safetensors(checkpoints[-1])
     tc = json.loads(cmeta['training'])
     meta, ts = read_safetensors(records[0])
     mc, dc = json.loads(meta['model']), json.loads(meta['diffusion'])

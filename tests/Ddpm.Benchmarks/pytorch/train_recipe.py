@@ -7,7 +7,7 @@ padding to the model's size, data range -- and writes the EMA weights under labm
 diffusion configs in the header, so that `ddpm-tool eval --checkpoint OUT` scores them like a Ddpm run.
 
 Run with Debian's PyTorch (apt-get install -y python3-torch python3-numpy):
-  OMP_NUM_THREADS=2 /usr/bin/python3 train_recipe.py --like runs/base/checkpoint.safetensors \
+  OMP_NUM_THREADS=2 /usr/bin/python3 train_recipe.py --like runs/base/checkpoint-0002000.safetensors \
       --data data/fashion-mnist/train-images-idx3-ubyte.gz --seed 1 --out torch-seed1.safetensors
   ddpm-tool eval --checkpoint torch-seed1.safetensors --n 1000
 """

@@ -42,7 +42,8 @@ public sealed class CudaBackendTests
     {
         Assert.Contains(Be.Device.Name, Be.Description);
         Assert.Contains("cuBLAS", Be.Description);
-        Assert.Contains("TF32 off", Be.Description);
+        Assert.Contains("precision fp32", Be.Description);
+        Assert.Contains("kernel cache", Be.Description);
     }
 
     [CudaFact]

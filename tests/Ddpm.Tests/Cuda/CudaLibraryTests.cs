@@ -35,6 +35,27 @@ public sealed class CudaLibraryTests
         Assert.Equal(["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"], CudaLibraries.FileNames(CudaLibrary.Cublas));
         Assert.Equal(["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"], CudaLibraries.FileNames(CudaLibrary.Nvrtc));
         Assert.Equal("libcuda.so.1", CudaLibraries.FileNames(CudaLibrary.Driver)[0]);
+        Assert.Equal(["libcudnn.so.9"], CudaLibraries.FileNames(CudaLibrary.Cudnn));
+    }
+
+    [Fact]
+    public void CudnnIsLookedForInTheWheelsLikeCublas()
+    {
+        // nvidia-cudnn-cu13 and -cu12 put libcudnn.so.9 in nvidia/cudnn/lib, which the nvidia/*/lib pattern covers.
+        var env = new Dictionary<string, string?> { ["DDPM_CUDA_LIB_DIR"] = "/sim", ["VIRTUAL_ENV"] = "/venv" };
+        var patterns = new List<string>();
+        var dirs = CudaLibraries.SearchDirectories(CudaLibrary.Cudnn, k => env.GetValueOrDefault(k), [], p =>
+        {
+            patterns.Add(p);
+            return p.StartsWith("/venv", StringComparison.Ordinal) ? ["/venv/lib/python3.12/site-packages/nvidia/cudnn/lib"] : [];
+        });
+        Assert.Equal("/sim", dirs[0]);
+        Assert.Contains("/usr/local/cuda/lib64", dirs);
+        Assert.Contains("/venv/lib/python3.12/site-packages/nvidia/cudnn/lib", dirs);
+        Assert.Contains("/opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib", patterns);
+        // cuDNN's soname carries its own major: any CUDA driver may try it (the library itself checks the runtime).
+        Assert.Null(CudaLibraries.MajorOf("libcudnn.so.9"));
+        Assert.Equal(["libcudnn.so.9"], CudaLibraries.CandidateFileNames(CudaLibrary.Cudnn, 12));
     }
 
     [Fact]

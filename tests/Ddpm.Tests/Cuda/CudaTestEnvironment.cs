@@ -86,3 +86,23 @@ public sealed class CudaTheoryAttribute : TheoryAttribute
         if (!CudaTestEnvironment.Available) Skip = CudaTestEnvironment.SkipReason;
     }
 }
+
+/// <summary>A theory that needs CUDA with cuDNN; skipped with the reason (what runs the convolutions instead) otherwise.</summary>
+public sealed class CudnnTheoryAttribute : TheoryAttribute
+{
+    public CudnnTheoryAttribute()
+    {
+        if (!CudaTestEnvironment.Available) Skip = CudaTestEnvironment.SkipReason;
+        else if (!CudaTestEnvironment.Backend.UsesCudnn) Skip = $"cuDNN is not used here: {CudaTestEnvironment.Backend.ConvolutionPath}";
+    }
+}
+
+/// <summary>A test that needs CUDA with cuDNN; skipped with the reason otherwise.</summary>
+public sealed class CudnnFactAttribute : FactAttribute
+{
+    public CudnnFactAttribute()
+    {
+        if (!CudaTestEnvironment.Available) Skip = CudaTestEnvironment.SkipReason;
+        else if (!CudaTestEnvironment.Backend.UsesCudnn) Skip = $"cuDNN is not used here: {CudaTestEnvironment.Backend.ConvolutionPath}";
+    }
+}

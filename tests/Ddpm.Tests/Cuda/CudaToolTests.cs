@@ -29,11 +29,11 @@ public sealed class CudaToolTests
         var (code, output, err) = Run(Train(dir.Path, 2));
         Assert.True(code == 0, err + output);
         Assert.Contains("cuda", output);
-        var ckpt = Checkpoint.Load(dir.File("checkpoint.safetensors"));
+        var ckpt = Checkpoint.Load(RunFolder.Latest(dir.Path)!);
         Assert.Equal(2, ckpt.Step);
         Assert.All(LossRows(dir.Path), row => Assert.True(float.IsFinite(float.Parse(row.Split(',')[1], System.Globalization.CultureInfo.InvariantCulture)), row));
 
-        (code, output, err) = Run("sample", "--backend", "cuda", "--checkpoint", dir.File("checkpoint.safetensors"), "--n", "4",
+        (code, output, err) = Run("sample", "--backend", "cuda", "--checkpoint", dir.Path, "--n", "4",
             "--steps", "3", "--out", dir.File("s.png"));
         Assert.True(code == 0, err + output);
         var grid = ImageFile.Load(dir.File("s.png"), 1);
@@ -51,12 +51,27 @@ public sealed class CudaToolTests
         using var split = new TempDir();
         (code, output, err) = Run(Train(split.Path, 2, "--lr-schedule", "constant"));
         Assert.True(code == 0, err + output);
-        (code, output, err) = Run("train", "--backend", "cuda", "--resume", split.File("checkpoint.safetensors"), "--steps", "4",
+        (code, output, err) = Run("train", "--backend", "cuda", "--resume", split.Path, "--steps", "4",
             "--max-images", "32", "--samples", "4", "--sample-steps", "2", "--sample-every", "0", "--out", split.Path);
         Assert.True(code == 0, err + output);
         Assert.Equal(4, LossRows(split.Path).Length);
         // Same losses, bit for bit: the noise, timesteps and data order come from Philox positions in the checkpoint.
         Assert.Equal(LossRows(whole.Path).Select(r => r.Split(',')[1]), LossRows(split.Path).Select(r => r.Split(',')[1]));
+    }
+
+    [CudaFact]
+    public void BenchJsonCarriesTheDeviceWorkOfAStep()
+    {
+        var (code, output, err) = Run("bench", "--backend", "cuda", "--preset", "tiny", "--batch", "2", "--steps", "2", "--json");
+        Assert.True(code == 0, err + output);
+        Assert.Contains("device work per step (counted by the backend)", output);
+        using var json = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[^1]);
+        var work = json.RootElement.GetProperty("device_work_per_step");
+        Assert.True(work.GetProperty("kernel_launches").GetDouble() > 0);
+        Assert.True(work.GetProperty("blas_calls").GetDouble() > 0);
+        Assert.True(work.GetProperty("host_syncs").GetDouble() <= 1, work.ToString());
+        Assert.True(work.GetProperty("peak_device_bytes").GetInt64() > 0);
+        Assert.True(work.GetProperty("dnn_calls").GetDouble() > 0 == CudaTestEnvironment.Backend.UsesCudnn, work.ToString());
     }
 
     [CudaFact]

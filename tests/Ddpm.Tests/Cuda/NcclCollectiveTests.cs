@@ -95,6 +95,40 @@ public sealed class NcclCollectiveTests
     }
 
     [SimulatorFact]
+    public void TheFirstStartedAllReducesWaitUntilTheBackendHasDrainedOnce()
+    {
+        // Library kernels load lazily at their first launch; no NCCL kernel may spin beside such a load. So the
+        // reductions started before the first wait are held back until then, and the backend's stream is drained
+        // once (one host wait); from then on they start at once and a wait is an event, not a host wait.
+        var be = CudaTestEnvironment.Backend;
+        using var nccl = NcclCollective.Create(SingleProcess.Instance, be);
+        var host = Enumerable.Range(0, 30).Select(i => 0.5f * i - 4f).ToArray();
+        var buf = be.Allocate(host.Length);
+        try
+        {
+            be.Upload(host, buf, 0);
+            for (int round = 0; round < 2; round++)
+            {
+                be.Affine(buf, host.Length, 2f, 1f, buf);
+                var before = be.ReadCounters();
+                var a = nccl.StartAllReduce(buf, 0, 10, ReduceOp.Average);
+                var b = nccl.StartAllReduce(buf, 10, 20, ReduceOp.Sum);
+                if (round == 0) Assert.False(a.Test() || b.Test(), "a held-back reduction cannot be done before the first wait");
+                a.Wait();
+                b.Wait();
+                Assert.Equal(round == 0 ? 1 : 0, be.ReadCounters().HostSynchronizations - before.HostSynchronizations);
+            }
+            var back = new float[host.Length];
+            be.Download(buf, 0, back);
+            Assert.Equal(host.Select(x => 2f * (2f * x + 1f) + 1f), back);
+        }
+        finally
+        {
+            buf.Release();
+        }
+    }
+
+    [SimulatorFact]
     public void FailedCallsNameTheCallAndTheResult()
     {
         var be = CudaTestEnvironment.Backend;

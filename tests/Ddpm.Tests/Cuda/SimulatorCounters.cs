@@ -29,18 +29,48 @@ internal sealed unsafe class SimulatorCounters
             $"{BytesHtoD} B host-to-device, {BytesDtoH} B device-to-host, {BytesDtoD} B device-to-device";
     }
 
-    private readonly delegate* unmanaged<Snapshot*, void> _get;
+    /// <summary>The simulated cuDNN's counters (ddpmsim_cudnn_get_counters in its libcudnn.so.9).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal readonly struct CudnnSnapshot
+    {
+        /// <summary>Calls that queued work (convolution passes, bias add and gradient).</summary>
+        public readonly ulong Calls;
 
-    private SimulatorCounters(delegate* unmanaged<Snapshot*, void> get) => _get = get;
+        /// <summary>Heuristic algorithm queries (cudnnGet*Algorithm_v7).</summary>
+        public readonly ulong AlgorithmQueries;
+
+        public static CudnnSnapshot operator -(CudnnSnapshot a, CudnnSnapshot b) => new(a.Calls - b.Calls, a.AlgorithmQueries - b.AlgorithmQueries);
+
+        private CudnnSnapshot(ulong calls, ulong queries) => (Calls, AlgorithmQueries) = (calls, queries);
+    }
+
+    private readonly delegate* unmanaged<Snapshot*, void> _get;
+    private readonly delegate* unmanaged<CudnnSnapshot*, void> _getCudnn;
+
+    private SimulatorCounters(delegate* unmanaged<Snapshot*, void> get, delegate* unmanaged<CudnnSnapshot*, void> getCudnn)
+    {
+        _get = get;
+        _getCudnn = getCudnn;
+    }
 
     /// <summary>The counters of the loaded driver, or null when it is not the simulator.</summary>
     public static SimulatorCounters? Open()
     {
         string? path = CudaLibraries.LoadedPath(CudaLibrary.Driver);
         if (path is null || !NativeLibrary.TryLoad(path, out nint lib)) return null;
-        return NativeLibrary.TryGetExport(lib, "ddpmsim_get_counters", out nint get)
-            ? new SimulatorCounters((delegate* unmanaged<Snapshot*, void>)get)
-            : null;
+        if (!NativeLibrary.TryGetExport(lib, "ddpmsim_get_counters", out nint get)) return null;
+        nint getCudnn = 0;
+        string? cudnn = CudaLibraries.LoadedPath(CudaLibrary.Cudnn);
+        if (cudnn is not null && NativeLibrary.TryLoad(cudnn, out nint cudnnLib)) NativeLibrary.TryGetExport(cudnnLib, "ddpmsim_cudnn_get_counters", out getCudnn);
+        return new SimulatorCounters((delegate* unmanaged<Snapshot*, void>)get, (delegate* unmanaged<CudnnSnapshot*, void>)getCudnn);
+    }
+
+    /// <summary>The simulated cuDNN's counters, or zeros where cuDNN is not loaded (or is not the simulator's).</summary>
+    public CudnnSnapshot ReadCudnn()
+    {
+        CudnnSnapshot s = default;
+        if (_getCudnn != null) _getCudnn(&s);
+        return s;
     }
 
     public Snapshot Read()

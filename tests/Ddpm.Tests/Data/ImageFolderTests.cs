@@ -33,6 +33,47 @@ public class ImageFolderTests
     }
 
     [Fact]
+    public void ATopDownBmpIsReadUpright()
+    {
+        using var dir = new TempDir();
+        // A 24-bit BMP as written (rows bottom-up), and the same image stored top-down: height negated, rows reversed.
+        var hwc = Fill(5, 3, 3, (x, y, k) => (byte)(40 * y + 10 * x + k));
+        Save(dir.File("up.bmp"), hwc, 5, 3, 3);
+        var bmp = File.ReadAllBytes(dir.File("up.bmp"));
+        var down = (byte[])bmp.Clone();
+        int offset = BitConverter.ToInt32(bmp, 10), stride = (5 * 3 + 3) & ~3;
+        for (int y = 0; y < 3; y++) bmp.AsSpan(offset + y * stride, stride).CopyTo(down.AsSpan(offset + (2 - y) * stride));
+        BitConverter.TryWriteBytes(down.AsSpan(22), -3);
+        File.WriteAllBytes(dir.File("down.bmp"), down);
+        var a = ImageFile.Load(dir.File("up.bmp"), 3);
+        var b = ImageFile.Load(dir.File("down.bmp"), 3);
+        Assert.Equal((5, 3), (b.Width, b.Height));
+        Assert.Equal(hwc, a.Pixels);
+        Assert.Equal(hwc, b.Pixels);
+    }
+
+    [Fact]
+    public async Task LinksBackUpTheTreeAreNotWalkedAgain()
+    {
+        using var dir = new TempDir();
+        // Two class folders, each with a link to the root: a walk that follows them lists the images again at every
+        // level, twice as many each time, and does not end in any useful time.
+        Save(dir.File(Path.Combine("a", "x.png")), Fill(4, 4, 1, (x, y, k) => 10), 4, 4, 1);
+        Save(dir.File(Path.Combine("b", "y.png")), Fill(4, 4, 1, (x, y, k) => 200), 4, 4, 1);
+        Directory.CreateSymbolicLink(dir.File(Path.Combine("a", "up")), dir.Path);
+        Directory.CreateSymbolicLink(dir.File(Path.Combine("b", "up")), dir.Path);
+        // A link to a folder elsewhere is followed: a class may live on another disk.
+        using var elsewhere = new TempDir();
+        Save(elsewhere.File("z.png"), Fill(4, 4, 1, (x, y, k) => 90), 4, 4, 1);
+        Directory.CreateSymbolicLink(dir.File("c"), elsewhere.Path);
+        // A walk that does not end fails here with a TimeoutException.
+        var d = await Task.Run(() => ImageFolderDataset.Load(dir.Path, 4, 4, 1)).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal([Path.Combine("a", "x.png"), Path.Combine("b", "y.png"), Path.Combine("c", "z.png")],
+            d.Files.Select(f => Path.GetRelativePath(dir.Path, f)));
+        Assert.Equal(["a", "b", "c"], d.ByFolder()!.ClassNames!);
+    }
+
+    [Fact]
     public void WideImageIsCenterCroppedToASquare()
     {
         using var dir = new TempDir();

@@ -100,7 +100,7 @@ public sealed class StepRecordTests(ITestOutputHelper output)
 
     public static TheoryData<string, string> Hostile => new()
     {
-        { "format", "format" },
+        { "format", "ddpm_format" },
         { "t out of range", "'t'" },
         { "x0 shape", "'x0'" },
         { "grad shape", "'grad.final.weight'" },
@@ -125,7 +125,7 @@ public sealed class StepRecordTests(ITestOutputHelper output)
         void Replace(string name, SafeTensorEntry e) => entries[entries.FindIndex(x => x.Name == name)] = e;
         switch (change)
         {
-            case "format": meta["format"] = "ddpm-checkpoint/1"; break;
+            case "format": meta["ddpm_format"] = "ddpm-checkpoint/1"; break;
             case "t out of range": Replace("t", SafeTensorEntry.I64("t", [4], [0, 1, 50, 2])); break;
             case "x0 shape": Replace("x0", SafeTensorEntry.F32("x0", [4, 1, 16, 15], new float[4 * 16 * 15])); break;
             case "grad shape": Replace("grad.final.weight", SafeTensorEntry.F32("grad.final.weight", [1], [0f])); break;

@@ -55,13 +55,13 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
         new() { BatchSize = batch, LearningRate = 2e-3f, WarmupSteps = 2, EmaDecay = 0.9f, GradClip = 0.5f, Seed = 5, AdamEps = 1e-5f };
 
     private static (float[] Losses, double[] Norms, float[] Weights, float[] Ema, int[] BucketsStartedEarly) Train(ICollective coll, int batch, int steps,
-        double bucketMb = 0)
+        double bucketMb = 0, int microBatches = 1)
     {
         var cfg = GoldenTestsBase.TinyConfig;
         using var be = new CpuBackend(1);
         using var model = new UNet(be, cfg, new PhiloxGenerator(1));
         using var trainer = new Trainer(new DenoiseDiffusion(model, new DiffusionConfig()), new SyntheticBatches(1, cfg.ImageSize, 2),
-            Config(batch), new DataParallel(coll, ChecksumEvery: 2, BucketMegabytes: bucketMb));
+            Config(batch), new DataParallel(coll, ChecksumEvery: 2, BucketMegabytes: bucketMb)) { MicroBatches = microBatches };
         var losses = new float[steps];
         var norms = new double[steps];
         var early = new int[steps];
@@ -88,13 +88,18 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     private const double LossTolerance = 1e-6, NormTolerance = 2e-6, WeightTolerance = 2e-6;
 
     [Theory]
-    [InlineData(2)]
-    [InlineData(4)]
-    public void NRanksWithShardsOfTheBatchTrainWhatOneRankWithTheWholeBatchTrains(int ranks)
+    [InlineData(2, 1)]
+    [InlineData(4, 1)]
+    [InlineData(1, 2)]
+    [InlineData(1, 4)]
+    [InlineData(2, 2)]
+    public void NRanksWithShardsOfTheBatchTrainWhatOneRankWithTheWholeBatchTrains(int ranks, int microBatches)
     {
+        // Micro-batches (gradient accumulation) split each rank's shard further: the same draws at the same
+        // global positions, the gradients summed in another order.
         const int batch = 4, steps = 5;
         var one = Train(SingleProcess.Instance, batch, steps);
-        var many = new InProcessRanks(ranks).Run(c => Train(c, batch, steps));
+        var many = new InProcessRanks(ranks).Run(c => Train(c, batch, steps, microBatches: microBatches));
         for (int r = 1; r < ranks; r++)
         {
             // The ranks hold one model: bit for bit the same weights, losses and EMA on every rank.
@@ -124,13 +129,16 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(2, 0.05)]
-    [InlineData(3, 0.3)]
-    public void GradientsAveragedInBucketsDuringTheBackwardPassTrainBitForBitWhatOneAllReduceTrains(int ranks, double bucketMb)
+    [InlineData(2, 0.05, 1)]
+    [InlineData(3, 0.3, 1)]
+    [InlineData(2, 0.05, 3)]
+    public void GradientsAveragedInBucketsDuringTheBackwardPassTrainBitForBitWhatOneAllReduceTrains(int ranks, double bucketMb, int microBatches)
     {
-        const int batch = 6, steps = 3;
-        var whole = new InProcessRanks(ranks).Run(c => Train(c, batch, steps));
-        var bucketed = new InProcessRanks(ranks).Run(c => Train(c, batch, steps, bucketMb));
+        // With micro-batches the buckets go out during the last micro-batch's backward pass, when the
+        // accumulated gradients are final.
+        int batch = 6 * (microBatches == 1 ? 1 : microBatches), steps = 3;
+        var whole = new InProcessRanks(ranks).Run(c => Train(c, batch, steps, microBatches: microBatches));
+        var bucketed = new InProcessRanks(ranks).Run(c => Train(c, batch, steps, bucketMb, microBatches));
         // The in-process ranks copy a bucket when it starts and sum it (in rank order, as the whole buffer) when
         // waited for: a bucket started before all its gradients were final would change the weights.
         for (int r = 0; r < ranks; r++)
@@ -149,6 +157,13 @@ public sealed class DataParallelTrainingTests(ITestOutputHelper output)
         output.WriteLine($"{ranks} ranks, {bucketMb} MB: {buckets} buckets, started during the pass per step: {string.Join(", ", bucketed[0].BucketsStartedEarly)}");
         Assert.True(buckets >= 4, $"{buckets} buckets");
         Assert.All(bucketed[0].BucketsStartedEarly, n => Assert.Equal(buckets, n));
+    }
+
+    [Fact]
+    public void MicroBatchesThatDoNotSplitTheShardAreRefused()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => Train(SingleProcess.Instance, 6, 1, microBatches: 4));
+        Assert.Contains("4 micro-batches do not split this batch of 6 images into equal parts", e.Message);
     }
 
     [Fact]

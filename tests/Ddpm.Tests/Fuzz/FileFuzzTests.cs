@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Globalization;
 using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Data;
@@ -8,6 +9,7 @@ using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
 using Ddpm.Tests.Data;
+using Ddpm.Tests.TestUtil;
 using StbImageWriteSharp;
 using Xunit;
 using Xunit.Abstractions;
@@ -132,6 +134,50 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void BmpFiles()
+    {
+        // The layouts stb_image reads: 24-bit (what StbImageWriteSharp writes), top-down 24-bit, 8-, 4- and 1-bit
+        // palettes with padded rows, and 32-bit with channel masks (BI_BITFIELDS).
+        var seeds = new[]
+        {
+            EncodeBmp(Gradient(7, 5, 3), 7, 5, 3), EncodeBmp(Gradient(6, 4, 1), 6, 4, 1), TopDown(EncodeBmp(Gradient(5, 3, 3), 5, 3, 3)),
+            PalettedBmp(5, 3, 8), PalettedBmp(7, 4, 4), PalettedBmp(9, 2, 1), BitfieldsBmp(4, 3),
+        };
+        foreach (var seed in seeds)
+        {
+            string path = _dir.File(Path.Combine("seeds", "a.bmp"));
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            File.WriteAllBytes(path, seed);
+            LoadImageFolder(path);
+        }
+        Fuzz("bmp", 9, Path.Combine("images", "a.bmp"), m => m.Bmp(seeds[m.Next(seeds.Length)]), LoadImageFolder);
+    }
+
+    /// <summary>
+    /// The image-folder reader over folder trees as users and accidents make them: classes in sub-folders, nested
+    /// folders, damaged images of every format, empty files, folders and named pipes with an image's name, links to
+    /// devices, to nowhere, to images elsewhere and back up the tree, odd and long names, upper-case extensions,
+    /// hidden files. Each tree must load with exactly its images or be refused with one line naming the file.
+    /// </summary>
+    [Fact]
+    public void ImageFolders()
+    {
+        var seeds = new[]
+        {
+            (".png", EncodePng(Gradient(7, 5, 1), 7, 5, 1)), (".jpg", EncodeJpeg(Gradient(16, 12, 3), 16, 12, 3)),
+            (".bmp", EncodeBmp(Gradient(6, 9, 3), 6, 9, 3)),
+        };
+        string outside = _dir.File("outside.png");
+        File.WriteAllBytes(outside, seeds[0].Item2);
+        int expected = 0;
+        FuzzInputs("image folder", 10, _dir.File("image-tree"), (m, root) =>
+        {
+            (string what, expected) = MakeTree(m, root, seeds, outside);
+            return (what, null);
+        }, root => LoadImageTree(root, expected));
+    }
+
+    [Fact]
     public void CifarFiles()
     {
         var batch = new byte[3 * Cifar10Dataset.RecordSize];
@@ -221,22 +267,148 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
         }
     }
 
+    /// <summary>train --data FOLDER: the tree's images, grey and RGB, and its classes when it has class folders.</summary>
+    private static void LoadImageTree(string root, int expected)
+    {
+        foreach (int channels in new[] { 1, 3 })
+        {
+            var d = ImageFolderDataset.Load(root, 8, 8, channels);
+            Check(d.Count == expected, $"{d.Count} images loaded from a tree of {expected}");
+            var img = new float[d.Channels * d.Height * d.Width];
+            for (int i = 0; i < d.Count; i++) d.Get(i, img);
+            if (d.ByFolder() is { } labelled)
+                for (int i = 0; i < d.Count; i++) Check(labelled.LabelOf(i) < labelled.NumClasses, $"label {labelled.LabelOf(i)}");
+        }
+    }
+
+    /// <summary>
+    /// A fresh tree at <paramref name="root"/>: one to six entries, flat or in class folders; returns what it holds
+    /// and how many images a reader must find in it (links that lead back up the tree add none).
+    /// </summary>
+    private static (string What, int Images) MakeTree(Mutator m, string root, (string Ext, byte[] Bytes)[] seeds, string outside)
+    {
+        if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+        Directory.CreateDirectory(root);
+        string[] folders = m.Next(2) == 0 ? [""] : ["a", "b", Path.Combine("b", "deep")];
+        var what = new List<string>();
+        int images = 0;
+        for (int i = 0, n = 1 + m.Next(6); i < n; i++)
+        {
+            string folder = Path.Combine(root, folders[m.Next(folders.Length)]);
+            Directory.CreateDirectory(folder);
+            var (ext, bytes) = seeds[m.Next(seeds.Length)];
+            string name = $"f{i}{ext}", path = Path.Combine(folder, name);
+            string rel = Path.GetRelativePath(root, path);
+            switch (m.Next(16))
+            {
+                case 0 or 1 or 2:
+                    File.WriteAllBytes(path, bytes);
+                    what.Add($"{rel}");
+                    images++;
+                    break;
+                case 3:
+                {
+                    var (mutant, how) = ext switch { ".png" => m.Png(bytes), ".jpg" => m.Jpeg(bytes), _ => m.Bmp(bytes) };
+                    File.WriteAllBytes(path, mutant);
+                    what.Add($"{rel} ({how})");
+                    images++;
+                    break;
+                }
+                case 4:
+                    File.WriteAllBytes(path, []);
+                    what.Add($"{rel} (empty)");
+                    images++;
+                    break;
+                case 5:
+                    Directory.CreateDirectory(path);
+                    File.WriteAllBytes(Path.Combine(path, "inner" + ext), bytes);
+                    what.Add($"{rel}/ (a folder, an image inside)");
+                    images++;
+                    break;
+                case 6:
+                    Posix.MakeFifo(path);
+                    what.Add($"{rel} (a named pipe)");
+                    images++;
+                    break;
+                case 7:
+                    File.CreateSymbolicLink(path, "/dev/zero");
+                    what.Add($"{rel} -> /dev/zero");
+                    images++;
+                    break;
+                case 8:
+                    File.CreateSymbolicLink(path, Path.Combine(root, "nowhere" + ext));
+                    what.Add($"{rel} -> nowhere");
+                    images++;
+                    break;
+                case 9:
+                    File.CreateSymbolicLink(path, outside);
+                    what.Add($"{rel} -> an image outside");
+                    images++;
+                    break;
+                case 10:
+                {
+                    string link = Path.Combine(folder, $"up{i}");
+                    string target = m.Next(2) == 0 ? root : folder;
+                    Directory.CreateSymbolicLink(link, target);
+                    what.Add($"{Path.GetRelativePath(root, link)} -> {(target == root ? "the root" : "its own folder")}");
+                    break;
+                }
+                case 11:
+                    File.WriteAllBytes(Path.ChangeExtension(path, ".txt"), bytes);
+                    what.Add($"{Path.ChangeExtension(rel, ".txt")} (not an image name)");
+                    break;
+                case 12:
+                    File.WriteAllBytes(Path.Combine(folder, $"odd\n{i}\u0007\u00e9 \u2028{ext}"), bytes);
+                    what.Add("a name with a newline, a bell, an accent and a line separator");
+                    images++;
+                    break;
+                case 13:
+                    File.WriteAllBytes(Path.Combine(folder, new string('l', 200) + i + ext), bytes);
+                    what.Add("a 200-character name");
+                    images++;
+                    break;
+                case 14:
+                    File.WriteAllBytes(Path.Combine(folder, $"F{i}{ext.ToUpperInvariant()}"), bytes);
+                    what.Add($"an upper-case {ext.ToUpperInvariant()}");
+                    images++;
+                    break;
+                default:
+                    File.WriteAllBytes(Path.Combine(folder, $".hidden{i}{ext}"), bytes);
+                    what.Add($"a hidden {ext}");
+                    images++;
+                    break;
+            }
+        }
+        return (string.Join("; ", what), images);
+    }
+
     // ---- the harness -----------------------------------------------------------------------------------------
 
-    private void Fuzz(string format, int formatSeed, string fileName, Func<Mutator, (byte[] Bytes, string What)> mutate, Action<string> load)
+    private void Fuzz(string format, int formatSeed, string fileName, Func<Mutator, (byte[] Bytes, string What)> mutate, Action<string> load) =>
+        FuzzInputs(format, formatSeed, _dir.File(fileName), (m, path) =>
+        {
+            var (bytes, what) = mutate(m);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            File.WriteAllBytes(path, bytes);
+            return (what, bytes);
+        }, load);
+
+    /// <summary>
+    /// The harness: <paramref name="make"/> creates mutant after mutant at <paramref name="path"/> (a file or a
+    /// folder) and says what it is (with a file's bytes, kept on failure); <paramref name="load"/> must load it or
+    /// refuse it cleanly, naming it, within the time bound.
+    /// </summary>
+    private void FuzzInputs(string format, int formatSeed, string path, Func<Mutator, string, (string What, byte[]? Bytes)> make, Action<string> load)
     {
         int seed = Seed * 31 + formatSeed;
         var mutator = new Mutator(seed);
-        string path = _dir.File(fileName);
-        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         int loaded = 0, refused = 0;
         var slowest = TimeSpan.Zero;
         string slowestWhat = "";
         var sw = System.Diagnostics.Stopwatch.StartNew();
         for (int i = 0; i < Mutants; i++)
         {
-            var (bytes, what) = mutate(mutator);
-            File.WriteAllBytes(path, bytes);
+            var (what, bytes) = make(mutator, path);
             string where = $"{format} mutant {i} of seed {seed} ({DataFormatException.OneLine(what)})";
             var run = Task.Run(() =>
             {
@@ -285,9 +457,9 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>With DDPM_FUZZ_KEEP=folder, a failing mutant is written there to reproduce it outside the suite.</summary>
-    private static void Keep(byte[] bytes, string format, int index)
+    private static void Keep(byte[]? bytes, string format, int index)
     {
-        if (Environment.GetEnvironmentVariable("DDPM_FUZZ_KEEP") is { Length: > 0 } keep)
+        if (bytes is not null && Environment.GetEnvironmentVariable("DDPM_FUZZ_KEEP") is { Length: > 0 } keep)
         {
             Directory.CreateDirectory(keep);
             File.WriteAllBytes(Path.Combine(keep, $"{format}-{index}.bin"), bytes);
@@ -320,6 +492,72 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
         var ms = new MemoryStream();
         new ImageWriter().WritePng(hwc, w, h, c == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue, ms);
         return ms.ToArray();
+    }
+
+    private static byte[] EncodeBmp(byte[] hwc, int w, int h, int c)
+    {
+        var ms = new MemoryStream();
+        new ImageWriter().WriteBmp(hwc, w, h, c == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue, ms);
+        return ms.ToArray();
+    }
+
+    /// <summary>A 24-bit bottom-up BMP rewritten top-down: its height negated and its rows in the other order.</summary>
+    private static byte[] TopDown(byte[] bmp)
+    {
+        var r = (byte[])bmp.Clone();
+        int w = BinaryPrimitives.ReadInt32LittleEndian(r.AsSpan(18)), h = BinaryPrimitives.ReadInt32LittleEndian(r.AsSpan(22));
+        int offset = BinaryPrimitives.ReadInt32LittleEndian(r.AsSpan(10)), stride = (w * 3 + 3) & ~3;
+        for (int y = 0; y < h; y++) bmp.AsSpan(offset + y * stride, stride).CopyTo(r.AsSpan(offset + (h - 1 - y) * stride));
+        BinaryPrimitives.WriteInt32LittleEndian(r.AsSpan(22), -h);
+        return r;
+    }
+
+    /// <summary>The BMP file and info headers (BITMAPINFOHEADER) for the given layout.</summary>
+    private static byte[] BmpHeaders(int fileSize, int dataOffset, int w, int h, int bpp, int compression, int colours)
+    {
+        var b = new byte[54];
+        b[0] = (byte)'B';
+        b[1] = (byte)'M';
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(2), fileSize);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(10), dataOffset);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(14), 40);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(18), w);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(22), h);
+        BinaryPrimitives.WriteInt16LittleEndian(b.AsSpan(26), 1);
+        BinaryPrimitives.WriteInt16LittleEndian(b.AsSpan(28), (short)bpp);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(30), compression);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(34), fileSize - dataOffset);
+        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(46), colours);
+        return b;
+    }
+
+    /// <summary>A bottom-up BMP of 1, 4 or 8 bits per pixel: a grey palette of 2^bpp colours, rows padded to 4 bytes.</summary>
+    private static byte[] PalettedBmp(int w, int h, int bpp)
+    {
+        int colours = 1 << bpp, stride = (w * bpp + 31) / 32 * 4, offset = 54 + 4 * colours;
+        var palette = new byte[4 * colours];
+        for (int i = 0; i < colours; i++) palette[4 * i] = palette[4 * i + 1] = palette[4 * i + 2] = (byte)(255 * i / (colours - 1));
+        var pixels = new byte[stride * h];
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+            {
+                int index = (x + 3 * y) % colours, bit = x * bpp;
+                pixels[y * stride + bit / 8] |= (byte)(index << (8 - bpp - bit % 8));
+            }
+        return [.. BmpHeaders(offset + pixels.Length, offset, w, h, bpp, 0, colours), .. palette, .. pixels];
+    }
+
+    /// <summary>A 32-bit BMP with explicit channel masks (BI_BITFIELDS, the masks after the info header).</summary>
+    private static byte[] BitfieldsBmp(int w, int h)
+    {
+        var masks = new byte[12];
+        BinaryPrimitives.WriteUInt32LittleEndian(masks, 0x00FF_0000);
+        BinaryPrimitives.WriteUInt32LittleEndian(masks.AsSpan(4), 0x0000_FF00);
+        BinaryPrimitives.WriteUInt32LittleEndian(masks.AsSpan(8), 0x0000_00FF);
+        var pixels = new byte[4 * w * h];
+        for (int i = 0; i < w * h; i++) BinaryPrimitives.WriteUInt32LittleEndian(pixels.AsSpan(4 * i), (uint)(i * 0x0102_0304));
+        int offset = 54 + masks.Length;
+        return [.. BmpHeaders(offset + pixels.Length, offset, w, h, 32, 3, 0), .. masks, .. pixels];
     }
 
     private static byte[] EncodeJpeg(byte[] hwc, int w, int h, int c)

@@ -8,8 +8,9 @@ namespace Ddpm.Tests.Fuzz;
 /// Deterministic mutations of valid files: generic byte edits (truncation, bit flips, insertions, deletions,
 /// duplicated ranges, boundary words) and format-aware edits of safetensors headers (length field, JSON
 /// structure and values, dtypes, shapes, offsets, duplicate names, config settings, counters, invalid UTF-8,
-/// non-finite values), IDX headers, PNG chunks, JPEG frame sizes and CIFAR records. Every random choice
-/// comes from one seeded <see cref="Random"/>, so a mutant is reproduced by its seed and index.
+/// non-finite values), IDX headers, PNG chunks, JPEG frame sizes, BMP headers, palettes and masks, and CIFAR
+/// records. Every random choice comes from one seeded <see cref="Random"/>, so a mutant is reproduced by its seed
+/// and index.
 /// </summary>
 internal sealed class Mutator(int seed)
 {
@@ -260,10 +261,10 @@ internal sealed class Mutator(int seed)
                 return MutateConfig(meta!);
             case 10:
             {
-                var counters = new[] { "step", "noise_offset", "dropout_offset", "data_epoch", "data_index", "format" };
+                var counters = new[] { "step", "noise_offset", "dropout_offset", "data_epoch", "data_index", "ddpm_format" };
                 string key = Pick(counters);
                 if (_rng.Next(4) == 0) { meta!.Remove(key); return $"metadata '{key}' removed"; }
-                string v = key == "format" ? Pick(new[] { "ddpm-checkpoint/2", "", "ddpm-checkpoint/1 " }) : Pick(CounterValues);
+                string v = key == "ddpm_format" ? Pick(new[] { "ddpm-checkpoint/2", "", "ddpm-checkpoint/1 " }) : Pick(CounterValues);
                 meta![key] = v;
                 return $"metadata '{key}' = '{v}'";
             }
@@ -414,6 +415,60 @@ internal sealed class Mutator(int seed)
             }
         }
         return Bytes(jpg);
+    }
+
+    // ---- BMP ---------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The fields of a BMP's file header and BITMAPINFOHEADER (little-endian): offset, size in bytes, and the values
+    /// that break them (zero, one off, negative sizes, sizes beyond the file or a 32-bit count).
+    /// </summary>
+    private static readonly (string Name, int Offset, int Size, long[] Values)[] BmpFields =
+    [
+        ("file size", 2, 4, [0, 1, 54, 0xFFFF_FFFF]),
+        ("data offset", 10, 4, [0, 1, 14, 53, 54, 0x7FFF_FFFF, 0xFFFF_FFFF]),
+        ("header size", 14, 4, [0, 4, 12, 16, 39, 40, 52, 56, 64, 108, 124, 125, 0xFFFF_FFFF]),
+        ("width", 18, 4, [0, 1, -1, -7, 65_535, 65_536, 1_000_000, int.MaxValue, int.MinValue]),
+        ("height", 22, 4, [0, 1, -1, -5, 65_536, 1_000_000, int.MaxValue, int.MinValue, -int.MaxValue]),
+        ("planes", 26, 2, [0, 2, 0xFFFF]),
+        ("bits per pixel", 28, 2, [0, 1, 2, 3, 4, 7, 8, 15, 16, 24, 32, 48, 64, 0xFFFF]),
+        ("compression", 30, 4, [0, 1, 2, 3, 4, 5, 6, 11, 0xFFFF_FFFF]),
+        ("image size", 34, 4, [0, 1, 0xFFFF_FFFF]),
+        ("colours used", 46, 4, [0, 1, 2, 15, 16, 255, 256, 257, 65_536, 0x7FFF_FFFF, 0xFFFF_FFFF]),
+    ];
+
+    /// <summary>A BMP with one to three header fields set to a breaking value, its palette or masks damaged, or generic byte edits.</summary>
+    public (byte[] Bytes, string What) Bmp(byte[] bmp)
+    {
+        if (bmp.Length < 54 || _rng.Next(4) == 0) return Bytes(bmp);
+        var r = (byte[])bmp.Clone();
+        if (_rng.Next(6) == 0)
+        {
+            // The palette or the channel masks: what follows the info header, before the pixels.
+            int dataOffset = (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(r.AsSpan(10)), (uint)r.Length);
+            if (dataOffset > 54)
+            {
+                int n = 1 + _rng.Next(8);
+                for (int i = 0; i < n; i++) r[54 + _rng.Next(dataOffset - 54)] = (byte)_rng.Next(256);
+                return (r, $"{n} bytes of the palette or masks changed");
+            }
+        }
+        var names = new List<string>();
+        for (int k = 1 + _rng.Next(3); k > 0; k--)
+        {
+            var (name, offset, size, values) = Pick(BmpFields);
+            long v = Pick(values);
+            if (size == 2) BinaryPrimitives.WriteUInt16LittleEndian(r.AsSpan(offset), (ushort)v);
+            else BinaryPrimitives.WriteUInt32LittleEndian(r.AsSpan(offset), unchecked((uint)v));
+            names.Add($"{name} {v}");
+        }
+        string what = string.Join(", ", names);
+        if (_rng.Next(5) == 0)
+        {
+            int cut = 14 + _rng.Next(r.Length - 14);
+            return (r[..cut], what + $", cut to {cut} bytes");
+        }
+        return (r, what);
     }
 
     // ---- CIFAR-10 ----------------------------------------------------------------------------------------

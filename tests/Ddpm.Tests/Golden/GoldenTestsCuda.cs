@@ -17,6 +17,6 @@ public sealed class GoldenTestsCuda(ITestOutputHelper output)
 
     private sealed class OnCuda(ITestOutputHelper output) : GoldenTestsBase(output)
     {
-        protected override IBackend CreateBackend() => new Ddpm.Backends.Cuda.CudaBackend(new BackendOptions { AllowTf32 = false });
+        protected override IBackend CreateBackend() => new Ddpm.Backends.Cuda.CudaBackend(new BackendOptions { Precision = Precision.Fp32 });
     }
 }

@@ -57,6 +57,35 @@ public sealed class CheckpointValidationTests : IDisposable
         return path;
     }
 
+    [Fact]
+    public void TheFormatKeyNamesTheFrameworkAndOlderFilesAreStillRead()
+    {
+        var (path, file) = TrainingCheckpoint();
+        // The Hugging Face convention: "format" is the framework; this project's format has its own key.
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Equal(Checkpoint.Format, file.Metadata[Checkpoint.FormatKey]);
+        Assert.True(Checkpoint.Load(path).IsTrainingCheckpoint);
+        // A file written before that key existed named the format under "format"; it resumes as before.
+        string old = Rewrite(file, m =>
+        {
+            m.Remove(Checkpoint.FormatKey);
+            m["format"] = Checkpoint.Format;
+            return m;
+        });
+        var c = Checkpoint.Load(old);
+        Assert.True(c.IsTrainingCheckpoint);
+        using var trainer = NewTrainer(Tiny, new TrainingConfig { BatchSize = 2, EmaDecay = 0.9f });
+        c.RestoreInto(trainer);
+        Assert.Equal(1, trainer.StepCount);
+        // Another project's format under the key is not ours, whatever "format" says.
+        string other = Rewrite(file, m =>
+        {
+            m[Checkpoint.FormatKey] = "something-else/1";
+            return m;
+        });
+        Assert.False(Checkpoint.Load(other).IsTrainingCheckpoint);
+    }
+
     private static string SetConfigKey(string json, string key, string value)
     {
         var o = JsonNode.Parse(json)!.AsObject();
@@ -211,8 +240,10 @@ public sealed class CheckpointValidationTests : IDisposable
     public void ResumeChecksTheDataPosition()
     {
         var (_, file) = TrainingCheckpoint();
+        // Reachable in 7 steps, but not in this trainer's epochs of 2 batches (a resume with other data).
         string path = Rewrite(file, m =>
         {
+            m["step"] = "7";
             m["data_index"] = "7";
             return m;
         });

@@ -1,5 +1,6 @@
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Imaging;
+using Ddpm.Tensors.IO;
 using Ddpm.Tests.Data;
 using Xunit;
 
@@ -11,11 +12,11 @@ public class ImageGridTests
     public void GreyGridHasTheLayoutAndValuesOfTheInput()
     {
         using var dir = new TempDir();
-        // Three 2x2 images in [-1, 1]; -1 -> 0, 1 -> 255, 0 -> 128; out-of-range values clamp, NaN -> 0.
+        // Three 2x2 images in [-1, 1]; -1 -> 0, 1 -> 255, 0 -> 128; out-of-range values clamp.
         float[] images =
         [
             -1f, 1f, 0f, 0.5f,
-            5f, -3f, float.NaN, 1f,
+            5f, -3f, -2f, 1f,
             0f, 0f, 0f, 0f,
         ];
         string path = dir.File("grid.png");
@@ -92,6 +93,22 @@ public class ImageGridTests
         Assert.Equal(["x_00010.png", "x_00011.png"], paths.Select(Path.GetFileName));
         Assert.Equal(new byte[] { 0, 0 }, ImageFile.Load(paths[0], 1).Pixels);
         Assert.Equal(new byte[] { 255, 255 }, ImageFile.Load(paths[1], 1).Pixels);
+    }
+
+    [Fact]
+    public void ImagesThatAreNotFiniteAreRefusedBeforeAnythingIsWritten()
+    {
+        using var dir = new TempDir();
+        foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+        {
+            // Three 1x2 images; the third holds the bad value, so writing one file per image would leave two behind.
+            float[] images = [-1f, 1f, 0f, 0.5f, 0.25f, bad];
+            var grid = Assert.Throws<NonFiniteOutputException>(() => ImageGrid.SavePng(dir.File("g.png"), images, 3, 1, 1, 2));
+            Assert.Equal($"{dir.File("g.png")} was not written: image 2 holds {bad} (value 1 of 2); images must be finite.", grid.Message);
+            var each = Assert.Throws<NonFiniteOutputException>(() => ImageGrid.SaveEach(dir.File("each"), images, 3, 1, 1, 2));
+            Assert.Contains("image 2 holds", each.Message);
+        }
+        Assert.Empty(Directory.GetFileSystemEntries(dir.Path));
     }
 
     [Fact]

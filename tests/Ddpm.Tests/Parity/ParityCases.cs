@@ -20,14 +20,28 @@ public static class ParityCases
     // Transcendentals may use other approximations (SIMD polynomials): a few ulp.
     private const double Transcendental = 1e-11;
 
+    // Products of inputs rounded to TF32 (10-bit mantissa, to nearest): each operand's relative error is at most
+    // 2^-11, uniform, variance (2^-11)^2 / 3 = 7.9e-8, so a product's is 1.6e-7; a sum of products with independent
+    // errors and random signs has NMSE ~1.6e-7 against the exact sum. 1e-6 leaves room for the spread of an
+    // estimate over a few hundred outputs. Below 1e-10 the rounding is not in effect at all: that fails too.
+    private const double Tf32 = 1e-6, Tf32Floor = 1e-10;
+
     private sealed record Case(string Name, Action<IBackend, IBackend> Run);
 
     private static readonly Case[] All = Build().ToArray();
 
+    private static readonly Case[] Tf32Cases = ConvCases("tf32-", Tf32, Tf32Floor).ToArray();
+
     public static IEnumerable<object[]> Names => All.Select(c => new object[] { c.Name });
 
+    /// <summary>The convolution cases alone (the ops whose path depends on the convolution engine).</summary>
+    public static IEnumerable<object[]> ConvolutionNames => Names.Where(n => ((string)n[0]).StartsWith("conv-", StringComparison.Ordinal));
+
+    /// <summary>The convolution cases for a backend computing in TF32: TF32 tolerances, and the rounding must show.</summary>
+    public static IEnumerable<object[]> Tf32Names => Tf32Cases.Select(c => new object[] { c.Name });
+
     public static void Run(string name, IBackend backend, IBackend reference) =>
-        All.Single(c => c.Name == name).Run(backend, reference);
+        All.Concat(Tf32Cases).Single(c => c.Name == name).Run(backend, reference);
 
     // ---- helpers ------------------------------------------------------------------------------------
 
@@ -45,9 +59,12 @@ public static class ParityCases
         return r;
     }
 
-    /// <summary>Runs <paramref name="op"/> on both backends with the same inputs and compares the outputs.</summary>
+    /// <summary>
+    /// Runs <paramref name="op"/> on both backends with the same inputs and compares the outputs: NMSE at most
+    /// <paramref name="tol"/>, and for output 0 at least <paramref name="floor"/> (a reduced precision must show).
+    /// </summary>
     private static void Both(IBackend be, IBackend rf, float[][] inputs, int[] outSizes, double tol, string what,
-        Action<IBackend, DeviceBuffer[], DeviceBuffer[]> op, float[]? outInit = null)
+        Action<IBackend, DeviceBuffer[], DeviceBuffer[]> op, float[]? outInit = null, double floor = 0)
     {
         float[][] Go(IBackend b)
         {
@@ -60,12 +77,55 @@ public static class ParityCases
         }
         var expected = Go(rf);
         var actual = Go(be);
-        for (int i = 0; i < outSizes.Length; i++) Closeness.AssertNmse($"{what} output {i}", actual[i], expected[i], tol);
+        for (int i = 0; i < outSizes.Length; i++)
+        {
+            Closeness.AssertNmse($"{what} output {i}", actual[i], expected[i], tol);
+            // The floor concerns the product (output 0), not a plain sum beside it (a bias gradient).
+            if (floor > 0 && i == 0)
+            {
+                double nmse = Closeness.Nmse(actual[i], expected[i]).Value;
+                Assert.True(nmse >= floor, $"{what} output {i}: NMSE {nmse:E3} < {floor:E0}: the reduced precision is not in effect.");
+            }
+        }
     }
 
     private static float[] N(int n, ulong seed) => TestData.Normal(n, seed);
 
     // ---- the cases ----------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The three passes of convolutions of odd geometries, named <paramref name="prefix"/>conv-..., within
+    /// <paramref name="tol"/> (and at least <paramref name="floor"/>).
+    /// </summary>
+    private static IEnumerable<Case> ConvCases(string prefix, double tol, double floor)
+    {
+        ConvGeometry[] convs =
+        [
+            new(2, 3, 9, 7, 5, 3, 3, 1, 1, 1, 1),
+            new(2, 5, 9, 7, 4, 3, 3, 2, 2, 1, 1),
+            new(3, 7, 5, 6, 9, 1, 1, 1, 1, 0, 0),
+            new(2, 6, 5, 5, 3, 4, 4, 2, 2, 1, 1),
+            new(1, 33, 8, 8, 17, 3, 3, 1, 1, 1, 1),
+            new(2, 4, 6, 10, 3, 5, 5, 1, 1, 2, 2),
+        ];
+        foreach (var g in convs)
+        {
+            string tag = $"{g.N}x{g.C}x{g.H}x{g.W}-o{g.O}-k{g.KH}-s{g.StrideH}-p{g.PadH}";
+            yield return new($"{prefix}conv-forward-{tag}", (be, rf) =>
+            {
+                Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18), N(g.O, 19)], [g.OutputSize], tol, "Conv2dForward",
+                    (b, i, o) => b.Conv2dForward(i[0], i[1], i[2], g, o[0]), floor: floor);
+                Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18)], [g.OutputSize], tol, "Conv2dForward no bias",
+                    (b, i, o) => b.Conv2dForward(i[0], i[1], null, g, o[0]), floor: floor);
+            });
+            yield return new($"{prefix}conv-backward-data-{tag}", (be, rf) =>
+                Both(be, rf, [N(g.OutputSize, 20), N(g.WeightSize, 21)], [g.InputSize], tol, "Conv2dBackwardData",
+                    (b, i, o) => b.Conv2dBackwardData(i[0], i[1], g, o[0]), floor: floor));
+            yield return new($"{prefix}conv-backward-weight-{tag}", (be, rf) =>
+                Both(be, rf, [N(g.InputSize, 22), N(g.OutputSize, 23)], [g.WeightSize, g.O], tol, "Conv2dBackwardWeight",
+                    (b, i, o) => b.Conv2dBackwardWeight(i[0], i[1], g, o[0], o[1]), floor: floor));
+        }
+    }
 
     private static IEnumerable<Case> Build()
     {
@@ -144,6 +204,9 @@ public static class ParityCases
             [[64, 33], [1, 33]],
             [[64, 33], [64, 1]],
             [[3, 100000], [1, 1]],
+            // A convolution's bias gradient: few outputs, long sums split over many warps, then the segments added.
+            [[16, 8, 33 * 33], [1, 8, 1]],
+            [[5, 3000], [5, 1]],
         ];
         foreach (var pair in reductions)
         {
@@ -212,34 +275,9 @@ public static class ParityCases
                             (b, i, o) => b.Gemm(ta, tb, i[0], strideA, i[1], strideB, batch, m, n, k, 1f, 0f, o[0], (long)m * n), nan);
                     });
 
-        ConvGeometry[] convs =
-        [
-            new(2, 3, 9, 7, 5, 3, 3, 1, 1, 1, 1),
-            new(2, 5, 9, 7, 4, 3, 3, 2, 2, 1, 1),
-            new(3, 7, 5, 6, 9, 1, 1, 1, 1, 0, 0),
-            new(2, 6, 5, 5, 3, 4, 4, 2, 2, 1, 1),
-            new(1, 33, 8, 8, 17, 3, 3, 1, 1, 1, 1),
-            new(2, 4, 6, 10, 3, 5, 5, 1, 1, 2, 2),
-        ];
-        foreach (var g in convs)
-        {
-            string tag = $"{g.N}x{g.C}x{g.H}x{g.W}-o{g.O}-k{g.KH}-s{g.StrideH}-p{g.PadH}";
-            yield return new($"conv-forward-{tag}", (be, rf) =>
-            {
-                Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18), N(g.O, 19)], [g.OutputSize], Reduction, "Conv2dForward",
-                    (b, i, o) => b.Conv2dForward(i[0], i[1], i[2], g, o[0]));
-                Both(be, rf, [N(g.InputSize, 17), N(g.WeightSize, 18)], [g.OutputSize], Reduction, "Conv2dForward no bias",
-                    (b, i, o) => b.Conv2dForward(i[0], i[1], null, g, o[0]));
-            });
-            yield return new($"conv-backward-data-{tag}", (be, rf) =>
-                Both(be, rf, [N(g.OutputSize, 20), N(g.WeightSize, 21)], [g.InputSize], Reduction, "Conv2dBackwardData",
-                    (b, i, o) => b.Conv2dBackwardData(i[0], i[1], g, o[0])));
-            yield return new($"conv-backward-weight-{tag}", (be, rf) =>
-                Both(be, rf, [N(g.InputSize, 22), N(g.OutputSize, 23)], [g.WeightSize, g.O], Reduction, "Conv2dBackwardWeight",
-                    (b, i, o) => b.Conv2dBackwardWeight(i[0], i[1], g, o[0], o[1])));
-        }
+        foreach (var c in ConvCases("", Reduction, 0)) yield return c;
 
-        foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32) })
+        foreach (var (n, c, hw, groups) in new[] { (2, 6, 35, 3), (3, 32, 16, 32), (2, 64, 9, 32), (1, 12, 1, 4), (2, 96, 64, 32), (4, 8, 1500, 4) })
         foreach (bool silu in new[] { false, true })
         foreach (bool withShift in new[] { false, true })
         {

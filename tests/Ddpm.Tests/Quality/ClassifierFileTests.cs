@@ -31,4 +31,20 @@ public sealed class ClassifierFileTests
         Assert.Contains(bad, ex.Message);
         Assert.Contains(first.Name, ex.Message);
     }
+
+    [Fact]
+    public void AClassifierWithWeightsThatAreNotFiniteIsNotWritten()
+    {
+        using var dir = new TempDir();
+        using var be = new CpuReferenceBackend();
+        using var model = new FeatureClassifier(be, new ClassifierConfig(), new PhiloxGenerator(0));
+        var (name, p) = model.NamedParameters().Last();
+        var w = p.ToArray();
+        w[1] = float.PositiveInfinity;
+        p.CopyFrom(w);
+        string path = dir.File("c.safetensors");
+        var ex = Assert.Throws<NonFiniteOutputException>(() => model.Save(path));
+        Assert.Equal($"{path}: value 1 of tensor '{name}' {p.Shape.ToString().Replace(" ", "")} is Infinity; nothing was written.", ex.Message);
+        Assert.False(File.Exists(path));
+    }
 }

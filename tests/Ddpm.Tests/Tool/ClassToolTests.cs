@@ -18,7 +18,7 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
 
     /// <summary>A two-step run on the bundled set, which has labels, so the model is conditional by default (T = 20).</summary>
     public sealed class ConditionalRun() : ToolRun("train", "--preset", "tiny", "--steps", "2", "--batch", "4", "--max-images", "32",
-        "--diffusion-steps", "20", "--samples", "10", "--sample-steps", "2", "--warmup", "0", "--threads", "2");
+        "--diffusion-steps", "20", "--samples", "3", "--sample-steps", "2", "--warmup", "0", "--threads", "2");
 
     private string[] Sample(string outFile, params string[] extra) =>
         ["sample", "--checkpoint", _run.Checkpoint, "--steps", "2", "--scale", "1", "--threads", "2", "--out", outFile, .. extra];
@@ -35,10 +35,10 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
         var weights = SafeTensorsFile.Read(_run.Dir.File("model.safetensors"));
         Assert.Contains(weights.Entries, e => e.Name == "image_proj.weight");
         Assert.Equal(new long[] { 64, 11 }, weights.Entries.Single(e => e.Name == "class_emb.weight").Shape.Select(d => (long)d));
-        // The run's grid: one row per class, one image each (ceil(10 / 10)), 32-pixel images with 2-pixel gaps.
+        // The run's grid: one row per class, --samples 3 images each, 32-pixel images with 2-pixel gaps.
         var grid = ImageFile.Load(_run.Dir.File("samples.png"), 1);
-        int scale = (512 + 35) / 36;
-        Assert.Equal((scale * 36, scale * (10 * 34 + 2)), (grid.Width, grid.Height));
+        int width = 3 * 34 + 2, scale = (512 + width - 1) / width;
+        Assert.Equal((scale * width, scale * (10 * 34 + 2)), (grid.Width, grid.Height));
     }
 
     [Fact]
@@ -95,7 +95,7 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
             "--diffusion-steps", "20", "--samples", "1", "--sample-steps", "1", "--out", dir.Path, "--threads", "2");
         Assert.True(code == 0, err + output);
         Assert.DoesNotContain("class-conditional", output);
-        string ckpt = dir.File("checkpoint.safetensors");
+        string ckpt = RunFolder.Latest(dir.Path)!;
         Assert.Equal(0, Checkpoint.Load(ckpt).Model!.NumClasses);
         AssertBadUsage(["sample", "--checkpoint", ckpt, "--steps", "2", "--class", "Trouser", "--out", dir.File("x.png")], "holds an unconditional model");
         AssertBadUsage(["sample", "--checkpoint", ckpt, "--steps", "2", "--class", "all", "--out", dir.File("x.png")], "holds an unconditional model");
@@ -163,7 +163,7 @@ public sealed class ClassToolTests : IClassFixture<ClassToolTests.ConditionalRun
         args.AddRange(extra);
         var plan = Plan(args.ToArray());
         Assert.Equal(classes, plan.Model.NumClasses);
-        Assert.Equal(classes, plan.Loader.NumClasses);
+        Assert.Equal(classes, plan.Run.Loader.NumClasses);
         if (extra.Length == 2 && extra[0] == "--class-dropout") Assert.Equal(0.25f, plan.Training.ClassDropout);
     }
 

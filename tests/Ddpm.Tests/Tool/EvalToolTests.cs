@@ -116,7 +116,8 @@ public sealed class EvalToolTests : IClassFixture<TrainedRun>
         Assert.True(code == 0, err);
         Assert.Equal(File.ReadAllBytes(dir.File("a.safetensors")), File.ReadAllBytes(dir.File("b.safetensors")));
         var meta = SafeTensorsFile.Read(dir.File("a.safetensors")).Metadata;
-        Assert.Equal("ddpm-classifier/1", meta["format"]);
+        Assert.Equal("ddpm-classifier/1", meta["ddpm_format"]);
+        Assert.Equal("pt", meta["format"]);
         Assert.Equal("0,1,2", meta["class_names"]);
         Assert.InRange(double.Parse(meta["test_accuracy"], System.Globalization.CultureInfo.InvariantCulture), 0, 1);
 
@@ -153,7 +154,7 @@ public sealed class EvalToolTests : IClassFixture<TrainedRun>
 
         (code, _, err) = Run("eval", "--images", Bundled("t10k-images-idx3-ubyte.gz"), "--classifier", _run.Checkpoint, "--n", "4");
         Assert.Equal(1, code);
-        Assert.Contains("checkpoint.safetensors", err);
+        Assert.Contains(Path.GetFileName(_run.Checkpoint), err);
         Assert.Contains("not a classifier", err);
     }
 }

@@ -19,11 +19,11 @@ namespace Ddpm.Tests.Tool;
 /// </summary>
 public sealed class ReliabilityToolTests
 {
-    private static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
-    private static readonly string[] GoldenModel =
+    internal static readonly string Golden = Path.Combine(AppContext.BaseDirectory, "Fixtures", "golden", "labml-unet-tiny");
+    internal static readonly string[] GoldenModel =
         ["--image-channels", "1", "--image-size", "16", "--n-channels", "32", "--ch-mults", "1,2", "--attn", "0,1", "--n-blocks", "1"];
 
-    private static string[] TinyRun(string outDir, params string[] extra) =>
+    internal static string[] TinyRun(string outDir, params string[] extra) =>
     [
         "train", "--preset", "tiny", "--batch", "4", "--max-images", "64", "--diffusion-steps", "50", "--samples", "1",
         "--sample-steps", "2", "--sample-every", "0", "--log-every", "1", "--threads", "2", "--out", outDir, .. extra,
@@ -53,7 +53,7 @@ public sealed class ReliabilityToolTests
         Assert.Contains("largest gradients (recorded)", replay);
 
         // A file that is not a recorded step, and bad thresholds, are one line each.
-        var (bc, _, berr) = Run("parity", "--replay", dir.File("checkpoint.safetensors"));
+        var (bc, _, berr) = Run("parity", "--replay", RunFolder.Latest(dir.Path)!);
         Assert.Equal(1, bc);
         Assert.Contains("not a recorded training step", berr);
         Assert.Single(berr.Trim().Split('\n'));
@@ -80,9 +80,9 @@ public sealed class ReliabilityToolTests
         int failedAt = int.Parse(m.Groups[2].Success ? m.Groups[2].Value : m.Groups[3].Value, CultureInfo.InvariantCulture);
         int good = int.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture);
         Assert.InRange(good, 1, failedAt - 1);
-        Assert.Equal(dir.File("checkpoint.safetensors"), m.Groups[5].Value);
+        Assert.Equal(dir.File(RunFolder.CheckpointName(good)), m.Groups[5].Value);
         // Load checks every tensor (weights, EMA, both Adam moments) is finite.
-        var ckpt = Checkpoint.Load(dir.File("checkpoint.safetensors"));
+        var ckpt = Checkpoint.Load(RunFolder.Latest(dir.Path)!);
         Assert.Equal(good, ckpt.Step);
         Assert.Contains(ckpt.File.Entries, e => e.Name.StartsWith("adam.v.", StringComparison.Ordinal));
         // The log holds every finite step up to the failure, and a resume from the checkpoint cuts it back.
@@ -97,14 +97,14 @@ public sealed class ReliabilityToolTests
             "--checkpoint-every", "0", "--sample-every", "0", "--max-images", "64", "--threads", "2", "--out", dir.Path);
         Assert.Equal(1, code);
         Assert.Contains("No checkpoint of this run was written", err);
-        Assert.False(File.Exists(dir.File("checkpoint.safetensors")));
+        Assert.Null(RunFolder.Latest(dir.Path));
         Assert.Empty(Directory.GetFiles(dir.Path, "*.tmp"));
     }
 
     // ---- non-finite models and options are refused ----------------------------------------------------------
 
     /// <summary>A copy of <paramref name="path"/> with one value of tensor <paramref name="name"/> replaced.</summary>
-    private static string WithValue(string path, string name, float value, string copy)
+    internal static string WithValue(string path, string name, float value, string copy)
     {
         var file = SafeTensorsFile.Read(path);
         var entries = file.Entries.Select(e =>
@@ -124,7 +124,7 @@ public sealed class ReliabilityToolTests
     {
         using var dir = new TempDir();
         Assert.Equal(0, Run(TinyRun(dir.File("run"), "--steps", "2", "--warmup", "1")).Code);
-        string ckpt = dir.File(Path.Combine("run", "checkpoint.safetensors"));
+        string ckpt = RunFolder.Latest(dir.File("run"))!;
         string emaNaN = WithValue(ckpt, "ema.final.weight", float.NaN, dir.File("ema-nan.safetensors"));
         foreach (var args in new[]
         {
@@ -191,21 +191,21 @@ public sealed class ReliabilityToolTests
     public void ASecondRunIntoTheSameFolderIsRefused()
     {
         using var dir = new TempDir();
-        using (OutputFolder.Lock(dir.Path))
+        using (RunFolder.Lock(dir.Path))
         {
             // The same lock, taken twice in one process, conflicts as it does between processes.
-            var e = Assert.Throws<UserError>(() => OutputFolder.Lock(dir.Path));
+            var e = Assert.Throws<RunFolderInUseException>(() => RunFolder.Lock(dir.Path));
             Assert.Contains("in use by another run", e.Message);
             var (code, _, err) = Run(TinyRun(dir.Path, "--steps", "2", "--warmup", "1"));
             Assert.Equal(1, code);
             Assert.Contains($"--out {dir.Path} is in use by another run", err);
             Assert.Single(err.Trim().Split('\n'));
-            Assert.False(File.Exists(dir.File("checkpoint.safetensors")));
+            Assert.Null(RunFolder.Latest(dir.Path));
             Assert.False(File.Exists(dir.File("loss.csv")));
         }
         // Released with its handle (a killed run's is released by the OS): the folder is usable again.
         Assert.Equal(0, Run(TinyRun(dir.Path, "--steps", "2", "--warmup", "1")).Code);
-        Assert.Equal(2, Checkpoint.Load(dir.File("checkpoint.safetensors")).Step);
+        Assert.Equal(2, Checkpoint.Load(RunFolder.Latest(dir.Path)!).Step);
     }
 
     // ---- the log matches the checkpoint ----------------------------------------------------------------------
@@ -223,7 +223,7 @@ public sealed class ReliabilityToolTests
         string notOurs = dir.File(".notes.tmp");
         foreach (var f in new[] { staleCheckpoint, stalePlot, notOurs }) File.WriteAllText(f, "x");
 
-        var (code, output, err) = Run(TinyRun(dir.Path, "--resume", dir.File("checkpoint.safetensors"), "--steps", "6"));
+        var (code, output, err) = Run(TinyRun(dir.Path, "--resume", dir.Path, "--steps", "6"));
         Assert.True(code == 0, err);
         Assert.Contains("removed 2 temporary file(s)", output);
         Assert.False(File.Exists(staleCheckpoint));
@@ -231,11 +231,11 @@ public sealed class ReliabilityToolTests
         Assert.True(File.Exists(notOurs));
         Assert.Equal([1, 2, 3, 4, 5, 6], LoggedSteps(dir.File("loss.csv")));
         Assert.DoesNotContain("123.5", File.ReadAllText(dir.File("loss.csv")));
-        Assert.Equal(6, Checkpoint.Load(dir.File("checkpoint.safetensors")).Step);
+        Assert.Equal(6, Checkpoint.Load(RunFolder.Latest(dir.Path)!).Step);
     }
 
     /// <summary>A console writer that asks the run to stop (as Ctrl-C does) once a line containing <paramref name="trigger"/> is written.</summary>
-    private sealed class StopOn(string trigger, CancellationTokenSource cts) : StringWriter
+    internal sealed class StopOn(string trigger, CancellationTokenSource cts) : StringWriter
     {
         public override void WriteLine(string? value)
         {
@@ -254,7 +254,7 @@ public sealed class ReliabilityToolTests
         int code = Program.Run(TinyRun(dir.Path, "--steps", "20", "--warmup", "1", "--checkpoint-every", "0"),
             new ToolConsole(output, err, interactive: false) { Cancel = cts.Token });
         Assert.Equal(ExitCodes.Interrupted, code);
-        Assert.Equal(3, Checkpoint.Load(dir.File("checkpoint.safetensors")).Step);
+        Assert.Equal(3, Checkpoint.Load(RunFolder.Latest(dir.Path)!).Step);
         Assert.Equal([1, 2, 3], LoggedSteps(dir.File("loss.csv")));
     }
 
@@ -265,7 +265,7 @@ public sealed class ReliabilityToolTests
         Assert.Equal(0, Run(TinyRun(dir.File("run"), "--steps", "2", "--warmup", "1")).Code);
         using var cts = new CancellationTokenSource();
         var err = new StringWriter();
-        int code = Program.Run(["sample", "--checkpoint", dir.File(Path.Combine("run", "checkpoint.safetensors")), "--n", "2", "--steps", "40",
+        int code = Program.Run(["sample", "--checkpoint", RunFolder.Latest(dir.File("run"))!, "--n", "2", "--steps", "40",
             "--out", dir.File("s.png"), "--threads", "2"], new ToolConsole(new StopOn("sampling", cts), err, interactive: false) { Cancel = cts.Token });
         Assert.Equal(ExitCodes.Interrupted, code);
         Assert.Contains("interrupted", err.ToString());
@@ -300,7 +300,7 @@ public sealed class ReliabilityToolTests
     {
         using var dir = new TempDir();
         Assert.Equal(0, Run(TinyRun(dir.File("run"), "--steps", "2", "--warmup", "1")).Code);
-        string ckpt = dir.File(Path.Combine("run", "checkpoint.safetensors"));
+        string ckpt = RunFolder.Latest(dir.File("run"))!;
         int n = Ddpm.Tool.Commands.SampleCommand.MaxChunk + 3;
         var (code, _, err) = Run("sample", "--checkpoint", ckpt, "--n", n.ToString(CultureInfo.InvariantCulture), "--steps", "1",
             "--out", dir.File("big.png"), "--each", dir.File("each"), "--scale", "1", "--threads", "2");

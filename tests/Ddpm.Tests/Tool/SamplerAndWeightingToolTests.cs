@@ -18,17 +18,17 @@ public sealed class SamplerAndWeightingToolTests
             "--min-snr-gamma", "4", "--out", dir.Path, "--threads", "2");
         Assert.True(code == 0, err);
         Assert.Contains("Min-SNR-4 loss weighting", output);
-        var diffusion = Checkpoint.Load(dir.File("checkpoint.safetensors")).Diffusion!;
+        var diffusion = Checkpoint.Load(RunFolder.Latest(dir.Path)!).Diffusion!;
         Assert.Equal((LossWeighting.MinSnr, 4.0), (diffusion.LossWeighting, diffusion.MinSnrGamma));
 
-        (code, output, err) = ToolTests.Run("sample", "--checkpoint", dir.File("checkpoint.safetensors"), "--sampler", "dpm++", "--steps", "5",
+        (code, output, err) = ToolTests.Run("sample", "--checkpoint", dir.Path, "--sampler", "dpm++", "--steps", "5",
             "--n", "4", "--scale", "1", "--out", dir.File("s.png"), "--threads", "2");
         Assert.True(code == 0, err);
         Assert.Contains("DPM-Solver++ (5 steps)", output);
         var grid = ImageFile.Load(dir.File("s.png"), 1);
         Assert.Equal((2 * 34 + 2, 2 * 34 + 2), (grid.Width, grid.Height)); // 2x2 grid of 32-pixel images, 2-pixel gaps
 
-        (code, _, err) = ToolTests.Run("animate", "--checkpoint", dir.File("checkpoint.safetensors"), "--sampler", "DPMPP", "--steps", "4",
+        (code, _, err) = ToolTests.Run("animate", "--checkpoint", dir.Path, "--sampler", "DPMPP", "--steps", "4",
             "--n", "1", "--frames", "2", "--out", dir.File("anim"), "--threads", "2");
         Assert.True(code == 0, err);
         Assert.True(File.Exists(dir.File("anim.png")));

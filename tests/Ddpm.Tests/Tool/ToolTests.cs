@@ -32,7 +32,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
         public int Code { get; }
         public string Out { get; }
         public string Err { get; }
-        public string Checkpoint => Dir.File("checkpoint.safetensors");
+        public string Checkpoint => RunFolder.Latest(Dir.Path) ?? Dir.File("no-checkpoint");
 
         public void Dispose() => Dir.Dispose();
     }
@@ -82,11 +82,11 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
             "--samples", "1", "--sample-steps", "2", "--warmup", "1", "--prediction", "eps", "--out", dir.Path, "--threads", "2");
         Assert.True(code == 0, err);
         Assert.Contains("eps prediction", output);
-        Assert.Equal(Ddpm.Diffusion.Diffusion.Prediction.Eps, Checkpoint.Load(dir.File("checkpoint.safetensors")).Diffusion!.Prediction);
-        (code, output, err) = Run("info", "--checkpoint", dir.File("checkpoint.safetensors"));
+        Assert.Equal(Ddpm.Diffusion.Diffusion.Prediction.Eps, Checkpoint.Load(RunFolder.Latest(dir.Path)!).Diffusion!.Prediction);
+        (code, output, err) = Run("info", "--checkpoint", dir.Path);
         Assert.True(code == 0, err);
         Assert.Contains("prediction=Eps", output);
-        (code, _, err) = Run("sample", "--checkpoint", dir.File("checkpoint.safetensors"), "--n", "2", "--steps", "2", "--out", dir.File("s.png"));
+        (code, _, err) = Run("sample", "--checkpoint", dir.Path, "--n", "2", "--steps", "2", "--out", dir.File("s.png"));
         Assert.True(code == 0, err);
         Assert.True(File.Exists(dir.File("s.png")));
     }
@@ -96,10 +96,10 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     {
         using var dir = new TempDir();
         foreach (var f in Directory.GetFiles(_run.Dir.Path)) File.Copy(f, Path.Combine(dir.Path, Path.GetFileName(f)));
-        var (code, output, err) = Run("train", "--resume", dir.File("checkpoint.safetensors"), "--steps", "6", "--max-images", "64",
+        var (code, output, err) = Run("train", "--resume", dir.Path, "--steps", "6", "--max-images", "64",
             "--out", dir.Path, "--samples", "1", "--sample-steps", "2", "--threads", "2");
         Assert.True(code == 0, err);
-        var resumed = Checkpoint.Load(dir.File("checkpoint.safetensors"));
+        var resumed = Checkpoint.Load(RunFolder.Latest(dir.Path)!);
         Assert.Equal(6, resumed.Step);
         Assert.Equal(6, resumed.Training!.DecaySteps);
         Assert.Contains("the cosine learning-rate decay now ends at step 6 instead of 4", output);
@@ -319,9 +319,9 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--bogus" }, "unknown option 'bogus'")]
     [InlineData(new[] { "train", "--steps", "abc" }, "bad value for --steps")]
     [InlineData(new[] { "frobnicate" }, "unknown verb 'frobnicate'")]
-    [InlineData(new[] { "sample" }, "missing required option --checkpoint")]
+    [InlineData(new[] { "eval" }, "give --checkpoint (to sample) or --images")]
     [InlineData(new[] { "train", "--steps", "0" }, "--steps must be between 1 and")]
-    [InlineData(new[] { "train", "--preset", "huge" }, "unknown preset 'huge'")]
+    [InlineData(new[] { "train", "--preset", "huge" }, "--preset 'huge' is not a preset; known: tiny, small")]
     [InlineData(new[] { "train", "--lr-schedule", "wavy" }, "bad value for --lr-schedule")]
     [InlineData(new[] { "train", "--prediction", "x0" }, "bad value for --prediction")]
     [InlineData(new[] { "sample", "--checkpoint", "c", "--sampler", "euler" }, "--sampler is ddim, dpm++ or ddpm, not 'euler'")]
@@ -329,7 +329,7 @@ public sealed class ToolTests : IClassFixture<ToolTests.TrainedRun>
     [InlineData(new[] { "train", "--prediction", "v", "--labml-exact" }, "--labml-exact trains labml's eps prediction")]
     [InlineData(new[] { "train", "--warmup", "-1" }, "--warmup must be >= 0")]
     [InlineData(new[] { "sample", "--checkpoint", "c", "--scale", "0" }, "--scale must be between 1 and")]
-    [InlineData(new[] { "train", "--steps", "50", "--warmup", "80" }, "the warm-up (80 steps) must be shorter than the run (50 steps)")]
+    [InlineData(new[] { "train", "--steps", "50", "--warmup", "80" }, "--warmup 80: the warm-up must be shorter than the run (50 steps)")]
     [InlineData(new[] { "train", "--backend", "tpu" }, "unknown backend 'tpu'")]
     [InlineData(new[] { "train", "--ch-mults", "1,x" }, "--ch-mults takes comma-separated integers")]
     [InlineData(new[] { "train", "--image-size", "30" }, "--image-size 30 must be divisible by 4")]

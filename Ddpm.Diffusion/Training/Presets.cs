@@ -1,11 +1,15 @@
 using Ddpm.Diffusion.Model;
 
-namespace Ddpm.Tool;
+namespace Ddpm.Diffusion.Training;
 
-/// <summary>Named model configurations.</summary>
+/// <summary>Named model configurations, with the batch a benchmark of each uses.</summary>
 public static class Presets
 {
+    /// <summary>A named model and its benchmark batch.</summary>
     public sealed record Preset(string Name, UNetConfig Model, int Batch, string Summary);
+
+    /// <summary>The preset a recipe uses when it names none.</summary>
+    public const string Default = "small";
 
     public static readonly Preset[] All =
     [
@@ -19,7 +23,8 @@ public static class Presets
             128, "the paper's CIFAR-10 layout in labml's UNet: widths 128/256/256/256, attention at 16x16, dropout 0.1"),
     ];
 
+    /// <summary>The preset called <paramref name="name"/> (any case); an unknown name is a <see cref="ConfigValueException"/> for key <c>preset</c>.</summary>
     public static Preset Get(string name) =>
         All.FirstOrDefault(p => string.Equals(p.Name, name, StringComparison.OrdinalIgnoreCase))
-        ?? throw new UsageError($"unknown preset '{name}'; known: {string.Join(", ", All.Select(p => p.Name))}.");
+        ?? throw new ConfigValueException("preset", $"'{name}' is not a preset; known: {string.Join(", ", All.Select(p => p.Name))}.");
 }

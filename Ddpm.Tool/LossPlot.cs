@@ -1,74 +1,8 @@
 using System.Globalization;
-using Ddpm.Diffusion.Training;
 using Ddpm.Tensors.IO;
 using ScottPlot;
 
 namespace Ddpm.Tool;
-
-/// <summary>
-/// The training log: loss.csv (step, loss, grad norm, lr, seconds) and its loss curve, loss.png. Rows are kept in
-/// memory and appended by <see cref="Flush"/>, which the run calls (durably) before each checkpoint is renamed into
-/// place, so the log on disk always covers the checkpoint on disk; rows past it (a run killed between the two) are
-/// dropped when the run resumes.
-/// </summary>
-internal sealed class LossLog
-{
-    private const string Header = "step,loss,grad_norm,lr,seconds";
-    private readonly string _path;
-    private readonly List<string> _pending = new();
-    private readonly List<(double Step, double Loss)> _all = new();
-
-    /// <summary>
-    /// A new log, or with <paramref name="resumeStep"/> the existing one cut to the rows of steps up to that step
-    /// (the resumed checkpoint's), rewritten atomically.
-    /// </summary>
-    public LossLog(string path, long? resumeStep)
-    {
-        _path = path;
-        var kept = new List<string>();
-        if (resumeStep is { } last && File.Exists(path))
-        {
-            foreach (var line in File.ReadLines(path).Skip(1))
-            {
-                var f = line.Split(',');
-                if (f.Length >= 2 && double.TryParse(f[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var s)
-                    && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var l) && s <= last)
-                {
-                    _all.Add((s, l));
-                    kept.Add(line);
-                }
-            }
-        }
-        AtomicFile.Write(path, stream =>
-        {
-            using var w = new StreamWriter(stream, leaveOpen: true);
-            w.Write(Header + "\n");
-            foreach (var line in kept) w.Write(line + "\n");
-        });
-    }
-
-    public IReadOnlyList<(double Step, double Loss)> Points => _all;
-
-    public void Add(TrainStep s)
-    {
-        _all.Add((s.Step, s.Loss));
-        _pending.Add(string.Create(CultureInfo.InvariantCulture, $"{s.Step},{s.Loss:R},{s.GradNorm:G6},{s.LearningRate:G6},{s.Seconds:F4}"));
-        if (_pending.Count >= 100) Flush(durable: false);
-    }
-
-    /// <summary>Appends the pending rows; <paramref name="durable"/> also forces them to disk (before a checkpoint is renamed into place).</summary>
-    public void Flush(bool durable)
-    {
-        if (_pending.Count == 0 && !durable) return;
-        using var fs = new FileStream(_path, FileMode.Append, FileAccess.Write, FileShare.Read);
-        using (var w = new StreamWriter(fs, leaveOpen: true))
-            foreach (var line in _pending) w.Write(line + "\n");
-        if (durable) fs.Flush(flushToDisk: true);
-        _pending.Clear();
-    }
-
-    public void Plot(string path) => LossPlot.Save(path, _all);
-}
 
 /// <summary>
 /// The loss curve as a PNG (ScottPlot): every step's loss faint, a moving average bold, the loss axis
@@ -108,6 +42,12 @@ internal static class LossPlot
         plot.XLabel("step");
         plot.YLabel("loss (log scale)");
         plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
+        Write(plot, path);
+    }
+
+    /// <summary>Writes <paramref name="plot"/> as a PNG whole or not at all (a temporary file renamed into place).</summary>
+    internal static void Write(Plot plot, string path)
+    {
         string tmp = AtomicFile.TemporaryPath(path);
         try
         {
@@ -169,5 +109,24 @@ internal static class LossPlot
             result[i] = w > 0 ? m / w : y[i];
         }
         return result;
+    }
+}
+
+/// <summary>FID by step as a PNG (ScottPlot), beside the loss curve.</summary>
+internal static class FidPlot
+{
+    public static void Save(string path, IReadOnlyList<(long Step, double Fid)> points)
+    {
+        using var plot = new Plot();
+        var line = plot.Add.Scatter(points.Select(p => (double)p.Step).ToArray(), points.Select(p => p.Fid).ToArray());
+        line.LegendText = "FID (bundled classifier's features)";
+        line.LineWidth = 2;
+        line.MarkerSize = 8;
+        plot.ShowLegend(Alignment.UpperRight);
+        plot.Title("Sample quality while training");
+        plot.XLabel("step");
+        plot.YLabel("FID (lower is better)");
+        plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
+        LossPlot.Write(plot, path);
     }
 }

@@ -1,0 +1,36 @@
+using System.Globalization;
+using Ddpm.Diffusion.Quality;
+
+namespace Ddpm.Diffusion.Training;
+
+/// <summary>
+/// metrics.csv of a run folder: one row per sample-quality measurement (step, FID, IS, class accuracy, samples,
+/// seconds). A resumed run keeps the rows up to its checkpoint's step (rewritten whole) and the best FID among them.
+/// </summary>
+public sealed class MetricsLog
+{
+    public const string Header = "step,fid,inception_score,class_accuracy,samples,seconds";
+    private readonly string _path;
+    private readonly List<(long Step, double Fid)> _fids = new();
+
+    public MetricsLog(string path, long? resumeStep)
+    {
+        _path = path;
+        foreach (var (step, fid, _) in LossLog.Restart(path, Header, resumeStep)) _fids.Add(((long)step, fid));
+    }
+
+    /// <summary>The FIDs measured so far, by step.</summary>
+    public IReadOnlyList<(long Step, double Fid)> Fids => _fids;
+
+    /// <summary>The lowest FID so far (infinity before the first).</summary>
+    public double BestFid => _fids.Count == 0 ? double.PositiveInfinity : _fids.Min(f => f.Fid);
+
+    /// <summary>Appends a measurement (and pushes it to the file).</summary>
+    public void Add(QualityResult r)
+    {
+        _fids.Add((r.Step, r.Fid));
+        string accuracy = r.ClassAccuracy is { } a ? a.ToString("R", CultureInfo.InvariantCulture) : "";
+        File.AppendAllText(_path, string.Create(CultureInfo.InvariantCulture,
+            $"{r.Step},{r.Fid:R},{r.InceptionScore:R},{accuracy},{r.Samples},{r.Seconds:F2}\n"));
+    }
+}

@@ -1,0 +1,274 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Training;
+using Ddpm.Tensors.IO;
+using Ddpm.Tests.Data;
+using Ddpm.Tool;
+using Xunit;
+using static Ddpm.Tests.Tool.ToolTests;
+
+namespace Ddpm.Tests.Tool;
+
+/// <summary>
+/// Run folders as a user meets them: a second train into a folder keeps the first run, --resume continues it
+/// (with no path, also after a kill), --keep and --overwrite, config.json in and out, and the library's run
+/// against the tool's.
+/// </summary>
+public sealed class RunFolderToolTests
+{
+    private static string[] Tiny(string outDir, params string[] extra) =>
+    [
+        "train", "--preset", "tiny", "--batch", "4", "--max-images", "32", "--diffusion-steps", "20", "--samples", "1",
+        "--sample-steps", "1", "--sample-every", "0", "--log-every", "1", "--threads", "1", "--out", outDir, .. extra,
+    ];
+
+    private static string[] Losses(string folder) =>
+        File.ReadAllLines(Path.Combine(folder, RunFolder.LossName)).Skip(1).Select(l => l.Split(',')[1]).ToArray();
+
+    private static long[] Steps(string folder) => RunFolder.Checkpoints(folder).Select(c => c.Step).ToArray();
+
+    /// <summary>Every tensor of two safetensors files, bit for bit.</summary>
+    private static void SameTensors(string a, string b)
+    {
+        var fa = SafeTensorsFile.Read(a);
+        var fb = SafeTensorsFile.Read(b);
+        Assert.Equal(fa.Entries.Select(e => e.Name), fb.Entries.Select(e => e.Name));
+        foreach (var e in fa.Entries) Assert.True(e.AsFloats().AsSpan().SequenceEqual(fb[e.Name].AsFloats()), $"{e.Name} differs");
+    }
+
+    [Fact]
+    public void ASecondTrainKeepsTheFirstRunAndResumeContinuesIt()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run(Tiny(dir.Path, "--steps", "4", "--checkpoint-every", "1", "--keep", "2"));
+        Assert.True(code == 0, err);
+        // Step-numbered checkpoints, the last two kept; the configuration beside them.
+        Assert.Equal([3, 4], Steps(dir.Path));
+        Assert.True(File.Exists(dir.File(RunFolder.ConfigName)));
+        var before = Directory.GetFiles(dir.Path).ToDictionary(f => f, File.ReadAllBytes);
+
+        // The natural second command: refused with one line, nothing changed.
+        (code, _, err) = Run(Tiny(dir.Path, "--steps", "4"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains($"--out {dir.Path} holds a run (checkpoint-0000004.safetensors and 1 older, model.safetensors, config.json, loss.csv)", err);
+        Assert.Contains("--resume", err);
+        Assert.Contains("--overwrite", err);
+        foreach (var (f, bytes) in before) Assert.Equal(bytes, File.ReadAllBytes(f));
+
+        // --resume with no path continues the run in --out; --steps extends it.
+        (code, var output, err) = Run(Tiny(dir.Path, "--resume", "--steps", "6", "--keep", "2"));
+        Assert.True(code == 0, err);
+        Assert.Contains("resuming at 4", output);
+        // The resumed run keeps its checkpoint cadence (every step) and --keep 2.
+        Assert.Equal([5, 6], Steps(dir.Path));
+        Assert.Equal(6, Losses(dir.Path).Length);
+
+        // --overwrite replaces it.
+        (code, _, err) = Run(Tiny(dir.Path, "--steps", "2", "--overwrite"));
+        Assert.True(code == 0, err);
+        Assert.Equal([2], Steps(dir.Path));
+        Assert.Equal(2, Losses(dir.Path).Length);
+        Assert.Equal(2, Checkpoint.Load(RunFolder.Latest(dir.Path)!).Step);
+    }
+
+    [Fact]
+    public void AStoppedRunContinuesWithResumeAloneToTheLossesOfAnUninterruptedRun()
+    {
+        using var whole = new TempDir();
+        Assert.Equal(0, Run(Tiny(whole.Path, "--steps", "6")).Code);
+        using var split = new TempDir();
+        using var cts = new CancellationTokenSource();
+        int code = Program.Run(Tiny(split.Path, "--steps", "6"), new ToolConsole(new ReliabilityToolTests.StopOn("step       3/", cts), new StringWriter(), interactive: false) { Cancel = cts.Token });
+        Assert.Equal(ExitCodes.Interrupted, code);
+        Assert.Equal([3], Steps(split.Path));
+        // The stopped run's plan (6 steps, its schedule) is in its checkpoint: --resume alone finishes it.
+        var (rc, _, err) = Run("train", "--resume", "--out", split.Path, "--threads", "1", "--log-every", "1");
+        Assert.True(rc == 0, err);
+        Assert.Equal(Losses(whole.Path), Losses(split.Path));
+        SameTensors(RunFolder.Latest(whole.Path)!, RunFolder.Latest(split.Path)!);
+    }
+
+    [Fact]
+    public void AResumeWithoutACheckpointOrOfAnotherModelIsOneLine()
+    {
+        using var dir = new TempDir();
+        var (code, _, err) = Run(Tiny(dir.Path, "--resume", "--steps", "2"));
+        Assert.Equal(1, code);
+        Assert.Contains("holds no checkpoint to resume", err);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Equal(0, Run(Tiny(dir.Path, "--steps", "2")).Code);
+        AssertBadUsage(Tiny(dir.Path, "--resume", "--steps", "3", "--lr", "0.5"), "--lr 0.5: the checkpoint");
+    }
+
+    [Fact]
+    public void ConfigJsonTrainsTheSameRunAndOptionsOverrideIt()
+    {
+        using var a = new TempDir();
+        Assert.Equal(0, Run(Tiny(a.Path, "--steps", "2", "--lr", "5e-4", "--seed", "3", "--no-classes")).Code);
+        var config = JsonNode.Parse(File.ReadAllText(a.File(RunFolder.ConfigName)))!;
+        Assert.Equal(TrainingRecipe.Sections, config.AsObject().Select(kv => kv.Key));
+        // The same values the checkpoint's metadata holds.
+        var meta = SafeTensorsFile.Read(RunFolder.Latest(a.Path)!).Metadata;
+        foreach (var section in new[] { "model", "diffusion", "training", "run" })
+            Assert.True(JsonNode.DeepEquals(JsonNode.Parse(meta[section]), config[section]), section);
+        Assert.Equal(5e-4, config["training"]!["lr"]!.GetValue<double>(), 6);
+
+        // The file alone trains the same run, bit for bit.
+        using var b = new TempDir();
+        var (code, _, err) = Run("train", "--config", a.File(RunFolder.ConfigName), "--out", b.Path, "--threads", "1");
+        Assert.True(code == 0, err);
+        Assert.Equal(Losses(a.Path), Losses(b.Path));
+        SameTensors(RunFolder.Latest(a.Path)!, RunFolder.Latest(b.Path)!);
+
+        // An option overrides the file's value; the rest stays.
+        using var c = new TempDir();
+        (code, _, err) = Run("train", "--config", a.File(RunFolder.ConfigName), "--lr", "1e-4", "--out", c.Path, "--threads", "1");
+        Assert.True(code == 0, err);
+        var cc = Checkpoint.Load(RunFolder.Latest(c.Path)!);
+        Assert.Equal(1e-4f, cc.Training!.LearningRate);
+        Assert.Equal(3ul, cc.Training.Seed);
+        Assert.Equal(2, cc.Step);
+    }
+
+    [Theory]
+    [InlineData("{\"training\": {\"lrr\": 1}}", "unknown key \"training.lrr\"")]
+    [InlineData("{\"trainig\": {}}", "unknown section \"trainig\"")]
+    [InlineData("{\"training\": {\"lr\": -1}}", "\"lr\" -1 is not a positive learning rate")]
+    [InlineData("{\"model\": {\"n_channels\": \"wide\"}}", "\"n_channels\" \"wide\" is not a valid value")]
+    [InlineData("[1, 2]", "a configuration is a JSON object")]
+    [InlineData("{", "not JSON")]
+    public void ABadConfigFileIsOneLineNamingTheFileAndTheKey(string json, string message)
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("c.json"), json);
+        var (code, _, err) = Run("train", "--config", dir.File("c.json"), "--preset", "tiny", "--steps", "1", "--out", dir.File("o"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains(dir.File("c.json"), err);
+        Assert.Contains(message, err);
+        Assert.False(Directory.Exists(dir.File("o")) && RunFolder.Latest(dir.File("o")) is not null);
+    }
+
+    [Fact]
+    public void AHandWrittenConfigSetsOnlyItsKeys()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("c.json"), "{\"run\": {\"preset\": \"tiny\", \"steps\": 20, \"max_images\": 8}, \"training\": {\"lr\": 0.002}}");
+        var plan = Plan("train", "--config", dir.File("c.json"));
+        Assert.Equal(2e-3f, plan.Training.LearningRate);
+        // The rest is the recipe's: the tiny preset with the attention norm, the default batch, a shortened warm-up.
+        Assert.Equal(16, plan.Model.NChannels);
+        Assert.True(plan.Model.AttnNorm);
+        Assert.Equal(8, plan.Training.BatchSize);
+        Assert.Equal(2, plan.Training.WarmupSteps);
+        Assert.Equal(0.995f, plan.Training.EmaDecay);
+    }
+
+    [Fact]
+    public void GradAccumTrainsTheStepsOfOneBatch()
+    {
+        using var one = new TempDir();
+        Assert.Equal(0, Run(Tiny(one.Path, "--steps", "3", "--no-classes")).Code);
+        using var four = new TempDir();
+        var (code, output, err) = Run(Tiny(four.Path, "--steps", "3", "--no-classes", "--grad-accum", "4"));
+        Assert.True(code == 0, err);
+        Assert.Contains("each as 4 micro-batches of 1", output);
+        var a = Losses(one.Path).Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        var b = Losses(four.Path).Select(s => double.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-5 * Math.Abs(a[i]), $"step {i + 1}: {a[i]} vs {b[i]}");
+        AssertBadUsage(Tiny(four.Path + "-x", "--steps", "3", "--grad-accum", "3"), "--grad-accum 3 does not divide the --batch 4 into equal micro-batches");
+    }
+
+    [Fact]
+    public void TheLibraryTrainsBitForBitWhatTheToolTrains()
+    {
+        using var tool = new TempDir();
+        var (code, _, err) = Run(Tiny(tool.Path, "--steps", "3", "--lr", "2e-3"));
+        Assert.True(code == 0, err);
+
+        // The same recipe through the library alone: the bundled images with their labels, a CPU backend of one thread.
+        string fashion = Path.Combine(TestFiles.RepoRoot, "data", "fashion-mnist");
+        var images = IdxDataset.Load(Path.Combine(fashion, "train-images-idx3-ubyte.gz"));
+        var labels = IdxLabels.Load(Path.Combine(fashion, "train-labels-idx1-ubyte.gz"), 10);
+        var data = new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
+        var recipe = new TrainingRecipe()
+            .Set("run", "preset", "tiny").Set("run", "steps", 3L).Set("run", "max_images", 32).Set("run", "samples", 1)
+            .Set("run", "sample_steps", 1).Set("run", "sample_every", 0).Set("run", "eval_every", 1000)
+            .Set("diffusion", "n_steps", 20).Set("training", "batch_size", 4).Set("training", "lr", 2e-3f);
+        using var library = new TempDir();
+        var plan = Recipes.Plan(recipe, data);
+        using (var folder = RunFolder.Open(library.Path, resuming: false, overwrite: false))
+        using (var be = new CpuBackend(1))
+        using (var run = new TrainingRun(plan, be, DataParallel.None, folder))
+            Assert.Equal(RunStatus.Finished, run.Run().Status);
+
+        Assert.Equal(Losses(tool.Path), Losses(library.Path));
+        SameTensors(RunFolder.Latest(tool.Path)!, RunFolder.Latest(library.Path)!);
+        SameTensors(tool.File(RunFolder.ModelName), library.File(RunFolder.ModelName));
+        Assert.Equal(File.ReadAllText(tool.File(RunFolder.ConfigName)), File.ReadAllText(library.File(RunFolder.ConfigName)));
+    }
+
+    [Fact]
+    public void EvalEveryMeasuresWhatEvalMeasuresAndKeepsTheBest()
+    {
+        using var dir = new TempDir();
+        var (code, output, err) = Run(Tiny(dir.Path, "--steps", "4", "--eval-every", "2", "--eval-samples", "6", "--seed", "1"));
+        Assert.True(code == 0, err + output);
+        var rows = File.ReadAllLines(dir.File(RunFolder.MetricsName));
+        Assert.Equal(MetricsLog.Header, rows[0]);
+        Assert.Equal(["2", "4"], rows.Skip(1).Select(r => r.Split(',')[0]));
+        Assert.Contains("step 2: FID ", output);
+        Assert.True(File.Exists(dir.File("fid.png")));
+        // The measurement is eval's: the same seed (the run's + 2000), DPM-Solver++ 20 steps, class-balanced at
+        // guidance 1, in chunks of 125, against the bundled test set with the bundled classifier. best.safetensors
+        // holds the EMA weights of the lowest FID, with the configs to sample them.
+        var fids = rows.Skip(1).Select(r => double.Parse(r.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
+        (code, output, err) = Run("eval", "--checkpoint", dir.File(RunFolder.BestName), "--n", "6", "--batch", "125", "--sampler", "dpm++",
+            "--steps", "20", "--guidance", "1", "--seed", "2001", "--threads", "1", "--json");
+        Assert.True(code == 0, err + output);
+        double evalFid = JsonNode.Parse(output.Trim().Split('\n')[^1])!["fid"]!.GetValue<double>();
+        Assert.Equal(fids.Min(), evalFid, 9);
+    }
+
+    [Fact]
+    public void ABundledModelSamplesWithoutACheckpoint()
+    {
+        // The tool finds its bundled model beside its binary (here: the test's output folder).
+        string bundled = Path.Combine(AppContext.BaseDirectory, "models", BundledFiles.DdpmModelFile);
+        Assert.False(File.Exists(bundled), "the test build carries no bundled model");
+        var (code, _, err) = Run("sample", "--n", "1", "--steps", "1", "--out", Path.Combine(Path.GetTempPath(), "never.png"));
+        Assert.Equal(1, code);
+        Assert.Contains("carries no bundled model", err);
+        Assert.Single(err.Trim().Split('\n'));
+
+        using var dir = new TempDir();
+        (code, var output, err) = Run(Tiny(dir.Path, "--steps", "2", "--ema", "0.9", "--bundle", dir.File("bundle.safetensors")));
+        Assert.True(code == 0, err);
+        var file = SafeTensorsFile.Read(dir.File("bundle.safetensors"));
+        Assert.All(file.Entries, e => Assert.Equal(SafeTensorsDType.F16, e.DType));
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Contains("EMA weights after 2 steps", file.Metadata["description"]);
+        // fp16 on disk, float32 in memory: the EMA weights of model.safetensors rounded to half, and nothing else.
+        var full = SafeTensorsFile.Read(dir.File(RunFolder.ModelName));
+        foreach (var e in full.Entries)
+            Assert.Equal(e.AsFloats().Select(v => (float)(Half)v), file[e.Name].AsFloats());
+        try
+        {
+            File.Copy(dir.File("bundle.safetensors"), bundled);
+            (code, output, err) = Run("sample", "--class", "Sneaker", "--n", "2", "--steps", "2", "--out", dir.File("s.png"), "--threads", "1");
+            Assert.True(code == 0, err);
+            Assert.Contains($"from {bundled}", output);
+            Assert.Contains("of class 7 (Sneaker)", output);
+            (code, output, err) = Run("info");
+            Assert.True(code == 0, err);
+            Assert.Contains($"bundled model: {bundled}: class-conditional", output);
+        }
+        finally
+        {
+            File.Delete(bundled);
+        }
+    }
+}
