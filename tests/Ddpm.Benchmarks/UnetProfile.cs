@@ -8,19 +8,24 @@ using Ddpm.Tensors;
 namespace Ddpm.Benchmarks;
 
 /// <summary>
-/// <c>unet --preset small --mode train|sample --batch 64 [--steps 3] [--threads 1] [--top 30] [--winograd-tile 2|4]</c>: the op table of
+/// <c>unet --preset small --mode train|sample --batch 64 [--steps 3] [--threads 1] [--top 30] [--winograd-tile 2|4]
+/// [--winograd-min-tiles T] [--winograd-min-work W] [--micro-batches K]</c>: the op table of
 /// a UNet step (as <c>ddpm-tool bench --profile</c>), timed by the calling thread's CPU time when the backend runs
 /// one thread. On a machine shared with other work a thread that is switched out stops its CPU clock, so the
 /// table and the per-step total hold still where wall time moves by a factor of several; cache traffic of the
 /// neighbours still shows. With more threads the clock is wall time (helpers' time is not on the caller's clock).
-/// The ISA is the process's: <c>DOTNET_EnableAVX512=0</c> runs the AVX2 code of an AVX2-only host.
+/// The ISA is the process's: <c>DOTNET_EnableAVX512=0</c> runs the AVX2 code of an AVX2-only host. The Winograd
+/// thresholds are <see cref="CpuBackendOptions.WinogradMinTiles"/> and <see cref="CpuBackendOptions.WinogradMinWork"/>;
+/// a training step runs its batch as K micro-batches (<see cref="Trainer.MicroBatches"/>, gradient accumulation).
 /// </summary>
 public static class UnetProfile
 {
     public static int Run(string[] args)
     {
         string preset = "small", mode = "train";
-        int batch = 64, steps = 3, threads = 1, top = 30, tile = new CpuBackendOptions().WinogradTile;
+        var defaults = new CpuBackendOptions();
+        int batch = 64, steps = 3, threads = 1, top = 30, tile = defaults.WinogradTile, minTiles = defaults.WinogradMinTiles, micro = 1;
+        long minWork = defaults.WinogradMinWork;
         for (int i = 0; i + 1 < args.Length; i += 2)
         {
             switch (args[i])
@@ -32,6 +37,9 @@ public static class UnetProfile
                 case "--threads": threads = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
                 case "--top": top = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
                 case "--winograd-tile": tile = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--winograd-min-tiles": minTiles = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--winograd-min-work": minWork = long.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
+                case "--micro-batches": micro = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
@@ -40,7 +48,7 @@ public static class UnetProfile
         var cfg = Presets.Get(preset).Model;
         bool cpuClock = threads == 1;
         Func<double> clock = BenchClock.For(threads);
-        var raw = new CpuBackend(new CpuBackendOptions { Threads = threads, WinogradTile = tile });
+        var raw = new CpuBackend(defaults with { Threads = threads, WinogradTile = tile, WinogradMinTiles = minTiles, WinogradMinWork = minWork });
         using var be = new ProfilingBackend(raw, synchronize: true, clock);
         using var model = new UNet(be, cfg, new PhiloxGenerator(0));
         var diffusion = new DenoiseDiffusion(model, new DiffusionConfig());
@@ -48,7 +56,7 @@ public static class UnetProfile
         if (mode == "train")
         {
             using var trainer = new Trainer(diffusion, new SyntheticBatches(cfg.ImageChannels, cfg.ImageSize, 1),
-                new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f });
+                new TrainingConfig { BatchSize = batch, EmaDecay = 0f, GradClip = 0f }) { MicroBatches = micro };
             for (int i = 0; i < 1 + steps; i++)
             {
                 if (i == 1) be.Start();
@@ -80,7 +88,8 @@ public static class UnetProfile
         double median = stepTimes[stepTimes.Count / 2];
         double flops = be.Entries.Sum(e => e.Flops) / steps;
         var inv = CultureInfo.InvariantCulture;
-        Console.WriteLine($"unet {mode} {preset} batch {batch}, {raw.Description}, winograd F({tile}x{tile}, 3x3), clock: {(cpuClock ? "thread CPU time" : "wall")}");
+        Console.WriteLine($"unet {mode} {preset} batch {batch}{(micro > 1 ? $" as {micro} micro-batches" : "")}, {raw.Description}, winograd F({tile}x{tile}, 3x3) " +
+            $"from {minTiles} tiles and {minWork} O C tiles, clock: {(cpuClock ? "thread CPU time" : "wall")}");
         Console.WriteLine(string.Format(inv, "step: median {0:F4} s over {1} (min {2:F4}, max {3:F4}) = {4:F2} images/s, {5:F1} GFLOP/s as direct",
             median, steps, stepTimes[0], stepTimes[^1], batch / median, flops / median / 1e9));
         Console.Write(be.Report(top, steps));
