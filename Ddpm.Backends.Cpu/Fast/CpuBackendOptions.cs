@@ -37,7 +37,8 @@ public sealed record CpuBackendOptions
     public int WinogradMinChannels { get; init; } = 16;
 
     /// <summary>
-    /// Fewest output tiles, counted as F(2x2) tiles (N x ceil(OH / 2) x ceil(OW / 2)), of a Winograd convolution. The
+    /// Fewest output tiles, counted as F(2x2) tiles (N x ceil(OH / 2) x ceil(OW / 2), N the whole batch of a
+    /// <see cref="Ddpm.Tensors.BatchScope"/> where the call is part of one), of a Winograd convolution. The
     /// filter transform is paid per call: on the benchmark machine (one thread, thread CPU time, forward plus both
     /// backward passes) F(4x4, 3x3) lost to the implicit GEMM at 16 and 32 such tiles of a [N, 128, 8, 8] -> 128
     /// convolution (0.4x, 0.6x) and at 64 of labml's [16, 1024, 4, 4] -> 1024 (1.0x), and won from 128 on (1.1x to 2.5x;
@@ -46,8 +47,9 @@ public sealed record CpuBackendOptions
     public int WinogradMinTiles { get; init; } = 128;
 
     /// <summary>
-    /// Smallest O x C x tiles (F(2x2) tiles) of a Winograd convolution: below this the whole convolution takes a few
-    /// tens of microseconds and its extra passes and parallel regions cost more than the multiplies saved.
+    /// Smallest O x C x tiles (F(2x2) tiles, counted as for <see cref="WinogradMinTiles"/>) of a Winograd convolution:
+    /// below this the whole convolution takes a few tens of microseconds and its extra passes and parallel regions cost
+    /// more than the multiplies saved.
     /// </summary>
     public long WinogradMinWork { get; init; } = 1L << 18;
 

@@ -157,10 +157,8 @@ public sealed class ClassConditionalTrainingTests(ITestOutputHelper output)
     }
 
     // As in DataParallelTrainingTests: shards sum in another order than the whole batch, so losses and weights
-    // agree to float rounding (measured there: 1e-7 relative, 4.3e-7 absolute after 5 steps). Here the whole batch
-    // of 4 runs the 16x16 convolutions as Winograd F(4x4, 3x3) and the shards of 2 as implicit GEMMs (the CPU
-    // backend picks by the work per call): weights 2.3e-6 apart after 4 steps.
-    private const double LossTolerance = 1e-6, WeightTolerance = 4e-6;
+    // agree to float rounding (measured here: weights 7.7e-7 apart after 4 steps, 8.2e-7 with the AVX2 code).
+    private const double LossTolerance = 1e-6, WeightTolerance = 2e-6;
 
     [Fact]
     public void TwoRanksTrainTheConditionalModelOneRankTrainsWithTheWholeBatch()

@@ -183,4 +183,55 @@ public sealed class ConvTests
             Closeness.AssertNmse($"dbias, {name}", Down(be, dbb, o), db, Tolerance);
         }
     }
+
+    /// <summary>
+    /// A part of a batch (a data-parallel shard, a micro-batch) inside a <see cref="BatchScope"/> of the whole batch
+    /// computes each of its samples bit for bit as the whole batch does. [4, 32, 16, 16] -> 32 runs as a Winograd
+    /// convolution by the default thresholds (256 F(2x2) tiles, 256K O C tiles) and a half of it alone as an implicit
+    /// GEMM, which rounds differently: outside the scope the half's outputs differ.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void APartOfABatchComputesItsSamplesAsTheWholeBatchDoes(int threads)
+    {
+        var whole = Geo(4, 32, 16, 16, 32, 3, 1, 1);
+        var half = whole with { N = 2 };
+        using var be = new CpuBackend(new CpuBackendOptions { Threads = threads });
+        var x = Random(whole.InputSize, 8); var wt = Random(whole.WeightSize, 9); var bias = Random(whole.O, 10); var dy = Random(whole.OutputSize, 11);
+        var wb = Up(be, wt); var bb = Up(be, bias);
+        var yb = be.Allocate(whole.OutputSize); var dxb = be.Allocate(whole.InputSize);
+        be.Conv2dForward(Up(be, x), wb, bb, whole, yb);
+        be.Conv2dBackwardData(Up(be, dy), wb, whole, dxb);
+        var (y, dx) = (Down(be, yb, whole.OutputSize), Down(be, dxb, whole.InputSize));
+
+        (float[] Y, float[] Dx) Half(int h)
+        {
+            var xh = Up(be, x.AsSpan(h * half.InputSize, half.InputSize).ToArray());
+            var dyh = Up(be, dy.AsSpan(h * half.OutputSize, half.OutputSize).ToArray());
+            var yh = be.Allocate(half.OutputSize); var dxh = be.Allocate(half.InputSize);
+            be.Conv2dForward(xh, wb, bb, half, yh);
+            be.Conv2dBackwardData(dyh, wb, half, dxh);
+            return (Down(be, yh, half.OutputSize), Down(be, dxh, half.InputSize));
+        }
+
+        for (int h = 0; h < 2; h++)
+        {
+            var expectedY = y.AsSpan(h * half.OutputSize, half.OutputSize).ToArray();
+            var expectedDx = dx.AsSpan(h * half.InputSize, half.InputSize).ToArray();
+            using (BatchScope.Of(2))
+            using (BatchScope.Of(whole.N))
+            {
+                var (yh, dxh) = Half(h);
+                Assert.Equal(expectedY, yh);
+                Assert.Equal(expectedDx, dxh);
+            }
+            Assert.Equal(0, BatchScope.Whole);
+            var (alone, dxAlone) = Half(h);
+            Assert.NotEqual(expectedY, alone);
+            Assert.NotEqual(expectedDx, dxAlone);
+            Closeness.AssertNmse("the half alone", alone, expectedY, Tolerance);
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => BatchScope.Of(0));
+    }
 }
