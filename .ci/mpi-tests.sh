@@ -5,7 +5,9 @@
 # --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
 # without a hang and leave a checkpoint that loads. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
 # also builds a simulated libnccl.so.2), the same comparison for --backend cuda over NCCL and over the MPI
-# fallback through host memory (libnccl.so.2 left out of the library path). Needs MPICH's mpiexec and
+# fallback through host memory (libnccl.so.2 left out of the library path); those ranks run under the simulator's
+# schedule and checks from the environment (DDPM_CUDA_SIM_SCHEDULE, DDPM_CUDA_SIM_CHECK: .ci/run sets them, with
+# NCCL's results arriving at their completion point in stream order). Needs MPICH's mpiexec and
 # libmpich.so.12 (Debian: apt-get install --no-install-recommends mpich); without them it says so and exits 0 with
 # "skipped". Uses the Release build of ddpm-tool (built here if missing). Prints "N passed, N failed" last.
 set -uo pipefail
@@ -269,7 +271,9 @@ if [ -z "$sim_nccl" ]; then
   echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
   skipped=$((skipped + 7))
 else
-  cuda=("${common[@]/#cpu/cuda}")
+  # fp32: the check is of the data parallelism (TF32, the CUDA default, rounds every product's inputs and moves
+  # Adam's near-zero gradient elements by more than the tolerance's rounding margin).
+  cuda=("${common[@]/#cpu/cuda}" --precision fp32)
   # The same folders without libnccl.so.2: links to everything else in them.
   no_nccl=()
   for i in "${!cuda_dirs[@]}"; do

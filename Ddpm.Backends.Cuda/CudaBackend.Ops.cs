@@ -38,7 +38,8 @@ public sealed partial class CudaBackend
         Enter();
         ulong s = Ptr(src, srcOffset, n, "Copy src"), d = Ptr(dst, dstOffset, n, "Copy dst");
         if (n == 0 || s == d) return;
-        bool overlap = ReferenceEquals(src, dst) && Math.Abs((long)srcOffset - dstOffset) < n;
+        // Views of one buffer overlap too: compare the device ranges, not the buffer objects.
+        bool overlap = s < d + 4UL * (ulong)n && d < s + 4UL * (ulong)n;
         if (!overlap)
         {
             Driver.Check(Driver.cuMemcpyDtoDAsync_v2(d, s, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");

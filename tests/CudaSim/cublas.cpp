@@ -1,6 +1,9 @@
 // libcublas.so.12 of the CUDA simulator: SGEMM (plain and strided batched) on the CPU, queued on the handle's
 // stream through the simulated driver so it runs in stream order with the copies and kernels. Column-major
-// as cuBLAS documents; products accumulate in double in index order, so results do not depend on blocking.
+// as cuBLAS documents. Sums are float32, as on a GPU: k in blocks of 256, each block by fused multiply-adds in
+// index order, the blocks added in order (a GPU's blocking differs; the rounding is of the same size). In TF32
+// math mode (CUBLAS_TF32_TENSOR_OP_MATH) A and B are first rounded to TF32's 10-bit mantissa, as tensor cores do.
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +32,9 @@ enum : int
     STATUS_NOT_SUPPORTED = 15,
     STATUS_LICENSE_ERROR = 16,
 };
+
+constexpr int kMathTf32 = 3;   // CUBLAS_TF32_TENSOR_OP_MATH
+constexpr int kBlockK = 256;   // the k blocks of a sum (see tileSums)
 
 struct Handle
 {
@@ -60,49 +66,76 @@ struct Gemm
     int ldc;
     long long strideC;
     int batch;
+    bool tf32;
 };
 
-// op(A) row i as doubles, 4 rows interleaved per panel: panel p holds rows 4p..4p+3, element (i, l) at
-// [p][l * 4 + i % 4]; rows past m are zero.
-void packA(const Gemm& g, const float* a, std::vector<double>& out)
+// op(A) rows as floats (TF32-rounded in TF32 math), 4 rows interleaved per panel: panel p holds rows
+// 4p..4p+3, element (i, l) at [p][l * 4 + i % 4]; rows past m are zero.
+void packA(const Gemm& g, const float* a, std::vector<float>& out)
 {
     int panels = (g.m + 3) / 4;
-    out.assign((size_t)panels * g.k * 4, 0.0);
+    out.assign((size_t)panels * g.k * 4, 0.0f);
     for (int i = 0; i < g.m; i++)
     {
-        double* dst = out.data() + (size_t)(i / 4) * g.k * 4 + (i % 4);
-        if (!g.transA)
-            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = a[i + (size_t)l * g.lda];
-        else
+        float* dst = out.data() + (size_t)(i / 4) * g.k * 4 + (i % 4);
+        for (int l = 0; l < g.k; l++)
         {
-            const float* row = a + (size_t)i * g.lda;
-            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = row[l];
+            float v = !g.transA ? a[i + (size_t)l * g.lda] : a[(size_t)i * g.lda + l];
+            dst[(size_t)l * 4] = g.tf32 ? ddpmsim_round_tf32(v) : v;
         }
     }
 }
 
-// op(B) column j likewise: panel q holds columns 4q..4q+3, element (l, j) at [q][l * 4 + j % 4].
-void packB(const Gemm& g, const float* b, std::vector<double>& out)
+// op(B) columns likewise: panel q holds columns 4q..4q+3, element (l, j) at [q][l * 4 + j % 4].
+void packB(const Gemm& g, const float* b, std::vector<float>& out)
 {
     int panels = (g.n + 3) / 4;
-    out.assign((size_t)panels * g.k * 4, 0.0);
+    out.assign((size_t)panels * g.k * 4, 0.0f);
     for (int j = 0; j < g.n; j++)
     {
-        double* dst = out.data() + (size_t)(j / 4) * g.k * 4 + (j % 4);
-        if (!g.transB)
+        float* dst = out.data() + (size_t)(j / 4) * g.k * 4 + (j % 4);
+        for (int l = 0; l < g.k; l++)
         {
-            const float* col = b + (size_t)j * g.ldb;
-            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = col[l];
+            float v = !g.transB ? b[(size_t)j * g.ldb + l] : b[j + (size_t)l * g.ldb];
+            dst[(size_t)l * 4] = g.tf32 ? ddpmsim_round_tf32(v) : v;
         }
-        else
-            for (int l = 0; l < g.k; l++) dst[(size_t)l * 4] = b[j + (size_t)l * g.ldb];
     }
 }
+
+// One 4x4 tile of sums: for each output, k is cut into blocks of kBlockK; each block is summed in float32
+// by fused multiply-adds in index order (what one GPU thread's accumulator does), and the block sums are added
+// in float32 in order (as split-K adds its partial products).
+template <bool HardwareFma>
+inline __attribute__((always_inline)) void tileSums(const float* ap, const float* bp, int k, float total[4][4])
+{
+    for (int r = 0; r < 4; r++)
+        for (int s = 0; s < 4; s++) total[r][s] = 0.0f;
+    for (int k0 = 0; k0 < k; k0 += kBlockK)
+    {
+        int k1 = k - k0 < kBlockK ? k : k0 + kBlockK;
+        float acc[4][4] = {};
+        for (int l = k0; l < k1; l++)
+        {
+            const float* av = ap + (size_t)l * 4;
+            const float* bv = bp + (size_t)l * 4;
+            for (int r = 0; r < 4; r++)
+                for (int s = 0; s < 4; s++)
+                    acc[r][s] = HardwareFma ? __builtin_fmaf(av[r], bv[s], acc[r][s]) : fmaf(av[r], bv[s], acc[r][s]);
+        }
+        for (int r = 0; r < 4; r++)
+            for (int s = 0; s < 4; s++) total[r][s] += acc[r][s];
+    }
+}
+
+// The same arithmetic (a fused multiply-add rounds once either way); the first where the host has FMA.
+__attribute__((target("fma"))) void tileSumsFma(const float* ap, const float* bp, int k, float total[4][4]) { tileSums<true>(ap, bp, k, total); }
+void tileSumsPortable(const float* ap, const float* bp, int k, float total[4][4]) { tileSums<false>(ap, bp, k, total); }
 
 void runGemm(void* ctx)
 {
     const Gemm& g = *static_cast<Gemm*>(ctx);
-    std::vector<double> pa, pb;
+    static const bool hardwareFma = __builtin_cpu_supports("fma");
+    std::vector<float> pa, pb;
     for (int bi = 0; bi < g.batch; bi++)
     {
         float* c = g.c + (size_t)bi * g.strideC;
@@ -114,21 +147,15 @@ void runGemm(void* ctx)
         }
         for (int jq = 0; jq < g.n; jq += 4)
         {
-            const double* bp = product ? pb.data() + (size_t)(jq / 4) * g.k * 4 : nullptr;
+            const float* bp = product ? pb.data() + (size_t)(jq / 4) * g.k * 4 : nullptr;
             for (int ip = 0; ip < g.m; ip += 4)
             {
-                double acc[4][4] = {};
+                float acc[4][4] = {};
                 if (product)
                 {
-                    const double* ap = pa.data() + (size_t)(ip / 4) * g.k * 4;
-                    // Each of the 16 sums runs over l in order: the same rounding as a naive double loop.
-                    for (int l = 0; l < g.k; l++)
-                    {
-                        const double* av = ap + (size_t)l * 4;
-                        const double* bv = bp + (size_t)l * 4;
-                        for (int r = 0; r < 4; r++)
-                            for (int s = 0; s < 4; s++) acc[r][s] += av[r] * bv[s];
-                    }
+                    const float* ap = pa.data() + (size_t)(ip / 4) * g.k * 4;
+                    if (hardwareFma) tileSumsFma(ap, bp, g.k, acc);
+                    else tileSumsPortable(ap, bp, g.k, acc);
                 }
                 int rows = g.m - ip < 4 ? g.m - ip : 4, cols = g.n - jq < 4 ? g.n - jq : 4;
                 for (int s = 0; s < cols; s++)
@@ -136,14 +163,15 @@ void runGemm(void* ctx)
                     float* cc = c + (size_t)(jq + s) * g.ldc + ip;
                     for (int r = 0; r < rows; r++)
                     {
-                        double v = (double)g.alpha * acc[r][s];
+                        float v = g.alpha * acc[r][s];
                         // beta == 0: C is output only, so whatever it held (NaN included) is not read.
-                        if (g.beta != 0.0f) v += (double)g.beta * cc[r];
-                        cc[r] = (float)v;
+                        if (g.beta != 0.0f) v = fmaf(g.beta, cc[r], v);
+                        cc[r] = v;
                     }
                 }
             }
         }
+        for (int j = 0; j < g.n; j++) ddpmsim_mark_written(c + (size_t)j * g.ldc, (size_t)g.m * sizeof(float));
     }
 }
 
@@ -182,7 +210,8 @@ int sgemm(Handle* h, int transa, int transb, int m, int n, int k, const float* a
         ddpmsim_set_sticky_error(700, msg);
         return STATUS_EXECUTION_FAILED;
     }
-    Gemm* g = new Gemm{ta, tb, m, n, k, *alpha, *beta, a, lda, strideA, b, ldb, strideB, c, ldc, strideC, batch};
+    Gemm* g = new Gemm{ta, tb, m, n, k, *alpha, *beta, a, lda, strideA, b, ldb, strideB, c, ldc, strideC, batch,
+        (h->mathMode & 15) == kMathTf32};
     if (ddpmsim_enqueue_host_work(h->stream, what, runGemm, g, freeGemm) != 0)
     {
         delete g;
@@ -235,7 +264,7 @@ API int cublasSetMathMode(void* handle, int mode)
     Handle* h = static_cast<Handle*>(handle);
     if (!valid(h)) return STATUS_NOT_INITIALIZED;
     // CUBLAS_DEFAULT_MATH 0, CUBLAS_TENSOR_OP_MATH 1, PEDANTIC 2, TF32 3, plus the 16 disallow-reduced-precision flag.
-    // TF32 is accepted but not emulated: products stay in double (the simulator is not a precision model).
+    // TF32 (3) rounds A and B to TF32 in the GEMMs queued after this call; the others compute in float32.
     int base = mode & ~16;
     if (base < 0 || base > 3) return STATUS_INVALID_VALUE;
     h->mathMode = mode;

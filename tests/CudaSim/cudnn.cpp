@@ -3,9 +3,10 @@
 // and backward-filter passes, the bias add and the bias gradient), computed on the CPU and queued on the handle's
 // stream through the simulated driver, so it runs in stream order with the copies, kernels and GEMMs.
 //
-// Numbers: products summed in double in a fixed order (output by output), rounded once to float, like the simulated
-// cuBLAS. Under a math type that allows tensor cores (anything but CUDNN_FMA_MATH) float32 inputs are first rounded
-// to TF32 (10-bit mantissa, nearest even), as an Ampere or later GPU does. The algorithms cuDNN documents as
+// Numbers: products summed in float32 in a fixed order (output by output), like the simulated cuBLAS and a GPU (no
+// wider accumulator hides a tolerance that is too tight). Under a math type that allows tensor cores (anything but
+// CUDNN_FMA_MATH) float32 inputs are first rounded to TF32 (ddpmsim_round_tf32: 10-bit mantissa, nearest, ties away
+// from zero, as cvt.rna.tf32.f32), as an Ampere or later GPU does. The algorithms cuDNN documents as
 // non-deterministic (backward data ALGO_0, backward filter ALGO_0 and ALGO_3) sum in float in an order that changes
 // from call to call, so a caller that picks one gets results that differ run to run, as on a GPU.
 //
@@ -159,17 +160,8 @@ int checkType(int dtype)
 
 // ---- numbers ----------------------------------------------------------------------------------------------
 
-// float32 rounded to TF32 (8-bit exponent, 10-bit mantissa), to nearest even; infinities and NaN unchanged.
-float tf32(float v)
-{
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return v;
-    u += 0x0fffu + ((u >> 13) & 1u);
-    u &= 0xffffe000u;
-    std::memcpy(&v, &u, 4);
-    return v;
-}
+// float32 rounded to TF32 as a tensor core's input conversion does (the shared rounding of sim_api.h).
+float tf32(float v) { return ddpmsim_round_tf32(v); }
 
 // Element access by data type; bfloat16 adds a specialisation.
 template <typename T>
@@ -178,7 +170,7 @@ template <>
 struct Element<float>
 {
     static float load(const float* p, size_t i) { return p[i]; }
-    static void store(float* p, size_t i, double v) { p[i] = (float)v; }
+    static void store(float* p, size_t i, float v) { p[i] = v; }
 };
 
 // The geometry of one convolution: x [n, c, h, w], w [k, c, r, s], y [n, k, oh, ow].
@@ -248,9 +240,9 @@ struct Operands
 };
 
 // out[i] = alpha * v + beta * out[i], out not read when beta is 0 (cuDNN's blending).
-void blend(const Job& j, float* out, size_t i, double v)
+void blend(const Job& j, float* out, size_t i, float v)
 {
-    Element<float>::store(out, i, (double)j.alpha * v + (j.beta != 0.0f ? (double)j.beta * out[i] : 0.0));
+    Element<float>::store(out, i, j.alpha * v + (j.beta != 0.0f ? j.beta * out[i] : 0.0f));
 }
 
 // The output rows and columns that filter tap (rr, ss) reads inside the input.
@@ -271,24 +263,24 @@ void forward(const Job& j)
     Operands in(j, (size_t)g.n * g.c * g.h * g.w, (size_t)g.k * g.c * g.r * g.s);
     const float* x = in.a;
     const float* w = in.b;
-    std::vector<double> acc((size_t)g.oh * g.ow);
+    std::vector<float> acc((size_t)g.oh * g.ow);
     for (int n = 0; n < g.n; n++)
         for (int k = 0; k < g.k; k++)
         {
-            std::fill(acc.begin(), acc.end(), 0.0);
+            std::fill(acc.begin(), acc.end(), 0.0f);
             for (int c = 0; c < g.c; c++)
             {
                 const float* xc = x + ((size_t)n * g.c + c) * g.h * g.w;
                 for (int rr = 0; rr < g.r; rr++)
                     for (int ss = 0; ss < g.s; ss++)
                     {
-                        double wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
+                        float wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
                         Window win(g, rr, ss);
                         for (int oh = win.ohLo; oh < win.ohHi; oh++)
                         {
                             const float* row = xc + (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
-                            double* arow = acc.data() + (size_t)oh * g.ow;
-                            for (int ow = win.owLo; ow < win.owHi; ow++) arow[ow] += wv * (double)row[ow * g.strideW];
+                            float* arow = acc.data() + (size_t)oh * g.ow;
+                            for (int ow = win.owLo; ow < win.owHi; ow++) arow[ow] += wv * row[ow * g.strideW];
                         }
                     }
             }
@@ -303,14 +295,12 @@ void backwardData(const Job& j)
     Operands in(j, (size_t)g.n * g.k * g.oh * g.ow, (size_t)g.k * g.c * g.r * g.s);
     const float* dy = in.a;
     const float* w = in.b;
-    std::vector<double> acc((size_t)g.h * g.w);
-    std::vector<float> accf((size_t)g.h * g.w);
+    std::vector<float> acc((size_t)g.h * g.w);
     bool reversed = j.nondeterministic && (j.run & 1);
     for (int n = 0; n < g.n; n++)
         for (int c = 0; c < g.c; c++)
         {
-            std::fill(acc.begin(), acc.end(), 0.0);
-            std::fill(accf.begin(), accf.end(), 0.0f);
+            std::fill(acc.begin(), acc.end(), 0.0f);
             for (int kk = 0; kk < g.k; kk++)
             {
                 int k = reversed ? g.k - 1 - kk : kk;
@@ -324,15 +314,12 @@ void backwardData(const Job& j)
                         {
                             size_t at = (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
                             const float* drow = dyk + (size_t)oh * g.ow;
-                            if (j.nondeterministic)
-                                for (int ow = win.owLo; ow < win.owHi; ow++) accf[at + (size_t)ow * g.strideW] += wv * drow[ow];
-                            else
-                                for (int ow = win.owLo; ow < win.owHi; ow++) acc[at + (size_t)ow * g.strideW] += (double)wv * (double)drow[ow];
+                            for (int ow = win.owLo; ow < win.owHi; ow++) acc[at + (size_t)ow * g.strideW] += wv * drow[ow];
                         }
                     }
             }
             float* dx = j.out + ((size_t)n * g.c + c) * g.h * g.w;
-            for (size_t p = 0; p < acc.size(); p++) blend(j, dx, p, j.nondeterministic ? (double)accf[p] : acc[p]);
+            for (size_t p = 0; p < acc.size(); p++) blend(j, dx, p, acc[p]);
         }
 }
 
@@ -348,8 +335,7 @@ void backwardFilter(const Job& j)
             for (int rr = 0; rr < g.r; rr++)
                 for (int ss = 0; ss < g.s; ss++)
                 {
-                    double acc = 0.0;
-                    float accf = 0.0f;
+                    float acc = 0.0f;
                     Window win(g, rr, ss);
                     for (int nn = 0; nn < g.n; nn++)
                     {
@@ -360,13 +346,10 @@ void backwardFilter(const Job& j)
                         {
                             const float* xrow = xc + (size_t)(oh * g.strideH - g.padH + rr * g.dilH) * g.w + (ss * g.dilW - g.padW);
                             const float* drow = dyk + (size_t)oh * g.ow;
-                            if (j.nondeterministic)
-                                for (int ow = win.owLo; ow < win.owHi; ow++) accf += drow[ow] * xrow[ow * g.strideW];
-                            else
-                                for (int ow = win.owLo; ow < win.owHi; ow++) acc += (double)drow[ow] * (double)xrow[ow * g.strideW];
+                            for (int ow = win.owLo; ow < win.owHi; ow++) acc += drow[ow] * xrow[ow * g.strideW];
                         }
                     }
-                    blend(j, j.out, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss), j.nondeterministic ? (double)accf : acc);
+                    blend(j, j.out, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss), acc);
                 }
 }
 
@@ -377,7 +360,7 @@ void backwardBias(const Job& j)
     size_t plane = (size_t)d.h * d.w;
     for (int k = 0; k < d.c; k++)
     {
-        double acc = 0.0;
+        float acc = 0.0f;
         for (int n = 0; n < d.n; n++)
         {
             const float* p = j.a + ((size_t)n * d.c + k) * plane;
@@ -415,6 +398,14 @@ void runJob(void* p)
         case Pass::BackwardBias: backwardBias(j); break;
         case Pass::AddTensor: addTensor(j); break;
     }
+    // What cuDNN wrote, for the init check: the output tensor and the workspace.
+    const Geometry& g = j.g;
+    size_t outCount = j.pass == Pass::Forward ? (size_t)g.n * g.k * g.oh * g.ow
+        : j.pass == Pass::BackwardData ? (size_t)g.n * g.c * g.h * g.w
+        : j.pass == Pass::BackwardFilter ? (size_t)g.k * g.c * g.r * g.s
+        : j.cDesc.count();
+    ddpmsim_mark_written(j.out, outCount * sizeof(float));
+    if (j.workspace && j.workspaceBytes) ddpmsim_mark_written(j.workspace, j.workspaceBytes);
 }
 
 void freeJob(void* p) { delete static_cast<Job*>(p); }
