@@ -78,14 +78,14 @@ public sealed unsafe partial class CpuBackend
     /// <summary>
     /// 3x3 stride-1 padding-1 convolutions wide and large enough for a Winograd convolution to pay
     /// (<see cref="CpuBackendOptions.Winograd"/> and the thresholds after it). The tiles are counted for the whole
-    /// batch of a <see cref="BatchScope"/>: a data-parallel shard or a micro-batch picks what the whole batch picks, so
+    /// batch given to <see cref="PartOfBatch"/>: a data-parallel shard or a micro-batch picks what the whole batch picks, so
     /// each of its samples goes through the same arithmetic (Winograd and the implicit GEMM round differently).
     /// </summary>
     private bool UseWinograd(in ConvGeometry g)
     {
         var o = _pool.Options;
         if (!o.Winograd || !Winograd.Applies(g) || Math.Min(g.C, g.O) < o.WinogradMinChannels) return false;
-        long tiles = Winograd.Tiles(g with { N = BatchScope.For(g.N) }, 2);
+        long tiles = Winograd.Tiles(g with { N = _wholeBatch.For(g.N) }, 2);
         return tiles >= o.WinogradMinTiles && (long)g.O * g.C * tiles >= o.WinogradMinWork;
     }
 

@@ -37,6 +37,8 @@ public sealed class ProfilingBackend : IBackend
 
     public string Description => Inner.Description + " (profiled)";
 
+    public IDisposable PartOfBatch(int whole) => Inner.PartOfBatch(whole);
+
     /// <summary>One row of the table: calls, total seconds, and floating-point operations where counted.</summary>
     public sealed class Entry
     {

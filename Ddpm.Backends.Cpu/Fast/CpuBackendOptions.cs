@@ -38,7 +38,7 @@ public sealed record CpuBackendOptions
 
     /// <summary>
     /// Fewest output tiles, counted as F(2x2) tiles (N x ceil(OH / 2) x ceil(OW / 2), N the whole batch of a
-    /// <see cref="Ddpm.Tensors.BatchScope"/> where the call is part of one), of a Winograd convolution. The
+    /// <see cref="Ddpm.Tensors.IBackend.PartOfBatch"/> where the call is part of one), of a Winograd convolution. The
     /// filter transform is paid per call: on the benchmark machine (one thread, thread CPU time, forward plus both
     /// backward passes, AVX2 code) F(4x4, 3x3) lost to the implicit GEMM at 16 and 32 such tiles of a [N, 128, 8, 8] ->
     /// 128 convolution (0.4x, 0.8x) and at 64 of labml's [16, 1024, 4, 4] -> 1024 (0.9x), and won from 128 on (1.5x to

@@ -185,7 +185,7 @@ public sealed class ConvTests
     }
 
     /// <summary>
-    /// A part of a batch (a data-parallel shard, a micro-batch) inside a <see cref="BatchScope"/> of the whole batch
+    /// A part of a batch (a data-parallel shard, a micro-batch) given to <see cref="IBackend.PartOfBatch"/> as part of the whole batch
     /// computes each of its samples bit for bit as the whole batch does. [4, 32, 16, 16] -> 32 runs as a Winograd
     /// convolution by the default thresholds (256 F(2x2) tiles, 256K O C tiles) and a half of it alone as an implicit
     /// GEMM, which rounds differently: outside the scope the half's outputs differ.
@@ -219,19 +219,18 @@ public sealed class ConvTests
         {
             var expectedY = y.AsSpan(h * half.OutputSize, half.OutputSize).ToArray();
             var expectedDx = dx.AsSpan(h * half.InputSize, half.InputSize).ToArray();
-            using (BatchScope.Of(2))
-            using (BatchScope.Of(whole.N))
+            using (be.PartOfBatch(2))
+            using (be.PartOfBatch(whole.N))
             {
                 var (yh, dxh) = Half(h);
                 Assert.Equal(expectedY, yh);
                 Assert.Equal(expectedDx, dxh);
             }
-            Assert.Equal(0, BatchScope.Whole);
             var (alone, dxAlone) = Half(h);
             Assert.NotEqual(expectedY, alone);
             Assert.NotEqual(expectedDx, dxAlone);
             Closeness.AssertNmse("the half alone", alone, expectedY, Tolerance);
         }
-        Assert.Throws<ArgumentOutOfRangeException>(() => BatchScope.Of(0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => be.PartOfBatch(0));
     }
 }
