@@ -4,6 +4,7 @@ using Ddpm.Tensors;
 using Ddpm.Tests.TestUtil;
 using Xunit;
 using Xunit.Abstractions;
+using static Ddpm.Tests.Cuda.CudaTf32Tests;
 
 namespace Ddpm.Tests.Cuda;
 
@@ -34,21 +35,6 @@ public sealed class CudaBf16Tests(ITestOutputHelper output)
 
     /// <summary>The float32 tolerance of the parity cases' reductions (ParityCases.Reduction).</summary>
     private const double Fp32Nmse = 1e-10;
-
-    private static float[] Run(IBackend be, Func<IBackend, DeviceBuffer[], DeviceBuffer> op, params float[][] inputs)
-    {
-        var ins = inputs.Select(x =>
-        {
-            var b = be.Allocate(x.Length);
-            be.Upload(x, b, 0);
-            return b;
-        }).ToArray();
-        var y = op(be, ins);
-        var r = new float[y.Length];
-        be.Download(y, 0, r);
-        foreach (var b in ins.Append(y)) b.Release();
-        return r;
-    }
 
     private static float P(int e) => MathF.ScaleB(1f, e);
 
