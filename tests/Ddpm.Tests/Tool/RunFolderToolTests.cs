@@ -101,6 +101,44 @@ public sealed class RunFolderToolTests
         Assert.Single(err.Trim().Split('\n'));
         Assert.Equal(0, Run(Tiny(dir.Path, "--steps", "2")).Code);
         AssertBadUsage(Tiny(dir.Path, "--resume", "--steps", "3", "--lr", "0.5"), "--lr 0.5: the checkpoint");
+
+        // A run stopped before its first checkpoint has nothing to resume: the line says how to start it again.
+        using var early = new TempDir();
+        File.Copy(dir.File(RunFolder.ConfigName), early.File(RunFolder.ConfigName));
+        File.WriteAllText(early.File(RunFolder.LossName), "step,loss,grad_norm,lr,seconds\n");
+        (code, _, err) = Run(Tiny(early.Path, "--resume"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains($"--resume: {early.Path} holds no checkpoint to resume (checkpoint-NNNNNNN.safetensors): its run (config.json, loss.csv) stopped before its first checkpoint; start it again with --overwrite.", err);
+        Assert.Equal(0, Run(Tiny(early.Path, "--steps", "2", "--overwrite")).Code);
+    }
+
+    [Fact]
+    public void AnotherFoldersCheckpointIsNotResumedIntoAFolderThatHoldsARun()
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        Assert.Equal(0, Run(Tiny(a.Path, "--steps", "2")).Code);
+        Assert.Equal(0, Run(Tiny(b.Path, "--steps", "2", "--seed", "5")).Code);
+        var before = Directory.GetFiles(b.Path).ToDictionary(f => f, File.ReadAllBytes);
+        string other = RunFolder.Latest(a.Path)!;
+
+        var (code, _, err) = Run(Tiny(b.Path, "--resume", other, "--steps", "3"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains($"--out {b.Path} holds another run (checkpoint-0000002.safetensors, model.safetensors, config.json, loss.csv) than {other}'s", err);
+        Assert.Contains("give another --out", err);
+        foreach (var (f, bytes) in before) Assert.Equal(bytes, File.ReadAllBytes(f));
+
+        // One of the folder's own checkpoints continues its run; an empty folder takes the other's continuation.
+        (code, _, err) = Run(Tiny(b.Path, "--resume", RunFolder.Latest(b.Path)!, "--steps", "3"));
+        Assert.True(code == 0, err);
+        Assert.Equal(["1", "2", "3"], File.ReadAllLines(b.File(RunFolder.LossName)).Skip(1).Select(l => l.Split(',')[0]));
+        using var c = new TempDir();
+        (code, _, err) = Run(Tiny(c.Path, "--resume", other, "--steps", "3"));
+        Assert.True(code == 0, err);
+        Assert.Equal([3], Steps(c.Path));
+        Assert.Equal(["3"], File.ReadAllLines(c.File(RunFolder.LossName)).Skip(1).Select(l => l.Split(',')[0]));
     }
 
     [Fact]
