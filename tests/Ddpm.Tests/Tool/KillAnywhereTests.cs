@@ -55,7 +55,9 @@ public sealed class KillAnywhereTests(ITestOutputHelper log)
         var rng = new Random(seed);
         var phases = new SortedDictionary<string, int>(StringComparer.Ordinal);
         int kills = 0, lives = 0, runs = 0, paused = 0;
-        while (runs == 0 || kills < target)
+        // The short mode goes on until every fixed rule was tried (a rule that finds no operation to pause at lets
+        // its process end, and the next run takes the next rule).
+        while (runs == 0 || kills < target || (target == 0 && fixedRules.Count > 0))
         {
             using var dir = new TempDir();
             string[] original = command(dir.Path);
