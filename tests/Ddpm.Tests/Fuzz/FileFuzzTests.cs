@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Globalization;
 using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Imaging;
@@ -193,6 +194,22 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
         });
     }
 
+    /// <summary>
+    /// train --config FILE: a run's config.json (a class-conditional tiny model), mutated. Each mutant is refused
+    /// with a line naming the file (a value that cannot work: under its key, and only a key the file sets) or gives
+    /// a plan whose every setting is valid.
+    /// </summary>
+    [Fact]
+    public void ConfigFiles()
+    {
+        var recipe = new TrainingRecipe().Set("run", "preset", "tiny").Set("run", "steps", 20L).Set("training", "batch_size", 4);
+        string seedFile = _dir.File("seed.json");
+        File.WriteAllText(seedFile, Recipes.Plan(recipe, ConfigData(1, 8)).ConfigJson());
+        var valid = File.ReadAllBytes(seedFile);
+        LoadConfig(seedFile);
+        Fuzz("config", 11, "config.json", m => m.Config(valid), LoadConfig);
+    }
+
     // ---- the loaders, as the tool calls them ----------------------------------------------------------------
 
     /// <summary>
@@ -224,6 +241,60 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
             CheckFinite(m, "adam.m." + name);
             CheckFinite(v, "adam.v." + name);
         }
+    }
+
+    /// <summary>
+    /// What train does with --config FILE: the recipe resolved and fitted to the data (here two classes of images
+    /// of the model's channels, at most 8x8, padded to the model's size). A value that cannot work is reported
+    /// under the file that set it, as train reports it.
+    /// </summary>
+    private static void LoadConfig(string path)
+    {
+        var recipe = TrainingRecipe.Load(path);
+        RunPlan plan;
+        try
+        {
+            var configs = Recipes.Resolve(recipe);
+            plan = Recipes.Fit(configs, ConfigData(configs.Model.ImageChannels, Math.Min(configs.Model.ImageSize, 8)), ConfigDataName);
+        }
+        catch (ConfigValueException e)
+        {
+            // A value the file does not set would be blamed on an option the user never gave.
+            Check(recipe.OriginOf(e.Key) == path, $"refused \"{e.Key}\" {e.Problem}, a value {Path.GetFileName(path)} does not set");
+            throw new InvalidDataException($"{path}: \"{e.Key}\" {e.Problem}", e);
+        }
+        catch (InvalidDataException e) when (e.Message.StartsWith(ConfigDataName, StringComparison.Ordinal))
+        {
+            // The data does not suit the run the file asks for (fewer images than a batch): train names the data.
+            throw new InvalidDataException($"{path}: {e.Message}", e);
+        }
+        try
+        {
+            plan.Model.Validate();
+            plan.Diffusion.Validate();
+            plan.Training.Validate();
+            plan.Run.Validate();
+        }
+        catch (ConfigValueException e)
+        {
+            throw new XunitException($"the plan holds \"{e.Key}\" {e.Problem}");
+        }
+        Check(plan.TotalSteps > 0 && plan.Loader.BatchesPerEpoch > 0, $"{plan.TotalSteps} steps of {plan.Loader.BatchesPerEpoch} batches per epoch");
+    }
+
+    private const string ConfigDataName = "the data";
+
+    /// <summary>Sixteen <paramref name="size"/>-square images of <paramref name="channels"/> channels in two classes.</summary>
+    private static LabelledDataset ConfigData(int channels, int size) =>
+        new(new FilledImages(16, channels, size), Enumerable.Range(0, 16).Select(i => i % 2).ToArray(), 2, ["a", "b"]);
+
+    private sealed class FilledImages(int count, int channels, int size) : IImageDataset
+    {
+        public int Count => count;
+        public int Channels => channels;
+        public int Height => size;
+        public int Width => size;
+        public void Get(int index, Span<float> dst) => dst.Fill((index % 5) / 4f);
     }
 
     private static Trainer NewTrainer(IBackend be, IdxDataset images, UNetConfig mc, DiffusionConfig dc, TrainingConfig tc)

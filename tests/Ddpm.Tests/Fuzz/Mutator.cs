@@ -8,9 +8,9 @@ namespace Ddpm.Tests.Fuzz;
 /// Deterministic mutations of valid files: generic byte edits (truncation, bit flips, insertions, deletions,
 /// duplicated ranges, boundary words) and format-aware edits of safetensors headers (length field, JSON
 /// structure and values, dtypes, shapes, offsets, duplicate names, config settings, counters, invalid UTF-8,
-/// non-finite values), IDX headers, PNG chunks, JPEG frame sizes, BMP headers, palettes and masks, and CIFAR
-/// records. Every random choice comes from one seeded <see cref="Random"/>, so a mutant is reproduced by its seed
-/// and index.
+/// non-finite values), IDX headers, PNG chunks, JPEG frame sizes, BMP headers, palettes and masks, CIFAR
+/// records, and config.json's sections, keys and values. Every random choice comes from one seeded
+/// <see cref="Random"/>, so a mutant is reproduced by its seed and index.
 /// </summary>
 internal sealed class Mutator(int seed)
 {
@@ -302,6 +302,92 @@ internal sealed class Mutator(int seed)
         meta[which] = cfg.ToJsonString();
         return $"{which}.{key} = {value}";
     }
+
+    // ---- config.json ---------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// A mutated config.json (train --config): generic bytes, a value of the wrong type, range or size, a key
+    /// removed, unknown, moved to another section or given twice, a section that is not an object or is missing,
+    /// and whole-file edits (a byte-order mark, another top-level value, deep nesting, trailing text).
+    /// </summary>
+    public (byte[] Bytes, string What) Config(byte[] file)
+    {
+        int choice = _rng.Next(10);
+        if (choice < 2) return Bytes(file);
+        var root = JsonNode.Parse(file)!.AsObject();
+        var sections = root.Select(kv => kv.Key).ToList();
+        string section = Pick(sections);
+        var values = root[section]!.AsObject();
+        var keys = values.Select(kv => kv.Key).ToList();
+        switch (choice)
+        {
+            case 2:
+            case 3:
+            case 4:
+            {
+                string key = Pick(keys), v = Pick(ConfigValues);
+                values[key] = JsonNode.Parse(v);
+                return (Utf8(root.ToJsonString()), $"{section}.{key} = {v}");
+            }
+            case 5:
+            {
+                if (_rng.Next(2) == 0)
+                {
+                    string key = Pick(keys);
+                    values.Remove(key);
+                    return (Utf8(root.ToJsonString()), $"{section}.{key} removed");
+                }
+                // A name from nowhere, or another section's key.
+                string other = Pick(sections), name = _rng.Next(2) == 0 ? Pick(Names) : Pick(root[other]!.AsObject().Select(kv => kv.Key).ToList());
+                if (values.ContainsKey(name)) return (Utf8(root.ToJsonString()), "unchanged");
+                values[name] = JsonNode.Parse(Pick(ConfigValues));
+                return (Utf8(root.ToJsonString()), $"{section}.{name} added");
+            }
+            case 6:
+            {
+                // JsonObject cannot hold a key twice, so the section goes in as text.
+                string key = Pick(keys), v = Pick(ConfigValues), text = values.ToJsonString();
+                string twice = "{" + System.Text.Json.JsonSerializer.Serialize(key) + ":" + v + "," + text[1..];
+                string json = "{" + string.Join(",", sections.Select(s => System.Text.Json.JsonSerializer.Serialize(s) + ":" + (s == section ? twice : root[s]!.ToJsonString()))) + "}";
+                return (Utf8(json), $"{section}.{key} given twice ({v} first)");
+            }
+            case 7:
+            {
+                if (_rng.Next(3) == 0)
+                {
+                    root.Remove(section);
+                    return (Utf8(root.ToJsonString()), $"section {section} removed");
+                }
+                string v = Pick(ConfigValues);
+                root[section] = JsonNode.Parse(v);
+                return (Utf8(root.ToJsonString()), $"section {section} = {v}");
+            }
+            case 8:
+            {
+                string json = root.ToJsonString();
+                int depth = 10 + _rng.Next(200);
+                return _rng.Next(5) switch
+                {
+                    0 => ([0xEF, 0xBB, 0xBF, .. Utf8(json)], "a byte-order mark first"),
+                    1 => (Utf8(Pick(new[] { "[]", "null", "3", "\"config\"", "" })), "another top-level value"),
+                    2 => (Utf8("{\"" + section + "\":{\"" + Pick(keys) + "\":" + new string('[', depth) + new string(']', depth) + "}}"), $"a value nested {depth} deep"),
+                    3 => (Utf8(json + Pick(new[] { "}", " x", "{}", "\u0000", "//\n", "/*" })), "trailing text"),
+                    _ => (Utf8(json[..^1] + ",}"), "a trailing comma"),
+                };
+            }
+            default:
+            {
+                // Invalid UTF-8 or a raw control byte inside the text.
+                var r = (byte[])file.Clone();
+                int at = _rng.Next(r.Length);
+                byte bad = Pick(new byte[] { 0xFF, 0xC3, 0x80, 0xED, 0xF8, 0x00, 0x0A, 0x22, 0x5C });
+                r[at] = bad;
+                return (r, $"byte {at} set to 0x{bad:X2}");
+            }
+        }
+    }
+
+    private static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
 
     private static byte[] Assemble(byte[] header, byte[] data)
     {

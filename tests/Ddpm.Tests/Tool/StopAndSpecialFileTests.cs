@@ -54,6 +54,8 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
             (["sample", "--checkpoint", fifo, "--n", "1", "--out", dir.File("s.png")], fifo, Pipe),
             (TinyRun(dir.File("r1"), "--steps", "3", "--resume", fifo), fifo, Pipe),
             (TinyRun(dir.File("r2"), "--steps", "3", "--data", fifo), fifo, Pipe),
+            (TinyRun(dir.File("r4"), "--steps", "3", "--config", fifo), fifo, Pipe),
+            (TinyRun(dir.File("r5"), "--steps", "3", "--config", zero), zero, "not a regular file but a character device"),
             (TinyRun(dir.File("r3"), "--steps", "3", "--data", images), Path.Combine(images, "a", "x.png"), Pipe),
             (TinyRun(resumeOut, "--steps", "3", "--resume"), Path.Combine(resumeOut, "loss.csv"), Pipe),
             (["forward", "--weights", Path.Combine(ReliabilityToolTests.Golden, "model.safetensors"), "--inputs", fifo, "--out", dir.File("o.safetensors")], fifo, Pipe),
