@@ -5,7 +5,9 @@
 # --distributed nccl without CUDA; a rank that cannot start, SIGTERM to the launcher and a killed rank end the job
 # without a hang and leave a checkpoint that loads. When DDPM_CUDA_LIB_DIR names the simulated CUDA device (tests/CudaSim, which
 # also builds a simulated libnccl.so.2), the same comparison for --backend cuda over NCCL and over the MPI
-# fallback through host memory (libnccl.so.2 left out of the library path). Needs MPICH's mpiexec and
+# fallback through host memory (libnccl.so.2 left out of the library path); those ranks run under the simulator's
+# schedule and checks from the environment (DDPM_CUDA_SIM_SCHEDULE, DDPM_CUDA_SIM_CHECK: .ci/run sets them, with
+# NCCL's results arriving at their completion point in stream order). Needs MPICH's mpiexec and
 # libmpich.so.12 (Debian: apt-get install --no-install-recommends mpich); without them it says so and exits 0 with
 # "skipped". Uses the Release build of ddpm-tool (built here if missing). Prints "N passed, N failed" last.
 set -uo pipefail
@@ -35,11 +37,12 @@ common=(train --preset tiny --backend cpu --threads 1 --warmup 2 --lr-schedule c
         --checkpoint-every 3 --log-every 1 --seed 3)
 
 # Losses and gradient norms of two loss.csv files agree within a relative tolerance: float summation order differs
-# between one mean over 8 images and the mean of two means over 4 (measured over 5 steps: 0 on cpu, 1.4e-7 relative
-# on the simulated cuda device). Adam with eps 1e-8 turns rounding in gradient elements that are zero up to rounding
-# into steps of ~lr, so differences can grow over a run; 1e-4 leaves room for that and still fails on a wrong shard
-# or draw (those change the loss at the first step by far more) or a sum in place of the average (it doubles the
-# logged gradient norm; clipping and Adam's scale invariance hide it from the loss for several steps).
+# between one mean over 8 images and the mean of two means over 4 (measured over 5 steps: 9.3e-8 relative on cpu,
+# 1.6e-7 with --grad-accum 2, 1.4e-7 on the simulated cuda device). Adam with eps 1e-8 turns rounding in gradient
+# elements that are zero up to rounding into steps of ~lr, so differences can grow over a run; 1e-4 leaves room for
+# that and still fails on a wrong shard or draw (those change the loss at the first step by far more) or a sum in
+# place of the average (it doubles the logged gradient norm; clipping and Adam's scale invariance hide it from the
+# loss for several steps).
 same_losses() {
   awk -F, -v tol=1e-4 'NR == FNR { if (FNR > 1) { a[$1] = $2; g[$1] = $3 } next }
     function rel(x, y) { return (x > y ? x - y : y - x) / (y < 0 ? -y : y) }
@@ -61,10 +64,10 @@ model_floats() {
 }
 
 # The weights (not the EMA copy) of two checkpoints agree within 1e-4 absolute. Measured after 5 steps, 1 rank x 8
-# images against 2 ranks x 4: 7.5e-7 at most on cpu, 1.7e-6 on the simulated cuda device (NCCL and MPI alike). The
-# steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard or a missing all-reduce moves weights
-# by far more than 1e-4; rounding in the gradient's summation order moves them by far less. (Adam is blind to the
-# gradient's scale: a sum in place of the average is for same_losses to catch.)
+# images against 2 ranks x 4: 6.3e-6 at most on cpu (8.9e-6 with --grad-accum 2), 1.7e-6 on the simulated cuda device
+# (NCCL and MPI alike). The steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard or a missing
+# all-reduce moves weights by far more than 1e-4; rounding in the gradient's summation order moves them by far less.
+# (Adam is blind to the gradient's scale: a sum in place of the average is for same_losses to catch.)
 same_weights() {
   [ -f "$1" ] && [ -f "$2" ] || return 1
   paste -d' ' <(model_floats "$1") <(model_floats "$2") | awk -v atol=1e-4 '
@@ -269,7 +272,9 @@ if [ -z "$sim_nccl" ]; then
   echo "DDPM_CUDA_LIB_DIR does not name the simulated CUDA device with its libnccl.so.2 (tests/CudaSim/build.sh): CUDA tests skipped"
   skipped=$((skipped + 7))
 else
-  cuda=("${common[@]/#cpu/cuda}")
+  # fp32: the check is of the data parallelism (TF32, the CUDA default, rounds every product's inputs and moves
+  # Adam's near-zero gradient elements by more than the tolerance's rounding margin).
+  cuda=("${common[@]/#cpu/cuda}" --precision fp32)
   # The same folders without libnccl.so.2: links to everything else in them.
   no_nccl=()
   for i in "${!cuda_dirs[@]}"; do

@@ -3,22 +3,58 @@ using Ddpm.Backends.Cuda.Native;
 namespace Ddpm.Backends.Cuda;
 
 /// <summary>
+/// How the backend's device memory is checked, for finding memory bugs (memcheck's and initcheck's jobs).
+/// <see cref="ExactAllocation"/>: one cuMemAlloc of exactly the buffer's size per buffer, freed when the buffer is
+/// released (no bucket slack, no cache), so an access past a buffer's end leaves its allocation, which a
+/// memory checker (compute-sanitizer, or the simulated device's fence pages) reports; slow, as every release
+/// waits for the device. <see cref="Poison"/>: every block handed out (new or from the cache) is first filled
+/// with NaN on the stream, so a kernel that reads memory nobody wrote computes NaN instead of stale values.
+/// </summary>
+internal readonly record struct CudaMemoryChecks(bool ExactAllocation, bool Poison)
+{
+    /// <summary>DDPM_CUDA_EXACT_ALLOC=1 and DDPM_CUDA_POISON=1.</summary>
+    internal static CudaMemoryChecks FromEnvironment() => new(
+        Environment.GetEnvironmentVariable("DDPM_CUDA_EXACT_ALLOC") == "1",
+        Environment.GetEnvironmentVariable("DDPM_CUDA_POISON") == "1");
+
+    /// <summary>", DDPM_CUDA_EXACT_ALLOC=1, DDPM_CUDA_POISON=1" as far as they are on, for a backend's description.</summary>
+    internal string Describe() =>
+        (ExactAllocation ? ", DDPM_CUDA_EXACT_ALLOC=1 (one exact allocation per buffer)" : "") +
+        (Poison ? ", DDPM_CUDA_POISON=1 (new blocks filled with NaN)" : "");
+}
+
+/// <summary>
 /// A caching device allocator: blocks are rounded to size buckets (powers of two up to 1 MiB, then multiples
 /// of 2 MiB) and returned blocks wait in per-bucket free lists for the next request of that bucket, so a
 /// training step reuses the previous step's memory without cuMemAlloc/cuMemFree (which synchronise).
 /// Reuse is safe without events because every kernel runs on the backend's one stream, in order.
 /// On out-of-memory the cache is synchronised, freed and the allocation retried once.
+/// With <see cref="CudaMemoryChecks.ExactAllocation"/> nothing is rounded or cached: each block is its own
+/// exact allocation, freed on return. With <see cref="CudaMemoryChecks.Poison"/> each block handed out is filled
+/// with NaN (0x7fc00000) by <c>poison</c>, queued on the stream before the caller's work.
 /// </summary>
 internal sealed class CudaAllocator : IDisposable
 {
+    /// <summary>The bit pattern blocks are poisoned with: a quiet NaN.</summary>
+    internal const uint PoisonBits = 0x7fc00000;
+
     private readonly Dictionary<long, Stack<ulong>> _free = [];
     private readonly HashSet<ulong> _live = [];
     private readonly Action _synchronize;
+    private readonly Action<ulong, long>? _poison;
+    private readonly bool _exact;
     private bool _disposed;
 
-    internal CudaAllocator(Action synchronize)
+    /// <param name="synchronize">Waits for the stream (before cached blocks are freed).</param>
+    /// <param name="checks">Exact allocation and poisoning.</param>
+    /// <param name="poison">Fills (pointer, bytes) with <see cref="PoisonBits"/> on the stream; needed when
+    /// <paramref name="checks"/> has <see cref="CudaMemoryChecks.Poison"/>.</param>
+    internal CudaAllocator(Action synchronize, CudaMemoryChecks checks = default, Action<ulong, long>? poison = null)
     {
+        if (checks.Poison && poison is null) throw new ArgumentNullException(nameof(poison), "Poisoning needs a fill to poison with.");
         _synchronize = synchronize;
+        _exact = checks.ExactAllocation;
+        _poison = checks.Poison ? poison : null;
     }
 
     /// <summary>Bytes in blocks handed out and not yet returned.</summary>
@@ -35,20 +71,24 @@ internal sealed class CudaAllocator : IDisposable
         return (bytes + step - 1) / step * step;
     }
 
-    /// <summary>A block of at least <paramref name="bytes"/> bytes; returns its pointer and the block size.</summary>
+    /// <summary>A block of at least <paramref name="bytes"/> bytes (exactly that many when allocating exactly); returns its pointer and the block size.</summary>
     internal (ulong Pointer, long BlockBytes) Rent(long bytes)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        long size = BucketBytes(bytes);
-        lock (_free)
+        long size = _exact ? bytes : BucketBytes(bytes);
+        if (!_exact)
         {
-            if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
+            lock (_free)
             {
-                ulong p = stack.Pop();
-                CachedBytes -= size;
-                InUseBytes += size;
-                _live.Add(p);
-                return (p, size);
+                if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
+                {
+                    ulong p = stack.Pop();
+                    CachedBytes -= size;
+                    InUseBytes += size;
+                    _live.Add(p);
+                    _poison?.Invoke(p, size);
+                    return (p, size);
+                }
             }
         }
         var r = Driver.cuMemAlloc_v2(out ulong ptr, (nuint)size);
@@ -73,6 +113,7 @@ internal sealed class CudaAllocator : IDisposable
             InUseBytes += size;
             _live.Add(ptr);
         }
+        _poison?.Invoke(ptr, size);
         return (ptr, size);
     }
 
@@ -84,6 +125,12 @@ internal sealed class CudaAllocator : IDisposable
             // After dispose the block was already freed with everything else.
             if (_disposed || !_live.Remove(pointer)) return;
             InUseBytes -= blockBytes;
+            if (_exact)
+            {
+                // cuMemFree waits for the work queued on the block before it frees it.
+                Driver.Check(Driver.cuMemFree_v2(pointer), "cuMemFree_v2");
+                return;
+            }
             CachedBytes += blockBytes;
             if (!_free.TryGetValue(blockBytes, out var stack)) _free[blockBytes] = stack = new Stack<ulong>();
             stack.Push(pointer);

@@ -32,9 +32,16 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
 
     /// <summary>
     /// Opens device <see cref="BackendOptions.Device"/>, its convolutions on <paramref name="convolutions"/>; throws
-    /// <see cref="CudaUnavailableException"/> or <see cref="CudaException"/>.
+    /// <see cref="CudaUnavailableException"/> or <see cref="CudaException"/>. The memory checks come from the
+    /// environment (DDPM_CUDA_EXACT_ALLOC, DDPM_CUDA_POISON).
     /// </summary>
     public CudaBackend(BackendOptions? options = null, ConvolutionEngine convolutions = ConvolutionEngine.Auto)
+        : this(options, convolutions, CudaMemoryChecks.FromEnvironment())
+    {
+    }
+
+    /// <summary>Opens the device with the memory checks given (the public constructor reads them from the environment).</summary>
+    internal CudaBackend(BackendOptions? options, ConvolutionEngine convolutions, CudaMemoryChecks memoryChecks)
     {
         _options = options ?? new BackendOptions();
         // DDPM_CUDA_SYNC=1: wait after every kernel and cuBLAS call, so that a fault is reported under the call
@@ -60,7 +67,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
             OpenConvolutions(convolutions);
 
             LoadKernels(info.ComputeCapability);
-            _allocator = new CudaAllocator(SynchronizeStream);
+            _allocator = new CudaAllocator(SynchronizeStream, memoryChecks, PoisonBlock);
             _staging = new StagingRing(_stream, StagingBytes);
         }
         catch
@@ -72,7 +79,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
         Description = $"cuda: {info.Name} (sm_{info.ComputeCapability}, {info.TotalMemoryBytes / (1024.0 * 1024 * 1024):F1} GiB, " +
             $"{info.Multiprocessors} SMs), driver {CudaProbe.FormatVersion(info.DriverVersion)}, cuBLAS {CublasVersion}, convolutions: {ConvolutionPath}, " +
             $"NVRTC {nvMajor}.{nvMinor} ({KernelTarget}; {KernelCacheReport}), precision {BackendPrecisions.Name(_options.Precision)}" +
-            (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "");
+            (_syncEachLaunch ? ", DDPM_CUDA_SYNC=1 (a wait after every launch)" : "") + memoryChecks.Describe();
     }
 
     /// <summary>A backend for device <see cref="BackendOptions.Device"/>, or null with the reason CUDA is unavailable.</summary>
@@ -203,6 +210,10 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
         ObjectDisposedException.ThrowIf(_disposed, this);
         Driver.Check(Driver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
     }
+
+    /// <summary>Fills a block the allocator hands out with NaN, on the stream (DDPM_CUDA_POISON=1).</summary>
+    private void PoisonBlock(ulong pointer, long bytes) =>
+        Driver.Check(Driver.cuMemsetD32Async(pointer, CudaAllocator.PoisonBits, (nuint)(bytes / 4), _stream), "cuMemsetD32Async (poison)");
 
     private void SynchronizeStream()
     {

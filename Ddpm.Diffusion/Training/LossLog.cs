@@ -11,7 +11,8 @@ namespace Ddpm.Diffusion.Training;
 /// </summary>
 public sealed class LossLog
 {
-    private const string Header = "step,loss,grad_norm,lr,seconds";
+    /// <summary>loss.csv's first line: its columns.</summary>
+    public const string Header = "step,loss,grad_norm,lr,seconds";
     private readonly AppendFile _file;
     private int _pending;
     private readonly List<(double Step, double Loss)> _all = new();

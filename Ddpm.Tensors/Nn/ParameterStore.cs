@@ -9,10 +9,15 @@ public readonly record struct ParameterSlot(string Name, Parameter Parameter, in
 /// its slot, and gives every parameter a gradient view of the same slot in <see cref="Gradients"/>, which the
 /// backward pass writes. Optimiser moments and EMA weights are made with <see cref="CreateState"/> in the same
 /// layout. So a whole-model update (Adam, EMA, clipping, a data-parallel all-reduce of the gradients) is one
-/// op over one buffer, while checkpoints and layers still see the named tensors.
+/// op over one buffer, while checkpoints and layers still see the named tensors. Each slot starts at a multiple
+/// of <see cref="SlotAlignment"/> floats (256 bytes, the alignment cuBLAS's vectorised and tensor-core kernels
+/// want of a matrix); the padding between slots holds zeros in every buffer, which every whole-buffer op keeps.
 /// </summary>
 public sealed class ParameterStore : IDisposable
 {
+    /// <summary>Slot offsets are multiples of this many floats (256 bytes).</summary>
+    public const int SlotAlignment = 64;
+
     private readonly ParameterSlot[] _slots;
     private DeviceBuffer? _parameters;
     private DeviceBuffer? _gradients;
@@ -29,10 +34,13 @@ public sealed class ParameterStore : IDisposable
     /// <summary>The backend of the parameters (ops on the flat buffers go through it).</summary>
     public IBackend Backend { get; }
 
-    /// <summary>Total number of floats, the length of each flat buffer.</summary>
+    /// <summary>The length of each flat buffer in floats: the slots and the padding between them.</summary>
     public int Count { get; }
 
-    /// <summary>The (name, parameter, offset, size) table in state_dict order; slots are adjacent, in order.</summary>
+    /// <summary>
+    /// The (name, parameter, offset, size) table in state_dict order; slots follow each other in order, each at
+    /// a multiple of <see cref="SlotAlignment"/> floats, with zero padding between them.
+    /// </summary>
     public IReadOnlyList<ParameterSlot> Slots => _slots;
 
     /// <summary>All parameter values: [<see cref="Count"/>].</summary>
@@ -52,7 +60,7 @@ public sealed class ParameterStore : IDisposable
     /// <summary>
     /// Allocates the flat buffers, copies each parameter's values into its slot and rebinds the parameter to a
     /// view of that slot (its old memory is released). Parameters must share one backend, be distinct, and not
-    /// belong to another live store; their gradients are cleared.
+    /// belong to another live store; their gradients are cleared. The padding between slots is zero.
     /// </summary>
     public static ParameterStore Adopt(IEnumerable<(string Name, Parameter Param)> parameters)
     {
@@ -69,10 +77,10 @@ public sealed class ParameterStore : IDisposable
             if (!seen.Add(p)) throw new ArgumentException($"Parameter '{name}' is listed twice.");
             if (p.Store is { IsDisposed: false })
                 throw new InvalidOperationException($"Parameter '{name}' already lives in another parameter store.");
-            total += p.Size;
+            total = Align(total) + p.Size;
         }
         if (total > int.MaxValue)
-            throw new NotSupportedException($"The parameters hold {total} floats, more than one buffer can (2^31 - 1).");
+            throw new NotSupportedException($"The parameters hold {total} floats with their padding, more than one buffer can (2^31 - 1).");
         int count = (int)total;
 
         var values = backend.Allocate(count);
@@ -81,12 +89,15 @@ public sealed class ParameterStore : IDisposable
         {
             grads = backend.Allocate(count);
             var slots = new ParameterSlot[list.Count];
-            int offset = 0;
+            // The padding reads zero (whole-buffer ops such as Adam, the gradient norm and the all-reduce run over it).
+            backend.Fill(0f, values, count);
+            long offset = 0;
             for (int i = 0; i < list.Count; i++)
             {
                 var (name, p) = list[i];
-                slots[i] = new ParameterSlot(name, p, offset, p.Size);
-                backend.Copy(p.Buffer, 0, p.Size, values, offset);
+                offset = Align(offset);
+                slots[i] = new ParameterSlot(name, p, (int)offset, p.Size);
+                backend.Copy(p.Buffer, 0, p.Size, values, (int)offset);
                 offset += p.Size;
             }
             // Zeroed once, so the slot of a parameter that never gets a gradient reads as zero without a fill per step.
@@ -111,6 +122,8 @@ public sealed class ParameterStore : IDisposable
             throw;
         }
     }
+
+    private static long Align(long offset) => (offset + SlotAlignment - 1) / SlotAlignment * SlotAlignment;
 
     /// <summary>The slot index of <paramref name="p"/>, or -1 when it is not in this store.</summary>
     public int IndexOf(Parameter p)
@@ -137,12 +150,14 @@ public sealed class ParameterStore : IDisposable
     {
         var buffer = Backend.Allocate(Count);
         if (copyParameters) Backend.Copy(Parameters, 0, Count, buffer, 0);
-        else Backend.Fill(value, buffer, Count);
+        else Backend.Fill(0f, buffer, Count);
         var views = new Tensor[_slots.Length];
         for (int i = 0; i < _slots.Length; i++)
         {
             var s = _slots[i];
             views[i] = new Tensor(Backend, s.Parameter.Shape, Backend.Slice(buffer, s.Offset, s.Size), tracked: false) { Name = s.Name };
+            // Another value goes into the slots only: the padding stays zero.
+            if (!copyParameters && value != 0f) Backend.Fill(value, views[i].Buffer, s.Size);
         }
         return new FlatState(buffer, Count, views);
     }
@@ -186,7 +201,8 @@ public sealed class ParameterStore : IDisposable
     /// <summary>
     /// Maximal runs of adjacent slots whose parameters have a gradient (and are selected by
     /// <paramref name="include"/>, one flag per slot, when given), as (first slot, slot count, offset, length):
-    /// what a step that skips parameters without a gradient (as PyTorch's optimisers do) updates.
+    /// what a step that skips parameters without a gradient (as PyTorch's optimisers do) updates. A run covers
+    /// its slots and the padding between them; a run of every slot is the whole buffer.
     /// </summary>
     public List<(int First, int Slots, int Offset, int Length)> RunsWithGradient(IReadOnlyList<bool>? include = null)
     {
@@ -198,9 +214,10 @@ public sealed class ParameterStore : IDisposable
         while (i < _slots.Length)
         {
             if (!Take(i)) { i++; continue; }
-            int first = i, length = 0;
-            while (i < _slots.Length && Take(i)) length += _slots[i++].Size;
-            runs.Add((first, i - first, _slots[first].Offset, length));
+            int first = i;
+            while (i < _slots.Length && Take(i)) i++;
+            var last = _slots[i - 1];
+            runs.Add((first, i - first, _slots[first].Offset, last.Offset + last.Size - _slots[first].Offset));
         }
         return runs;
     }

@@ -1,7 +1,9 @@
 // Force-included (g++ -include) before every CUDA C source compiled for the simulator: maps the CUDA
 // language extensions the kernels use onto host C++ and the simulator's scheduler (libcuda.so.1).
 // Every thread of a block runs as a fiber; barriers and warp shuffles switch back to the scheduler, which
-// checks that the whole block (or the lanes the mask names) took part before letting any thread go on.
+// checks that the whole block (a barrier) or the lanes the mask names (a shuffle) took part before letting
+// them go on. Each source is compiled twice: plainly, and with every memory access instrumented
+// (DDPMSIM_INSTRUMENTED, see build.sh and checks.cpp) for the race detector and the memory checks.
 #pragma once
 
 #include <math.h>
@@ -43,9 +45,21 @@ struct DdpmSimKernelInfo
     uint64_t pointerParams;
     void (*pack)(void* dst, void* const* params);
     void (*invoke)(void* fn, const void* args);
+    int instrumented;  // compiled with every memory access reported to the checks
 };
 int ddpmsim_register_kernel(const DdpmSimKernelInfo* info);
+// An atomic read-modify-write of size bytes at p: checked for bounds and initialisation, never a race.
+void ddpmsim_atomic_access(const void* p, unsigned size);
 }
+
+#ifndef DDPMSIM_INSTRUMENTED
+#define DDPMSIM_INSTRUMENTED 0
+#endif
+#if DDPMSIM_INSTRUMENTED
+// The launchers' templates get names of their own, so the linker never merges an instrumented instantiation
+// into the plain build (or the reverse).
+#define ddpmsim_detail ddpmsim_detail_instrumented
+#endif
 
 #define threadIdx ddpmsim_threadIdx
 #define blockIdx ddpmsim_blockIdx
@@ -62,7 +76,8 @@ int ddpmsim_register_kernel(const DdpmSimKernelInfo* info);
 #define __restrict__ __restrict
 
 // The build rewrites "__shared__ T name[N];" into DDPMSIM_SHARED_STATIC and "extern __shared__ T name[];"
-// into DDPMSIM_SHARED_DYNAMIC, so each block gets its own storage, filled with NaN when the block starts.
+// into DDPMSIM_SHARED_DYNAMIC, so each block gets its own storage, filled with NaN when the block starts
+// (the name is kept for the race detector's messages).
 #define DDPMSIM_SHARED_STATIC(T, name, dims)                                                                  \
     typedef T ddpmsim_shared_type_##name dims;                                                                \
     static const char ddpmsim_shared_key_##name = 0;                                                          \
@@ -126,9 +141,12 @@ static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 
 // Fibers of one launch run one at a time on one host thread and switch only at barriers and shuffles,
-// so a read-modify-write cannot be interleaved.
-template <typename T> static inline T atomicAdd(T* p, T v)
+// so a read-modify-write cannot be interleaved. Its accesses are not instrumented (atomics do not race); the
+// checks still see it through ddpmsim_atomic_access. The order in which blocks and warps add is the schedule's,
+// so a float sum through atomics differs between schedules (and the order check reports it), as on a GPU.
+template <typename T> __attribute__((no_sanitize_address)) static inline T atomicAdd(T* p, T v)
 {
+    if (DDPMSIM_INSTRUMENTED) ddpmsim_atomic_access(p, sizeof(T));
     T old = *p;
     *p = old + v;
     return old;
@@ -144,21 +162,25 @@ template <typename... A> struct KernelTraits<void (*)(A...)>
     static_assert((std::is_trivially_copyable<std::decay_t<A>>::value && ...), "kernel parameters are copied as bytes");
     static_assert(sizeof...(A) <= 64, "at most 64 kernel parameters");
 
-    template <typename T> static T load(const void* p)
+    template <typename T> __attribute__((no_sanitize_address)) static T load(const void* p)
     {
         T v;
         memcpy(&v, p, sizeof(T));
         return v;
     }
 
-    template <size_t... I> static void packImpl(void* dst, void* const* params, std::index_sequence<I...>)
+    // Unpacking the arguments is the launcher's work, not the kernel's: never instrumented.
+    template <size_t... I> __attribute__((no_sanitize_address)) static void packImpl(void* dst, void* const* params, std::index_sequence<I...>)
     {
         new (dst) Args(load<std::decay_t<A>>(params[I])...);
     }
 
-    static void pack(void* dst, void* const* params) { packImpl(dst, params, std::index_sequence_for<A...>{}); }
+    __attribute__((no_sanitize_address)) static void pack(void* dst, void* const* params)
+    {
+        packImpl(dst, params, std::index_sequence_for<A...>{});
+    }
 
-    static void invoke(void* fn, const void* args)
+    __attribute__((no_sanitize_address)) static void invoke(void* fn, const void* args)
     {
         std::apply(reinterpret_cast<void (*)(A...)>(fn), *static_cast<const Args*>(args));
     }
@@ -184,6 +206,7 @@ template <typename F> static int registerKernel(const char* name, F fn)
     info.pointerParams = T::pointers();
     info.pack = &T::pack;
     info.invoke = &T::invoke;
+    info.instrumented = DDPMSIM_INSTRUMENTED;
     return ddpmsim_register_kernel(&info);
 }
 }

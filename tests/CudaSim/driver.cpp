@@ -1,63 +1,23 @@
 // libcuda.so.1 of the CUDA simulator: the driver API entry points the Ddpm binding calls, run on the CPU.
 // A test harness only: device pointers are host memory, kernels are the same CUDA C sources compiled for
 // the host (see cuda_sim_kernel.h), and work queued on a stream runs only when the host synchronises.
-#include <elf.h>
-#include <sys/mman.h>
+// This file holds the entry points, the options, errors, streams and events; memory.cpp the allocations,
+// scheduler.cpp the launches, checks.cpp the instrumented checks, module.cpp the module images.
+#include <fcntl.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
-#include <functional>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <unordered_map>
-#include <unordered_set>
-#include <vector>
 
-#include "cuda_sim_kernel.h"
-#include "sim_api.h"
+#include "sim_internal.h"
 
-#define API extern "C" __attribute__((visibility("default")))
-
-// ---- CUDA's codes and names ------------------------------------------------------------------------------
-
+namespace sim
+{
 namespace
 {
-enum : int
-{
-    SUCCESS = 0,
-    INVALID_VALUE = 1,
-    OUT_OF_MEMORY = 2,
-    NOT_INITIALIZED = 3,
-    DEINITIALIZED = 4,
-    NO_DEVICE = 100,
-    INVALID_DEVICE = 101,
-    INVALID_IMAGE = 200,
-    INVALID_CONTEXT = 201,
-    NO_BINARY_FOR_GPU = 209,
-    INVALID_PTX = 218,
-    INVALID_HANDLE = 400,
-    NOT_FOUND = 500,
-    NOT_READY = 600,
-    ILLEGAL_ADDRESS = 700,
-    LAUNCH_OUT_OF_RESOURCES = 701,
-    LAUNCH_FAILED = 719,
-};
-
-struct ErrorText
-{
-    int code;
-    const char* name;
-    const char* text;
-};
-
 // Names and texts as cuda.h / the driver give them.
 const ErrorText kErrors[] = {
     {0, "CUDA_SUCCESS", "no error"},
@@ -127,65 +87,6 @@ const ErrorText kErrors[] = {
     {999, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
-const ErrorText* findError(int code)
-{
-    for (const auto& e : kErrors)
-        if (e.code == code) return &e;
-    return nullptr;
-}
-
-// ---- state ------------------------------------------------------------------------------------------------
-
-constexpr size_t kGuard = 256;                     // guard bytes before and after every allocation
-constexpr unsigned char kGuardByte = 0xCB;
-constexpr uint64_t kTotalMemory = 16ull << 30;     // the simulated device's memory
-constexpr size_t kNanFillLimit = 256u << 20;       // larger allocations stay lazily zero (no host memory)
-constexpr unsigned kMaxShared = 48 * 1024;         // static + dynamic shared memory per block
-constexpr int kMultiprocessors = 132;
-constexpr size_t kFiberStack = 64 * 1024;
-
-struct Alloc
-{
-    uintptr_t base;
-    size_t size;
-    size_t accounted;
-    char* raw;
-    size_t rawSize;
-    bool mapped;
-    uint64_t serial;
-};
-
-struct Kernel
-{
-    std::string name;
-    DdpmSimKernelInfo info;
-    size_t staticShared = 0;
-};
-
-struct Module
-{
-    std::unordered_set<std::string> names;
-};
-
-struct Function
-{
-    Module* module;
-    Kernel* kernel;
-};
-
-struct Work
-{
-    uint64_t seq;
-    std::string what;
-    std::function<void()> run;
-    std::function<void()> drop;  // releases resources when the work never runs
-};
-
-struct Stream
-{
-    bool nonBlocking = false;
-    std::deque<Work> queue;
-};
 
 struct Event
 {
@@ -202,42 +103,143 @@ struct Context
     int refs = 0;
 };
 
-std::mutex g_mu;
-bool g_initialized = false;
 Context g_primary;
 thread_local Context* t_current = nullptr;
 
-int g_sticky = SUCCESS;
 std::string g_stickyDetail;
 std::map<int, std::string> g_detail;  // latest detail per code, shown by cuGetErrorString
 std::deque<std::string> g_texts;      // every string cuGetErrorString handed out stays valid
 
-std::map<uintptr_t, Alloc> g_allocs;  // by user base address
-std::map<uintptr_t, size_t> g_hostAllocs;  // pinned host memory: base, bytes
-uint64_t g_used = 0;
-uint64_t g_allocSerial = 0;
-
-Stream g_legacy;  // stream handle 0 (also CU_STREAM_LEGACY and CU_STREAM_PER_THREAD)
-std::unordered_set<Stream*> g_streams;
 std::unordered_set<Event*> g_events;
 std::unordered_set<Module*> g_modules;
 std::unordered_set<Function*> g_functions;
-uint64_t g_seq = 0;
-std::string g_lastWork = "(nothing has run yet)";
 bool g_immediate = false;
-
-std::atomic<uint64_t> c_launches{0}, c_syncs{0}, c_htod{0}, c_dtoh{0}, c_dtod{0}, c_memsets{0}, c_gemms{0}, c_allocs{0};
-
-std::unordered_map<std::string, Kernel*>& registry()
-{
-    static std::unordered_map<std::string, Kernel*> r;
-    return r;
-}
+uint64_t g_launchSerial = 0;
+std::string g_optionText;  // what ddpmsim_get_option last returned
 
 double nowMs()
 {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+struct CheckName
+{
+    const char* name;
+    unsigned bit;
+};
+const CheckName kCheckNames[] = {
+    {"race", DDPMSIM_CHECK_RACE},     {"bounds", DDPMSIM_CHECK_BOUNDS},   {"init", DDPMSIM_CHECK_INIT},
+    {"fence", DDPMSIM_CHECK_FENCE},   {"poison", DDPMSIM_CHECK_POISON},   {"overlap", DDPMSIM_CHECK_OVERLAP},
+    {"nccl-async", DDPMSIM_CHECK_NCCL_ASYNC}, {"resources", DDPMSIM_CHECK_RESOURCES}, {"order", DDPMSIM_CHECK_ORDER},
+};
+
+std::string checksText(unsigned bits)
+{
+    std::string s;
+    for (const auto& c : kCheckNames)
+        if (bits & c.bit) s += (s.empty() ? "" : ",") + std::string(c.name);
+    return s.empty() ? "none" : s;
+}
+
+// DDPM_CUDA_SIM_SCHEDULE: ordered, reverse, random (a seed from the clock) or random:SEED.
+bool parseSchedule(const char* v, Options& o, std::string& error)
+{
+    if (strcmp(v, "ordered") == 0) o.schedule = Schedule::Ordered;
+    else if (strcmp(v, "reverse") == 0) o.schedule = Schedule::Reverse;
+    else if (strcmp(v, "random") == 0)
+    {
+        o.schedule = Schedule::Random;
+        o.seed = ((uint64_t)time(nullptr) * 1000003u ^ (uint64_t)getpid()) % 1000000007u;
+    }
+    else if (strncmp(v, "random:", 7) == 0 && v[7] != 0)
+    {
+        char* end = nullptr;
+        unsigned long long seed = strtoull(v + 7, &end, 0);
+        if (*end != 0)
+        {
+            error = format("schedule random:%s: the seed is not a number", v + 7);
+            return false;
+        }
+        o.schedule = Schedule::Random;
+        o.seed = seed;
+    }
+    else
+    {
+        error = format("schedule '%s' is not ordered, reverse, random or random:SEED", v);
+        return false;
+    }
+    return true;
+}
+
+// DDPM_CUDA_SIM_CHECK: a comma list applied to the default set: a check's name adds it, -name removes it,
+// none clears every check, all sets every one, default restores the default set.
+bool parseChecks(const char* v, Options& o, std::string& error)
+{
+    unsigned bits = kDefaultChecks;
+    std::string list(v);
+    size_t pos = 0;
+    while (pos <= list.size())
+    {
+        size_t comma = list.find(',', pos);
+        std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+        pos = comma == std::string::npos ? list.size() + 1 : comma + 1;
+        while (!item.empty() && item.front() == ' ') item.erase(0, 1);
+        while (!item.empty() && item.back() == ' ') item.pop_back();
+        if (item.empty()) continue;
+        bool remove = item[0] == '-';
+        if (remove || item[0] == '+') item.erase(0, 1);
+        if (item == "none") { bits = 0; continue; }
+        if (item == "default") { bits = kDefaultChecks; continue; }
+        unsigned bit = 0;
+        if (item == "all") bit = ~0u;
+        for (const auto& c : kCheckNames)
+            if (item == c.name) bit = c.bit;
+        if (bit == 0)
+        {
+            std::string names;
+            for (const auto& c : kCheckNames) names += std::string(names.empty() ? "" : ", ") + c.name;
+            error = format("check '%s' is not one of %s, all, none, default (a leading - removes one)", item.c_str(), names.c_str());
+            return false;
+        }
+        bits = remove ? bits & ~bit : bits | bit;
+    }
+    o.checks = bits & ((DDPMSIM_CHECK_ORDER << 1) - 1);
+    return true;
+}
+
+// DDPM_CUDA_SIM_SUMMARY=FILE: one line per process at exit, appended, saying what ran under which options.
+void writeSummary()
+{
+    const char* path = getenv("DDPM_CUDA_SIM_SUMMARY");
+    if (!path || !*path || g_count.launches == 0) return;
+    std::string line = format("pid %d: schedule %s, checks %s: %llu launches, %llu instrumented, %llu order-checked, %llu accesses checked\n",
+        (int)getpid(), scheduleText(g_opt.schedule, g_opt.seed).c_str(), checksText(g_opt.checks).c_str(),
+        (unsigned long long)g_count.launches, (unsigned long long)g_count.checkedLaunches, (unsigned long long)g_count.orderChecks,
+        (unsigned long long)g_count.checkedAccesses);
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return;
+    ssize_t w = write(fd, line.data(), line.size());
+    (void)w;
+    close(fd);
+}
+}  // namespace
+
+std::mutex g_mu;
+bool g_initialized = false;
+int g_sticky = SUCCESS;
+Options g_opt{Schedule::Random, 0, kDefaultChecks};
+Counters g_count;
+Stream g_legacy;
+std::unordered_set<Stream*> g_streams;
+uint64_t g_seq = 0;
+std::string g_lastWork = "(nothing has run yet)";
+
+const ErrorText* findError(int code)
+{
+    for (const auto& e : kErrors)
+        if (e.code == code) return &e;
+    return nullptr;
 }
 
 std::string format(const char* fmt, ...)
@@ -250,109 +252,63 @@ std::string format(const char* fmt, ...)
     return buf;
 }
 
-int fail(int code, const std::string& detail = "")
+std::string scheduleText(Schedule s, uint64_t seed)
+{
+    switch (s)
+    {
+        case Schedule::Ordered: return "ordered";
+        case Schedule::Reverse: return "reverse";
+        default: return format("random:%llu", (unsigned long long)seed);
+    }
+}
+
+bool readEnvironmentOptions(std::string& error)
+{
+    Options o;
+    o.checks = kDefaultChecks;
+    o.schedule = Schedule::Random;
+    const char* s = getenv("DDPM_CUDA_SIM_SCHEDULE");
+    if (!parseSchedule(s && *s ? s : "random", o, error))
+    {
+        error = "DDPM_CUDA_SIM_SCHEDULE: " + error;
+        return false;
+    }
+    const char* c = getenv("DDPM_CUDA_SIM_CHECK");
+    if (c && !parseChecks(c, o, error))
+    {
+        error = "DDPM_CUDA_SIM_CHECK: " + error;
+        return false;
+    }
+    g_opt = o;
+    return true;
+}
+
+int fail(int code, const std::string& detail)
 {
     g_detail[code] = detail;
     return code;
 }
 
-void dropAllWork();
-
 void setSticky(int code, const std::string& detail)
 {
     if (g_sticky != SUCCESS) return;
+    // The schedule that ran, so DDPM_CUDA_SIM_SCHEDULE can run the same order again.
+    std::string full = detail + format(" [simulator schedule %s, checks %s]", scheduleText(g_opt.schedule, g_opt.seed).c_str(),
+                                    checksText(g_opt.checks).c_str());
     g_sticky = code;
-    g_stickyDetail = detail;
-    g_detail[code] = detail;
+    g_stickyDetail = full;
+    g_detail[code] = full;
     const ErrorText* e = findError(code);
-    fprintf(stderr, "cuda simulator: %s (%s): %s\n", e ? e->name : "CUDA_ERROR", e ? e->text : "", detail.c_str());
+    fprintf(stderr, "cuda simulator: %s (%s): %s\n", e ? e->name : "CUDA_ERROR", e ? e->text : "", full.c_str());
     fflush(stderr);
     dropAllWork();
 }
 
-// Calls that need a context: the caller holds g_mu.
 int contextStatus()
 {
     if (!g_initialized) return NOT_INITIALIZED;
     if (t_current != &g_primary || g_primary.refs <= 0) return INVALID_CONTEXT;
     return g_sticky;
-}
-
-#define NEED_CONTEXT()                          \
-    do                                          \
-    {                                           \
-        int st_ = contextStatus();              \
-        if (st_ != SUCCESS) return st_;         \
-    } while (0)
-
-// ---- memory -----------------------------------------------------------------------------------------------
-
-void fillNan(void* p, size_t bytes)
-{
-    uint32_t* w = static_cast<uint32_t*>(p);
-    size_t n = bytes / 4;
-    for (size_t i = 0; i < n; i++) w[i] = 0x7fc00000u;
-    memset(static_cast<char*>(p) + n * 4, 0x7f, bytes - n * 4);
-}
-
-// The allocation holding [p, p + bytes); an empty range may sit at the end.
-Alloc* findAlloc(uintptr_t p, size_t bytes)
-{
-    auto it = g_allocs.upper_bound(p);
-    if (it == g_allocs.begin()) return nullptr;
-    --it;
-    Alloc& a = it->second;
-    if (p < a.base || p - a.base > a.size || bytes > a.size - (p - a.base)) return nullptr;
-    return &a;
-}
-
-bool inHostAlloc(uintptr_t p)
-{
-    // Pinned host memory: kernels may read it where the buffer is mapped; accept any pointer into one.
-    auto it = g_hostAllocs.upper_bound(p);
-    if (it == g_hostAllocs.begin()) return false;
-    --it;
-    return p - it->first <= it->second;
-}
-
-std::string describeAlloc(const Alloc& a)
-{
-    return format("allocation #%llu (%zu bytes at 0x%llx)", (unsigned long long)a.serial, a.size, (unsigned long long)a.base);
-}
-
-// Empty when both guard zones are intact, else what is damaged.
-std::string guardDamage(const Alloc& a)
-{
-    const unsigned char* head = reinterpret_cast<const unsigned char*>(a.base) - kGuard;
-    const unsigned char* tail = reinterpret_cast<const unsigned char*>(a.base) + a.size;
-    for (size_t i = kGuard; i-- > 0;)
-        if (head[i] != kGuardByte)
-            return format("the guard zone before %s was overwritten (byte %zu before its start)", describeAlloc(a).c_str(), kGuard - i);
-    for (size_t i = 0; i < kGuard; i++)
-        if (tail[i] != kGuardByte)
-            return format("the guard zone after %s was overwritten (byte %zu past its end)", describeAlloc(a).c_str(), i);
-    return "";
-}
-
-void checkAllGuards()
-{
-    if (g_sticky != SUCCESS) return;
-    for (auto& [base, a] : g_allocs)
-    {
-        std::string d = guardDamage(a);
-        if (!d.empty())
-        {
-            setSticky(ILLEGAL_ADDRESS, d + "; the last work that ran: " + g_lastWork);
-            return;
-        }
-    }
-}
-
-void releaseAlloc(Alloc& a)
-{
-    if (a.mapped) munmap(a.raw, a.rawSize);
-    else free(a.raw);
-    g_used -= a.accounted;
 }
 
 // ---- streams and execution --------------------------------------------------------------------------------
@@ -365,6 +321,8 @@ Stream* lookupStream(void* h)
     return g_streams.count(s) ? s : nullptr;
 }
 
+namespace
+{
 void runOne(Stream* s)
 {
     Work w = std::move(s->queue.front());
@@ -373,9 +331,15 @@ void runOne(Stream* s)
     w.run();
 }
 
-// Runs the queued work of s (up to and including sequence number limit) in order. Blocking streams are
-// ordered with the legacy stream: both queues run merged by sequence number.
-void flushStream(Stream* s, uint64_t limit = UINT64_MAX)
+void dropQueue(Stream* s)
+{
+    for (auto& w : s->queue)
+        if (w.drop) w.drop();
+    s->queue.clear();
+}
+}  // namespace
+
+void flushStream(Stream* s, uint64_t limit)
 {
     bool withLegacy = s != &g_legacy && !s->nonBlocking;
     for (;;)
@@ -422,25 +386,20 @@ bool anyPending()
     return false;
 }
 
-void dropQueue(Stream* s)
-{
-    for (auto& w : s->queue)
-        if (w.drop) w.drop();
-    s->queue.clear();
-}
-
 void dropAllWork()
 {
     dropQueue(&g_legacy);
     for (Stream* o : g_streams) dropQueue(o);
 }
 
-void enqueue(Stream* s, std::string what, std::function<void()> run, std::function<void()> drop = nullptr)
+void enqueue(Stream* s, std::string what, std::function<void()> run, std::function<void()> drop)
 {
     s->queue.push_back(Work{++g_seq, std::move(what), std::move(run), std::move(drop)});
     if (g_immediate) flushStream(s);
 }
 
+namespace
+{
 // Context teardown when the last primary-context reference goes: CUDA frees everything the context owned.
 void destroyContextState()
 {
@@ -460,412 +419,18 @@ void destroyContextState()
     g_stickyDetail.clear();
 }
 
-// ---- the block scheduler ----------------------------------------------------------------------------------
-
-enum FiberState : uint8_t
+// A copy that reads the pending result of a collective fails as a kernel would (see checks.cpp).
+bool readsPending(uintptr_t src, size_t bytes, const char* what)
 {
-    F_NEW,
-    F_RUN,
-    F_BARRIER,
-    F_SHUFFLE,
-    F_DONE,
-    F_FAULT,
-};
-
-struct Fiber
-{
-    void* sp;
-    char* stack;
-    uint3 tid;
-    FiberState state;
-    uint8_t shSize;
-    uint8_t shMode;
-    unsigned shMask;
-    int shOperand;
-    int shWidth;
-    uint64_t shValue;
-    uint64_t shResult;
-};
-
-struct LaunchState
-{
-    Kernel* kernel;
-    const void* args;
-    unsigned dynamicShared;
-};
-
-struct SharedSlot
-{
-    const void* key;
-    void* ptr;
-};
-
-std::vector<Fiber> g_fibers;
-std::vector<char*> g_stackPool;
-void* g_schedulerSp;
-Fiber* g_current;
-const LaunchState* g_launch;
-size_t g_nextNew;       // lowest thread of the block not started yet
-size_t g_blockThreads;  // threads in the block
-size_t g_done, g_atBarrier, g_atShuffle;  // threads of the block that exited, wait at a barrier, at a shuffle
-int g_faultCode;
-std::string g_faultDetail;
-alignas(64) unsigned char g_sharedArena[kMaxShared];
-size_t g_sharedUsed;
-std::vector<SharedSlot> g_sharedSlots;
-}  // namespace
-
-extern "C" {
-uint3 ddpmsim_threadIdx __attribute__((visibility("default")));
-uint3 ddpmsim_blockIdx __attribute__((visibility("default")));
-dim3 ddpmsim_blockDim __attribute__((visibility("default")));
-dim3 ddpmsim_gridDim __attribute__((visibility("default")));
-void ddpmsim_fiber_switch(void** save, void* target) __attribute__((visibility("hidden")));
-void ddpmsim_fiber_start(void) __attribute__((visibility("hidden")));
-[[noreturn]] void ddpmsim_fiber_main(void) __attribute__((visibility("hidden")));
-}
-
-namespace
-{
-// Returns the top of a pooled fiber stack. Tops are staggered across the 4 KiB page so the live frames of a
-// block's fibers do not all fall into the same cache sets.
-char* takeStack()
-{
-    if (!g_stackPool.empty())
-    {
-        char* s = g_stackPool.back();
-        g_stackPool.pop_back();
-        return s;
-    }
-    static size_t created = 0;
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    void* m = mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
-    {
-        fprintf(stderr, "cuda simulator: cannot map a %zu-byte fiber stack\n", kFiberStack);
-        abort();
-    }
-    mprotect(m, page, PROT_NONE);  // overflow faults instead of corrupting the next stack
-    size_t colour = (created++ * 320) % 4096;
-    return static_cast<char*>(m) + page + kFiberStack - colour;
-}
-
-void* initialFrame(char* top)
-{
-    uint64_t* slots = reinterpret_cast<uint64_t*>(top - 56);
-    slots[6] = reinterpret_cast<uint64_t>(&ddpmsim_fiber_start);  // return address
-    for (int i = 0; i < 6; i++) slots[i] = 0;                       // r15 .. rbp
-    return slots;
-}
-
-void yieldToScheduler() { ddpmsim_fiber_switch(&g_current->sp, g_schedulerSp); }
-
-[[noreturn]] void faultInFiber(int code, const std::string& detail)
-{
-    g_faultCode = code;
-    g_faultDetail = detail;
-    g_current->state = F_FAULT;
-    yieldToScheduler();
-    __builtin_unreachable();
-}
-
-std::string blockName()
-{
-    return format("(%u,%u,%u)", ddpmsim_blockIdx.x, ddpmsim_blockIdx.y, ddpmsim_blockIdx.z);
-}
-
-const char* shuffleName(int mode)
-{
-    static const char* names[] = {"__shfl_xor_sync", "__shfl_sync", "__shfl_down_sync", "__shfl_up_sync"};
-    return names[mode & 3];
-}
-
-const char* stateName(FiberState s)
-{
-    switch (s)
-    {
-        case F_DONE: return "has exited";
-        case F_BARRIER: return "waits at __syncthreads";
-        case F_SHUFFLE: return "waits at a different shuffle";
-        default: return "is running";
-    }
-}
-
-std::string shuffleError(size_t first, size_t count, unsigned lane, const char* fmt, ...)
-{
-    const Fiber& f = g_fibers[first + lane];
-    std::string where = format("kernel %s: %s(mask 0x%08x) by lane %u of warp %zu of block %s: ", g_launch->kernel->name.c_str(),
-        shuffleName(f.shMode), f.shMask, lane, first / 32, blockName().c_str());
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    (void)count;
-    return where + buf;
-}
-
-// Resolves the shuffles of one warp; empty on success, else the error (messages are built only on failure).
-std::string resolveWarp(size_t first, size_t count)
-{
-    unsigned waiting = 0;
-    for (size_t i = first; i < first + count; i++)
-        if (g_fibers[i].state == F_SHUFFLE) waiting |= 1u << (i - first);
-    if (waiting == 0) return "";
-    // The common case in one pass: every waiting lane makes the same call, and the lanes it names are exactly
-    // the waiting ones.
-    const Fiber& f0 = g_fibers[first + __builtin_ctz(waiting)];
-    bool uniform = f0.shMask == waiting && f0.shWidth == 32;
-    for (unsigned m = waiting; m != 0 && uniform; m &= m - 1)
-    {
-        const Fiber& o = g_fibers[first + __builtin_ctz(m)];
-        uniform = o.shMask == f0.shMask && o.shMode == f0.shMode && o.shSize == f0.shSize && o.shWidth == 32;
-    }
-    for (size_t i = first; i < first + count && !uniform; i++)
-    {
-        Fiber& f = g_fibers[i];
-        if (f.state != F_SHUFFLE) continue;
-        unsigned lane = (unsigned)(i - first);
-        if (f.shWidth != 32) return shuffleError(first, count, lane, "width %d is not simulated (only 32)", f.shWidth);
-        if (!(f.shMask >> lane & 1)) return shuffleError(first, count, lane, "the calling lane is not in the mask");
-        if ((f.shMask & waiting) == f.shMask)
-        {
-            bool same = true;
-            for (unsigned m = f.shMask; m != 0 && same; m &= m - 1)
-            {
-                const Fiber& o = g_fibers[first + __builtin_ctz(m)];
-                same = o.shMask == f.shMask && o.shMode == f.shMode && o.shSize == f.shSize;
-            }
-            if (same) continue;
-        }
-        for (unsigned j = 0; j < 32; j++)
-        {
-            if (!(f.shMask >> j & 1)) continue;
-            if (j >= count)
-                return shuffleError(first, count, lane, "the mask names lane %u, but the warp has only %zu lanes (block of %u threads)", j,
-                    count, ddpmsim_blockDim.x * ddpmsim_blockDim.y * ddpmsim_blockDim.z);
-            Fiber& o = g_fibers[first + j];
-            if (o.state != F_SHUFFLE || o.shMask != f.shMask || o.shMode != f.shMode || o.shSize != f.shSize)
-                return shuffleError(first, count, lane, "lane %u named in the mask %s", j,
-                    o.state == F_SHUFFLE ? "waits at a different shuffle" : stateName(o.state));
-        }
-    }
-    for (size_t i = first; i < first + count; i++)
-    {
-        Fiber& f = g_fibers[i];
-        if (f.state != F_SHUFFLE) continue;
-        int lane = (int)(i - first), src = lane;
-        switch (f.shMode)
-        {
-            case 0: src = lane ^ f.shOperand; break;
-            case 1: src = f.shOperand & 31; break;
-            case 2: src = lane + f.shOperand < 32 ? lane + f.shOperand : lane; break;
-            default: src = lane - f.shOperand >= 0 ? lane - f.shOperand : lane; break;
-        }
-        if (src < 0 || src > 31 || !(f.shMask >> src & 1))
-            return format("kernel %s: %s(mask 0x%08x) by lane %d of warp %zu of block %s reads lane %d, which the mask leaves out",
-                g_launch->kernel->name.c_str(), shuffleName(f.shMode), f.shMask, lane, first / 32, blockName().c_str(), src);
-        f.shResult = g_fibers[first + src].shValue;
-    }
-    for (size_t i = first; i < first + count; i++)
-        if (g_fibers[i].state == F_SHUFFLE) g_fibers[i].state = F_RUN;
-    return "";
-}
-
-void releaseFiberStacks(size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (g_fibers[i].stack != nullptr)
-        {
-            g_stackPool.push_back(g_fibers[i].stack);
-            g_fibers[i].stack = nullptr;
-        }
-}
-
-// Runs one block to completion; returns false (with g_faultCode/g_faultDetail) when it fails.
-bool runBlock(size_t n)
-{
-    unsigned x = 0, y = 0, z = 0;
-    for (size_t i = 0; i < n; i++)
-    {
-        Fiber& f = g_fibers[i];
-        f.state = F_NEW;
-        f.stack = nullptr;
-        f.tid = uint3{x, y, z};
-        if (++x == ddpmsim_blockDim.x)
-        {
-            x = 0;
-            if (++y == ddpmsim_blockDim.y)
-            {
-                y = 0;
-                z++;
-            }
-        }
-    }
-    g_blockThreads = n;
-    g_done = g_atBarrier = g_atShuffle = 0;
-    g_nextNew = 0;
-    g_sharedSlots.clear();
-    g_sharedUsed = (g_launch->dynamicShared + 15) & ~15u;
-    fillNan(g_sharedArena, g_launch->dynamicShared);
-    const std::string& kname = g_launch->kernel->name;
-    for (;;)
-    {
-        for (size_t i = 0; i < n; i++)
-        {
-            Fiber& f = g_fibers[i];
-            if (f.state == F_NEW)
-            {
-                f.stack = takeStack();
-                f.sp = initialFrame(f.stack);
-                f.state = F_RUN;
-                g_nextNew = i + 1;
-            }
-            else if (f.state != F_RUN)
-                continue;
-            g_current = &f;
-            ddpmsim_threadIdx = f.tid;
-            ddpmsim_fiber_switch(&g_schedulerSp, f.sp);
-            // The stack may have run later threads too: g_current is the one that switched back.
-            Fiber& c = *g_current;
-            if (c.state == F_DONE)
-            {
-                g_stackPool.push_back(c.stack);
-                c.stack = nullptr;
-            }
-            else if (c.state == F_FAULT)
-            {
-                releaseFiberStacks(n);
-                return false;
-            }
-        }
-        size_t done = g_done, barrier = g_atBarrier, shuffle = g_atShuffle;
-        if (done == n) return true;
-        if (shuffle > 0)
-        {
-            for (size_t w = 0; w < n; w += 32)
-            {
-                std::string err = resolveWarp(w, n - w < 32 ? n - w : 32);
-                if (!err.empty())
-                {
-                    g_faultCode = LAUNCH_FAILED;
-                    g_faultDetail = err;
-                    releaseFiberStacks(n);
-                    return false;
-                }
-            }
-            g_atShuffle = 0;
-            continue;
-        }
-        if (barrier + done == n && done == 0)
-        {
-            for (size_t i = 0; i < n; i++) g_fibers[i].state = F_RUN;
-            g_atBarrier = 0;
-            continue;
-        }
-        g_faultCode = LAUNCH_FAILED;
-        g_faultDetail = format("kernel %s: __syncthreads reached by %zu of %zu threads of block %s (the others had exited)",
-            kname.c_str(), barrier, n, blockName().c_str());
-        releaseFiberStacks(n);
-        return false;
-    }
-}
-
-struct LaunchRecord
-{
-    Kernel* kernel;
-    unsigned grid[3];
-    unsigned block[3];
-    unsigned dynamicShared;
-    void* args;
-    ~LaunchRecord() { ::operator delete(args, std::align_val_t(kernel->info.argsAlign)); }
-};
-
-void runLaunch(const LaunchRecord& r)
-{
-    LaunchState st{r.kernel, r.args, r.dynamicShared};
-    g_launch = &st;
-    ddpmsim_gridDim = dim3{r.grid[0], r.grid[1], r.grid[2]};
-    ddpmsim_blockDim = dim3{r.block[0], r.block[1], r.block[2]};
-    size_t n = (size_t)r.block[0] * r.block[1] * r.block[2];
-    if (g_fibers.size() < n) g_fibers.resize(n);
-    for (unsigned z = 0; z < r.grid[2]; z++)
-        for (unsigned y = 0; y < r.grid[1]; y++)
-            for (unsigned x = 0; x < r.grid[0]; x++)
-            {
-                ddpmsim_blockIdx = uint3{x, y, z};
-                if (!runBlock(n))
-                {
-                    g_launch = nullptr;
-                    setSticky(g_faultCode, g_faultDetail);
-                    return;
-                }
-            }
-    g_launch = nullptr;
-}
-
-// ---- module images ----------------------------------------------------------------------------------------
-
-// Function symbols of an ELF cubin; false when the header or section table is malformed.
-int readCubin(const unsigned char* img, std::unordered_set<std::string>& names)
-{
-    const Elf64_Ehdr* eh = reinterpret_cast<const Elf64_Ehdr*>(img);
-    if (eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_ident[EI_DATA] != ELFDATA2LSB) return INVALID_IMAGE;
-    if (eh->e_machine != 190 /* EM_CUDA */) return INVALID_IMAGE;
-    // The architecture: e_flags bits 0-7 in ELF ABI version 7 (CUDA 11 and 12), bits 8-15 in version 8.
-    unsigned abi = eh->e_ident[EI_ABIVERSION];
-    unsigned sm = abi == 7 ? (eh->e_flags & 0xff) : abi >= 8 ? ((eh->e_flags >> 8) & 0xff) : 0;
-    if (sm != 0 && (sm / 10 != 9 || sm > 90)) return fail(NO_BINARY_FOR_GPU, format("the cubin is for sm_%u; this device is sm_90", sm));
-    if (eh->e_shentsize != sizeof(Elf64_Shdr) || eh->e_shnum == 0 || eh->e_shoff == 0) return INVALID_IMAGE;
-    const Elf64_Shdr* sh = reinterpret_cast<const Elf64_Shdr*>(img + eh->e_shoff);
-    for (unsigned i = 0; i < eh->e_shnum; i++)
-    {
-        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_entsize != sizeof(Elf64_Sym) || sh[i].sh_link >= eh->e_shnum) continue;
-        const Elf64_Shdr& strtab = sh[sh[i].sh_link];
-        const char* strings = reinterpret_cast<const char*>(img + strtab.sh_offset);
-        const Elf64_Sym* syms = reinterpret_cast<const Elf64_Sym*>(img + sh[i].sh_offset);
-        size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
-        for (size_t k = 0; k < count; k++)
-            if (ELF64_ST_TYPE(syms[k].st_info) == STT_FUNC && syms[k].st_name < strtab.sh_size)
-                names.insert(strings + syms[k].st_name);
-    }
-    return SUCCESS;
-}
-
-bool isIdent(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '$'; }
-
-// PTX text: comments and white space, then ".version"; entries are ".entry NAME(".
-int readPtx(const char* text, std::unordered_set<std::string>& names)
-{
-    const char* p = text;
-    for (;;)
-    {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
-        if (p[0] == '/' && p[1] == '/')
-        {
-            while (*p && *p != '\n') p++;
-            continue;
-        }
-        if (p[0] == '/' && p[1] == '*')
-        {
-            const char* e = strstr(p + 2, "*/");
-            if (!e) return INVALID_IMAGE;
-            p = e + 2;
-            continue;
-        }
-        break;
-    }
-    if (strncmp(p, ".version", 8) != 0) return INVALID_IMAGE;
-    for (const char* q = strstr(p, ".entry"); q; q = strstr(q + 6, ".entry"))
-    {
-        const char* s = q + 6;
-        if (!(*s == ' ' || *s == '\t')) continue;
-        while (*s == ' ' || *s == '\t') s++;
-        const char* e = s;
-        while (isIdent(*e)) e++;
-        if (e > s) names.emplace(s, e);
-    }
-    return SUCCESS;
+    if (!checking(DDPMSIM_CHECK_NCCL_ASYNC)) return false;
+    uintptr_t q = firstPending(src, bytes);
+    if (q == UINTPTR_MAX) return false;
+    Alloc* a = findAlloc(q, 0);
+    setSticky(LAUNCH_FAILED, format("%s reads byte %llu of %s before %s completed in stream order (the result lands at the "
+                                    "collective's completion point: a missing wait or event)",
+                                 what, (unsigned long long)(a ? q - a->base : 0), a ? describeAlloc(*a).c_str() : "an allocation",
+                                 a ? a->pendingWhat.c_str() : "a collective"));
+    return true;
 }
 
 int attributeValue(int attr, int* value)
@@ -886,7 +451,7 @@ int attributeValue(int attr, int* value)
         {13, 1980000},    // CLOCK_RATE (kHz)
         {14, 512},        // TEXTURE_ALIGNMENT
         {15, 1},          // GPU_OVERLAP
-        {16, kMultiprocessors},
+        {16, 132},       // MULTIPROCESSOR_COUNT
         {17, 0},          // KERNEL_EXEC_TIMEOUT
         {18, 0},          // INTEGRATED
         {19, 1},          // CAN_MAP_HOST_MEMORY
@@ -928,121 +493,77 @@ int attributeValue(int attr, int* value)
     return fail(INVALID_VALUE, format("cuDeviceGetAttribute: attribute %d is not simulated", attr));
 }
 }  // namespace
+}  // namespace sim
 
-// ---- kernel-side entry points (called from fibers) --------------------------------------------------------
+using namespace sim;
+
+// ---- shared with the other simulated libraries and tests --------------------------------------------------
 
 extern "C" {
-
-// A fiber stack runs threads one after another: when a thread returns without having waited, the next thread
-// not yet started runs on the same stack without a switch, so kernels without barriers cost about a call per
-// thread. A thread that waits keeps the stack; the scheduler starts a new stack for the threads after it.
-[[noreturn]] void ddpmsim_fiber_main(void)
-{
-    const DdpmSimKernelInfo& k = g_launch->kernel->info;
-    for (;;)
-    {
-        k.invoke(k.fn, g_launch->args);
-        Fiber* f = g_current;
-        f->state = F_DONE;
-        g_done++;
-        if (g_nextNew >= g_blockThreads) break;
-        Fiber* next = &g_fibers[g_nextNew++];
-        next->stack = f->stack;
-        f->stack = nullptr;
-        next->state = F_RUN;
-        g_current = next;
-        ddpmsim_threadIdx = next->tid;
-    }
-    yieldToScheduler();
-    __builtin_unreachable();
-}
-
-API void ddpmsim_syncthreads(void)
-{
-    g_current->state = F_BARRIER;
-    g_atBarrier++;
-    yieldToScheduler();
-    ddpmsim_threadIdx = g_current->tid;
-}
-
-API uint64_t ddpmsim_shfl(uint64_t bits, unsigned size, unsigned mask, int operand, int width, int mode)
-{
-    Fiber* f = g_current;
-    f->state = F_SHUFFLE;
-    g_atShuffle++;
-    f->shValue = bits;
-    f->shSize = (uint8_t)size;
-    f->shMask = mask;
-    f->shOperand = operand;
-    f->shWidth = width;
-    f->shMode = (uint8_t)mode;
-    yieldToScheduler();
-    ddpmsim_threadIdx = f->tid;
-    return f->shResult;
-}
-
-API [[noreturn]] void ddpmsim_trap(void)
-{
-    Fiber* f = g_current;
-    faultInFiber(LAUNCH_FAILED, format("kernel %s: __trap() in thread (%u,%u,%u) of block %s", g_launch->kernel->name.c_str(),
-                                    f->tid.x, f->tid.y, f->tid.z, blockName().c_str()));
-}
-
-API void* ddpmsim_shared_static(const void* key, size_t bytes, size_t align, const char* name)
-{
-    for (const auto& s : g_sharedSlots)
-        if (s.key == key) return s.ptr;
-    size_t off = (g_sharedUsed + align - 1) & ~(align - 1);
-    if (off + bytes > kMaxShared)
-        faultInFiber(LAUNCH_OUT_OF_RESOURCES,
-            format("kernel %s: shared memory %s (%zu bytes) exceeds the %u bytes per block (%u of them dynamic)",
-                g_launch->kernel->name.c_str(), name, bytes, kMaxShared, g_launch->dynamicShared));
-    void* p = g_sharedArena + off;
-    fillNan(p, bytes);
-    g_sharedUsed = off + bytes;
-    g_sharedSlots.push_back(SharedSlot{key, p});
-    size_t staticBytes = g_sharedUsed - ((g_launch->dynamicShared + 15) & ~15u);
-    if (staticBytes > g_launch->kernel->staticShared) g_launch->kernel->staticShared = staticBytes;
-    return p;
-}
-
-API void* ddpmsim_shared_dynamic(void) { return g_sharedArena; }
-
-API int ddpmsim_register_kernel(const DdpmSimKernelInfo* info)
-{
-    auto& r = registry();
-    if (r.count(info->name))
-    {
-        fprintf(stderr, "cuda simulator: kernel %s is registered twice\n", info->name);
-        abort();
-    }
-    Kernel* k = new Kernel{info->name, *info, 0};
-    k->info.name = k->name.c_str();
-    r[k->name] = k;
-    return 1;
-}
-
-// ---- shared with libcublas and tests ------------------------------------------------------------------------
 
 API void ddpmsim_get_counters(DdpmSimCounters* out)
 {
     if (!out) return;
-    out->launches = c_launches;
-    out->host_syncs = c_syncs;
-    out->bytes_htod = c_htod;
-    out->bytes_dtoh = c_dtoh;
-    out->bytes_dtod = c_dtod;
-    out->memsets = c_memsets;
-    out->gemms = c_gemms;
-    out->allocations = c_allocs;
+    out->launches = g_count.launches;
+    out->host_syncs = g_count.syncs;
+    out->bytes_htod = g_count.htod;
+    out->bytes_dtoh = g_count.dtoh;
+    out->bytes_dtod = g_count.dtod;
+    out->memsets = g_count.memsets;
+    out->gemms = g_count.gemms;
+    out->allocations = g_count.allocs;
+    out->checked_launches = g_count.checkedLaunches;
+    out->order_checks = g_count.orderChecks;
+    out->checked_accesses = g_count.checkedAccesses;
 }
 
 API void ddpmsim_reset_counters(void)
 {
-    c_launches = c_syncs = c_htod = c_dtoh = c_dtod = c_memsets = c_gemms = c_allocs = 0;
+    g_count.launches = g_count.syncs = g_count.htod = g_count.dtoh = g_count.dtod = g_count.memsets = g_count.gemms = g_count.allocs = 0;
+    g_count.checkedLaunches = g_count.orderChecks = g_count.checkedAccesses = 0;
 }
 
-API const char* ddpmsim_version(void) { return "ddpm cuda simulator 1"; }
+API const char* ddpmsim_version(void) { return "ddpm cuda simulator 2"; }
+
+API unsigned ddpmsim_checks(void)
+{
+    std::lock_guard<std::mutex> lock(g_mu);
+    return g_opt.checks;
+}
+
+API int ddpmsim_set_option(const char* name, const char* value)
+{
+    std::lock_guard<std::mutex> lock(g_mu);
+    if (!name || !value) return INVALID_VALUE;
+    Options o = g_opt;
+    std::string error;
+    bool ok = strcmp(name, "schedule") == 0 ? parseSchedule(value, o, error)
+              : strcmp(name, "check") == 0  ? parseChecks(value, o, error)
+                                            : (error = format("no option '%s' (schedule, check)", name), false);
+    if (!ok) return fail(INVALID_VALUE, "ddpmsim_set_option: " + error);
+    if ((o.checks & DDPMSIM_CHECK_FENCE) && g_initialized) installFaultHandler();
+    // A schedule set now repeats its orders from here: launches are counted from 0 again.
+    if (strcmp(name, "schedule") == 0) g_launchSerial = 0;
+    g_opt = o;
+    return SUCCESS;
+}
+
+API const char* ddpmsim_get_option(const char* name)
+{
+    std::lock_guard<std::mutex> lock(g_mu);
+    if (!name) return nullptr;
+    if (strcmp(name, "schedule") == 0) g_optionText = scheduleText(g_opt.schedule, g_opt.seed);
+    else if (strcmp(name, "check") == 0) g_optionText = checksText(g_opt.checks);
+    else return nullptr;
+    return g_optionText.c_str();
+}
+
+API void ddpmsim_clear_error(void)
+{
+    std::lock_guard<std::mutex> lock(g_mu);
+    g_sticky = SUCCESS;
+    g_stickyDetail.clear();
+}
 
 API int ddpmsim_enqueue_host_work(void* stream, const char* what, void (*fn)(void*), void* ctx, void (*free_ctx)(void*))
 {
@@ -1081,7 +602,17 @@ API int ddpmsim_context_status(void)
     return contextStatus();
 }
 
-API void ddpmsim_count_gemm(void) { c_gemms++; }
+API void ddpmsim_count_gemm(void) { g_count.gemms++; }
+
+// Called from queued work, which runs under g_mu already.
+API void ddpmsim_mark_written(const void* p, size_t bytes) { markRange(reinterpret_cast<uintptr_t>(p), bytes, kHostWrite); }
+
+API void ddpmsim_mark_pending(void* p, size_t bytes, const char* what)
+{
+    fillNan(p, bytes);
+    markRange(reinterpret_cast<uintptr_t>(p), bytes, kPendingWrite);
+    if (Alloc* a = findAlloc(reinterpret_cast<uintptr_t>(p), 0)) a->pendingWhat = what ? what : "a collective";
+}
 
 // ---- driver API ---------------------------------------------------------------------------------------------
 
@@ -1093,6 +624,14 @@ API int cuInit(unsigned flags)
     {
         const char* mode = getenv("DDPM_CUDA_SIM_EXEC");
         g_immediate = mode && strcmp(mode, "immediate") == 0;
+        std::string error;
+        if (!readEnvironmentOptions(error))
+        {
+            fprintf(stderr, "cuda simulator: %s\n", error.c_str());
+            return fail(INVALID_VALUE, error);
+        }
+        if (checking(DDPMSIM_CHECK_FENCE)) installFaultHandler();
+        atexit(writeSummary);
         g_initialized = true;
     }
     return SUCCESS;
@@ -1196,7 +735,7 @@ API int cuCtxSynchronize(void)
 {
     std::lock_guard<std::mutex> lock(g_mu);
     NEED_CONTEXT();
-    c_syncs++;
+    g_count.syncs++;
     flushAll();
     return g_sticky;
 }
@@ -1206,40 +745,7 @@ API int cuMemAlloc_v2(uint64_t* dptr, size_t bytes)
     std::lock_guard<std::mutex> lock(g_mu);
     NEED_CONTEXT();
     if (!dptr || bytes == 0) return fail(INVALID_VALUE, "cuMemAlloc: null result pointer or 0 bytes");
-    size_t accounted = (bytes + 511) & ~(size_t)511;
-    if (accounted < bytes || g_used + accounted > kTotalMemory)
-        return fail(OUT_OF_MEMORY, format("cuMemAlloc: %zu bytes asked, %llu of %llu free", bytes,
-                                        (unsigned long long)(kTotalMemory - g_used), (unsigned long long)kTotalMemory));
-    Alloc a{};
-    a.size = bytes;
-    a.accounted = accounted;
-    a.rawSize = kGuard + bytes + kGuard;
-    if (bytes >= (1u << 20))
-    {
-        size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        a.rawSize = (a.rawSize + page - 1) / page * page;
-        void* m = mmap(nullptr, a.rawSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (m == MAP_FAILED) return fail(OUT_OF_MEMORY, format("cuMemAlloc: the host could not map %zu bytes", a.rawSize));
-        a.raw = static_cast<char*>(m);
-        a.mapped = true;
-    }
-    else
-    {
-        void* m = nullptr;
-        if (posix_memalign(&m, 256, (a.rawSize + 255) & ~(size_t)255) != 0)
-            return fail(OUT_OF_MEMORY, format("cuMemAlloc: the host could not allocate %zu bytes", a.rawSize));
-        a.raw = static_cast<char*>(m);
-    }
-    a.base = reinterpret_cast<uintptr_t>(a.raw + kGuard);
-    a.serial = ++g_allocSerial;
-    memset(a.raw, kGuardByte, kGuard);
-    memset(a.raw + kGuard + bytes, kGuardByte, kGuard);
-    if (bytes <= kNanFillLimit) fillNan(a.raw + kGuard, bytes);
-    g_allocs[a.base] = a;
-    g_used += accounted;
-    c_allocs++;
-    *dptr = a.base;
-    return SUCCESS;
+    return allocateDevice(bytes, dptr);
 }
 
 API int cuMemFree_v2(uint64_t dptr)
@@ -1253,6 +759,7 @@ API int cuMemFree_v2(uint64_t dptr)
     if (anyPending()) flushAll();
     std::string damage = guardDamage(it->second);
     if (!damage.empty() && g_sticky == SUCCESS) setSticky(ILLEGAL_ADDRESS, damage + " (found at cuMemFree); the last work that ran: " + g_lastWork);
+    rememberFreed(it->second);
     releaseAlloc(it->second);
     g_allocs.erase(it);
     return g_sticky;
@@ -1299,10 +806,12 @@ API int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t bytes, void* 
     if (!src || !findAlloc(dst, bytes))
         return fail(INVALID_VALUE, format("cuMemcpyHtoDAsync: %zu bytes to 0x%llx do not fit one device allocation (or the source is null)",
                                        bytes, (unsigned long long)dst));
-    c_htod += bytes;
+    g_count.htod += bytes;
     // The source is read when the copy runs, as the device's DMA would.
-    enqueue(s, format("cuMemcpyHtoDAsync (%zu bytes to 0x%llx)", bytes, (unsigned long long)dst),
-        [dst, src, bytes] { memcpy(reinterpret_cast<void*>(dst), src, bytes); });
+    enqueue(s, format("cuMemcpyHtoDAsync (%zu bytes to 0x%llx)", bytes, (unsigned long long)dst), [dst, src, bytes] {
+        memcpy(reinterpret_cast<void*>(dst), src, bytes);
+        markRange(dst, bytes, kHostWrite);
+    });
     return SUCCESS;
 }
 
@@ -1316,9 +825,11 @@ API int cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t bytes, void* stream
     if (!dst || !findAlloc(src, bytes))
         return fail(INVALID_VALUE, format("cuMemcpyDtoHAsync: %zu bytes from 0x%llx do not fit one device allocation (or the destination is null)",
                                        bytes, (unsigned long long)src));
-    c_dtoh += bytes;
-    enqueue(s, format("cuMemcpyDtoHAsync (%zu bytes from 0x%llx)", bytes, (unsigned long long)src),
-        [dst, src, bytes] { memcpy(dst, reinterpret_cast<const void*>(src), bytes); });
+    g_count.dtoh += bytes;
+    std::string what = format("cuMemcpyDtoHAsync (%zu bytes from 0x%llx)", bytes, (unsigned long long)src);
+    enqueue(s, what, [dst, src, bytes, what] {
+        if (!readsPending(src, bytes, what.c_str())) memcpy(dst, reinterpret_cast<const void*>(src), bytes);
+    });
     return SUCCESS;
 }
 
@@ -1332,9 +843,19 @@ API int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void* str
     if (!findAlloc(src, bytes) || !findAlloc(dst, bytes))
         return fail(INVALID_VALUE, format("cuMemcpyDtoDAsync: %zu bytes from 0x%llx to 0x%llx do not fit device allocations", bytes,
                                        (unsigned long long)src, (unsigned long long)dst));
-    c_dtod += bytes;
-    enqueue(s, format("cuMemcpyDtoDAsync (%zu bytes from 0x%llx to 0x%llx)", bytes, (unsigned long long)src, (unsigned long long)dst),
-        [dst, src, bytes] { memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes); });
+    // CUDA leaves a copy between overlapping ranges undefined (it is not a memmove).
+    if (checking(DDPMSIM_CHECK_OVERLAP) && dst != src && dst < src + bytes && src < dst + bytes)
+        return fail(INVALID_VALUE, format("cuMemcpyDtoDAsync: the %zu bytes from 0x%llx and to 0x%llx overlap (by %llu bytes); CUDA leaves "
+                                       "such a copy undefined (copy through a temporary)",
+                                       bytes, (unsigned long long)src, (unsigned long long)dst,
+                                       (unsigned long long)(dst < src ? dst + bytes - src : src + bytes - dst)));
+    g_count.dtod += bytes;
+    std::string what = format("cuMemcpyDtoDAsync (%zu bytes from 0x%llx to 0x%llx)", bytes, (unsigned long long)src, (unsigned long long)dst);
+    enqueue(s, what, [dst, src, bytes, what] {
+        if (readsPending(src, bytes, what.c_str())) return;
+        memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
+        copyWrittenState(dst, src, bytes);
+    });
     return SUCCESS;
 }
 
@@ -1348,10 +869,11 @@ API int cuMemsetD32Async(uint64_t dst, unsigned value, size_t count, void* strea
     if (dst % 4 != 0 || count > SIZE_MAX / 4 || !findAlloc(dst, count * 4))
         return fail(INVALID_VALUE, format("cuMemsetD32Async: %zu words at 0x%llx are misaligned or outside a device allocation", count,
                                        (unsigned long long)dst));
-    c_memsets++;
+    g_count.memsets++;
     enqueue(s, format("cuMemsetD32Async (%zu words at 0x%llx)", count, (unsigned long long)dst), [dst, value, count] {
         uint32_t* p = reinterpret_cast<uint32_t*>(dst);
         for (size_t i = 0; i < count; i++) p[i] = value;
+        markRange(dst, count * 4, kHostWrite);
     });
     return SUCCESS;
 }
@@ -1390,23 +912,23 @@ API int cuStreamSynchronize(void* stream)
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuStreamSynchronize: unknown stream %p", stream));
-    c_syncs++;
+    g_count.syncs++;
     flushStream(s);
     return g_sticky;
 }
 
+// With nccl-async, a query of unfinished work answers NOT_READY and lets the device finish it afterwards (a
+// later query answers SUCCESS), as a GPU busy with the work would; without it the query finishes the work first.
 API int cuStreamQuery(void* stream)
 {
     std::lock_guard<std::mutex> lock(g_mu);
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuStreamQuery: unknown stream %p", stream));
-    if (!s->queue.empty())
-    {
-        c_syncs++;
-        flushStream(s);
-    }
-    return g_sticky;
+    if (s->queue.empty()) return g_sticky;
+    flushStream(s);
+    if (g_sticky != SUCCESS) return g_sticky;
+    return checking(DDPMSIM_CHECK_NCCL_ASYNC) ? NOT_READY : SUCCESS;
 }
 
 API int cuEventCreate(void** ev, unsigned flags)
@@ -1470,14 +992,10 @@ API int cuEventQuery(void* ev)
     NEED_CONTEXT();
     Event* e = static_cast<Event*>(ev);
     if (!g_events.count(e)) return fail(INVALID_HANDLE, format("cuEventQuery: unknown event %p", ev));
-    if (eventPending(e))
-    {
-        // The simulated device finishes the work the moment it is asked about.
-        c_syncs++;
-        waitEvent(e);
-    }
+    if (!eventPending(e)) return g_sticky;
+    waitEvent(e);
     if (g_sticky != SUCCESS) return g_sticky;
-    return eventPending(e) ? NOT_READY : SUCCESS;
+    return checking(DDPMSIM_CHECK_NCCL_ASYNC) || eventPending(e) ? NOT_READY : SUCCESS;
 }
 
 API int cuStreamWaitEvent(void* stream, void* ev, unsigned flags)
@@ -1507,7 +1025,7 @@ API int cuEventSynchronize(void* ev)
     NEED_CONTEXT();
     Event* e = static_cast<Event*>(ev);
     if (!g_events.count(e)) return fail(INVALID_HANDLE, format("cuEventSynchronize: unknown event %p", ev));
-    c_syncs++;
+    g_count.syncs++;
     waitEvent(e);
     return g_sticky;
 }
@@ -1533,13 +1051,13 @@ API int cuModuleLoadData(void** module, const void* image)
     std::lock_guard<std::mutex> lock(g_mu);
     NEED_CONTEXT();
     if (!module || !image) return fail(INVALID_VALUE, "cuModuleLoadData: null pointer");
-    const unsigned char* img = static_cast<const unsigned char*>(image);
-    std::unordered_set<std::string> names;
-    int r;
-    if (img[0] == 0x7f && img[1] == 'E' && img[2] == 'L' && img[3] == 'F') r = readCubin(img, names);
-    else r = readPtx(static_cast<const char*>(image), names);
-    if (r != SUCCESS) return r == INVALID_IMAGE ? fail(INVALID_IMAGE, "cuModuleLoadData: neither an sm_90 ELF cubin nor PTX text") : r;
-    Module* m = new Module{std::move(names)};
+    Module* m = new Module();
+    int r = readImage(image, *m);
+    if (r != SUCCESS)
+    {
+        delete m;
+        return r == INVALID_IMAGE ? fail(INVALID_IMAGE, "cuModuleLoadData: neither an sm_90 ELF cubin nor PTX text") : r;
+    }
     g_modules.insert(m);
     *module = m;
     return SUCCESS;
@@ -1574,7 +1092,8 @@ API int cuModuleGetFunction(void** function, void* module, const char* name)
     if (!function || !name) return fail(INVALID_VALUE, "cuModuleGetFunction: null pointer");
     Module* m = static_cast<Module*>(module);
     if (!g_modules.count(m)) return fail(INVALID_HANDLE, format("cuModuleGetFunction: unknown module %p", module));
-    if (!m->names.count(name)) return fail(NOT_FOUND, format("cuModuleGetFunction: the module has no kernel %s", name));
+    auto in = m->kernels.find(name);
+    if (in == m->kernels.end()) return fail(NOT_FOUND, format("cuModuleGetFunction: the module has no kernel %s", name));
     auto it = registry().find(name);
     if (it == registry().end())
         return fail(NOT_FOUND, format("cuModuleGetFunction: kernel %s is in the image but was not compiled into the simulator "
@@ -1585,7 +1104,7 @@ API int cuModuleGetFunction(void** function, void* module, const char* name)
             *function = f;
             return SUCCESS;
         }
-    Function* f = new Function{m, it->second};
+    Function* f = new Function{m, it->second, in->second};
     g_functions.insert(f);
     *function = f;
     return SUCCESS;
@@ -1599,34 +1118,52 @@ API int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, un
     Function* f = static_cast<Function*>(function);
     if (!g_functions.count(f)) return fail(INVALID_HANDLE, format("cuLaunchKernel: unknown function %p", function));
     Kernel* k = f->kernel;
+    const char* kn = k->name.c_str();
     Stream* s = lookupStream(stream);
-    if (!s) return fail(INVALID_HANDLE, format("cuLaunchKernel(%s): unknown stream %p", k->name.c_str(), stream));
+    if (!s) return fail(INVALID_HANDLE, format("cuLaunchKernel(%s): unknown stream %p", kn, stream));
     if (gx == 0 || gy == 0 || gz == 0 || gx > 2147483647u || gy > 65535 || gz > 65535)
-        return fail(INVALID_VALUE, format("cuLaunchKernel(%s): grid %ux%ux%u is outside 1..2^31-1 x 1..65535 x 1..65535", k->name.c_str(), gx, gy, gz));
+        return fail(INVALID_VALUE, format("cuLaunchKernel(%s): grid %ux%ux%u is outside 1..2^31-1 x 1..65535 x 1..65535", kn, gx, gy, gz));
     if (bx == 0 || by == 0 || bz == 0 || bx > 1024 || by > 1024 || bz > 64 || (uint64_t)bx * by * bz > 1024)
-        return fail(INVALID_VALUE, format("cuLaunchKernel(%s): block %ux%ux%u exceeds 1024x1024x64 or 1024 threads", k->name.c_str(), bx, by, bz));
+        return fail(INVALID_VALUE, format("cuLaunchKernel(%s): block %ux%ux%u exceeds 1024x1024x64 or 1024 threads", kn, bx, by, bz));
     if (sharedBytes > kMaxShared)
-        return fail(INVALID_VALUE, format("cuLaunchKernel(%s): %u bytes of dynamic shared memory exceed %u", k->name.c_str(), sharedBytes, kMaxShared));
-    if (sharedBytes + k->staticShared > kMaxShared)
+        return fail(INVALID_VALUE, format("cuLaunchKernel(%s): %u bytes of dynamic shared memory exceed %u", kn, sharedBytes, kMaxShared));
+    size_t staticShared = k->staticShared;
+    if (f->image.staticShared > 0 && (size_t)f->image.staticShared > staticShared) staticShared = (size_t)f->image.staticShared;
+    if (sharedBytes + staticShared > kMaxShared)
         return fail(LAUNCH_OUT_OF_RESOURCES, format("cuLaunchKernel(%s): %u dynamic + %zu static bytes of shared memory exceed %u",
-                                                 k->name.c_str(), sharedBytes, k->staticShared, kMaxShared));
-    if (extra) return fail(INVALID_VALUE, format("cuLaunchKernel(%s): the extra argument is not supported by the simulator", k->name.c_str()));
-    unsigned np = k->info.paramCount;
-    if (np > 0 && !kernelParams) return fail(INVALID_VALUE, format("cuLaunchKernel(%s): kernelParams is null for %u parameters", k->name.c_str(), np));
+                                                 kn, sharedBytes, staticShared, kMaxShared));
+    if (checking(DDPMSIM_CHECK_RESOURCES) && f->image.registers > 0)
+    {
+        // sm_90: 65536 registers per block, allocated per warp in units of 256.
+        uint64_t threads = (uint64_t)bx * by * bz, warps = (threads + 31) / 32;
+        uint64_t perWarp = ((uint64_t)f->image.registers * 32 + 255) / 256 * 256;
+        if (warps * perWarp > 65536)
+            return fail(LAUNCH_OUT_OF_RESOURCES,
+                format("cuLaunchKernel(%s): a block of %llu threads needs %llu registers (%d per thread in the cubin, %llu per warp); "
+                       "sm_90 has 65536 per block, enough for %llu threads of this kernel",
+                    kn, (unsigned long long)threads, (unsigned long long)(warps * perWarp), f->image.registers,
+                    (unsigned long long)perWarp, (unsigned long long)(65536 / perWarp * 32)));
+    }
+    if (extra) return fail(INVALID_VALUE, format("cuLaunchKernel(%s): the extra argument is not supported by the simulator", kn));
+    const DdpmSimKernelInfo& info = k->hasPlain ? k->plain : k->instrumented;
+    unsigned np = info.paramCount;
+    if (np > 0 && !kernelParams) return fail(INVALID_VALUE, format("cuLaunchKernel(%s): kernelParams is null for %u parameters", kn, np));
     for (unsigned i = 0; i < np; i++)
-        if (!kernelParams[i]) return fail(INVALID_VALUE, format("cuLaunchKernel(%s): kernelParams[%u] is null", k->name.c_str(), i));
+        if (!kernelParams[i]) return fail(INVALID_VALUE, format("cuLaunchKernel(%s): kernelParams[%u] is null", kn, i));
     auto rec = std::make_shared<LaunchRecord>();
     rec->kernel = k;
-    rec->args = ::operator new(k->info.argsSize ? k->info.argsSize : 1, std::align_val_t(k->info.argsAlign));
-    k->info.pack(rec->args, kernelParams);
+    rec->argsAlign = info.argsAlign;
+    rec->args = ::operator new(info.argsSize ? info.argsSize : 1, std::align_val_t(info.argsAlign));
+    info.pack(rec->args, kernelParams);
     for (unsigned i = 0; i < np; i++)
     {
-        if (!(k->info.pointerParams >> i & 1)) continue;
+        if (!(info.pointerParams >> i & 1)) continue;
         uintptr_t p;
         memcpy(&p, kernelParams[i], sizeof p);
         if (p != 0 && !findAlloc(p, 0) && !inHostAlloc(p))
             return fail(INVALID_VALUE, format("cuLaunchKernel(%s): pointer parameter %u (0x%llx) is not in any device allocation",
-                                           k->name.c_str(), i, (unsigned long long)p));
+                                           kn, i, (unsigned long long)p));
+        if (p != 0) rec->pointers.push_back(p);
     }
     rec->grid[0] = gx;
     rec->grid[1] = gy;
@@ -1635,7 +1172,8 @@ API int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, un
     rec->block[1] = by;
     rec->block[2] = bz;
     rec->dynamicShared = sharedBytes;
-    c_launches++;
+    rec->serial = ++g_launchSerial;
+    g_count.launches++;
     enqueue(s, "kernel " + k->name, [rec] { runLaunch(*rec); });
     return SUCCESS;
 }

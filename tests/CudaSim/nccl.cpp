@@ -4,11 +4,15 @@
 // ncclGetVersion, ncclGetUniqueId, ncclCommInitRank, ncclAllReduce (float32, sum or average), ncclCommDestroy,
 // ncclCommAbort, ncclGetErrorString, ncclGetLastError.
 //
-// Stream order: ncclAllReduce queues the reduction on the stream (behind the copies and kernels already queued
-// there) and then synchronises that stream, so the reduction runs at the call, after the work before it. A GPU
-// runs queued work without the host; the simulator runs it only when the host synchronises, and a reduction
+// Stream order: ncclAllReduce queues the exchange on the stream (behind the copies and kernels already queued
+// there) and then synchronises that stream, so the ranks exchange at the call, after the work before it. A GPU
+// runs queued work without the host; the simulator runs it only when the host synchronises, and an exchange
 // left queued would wait for the next synchronisation of each rank, which need not come in the same order on
-// every rank (rank 0 writes files, the others do not).
+// every rank (rank 0 writes files, the others do not). With the nccl-async check (the default) the result is
+// then held back: the receive buffer holds NaN, marked as the pending result of the call, until a second piece
+// of work queued on the stream (the collective's completion point) writes it; so work that reads the buffer
+// without waiting for that point in stream order (an event, a stream wait) is reported by name, as a GPU would
+// give it stale or partial data.
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -17,7 +21,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -137,14 +143,19 @@ struct Reduction
     float* recv;
     size_t count;
     bool average;
+    std::vector<float> result;  // with nccl-async: the sums, until the completion point writes them to recv
+    std::string what;
 };
+using ReductionRef = std::shared_ptr<Reduction>;
 
 // Every rank copies its chunk in, waits, reduces the slots in rank order (so every rank computes bit-identical
 // results), waits again (no slot is overwritten while another rank reads it), and moves on.
 void runReduction(void* p)
 {
-    auto* r = static_cast<Reduction*>(p);
+    Reduction* r = static_cast<ReductionRef*>(p)->get();
     Comm* c = r->comm;
+    bool async = !r->result.empty();
+    float* out = async ? r->result.data() : r->recv;
     for (size_t done = 0; done < r->count && c->error == kSuccess; done += kChunkFloats)
     {
         size_t n = r->count - done < kChunkFloats ? r->count - done : kChunkFloats;
@@ -159,14 +170,24 @@ void runReduction(void* p)
         {
             float acc = c->slots[i];
             for (int k = 1; k < c->nranks; k++) acc += c->slots[(size_t)k * kChunkFloats + i];
-            r->recv[done + i] = r->average ? acc / (float)c->nranks : acc;
+            out[done + i] = r->average ? acc / (float)c->nranks : acc;
         }
         st = barrier(c, "ncclAllReduce");
         if (st != kSuccess) c->error = st;
     }
+    if (async) ddpmsim_mark_pending(r->recv, r->count * sizeof(float), r->what.c_str());
+    else ddpmsim_mark_written(r->recv, r->count * sizeof(float));
 }
 
-void freeReduction(void* p) { delete static_cast<Reduction*>(p); }
+// The completion point: the sums land in the receive buffer.
+void completeReduction(void* p)
+{
+    Reduction* r = static_cast<ReductionRef*>(p)->get();
+    memcpy(r->recv, r->result.data(), r->count * sizeof(float));
+    ddpmsim_mark_written(r->recv, r->count * sizeof(float));
+}
+
+void freeReduction(void* p) { delete static_cast<ReductionRef*>(p); }
 
 void release(Comm* c)
 {
@@ -262,14 +283,28 @@ API int ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, int da
         ddpmsim_check_device_range(recvbuff, count * sizeof(float)) != 0)
         return fail(kInvalidArgument, "ncclAllReduce: " + std::to_string(count) + " floats at sendbuff/recvbuff lie outside the device allocations");
     if (ddpmsim_context_status() != 0) return fail(kUnhandledCudaError, "ncclAllReduce: no usable current CUDA context");
-    auto* r = new Reduction{comm, static_cast<const float*>(sendbuff), static_cast<float*>(recvbuff), count, op == kAvg};
-    if (ddpmsim_enqueue_host_work(stream, "ncclAllReduce", runReduction, r, freeReduction) != 0)
+    bool async = (ddpmsim_checks() & DDPMSIM_CHECK_NCCL_ASYNC) != 0;
+    auto r = std::make_shared<Reduction>();
+    *r = Reduction{comm, static_cast<const float*>(sendbuff), static_cast<float*>(recvbuff), count, op == kAvg, {},
+        "ncclAllReduce of " + std::to_string(count) + " floats"};
+    if (async) r->result.assign(count, 0.0f);
+    auto* exchange = new ReductionRef(r);
+    if (ddpmsim_enqueue_host_work(stream, "ncclAllReduce", runReduction, exchange, freeReduction) != 0)
     {
-        delete r;
+        delete exchange;
         return fail(kUnhandledCudaError, "ncclAllReduce: the stream is not a stream of the current context");
     }
     if (cuStreamSynchronize(stream) != 0) return fail(kUnhandledCudaError, "ncclAllReduce: cuStreamSynchronize failed");
     if (comm->error != kSuccess) return comm->error;
+    if (async)
+    {
+        auto* completion = new ReductionRef(r);
+        if (ddpmsim_enqueue_host_work(stream, "ncclAllReduce (completion)", completeReduction, completion, freeReduction) != 0)
+        {
+            delete completion;
+            return fail(kUnhandledCudaError, "ncclAllReduce: the stream is not a stream of the current context");
+        }
+    }
     return kSuccess;
 }
 

@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sim_api.h"
+
 extern "C" {
 int cuInit(unsigned);
 int cuDevicePrimaryCtxRetain(void**, int);
@@ -23,6 +25,7 @@ int cuMemAlloc_v2(uint64_t*, size_t);
 int cuMemcpyHtoDAsync_v2(uint64_t, const void*, size_t, void*);
 int cuMemcpyDtoHAsync_v2(void*, uint64_t, size_t, void*);
 int cuMemsetD32Async(uint64_t, unsigned, size_t, void*);
+int cuGetErrorString(int, const char**);
 struct UniqueId { char internal[128]; };
 int ncclGetVersion(int*);
 int ncclGetUniqueId(UniqueId*);
@@ -101,6 +104,32 @@ int runRank(int rank, int nranks, UniqueId id)
         "a count past the allocation is ncclInvalidArgument");
     check(ncclAllReduce((void*)buf, (void*)buf, (size_t)-1, kFloat32, kSum, comm, stream) == kInvalidArgument,
         "a negative count (as size_t) is ncclInvalidArgument");
+
+    // Planted missing wait: another stream reads the receive buffer without waiting for the all-reduce's
+    // completion point. Without the nccl-async check it reads the sum; with it the copy is reported by name.
+    void* other = nullptr;
+    cuStreamCreate(&other, 1);
+    float one = 1.0f;
+    std::memcpy(&bits, &one, sizeof bits);
+    auto missingWait = [&](const char* checks) {
+        ddpmsim_set_option("check", checks);
+        cuMemsetD32Async(buf, bits, 16, stream);
+        cuStreamSynchronize(stream);
+        int rc = ncclAllReduce((void*)buf, (void*)buf, 16, kFloat32, kSum, comm, stream);
+        out[0] = -1.0f;
+        cuMemcpyDtoHAsync_v2(out.data(), buf, 16 * sizeof(float), other);
+        int s = cuStreamSynchronize(other);
+        const char* text = nullptr;
+        cuGetErrorString(s, &text);
+        return std::make_pair(rc == 0 ? s : -rc, std::string(text ? text : ""));
+    };
+    auto [old, oldText] = missingWait("-nccl-async");
+    check(old == 0 && out[0] == (float)nranks, "planted missing wait: without nccl-async the other stream reads the sum at once", oldText);
+    cuStreamSynchronize(stream);
+    auto [now, text] = missingWait("default");
+    check(now == 719 && text.find("cuMemcpyDtoHAsync (64 bytes from") != std::string::npos &&
+              text.find("before ncclAllReduce of 16 floats completed in stream order") != std::string::npos,
+        "planted missing wait: with nccl-async the read before the completion point is reported", text);
     check(ncclCommDestroy(comm) == 0, "ncclCommDestroy");
     return g_failures == 0 ? 0 : 1;
 }

@@ -1,5 +1,5 @@
 // Kernels for the simulator's self-test, compiled like the engine's kernels (the same forced-include header
-// and __shared__ rewrite) and registered into the same registry. block_sum comes from the engine's common.cuh.
+// and __shared__ rewrite) into libcuda.so.1. block_sum comes from the engine's common.cuh.
 #include "common.cuh"
 
 // Threads 224.. of each block skip the barrier and exit: a divergent __syncthreads.
@@ -58,7 +58,35 @@ extern "C" __global__ void selftest_store(float* p, int index, float value)
 extern "C" __global__ void selftest_trap(float* p)
 {
     if (blockIdx.x == 1 && threadIdx.x == 5) __trap();
-    p[threadIdx.x] = 2.0f;
+    p[blockIdx.x * blockDim.x + threadIdx.x] = 2.0f;
+}
+
+// order[b] = the position at which block b started, counted by thread 0 of each block.
+extern "C" __global__ void selftest_block_order(int* order, int* counter)
+{
+    if (threadIdx.x == 0) order[blockIdx.x] = atomicAdd(counter, 1);
+}
+
+// A block's warps hand a value round through shared memory with barriers between: lane 0 of warp w writes
+// slot[w], and after the barrier lane 0 of warp w reads slot[(w + 1) % warps]. Correct in every order.
+extern "C" __global__ void selftest_warp_ring(float* out)
+{
+    __shared__ float slot[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float v = (float)(blockIdx.x * 100 + warp);
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+    if (lane == 0) slot[warp] = v;
+    __syncthreads();
+    if (lane == 0) out[blockIdx.x * warps + warp] = slot[(warp + 1) % warps];
+}
+
+// Each half of a warp shuffles within itself (masks 0x0000ffff and 0xffff0000): the halves resolve separately.
+extern "C" __global__ void selftest_half_warp_shuffle(float* out)
+{
+    float v = (float)threadIdx.x;
+    unsigned mask = threadIdx.x < 16 ? 0x0000ffffu : 0xffff0000u;
+    v += __shfl_xor_sync(mask, v, 2);
+    out[threadIdx.x] = v;
 }
 
 // Parameters of mixed sizes and alignments: a 64-bit value after a 32-bit one, a struct by value.

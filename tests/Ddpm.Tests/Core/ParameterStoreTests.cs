@@ -65,13 +65,16 @@ public sealed class ParameterStoreTests : IDisposable
         var before = net.NamedParameters().Select(p => (p.Name, Values: p.Param.ToArray())).ToList();
         using var store = ParameterStore.Adopt(net);
 
-        Assert.Equal(net.ParameterCount(), store.Count);
         Assert.Equal(before.Select(b => b.Name), store.Slots.Select(s => s.Name));
         int offset = 0;
         var flat = new float[store.Count];
         be.Download(store.Parameters, 0, flat);
         foreach (var ((n, values), slot) in before.Zip(store.Slots))
         {
+            // Each slot at the next multiple of 64 floats (256 bytes), the padding before it zero.
+            int aligned = (offset + ParameterStore.SlotAlignment - 1) / ParameterStore.SlotAlignment * ParameterStore.SlotAlignment;
+            Assert.All(flat[offset..aligned], v => Assert.Equal(0f, v));
+            offset = aligned;
             Assert.Equal(offset, slot.Offset);
             Assert.Equal(values.Length, slot.Size);
             Assert.Equal(values, slot.Parameter.ToArray());
@@ -79,6 +82,8 @@ public sealed class ParameterStoreTests : IDisposable
             Assert.Same(store, slot.Parameter.Store);
             offset += slot.Size;
         }
+        Assert.Equal(offset, store.Count);
+        Assert.True(store.Count > net.ParameterCount(), "the test's parameters have sizes that need padding");
 
         // Writing the flat buffer is writing the parameters.
         var ramp = Enumerable.Range(0, store.Count).Select(i => (float)i).ToArray();

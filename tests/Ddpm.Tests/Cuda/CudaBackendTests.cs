@@ -64,18 +64,33 @@ public sealed class CudaBackendTests
     [CudaFact]
     public void ReleasedMemoryIsReused()
     {
-        var a = (CudaBuffer)Be.Allocate(1000);
+        // The caching allocator, whatever DDPM_CUDA_EXACT_ALLOC says for the shared backend.
+        using var be = new CudaBackend(new BackendOptions(), ConvolutionEngine.Auto, new CudaMemoryChecks(ExactAllocation: false, Poison: false));
+        var a = (CudaBuffer)be.Allocate(1000);
         ulong p = a.Pointer;
         a.Release();
-        var b = (CudaBuffer)Be.Allocate(900);
+        var b = (CudaBuffer)be.Allocate(900);
         try
         {
             Assert.Equal(p, b.Pointer);
+            Assert.Equal(4096, b.BlockBytes);
         }
         finally
         {
             b.Release();
         }
+    }
+
+    [CudaFact]
+    public void ExactAllocationGivesEachBufferItsOwnBlockAndFreesItOnRelease()
+    {
+        using var be = new CudaBackend(new BackendOptions(), ConvolutionEngine.Auto, new CudaMemoryChecks(ExactAllocation: true, Poison: false));
+        Assert.Contains("DDPM_CUDA_EXACT_ALLOC=1", be.Description);
+        var a = (CudaBuffer)be.Allocate(1000);
+        Assert.Equal(4000, a.BlockBytes);
+        Assert.Equal((4000L, 0L), be.MemoryUse);
+        a.Release();
+        Assert.Equal((0L, 0L), be.MemoryUse);
     }
 
     [CudaFact]

@@ -5,7 +5,8 @@ namespace Ddpm.Tests.Cuda;
 
 /// <summary>
 /// The simulated CUDA device's counters (tests/CudaSim: ddpmsim_get_counters in its libcuda.so.1): kernel
-/// launches, host synchronisations, bytes copied each way. Null on a real driver, which has no such export.
+/// launches, host synchronisations, bytes copied each way, and what its checks ran. Null on a real driver, which
+/// has no such export. The layout mirrors DdpmSimCounters in tests/CudaSim/sim_api.h.
 /// </summary>
 internal sealed unsafe class SimulatorCounters
 {
@@ -13,20 +14,25 @@ internal sealed unsafe class SimulatorCounters
     internal readonly struct Snapshot
     {
         public readonly ulong Launches, HostSyncs, BytesHtoD, BytesDtoH, BytesDtoD, Memsets, Gemms, Allocations;
+        public readonly ulong CheckedLaunches, OrderChecks, CheckedAccesses;
 
         public static Snapshot operator -(Snapshot a, Snapshot b) => new(
             a.Launches - b.Launches, a.HostSyncs - b.HostSyncs, a.BytesHtoD - b.BytesHtoD, a.BytesDtoH - b.BytesDtoH,
-            a.BytesDtoD - b.BytesDtoD, a.Memsets - b.Memsets, a.Gemms - b.Gemms, a.Allocations - b.Allocations);
+            a.BytesDtoD - b.BytesDtoD, a.Memsets - b.Memsets, a.Gemms - b.Gemms, a.Allocations - b.Allocations,
+            a.CheckedLaunches - b.CheckedLaunches, a.OrderChecks - b.OrderChecks, a.CheckedAccesses - b.CheckedAccesses);
 
-        private Snapshot(ulong launches, ulong syncs, ulong htod, ulong dtoh, ulong dtod, ulong memsets, ulong gemms, ulong allocations)
+        private Snapshot(ulong launches, ulong syncs, ulong htod, ulong dtoh, ulong dtod, ulong memsets, ulong gemms, ulong allocations,
+            ulong checkedLaunches, ulong orderChecks, ulong checkedAccesses)
         {
             (Launches, HostSyncs, BytesHtoD, BytesDtoH, BytesDtoD, Memsets, Gemms, Allocations) =
                 (launches, syncs, htod, dtoh, dtod, memsets, gemms, allocations);
+            (CheckedLaunches, OrderChecks, CheckedAccesses) = (checkedLaunches, orderChecks, checkedAccesses);
         }
 
         public override string ToString() =>
-            $"{Launches} kernel launches, {Gemms} cuBLAS GEMMs, {Memsets} memsets, {HostSyncs} host synchronisations, " +
-            $"{BytesHtoD} B host-to-device, {BytesDtoH} B device-to-host, {BytesDtoD} B device-to-device";
+            $"{Launches} kernel launches ({CheckedLaunches} instrumented, {OrderChecks} order-checked), {Gemms} cuBLAS GEMMs, " +
+            $"{Memsets} memsets, {HostSyncs} host synchronisations, {BytesHtoD} B host-to-device, {BytesDtoH} B device-to-host, " +
+            $"{BytesDtoD} B device-to-device";
     }
 
     /// <summary>The simulated cuDNN's counters (ddpmsim_cudnn_get_counters in its libcudnn.so.9).</summary>
@@ -56,12 +62,9 @@ internal sealed unsafe class SimulatorCounters
     /// <summary>The counters of the loaded driver, or null when it is not the simulator.</summary>
     public static SimulatorCounters? Open()
     {
-        string? path = CudaLibraries.LoadedPath(CudaLibrary.Driver);
-        if (path is null || !NativeLibrary.TryLoad(path, out nint lib)) return null;
-        if (!NativeLibrary.TryGetExport(lib, "ddpmsim_get_counters", out nint get)) return null;
-        nint getCudnn = 0;
-        string? cudnn = CudaLibraries.LoadedPath(CudaLibrary.Cudnn);
-        if (cudnn is not null && NativeLibrary.TryLoad(cudnn, out nint cudnnLib)) NativeLibrary.TryGetExport(cudnnLib, "ddpmsim_cudnn_get_counters", out getCudnn);
+        nint get = SimulatorExports.Find("ddpmsim_get_counters");
+        if (get == 0) return null;
+        nint getCudnn = SimulatorExports.Find("ddpmsim_cudnn_get_counters", CudaLibrary.Cudnn);
         return new SimulatorCounters((delegate* unmanaged<Snapshot*, void>)get, (delegate* unmanaged<CudnnSnapshot*, void>)getCudnn);
     }
 
