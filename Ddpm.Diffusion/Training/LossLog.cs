@@ -31,7 +31,8 @@ public sealed class LossLog
     /// Starts a CSV log of a run folder (<paramref name="header"/>, then rows "step,value,..."): a new run's is
     /// empty; a resumed run's keeps the rows of steps up to <paramref name="resumeStep"/> (the resumed checkpoint's,
     /// so rows a stopped run wrote after it go), rewritten atomically. Only whole rows are kept: the header's number
-    /// of fields, numbers (or empty), a newline at the end, steps increasing. Returns the kept rows' step and first value.
+    /// of fields, numbers (or empty), a newline at the end, steps from 1 and increasing. Returns the kept rows' step
+    /// and first value.
     /// </summary>
     internal static List<(long Step, double Value)> Restart(string path, string header, long? resumeStep, IOutputFiles? files)
     {
@@ -50,7 +51,7 @@ public sealed class LossLog
                 if (f.Length == fields && long.TryParse(f[0], NumberStyles.None, CultureInfo.InvariantCulture, out long s)
                     && double.TryParse(f[1], NumberStyles.Float, CultureInfo.InvariantCulture, out double v)
                     && f.Skip(2).All(x => x.Length == 0 || double.TryParse(x, NumberStyles.Float, CultureInfo.InvariantCulture, out _))
-                    && s <= last && (kept.Count == 0 || s > kept[^1].Item1))
+                    && s <= last && s > (kept.Count == 0 ? 0 : kept[^1].Item1))
                 {
                     kept.Add((s, v));
                     lines.Add(rows[i]);
