@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Globalization;
+using System.Text;
 using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion;
 using Ddpm.Diffusion.Data;
@@ -11,6 +12,7 @@ using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
 using Ddpm.Tests.Data;
 using Ddpm.Tests.TestUtil;
+using Ddpm.Tool.Serve;
 using StbImageWriteSharp;
 using Xunit;
 using Xunit.Abstractions;
@@ -210,6 +212,33 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
         Fuzz("config", 11, "config.json", m => m.Config(valid), LoadConfig);
     }
 
+    /// <summary>
+    /// A run folder's files that are read back, mutated: loss.csv and metrics.csv as train --resume reads them (the
+    /// whole rows up to its checkpoint's step kept, the file rewritten) and as serve's Run view reads them, and
+    /// config.json as the Run view reads it. The Run view never fails on a file: what it cannot read is a note that
+    /// names the file (counted here as a refusal).
+    /// </summary>
+    [Theory]
+    [InlineData(RunFolder.LossName, 12)]
+    [InlineData(RunFolder.MetricsName, 13)]
+    [InlineData(RunFolder.ConfigName, 14)]
+    public void RunFolderFiles(string name, int formatSeed)
+    {
+        string valid = name switch
+        {
+            RunFolder.LossName => LossLog.Header + "\n" + string.Concat(Enumerable.Range(1, 6).Select(i =>
+                string.Create(CultureInfo.InvariantCulture, $"{i},{1.0 / i:R},{2.5 / i:G6},{1e-4 * i:G6},{0.04 + i / 1000.0:F4}\n"))),
+            RunFolder.MetricsName => MetricsLog.Header + "\n2,310.5,1.02,0.5,8,1.20\n4,290.25,1.05,,8,1.31\n6,280.125,1.07,0.625,8,1.27\n",
+            _ => Recipes.Plan(new TrainingRecipe().Set("run", "preset", "tiny").Set("run", "steps", 20L), ConfigData(1, 8)).ConfigJson(),
+        };
+        string seedFile = _dir.File(Path.Combine("seed", name));
+        Directory.CreateDirectory(Path.GetDirectoryName(seedFile)!);
+        File.WriteAllText(seedFile, valid);
+        ReadRunFile(seedFile);
+        var bytes = Encoding.UTF8.GetBytes(valid);
+        Fuzz(name, formatSeed, Path.Combine("run", name), m => name == RunFolder.ConfigName ? m.Config(bytes) : m.Csv(bytes), ReadRunFile);
+    }
+
     // ---- the loaders, as the tool calls them ----------------------------------------------------------------
 
     /// <summary>
@@ -283,6 +312,40 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
     }
 
     private const string ConfigDataName = "the data";
+
+    /// <summary>The step of the checkpoint train --resume continues in <see cref="ReadRunFile"/>.</summary>
+    private const int ResumedStep = 4;
+
+    /// <summary>serve's Run view of the file's folder, then (for a CSV log) train --resume's restart of the file.</summary>
+    private static void ReadRunFile(string path)
+    {
+        string name = Path.GetFileName(path);
+        var snapshot = new RunWatcher(Path.GetDirectoryName(path)!).Snapshot();
+        // What the API sends the page: JSON has no NaN or infinity.
+        _ = System.Text.Json.JsonSerializer.Serialize(snapshot);
+        var loss = snapshot.Loss;
+        Check(loss.Loss.Concat(loss.GradNorm).Concat(loss.Lr).All(double.IsFinite), "the Run view's loss curve holds a value that is not finite");
+        if (name != RunFolder.ConfigName)
+        {
+            string header = name == RunFolder.LossName ? LossLog.Header : MetricsLog.Header;
+            var before = File.ReadAllText(path).Split('\n').ToHashSet(StringComparer.Ordinal);
+            if (name == RunFolder.LossName) _ = new LossLog(path, ResumedStep);
+            else _ = new MetricsLog(path, ResumedStep);
+            string after = File.ReadAllText(path);
+            Check(after.StartsWith(header + "\n", StringComparison.Ordinal) && after.EndsWith('\n'), "the restarted log does not begin with its header or end with a newline");
+            long last = 0;
+            foreach (var row in after[(header.Length + 1)..].Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                var f = row.Split(',');
+                Check(before.Contains(row), $"the restarted log holds the row '{row}', which the file did not");
+                Check(f.Length == header.Split(',').Length && long.TryParse(f[0], NumberStyles.None, CultureInfo.InvariantCulture, out long step)
+                    && step > last && step <= ResumedStep, $"the restarted log keeps the row '{row}' (after step {last}; the checkpoint is at step {ResumedStep})");
+                last = long.Parse(f[0], CultureInfo.InvariantCulture);
+            }
+        }
+        if (snapshot.Notes.Length > 0) throw new InvalidDataException(string.Join("; ", snapshot.Notes));
+    }
+
 
     /// <summary>Sixteen <paramref name="size"/>-square images of <paramref name="channels"/> channels in two classes.</summary>
     private static LabelledDataset ConfigData(int channels, int size) =>
