@@ -12,7 +12,7 @@ internal static class LossPlot
 {
     public const int Width = 800, Height = 450;
 
-    public static void Save(string path, IReadOnlyList<(double Step, double Loss)> points)
+    public static void Save(string path, IReadOnlyList<(double Step, double Loss)> points, IOutputFiles? files = null)
     {
         var kept = points.Where(p => double.IsFinite(p.Loss) && p.Loss > 0).ToArray();
         double[] steps = kept.Select(p => p.Step).ToArray();
@@ -42,22 +42,14 @@ internal static class LossPlot
         plot.XLabel("step");
         plot.YLabel("loss (log scale)");
         plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
-        Write(plot, path);
+        Write(plot, path, files);
     }
 
-    /// <summary>Writes <paramref name="plot"/> as a PNG whole or not at all (a temporary file renamed into place).</summary>
-    internal static void Write(Plot plot, string path)
+    /// <summary>Writes <paramref name="plot"/> as a PNG whole or not at all (<see cref="AtomicFile"/>, through <paramref name="files"/>).</summary>
+    internal static void Write(Plot plot, string path, IOutputFiles? files)
     {
-        string tmp = AtomicFile.TemporaryPath(path);
-        try
-        {
-            plot.SavePng(tmp, Width, Height);
-            File.Move(tmp, path, overwrite: true);
-        }
-        finally
-        {
-            File.Delete(tmp);
-        }
+        byte[] png = plot.GetImageBytes(Width, Height, ImageFormat.Png);
+        AtomicFile.Write(path, s => s.Write(png), files);
     }
 
     /// <summary>
@@ -115,7 +107,7 @@ internal static class LossPlot
 /// <summary>FID by step as a PNG (ScottPlot), beside the loss curve.</summary>
 internal static class FidPlot
 {
-    public static void Save(string path, IReadOnlyList<(long Step, double Fid)> points)
+    public static void Save(string path, IReadOnlyList<(long Step, double Fid)> points, IOutputFiles? files = null)
     {
         using var plot = new Plot();
         var line = plot.Add.Scatter(points.Select(p => (double)p.Step).ToArray(), points.Select(p => p.Fid).ToArray());
@@ -127,6 +119,6 @@ internal static class FidPlot
         plot.XLabel("step");
         plot.YLabel("FID (lower is better)");
         plot.Grid.MajorLineColor = Colors.Black.WithAlpha(0.12);
-        LossPlot.Write(plot, path);
+        LossPlot.Write(plot, path, files);
     }
 }

@@ -30,13 +30,14 @@ public static class ImageGrid
     /// <paramref name="nrow"/> per row, with <paramref name="padding"/> pixels of <paramref name="padValue"/>
     /// (on the [0, 1] scale) around and between them, then enlarges the grid <paramref name="scale"/> times by
     /// repeating pixels (nearest neighbour: no new values; <see cref="AutoScale"/> picks a readable size).
-    /// Returns the written PNG's (width, height).
+    /// Returns the written PNG's (width, height). The file is written atomically through <paramref name="files"/> (null: the disk).
     /// </summary>
     public static (int Width, int Height) SavePng(string path, ReadOnlySpan<float> images, int n, int c, int h, int w,
-        int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f, int scale = 1)
+        int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f, int scale = 1,
+        IOutputFiles? files = null)
     {
         var (pixels, gw, gh) = Compose(path, images, n, c, h, w, nrow, dataRange, padding, padValue, scale);
-        WritePng(path, pixels, gw, gh, c);
+        WritePng(path, pixels, gw, gh, c, files);
         return (gw, gh);
     }
 
@@ -136,11 +137,11 @@ public static class ImageGrid
                     dst[((oy + y) * dstW + ox + x) * c + ch] = ToByte(range.ToUnit(src[(ch * h + y) * w + x]));
     }
 
-    /// <summary>Writes an HWC byte image (1 or 3 channels) as PNG, atomically.</summary>
-    public static void WritePng(string path, byte[] hwc, int width, int height, int channels)
+    /// <summary>Writes an HWC byte image (1 or 3 channels) as PNG, atomically through <paramref name="files"/> (null: the disk).</summary>
+    public static void WritePng(string path, byte[] hwc, int width, int height, int channels, IOutputFiles? files = null)
     {
         var components = channels == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue;
-        AtomicFile.Write(path, s => new ImageWriter().WritePng(hwc, width, height, components, s));
+        AtomicFile.Write(path, s => new ImageWriter().WritePng(hwc, width, height, components, s), files);
     }
 
     /// <summary>Throws <see cref="NonFiniteOutputException"/> naming the first image that holds a non-finite value.</summary>

@@ -182,11 +182,21 @@ public sealed class Checkpoint
     }
 
     /// <summary>
-    /// Writes the whole training state atomically. A state with a non-finite weight, EMA weight or Adam moment
-    /// (training diverged) is refused with <see cref="NonFiniteStateException"/> before anything is written, so
-    /// the checkpoint already on disk stays the last good one.
+    /// Writes the whole training state atomically through <paramref name="files"/> (null: the disk): <see cref="Capture"/>
+    /// then <see cref="State.Write"/>. A state with a non-finite weight, EMA weight or Adam moment (training
+    /// diverged) is refused with <see cref="NonFiniteStateException"/> before anything is written, so the
+    /// checkpoint already on disk stays the last good one.
     /// </summary>
-    public static void Save(string path, Trainer trainer, RunSettings? run = null, IReadOnlyDictionary<string, string>? extra = null)
+    public static void Save(string path, Trainer trainer, RunSettings? run = null, IReadOnlyDictionary<string, string>? extra = null,
+        IOutputFiles? files = null) => Capture(path, trainer, run, extra).Write(files);
+
+    /// <summary>
+    /// The whole training state of <paramref name="trainer"/> as it is now, copied to host memory and checked to be
+    /// finite (else <see cref="NonFiniteStateException"/>), to be written to <paramref name="path"/> later: a run
+    /// captures a step's state, writes that step's other files, then the checkpoint, so a checkpoint on disk
+    /// always comes with everything its step wrote.
+    /// </summary>
+    public static State Capture(string path, Trainer trainer, RunSettings? run = null, IReadOnlyDictionary<string, string>? extra = null)
     {
         var entries = new List<SafeTensorEntry>();
         foreach (var (name, p, ema) in trainer.Parameters)
@@ -215,7 +225,31 @@ public sealed class Checkpoint
         if (run is not null) meta["run"] = JsonSerializer.Serialize(run, Json);
         if (extra is not null) foreach (var kv in extra) meta[kv.Key] = kv.Value;
         RequireFinite(path, entries);
-        SafeTensorsFile.Write(path, entries, meta);
+        return new State(path, trainer.StepCount, entries, meta);
+    }
+
+    /// <summary>A captured training state (<see cref="Capture"/>): finite, in host memory, not yet written.</summary>
+    public sealed class State
+    {
+        private readonly List<SafeTensorEntry> _entries;
+        private readonly Dictionary<string, string> _meta;
+
+        internal State(string path, long step, List<SafeTensorEntry> entries, Dictionary<string, string> meta)
+        {
+            Path = path;
+            Step = step;
+            _entries = entries;
+            _meta = meta;
+        }
+
+        /// <summary>Where it is written.</summary>
+        public string Path { get; }
+
+        /// <summary>The step it is of.</summary>
+        public long Step { get; }
+
+        /// <summary>Writes it atomically through <paramref name="files"/> (null: the disk).</summary>
+        public void Write(IOutputFiles? files = null) => SafeTensorsFile.Write(Path, _entries, _meta, files);
     }
 
     /// <summary>
@@ -224,7 +258,7 @@ public sealed class Checkpoint
     /// (float32 again when read); non-finite weights (also after rounding to half) are refused as by <see cref="Save"/>.
     /// </summary>
     public static void SaveWeights(string path, Module model, UNetConfig? config = null, DiffusionConfig? diffusion = null,
-        bool half = false, IReadOnlyDictionary<string, string>? extra = null)
+        bool half = false, IReadOnlyDictionary<string, string>? extra = null, IOutputFiles? files = null)
     {
         var entries = model.NamedParameters().Select(p => half
             ? SafeTensorEntry.F16(p.Name, p.Param.Shape.ToArray(), p.Param.ToArray())
@@ -234,7 +268,7 @@ public sealed class Checkpoint
         if (config is not null) meta["model"] = JsonSerializer.Serialize(config, Json);
         if (diffusion is not null) meta["diffusion"] = JsonSerializer.Serialize(diffusion, Json);
         RequireFinite(path, entries);
-        SafeTensorsFile.Write(path, entries, meta);
+        SafeTensorsFile.Write(path, entries, meta, files);
     }
 
     /// <summary>One pass over the host copies that are about to be written: the first non-finite value stops the save.</summary>

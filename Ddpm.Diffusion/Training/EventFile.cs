@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Numerics;
+using Ddpm.Tensors.IO;
 using Google.Protobuf;
 
 namespace Ddpm.Diffusion.Training;
@@ -11,7 +12,8 @@ namespace Ddpm.Diffusion.Training;
 /// <c>summary.proto</c>: scalars (<c>Summary.Value.simple_value</c>), PNG images (<c>Summary.Image</c>) and text
 /// (a string <c>TensorProto</c> with the text plugin's metadata). The first event names the file version; a run
 /// that resumes at step N writes a <c>SessionLog</c> START at N, which tells TensorBoard to drop what a stopped run
-/// logged after its checkpoint. Writes are buffered; <see cref="Flush"/> pushes them to the file.
+/// logged after its checkpoint. Records wait in memory; <see cref="Flush"/> appends them whole (<see cref="AppendFile"/>),
+/// so a failed write never leaves a torn record with others after it.
 /// </summary>
 public sealed class EventFile : IDisposable
 {
@@ -32,20 +34,35 @@ public sealed class EventFile : IDisposable
     /// <summary>The file version TensorBoard expects in the first event.</summary>
     public const string FileVersion = "brain.Event:2";
 
-    private readonly FileStream _file;
+    private readonly AppendFile _file;
 
-    /// <summary>A new event file in <paramref name="folder"/> (created if needed).</summary>
-    public EventFile(string folder)
+    /// <summary>The start of every event file's name.</summary>
+    public const string NamePrefix = "events.out.tfevents.";
+
+    /// <summary>
+    /// A new event file in <paramref name="folder"/> (created if needed), written through <paramref name="files"/>
+    /// (null: the disk). TensorBoard reads a folder's event files in name order, so the time in the name is at least
+    /// a second after that of the folder's other event files (a run resumed within a second of its stop).
+    /// </summary>
+    public EventFile(string folder, IOutputFiles? files = null)
     {
         Directory.CreateDirectory(folder);
-        string name = $"events.out.tfevents.{DateTimeOffset.UtcNow.ToUnixTimeSeconds()}.{Environment.MachineName}.{Environment.ProcessId}";
-        Path = System.IO.Path.Combine(folder, name);
-        for (int i = 1; File.Exists(Path); i++) Path = System.IO.Path.Combine(folder, $"{name}.{i}");
-        _file = new FileStream(Path, FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 16);
+        long seconds = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        foreach (var other in Directory.EnumerateFiles(folder, NamePrefix + "*"))
+        {
+            string[] parts = System.IO.Path.GetFileName(other)[NamePrefix.Length..].Split('.');
+            if (long.TryParse(parts[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long t))
+                seconds = Math.Max(seconds, t + 1);
+        }
+        string name = $"{NamePrefix}{seconds}.{Environment.MachineName}.{Environment.ProcessId}";
+        string path = System.IO.Path.Combine(folder, name);
+        for (int i = 1; File.Exists(path); i++) path = System.IO.Path.Combine(folder, $"{name}.{i}");
+        _file = new AppendFile(path, files, createNew: true);
         WriteEvent(0, EventFileVersion, o => o.WriteString(FileVersion));
+        Flush();
     }
 
-    public string Path { get; }
+    public string Path => _file.Path;
 
     /// <summary>A scalar at <paramref name="step"/> under <paramref name="tag"/>.</summary>
     public void Scalar(string tag, long step, double value) =>
@@ -117,10 +134,20 @@ public sealed class EventFile : IDisposable
             m.WriteEnum(StatusStart);
         })));
 
-    /// <summary>Pushes the buffered records to the file; <paramref name="durable"/> also to the disk.</summary>
+    /// <summary>Appends the waiting records to the file; <paramref name="durable"/> also forces them to disk.</summary>
     public void Flush(bool durable = false) => _file.Flush(durable);
 
-    public void Dispose() => _file.Dispose();
+    /// <summary>Writes what is waiting, if it can: a run that ends on an error keeps its error, not this one's.</summary>
+    public void Dispose()
+    {
+        try
+        {
+            _file.Flush(durable: false);
+        }
+        catch (OutputFileException)
+        {
+        }
+    }
 
     private void Summary(long step, Action<CodedOutputStream> value) =>
         WriteEvent(step, EventSummary, o => o.WriteBytes(Message(s =>
@@ -146,14 +173,12 @@ public sealed class EventFile : IDisposable
     /// <summary>One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data.</summary>
     private void WriteRecord(ReadOnlySpan<byte> data)
     {
-        Span<byte> header = stackalloc byte[12];
-        BinaryPrimitives.WriteUInt64LittleEndian(header, (ulong)data.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(header[8..], MaskedCrc(header[..8]));
-        _file.Write(header);
-        _file.Write(data);
-        Span<byte> footer = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(footer, MaskedCrc(data));
-        _file.Write(footer);
+        var record = new byte[16 + data.Length];
+        BinaryPrimitives.WriteUInt64LittleEndian(record, (ulong)data.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(8), MaskedCrc(record.AsSpan(0, 8)));
+        data.CopyTo(record.AsSpan(12));
+        BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(12 + data.Length), MaskedCrc(data));
+        _file.Append(record);
     }
 
     /// <summary>TFRecord's masked CRC32C (Castagnoli): rotate right by 15 and add 0xa282ead8.</summary>

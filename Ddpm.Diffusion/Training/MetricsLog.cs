@@ -1,5 +1,6 @@
 using System.Globalization;
 using Ddpm.Diffusion.Quality;
+using Ddpm.Tensors.IO;
 
 namespace Ddpm.Diffusion.Training;
 
@@ -10,13 +11,14 @@ namespace Ddpm.Diffusion.Training;
 public sealed class MetricsLog
 {
     public const string Header = "step,fid,inception_score,class_accuracy,samples,seconds";
-    private readonly string _path;
+    private readonly AppendFile _file;
     private readonly List<(long Step, double Fid)> _fids = new();
 
-    public MetricsLog(string path, long? resumeStep)
+    /// <summary>The log at <paramref name="path"/>, written through <paramref name="files"/> (null: the disk).</summary>
+    public MetricsLog(string path, long? resumeStep, IOutputFiles? files = null)
     {
-        _path = path;
-        foreach (var (step, fid, _) in LossLog.Restart(path, Header, resumeStep)) _fids.Add(((long)step, fid));
+        _fids.AddRange(LossLog.Restart(path, Header, resumeStep, files));
+        _file = new AppendFile(path, files);
     }
 
     /// <summary>The FIDs measured so far, by step.</summary>
@@ -25,12 +27,13 @@ public sealed class MetricsLog
     /// <summary>The lowest FID so far (infinity before the first).</summary>
     public double BestFid => _fids.Count == 0 ? double.PositiveInfinity : _fids.Min(f => f.Fid);
 
-    /// <summary>Appends a measurement (and pushes it to the file).</summary>
+    /// <summary>Appends a measurement and forces it to disk.</summary>
     public void Add(QualityResult r)
     {
-        _fids.Add((r.Step, r.Fid));
         string accuracy = r.ClassAccuracy is { } a ? a.ToString("R", CultureInfo.InvariantCulture) : "";
-        File.AppendAllText(_path, string.Create(CultureInfo.InvariantCulture,
+        _file.Append(string.Create(CultureInfo.InvariantCulture,
             $"{r.Step},{r.Fid:R},{r.InceptionScore:R},{accuracy},{r.Samples},{r.Seconds:F2}\n"));
+        _file.Flush(durable: true);
+        _fids.Add((r.Step, r.Fid));
     }
 }

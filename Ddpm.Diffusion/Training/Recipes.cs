@@ -74,7 +74,8 @@ public static class Recipes
         var model = Checked(recipe.Apply("model", preset.Model with { AttnNorm = !labml }), m => m.Validate());
         var diffusionBase = run.LabmlExact ? DiffusionConfig.LabmlExact : new DiffusionConfig { Prediction = Prediction.V };
         var diffusion = Checked(recipe.Apply("diffusion", diffusionBase), d => d.Validate());
-        var training = recipe.Apply("training", DefaultTraining(preset));
+        // Each value is checked now, before the data is read; the warm-up and decay are fitted to the run's length later.
+        var training = Checked(recipe.Apply("training", DefaultTraining(preset)), t => t.ValidateValues());
         return new RunConfigs(model, diffusion, training, run, recipe, null);
     }
 
@@ -173,7 +174,12 @@ public static class Recipes
             training = training with { DecaySteps = totalSteps };
         }
         if (training.LrSchedule == LrSchedule.Cosine && training.DecaySteps <= training.WarmupSteps)
+        {
+            // The value the recipe set is the one to change: a decay it ends too early, else the warm-up.
+            if (!resuming && recipe.Has("training", "decay_steps") && !recipe.Has("training", "warmup_steps"))
+                throw training.DecayEndsInWarmup();
             throw new ConfigValueException("warmup_steps", $"{training.WarmupSteps}: the warm-up must be shorter than the run ({totalSteps:N0} steps) for the cosine decay; lower it or use a constant learning rate.");
+        }
         Checked(training, t => t.Validate());
         return new RunPlan(model, diffusion, training, run, data, loader, resume, notes);
     }

@@ -26,7 +26,8 @@ public sealed class RunFolderOccupiedException(string folder, string what)
 /// (<c>checkpoint-0002000.safetensors</c>, the last <see cref="RunSettings.Keep"/> kept; the highest step is the
 /// latest), <c>config.json</c>, <c>loss.csv</c>, <c>metrics.csv</c>, sample grids, <c>model.safetensors</c> (the
 /// final EMA weights), <c>best.safetensors</c> and TensorBoard event files under <c>logs/</c>. Every file is written
-/// whole or not at all (<see cref="AtomicFile"/>). The run holds an exclusive OS lock on <c>.lock</c> while it
+/// whole or not at all (<see cref="AtomicFile"/>), logs by whole records (<see cref="AppendFile"/>), all through
+/// <see cref="Files"/>. The run holds an exclusive OS lock on <c>.lock</c> while it
 /// runs, so a second run into the folder is refused instead of interleaving files; a killed run's lock goes with
 /// its process. A new run into a folder that holds an earlier run is refused (<see cref="RunFolderOccupiedException"/>)
 /// unless it resumes that run or is told to replace it.
@@ -40,13 +41,17 @@ public sealed class RunFolder : IDisposable
     private static readonly Regex SamplesPattern = new(@"^samples(-(\d{7,}))?\.png$", RegexOptions.CultureInvariant);
     private readonly FileStream _lock;
 
-    private RunFolder(string path, FileStream lockFile)
+    private RunFolder(string path, FileStream lockFile, IOutputFiles files)
     {
         Path = path;
         _lock = lockFile;
+        Files = files;
     }
 
     public string Path { get; }
+
+    /// <summary>What the run's files are written through (the disk unless a test says otherwise).</summary>
+    public IOutputFiles Files { get; }
 
     /// <summary>The file name of the checkpoint of <paramref name="step"/>.</summary>
     public static string CheckpointName(long step) => string.Create(CultureInfo.InvariantCulture, $"checkpoint-{step:D7}.safetensors");
@@ -58,17 +63,18 @@ public sealed class RunFolder : IDisposable
     public string File(string name) => System.IO.Path.Combine(Path, name);
 
     /// <summary>
-    /// Creates the folder if needed and locks it. Another run holding it is a <see cref="RunFolderInUseException"/>;
-    /// a folder that cannot be made or written, an <see cref="IOException"/> or <see cref="UnauthorizedAccessException"/>.
+    /// Creates the folder if needed and locks it; its files are written through <paramref name="files"/> (null:
+    /// the disk). Another run holding it is a <see cref="RunFolderInUseException"/>; a folder that cannot be made or
+    /// written, an <see cref="IOException"/> or <see cref="UnauthorizedAccessException"/>.
     /// </summary>
-    public static RunFolder Lock(string path)
+    public static RunFolder Lock(string path, IOutputFiles? files = null)
     {
         Directory.CreateDirectory(path);
         string lockPath = System.IO.Path.Combine(path, LockName);
         try
         {
             // FileShare.None takes an exclusive advisory lock (flock on Unix, a share lock on Windows).
-            return new RunFolder(path, new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None));
+            return new RunFolder(path, new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None), files ?? DiskOutputFiles.Instance);
         }
         catch (IOException e)
         {
@@ -77,16 +83,19 @@ public sealed class RunFolder : IDisposable
     }
 
     /// <summary>
-    /// Locks the folder for a run: a new run (<paramref name="resuming"/> false) refuses a folder that holds an
+    /// Locks the folder for a run: a new run (<paramref name="resuming"/> false), or one that resumes another
+    /// folder's checkpoint (<paramref name="resumes"/>, the checkpoint's path), refuses a folder that holds an
     /// earlier run unless <paramref name="overwrite"/>, which removes that run's files first (only the files this
-    /// layout names; anything else in the folder is left).
+    /// layout names; anything else in the folder is left). A run that resumes one of the folder's own checkpoints
+    /// continues its run.
     /// </summary>
-    public static RunFolder Open(string path, bool resuming, bool overwrite)
+    public static RunFolder Open(string path, bool resuming, bool overwrite, IOutputFiles? files = null, string? resumes = null)
     {
-        var folder = Lock(path);
+        var folder = Lock(path, files);
         try
         {
-            if (!resuming && folder.EarlierRun() is { } what)
+            bool continues = resuming && (resumes is null || folder.Holds(resumes));
+            if (!continues && folder.EarlierRun() is { } what)
             {
                 if (!overwrite) throw new RunFolderOccupiedException(path, what);
                 folder.RemoveRunFiles();
@@ -99,6 +108,11 @@ public sealed class RunFolder : IDisposable
             throw;
         }
     }
+
+    /// <summary>Whether <paramref name="file"/> is in this folder.</summary>
+    public bool Holds(string file) =>
+        string.Equals(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(file)), System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(Path)),
+            OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
 
     /// <summary>The step-numbered checkpoints of folder <paramref name="path"/>, oldest first.</summary>
     public static IReadOnlyList<(long Step, string Path)> Checkpoints(string path)
@@ -128,25 +142,28 @@ public sealed class RunFolder : IDisposable
     public static string? Latest(string path) => Checkpoints(path) is { Count: > 0 } all ? all[^1].Path : null;
 
     /// <summary>What of an earlier run the folder holds ("checkpoint-0002000.safetensors (step 2000), loss.csv"), or null when none.</summary>
-    public string? EarlierRun()
+    public string? EarlierRun() => EarlierRun(Path);
+
+    /// <summary>What of an earlier run folder <paramref name="path"/> holds, or null when none (or no folder).</summary>
+    public static string? EarlierRun(string path)
     {
         var parts = new List<string>();
-        var checkpoints = Checkpoints(Path);
+        var checkpoints = Checkpoints(path);
         if (checkpoints.Count > 0) parts.Add($"{System.IO.Path.GetFileName(checkpoints[^1].Path)}{(checkpoints.Count > 1 ? $" and {checkpoints.Count - 1} older" : "")}");
         foreach (var name in new[] { ModelName, ConfigName, LossName, MetricsName })
-            if (System.IO.File.Exists(File(name))) parts.Add(name);
+            if (System.IO.File.Exists(System.IO.Path.Combine(path, name))) parts.Add(name);
         return parts.Count == 0 ? null : string.Join(", ", parts);
     }
 
     /// <summary>Removes the files of an earlier run (what this layout names), for a run told to replace it.</summary>
     private void RemoveRunFiles()
     {
-        foreach (var (_, file) in Checkpoints(Path)) System.IO.File.Delete(file);
+        foreach (var (_, file) in Checkpoints(Path)) Files.Delete(file);
         foreach (var file in Directory.EnumerateFiles(Path))
         {
             string name = System.IO.Path.GetFileName(file);
             if (name is ModelName or BestName or ConfigName or LossName or MetricsName or "loss.png" or "fid.png" || IsSampleGrid(name, out _))
-                System.IO.File.Delete(file);
+                Files.Delete(file);
         }
         foreach (var dir in new[] { LogsName, SpikesName })
             if (Directory.Exists(File(dir))) Directory.Delete(File(dir), recursive: true);
@@ -165,7 +182,7 @@ public sealed class RunFolder : IDisposable
             foreach (var file in Directory.EnumerateFiles(dir))
             {
                 if (!AtomicFile.IsTemporaryName(System.IO.Path.GetFileName(file))) continue;
-                System.IO.File.Delete(file);
+                Files.Delete(file);
                 removed++;
             }
         }
@@ -176,7 +193,7 @@ public sealed class RunFolder : IDisposable
     public void Prune(int keep)
     {
         var all = Checkpoints(Path);
-        for (int i = 0; i < all.Count - keep; i++) System.IO.File.Delete(all[i].Path);
+        for (int i = 0; i < all.Count - keep; i++) Files.Delete(all[i].Path);
     }
 
     /// <summary>Writes <paramref name="name"/> whole or not at all.</summary>
@@ -185,7 +202,7 @@ public sealed class RunFolder : IDisposable
         {
             using var w = new StreamWriter(s, leaveOpen: true);
             w.Write(text);
-        });
+        }, Files);
 
     public void Dispose() => _lock.Dispose();
 }

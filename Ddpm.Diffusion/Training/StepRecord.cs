@@ -93,8 +93,8 @@ public sealed class StepRecord
         return (loss, grads);
     }
 
-    /// <summary>Writes the record atomically.</summary>
-    public void Save(string path)
+    /// <summary>Writes the record atomically through <paramref name="files"/> (null: the disk).</summary>
+    public void Save(string path, IOutputFiles? files = null)
     {
         var entries = new List<SafeTensorEntry>();
         foreach (var (name, shape, values) in Weights)
@@ -118,7 +118,7 @@ public sealed class StepRecord
             ["dropout_offset"] = DropoutOffset.ToString(CultureInfo.InvariantCulture),
         };
         Checkpoint.AddFormat(meta, Format);
-        SafeTensorsFile.Write(path, entries, meta);
+        SafeTensorsFile.Write(path, entries, meta, files);
     }
 
     /// <summary>

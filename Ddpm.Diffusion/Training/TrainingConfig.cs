@@ -56,6 +56,20 @@ public sealed record TrainingConfig
     /// <summary>Checks every setting; throws <see cref="ConfigValueException"/> naming the first that cannot work.</summary>
     public void Validate()
     {
+        ValidateValues();
+        if (LrSchedule == LrSchedule.Cosine && DecaySteps <= WarmupSteps) throw DecayEndsInWarmup();
+    }
+
+    /// <summary>The problem of a cosine decay that ends within the warm-up, under decay_steps.</summary>
+    internal ConfigValueException DecayEndsInWarmup() =>
+        new("decay_steps", $"{DecaySteps} does not end the cosine decay after the warm-up of {WarmupSteps} steps.");
+
+    /// <summary>
+    /// Checks each setting on its own (not yet that the cosine decay ends after the warm-up, which a run fits to its
+    /// length); throws <see cref="ConfigValueException"/> naming the first that cannot work.
+    /// </summary>
+    public void ValidateValues()
+    {
         if (BatchSize is <= 0 or > MaxBatchSize) throw new ConfigValueException("batch_size", $"{BatchSize} is not between 1 and {MaxBatchSize}.");
         if (Seed > MaxSeed) throw new ConfigValueException("seed", $"{Seed} is above {MaxSeed} (2^62 - 1).");
         if (!(LearningRate > 0 && float.IsFinite(LearningRate))) throw new ConfigValueException("lr", $"{LearningRate} is not a positive learning rate.");
@@ -68,8 +82,6 @@ public sealed record TrainingConfig
         if (!(EmaDecay >= 0 && EmaDecay < 1)) throw new ConfigValueException("ema_decay", $"{EmaDecay} is not in [0, 1) (EMA decay).");
         if (!Enum.IsDefined(LrSchedule)) throw new ConfigValueException("lr_schedule", $"{(int)LrSchedule} is not constant or cosine.");
         if (DecaySteps is < 0 or > MaxSteps) throw new ConfigValueException("decay_steps", $"{DecaySteps} is not between 0 and {MaxSteps}.");
-        if (LrSchedule == LrSchedule.Cosine && DecaySteps <= WarmupSteps)
-            throw new ConfigValueException("decay_steps", $"{DecaySteps} does not end the cosine decay after the warm-up of {WarmupSteps} steps.");
         if (!(ClassDropout >= 0 && ClassDropout <= 1)) throw new ConfigValueException("class_dropout", $"{ClassDropout} is not in [0, 1] (the share of labels dropped to the null class).");
         if (!(LrFinal >= 0 && LrFinal <= 1)) throw new ConfigValueException("lr_final", $"{LrFinal} is not in [0, 1] (the final learning-rate fraction).");
     }

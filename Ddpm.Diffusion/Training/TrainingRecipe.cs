@@ -1,8 +1,10 @@
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization.Metadata;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
+using Ddpm.Tensors.IO;
 
 namespace Ddpm.Diffusion.Training;
 
@@ -64,40 +66,48 @@ public sealed class TrainingRecipe
         return r;
     }
 
+    /// <summary>The largest configuration file read (a run's config.json is a few kilobytes).</summary>
+    public const int MaxFileBytes = 1 << 20;
+
     /// <summary>
-    /// Reads a configuration (a run's config.json, or a file a person wrote with some of its keys): an object
-    /// whose members are sections, each an object of keys. An unknown section or key, or a file that is not such
-    /// an object, is an <see cref="InvalidDataException"/> naming the file and the key; values are checked when the
-    /// recipe is resolved, and reported with the file's name.
+    /// Reads a configuration (a run's config.json, or a file a person wrote with some of its keys): UTF-8 JSON, an
+    /// object whose members are sections, each an object of keys. A file that cannot be read (missing, not a regular
+    /// file, over <see cref="MaxFileBytes"/>) is a <see cref="DataFormatException"/>; an unknown section or key, a
+    /// key given twice, or a file that is not such an object, an <see cref="InvalidDataException"/>; each names the
+    /// file (and the key). Values are checked when the recipe is resolved, and reported with the file's name.
     /// </summary>
     public static TrainingRecipe Load(string path)
     {
+        if (!Path.Exists(path)) throw new DataFormatException(path, "no such configuration file.");
+        byte[] bytes = BoundedFile.ReadAllBytes(path, MaxFileBytes, "a configuration file may hold");
         string text;
-        try { text = File.ReadAllText(path); }
-        catch (FileNotFoundException e) { throw new InvalidDataException($"{path}: no such configuration file.", e); }
-        catch (DirectoryNotFoundException e) { throw new InvalidDataException($"{path}: no such configuration file.", e); }
-        return Parse(text, path);
+        try { text = Strict.GetString(bytes); }
+        catch (DecoderFallbackException e) { throw new DataFormatException(path, "not UTF-8 text.", e.Index >= 0 ? e.Index : null, e); }
+        return Parse(text.StartsWith('\uFEFF') ? text[1..] : text, path);
     }
+
+    private static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
     /// <summary><see cref="Load"/> of text; <paramref name="source"/> names it in errors and as the values' origin.</summary>
     public static TrainingRecipe Parse(string json, string source)
     {
         JsonNode? root;
-        try { root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
-        catch (JsonException e) { throw new InvalidDataException($"{source}: not JSON ({e.Message})", e); }
+        var options = new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, AllowDuplicateProperties = false };
+        try { root = JsonNode.Parse(json, documentOptions: options); }
+        catch (JsonException e) { throw new InvalidDataException($"{source}: not JSON ({DataLine(e.Message)})", e); }
         if (root is not JsonObject top) throw new InvalidDataException($"{source}: a configuration is a JSON object with the sections {string.Join(", ", Sections)}.");
         var r = new TrainingRecipe();
         foreach (var (section, node) in top)
         {
             if (section == "format") continue;
             if (!r._sections.ContainsKey(section))
-                throw new InvalidDataException($"{source}: unknown section \"{section}\"; a configuration has {string.Join(", ", Sections)}.");
+                throw new InvalidDataException($"{source}: unknown section \"{DataFormatException.Quote(section)}\"; a configuration has {string.Join(", ", Sections)}.");
             if (node is not JsonObject values) throw new InvalidDataException($"{source}: \"{section}\" is not an object of keys.");
             var known = KnownKeys(section);
             foreach (var (key, value) in values)
             {
                 if (!known.Contains(key))
-                    throw new InvalidDataException($"{source}: unknown key \"{section}.{key}\"; \"{section}\" has {string.Join(", ", known)}.");
+                    throw new InvalidDataException($"{source}: unknown key \"{section}.{DataFormatException.Quote(key)}\"; \"{section}\" has {string.Join(", ", known)}.");
                 r._sections[section][key] = value?.DeepClone();
                 r._origins[key] = source;
             }
@@ -142,7 +152,8 @@ public sealed class TrainingRecipe
             "run" => typeof(RunSettings),
             _ => throw new ArgumentException($"unknown section \"{section}\"; a configuration has {string.Join(", ", Sections)}.", nameof(section)),
         };
-        return Json.GetTypeInfo(type).Properties.Select(p => p.Name).ToArray();
+        // Computed properties ([JsonIgnore], no setter) are not keys: config.json does not hold them.
+        return Json.GetTypeInfo(type).Properties.Where(p => p.Set is not null).Select(p => p.Name).ToArray();
     }
 
     /// <summary>
@@ -160,5 +171,5 @@ public sealed class TrainingRecipe
         return top.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n";
     }
 
-    private static string DataLine(string message) => Ddpm.Tensors.IO.DataFormatException.OneLine(message);
+    private static string DataLine(string message) => DataFormatException.OneLine(message);
 }

@@ -78,7 +78,10 @@ public sealed class RankStartException(int rank, int code, Exception? own)
 /// checkpoints, sample grids and final files of <see cref="RunSettings"/>. Rank 0 writes its
 /// <see cref="RunFolder"/> and tells its observers; other ranks take the same steps and collectives and write
 /// nothing. A stop request on any rank stops every rank after the same step, with a checkpoint. A loss or state
-/// that is not finite stops the run; the last finite checkpoint stays on disk and is named.
+/// that is not finite stops the run; the last finite checkpoint stays on disk and is named. A step's checkpoint is
+/// the last file the step writes (after its log rows, events, measurement and grid; at the end, after samples.png
+/// and model.safetensors), so a run killed at any moment resumes from a checkpoint whose step left everything it
+/// writes on disk, and redoes the rest exactly.
 /// </summary>
 public sealed class TrainingRun : IDisposable
 {
@@ -88,6 +91,10 @@ public sealed class TrainingRun : IDisposable
     private readonly EventFile? _events;
     private MetricsLog? _metrics;
     private long? _savedStep;
+
+    // Whether the state is at a step whose files are written (or are rewritten by a run resuming it), so that a
+    // checkpoint of it may be saved when something fails.
+    private bool _atBoundary = true;
 
     /// <summary>
     /// Builds the run on this rank: the model (its initial weights from the seed), the trainer, and the resumed
@@ -112,10 +119,12 @@ public sealed class TrainingRun : IDisposable
             if (_folder is not null)
             {
                 StaleTemporaries = _folder.RemoveStaleTemporaries();
-                _log = new LossLog(_folder.File(RunFolder.LossName), plan.Resume?.Step);
+                _log = new LossLog(_folder.File(RunFolder.LossName), plan.Resume?.Step, _folder.Files);
                 _folder.WriteText(RunFolder.ConfigName, plan.ConfigJson());
-                _events = new EventFile(_folder.File(RunFolder.LogsName));
-                if (plan.Resume is { } resumed) _events.SessionStart(resumed.Step);
+                _events = new EventFile(_folder.File(RunFolder.LogsName), _folder.Files);
+                // TensorBoard drops what earlier files logged at and after a session start's step: a stopped run's
+                // events after its checkpoint go, the checkpoint's own step stays.
+                if (plan.Resume is { } resumed) _events.SessionStart(resumed.Step + 1);
                 _events.Text("config", Trainer.StepCount, "```\n" + plan.ConfigJson() + "```");
                 if (plan.Resume is { } r && SameFile(r.Path, _folder.CheckpointPath(r.Step))) _savedStep = r.Step;
             }
@@ -193,7 +202,8 @@ public sealed class TrainingRun : IDisposable
     /// <summary>
     /// Trains to the plan's last step. Returns how the run ended; on rank 0 a divergence throws
     /// <see cref="TrainingDivergedException"/> instead (its message names the last good checkpoint). Another
-    /// failure (an I/O error) saves what was trained first, then is rethrown.
+    /// failure (an I/O error) is rethrown after saving what was trained when the failure came after the step's
+    /// other files (writing its checkpoint, or at the end); otherwise the latest checkpoint stays the one to resume.
     /// </summary>
     public RunOutcome Run(CancellationToken cancel = default, RunPacing? pacing = null)
     {
@@ -219,6 +229,7 @@ public sealed class TrainingRun : IDisposable
                     interrupted = diverged is null;
                     break;
                 }
+                _atBoundary = false;
                 var s = Trainer.Step();
                 // The loss is the global mean, so every rank sees the same divergence.
                 if (!float.IsFinite(s.Loss)) { diverged = $"the loss became {s.Loss} at step {s.Step}"; break; }
@@ -233,25 +244,53 @@ public sealed class TrainingRun : IDisposable
                 }
                 foreach (var o in _observers) o.OnStep(this, s);
                 if (run.EvalEvery > 0 && s.Step % run.EvalEvery == 0) Evaluate();
-                if (s.Step >= total) break;
+                if (s.Step >= total)
+                {
+                    _atBoundary = true;
+                    break;
+                }
+                // The step's state is captured (and checked) first, written last.
+                Checkpoint.State? state = null;
                 if (run.CheckpointEvery > 0 && s.Step % run.CheckpointEvery == 0)
                 {
-                    diverged = Save();
+                    (state, diverged) = Capture();
                     stop = diverged is not null;
                 }
                 if (!stop && run.SampleEvery > 0 && s.Step % run.SampleEvery == 0)
                     WriteSamples(_folder?.File($"samples-{s.Step:D7}.png"));
+                _atBoundary = true;
+                if (state is not null) Write(state);
+            }
+            // A run that diverged keeps the last checkpoint written before it; its state is not saved. A finished
+            // run writes its final files before its last checkpoint, so a run resumed at its last step has nothing left to do.
+            if (diverged is null)
+            {
+                var (state, refused) = Capture();
+                diverged = refused;
+                if (state is not null && diverged is null)
+                {
+                    if (!interrupted)
+                    {
+                        _atBoundary = false;
+                        WriteSamples(_folder!.File(RunFolder.SamplesName));
+                        using (Trainer.UseEmaWeights())
+                            Checkpoint.SaveWeights(_folder.File(RunFolder.ModelName), Model, Plan.Model, Plan.Diffusion, files: _folder.Files);
+                        _atBoundary = true;
+                    }
+                    Write(state);
+                }
             }
         }
         catch
         {
-            // Keep what was trained when something else fails (a sample grid, an I/O error), unless it diverged.
-            try { Save(); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            // Keep what was trained when something else fails (an I/O error), if the step's files are written.
+            if (_atBoundary)
+            {
+                try { Save(); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            }
             throw;
         }
-        // A run that diverged keeps the last checkpoint written before it; its state is not saved.
-        if (diverged is null) diverged = Save();
         _events?.Flush();
         if (diverged is not null)
         {
@@ -268,12 +307,6 @@ public sealed class TrainingRun : IDisposable
             foreach (var o in _observers) o.OnFinished(this, stopped);
             return stopped;
         }
-        if (_folder is not null)
-        {
-            WriteSamples(_folder.File(RunFolder.SamplesName));
-            using (Trainer.UseEmaWeights())
-                Checkpoint.SaveWeights(_folder.File(RunFolder.ModelName), Model, Plan.Model, Plan.Diffusion);
-        }
         var done = new RunOutcome(RunStatus.Finished, Trainer.StepCount, SavedPath, loss.Value, _clock.Elapsed);
         foreach (var o in _observers) o.OnFinished(this, done);
         return done;
@@ -283,29 +316,43 @@ public sealed class TrainingRun : IDisposable
     public string? SavedPath => _savedStep is { } s && _folder is not null ? _folder.CheckpointPath(s) : null;
 
     /// <summary>
-    /// Rank 0 writes the checkpoint of the current step unless it is written already: the loss log is made
-    /// durable up to the step first, so the log on disk always covers the checkpoint on disk; the oldest
-    /// checkpoints beyond <see cref="RunSettings.Keep"/> are removed after. A state that is not finite is never
-    /// written, so the last good checkpoint stays: returns why it was refused, or null.
+    /// Rank 0 captures the state of the current step unless its checkpoint is written already. A state that is not
+    /// finite is never written, so the last good checkpoint stays: returns why it was refused instead.
     /// </summary>
-    private string? Save()
+    private (Checkpoint.State? State, string? Refused) Capture()
     {
-        if (_folder is null || Trainer.StepCount == 0 || Trainer.StepCount == _savedStep) return null;
-        string path = _folder.CheckpointPath(Trainer.StepCount);
+        if (_folder is null || Trainer.StepCount == 0 || Trainer.StepCount == _savedStep) return (null, null);
         try
         {
-            _log!.Flush(durable: true);
-            Checkpoint.Save(path, Trainer, Plan.Run);
-            _savedStep = Trainer.StepCount;
+            return (Checkpoint.Capture(_folder.CheckpointPath(Trainer.StepCount), Trainer, Plan.Run), null);
         }
         catch (NonFiniteStateException e)
         {
-            return $"training diverged by step {Trainer.StepCount} ('{e.Tensor}' is not finite)";
+            return (null, $"training diverged by step {Trainer.StepCount} ('{e.Tensor}' is not finite)");
         }
+    }
+
+    /// <summary>
+    /// Rank 0 writes a captured checkpoint: the loss log and the event file are made durable up to its step first,
+    /// so the logs on disk always cover the checkpoint on disk; the oldest checkpoints beyond
+    /// <see cref="RunSettings.Keep"/> are removed after.
+    /// </summary>
+    private void Write(Checkpoint.State state)
+    {
+        _log!.Flush(durable: true);
+        _events!.Flush(durable: true);
+        state.Write(_folder!.Files);
+        _savedStep = state.Step;
         _folder.Prune(Plan.Run.Keep);
-        _events?.Flush();
-        foreach (var o in _observers) o.OnCheckpoint(this, path, Trainer.StepCount);
-        return null;
+        foreach (var o in _observers) o.OnCheckpoint(this, state.Path, state.Step);
+    }
+
+    /// <summary>Rank 0 writes the checkpoint of the current step unless it is written already; returns why a non-finite state was refused, or null.</summary>
+    private string? Save()
+    {
+        var (state, refused) = Capture();
+        if (state is not null) Write(state);
+        return refused;
     }
 
     /// <summary>Rank 0 measures the EMA weights' samples and records them; a new lowest FID saves best.safetensors.</summary>
@@ -313,13 +360,13 @@ public sealed class TrainingRun : IDisposable
     {
         if (_folder is null || Quality is null) return;
         // Opened at the first measurement: a resumed run's rows after its checkpoint are dropped then.
-        _metrics ??= new MetricsLog(_folder.File(RunFolder.MetricsName), Plan.Resume?.Step);
+        _metrics ??= new MetricsLog(_folder.File(RunFolder.MetricsName), Plan.Resume?.Step, _folder.Files);
         Quality.QualityResult r;
         using (Trainer.UseEmaWeights())
         {
             r = Quality.Measure(Trainer.Diffusion, Trainer.StepCount);
             bool best = r.Fid < _metrics.BestFid;
-            if (best) Checkpoint.SaveWeights(_folder.File(RunFolder.BestName), Model, Plan.Model, Plan.Diffusion);
+            if (best) Checkpoint.SaveWeights(_folder.File(RunFolder.BestName), Model, Plan.Model, Plan.Diffusion, files: _folder.Files);
             Model.Train();
             _metrics.Add(r);
             if (_events is not null)
@@ -359,7 +406,7 @@ public sealed class TrainingRun : IDisposable
             int n = condition?.Labels.Length ?? perRow;
             var x = new Sampler(Trainer.Diffusion, condition).Sample(n, SamplerKind.Ddim, steps, 0f, Trainer.Config.Seed + 1000);
             var (width, height) = ImageGrid.SavePng(path, x.ToArray(), n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
-                mc.IsConditional ? perRow : ImageGrid.SquareRow(n), Trainer.Diffusion.Config.DataRange, scale: SampleScale);
+                mc.IsConditional ? perRow : ImageGrid.SquareRow(n), Trainer.Diffusion.Config.DataRange, scale: SampleScale, files: _folder!.Files);
             Model.Train();
             var grid = new SampleGrid(path, Trainer.StepCount, n, steps, sw.Elapsed, width, height, mc.ImageChannels);
             _events?.Image("samples", grid.Step, File.ReadAllBytes(path), width, height, mc.ImageChannels);

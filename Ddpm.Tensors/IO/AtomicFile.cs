@@ -3,28 +3,40 @@ namespace Ddpm.Tensors.IO;
 /// <summary>
 /// Writes a file so that readers (and a crash) see either the old content or the complete new content:
 /// the bytes go to a temporary file in the target's folder (same file system, so the rename is atomic),
-/// are flushed to disk, and the temporary file is then renamed over the target.
+/// are flushed to disk, and the temporary file is then renamed over the target. A failure removes the temporary
+/// file and is an <see cref="OutputFileException"/> naming the target and the cause; the target is unchanged.
 /// </summary>
 public static class AtomicFile
 {
-    public static void Write(string path, Action<Stream> write)
+    /// <summary>Bytes gathered before each write to the system.</summary>
+    public const int BufferSize = 1 << 20;
+
+    /// <summary>Writes <paramref name="path"/> through <paramref name="files"/> (null: the disk).</summary>
+    public static void Write(string path, Action<Stream> write, IOutputFiles? files = null)
     {
         ArgumentNullException.ThrowIfNull(write);
+        files ??= DiskOutputFiles.Instance;
         string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
         string tmp = TemporaryPath(full);
+        bool created = false;
         try
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+            using (var file = files.CreateNew(tmp))
             {
-                write(fs);
-                fs.Flush(flushToDisk: true);
+                created = true;
+                // Not disposed: after a failed write its dispose would write the same bytes again.
+                var buffered = new BufferedStream(file, BufferSize);
+                write(buffered);
+                buffered.Flush();
+                files.Sync(file);
             }
-            File.Move(tmp, full, overwrite: true);
+            files.Replace(tmp, full);
         }
-        catch
+        catch (Exception e)
         {
-            TryDelete(tmp);
+            if (created) TryDelete(files, tmp);
+            if (e is (IOException or UnauthorizedAccessException) and not OutputFileException) throw new OutputFileException(full, e);
             throw;
         }
     }
@@ -48,15 +60,15 @@ public static class AtomicFile
         return dot > 1 && stem.Length - dot - 1 == 32 && stem.AsSpan(dot + 1).ContainsAnyExcept("0123456789abcdef") == false;
     }
 
-    private static void TryDelete(string path)
+    private static void TryDelete(IOutputFiles files, string path)
     {
         try
         {
-            File.Delete(path);
+            files.Delete(path);
         }
         catch (IOException)
         {
-            // The original failure matters more than a leftover temporary file.
+            // The original failure matters more than a leftover temporary file (the next run removes it).
         }
         catch (UnauthorizedAccessException)
         {

@@ -523,12 +523,14 @@ public sealed class SafeTensorsFile
 
     /// <summary>
     /// Writes to a temporary file in the target's folder, flushes it to disk, then renames it over the target,
-    /// so a crash leaves either the old file or the complete new one, never a torn file.
+    /// so a crash leaves either the old file or the complete new one, never a torn file (<see cref="AtomicFile"/>,
+    /// through <paramref name="files"/>; null: the disk).
     /// </summary>
-    public static void Write(string path, IEnumerable<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null)
+    public static void Write(string path, IEnumerable<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null,
+        IOutputFiles? files = null)
     {
         var list = entries as IReadOnlyList<SafeTensorEntry> ?? entries.ToList();
-        AtomicFile.Write(path, fs => Write(fs, list, metadata));
+        AtomicFile.Write(path, fs => Write(fs, list, metadata), files);
     }
 
     /// <summary>Writes the safetensors bytes to a stream: F16 entries as F16, other float entries as F32, integer entries as I64.</summary>

@@ -1,6 +1,11 @@
+using Ddpm.Tensors.IO;
+
 namespace Ddpm.Tool;
 
-/// <summary>Where a command writes and whether a person watches; tests pass string writers to run verbs in-process.</summary>
+/// <summary>
+/// Where a command writes and whether a person watches; tests pass string writers to run verbs in-process, and
+/// their own <see cref="Files"/> to fail or pause a run's writes.
+/// </summary>
 public sealed class ToolConsole(TextWriter output, TextWriter error, bool interactive)
 {
     public TextWriter Out { get; } = output;
@@ -14,4 +19,6 @@ public sealed class ToolConsole(TextWriter output, TextWriter error, bool intera
     /// between steps tells them how long its steps take and when it stops cleanly, so that it is not ended as blocked.
     /// </summary>
     public StopSignals? Signals { get; init; }
+    /// <summary>What <c>train</c> writes its run folder through: the disk unless a test passes its own.</summary>
+    public IOutputFiles Files { get; init; } = DiskOutputFiles.Instance;
 }

@@ -32,7 +32,9 @@ public static class ModelLoading
         }
         catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
         {
-            throw new UserError(e is DataFormatException ? e.Message : $"{path}: {e.Message}", e);
+            // The line names the file once: a reader's message that begins with it is kept as it is.
+            bool named = e is DataFormatException || e.Message.StartsWith(path + ":", StringComparison.Ordinal);
+            throw new UserError(named ? e.Message : $"{path}: {e.Message}", e);
         }
     }
 

@@ -294,7 +294,7 @@ public sealed class RunWatcher(string folder)
         }
         catch (JsonException e)
         {
-            return (new ConfigValue(null), $"{RunFolder.ConfigName} is not valid JSON ({e.Message})");
+            return (new ConfigValue(null), $"{RunFolder.ConfigName} is not valid JSON ({DataFormatException.OneLine(e.Message)})");
         }
     }
 

@@ -4,6 +4,7 @@ using Ddpm.Diffusion.Imaging;
 using Ddpm.Diffusion.Quality;
 using Ddpm.Diffusion.Training;
 using Ddpm.Tensors;
+using Ddpm.Tensors.IO;
 
 namespace Ddpm.Tool.Commands;
 
@@ -34,7 +35,7 @@ public static class TrainCommand
             start = TrainingRun.Agree(dp, () =>
             {
                 var plan = TrainPlan.Resolve(o, dp.Size, hostMemory);
-                return (plan, dp.IsRoot ? OpenFolder(o, plan) : null);
+                return (plan, dp.IsRoot ? OpenFolder(o, plan, con.Files) : null);
             }, ExitCodes.Of);
         }
         catch (RankStartException e) when (e.Rank != 0 || !dp.IsRoot)
@@ -58,17 +59,22 @@ public static class TrainCommand
         }
     }
 
-    /// <summary>Rank 0's run folder: locked, and refused when it holds another run that this one neither resumes nor replaces.</summary>
-    private static RunFolder OpenFolder(TrainOptions o, TrainPlan plan)
+    /// <summary>Rank 0's run folder: locked, and refused when it holds another run that this one neither continues nor replaces.</summary>
+    private static RunFolder OpenFolder(TrainOptions o, TrainPlan plan, IOutputFiles files)
     {
         if (string.IsNullOrWhiteSpace(o.Out)) throw new UsageError("--out is empty; give a folder.");
+        var resume = plan.Run.Resume;
         try
         {
-            return RunFolder.Open(o.Out, resuming: plan.Run.Resume is not null, overwrite: o.Overwrite);
+            return RunFolder.Open(o.Out, resuming: resume is not null, overwrite: o.Overwrite, files, resume?.Path);
         }
         catch (RunFolderInUseException e)
         {
             throw new UserError($"--out {e.Message}; give another --out or wait for it to end.", e);
+        }
+        catch (RunFolderOccupiedException e) when (resume is not null)
+        {
+            throw new UserError($"--out {e.Folder} holds another run ({e.What}) than {resume.Path}'s; give another --out to continue that checkpoint, or continue the folder's own run with --resume alone.", e);
         }
         catch (RunFolderOccupiedException e)
         {
@@ -94,6 +100,7 @@ public static class TrainCommand
             run = new TrainingRun(plan.Run, be, dp, folder, [console]) { SampleScale = o.Scale ?? ImageGrid.AutoScale, Quality = probe?.Probe };
         }
         catch (InvalidDataException e) { throw new UserError(e.Message, e); }
+        catch (OutputFileException e) { throw CouldNotWrite(e, o, plan); }
         using var _ = run;
         run.Trainer.RecordSteps = o.SaveSpikes > 0;
         RunOutcome outcome;
@@ -103,10 +110,7 @@ public static class TrainCommand
             outcome = run.Run(con.Cancel, con.Signals is { } signals ? new RunPacing(signals.StepTook, signals.StoppingCleanly) : null);
         }
         catch (TrainingDivergedException e) { throw new UserError(e.Message, e); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new UserError($"could not write in {o.Out}: {e.Message} (the previous checkpoint, if any, is intact).", e);
-        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw CouldNotWrite(e, o, plan); }
         if (outcome.Status == RunStatus.Finished && o.Bundle is not null && dp.IsRoot) WriteBundle(o.Bundle, run, plan, con);
         return outcome.Status switch
         {
@@ -114,6 +118,21 @@ public static class TrainCommand
             RunStatus.Interrupted => ExitCodes.Interrupted,
             _ => ExitCodes.Failed,
         };
+    }
+
+    /// <summary>
+    /// A file of the run that could not be written, in one line: the file and the cause (a full disk, an I/O error),
+    /// and the checkpoint a rerun continues from, which is intact (checkpoints are written whole or not at all).
+    /// </summary>
+    private static UserError CouldNotWrite(Exception e, TrainOptions o, TrainPlan plan)
+    {
+        string what = e is OutputFileException ? e.Message : $"could not write in {o.Out}: {e.Message}";
+        string latest = RunFolder.Latest(o.Out) is { } c
+            ? $"the latest checkpoint, {c}, is intact; continue with --resume once the cause is fixed"
+            : plan.Run.Resume is { } r
+                ? $"the checkpoint it resumed, {r.Path}, is unchanged"
+                : "no checkpoint of this run was written";
+        return new UserError($"{what}; {latest}.", e);
     }
 
     /// <summary>
@@ -138,7 +157,7 @@ public static class TrainCommand
         try
         {
             using (run.Trainer.UseEmaWeights())
-                Checkpoint.SaveWeights(path, run.Model, p.Model, p.Diffusion, half: true, extra: meta);
+                Checkpoint.SaveWeights(path, run.Model, p.Model, p.Diffusion, half: true, extra: meta, files: con.Files);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or NonFiniteStateException)
         {
@@ -157,7 +176,7 @@ public static class TrainCommand
         {
             PrintHeader(run);
             _progress = new ProgressLine(con, run.Trainer.StepCount, o.LogEvery);
-            _spikes = new SpikeRecorder(o.SaveSpikes, Path.Combine(plan.OutFolder, RunFolder.SpikesName));
+            _spikes = new SpikeRecorder(o.SaveSpikes, Path.Combine(plan.OutFolder, RunFolder.SpikesName), con.Files);
         }
 
         public void OnStep(TrainingRun run, TrainStep s)
@@ -187,8 +206,8 @@ public static class TrainCommand
                 return;
             }
             if (outcome.Status != RunStatus.Finished) return;
-            LossPlot.Save(Path.Combine(plan.OutFolder, "loss.png"), run.Log!.Points);
-            if (run.Metrics is { Fids.Count: > 0 } m) FidPlot.Save(Path.Combine(plan.OutFolder, "fid.png"), m.Fids);
+            LossPlot.Save(Path.Combine(plan.OutFolder, "loss.png"), run.Log!.Points, con.Files);
+            if (run.Metrics is { Fids.Count: > 0 } m) FidPlot.Save(Path.Combine(plan.OutFolder, "fid.png"), m.Fids, con.Files);
             con.Out.WriteLine($"done: {outcome.Step:N0} steps in {Duration.Format(outcome.Elapsed.TotalSeconds)}; final loss (smoothed) {outcome.SmoothedLoss:F4}.");
             con.Out.WriteLine($"  {plan.OutFolder}: {RunFolder.SamplesName}, loss.png, {RunFolder.LossName}, {RunFolder.ConfigName}, {(outcome.Checkpoint is { } c ? Path.GetFileName(c) : "")}, {RunFolder.ModelName} ({(run.Trainer.HasEma ? "EMA " : "")}weights)");
         }
@@ -244,7 +263,7 @@ public static class TrainCommand
     /// --save-spikes: a step whose gradient norm exceeds the threshold is written as a <see cref="StepRecord"/>
     /// (the first <see cref="TrainOptions.MaxSpikeFiles"/> of a run) and named in one line with its largest gradients.
     /// </summary>
-    private sealed class SpikeRecorder(double threshold, string folder)
+    private sealed class SpikeRecorder(double threshold, string folder, IOutputFiles files)
     {
         private int _saved;
 
@@ -264,11 +283,11 @@ public static class TrainCommand
             try
             {
                 Directory.CreateDirectory(folder);
-                record.Save(path);
+                record.Save(path, files);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw new UserError($"could not write {path}: {e.Message}", e);
+                throw new UserError(e is OutputFileException ? e.Message : $"could not write {path}: {e.Message}", e);
             }
             _saved++;
             var top = string.Join(", ", record.LargestGradients().Take(3).Select(g => string.Create(CultureInfo.InvariantCulture, $"{g.Name} {g.Share * 100:F0} %")));

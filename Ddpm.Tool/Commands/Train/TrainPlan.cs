@@ -60,7 +60,9 @@ internal sealed record TrainPlan(RunPlan Run, TrainingRecipe Recipe, string Data
         if (o.Resume is null) return null;
         string path = o.Resume.Length == 0 || string.Equals(o.Resume, "latest", StringComparison.OrdinalIgnoreCase) ? o.Out : o.Resume;
         if (Directory.Exists(path))
-            path = RunFolder.Latest(path) ?? throw new UserError($"--resume: {path} holds no checkpoint to resume (checkpoint-NNNNNNN.safetensors); start a new run without --resume.");
+            path = RunFolder.Latest(path) ?? throw new UserError(RunFolder.EarlierRun(path) is { } what
+                ? $"--resume: {path} holds no checkpoint to resume (checkpoint-NNNNNNN.safetensors): its run ({what}) stopped before its first checkpoint; start it again with --overwrite."
+                : $"--resume: {path} holds no checkpoint to resume (checkpoint-NNNNNNN.safetensors); start a new run without --resume.");
         var resume = ModelLoading.OpenCheckpoint(path);
         if (!resume.IsTrainingCheckpoint)
             throw new UserError($"{path} is a weights file, not a training checkpoint; it cannot be resumed.");

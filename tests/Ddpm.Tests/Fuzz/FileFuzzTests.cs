@@ -1,6 +1,8 @@
 using System.Buffers.Binary;
 using System.Globalization;
+using System.Text;
 using Ddpm.Backends.Cpu;
+using Ddpm.Diffusion;
 using Ddpm.Diffusion.Data;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Imaging;
@@ -10,6 +12,7 @@ using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
 using Ddpm.Tests.Data;
 using Ddpm.Tests.TestUtil;
+using Ddpm.Tool.Serve;
 using StbImageWriteSharp;
 using Xunit;
 using Xunit.Abstractions;
@@ -193,6 +196,49 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
         });
     }
 
+    /// <summary>
+    /// train --config FILE: a run's config.json (a class-conditional tiny model), mutated. Each mutant is refused
+    /// with a line naming the file (a value that cannot work: under its key, and only a key the file sets) or gives
+    /// a plan whose every setting is valid.
+    /// </summary>
+    [Fact]
+    public void ConfigFiles()
+    {
+        var recipe = new TrainingRecipe().Set("run", "preset", "tiny").Set("run", "steps", 20L).Set("training", "batch_size", 4);
+        string seedFile = _dir.File("seed.json");
+        File.WriteAllText(seedFile, Recipes.Plan(recipe, ConfigData(1, 8)).ConfigJson());
+        var valid = File.ReadAllBytes(seedFile);
+        LoadConfig(seedFile);
+        Fuzz("config", 11, "config.json", m => m.Config(valid), LoadConfig);
+    }
+
+    /// <summary>
+    /// A run folder's files that are read back, mutated: loss.csv and metrics.csv as train --resume reads them (the
+    /// whole rows up to its checkpoint's step kept, the file rewritten) and as serve's Run view reads them, and
+    /// config.json as the Run view reads it. The Run view never fails on a file: what it cannot read is a note that
+    /// names the file (counted here as a refusal).
+    /// </summary>
+    [Theory]
+    [InlineData(RunFolder.LossName, 12)]
+    [InlineData(RunFolder.MetricsName, 13)]
+    [InlineData(RunFolder.ConfigName, 14)]
+    public void RunFolderFiles(string name, int formatSeed)
+    {
+        string valid = name switch
+        {
+            RunFolder.LossName => LossLog.Header + "\n" + string.Concat(Enumerable.Range(1, 6).Select(i =>
+                string.Create(CultureInfo.InvariantCulture, $"{i},{1.0 / i:R},{2.5 / i:G6},{1e-4 * i:G6},{0.04 + i / 1000.0:F4}\n"))),
+            RunFolder.MetricsName => MetricsLog.Header + "\n2,310.5,1.02,0.5,8,1.20\n4,290.25,1.05,,8,1.31\n6,280.125,1.07,0.625,8,1.27\n",
+            _ => Recipes.Plan(new TrainingRecipe().Set("run", "preset", "tiny").Set("run", "steps", 20L), ConfigData(1, 8)).ConfigJson(),
+        };
+        string seedFile = _dir.File(Path.Combine("seed", name));
+        Directory.CreateDirectory(Path.GetDirectoryName(seedFile)!);
+        File.WriteAllText(seedFile, valid);
+        ReadRunFile(seedFile);
+        var bytes = Encoding.UTF8.GetBytes(valid);
+        Fuzz(name, formatSeed, Path.Combine("run", name), m => name == RunFolder.ConfigName ? m.Config(bytes) : m.Csv(bytes), ReadRunFile);
+    }
+
     // ---- the loaders, as the tool calls them ----------------------------------------------------------------
 
     /// <summary>
@@ -224,6 +270,94 @@ public sealed class FileFuzzTests(ITestOutputHelper output) : IDisposable
             CheckFinite(m, "adam.m." + name);
             CheckFinite(v, "adam.v." + name);
         }
+    }
+
+    /// <summary>
+    /// What train does with --config FILE: the recipe resolved and fitted to the data (here two classes of images
+    /// of the model's channels, at most 8x8, padded to the model's size). A value that cannot work is reported
+    /// under the file that set it, as train reports it.
+    /// </summary>
+    private static void LoadConfig(string path)
+    {
+        var recipe = TrainingRecipe.Load(path);
+        RunPlan plan;
+        try
+        {
+            var configs = Recipes.Resolve(recipe);
+            plan = Recipes.Fit(configs, ConfigData(configs.Model.ImageChannels, Math.Min(configs.Model.ImageSize, 8)), ConfigDataName);
+        }
+        catch (ConfigValueException e)
+        {
+            // A value the file does not set would be blamed on an option the user never gave.
+            Check(recipe.OriginOf(e.Key) == path, $"refused \"{e.Key}\" {e.Problem}, a value {Path.GetFileName(path)} does not set");
+            throw new InvalidDataException($"{path}: \"{e.Key}\" {e.Problem}", e);
+        }
+        catch (InvalidDataException e) when (e.Message.StartsWith(ConfigDataName, StringComparison.Ordinal))
+        {
+            // The data does not suit the run the file asks for (fewer images than a batch): train names the data.
+            throw new InvalidDataException($"{path}: {e.Message}", e);
+        }
+        try
+        {
+            plan.Model.Validate();
+            plan.Diffusion.Validate();
+            plan.Training.Validate();
+            plan.Run.Validate();
+        }
+        catch (ConfigValueException e)
+        {
+            throw new XunitException($"the plan holds \"{e.Key}\" {e.Problem}");
+        }
+        Check(plan.TotalSteps > 0 && plan.Loader.BatchesPerEpoch > 0, $"{plan.TotalSteps} steps of {plan.Loader.BatchesPerEpoch} batches per epoch");
+    }
+
+    private const string ConfigDataName = "the data";
+
+    /// <summary>The step of the checkpoint train --resume continues in <see cref="ReadRunFile"/>.</summary>
+    private const int ResumedStep = 4;
+
+    /// <summary>serve's Run view of the file's folder, then (for a CSV log) train --resume's restart of the file.</summary>
+    private static void ReadRunFile(string path)
+    {
+        string name = Path.GetFileName(path);
+        var snapshot = new RunWatcher(Path.GetDirectoryName(path)!).Snapshot();
+        // What the API sends the page: JSON has no NaN or infinity.
+        _ = System.Text.Json.JsonSerializer.Serialize(snapshot);
+        var loss = snapshot.Loss;
+        Check(loss.Loss.Concat(loss.GradNorm).Concat(loss.Lr).All(double.IsFinite), "the Run view's loss curve holds a value that is not finite");
+        if (name != RunFolder.ConfigName)
+        {
+            string header = name == RunFolder.LossName ? LossLog.Header : MetricsLog.Header;
+            var before = File.ReadAllText(path).Split('\n').ToHashSet(StringComparer.Ordinal);
+            if (name == RunFolder.LossName) _ = new LossLog(path, ResumedStep);
+            else _ = new MetricsLog(path, ResumedStep);
+            string after = File.ReadAllText(path);
+            Check(after.StartsWith(header + "\n", StringComparison.Ordinal) && after.EndsWith('\n'), "the restarted log does not begin with its header or end with a newline");
+            long last = 0;
+            foreach (var row in after[(header.Length + 1)..].Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                var f = row.Split(',');
+                Check(before.Contains(row), $"the restarted log holds the row '{row}', which the file did not");
+                Check(f.Length == header.Split(',').Length && long.TryParse(f[0], NumberStyles.None, CultureInfo.InvariantCulture, out long step)
+                    && step > last && step <= ResumedStep, $"the restarted log keeps the row '{row}' (after step {last}; the checkpoint is at step {ResumedStep})");
+                last = long.Parse(f[0], CultureInfo.InvariantCulture);
+            }
+        }
+        if (snapshot.Notes.Length > 0) throw new InvalidDataException(string.Join("; ", snapshot.Notes));
+    }
+
+
+    /// <summary>Sixteen <paramref name="size"/>-square images of <paramref name="channels"/> channels in two classes.</summary>
+    private static LabelledDataset ConfigData(int channels, int size) =>
+        new(new FilledImages(16, channels, size), Enumerable.Range(0, 16).Select(i => i % 2).ToArray(), 2, ["a", "b"]);
+
+    private sealed class FilledImages(int count, int channels, int size) : IImageDataset
+    {
+        public int Count => count;
+        public int Channels => channels;
+        public int Height => size;
+        public int Width => size;
+        public void Get(int index, Span<float> dst) => dst.Fill((index % 5) / 4f);
     }
 
     private static Trainer NewTrainer(IBackend be, IdxDataset images, UNetConfig mc, DiffusionConfig dc, TrainingConfig tc)

@@ -8,9 +8,9 @@ namespace Ddpm.Tests.Fuzz;
 /// Deterministic mutations of valid files: generic byte edits (truncation, bit flips, insertions, deletions,
 /// duplicated ranges, boundary words) and format-aware edits of safetensors headers (length field, JSON
 /// structure and values, dtypes, shapes, offsets, duplicate names, config settings, counters, invalid UTF-8,
-/// non-finite values), IDX headers, PNG chunks, JPEG frame sizes, BMP headers, palettes and masks, and CIFAR
-/// records. Every random choice comes from one seeded <see cref="Random"/>, so a mutant is reproduced by its seed
-/// and index.
+/// non-finite values), IDX headers, PNG chunks, JPEG frame sizes, BMP headers, palettes and masks, CIFAR
+/// records, config.json's sections, keys and values, and the rows of a run's CSV logs. Every random choice comes
+/// from one seeded <see cref="Random"/>, so a mutant is reproduced by its seed and index.
 /// </summary>
 internal sealed class Mutator(int seed)
 {
@@ -302,6 +302,175 @@ internal sealed class Mutator(int seed)
         meta[which] = cfg.ToJsonString();
         return $"{which}.{key} = {value}";
     }
+
+    // ---- config.json ---------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// A mutated config.json (train --config): generic bytes, a value of the wrong type, range or size, a key
+    /// removed, unknown, moved to another section or given twice, a section that is not an object or is missing,
+    /// and whole-file edits (a byte-order mark, another top-level value, deep nesting, trailing text).
+    /// </summary>
+    public (byte[] Bytes, string What) Config(byte[] file)
+    {
+        int choice = _rng.Next(10);
+        if (choice < 2) return Bytes(file);
+        var root = JsonNode.Parse(file)!.AsObject();
+        var sections = root.Select(kv => kv.Key).ToList();
+        string section = Pick(sections);
+        var values = root[section]!.AsObject();
+        var keys = values.Select(kv => kv.Key).ToList();
+        switch (choice)
+        {
+            case 2:
+            case 3:
+            case 4:
+            {
+                string key = Pick(keys), v = Pick(ConfigValues);
+                values[key] = JsonNode.Parse(v);
+                return (Utf8(root.ToJsonString()), $"{section}.{key} = {v}");
+            }
+            case 5:
+            {
+                if (_rng.Next(2) == 0)
+                {
+                    string key = Pick(keys);
+                    values.Remove(key);
+                    return (Utf8(root.ToJsonString()), $"{section}.{key} removed");
+                }
+                // A name from nowhere, or another section's key.
+                string other = Pick(sections), name = _rng.Next(2) == 0 ? Pick(Names) : Pick(root[other]!.AsObject().Select(kv => kv.Key).ToList());
+                if (values.ContainsKey(name)) return (Utf8(root.ToJsonString()), "unchanged");
+                values[name] = JsonNode.Parse(Pick(ConfigValues));
+                return (Utf8(root.ToJsonString()), $"{section}.{name} added");
+            }
+            case 6:
+            {
+                // JsonObject cannot hold a key twice, so the section goes in as text.
+                string key = Pick(keys), v = Pick(ConfigValues), text = values.ToJsonString();
+                string twice = "{" + System.Text.Json.JsonSerializer.Serialize(key) + ":" + v + "," + text[1..];
+                string json = "{" + string.Join(",", sections.Select(s => System.Text.Json.JsonSerializer.Serialize(s) + ":" + (s == section ? twice : root[s]!.ToJsonString()))) + "}";
+                return (Utf8(json), $"{section}.{key} given twice ({v} first)");
+            }
+            case 7:
+            {
+                if (_rng.Next(3) == 0)
+                {
+                    root.Remove(section);
+                    return (Utf8(root.ToJsonString()), $"section {section} removed");
+                }
+                string v = Pick(ConfigValues);
+                root[section] = JsonNode.Parse(v);
+                return (Utf8(root.ToJsonString()), $"section {section} = {v}");
+            }
+            case 8:
+            {
+                string json = root.ToJsonString();
+                int depth = 10 + _rng.Next(200);
+                return _rng.Next(5) switch
+                {
+                    0 => ([0xEF, 0xBB, 0xBF, .. Utf8(json)], "a byte-order mark first"),
+                    1 => (Utf8(Pick(new[] { "[]", "null", "3", "\"config\"", "" })), "another top-level value"),
+                    2 => (Utf8("{\"" + section + "\":{\"" + Pick(keys) + "\":" + new string('[', depth) + new string(']', depth) + "}}"), $"a value nested {depth} deep"),
+                    3 => (Utf8(json + Pick(new[] { "}", " x", "{}", "\u0000", "//\n", "/*" })), "trailing text"),
+                    _ => (Utf8(json[..^1] + ",}"), "a trailing comma"),
+                };
+            }
+            default:
+            {
+                // Invalid UTF-8 or a raw control byte inside the text.
+                var r = (byte[])file.Clone();
+                int at = _rng.Next(r.Length);
+                byte bad = Pick(new byte[] { 0xFF, 0xC3, 0x80, 0xED, 0xF8, 0x00, 0x0A, 0x22, 0x5C });
+                r[at] = bad;
+                return (r, $"byte {at} set to 0x{bad:X2}");
+            }
+        }
+    }
+
+    private static byte[] Utf8(string text) => Encoding.UTF8.GetBytes(text);
+
+    // ---- loss.csv, metrics.csv ---------------------------------------------------------------------------------
+
+    private static readonly string[] CsvValues =
+        ["", "NaN", "Infinity", "-Infinity", "-1", "0", "1e400", "-0", "99999999999999999999", "1.5", "abc", "4\r", " 4", "+4", "0x10", "\"4\""];
+
+    /// <summary>
+    /// A mutated CSV log of a run folder: generic bytes, a field set to a value that is not a number or not finite,
+    /// a field added or removed, a row repeated, removed or moved, the last newline gone, CRLF line ends, the header
+    /// changed or repeated, a very long line.
+    /// </summary>
+    public (byte[] Bytes, string What) Csv(byte[] file)
+    {
+        int choice = _rng.Next(10);
+        if (choice < 2) return Bytes(file);
+        string text = Encoding.UTF8.GetString(file);
+        var lines = text.Split('\n').ToList();
+        lines.RemoveAt(lines.Count - 1); // after the last newline
+        int row = 1 + _rng.Next(lines.Count - 1);
+        var fields = lines[row].Split(',').ToList();
+        string Join() => string.Join("\n", lines) + "\n";
+        switch (choice)
+        {
+            case 2:
+            case 3:
+            {
+                int f = _rng.Next(fields.Count);
+                string v = Pick(CsvValues);
+                fields[f] = v;
+                lines[row] = string.Join(",", fields);
+                return (Utf8(Join()), $"row {row} field {f} = '{v}'");
+            }
+            case 4:
+            {
+                if (_rng.Next(2) == 0) fields.Add(Pick(CsvValues));
+                else fields.RemoveAt(_rng.Next(fields.Count));
+                lines[row] = string.Join(",", fields);
+                return (Utf8(Join()), $"row {row} with {fields.Count} fields");
+            }
+            case 5:
+            {
+                int to = 1 + _rng.Next(lines.Count - 1);
+                string what;
+                switch (_rng.Next(3))
+                {
+                    case 0: lines.Insert(to, lines[row]); what = $"row {row} repeated at {to}"; break;
+                    case 1: lines.RemoveAt(row); what = $"row {row} removed"; break;
+                    default: (lines[row], lines[to]) = (lines[to], lines[row]); what = $"rows {row} and {to} swapped"; break;
+                }
+                return (Utf8(Join()), what);
+            }
+            case 6:
+                return _rng.Next(2) == 0 ? (Utf8(Join()[..^1]), "no last newline") : (Utf8(Join().Replace("\n", "\r\n", StringComparison.Ordinal)), "CRLF line ends");
+            case 7:
+            {
+                if (_rng.Next(2) == 0)
+                {
+                    lines.Insert(1 + _rng.Next(lines.Count - 1), lines[0]);
+                    return (Utf8(Join()), "the header repeated");
+                }
+                var header = lines[0].Split(',').ToList();
+                int h = _rng.Next(header.Count);
+                header[h] = Pick(new[] { "", "Step", "x", header[header.Count - 1 - h] });
+                lines[0] = string.Join(",", header);
+                return (Utf8(Join()), $"header '{lines[0]}'");
+            }
+            case 8:
+            {
+                int n = 1 + _rng.Next(1 << 16);
+                lines[row] += new string(Pick(new[] { '0', ',', ' ', '9' }), n);
+                return (Utf8(Join()), $"row {row} {n} characters longer");
+            }
+            default:
+            {
+                var r = (byte[])file.Clone();
+                int at = _rng.Next(r.Length);
+                byte bad = Pick(new byte[] { 0xFF, 0xC3, 0x00, 0x0A, 0x0D, 0x2C, 0x2D, 0x2E });
+                r[at] = bad;
+                return (r, $"byte {at} set to 0x{bad:X2}");
+            }
+        }
+    }
+
 
     private static byte[] Assemble(byte[] header, byte[] data)
     {

@@ -101,6 +101,44 @@ public sealed class RunFolderToolTests
         Assert.Single(err.Trim().Split('\n'));
         Assert.Equal(0, Run(Tiny(dir.Path, "--steps", "2")).Code);
         AssertBadUsage(Tiny(dir.Path, "--resume", "--steps", "3", "--lr", "0.5"), "--lr 0.5: the checkpoint");
+
+        // A run stopped before its first checkpoint has nothing to resume: the line says how to start it again.
+        using var early = new TempDir();
+        File.Copy(dir.File(RunFolder.ConfigName), early.File(RunFolder.ConfigName));
+        File.WriteAllText(early.File(RunFolder.LossName), "step,loss,grad_norm,lr,seconds\n");
+        (code, _, err) = Run(Tiny(early.Path, "--resume"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains($"--resume: {early.Path} holds no checkpoint to resume (checkpoint-NNNNNNN.safetensors): its run (config.json, loss.csv) stopped before its first checkpoint; start it again with --overwrite.", err);
+        Assert.Equal(0, Run(Tiny(early.Path, "--steps", "2", "--overwrite")).Code);
+    }
+
+    [Fact]
+    public void AnotherFoldersCheckpointIsNotResumedIntoAFolderThatHoldsARun()
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        Assert.Equal(0, Run(Tiny(a.Path, "--steps", "2")).Code);
+        Assert.Equal(0, Run(Tiny(b.Path, "--steps", "2", "--seed", "5")).Code);
+        var before = Directory.GetFiles(b.Path).ToDictionary(f => f, File.ReadAllBytes);
+        string other = RunFolder.Latest(a.Path)!;
+
+        var (code, _, err) = Run(Tiny(b.Path, "--resume", other, "--steps", "3"));
+        Assert.Equal(1, code);
+        Assert.Single(err.Trim().Split('\n'));
+        Assert.Contains($"--out {b.Path} holds another run (checkpoint-0000002.safetensors, model.safetensors, config.json, loss.csv) than {other}'s", err);
+        Assert.Contains("give another --out", err);
+        foreach (var (f, bytes) in before) Assert.Equal(bytes, File.ReadAllBytes(f));
+
+        // One of the folder's own checkpoints continues its run; an empty folder takes the other's continuation.
+        (code, _, err) = Run(Tiny(b.Path, "--resume", RunFolder.Latest(b.Path)!, "--steps", "3"));
+        Assert.True(code == 0, err);
+        Assert.Equal(["1", "2", "3"], File.ReadAllLines(b.File(RunFolder.LossName)).Skip(1).Select(l => l.Split(',')[0]));
+        using var c = new TempDir();
+        (code, _, err) = Run(Tiny(c.Path, "--resume", other, "--steps", "3"));
+        Assert.True(code == 0, err);
+        Assert.Equal([3], Steps(c.Path));
+        Assert.Equal(["3"], File.ReadAllLines(c.File(RunFolder.LossName)).Skip(1).Select(l => l.Split(',')[0]));
     }
 
     [Fact]
@@ -140,16 +178,49 @@ public sealed class RunFolderToolTests
     [InlineData("{\"model\": {\"n_channels\": \"wide\"}}", "\"n_channels\" \"wide\" is not a valid value")]
     [InlineData("[1, 2]", "a configuration is a JSON object")]
     [InlineData("{", "not JSON")]
+    [InlineData("{\"training\": {\"lr\": 1e-3, \"lr\": 2e-3}}", "Duplicate property 'lr'")]
+    [InlineData("{\"model\": {\"IsConditional\": true}}", "unknown key \"model.IsConditional\"")]
+    [InlineData("{\"training\": {\"NoiseKey\": 5}}", "unknown key \"training.NoiseKey\"")]
+    [InlineData("{\"training\": {\"batch_size\": 0}}", "\"batch_size\" 0 is not between 1 and 65536")]
+    [InlineData("{\"training\": {\"decay_steps\": -1}}", "\"decay_steps\" -1 is not between 0")]
+    [InlineData("{\"training\": {\"lr_schedule\": \"Cosine\", \"decay_steps\": 3}, \"run\": {\"preset\": \"tiny\", \"steps\": 200}}",
+        "\"decay_steps\" 3 does not end the cosine decay after the warm-up of 20 steps")]
+    [InlineData("{\"run\": {\"preset\": \"ti\\nny\"}}", "\"preset\" 'ti\\u000Any' is not a preset")]
+    [InlineData("{\"trai\\u0000ning\": {}}", "unknown section \"trai\\u0000ning\"")]
+    [InlineData("{\"run\": null}", "\"run\" is not an object of keys")]
+    [InlineData("{\"run\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}", "maximum configured depth")]
     public void ABadConfigFileIsOneLineNamingTheFileAndTheKey(string json, string message)
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("c.json"), json);
-        var (code, _, err) = Run("train", "--config", dir.File("c.json"), "--preset", "tiny", "--steps", "1", "--out", dir.File("o"));
-        Assert.Equal(1, code);
+        // The file's own preset and steps are not overridden.
+        AssertBadConfig(dir, message, ["--max-images", "8", .. json.Contains("\"run\": {", StringComparison.Ordinal) ? (string[])[] : ["--preset", "tiny", "--steps", "1"]]);
+    }
+
+    /// <summary>A config file that is not UTF-8 text, too large, or has a byte-order mark (read as UTF-8).</summary>
+    [Fact]
+    public void AConfigFileIsReadAsBoundedUtf8()
+    {
+        using var dir = new TempDir();
+        File.WriteAllBytes(dir.File("c.json"), [.. "{\"run\": {\"preset\": \"t"u8, 0xFF, .. "iny\"}}"u8]);
+        AssertBadConfig(dir, "at byte 21: not UTF-8 text", "--steps", "1");
+        File.WriteAllText(dir.File("c.json"), "{\"run\": {\"preset\": \"tiny\"}}" + new string(' ', TrainingRecipe.MaxFileBytes));
+        AssertBadConfig(dir, $"more than the {TrainingRecipe.MaxFileBytes} bytes a configuration file may hold", "--steps", "1");
+        File.WriteAllBytes(dir.File("c.json"), [0xEF, 0xBB, 0xBF, .. "{\"training\": {\"lr\": 2e-3}}"u8]);
+        Assert.Equal(2e-3f, Plan("train", "--config", dir.File("c.json")).Training.LearningRate);
+    }
+
+    /// <summary>train --config c.json is refused with exit 1 and one line naming the file and what is wrong; nothing is written.</summary>
+    private static void AssertBadConfig(TempDir dir, string message, params string[] more)
+    {
+        var (code, output, err) = Run(["train", "--config", dir.File("c.json"), "--out", dir.File("o"), "--threads", "1", .. more]);
+        Assert.True(code == 1, $"exit {code}: {err}{output}");
         Assert.Single(err.Trim().Split('\n'));
         Assert.Contains(dir.File("c.json"), err);
+        // The file is named once.
+        Assert.Equal(err.IndexOf(dir.File("c.json"), StringComparison.Ordinal), err.LastIndexOf(dir.File("c.json"), StringComparison.Ordinal));
         Assert.Contains(message, err);
-        Assert.False(Directory.Exists(dir.File("o")) && RunFolder.Latest(dir.File("o")) is not null);
+        Assert.False(Directory.Exists(dir.File("o")));
     }
 
     [Fact]

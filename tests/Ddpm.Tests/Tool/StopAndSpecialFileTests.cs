@@ -38,9 +38,10 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
         string images = dir.File("images");
         Directory.CreateDirectory(Path.Combine(images, "a"));
         Posix.MakeFifo(Path.Combine(images, "a", "x.png"));
-        // A run folder whose loss.csv, read back when the run resumes, is a named pipe.
+        // A run folder whose loss.csv, read back when the run resumes its checkpoint, is a named pipe.
         string resumeOut = dir.File("resumed");
         Directory.CreateDirectory(resumeOut);
+        File.Copy(_run.Checkpoint, Path.Combine(resumeOut, Path.GetFileName(_run.Checkpoint)));
         Posix.MakeFifo(Path.Combine(resumeOut, "loss.csv"));
 
         const string Pipe = "not a regular file but a named pipe (FIFO)";
@@ -53,8 +54,10 @@ public sealed class StopAndSpecialFileTests : IClassFixture<TrainedRun>
             (["sample", "--checkpoint", fifo, "--n", "1", "--out", dir.File("s.png")], fifo, Pipe),
             (TinyRun(dir.File("r1"), "--steps", "3", "--resume", fifo), fifo, Pipe),
             (TinyRun(dir.File("r2"), "--steps", "3", "--data", fifo), fifo, Pipe),
+            (TinyRun(dir.File("r4"), "--steps", "3", "--config", fifo), fifo, Pipe),
+            (TinyRun(dir.File("r5"), "--steps", "3", "--config", zero), zero, "not a regular file but a character device"),
             (TinyRun(dir.File("r3"), "--steps", "3", "--data", images), Path.Combine(images, "a", "x.png"), Pipe),
-            (TinyRun(resumeOut, "--steps", "3", "--resume", _run.Checkpoint), Path.Combine(resumeOut, "loss.csv"), Pipe),
+            (TinyRun(resumeOut, "--steps", "3", "--resume"), Path.Combine(resumeOut, "loss.csv"), Pipe),
             (["forward", "--weights", Path.Combine(ReliabilityToolTests.Golden, "model.safetensors"), "--inputs", fifo, "--out", dir.File("o.safetensors")], fifo, Pipe),
             (["interpolate", "--checkpoint", _run.Checkpoint, "--a", fifo, "--b", "data:1", "--t", "5", "--out", dir.File("i.png")], fifo, Pipe),
             (["eval", "--images", fifo, "--n", "2"], fifo, Pipe),
