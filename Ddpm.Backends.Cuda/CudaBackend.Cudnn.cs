@@ -98,25 +98,30 @@ public sealed partial class CudaBackend
     // y = conv(x, w) (+ bias): cudnnConvolutionForward, then cudnnAddTensor of the [1, O, 1, 1] bias.
     private unsafe void CudnnForward(in ConvGeometry g, ulong px, ulong pw, ulong pbias, ulong py)
     {
+        CheckRecordedCall("cudnn forward", g, [px, pw, pbias, py]);
         var plan = RunPass(g, ConvPass.Forward, "cudnnConvolutionForward", (p, pass, ws, one, zero) => Cudnn.cudnnConvolutionForward(_cudnn, one,
             p.X, px, p.W, pw, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.Y, py));
         float unit = 1f;
-        if (pbias != 0) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Y, py), "cudnnAddTensor", g);
+        if (pbias != 0 && !FeedingRecording) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Y, py), "cudnnAddTensor", g);
     }
 
     // dx = conv^T(dy, w): cudnnConvolutionBackwardData.
-    private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx) =>
+    private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx)
+    {
+        CheckRecordedCall("cudnn backward data", g, [pdy, pw, pdx]);
         RunPass(g, ConvPass.BackwardData, "cudnnConvolutionBackwardData", (p, pass, ws, one, zero) => Cudnn.cudnnConvolutionBackwardData(_cudnn,
             one, p.W, pw, p.Y, pdy, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.X, pdx));
+    }
 
     // dw = the filter gradient, dbias = dy summed over N, OH, OW: cudnnConvolutionBackwardFilter and cudnnConvolutionBackwardBias.
     private unsafe void CudnnBackwardFilter(in ConvGeometry g, ulong px, ulong pdy, ulong pdw, ulong pdb)
     {
+        CheckRecordedCall("cudnn backward filter", g, [px, pdy, pdw, pdb]);
         var plan = RunPass(g, ConvPass.BackwardFilter, "cudnnConvolutionBackwardFilter", (p, pass, ws, one, zero) =>
             Cudnn.cudnnConvolutionBackwardFilter(_cudnn, one, p.X, px, p.Y, pdy, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero,
                 p.W, pdw));
         float unit = 1f, none = 0f;
-        if (pdb != 0) CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &unit, plan.Y, pdy, &none, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
+        if (pdb != 0 && !FeedingRecording) CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &unit, plan.Y, pdy, &none, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
     }
 
     /// <summary>One pass's call, given the plan, the pass's plan, its workspace and alpha = 1, beta = 0.</summary>
@@ -129,6 +134,8 @@ public sealed partial class CudaBackend
         var pass = plan.Pass(this, g, kind);
         using var ws = new ScratchLease(pass.WorkspaceBytes == 0 ? null : Scratch(((long)pass.WorkspaceBytes + 3) / 4));
         float one = 1f, zero = 0f;
+        // A recorded step being replayed makes no library calls (CheckRecordedCall compared the operands).
+        if (FeedingRecording) return plan;
         CudnnCall(body(plan, pass, ws.Pointer, &one, &zero), call, g);
         return plan;
     }
