@@ -117,9 +117,19 @@ internal sealed class CudaAllocator : IDisposable
         return (ptr, size);
     }
 
+    /// <summary>While a step is recorded: the recording's pool, which takes back its own blocks (and keeps others the step releases).</summary>
+    internal IBlockPool? Pool { get; set; }
+
+    /// <summary>Whether each block is exactly its buffer's size.</summary>
+    internal bool Exact => _exact;
+
+    /// <summary>Fills a block handed out by a pool with NaN when poisoning is on.</summary>
+    internal void PoisonIfChecking(ulong pointer, long bytes) => _poison?.Invoke(pointer, bytes);
+
     internal void Return(ulong pointer, long blockBytes)
     {
         if (pointer == 0) return;
+        if (Pool is { } pool && pool.TakeBack(pointer, blockBytes)) return;
         lock (_free)
         {
             // After dispose the block was already freed with everything else.
@@ -164,4 +174,11 @@ internal sealed class CudaAllocator : IDisposable
     }
 
     private static string Mib(long bytes) => $"{bytes / (1024.0 * 1024.0):F1} MiB";
+}
+
+/// <summary>Device memory of a recorded step (see CudaStepGraph): blocks it lends out and takes back.</summary>
+internal interface IBlockPool
+{
+    /// <summary>Takes a returned block back (true), or leaves it to the allocator (false).</summary>
+    bool TakeBack(ulong pointer, long blockBytes);
 }

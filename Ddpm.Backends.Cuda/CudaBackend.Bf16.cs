@@ -53,16 +53,21 @@ public sealed partial class CudaBackend
 
     /// <summary>
     /// <see cref="GemmRaw"/> in bf16: A and B (the extents the batch reads) cast to bfloat16, C float32, float32 sums;
-    /// the arguments as there (row-major operands, swapped into column-major cuBLAS).
+    /// the arguments as there (row-major operands, swapped into column-major cuBLAS). False where a replayed step's
+    /// graph makes the product (the casts before it are kernels, recorded and checked as such).
     /// </summary>
-    private unsafe void GemmBf16(CublasOperation opB, CublasOperation opA, int batch, int m, int n, int k, float alpha,
+    private unsafe bool GemmBf16(CublasOperation opB, CublasOperation opA, int batch, int m, int n, int k, float alpha,
         ulong a, int lda, long strideA, ulong b, int ldb, long strideB, float beta, ulong c, long strideC)
     {
         using var a16 = new ScratchLease(Bf16Copy(a, Extent(batch, strideA, (long)m * k)));
         using var b16 = new ScratchLease(Bf16Copy(b, Extent(batch, strideB, (long)k * n)));
+        if (Replaying("cublasGemmStridedBatchedEx", [(ulong)opA | ((ulong)opB << 8), (ulong)m, (ulong)n, (ulong)k, a16.Pointer, (ulong)strideA,
+                b16.Pointer, (ulong)strideB, c, (ulong)strideC, (ulong)batch, BitConverter.SingleToUInt32Bits(alpha), BitConverter.SingleToUInt32Bits(beta)]))
+            return false;
         Cublas.Check(Cublas.cublasGemmStridedBatchedEx(_cublas, opB, opA, n, m, k, &alpha, b16.Pointer, CudaDataType.R16BF, ldb, strideB,
             a16.Pointer, CudaDataType.R16BF, lda, strideA, &beta, c, CudaDataType.R32F, n, strideC, batch, CublasComputeType.Compute32F,
             Cublas.GemmDefault), "cublasGemmStridedBatchedEx");
+        return true;
     }
 
     /// <summary>

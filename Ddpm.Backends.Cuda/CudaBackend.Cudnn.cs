@@ -98,6 +98,7 @@ public sealed partial class CudaBackend
     // y = conv(x, w) (+ bias): cudnnConvolutionForward, then cudnnAddTensor of the [1, O, 1, 1] bias to the float32 y.
     private unsafe void CudnnForward(in ConvGeometry g, ulong px, ulong pw, ulong pbias, ulong py)
     {
+        CheckRecordedCall("cudnn forward", g, [px, pw, pbias, py]);
         using var x = DnnInput(px, g.InputSize);
         using var w = DnnInput(pw, g.WeightSize);
         using var y = DnnOutput(py, g.OutputSize);
@@ -105,12 +106,13 @@ public sealed partial class CudaBackend
             p.X, x.Pointer, p.W, w.Pointer, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.Y, y.Pointer));
         y.Finish(this);
         float unit = 1f;
-        if (pbias != 0) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Output, py), "cudnnAddTensor", g);
+        if (pbias != 0 && !FeedingRecording) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Output, py), "cudnnAddTensor", g);
     }
 
     // dx = conv^T(dy, w): cudnnConvolutionBackwardData.
     private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx)
     {
+        CheckRecordedCall("cudnn backward data", g, [pdy, pw, pdx]);
         using var dy = DnnInput(pdy, g.OutputSize);
         using var w = DnnInput(pw, g.WeightSize);
         using var dx = DnnOutput(pdx, g.InputSize);
@@ -123,6 +125,7 @@ public sealed partial class CudaBackend
     // cudnnConvolutionBackwardBias.
     private unsafe void CudnnBackwardFilter(in ConvGeometry g, ulong px, ulong pdy, ulong pdw, ulong pdb)
     {
+        CheckRecordedCall("cudnn backward filter", g, [px, pdy, pdw, pdb]);
         using var x = DnnInput(px, g.InputSize);
         using var dy = DnnInput(pdy, g.OutputSize);
         using var dw = DnnOutput(pdw, g.WeightSize);
@@ -131,7 +134,7 @@ public sealed partial class CudaBackend
                 pass.WorkspaceBytes, zero, p.W, dw.Pointer));
         dw.Finish(this);
         float unit = 1f, none = 0f;
-        if (pdb != 0)
+        if (pdb != 0 && !FeedingRecording)
             CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &unit, plan.Output, pdy, &none, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
     }
 
@@ -145,6 +148,8 @@ public sealed partial class CudaBackend
         var pass = plan.Pass(this, g, kind);
         using var ws = new ScratchLease(pass.WorkspaceBytes == 0 ? null : Scratch(((long)pass.WorkspaceBytes + 3) / 4));
         float one = 1f, zero = 0f;
+        // A recorded step being replayed makes no library calls (CheckRecordedCall compared the operands).
+        if (FeedingRecording) return plan;
         CudnnCall(body(plan, pass, ws.Pointer, &one, &zero), call, g);
         return plan;
     }

@@ -30,7 +30,7 @@ public sealed partial class CudaBackend
         Enter();
         ulong d = Ptr(dst, n, "Fill dst");
         if (n == 0) return;
-        Driver.Check(Driver.cuMemsetD32Async(d, BitConverter.SingleToUInt32Bits(value), (nuint)n, _stream), "cuMemsetD32Async");
+        MemsetAsync(d, BitConverter.SingleToUInt32Bits(value), (nuint)n);
     }
 
     public void Copy(DeviceBuffer src, int srcOffset, int n, DeviceBuffer dst, int dstOffset)
@@ -42,13 +42,13 @@ public sealed partial class CudaBackend
         bool overlap = s < d + 4UL * (ulong)n && d < s + 4UL * (ulong)n;
         if (!overlap)
         {
-            Driver.Check(Driver.cuMemcpyDtoDAsync_v2(d, s, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
+            CopyAsync(d, s, (nuint)(4L * n));
             return;
         }
         // cuMemcpy leaves overlapping ranges undefined: go through a scratch copy.
         using var tmp = new ScratchLease(Scratch(n));
-        Driver.Check(Driver.cuMemcpyDtoDAsync_v2(tmp.Pointer, s, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
-        Driver.Check(Driver.cuMemcpyDtoDAsync_v2(d, tmp.Pointer, (nuint)(4L * n), _stream), "cuMemcpyDtoDAsync_v2");
+        CopyAsync(tmp.Pointer, s, (nuint)(4L * n));
+        CopyAsync(d, tmp.Pointer, (nuint)(4L * n));
     }
 
     public void FillNormal(ulong seed, ulong offset, DeviceBuffer dst, int n) => Philox(dst, n, seed, offset, 0, 0f, 0f);
@@ -71,6 +71,12 @@ public sealed partial class CudaBackend
         Enter();
         ulong d = Ptr(dst, n, "Philox dst");
         if (n == 0) return;
+        if (_recording is not null)
+        {
+            // Inside a recorded step the seed and offset change from replay to replay: read from device memory.
+            Launch("philox_fill_at", GridFor(n / 4 + 2), ThreadsPerBlock, d, n, StepScalars(new PhiloxScalars(seed, offset, keep, scale)), mode);
+            return;
+        }
         long blocks = (long)(((offset + (ulong)n - 1) >> 2) - (offset >> 2) + 1);
         Launch("philox_fill", GridFor(blocks), ThreadsPerBlock, d, n, seed, offset, mode, keep, scale);
     }
@@ -109,7 +115,8 @@ public sealed partial class CudaBackend
         Enter();
         ulong px = Ptr(x, n, "Axpby x"), py = Ptr(y, n, "Axpby y");
         if (n == 0) return;
-        Launch("axpby", GridFor(n), ThreadsPerBlock, px, py, n, a, b);
+        if (_recording is not null) Launch("axpby_at", GridFor(n), ThreadsPerBlock, px, py, n, StepScalars(new FloatPair(a, b)));
+        else Launch("axpby", GridFor(n), ThreadsPerBlock, px, py, n, a, b);
     }
 
     public void Clamp(DeviceBuffer x, int n, float lo, float hi, DeviceBuffer y)
@@ -214,12 +221,12 @@ public sealed partial class CudaBackend
         if (ny == 0) return;
         if (nx == 0)
         {
-            Driver.Check(Driver.cuMemsetD32Async(py, 0, (nuint)ny, _stream), "cuMemsetD32Async");
+            MemsetAsync(py, 0, (nuint)ny);
             return;
         }
         if (nx == ny)
         {
-            Driver.Check(Driver.cuMemcpyDtoDAsync_v2(py, px, (nuint)(4 * nx), _stream), "cuMemcpyDtoDAsync_v2");
+            CopyAsync(py, px, (nuint)(4 * nx));
             return;
         }
         // Merge neighbouring dimensions of the same kind (kept or reduced); drop size-1 ones.
@@ -351,7 +358,7 @@ public sealed partial class CudaBackend
         }
         if (sizes.Count <= 1)
         {
-            Driver.Check(Driver.cuMemcpyDtoDAsync_v2(py, px, (nuint)(4 * n), _stream), "cuMemcpyDtoDAsync_v2");
+            CopyAsync(py, px, (nuint)(4 * n));
             return;
         }
         var dims = new BroadcastDims { Rank = sizes.Count };
@@ -450,7 +457,7 @@ public sealed partial class CudaBackend
             for (int i = 0; i < batch; i++)
             {
                 ulong ci = c + 4UL * (ulong)(i * strideC);
-                if (beta == 0f) Driver.Check(Driver.cuMemsetD32Async(ci, 0, (nuint)((long)m * n), _stream), "cuMemsetD32Async");
+                if (beta == 0f) MemsetAsync(ci, 0, (nuint)((long)m * n));
                 else Launch("affine", GridFor((long)m * n), ThreadsPerBlock, ci, ci, m * n, beta, 0f);
             }
             return;
@@ -459,10 +466,19 @@ public sealed partial class CudaBackend
         int ldb = transB ? k : n;  // B row-major [k, n], or [n, k] when transposed
         var opB = transB ? CublasOperation.T : CublasOperation.N;
         var opA = transA ? CublasOperation.T : CublasOperation.N;
-        if (UsesBf16) GemmBf16(opB, opA, batch, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, strideC);
+        if (UsesBf16)
+        {
+            // The operands' casts are kernels (recorded and checked as such); the product is checked on its own.
+            if (!GemmBf16(opB, opA, batch, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, strideC)) return;
+        }
         else
+        {
+            if (Replaying("cublasSgemmStridedBatched", [(transA ? 1UL : 0) | (transB ? 2UL : 0), (ulong)m, (ulong)n, (ulong)k, a, (ulong)strideA,
+                    b, (ulong)strideB, c, (ulong)strideC, (ulong)batch, BitConverter.SingleToUInt32Bits(alpha), BitConverter.SingleToUInt32Bits(beta)]))
+                return;
             Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas, opB, opA, n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC,
                 batch), "cublasSgemmStridedBatched");
+        }
         _blasCalls++;
         if (_syncEachLaunch) SynchronizeAfter("cuBLAS GEMM");
     }
@@ -687,6 +703,12 @@ public sealed partial class CudaBackend
         ulong pp = Ptr(param, n, "AdamStep param"), pg = Ptr(grad, n, "AdamStep grad");
         ulong pm = Ptr(m, n, "AdamStep m"), pv = Ptr(v, n, "AdamStep v");
         if (n == 0) return;
+        if (_recording is not null)
+        {
+            // The learning rate and the bias corrections change every step: read from device memory in a recorded step.
+            Launch("adam_step_at", GridFor(n), ThreadsPerBlock, pp, pg, pm, pv, n, StepScalars(p));
+            return;
+        }
         Launch("adam_step", GridFor(n), ThreadsPerBlock, pp, pg, pm, pv, n, p.LearningRate, p.Beta1, p.Beta2, p.Eps,
             p.WeightDecay, p.BiasCorrection1, p.BiasCorrection2);
     }

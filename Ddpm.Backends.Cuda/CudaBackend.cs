@@ -118,7 +118,8 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
     /// <summary>Bytes in live buffers and in the allocator's cache.</summary>
     public (long InUse, long Cached) MemoryUse => (_allocator?.InUseBytes ?? 0, _allocator?.CachedBytes ?? 0);
 
-    public DeviceCounters ReadCounters() => new(_launches, _blasCalls, _dnnCalls, _hostSyncs + (_staging?.Waits ?? 0), _peakBytes);
+    public DeviceCounters ReadCounters() =>
+        new(_launches, _blasCalls, _dnnCalls, _hostSyncs + (_staging?.Waits ?? 0), _peakBytes) { GraphLaunches = _graphLaunches };
 
     public void ResetPeak() => _peakBytes = _allocator?.InUseBytes ?? 0;
 
@@ -212,11 +213,11 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
     }
 
     /// <summary>Fills a block the allocator hands out with NaN, on the stream (DDPM_CUDA_POISON=1).</summary>
-    private void PoisonBlock(ulong pointer, long bytes) =>
-        Driver.Check(Driver.cuMemsetD32Async(pointer, CudaAllocator.PoisonBits, (nuint)(bytes / 4), _stream), "cuMemsetD32Async (poison)");
+    private void PoisonBlock(ulong pointer, long bytes) => MemsetAsync(pointer, CudaAllocator.PoisonBits, (nuint)(bytes / 4));
 
     private void SynchronizeStream()
     {
+        ThrowIfRecording("waits for the device");
         _hostSyncs++;
         Driver.Check(Driver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
         _staging?.AllCompleted();
@@ -249,6 +250,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
             ptrs[i] = p;
             off += (a.Size + 7) & ~7;
         }
+        if (Replaying(kernel, [(ulong)f, grid, block], new ReadOnlySpan<byte>(storage, bytes))) return;
         var r = Driver.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, _stream, ptrs, null);
         if (r != CUresult.Success) throw new CudaException($"cuLaunchKernel({kernel})", r);
         _launches++;
@@ -285,6 +287,13 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
 
     private unsafe void UploadBytes(ReadOnlySpan<byte> src, ulong dst)
     {
+        if (_recording is not null)
+        {
+            // Inside a recorded step: the bytes go to the recording's input buffer (uploaded before each replay) and
+            // a device-to-device copy in the step moves them to dst.
+            CopyAsync(dst, StageInput(src), (nuint)src.Length);
+            return;
+        }
         var staging = _staging!;
         long done = 0;
         while (done < src.Length)
@@ -300,6 +309,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
 
     private unsafe void DownloadBytes(ulong src, Span<byte> dst)
     {
+        ThrowIfRecording("downloads");
         var staging = _staging!;
         long done = 0;
         while (done < dst.Length)
@@ -320,8 +330,8 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         Enter();
         if (length == 0) return new CudaBuffer(this, _allocator!, 0, 0, 0);
-        var (p, block) = _allocator!.Rent(4L * length);
-        _peakBytes = Math.Max(_peakBytes, _allocator.InUseBytes);
+        var (p, block) = _recording is { } g ? g.Rent(4L * length) : _allocator!.Rent(4L * length);
+        _peakBytes = Math.Max(_peakBytes, _allocator!.InUseBytes + StepGraphBytes);
         return new CudaBuffer(this, _allocator, p, block, length);
     }
 
@@ -358,6 +368,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
         // Teardown reports nothing: a failure here (e.g. after a sticky kernel fault) must not hide the
         // original error, and every handle below is released by the context anyway.
         if (_stream != 0) Driver.cuStreamSynchronize(_stream);
+        DisposeStepGraphs();
         try { _allocator?.Dispose(); } catch (CudaException) { }
         _staging?.Dispose();
         CloseConvolutions();

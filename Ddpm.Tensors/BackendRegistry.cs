@@ -48,6 +48,9 @@ public sealed record BackendOptions
 
     /// <summary>GPU ordinal.</summary>
     public int Device { get; init; }
+
+    /// <summary>Whether a GPU backend records repeated steps and replays them as one launch (CUDA Graphs, <see cref="IStepGraphs"/>) where the driver can.</summary>
+    public bool StepGraphs { get; init; } = true;
 }
 
 /// <summary>What a backend is, known from its registry entry before one is made (ggml's buffer-type <c>is_host</c>).</summary>

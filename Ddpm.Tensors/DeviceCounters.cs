@@ -12,10 +12,14 @@ namespace Ddpm.Tensors;
 /// <param name="PeakDeviceBytes">Most device memory held by live buffers at once since <see cref="IDeviceCounters.ResetPeak"/> (or creation).</param>
 public readonly record struct DeviceCounters(long KernelLaunches, long BlasCalls, long DnnCalls, long HostSynchronizations, long PeakDeviceBytes)
 {
+    /// <summary>Recorded steps replayed as one launch each (CUDA Graphs; see <see cref="IStepGraphs"/>).</summary>
+    public long GraphLaunches { get; init; }
+
     /// <summary>The calls made between <paramref name="before"/> and <paramref name="after"/>; the peak is <paramref name="after"/>'s.</summary>
     public static DeviceCounters Between(DeviceCounters before, DeviceCounters after) => new(
         after.KernelLaunches - before.KernelLaunches, after.BlasCalls - before.BlasCalls, after.DnnCalls - before.DnnCalls,
-        after.HostSynchronizations - before.HostSynchronizations, after.PeakDeviceBytes);
+        after.HostSynchronizations - before.HostSynchronizations, after.PeakDeviceBytes)
+    { GraphLaunches = after.GraphLaunches - before.GraphLaunches };
 }
 
 /// <summary>A backend that counts its device work (<see cref="DeviceCounters"/>); found by a type test on any <see cref="IBackend"/>.</summary>

@@ -11,8 +11,15 @@ namespace Ddpm.Tensors;
 /// op rather than by the launch. Buffers are the inner backend's own; tensors made on this backend compute on
 /// the inner one. Recording is on only between <see cref="Start"/> and <see cref="Stop"/>.
 /// </summary>
-public sealed class ProfilingBackend : IBackend
+public sealed class ProfilingBackend : IBackend, IStepGraphs
 {
+    /// <summary>The inner backend's recorded steps, when this profiler does not wait after each op (a wait cannot be recorded).</summary>
+    public bool StepGraphsEnabled => !_synchronize && Inner is IStepGraphs { StepGraphsEnabled: true };
+
+    public IStepGraph CreateStepGraph(string name, int warmupRuns = 1) => StepGraphsEnabled
+        ? ((IStepGraphs)Inner).CreateStepGraph(name, warmupRuns)
+        : throw new NotSupportedException("This profiler waits after each op, or its backend records no steps.");
+
     private readonly bool _synchronize;
     private readonly Dictionary<string, Entry> _entries = new();
     private readonly Func<double> _clock;

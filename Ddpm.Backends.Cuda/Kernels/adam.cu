@@ -3,7 +3,7 @@
 #include "common.cuh"
 
 // param, grad, m, v: [n]; bc1 = 1 - beta1^t, bc2 = 1 - beta2^t (from the host, in double, rounded).
-extern "C" __global__ void adam_step(float* param, const float* grad, float* m, float* v, int n, float lr,
+__device__ __forceinline__ void adam_update(float* param, const float* grad, float* m, float* v, int n, float lr,
     float beta1, float beta2, float eps, float weightDecay, float bc1, float bc2)
 {
     float stepSize = lr / bc1;
@@ -18,4 +18,17 @@ extern "C" __global__ void adam_step(float* param, const float* grad, float* m, 
         v[i] = vi;
         param[i] = p - stepSize * (mi / (sqrtf(vi) / bc2Sqrt + eps));
     }
+}
+
+extern "C" __global__ void adam_step(float* param, const float* grad, float* m, float* v, int n, float lr,
+    float beta1, float beta2, float eps, float weightDecay, float bc1, float bc2)
+{
+    adam_update(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, bc1, bc2);
+}
+
+// The same step with its scalars read from device memory (a replayed step writes them before each replay):
+// s = { lr, beta1, beta2, eps, weightDecay, bc1, bc2 }.
+extern "C" __global__ void adam_step_at(float* param, const float* grad, float* m, float* v, int n, const float* s)
+{
+    adam_update(param, grad, m, v, n, s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
 }

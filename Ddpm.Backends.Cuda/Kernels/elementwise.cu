@@ -190,3 +190,10 @@ extern "C" __global__ void sum_partials(const double* partial, int count, double
     s = block_sum_d(s, scratch);
     if (threadIdx.x == 0) result[0] = s;
 }
+
+// axpby with a and b read from device memory (ab = { a, b }), for steps replayed from a graph.
+extern "C" __global__ void axpby_at(const float* x, float* y, int n, const float* ab)
+{
+    float a = ab[0], b = ab[1];
+    GRID_STRIDE(i, n) y[i] = a * x[i] + b * y[i];
+}

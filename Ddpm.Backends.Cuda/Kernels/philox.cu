@@ -31,7 +31,7 @@ __device__ __forceinline__ void box_muller(u32 a, u32 b, float* z0, float* z1)
 
 // dst: [n] = value at stream positions offset .. offset + n - 1. One thread per 4-word block.
 // mode 0: standard normal, 1: uniform [0, 1), 2: dropout mask (u < keep ? scale : 0), 3: raw words.
-extern "C" __global__ void philox_fill(float* dst, int n, u64 seed, u64 offset, int mode, float keep, float scale)
+__device__ __forceinline__ void philox_fill_range(float* dst, int n, u64 seed, u64 offset, int mode, float keep, float scale)
 {
     u64 first = offset >> 2;
     u64 blocks = ((offset + (u64)n - 1) >> 2) - first + 1;
@@ -64,4 +64,17 @@ extern "C" __global__ void philox_fill(float* dst, int n, u64 seed, u64 offset, 
             if (pos >= offset && pos < offset + (u64)n) dst[pos - offset] = v[j];
         }
     }
+}
+
+extern "C" __global__ void philox_fill(float* dst, int n, u64 seed, u64 offset, int mode, float keep, float scale)
+{
+    philox_fill_range(dst, n, seed, offset, mode, keep, scale);
+}
+
+// The same fill with the step's values read from device memory (a replayed step writes them before each replay):
+// args = { seed, offset } as u64, then { keep, scale } as floats. The grid must cover n / 4 + 2 blocks of 4 words.
+extern "C" __global__ void philox_fill_at(float* dst, int n, const u64* args, int mode)
+{
+    const float* f = (const float*)(args + 2);
+    philox_fill_range(dst, n, args[0], args[1], mode, f[0], f[1]);
 }

@@ -73,6 +73,14 @@ internal static unsafe partial class Driver
     [LibraryImport(Lib)] internal static partial CUresult cuStreamSynchronize(nint stream);
     [LibraryImport(Lib)] internal static partial CUresult cuStreamWaitEvent(nint stream, nint ev, uint flags);
 
+    [LibraryImport(Lib)] internal static partial CUresult cuStreamBeginCapture_v2(nint stream, int mode);
+    [LibraryImport(Lib)] internal static partial CUresult cuStreamEndCapture(nint stream, out nint graph);
+    [LibraryImport(Lib)] internal static partial CUresult cuStreamIsCapturing(nint stream, out int status);
+    [LibraryImport(Lib)] internal static partial CUresult cuGraphInstantiateWithFlags(out nint exec, nint graph, ulong flags);
+    [LibraryImport(Lib)] internal static partial CUresult cuGraphLaunch(nint exec, nint stream);
+    [LibraryImport(Lib)] internal static partial CUresult cuGraphExecDestroy(nint exec);
+    [LibraryImport(Lib)] internal static partial CUresult cuGraphDestroy(nint graph);
+
     [LibraryImport(Lib)] internal static partial CUresult cuEventCreate(out nint ev, uint flags);
     [LibraryImport(Lib)] internal static partial CUresult cuEventRecord(nint ev, nint stream);
     [LibraryImport(Lib)] internal static partial CUresult cuEventQuery(nint ev);
@@ -93,6 +101,9 @@ internal static unsafe partial class Driver
 
     /// <summary>CU_EVENT_DISABLE_TIMING: events used only for ordering are cheaper without timestamps.</summary>
     internal const uint EventDisableTiming = 0x2;
+
+    /// <summary>CU_STREAM_CAPTURE_MODE_GLOBAL: no potentially unsafe call (cuMemFree, a synchronisation) on any thread while capturing.</summary>
+    internal const int CaptureModeGlobal = 0;
 
     /// <summary>CU_STREAM_NON_BLOCKING: no implicit ordering with the legacy default stream.</summary>
     internal const uint StreamNonBlocking = 0x1;

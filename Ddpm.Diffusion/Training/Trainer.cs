@@ -37,6 +37,7 @@ public sealed class Trainer : IDisposable
     private readonly float[] _statsHost = new float[StatsLength];
     private readonly ReplicaCheck _replicaCheck = new();
     private readonly GradientBuckets? _buckets;
+    private readonly IStepGraph? _stepGraph;
     private float[] _batch = [];
     private int[] _labels = [];
     private bool _checkedOnce;
@@ -93,7 +94,15 @@ public sealed class Trainer : IDisposable
             throw new ArgumentOutOfRangeException(nameof(parallel), $"A gradient bucket of {parallel.BucketMegabytes} MB is outside 0 .. {DataParallel.MaxBucketMegabytes} MB.");
         if (parallel.Size > 1 && parallel.BucketMegabytes > 0)
             _buckets = new GradientBuckets(Store, parallel.Collective, (long)Math.Ceiling(parallel.BucketMegabytes * 1e6));
+        // One process: the step's device work is recorded once (after one eager step, which makes the optimiser's
+        // state and the backend's per-shape plans) and replayed as one launch where the backend can. Data-parallel
+        // runs stay eager: their all-reduces go through the collective's own host-side bucket logic and MPI.
+        if (parallel.Size == 1 && Store.Backend is IStepGraphs { StepGraphsEnabled: true } graphs)
+            _stepGraph = graphs.CreateStepGraph("training step");
     }
+
+    /// <summary>Whether the step's device work is recorded and replayed (CUDA Graphs).</summary>
+    public bool UsesStepGraph => _stepGraph is not null;
 
     /// <summary>The data-parallel job this trainer is a rank of (<see cref="DataParallel.None"/> alone).</summary>
     public DataParallel Parallel { get; }
@@ -154,6 +163,27 @@ public sealed class Trainer : IDisposable
         if (micro * k != shard)
             throw new InvalidOperationException($"The shard of {shard} images does not split into {k} micro-batches of equal size.");
         ulong noiseStart = NoiseGenerator.Offset, dropoutStart = DropoutGenerator.Offset;
+        if (_stepGraph is not null) _stepGraph.Run(() => DeviceStep(b, per, shardStart, micro, k, lr, noiseStart, dropoutStart));
+        else DeviceStep(b, per, shardStart, micro, k, lr, noiseStart, dropoutStart);
+        // The step's one wait for the device.
+        be.Download(_stats, 0, _statsHost);
+        // The logged loss is the global batch's mean: the mean of the equal shards' means.
+        if (coll.Size > 1) coll.AllReduce(_statsHost.AsSpan(0, 1), ReduceOp.Average);
+        double norm = Math.Sqrt(NormMath.Join(_statsHost[1], _statsHost[2]));
+        if (_recordWeights is not null) _recordedStep = Optimizer.StepCount;
+        return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
+    }
+
+    /// <summary>
+    /// The device work of a step: forward and backward passes, gradient averaging, clipping, Adam and the EMA, with
+    /// the loss and the squared gradient norm left in _stats. Waits for nothing, so a backend that records steps
+    /// (<see cref="IStepGraphs"/>) can replay it as one launch.
+    /// </summary>
+    private void DeviceStep(int b, int per, int shardStart, int micro, int k, float lr, ulong noiseStart, ulong dropoutStart)
+    {
+        var coll = Parallel.Collective;
+        var mc = Model.Config;
+        var be = Store.Backend;
         Model.ZeroGrad();
         using (var scope = new TensorScope())
         {
@@ -210,13 +240,6 @@ public sealed class Trainer : IDisposable
             Optimizer.Step();
         }
         UpdateEma();
-        // The step's one wait for the device.
-        be.Download(_stats, 0, _statsHost);
-        // The logged loss is the global batch's mean: the mean of the equal shards' means.
-        if (coll.Size > 1) coll.AllReduce(_statsHost.AsSpan(0, 1), ReduceOp.Average);
-        double norm = Math.Sqrt(NormMath.Join(_statsHost[1], _statsHost[2]));
-        if (_recordWeights is not null) _recordedStep = Optimizer.StepCount;
-        return new TrainStep(Optimizer.StepCount, _statsHost[0], norm, lr, sw.Elapsed.TotalSeconds, b);
     }
 
     /// <summary>
@@ -352,6 +375,7 @@ public sealed class Trainer : IDisposable
 
     public void Dispose()
     {
+        _stepGraph?.Dispose();
         RecordSteps = false;
         Optimizer.Dispose();
         _ema?.Dispose();

@@ -44,7 +44,7 @@ public static class ToolBackends
         var precision = o.ResolvePrecision(reg, name);
         try
         {
-            return reg.Create(name, new BackendOptions { Threads = o.Threads, Precision = precision, Device = device });
+            return reg.Create(name, new BackendOptions { Threads = o.Threads, Precision = precision, Device = device, StepGraphs = !o.NoCudaGraphs });
         }
         catch (Exception e) when (e is not UsageError)
         {

@@ -338,9 +338,9 @@ internal sealed class DeviceWork(IDeviceCounters? device, int steps)
     {
         if (_work is not { } w) return;
         con.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "  device work per step (counted by the backend): {0:G4} kernel launches, {1:G4} BLAS calls, " +
-            "{2:G4} DNN-library calls, {3:G4} host waits; peak device memory {4:F3} GB",
+            "{2:G4} DNN-library calls, {3:G4} host waits, {4:G4} graph launches; peak device memory {5:F3} GB",
             (double)w.KernelLaunches / steps, (double)w.BlasCalls / steps, (double)w.DnnCalls / steps,
-            (double)w.HostSynchronizations / steps, w.PeakDeviceBytes / 1e9));
+            (double)w.HostSynchronizations / steps, (double)w.GraphLaunches / steps, w.PeakDeviceBytes / 1e9));
     }
 
     /// <summary>The JSON report's <c>device_work_per_step</c>: null where the backend counts no device work.</summary>
@@ -348,7 +348,7 @@ internal sealed class DeviceWork(IDeviceCounters? device, int steps)
     {
         ["kernel_launches"] = (double)w.KernelLaunches / steps, ["blas_calls"] = (double)w.BlasCalls / steps,
         ["dnn_calls"] = (double)w.DnnCalls / steps, ["host_syncs"] = (double)w.HostSynchronizations / steps,
-        ["peak_device_bytes"] = w.PeakDeviceBytes,
+        ["graph_launches"] = (double)w.GraphLaunches / steps, ["peak_device_bytes"] = w.PeakDeviceBytes,
     };
 }
 

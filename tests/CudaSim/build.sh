@@ -128,7 +128,7 @@ compile_instrumented() { # output wrapper
 kdeps="$here/cuda_sim_kernel.h $(echo "$gen"/kernels/*)"
 sim_headers="$here/sim_internal.h $here/sim_api.h $here/cuda_sim_kernel.h"
 pids=()
-for u in driver memory scheduler checks module; do
+for u in driver memory scheduler checks module graph; do
   compile "$obj/$u.o" "$here/$u.cpp $sim_headers" "${common[@]}" -fvisibility=hidden -I "$here" "$here/$u.cpp" & pids+=($!)
 done
 compile "$obj/fiber_switch.o" "$here/fiber_switch.S" -fPIC "$here/fiber_switch.S" & pids+=($!)
@@ -147,7 +147,7 @@ for p in "${pids[@]}"; do wait "$p" || failed=1; done
 [ $failed -eq 0 ] || die "compilation failed (messages above)"
 
 "$CXX" -shared -o "$out/libcuda.so.1.tmp" -Wl,-soname,libcuda.so.1 -Wl,--version-script="$here/libcuda.map" \
-  -Wl,-z,noexecstack "$obj"/{driver,memory,scheduler,checks,module}.o "$obj/fiber_switch.o" "$obj"/reg_*.o -lpthread \
+  -Wl,-z,noexecstack "$obj"/{driver,memory,scheduler,checks,module,graph}.o "$obj/fiber_switch.o" "$obj"/reg_*.o -lpthread \
   || die "linking libcuda.so.1 failed"
 mv -f "$out/libcuda.so.1.tmp" "$out/libcuda.so.1"
 "$CXX" -shared -o "$out/libcublas.so.12.tmp" -Wl,-soname,libcublas.so.12 -Wl,--version-script="$here/libcublas.map" \

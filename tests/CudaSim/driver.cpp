@@ -84,6 +84,9 @@ const ErrorText kErrors[] = {
     {802, "CUDA_ERROR_SYSTEM_NOT_READY", "system not yet initialized"},
     {803, "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH", "system has unsupported display driver / cuda driver combination"},
     {804, "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE", "forward compatibility was attempted on non supported HW"},
+    {900, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", "operation not permitted when stream is capturing"},
+    {901, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", "operation failed due to a previous error during capture"},
+    {908, "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD", "attempt to terminate a thread-local capture sequence from another thread"},
     {999, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -392,9 +395,14 @@ void dropAllWork()
     for (Stream* o : g_streams) dropQueue(o);
 }
 
-void enqueue(Stream* s, std::string what, std::function<void()> run, std::function<void()> drop)
+void enqueue(Stream* s, std::string what, std::function<void()> run, std::function<void()> drop, Uses uses)
 {
-    s->queue.push_back(Work{++g_seq, std::move(what), std::move(run), std::move(drop)});
+    if (s->capture)
+    {
+        recordWork(s, Work{0, std::move(what), std::move(run), std::move(drop), std::move(uses)});
+        return;
+    }
+    s->queue.push_back(Work{++g_seq, std::move(what), std::move(run), std::move(drop), std::move(uses)});
     if (g_immediate) flushStream(s);
 }
 
@@ -404,6 +412,8 @@ namespace
 void destroyContextState()
 {
     dropAllWork();
+    destroyGraphs();
+    for (Stream* s : g_streams) endCaptureOf(s);
     for (auto& [base, a] : g_allocs) releaseAlloc(a);
     g_allocs.clear();
     g_used = 0;
@@ -515,12 +525,15 @@ API void ddpmsim_get_counters(DdpmSimCounters* out)
     out->checked_launches = g_count.checkedLaunches;
     out->order_checks = g_count.orderChecks;
     out->checked_accesses = g_count.checkedAccesses;
+    out->graph_launches = g_count.graphLaunches;
+    out->graph_kernels = g_count.graphKernels;
 }
 
 API void ddpmsim_reset_counters(void)
 {
     g_count.launches = g_count.syncs = g_count.htod = g_count.dtoh = g_count.dtod = g_count.memsets = g_count.gemms = g_count.allocs = 0;
     g_count.checkedLaunches = g_count.orderChecks = g_count.checkedAccesses = 0;
+    g_count.graphLaunches = g_count.graphKernels = 0;
 }
 
 API const char* ddpmsim_version(void) { return "ddpm cuda simulator 2"; }
@@ -572,15 +585,13 @@ API int ddpmsim_enqueue_host_work(void* stream, const char* what, void (*fn)(voi
     if (st != SUCCESS) return st;
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("%s: unknown stream %p", what, stream));
-    enqueue(
-        s, what,
-        [fn, ctx, free_ctx] {
-            fn(ctx);
-            if (free_ctx) free_ctx(ctx);
-        },
-        [ctx, free_ctx] {
-            if (free_ctx) free_ctx(ctx);
-        });
+    if (int st = captureStatus(s, what)) return st;
+    // The context lives as long as the work: once after it ran or was dropped, or, captured into a graph, until the
+    // last graph that replays it goes.
+    std::shared_ptr<void> holder(ctx, [free_ctx](void* c) {
+        if (free_ctx) free_ctx(c);
+    });
+    enqueue(s, what, [fn, holder] { fn(holder.get()); });
     return SUCCESS;
 }
 
@@ -735,6 +746,7 @@ API int cuCtxSynchronize(void)
 {
     std::lock_guard<std::mutex> lock(g_mu);
     NEED_CONTEXT();
+    if (int st = unsafeDuringCapture("cuCtxSynchronize")) return st;
     g_count.syncs++;
     flushAll();
     return g_sticky;
@@ -755,6 +767,8 @@ API int cuMemFree_v2(uint64_t dptr)
     auto it = g_allocs.find((uintptr_t)dptr);
     if (it == g_allocs.end())
         return fail(INVALID_VALUE, format("cuMemFree: 0x%llx is not the start of a live allocation", (unsigned long long)dptr));
+    // cuMemFree synchronises: not while a capture forbids it.
+    if (int st = unsafeDuringCapture("cuMemFree")) return st;
     // CUDA's cuMemFree waits for the device; queued work may still use the block.
     if (anyPending()) flushAll();
     std::string damage = guardDamage(it->second);
@@ -802,16 +816,22 @@ API int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t bytes, void* 
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuMemcpyHtoDAsync: unknown stream %p", stream));
+    if (int st = captureStatus(s, "cuMemcpyHtoDAsync")) return st;
     if (bytes == 0) return SUCCESS;
     if (!src || !findAlloc(dst, bytes))
         return fail(INVALID_VALUE, format("cuMemcpyHtoDAsync: %zu bytes to 0x%llx do not fit one device allocation (or the source is null)",
                                        bytes, (unsigned long long)dst));
+    if (capturing(s) && !inHostAlloc(reinterpret_cast<uintptr_t>(src)))
+        return refuseInCapture(s, "cuMemcpyHtoDAsync", format("the source %p is pageable host memory (a captured copy needs pinned memory)", src));
     g_count.htod += bytes;
     // The source is read when the copy runs, as the device's DMA would.
-    enqueue(s, format("cuMemcpyHtoDAsync (%zu bytes to 0x%llx)", bytes, (unsigned long long)dst), [dst, src, bytes] {
-        memcpy(reinterpret_cast<void*>(dst), src, bytes);
-        markRange(dst, bytes, kHostWrite);
-    });
+    enqueue(
+        s, format("cuMemcpyHtoDAsync (%zu bytes to 0x%llx)", bytes, (unsigned long long)dst),
+        [dst, src, bytes] {
+            memcpy(reinterpret_cast<void*>(dst), src, bytes);
+            markRange(dst, bytes, kHostWrite);
+        },
+        nullptr, {{dst, bytes}});
     return SUCCESS;
 }
 
@@ -821,15 +841,20 @@ API int cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t bytes, void* stream
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuMemcpyDtoHAsync: unknown stream %p", stream));
+    if (int st = captureStatus(s, "cuMemcpyDtoHAsync")) return st;
     if (bytes == 0) return SUCCESS;
+    if (capturing(s) && !inHostAlloc(reinterpret_cast<uintptr_t>(dst)))
+        return refuseInCapture(s, "cuMemcpyDtoHAsync", format("the destination %p is pageable host memory (a captured copy needs pinned memory)", dst));
     if (!dst || !findAlloc(src, bytes))
         return fail(INVALID_VALUE, format("cuMemcpyDtoHAsync: %zu bytes from 0x%llx do not fit one device allocation (or the destination is null)",
                                        bytes, (unsigned long long)src));
     g_count.dtoh += bytes;
     std::string what = format("cuMemcpyDtoHAsync (%zu bytes from 0x%llx)", bytes, (unsigned long long)src);
-    enqueue(s, what, [dst, src, bytes, what] {
-        if (!readsPending(src, bytes, what.c_str())) memcpy(dst, reinterpret_cast<const void*>(src), bytes);
-    });
+    enqueue(
+        s, what, [dst, src, bytes, what] {
+            if (!readsPending(src, bytes, what.c_str())) memcpy(dst, reinterpret_cast<const void*>(src), bytes);
+        },
+        nullptr, {{src, bytes}});
     return SUCCESS;
 }
 
@@ -839,6 +864,7 @@ API int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void* str
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuMemcpyDtoDAsync: unknown stream %p", stream));
+    if (int st = captureStatus(s, "cuMemcpyDtoDAsync")) return st;
     if (bytes == 0) return SUCCESS;
     if (!findAlloc(src, bytes) || !findAlloc(dst, bytes))
         return fail(INVALID_VALUE, format("cuMemcpyDtoDAsync: %zu bytes from 0x%llx to 0x%llx do not fit device allocations", bytes,
@@ -851,11 +877,13 @@ API int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void* str
                                        (unsigned long long)(dst < src ? dst + bytes - src : src + bytes - dst)));
     g_count.dtod += bytes;
     std::string what = format("cuMemcpyDtoDAsync (%zu bytes from 0x%llx to 0x%llx)", bytes, (unsigned long long)src, (unsigned long long)dst);
-    enqueue(s, what, [dst, src, bytes, what] {
-        if (readsPending(src, bytes, what.c_str())) return;
-        memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
-        copyWrittenState(dst, src, bytes);
-    });
+    enqueue(
+        s, what, [dst, src, bytes, what] {
+            if (readsPending(src, bytes, what.c_str())) return;
+            memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), bytes);
+            copyWrittenState(dst, src, bytes);
+        },
+        nullptr, {{src, bytes}, {dst, bytes}});
     return SUCCESS;
 }
 
@@ -865,16 +893,20 @@ API int cuMemsetD32Async(uint64_t dst, unsigned value, size_t count, void* strea
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuMemsetD32Async: unknown stream %p", stream));
+    if (int st = captureStatus(s, "cuMemsetD32Async")) return st;
     if (count == 0) return SUCCESS;
     if (dst % 4 != 0 || count > SIZE_MAX / 4 || !findAlloc(dst, count * 4))
         return fail(INVALID_VALUE, format("cuMemsetD32Async: %zu words at 0x%llx are misaligned or outside a device allocation", count,
                                        (unsigned long long)dst));
     g_count.memsets++;
-    enqueue(s, format("cuMemsetD32Async (%zu words at 0x%llx)", count, (unsigned long long)dst), [dst, value, count] {
-        uint32_t* p = reinterpret_cast<uint32_t*>(dst);
-        for (size_t i = 0; i < count; i++) p[i] = value;
-        markRange(dst, count * 4, kHostWrite);
-    });
+    enqueue(
+        s, format("cuMemsetD32Async (%zu words at 0x%llx)", count, (unsigned long long)dst),
+        [dst, value, count] {
+            uint32_t* p = reinterpret_cast<uint32_t*>(dst);
+            for (size_t i = 0; i < count; i++) p[i] = value;
+            markRange(dst, count * 4, kHostWrite);
+        },
+        nullptr, {{dst, count * 4}});
     return SUCCESS;
 }
 
@@ -896,6 +928,7 @@ API int cuStreamDestroy_v2(void* stream)
     NEED_CONTEXT();
     Stream* s = static_cast<Stream*>(stream);
     if (!g_streams.count(s)) return fail(INVALID_HANDLE, format("cuStreamDestroy: unknown stream %p", stream));
+    endCaptureOf(s);
     // Work already queued still completes, as on a device.
     flushStream(s);
     dropQueue(s);
@@ -912,6 +945,9 @@ API int cuStreamSynchronize(void* stream)
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuStreamSynchronize: unknown stream %p", stream));
+    if (capturing(s)) return refuseInCapture(s, "cuStreamSynchronize", "the stream is capturing (its work is recorded, not run)");
+    if (s == &g_legacy)
+        if (int st = unsafeDuringCapture("cuStreamSynchronize of the legacy stream")) return st;
     g_count.syncs++;
     flushStream(s);
     return g_sticky;
@@ -925,6 +961,7 @@ API int cuStreamQuery(void* stream)
     NEED_CONTEXT();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuStreamQuery: unknown stream %p", stream));
+    if (capturing(s)) return refuseInCapture(s, "cuStreamQuery", "the stream is capturing");
     if (s->queue.empty()) return g_sticky;
     flushStream(s);
     if (g_sticky != SUCCESS) return g_sticky;
@@ -963,6 +1000,8 @@ API int cuEventRecord(void* ev, void* stream)
     if (!g_events.count(e)) return fail(INVALID_HANDLE, format("cuEventRecord: unknown event %p", ev));
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuEventRecord: unknown stream %p", stream));
+    if (capturing(s))
+        return refuseInCapture(s, "cuEventRecord", "event record nodes are not modelled by the simulator (a GPU would capture one)");
     e->recorded = true;
     e->stream = s;
     e->recordSeq = g_seq + 1;
@@ -1007,6 +1046,7 @@ API int cuStreamWaitEvent(void* stream, void* ev, unsigned flags)
     Event* e = static_cast<Event*>(ev);
     if (!g_events.count(e)) return fail(INVALID_HANDLE, format("cuStreamWaitEvent: unknown event %p", ev));
     if (flags != 0) return fail(INVALID_VALUE, "cuStreamWaitEvent: unknown flags");
+    if (capturing(s)) return refuseInCapture(s, "cuStreamWaitEvent", "event wait nodes are not modelled by the simulator");
     // The wait is on the event's latest record at the time of this call (a later record does not change it);
     // an event never recorded, or whose work has run, lets the stream go on at once.
     if (!eventPending(e) || !e->stream) return SUCCESS;
@@ -1121,6 +1161,7 @@ API int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, un
     const char* kn = k->name.c_str();
     Stream* s = lookupStream(stream);
     if (!s) return fail(INVALID_HANDLE, format("cuLaunchKernel(%s): unknown stream %p", kn, stream));
+    if (int st = captureStatus(s, "cuLaunchKernel")) return st;
     if (gx == 0 || gy == 0 || gz == 0 || gx > 2147483647u || gy > 65535 || gz > 65535)
         return fail(INVALID_VALUE, format("cuLaunchKernel(%s): grid %ux%ux%u is outside 1..2^31-1 x 1..65535 x 1..65535", kn, gx, gy, gz));
     if (bx == 0 || by == 0 || bz == 0 || bx > 1024 || by > 1024 || bz > 64 || (uint64_t)bx * by * bz > 1024)
@@ -1174,7 +1215,18 @@ API int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, un
     rec->dynamicShared = sharedBytes;
     rec->serial = ++g_launchSerial;
     g_count.launches++;
-    enqueue(s, "kernel " + k->name, [rec] { runLaunch(*rec); });
+    Uses uses;
+    for (uintptr_t p : rec->pointers) uses.push_back({p, 0});
+    // The arguments were packed above, at the call: a graph replays the values they had at capture. Each replay is
+    // a launch of its own for the schedule (a new serial, so random orders differ from run to run).
+    enqueue(
+        s, "kernel " + k->name,
+        [rec, ran = false]() mutable {
+            if (ran) rec->serial = ++g_launchSerial;
+            ran = true;
+            runLaunch(*rec);
+        },
+        nullptr, std::move(uses));
     return SUCCESS;
 }
 

@@ -46,6 +46,15 @@ int cuModuleUnload(void*);
 int cuModuleGetFunction(void**, void*, const char*);
 int cuLaunchKernel(void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*, void**, void**);
 int cuGetErrorName(int, const char**);
+int cuMemHostAlloc(void**, size_t, unsigned);
+int cuMemFreeHost(void*);
+int cuStreamBeginCapture_v2(void*, int);
+int cuStreamEndCapture(void*, void**);
+int cuStreamIsCapturing(void*, int*);
+int cuGraphInstantiateWithFlags(void**, void*, unsigned long long);
+int cuGraphLaunch(void*, void*);
+int cuGraphExecDestroy(void*);
+int cuGraphDestroy(void*);
 int cuGetErrorString(int, const char**);
 int cublasCreate_v2(void**);
 int cublasDestroy_v2(void*);
@@ -1158,6 +1167,170 @@ void plantedTooManyRegisters()
 }
 }  // namespace
 
+
+// ---- stream capture and graphs ----------------------------------------------------------------------------
+
+// Ends the capture of g_stream and instantiates it; null (with the codes in r) when either fails.
+void* endAndInstantiate(int* endResult = nullptr)
+{
+    void* graph = nullptr;
+    void* exec = nullptr;
+    int r = cuStreamEndCapture(g_stream, &graph);
+    if (endResult) *endResult = r;
+    if (r != 0 || !graph) return nullptr;
+    if (cuGraphInstantiateWithFlags(&exec, graph, 0) != 0) exec = nullptr;
+    cuGraphDestroy(graph);
+    return exec;
+}
+
+void testGraphCaptureAndReplay()
+{
+    freshContext();
+    void* h = nullptr;
+    cublasCreate_v2(&h);
+    cublasSetStream_v2(h, g_stream);
+    void* pinned = nullptr;
+    cuMemHostAlloc(&pinned, 64, 0);
+    float* in = static_cast<float*>(pinned);
+    for (int i = 0; i < 16; i++) in[i] = (float)(i % 4 == i / 4);  // the 4x4 identity
+    uint64_t a = alloc(64), b = alloc(64), c = alloc(64);
+    cuMemsetD32Async(c, 0, 16, g_stream);
+    cuStreamSynchronize(g_stream);
+    ddpmsim_reset_counters();
+    int index = 5;
+    float value = 2.0f, one = 1.0f, zero = 0.0f;
+    int begin = cuStreamBeginCapture_v2(g_stream, 0);
+    int status = -1;
+    cuStreamIsCapturing(g_stream, &status);
+    cuMemcpyHtoDAsync_v2(a, pinned, 64, g_stream);                        // a = I (read from pinned memory at replay)
+    cuMemcpyDtoDAsync_v2(b, a, 64, g_stream);                             // b = a
+    launch(function("selftest_store"), 1, 32, {&b, &index, &value});     // b[5] = 2
+    cublasSgemmStridedBatched(h, 0, 0, 4, 4, 4, &one, a, 4, 0, b, 4, 0, &one, c, 4, 0, 1);  // c += a b
+    void* exec = endAndInstantiate();
+    int after = -1;
+    cuStreamIsCapturing(g_stream, &after);
+    auto untouched = download<float>(c, 16);
+    check(begin == 0 && status == 1 && after == 0 && exec && untouched[0] == 0.0f && untouched[5] == 0.0f,
+        "graphs: work queued while a stream captures is recorded, not run (cuStreamIsCapturing says 1 during, 0 after)");
+    cuGraphLaunch(exec, g_stream);
+    auto once = download<float>(c, 16);
+    in[0] = 3.0f;  // pinned memory is read when the copy node runs
+    cuGraphLaunch(exec, g_stream);
+    auto twice = download<float>(c, 16);
+    check(once[0] == 1.0f && once[5] == 2.0f && once[1] == 0.0f && twice[0] == 1.0f + 9.0f && twice[5] == 4.0f,
+        "graphs: each launch replays the copies, the kernel and the GEMM in capture order (the pinned source read at replay)");
+    DdpmSimCounters n{};
+    ddpmsim_get_counters(&n);
+    char text[160];
+    snprintf(text, sizeof text, "launches %llu, graph launches %llu, graph kernels %llu, gemms %llu", (unsigned long long)n.launches,
+        (unsigned long long)n.graph_launches, (unsigned long long)n.graph_kernels, (unsigned long long)n.gemms);
+    check(n.launches == 1 && n.graph_launches == 2 && n.graph_kernels == 2 && n.gemms == 1,
+        "graphs: counters: the captured launch once, two graph launches, each running one kernel node", text);
+    cuGraphExecDestroy(exec);
+    cublasDestroy_v2(h);
+    cuMemFreeHost(pinned);
+}
+
+// The planted bug: a kernel argument changed on the host after the capture. The driver copies arguments at the
+// call, so the replay stores the captured value, not the new one.
+void plantedArgumentChangedAfterCapture()
+{
+    freshContext();
+    uint64_t p = alloc(64);
+    cuMemsetD32Async(p, 0, 16, g_stream);
+    int index = 3;
+    float value = 1.0f;
+    cuStreamBeginCapture_v2(g_stream, 0);
+    launch(function("selftest_store"), 1, 32, {&p, &index, &value});
+    void* exec = endAndInstantiate();
+    value = 7.0f;  // the bug: meant for the next replay
+    index = 4;
+    cuGraphLaunch(exec, g_stream);
+    auto h = download<float>(p, 16);
+    check(exec && h[3] == 1.0f && h[4] == 0.0f,
+        "planted: a kernel argument changed on the host after capture is not seen by the replay (it stores the captured 1 at the captured index)");
+    cuGraphExecDestroy(exec);
+}
+
+void testCaptureRefusals()
+{
+    freshContext();
+    uint64_t p = alloc(64);
+    int index = 0;
+    float value = 1.0f;
+    cuStreamBeginCapture_v2(g_stream, 0);
+    int again = cuStreamBeginCapture_v2(g_stream, 0);
+    int sync = cuStreamSynchronize(g_stream);
+    std::string why = errorString(900);
+    int status = -1;
+    cuStreamIsCapturing(g_stream, &status);
+    int later = launch(function("selftest_store"), 1, 32, {&p, &index, &value});
+    int end = 0;
+    void* exec = endAndInstantiate(&end);
+    check(again == 401 && sync == 900 && contains(why, "cuStreamSynchronize during stream capture") && status == 2 && later == 901 &&
+              end == 901 && !exec,
+        "graphs: synchronising a capturing stream fails (900) and invalidates the capture: later work gets 901, so does cuStreamEndCapture",
+        why);
+
+    // cuMemFree synchronises: refused under a global capture, allowed under a relaxed one.
+    uint64_t q = alloc(64), r = alloc(64);
+    cuStreamBeginCapture_v2(g_stream, 0);
+    int freeGlobal = cuMemFree_v2(q);
+    int endGlobal = 0;
+    endAndInstantiate(&endGlobal);
+    cuStreamBeginCapture_v2(g_stream, 2);
+    int freeRelaxed = cuMemFree_v2(r);
+    void* relaxed = endAndInstantiate();
+    check(freeGlobal == 900 && endGlobal == 901 && freeRelaxed == 0 && relaxed,
+        "graphs: cuMemFree during a global capture fails (900, capture invalidated); a relaxed capture allows it");
+    if (relaxed) cuGraphExecDestroy(relaxed);
+
+    // Pageable memory cannot be captured; pinned can.
+    std::vector<float> pageable(16, 1.0f);
+    cuStreamBeginCapture_v2(g_stream, 1);
+    int copy = cuMemcpyHtoDAsync_v2(p, pageable.data(), 64, g_stream);
+    int ctx = cuCtxSynchronize();
+    int endPageable = 0;
+    endAndInstantiate(&endPageable);
+    check(copy == 900 && contains(errorString(900), "pageable host memory") && ctx == 0 && endPageable == 901,
+        "graphs: a host-to-device copy from pageable memory during capture fails (900) and invalidates it");
+}
+
+void testReplayChecks()
+{
+    // A replay runs under the same checks as an eager launch: the off-by-one read is named at replay.
+    {
+        Option o("check", "none,bounds");
+        freshContext();
+        const int n = 1024;
+        uint64_t dx = upload(ramp(n, 1.0f)), dy = alloc(n * 4);
+        cuStreamSynchronize(g_stream);
+        int count = n;
+        cuStreamBeginCapture_v2(g_stream, 0);
+        launch(function("planted_off_by_one_read"), 4, 256, {&dx, &dy, &count});
+        void* exec = endAndInstantiate();
+        int clean = cuStreamSynchronize(g_stream);
+        cuGraphLaunch(exec, g_stream);
+        int s = cuStreamSynchronize(g_stream);
+        check(exec && clean == 0 && s == 700 && contains(errorString(700), "kernel planted_off_by_one_read: thread ("),
+            "graphs: a replayed kernel runs under the checks (the bounds check names the planted off-by-one read at replay)", errorString(700));
+    }
+    // Memory a captured node uses must outlive the graph.
+    freshContext();
+    uint64_t p = alloc(64);
+    int index = 0;
+    float value = 1.0f;
+    cuStreamBeginCapture_v2(g_stream, 0);
+    launch(function("selftest_store"), 1, 32, {&p, &index, &value});
+    void* exec = endAndInstantiate();
+    cuMemFree_v2(p);
+    cuGraphLaunch(exec, g_stream);
+    int s = cuStreamSynchronize(g_stream);
+    check(s == 700 && contains(errorString(700), "graph replay, node 0 (kernel selftest_store)"),
+        "graphs: replaying a graph whose memory was freed after capture is CUDA_ERROR_ILLEGAL_ADDRESS naming the node", errorString(700));
+    freshContext();
+}
+
 int main()
 {
     setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -1188,6 +1361,9 @@ int main()
     testLaunchLimitsAndLookups();
     testCubinImages();
     testCounters();
+    testGraphCaptureAndReplay();
+    testCaptureRefusals();
+    testReplayChecks();
     testOutOfMemory();
     plantedMissingBarrier();
     plantedNeighbourRead();
@@ -1199,6 +1375,7 @@ int main()
     plantedLargeUnpoisoned();
     plantedOverlappingCopy();
     plantedTooManyRegisters();
+    plantedArgumentChangedAfterCapture();
     printf("%d failed\n", g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -25,6 +25,8 @@ struct DdpmSimCounters
     uint64_t checked_launches;  // launches that ran instrumented (race, bounds or init check on)
     uint64_t order_checks;      // launches run twice by the order check
     uint64_t checked_accesses;  // device and shared memory accesses the instrumented kernels made
+    uint64_t graph_launches;    // cuGraphLaunch calls accepted
+    uint64_t graph_kernels;     // kernel nodes those graph launches run (captured launches are counted in launches once)
 };
 
 void ddpmsim_get_counters(DdpmSimCounters* out);

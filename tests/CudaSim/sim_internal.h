@@ -46,6 +46,10 @@ enum : int
     ILLEGAL_ADDRESS = 700,
     LAUNCH_OUT_OF_RESOURCES = 701,
     LAUNCH_FAILED = 719,
+    ILLEGAL_STATE = 401,
+    STREAM_CAPTURE_UNSUPPORTED = 900,
+    STREAM_CAPTURE_INVALIDATED = 901,
+    STREAM_CAPTURE_WRONG_THREAD = 908,
 };
 
 struct ErrorText
@@ -107,6 +111,7 @@ struct Counters
 {
     std::atomic<uint64_t> launches{0}, syncs{0}, htod{0}, dtoh{0}, dtod{0}, memsets{0}, gemms{0}, allocs{0};
     std::atomic<uint64_t> checkedLaunches{0}, orderChecks{0}, checkedAccesses{0};
+    std::atomic<uint64_t> graphLaunches{0}, graphKernels{0};
 };
 extern Counters g_count;
 
@@ -177,18 +182,26 @@ void installFaultHandler();
 
 // ---- streams (driver.cpp) ---------------------------------------------------------------------------------
 
+// Device ranges [base, base + bytes) a piece of work reads or writes (bytes 0: only that base lies in an allocation);
+// a graph replay checks them again, as the memory may have been freed since the capture.
+using Uses = std::vector<std::pair<uintptr_t, size_t>>;
+
 struct Work
 {
     uint64_t seq;
     std::string what;
-    std::function<void()> run;
+    std::function<void()> run;   // may run more than once when the work was captured into a graph
     std::function<void()> drop;  // releases resources when the work never runs
+    Uses uses;
 };
+
+struct Capture;  // graph.cpp
 
 struct Stream
 {
     bool nonBlocking = false;
     std::deque<Work> queue;
+    Capture* capture = nullptr;  // while capturing, work is recorded into it instead of queued
 };
 
 extern Stream g_legacy;  // stream handle 0 (also CU_STREAM_LEGACY and CU_STREAM_PER_THREAD)
@@ -197,7 +210,8 @@ extern uint64_t g_seq;
 extern std::string g_lastWork;
 
 Stream* lookupStream(void* h);
-void enqueue(Stream* s, std::string what, std::function<void()> run, std::function<void()> drop = nullptr);
+// Queues work on s, or records it into s's capture.
+void enqueue(Stream* s, std::string what, std::function<void()> run, std::function<void()> drop = nullptr, Uses uses = {});
 // Runs the queued work of s (up to and including sequence number limit) in order; blocking streams run merged
 // with the legacy stream by sequence number.
 void flushStream(Stream* s, uint64_t limit = UINT64_MAX);
@@ -205,6 +219,22 @@ void flushAll();
 bool anyPending();
 void dropAllWork();
 
+// ---- stream capture and graphs (graph.cpp) ------------------------------------------------------------------
+// Whether s is capturing (its work is recorded, not queued).
+bool capturing(const Stream* s);
+// SUCCESS, or STREAM_CAPTURE_INVALIDATED when s captures and its capture was invalidated (work is then refused).
+int captureStatus(Stream* s, const char* what);
+// The operation cannot be captured on s: invalidates the capture, returns STREAM_CAPTURE_UNSUPPORTED with why.
+int refuseInCapture(Stream* s, const std::string& what, const std::string& why);
+// A potentially unsafe call (one that synchronises, or cuMemFree) while a capture forbids it (global mode, or
+// thread-local mode on this thread): invalidates that capture and returns STREAM_CAPTURE_UNSUPPORTED; else SUCCESS.
+int unsafeDuringCapture(const std::string& what);
+// Records work into s's capture.
+void recordWork(Stream* s, Work w);
+// A stream goes away: its capture (if any) with it.
+void endCaptureOf(Stream* s);
+// Context teardown: every graph and executable graph goes.
+void destroyGraphs();
 // ---- kernels and modules ----------------------------------------------------------------------------------
 
 struct Kernel

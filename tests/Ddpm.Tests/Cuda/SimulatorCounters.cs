@@ -16,23 +16,28 @@ internal sealed unsafe class SimulatorCounters
         public readonly ulong Launches, HostSyncs, BytesHtoD, BytesDtoH, BytesDtoD, Memsets, Gemms, Allocations;
         public readonly ulong CheckedLaunches, OrderChecks, CheckedAccesses;
 
+        /// <summary>cuGraphLaunch calls, and the kernel nodes they ran (captured launches count in Launches once).</summary>
+        public readonly ulong GraphLaunches, GraphKernels;
+
         public static Snapshot operator -(Snapshot a, Snapshot b) => new(
             a.Launches - b.Launches, a.HostSyncs - b.HostSyncs, a.BytesHtoD - b.BytesHtoD, a.BytesDtoH - b.BytesDtoH,
             a.BytesDtoD - b.BytesDtoD, a.Memsets - b.Memsets, a.Gemms - b.Gemms, a.Allocations - b.Allocations,
-            a.CheckedLaunches - b.CheckedLaunches, a.OrderChecks - b.OrderChecks, a.CheckedAccesses - b.CheckedAccesses);
+            a.CheckedLaunches - b.CheckedLaunches, a.OrderChecks - b.OrderChecks, a.CheckedAccesses - b.CheckedAccesses,
+            a.GraphLaunches - b.GraphLaunches, a.GraphKernels - b.GraphKernels);
 
         private Snapshot(ulong launches, ulong syncs, ulong htod, ulong dtoh, ulong dtod, ulong memsets, ulong gemms, ulong allocations,
-            ulong checkedLaunches, ulong orderChecks, ulong checkedAccesses)
+            ulong checkedLaunches, ulong orderChecks, ulong checkedAccesses, ulong graphLaunches, ulong graphKernels)
         {
             (Launches, HostSyncs, BytesHtoD, BytesDtoH, BytesDtoD, Memsets, Gemms, Allocations) =
                 (launches, syncs, htod, dtoh, dtod, memsets, gemms, allocations);
             (CheckedLaunches, OrderChecks, CheckedAccesses) = (checkedLaunches, orderChecks, checkedAccesses);
+            (GraphLaunches, GraphKernels) = (graphLaunches, graphKernels);
         }
 
         public override string ToString() =>
             $"{Launches} kernel launches ({CheckedLaunches} instrumented, {OrderChecks} order-checked), {Gemms} cuBLAS GEMMs, " +
             $"{Memsets} memsets, {HostSyncs} host synchronisations, {BytesHtoD} B host-to-device, {BytesDtoH} B device-to-host, " +
-            $"{BytesDtoD} B device-to-device";
+            $"{BytesDtoD} B device-to-device, {GraphLaunches} graph launches ({GraphKernels} kernel nodes)";
     }
 
     /// <summary>The simulated cuDNN's counters (ddpmsim_cudnn_get_counters in its libcudnn.so.9).</summary>
