@@ -37,11 +37,12 @@ common=(train --preset tiny --backend cpu --threads 1 --warmup 2 --lr-schedule c
         --checkpoint-every 3 --log-every 1 --seed 3)
 
 # Losses and gradient norms of two loss.csv files agree within a relative tolerance: float summation order differs
-# between one mean over 8 images and the mean of two means over 4 (measured over 5 steps: 0 on cpu, 1.4e-7 relative
-# on the simulated cuda device). Adam with eps 1e-8 turns rounding in gradient elements that are zero up to rounding
-# into steps of ~lr, so differences can grow over a run; 1e-4 leaves room for that and still fails on a wrong shard
-# or draw (those change the loss at the first step by far more) or a sum in place of the average (it doubles the
-# logged gradient norm; clipping and Adam's scale invariance hide it from the loss for several steps).
+# between one mean over 8 images and the mean of two means over 4 (measured over 5 steps: 9.3e-8 relative on cpu,
+# 1.6e-7 with --grad-accum 2, 1.4e-7 on the simulated cuda device). Adam with eps 1e-8 turns rounding in gradient
+# elements that are zero up to rounding into steps of ~lr, so differences can grow over a run; 1e-4 leaves room for
+# that and still fails on a wrong shard or draw (those change the loss at the first step by far more) or a sum in
+# place of the average (it doubles the logged gradient norm; clipping and Adam's scale invariance hide it from the
+# loss for several steps).
 same_losses() {
   awk -F, -v tol=1e-4 'NR == FNR { if (FNR > 1) { a[$1] = $2; g[$1] = $3 } next }
     function rel(x, y) { return (x > y ? x - y : y - x) / (y < 0 ? -y : y) }
@@ -63,10 +64,10 @@ model_floats() {
 }
 
 # The weights (not the EMA copy) of two checkpoints agree within 1e-4 absolute. Measured after 5 steps, 1 rank x 8
-# images against 2 ranks x 4: 7.5e-7 at most on cpu, 1.7e-6 on the simulated cuda device (NCCL and MPI alike). The
-# steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard or a missing all-reduce moves weights
-# by far more than 1e-4; rounding in the gradient's summation order moves them by far less. (Adam is blind to the
-# gradient's scale: a sum in place of the average is for same_losses to catch.)
+# images against 2 ranks x 4: 6.3e-6 at most on cpu (8.9e-6 with --grad-accum 2), 1.7e-6 on the simulated cuda device
+# (NCCL and MPI alike). The steps are Adam's, about lr = 1e-3 per element per step, so a wrong shard or a missing
+# all-reduce moves weights by far more than 1e-4; rounding in the gradient's summation order moves them by far less.
+# (Adam is blind to the gradient's scale: a sum in place of the average is for same_losses to catch.)
 same_weights() {
   [ -f "$1" ] && [ -f "$2" ] || return 1
   paste -d' ' <(model_floats "$1") <(model_floats "$2") | awk -v atol=1e-4 '

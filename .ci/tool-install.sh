@@ -7,7 +7,8 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ddpm-tool-install.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+serve_pid=""
+trap '[ -z "$serve_pid" ] || kill "$serve_pid" 2> /dev/null; rm -rf "$work"' EXIT
 # A private package folder for the install: a Ddpm.Tool package of the same version cached by an earlier
 # install must not stand in for the one just packed.
 export NUGET_PACKAGES="$work/packages"
@@ -64,5 +65,17 @@ else
   grep -q "carries no bundled model" sample.err && [ "$(wc -l < sample.err)" = 1 ] \
     || { cat sample.err; echo "tool-install: sample without a checkpoint did not say it in one line" >&2; exit 1; }
 fi
+
+# serve's page is inside the tool: the installed tool serves it (ASP.NET Core comes with the .NET runtime).
+step "ddpm-tool serve --run out --port 0 (the page and its API from the package)"
+"$tool" serve --run out --port 0 --threads 2 > serve.log 2>&1 &
+serve_pid=$!
+for _ in $(seq 150); do grep -q "^serving http://" serve.log && break; sleep 0.2; done
+port="$(grep -o "^serving http://127.0.0.1:[0-9]*/" serve.log | grep -o "[0-9]*/$" | tr -d /)"
+[ -n "$port" ] || { cat serve.log; echo "tool-install: serve did not print the address it serves" >&2; exit 1; }
+get() { exec 3<> "/dev/tcp/127.0.0.1/$port"; printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&3; cat <&3; exec 3<&-; }
+get / | grep -q '<script src="app.js"></script>' || { echo "tool-install: serve did not serve its page" >&2; exit 1; }
+get /api/info | grep -q '"file":"checkpoint-0000002.safetensors"' || { echo "tool-install: serve's /api/info does not describe the run's checkpoint" >&2; exit 1; }
+kill "$serve_pid"; wait "$serve_pid" || true; serve_pid=""
 
 step "ok"

@@ -76,14 +76,16 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
-    /// 3x3 stride-1 padding-1 convolutions wide and large enough for Winograd F(2x2, 3x3) to pay
-    /// (<see cref="CpuBackendOptions.Winograd"/> and the thresholds after it).
+    /// 3x3 stride-1 padding-1 convolutions wide and large enough for a Winograd convolution to pay
+    /// (<see cref="CpuBackendOptions.Winograd"/> and the thresholds after it). The tiles are counted for the whole
+    /// batch given to <see cref="PartOfBatch"/>: a data-parallel shard or a micro-batch picks what the whole batch picks, so
+    /// each of its samples goes through the same arithmetic (Winograd and the implicit GEMM round differently).
     /// </summary>
     private bool UseWinograd(in ConvGeometry g)
     {
         var o = _pool.Options;
         if (!o.Winograd || !Winograd.Applies(g) || Math.Min(g.C, g.O) < o.WinogradMinChannels) return false;
-        long tiles = (long)g.N * ((g.OH + 1) / 2) * ((g.OW + 1) / 2);
+        long tiles = Winograd.Tiles(g with { N = _wholeBatch.For(g.N) }, 2);
         return tiles >= o.WinogradMinTiles && (long)g.O * g.C * tiles >= o.WinogradMinWork;
     }
 
@@ -114,6 +116,12 @@ public sealed unsafe partial class CpuBackend
         if (UseWinograd(g))
         {
             Winograd.Forward(_pool, x, w, bias, y, g);
+            return;
+        }
+
+        if (DirectConv.Applies(g))
+        {
+            DirectConv.Forward(_pool, x, w, bias, y, g);
             return;
         }
 
@@ -247,6 +255,10 @@ public sealed unsafe partial class CpuBackend
         {
             Winograd.BackwardWeight(_pool, (float*)xp, (float*)dyp, dwp, g);
         }
+        else if (DirectConv.Applies(g))
+        {
+            DirectConv.BackwardWeight(_pool, (float*)xp, (float*)dyp, dwp, g);
+        }
         else if (WholeBatch(g))
         {
             // dw = dyAll [O, N*OH*OW] x columns^T over the whole batch.
@@ -347,31 +359,35 @@ public sealed unsafe partial class CpuBackend
         nint mp = (nint)Ptr(mean, (long)n * groups, nameof(mean)), rp = (nint)Ptr(rstd, (long)n * groups, nameof(rstd));
         int cpg = c / groups;
         double count = (double)cpg * hw;
-        _pool.For(n * groups, (_, idx) =>
+        // (sample, group) items in runs of at least Grain elements: a deep level's group is a few hundred floats.
+        _pool.ForItems(n * groups, Math.Max(1, Grain / (cpg * hw)), (i0, items) =>
         {
-            int s = idx / groups, gi = idx % groups;
-            long baseOff = ((long)s * c + gi * cpg) * hw;
-            float* sh = shp == 0 ? null : (float*)shp + (long)s * c + gi * cpg;
-            double sum = 0;
-            for (int ch = 0; ch < cpg; ch++)
+            for (int idx = i0; idx < i0 + items; idx++)
             {
-                sum += TensorPrimitives.Sum(new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw));
-                if (sh != null) sum += (double)hw * sh[ch];
-            }
-            float mu = (float)(sum / count);
-            double sq = 0;
-            for (int ch = 0; ch < cpg; ch++)
-                sq += Kernel.SumSquaredDeviation((float*)xp + baseOff + (long)ch * hw, hw, sh == null ? mu : mu - sh[ch]);
-            float r = (float)(1.0 / Math.Sqrt(sq / count + eps));
-            ((float*)mp)[idx] = mu;
-            ((float*)rp)[idx] = r;
-            for (int ch = 0; ch < cpg; ch++)
-            {
-                int cc = gi * cpg + ch;
-                float scale = r * ((float*)gp)[cc], m = sh == null ? mu : mu - sh[ch];
-                long o = baseOff + (long)ch * hw;
-                if (silu) Kernel.Map(new NormalizeSiluKernel(m, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
-                else Kernel.Map(new NormalizeKernel(m, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                int s = idx / groups, gi = idx % groups;
+                long baseOff = ((long)s * c + gi * cpg) * hw;
+                float* sh = shp == 0 ? null : (float*)shp + (long)s * c + gi * cpg;
+                double sum = 0;
+                for (int ch = 0; ch < cpg; ch++)
+                {
+                    sum += TensorPrimitives.Sum(new ReadOnlySpan<float>((float*)xp + baseOff + (long)ch * hw, hw));
+                    if (sh != null) sum += (double)hw * sh[ch];
+                }
+                float mu = (float)(sum / count);
+                double sq = 0;
+                for (int ch = 0; ch < cpg; ch++)
+                    sq += Kernel.SumSquaredDeviation((float*)xp + baseOff + (long)ch * hw, hw, sh == null ? mu : mu - sh[ch]);
+                float r = (float)(1.0 / Math.Sqrt(sq / count + eps));
+                ((float*)mp)[idx] = mu;
+                ((float*)rp)[idx] = r;
+                for (int ch = 0; ch < cpg; ch++)
+                {
+                    int cc = gi * cpg + ch;
+                    float scale = r * ((float*)gp)[cc], m = sh == null ? mu : mu - sh[ch];
+                    long o = baseOff + (long)ch * hw;
+                    if (silu) Kernel.Map(new NormalizeSiluKernel(m, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                    else Kernel.Map(new NormalizeKernel(m, scale, ((float*)bp)[cc]), (float*)xp + o, (float*)yp + o, hw);
+                }
             }
         });
     }
@@ -391,48 +407,44 @@ public sealed unsafe partial class CpuBackend
         // Per (sample, channel): s1 = sum dy, s2 = sum dy * xhat; [n, c] each.
         var s1 = new double[n * c];
         var s2 = new double[n * c];
-        _pool.For(n * groups, (_, idx) =>
+        _pool.ForItems(n * groups, Math.Max(1, Grain / (cpg * hw)), (i0, items) =>
         {
-            int s = idx / groups, gi = idx % groups;
-            float mu = ((float*)mp)[idx], r = ((float*)rp)[idx];
-            long baseOff = ((long)s * c + gi * cpg) * hw;
-            float* sh = shp == 0 ? null : (float*)shp + (long)s * c + gi * cpg;
-            // The gradient of the normalised tensor: dy, or under SiLU dy silu'(z), written to dx (read back below).
-            nint dyp = dyIn;
-            if (silu)
+            for (int idx = i0; idx < i0 + items; idx++)
             {
-                dyp = dxp;
+                int s = idx / groups, gi = idx % groups;
+                float mu = ((float*)mp)[idx], r = ((float*)rp)[idx];
+                long baseOff = ((long)s * c + gi * cpg) * hw;
+                float* sh = shp == 0 ? null : (float*)shp + (long)s * c + gi * cpg;
+                // One pass per channel: the gradient of the normalised tensor (dy, or under SiLU dy silu'(z), then
+                // written to dx and read back below), its sum and its sum against x - mean.
+                nint dyp = silu ? dxp : dyIn;
+                double a = 0, b = 0;
                 for (int ch = 0; ch < cpg; ch++)
                 {
                     int cc = gi * cpg + ch;
                     long o = baseOff + (long)ch * hw;
-                    var k = new NormalizeSiluBackwardKernel(sh == null ? mu : mu - sh[ch], r * ((float*)gp)[cc], ((float*)bp)[cc]);
-                    Kernel.Map(k, (float*)dyIn + o, (float*)xp + o, (float*)dxp + o, hw);
+                    float m = sh == null ? mu : mu - sh[ch];
+                    double sdy, sxc = silu
+                        ? Reduce.GradientSums(new NormalizeSiluBackwardKernel(m, r * ((float*)gp)[cc], ((float*)bp)[cc]),
+                            (float*)dyIn + o, (float*)xp + o, (float*)dxp + o, hw, m, out sdy)
+                        : Reduce.GradientSums(new FirstKernel(), (float*)dyIn + o, (float*)xp + o, null, hw, m, out sdy);
+                    double sxhat = sxc * r;
+                    s1[s * c + cc] = sdy;
+                    s2[s * c + cc] = sxhat;
+                    double gm = ((float*)gp)[cc];
+                    a += gm * sdy;
+                    b += gm * sxhat;
                 }
-            }
-            double a = 0, b = 0;
-            for (int ch = 0; ch < cpg; ch++)
-            {
-                int cc = gi * cpg + ch;
-                var dys = new ReadOnlySpan<float>((float*)dyp + baseOff + (long)ch * hw, hw);
-                double sdy = TensorPrimitives.Sum(dys);
-                double sxhat = Reduce.SumProductDeviation((float*)dyp + baseOff + (long)ch * hw, (float*)xp + baseOff + (long)ch * hw, hw,
-                    sh == null ? mu : mu - sh[ch]) * r;
-                s1[s * c + cc] = sdy;
-                s2[s * c + cc] = sxhat;
-                double gm = ((float*)gp)[cc];
-                a += gm * sdy;
-                b += gm * sxhat;
-            }
-            // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx (x - mean) + k0.
-            double rr = r;
-            float kx = (float)(-rr * rr * b / count);
-            float k0 = (float)(-rr * a / count);
-            for (int ch = 0; ch < cpg; ch++)
-            {
-                int cc = gi * cpg + ch;
-                long o = baseOff + (long)ch * hw;
-                Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, sh == null ? mu : mu - sh[ch], k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
+                // dx = r * (gamma dy - (a + xhat b) / M) = (r gamma) dy + kx (x - mean) + k0.
+                double rr = r;
+                float kx = (float)(-rr * rr * b / count);
+                float k0 = (float)(-rr * a / count);
+                for (int ch = 0; ch < cpg; ch++)
+                {
+                    int cc = gi * cpg + ch;
+                    long o = baseOff + (long)ch * hw;
+                    Kernel.Map(new LinearCombinationKernel(r * ((float*)gp)[cc], kx, sh == null ? mu : mu - sh[ch], k0), (float*)dyp + o, (float*)xp + o, (float*)dxp + o, hw);
+                }
             }
         });
         for (int cc = 0; cc < c; cc++)

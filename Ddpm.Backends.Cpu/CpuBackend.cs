@@ -23,6 +23,7 @@ public sealed unsafe partial class CpuBackend : IBackend
 
     private readonly CpuMemoryPool _memory = new();
     private readonly WorkerPool _pool;
+    private readonly WholeBatch _wholeBatch = new();
 
     /// <param name="threads">Worker threads; 0 means all cores.</param>
     public CpuBackend(int threads = 0) : this(new CpuBackendOptions { Threads = threads })
@@ -42,6 +43,9 @@ public sealed unsafe partial class CpuBackend : IBackend
     public string Description =>
         $"CPU SIMD ({(_pool.Options.UseAvx512 ? "AVX-512" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? "AVX2" : "128-bit")}), " +
         $"{_pool.Threads} threads, {RuntimeInformation.ProcessArchitecture}, System.Numerics.Tensors";
+
+    /// <summary>The Winograd choice counts the tiles of the whole batch inside the scope (<see cref="WholeBatch"/>).</summary>
+    public IDisposable PartOfBatch(int whole) => _wholeBatch.Of(whole);
 
     public void Dispose()
     {

@@ -20,8 +20,8 @@ public enum ConvolutionEngine
 /// The convolutions on cuDNN 9: descriptors and one algorithm per pass made once per geometry (the first call
 /// of each shape) and cached, chosen among cuDNN's heuristic results as the fastest deterministic one that fits
 /// <see cref="CudnnWorkspaceLimit"/>, so a run gives the same bits every time; the workspace is a scratch
-/// buffer of the backend's allocator. Float32 data; the math type follows <see cref="BackendOptions.Precision"/>
-/// (FMA for fp32, tensor ops for tf32).
+/// buffer of the backend's allocator. Float32 data, or bfloat16 copies in bf16 (see CudaBackend.Bf16.cs); the math
+/// type follows <see cref="BackendOptions.Precision"/> (FMA for fp32, tensor ops for tf32 and bf16).
 /// </summary>
 public sealed partial class CudaBackend
 {
@@ -95,28 +95,44 @@ public sealed partial class CudaBackend
         BackwardFilter,
     }
 
-    // y = conv(x, w) (+ bias): cudnnConvolutionForward, then cudnnAddTensor of the [1, O, 1, 1] bias.
+    // y = conv(x, w) (+ bias): cudnnConvolutionForward, then cudnnAddTensor of the [1, O, 1, 1] bias to the float32 y.
     private unsafe void CudnnForward(in ConvGeometry g, ulong px, ulong pw, ulong pbias, ulong py)
     {
+        using var x = DnnInput(px, g.InputSize);
+        using var w = DnnInput(pw, g.WeightSize);
+        using var y = DnnOutput(py, g.OutputSize);
         var plan = RunPass(g, ConvPass.Forward, "cudnnConvolutionForward", (p, pass, ws, one, zero) => Cudnn.cudnnConvolutionForward(_cudnn, one,
-            p.X, px, p.W, pw, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.Y, py));
+            p.X, x.Pointer, p.W, w.Pointer, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.Y, y.Pointer));
+        y.Finish(this);
         float unit = 1f;
-        if (pbias != 0) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Y, py), "cudnnAddTensor", g);
+        if (pbias != 0) CudnnCall(Cudnn.cudnnAddTensor(_cudnn, &unit, plan.Bias, pbias, &unit, plan.Output, py), "cudnnAddTensor", g);
     }
 
     // dx = conv^T(dy, w): cudnnConvolutionBackwardData.
-    private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx) =>
+    private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx)
+    {
+        using var dy = DnnInput(pdy, g.OutputSize);
+        using var w = DnnInput(pw, g.WeightSize);
+        using var dx = DnnOutput(pdx, g.InputSize);
         RunPass(g, ConvPass.BackwardData, "cudnnConvolutionBackwardData", (p, pass, ws, one, zero) => Cudnn.cudnnConvolutionBackwardData(_cudnn,
-            one, p.W, pw, p.Y, pdy, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.X, pdx));
+            one, p.W, w.Pointer, p.Y, dy.Pointer, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero, p.X, dx.Pointer));
+        dx.Finish(this);
+    }
 
-    // dw = the filter gradient, dbias = dy summed over N, OH, OW: cudnnConvolutionBackwardFilter and cudnnConvolutionBackwardBias.
+    // dw = the filter gradient, dbias = dy summed over N, OH, OW (from the float32 dy): cudnnConvolutionBackwardFilter and
+    // cudnnConvolutionBackwardBias.
     private unsafe void CudnnBackwardFilter(in ConvGeometry g, ulong px, ulong pdy, ulong pdw, ulong pdb)
     {
+        using var x = DnnInput(px, g.InputSize);
+        using var dy = DnnInput(pdy, g.OutputSize);
+        using var dw = DnnOutput(pdw, g.WeightSize);
         var plan = RunPass(g, ConvPass.BackwardFilter, "cudnnConvolutionBackwardFilter", (p, pass, ws, one, zero) =>
-            Cudnn.cudnnConvolutionBackwardFilter(_cudnn, one, p.X, px, p.Y, pdy, pass.Convolution, pass.Algorithm, ws, pass.WorkspaceBytes, zero,
-                p.W, pdw));
+            Cudnn.cudnnConvolutionBackwardFilter(_cudnn, one, p.X, x.Pointer, p.Y, dy.Pointer, pass.Convolution, pass.Algorithm, ws,
+                pass.WorkspaceBytes, zero, p.W, dw.Pointer));
+        dw.Finish(this);
         float unit = 1f, none = 0f;
-        if (pdb != 0) CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &unit, plan.Y, pdy, &none, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
+        if (pdb != 0)
+            CudnnCall(Cudnn.cudnnConvolutionBackwardBias(_cudnn, &unit, plan.Output, pdy, &none, plan.Bias, pdb), "cudnnConvolutionBackwardBias", g);
     }
 
     /// <summary>One pass's call, given the plan, the pass's plan, its workspace and alpha = 1, beta = 0.</summary>
@@ -143,7 +159,7 @@ public sealed partial class CudaBackend
     private ConvPlan PlanFor(in ConvGeometry g)
     {
         if (_convPlans.TryGetValue(g, out var plan)) return plan;
-        plan = ConvPlan.Create(g);
+        plan = ConvPlan.Create(g, DnnDataType);
         _convPlans[g] = plan;
         return plan;
     }
@@ -151,7 +167,10 @@ public sealed partial class CudaBackend
     /// <summary>One pass's convolution descriptor (its math type set), algorithm and workspace.</summary>
     private sealed record PassPlan(nint Convolution, int Algorithm, nuint WorkspaceBytes, CudnnMathType MathType);
 
-    /// <summary>The descriptors of one convolution geometry (x, w, y, the bias) and, made on first use, each pass's plan.</summary>
+    /// <summary>
+    /// The descriptors of one convolution geometry (x, w, y of the passes' data type; the float32 y and bias of the bias
+    /// add and gradient) and, made on first use, each pass's plan.
+    /// </summary>
     private sealed unsafe class ConvPlan : IDisposable
     {
         private readonly PassPlan?[] _passes = new PassPlan?[3];
@@ -163,9 +182,10 @@ public sealed partial class CudaBackend
         internal nint X { get; private set; }
         internal nint W { get; private set; }
         internal nint Y { get; private set; }
+        internal nint Output { get; private set; }
         internal nint Bias { get; private set; }
 
-        internal static ConvPlan Create(in ConvGeometry g)
+        internal static ConvPlan Create(in ConvGeometry g, CudnnDataType type)
         {
             var p = new ConvPlan();
             try
@@ -173,13 +193,20 @@ public sealed partial class CudaBackend
                 const CudnnDataType f32 = CudnnDataType.Float;
                 Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out nint x), "cudnnCreateTensorDescriptor");
                 p.X = x;
-                Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(x, CudnnTensorFormat.Nchw, f32, g.N, g.C, g.H, g.W), $"cudnnSetTensor4dDescriptor (x of {g})");
+                Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(x, CudnnTensorFormat.Nchw, type, g.N, g.C, g.H, g.W), $"cudnnSetTensor4dDescriptor (x of {g})");
                 Cudnn.Check(Cudnn.cudnnCreateFilterDescriptor(out nint w), "cudnnCreateFilterDescriptor");
                 p.W = w;
-                Cudnn.Check(Cudnn.cudnnSetFilter4dDescriptor(w, f32, CudnnTensorFormat.Nchw, g.O, g.C, g.KH, g.KW), $"cudnnSetFilter4dDescriptor (w of {g})");
+                Cudnn.Check(Cudnn.cudnnSetFilter4dDescriptor(w, type, CudnnTensorFormat.Nchw, g.O, g.C, g.KH, g.KW), $"cudnnSetFilter4dDescriptor (w of {g})");
                 Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out nint y), "cudnnCreateTensorDescriptor");
-                p.Y = y;
-                Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(y, CudnnTensorFormat.Nchw, f32, g.N, g.O, g.OH, g.OW), $"cudnnSetTensor4dDescriptor (y of {g})");
+                p.Y = p.Output = y;
+                Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(y, CudnnTensorFormat.Nchw, type, g.N, g.O, g.OH, g.OW), $"cudnnSetTensor4dDescriptor (y of {g})");
+                if (type != f32)
+                {
+                    Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out nint output), "cudnnCreateTensorDescriptor");
+                    p.Output = output;
+                    Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(output, CudnnTensorFormat.Nchw, f32, g.N, g.O, g.OH, g.OW),
+                        $"cudnnSetTensor4dDescriptor (float32 y of {g})");
+                }
                 Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out nint b), "cudnnCreateTensorDescriptor");
                 p.Bias = b;
                 Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(b, CudnnTensorFormat.Nchw, f32, 1, g.O, 1, 1), $"cudnnSetTensor4dDescriptor (bias of {g})");
@@ -202,9 +229,10 @@ public sealed partial class CudaBackend
             {
                 Cudnn.Check(Cudnn.cudnnSetConvolution2dDescriptor(conv, g.PadH, g.PadW, g.StrideH, g.StrideW, 1, 1,
                     CudnnConvolutionMode.CrossCorrelation, CudnnDataType.Float), $"cudnnSetConvolution2dDescriptor ({g})");
-                bool tf32 = be._options.Precision == Precision.Tf32;
+                // tf32 and bf16 run on tensor cores; fp32 never does.
+                bool tensorOps = be._options.Precision != Precision.Fp32;
                 // The heuristics rank the algorithms of the math type the descriptor allows.
-                Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(conv, tf32 ? CudnnMathType.TensorOp : CudnnMathType.Fma), "cudnnSetConvolutionMathType");
+                Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(conv, tensorOps ? CudnnMathType.TensorOp : CudnnMathType.Fma), "cudnnSetConvolutionMathType");
                 Cudnn.Check(Cudnn.cudnnGetConvolution2dForwardOutputDim(conv, X, W, out int n, out int o, out int oh, out int ow),
                     "cudnnGetConvolution2dForwardOutputDim");
                 if (n != g.N || o != g.O || oh != g.OH || ow != g.OW)
@@ -225,8 +253,8 @@ public sealed partial class CudaBackend
                     if (r.Status != Cudnn.Success || r.Determinism != CudnnAlgoPerf.Deterministic || (long)r.Memory > CudnnWorkspaceLimit) continue;
                     // fp32 never runs on tensor cores: TF32 products would break the float32 parity.
                     bool tensorCores = r.MathType is CudnnMathType.TensorOp or CudnnMathType.TensorOpAllowConversion;
-                    if (!tf32 && tensorCores) continue;
-                    var math = tf32 ? r.MathType : CudnnMathType.Fma;
+                    if (!tensorOps && tensorCores) continue;
+                    var math = tensorOps ? r.MathType : CudnnMathType.Fma;
                     if (Cudnn.cudnnSetConvolutionMathType(conv, math) != Cudnn.Success) continue;
                     nuint bytes;
                     status = pass switch
@@ -256,9 +284,10 @@ public sealed partial class CudaBackend
             Array.Clear(_passes);
             if (X != 0) Cudnn.cudnnDestroyTensorDescriptor(X);
             if (W != 0) Cudnn.cudnnDestroyFilterDescriptor(W);
+            if (Output != 0 && Output != Y) Cudnn.cudnnDestroyTensorDescriptor(Output);
             if (Y != 0) Cudnn.cudnnDestroyTensorDescriptor(Y);
             if (Bias != 0) Cudnn.cudnnDestroyTensorDescriptor(Bias);
-            X = W = Y = Bias = 0;
+            X = W = Y = Output = Bias = 0;
         }
     }
 }

@@ -457,11 +457,14 @@ public sealed partial class CudaBackend
         }
         int lda = transA ? m : k;  // A row-major [m, k], or [k, m] when transposed
         int ldb = transB ? k : n;  // B row-major [k, n], or [n, k] when transposed
-        Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas,
-            transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
-            n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC, batch), "cublasSgemmStridedBatched");
+        var opB = transB ? CublasOperation.T : CublasOperation.N;
+        var opA = transA ? CublasOperation.T : CublasOperation.N;
+        if (UsesBf16) GemmBf16(opB, opA, batch, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, c, strideC);
+        else
+            Cublas.Check(Cublas.cublasSgemmStridedBatched(_cublas, opB, opA, n, m, k, &alpha, b, ldb, strideB, a, lda, strideA, &beta, c, n, strideC,
+                batch), "cublasSgemmStridedBatched");
         _blasCalls++;
-        if (_syncEachLaunch) SynchronizeAfter("cublasSgemmStridedBatched");
+        if (_syncEachLaunch) SynchronizeAfter("cuBLAS GEMM");
     }
 
     public void Conv2dForward(DeviceBuffer x, DeviceBuffer w, DeviceBuffer? bias, in ConvGeometry g, DeviceBuffer y)

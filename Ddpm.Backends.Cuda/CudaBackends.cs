@@ -12,6 +12,6 @@ public static class CudaBackends
             VisibleDevices = CudaProbe.VisibleDeviceCount,
             Probe = () => CudaProbe.Run() is { Available: true } p ? p.ToString() : "unavailable: " + CudaProbe.Run().Reason,
             // TF32 by default for training and sampling, as PyTorch does for cuDNN convolutions.
-            Precisions = new BackendPrecisions([Precision.Fp32, Precision.Tf32], Precision.Tf32),
+            Precisions = new BackendPrecisions([Precision.Fp32, Precision.Tf32, Precision.Bf16], Precision.Tf32),
         });
 }

@@ -1,8 +1,8 @@
 namespace Ddpm.Tensors;
 
 /// <summary>
-/// The arithmetic a backend uses for convolutions and matrix products. Storage is float32 in every mode, and so
-/// are the other ops (norms, softmax, the optimiser, the loss).
+/// The arithmetic a backend uses for convolutions and matrix products. Storage is float32 in every mode (weights,
+/// activations, gradients, Adam's moments, the EMA), and so are the other ops (norms, softmax, the optimiser, the loss).
 /// </summary>
 public enum Precision
 {
@@ -14,6 +14,13 @@ public enum Precision
     /// CUDA on Ampere and later (older devices compute in float32). PyTorch's default for cuDNN convolutions.
     /// </summary>
     Tf32,
+
+    /// <summary>
+    /// Mixed precision as PyTorch's bfloat16 autocast: the operands of convolutions and matrix products (attention's
+    /// included) are rounded to bfloat16 (8-bit exponent, 7-bit mantissa, to nearest even) and their products summed in
+    /// float32; everything else, the weights the optimiser updates included, stays float32. CUDA.
+    /// </summary>
+    Bf16,
 }
 
 /// <summary>The precisions a backend can compute in, and the one its training and sampling use by default.</summary>
@@ -25,7 +32,7 @@ public sealed record BackendPrecisions(IReadOnlyList<Precision> Supported, Preci
     /// <summary>"fp32" as the command line and reports spell a precision.</summary>
     public static string Name(Precision p) => p.ToString().ToLowerInvariant();
 
-    /// <summary>The precision named <paramref name="name"/> (fp32, tf32), or null.</summary>
+    /// <summary>The precision named <paramref name="name"/> (fp32, tf32, bf16), or null.</summary>
     public static Precision? Parse(string name) =>
         Enum.GetValues<Precision>().Cast<Precision?>().FirstOrDefault(p => Name(p!.Value).Equals(name.Trim(), StringComparison.OrdinalIgnoreCase));
 }

@@ -96,6 +96,14 @@ public interface IBackend : IDisposable
     /// <summary>A one-line description (device, threads, library versions).</summary>
     string Description { get; }
 
+    /// <summary>
+    /// Until the returned handle is disposed, the work given to this backend is part of a batch of
+    /// <paramref name="whole"/> samples (a data-parallel shard, a micro-batch), so that a backend choosing its
+    /// algorithms by the batch chooses for the whole one and computes each sample as the whole batch would
+    /// (<see cref="WholeBatch"/>). Backends whose arithmetic does not depend on the batch ignore it.
+    /// </summary>
+    IDisposable PartOfBatch(int whole) => NoScope.Instance;
+
     // ---- memory -------------------------------------------------------------------------------------
 
     /// <summary>A buffer of <paramref name="length"/> floats; contents undefined.</summary>
@@ -243,4 +251,14 @@ public interface IBackend : IDisposable
     /// is left as it is. sumSq: at least index + 2; x: [n].
     /// </summary>
     void ClipScale(DeviceBuffer sumSq, int index, double maxNorm, DeviceBuffer x, int n);
+}
+
+/// <summary>A scope with nothing to undo.</summary>
+internal sealed class NoScope : IDisposable
+{
+    public static readonly NoScope Instance = new();
+
+    public void Dispose()
+    {
+    }
 }

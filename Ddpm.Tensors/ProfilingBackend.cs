@@ -15,13 +15,19 @@ public sealed class ProfilingBackend : IBackend
 {
     private readonly bool _synchronize;
     private readonly Dictionary<string, Entry> _entries = new();
-    private readonly Stopwatch _wall = new();
+    private readonly Func<double> _clock;
+    private double _wallSeconds, _wallStart;
     private bool _on;
 
-    public ProfilingBackend(IBackend inner, bool synchronize = true)
+    /// <param name="inner">The backend that does the work.</param>
+    /// <param name="synchronize">Wait for the device after each op.</param>
+    /// <param name="clock">Seconds on the clock that times the ops and the recording: wall time by default; a
+    /// thread's CPU time makes a single-threaded CPU backend's table steady on a machine shared with other work.</param>
+    public ProfilingBackend(IBackend inner, bool synchronize = true, Func<double>? clock = null)
     {
         Inner = inner ?? throw new ArgumentNullException(nameof(inner));
         _synchronize = synchronize;
+        _clock = clock ?? (() => Stopwatch.GetTimestamp() / (double)Stopwatch.Frequency);
     }
 
     /// <summary>The backend that does the work.</summary>
@@ -30,6 +36,8 @@ public sealed class ProfilingBackend : IBackend
     public string Name => Inner.Name;
 
     public string Description => Inner.Description + " (profiled)";
+
+    public IDisposable PartOfBatch(int whole) => Inner.PartOfBatch(whole);
 
     /// <summary>One row of the table: calls, total seconds, and floating-point operations where counted.</summary>
     public sealed class Entry
@@ -45,15 +53,15 @@ public sealed class ProfilingBackend : IBackend
     /// <summary>Starts (or resumes) recording.</summary>
     public void Start()
     {
+        if (!_on) _wallStart = _clock();
         _on = true;
-        _wall.Start();
     }
 
     /// <summary>Pauses recording.</summary>
     public void Stop()
     {
         Inner.Synchronize();
-        _wall.Stop();
+        if (_on) _wallSeconds += _clock() - _wallStart;
         _on = false;
     }
 
@@ -61,11 +69,12 @@ public sealed class ProfilingBackend : IBackend
     public void Reset()
     {
         _entries.Clear();
-        _wall.Reset();
+        _wallSeconds = 0;
+        if (_on) _wallStart = _clock();
     }
 
-    /// <summary>Wall seconds spent recording (ops plus everything between them).</summary>
-    public double WallSeconds => _wall.Elapsed.TotalSeconds;
+    /// <summary>Seconds spent recording (ops plus everything between them), on the profiler's clock.</summary>
+    public double WallSeconds => _wallSeconds + (_on ? _clock() - _wallStart : 0);
 
     /// <summary>The rows, slowest first.</summary>
     public IReadOnlyList<Entry> Entries => _entries.Values.OrderByDescending(e => e.Seconds).ToList();
@@ -100,10 +109,10 @@ public sealed class ProfilingBackend : IBackend
             call();
             return;
         }
-        long t0 = Stopwatch.GetTimestamp();
+        double t0 = _clock();
         call();
         if (_synchronize) Inner.Synchronize();
-        double s = (Stopwatch.GetTimestamp() - t0) / (double)Stopwatch.Frequency;
+        double s = _clock() - t0;
         if (!_entries.TryGetValue(op, out var e)) _entries[op] = e = new Entry(op);
         e.Calls++;
         e.Seconds += s;

@@ -2,6 +2,7 @@ using CommandLine;
 using CommandLine.Text;
 using Ddpm.Tensors.IO;
 using Ddpm.Tool.Commands;
+using Ddpm.Tool.Serve;
 
 namespace Ddpm.Tool;
 
@@ -11,7 +12,7 @@ public static class Program
     [
         typeof(TrainOptions), typeof(SampleOptions), typeof(AnimateOptions), typeof(InterpolateOptions),
         typeof(ForwardOptions), typeof(ParityOptions), typeof(BenchOptions), typeof(InfoOptions),
-        typeof(EvalOptions), typeof(TrainClassifierOptions), typeof(InpaintOptions), typeof(ExportOptions),
+        typeof(EvalOptions), typeof(TrainClassifierOptions), typeof(InpaintOptions), typeof(ExportOptions), typeof(ServeOptions),
     ];
 
     public static int Main(string[] args)
@@ -92,6 +93,7 @@ public static class Program
                 TrainClassifierOptions o => TrainClassifierCommand.Run(o, con),
                 InpaintOptions o => InpaintCommand.Run(o, con),
                 ExportOptions o => ExportCommand.Run(o, con),
+                ServeOptions o => ServeCommand.Run(o, con),
                 _ => throw new InvalidOperationException($"verb {options.GetType().Name} has no handler"),
             };
         }
@@ -156,8 +158,8 @@ public static class Program
         BadFormatConversionError b => $"bad value for --{b.NameInfo.LongName}",
         MissingRequiredOptionError m => $"missing required option --{m.NameInfo.LongName}",
         MissingValueOptionError m => $"option --{m.NameInfo.LongName} needs a value",
-        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export)",
-        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export)",
+        BadVerbSelectedError v => $"unknown verb '{v.Token}' (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export, serve)",
+        NoVerbSelectedError => "no verb given (verbs: train, sample, animate, interpolate, forward, parity, bench, info, eval, train-classifier, inpaint, export, serve)",
         RepeatedOptionError r => $"option --{r.NameInfo.LongName} given twice",
         _ => $"bad arguments ({e.Tag})",
     };

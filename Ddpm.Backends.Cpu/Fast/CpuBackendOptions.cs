@@ -25,24 +25,33 @@ public sealed record CpuBackendOptions
     public bool Winograd { get; init; } = true;
 
     /// <summary>
+    /// Outputs per side of a Winograd tile: 4 runs F(4x4, 3x3) (36 products per 4x4 outputs, 4x fewer multiplies than
+    /// the direct sums), 2 runs F(2x2, 3x3) (16 products per 2x2 outputs, 2.25x fewer).
+    /// </summary>
+    public int WinogradTile { get; init; } = 4;
+
+    /// <summary>
     /// Fewest input and output channels of a Winograd convolution: its 16 GEMMs are C deep and O tall, too thin to
     /// pay for the transforms below this (the UNet's 1-channel image projection and output layer).
     /// </summary>
     public int WinogradMinChannels { get; init; } = 16;
 
     /// <summary>
-    /// Fewest output tiles (N x ceil(OH / 2) x ceil(OW / 2)) of a Winograd convolution. The filter transform costs
-    /// as much as the products of about a hundred tiles and is paid per call: on the benchmark machine Winograd lost
-    /// at 16 to 256 tiles (0.2x to 1.0x of the implicit GEMM, labml's 4x4 levels at batch 16) and won from 512 on
-    /// (1.16x to 1.56x, forward plus both backward passes).
+    /// Fewest output tiles, counted as F(2x2) tiles (N x ceil(OH / 2) x ceil(OW / 2), N the whole batch of a
+    /// <see cref="Ddpm.Tensors.IBackend.PartOfBatch"/> where the call is part of one), of a Winograd convolution. The
+    /// filter transform is paid per call: on the benchmark machine (one thread, thread CPU time, forward plus both
+    /// backward passes, AVX2 code) F(4x4, 3x3) lost to the implicit GEMM at 16 and 32 such tiles of a [N, 128, 8, 8] ->
+    /// 128 convolution (0.4x, 0.8x) and at 64 of labml's [16, 1024, 4, 4] -> 1024 (0.9x), and won from 128 on (1.5x to
+    /// 2.9x; docs/cpu-backend.md).
     /// </summary>
-    public int WinogradMinTiles { get; init; } = 512;
+    public int WinogradMinTiles { get; init; } = 128;
 
     /// <summary>
-    /// Smallest O x C x tiles of a Winograd convolution: below about 2M the whole convolution takes a fraction of a
-    /// millisecond and the transforms' extra passes and parallel regions cost more than the multiplies saved.
+    /// Smallest O x C x tiles (F(2x2) tiles, counted as for <see cref="WinogradMinTiles"/>) of a Winograd convolution:
+    /// below this the whole convolution takes a few tens of microseconds and its extra passes and parallel regions cost
+    /// more than the multiplies saved.
     /// </summary>
-    public long WinogradMinWork { get; init; } = 1L << 21;
+    public long WinogradMinWork { get; init; } = 1L << 18;
 
     /// <summary>
     /// Size of a Winograd work chunk in tile-channels, (C + O) x tiles: its transformed input and products take 64
@@ -81,6 +90,7 @@ public sealed record CpuBackendOptions
         if (Threads < 0) throw new ArgumentOutOfRangeException(nameof(Threads), $"Thread count {Threads} is negative.");
         if (GemmKC < 16 || GemmMC < 12 || GemmNC < 32)
             throw new ArgumentOutOfRangeException(nameof(GemmKC), $"SGEMM blocks KC {GemmKC}, MC {GemmMC}, NC {GemmNC} are below 16, 12, 32.");
+        if (WinogradTile is not (2 or 4)) throw new ArgumentOutOfRangeException(nameof(WinogradTile), $"Winograd tile {WinogradTile} is not 2 or 4.");
         if (WinogradChunk < 1) throw new ArgumentOutOfRangeException(nameof(WinogradChunk), $"Winograd chunk {WinogradChunk} is below 1.");
         if (WinogradMinTiles < 1 || WinogradMinWork < 0)
             throw new ArgumentOutOfRangeException(nameof(WinogradMinTiles), $"Winograd thresholds {WinogradMinTiles} tiles, {WinogradMinWork} work are out of range.");

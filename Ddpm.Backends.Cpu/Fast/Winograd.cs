@@ -7,303 +7,159 @@ using Ddpm.Tensors;
 namespace Ddpm.Backends.Cpu.Fast;
 
 /// <summary>
-/// Winograd F(2x2, 3x3) (Lavin and Gray 2016) for the 3x3, stride-1, padding-1 convolutions: every 2x2 output
-/// tile is A^T [ (G g G^T) . (B^T d B) ] A for the 4x4 input patch d around it, so the channel sums become 16
-/// GEMMs with 4 outputs per column instead of 9 multiply-adds per output: 2.25x fewer multiplies. The transforms
-/// have coefficients 0, +-1 and +-1/2 only, so float32 loses about as little as the direct sums (ConvTests).
+/// The transforms of one Winograd F(m x m, 3x3) algorithm (Lavin and Gray 2016): every m x m output tile is
+/// A^T [ (G g G^T) . (B^T d B) ] A of the (m + 2) x (m + 2) input patch d around it, so the channel sums become
+/// (m + 2)^2 GEMMs ("planes"). Tiles are numbered within a chunk of whole tile rows (a row of output tiles of one
+/// image): tile t of the chunk starting at global tile row r0 is tile t % tw of global tile row r0 + t / tw, global
+/// tile row r being tile row r % th of image r / th. Planes are <c>plane</c> floats apart.
+/// </summary>
+internal unsafe interface IWinogradTile
+{
+    /// <summary>Outputs per tile side.</summary>
+    static abstract int M { get; }
+
+    /// <summary>(m + 2)^2, the number of products.</summary>
+    static abstract int Planes { get; }
+
+    /// <summary>Floats of per-worker staging a transform of a chunk of <paramref name="tiles"/> tiles, <paramref name="tw"/> per tile row, needs.</summary>
+    static abstract long StageFloats(int tw, int tiles);
+
+    /// <summary>u [Planes, O*C] = G g G^T for the 3x3 filters p0 .. p0 + count of w [O*C, 3, 3], planes <paramref name="plane"/> floats apart.</summary>
+    static abstract void FilterTransform(float* w, float* u, long plane, int p0, int count);
+
+    /// <summary>dw [O*C, 3, 3] = G^T du G for the filters p0 .. p0 + count of du [Planes, O*C]: the adjoint of <see cref="FilterTransform"/>.</summary>
+    static abstract void FilterGradient(float* du, long plane, float* dw, int p0, int count);
+
+    /// <summary>
+    /// V = B^T d B for the tiles of tile rows r0 .. r0 + rows as planes of [C, tiles]: row-major with leading dimension
+    /// <paramref name="ld"/> when <paramref name="nr"/> is 0, otherwise in SGEMM's packed-B layout (strips of nr tiles,
+    /// [C, nr] each, for <see cref="Sgemm.RunPacked"/>). Columns of the last strip past the chunk may be written with
+    /// anything (the caller clears them).
+    /// </summary>
+    static abstract void InputTransform(float* x, in ConvGeometry g, int th, int tw, int r0, int rows, float* v, long plane, int nr, int ld, float* stage);
+
+    /// <summary>The chunk's outputs y = A^T m A (+ bias) from M [Planes, O, ld]; outputs past the last row or column are dropped.</summary>
+    static abstract void OutputTransform(float* m, long plane, float* bias, float* y, in ConvGeometry g, int th, int tw, int r0, int rows, int ld, float* stage);
+
+    /// <summary>dM [Planes, O, ld] = A dy A^T for the chunk's tiles (outputs past the last row or column count as zero): the adjoint of <see cref="OutputTransform"/>.</summary>
+    static abstract void GradOutputTransform(float* dy, in ConvGeometry g, int th, int tw, int r0, int rows, float* dm, long plane, int ld, float* stage);
+}
+
+/// <summary>
+/// The 3x3, stride-1, padding-1 convolutions as Winograd convolutions: F(2x2, 3x3) (<see cref="WinogradF2"/>, 16
+/// products, 2.25x fewer multiplies than the direct sums) or F(4x4, 3x3) (<see cref="WinogradF4"/>, 36 products, 4x
+/// fewer), chosen by <see cref="CpuBackendOptions.WinogradTile"/>.
 /// <para>
-/// Work goes in chunks of whole tile rows (a row of output tiles of one image), sized so that a chunk's
-/// transformed input V [16, C, T] and product M [16, O, T] stay in a core's L2: a worker transforms its
-/// chunk's input, runs the 16 GEMMs on its own thread and transforms the products back. Tile rows are read
-/// with even and odd columns split, so that every transform is a contiguous vector operation over the tiles of
-/// a row. Index convention: xi = 4 i + j, i the row and j the column of the 4x4 transformed tile.
+/// Work goes in chunks of whole tile rows, sized so that a chunk's transformed input V [P, C, T] and products M [P, O,
+/// T] stay in a core's L2: a worker transforms its chunk's input straight into packed SGEMM B strips, runs the P
+/// products on the micro-kernels with no packing (<see cref="Sgemm.RunPacked"/>) and transforms the products back.
+/// The filters are transformed once per call and packed as SGEMM A panels. The weight gradient sums dM V^T over the
+/// chunks of a worker item into a partial, the partials in item order, then dw = G^T dU G.
 /// </para>
 /// </summary>
 internal static unsafe class Winograd
 {
     /// <summary>
-    /// The distance between two of the 16 planes of transformed tiles or products: their size plus one cache line.
-    /// Planes are often a multiple of 4 KB (e.g. 32 channels x 512 tiles = 64 KB), and 16 streams whose addresses
-    /// differ by such a multiple fall into the same L1 and L2 sets and evict each other; the offset spreads them.
+    /// The distance between two planes of transformed tiles or products: their size plus one cache line. Planes are
+    /// often a multiple of 4 KB (e.g. 32 channels x 512 tiles = 64 KB), and 16 streams whose addresses differ by such a
+    /// multiple fall into the same L1 and L2 sets and evict each other; the offset spreads them.
     /// </summary>
     internal static long PlaneStride(long floats) => floats + 16;
 
-    /// <summary>Whether the geometry is one Winograd F(2x2, 3x3) here computes: 3x3, stride 1, padding 1.</summary>
+    /// <summary>Whether the geometry is one the Winograd convolutions here compute: 3x3, stride 1, padding 1.</summary>
     public static bool Applies(in ConvGeometry g) =>
         g.KH == 3 && g.KW == 3 && g.StrideH == 1 && g.StrideW == 1 && g.PadH == 1 && g.PadW == 1;
 
-    /// <summary>Tile rows per chunk: about <see cref="CpuBackendOptions.WinogradChunk"/> tile-channels ((C + O) x T), at least one tile row.</summary>
-    internal static int RowsPerChunk(in ConvGeometry g, int tw, int budget) => Math.Max(1, budget / (g.C + g.O) / tw);
-
-    /// <summary>U [16, O, C] = G w G^T for every (o, c), G = [[1,0,0],[1/2,1/2,1/2],[1/2,-1/2,1/2],[0,0,1]].</summary>
-    internal static void FilterTransform(WorkerPool pool, float* w, float* u, int o, int c)
-    {
-        nint wp = (nint)w, up = (nint)u;
-        long plane = (long)o * c;
-        pool.ForItems(o * c, 256, (p0, count) =>
-        {
-            float* t = stackalloc float[12];
-            for (int p = p0; p < p0 + count; p++)
-            {
-                float* g = (float*)wp + (long)p * 9;
-                // t [4, 3] = G g
-                for (int col = 0; col < 3; col++)
-                {
-                    float g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
-                    t[col] = g0;
-                    t[3 + col] = 0.5f * (g0 + g1 + g2);
-                    t[6 + col] = 0.5f * (g0 - g1 + g2);
-                    t[9 + col] = g2;
-                }
-                // U [4, 4] = t G^T
-                for (int i = 0; i < 4; i++)
-                {
-                    float a = t[3 * i], b = t[3 * i + 1], cc = t[3 * i + 2];
-                    float* dst = (float*)up + p;
-                    dst[(4 * i + 0) * plane] = a;
-                    dst[(4 * i + 1) * plane] = 0.5f * (a + b + cc);
-                    dst[(4 * i + 2) * plane] = 0.5f * (a - b + cc);
-                    dst[(4 * i + 3) * plane] = cc;
-                }
-            }
-        });
-    }
+    /// <summary>Output tiles of a geometry with tiles of m x m outputs.</summary>
+    internal static long Tiles(in ConvGeometry g, int m) => (long)g.N * ((g.OH + m - 1) / m) * ((g.OW + m - 1) / m);
 
     /// <summary>
-    /// V = B^T d B for the tiles of global tile rows r0 .. r0 + rows (row r: image r / TH, tile row r % TH),
-    /// B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], as 16 planes of [C, tiles]: row-major with leading
-    /// dimension ld when <paramref name="nr"/> is 0, otherwise already in SGEMM's packed-B layout (strips of nr
-    /// tiles, [C, nr] each, for <see cref="Sgemm.RunPacked"/>), planes <paramref name="plane"/> floats apart. The
-    /// four input rows of a tile row are split into even and odd padded columns (ev[k] = x[2k - 1], od[k] =
-    /// x[2k]), the column transform is applied to those, then the row transform is four vector operations over the
-    /// tiles.
+    /// Tile rows per chunk: about <see cref="CpuBackendOptions.WinogradChunk"/> F(2x2) tile-channels of transformed data
+    /// ((C + O) x tiles x planes / 16), at least one tile row, no more than a worker's share of the tile rows, and
+    /// where a tile row is narrower than a 32-column strip, a whole number of strips.
     /// </summary>
-    internal static void InputTransform(float* x, in ConvGeometry g, int th, int tw, int r0, int rows, float* v, long plane, int nr, int ld, float* stage)
+    internal static int RowsPerChunk(in ConvGeometry g, int tw, int totalRows, int budget, int planes, int threads)
     {
-        int h = g.H, wd = g.W, k1 = tw + 1;
-        long strip = (long)g.C * nr;
-        // stage: 4 rows x (ev, od) x k1, then 4 x (ev, od) x k1 of the column-transformed rows.
-        // rows: four slots of (ev, od) for the input rows of a tile row; ct: the column-transformed rows.
-        float* ct = stage + 8 * k1;
-        float** slot = stackalloc float*[4];
-        for (int c = 0; c < g.C; c++)
-        {
-            int prevRow = -2;
-            for (int i = 0; i < 4; i++) slot[i] = stage + 2 * i * k1;
-            for (int rr = 0; rr < rows; rr++)
-            {
-                int r = r0 + rr, n = r / th, ty = r % th;
-                float* img = x + ((long)n * g.C + c) * h * wd;
-                int first = 0;
-                if (r == prevRow + 1 && ty > 0)
-                {
-                    // Input rows 2ty - 1 and 2ty were rows 2 and 3 of the previous tile row: swap them in.
-                    float* s0 = slot[0], s1 = slot[1];
-                    slot[0] = slot[2];
-                    slot[1] = slot[3];
-                    slot[2] = s0;
-                    slot[3] = s1;
-                    first = 2;
-                }
-                prevRow = r;
-                for (int i = first; i < 4; i++)
-                {
-                    int ih = 2 * ty - 1 + i;
-                    float* ev = slot[i], od = ev + k1;
-                    if (ih < 0 || ih >= h)
-                    {
-                        new Span<float>(ev, 2 * k1).Clear();
-                        continue;
-                    }
-                    // ev[k] = x[2k - 1], od[k] = x[2k]: the even columns of the row go to od, the odd ones to ev + 1.
-                    Split(img + (long)ih * wd, wd, od, ev + 1, tw);
-                    ev[0] = 0f;
-                    od[tw] = 0f;
-                }
-                // Column transform, on ev and od at once (they are adjacent: 2 * k1 floats per row).
-                int len = 2 * k1;
-                float* r0p = slot[0], r1p = slot[1], r2p = slot[2], r3p = slot[3];
-                Sub(r0p, r2p, ct, len);
-                Add(r1p, r2p, ct + len, len);
-                Sub(r2p, r1p, ct + 2 * len, len);
-                Sub(r1p, r3p, ct + 3 * len, len);
-                // Row transform: v[4i + 0] = ev[k] - ev[k+1], v[4i + 1] = od[k] + ev[k+1], v[4i + 2] = ev[k+1] - od[k],
-                // v[4i + 3] = od[k] - od[k+1], for the tiles k = 0 .. tw - 1.
-                // In runs of tiles that stay inside one packed strip.
-                int t0 = rr * tw;
-                for (int k = 0; k < tw;)
-                {
-                    int run = tw - k;
-                    long at = (long)c * ld + t0 + k;
-                    if (nr > 0)
-                    {
-                        int within = (t0 + k) % nr;
-                        run = Math.Min(run, nr - within);
-                        at = (t0 + k) / nr * strip + (long)c * nr + within;
-                    }
-                    for (int i = 0; i < 4; i++)
-                    {
-                        float* ev = ct + i * len + k, od = ev + k1;
-                        float* dst = v + (4 * i) * plane + at;
-                        Sub(ev, ev + 1, dst, run);
-                        Add(od, ev + 1, dst + plane, run);
-                        Sub(ev + 1, od, dst + 2 * plane, run);
-                        Sub(od, od + 1, dst + 3 * plane, run);
-                    }
-                    k += run;
-                }
-            }
-        }
+        int rows = (int)Math.Max(1, (long)budget * 16 / planes / (g.C + g.O) / tw);
+        if (tw < 32 && 32 % tw == 0) rows = Math.Max(32 / tw, (rows * tw + 16) / 32 * 32 / tw);
+        return Math.Clamp(rows, 1, Math.Max(1, (totalRows + threads - 1) / threads));
     }
 
-    /// <summary>
-    /// y rows of the chunk = A^T m A (+ bias) from M [16, O, ld], A^T = [[1,1,1,0],[0,1,-1,-1]]: the column
-    /// transform gives two rows of per-tile sums, the row transform the even and odd output columns, which are
-    /// interleaved into the image (outputs past the last row or column are dropped).
-    /// </summary>
-    internal static void OutputTransform(float* m, long plane, float* bias, float* y, in ConvGeometry g, int th, int tw, int r0, int rows, int ld, float* stage)
-    {
-        int oh = g.OH, ow = g.OW;
-        float* s = stage, e = stage + 8 * tw;
-        for (int o = 0; o < g.O; o++)
-        {
-            float b = bias is null ? 0f : bias[o];
-            for (int rr = 0; rr < rows; rr++)
-            {
-                int r = r0 + rr, n = r / th, ty = r % th;
-                float* src = m + (long)o * ld + (long)rr * tw;
-                // s[j] = m0j + m1j + m2j, s[4 + j] = m1j - m2j - m3j (each tw long)
-                for (int j = 0; j < 4; j++)
-                {
-                    float* m0 = src + j * plane, m1 = src + (4 + j) * plane, m2 = src + (8 + j) * plane, m3 = src + (12 + j) * plane;
-                    Sum3(m0, m1, m2, s + j * tw, tw, 1f, 1f);
-                    Sum3(m1, m2, m3, s + (4 + j) * tw, tw, -1f, -1f);
-                }
-                // e: [row 0 even, row 0 odd, row 1 even, row 1 odd] columns.
-                for (int i = 0; i < 2; i++)
-                {
-                    float* si = s + 4 * i * tw;
-                    Sum3(si, si + tw, si + 2 * tw, e + 2 * i * tw, tw, 1f, 1f);
-                    Sum3(si + tw, si + 2 * tw, si + 3 * tw, e + (2 * i + 1) * tw, tw, -1f, -1f);
-                }
-                float* img = y + ((long)n * g.O + o) * oh * ow;
-                for (int i = 0; i < 2; i++)
-                {
-                    int row = 2 * ty + i;
-                    if (row >= oh) break;
-                    float* even = e + 2 * i * tw;
-                    Join(even, even + tw, b, img + (long)row * ow, ow);
-                }
-            }
-        }
-    }
+    /// <summary>Columns of a chunk's planes: its tiles rounded up to whole 32-column strips.</summary>
+    internal static int ChunkLd(int rowsPer, int tw) => (rowsPer * tw + 31) & ~31;
 
-    /// <summary>
-    /// dM [16, O, ld] = A dy A^T for the chunk's output tiles, A = [[1,0],[1,1],[1,-1],[0,-1]] (outputs past the
-    /// last row or column count as zero): the adjoint of <see cref="OutputTransform"/>.
-    /// </summary>
-    internal static void GradOutputTransform(float* dy, in ConvGeometry g, int th, int tw, int r0, int rows, float* dm, long plane, int ld, float* stage)
-    {
-        int oh = g.OH, ow = g.OW;
-        // raw: row 0 even, row 0 odd, row 1 even, row 1 odd; w: 4 rows x (even, odd) of the column transform.
-        float* raw = stage, wv = stage + 4 * tw;
-        for (int o = 0; o < g.O; o++)
-        {
-            for (int rr = 0; rr < rows; rr++)
-            {
-                int r = r0 + rr, n = r / th, ty = r % th;
-                float* img = dy + ((long)n * g.O + o) * oh * ow;
-                for (int i = 0; i < 2; i++)
-                {
-                    int row = 2 * ty + i;
-                    float* even = raw + 2 * i * tw, odd = even + tw;
-                    if (row >= oh)
-                    {
-                        new Span<float>(even, 2 * tw).Clear();
-                        continue;
-                    }
-                    Split(img + (long)row * ow, ow, even, odd, tw);
-                }
-                int len = 2 * tw;
-                float* a0 = raw, a1 = raw + len;
-                // w0 = r0, w1 = r0 + r1, w2 = r0 - r1, w3 = -r1 (even and odd halves together)
-                Add(a0, a1, wv + len, len);
-                Sub(a0, a1, wv + 2 * len, len);
-                long at = (long)o * ld + (long)rr * tw;
-                for (int i = 0; i < 4; i++)
-                {
-                    float* dst = dm + (4 * i) * plane + at;
-                    float* even = i switch { 0 => a0, 3 => a1, _ => wv + i * len }, odd = even + tw;
-                    float sign = i == 3 ? -1f : 1f;
-                    // dM[4i + 0] = e, [4i + 1] = e + d, [4i + 2] = e - d, [4i + 3] = -d (times -1 for row 3).
-                    Scale(even, sign, dst, tw);
-                    Combine(even, odd, dst + plane, tw, sign, sign);
-                    Combine(even, odd, dst + 2 * plane, tw, sign, -sign);
-                    Scale(odd, -sign, dst + 3 * plane, tw);
-                }
-            }
-        }
-    }
-
-    private static int TileRows(in ConvGeometry g) => (g.OH + 1) / 2;
-
-    private static int TileCols(in ConvGeometry g) => (g.OW + 1) / 2;
-
-    /// <summary>
-    /// y = conv(x, w) + bias for a geometry <see cref="Applies"/> accepts. The transformed filters are packed once
-    /// as SGEMM A panels and the input transform writes its tiles as packed B strips, so the 16 products of a chunk
-    /// run the micro-kernels with no packing.
-    /// </summary>
+    /// <summary>y = conv(x, w) + bias for a geometry <see cref="Applies"/> accepts, with the tile the options choose.</summary>
     public static void Forward(WorkerPool pool, float* x, float* w, float* bias, float* y, in ConvGeometry g)
     {
-        int th = TileRows(g), tw = TileCols(g);
-        int rowsPer = RowsPerChunk(g, tw, pool.Options.WinogradChunk), totalRows = g.N * th;
-        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = rowsPer * tw;
+        if (pool.Options.WinogradTile == 4) Forward<WinogradF4>(pool, x, w, bias, y, g);
+        else Forward<WinogradF2>(pool, x, w, bias, y, g);
+    }
+
+    /// <summary>dw = the weight gradient of <see cref="Forward"/>.</summary>
+    public static void BackwardWeight(WorkerPool pool, float* x, float* dy, float* dw, in ConvGeometry g)
+    {
+        if (pool.Options.WinogradTile == 4) BackwardWeight<WinogradF4>(pool, x, dy, dw, g);
+        else BackwardWeight<WinogradF2>(pool, x, dy, dw, g);
+    }
+
+    /// <summary>
+    /// The forward pass with tile <typeparamref name="T"/>: the transformed filters packed once as SGEMM A panels, the
+    /// input transform writing its tiles as packed B strips, so the products of a chunk run the micro-kernels with no
+    /// packing, on whole strips (the chunk's planes are a whole number of strips wide).
+    /// </summary>
+    internal static void Forward<T>(WorkerPool pool, float* x, float* w, float* bias, float* y, in ConvGeometry g) where T : IWinogradTile
+    {
+        int m = T.M, planes = T.Planes;
+        int th = (g.OH + m - 1) / m, tw = (g.OW + m - 1) / m, totalRows = g.N * th;
+        int rowsPer = RowsPerChunk(g, tw, totalRows, pool.Options.WinogradChunk, planes, pool.Threads);
+        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = ChunkLd(rowsPer, tw);
         var (mr, nr) = Sgemm.RegisterTile(g.O, pool.Options);
         long aSize = Sgemm.PackedASize(g.O, g.C, mr), bPlane = PlaneStride(Sgemm.PackedBSize(g.C, ld, nr));
-        long mPlane = PlaneStride((long)g.O * ld);
-        float* u = pool.Scratch(0).Get(ScratchSlot.WinogradU, 16L * g.O * g.C);
-        float* ua = pool.Scratch(0).Get(ScratchSlot.WinogradUPacked, 16 * aSize);
-        FilterTransform(pool, w, u, g.O, g.C);
+        long mPlane = PlaneStride((long)g.O * ld), uPlane = (long)g.O * g.C;
+        float* u = pool.Scratch(0).Get(ScratchSlot.WinogradU, planes * uPlane);
+        float* ua = pool.Scratch(0).Get(ScratchSlot.WinogradUPacked, planes * aSize);
         var geo = g;
-        nint xp = (nint)x, up = (nint)u, uap = (nint)ua, yp = (nint)y, bp = (nint)bias;
-        pool.For(16, (_, xi) => Sgemm.PackAPanel((float*)up + (long)xi * geo.O * geo.C, geo.C, geo.O, geo.C, mr, (float*)uap + xi * aSize));
+        nint xp = (nint)x, wp = (nint)w, up = (nint)u, uap = (nint)ua, yp = (nint)y, bp = (nint)bias;
+        pool.ForItems(g.O * g.C, 256, (p0, count) => T.FilterTransform((float*)wp, (float*)up, uPlane, p0, count));
+        pool.For(planes, (_, xi) => Sgemm.PackAPanel((float*)up + xi * uPlane, geo.C, geo.O, geo.C, mr, (float*)uap + xi * aSize));
         pool.For(chunks, (wk, ch) =>
         {
             var scratch = pool.Scratch(wk);
-            float* v = scratch.Get(ScratchSlot.WinogradV, 16 * bPlane);
-            float* m = scratch.Get(ScratchSlot.WinogradM, 16 * mPlane);
-            float* stage = scratch.Get(ScratchSlot.WinogradStage, 16L * (tw + 1));
+            float* v = scratch.Get(ScratchSlot.WinogradV, planes * bPlane);
+            float* mm = scratch.Get(ScratchSlot.WinogradM, planes * mPlane);
+            float* stage = scratch.Get(ScratchSlot.WinogradStage, T.StageFloats(tw, ld));
             int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), cols = rows * tw;
-            InputTransform((float*)xp, geo, th, tw, r0, rows, v, bPlane, nr, ld, stage);
-            if (cols % nr != 0)
+            int width = (cols + nr - 1) / nr * nr;
+            T.InputTransform((float*)xp, geo, th, tw, r0, rows, v, bPlane, nr, ld, stage);
+            if (cols < width)
             {
                 // The last strip's columns past the chunk: zero, so the discarded products stay finite and fast.
                 float* last = v + cols / nr * geo.C * (long)nr;
                 int from = cols % nr;
-                for (int xi = 0; xi < 16; xi++)
+                for (int xi = 0; xi < planes; xi++)
                     for (int c = 0; c < geo.C; c++)
                         new Span<float>(last + xi * bPlane + (long)c * nr + from, nr - from).Clear();
             }
-            for (int xi = 0; xi < 16; xi++)
-                Sgemm.RunPacked(mr, nr, geo.O, cols, geo.C, (float*)uap + xi * aSize, v + xi * bPlane, m + xi * mPlane, ld);
-            OutputTransform(m, mPlane, (float*)bp, (float*)yp, geo, th, tw, r0, rows, ld, stage);
+            for (int xi = 0; xi < planes; xi++)
+                Sgemm.RunPacked(mr, nr, geo.O, width, geo.C, (float*)uap + xi * aSize, v + xi * bPlane, mm + xi * mPlane, ld);
+            T.OutputTransform(mm, mPlane, (float*)bp, (float*)yp, geo, th, tw, r0, rows, ld, stage);
         });
     }
 
     /// <summary>
-    /// dw = the weight gradient of <see cref="Forward"/>: dU [16, O, C] = sum over tiles of dM V^T, then
-    /// dw = G^T dU G. Worker item t sums a fixed range of chunks into its own dU, and the partials are added in
-    /// item order, so the result does not depend on scheduling.
+    /// The weight gradient with tile <typeparamref name="T"/>: dU [P, O, C] = sum over tiles of dM V^T, then
+    /// dw = G^T dU G. Worker item t sums a fixed range of chunks into its own dU, and the partials are added in item
+    /// order, so the result does not depend on scheduling.
     /// </summary>
-    public static void BackwardWeight(WorkerPool pool, float* x, float* dy, float* dw, in ConvGeometry g)
+    internal static void BackwardWeight<T>(WorkerPool pool, float* x, float* dy, float* dw, in ConvGeometry g) where T : IWinogradTile
     {
-        int th = TileRows(g), tw = TileCols(g);
-        int rowsPer = RowsPerChunk(g, tw, pool.Options.WinogradChunk), totalRows = g.N * th;
-        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = rowsPer * tw;
+        int m = T.M, planes = T.Planes;
+        int th = (g.OH + m - 1) / m, tw = (g.OW + m - 1) / m, totalRows = g.N * th;
+        int rowsPer = RowsPerChunk(g, tw, totalRows, pool.Options.WinogradChunk, planes, pool.Threads);
+        int chunks = (totalRows + rowsPer - 1) / rowsPer, ld = ChunkLd(rowsPer, tw);
         int items = Math.Min(pool.Threads, chunks), per = (chunks + items - 1) / items;
         items = (chunks + per - 1) / per;
-        long uSize = 16L * g.O * g.C;
+        long uPlane = (long)g.O * g.C, uSize = planes * uPlane;
         long vPlane = PlaneStride((long)g.C * ld), mPlane = PlaneStride((long)g.O * ld);
         var geo = g;
         nint xp = (nint)x, dyp = (nint)dy;
@@ -314,181 +170,69 @@ internal static unsafe class Winograd
             // The partial belongs to item t (in the scratch of worker t), the buffers to the worker running it.
             float* du = pool.Scratch(t).Get(ScratchSlot.WinogradU, uSize);
             partials[t] = (nint)du;
-            float* v = scratch.Get(ScratchSlot.WinogradV, 16 * vPlane);
-            float* dm = scratch.Get(ScratchSlot.WinogradM, 16 * mPlane);
-            float* stage = scratch.Get(ScratchSlot.WinogradStage, 16L * (tw + 1));
+            float* v = scratch.Get(ScratchSlot.WinogradV, planes * vPlane);
+            float* dm = scratch.Get(ScratchSlot.WinogradM, planes * mPlane);
+            float* stage = scratch.Get(ScratchSlot.WinogradStage, T.StageFloats(tw, ld));
             int c0 = t * per, c1 = Math.Min(chunks, c0 + per);
             for (int ch = c0; ch < c1; ch++)
             {
                 int r0 = ch * rowsPer, rows = Math.Min(rowsPer, totalRows - r0), cols = rows * tw;
-                InputTransform((float*)xp, geo, th, tw, r0, rows, v, vPlane, 0, ld, stage);
-                GradOutputTransform((float*)dyp, geo, th, tw, r0, rows, dm, mPlane, ld, stage);
-                for (int xi = 0; xi < 16; xi++)
+                T.InputTransform((float*)xp, geo, th, tw, r0, rows, v, vPlane, 0, ld, stage);
+                T.GradOutputTransform((float*)dyp, geo, th, tw, r0, rows, dm, mPlane, ld, stage);
+                for (int xi = 0; xi < planes; xi++)
                     Sgemm.Run(null, scratch, false, true, geo.O, geo.C, cols, 1f, dm + xi * mPlane, ld,
-                        v + xi * vPlane, ld, ch == c0 ? 0f : 1f, du + (long)xi * geo.O * geo.C, geo.C);
+                        v + xi * vPlane, ld, ch == c0 ? 0f : 1f, du + xi * uPlane, geo.C);
             }
         });
+        // The partials added in item order, split by element over the workers (36 O C floats: a serial pass would be a
+        // few percent of a small batch's step).
         float* total = (float*)partials[0];
-        for (int t = 1; t < items; t++)
-            System.Numerics.Tensors.TensorPrimitives.Add(new ReadOnlySpan<float>(total, (int)uSize),
-                new ReadOnlySpan<float>((float*)partials[t], (int)uSize), new Span<float>(total, (int)uSize));
-        // dw [o, c] (3x3) = G^T dU G with G^T = [[1,1/2,1/2,0],[0,1/2,-1/2,0],[0,1/2,1/2,1]].
-        long plane = (long)g.O * g.C;
         nint tp = (nint)total, dwp = (nint)dw;
-        pool.ForItems(g.O * g.C, 256, (p0, count) =>
-        {
-            float* d = stackalloc float[16];
-            float* t3 = stackalloc float[12];
-            for (int p = p0; p < p0 + count; p++)
+        if (items > 1)
+            pool.ForRange((int)uSize, 16384, (i0, len) =>
             {
-                for (int xi = 0; xi < 16; xi++) d[xi] = ((float*)tp)[xi * plane + p];
-                // t3 [3, 4] = G^T d
-                for (int j = 0; j < 4; j++)
-                {
-                    float d0 = d[j], d1 = d[4 + j], d2 = d[8 + j], d3 = d[12 + j];
-                    t3[j] = d0 + 0.5f * (d1 + d2);
-                    t3[4 + j] = 0.5f * (d1 - d2);
-                    t3[8 + j] = 0.5f * (d1 + d2) + d3;
-                }
-                float* dst = (float*)dwp + (long)p * 9;
-                for (int i = 0; i < 3; i++)
-                {
-                    float a = t3[4 * i], b = t3[4 * i + 1], c = t3[4 * i + 2], e = t3[4 * i + 3];
-                    dst[3 * i] = a + 0.5f * (b + c);
-                    dst[3 * i + 1] = 0.5f * (b - c);
-                    dst[3 * i + 2] = 0.5f * (b + c) + e;
-                }
-            }
-        });
+                var sum = new Span<float>((float*)tp + i0, len);
+                for (int t = 1; t < partials.Length; t++)
+                    System.Numerics.Tensors.TensorPrimitives.Add(sum, new ReadOnlySpan<float>((float*)partials[t] + i0, len), sum);
+            });
+        pool.ForItems(g.O * g.C, 256, (p0, count) => T.FilterGradient((float*)tp, uPlane, (float*)dwp, p0, count));
     }
 
-    // ---- small vector helpers over contiguous runs ----------------------------------------------------------
+    // ---- vector helpers shared by the tile transforms ------------------------------------------------------
 
-    /// <summary>even[k] = src[2k], odd[k] = src[2k + 1] for k &lt; count, zero past the row's <paramref name="width"/>.</summary>
-    private static void Split(float* src, int width, float* even, float* odd, int count)
+    /// <summary>
+    /// The 4x4 block of rows a, b, c, d transposed in place (a becomes the first column). SSE where the processor has
+    /// it, element by element otherwise.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Transpose(ref Vector128<float> a, ref Vector128<float> b, ref Vector128<float> c, ref Vector128<float> d)
     {
-        int k = 0;
-        if (Avx2.IsSupported)
+        if (Sse.IsSupported)
         {
-            for (; 2 * k + 16 <= width; k += 8)
-            {
-                var a = Avx.LoadVector256(src + 2 * k);
-                var b = Avx.LoadVector256(src + 2 * k + 8);
-                // shuffle: a0 a2 b0 b2 | a4 a6 b4 b6, then 64-bit lanes 0, 2, 1, 3.
-                var e = Avx2.Permute4x64(Avx.Shuffle(a, b, 0x88).AsDouble(), 0xD8).AsSingle();
-                var o = Avx2.Permute4x64(Avx.Shuffle(a, b, 0xDD).AsDouble(), 0xD8).AsSingle();
-                Avx.Store(even + k, e);
-                Avx.Store(odd + k, o);
-            }
-            for (; 2 * k + 8 <= width; k += 4)
-            {
-                var a = Sse.LoadVector128(src + 2 * k);
-                var b = Sse.LoadVector128(src + 2 * k + 4);
-                Sse.Store(even + k, Sse.Shuffle(a, b, 0x88));
-                Sse.Store(odd + k, Sse.Shuffle(a, b, 0xDD));
-            }
+            var t0 = Sse.UnpackLow(a, b);
+            var t1 = Sse.UnpackLow(c, d);
+            var t2 = Sse.UnpackHigh(a, b);
+            var t3 = Sse.UnpackHigh(c, d);
+            a = Sse.MoveLowToHigh(t0, t1);
+            b = Sse.MoveHighToLow(t1, t0);
+            c = Sse.MoveLowToHigh(t2, t3);
+            d = Sse.MoveHighToLow(t3, t2);
+            return;
         }
-        for (; k < count; k++)
-        {
-            int col = 2 * k;
-            even[k] = col < width ? src[col] : 0f;
-            odd[k] = col + 1 < width ? src[col + 1] : 0f;
-        }
+        var m = stackalloc float[16];
+        a.Store(m); b.Store(m + 4); c.Store(m + 8); d.Store(m + 12);
+        a = Vector128.Create(m[0], m[4], m[8], m[12]);
+        b = Vector128.Create(m[1], m[5], m[9], m[13]);
+        c = Vector128.Create(m[2], m[6], m[10], m[14]);
+        d = Vector128.Create(m[3], m[7], m[11], m[15]);
     }
 
-    /// <summary>dst[2k] = even[k] + bias, dst[2k + 1] = odd[k] + bias for the <paramref name="width"/> columns of a row.</summary>
-    private static void Join(float* even, float* odd, float bias, float* dst, int width)
-    {
-        int k = 0;
-        if (Avx2.IsSupported)
-        {
-            var vb = Vector256.Create(bias);
-            for (; 2 * k + 16 <= width; k += 8)
-            {
-                var e = Avx.Add(Avx.LoadVector256(even + k), vb);
-                var o = Avx.Add(Avx.LoadVector256(odd + k), vb);
-                var lo = Avx.UnpackLow(e, o);   // e0 o0 e1 o1 | e4 o4 e5 o5
-                var hi = Avx.UnpackHigh(e, o);  // e2 o2 e3 o3 | e6 o6 e7 o7
-                Avx.Store(dst + 2 * k, Avx.Permute2x128(lo, hi, 0x20));
-                Avx.Store(dst + 2 * k + 8, Avx.Permute2x128(lo, hi, 0x31));
-            }
-            var vb4 = Vector128.Create(bias);
-            for (; 2 * k + 8 <= width; k += 4)
-            {
-                var e = Sse.Add(Sse.LoadVector128(even + k), vb4);
-                var o = Sse.Add(Sse.LoadVector128(odd + k), vb4);
-                Sse.Store(dst + 2 * k, Sse.UnpackLow(e, o));
-                Sse.Store(dst + 2 * k + 4, Sse.UnpackHigh(e, o));
-            }
-        }
-        for (; 2 * k + 1 < width; k++)
-        {
-            dst[2 * k] = even[k] + bias;
-            dst[2 * k + 1] = odd[k] + bias;
-        }
-        if (2 * k < width) dst[2 * k] = even[k] + bias;
-    }
+    /// <summary>Whole vectors of n floats (n rounded up), plus one vector of slack for reads one element ahead.</summary>
+    internal static int Padded(int n) => (n + 2 * Vector<float>.Count - 1) / Vector<float>.Count * Vector<float>.Count;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Add(float* a, float* b, float* d, int n)
-    {
-        int i = 0;
-        for (; i + Vector<float>.Count <= n; i += Vector<float>.Count)
-            Unsafe.WriteUnaligned(d + i, Unsafe.ReadUnaligned<Vector<float>>(a + i) + Unsafe.ReadUnaligned<Vector<float>>(b + i));
-        for (; i + 4 <= n; i += 4)
-            Vector128.Store(Vector128.Load(a + i) + Vector128.Load(b + i), d + i);
-        for (; i < n; i++) d[i] = a[i] + b[i];
-    }
+    internal static Vector<float> Load(float* p) => Unsafe.ReadUnaligned<Vector<float>>(p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Sub(float* a, float* b, float* d, int n)
-    {
-        int i = 0;
-        for (; i + Vector<float>.Count <= n; i += Vector<float>.Count)
-            Unsafe.WriteUnaligned(d + i, Unsafe.ReadUnaligned<Vector<float>>(a + i) - Unsafe.ReadUnaligned<Vector<float>>(b + i));
-        for (; i + 4 <= n; i += 4)
-            Vector128.Store(Vector128.Load(a + i) - Vector128.Load(b + i), d + i);
-        for (; i < n; i++) d[i] = a[i] - b[i];
-    }
-
-    /// <summary>d = a + sb * b + sc * c with sb, sc = +-1.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Sum3(float* a, float* b, float* c, float* d, int n, float sb, float sc)
-    {
-        int i = 0;
-        var vb = new Vector<float>(sb);
-        var vc = new Vector<float>(sc);
-        for (; i + Vector<float>.Count <= n; i += Vector<float>.Count)
-            Unsafe.WriteUnaligned(d + i, Unsafe.ReadUnaligned<Vector<float>>(a + i) + vb * Unsafe.ReadUnaligned<Vector<float>>(b + i)
-                + vc * Unsafe.ReadUnaligned<Vector<float>>(c + i));
-        for (; i + 4 <= n; i += 4)
-            Vector128.Store(Vector128.Load(a + i) + Vector128.Create(sb) * Vector128.Load(b + i) + Vector128.Create(sc) * Vector128.Load(c + i), d + i);
-        for (; i < n; i++) d[i] = a[i] + sb * b[i] + sc * c[i];
-    }
-
-    /// <summary>d = sa * a + sb * b with sa, sb = +-1.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Combine(float* a, float* b, float* d, int n, float sa, float sb)
-    {
-        int i = 0;
-        var va = new Vector<float>(sa);
-        var vb = new Vector<float>(sb);
-        for (; i + Vector<float>.Count <= n; i += Vector<float>.Count)
-            Unsafe.WriteUnaligned(d + i, va * Unsafe.ReadUnaligned<Vector<float>>(a + i) + vb * Unsafe.ReadUnaligned<Vector<float>>(b + i));
-        for (; i + 4 <= n; i += 4)
-            Vector128.Store(Vector128.Create(sa) * Vector128.Load(a + i) + Vector128.Create(sb) * Vector128.Load(b + i), d + i);
-        for (; i < n; i++) d[i] = sa * a[i] + sb * b[i];
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Scale(float* a, float s, float* d, int n)
-    {
-        int i = 0;
-        var vs = new Vector<float>(s);
-        for (; i + Vector<float>.Count <= n; i += Vector<float>.Count)
-            Unsafe.WriteUnaligned(d + i, vs * Unsafe.ReadUnaligned<Vector<float>>(a + i));
-        for (; i + 4 <= n; i += 4)
-            Vector128.Store(Vector128.Create(s) * Vector128.Load(a + i), d + i);
-        for (; i < n; i++) d[i] = s * a[i];
-    }
+    internal static void Store(float* p, Vector<float> v) => Unsafe.WriteUnaligned(p, v);
 }

@@ -15,6 +15,19 @@ internal enum CublasMath
     Tf32TensorOp = 3,
 }
 
+/// <summary>cudaDataType_t (library_types.h): the element types of cublasGemmStridedBatchedEx's matrices.</summary>
+internal enum CudaDataType
+{
+    R32F = 0,
+    R16BF = 14,
+}
+
+/// <summary>cublasComputeType_t: CUBLAS_COMPUTE_32F, float32 sums (and scaling) whatever the matrices' types.</summary>
+internal enum CublasComputeType
+{
+    Compute32F = 68,
+}
+
 /// <summary>cuBLAS (libcublas.so.13/.12/.11), the v2 API. Column-major, host pointer mode for alpha/beta.</summary>
 internal static unsafe partial class Cublas
 {
@@ -33,6 +46,15 @@ internal static unsafe partial class Cublas
     internal static partial int cublasSgemmStridedBatched(nint handle, CublasOperation transa, CublasOperation transb,
         int m, int n, int k, float* alpha, ulong a, int lda, long strideA, ulong b, int ldb, long strideB,
         float* beta, ulong c, int ldc, long strideC, int batchCount);
+
+    /// <summary>cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT: the library's heuristic choice.</summary>
+    internal const int GemmDefault = -1;
+
+    /// <summary>C = alpha op(A) op(B) + beta C per batch with A, B and C of the given types; alpha and beta are floats for CUBLAS_COMPUTE_32F.</summary>
+    [LibraryImport(Lib)]
+    internal static partial int cublasGemmStridedBatchedEx(nint handle, CublasOperation transa, CublasOperation transb,
+        int m, int n, int k, float* alpha, ulong a, CudaDataType aType, int lda, long strideA, ulong b, CudaDataType bType, int ldb, long strideB,
+        float* beta, ulong c, CudaDataType cType, int ldc, long strideC, int batchCount, CublasComputeType computeType, int algo);
 
     internal static void Check(int status, string call)
     {

@@ -35,8 +35,30 @@ public static class ImageGrid
     public static (int Width, int Height) SavePng(string path, ReadOnlySpan<float> images, int n, int c, int h, int w,
         int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f, int scale = 1)
     {
+        var (pixels, gw, gh) = Compose(path, images, n, c, h, w, nrow, dataRange, padding, padValue, scale);
+        WritePng(path, pixels, gw, gh, c);
+        return (gw, gh);
+    }
+
+    /// <summary>
+    /// The PNG file <see cref="SavePng"/> writes, as bytes in memory, and its size (<paramref name="name"/> names the
+    /// grid in the message about a non-finite image).
+    /// </summary>
+    public static (byte[] Png, int Width, int Height) EncodePng(string name, ReadOnlySpan<float> images, int n, int c, int h, int w,
+        int nrow = 8, DataRange dataRange = DataRange.MinusOneToOne, int padding = 2, float padValue = 0f, int scale = 1)
+    {
+        var (pixels, gw, gh) = Compose(name, images, n, c, h, w, nrow, dataRange, padding, padValue, scale);
+        using var stream = new MemoryStream();
+        new ImageWriter().WritePng(pixels, gw, gh, c == 1 ? ColorComponents.Grey : ColorComponents.RedGreenBlue, stream);
+        return (stream.ToArray(), gw, gh);
+    }
+
+    /// <summary>The grid's HWC bytes and size (see <see cref="SavePng"/>).</summary>
+    private static (byte[] Pixels, int Width, int Height) Compose(string name, ReadOnlySpan<float> images, int n, int c, int h, int w,
+        int nrow, DataRange dataRange, int padding, float padValue, int scale)
+    {
         CheckGeometry(images, n, c, h, w);
-        RequireFinite(path, images, n);
+        RequireFinite(name, images, n);
         if (nrow <= 0) throw new ArgumentOutOfRangeException(nameof(nrow), "Images per row must be positive.");
         ArgumentOutOfRangeException.ThrowIfNegative(padding);
         ArgumentOutOfRangeException.ThrowIfNegative(scale);
@@ -58,8 +80,7 @@ public static class ImageGrid
         if ((long)gw * scale * gh * scale * c > Array.MaxLength)
             throw new ArgumentException($"A {gw}x{gh} grid at scale {scale} is too large for one PNG.");
         if (scale > 1) (pixels, gw, gh) = (Enlarge(pixels, gw, gh, c, scale), gw * scale, gh * scale);
-        WritePng(path, pixels, gw, gh, c);
-        return (gw, gh);
+        return (pixels, gw, gh);
     }
 
     /// <summary>An HWC byte image (width w, height h, c channels) with every pixel repeated into a scale x scale block.</summary>

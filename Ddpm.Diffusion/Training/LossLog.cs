@@ -11,7 +11,8 @@ namespace Ddpm.Diffusion.Training;
 /// </summary>
 public sealed class LossLog
 {
-    private const string Header = "step,loss,grad_norm,lr,seconds";
+    /// <summary>loss.csv's first line: its columns.</summary>
+    public const string Header = "step,loss,grad_norm,lr,seconds";
     private readonly string _path;
     private readonly List<string> _pending = new();
     private readonly List<(double Step, double Loss)> _all = new();

@@ -37,7 +37,7 @@ public sealed class RunFolder : IDisposable
         ModelName = "model.safetensors", BestName = "best.safetensors", SamplesName = "samples.png", LogsName = "logs", SpikesName = "spikes";
 
     private static readonly Regex CheckpointPattern = new(@"^checkpoint-(\d{7,})\.safetensors$", RegexOptions.CultureInvariant);
-    private static readonly Regex SamplesPattern = new(@"^samples(-\d{7,})?\.png$", RegexOptions.CultureInvariant);
+    private static readonly Regex SamplesPattern = new(@"^samples(-(\d{7,}))?\.png$", RegexOptions.CultureInvariant);
     private readonly FileStream _lock;
 
     private RunFolder(string path, FileStream lockFile)
@@ -113,6 +113,17 @@ public sealed class RunFolder : IDisposable
         return r.OrderBy(c => c.Item1).ToList();
     }
 
+    /// <summary>
+    /// Whether <paramref name="name"/> is the file name of a sample grid: <c>samples-0002000.png</c> (the grid of a
+    /// step, <paramref name="step"/>) or <c>samples.png</c> (the final grid, <paramref name="step"/> null).
+    /// </summary>
+    public static bool IsSampleGrid(string name, out long? step)
+    {
+        var m = SamplesPattern.Match(name);
+        step = m.Groups[2].Success && long.TryParse(m.Groups[2].Value, NumberStyles.None, CultureInfo.InvariantCulture, out long s) ? s : null;
+        return m.Success;
+    }
+
     /// <summary>The latest checkpoint of folder <paramref name="path"/> (the highest step), or null when it has none.</summary>
     public static string? Latest(string path) => Checkpoints(path) is { Count: > 0 } all ? all[^1].Path : null;
 
@@ -134,7 +145,7 @@ public sealed class RunFolder : IDisposable
         foreach (var file in Directory.EnumerateFiles(Path))
         {
             string name = System.IO.Path.GetFileName(file);
-            if (name is ModelName or BestName or ConfigName or LossName or MetricsName or "loss.png" or "fid.png" || SamplesPattern.IsMatch(name))
+            if (name is ModelName or BestName or ConfigName or LossName or MetricsName or "loss.png" or "fid.png" || IsSampleGrid(name, out _))
                 System.IO.File.Delete(file);
         }
         foreach (var dir in new[] { LogsName, SpikesName })

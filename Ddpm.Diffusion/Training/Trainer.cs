@@ -157,6 +157,9 @@ public sealed class Trainer : IDisposable
         Model.ZeroGrad();
         using (var scope = new TensorScope())
         {
+            // Shards and micro-batches are parts of the global batch: the backend picks its algorithms for the
+            // whole of it, so each sample is computed as the one-process, one-batch step computes it.
+            using var whole = be.PartOfBatch(b);
             for (int j = 0; j < k; j++)
             {
                 // A micro-batch's activations are freed before the next one runs.

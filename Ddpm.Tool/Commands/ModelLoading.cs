@@ -14,10 +14,13 @@ public static class ModelLoading
     public static Checkpoint OpenCheckpoint(string path)
     {
         if (Directory.Exists(path))
-            path = RunFolder.Latest(path) ?? (File.Exists(Path.Combine(path, RunFolder.ModelName)) ? Path.Combine(path, RunFolder.ModelName)
-                : throw new UserError($"{path} is a folder without a checkpoint (checkpoint-NNNNNNN.safetensors) or {RunFolder.ModelName}."));
+            path = FolderModel(path) ?? throw new UserError($"{path} is a folder without a checkpoint (checkpoint-NNNNNNN.safetensors) or {RunFolder.ModelName}.");
         return Open(path, Checkpoint.Load, "checkpoint or weights file");
     }
+
+    /// <summary>The file a run folder given as a checkpoint means: its latest checkpoint, else its final weights; null when it has neither.</summary>
+    public static string? FolderModel(string folder) =>
+        RunFolder.Latest(folder) ?? (File.Exists(Path.Combine(folder, RunFolder.ModelName)) ? Path.Combine(folder, RunFolder.ModelName) : null);
 
     /// <summary>Reads a file with <paramref name="load"/>; a missing, unreadable or malformed file is one <see cref="UserError"/> line.</summary>
     public static T Open<T>(string path, Func<string, T> load, string what)
@@ -84,10 +87,12 @@ public static class ModelLoading
     /// Draws <paramref name="n"/> images in chunks of at most <paramref name="chunk"/>, chunk k from seed + k, each
     /// chunk guided by its slice of <paramref name="labels"/> when given. <paramref name="progress"/> sees the chunk,
     /// its first image and the sampler's progress (and may throw to stop). With <paramref name="init"/> ([C, H, W])
-    /// every image is an SDEdit of it at <paramref name="strength"/>. Returns [n, C, H, W] on the host.
+    /// every image is an SDEdit of it at <paramref name="strength"/>. <paramref name="predictedX0"/>, when given, sees
+    /// the chunk's first image and its predicted x0 ([count, C, H, W], valid during the call) at every step; it does
+    /// not change what is drawn. Returns [n, C, H, W] on the host.
     /// </summary>
     public static float[] Draw(DenoiseDiffusion diffusion, SamplerOptions o, int n, int chunk, int[]? labels, float guidance,
-        Action<int, int, SampleProgress>? progress = null, float[]? init = null, float strength = 1f)
+        Action<int, int, SampleProgress>? progress = null, float[]? init = null, float strength = 1f, Action<int, Tensor>? predictedX0 = null)
     {
         var mc = diffusion.EpsModel.Config;
         long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
@@ -99,10 +104,11 @@ public static class ModelLoading
             using var scope = new TensorScope();
             var sampler = new Sampler(diffusion, condition);
             Action<SampleProgress> report = p => progress?.Invoke(chunkIndex, first, p);
+            Action<int, Tensor, Tensor>? onStep = predictedX0 is null ? null : (_, _, x0) => predictedX0(first, x0);
             var x = init is null
-                ? sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report)
+                ? sampler.Sample(count, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report, onStep)
                 : sampler.Edit(Tensor.FromArray(diffusion.EpsModel.Backend, Enumerable.Range(0, count).SelectMany(_ => init).ToArray(),
-                    count, mc.ImageChannels, mc.ImageSize, mc.ImageSize), strength, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report);
+                    count, mc.ImageChannels, mc.ImageSize, mc.ImageSize), strength, o.Sampler, o.Steps, o.Eta, o.Seed + (ulong)k, report, onStep);
             x.ToArray().CopyTo(data, first * per);
         }
         return data;

@@ -1,6 +1,7 @@
 using CommandLine;
 using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Imaging;
+using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
 
 namespace Ddpm.Tool.Commands;
@@ -36,6 +37,27 @@ public sealed class SampleOptions : SamplingOptions
     public float? Strength { get; set; }
 }
 
+/// <summary>
+/// What a sampling request draws: <paramref name="Count"/> images with their class <paramref name="Labels"/> (null:
+/// unconditional) and <paramref name="Guidance"/>, <paramref name="NRow"/> images per grid row, and words for them.
+/// </summary>
+public sealed record SamplePlan(int Count, int[]? Labels, float Guidance, int NRow, string What)
+{
+    /// <summary>Guidance other than 0 and 1 runs the conditional and unconditional halves as one batch of twice the chunk.</summary>
+    public bool Doubled => Labels is not null && Guidance is not (0f or 1f);
+
+    /// <summary>Images drawn at once: chunk k of the request draws from seed + k.</summary>
+    public int Chunk => Math.Min(Count, Doubled ? SampleCommand.MaxChunk / 2 : SampleCommand.MaxChunk);
+
+    /// <summary>Refuses the request, before anything is allocated, when the machine lacks the memory for it and a grid of <paramref name="gridBytes"/>.</summary>
+    public void RequireMemory(UNetConfig mc, long gridBytes)
+    {
+        long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
+        MemoryEstimate.Require(4 * (Count * per + (long)Chunk * (Doubled ? 2 : 1) * MemoryEstimate.SamplingValuesPerImage(mc)) + gridBytes,
+            $"sampling {Count:N0} images into one grid");
+    }
+}
+
 public static class SampleCommand
 {
     /// <summary>Images drawn at once at most; a larger --n is drawn in chunks so the activations stay bounded.</summary>
@@ -44,6 +66,33 @@ public static class SampleCommand
 
     /// <summary>--strength without a value: enough noise to change the image's details and keep its layout.</summary>
     public const float DefaultStrength = 0.6f;
+
+    /// <summary>
+    /// The images <c>sample</c> draws from a model <paramref name="mc"/> (read from <paramref name="path"/>) for
+    /// <c>--class</c> <paramref name="cls"/> (a name, an index, "all" for one row of <paramref name="n"/> per class, or
+    /// null), <c>--n</c>, <c>--guidance</c> and <c>--nrow</c>; a class the model does not have is a usage error.
+    /// </summary>
+    public static SamplePlan Plan(UNetConfig mc, string? cls, int n, float? guidance, int? nrow, string path)
+    {
+        float w = guidance ?? ClassCondition.DefaultGuidance;
+        if (cls is not null && string.Equals(cls.Trim(), "all", StringComparison.OrdinalIgnoreCase))
+        {
+            if (!mc.IsConditional) ModelLoading.ResolveClass(mc, cls, path);
+            if ((long)n * mc.NumClasses > MaxCount)
+                throw new UsageError($"--class all with --n {n} draws {(long)n * mc.NumClasses:N0} images ({mc.NumClasses} classes); at most {MaxCount:N0} are allowed.");
+            return new SamplePlan(n * mc.NumClasses, ClassCondition.Rows(mc.NumClasses, n, w).Labels, w,
+                nrow ?? (mc.NumClasses == 1 ? ImageGrid.SquareRow(n) : n),
+                $" per class, one row per class ({ModelLoading.ClassList(mc)}), guidance {w:G3}");
+        }
+        if (cls is not null)
+        {
+            int c = ModelLoading.ResolveClass(mc, cls, path);
+            return new SamplePlan(n, ClassCondition.All(n, c, w).Labels, w, nrow ?? ImageGrid.SquareRow(n),
+                $" of class {c} ({mc.ClassName(c)}), guidance {w:G3}");
+        }
+        return new SamplePlan(n, null, w, nrow ?? ImageGrid.SquareRow(n),
+            mc.IsConditional ? " from the unconditional branch (--class picks a class)" : "");
+    }
 
     public static int Run(SampleOptions o, ToolConsole con)
     {
@@ -63,36 +112,14 @@ public static class SampleCommand
         o.Check(diffusion.Steps);
         var mc = model.Config;
         long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
-        float guidance = o.Guidance ?? ClassCondition.DefaultGuidance;
-        int[]? labels = null;
-        int n = o.N;
-        string what = "";
-        if (o.Class is not null && string.Equals(o.Class.Trim(), "all", StringComparison.OrdinalIgnoreCase))
-        {
-            if (!mc.IsConditional) ModelLoading.ResolveClass(mc, o.Class, o.Checkpoint);
-            if ((long)o.N * mc.NumClasses > MaxCount)
-                throw new UsageError($"--class all with --n {o.N} draws {(long)o.N * mc.NumClasses:N0} images ({mc.NumClasses} classes); at most {MaxCount:N0} are allowed.");
-            n = o.N * mc.NumClasses;
-            labels = ClassCondition.Rows(mc.NumClasses, o.N, guidance).Labels;
-            what = $" per class, one row per class ({ModelLoading.ClassList(mc)}), guidance {guidance:G3}";
-        }
-        else if (o.Class is not null)
-        {
-            int c = ModelLoading.ResolveClass(mc, o.Class, o.Checkpoint);
-            labels = ClassCondition.All(o.N, c, guidance).Labels;
-            what = $" of class {c} ({mc.ClassName(c)}), guidance {guidance:G3}";
-        }
-        else if (mc.IsConditional) what = " from the unconditional branch (--class picks a class)";
-        int nrow = o.NRow ?? (labels is not null && n != o.N ? o.N : ImageGrid.SquareRow(n));
+        var plan = Plan(mc, o.Class, o.N, o.Guidance, o.NRow, o.Checkpoint);
+        var (n, labels, guidance, nrow, what) = plan;
         int scale = o.Scale ?? ImageGrid.AutoScale;
         long gridBytes = MemoryEstimate.GridBytes(n, nrow, mc.ImageChannels, mc.ImageSize, scale);
         if (gridBytes > Array.MaxLength || n * per > Array.MaxLength)
             throw new UsageError($"a grid of {n:N0} images of {mc.ImageSize}x{mc.ImageSize} at --nrow {nrow} and --scale {(scale == ImageGrid.AutoScale ? "auto" : scale)} is too large for one PNG; lower --n or --scale.");
-        // Guidance other than 0 and 1 runs the conditional and unconditional halves as one batch of twice the chunk.
-        bool doubled = labels is not null && guidance is not (0f or 1f);
-        int chunk = Math.Min(n, doubled ? MaxChunk / 2 : MaxChunk);
-        MemoryEstimate.Require(4 * (n * per + (long)chunk * (doubled ? 2 : 1) * MemoryEstimate.SamplingValuesPerImage(mc)) + gridBytes,
-            $"sampling {n:N0} images into one grid");
+        int chunk = plan.Chunk;
+        plan.RequireMemory(mc, gridBytes);
 
         float strength = o.Strength ?? DefaultStrength;
         var init = o.Init is null ? null : ImageInputs.Load(o.Init, null, mc.ImageSize, mc.ImageChannels, diffusion.Config.DataRange, "--init");

@@ -16,9 +16,11 @@ public abstract class CommonOptions
     [Option("threads", Default = 0, HelpText = "CPU worker threads (0: all cores).")]
     public int Threads { get; set; }
 
-    [Option("precision", HelpText = "Arithmetic of convolutions and matrix products: fp32, or tf32 (CUDA: float32 data, products of "
-        + "inputs rounded to a 10-bit mantissa on tensor cores, float32 sums; PyTorch's default for cuDNN convolutions). Default: tf32 "
-        + "on cuda for training and sampling, fp32 otherwise and on the CPU backends (which compute in fp32 only).")]
+    [Option("precision", HelpText = "Arithmetic of convolutions and matrix products: fp32; tf32 (CUDA: float32 data, products of "
+        + "inputs rounded to a 10-bit mantissa on tensor cores, float32 sums; PyTorch's default for cuDNN convolutions); or bf16 (CUDA: "
+        + "mixed precision as PyTorch's bfloat16 autocast: operands rounded to bfloat16, float32 sums, float32 weights, optimiser, "
+        + "norms, softmax and loss). Default: tf32 on cuda for training and sampling, fp32 otherwise and on the CPU backends (which "
+        + "compute in fp32 only).")]
     public string? Precision { get; set; }
 
     [Option("tf32", Default = false, Hidden = true, HelpText = "The same as --precision tf32.")]
@@ -39,7 +41,7 @@ public abstract class CommonOptions
         Precision? asked = null;
         if (Precision is not null)
             asked = BackendPrecisions.Parse(Precision)
-                ?? throw new UsageError($"--precision must be {string.Join(" or ", Enum.GetValues<Precision>().Select(BackendPrecisions.Name))}, got '{Precision}'.");
+                ?? throw new UsageError($"--precision must be {string.Join(", ", Enum.GetValues<Precision>().Select(BackendPrecisions.Name))}, got '{Precision}'.");
         if (Tf32)
         {
             if (asked is { } a && a != Tensors.Precision.Tf32) throw new UsageError($"--tf32 contradicts --precision {Precision}.");

@@ -10,7 +10,10 @@
 // non-deterministic (backward data ALGO_0, backward filter ALGO_0 and ALGO_3) sum in float in an order that changes
 // from call to call, so a caller that picks one gets results that differ run to run, as on a GPU.
 //
-// Element types: float32. The element access goes through Element<T> so that bfloat16 joins as one more type.
+// Element types: float32, and for the three convolution passes bfloat16 (cuDNN's PSEUDO_BFLOAT16_CONFIG: x, w and y
+// all CUDNN_DATA_BFLOAT16, a CUDNN_DATA_FLOAT compute type). bfloat16 inputs are widened exactly (TF32 rounding
+// leaves them as they are), the sums are the same float32 sums, and the output is rounded to bfloat16 to nearest
+// even (ddpmsim_float_to_bf16) when it is stored. The bias add and the bias gradient take float32 tensors only.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -151,27 +154,50 @@ int destroy(std::unordered_set<void*>& set, void* p)
     return SUCCESS;
 }
 
+// The element types of the convolution passes.
 int checkType(int dtype)
 {
-    if (dtype == DATA_FLOAT) return SUCCESS;
-    if (dtype == DATA_BFLOAT16) return fail(NOT_SUPPORTED_DATA_TYPE, "the simulated cuDNN computes float32 data only (bfloat16 is not simulated yet)");
-    return fail(NOT_SUPPORTED_DATA_TYPE, "unsupported data type " + std::to_string(dtype));
+    if (dtype == DATA_FLOAT || dtype == DATA_BFLOAT16) return SUCCESS;
+    return fail(NOT_SUPPORTED_DATA_TYPE, "unsupported data type " + std::to_string(dtype) + " (the simulated cuDNN has float32 and bfloat16 data)");
 }
+
+// The element types of cudnnAddTensor and cudnnConvolutionBackwardBias.
+int checkFloat(int dtype)
+{
+    if (dtype == DATA_FLOAT) return SUCCESS;
+    return fail(NOT_SUPPORTED_DATA_TYPE, "data type " + std::to_string(dtype) + ": the simulated cuDNN adds and sums float32 tensors only");
+}
+
+size_t elementBytes(int dtype) { return dtype == DATA_BFLOAT16 ? 2 : 4; }
 
 // ---- numbers ----------------------------------------------------------------------------------------------
 
 // float32 rounded to TF32 as a tensor core's input conversion does (the shared rounding of sim_api.h).
 float tf32(float v) { return ddpmsim_round_tf32(v); }
 
-// Element access by data type; bfloat16 adds a specialisation.
+// Element access by data type: the float an element holds, and a float stored as one (rounded to nearest even for
+// bfloat16).
+struct Bf16
+{
+    uint16_t bits;
+};
+
 template <typename T>
 struct Element;
 template <>
 struct Element<float>
 {
-    static float load(const float* p, size_t i) { return p[i]; }
-    static void store(float* p, size_t i, float v) { p[i] = v; }
+    static float load(const void* p, size_t i) { return static_cast<const float*>(p)[i]; }
+    static void store(void* p, size_t i, float v) { static_cast<float*>(p)[i] = v; }
 };
+template <>
+struct Element<Bf16>
+{
+    static float load(const void* p, size_t i) { return ddpmsim_bf16_to_float(static_cast<const uint16_t*>(p)[i]); }
+    static void store(void* p, size_t i, float v) { static_cast<uint16_t*>(p)[i] = ddpmsim_float_to_bf16(v); }
+};
+
+float loadAs(int dtype, const void* p, size_t i) { return dtype == DATA_BFLOAT16 ? Element<Bf16>::load(p, i) : Element<float>::load(p, i); }
 
 // The geometry of one convolution: x [n, c, h, w], w [k, c, r, s], y [n, k, oh, ow].
 struct Geometry
@@ -207,42 +233,53 @@ struct Job
 {
     Pass pass;
     Geometry g;
+    int dtype;             // of the operands and the output of a convolution pass (float32 for the tensor passes)
     bool tensorOps;        // round inputs to TF32
     bool nondeterministic; // float sums in a call-dependent order
     uint64_t run;          // which non-deterministic call this is
     float alpha, beta;
-    const float* a;        // forward: x, backward data: dy, backward filter: x, bias: dy, add: A
-    const float* b;        // forward: w, backward data: w, backward filter: dy
-    float* out;
+    const void* a;         // forward: x, backward data: dy, backward filter: x, bias: dy, add: A
+    const void* b;         // forward: w, backward data: w, backward filter: dy
+    void* out;
     void* workspace;
     size_t workspaceBytes;
     TensorDesc aDesc, cDesc;  // add tensor: A and C; bias gradient: dy and db
 };
 
-// The two operands of a pass as the arithmetic sees them: the device buffers, or under tensor-op math copies
-// rounded to TF32 (the device buffers are not changed).
+// The two operands of a pass as the arithmetic sees them: float32 device buffers as they are, or copies widened
+// from bfloat16 or rounded to TF32 under tensor-op math (the device buffers are not changed).
 struct Operands
 {
     const float* a;
     const float* b;
     std::vector<float> ra, rb;
 
-    Operands(const Job& j, size_t aCount, size_t bCount) : a(j.a), b(j.b)
+    Operands(const Job& j, size_t aCount, size_t bCount)
+        : a(static_cast<const float*>(j.a)), b(static_cast<const float*>(j.b))
     {
-        if (!j.tensorOps) return;
-        ra.assign(a, a + aCount);
-        rb.assign(b, b + bCount);
-        for (auto& e : ra) e = tf32(e);
-        for (auto& e : rb) e = tf32(e);
-        a = ra.data();
-        b = rb.data();
+        if (j.dtype == DATA_FLOAT && !j.tensorOps) return;
+        a = widen(j, j.a, aCount, ra);
+        b = widen(j, j.b, bCount, rb);
+    }
+
+    static const float* widen(const Job& j, const void* p, size_t count, std::vector<float>& out)
+    {
+        out.resize(count);
+        for (size_t i = 0; i < count; i++)
+        {
+            float v = loadAs(j.dtype, p, i);
+            out[i] = j.tensorOps ? tf32(v) : v;  // a no-op for bfloat16, whose mantissa is shorter than TF32's
+        }
+        return out.data();
     }
 };
 
-// out[i] = alpha * v + beta * out[i], out not read when beta is 0 (cuDNN's blending).
-void blend(const Job& j, float* out, size_t i, float v)
+// out[i] = alpha * v + beta * out[i], out not read when beta is 0 (cuDNN's blending), stored as the job's type.
+void blend(const Job& j, void* out, size_t i, float v)
 {
-    Element<float>::store(out, i, j.alpha * v + (j.beta != 0.0f ? j.beta * out[i] : 0.0f));
+    float r = j.alpha * v + (j.beta != 0.0f ? j.beta * loadAs(j.dtype, out, i) : 0.0f);
+    if (j.dtype == DATA_BFLOAT16) Element<Bf16>::store(out, i, r);
+    else Element<float>::store(out, i, r);
 }
 
 // The output rows and columns that filter tap (rr, ss) reads inside the input.
@@ -274,7 +311,7 @@ void forward(const Job& j)
                 for (int rr = 0; rr < g.r; rr++)
                     for (int ss = 0; ss < g.s; ss++)
                     {
-                        float wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
+                        float wv = w[(((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss)];
                         Window win(g, rr, ss);
                         for (int oh = win.ohLo; oh < win.ohHi; oh++)
                         {
@@ -284,8 +321,8 @@ void forward(const Job& j)
                         }
                     }
             }
-            float* y = j.out + ((size_t)n * g.k + k) * g.oh * g.ow;
-            for (size_t p = 0; p < acc.size(); p++) blend(j, y, p, acc[p]);
+            size_t y = ((size_t)n * g.k + k) * g.oh * g.ow;
+            for (size_t p = 0; p < acc.size(); p++) blend(j, j.out, y + p, acc[p]);
         }
 }
 
@@ -308,7 +345,7 @@ void backwardData(const Job& j)
                 for (int rr = 0; rr < g.r; rr++)
                     for (int ss = 0; ss < g.s; ss++)
                     {
-                        float wv = Element<float>::load(w, (((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss));
+                        float wv = w[(((size_t)k * g.c + c) * g.r + g.wr(rr)) * g.s + g.ws(ss)];
                         Window win(g, rr, ss);
                         for (int oh = win.ohLo; oh < win.ohHi; oh++)
                         {
@@ -318,8 +355,8 @@ void backwardData(const Job& j)
                         }
                     }
             }
-            float* dx = j.out + ((size_t)n * g.c + c) * g.h * g.w;
-            for (size_t p = 0; p < acc.size(); p++) blend(j, dx, p, acc[p]);
+            size_t dx = ((size_t)n * g.c + c) * g.h * g.w;
+            for (size_t p = 0; p < acc.size(); p++) blend(j, j.out, dx + p, acc[p]);
         }
 }
 
@@ -363,7 +400,7 @@ void backwardBias(const Job& j)
         float acc = 0.0f;
         for (int n = 0; n < d.n; n++)
         {
-            const float* p = j.a + ((size_t)n * d.c + k) * plane;
+            const float* p = static_cast<const float*>(j.a) + ((size_t)n * d.c + k) * plane;
             for (size_t i = 0; i < plane; i++) acc += p[i];
         }
         blend(j, j.out, k, acc);
@@ -381,7 +418,7 @@ void addTensor(const Job& j)
                 {
                     size_t ci = (((size_t)n * c.c + ch) * c.h + h) * c.w + w;
                     size_t ai = (((size_t)(a.n == 1 ? 0 : n) * a.c + (a.c == 1 ? 0 : ch)) * a.h + (a.h == 1 ? 0 : h)) * a.w + (a.w == 1 ? 0 : w);
-                    blend(j, j.out, ci, j.a[ai]);
+                    blend(j, j.out, ci, static_cast<const float*>(j.a)[ai]);
                 }
 }
 
@@ -404,7 +441,7 @@ void runJob(void* p)
         : j.pass == Pass::BackwardData ? (size_t)g.n * g.c * g.h * g.w
         : j.pass == Pass::BackwardFilter ? (size_t)g.k * g.c * g.r * g.s
         : j.cDesc.count();
-    ddpmsim_mark_written(j.out, outCount * sizeof(float));
+    ddpmsim_mark_written(j.out, outCount * elementBytes(j.dtype));
     if (j.workspace && j.workspaceBytes) ddpmsim_mark_written(j.workspace, j.workspaceBytes);
 }
 
@@ -447,7 +484,10 @@ int resolve(void* handle, void* xDesc, void* wDesc, void* convDesc, void* yDesc,
     int st;
     if ((st = checkType(x->dtype)) != SUCCESS || (st = checkType(w->dtype)) != SUCCESS || (st = checkType(y->dtype)) != SUCCESS) return st;
     if (x->dtype != w->dtype || x->dtype != y->dtype) return fail(BAD_PARAM, "x, w and y have different data types");
-    if (cv->computeType != DATA_FLOAT) return fail(NOT_SUPPORTED, "float32 data needs a float32 compute type");
+    // FLOAT_CONFIG and PSEUDO_BFLOAT16_CONFIG: float32 sums either way.
+    if (cv->computeType != DATA_FLOAT)
+        return fail(NOT_SUPPORTED, std::string(x->dtype == DATA_BFLOAT16 ? "bfloat16" : "float32") + " data needs a float32 compute type, not " +
+            std::to_string(cv->computeType));
     int oh, ow;
     if ((st = outputDims(*cv, *x, *w, &oh, &ow)) != SUCCESS) return st;
     if (y->n != x->n || y->c != w->k || y->h != oh || y->w != ow)
@@ -534,15 +574,17 @@ int workspaceSize(Pass pass, void* handle, void* xDesc, void* wDesc, void* convD
     return SUCCESS;
 }
 
-bool inDevice(const void* p, size_t elements) { return elements == 0 || ddpmsim_check_device_range(p, elements * sizeof(float)) == 0; }
+bool inDevice(const void* p, size_t bytes) { return bytes == 0 || ddpmsim_check_device_range(p, bytes) == 0; }
 
 int enqueue(Handle* h, Job* job, const char* what, const void* pointers[], const size_t counts[], int n)
 {
+    size_t eb = elementBytes(job->dtype);
     for (int i = 0; i < n; i++)
-        if (!inDevice(pointers[i], counts[i]))
+        if (!inDevice(pointers[i], counts[i] * eb))
         {
             char msg[256];
-            snprintf(msg, sizeof msg, "%s: operand %d (%zu floats at %p) lies outside the device allocations", what, i, counts[i], pointers[i]);
+            snprintf(msg, sizeof msg, "%s: operand %d (%zu elements of %zu bytes at %p) lies outside the device allocations", what, i, counts[i], eb,
+                pointers[i]);
             ddpmsim_set_sticky_error(700, msg);
             delete job;
             return fail(EXECUTION_FAILED, msg);
@@ -559,7 +601,7 @@ int enqueue(Handle* h, Job* job, const char* what, const void* pointers[], const
 
 // One of the three convolution passes. a, b, out as in Job; x/w/y descriptors as in the forward pass.
 int convolution(Pass pass, const char* what, void* handle, const float* alpha, void* xDesc, void* wDesc, void* convDesc, void* yDesc,
-    const float* a, const float* b, float* out, int algo, void* workspace, size_t workspaceBytes, const float* beta)
+    const void* a, const void* b, void* out, int algo, void* workspace, size_t workspaceBytes, const float* beta)
 {
     Resolved r;
     int st = resolve(handle, xDesc, wDesc, convDesc, yDesc, &r);
@@ -577,6 +619,7 @@ int convolution(Pass pass, const char* what, void* handle, const float* alpha, v
     Job* job = new Job{};
     job->pass = pass;
     job->g = r.g;
+    job->dtype = r.x.dtype;
     job->tensorOps = r.conv.math != MATH_FMA;
     job->nondeterministic = o->determinism == NON_DETERMINISTIC;
     {
@@ -603,6 +646,7 @@ int tensorJob(Pass pass, const char* what, Handle* h, float alpha, float beta, c
     if (ddpmsim_context_status() != 0) return fail(EXECUTION_FAILED, std::string(what) + ": the context has a sticky error");
     Job* job = new Job{};
     job->pass = pass;
+    job->dtype = DATA_FLOAT;
     job->alpha = alpha;
     job->beta = beta;
     job->a = a;
@@ -765,22 +809,22 @@ API int cudnnGetConvolutionBackwardFilterWorkspaceSize(void* handle, void* xDesc
     return workspaceSize(Pass::BackwardFilter, handle, xDesc, dwDesc, convDesc, dyDesc, algo, bytes);
 }
 
-API int cudnnConvolutionForward(void* handle, const float* alpha, void* xDesc, const float* x, void* wDesc, const float* w, void* convDesc, int algo,
-    void* workspace, size_t workspaceBytes, const float* beta, void* yDesc, float* y)
+API int cudnnConvolutionForward(void* handle, const float* alpha, void* xDesc, const void* x, void* wDesc, const void* w, void* convDesc, int algo,
+    void* workspace, size_t workspaceBytes, const float* beta, void* yDesc, void* y)
 {
     return convolution(Pass::Forward, "cudnnConvolutionForward", handle, alpha, xDesc, wDesc, convDesc, yDesc, x, w, y, algo, workspace,
         workspaceBytes, beta);
 }
 
-API int cudnnConvolutionBackwardData(void* handle, const float* alpha, void* wDesc, const float* w, void* dyDesc, const float* dy, void* convDesc,
-    int algo, void* workspace, size_t workspaceBytes, const float* beta, void* dxDesc, float* dx)
+API int cudnnConvolutionBackwardData(void* handle, const float* alpha, void* wDesc, const void* w, void* dyDesc, const void* dy, void* convDesc,
+    int algo, void* workspace, size_t workspaceBytes, const float* beta, void* dxDesc, void* dx)
 {
     return convolution(Pass::BackwardData, "cudnnConvolutionBackwardData", handle, alpha, dxDesc, wDesc, convDesc, dyDesc, dy, w, dx, algo,
         workspace, workspaceBytes, beta);
 }
 
-API int cudnnConvolutionBackwardFilter(void* handle, const float* alpha, void* xDesc, const float* x, void* dyDesc, const float* dy, void* convDesc,
-    int algo, void* workspace, size_t workspaceBytes, const float* beta, void* dwDesc, float* dw)
+API int cudnnConvolutionBackwardFilter(void* handle, const float* alpha, void* xDesc, const void* x, void* dyDesc, const void* dy, void* convDesc,
+    int algo, void* workspace, size_t workspaceBytes, const float* beta, void* dwDesc, void* dw)
 {
     return convolution(Pass::BackwardFilter, "cudnnConvolutionBackwardFilter", handle, alpha, xDesc, dwDesc, convDesc, dyDesc, x, dy, dw, algo,
         workspace, workspaceBytes, beta);
@@ -795,7 +839,7 @@ API int cudnnConvolutionBackwardBias(void* handle, const float* alpha, void* dyD
     if (!d || !b || !d->set || !b->set) return fail(BAD_PARAM, "dy or db is not a set tensor descriptor");
     if (!alpha || !beta) return fail(BAD_PARAM_NULL_POINTER, "null alpha or beta");
     int st;
-    if ((st = checkType(d->dtype)) != SUCCESS || (st = checkType(b->dtype)) != SUCCESS) return st;
+    if ((st = checkFloat(d->dtype)) != SUCCESS || (st = checkFloat(b->dtype)) != SUCCESS) return st;
     if (b->n != 1 || b->c != d->c || b->h != 1 || b->w != 1) return fail(BAD_PARAM_SHAPE_MISMATCH, "db must be [1, C, 1, 1] for dy [N, C, H, W]");
     return tensorJob(Pass::BackwardBias, "cudnnConvolutionBackwardBias", h, *alpha, *beta, dy, *d, db, *b);
 }
@@ -809,7 +853,7 @@ API int cudnnAddTensor(void* handle, const float* alpha, void* aDesc, const floa
     if (!ad || !cd || !ad->set || !cd->set) return fail(BAD_PARAM, "A or C is not a set tensor descriptor");
     if (!alpha || !beta) return fail(BAD_PARAM_NULL_POINTER, "null alpha or beta");
     int st;
-    if ((st = checkType(ad->dtype)) != SUCCESS || (st = checkType(cd->dtype)) != SUCCESS) return st;
+    if ((st = checkFloat(ad->dtype)) != SUCCESS || (st = checkFloat(cd->dtype)) != SUCCESS) return st;
     if ((ad->n != 1 && ad->n != cd->n) || (ad->c != 1 && ad->c != cd->c) || (ad->h != 1 && ad->h != cd->h) || (ad->w != 1 && ad->w != cd->w))
         return fail(BAD_PARAM_SHAPE_MISMATCH, "each dimension of A must be 1 or C's");
     return tensorJob(Pass::AddTensor, "cudnnAddTensor", h, *alpha, *beta, a, *ad, c, *cd);

@@ -53,6 +53,9 @@ int cublasSetStream_v2(void*, void*);
 int cublasSetMathMode(void*, int);
 int cublasSgemmStridedBatched(void*, int, int, int, int, int, const float*, uint64_t, int, long long, uint64_t, int, long long,
     const float*, uint64_t, int, long long, int);
+int cublasGemmEx(void*, int, int, int, int, int, const void*, uint64_t, int, int, uint64_t, int, int, const void*, uint64_t, int, int, int, int);
+int cublasGemmStridedBatchedEx(void*, int, int, int, int, int, const void*, uint64_t, int, int, long long, uint64_t, int, int, long long,
+    const void*, uint64_t, int, int, long long, int, int, int);
 }
 
 namespace
@@ -798,6 +801,122 @@ void testTf32()
     cublasDestroy_v2(h);
 }
 
+// cudaDataType_t and cublasComputeType_t values of the GemmEx tests.
+constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;
+constexpr int kCompute16F = 64, kCompute32F = 68, kCompute32FPedantic = 69, kCompute32FFast16BF = 75, kCompute32FFastTf32 = 77;
+constexpr int kGemmDefault = -1;
+
+uint64_t uploadBf16(const std::vector<uint16_t>& h)
+{
+    uint64_t d = alloc(h.size() * 2);
+    cuMemcpyHtoDAsync_v2(d, h.data(), h.size() * 2, g_stream);
+    return d;
+}
+
+void testBf16Rounding()
+{
+    auto bits = [](float v) { uint32_t u; memcpy(&u, &v, 4); return u; };
+    auto from = [](uint32_t u) { float v; memcpy(&v, &u, 4); return v; };
+    // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even one, 1; 1 + 3 * 2^-8 halfway between 1 + 2^-7 and
+    // 1 + 2^-6: to 1 + 2^-6. Just above half goes up.
+    check(ddpmsim_round_bf16(1.0f + 0x1p-8f) == 1.0f && ddpmsim_round_bf16(1.0f + 3 * 0x1p-8f) == 1.0f + 0x1p-6f &&
+              ddpmsim_round_bf16(-1.0f - 3 * 0x1p-8f) == -1.0f - 0x1p-6f && ddpmsim_round_bf16(1.0f + 0x1p-8f + 0x1p-20f) == 1.0f + 0x1p-7f &&
+              ddpmsim_round_bf16(1.0f + 0x1p-8f - 0x1p-20f) == 1.0f,
+        "bfloat16 rounding is to nearest with ties to even (__float2bfloat16_rn)");
+    float inf = from(0x7f800000u), nan = from(0x7fc00001u), signalling = from(0x7f800001u);
+    check(std::isinf(ddpmsim_round_bf16(from(0x7f7fffffu))) && ddpmsim_round_bf16(from(0x7f7f0000u)) == from(0x7f7f0000u) &&
+              ddpmsim_round_bf16(inf) == inf && ddpmsim_round_bf16(-inf) == -inf && std::isnan(ddpmsim_round_bf16(nan)) &&
+              std::isnan(ddpmsim_round_bf16(signalling)) && ddpmsim_round_bf16(from(0x00000001u)) == 0.0f &&
+              bits(ddpmsim_round_bf16(from(0x00018000u))) == 0x00020000u,
+        "bfloat16 rounding: past the largest finite value to infinity, NaN stays NaN (signalling ones too), subnormals round like the rest");
+}
+
+// A and B given as bfloat16 are multiplied exactly and summed in the float32 order of the SGEMM; a bfloat16 C is the
+// float32 result rounded to nearest even. Also: the argument rules of cublasGemmEx's type table.
+void testGemmExBf16()
+{
+    freshContext();
+    void* h = nullptr;
+    cublasCreate_v2(&h);
+    cublasSetStream_v2(h, g_stream);
+    const int M = 9, N = 7, K = 300, batch = 2;
+    float alpha = 0.75f, beta = -0.5f, one = 1.0f, zero = 0.0f;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+        {
+            int lda = (ta ? K : M) + 1, ldb = (tb ? N : K) + 2, ldc = M + 1;
+            long long sa = (long long)lda * (ta ? M : K) + 3, sb = (long long)ldb * (tb ? K : N) + 1, sc = (long long)ldc * N + 2;
+            std::vector<float> A(sa * batch), B(sb * batch), C(sc * batch), Cb(sc * batch);
+            for (size_t i = 0; i < A.size(); i++) A[i] = std::sin((float)i * 0.37f) * 3.0f;
+            for (size_t i = 0; i < B.size(); i++) B[i] = std::cos((float)i * 0.11f) * 2.0f - 0.3f;
+            for (size_t i = 0; i < C.size(); i++) C[i] = (float)((i * 29) % 89) / 7.0f - 5.0f;
+            std::vector<uint16_t> A16(A.size()), B16(B.size()), C16(C.size());
+            for (size_t i = 0; i < A.size(); i++) A16[i] = ddpmsim_float_to_bf16(A[i]), A[i] = ddpmsim_bf16_to_float(A16[i]);
+            for (size_t i = 0; i < B.size(); i++) B16[i] = ddpmsim_float_to_bf16(B[i]), B[i] = ddpmsim_bf16_to_float(B16[i]);
+            for (size_t i = 0; i < C.size(); i++) C16[i] = ddpmsim_float_to_bf16(C[i]), Cb[i] = C[i] = ddpmsim_bf16_to_float(C16[i]);
+            uint64_t dA = uploadBf16(A16), dB = uploadBf16(B16), dC = upload(C), dC16 = uploadBf16(C16);
+            int st = cublasGemmStridedBatchedEx(h, ta, tb, M, N, K, &alpha, dA, kR16BF, lda, sa, dB, kR16BF, ldb, sb, &beta, dC, kR32F, ldc, sc,
+                batch, kCompute32F, kGemmDefault);
+            int st16 = cublasGemmStridedBatchedEx(h, ta, tb, M, N, K, &alpha, dA, kR16BF, lda, sa, dB, kR16BF, ldb, sb, &beta, dC16, kR16BF, ldc,
+                sc, batch, kCompute32FPedantic, kGemmDefault);
+            auto got = download<float>(dC, C.size());
+            auto got16 = download<uint16_t>(dC16, C.size());
+            for (int bi = 0; bi < batch; bi++)
+            {
+                referenceGemm(ta, tb, M, N, K, alpha, A.data() + bi * sa, lda, B.data() + bi * sb, ldb, beta, C.data() + bi * sc, ldc, false);
+                referenceGemm(ta, tb, M, N, K, alpha, A.data() + bi * sa, lda, B.data() + bi * sb, ldb, beta, Cb.data() + bi * sc, ldc, false);
+            }
+            bool sameBf16 = true;
+            for (int bi = 0; bi < batch; bi++)
+                for (int j = 0; j < N; j++)
+                    for (int i = 0; i < M; i++)
+                    {
+                        size_t x = (size_t)bi * sc + (size_t)j * ldc + i;
+                        sameBf16 &= got16[x] == ddpmsim_float_to_bf16(Cb[x]);
+                    }
+            for (size_t x = 0; x < C16.size(); x++)  // the padding between matrices is not written
+                if ((x % sc) >= (size_t)ldc * N || (x % sc) % ldc >= (size_t)M) sameBf16 &= got16[x] == C16[x];
+            std::string op = std::string(ta ? "T" : "N") + (tb ? "T" : "N");
+            check(st == 0 && got == C, "cuBLAS: strided batched GemmEx " + op + " with bfloat16 A and B and a float32 C sums the exact products in float32");
+            check(st16 == 0 && sameBf16, "cuBLAS: strided batched GemmEx " + op + " with a bfloat16 C rounds the float32 result to nearest even");
+        }
+
+    // float32 data under CUBLAS_COMPUTE_32F_FAST_16BF: the inputs rounded to bfloat16, the same sums.
+    const int m = 5, n = 4, k = 33;
+    std::vector<float> a(m * k), b(k * n);
+    for (size_t i = 0; i < a.size(); i++) a[i] = 1.0f + (float)((i * 7919) % 1000) * 1e-4f;
+    for (size_t i = 0; i < b.size(); i++) b[i] = 1.0f - (float)((i * 104729) % 1000) * 1e-4f;
+    uint64_t da = upload(a), db = upload(b), dc = alloc(m * n * 4);
+    int fast = cublasGemmEx(h, 0, 0, m, n, k, &one, da, kR32F, m, db, kR32F, k, &zero, dc, kR32F, m, kCompute32FFast16BF, kGemmDefault);
+    auto gotFast = download<float>(dc, m * n);
+    std::vector<float> ra(a), rb(b), ref(m * n), refFp32(m * n);
+    for (auto& v : ra) v = ddpmsim_round_bf16(v);
+    for (auto& v : rb) v = ddpmsim_round_bf16(v);
+    referenceGemm(false, false, m, n, k, 1.0f, ra.data(), m, rb.data(), k, 0.0f, ref.data(), m, false);
+    referenceGemm(false, false, m, n, k, 1.0f, a.data(), m, b.data(), k, 0.0f, refFp32.data(), m, false);
+    double worst = 0;
+    for (int i = 0; i < m * n; i++) worst = std::fmax(worst, std::fabs(gotFast[i] - refFp32[i]) / std::fabs(refFp32[i]));
+    check(fast == 0 && gotFast == ref && worst > 1e-4 && worst < 2 * 0x1p-8,
+        "cuBLAS: GemmEx in CUBLAS_COMPUTE_32F_FAST_16BF rounds float32 A and B to bfloat16 (off float32 by a bfloat16-sized amount)",
+        "largest relative difference " + std::to_string(worst));
+
+    // What cuBLAS's type table does not list is CUBLAS_STATUS_NOT_SUPPORTED (15); bad sizes and algorithms are 7.
+    uint64_t buf = alloc(1 << 16);
+    auto ex = [&](int at, int bt, int ct, int compute, int algo, int lda) {
+        return cublasGemmEx(h, 0, 0, 4, 4, 4, &one, buf, at, lda, buf, bt, 4, &zero, buf, ct, 4, compute, algo);
+    };
+    check(ex(kR16BF, kR32F, kR32F, kCompute32F, kGemmDefault, 4) == 15, "cuBLAS GemmEx: bfloat16 A with float32 B is NOT_SUPPORTED (15)");
+    check(ex(kR16BF, kR16BF, kR32F, kCompute16F, kGemmDefault, 4) == 15, "cuBLAS GemmEx: bfloat16 inputs with CUBLAS_COMPUTE_16F are NOT_SUPPORTED");
+    check(ex(kR16BF, kR16BF, kR32F, kCompute32FFastTf32, kGemmDefault, 4) == 15,
+        "cuBLAS GemmEx: bfloat16 inputs with CUBLAS_COMPUTE_32F_FAST_TF32 are NOT_SUPPORTED");
+    check(ex(kR16BF, kR16BF, kR16F, kCompute32F, kGemmDefault, 4) == 15, "cuBLAS GemmEx: bfloat16 inputs with a half C are NOT_SUPPORTED");
+    check(ex(kR32F, kR32F, kR16BF, kCompute32F, kGemmDefault, 4) == 15, "cuBLAS GemmEx: float32 inputs with a bfloat16 C are NOT_SUPPORTED");
+    check(ex(kR16BF, kR16BF, kR32F, kCompute32F, 50, 4) == 7, "cuBLAS GemmEx: an unknown algorithm is INVALID_VALUE (7)");
+    check(ex(kR16BF, kR16BF, kR32F, kCompute32F, kGemmDefault, 3) == 7, "cuBLAS GemmEx: lda < m is INVALID_VALUE (7)");
+    cublasDestroy_v2(h);
+    check(ex(kR16BF, kR16BF, kR32F, kCompute32F, kGemmDefault, 4) == 1, "cuBLAS GemmEx: a destroyed handle is NOT_INITIALIZED (1)");
+}
+
 // ---- planted bugs ----------------------------------------------------------------------------------------
 
 std::vector<float> ramp(size_t n, float scale)
@@ -1064,6 +1183,8 @@ int main()
     testQueries();
     testCublas();
     testTf32();
+    testBf16Rounding();
+    testGemmExBf16();
     testLaunchLimitsAndLookups();
     testCubinImages();
     testCounters();

@@ -91,4 +91,27 @@ static inline float ddpmsim_round_tf32(float x)
     memcpy(&x, &u, 4);
     return x;
 }
+
+// The bfloat16 bits of a float (8-bit exponent, 7 explicit mantissa bits) as __float2bfloat16_rn gives them: to
+// nearest, ties to even; a finite value that rounds past the largest bfloat16 becomes infinity; NaN stays a quiet NaN.
+static inline uint16_t ddpmsim_float_to_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+// The float a bfloat16 holds (exact: its bits are a float's upper half).
+static inline float ddpmsim_bf16_to_float(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+// A float rounded to bfloat16 and widened back: what a tensor core multiplies when given bfloat16 operands.
+static inline float ddpmsim_round_bf16(float x) { return ddpmsim_bf16_to_float(ddpmsim_float_to_bf16(x)); }
 }

@@ -77,12 +77,6 @@ public static class QuickReport
         return v.Length % 2 == 1 ? v[v.Length / 2] : 0.5 * (v[v.Length / 2 - 1] + v[v.Length / 2]);
     }
 
-    private static DeviceBuffer Filled(IBackend be, int n, ulong seed)
-    {
-        var b = be.Allocate(n);
-        be.FillUniform(seed, 0, b, n);
-        return b;
-    }
 
     /// <summary>
     /// Microseconds per worker-pool region: one item per worker doing nothing (the hand-off and join alone),
@@ -93,7 +87,7 @@ public static class QuickReport
     {
         using var be = new CpuBackend(threads);
         using var pool = new Ddpm.Backends.Cpu.Fast.WorkerPool(threads);
-        var src = Filled(be, 65536, 1); var dst = be.Allocate(65536);
+        var src = BenchClock.Filled(be, 65536, 1); var dst = be.Allocate(65536);
         const int calls = 2000;
         double Time(Action op)
         {
@@ -116,7 +110,7 @@ public static class QuickReport
     /// <summary>Median GFLOP/s of C = A B at s x s x s.</summary>
     public static double Sgemm(CpuBackend be, int s, int reps)
     {
-        var a = Filled(be, s * s, 1); var b = Filled(be, s * s, 2); var c = be.Allocate(s * s);
+        var a = BenchClock.Filled(be, s * s, 1); var b = BenchClock.Filled(be, s * s, 2); var c = be.Allocate(s * s);
         double flops = 2.0 * s * s * s;
         int inner = Math.Max(1, (int)(2e9 / flops / 4));
         var times = new double[reps];
@@ -135,7 +129,7 @@ public static class QuickReport
     public static (double, double, double) Conv(CpuBackend be, int reps, int c, int hw)
     {
         var g = new ConvGeometry(16, c, hw, hw, c, 3, 3, 1, 1, 1, 1);
-        var x = Filled(be, g.InputSize, 1); var w = Filled(be, g.WeightSize, 2); var bias = Filled(be, g.O, 3);
+        var x = BenchClock.Filled(be, g.InputSize, 1); var w = BenchClock.Filled(be, g.WeightSize, 2); var bias = BenchClock.Filled(be, g.O, 3);
         var y = be.Allocate(g.OutputSize); var dx = be.Allocate(g.InputSize); var dw = be.Allocate(g.WeightSize); var db = be.Allocate(g.O);
         var tf = new double[reps]; var td = new double[reps]; var tw = new double[reps];
         for (int r = -2; r < reps; r++)

@@ -26,7 +26,8 @@ public sealed class CudaTf32Tests(ITestOutputHelper output)
     /// <summary>The float32 tolerance of the parity cases' reductions (ParityCases.Reduction).</summary>
     private const double Fp32Nmse = 1e-10;
 
-    private static float[] Run(IBackend be, Func<IBackend, DeviceBuffer[], DeviceBuffer> op, params float[][] inputs)
+    /// <summary>Uploads <paramref name="inputs"/> to <paramref name="be"/>, runs <paramref name="op"/> on them and downloads its result.</summary>
+    internal static float[] Run(IBackend be, Func<IBackend, DeviceBuffer[], DeviceBuffer> op, params float[][] inputs)
     {
         var ins = inputs.Select(x =>
         {

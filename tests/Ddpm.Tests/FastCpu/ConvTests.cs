@@ -36,6 +36,10 @@ public sealed class ConvTests
             [2, 3, 30, 26, 5, 4, 2, 1],
             // One-pixel-wide rows: a whole image is 300 runs of one column (the packer's heap-allocated run table).
             [2, 2, 300, 1, 3, 3, 1, 1],
+            // At most 4 output channels at stride 1 (also several of the above): direct sums, rows longer than four
+            // vectors with a tail, a 4x4 kernel with padding 2.
+            [3, 32, 6, 37, 2, 3, 1, 1],
+            [2, 5, 9, 13, 1, 4, 1, 2],
             // At least 16 channels in and out: the 3x3 stride-1 padding-1 ones run as Winograd F(2x2, 3x3), with
             // odd and even sizes (partial tiles), chunks of several tile rows, and images narrower than a tile.
             [2, 16, 9, 7, 17, 3, 1, 1],
@@ -49,22 +53,28 @@ public sealed class ConvTests
     }
 
     /// <summary>
-    /// Backends on 1..maxThreads threads, each with Winograd off, on, on with chunks of one or two tile rows
-    /// (chunks that start inside an image), and on with the AVX2 kernels (other register-tile widths).
+    /// Backends on 1..maxThreads threads, each with Winograd off, and for F(2x2, 3x3) and F(4x4, 3x3) each: on, on with
+    /// chunks of one or two tile rows (chunks that start inside an image), and on with the AVX2 kernels (other
+    /// register-tile widths).
     /// </summary>
     private static IEnumerable<(string Name, CpuBackend Backend)> Backends(int maxThreads)
     {
         for (int threads = 1; threads <= maxThreads; threads++)
         {
             yield return ($"{threads} threads, winograd off", new CpuBackend(new CpuBackendOptions { Threads = threads, Winograd = false }));
-            yield return ($"{threads} threads, winograd", new CpuBackend(Winograd(threads)));
-            yield return ($"{threads} threads, winograd in small chunks", new CpuBackend(Winograd(threads) with { WinogradChunk = 200 }));
-            yield return ($"{threads} threads, winograd on the AVX2 kernels", new CpuBackend(Winograd(threads) with { Avx512 = false }));
+            foreach (int tile in new[] { 2, 4 })
+            {
+                string f = $"winograd F({tile}x{tile}, 3x3)";
+                yield return ($"{threads} threads, {f}", new CpuBackend(Winograd(threads, tile)));
+                yield return ($"{threads} threads, {f} in small chunks", new CpuBackend(Winograd(threads, tile) with { WinogradChunk = 200 }));
+                yield return ($"{threads} threads, {f} on the AVX2 kernels", new CpuBackend(Winograd(threads, tile) with { Avx512 = false }));
+            }
         }
     }
 
-    /// <summary>Winograd for every geometry it applies to with 16 channels or more, however few its tiles.</summary>
-    private static CpuBackendOptions Winograd(int threads) => new() { Threads = threads, WinogradMinTiles = 1, WinogradMinWork = 0 };
+    /// <summary>Winograd with <paramref name="tile"/> x <paramref name="tile"/> output tiles for every geometry it applies to with 16 channels or more, however few its tiles.</summary>
+    private static CpuBackendOptions Winograd(int threads, int tile) =>
+        new() { Threads = threads, WinogradTile = tile, WinogradMinTiles = 1, WinogradMinWork = 0 };
 
     private static ConvGeometry Geo(int n, int c, int h, int w, int o, int k, int s, int p) => new(n, c, h, w, o, k, k, s, s, p, p);
 
@@ -172,5 +182,55 @@ public sealed class ConvTests
             Closeness.AssertNmse($"dw, {name}", Down(be, dwb, g.WeightSize), dw, Tolerance);
             Closeness.AssertNmse($"dbias, {name}", Down(be, dbb, o), db, Tolerance);
         }
+    }
+
+    /// <summary>
+    /// A part of a batch (a data-parallel shard, a micro-batch) given to <see cref="IBackend.PartOfBatch"/> as part of the whole batch
+    /// computes each of its samples bit for bit as the whole batch does. [4, 32, 16, 16] -> 32 runs as a Winograd
+    /// convolution by the default thresholds (256 F(2x2) tiles, 256K O C tiles) and a half of it alone as an implicit
+    /// GEMM, which rounds differently: outside the scope the half's outputs differ.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void APartOfABatchComputesItsSamplesAsTheWholeBatchDoes(int threads)
+    {
+        var whole = Geo(4, 32, 16, 16, 32, 3, 1, 1);
+        var half = whole with { N = 2 };
+        using var be = new CpuBackend(new CpuBackendOptions { Threads = threads });
+        var x = Random(whole.InputSize, 8); var wt = Random(whole.WeightSize, 9); var bias = Random(whole.O, 10); var dy = Random(whole.OutputSize, 11);
+        var wb = Up(be, wt); var bb = Up(be, bias);
+        var yb = be.Allocate(whole.OutputSize); var dxb = be.Allocate(whole.InputSize);
+        be.Conv2dForward(Up(be, x), wb, bb, whole, yb);
+        be.Conv2dBackwardData(Up(be, dy), wb, whole, dxb);
+        var (y, dx) = (Down(be, yb, whole.OutputSize), Down(be, dxb, whole.InputSize));
+
+        (float[] Y, float[] Dx) Half(int h)
+        {
+            var xh = Up(be, x.AsSpan(h * half.InputSize, half.InputSize).ToArray());
+            var dyh = Up(be, dy.AsSpan(h * half.OutputSize, half.OutputSize).ToArray());
+            var yh = be.Allocate(half.OutputSize); var dxh = be.Allocate(half.InputSize);
+            be.Conv2dForward(xh, wb, bb, half, yh);
+            be.Conv2dBackwardData(dyh, wb, half, dxh);
+            return (Down(be, yh, half.OutputSize), Down(be, dxh, half.InputSize));
+        }
+
+        for (int h = 0; h < 2; h++)
+        {
+            var expectedY = y.AsSpan(h * half.OutputSize, half.OutputSize).ToArray();
+            var expectedDx = dx.AsSpan(h * half.InputSize, half.InputSize).ToArray();
+            using (be.PartOfBatch(2))
+            using (be.PartOfBatch(whole.N))
+            {
+                var (yh, dxh) = Half(h);
+                Assert.Equal(expectedY, yh);
+                Assert.Equal(expectedDx, dxh);
+            }
+            var (alone, dxAlone) = Half(h);
+            Assert.NotEqual(expectedY, alone);
+            Assert.NotEqual(expectedDx, dxAlone);
+            Closeness.AssertNmse("the half alone", alone, expectedY, Tolerance);
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => be.PartOfBatch(0));
     }
 }

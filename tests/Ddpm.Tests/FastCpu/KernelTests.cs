@@ -158,6 +158,43 @@ public sealed unsafe class KernelTests
             }
     }
 
+    /// <summary>
+    /// The group-norm backward pass: g = op(dy, x) stored (or not), its sum and its sum against x - mean, at every
+    /// length and width, against the op's scalar path summed in double; nothing written past n.
+    /// </summary>
+    [Fact]
+    public void GradientSums()
+    {
+        var dy = Random(264, 28); var x = Random(264, 29, -2f, 3f);
+        var g = new float[264];
+        foreach (bool silu in new[] { false, true })
+            foreach (int bits in Widths)
+                for (int n = 0; n <= 256; n++)
+                {
+                    var op = new NormalizeSiluBackwardKernel(0.3f, 1.7f, -0.2f);
+                    double sumG = 0, sumGx = 0, absG = 0, absGx = 0;
+                    var expected = new double[n];
+                    for (int i = 0; i < n; i++)
+                    {
+                        double v = silu ? op.Invoke(dy[i], x[i]) : dy[i];
+                        expected[i] = v;
+                        sumG += v; absG += Math.Abs(v);
+                        sumGx += v * (x[i] - 0.3f); absGx += Math.Abs(v * (x[i] - 0.3f));
+                    }
+                    Array.Fill(g, float.NaN);
+                    double gotGx, gotG;
+                    fixed (float* dyp = dy, xp = x, gp = g)
+                        gotGx = silu ? Reduce.GradientSums(op, dyp, xp, gp, n, 0.3f, out gotG, bits)
+                            : Reduce.GradientSums(new FirstKernel(), dyp, xp, null, n, 0.3f, out gotG, bits);
+                    string what = $"silu={silu} n={n} bits={bits}";
+                    Assert.True(Math.Abs(gotG - sumG) <= 1e-6 * absG + 1e-12, $"{what}: sum {gotG} vs {sumG}");
+                    Assert.True(Math.Abs(gotGx - sumGx) <= 1e-6 * absGx + 1e-12, $"{what}: centred sum {gotGx} vs {sumGx}");
+                    if (silu) Closeness.AssertElementwise(what, g.AsSpan(0, n), expected, Atol, Rtol);
+                    else Assert.True(float.IsNaN(g[0]), $"{what}: wrote g without a buffer");
+                    Assert.True(float.IsNaN(g[n]), $"{what}: wrote past n");
+                }
+    }
+
     [Fact]
     public void AdamMatchesScalarPath()
     {

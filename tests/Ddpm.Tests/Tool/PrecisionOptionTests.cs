@@ -26,6 +26,10 @@ public sealed class PrecisionOptionTests
         Assert.Equal(Precision.Fp32, new TrainOptions().ResolvePrecision(registry, "cpu"));
         Assert.Equal(Precision.Fp32, new TrainOptions { Precision = "fp32" }.ResolvePrecision(registry, "cuda"));
         Assert.Equal(Precision.Tf32, new ParityOptions { Precision = "TF32" }.ResolvePrecision(registry, "cuda"));
+        Assert.Equal(Precision.Bf16, new TrainOptions { Precision = "bf16" }.ResolvePrecision(registry, "cuda"));
+        Assert.Equal(Precision.Bf16, new SampleOptions { Precision = "bf16" }.ResolvePrecision(registry, "cuda"));
+        Assert.Equal(Precision.Bf16, new EvalOptions { Precision = "BF16" }.ResolvePrecision(registry, "cuda"));
+        Assert.Equal(Precision.Bf16, new BenchOptions { Precision = "bf16" }.ResolvePrecision(registry, "cuda"));
         // --tf32, the older spelling, still asks for tf32.
         Assert.Equal(Precision.Tf32, new ParityOptions { Tf32 = true }.ResolvePrecision(registry, "cuda"));
     }
@@ -33,7 +37,10 @@ public sealed class PrecisionOptionTests
     [Theory]
     [InlineData("--precision tf32 is not available on --backend cpu", "--backend", "cpu", "--precision", "tf32")]
     [InlineData("--precision tf32 is not available on --backend cpu-reference", "--backend", "cpu-reference", "--tf32")]
-    [InlineData("--precision must be fp32 or tf32, got 'fp16'", "--precision", "fp16")]
+    [InlineData("--precision bf16 is not available on --backend cpu, which computes in fp32 only", "--backend", "cpu", "--precision", "bf16")]
+    [InlineData("--precision bf16 is not available on --backend cpu-reference", "--backend", "cpu-reference", "--precision", "bf16")]
+    [InlineData("--precision must be fp32, tf32, bf16, got 'fp16'", "--precision", "fp16")]
+    [InlineData("--tf32 contradicts --precision bf16", "--precision", "bf16", "--tf32")]
     [InlineData("--tf32 contradicts --precision fp32", "--precision", "fp32", "--tf32")]
     public void WhatABackendCannotDoIsOneUsageLine(string message, params string[] options)
     {
@@ -56,6 +63,8 @@ public sealed class PrecisionOptionTests
         var registry = new BackendRegistry().RegisterCpu();
         var e = Assert.Throws<NotSupportedException>(() => registry.Create("cpu", new BackendOptions { Precision = Precision.Tf32 }));
         Assert.Equal("Backend 'cpu' computes in fp32 only, not tf32.", e.Message);
+        e = Assert.Throws<NotSupportedException>(() => registry.Create("cpu", new BackendOptions { Precision = Precision.Bf16 }));
+        Assert.Equal("Backend 'cpu' computes in fp32 only, not bf16.", e.Message);
         using var be = registry.Create("cpu", new BackendOptions { Threads = 1, Precision = Precision.Fp32 });
         Assert.IsType<CpuBackend>(be);
     }
