@@ -14,7 +14,8 @@ namespace Ddpm.Cuda.Check;
 /// on the device; with --nccl it joins a one-rank NCCL communicator, times its all-reduce of gradient-sized
 /// buffers and checks the results. Exit code 0 when every check passed, 1 on a failure, 2 when CUDA (or, for
 /// --nccl, libnccl.so.2) cannot be used here (nothing was checked; the reason is printed).
-/// Usage: Ddpm.Cuda.Check [--golden | --nccl] [--no-bench] [--filter SUBSTRING]
+/// Usage: Ddpm.Cuda.Check [--golden | --nccl | --tf32] [--no-bench] [--filter SUBSTRING]
+/// (--tf32: the convolution cases on a TF32 backend against float32 cpu-reference, within the TF32 tolerance)
 /// </summary>
 public static class Program
 {
@@ -50,15 +51,19 @@ public static class Program
             if (args.Contains("--nccl")) return Nccl(be);
             int filterAt = Array.IndexOf(args, "--filter");
             string? filter = filterAt >= 0 && filterAt + 1 < args.Length ? args[filterAt + 1] : null;
-            var names = ParityCases.Names.Select(n => (string)n[0]).Where(n => filter is null || n.Contains(filter, StringComparison.Ordinal)).ToList();
+            bool tf32Cases = args.Contains("--tf32");
+            var names = (tf32Cases ? ParityCases.Tf32Names : ParityCases.Names).Select(n => (string)n[0])
+                .Where(n => filter is null || n.Contains(filter, StringComparison.Ordinal)).ToList();
             int failed = 0;
             using var reference = new CpuReferenceBackend();
+            using var tf32Backend = tf32Cases ? new CudaBackend(new BackendOptions { Precision = Precision.Tf32 }) : null;
+            if (tf32Backend is not null) Console.WriteLine(tf32Backend.Description);
             foreach (var name in names)
             {
                 var sw = Stopwatch.StartNew();
                 try
                 {
-                    ParityCases.Run(name, be, reference);
+                    ParityCases.Run(name, tf32Backend ?? be, reference);
                     Console.WriteLine($"PASS {name} ({sw.ElapsedMilliseconds} ms)");
                 }
                 catch (Exception e)

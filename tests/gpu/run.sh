@@ -6,14 +6,20 @@
 #   1. Here (no GPU):   bash tests/gpu/run.sh build
 #      publishes Ddpm.Cuda.Check and ddpm-tool self-contained into .gpu-carry/ (git-ignored) as one .tar.gz.
 #   2. Device call:     run(command="bash tests/gpu/run.sh device", carry=[".gpu-carry"], timeout_s=360)
-#      each part has its own time limit and its own log under $OUT:
-#        libraries.log    nvidia-smi, the CUDA libraries found (driver, cuBLAS, NVRTC), PyTorch's versions
-#        parity-ops.log   every per-op parity case on cuda against cpu-reference (TF32 off)
-#        golden.log       the PyTorch golden tests on cuda
-#        tool-parity.log  ddpm-tool parity --backend cuda --against cpu (forward, backward, training, sampling)
-#        nccl.log         NCCL on one rank: set-up, all-reduce of 4 MB / small's / labml's gradient, destroy
-#        bench.log        ddpm-tool bench --backend cuda, small and labml at batch 64, TF32 off and on, + kernels
-#        torch.log        the same UNet steps in the machine's PyTorch (eager), for the ratio
+#      each part has its own time limit (together 290 s) and its own log under $OUT:
+#        libraries.log     nvidia-smi, the CUDA libraries found (driver, cuBLAS, cuDNN, NVRTC, NCCL), compute-sanitizer,
+#                          PyTorch's versions
+#        parity-ops.log    every per-op parity case on cuda against cpu-reference (fp32; cuDNN convolutions where found)
+#        parity-im2col.log the convolution cases again with DDPM_CUDNN=0 (im2col + cuBLAS)
+#        parity-tf32.log   the convolution cases on a TF32 backend, within the TF32 tolerance
+#        golden.log        the PyTorch golden tests on cuda
+#        tool-parity.log   ddpm-tool parity --backend cuda --against cpu (forward, backward, training, sampling)
+#        nccl.log          NCCL on one rank: set-up, all-reduce of 4 MB / small's / labml's gradient, destroy
+#        memcheck.log      compute-sanitizer --tool memcheck over the reduction parity cases (sum-to, sum-of-squares)
+#        racecheck.log     compute-sanitizer --tool racecheck over the group-norm parity cases (shared-memory reductions)
+#        bench.log         ddpm-tool bench --backend cuda --json: small and labml at batch 64 in fp32, tf32 and bf16
+#                          with CUDA Graphs, tf32 without them, and small tf32 on im2col (device counters included)
+#        torch.log         the same UNet steps in the machine's PyTorch (eager: fp32, tf32, bf16 autocast), for the ratio
 #      Exit status: 0 when every check passed, 1 on a failure, 2 when no CUDA device could be used.
 #
 # The same device part runs on the simulated CUDA device (DDPM_CUDA_LIB_DIR=<sim>:<nvrtc>) to check this
@@ -70,43 +76,56 @@ device() {
     echo "== $(date -u +%FT%TZ) $(uname -m)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi: not available"
     echo "== CUDA libraries on the loader's path"
-    ldconfig -p 2>/dev/null | grep -E 'libcuda\.so|libcublas(Lt)?\.so|libnvrtc|libnccl' || true
+    ldconfig -p 2>/dev/null | grep -E 'libcuda\.so|libcublas(Lt)?\.so|libcudnn\.so|libnvrtc|libnccl' || true
     echo "== CUDA libraries in Python wheels and toolkits"
     find /usr/local/cuda*/lib64 /opt/*/.venv/lib/python3*/site-packages/nvidia /usr/local/lib/python3*/dist-packages/nvidia \
-      -maxdepth 3 \( -name 'libcublas*.so*' -o -name 'libnvrtc*.so*' -o -name 'libnccl.so*' \) 2>/dev/null | sort | head -n 40 || true
+      -maxdepth 3 \( -name 'libcublas*.so*' -o -name 'libcudnn.so*' -o -name 'libnvrtc*.so*' -o -name 'libnccl.so*' \) 2>/dev/null | sort | head -n 40 || true
     echo "== DDPM_CUDA_LIB_DIR=${DDPM_CUDA_LIB_DIR:-<unset>}"
+    echo "== compute-sanitizer: $(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || echo 'not found')"
     "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' 2>&1 || true
   } > "$out/libraries.log" 2>&1
   cat "$out/libraries.log"
 
-  part parity-ops 75 "$bin/Ddpm.Cuda.Check" --no-bench
+  part parity-ops 45 "$bin/Ddpm.Cuda.Check" --no-bench
   if [ "${status_of[parity-ops]}" -eq 2 ]; then
     echo "no CUDA device could be used; see $out/parity-ops.log"
     rm -rf "$work"
     return 2
   fi
-  part golden 40 "$bin/Ddpm.Cuda.Check" --golden
-  part tool-parity 40 "$bin/ddpm-tool" parity --backend cuda --against cpu --preset tiny
-  part nccl 20 "$bin/Ddpm.Cuda.Check" --nccl
-  : > "$out/bench.log"
-  bench() { for preset in small labml; do
-      "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json --precision fp32
-      "$bin/ddpm-tool" bench --backend cuda --preset "$preset" --batch 64 --steps 5 --json --tf32
+  DDPM_CUDNN=0 part parity-im2col 25 "$bin/Ddpm.Cuda.Check" --no-bench --filter conv
+  part parity-tf32 15 "$bin/Ddpm.Cuda.Check" --no-bench --tf32
+  part golden 20 "$bin/Ddpm.Cuda.Check" --golden
+  part tool-parity 25 "$bin/ddpm-tool" parity --backend cuda --against cpu --preset tiny
+  part nccl 15 "$bin/Ddpm.Cuda.Check" --nccl
+  # compute-sanitizer slows kernels 10-100x: a subset of the cases, each tool with its own limit.
+  local sanitizer; sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1 || true)
+  if [ -n "$sanitizer" ]; then
+    part memcheck 35 "$sanitizer" --tool memcheck --error-exitcode 1 "$bin/Ddpm.Cuda.Check" --no-bench --filter sum
+    part racecheck 20 "$sanitizer" --tool racecheck --error-exitcode 1 "$bin/Ddpm.Cuda.Check" --no-bench --filter norm
+  else
+    echo "compute-sanitizer: not found; memcheck and racecheck not run" | tee "$out/memcheck.log" "$out/racecheck.log"
+    status_of[memcheck]=2; status_of[racecheck]=2
+  fi
+  bench() {
+    local b=("$bin/ddpm-tool" bench --backend cuda --batch 64 --steps 5 --json)
+    for preset in small labml; do
+      for precision in fp32 tf32 bf16; do "${b[@]}" --preset "$preset" --precision "$precision"; done
+      "${b[@]}" --preset "$preset" --precision tf32 --no-cuda-graphs
     done
-    "$bin/Ddpm.Cuda.Check" --filter gemm-NN-b1 ; }
-  part bench 70 bash -c "$(declare -f bench); bin='$bin' bench"
+    DDPM_CUDNN=0 "${b[@]}" --preset small --precision tf32 ; }
+  part bench 65 bash -c "$(declare -f bench); bin='$bin' bench"
   torch_steps() { for preset in small labml; do
-      "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5
-      "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5 --tf32
-    done
-    "$py" "$repo_root/tests/gpu/torch_bench.py" ; }
-  PYTHONUNBUFFERED=1 part torch 60 bash -c "$(declare -f torch_steps); bin='$bin' py='$py' repo_root='$repo_root' torch_steps"
+      for flag in "" --tf32 --bf16; do
+        "$py" "$repo_root/tests/Ddpm.Benchmarks/pytorch/unet_step.py" --device cuda --preset "$preset" --batch 64 --steps 5 $flag
+      done
+    done ; }
+  PYTHONUNBUFFERED=1 part torch 45 bash -c "$(declare -f torch_steps); bin='$bin' py='$py' repo_root='$repo_root' torch_steps"
 
   echo "== all parts took $((SECONDS - t0)) s; exit codes:"
   local failed=0
-  for name in parity-ops golden tool-parity nccl bench torch; do
+  for name in parity-ops parity-im2col parity-tf32 golden tool-parity nccl memcheck racecheck bench torch; do
     echo "   $name ${status_of[$name]}"
-    case $name in parity-ops|golden|tool-parity) [ "${status_of[$name]}" -eq 0 ] || failed=1 ;; esac
+    case $name in parity-ops|parity-im2col|parity-tf32|golden|tool-parity|memcheck|racecheck) [ "${status_of[$name]}" -eq 0 ] || [ "${status_of[$name]}" -eq 2 ] || failed=1 ;; esac
     # No libnccl.so.2 on the machine (exit 2) is reported, not a failure; a wrong result is.
     if [ "$name" = nccl ] && [ "${status_of[$name]}" -eq 1 ]; then failed=1; fi
   done

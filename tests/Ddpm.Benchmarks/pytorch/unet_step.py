@@ -5,10 +5,10 @@ peak memory (ru_maxrss).
 
 Run with Debian's PyTorch 1.13: apt-get install -y python3-torch libopenblas0-pthread, then
   OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 unet_step.py --preset small --mode train --threads 2
-On a GPU (eager PyTorch, the peer of `ddpm-tool bench --backend cuda`): --device cuda [--tf32]; the step's time
+On a GPU (eager PyTorch, the peer of `ddpm-tool bench --backend cuda`): --device cuda [--tf32 | --bf16]; the step's time
 then ends at a host synchronisation (loss.item(), out.sum().item()).
 """
-import argparse, json, math, resource, statistics, time
+import argparse, contextlib, json, math, resource, statistics, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -220,7 +220,11 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--tf32', action='store_true', help='allow TF32 tensor-core math on cuda (matmul and cuDNN)')
+    ap.add_argument('--bf16', action='store_true', help='mixed precision on cuda: the forward pass and the loss under torch.autocast(bfloat16)')
     a = ap.parse_args()
+    if a.bf16 and a.device != 'cuda':
+        ap.error('--bf16 needs --device cuda')
+    autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     if a.device == 'cuda':
@@ -251,7 +255,8 @@ def main():
             noise = torch.randn(shape, device=dev)
             ab = alpha_bar.gather(-1, t).reshape(-1, 1, 1, 1)
             xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-            loss = F.mse_loss(noise, model(xt, t))
+            with autocast():
+                loss = F.mse_loss(noise, model(xt, t).float())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -265,7 +270,8 @@ def main():
         with torch.no_grad():
             for i in range(a.warmup + a.steps):
                 start = time.perf_counter()
-                eps = model(x, t)
+                with autocast():
+                    eps = model(x, t).float()
                 a_t = alpha.gather(-1, t).reshape(-1, 1, 1, 1)
                 ab = alpha_bar.gather(-1, t).reshape(-1, 1, 1, 1)
                 mean = 1 / a_t.sqrt() * (x - (1 - a_t) / (1 - ab).sqrt() * eps)
@@ -275,9 +281,9 @@ def main():
                     times.append(time.perf_counter() - start)
     med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() if a.device == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    where = f"cuda tf32 {'on' if a.tf32 else 'off'}" if a.device == 'cuda' else f"threads {a.threads}"
+    where = f"cuda {'bf16 autocast' if a.bf16 else 'tf32 ' + ('on' if a.tf32 else 'off')}" if a.device == 'cuda' else f"threads {a.threads}"
     print(f"torch {torch.__version__} {a.mode} {a.preset} batch {batch} {where}: median {med:.4f} s = {batch / med:.2f} images/s; peak memory {peak / 1e9:.2f} GB")
-    print(json.dumps(dict(peer='pytorch', version=torch.__version__, mode=a.mode, preset=a.preset, batch=batch, threads=a.threads, device=a.device, tf32=a.tf32,
+    print(json.dumps(dict(peer='pytorch', version=torch.__version__, mode=a.mode, preset=a.preset, batch=batch, threads=a.threads, device=a.device, tf32=a.tf32, bf16=a.bf16,
                           median_s=med, images_per_s=batch / med, peak_memory_bytes=peak)))
 
 
