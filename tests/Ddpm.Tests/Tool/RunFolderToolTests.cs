@@ -307,15 +307,16 @@ public sealed class RunFolderToolTests
     [Fact]
     public void ABundledModelSamplesWithoutACheckpoint()
     {
-        // The tool finds its bundled model beside its binary (here: the test's output folder). A build that
-        // carries one (Ddpm.Tool/models/) has it set aside for the test and put back after.
+        // The tool finds its bundled model beside its binary (here: the test's output folder), then in a checkout's
+        // Ddpm.Tool/models. The copy beside the binary is set aside for the test and put back after; where the
+        // checkout carries a model too, the message for a tool without one cannot be seen from here.
         string bundled = Path.Combine(AppContext.BaseDirectory, "models", BundledFiles.DdpmModelFile);
         string aside = bundled + ".aside";
         bool carried = File.Exists(bundled);
         if (carried) File.Move(bundled, aside, overwrite: true);
         try
         {
-            SamplesFromABundleOnly(bundled);
+            SamplesFromABundle(bundled);
         }
         finally
         {
@@ -323,12 +324,17 @@ public sealed class RunFolderToolTests
         }
     }
 
-    private void SamplesFromABundleOnly(string bundled)
+    private void SamplesFromABundle(string bundled)
     {
-        var (code, _, err) = Run("sample", "--n", "1", "--steps", "1", "--out", Path.Combine(Path.GetTempPath(), "never.png"));
-        Assert.Equal(1, code);
-        Assert.Contains("carries no bundled model", err);
-        Assert.Single(err.Trim().Split('\n'));
+        int code;
+        string err;
+        if (BundledFiles.TryModel(BundledFiles.DdpmModelFile) is null)
+        {
+            (code, _, err) = Run("sample", "--n", "1", "--steps", "1", "--out", Path.Combine(Path.GetTempPath(), "never.png"));
+            Assert.Equal(1, code);
+            Assert.Contains("carries no bundled model", err);
+            Assert.Single(err.Trim().Split('\n'));
+        }
 
         using var dir = new TempDir();
         (code, var output, err) = Run(Tiny(dir.Path, "--steps", "2", "--ema", "0.9", "--bundle", dir.File("bundle.safetensors")));
