@@ -4,7 +4,7 @@
 # tests/tensorboard/read_events.py checks the TFRecord framing with its own CRC-32C and parses every record with
 # Python's protobuf runtime. A 2-step run resumed to 4 steps must give: the file version first, a scalar loss,
 # gradient norm, learning rate and images/s per step equal to loss.csv's, the sample grids as PNG images of their
-# files' sizes, the configuration as text equal to config.json, and a session start just after the resumed step (TensorBoard
+# files' sizes, the configuration as text equal to config.json, and a restart marker (SessionLog START) just after the resumed step (TensorBoard
 # drops what earlier files logged from that step on, and keeps the checkpoint's own). Needs
 # protoc and /usr/bin/python3 with python3-protobuf (Debian: apt-get install protobuf-compiler python3-protobuf);
 # without them it says so and exits 0 with "skipped". Prints "N passed, N failed" last.
@@ -74,7 +74,7 @@ try:
 except ValueError as e:
     same = False
 out.append('the configuration as text equals config.json' + '\t' + ('ok' if same else text[:200]))
-out.append('a session start just after the resumed step' + '\t' + ('ok' if ev['session_starts'] == [3] and ev['files'] == 2 else f"{ev['session_starts']}, {ev['files']} files"))
+out.append('a restart marker (SessionLog START) just after the resumed step' + '\t' + ('ok' if ev['session_starts'] == [3] and ev['files'] == 2 else f"{ev['session_starts']}, {ev['files']} files"))
 print('\n'.join(out))
 PY
 )

@@ -126,7 +126,7 @@ public sealed class EventFile : IDisposable
             }));
         });
 
-    /// <summary>A session start at <paramref name="step"/>: TensorBoard discards events of later steps written before it (a resumed run).</summary>
+    /// <summary>A restart marker (TensorBoard's SessionLog START) at <paramref name="step"/>: TensorBoard discards events of later steps written before it (a resumed run).</summary>
     public void SessionStart(long step) =>
         WriteEvent(step, EventSessionLog, o => o.WriteBytes(Message(m =>
         {
