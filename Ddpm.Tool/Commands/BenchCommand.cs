@@ -341,6 +341,9 @@ internal sealed class DeviceWork(IDeviceCounters? device, int steps)
             "{2:G4} DNN-library calls, {3:G4} host waits, {4:G4} graph launches; peak device memory {5:F3} GB",
             (double)w.KernelLaunches / steps, (double)w.BlasCalls / steps, (double)w.DnnCalls / steps,
             (double)w.HostSynchronizations / steps, (double)w.GraphLaunches / steps, w.PeakDeviceBytes / 1e9));
+        if (w.CastKernels > 0)
+            con.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "  of the kernels, {0:G4} cast operands to a narrower type ({1:G4} elements)",
+                (double)w.CastKernels / steps, (double)w.CastElements / steps));
     }
 
     /// <summary>The JSON report's <c>device_work_per_step</c>: null where the backend counts no device work.</summary>
@@ -348,7 +351,8 @@ internal sealed class DeviceWork(IDeviceCounters? device, int steps)
     {
         ["kernel_launches"] = (double)w.KernelLaunches / steps, ["blas_calls"] = (double)w.BlasCalls / steps,
         ["dnn_calls"] = (double)w.DnnCalls / steps, ["host_syncs"] = (double)w.HostSynchronizations / steps,
-        ["graph_launches"] = (double)w.GraphLaunches / steps, ["peak_device_bytes"] = w.PeakDeviceBytes,
+        ["graph_launches"] = (double)w.GraphLaunches / steps, ["cast_kernels"] = (double)w.CastKernels / steps,
+        ["cast_elements"] = (double)w.CastElements / steps, ["peak_device_bytes"] = w.PeakDeviceBytes,
     };
 }
 
