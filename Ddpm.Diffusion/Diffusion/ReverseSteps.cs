@@ -43,8 +43,8 @@ public sealed class ReverseSteps : IDisposable
 
     /// <summary>
     /// Whether <see cref="Run"/> records each kind of step once and replays it (CUDA Graphs on the cuda backend): the
-    /// backend offers <see cref="IStepGraphs"/> with recording on. A run with an onStep callback (which reads every
-    /// step's values) runs eagerly.
+    /// backend offers <see cref="IStepGraphs"/> with recording on. A run with an onStep callback reads the finite
+    /// check after every step, before the callback sees the step's values.
     /// </summary>
     public bool UsesStepGraphs => _graphs is not null;
 
@@ -106,7 +106,7 @@ public sealed class ReverseSteps : IDisposable
             x.Dispose();
             throw new ArgumentOutOfRangeException(nameof(start), $"Position {start} is outside [0, {Timesteps.Length}).");
         }
-        if (_graphs is not null && onStep is null && _prevD is null) return RunReplayed(x, start, gen, progress, _graphs);
+        if (_graphs is not null && _prevD is null) return RunReplayed(x, start, gen, progress, onStep, _graphs);
         try
         {
             for (int i = start; i >= 0; i--)
@@ -125,27 +125,31 @@ public sealed class ReverseSteps : IDisposable
 
     /// <summary>
     /// <see cref="Run"/> with each kind of step recorded once and replayed: x (and DPM-Solver++'s previous data
-    /// prediction) live in buffers made before the first step, which every step reads and overwrites; the finite
-    /// check is read every <see cref="FiniteCheckEvery"/> steps. Consumes <paramref name="x"/>, which is kept until
-    /// the run ends so that a non-finite run can be repeated eagerly from it.
+    /// prediction, and with <paramref name="onStep"/> the predicted x0) live in buffers made before the first step,
+    /// which every step reads and overwrites; the finite check is read every <see cref="FiniteCheckEvery"/> steps, or
+    /// after every step where <paramref name="onStep"/> is to see its values (which an eager run has checked first).
+    /// Consumes <paramref name="x"/>, which is kept until the run ends so that a non-finite run can be repeated
+    /// eagerly from it.
     /// </summary>
-    private Tensor RunReplayed(Tensor x, int start, PhiloxGenerator gen, Action<SampleProgress>? progress, IStepGraphs graphs)
+    private Tensor RunReplayed(Tensor x, int start, PhiloxGenerator gen, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep,
+        IStepGraphs graphs)
     {
         ulong offset = gen.Offset;
         try
         {
-            using var steps = new ReplayedSteps(this, graphs, x);
+            using var steps = new ReplayedSteps(this, graphs, x, keepX0: onStep is not null);
             int checkedSteps = 0;
             for (int i = start; i >= 0; i--)
             {
                 steps.Step(i, gen, start);
                 int done = start + 1 - i;
-                progress?.Invoke(new SampleProgress(done, start + 1, Timesteps[i]));
-                if (done - checkedSteps == FiniteCheckEvery || i == 0)
+                if (onStep is not null || done - checkedSteps == FiniteCheckEvery || i == 0)
                 {
                     if (!steps.AllFinite()) throw NameTheNonFiniteStep(x, start, i, checkedSteps, offset, gen);
                     checkedSteps = done;
                 }
+                if (onStep is not null) steps.Show(Timesteps[i], onStep);
+                progress?.Invoke(new SampleProgress(done, start + 1, Timesteps[i]));
             }
             return steps.TakeX();
         }
@@ -260,11 +264,15 @@ public sealed class ReverseSteps : IDisposable
         private readonly IStepGraphs _graphs;
         private readonly Dictionary<int, IStepGraph> _recordings = [];
         private readonly Tensor _finite;
-        private readonly Tensor? _prevD;
+        private readonly Tensor? _prevD, _x0;
         private Tensor? _x;
         private bool _havePrev;
 
-        public ReplayedSteps(ReverseSteps run, IStepGraphs graphs, Tensor x)
+        /// <summary>
+        /// The state of a run from <paramref name="x"/> (copied); with <paramref name="keepX0"/> each step also leaves
+        /// its predicted x0 in a buffer, for <see cref="Show"/>.
+        /// </summary>
+        public ReplayedSteps(ReverseSteps run, IStepGraphs graphs, Tensor x, bool keepX0)
         {
             _run = run;
             _graphs = graphs;
@@ -272,6 +280,7 @@ public sealed class ReverseSteps : IDisposable
             _x.CopyFrom(x);
             _finite = Tensor.Zeros(x.Backend, x.Shape);
             if (run._kind == SamplerKind.DpmSolver) _prevD = Tensor.Empty(x.Backend, x.Shape);
+            if (keepX0) _x0 = Tensor.Empty(x.Backend, x.Shape);
         }
 
         /// <summary>The step from position <paramref name="i"/> to i - 1 of a run that started at <paramref name="start"/>.</summary>
@@ -290,6 +299,8 @@ public sealed class ReverseSteps : IDisposable
                 _ => i == 0 ? (2, "DPM-Solver++ final step") : second ? (1, "DPM-Solver++ second-order step") : (0, "DPM-Solver++ first-order step"),
             };
             if (!_recordings.TryGetValue(key, out var recording)) _recordings[key] = recording = _graphs.CreateStepGraph("sampling: " + name);
+            var x0 = _x0;
+            Action<int, Tensor, Tensor>? keep = x0 is null ? null : (_, _, predicted) => x0.CopyFrom(predicted);
             recording.Run(() =>
             {
                 using var scope = new TensorScope();
@@ -297,20 +308,29 @@ public sealed class ReverseSteps : IDisposable
                 switch (_run._kind)
                 {
                     case SamplerKind.Ddpm:
-                        next = sampler.DdpmStep(x, t, gen, null, at);
+                        next = sampler.DdpmStep(x, t, gen, keep, at);
                         break;
                     case SamplerKind.Ddim:
-                        next = sampler.DdimStep(x, t, tPrev, _run._eta, gen, null, at);
+                        next = sampler.DdimStep(x, t, tPrev, _run._eta, gen, keep, at);
                         break;
                     default:
                         var (n, d) = _run.DpmSolverUpdate(x, i, second ? _prevD : null, at);
                         _prevD!.CopyFrom(d);
+                        keep?.Invoke(t, n, d);
                         next = n;
                         break;
                 }
                 x.CopyFrom(next);
             });
             _havePrev = true;
+        }
+
+        /// <summary>Hands the last step's x and predicted x0 to <paramref name="onStep"/> (views, released after the call).</summary>
+        public void Show(int t, Action<int, Tensor, Tensor> onStep)
+        {
+            using var x = _x!.Detach();
+            using var x0 = _x0!.Detach();
+            onStep(t, x, x0);
         }
 
         /// <summary>Whether every model output and x so far was finite (waits for the device).</summary>
@@ -330,6 +350,7 @@ public sealed class ReverseSteps : IDisposable
             _x?.Dispose();
             _finite.Dispose();
             _prevD?.Dispose();
+            _x0?.Dispose();
         }
     }
 

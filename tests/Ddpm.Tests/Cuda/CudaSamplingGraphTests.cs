@@ -94,12 +94,42 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
         var atTheEnd = new List<int>();
         var replayed = SampleThroughABadStep(graphs: true, bad: 40, checkEvery: 20, atTheEnd);
         Assert.Equal(eager.Message, replayed.Message);
-        Assert.Equal(10, atTheEnd.Count);
-        // Checked every 2 steps, the run stops at the check after step 6.
+        // Checked after the last step only: steps 1 to 9 were reported, the check after step 10 failed.
+        Assert.Equal(9, atTheEnd.Count);
+        // Checked every 2 steps, the run stops at the check after step 6, before reporting it, as the eager run does.
+        var eagerProgress = new List<int>();
+        SampleThroughABadStep(graphs: false, bad: 40, checkEvery: 20, eagerProgress);
         var everyTwo = new List<int>();
         var early = SampleThroughABadStep(graphs: true, bad: 40, checkEvery: 2, everyTwo);
         Assert.Equal(eager.Message, early.Message);
-        Assert.Equal(6, everyTwo.Count);
+        Assert.Equal(eagerProgress, everyTwo);
+    }
+
+    [SimulatorTheory]
+    [InlineData(SamplerKind.Ddpm)]
+    [InlineData(SamplerKind.Ddim)]
+    [InlineData(SamplerKind.DpmSolver)]
+    public void ReplayedStepsShowTheEagerPredictedX0Frames(SamplerKind kind)
+    {
+        // animate's and serve's path: every step's predicted x0 read on the host.
+        List<float[]> Frames(bool graphs)
+        {
+            using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32, StepGraphs = graphs });
+            using var model = new UNet(be, Model(true), new PhiloxGenerator(11));
+            model.Eval();
+            var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 12 }), new ClassCondition([2, 0], 2f));
+            var before = be.ReadCounters();
+            var frames = Evaluation.PredictedX0Frames(sampler, 2, kind, 6, 0.3f, seed: 9, frames: 4);
+            Assert.Equal(graphs, be.ReadCounters().GraphLaunches > before.GraphLaunches);
+            return frames;
+        }
+        var eager = Frames(graphs: false);
+        var replayed = Frames(graphs: true);
+        Assert.Equal(eager.Count, replayed.Count);
+        for (int f = 0; f < eager.Count; f++)
+            for (int i = 0; i < eager[f].Length; i++)
+                if (BitConverter.SingleToInt32Bits(eager[f][i]) != BitConverter.SingleToInt32Bits(replayed[f][i]))
+                    Assert.Fail($"frame {f}, value {i}: eager {eager[f][i]:R}, replayed {replayed[f][i]:R} (bit-identical expected)");
     }
 
     [SimulatorFact]
