@@ -218,8 +218,8 @@ public static class BenchCommand
             if (p.Step == timed) b.StopCounting();
             sw.Restart();
         }, null);
-        b.Con.Out.WriteLine($"  sampling steps {(run.UsesStepGraphs ? "replayed from their recording (--no-cuda-graphs: eager)" : "run eagerly")}");
         var json = StepReport(b, times, model.ParameterCount());
+        b.Con.Out.WriteLine($"  sampling steps {(run.UsesStepGraphs ? "replayed from their recording (--no-cuda-graphs: eager)" : "run eagerly")}");
         json["step_graphs"] = run.UsesStepGraphs;
         return Arithmetic(b, json, Median(times));
     }

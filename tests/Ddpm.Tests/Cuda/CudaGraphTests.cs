@@ -60,7 +60,7 @@ public sealed class CudaGraphTests(ITestOutputHelper output)
             Read(trainer.Optimizer.SecondMoments!), trainer.UsesStepGraph, work);
     }
 
-    private static void AssertBitIdentical(float[] eager, float[] replayed, string what)
+    internal static void AssertBitIdentical(float[] eager, float[] replayed, string what)
     {
         Assert.Equal(eager.Length, replayed.Length);
         for (int i = 0; i < eager.Length; i++)

@@ -57,10 +57,7 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
         // Every kind of step used more than once is replayed from its second use on (the first is the eager warm-up).
         Assert.True(replayed.GraphLaunches >= steps - 4, $"{replayed.GraphLaunches} graph launches in {steps} steps");
         output.WriteLine($"{kind}, {steps} steps, eta {eta}, guidance {guidance?.ToString() ?? "none"}, clip {clip}: {replayed.GraphLaunches} graph launches");
-        Assert.Equal(eager.Images.Length, replayed.Images.Length);
-        for (int i = 0; i < eager.Images.Length; i++)
-            if (BitConverter.SingleToInt32Bits(eager.Images[i]) != BitConverter.SingleToInt32Bits(replayed.Images[i]))
-                Assert.Fail($"value {i}: eager {eager.Images[i]:R}, replayed {replayed.Images[i]:R} (bit-identical expected)");
+        CudaGraphTests.AssertBitIdentical(eager.Images, replayed.Images, "images");
         Assert.All(replayed.Images, v => Assert.True(float.IsFinite(v)));
     }
 
@@ -126,10 +123,7 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
         var eager = Frames(graphs: false);
         var replayed = Frames(graphs: true);
         Assert.Equal(eager.Count, replayed.Count);
-        for (int f = 0; f < eager.Count; f++)
-            for (int i = 0; i < eager[f].Length; i++)
-                if (BitConverter.SingleToInt32Bits(eager[f][i]) != BitConverter.SingleToInt32Bits(replayed[f][i]))
-                    Assert.Fail($"frame {f}, value {i}: eager {eager[f][i]:R}, replayed {replayed[f][i]:R} (bit-identical expected)");
+        for (int f = 0; f < eager.Count; f++) CudaGraphTests.AssertBitIdentical(eager[f], replayed[f], $"frame {f}");
     }
 
     [SimulatorFact]
