@@ -137,6 +137,6 @@ public sealed partial class CudaBackend : IStepGraphs
 [StructLayout(LayoutKind.Sequential)]
 internal readonly record struct PhiloxScalars(ulong Seed, ulong Offset, float Keep, float Scale);
 
-/// <summary>axpby_at's a and b.</summary>
+/// <summary>axpby_at's a and b; affine_at's scale and shift.</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal readonly record struct FloatPair(float A, float B);

@@ -107,7 +107,9 @@ public sealed partial class CudaBackend
         Enter();
         ulong px = Ptr(x, n, "Affine x"), py = Ptr(y, n, "Affine y");
         if (n == 0) return;
-        Launch("affine", GridFor(n), ThreadsPerBlock, px, py, n, scale, shift);
+        // Inside a recorded step the factors change from replay to replay (a sampler's coefficients): read from device memory.
+        if (_recording is not null) Launch("affine_at", GridFor(n), ThreadsPerBlock, px, py, n, StepScalars(new FloatPair(scale, shift)));
+        else Launch("affine", GridFor(n), ThreadsPerBlock, px, py, n, scale, shift);
     }
 
     public void Axpby(DeviceBuffer x, int n, float a, float b, DeviceBuffer y)

@@ -9,7 +9,7 @@ namespace Ddpm.Backends.Cuda;
 /// step's code again with the backend in replay mode, where each call that would queue work is compared with the
 /// recorded one (name, pointers, sizes, scalars, kernel argument bytes) and not made, and then launches the graph.
 /// What changes between steps reaches the graph as data: the step's uploads and the scalars of the Philox fills,
-/// Adam and axpby are written into this recording's input buffers, which one host-to-device copy per buffer fills
+/// Adam, axpby and affine are written into this recording's input buffers, which one host-to-device copy per buffer fills
 /// before each launch (queued outside the graph), and from which the graph's kernels and copies read.
 /// Buffers the step allocates come from a private pool: on the recording run as from a caching allocator, on later
 /// runs the same blocks in the same order, so the graph's pointers stay valid; the pool lives as long as the graph.
@@ -165,7 +165,7 @@ internal sealed class CudaStepGraph : IStepGraph, IBlockPool
             int at = 0;
             while (at < sig.Length && at < recSig.Length && sig[at] == recSig[at]) at++;
             throw Mismatch(what, $"its arguments differ from the recorded ones at byte {at} (a value that changes between steps must reach " +
-                "the device as data: an upload, or the step scalars of the Philox fills, Adam and axpby)");
+                "the device as data: an upload, or the step scalars of the Philox fills, Adam, axpby and affine)");
         }
         _cursor++;
         return true;

@@ -25,7 +25,7 @@ public interface IStepGraphs
 /// must: make the same calls with the same buffers every time; release every buffer it allocates before it returns
 /// (those come from a pool the recording keeps); not wait for the device (no Download, SumOfSquares or Synchronize);
 /// and bring whatever changes from step to step to the device as data: uploads, the Philox ops' seeds and offsets,
-/// <see cref="IBackend.AdamStep"/>'s scalars and <see cref="IBackend.Axpby"/>'s factors (which the backend reads
+/// <see cref="IBackend.AdamStep"/>'s scalars, <see cref="IBackend.Axpby"/>'s and <see cref="IBackend.Affine"/>'s factors (which the backend reads
 /// from device memory inside a recording). A call that differs from the recording is an
 /// <see cref="InvalidOperationException"/> naming it. Dispose releases the recording and its memory.
 /// </summary>

@@ -191,6 +191,14 @@ extern "C" __global__ void sum_partials(const double* partial, int count, double
     if (threadIdx.x == 0) result[0] = s;
 }
 
+// affine with scale and shift read from device memory (ss = { scale, shift }), for steps replayed from a graph;
+// the same expression as affine, so the same bits.
+extern "C" __global__ void affine_at(const float* x, float* y, int n, const float* ss)
+{
+    float scale = ss[0], shift = ss[1];
+    GRID_STRIDE(i, n) y[i] = x[i] * scale + shift;
+}
+
 // axpby with a and b read from device memory (ab = { a, b }), for steps replayed from a graph.
 extern "C" __global__ void axpby_at(const float* x, float* y, int n, const float* ab)
 {

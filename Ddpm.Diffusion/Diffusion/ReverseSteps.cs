@@ -10,12 +10,16 @@ namespace Ddpm.Diffusion.Diffusion;
 /// every t; DDIM and DPM-Solver++ the uniform subsequence of <see cref="Sampler.DdimTimesteps"/>. DPM-Solver++(2M)
 /// keeps the previous step's data prediction: it is used only when the previous step came from position i + 1,
 /// so after a jump back up the solver restarts at first order.
+/// On a backend that records steps (<see cref="IStepGraphs"/>), <see cref="Run"/> replays each kind of step from
+/// its recording (see <see cref="UsesStepGraphs"/>); single <see cref="Step(Tensor, int, PhiloxGenerator, Action{int, Tensor, Tensor}?)"/>
+/// calls run eagerly.
 /// </summary>
 public sealed class ReverseSteps : IDisposable
 {
     private readonly Sampler _sampler;
     private readonly SamplerKind _kind;
     private readonly float _eta;
+    private readonly IStepGraphs? _graphs;
     private Tensor? _prevD;
     private int _prevFrom = int.MinValue;
 
@@ -24,6 +28,7 @@ public sealed class ReverseSteps : IDisposable
         _sampler = sampler;
         _kind = kind;
         _eta = eta;
+        if (sampler.Diffusion.EpsModel.Backend is IStepGraphs { StepGraphsEnabled: true } graphs) _graphs = graphs;
         int T = sampler.Diffusion.Steps;
         Timesteps = kind switch
         {
@@ -35,6 +40,31 @@ public sealed class ReverseSteps : IDisposable
 
     /// <summary>The sampler's timesteps, increasing: position i holds Timesteps[i].</summary>
     public int[] Timesteps { get; }
+
+    /// <summary>
+    /// Whether <see cref="Run"/> records each kind of step once and replays it (CUDA Graphs on the cuda backend): the
+    /// backend offers <see cref="IStepGraphs"/> with recording on. A run with an onStep callback reads the finite
+    /// check after every step, before the callback sees the step's values.
+    /// </summary>
+    public bool UsesStepGraphs => _graphs is not null;
+
+    /// <summary>
+    /// In a replayed run, how many steps run between two reads of the finite check (the last step is always
+    /// checked). Replayed steps do not wait for the device: each adds its model output and next x times 0 into a
+    /// mask that stays 0 while every value is finite, and that mask is read every this many steps; a run that finds
+    /// it non-finite runs its steps again eagerly, each checked as an eager run checks it, to name the step.
+    /// </summary>
+    public int FiniteCheckEvery
+    {
+        get => _finiteCheckEvery;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegativeOrZero(value);
+            _finiteCheckEvery = value;
+        }
+    }
+
+    private int _finiteCheckEvery = 20;
 
     /// <summary>
     /// One step from position <paramref name="i"/> to i - 1 (the data when i = 0). Consumes <paramref name="x"/>
@@ -76,6 +106,7 @@ public sealed class ReverseSteps : IDisposable
             x.Dispose();
             throw new ArgumentOutOfRangeException(nameof(start), $"Position {start} is outside [0, {Timesteps.Length}).");
         }
+        if (_graphs is not null && _prevD is null) return RunReplayed(x, start, gen, progress, onStep, _graphs);
         try
         {
             for (int i = start; i >= 0; i--)
@@ -90,6 +121,68 @@ public sealed class ReverseSteps : IDisposable
             x.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// <see cref="Run"/> with each kind of step recorded once and replayed: x (and DPM-Solver++'s previous data
+    /// prediction, and with <paramref name="onStep"/> the predicted x0) live in buffers made before the first step,
+    /// which every step reads and overwrites; the finite check is read every <see cref="FiniteCheckEvery"/> steps, or
+    /// after every step where <paramref name="onStep"/> is to see its values (which an eager run has checked first).
+    /// Consumes <paramref name="x"/>, which is kept until the run ends so that a non-finite run can be repeated
+    /// eagerly from it.
+    /// </summary>
+    private Tensor RunReplayed(Tensor x, int start, PhiloxGenerator gen, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep,
+        IStepGraphs graphs)
+    {
+        ulong offset = gen.Offset;
+        try
+        {
+            using var steps = new ReplayedSteps(this, graphs, x, keepX0: onStep is not null);
+            int checkedSteps = 0;
+            for (int i = start; i >= 0; i--)
+            {
+                steps.Step(i, gen, start);
+                int done = start + 1 - i;
+                if (onStep is not null || done - checkedSteps == FiniteCheckEvery || i == 0)
+                {
+                    if (!steps.AllFinite()) throw NameTheNonFiniteStep(x, start, i, checkedSteps, offset, gen);
+                    checkedSteps = done;
+                }
+                if (onStep is not null) steps.Show(Timesteps[i], onStep);
+                progress?.Invoke(new SampleProgress(done, start + 1, Timesteps[i]));
+            }
+            return steps.TakeX();
+        }
+        finally
+        {
+            x.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Runs positions <paramref name="start"/> down to <paramref name="end"/> again eagerly from
+    /// <paramref name="x"/> and the generator's <paramref name="offset"/>, each step checked as an eager run checks
+    /// it, so the step whose values stopped being finite is named as an eager run names it. The eager steps compute
+    /// the replayed steps' bits, so they stop at the same step; should they not, the exception names the steps
+    /// replayed since the last check (the first <paramref name="checkedSteps"/> were finite).
+    /// </summary>
+    private NonFiniteOutputException NameTheNonFiniteStep(Tensor x, int start, int end, int checkedSteps, ulong offset, PhiloxGenerator gen)
+    {
+        gen.Offset = offset;
+        _prevD?.Dispose();
+        _prevD = null;
+        _prevFrom = int.MinValue;
+        var y = x.Detach();
+        try
+        {
+            for (int i = start; i >= end; i--) y = Step(y, i, gen, null, start);
+        }
+        finally
+        {
+            y.Dispose();
+        }
+        return new NonFiniteOutputException(
+            $"sampling steps {checkedSteps + 1} to {start + 1 - end} of {start + 1}: the values stopped being finite in the replayed steps but not when run again eagerly, so no image was written");
     }
 
     /// <summary>
@@ -112,6 +205,22 @@ public sealed class ReverseSteps : IDisposable
 
     private Tensor DpmSolverStep(Tensor x, int i, Action<int, Tensor, Tensor>? onStep, TensorScope scope, StepPosition at)
     {
+        // First order where there is no earlier prediction on this path (the first step, or after a jump).
+        bool second = _prevD is not null && _prevFrom == i + 1;
+        var (next, dPred) = DpmSolverUpdate(x, i, second ? _prevD : null, at);
+        onStep?.Invoke(Timesteps[i], next, dPred);
+        _prevD?.Dispose();
+        _prevD = scope.Keep(dPred);
+        _prevFrom = i;
+        return next;
+    }
+
+    /// <summary>
+    /// The DPM-Solver++(2M) step from position <paramref name="i"/>: the next x and this step's data prediction,
+    /// second order when <paramref name="prevD"/> (the prediction of position i + 1) is given.
+    /// </summary>
+    private (Tensor Next, Tensor DPred) DpmSolverUpdate(Tensor x, int i, Tensor? prevD, StepPosition at)
+    {
         var d = _sampler.Diffusion;
         var seq = Timesteps;
         var ab = d.Schedule.AlphaBar;
@@ -126,25 +235,123 @@ public sealed class ReverseSteps : IDisposable
         if (i == 0) next = dPred.Detach();
         else
         {
-            // First order where there is no earlier prediction on this path (the first step, or after a jump).
-            bool second = _prevD is not null && _prevFrom == i + 1;
-            var c = Sampler.DpmSolverStep(ab[t], ab[seq[i - 1]], second ? ab[seq[i + 1]] : null);
+            var c = Sampler.DpmSolverStep(ab[t], ab[seq[i - 1]], prevD is not null ? ab[seq[i + 1]] : null);
             using var a = x * (float)c.X;
             using var b = dPred * (float)c.D0;
             next = a + b;
-            if (second)
+            if (prevD is not null)
             {
-                using var e = _prevD! * (float)c.D1;
+                using var e = prevD * (float)c.D1;
                 using var sum = next;
                 next = sum + e;
             }
         }
         at.RequireFinite(eps, next);
-        onStep?.Invoke(t, next, dPred);
-        _prevD?.Dispose();
-        _prevD = scope.Keep(dPred);
-        _prevFrom = i;
-        return next;
+        return (next, dPred);
+    }
+
+    /// <summary>
+    /// The state of a replayed run: x, DPM-Solver++'s previous data prediction and the finite mask in buffers made
+    /// before the first step, and one recording per kind of step (steps with and without noise, the solver's first-
+    /// and second-order and final steps differ in their calls). Each step runs the sampler's own step code on these
+    /// buffers and writes its results back into them, so the recorded calls are the same at every step; what
+    /// changes (timesteps, per-sample coefficients, the solver's factors, the noise's Philox offsets) reaches the
+    /// device as data.
+    /// </summary>
+    private sealed class ReplayedSteps : IDisposable
+    {
+        private readonly ReverseSteps _run;
+        private readonly IStepGraphs _graphs;
+        private readonly Dictionary<int, IStepGraph> _recordings = [];
+        private readonly Tensor _finite;
+        private readonly Tensor? _prevD, _x0;
+        private Tensor? _x;
+        private bool _havePrev;
+
+        /// <summary>
+        /// The state of a run from <paramref name="x"/> (copied); with <paramref name="keepX0"/> each step also leaves
+        /// its predicted x0 in a buffer, for <see cref="Show"/>.
+        /// </summary>
+        public ReplayedSteps(ReverseSteps run, IStepGraphs graphs, Tensor x, bool keepX0)
+        {
+            _run = run;
+            _graphs = graphs;
+            _x = Tensor.Empty(x.Backend, x.Shape);
+            _x.CopyFrom(x);
+            _finite = Tensor.Zeros(x.Backend, x.Shape);
+            if (run._kind == SamplerKind.DpmSolver) _prevD = Tensor.Empty(x.Backend, x.Shape);
+            if (keepX0) _x0 = Tensor.Empty(x.Backend, x.Shape);
+        }
+
+        /// <summary>The step from position <paramref name="i"/> to i - 1 of a run that started at <paramref name="start"/>.</summary>
+        public void Step(int i, PhiloxGenerator gen, int start)
+        {
+            var x = _x!;
+            var seq = _run.Timesteps;
+            var sampler = _run._sampler;
+            int t = seq[i], tPrev = i > 0 ? seq[i - 1] : -1;
+            var at = new StepPosition(start + 1 - i, start + 1, t, _finite);
+            bool second = _havePrev;
+            var (key, name) = _run._kind switch
+            {
+                SamplerKind.Ddpm => sampler.Diffusion.NoiseStd(t) == 0 ? (0, "DDPM step without noise") : (1, "DDPM step"),
+                SamplerKind.Ddim => sampler.DdimDrawsNoise(t, tPrev, _run._eta) ? (1, "DDIM step with noise") : (0, "DDIM step"),
+                _ => i == 0 ? (2, "DPM-Solver++ final step") : second ? (1, "DPM-Solver++ second-order step") : (0, "DPM-Solver++ first-order step"),
+            };
+            if (!_recordings.TryGetValue(key, out var recording)) _recordings[key] = recording = _graphs.CreateStepGraph("sampling: " + name);
+            var x0 = _x0;
+            Action<int, Tensor, Tensor>? keep = x0 is null ? null : (_, _, predicted) => x0.CopyFrom(predicted);
+            recording.Run(() =>
+            {
+                using var scope = new TensorScope();
+                Tensor next;
+                switch (_run._kind)
+                {
+                    case SamplerKind.Ddpm:
+                        next = sampler.DdpmStep(x, t, gen, keep, at);
+                        break;
+                    case SamplerKind.Ddim:
+                        next = sampler.DdimStep(x, t, tPrev, _run._eta, gen, keep, at);
+                        break;
+                    default:
+                        var (n, d) = _run.DpmSolverUpdate(x, i, second ? _prevD : null, at);
+                        _prevD!.CopyFrom(d);
+                        keep?.Invoke(t, n, d);
+                        next = n;
+                        break;
+                }
+                x.CopyFrom(next);
+            });
+            _havePrev = true;
+        }
+
+        /// <summary>Hands the last step's x and predicted x0 to <paramref name="onStep"/> (views, released after the call).</summary>
+        public void Show(int t, Action<int, Tensor, Tensor> onStep)
+        {
+            using var x = _x!.Detach();
+            using var x0 = _x0!.Detach();
+            onStep(t, x, x0);
+        }
+
+        /// <summary>Whether every model output and x so far was finite (waits for the device).</summary>
+        public bool AllFinite() => double.IsFinite(_finite.Backend.SumOfSquares(_finite.Buffer, _finite.Size));
+
+        /// <summary>The final x, handed to the caller.</summary>
+        public Tensor TakeX()
+        {
+            var x = _x!;
+            _x = null;
+            return x;
+        }
+
+        public void Dispose()
+        {
+            foreach (var r in _recordings.Values) r.Dispose();
+            _x?.Dispose();
+            _finite.Dispose();
+            _prevD?.Dispose();
+            _x0?.Dispose();
+        }
     }
 
     public void Dispose()
@@ -159,10 +366,21 @@ public sealed class ReverseSteps : IDisposable
 /// <see cref="T"/>), to name it when the model's output or the next x stops being finite: sampling stops there and
 /// no image is written.
 /// </summary>
-internal readonly record struct StepPosition(int Step, int Of, int T)
+internal readonly record struct StepPosition(int Step, int Of, int T, Tensor? FiniteMask = null)
 {
+    /// <summary>
+    /// Checks that the model's output <paramref name="eps"/> and the next x are finite now (a wait for the device),
+    /// or, with a <see cref="FiniteMask"/> (a replayed step, which must not wait), adds both times 0 into the mask,
+    /// which stays 0 while they are finite and becomes NaN where one is not.
+    /// </summary>
     public void RequireFinite(Tensor eps, Tensor next)
     {
+        if (FiniteMask is { } mask)
+        {
+            mask.Backend.Axpby(eps.Buffer, mask.Size, 0f, 1f, mask.Buffer);
+            mask.Backend.Axpby(next.Buffer, mask.Size, 0f, 1f, mask.Buffer);
+            return;
+        }
         RequireFinite(eps, "the model's output");
         RequireFinite(next, "x");
     }

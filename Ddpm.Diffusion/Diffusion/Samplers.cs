@@ -149,12 +149,12 @@ public sealed class Sampler
         using var x0 = _d.Config.ClipX0 ? Ops.Clamp(x0Raw, lo, hi) : x0Raw.Detach();
         // With a clipped x0, eps is re-derived from it so the step stays on the DDIM path.
         using var epsUsed = _d.Config.ClipX0 ? EpsFromX0(x, x0, ab) : eps.Detach();
-        double sigma = eta * Math.Sqrt((1 - abPrev) / (1 - ab) * (1 - ab / abPrev));
+        double sigma = DdimSigma(t, tPrev, eta);
         double dirCoef = Math.Sqrt(Math.Max(0, 1 - abPrev - sigma * sigma));
         using var a = x0 * (float)Math.Sqrt(abPrev);
         using var b = epsUsed * (float)dirCoef;
         var next = a + b;
-        if (sigma > 0 && tPrev >= 0)
+        if (DdimDrawsNoise(t, tPrev, eta))
         {
             using var z = Tensor.RandN(x.Backend, x.Shape, gen);
             using var sz = z * (float)sigma;
@@ -165,6 +165,17 @@ public sealed class Sampler
         onStep?.Invoke(t, next, x0);
         return next;
     }
+
+    /// <summary>DDIM's noise scale from timestep <paramref name="t"/> to <paramref name="tPrev"/> (-1: the data).</summary>
+    internal double DdimSigma(int t, int tPrev, float eta)
+    {
+        var ab = _d.Schedule.AlphaBar;
+        double abT = ab[t], abPrev = tPrev >= 0 ? ab[tPrev] : 1.0;
+        return eta * Math.Sqrt((1 - abPrev) / (1 - abT) * (1 - abT / abPrev));
+    }
+
+    /// <summary>Whether the DDIM step from <paramref name="t"/> to <paramref name="tPrev"/> draws noise.</summary>
+    internal bool DdimDrawsNoise(int t, int tPrev, float eta) => tPrev >= 0 && DdimSigma(t, tPrev, eta) > 0;
 
     /// <summary>
     /// The coefficients of the DPM-Solver++(2M) step from alpha_bar <paramref name="abFrom"/> to

@@ -15,7 +15,7 @@ public enum BenchMode
 {
     /// <summary>A training step: forward, backward and Adam.</summary>
     Train,
-    /// <summary>A sampling step: the model without grad and one reverse step.</summary>
+    /// <summary>Sampling steps: DDPM reverse steps (the model without grad and the update) as the sampler runs them.</summary>
     Sample,
     /// <summary>One SGEMM of --size cubed.</summary>
     Gemm,
@@ -30,7 +30,7 @@ public sealed class BenchOptions : ModelOptions
     protected override bool UsesBackendDefaultPrecision => true;
 
     [Option("mode", Default = BenchMode.Train, HelpText = "train (forward + backward + Adam; data-parallel with its all-reduce's share when " +
-        "started by an MPI launcher), sample (one reverse step, no grad), gemm, or allreduce (the model's gradient buffer averaged over " +
+        "started by an MPI launcher), sample (DDPM reverse steps as the sampler runs them, no grad), gemm, or allreduce (the model's gradient buffer averaged over " +
         "the ranks of an MPI job: time and bandwidth).")]
     public BenchMode Mode { get; set; } = BenchMode.Train;
 
@@ -75,16 +75,24 @@ public static class BenchCommand
         /// <summary>Device work of the timed steps, as the backend counts it (a GPU backend: launches, library calls, waits, memory).</summary>
         public DeviceWork Device { get; } = new(Raw as IDeviceCounters, O.Steps);
 
+        private bool _counting;
+
         /// <summary>Starts counting FLOPs and device work, at the first timed step.</summary>
         public void StartCounting()
         {
             Counter?.Start();
             Device.Start();
+            _counting = true;
         }
 
-        /// <summary>Stops counting; the device's counters are read before the profiler's closing wait, which is no part of a step.</summary>
+        /// <summary>
+        /// Stops counting (once: later calls keep the first count); the device's counters are read before the
+        /// profiler's closing wait, which is no part of a step.
+        /// </summary>
         public void StopCounting()
         {
+            if (!_counting) return;
+            _counting = false;
             Device.Stop();
             Counter?.Stop();
         }
@@ -183,22 +191,39 @@ public static class BenchCommand
         return Arithmetic(b, json, median);
     }
 
-    /// <summary>--mode sample: one reverse step without grad.</summary>
+    /// <summary>
+    /// --mode sample: DDPM reverse steps without grad, run by the sampler's own loop (so replayed from their recording
+    /// where the backend records steps, unless --no-cuda-graphs), each timed up to a wait for the device. The run
+    /// goes from position warm-up + steps down to the data; its last step (t = 0, no noise) and the finite check
+    /// read at the end are not timed.
+    /// </summary>
     private static JsonObject Sample(Bench b)
     {
         using var model = new UNet(b.Backend, b.Model, new PhiloxGenerator(0));
         var diffusion = new DenoiseDiffusion(model, new DiffusionConfig());
         model.Eval();
+        int timed = b.O.Warmup + b.O.Steps;
+        if (timed >= diffusion.Steps)
+            throw new UsageError($"--mode sample runs --warmup + --steps reverse steps of the {diffusion.Steps}; {timed} is too many.");
         var gen = new PhiloxGenerator(2);
-        using var x = Tensor.RandN(b.Backend, new Shape(b.Batch, b.Model.ImageChannels, b.Model.ImageSize, b.Model.ImageSize), gen);
-        var t = Enumerable.Repeat(500, b.Batch).ToArray();
-        var times = Timed(b, () =>
+        using var noGrad = GradMode.NoGrad();
+        using var run = new ReverseSteps(new Sampler(diffusion), SamplerKind.Ddpm, diffusion.Steps, 0f) { FiniteCheckEvery = timed + 1 };
+        var x = Tensor.RandN(b.Backend, new Shape(b.Batch, b.Model.ImageChannels, b.Model.ImageSize, b.Model.ImageSize), gen);
+        var times = new List<double>();
+        var sw = Stopwatch.StartNew();
+        if (b.O.Warmup == 0) b.StartCounting();
+        using var images = run.Run(x, timed, gen, p =>
         {
-            using var scope = new TensorScope();
-            var z = Tensor.RandN(b.Backend, x.Shape, gen);
-            diffusion.PSample(x, t, z);
-        });
+            if (p.Step > timed) return;
+            b.Backend.Synchronize();
+            if (p.Step > b.O.Warmup) times.Add(sw.Elapsed.TotalSeconds);
+            if (p.Step == b.O.Warmup) b.StartCounting();
+            if (p.Step == timed) b.StopCounting();
+            sw.Restart();
+        }, null);
         var json = StepReport(b, times, model.ParameterCount());
+        b.Con.Out.WriteLine($"  sampling steps {(run.UsesStepGraphs ? "replayed from their recording (--no-cuda-graphs: eager)" : "run eagerly")}");
+        json["step_graphs"] = run.UsesStepGraphs;
         return Arithmetic(b, json, Median(times));
     }
 

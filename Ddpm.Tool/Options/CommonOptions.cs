@@ -26,8 +26,8 @@ public abstract class CommonOptions
     [Option("tf32", Default = false, Hidden = true, HelpText = "The same as --precision tf32.")]
     public bool Tf32 { get; set; }
 
-    [Option("no-cuda-graphs", Default = false, HelpText = "CUDA: run every training step eagerly instead of recording it once as a CUDA "
-        + "graph and replaying it (on by default where the driver supports stream capture).")]
+    [Option("no-cuda-graphs", Default = false, HelpText = "CUDA: run every training and sampling step eagerly instead of recording each kind "
+        + "of step once as a CUDA graph and replaying it (on by default where the driver supports stream capture).")]
     public bool NoCudaGraphs { get; set; }
 
     [Option("verbose", Default = false, HelpText = "Print stack traces with errors.")]

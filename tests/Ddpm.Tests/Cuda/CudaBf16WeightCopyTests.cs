@@ -6,6 +6,7 @@ using Ddpm.Tensors;
 using Ddpm.Tests.TestUtil;
 using Xunit;
 using Xunit.Abstractions;
+using static Ddpm.Tests.Cuda.CudaGraphTests;
 
 namespace Ddpm.Tests.Cuda;
 
@@ -54,14 +55,6 @@ public sealed class CudaBf16WeightCopyTests(ITestOutputHelper output)
     {
         var rng = new Random(seed);
         return Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
-    }
-
-    private static void AssertBitIdentical(float[] expected, float[] actual, string what)
-    {
-        Assert.Equal(expected.Length, actual.Length);
-        for (int i = 0; i < expected.Length; i++)
-            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
-                Assert.Fail($"{what}[{i}]: {actual[i]:R}, expected {expected[i]:R} (bit-identical)");
     }
 
     // The weight buffer: a [M, K] matrix at Offset (a slot of a parameter store), a conv filter [O, C, 3, 3] after it.

@@ -60,7 +60,7 @@ public sealed class CudaGraphTests(ITestOutputHelper output)
             Read(trainer.Optimizer.SecondMoments!), trainer.UsesStepGraph, work);
     }
 
-    private static void AssertBitIdentical(float[] eager, float[] replayed, string what)
+    internal static void AssertBitIdentical(float[] eager, float[] replayed, string what)
     {
         Assert.Equal(eager.Length, replayed.Length);
         for (int i = 0; i < eager.Length; i++)
@@ -162,14 +162,14 @@ public sealed class CudaGraphTests(ITestOutputHelper output)
     {
         using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32 });
         var x = be.Allocate(16);
-        be.Fill(1f, x, 16);
-        using var graph = be.CreateStepGraph("scaled step", warmupRuns: 0);
-        float scale = 2f;
-        void Step() => be.Affine(x, 16, scale, 0f, x);
+        be.Fill(5f, x, 16);
+        using var graph = be.CreateStepGraph("clamped step", warmupRuns: 0);
+        float hi = 2f;
+        void Step() => be.Clamp(x, 16, 0f, hi, x);
         graph.Run(Step);
-        scale = 3f;  // a kernel scalar: the recording holds 2
+        hi = 3f;  // a kernel scalar: the recording holds 2
         var e = Assert.Throws<InvalidOperationException>(() => graph.Run(Step));
-        Assert.Contains("call 0 (affine) is not the recorded one", e.Message);
+        Assert.Contains("call 0 (clamp_values) is not the recorded one", e.Message);
         var host = new float[16];
         be.Download(x, 0, host);
         Assert.Equal(2f, host[0]);
@@ -186,16 +186,18 @@ public sealed class CudaGraphTests(ITestOutputHelper output)
         var host = new float[8];
         for (int i = 1; i <= 3; i++)
         {
-            // An upload and axpby's factors, both different at each replay.
+            // An upload, affine's and axpby's factors, all different at each replay.
             graph.Run(() =>
             {
                 using var x = Tensor.FromArray(be, Enumerable.Repeat((float)i, 8).ToArray(), 8);
-                be.Axpby(x.Buffer, 8, 10f * i, 1f, y);
+                using var shifted = Tensor.Empty(be, x.Shape);
+                be.Affine(x.Buffer, 8, 1f, 100f * i, shifted.Buffer);
+                be.Axpby(shifted.Buffer, 8, 10f * i, 1f, y);
             });
         }
         be.Download(y, 0, host);
         Assert.Equal(3, graph.Replays);
-        Assert.Equal(10f * (1 + 4 + 9), host[0]);
+        Assert.Equal(10f * (101 + 2 * 202 + 3 * 303), host[0]);
         y.Release();
     }
 }

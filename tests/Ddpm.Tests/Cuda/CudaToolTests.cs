@@ -48,6 +48,11 @@ public sealed class CudaToolTests : IDisposable
         Assert.True(code == 0, err + output);
         var grid = ImageFile.Load(dir.File("s.png"), 1);
         Assert.True(grid.Width > 0 && grid.Height > 0);
+        // The sampling steps replayed from their recording (the default) and run eagerly draw the same grid.
+        (code, output, err) = Run("sample", "--backend", "cuda", "--checkpoint", dir.Path, "--n", "4",
+            "--steps", "3", "--no-cuda-graphs", "--out", dir.File("eager.png"));
+        Assert.True(code == 0, err + output);
+        Assert.Equal(File.ReadAllBytes(dir.File("eager.png")), File.ReadAllBytes(dir.File("s.png")));
     }
 
     [CudaFact]
