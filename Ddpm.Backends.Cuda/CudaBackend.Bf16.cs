@@ -15,10 +15,11 @@ namespace Ddpm.Backends.Cuda;
 /// bfloat16 that <c>cast_bf16_to_f32</c> widens (exactly) into the float32 result, as autocast's outputs are bfloat16
 /// too. Weights, gradients, Adam's moments, the EMA, GroupNorm, softmax and the loss never leave float32.
 ///
-/// The casts are per use: a weight is cast in the forward pass and again in the backward-data pass of the same step.
-/// The backend cannot tell a weight from an activation, nor see when a buffer is written, so a cached bfloat16
-/// copy could go stale without notice; the cast reads and writes 6 bytes per element, against the 2 * k multiply-adds
-/// per output element of the product it feeds.
+/// Activations are cast at each use, into scratch buffers. Weights are cast once per optimiser step: an operand inside a
+/// buffer declared to hold weights (<see cref="IBackend.HoldsWeights"/>, a parameter store's values) is read from that
+/// buffer's bfloat16 copy, cast whole on its first use after a write (CudaBackend.WeightCopies.cs), so the forward and
+/// backward-data passes of every micro-batch share one cast of each weight. Both round the same float32 values the same
+/// way, so the products see the same bits either way.
 /// </summary>
 public sealed partial class CudaBackend
 {
@@ -31,8 +32,35 @@ public sealed partial class CudaBackend
     private CudaBuffer Bf16Copy(ulong src, long n)
     {
         var copy = Bf16Scratch(n);
-        Launch("cast_f32_to_bf16", GridFor(n), ThreadsPerBlock, src, copy.Pointer, CastLength(n));
+        CastToBf16(src, n, copy.Pointer);
         return copy;
+    }
+
+    /// <summary>The <paramref name="n"/> floats at <paramref name="src"/> rounded to nearest even into bfloat16 at <paramref name="dst"/>.</summary>
+    private void CastToBf16(ulong src, long n, ulong dst)
+    {
+        Launch("cast_f32_to_bf16", GridFor(n), ThreadsPerBlock, src, dst, CastLength(n));
+        if (FeedingRecording) return;
+        _castKernels++;
+        _castElements += n;
+    }
+
+    /// <summary>
+    /// An operand in bfloat16: the <paramref name="n"/> floats at <paramref name="src"/> read from their weight buffer's copy,
+    /// or else cast into a scratch buffer released on dispose.
+    /// </summary>
+    private Bf16Operand Bf16Of(ulong src, long n)
+    {
+        ulong copy = WeightCopyOf(src, n);
+        if (copy != 0) return new Bf16Operand(copy, null);
+        var scratch = Bf16Copy(src, n);
+        return new Bf16Operand(scratch.Pointer, scratch);
+    }
+
+    /// <summary>A bfloat16 operand and the scratch buffer it lives in, if any (none for a weight copy).</summary>
+    private readonly record struct Bf16Operand(ulong Pointer, CudaBuffer? Scratch) : IDisposable
+    {
+        public void Dispose() => Scratch?.Release();
     }
 
     /// <summary>Widens the <paramref name="n"/> bfloat16 values at <paramref name="src"/> into floats at <paramref name="dst"/>.</summary>
@@ -59,8 +87,8 @@ public sealed partial class CudaBackend
     private unsafe bool GemmBf16(CublasOperation opB, CublasOperation opA, int batch, int m, int n, int k, float alpha,
         ulong a, int lda, long strideA, ulong b, int ldb, long strideB, float beta, ulong c, long strideC)
     {
-        using var a16 = new ScratchLease(Bf16Copy(a, Extent(batch, strideA, (long)m * k)));
-        using var b16 = new ScratchLease(Bf16Copy(b, Extent(batch, strideB, (long)k * n)));
+        using var a16 = Bf16Of(a, Extent(batch, strideA, (long)m * k));
+        using var b16 = Bf16Of(b, Extent(batch, strideB, (long)k * n));
         if (Replaying("cublasGemmStridedBatchedEx", [(ulong)opA | ((ulong)opB << 8), (ulong)m, (ulong)n, (ulong)k, a16.Pointer, (ulong)strideA,
                 b16.Pointer, (ulong)strideB, c, (ulong)strideC, (ulong)batch, BitConverter.SingleToUInt32Bits(alpha), BitConverter.SingleToUInt32Bits(beta)]))
             return false;
@@ -71,25 +99,36 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>
-    /// A convolution operand or result as cuDNN sees it: the float32 buffer itself, or in bf16 a bfloat16 copy (an input)
-    /// or a bfloat16 scratch result that <see cref="Finish"/> widens into the float32 buffer.
+    /// A convolution operand or result as cuDNN sees it: the float32 buffer itself, or in bf16 a bfloat16 operand (an
+    /// input: a weight copy or a scratch cast) or a bfloat16 scratch result that <see cref="Finish"/> widens into the
+    /// float32 buffer.
     /// </summary>
-    private readonly struct DnnTensor(ulong buffer, long count, CudaBuffer? bf16) : IDisposable
+    private readonly struct DnnTensor(ulong buffer, long count, ulong pointer, CudaBuffer? scratch, bool widen) : IDisposable
     {
-        public ulong Pointer => bf16?.Pointer ?? buffer;
+        public ulong Pointer => pointer;
 
-        /// <summary>Widens a bfloat16 result into its float32 buffer (nothing to do in float32).</summary>
+        /// <summary>Widens a bfloat16 result into its float32 buffer (nothing to do for an input or in float32).</summary>
         public void Finish(CudaBackend be)
         {
-            if (bf16 is not null) be.WidenBf16(bf16.Pointer, count, buffer);
+            if (widen) be.WidenBf16(pointer, count, buffer);
         }
 
-        public void Dispose() => bf16?.Release();
+        public void Dispose() => scratch?.Release();
     }
 
-    private DnnTensor DnnInput(ulong p, long n) => new(p, n, UsesBf16 ? Bf16Copy(p, n) : null);
+    private DnnTensor DnnInput(ulong p, long n)
+    {
+        if (!UsesBf16) return new(p, n, p, null, false);
+        var (pointer, scratch) = Bf16Of(p, n);
+        return new(p, n, pointer, scratch, false);
+    }
 
-    private DnnTensor DnnOutput(ulong p, long n) => new(p, n, UsesBf16 ? Bf16Scratch(n) : null);
+    private DnnTensor DnnOutput(ulong p, long n)
+    {
+        if (!UsesBf16) return new(p, n, p, null, false);
+        var scratch = Bf16Scratch(n);
+        return new(p, n, scratch.Pointer, scratch, true);
+    }
 
     /// <summary>The element type of the convolution descriptors: bfloat16 in bf16 (cuDNN's PSEUDO_BFLOAT16_CONFIG), else float32.</summary>
     private CudnnDataType DnnDataType => UsesBf16 ? CudnnDataType.BFloat16 : CudnnDataType.Float;

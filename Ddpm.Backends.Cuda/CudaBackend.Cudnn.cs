@@ -99,6 +99,7 @@ public sealed partial class CudaBackend
     private unsafe void CudnnForward(in ConvGeometry g, ulong px, ulong pw, ulong pbias, ulong py)
     {
         CheckRecordedCall("cudnn forward", g, [px, pw, pbias, py]);
+        Writes(py, 4L * g.OutputSize);
         using var x = DnnInput(px, g.InputSize);
         using var w = DnnInput(pw, g.WeightSize);
         using var y = DnnOutput(py, g.OutputSize);
@@ -113,6 +114,7 @@ public sealed partial class CudaBackend
     private unsafe void CudnnBackwardData(in ConvGeometry g, ulong pdy, ulong pw, ulong pdx)
     {
         CheckRecordedCall("cudnn backward data", g, [pdy, pw, pdx]);
+        Writes(pdx, 4L * g.InputSize);
         using var dy = DnnInput(pdy, g.OutputSize);
         using var w = DnnInput(pw, g.WeightSize);
         using var dx = DnnOutput(pdx, g.InputSize);
@@ -126,6 +128,8 @@ public sealed partial class CudaBackend
     private unsafe void CudnnBackwardFilter(in ConvGeometry g, ulong px, ulong pdy, ulong pdw, ulong pdb)
     {
         CheckRecordedCall("cudnn backward filter", g, [px, pdy, pdw, pdb]);
+        Writes(pdw, 4L * g.WeightSize);
+        if (pdb != 0) Writes(pdb, 4L * g.O);
         using var x = DnnInput(px, g.InputSize);
         using var dy = DnnInput(pdy, g.OutputSize);
         using var dw = DnnOutput(pdw, g.WeightSize);

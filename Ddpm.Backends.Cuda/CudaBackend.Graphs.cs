@@ -100,12 +100,14 @@ public sealed partial class CudaBackend : IStepGraphs
 
     private void MemsetAsync(ulong dst, uint bits, nuint words)
     {
+        Writes(dst, 4L * (long)words);
         if (Replaying("cuMemsetD32Async", [dst, bits, words])) return;
         Driver.Check(Driver.cuMemsetD32Async(dst, bits, words, _stream), "cuMemsetD32Async");
     }
 
     private void CopyAsync(ulong dst, ulong src, nuint bytes)
     {
+        Writes(dst, (long)bytes);
         if (Replaying("cuMemcpyDtoDAsync", [dst, src, bytes])) return;
         Driver.Check(Driver.cuMemcpyDtoDAsync_v2(dst, src, bytes, _stream), "cuMemcpyDtoDAsync_v2");
     }

@@ -453,6 +453,7 @@ public sealed partial class CudaBackend
     private unsafe void GemmRaw(bool transA, bool transB, int batch, int m, int n, int k, float alpha,
         ulong a, long strideA, ulong b, long strideB, float beta, ulong c, long strideC)
     {
+        Writes(c, 4 * Extent(batch, strideC, (long)m * n));
         if (k == 0)
         {
             // cuBLAS rejects leading dimensions of 0; C = beta * C is all that is left.

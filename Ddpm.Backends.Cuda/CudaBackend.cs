@@ -18,6 +18,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
     private const int ThreadsPerBlock = 256;
 
     private readonly Dictionary<string, nint> _functions = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, KernelWrites> _kernelWrites = new(StringComparer.Ordinal);
     private readonly List<nint> _modules = [];
     private readonly BackendOptions _options;
     private readonly bool _syncEachLaunch;
@@ -119,7 +120,10 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
     public (long InUse, long Cached) MemoryUse => (_allocator?.InUseBytes ?? 0, _allocator?.CachedBytes ?? 0);
 
     public DeviceCounters ReadCounters() =>
-        new(_launches, _blasCalls, _dnnCalls, _hostSyncs + (_staging?.Waits ?? 0), _peakBytes) { GraphLaunches = _graphLaunches };
+        new(_launches, _blasCalls, _dnnCalls, _hostSyncs + (_staging?.Waits ?? 0), _peakBytes)
+        {
+            GraphLaunches = _graphLaunches, CastKernels = _castKernels, CastElements = _castElements,
+        };
 
     public void ResetPeak() => _peakBytes = _allocator?.InUseBytes ?? 0;
 
@@ -163,8 +167,10 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
     {
         var cache = KernelCache.FromEnvironment(Environment.GetEnvironmentVariable);
         var (target, cubin) = NvrtcCompiler.TargetFor(computeCapability);
+        var definitions = KernelSources.Headers.Select(h => h.Text).ToList();
         foreach (var source in KernelSources.Sources)
         {
+            foreach (var (name, writes) in KernelSources.WritesOf(source.Text, definitions)) _kernelWrites[name] = writes;
             var compiled = cache.GetOrCompile(source, target, cubin);
             nint module;
             unsafe
@@ -193,12 +199,15 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
     /// <summary>
     /// Makes this backend's context current on the calling thread and returns the device pointer of element
     /// <paramref name="offset"/> of <paramref name="b"/>, after checking that it is a live buffer of this backend
-    /// holding [offset, offset + count).
+    /// holding [offset, offset + count). The caller may write the range.
     /// </summary>
     internal ulong EnterAndPointer(DeviceBuffer b, int offset, int count, string what)
     {
         Enter();
-        return Ptr(b, offset, count, what);
+        ulong p = Ptr(b, offset, count, what);
+        // What the caller does with the range is out of sight (an NCCL all-reduce writes it): a weight copy there is stale.
+        Writes(p, 4L * count);
+        return p;
     }
 
     /// <summary>Makes this backend's context current on the calling thread (the CUDA runtime inside NCCL uses it).</summary>
@@ -250,6 +259,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
             ptrs[i] = p;
             off += (a.Size + 7) & ~7;
         }
+        KernelWrites(kernel, args);
         if (Replaying(kernel, [(ulong)f, grid, block], new ReadOnlySpan<byte>(storage, bytes))) return;
         var r = Driver.cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, _stream, ptrs, null);
         if (r != CUresult.Success) throw new CudaException($"cuLaunchKernel({kernel})", r);
@@ -294,6 +304,7 @@ public sealed partial class CudaBackend : IBackend, IDeviceCounters
             CopyAsync(dst, StageInput(src), (nuint)src.Length);
             return;
         }
+        Writes(dst, src.Length);
         var staging = _staging!;
         long done = 0;
         while (done < src.Length)

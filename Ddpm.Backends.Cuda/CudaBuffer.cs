@@ -52,6 +52,10 @@ public sealed class CudaBuffer : DeviceBuffer
     protected override void Free()
     {
         if (_root is not null) _root.Release();
-        else _allocator!.Return(Pointer, BlockBytes);
+        else
+        {
+            ((CudaBackend)Backend).ForgetWeights(Pointer, 4L * Length);
+            _allocator!.Return(Pointer, BlockBytes);
+        }
     }
 }

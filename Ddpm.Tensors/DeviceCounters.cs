@@ -15,11 +15,20 @@ public readonly record struct DeviceCounters(long KernelLaunches, long BlasCalls
     /// <summary>Recorded steps replayed as one launch each (CUDA Graphs; see <see cref="IStepGraphs"/>).</summary>
     public long GraphLaunches { get; init; }
 
+    /// <summary>Kernels among <see cref="KernelLaunches"/> that cast operands to a narrower type (the cuda backend's bf16).</summary>
+    public long CastKernels { get; init; }
+
+    /// <summary>Elements those kernels cast.</summary>
+    public long CastElements { get; init; }
+
     /// <summary>The calls made between <paramref name="before"/> and <paramref name="after"/>; the peak is <paramref name="after"/>'s.</summary>
     public static DeviceCounters Between(DeviceCounters before, DeviceCounters after) => new(
         after.KernelLaunches - before.KernelLaunches, after.BlasCalls - before.BlasCalls, after.DnnCalls - before.DnnCalls,
         after.HostSynchronizations - before.HostSynchronizations, after.PeakDeviceBytes)
-    { GraphLaunches = after.GraphLaunches - before.GraphLaunches };
+    {
+        GraphLaunches = after.GraphLaunches - before.GraphLaunches, CastKernels = after.CastKernels - before.CastKernels,
+        CastElements = after.CastElements - before.CastElements,
+    };
 }
 
 /// <summary>A backend that counts its device work (<see cref="DeviceCounters"/>); found by a type test on any <see cref="IBackend"/>.</summary>

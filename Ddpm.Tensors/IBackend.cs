@@ -104,6 +104,16 @@ public interface IBackend : IDisposable
     /// </summary>
     IDisposable PartOfBatch(int whole) => NoScope.Instance;
 
+    /// <summary>
+    /// Says that <paramref name="weights"/> holds a model's weights (a <see cref="Nn.ParameterStore"/>'s values): read by
+    /// many ops between rare writes. A backend may keep something derived from it for as long as it is not written (the
+    /// cuda backend in bf16 keeps a bfloat16 copy, cast once after each write instead of at every use); it sees every
+    /// write, so what any op computes does not change. Backends with nothing to keep ignore it.
+    /// </summary>
+    void HoldsWeights(DeviceBuffer weights)
+    {
+    }
+
     // ---- memory -------------------------------------------------------------------------------------
 
     /// <summary>A buffer of <paramref name="length"/> floats; contents undefined.</summary>

@@ -46,6 +46,8 @@ public sealed class ProfilingBackend : IBackend, IStepGraphs
 
     public IDisposable PartOfBatch(int whole) => Inner.PartOfBatch(whole);
 
+    public void HoldsWeights(DeviceBuffer weights) => Inner.HoldsWeights(weights);
+
     /// <summary>One row of the table: calls, total seconds, and floating-point operations where counted.</summary>
     public sealed class Entry
     {

@@ -60,7 +60,8 @@ public sealed class ParameterStore : IDisposable
     /// <summary>
     /// Allocates the flat buffers, copies each parameter's values into its slot and rebinds the parameter to a
     /// view of that slot (its old memory is released). Parameters must share one backend, be distinct, and not
-    /// belong to another live store; their gradients are cleared. The padding between slots is zero.
+    /// belong to another live store; their gradients are cleared. The padding between slots is zero. The backend is
+    /// told that the values buffer holds weights (<see cref="IBackend.HoldsWeights"/>).
     /// </summary>
     public static ParameterStore Adopt(IEnumerable<(string Name, Parameter Param)> parameters)
     {
@@ -102,6 +103,7 @@ public sealed class ParameterStore : IDisposable
             }
             // Zeroed once, so the slot of a parameter that never gets a gradient reads as zero without a fill per step.
             backend.Fill(0f, grads, count);
+            backend.HoldsWeights(values);
             var store = new ParameterStore(backend, slots, count, values, grads);
             foreach (var s in slots)
             {

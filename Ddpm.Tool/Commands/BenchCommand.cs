@@ -40,7 +40,8 @@ public sealed class BenchOptions : ModelOptions
     [Option("steps", Default = 5, HelpText = "Timed repetitions (the median is reported).")]
     public int Steps { get; set; }
 
-    [Option("warmup", Default = 1, HelpText = "Untimed repetitions first (JIT, memory pools).")]
+    [Option("warmup", Default = 1, HelpText = "Untimed repetitions first (JIT, memory pools); a training step recorded as a CUDA graph " +
+        "has at least 2, its eager step and its recording, so that the timed steps are replays.")]
     public int Warmup { get; set; }
 
     [Option("size", Default = 1024, HelpText = "Matrix size for --mode gemm (N x N x N).")]
@@ -162,12 +163,14 @@ public static class BenchCommand
         int buckets = trainer.GradientBuckets?.Buckets.Count ?? 0;
         var times = new List<double>();
         var allReduceTimes = new List<double>();
-        for (int i = 0; i < b.O.Warmup + b.O.Steps; i++)
+        // A recorded step is replayed from the third run on (one eager run, one recording): those two are never timed or counted.
+        int warmup = trainer.UsesStepGraph ? Math.Max(b.O.Warmup, 2) : b.O.Warmup;
+        for (int i = 0; i < warmup + b.O.Steps; i++)
         {
-            if (i == b.O.Warmup) b.StartCounting();
+            if (i == warmup) b.StartCounting();
             b.Collective!.Reset();
             var s = trainer.Step();
-            if (i >= b.O.Warmup)
+            if (i >= warmup)
             {
                 times.Add(s.Seconds);
                 allReduceTimes.Add(b.Collective.BufferSeconds);
@@ -366,6 +369,9 @@ internal sealed class DeviceWork(IDeviceCounters? device, int steps)
             "{2:G4} DNN-library calls, {3:G4} host waits, {4:G4} graph launches; peak device memory {5:F3} GB",
             (double)w.KernelLaunches / steps, (double)w.BlasCalls / steps, (double)w.DnnCalls / steps,
             (double)w.HostSynchronizations / steps, (double)w.GraphLaunches / steps, w.PeakDeviceBytes / 1e9));
+        if (w.CastKernels > 0)
+            con.Out.WriteLine(string.Format(CultureInfo.InvariantCulture, "  of the kernels, {0:G4} cast operands to a narrower type ({1:G4} elements)",
+                (double)w.CastKernels / steps, (double)w.CastElements / steps));
     }
 
     /// <summary>The JSON report's <c>device_work_per_step</c>: null where the backend counts no device work.</summary>
@@ -373,7 +379,8 @@ internal sealed class DeviceWork(IDeviceCounters? device, int steps)
     {
         ["kernel_launches"] = (double)w.KernelLaunches / steps, ["blas_calls"] = (double)w.BlasCalls / steps,
         ["dnn_calls"] = (double)w.DnnCalls / steps, ["host_syncs"] = (double)w.HostSynchronizations / steps,
-        ["graph_launches"] = (double)w.GraphLaunches / steps, ["peak_device_bytes"] = w.PeakDeviceBytes,
+        ["graph_launches"] = (double)w.GraphLaunches / steps, ["cast_kernels"] = (double)w.CastKernels / steps,
+        ["cast_elements"] = (double)w.CastElements / steps, ["peak_device_bytes"] = w.PeakDeviceBytes,
     };
 }
 

@@ -74,19 +74,33 @@ public sealed class CudaToolTests : IDisposable
         Assert.Equal(LossRows(whole.Path).Select(r => r.Split(',')[1]), LossRows(split.Path).Select(r => r.Split(',')[1]));
     }
 
-    [CudaFact]
-    public void BenchJsonCarriesTheDeviceWorkOfAStep()
+    private System.Text.Json.JsonElement BenchWork(params string[] options)
     {
-        var (code, output, err) = Run("bench", "--backend", "cuda", "--preset", "tiny", "--batch", "2", "--steps", "2", "--json");
+        var (code, output, err) = Run(["bench", "--backend", "cuda", "--preset", "tiny", "--batch", "2", "--steps", "2", "--json", .. options]);
         Assert.True(code == 0, err + output);
         Assert.Contains("device work per step (counted by the backend)", output);
         using var json = System.Text.Json.JsonDocument.Parse(output.Trim().Split('\n')[^1]);
-        var work = json.RootElement.GetProperty("device_work_per_step");
+        return json.RootElement.GetProperty("device_work_per_step").Clone();
+    }
+
+    [CudaFact]
+    public void BenchJsonCarriesTheDeviceWorkOfAStep()
+    {
+        // Eager steps in bf16: every call from the host, the operand casts among the kernels.
+        var work = BenchWork("--no-cuda-graphs", "--precision", "bf16");
         Assert.True(work.GetProperty("kernel_launches").GetDouble() > 0);
         Assert.True(work.GetProperty("blas_calls").GetDouble() > 0);
         Assert.True(work.GetProperty("host_syncs").GetDouble() <= 1, work.ToString());
         Assert.True(work.GetProperty("peak_device_bytes").GetInt64() > 0);
         Assert.True(work.GetProperty("dnn_calls").GetDouble() > 0 == CudaTestEnvironment.Backend.UsesCudnn, work.ToString());
+        Assert.True(work.GetProperty("cast_kernels").GetDouble() > 0, work.ToString());
+        Assert.Equal(0, work.GetProperty("graph_launches").GetDouble());
+
+        // Replayed steps: the eager step and the recording are warm-up, so each timed step is one graph launch.
+        var replayed = BenchWork();
+        Assert.Equal(1, replayed.GetProperty("graph_launches").GetDouble());
+        Assert.Equal(0, replayed.GetProperty("kernel_launches").GetDouble());
+        Assert.True(replayed.GetProperty("host_syncs").GetDouble() <= 1, replayed.ToString());
     }
 
     [CudaFact]
