@@ -10,9 +10,9 @@ namespace Ddpm.Diffusion.Diffusion;
 /// every t; DDIM and DPM-Solver++ the uniform subsequence of <see cref="Sampler.DdimTimesteps"/>. DPM-Solver++(2M)
 /// keeps the previous step's data prediction: it is used only when the previous step came from position i + 1,
 /// so after a jump back up the solver restarts at first order.
-/// On a backend that records steps (<see cref="IStepGraphs"/>), <see cref="Run"/> replays each kind of step from
-/// its recording (see <see cref="UsesStepGraphs"/>); single <see cref="Step(Tensor, int, PhiloxGenerator, Action{int, Tensor, Tensor}?)"/>
-/// calls run eagerly.
+/// On a backend that records steps (<see cref="IStepGraphs"/>), <see cref="Run"/> and RePaint's loop replay each kind
+/// of step from its recording (see <see cref="UsesStepGraphs"/>); single
+/// <see cref="Step(Tensor, int, PhiloxGenerator, Action{int, Tensor, Tensor}?)"/> and <see cref="Renoise"/> calls run eagerly.
 /// </summary>
 public sealed class ReverseSteps : IDisposable
 {
@@ -213,12 +213,84 @@ public sealed class ReverseSteps : IDisposable
         if (from < 0 || to <= from || to >= Timesteps.Length)
             throw new ArgumentOutOfRangeException(nameof(to), $"Cannot re-noise from position {from} to {to} of {Timesteps.Length}.");
         using var scope = new TensorScope();
+        var next = Renoised(x, from, to, gen);
+        x.Dispose();
+        return scope.Keep(next);
+    }
+
+    /// <summary><see cref="Renoise"/>'s result, <paramref name="x"/> kept.</summary>
+    private Tensor Renoised(Tensor x, int from, int to, PhiloxGenerator gen)
+    {
         var ab = _sampler.Diffusion.Schedule.AlphaBar;
         double ratio = ab[Timesteps[to]] / ab[Timesteps[from]];
         var z = Tensor.RandN(x.Backend, x.Shape, gen);
-        var next = x * (float)Math.Sqrt(ratio) + z * (float)Math.Sqrt(1 - ratio);
-        x.Dispose();
-        return scope.Keep(next);
+        return x * (float)Math.Sqrt(ratio) + z * (float)Math.Sqrt(1 - ratio);
+    }
+
+    /// <summary>
+    /// RePaint's moves (<see cref="Inpainting.Schedule"/>) with each kind recorded once and replayed: the reverse
+    /// steps as in <see cref="Run"/>, each followed by <paramref name="merge"/> (which makes x's next value from x and
+    /// the position reached: the known region noised to it, or the image itself at the data), and each jump back up
+    /// (a re-noising, after which DPM-Solver++ restarts at first order). The merges read the caller's buffers, so
+    /// these recordings are this call's alone. The finite check (the steps' model outputs and next x, as the eager
+    /// loop checks them) is read every <see cref="FiniteCheckEvery"/> steps and after the last; a check that fails
+    /// runs the loop again with <paramref name="eager"/> from <paramref name="x"/> and the generator's first offset,
+    /// to name the step as the eager loop names it. Consumes <paramref name="x"/>.
+    /// </summary>
+    internal Tensor RePaint(Tensor x, int[] schedule, Func<Tensor, int, Tensor> merge, PhiloxGenerator gen, Action<SampleProgress>? progress,
+        Func<Tensor, Tensor> eager)
+    {
+        if (_graphs is null) throw new InvalidOperationException("The backend does not record steps.");
+        ulong offset = gen.Offset;
+        int start = Timesteps.Length - 1, total = Inpainting.ReverseSteps(schedule);
+        using var recordings = new SamplingRecordings(capacity: 1);
+        var (steps, _) = recordings.Rent(new RecordingKey(_sampler.Diffusion, _kind, x.Shape, DenoiseDiffusion.ForwardOf(_sampler.Condition), KeepX0: false), _graphs);
+        try
+        {
+            steps.Begin(x);
+            int done = 0, checkedSteps = 0;
+            for (int k = 1; k < schedule.Length; k++)
+            {
+                int from = schedule[k - 1], to = schedule[k];
+                if (to > from)
+                {
+                    // A jump back: consecutive upward moves are one draw of q(x_to | x_from).
+                    while (k + 1 < schedule.Length && schedule[k + 1] > schedule[k]) to = schedule[++k];
+                    int up = to;
+                    steps.Apply(3, "RePaint jump back", y => Renoised(y, from, up, gen), restartsSolver: true);
+                    continue;
+                }
+                steps.Step(this, from, gen, start);
+                steps.Apply(to >= 0 ? 4 : 5, to >= 0 ? "RePaint merge with the known region noised" : "RePaint final merge", y => merge(y, to),
+                    restartsSolver: false);
+                done++;
+                if (done - checkedSteps == FiniteCheckEvery || done == total)
+                {
+                    if (!steps.AllFinite()) throw NameTheNonFiniteRePaintStep(x, checkedSteps, done, total, offset, gen, eager);
+                    checkedSteps = done;
+                }
+                progress?.Invoke(new SampleProgress(done, total, Timesteps[from]));
+            }
+            return steps.CopyX();
+        }
+        finally
+        {
+            steps.End();
+            x.Dispose();
+        }
+    }
+
+    /// <summary><see cref="NameTheNonFiniteStep"/> for <see cref="RePaint"/>: the whole loop again with <paramref name="eager"/>.</summary>
+    private NonFiniteOutputException NameTheNonFiniteRePaintStep(Tensor x, int checkedSteps, int done, int total, ulong offset, PhiloxGenerator gen,
+        Func<Tensor, Tensor> eager)
+    {
+        gen.Offset = offset;
+        _prevD?.Dispose();
+        _prevD = null;
+        _prevFrom = int.MinValue;
+        eager(x.Detach()).Dispose();
+        return new NonFiniteOutputException(
+            $"inpainting steps {checkedSteps + 1} to {done} of {total}: the values stopped being finite in the replayed steps but not when run again eagerly, so no image was written");
     }
 
     private Tensor DpmSolverStep(Tensor x, int i, Action<int, Tensor, Tensor>? onStep, TensorScope scope, StepPosition at)
@@ -271,7 +343,8 @@ public sealed class ReverseSteps : IDisposable
     /// <summary>
     /// The state of replayed runs of one <see cref="RecordingKey"/>: x, DPM-Solver++'s previous data prediction, the
     /// finite mask and (where kept) the predicted x0 in buffers made once, and one recording per kind of step (steps
-    /// with and without noise, the solver's first- and second-order and final steps differ in their calls). Each step
+    /// with and without noise, the solver's first- and second-order and final steps differ in their calls, and
+    /// RePaint's merges and jumps back are kinds of their own). Each step
     /// runs the sampler's own step code on these buffers and writes its results back into them, so the recorded calls
     /// are the same at every step of every run; what changes (timesteps, labels, per-sample coefficients, the
     /// solver's factors, the guidance weight, the noise's Philox offsets) reaches the device as data.
@@ -331,11 +404,7 @@ public sealed class ReverseSteps : IDisposable
                 SamplerKind.Ddim => sampler.DdimDrawsNoise(t, tPrev, run._eta) ? (1, "DDIM step with noise") : (0, "DDIM step"),
                 _ => i == 0 ? (2, "DPM-Solver++ final step") : second ? (1, "DPM-Solver++ second-order step") : (0, "DPM-Solver++ first-order step"),
             };
-            if (!_recordings.TryGetValue(key, out var recording))
-            {
-                _recordings[key] = recording = _graphs.CreateStepGraph("sampling: " + name);
-                _recorded();
-            }
+            var recording = Recording(key, name);
             var x0 = _x0;
             var prevD = _prevD;
             Action<int, Tensor, Tensor>? keep = x0 is null ? null : (_, _, predicted) => x0.CopyFrom(predicted);
@@ -361,6 +430,32 @@ public sealed class ReverseSteps : IDisposable
                 x.CopyFrom(next);
             });
             _havePrev = true;
+        }
+
+        /// <summary>
+        /// Replaces x by <paramref name="f"/>(x) (whose temporaries it releases), recorded as the kind of step
+        /// <paramref name="kind"/> (3 and up; <see cref="Step"/> uses 0 to 2); with <paramref name="restartsSolver"/>
+        /// the next DPM-Solver++ step is first order.
+        /// </summary>
+        public void Apply(int kind, string name, Func<Tensor, Tensor> f, bool restartsSolver)
+        {
+            var x = _x;
+            Recording(kind, name).Run(() =>
+            {
+                using var scope = new TensorScope();
+                x.CopyFrom(f(x));
+            });
+            if (restartsSolver) _havePrev = false;
+        }
+
+        private IStepGraph Recording(int kind, string name)
+        {
+            if (!_recordings.TryGetValue(kind, out var recording))
+            {
+                _recordings[kind] = recording = _graphs.CreateStepGraph("sampling: " + name);
+                _recorded();
+            }
+            return recording;
         }
 
         /// <summary>Hands the last step's x and predicted x0 to <paramref name="onStep"/> (views, released after the call).</summary>
