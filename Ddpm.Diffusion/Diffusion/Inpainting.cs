@@ -62,6 +62,21 @@ public static class Inpainting
         return path.ToArray();
     }
 
+    /// <summary>
+    /// The moves of <see cref="Schedule"/> from position to position: a reverse step down by one, or a jump back up
+    /// (consecutive upward moves are one, a single draw of q(x_to | x_from)).
+    /// </summary>
+    internal static IEnumerable<(int From, int To)> Moves(int[] schedule)
+    {
+        for (int k = 1; k < schedule.Length; k++)
+        {
+            int from = schedule[k - 1], to = schedule[k];
+            if (to > from)
+                while (k + 1 < schedule.Length && schedule[k + 1] > schedule[k]) to = schedule[++k];
+            yield return (from, to);
+        }
+    }
+
     /// <summary>The model evaluations of <see cref="Schedule"/>: its downward moves.</summary>
     public static int ReverseSteps(int[] schedule)
     {
@@ -111,13 +126,10 @@ public static class Inpainting
             int done = 0;
             try
             {
-                for (int k = 1; k < schedule.Length; k++)
+                foreach (var (from, to) in Moves(schedule))
                 {
-                    int from = schedule[k - 1], to = schedule[k];
                     if (to > from)
                     {
-                        // A jump back: consecutive upward moves are one draw of q(x_to | x_from).
-                        while (k + 1 < schedule.Length && schedule[k + 1] > schedule[k]) to = schedule[++k];
                         x = run.Renoise(x, from, to, gen);
                         continue;
                     }

@@ -249,15 +249,11 @@ public sealed class ReverseSteps : IDisposable
         {
             steps.Begin(x);
             int done = 0, checkedSteps = 0;
-            for (int k = 1; k < schedule.Length; k++)
+            foreach (var (from, to) in Inpainting.Moves(schedule))
             {
-                int from = schedule[k - 1], to = schedule[k];
                 if (to > from)
                 {
-                    // A jump back: consecutive upward moves are one draw of q(x_to | x_from).
-                    while (k + 1 < schedule.Length && schedule[k + 1] > schedule[k]) to = schedule[++k];
-                    int up = to;
-                    steps.Apply(3, "RePaint jump back", y => Renoised(y, from, up, gen), restartsSolver: true);
+                    steps.Apply(3, "RePaint jump back", y => Renoised(y, from, to, gen), restartsSolver: true);
                     continue;
                 }
                 steps.Step(this, from, gen, start);

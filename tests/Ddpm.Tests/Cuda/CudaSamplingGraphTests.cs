@@ -63,18 +63,20 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
     }
 
     /// <summary>A network whose output is infinite at timestep <paramref name="bad"/> (a per-sample factor uploaded with t) and finite elsewhere.</summary>
+    private static DenoiseDiffusion.NetworkFunction InfiniteAt(IBackend be, int bad) => (xt, t) =>
+    {
+        var f = new float[t.Length];
+        for (int i = 0; i < t.Length; i++) f[i] = t[i] == bad ? float.PositiveInfinity : 0.5f;
+        using var factor = Tensor.FromArray(be, f, t.Length, 1, 1, 1);
+        return factor * xt;
+    };
+
+    /// <summary>DDIM's 10 steps of 100 through a network infinite at timestep <paramref name="bad"/>.</summary>
     private static NonFiniteOutputException SampleThroughABadStep(bool graphs, int bad, int checkEvery, List<int> progress)
     {
         using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32, StepGraphs = graphs });
         using var model = new UNet(be, Model(false), new PhiloxGenerator(11));
-        Tensor Network(Tensor xt, ReadOnlySpan<int> t)
-        {
-            var f = new float[t.Length];
-            for (int i = 0; i < t.Length; i++) f[i] = t[i] == bad ? float.PositiveInfinity : 0.5f;
-            using var factor = Tensor.FromArray(be, f, t.Length, 1, 1, 1);
-            return factor * xt;
-        }
-        var diffusion = new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, Network);
+        var diffusion = new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, InfiniteAt(be, bad));
         var gen = new PhiloxGenerator(3);
         using var noGrad = GradMode.NoGrad();
         using var run = new ReverseSteps(new Sampler(diffusion), SamplerKind.Ddim, 10, 0f) { FiniteCheckEvery = checkEvery };
@@ -168,14 +170,7 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
         {
             using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32, StepGraphs = graphs });
             using var model = new UNet(be, Model(false), new PhiloxGenerator(11));
-            Tensor Network(Tensor xt, ReadOnlySpan<int> t)
-            {
-                var f = new float[t.Length];
-                for (int i = 0; i < t.Length; i++) f[i] = t[i] == 40 ? float.PositiveInfinity : 0.5f;
-                using var factor = Tensor.FromArray(be, f, t.Length, 1, 1, 1);
-                return factor * xt;
-            }
-            var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, Network));
+            var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, InfiniteAt(be, 40)));
             using var image = Tensor.FromArray(be, TestData.Uniform(2 * 64, 4, -1f, 1f), 2, 1, 8, 8);
             using var mask = Tensor.FromArray(be, Enumerable.Range(0, 64).Select(i => i < 32 ? 1f : 0f).ToArray(), 1, 1, 8, 8);
             long before = be.ReadCounters().GraphLaunches;
