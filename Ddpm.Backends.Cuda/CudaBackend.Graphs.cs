@@ -61,7 +61,7 @@ public sealed partial class CudaBackend : IStepGraphs
     internal void Forget(CudaStepGraph g) => _stepGraphs.Remove(g);
 
     /// <summary>Device bytes held by recorded steps (their pools and input buffers).</summary>
-    private long StepGraphBytes
+    internal long StepGraphBytes
     {
         get
         {

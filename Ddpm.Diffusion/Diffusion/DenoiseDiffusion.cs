@@ -102,8 +102,9 @@ public sealed class DenoiseDiffusion
         if (condition.Labels.Length != n)
             throw new ArgumentException($"The condition has {condition.Labels.Length} labels for a batch of {n}.", nameof(condition));
         float w = condition.Guidance;
-        if (w == 0f) return EpsModel.Forward(xt, t);
-        if (w == 1f) return EpsModel.Forward(xt, t, condition.Labels);
+        var forward = ForwardOf(condition);
+        if (forward == GuidedForward.NullClass) return EpsModel.Forward(xt, t);
+        if (forward == GuidedForward.Labels) return EpsModel.Forward(xt, t, condition.Labels);
         using var x2 = Ops.Concat([xt, xt], 0);
         var t2 = new int[2 * n];
         var y2 = new int[2 * n];
@@ -120,6 +121,13 @@ public sealed class DenoiseDiffusion
         using var scaled = diff * w;
         return uncond + scaled;
     }
+
+    /// <summary>The forward passes <see cref="PredictEps"/> makes for <paramref name="condition"/>.</summary>
+    internal static GuidedForward ForwardOf(ClassCondition? condition) =>
+        condition is null ? GuidedForward.Unconditional
+        : condition.Guidance == 0f ? GuidedForward.NullClass
+        : condition.Guidance == 1f ? GuidedForward.Labels
+        : GuidedForward.Both;
 
     /// <summary>eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v.</summary>
     public Tensor EpsFromV(Tensor xt, ReadOnlySpan<int> t, Tensor v)
@@ -238,4 +246,16 @@ public sealed class DenoiseDiffusion
         using var noise = Tensor.RandN(Backend, x0.Shape, gen);
         return Loss(x0, t, noise, labels);
     }
+}
+
+/// <summary>
+/// The forward passes of one model evaluation (<see cref="DenoiseDiffusion.PredictEps"/>): without a condition; for
+/// the null class only (guidance 0); for the labels only (guidance 1); or both halves in one forward of 2N.
+/// </summary>
+internal enum GuidedForward
+{
+    Unconditional,
+    NullClass,
+    Labels,
+    Both,
 }

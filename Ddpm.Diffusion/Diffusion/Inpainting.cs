@@ -29,6 +29,8 @@ public sealed record RePaintOptions
 /// Works with each <see cref="SamplerKind"/>: DDPM (all T steps, as in the paper), DDIM and DPM-Solver++ on their
 /// subsequence (DPM-Solver++ restarts at first order after each jump back). After the last step the known region
 /// is the image itself: with a mask of 0s and 1s, m x_known + (1 - m) x is x_known exactly where m = 1.
+/// On a backend that records steps (<see cref="IStepGraphs"/>) each kind of move (the reverse steps, the merges with
+/// the known region, the jumps back) is recorded once in a call and replayed, drawing the eager loop's bits.
 /// </summary>
 public static class Inpainting
 {
@@ -58,6 +60,21 @@ public static class Inpainting
         }
         path.Add(-1);
         return path.ToArray();
+    }
+
+    /// <summary>
+    /// The moves of <see cref="Schedule"/> from position to position: a reverse step down by one, or a jump back up
+    /// (consecutive upward moves are one, a single draw of q(x_to | x_from)).
+    /// </summary>
+    internal static IEnumerable<(int From, int To)> Moves(int[] schedule)
+    {
+        for (int k = 1; k < schedule.Length; k++)
+        {
+            int from = schedule[k - 1], to = schedule[k];
+            if (to > from)
+                while (k + 1 < schedule.Length && schedule[k + 1] > schedule[k]) to = schedule[++k];
+            yield return (from, to);
+        }
     }
 
     /// <summary>The model evaluations of <see cref="Schedule"/>: its downward moves.</summary>
@@ -94,38 +111,46 @@ public static class Inpainting
         using var run = new ReverseSteps(sampler, kind, steps, eta);
         var seq = run.Timesteps;
         var schedule = Schedule(seq.Length, options);
-        int total = ReverseSteps(schedule), done = 0;
+        int total = ReverseSteps(schedule);
         using var keep = mask.Detach();
         using var fill = Ops.Affine(keep, -1f, 1f);
-        var x = Tensor.RandN(image.Backend, image.Shape, gen);
-        try
+        // x after the step to position `to`: the known region put through q(x_to | x_0) with fresh noise (the image
+        // itself at the data), the rest from the model.
+        Tensor Merge(Tensor x, int to)
         {
-            for (int k = 1; k < schedule.Length; k++)
+            var known = to >= 0 ? d.QSample(image, Sampler.Fill(n, seq[to]), Tensor.RandN(image.Backend, image.Shape, gen)) : image.Detach();
+            return keep * known + fill * x;
+        }
+        Tensor Eager(Tensor x, Action<SampleProgress>? report)
+        {
+            int done = 0;
+            try
             {
-                int from = schedule[k - 1], to = schedule[k];
-                if (to > from)
+                foreach (var (from, to) in Moves(schedule))
                 {
-                    // A jump back: consecutive upward moves are one draw of q(x_to | x_from).
-                    while (k + 1 < schedule.Length && schedule[k + 1] > schedule[k]) to = schedule[++k];
-                    x = run.Renoise(x, from, to, gen);
-                    continue;
+                    if (to > from)
+                    {
+                        x = run.Renoise(x, from, to, gen);
+                        continue;
+                    }
+                    x = run.Step(x, from, gen);
+                    using (var scope = new TensorScope())
+                    {
+                        var merged = Merge(x, to);
+                        x.Dispose();
+                        x = scope.Keep(merged);
+                    }
+                    report?.Invoke(new SampleProgress(++done, total, seq[from]));
                 }
-                x = run.Step(x, from, gen);
-                using (var scope = new TensorScope())
-                {
-                    var known = to >= 0 ? d.QSample(image, Sampler.Fill(n, seq[to]), Tensor.RandN(image.Backend, image.Shape, gen)) : image.Detach();
-                    var merged = keep * known + fill * x;
-                    x.Dispose();
-                    x = scope.Keep(merged);
-                }
-                progress?.Invoke(new SampleProgress(++done, total, seq[from]));
+                return x;
             }
-            return x;
+            catch
+            {
+                x.Dispose();
+                throw;
+            }
         }
-        catch
-        {
-            x.Dispose();
-            throw;
-        }
+        var x0 = Tensor.RandN(image.Backend, image.Shape, gen);
+        return run.UsesStepGraphs ? run.RePaint(x0, schedule, Merge, gen, progress, y => Eager(y, null)) : Eager(x0, progress);
     }
 }

@@ -10,9 +10,9 @@ namespace Ddpm.Diffusion.Diffusion;
 /// every t; DDIM and DPM-Solver++ the uniform subsequence of <see cref="Sampler.DdimTimesteps"/>. DPM-Solver++(2M)
 /// keeps the previous step's data prediction: it is used only when the previous step came from position i + 1,
 /// so after a jump back up the solver restarts at first order.
-/// On a backend that records steps (<see cref="IStepGraphs"/>), <see cref="Run"/> replays each kind of step from
-/// its recording (see <see cref="UsesStepGraphs"/>); single <see cref="Step(Tensor, int, PhiloxGenerator, Action{int, Tensor, Tensor}?)"/>
-/// calls run eagerly.
+/// On a backend that records steps (<see cref="IStepGraphs"/>), <see cref="Run"/> and RePaint's loop replay each kind
+/// of step from its recording (see <see cref="UsesStepGraphs"/>); single
+/// <see cref="Step(Tensor, int, PhiloxGenerator, Action{int, Tensor, Tensor}?)"/> and <see cref="Renoise"/> calls run eagerly.
 /// </summary>
 public sealed class ReverseSteps : IDisposable
 {
@@ -125,23 +125,38 @@ public sealed class ReverseSteps : IDisposable
 
     /// <summary>
     /// <see cref="Run"/> with each kind of step recorded once and replayed: x (and DPM-Solver++'s previous data
-    /// prediction, and with <paramref name="onStep"/> the predicted x0) live in buffers made before the first step,
+    /// prediction, and with <paramref name="onStep"/> the predicted x0) live in buffers made with the recordings,
     /// which every step reads and overwrites; the finite check is read every <see cref="FiniteCheckEvery"/> steps, or
     /// after every step where <paramref name="onStep"/> is to see its values (which an eager run has checked first).
-    /// Consumes <paramref name="x"/>, which is kept until the run ends so that a non-finite run can be repeated
-    /// eagerly from it.
+    /// The recordings and buffers are the sampler's <see cref="Sampler.Recordings"/> of this run's key, kept for the
+    /// next run, or made for this run alone. Consumes <paramref name="x"/>, which is kept until the run ends so that
+    /// a non-finite run can be repeated eagerly from it.
     /// </summary>
     private Tensor RunReplayed(Tensor x, int start, PhiloxGenerator gen, Action<SampleProgress>? progress, Action<int, Tensor, Tensor>? onStep,
         IStepGraphs graphs)
     {
         ulong offset = gen.Offset;
+        var own = _sampler.Recordings is null ? new SamplingRecordings(capacity: 1) : null;
+        var recordings = _sampler.Recordings ?? own!;
+        var key = new RecordingKey(_sampler.Diffusion, _kind, x.Shape, DenoiseDiffusion.ForwardOf(_sampler.Condition), KeepX0: onStep is not null);
+        var (steps, held) = recordings.Rent(key, graphs);
         try
         {
-            using var steps = new ReplayedSteps(this, graphs, x, keepX0: onStep is not null);
+            steps.Begin(x);
             int checkedSteps = 0;
             for (int i = start; i >= 0; i--)
             {
-                steps.Step(i, gen, start);
+                try
+                {
+                    steps.Step(this, i, gen, start);
+                }
+                catch
+                {
+                    // A step that failed part-way may have left its recording unusable: the key is recorded again next time.
+                    recordings.Drop(steps);
+                    held = false;
+                    throw;
+                }
                 int done = start + 1 - i;
                 if (onStep is not null || done - checkedSteps == FiniteCheckEvery || i == 0)
                 {
@@ -151,10 +166,13 @@ public sealed class ReverseSteps : IDisposable
                 if (onStep is not null) steps.Show(Timesteps[i], onStep);
                 progress?.Invoke(new SampleProgress(done, start + 1, Timesteps[i]));
             }
-            return steps.TakeX();
+            return steps.CopyX();
         }
         finally
         {
+            steps.End();
+            if (!held) steps.Dispose();
+            own?.Dispose();
             x.Dispose();
         }
     }
@@ -195,12 +213,80 @@ public sealed class ReverseSteps : IDisposable
         if (from < 0 || to <= from || to >= Timesteps.Length)
             throw new ArgumentOutOfRangeException(nameof(to), $"Cannot re-noise from position {from} to {to} of {Timesteps.Length}.");
         using var scope = new TensorScope();
+        var next = Renoised(x, from, to, gen);
+        x.Dispose();
+        return scope.Keep(next);
+    }
+
+    /// <summary><see cref="Renoise"/>'s result, <paramref name="x"/> kept.</summary>
+    private Tensor Renoised(Tensor x, int from, int to, PhiloxGenerator gen)
+    {
         var ab = _sampler.Diffusion.Schedule.AlphaBar;
         double ratio = ab[Timesteps[to]] / ab[Timesteps[from]];
         var z = Tensor.RandN(x.Backend, x.Shape, gen);
-        var next = x * (float)Math.Sqrt(ratio) + z * (float)Math.Sqrt(1 - ratio);
-        x.Dispose();
-        return scope.Keep(next);
+        return x * (float)Math.Sqrt(ratio) + z * (float)Math.Sqrt(1 - ratio);
+    }
+
+    /// <summary>
+    /// RePaint's moves (<see cref="Inpainting.Schedule"/>) with each kind recorded once and replayed: the reverse
+    /// steps as in <see cref="Run"/>, each followed by <paramref name="merge"/> (which makes x's next value from x and
+    /// the position reached: the known region noised to it, or the image itself at the data), and each jump back up
+    /// (a re-noising, after which DPM-Solver++ restarts at first order). The merges read the caller's buffers, so
+    /// these recordings are this call's alone. The finite check (the steps' model outputs and next x, as the eager
+    /// loop checks them) is read every <see cref="FiniteCheckEvery"/> steps and after the last; a check that fails
+    /// runs the loop again with <paramref name="eager"/> from <paramref name="x"/> and the generator's first offset,
+    /// to name the step as the eager loop names it. Consumes <paramref name="x"/>.
+    /// </summary>
+    internal Tensor RePaint(Tensor x, int[] schedule, Func<Tensor, int, Tensor> merge, PhiloxGenerator gen, Action<SampleProgress>? progress,
+        Func<Tensor, Tensor> eager)
+    {
+        if (_graphs is null) throw new InvalidOperationException("The backend does not record steps.");
+        ulong offset = gen.Offset;
+        int start = Timesteps.Length - 1, total = Inpainting.ReverseSteps(schedule);
+        using var recordings = new SamplingRecordings(capacity: 1);
+        var (steps, _) = recordings.Rent(new RecordingKey(_sampler.Diffusion, _kind, x.Shape, DenoiseDiffusion.ForwardOf(_sampler.Condition), KeepX0: false), _graphs);
+        try
+        {
+            steps.Begin(x);
+            int done = 0, checkedSteps = 0;
+            foreach (var (from, to) in Inpainting.Moves(schedule))
+            {
+                if (to > from)
+                {
+                    steps.Apply(3, "RePaint jump back", y => Renoised(y, from, to, gen), restartsSolver: true);
+                    continue;
+                }
+                steps.Step(this, from, gen, start);
+                steps.Apply(to >= 0 ? 4 : 5, to >= 0 ? "RePaint merge with the known region noised" : "RePaint final merge", y => merge(y, to),
+                    restartsSolver: false);
+                done++;
+                if (done - checkedSteps == FiniteCheckEvery || done == total)
+                {
+                    if (!steps.AllFinite()) throw NameTheNonFiniteRePaintStep(x, checkedSteps, done, total, offset, gen, eager);
+                    checkedSteps = done;
+                }
+                progress?.Invoke(new SampleProgress(done, total, Timesteps[from]));
+            }
+            return steps.CopyX();
+        }
+        finally
+        {
+            steps.End();
+            x.Dispose();
+        }
+    }
+
+    /// <summary><see cref="NameTheNonFiniteStep"/> for <see cref="RePaint"/>: the whole loop again with <paramref name="eager"/>.</summary>
+    private NonFiniteOutputException NameTheNonFiniteRePaintStep(Tensor x, int checkedSteps, int done, int total, ulong offset, PhiloxGenerator gen,
+        Func<Tensor, Tensor> eager)
+    {
+        gen.Offset = offset;
+        _prevD?.Dispose();
+        _prevD = null;
+        _prevFrom = int.MinValue;
+        eager(x.Detach()).Dispose();
+        return new NonFiniteOutputException(
+            $"inpainting steps {checkedSteps + 1} to {done} of {total}: the values stopped being finite in the replayed steps but not when run again eagerly, so no image was written");
     }
 
     private Tensor DpmSolverStep(Tensor x, int i, Action<int, Tensor, Tensor>? onStep, TensorScope scope, StepPosition at)
@@ -251,71 +337,88 @@ public sealed class ReverseSteps : IDisposable
     }
 
     /// <summary>
-    /// The state of a replayed run: x, DPM-Solver++'s previous data prediction and the finite mask in buffers made
-    /// before the first step, and one recording per kind of step (steps with and without noise, the solver's first-
-    /// and second-order and final steps differ in their calls). Each step runs the sampler's own step code on these
-    /// buffers and writes its results back into them, so the recorded calls are the same at every step; what
-    /// changes (timesteps, per-sample coefficients, the solver's factors, the noise's Philox offsets) reaches the
-    /// device as data.
+    /// The state of replayed runs of one <see cref="RecordingKey"/>: x, DPM-Solver++'s previous data prediction, the
+    /// finite mask and (where kept) the predicted x0 in buffers made once, and one recording per kind of step (steps
+    /// with and without noise, the solver's first- and second-order and final steps differ in their calls, and
+    /// RePaint's merges and jumps back are kinds of their own). Each step
+    /// runs the sampler's own step code on these buffers and writes its results back into them, so the recorded calls
+    /// are the same at every step of every run; what changes (timesteps, labels, per-sample coefficients, the
+    /// solver's factors, the guidance weight, the noise's Philox offsets) reaches the device as data.
     /// </summary>
-    private sealed class ReplayedSteps : IDisposable
+    internal sealed class ReplayedSteps : IDisposable
     {
-        private readonly ReverseSteps _run;
         private readonly IStepGraphs _graphs;
+        private readonly Action _recorded;
         private readonly Dictionary<int, IStepGraph> _recordings = [];
-        private readonly Tensor _finite;
+        private readonly Tensor _x, _finite;
         private readonly Tensor? _prevD, _x0;
-        private Tensor? _x;
-        private bool _havePrev;
+        private bool _havePrev, _disposed;
 
         /// <summary>
-        /// The state of a run from <paramref name="x"/> (copied); with <paramref name="keepX0"/> each step also leaves
-        /// its predicted x0 in a buffer, for <see cref="Show"/>.
+        /// Buffers for runs of <paramref name="key"/> on the model's backend; <paramref name="recorded"/> is told of
+        /// each kind of step recorded.
         /// </summary>
-        public ReplayedSteps(ReverseSteps run, IStepGraphs graphs, Tensor x, bool keepX0)
+        public ReplayedSteps(IStepGraphs graphs, RecordingKey key, Action recorded)
         {
-            _run = run;
             _graphs = graphs;
-            _x = Tensor.Empty(x.Backend, x.Shape);
-            _x.CopyFrom(x);
-            _finite = Tensor.Zeros(x.Backend, x.Shape);
-            if (run._kind == SamplerKind.DpmSolver) _prevD = Tensor.Empty(x.Backend, x.Shape);
-            if (keepX0) _x0 = Tensor.Empty(x.Backend, x.Shape);
+            _recorded = recorded;
+            // Owned here, not by the scope of the run that made them: they serve later runs.
+            var be = key.Diffusion.EpsModel.Backend;
+            _x = Tensor.EmptyUntracked(be, key.Shape);
+            _finite = Tensor.EmptyUntracked(be, key.Shape);
+            if (key.Kind == SamplerKind.DpmSolver) _prevD = Tensor.EmptyUntracked(be, key.Shape);
+            if (key.KeepX0) _x0 = Tensor.EmptyUntracked(be, key.Shape);
         }
 
-        /// <summary>The step from position <paramref name="i"/> to i - 1 of a run that started at <paramref name="start"/>.</summary>
-        public void Step(int i, PhiloxGenerator gen, int start)
+        /// <summary>Whether a run is using these buffers (between <see cref="Begin"/> and <see cref="End"/>).</summary>
+        public bool InUse { get; private set; }
+
+        /// <summary>Starts a run from <paramref name="x"/> (copied): a clear finite mask, no previous prediction.</summary>
+        public void Begin(Tensor x)
         {
-            var x = _x!;
-            var seq = _run.Timesteps;
-            var sampler = _run._sampler;
+            InUse = true;
+            _x.CopyFrom(x);
+            _finite.Backend.Fill(0f, _finite.Buffer, _finite.Size);
+            _havePrev = false;
+        }
+
+        /// <summary>Ends the run; the buffers may serve the next.</summary>
+        public void End() => InUse = false;
+
+        /// <summary>The step from position <paramref name="i"/> to i - 1 of <paramref name="run"/>, which started at <paramref name="start"/>.</summary>
+        public void Step(ReverseSteps run, int i, PhiloxGenerator gen, int start)
+        {
+            var x = _x;
+            var seq = run.Timesteps;
+            var sampler = run._sampler;
             int t = seq[i], tPrev = i > 0 ? seq[i - 1] : -1;
             var at = new StepPosition(start + 1 - i, start + 1, t, _finite);
             bool second = _havePrev;
-            var (key, name) = _run._kind switch
+            var (key, name) = run._kind switch
             {
                 SamplerKind.Ddpm => sampler.Diffusion.NoiseStd(t) == 0 ? (0, "DDPM step without noise") : (1, "DDPM step"),
-                SamplerKind.Ddim => sampler.DdimDrawsNoise(t, tPrev, _run._eta) ? (1, "DDIM step with noise") : (0, "DDIM step"),
+                SamplerKind.Ddim => sampler.DdimDrawsNoise(t, tPrev, run._eta) ? (1, "DDIM step with noise") : (0, "DDIM step"),
                 _ => i == 0 ? (2, "DPM-Solver++ final step") : second ? (1, "DPM-Solver++ second-order step") : (0, "DPM-Solver++ first-order step"),
             };
-            if (!_recordings.TryGetValue(key, out var recording)) _recordings[key] = recording = _graphs.CreateStepGraph("sampling: " + name);
+            var recording = Recording(key, name);
             var x0 = _x0;
+            var prevD = _prevD;
             Action<int, Tensor, Tensor>? keep = x0 is null ? null : (_, _, predicted) => x0.CopyFrom(predicted);
             recording.Run(() =>
             {
                 using var scope = new TensorScope();
                 Tensor next;
-                switch (_run._kind)
+                switch (run._kind)
                 {
                     case SamplerKind.Ddpm:
                         next = sampler.DdpmStep(x, t, gen, keep, at);
                         break;
                     case SamplerKind.Ddim:
-                        next = sampler.DdimStep(x, t, tPrev, _run._eta, gen, keep, at);
+                        next = sampler.DdimStep(x, t, tPrev, run._eta, gen, keep, at);
                         break;
                     default:
-                        var (n, d) = _run.DpmSolverUpdate(x, i, second ? _prevD : null, at);
-                        _prevD!.CopyFrom(d);
+                        var (n, d) = run.DpmSolverUpdate(x, i, second ? prevD : null, at);
+                        prevD!.CopyFrom(d);
                         keep?.Invoke(t, n, d);
                         next = n;
                         break;
@@ -325,10 +428,36 @@ public sealed class ReverseSteps : IDisposable
             _havePrev = true;
         }
 
+        /// <summary>
+        /// Replaces x by <paramref name="f"/>(x) (whose temporaries it releases), recorded as the kind of step
+        /// <paramref name="kind"/> (3 and up; <see cref="Step"/> uses 0 to 2); with <paramref name="restartsSolver"/>
+        /// the next DPM-Solver++ step is first order.
+        /// </summary>
+        public void Apply(int kind, string name, Func<Tensor, Tensor> f, bool restartsSolver)
+        {
+            var x = _x;
+            Recording(kind, name).Run(() =>
+            {
+                using var scope = new TensorScope();
+                x.CopyFrom(f(x));
+            });
+            if (restartsSolver) _havePrev = false;
+        }
+
+        private IStepGraph Recording(int kind, string name)
+        {
+            if (!_recordings.TryGetValue(kind, out var recording))
+            {
+                _recordings[kind] = recording = _graphs.CreateStepGraph("sampling: " + name);
+                _recorded();
+            }
+            return recording;
+        }
+
         /// <summary>Hands the last step's x and predicted x0 to <paramref name="onStep"/> (views, released after the call).</summary>
         public void Show(int t, Action<int, Tensor, Tensor> onStep)
         {
-            using var x = _x!.Detach();
+            using var x = _x.Detach();
             using var x0 = _x0!.Detach();
             onStep(t, x, x0);
         }
@@ -336,18 +465,21 @@ public sealed class ReverseSteps : IDisposable
         /// <summary>Whether every model output and x so far was finite (waits for the device).</summary>
         public bool AllFinite() => double.IsFinite(_finite.Backend.SumOfSquares(_finite.Buffer, _finite.Size));
 
-        /// <summary>The final x, handed to the caller.</summary>
-        public Tensor TakeX()
+        /// <summary>A copy of the final x, handed to the caller.</summary>
+        public Tensor CopyX()
         {
-            var x = _x!;
-            _x = null;
+            var x = Tensor.Empty(_x.Backend, _x.Shape);
+            x.CopyFrom(_x);
             return x;
         }
 
         public void Dispose()
         {
+            if (_disposed) return;
+            _disposed = true;
             foreach (var r in _recordings.Values) r.Dispose();
-            _x?.Dispose();
+            _recordings.Clear();
+            _x.Dispose();
             _finite.Dispose();
             _prevD?.Dispose();
             _x0?.Dispose();

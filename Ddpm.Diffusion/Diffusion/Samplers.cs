@@ -35,16 +35,22 @@ public sealed class Sampler
 
     /// <summary>
     /// A sampler of <paramref name="diffusion"/>; with a <paramref name="condition"/> every model call is guided
-    /// toward its labels (one per sample, so the sampler then draws exactly that many images).
+    /// toward its labels (one per sample, so the sampler then draws exactly that many images). With
+    /// <paramref name="recordings"/> (owned by the caller) the steps a backend records are kept there for later runs
+    /// of the same shapes; without, each run records its own and releases them when it ends.
     /// </summary>
-    public Sampler(DenoiseDiffusion diffusion, ClassCondition? condition = null)
+    public Sampler(DenoiseDiffusion diffusion, ClassCondition? condition = null, SamplingRecordings? recordings = null)
     {
         _d = diffusion;
         _condition = condition;
+        Recordings = recordings;
     }
 
     public DenoiseDiffusion Diffusion => _d;
     public ClassCondition? Condition => _condition;
+
+    /// <summary>Where recorded sampling steps are kept between runs (null: each run keeps its own until it ends).</summary>
+    public SamplingRecordings? Recordings { get; }
 
     /// <summary>The DDIM timesteps for <paramref name="steps"/> steps: 0, c, 2c, ... with c = T / steps (descending order of use).</summary>
     public static int[] DdimTimesteps(int T, int steps)

@@ -91,11 +91,15 @@ public static class ModelLoading
     /// its first image and the sampler's progress (and may throw to stop). With <paramref name="init"/> ([C, H, W])
     /// every image is an SDEdit of it at <paramref name="strength"/>. <paramref name="predictedX0"/>, when given, sees
     /// the chunk's first image and its predicted x0 ([count, C, H, W], valid during the call) at every step; it does
-    /// not change what is drawn. Returns [n, C, H, W] on the host.
+    /// not change what is drawn. The chunks replay the sampling steps recorded in <paramref name="recordings"/> (the
+    /// caller's, kept after the call) or in recordings of this call. Returns [n, C, H, W] on the host.
     /// </summary>
     public static float[] Draw(DenoiseDiffusion diffusion, SamplerOptions o, int n, int chunk, int[]? labels, float guidance,
-        Action<int, int, SampleProgress>? progress = null, float[]? init = null, float strength = 1f, Action<int, Tensor>? predictedX0 = null)
+        Action<int, int, SampleProgress>? progress = null, float[]? init = null, float strength = 1f, Action<int, Tensor>? predictedX0 = null,
+        SamplingRecordings? recordings = null)
     {
+        using var own = recordings is null ? new SamplingRecordings() : null;
+        recordings ??= own;
         var mc = diffusion.EpsModel.Config;
         long per = (long)mc.ImageChannels * mc.ImageSize * mc.ImageSize;
         var data = new float[n * per];
@@ -104,7 +108,7 @@ public static class ModelLoading
             int count = Math.Min(chunk, n - start), first = start, chunkIndex = k;
             var condition = labels is null ? null : new ClassCondition(labels[start..(start + count)], guidance);
             using var scope = new TensorScope();
-            var sampler = new Sampler(diffusion, condition);
+            var sampler = new Sampler(diffusion, condition, recordings);
             Action<SampleProgress> report = p => progress?.Invoke(chunkIndex, first, p);
             Action<int, Tensor, Tensor>? onStep = predictedX0 is null ? null : (_, _, x0) => predictedX0(first, x0);
             var x = init is null

@@ -11,15 +11,23 @@ namespace Ddpm.Tool.Serve;
 public sealed record ModelInfo(string Source, string File, long Step, bool Ema, bool Conditional, string[] Classes, int T,
     int ImageSize, int ImageChannels, [property: JsonIgnore] UNetConfig Config);
 
-/// <summary>A model loaded for drawing: the UNet, its diffusion and what the page is told of it.</summary>
+/// <summary>
+/// A model loaded for drawing: the UNet, its diffusion, what the page is told of it, and the sampling steps recorded
+/// for it (kept from drawing to drawing while the model is held).
+/// </summary>
 internal sealed class LoadedModel(UNet model, DenoiseDiffusion diffusion, string path, ModelInfo info) : IDisposable
 {
     public UNet Model { get; } = model;
     public DenoiseDiffusion Diffusion { get; } = diffusion;
     public string Path { get; } = path;
     public ModelInfo Info { get; } = info;
+    public SamplingRecordings Recordings { get; } = new();
 
-    public void Dispose() => Model.Dispose();
+    public void Dispose()
+    {
+        Recordings.Dispose();
+        Model.Dispose();
+    }
 }
 
 /// <summary>

@@ -199,7 +199,7 @@ public sealed class SampleQueue : IDisposable
                 if (first != 0 || (lastFrame != long.MinValue && now - lastFrame < FrameInterval.TotalMilliseconds)) return;
                 lastFrame = now;
                 job.Frame(ImageGrid.EncodePng("frame", x0.ToArray(), x0.Shape[0], mc.ImageChannels, mc.ImageSize, mc.ImageSize, plan.NRow, range).Png);
-            });
+            }, recordings: model.Recordings);
         var (png, w, h) = ImageGrid.EncodePng("the grid", data, plan.Count, mc.ImageChannels, mc.ImageSize, mc.ImageSize, plan.NRow, range);
         job.Done(png, w, h, _clock.ElapsedMilliseconds);
     }

@@ -3,6 +3,7 @@ using Ddpm.Diffusion.Diffusion;
 using Ddpm.Diffusion.Model;
 using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
+using Ddpm.Tests.TestUtil;
 using Xunit;
 using Xunit.Abstractions;
 using static Ddpm.Tests.Tool.ToolTests;
@@ -62,18 +63,20 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
     }
 
     /// <summary>A network whose output is infinite at timestep <paramref name="bad"/> (a per-sample factor uploaded with t) and finite elsewhere.</summary>
+    private static DenoiseDiffusion.NetworkFunction InfiniteAt(IBackend be, int bad) => (xt, t) =>
+    {
+        var f = new float[t.Length];
+        for (int i = 0; i < t.Length; i++) f[i] = t[i] == bad ? float.PositiveInfinity : 0.5f;
+        using var factor = Tensor.FromArray(be, f, t.Length, 1, 1, 1);
+        return factor * xt;
+    };
+
+    /// <summary>DDIM's 10 steps of 100 through a network infinite at timestep <paramref name="bad"/>.</summary>
     private static NonFiniteOutputException SampleThroughABadStep(bool graphs, int bad, int checkEvery, List<int> progress)
     {
         using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32, StepGraphs = graphs });
         using var model = new UNet(be, Model(false), new PhiloxGenerator(11));
-        Tensor Network(Tensor xt, ReadOnlySpan<int> t)
-        {
-            var f = new float[t.Length];
-            for (int i = 0; i < t.Length; i++) f[i] = t[i] == bad ? float.PositiveInfinity : 0.5f;
-            using var factor = Tensor.FromArray(be, f, t.Length, 1, 1, 1);
-            return factor * xt;
-        }
-        var diffusion = new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, Network);
+        var diffusion = new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, InfiniteAt(be, bad));
         var gen = new PhiloxGenerator(3);
         using var noGrad = GradMode.NoGrad();
         using var run = new ReverseSteps(new Sampler(diffusion), SamplerKind.Ddim, 10, 0f) { FiniteCheckEvery = checkEvery };
@@ -124,6 +127,61 @@ public sealed class CudaSamplingGraphTests(ITestOutputHelper output)
         var replayed = Frames(graphs: true);
         Assert.Equal(eager.Count, replayed.Count);
         for (int f = 0; f < eager.Count; f++) CudaGraphTests.AssertBitIdentical(eager[f], replayed[f], $"frame {f}");
+    }
+
+    /// <summary>RePaint on a [2, 1, 8, 8] image with its left half known, guided, jumps of 2: the images and the graph launches.</summary>
+    private static (float[] Images, long GraphLaunches) Inpaint(bool graphs, SamplerKind kind, int steps, int resamples)
+    {
+        using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32, StepGraphs = graphs });
+        using var model = new UNet(be, Model(true), new PhiloxGenerator(11));
+        model.Eval();
+        var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 12 }), new ClassCondition([2, 0], 2f));
+        using var image = Tensor.FromArray(be, TestData.Uniform(2 * 64, 4, -1f, 1f), 2, 1, 8, 8);
+        using var mask = Tensor.FromArray(be, Enumerable.Range(0, 64).Select(i => i % 8 < 4 ? 1f : 0f).ToArray(), 1, 1, 8, 8);
+        var before = be.ReadCounters();
+        using var y = Inpainting.Inpaint(sampler, image, mask, kind, steps, 0.5f, new RePaintOptions(jumpLength: 2, resamples), seed: 4);
+        return (y.ToArray(), be.ReadCounters().GraphLaunches - before.GraphLaunches);
+    }
+
+    [SimulatorTheory]
+    [InlineData(SamplerKind.Ddpm, 12, 1)]
+    [InlineData(SamplerKind.Ddpm, 12, 3)]
+    [InlineData(SamplerKind.Ddim, 6, 1)]
+    [InlineData(SamplerKind.Ddim, 6, 3)]
+    [InlineData(SamplerKind.DpmSolver, 6, 1)]
+    [InlineData(SamplerKind.DpmSolver, 6, 3)]
+    public void ReplayedInpaintingDrawsTheEagerImagesBitForBit(SamplerKind kind, int steps, int resamples)
+    {
+        var eager = Inpaint(graphs: false, kind, steps, resamples);
+        var replayed = Inpaint(graphs: true, kind, steps, resamples);
+        Assert.Equal(0, eager.GraphLaunches);
+        int reverse = Inpainting.ReverseSteps(Inpainting.Schedule(kind == SamplerKind.Ddpm ? 12 : steps, new RePaintOptions(2, resamples)));
+        output.WriteLine($"{kind}, {steps} steps, resamples {resamples}: {reverse} reverse steps, {replayed.GraphLaunches} graph launches");
+        // Each reverse step and its merge, and each jump back, are a launch once their kind has been used eagerly once.
+        Assert.True(replayed.GraphLaunches >= 2 * reverse - 8, $"{replayed.GraphLaunches} graph launches for {reverse} reverse steps");
+        CudaGraphTests.AssertBitIdentical(eager.Images, replayed.Images, "inpainted images");
+        Assert.All(replayed.Images, v => Assert.True(float.IsFinite(v)));
+    }
+
+    [SimulatorFact]
+    public void AReplayedInpaintingStepThatStopsBeingFiniteIsNamedAsTheEagerRunNamesIt()
+    {
+        NonFiniteOutputException Inpaint(bool graphs)
+        {
+            using var be = new CudaBackend(new BackendOptions { Precision = Precision.Fp32, StepGraphs = graphs });
+            using var model = new UNet(be, Model(false), new PhiloxGenerator(11));
+            var sampler = new Sampler(new DenoiseDiffusion(model, new DiffusionConfig { NSteps = 100 }, InfiniteAt(be, 40)));
+            using var image = Tensor.FromArray(be, TestData.Uniform(2 * 64, 4, -1f, 1f), 2, 1, 8, 8);
+            using var mask = Tensor.FromArray(be, Enumerable.Range(0, 64).Select(i => i < 32 ? 1f : 0f).ToArray(), 1, 1, 8, 8);
+            long before = be.ReadCounters().GraphLaunches;
+            var e = Assert.Throws<NonFiniteOutputException>(() =>
+                Inpainting.Inpaint(sampler, image, mask, SamplerKind.Ddim, 10, 0f, new RePaintOptions(jumpLength: 2, resamples: 2), seed: 3));
+            Assert.Equal(graphs, be.ReadCounters().GraphLaunches > before);
+            return e;
+        }
+        var eager = Inpaint(graphs: false);
+        Assert.Matches(@"^sampling step 6 of 10 \(t = 40\): the model's output is (-?Infinity|NaN) in image 0", eager.Message);
+        Assert.Equal(eager.Message, Inpaint(graphs: true).Message);
     }
 
     [SimulatorFact]
