@@ -122,7 +122,7 @@ public sealed class TrainingRun : IDisposable
                 _log = new LossLog(_folder.File(RunFolder.LossName), plan.Resume?.Step, _folder.Files);
                 _folder.WriteText(RunFolder.ConfigName, plan.ConfigJson());
                 _events = new EventFile(_folder.File(RunFolder.LogsName), _folder.Files);
-                // TensorBoard drops what earlier files logged at and after a session start's step: a stopped run's
+                // TensorBoard drops what earlier files logged at and after the step of a restart record (its SessionLog START): a stopped run's
                 // events after its checkpoint go, the checkpoint's own step stays.
                 if (plan.Resume is { } resumed) _events.SessionStart(resumed.Step + 1);
                 _events.Text("config", Trainer.StepCount, "```\n" + plan.ConfigJson() + "```");
