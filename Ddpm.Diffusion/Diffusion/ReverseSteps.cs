@@ -187,9 +187,7 @@ public sealed class ReverseSteps : IDisposable
     private NonFiniteOutputException NameTheNonFiniteStep(Tensor x, int start, int end, int checkedSteps, ulong offset, PhiloxGenerator gen)
     {
         gen.Offset = offset;
-        _prevD?.Dispose();
-        _prevD = null;
-        _prevFrom = int.MinValue;
+        ForgetPrediction();
         var y = x.Detach();
         try
         {
@@ -253,11 +251,11 @@ public sealed class ReverseSteps : IDisposable
             {
                 if (to > from)
                 {
-                    steps.Apply(3, "RePaint jump back", y => Renoised(y, from, to, gen), restartsSolver: true);
+                    steps.Apply(StepKind.JumpBack, "RePaint jump back", y => Renoised(y, from, to, gen), restartsSolver: true);
                     continue;
                 }
                 steps.Step(this, from, gen, start);
-                steps.Apply(to >= 0 ? 4 : 5, to >= 0 ? "RePaint merge with the known region noised" : "RePaint final merge", y => merge(y, to),
+                steps.Apply(to >= 0 ? StepKind.Merge : StepKind.FinalMerge, to >= 0 ? "RePaint merge with the known region noised" : "RePaint final merge", y => merge(y, to),
                     restartsSolver: false);
                 done++;
                 if (done - checkedSteps == FiniteCheckEvery || done == total)
@@ -281,9 +279,7 @@ public sealed class ReverseSteps : IDisposable
         Func<Tensor, Tensor> eager)
     {
         gen.Offset = offset;
-        _prevD?.Dispose();
-        _prevD = null;
-        _prevFrom = int.MinValue;
+        ForgetPrediction();
         eager(x.Detach()).Dispose();
         return new NonFiniteOutputException(
             $"inpainting steps {checkedSteps + 1} to {done} of {total}: the values stopped being finite in the replayed steps but not when run again eagerly, so no image was written");
@@ -337,6 +333,14 @@ public sealed class ReverseSteps : IDisposable
     }
 
     /// <summary>
+    /// The kinds of step, one recording each. A sampler's reverse steps: <see cref="Plain"/> (DDPM's and DDIM's
+    /// steps without noise, DPM-Solver++'s first-order step), <see cref="Further"/> (the steps with noise,
+    /// DPM-Solver++'s second-order step), <see cref="Final"/> (DPM-Solver++'s step to the data); RePaint's moves:
+    /// the merge with the known region noised, the final merge with the image, the jump back up.
+    /// </summary>
+    internal enum StepKind { Plain, Further, Final, Merge, FinalMerge, JumpBack }
+
+    /// <summary>
     /// The state of replayed runs of one <see cref="RecordingKey"/>: x, DPM-Solver++'s previous data prediction, the
     /// finite mask and (where kept) the predicted x0 in buffers made once, and one recording per kind of step (steps
     /// with and without noise, the solver's first- and second-order and final steps differ in their calls, and
@@ -349,7 +353,7 @@ public sealed class ReverseSteps : IDisposable
     {
         private readonly IStepGraphs _graphs;
         private readonly Action _recorded;
-        private readonly Dictionary<int, IStepGraph> _recordings = [];
+        private readonly Dictionary<StepKind, IStepGraph> _recordings = [];
         private readonly Tensor _x, _finite;
         private readonly Tensor? _prevD, _x0;
         private bool _havePrev, _disposed;
@@ -396,9 +400,10 @@ public sealed class ReverseSteps : IDisposable
             bool second = _havePrev;
             var (key, name) = run._kind switch
             {
-                SamplerKind.Ddpm => sampler.Diffusion.NoiseStd(t) == 0 ? (0, "DDPM step without noise") : (1, "DDPM step"),
-                SamplerKind.Ddim => sampler.DdimDrawsNoise(t, tPrev, run._eta) ? (1, "DDIM step with noise") : (0, "DDIM step"),
-                _ => i == 0 ? (2, "DPM-Solver++ final step") : second ? (1, "DPM-Solver++ second-order step") : (0, "DPM-Solver++ first-order step"),
+                SamplerKind.Ddpm => sampler.Diffusion.NoiseStd(t) == 0 ? (StepKind.Plain, "DDPM step without noise") : (StepKind.Further, "DDPM step"),
+                SamplerKind.Ddim => sampler.DdimDrawsNoise(t, tPrev, run._eta) ? (StepKind.Further, "DDIM step with noise") : (StepKind.Plain, "DDIM step"),
+                _ => i == 0 ? (StepKind.Final, "DPM-Solver++ final step")
+                    : second ? (StepKind.Further, "DPM-Solver++ second-order step") : (StepKind.Plain, "DPM-Solver++ first-order step"),
             };
             var recording = Recording(key, name);
             var x0 = _x0;
@@ -430,10 +435,10 @@ public sealed class ReverseSteps : IDisposable
 
         /// <summary>
         /// Replaces x by <paramref name="f"/>(x) (whose temporaries it releases), recorded as the kind of step
-        /// <paramref name="kind"/> (3 and up; <see cref="Step"/> uses 0 to 2); with <paramref name="restartsSolver"/>
+        /// <paramref name="kind"/> (one of RePaint's; <see cref="Step"/> uses the reverse steps' kinds); with <paramref name="restartsSolver"/>
         /// the next DPM-Solver++ step is first order.
         /// </summary>
-        public void Apply(int kind, string name, Func<Tensor, Tensor> f, bool restartsSolver)
+        public void Apply(StepKind kind, string name, Func<Tensor, Tensor> f, bool restartsSolver)
         {
             var x = _x;
             Recording(kind, name).Run(() =>
@@ -444,7 +449,7 @@ public sealed class ReverseSteps : IDisposable
             if (restartsSolver) _havePrev = false;
         }
 
-        private IStepGraph Recording(int kind, string name)
+        private IStepGraph Recording(StepKind kind, string name)
         {
             if (!_recordings.TryGetValue(kind, out var recording))
             {
@@ -486,11 +491,15 @@ public sealed class ReverseSteps : IDisposable
         }
     }
 
-    public void Dispose()
+    /// <summary>Drops DPM-Solver++'s previous data prediction: the next solver step is first order.</summary>
+    private void ForgetPrediction()
     {
         _prevD?.Dispose();
         _prevD = null;
+        _prevFrom = int.MinValue;
     }
+
+    public void Dispose() => ForgetPrediction();
 }
 
 /// <summary>
