@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using Ddpm.Diffusion.Diffusion;
 
 namespace Ddpm.Diffusion.Training;
 
@@ -25,7 +26,7 @@ public sealed record RunSettings
     [JsonPropertyName("classes"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public bool? Classes { get; init; }
 
     /// <summary>Optimisation steps of the whole run.</summary>
-    [JsonPropertyName("steps")] public long Steps { get; init; } = 2000;
+    [JsonPropertyName("steps")] public long Steps { get; init; } = DefaultSteps;
 
     /// <summary>Instead of <see cref="Steps"/>: this many passes over the data (resolved into steps once the data is open).</summary>
     [JsonPropertyName("epochs"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? Epochs { get; init; }
@@ -45,8 +46,11 @@ public sealed record RunSettings
     /// <summary>Images in a sample grid: per class (one row each) for a class-conditional model; null: 8 per class, or 16.</summary>
     [JsonPropertyName("samples"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public int? Samples { get; init; }
 
-    /// <summary>DDIM steps of the sample grids.</summary>
-    [JsonPropertyName("sample_steps")] public int SampleSteps { get; init; } = 50;
+    /// <summary>Sampler of the sample grids: DPM-Solver++ (the default), DDIM (eta 0) or DDPM (all T steps).</summary>
+    [JsonPropertyName("sample_sampler")] public SamplerKind SampleSampler { get; init; } = SamplerKind.DpmSolver;
+
+    /// <summary>Steps of the sample grids' sampler (DDPM takes all T).</summary>
+    [JsonPropertyName("sample_steps")] public int SampleSteps { get; init; } = 20;
 
     /// <summary>Measure sample quality (FID, IS, class accuracy) every N steps (0: never).</summary>
     [JsonPropertyName("eval_every")] public int EvalEvery { get; init; }
@@ -60,6 +64,9 @@ public sealed record RunSettings
 
     /// <summary>Upper bounds of the size-like settings (the memory a run needs is checked separately, from the model).</summary>
     public const long MaxSteps = TrainingConfig.MaxSteps;
+    /// <summary>The length of a run that sets neither steps nor epochs: the main job's.</summary>
+    public const long DefaultSteps = 1800;
+
     public const int MaxSamples = 1024, MaxKeep = 1_000_000, MaxEvalSamples = 100_000;
 
     /// <summary>Images per row of a conditional model's grid when <see cref="Samples"/> is not set, and an unconditional grid's size.</summary>
@@ -79,6 +86,7 @@ public sealed record RunSettings
         if (Keep <= 0 || Keep > MaxKeep) throw new ConfigValueException("keep", $"{Keep} is not between 1 and {MaxKeep:N0} checkpoints.");
         if (SampleEvery < 0) throw new ConfigValueException("sample_every", $"{SampleEvery} is not >= 0 (0: only at the end).");
         if (Samples is <= 0 or > MaxSamples) throw new ConfigValueException("samples", $"{Samples} is not between 1 and {MaxSamples}.");
+        if (!Enum.IsDefined(SampleSampler)) throw new ConfigValueException("sample_sampler", $"{(int)SampleSampler} is not a sampler (DpmSolver, Ddim or Ddpm).");
         if (SampleSteps <= 0) throw new ConfigValueException("sample_steps", $"{SampleSteps} is not positive.");
         if (EvalEvery < 0) throw new ConfigValueException("eval_every", $"{EvalEvery} is not >= 0 (0: never).");
         if (EvalSamples < 2 || EvalSamples > MaxEvalSamples) throw new ConfigValueException("eval_samples", $"{EvalSamples} is not between 2 and {MaxEvalSamples:N0}.");

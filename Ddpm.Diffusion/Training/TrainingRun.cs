@@ -50,7 +50,7 @@ public enum RunStatus
 public sealed record RunOutcome(RunStatus Status, long Step, string? Checkpoint, double SmoothedLoss, TimeSpan Elapsed);
 
 /// <summary>A sample grid written by a run: where, at which step, of how many images, and how long it took.</summary>
-public sealed record SampleGrid(string Path, long Step, int Images, int SamplerSteps, TimeSpan Took, int Width, int Height, int Channels);
+public sealed record SampleGrid(string Path, long Step, int Images, SamplerKind Sampler, int SamplerSteps, TimeSpan Took, int Width, int Height, int Channels);
 
 /// <summary>
 /// What a run tells whoever ends a process that does not stop in time (every rank): how long each step (with its
@@ -388,7 +388,7 @@ public sealed class TrainingRun : IDisposable
             : "No checkpoint of this run was written before it diverged (checkpoint_every N writes one every N steps).";
 
     /// <summary>
-    /// A grid of the EMA weights' samples (DDIM, the same noise every time): one row per class of a conditional
+    /// A grid of the EMA weights' samples (<see cref="RunSettings.SampleSampler"/>, the same noise every time): one row per class of a conditional
     /// model, <see cref="RunSettings.Samples"/> images each (guided with the default weight), or that many images.
     /// </summary>
     private void WriteSamples(string? path)
@@ -397,18 +397,19 @@ public sealed class TrainingRun : IDisposable
         var sw = Stopwatch.StartNew();
         var mc = Model.Config;
         int perRow = Plan.Run.Samples ?? (mc.IsConditional ? RunSettings.DefaultSamplesPerClass : RunSettings.DefaultUnconditionalSamples);
-        int steps = Math.Min(Plan.Run.SampleSteps, Trainer.Diffusion.Steps);
+        var sampler = Plan.Run.SampleSampler;
+        int steps = sampler == SamplerKind.Ddpm ? Trainer.Diffusion.Steps : Math.Min(Plan.Run.SampleSteps, Trainer.Diffusion.Steps);
         using (Trainer.UseEmaWeights())
         {
             Model.Eval();
             using var scope = new TensorScope();
             var condition = mc.IsConditional ? ClassCondition.Rows(mc.NumClasses, perRow, ClassCondition.DefaultGuidance) : null;
             int n = condition?.Labels.Length ?? perRow;
-            var x = new Sampler(Trainer.Diffusion, condition).Sample(n, SamplerKind.Ddim, steps, 0f, Trainer.Config.Seed + 1000);
+            var x = new Sampler(Trainer.Diffusion, condition).Sample(n, sampler, steps, 0f, Trainer.Config.Seed + 1000);
             var (width, height) = ImageGrid.SavePng(path, x.ToArray(), n, mc.ImageChannels, mc.ImageSize, mc.ImageSize,
                 mc.IsConditional ? perRow : ImageGrid.SquareRow(n), Trainer.Diffusion.Config.DataRange, scale: SampleScale, files: _folder!.Files);
             Model.Train();
-            var grid = new SampleGrid(path, Trainer.StepCount, n, steps, sw.Elapsed, width, height, mc.ImageChannels);
+            var grid = new SampleGrid(path, Trainer.StepCount, n, sampler, steps, sw.Elapsed, width, height, mc.ImageChannels);
             _events?.Image("samples", grid.Step, File.ReadAllBytes(path), width, height, mc.ImageChannels);
             _events?.Flush();
             foreach (var o in _observers) o.OnSamples(this, grid);

@@ -32,7 +32,7 @@ public static class OptionText
         ["class_dropout"] = "--class-dropout", ["seed"] = "--seed", ["attn_norm"] = "--attn-norm", ["prediction"] = "--prediction",
         ["loss_weighting"] = "--loss-weighting", ["data"] = "--data", ["max_images"] = "--max-images", ["classes"] = "--classes",
         ["steps"] = "--steps", ["epochs"] = "--epochs", ["grad_accum"] = "--grad-accum", ["checkpoint_every"] = "--checkpoint-every",
-        ["keep"] = "--keep", ["sample_every"] = "--sample-every", ["samples"] = "--samples", ["sample_steps"] = "--sample-steps",
+        ["keep"] = "--keep", ["sample_every"] = "--sample-every", ["samples"] = "--samples", ["sample_sampler"] = "--sample-sampler", ["sample_steps"] = "--sample-steps",
         ["eval_every"] = "--eval-every", ["eval_samples"] = "--eval-samples",
     };
 

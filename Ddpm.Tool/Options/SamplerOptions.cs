@@ -18,13 +18,13 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
     /// <summary>The sampler --sampler names.</summary>
     public SamplerKind Sampler => ParseSampler(SamplerText);
 
-    /// <summary>"ddpm", "ddim", "dpm++" or "dpmpp", in any case.</summary>
-    public static SamplerKind ParseSampler(string text) => text.Trim().ToLowerInvariant() switch
+    /// <summary>"ddpm", "ddim", "dpm++" or "dpmpp", in any case; anything else is a usage error naming <paramref name="option"/>.</summary>
+    public static SamplerKind ParseSampler(string text, string option = "--sampler") => text.Trim().ToLowerInvariant() switch
     {
         "ddpm" => SamplerKind.Ddpm,
         "ddim" => SamplerKind.Ddim,
         "dpm++" or "dpmpp" => SamplerKind.DpmSolver,
-        _ => throw new UsageError($"--sampler is ddim, dpm++ or ddpm, not '{text}'."),
+        _ => throw new UsageError($"{option} is ddim, dpm++ or ddpm, not '{text}'."),
     };
 
     [Option("eta", Default = 0f, HelpText = "DDIM eta: 0 deterministic (the default), 1 like DDPM; ddim only.")]
@@ -69,9 +69,17 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
     /// <summary>"DDIM (50 steps, eta 0)", "DPM-Solver++ (20 steps)" or "DDPM (1000 steps)".</summary>
     public string Describe(int diffusionSteps) => Sampler switch
     {
-        SamplerKind.Ddim => $"DDIM ({Steps} steps, eta {Eta})",
-        SamplerKind.DpmSolver => $"DPM-Solver++ ({Steps} steps)",
-        _ => $"DDPM ({diffusionSteps} steps)",
+        SamplerKind.Ddim => $"{Name(Sampler)} ({Steps} steps, eta {Eta})",
+        SamplerKind.DpmSolver => $"{Name(Sampler)} ({Steps} steps)",
+        _ => $"{Name(Sampler)} ({diffusionSteps} steps)",
+    };
+
+    /// <summary>"DDIM", "DPM-Solver++" or "DDPM".</summary>
+    public static string Name(SamplerKind kind) => kind switch
+    {
+        SamplerKind.Ddim => "DDIM",
+        SamplerKind.DpmSolver => "DPM-Solver++",
+        _ => "DDPM",
     };
 
     /// <summary>The sampler's values that need no model, checked before anything is loaded.</summary>

@@ -188,7 +188,7 @@ public static class TrainCommand
 
         public void OnSamples(TrainingRun run, SampleGrid grid)
         {
-            if (!con.Interactive) con.Out.WriteLine($"  wrote {grid.Path} ({grid.SamplerSteps} DDIM steps, {grid.Took.TotalSeconds:F1}s)");
+            if (!con.Interactive) con.Out.WriteLine($"  wrote {grid.Path} ({grid.SamplerSteps} {SamplerOptions.Name(grid.Sampler)} steps, {grid.Took.TotalSeconds:F1}s)");
         }
 
         public void OnEval(TrainingRun run, QualityResult r, bool best) =>

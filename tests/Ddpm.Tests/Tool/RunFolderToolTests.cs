@@ -2,7 +2,11 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using Ddpm.Backends.Cpu;
 using Ddpm.Diffusion.Data;
+using Ddpm.Diffusion.Diffusion;
+using Ddpm.Diffusion.Imaging;
+using Ddpm.Diffusion.Model;
 using Ddpm.Diffusion.Training;
+using Ddpm.Tensors;
 using Ddpm.Tensors.IO;
 using Ddpm.Tests.Data;
 using Ddpm.Tool;
@@ -267,7 +271,7 @@ public sealed class RunFolderToolTests
         var data = new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
         var recipe = new TrainingRecipe()
             .Set("run", "preset", "tiny").Set("run", "steps", 3L).Set("run", "max_images", 32).Set("run", "samples", 1)
-            .Set("run", "sample_steps", 1).Set("run", "sample_every", 0).Set("run", "eval_every", 1000)
+            .Set("run", "sample_steps", 1).Set("run", "sample_every", 0).Set("run", "eval_every", Ddpm.Tool.Commands.TrainPlan.MainJobEvalEvery)
             .Set("diffusion", "n_steps", 20).Set("training", "batch_size", 4).Set("training", "lr", 2e-3f);
         using var library = new TempDir();
         var plan = Recipes.Plan(recipe, data);
@@ -280,6 +284,75 @@ public sealed class RunFolderToolTests
         SameTensors(RunFolder.Latest(tool.Path)!, RunFolder.Latest(library.Path)!);
         SameTensors(tool.File(RunFolder.ModelName), library.File(RunFolder.ModelName));
         Assert.Equal(File.ReadAllText(tool.File(RunFolder.ConfigName)), File.ReadAllText(library.File(RunFolder.ConfigName)));
+    }
+
+    /// <summary>
+    /// train's default model is the compact preset (small's levels with one residual block each) for 1,800 steps
+    /// with DPM-Solver++ grids, and <c>--preset small</c> still resolves to the architecture and training values
+    /// of the bundled model (the main job's recipe with two blocks per level), so the README's command remakes it.
+    /// </summary>
+    [Fact]
+    public void TrainsDefaultIsCompactAndPresetSmallIsTheBundledModelsRecipe()
+    {
+        var main = Recipes.Resolve(new TrainingRecipe());
+        Assert.Equal(("compact", 1, 32, 1800L), (main.Run.Preset, main.Model.NBlocks, main.Model.NChannels, main.Run.Steps));
+        Assert.Equal([1, 2, 2], main.Model.ChMults);
+        Assert.True(main.Model.AttnNorm);
+        Assert.Equal((SamplerKind.DpmSolver, 20), (main.Run.SampleSampler, main.Run.SampleSteps));
+
+        var bundled = Checkpoint.Load(Path.Combine(TestFiles.RepoRoot, "Ddpm.Tool", "models", "fashion-ddpm.safetensors"));
+        var small = Recipes.Resolve(new TrainingRecipe().Set("run", "preset", "small"));
+        var m = bundled.Model!;
+        Assert.Equal((m.NChannels, m.NBlocks, m.NGroups, m.AttnNorm, m.Dropout),
+            (small.Model.NChannels, small.Model.NBlocks, small.Model.NGroups, small.Model.AttnNorm, small.Model.Dropout));
+        Assert.Equal(m.ChMults, small.Model.ChMults);
+        Assert.Equal(m.IsAttn, small.Model.IsAttn);
+        Assert.Equal(bundled.Diffusion!.Prediction, small.Diffusion.Prediction);
+    }
+
+    /// <summary>
+    /// The grid a run writes is its EMA weights sampled by the sampler its settings name (one row per class at
+    /// guidance 3, the run's seed + 1000): sampled again here from model.safetensors, pixel for pixel, and the two
+    /// samplers' grids differ, so a setting the run ignored would fail one of them.
+    /// </summary>
+    [Fact]
+    public void TheSampleGridIsDrawnByTheSamplerTheRunNames()
+    {
+        string fashion = Path.Combine(TestFiles.RepoRoot, "data", "fashion-mnist");
+        var images = IdxDataset.Load(Path.Combine(fashion, "train-images-idx3-ubyte.gz"));
+        var labels = IdxLabels.Load(Path.Combine(fashion, "train-labels-idx1-ubyte.gz"), 10);
+        var data = new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
+        var grids = new Dictionary<SamplerKind, byte[]>();
+        foreach (var kind in new[] { SamplerKind.DpmSolver, SamplerKind.Ddim })
+        {
+            var recipe = new TrainingRecipe()
+                .Set("run", "preset", "tiny").Set("run", "steps", 2L).Set("run", "max_images", 32).Set("run", "samples", 1)
+                .Set("run", "sample_sampler", kind).Set("run", "sample_steps", 3).Set("run", "sample_every", 0).Set("run", "eval_every", 0)
+                .Set("diffusion", "n_steps", 20).Set("training", "batch_size", 4);
+            using var dir = new TempDir();
+            var plan = Recipes.Plan(recipe, data);
+            Assert.Equal(kind, plan.Run.SampleSampler);
+            using (var folder = RunFolder.Open(dir.Path, resuming: false, overwrite: false))
+            using (var be = new CpuBackend(1))
+            using (var run = new TrainingRun(plan, be, DataParallel.None, folder) { SampleScale = 1 })
+                Assert.Equal(RunStatus.Finished, run.Run().Status);
+
+            using var backend = new CpuBackend(1);
+            var checkpoint = Checkpoint.Load(dir.File(RunFolder.ModelName));
+            using var unet = new UNet(backend, checkpoint.Model!, new PhiloxGenerator(0));
+            checkpoint.LoadWeightsInto(unet);
+            unet.Eval();
+            var condition = ClassCondition.Rows(10, 1, ClassCondition.DefaultGuidance);
+            var x = new Sampler(new DenoiseDiffusion(unet, checkpoint.Diffusion!), condition).Sample(10, kind, 3, 0f, plan.Training.Seed + 1000);
+            string expected = dir.File("expected.png");
+            ImageGrid.SavePng(expected, x.ToArray(), 10, 1, 32, 32, 1, checkpoint.Diffusion!.DataRange, scale: 1);
+            var written = ImageFile.Load(dir.File("samples.png"), 1);
+            var drawn = ImageFile.Load(expected, 1);
+            Assert.Equal((drawn.Width, drawn.Height), (written.Width, written.Height));
+            Assert.Equal(drawn.Pixels, written.Pixels);
+            grids[kind] = written.Pixels;
+        }
+        Assert.NotEqual(grids[SamplerKind.DpmSolver], grids[SamplerKind.Ddim]);
     }
 
     [Fact]

@@ -45,6 +45,7 @@ public sealed class SamplerAndWeightingToolTests
     [InlineData(new[] { "sample", "--checkpoint", "c", "--sampler", "x" }, "--sampler is ddim, dpm++ or ddpm, not 'x'")]
     [InlineData(new[] { "eval", "--checkpoint", "c", "--sampler", "euler" }, "--sampler is ddim, dpm++ or ddpm, not 'euler'")]
     [InlineData(new[] { "sample", "--checkpoint", "c", "--sampler", "dpm++", "--eta", "0.5" }, "--eta 0.5 is DDIM's noise; --sampler dpm++ is deterministic")]
+    [InlineData(new[] { "train", "--sample-sampler", "euler" }, "--sample-sampler is ddim, dpm++ or ddpm, not 'euler'")]
     [InlineData(new[] { "train", "--loss-weighting", "snr" }, "--loss-weighting is uniform or min-snr, not 'snr'")]
     [InlineData(new[] { "train", "--loss-weighting", "min-snr", "--min-snr-gamma", "0" }, "--min-snr-gamma must be a positive number")]
     [InlineData(new[] { "train", "--min-snr-gamma", "NaN" }, "--min-snr-gamma must be a positive number")]
