@@ -52,7 +52,7 @@ public sealed record RunSettings
     /// <summary>Steps of the sample grids' sampler (DDPM takes all T).</summary>
     [JsonPropertyName("sample_steps")] public int SampleSteps { get; init; } = 20;
 
-    /// <summary>Measure sample quality (FID, IS, class accuracy) every N steps (0: never).</summary>
+    /// <summary>Measure sample quality (FID, IS, class accuracy) every N steps and at the run's last step (0: never).</summary>
     [JsonPropertyName("eval_every")] public int EvalEvery { get; init; }
 
     /// <summary>
@@ -65,7 +65,7 @@ public sealed record RunSettings
     /// <summary>Upper bounds of the size-like settings (the memory a run needs is checked separately, from the model).</summary>
     public const long MaxSteps = TrainingConfig.MaxSteps;
     /// <summary>The length of a run that sets neither steps nor epochs: the main job's.</summary>
-    public const long DefaultSteps = 1800;
+    public const long DefaultSteps = 2000;
 
     public const int MaxSamples = 1024, MaxKeep = 1_000_000, MaxEvalSamples = 100_000;
 

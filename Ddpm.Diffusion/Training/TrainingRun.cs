@@ -139,7 +139,7 @@ public sealed class TrainingRun : IDisposable
     }
 
     /// <summary>
-    /// Rank 0's sample-quality measurement every <see cref="RunSettings.EvalEvery"/> steps (null: none): its rows go
+    /// Rank 0's sample-quality measurement every <see cref="RunSettings.EvalEvery"/> steps and at the last (null: none): its rows go
     /// to metrics.csv and the event file, and the EMA weights of the lowest FID to best.safetensors.
     /// </summary>
     public Quality.QualityProbe? Quality { get; init; }
@@ -243,7 +243,8 @@ public sealed class TrainingRun : IDisposable
                     _events.Scalar("train/images_per_s", s.Step, s.Batch / Math.Max(s.Seconds, 1e-9));
                 }
                 foreach (var o in _observers) o.OnStep(this, s);
-                if (run.EvalEvery > 0 && s.Step % run.EvalEvery == 0) Evaluate();
+                // Every EvalEvery steps and at the last step, so the final weights are always measured.
+                if (run.EvalEvery > 0 && (s.Step % run.EvalEvery == 0 || s.Step >= total)) Evaluate();
                 if (s.Step >= total)
                 {
                     _atBoundary = true;

@@ -287,27 +287,26 @@ public sealed class RunFolderToolTests
     }
 
     /// <summary>
-    /// train's default model is the compact preset (small's levels with one residual block each) for 1,800 steps
-    /// with DPM-Solver++ grids, and <c>--preset small</c> still resolves to the architecture and training values
-    /// of the bundled model (the main job's recipe with two blocks per level), so the README's command remakes it.
+    /// train's default recipe resolves to the bundled model's architecture and diffusion (the main job's), for
+    /// 2,000 steps with DPM-Solver++ grids, and the compact preset is that model with one block per level.
     /// </summary>
     [Fact]
-    public void TrainsDefaultIsCompactAndPresetSmallIsTheBundledModelsRecipe()
+    public void TrainsDefaultIsTheBundledModelsRecipeAndCompactIsItWithOneBlock()
     {
         var main = Recipes.Resolve(new TrainingRecipe());
-        Assert.Equal(("compact", 1, 32, 1800L), (main.Run.Preset, main.Model.NBlocks, main.Model.NChannels, main.Run.Steps));
-        Assert.Equal([1, 2, 2], main.Model.ChMults);
-        Assert.True(main.Model.AttnNorm);
-        Assert.Equal((SamplerKind.DpmSolver, 20), (main.Run.SampleSampler, main.Run.SampleSteps));
+        Assert.Equal(("small", 2000L, SamplerKind.DpmSolver, 20), (main.Run.Preset, main.Run.Steps, main.Run.SampleSampler, main.Run.SampleSteps));
 
         var bundled = Checkpoint.Load(Path.Combine(TestFiles.RepoRoot, "Ddpm.Tool", "models", "fashion-ddpm.safetensors"));
-        var small = Recipes.Resolve(new TrainingRecipe().Set("run", "preset", "small"));
         var m = bundled.Model!;
         Assert.Equal((m.NChannels, m.NBlocks, m.NGroups, m.AttnNorm, m.Dropout),
-            (small.Model.NChannels, small.Model.NBlocks, small.Model.NGroups, small.Model.AttnNorm, small.Model.Dropout));
-        Assert.Equal(m.ChMults, small.Model.ChMults);
-        Assert.Equal(m.IsAttn, small.Model.IsAttn);
-        Assert.Equal(bundled.Diffusion!.Prediction, small.Diffusion.Prediction);
+            (main.Model.NChannels, main.Model.NBlocks, main.Model.NGroups, main.Model.AttnNorm, main.Model.Dropout));
+        Assert.Equal(m.ChMults, main.Model.ChMults);
+        Assert.Equal(m.IsAttn, main.Model.IsAttn);
+        Assert.Equal(bundled.Diffusion!.Prediction, main.Diffusion.Prediction);
+
+        var compact = Recipes.Resolve(new TrainingRecipe().Set("run", "preset", "compact")).Model;
+        Assert.Equal(1, compact.NBlocks);
+        Assert.Equal((main.Model with { NBlocks = 1 }).ToString(), compact.ToString());
     }
 
     /// <summary>
@@ -353,6 +352,16 @@ public sealed class RunFolderToolTests
             grids[kind] = written.Pixels;
         }
         Assert.NotEqual(grids[SamplerKind.DpmSolver], grids[SamplerKind.Ddim]);
+    }
+
+    /// <summary>A run whose length is not a multiple of --eval-every measures its final weights too.</summary>
+    [Fact]
+    public void EvalEveryAlsoMeasuresTheLastStep()
+    {
+        using var dir = new TempDir();
+        var (code, output, err) = Run(Tiny(dir.Path, "--steps", "3", "--eval-every", "2", "--eval-samples", "4"));
+        Assert.True(code == 0, err + output);
+        Assert.Equal(["2", "3"], File.ReadAllLines(dir.File(RunFolder.MetricsName)).Skip(1).Select(r => r.Split(',')[0]));
     }
 
     [Fact]
