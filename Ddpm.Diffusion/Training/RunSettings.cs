@@ -62,11 +62,11 @@ public sealed record RunSettings
     /// </summary>
     [JsonPropertyName("eval_samples")] public int EvalSamples { get; init; } = 300;
 
-    /// <summary>Upper bounds of the size-like settings (the memory a run needs is checked separately, from the model).</summary>
-    public const long MaxSteps = TrainingConfig.MaxSteps;
     /// <summary>The length of a run that sets neither steps nor epochs: the main job's.</summary>
     public const long DefaultSteps = 2000;
 
+    /// <summary>Upper bounds of the size-like settings (the memory a run needs is checked separately, from the model).</summary>
+    public const long MaxSteps = TrainingConfig.MaxSteps;
     public const int MaxSamples = 1024, MaxKeep = 1_000_000, MaxEvalSamples = 100_000;
 
     /// <summary>Images per row of a conditional model's grid when <see cref="Samples"/> is not set, and an unconditional grid's size.</summary>

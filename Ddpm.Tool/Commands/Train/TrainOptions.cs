@@ -190,7 +190,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
         if (Scale is <= 0 or > MaxScale) throw new UsageError($"--scale must be between 1 and {MaxScale}, got {Scale}.");
         if (Samples is <= 0 or > RunSettings.MaxSamples) throw new UsageError($"--samples must be between 1 and {RunSettings.MaxSamples}, got {Samples}.");
         if (SampleSteps is <= 0) throw new UsageError($"--sample-steps must be positive, got {SampleSteps}.");
-        _ = SampleSampler;
+        _ = SampleSampler; // an unknown --sample-sampler is refused here, before any file is read
         if (SampleEvery is < 0 || CheckpointEvery is < 0 || LogEvery <= 0) throw new UsageError("--sample-every and --checkpoint-every must be >= 0, --log-every positive.");
         if (EvalEvery is < 0) throw new UsageError($"--eval-every must be >= 0 (0: off), got {EvalEvery}.");
         if (EvalSamples is < 2 or > RunSettings.MaxEvalSamples) throw new UsageError($"--eval-samples must be between 2 and {RunSettings.MaxEvalSamples:N0}, got {EvalSamples}.");
