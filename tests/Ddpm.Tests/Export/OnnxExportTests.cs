@@ -66,11 +66,11 @@ public sealed class OnnxExportTests(ITestOutputHelper output)
         using (var file = File.Create(dir.File("model.onnx"))) OnnxExport.Write(model, file, new OnnxExportOptions { OutputName = "v" });
         double exportS = sw.Elapsed.TotalSeconds - forwardS;
         using var options = new SessionOptions { IntraOpNumThreads = 2, InterOpNumThreads = 1 };
-        using var session = new InferenceSession(dir.File("model.onnx"), options);
-        Assert.Equal(cfg.IsConditional ? new[] { "x", "t", "y" } : new[] { "x", "t" }, session.InputMetadata.Keys.ToArray());
-        Assert.Equal(new[] { "v" }, session.OutputMetadata.Keys.ToArray());
-        Assert.Equal(-1, session.InputMetadata["x"].Dimensions[0]); // a dynamic batch
-        Assert.Contains(OnnxExport.ModelConfigKey, session.ModelMetadata.CustomMetadataMap.Keys);
+        using var runtime = new InferenceSession(dir.File("model.onnx"), options);
+        Assert.Equal(cfg.IsConditional ? new[] { "x", "t", "y" } : new[] { "x", "t" }, runtime.InputMetadata.Keys.ToArray());
+        Assert.Equal(new[] { "v" }, runtime.OutputMetadata.Keys.ToArray());
+        Assert.Equal(-1, runtime.InputMetadata["x"].Dimensions[0]); // a dynamic batch
+        Assert.Contains(OnnxExport.ModelConfigKey, runtime.ModelMetadata.CustomMetadataMap.Keys);
 
         var inputs = new List<NamedOnnxValue>
         {
@@ -79,7 +79,7 @@ public sealed class OnnxExportTests(ITestOutputHelper output)
         };
         if (cfg.IsConditional)
             inputs.Add(NamedOnnxValue.CreateFromTensor("y", new Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<long>(y.Select(v => (long)v).ToArray(), [n])));
-        using var results = session.Run(inputs);
+        using var results = runtime.Run(inputs);
         var actual = results.Single().AsEnumerable<float>().ToArray();
         var r = Closeness.RelL2(actual, expected);
         output.WriteLine($"{name}: {cfg.ParameterCount():N0} parameters, relative L2 {r.Value:E2}; forward {forwardS:F1}s, export {exportS:F1}s, total {sw.Elapsed.TotalSeconds:F1}s");
@@ -92,13 +92,13 @@ public sealed class OnnxExportTests(ITestOutputHelper output)
         using var be = new CpuBackend(1);
         using var model = new UNet(be, Config("tiny"), new PhiloxGenerator(1));
         var bytes = OnnxExport.ToBytes(model, new OnnxExportOptions { Batch = 4, Metadata = new Dictionary<string, string> { ["ddpm.prediction"] = "eps" } });
-        using var session = new InferenceSession(bytes);
-        Assert.Equal([4, 1, 32, 32], session.InputMetadata["x"].Dimensions);
-        Assert.Equal([4], session.InputMetadata["t"].Dimensions);
-        Assert.Equal("eps", session.ModelMetadata.CustomMetadataMap["ddpm.prediction"]);
-        var stored = System.Text.Json.JsonSerializer.Deserialize<UNetConfig>(session.ModelMetadata.CustomMetadataMap[OnnxExport.ModelConfigKey])!;
+        using var runtime = new InferenceSession(bytes);
+        Assert.Equal([4, 1, 32, 32], runtime.InputMetadata["x"].Dimensions);
+        Assert.Equal([4], runtime.InputMetadata["t"].Dimensions);
+        Assert.Equal("eps", runtime.ModelMetadata.CustomMetadataMap["ddpm.prediction"]);
+        var stored = System.Text.Json.JsonSerializer.Deserialize<UNetConfig>(runtime.ModelMetadata.CustomMetadataMap[OnnxExport.ModelConfigKey])!;
         Assert.Equal(Config("tiny").ToString(), stored.ToString());
-        Assert.Equal("ddpm", session.ModelMetadata.ProducerName);
+        Assert.Equal("ddpm", runtime.ModelMetadata.ProducerName);
     }
 
     /// <summary>

@@ -31,6 +31,15 @@ public sealed class RunFolderToolTests
     private static string[] Losses(string folder) =>
         File.ReadAllLines(Path.Combine(folder, RunFolder.LossName)).Skip(1).Select(l => l.Split(',')[1]).ToArray();
 
+    /// <summary>The bundled training images with their labels, as the tool opens them for the main job.</summary>
+    private static LabelledDataset BundledImagesWithLabels()
+    {
+        string fashion = Path.Combine(TestFiles.RepoRoot, "data", "fashion-mnist");
+        var images = IdxDataset.Load(Path.Combine(fashion, "train-images-idx3-ubyte.gz"));
+        var labels = IdxLabels.Load(Path.Combine(fashion, "train-labels-idx1-ubyte.gz"), 10);
+        return new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
+    }
+
     private static long[] Steps(string folder) => RunFolder.Checkpoints(folder).Select(c => c.Step).ToArray();
 
     /// <summary>Every tensor of two safetensors files, bit for bit.</summary>
@@ -265,10 +274,7 @@ public sealed class RunFolderToolTests
         Assert.True(code == 0, err);
 
         // The same recipe through the library alone: the bundled images with their labels, a CPU backend of one thread.
-        string fashion = Path.Combine(TestFiles.RepoRoot, "data", "fashion-mnist");
-        var images = IdxDataset.Load(Path.Combine(fashion, "train-images-idx3-ubyte.gz"));
-        var labels = IdxLabels.Load(Path.Combine(fashion, "train-labels-idx1-ubyte.gz"), 10);
-        var data = new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
+        var data = BundledImagesWithLabels();
         var recipe = new TrainingRecipe()
             .Set("run", "preset", "tiny").Set("run", "steps", 3L).Set("run", "max_images", 32).Set("run", "samples", 1)
             .Set("run", "sample_steps", 1).Set("run", "sample_every", 0).Set("run", "eval_every", Ddpm.Tool.Commands.TrainPlan.MainJobEvalEvery)
@@ -317,10 +323,7 @@ public sealed class RunFolderToolTests
     [Fact]
     public void TheSampleGridIsDrawnByTheSamplerTheRunNames()
     {
-        string fashion = Path.Combine(TestFiles.RepoRoot, "data", "fashion-mnist");
-        var images = IdxDataset.Load(Path.Combine(fashion, "train-images-idx3-ubyte.gz"));
-        var labels = IdxLabels.Load(Path.Combine(fashion, "train-labels-idx1-ubyte.gz"), 10);
-        var data = new LabelledDataset(images, labels.Values.ToArray().Select(v => (int)v).ToArray(), 10, KnownClassNames.FashionMnist);
+        var data = BundledImagesWithLabels();
         var grids = new Dictionary<SamplerKind, byte[]>();
         foreach (var kind in new[] { SamplerKind.DpmSolver, SamplerKind.Ddim })
         {
