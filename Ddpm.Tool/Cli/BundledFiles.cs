@@ -12,7 +12,7 @@ public static class BundledFiles
     public const string TestLabels = "t10k-labels-idx1-ubyte.gz";
     public const string Classifier = "fashion-classifier.safetensors";
 
-    /// <summary>The bundled diffusion model: the main job's EMA weights in fp16 (train --bundle writes it).</summary>
+    /// <summary>The bundled diffusion model: the EMA weights of <c>train --preset small</c> (the main job's recipe with 2 blocks per level) in fp16, as <c>train --bundle</c> writes them.</summary>
     public const string DdpmModelFile = "fashion-ddpm.safetensors";
 
     /// <summary>The bundled diffusion model, for the sampling verbs without --checkpoint.</summary>

@@ -73,7 +73,7 @@ public abstract class CommonOptions
 /// <summary>Model options that override a preset or describe a plain weights file.</summary>
 public abstract class ModelOptions : CommonOptions
 {
-    [Option("preset", HelpText = "Model preset: tiny, small, labml, ddpm-cifar10 (see 'ddpm-tool info --presets').")]
+    [Option("preset", HelpText = "Model preset: tiny, compact (the default of train and bench), small, labml, ddpm-cifar10 (their list: 'ddpm-tool info').")]
     public string? Preset { get; set; }
 
     [Option("image-channels", HelpText = "Image channels (1 grey, 3 RGB).")]

@@ -105,7 +105,7 @@ public abstract class SamplerOptions : ModelOptions, IDiffusionOptions
 public abstract class SamplingOptions : SamplerOptions
 {
     [Option("checkpoint", HelpText = "A training checkpoint, a labml-named weights .safetensors file, or a run folder (its latest checkpoint). " +
-        "Default: the bundled model, the main job's EMA weights (class-conditional small UNet on Fashion-MNIST, fp16; 'ddpm-tool info' gives its FID).")]
+        "Default: the bundled model, the EMA weights of 'train --preset small' (the main job with 2 blocks per level: class-conditional UNet on Fashion-MNIST, fp16; 'ddpm-tool info' gives its FID).")]
     public string? CheckpointOption { get; set; }
 
     /// <summary>--checkpoint, or the bundled model when it is not given.</summary>

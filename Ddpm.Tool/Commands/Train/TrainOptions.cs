@@ -11,7 +11,7 @@ namespace Ddpm.Tool.Commands;
 /// so that a value from <c>--config FILE</c> or the recipe's default (<see cref="Recipes"/>) stands where the
 /// command line says nothing; the defaults in the help texts are the recipe's.
 /// </summary>
-[Verb("train", HelpText = "Train a UNet denoiser (default: the small preset on the bundled Fashion-MNIST subset) into a run folder (--out).")]
+[Verb("train", HelpText = "Train a UNet denoiser (default: the compact preset on the bundled Fashion-MNIST subset for 2,000 steps) into a run folder (--out).")]
 public sealed class TrainOptions : ModelOptions, IDiffusionOptions
 {
     /// <summary>Training runs in the backend's default precision (tf32 on cuda).</summary>
@@ -116,7 +116,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("overwrite", Default = false, HelpText = "Start a new run in an --out that holds another: that run's checkpoints, logs, grids and weights are removed first.")]
     public bool Overwrite { get; set; }
 
-    [Option("bundle", HelpText = "When the run finishes, also write its final EMA weights in fp16 with its configs and last FID to this file: how the tool's bundled model (models/" + BundledFiles.DdpmModelFile + ") is made from the main job.")]
+    [Option("bundle", HelpText = "When the run finishes, also write its final EMA weights in fp16 with its configs and last FID to this file: how the tool's bundled model (models/" + BundledFiles.DdpmModelFile + ") is made by 'train --preset small'.")]
     public string? Bundle { get; set; }
 
     [Option("keep", HelpText = "Step-numbered checkpoints kept in the run folder, the oldest removed first (default 3).")]

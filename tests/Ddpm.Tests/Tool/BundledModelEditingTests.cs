@@ -13,7 +13,7 @@ using static Ddpm.Tests.Tool.ToolTests;
 namespace Ddpm.Tests.Tool;
 
 /// <summary>
-/// inpaint and sample --init on the model the tool ships (the main job's EMA weights), judged by what a trained model
+/// inpaint and sample --init on the model the tool ships (the EMA weights of train --preset small), judged by what a trained model
 /// must do: the filled-in region nearer the true pixels than a mean fill, resampling nearer than replacement alone,
 /// inpaintings recognised by the bundled classifier about as often as the true images, and edits turned into the
 /// class asked for. The figures are those of docs/inpainting.md's tables (the first 100 test images, centre mask).

@@ -293,26 +293,27 @@ public sealed class RunFolderToolTests
     }
 
     /// <summary>
-    /// train's default recipe resolves to the bundled model's architecture and diffusion (the main job's), for
-    /// 2,000 steps with DPM-Solver++ grids, and the compact preset is that model with one block per level.
+    /// train's default recipe is compact for 2,000 steps with DPM-Solver++ grids; the small preset is that model
+    /// with two blocks per level, and the bundled model is small's recipe (architecture and diffusion).
     /// </summary>
     [Fact]
-    public void TrainsDefaultIsTheBundledModelsRecipeAndCompactIsItWithOneBlock()
+    public void TrainsDefaultIsCompactAndTheBundledModelIsSmallsRecipe()
     {
         var main = Recipes.Resolve(new TrainingRecipe());
-        Assert.Equal(("small", 2000L, SamplerKind.DpmSolver, 20), (main.Run.Preset, main.Run.Steps, main.Run.SampleSampler, main.Run.SampleSteps));
+        Assert.Equal(("compact", 2000L, SamplerKind.DpmSolver, 20), (main.Run.Preset, main.Run.Steps, main.Run.SampleSampler, main.Run.SampleSteps));
+        Assert.Equal(1, main.Model.NBlocks);
+
+        var small = Recipes.Resolve(new TrainingRecipe().Set("run", "preset", "small"));
+        Assert.Equal(2, small.Model.NBlocks);
+        Assert.Equal((main.Model with { NBlocks = 2 }).ToString(), small.Model.ToString());
 
         var bundled = Checkpoint.Load(Path.Combine(TestFiles.RepoRoot, "Ddpm.Tool", "models", "fashion-ddpm.safetensors"));
         var m = bundled.Model!;
         Assert.Equal((m.NChannels, m.NBlocks, m.NGroups, m.AttnNorm, m.Dropout),
-            (main.Model.NChannels, main.Model.NBlocks, main.Model.NGroups, main.Model.AttnNorm, main.Model.Dropout));
-        Assert.Equal(m.ChMults, main.Model.ChMults);
-        Assert.Equal(m.IsAttn, main.Model.IsAttn);
-        Assert.Equal(bundled.Diffusion!.Prediction, main.Diffusion.Prediction);
-
-        var compact = Recipes.Resolve(new TrainingRecipe().Set("run", "preset", "compact")).Model;
-        Assert.Equal(1, compact.NBlocks);
-        Assert.Equal((main.Model with { NBlocks = 1 }).ToString(), compact.ToString());
+            (small.Model.NChannels, small.Model.NBlocks, small.Model.NGroups, small.Model.AttnNorm, small.Model.Dropout));
+        Assert.Equal(m.ChMults, small.Model.ChMults);
+        Assert.Equal(m.IsAttn, small.Model.IsAttn);
+        Assert.Equal(bundled.Diffusion!, small.Diffusion);
     }
 
     /// <summary>
