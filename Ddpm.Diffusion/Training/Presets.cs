@@ -18,7 +18,7 @@ public static class Presets
         new("small", new UNetConfig { ImageChannels = 1, ImageSize = 32, NChannels = 32, ChMults = [1, 2, 2], IsAttn = [false, false, true], NBlocks = 2, Dropout = 0f },
             64, "32x32 grey, widths 32/64/128, attention at 8x8, 2 blocks per level, no dropout (3.43 M parameters)"),
         new("compact", new UNetConfig { ImageChannels = 1, ImageSize = 32, NChannels = 32, ChMults = [1, 2, 2], IsAttn = [false, false, true], NBlocks = 1, Dropout = 0f },
-            64, "the default: small with 1 block per level (2.23 M parameters), its training step in about 53 % of small's CPU time"),
+            64, "the default: small with 1 block per level (2.23 M parameters)"),
         new("labml", new UNetConfig { ImageChannels = 3, ImageSize = 32, NChannels = 64, ChMults = [1, 2, 2, 4], IsAttn = [false, false, false, true], NBlocks = 2 },
             16, "labml experiment.py: widths 64/128/256/1024, attention at 4x4 (167,777,987 parameters)"),
         new("ddpm-cifar10", new UNetConfig { ImageChannels = 3, ImageSize = 32, NChannels = 128, ChMults = [1, 2, 1, 1], IsAttn = [false, true, false, false], NBlocks = 2, Dropout = 0.1f },

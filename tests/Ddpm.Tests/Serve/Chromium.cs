@@ -126,11 +126,11 @@ public sealed class Chromium : IAsyncDisposable
         return page;
     }
 
-    internal async Task<JsonElement> SendAsync(string method, JsonObject? parameters = null, string? session = null)
+    internal async Task<JsonElement> SendAsync(string method, JsonObject? parameters = null, string? attachment = null)
     {
         int id = Interlocked.Increment(ref _nextId);
         var message = new JsonObject { ["id"] = id, ["method"] = method, ["params"] = parameters ?? new JsonObject() };
-        if (session is not null) message["sessionId"] = session;
+        if (attachment is not null) message["sessionId"] = attachment;
         var done = new TaskCompletionSource<JsonElement>(TaskCreationOptions.RunContinuationsAsynchronously);
         _pending[id] = done;
         await _sending.WaitAsync();
@@ -195,10 +195,10 @@ public sealed class Chromium : IAsyncDisposable
     }
 }
 
-/// <summary>A tab of <see cref="Chromium"/>: navigation, JavaScript evaluated in the page, screenshots.</summary>
-public sealed class BrowserPage(Chromium browser, string session)
+/// <summary>A tab of <see cref="Chromium"/>: navigation, JavaScript evaluated in the page, screenshots. <paramref name="attachment"/> is the id the DevTools protocol gave the attachment to the tab (its sessionId).</summary>
+public sealed class BrowserPage(Chromium browser, string attachment)
 {
-    internal Task<JsonElement> SendAsync(string method, JsonObject? parameters = null) => browser.SendAsync(method, parameters, session);
+    internal Task<JsonElement> SendAsync(string method, JsonObject? parameters = null) => browser.SendAsync(method, parameters, attachment);
 
     public async Task NavigateAsync(string url)
     {
