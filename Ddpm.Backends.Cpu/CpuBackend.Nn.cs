@@ -97,8 +97,23 @@ public sealed unsafe partial class CpuBackend
         g.Validate();
         float* xp = Ptr(x, g.InputSize, nameof(x)), wp = Ptr(w, g.WeightSize, nameof(w)), yp = Ptr(y, g.OutputSize, nameof(y));
         float* bp = bias is null ? null : Ptr(bias, g.O, nameof(bias));
+        if (UsePhases(g, out var pg))
+        {
+            float* xs = _pool.Scratch(0).Get(ScratchSlot.Phases, pg.InputSize);
+            float* ws = _pool.Scratch(0).Get(ScratchSlot.PhaseWeights, pg.WeightSize);
+            PhaseConv.Split(_pool, xp, xs, g, _pool.Options.UseAvx512);
+            PhaseConv.Weights(_pool, wp, ws, g);
+            ForwardCore(xs, ws, bp, yp, pg);
+            return;
+        }
         ForwardCore(xp, wp, bp, yp, g);
     }
+
+    /// <summary>
+    /// Whether a 4x4 stride-2 convolution runs as the 3x3 stride-1 convolution <paramref name="phases"/> over the phases of
+    /// its input (<see cref="PhaseConv"/>): where that one runs as Winograd.
+    /// </summary>
+    private bool UsePhases(in ConvGeometry g, out ConvGeometry phases) => PhaseConv.Applies(g, out phases) && UseWinograd(phases);
 
     /// <summary>
     /// y = conv(x, w) + bias as implicit GEMMs: W [O, C*KH*KW] times the im2col columns, which
@@ -163,23 +178,20 @@ public sealed unsafe partial class CpuBackend
         int ckk = g.C * g.KH * g.KW, ohw = g.OH * g.OW, chw = g.C * g.H * g.W;
         bool direct = IsPointwise(g);
 
+        if (UsePhases(g, out var pg))
+        {
+            // dx' [N, 4C, H/2, W/2] of the phase convolution, then put back in place.
+            float* ws = _pool.Scratch(0).Get(ScratchSlot.PhaseWeights, pg.WeightSize);
+            float* dxs = _pool.Scratch(0).Get(ScratchSlot.Phases, pg.InputSize);
+            PhaseConv.Weights(_pool, wp0, ws, g);
+            BackwardDataStride1(dyp0, ws, dxs, pg);
+            PhaseConv.Merge(_pool, dxs, dxp0, g, _pool.Options.UseAvx512);
+            return;
+        }
+
         if (!direct && g.StrideH == 1 && g.StrideW == 1 && g.PadH < g.KH && g.PadW < g.KW)
         {
-            // Stride 1: dx is the forward conv of dy with the kernel flipped in space and its channel axes
-            // swapped, padded by K - 1 - pad, so it takes the implicit-GEMM forward path (no col2im scatter).
-            int kk = g.KH * g.KW, cin = g.C, cout = g.O;
-            float* wf = _pool.Scratch(0).Get(ScratchSlot.Weights, g.WeightSize);
-            nint wsrc = (nint)wp0, wdst = (nint)wf;
-            _pool.ForItems(cout, Math.Max(1, Grain / (cin * kk)), (o0, count) =>
-            {
-                for (int o = o0; o < o0 + count; o++)
-                    for (int c = 0; c < cin; c++)
-                    {
-                        float* src = (float*)wsrc + ((long)o * cin + c) * kk, dst = (float*)wdst + ((long)c * cout + o) * kk;
-                        for (int t = 0; t < kk; t++) dst[t] = src[kk - 1 - t];
-                    }
-            });
-            ForwardCore(dyp0, wf, null, dxp0, new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.PadH, g.KW - 1 - g.PadW));
+            BackwardDataStride1(dyp0, wp0, dxp0, g);
             return;
         }
 
@@ -223,6 +235,27 @@ public sealed unsafe partial class CpuBackend
         else for (int s = 0; s < g.N; s++) Sample(_pool, _pool.Scratch(0), s);
     }
 
+    /// <summary>
+    /// Stride 1: dx is the forward conv of dy with the kernel flipped in space and its channel axes swapped, padded by
+    /// K - 1 - pad, so it takes the implicit-GEMM (or Winograd) forward path (no col2im scatter).
+    /// </summary>
+    private void BackwardDataStride1(float* dy, float* w, float* dx, in ConvGeometry g)
+    {
+        int kk = g.KH * g.KW, cin = g.C, cout = g.O;
+        float* wf = _pool.Scratch(0).Get(ScratchSlot.Weights, g.WeightSize);
+        nint wsrc = (nint)w, wdst = (nint)wf;
+        _pool.ForItems(cout, Math.Max(1, Grain / (cin * kk)), (o0, count) =>
+        {
+            for (int o = o0; o < o0 + count; o++)
+                for (int c = 0; c < cin; c++)
+                {
+                    float* src = (float*)wsrc + ((long)o * cin + c) * kk, dst = (float*)wdst + ((long)c * cout + o) * kk;
+                    for (int t = 0; t < kk; t++) dst[t] = src[kk - 1 - t];
+                }
+        });
+        ForwardCore(dy, wf, null, dx, new ConvGeometry(g.N, g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.PadH, g.KW - 1 - g.PadW));
+    }
+
     public void Conv2dBackwardWeight(DeviceBuffer x, DeviceBuffer dy, in ConvGeometry g, DeviceBuffer dw, DeviceBuffer? dbias)
     {
         g.Validate();
@@ -251,7 +284,16 @@ public sealed unsafe partial class CpuBackend
         }
 
         int threads = _pool.Threads;
-        if (UseWinograd(g))
+        if (UsePhases(g, out var pg))
+        {
+            // The gradient of w' over the phases of x, its 4x4 taps gathered back.
+            float* xs = _pool.Scratch(0).Get(ScratchSlot.Phases, pg.InputSize);
+            float* dws = _pool.Scratch(0).Get(ScratchSlot.PhaseWeights, pg.WeightSize);
+            PhaseConv.Split(_pool, (float*)xp, xs, g, _pool.Options.UseAvx512);
+            Winograd.BackwardWeight(_pool, xs, (float*)dyp, dws, pg);
+            PhaseConv.WeightGradient(_pool, dws, dwp, g);
+        }
+        else if (UseWinograd(g))
         {
             Winograd.BackwardWeight(_pool, (float*)xp, (float*)dyp, dwp, g);
         }

@@ -260,5 +260,7 @@ internal enum ScratchSlot
     WinogradV,
     WinogradM,
     WinogradStage,
+    Phases,
+    PhaseWeights,
     Count,
 }

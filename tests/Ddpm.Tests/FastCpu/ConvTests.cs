@@ -48,6 +48,12 @@ public sealed class ConvTests
             [2, 17, 1, 1, 16, 3, 1, 1],
             [1, 16, 3, 40, 16, 3, 1, 1],
             [2, 16, 10, 9, 16, 3, 2, 1],
+            // 4x4 stride-2 padding-1 on even images with 4C and O at least 16: the 3x3 convolution over the four phases
+            // of the input (Winograd); rows of 16 floats with an odd count of 16-float pieces per phase (one left to
+            // the element loop), of 32, and of 34 (element by element).
+            [2, 4, 6, 16, 16, 4, 2, 1],
+            [2, 16, 8, 32, 17, 4, 2, 1],
+            [3, 8, 10, 34, 20, 4, 2, 1],
         ];
         foreach (var a in g) yield return [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
     }
