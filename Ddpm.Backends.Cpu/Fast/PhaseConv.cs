@@ -94,14 +94,16 @@ internal static unsafe class PhaseConv
 
     /// <summary>
     /// Per (sample, channel) plane and row phase p: the rows 2a + p read one after another are a sequence whose even
-    /// elements are phase plane (p, 0) and odd ones phase plane (p, 1), row after row. With rows a multiple of 16 floats,
-    /// two 16-float pieces of that sequence are deinterleaved (or interleaved back) by two two-source permutes.
+    /// elements are phase plane (p, 0) and odd ones phase plane (p, 1), row after row. With rows a multiple of a vector
+    /// (16 floats with AVX-512, 8 with AVX2), two vector-long pieces of that sequence are deinterleaved (or interleaved
+    /// back) by two permutes; the rest goes element by element.
     /// </summary>
     private static void Planes(WorkerPool pool, float* image, float* phases, in ConvGeometry g, bool avx512, bool split)
     {
         int h = g.H, w = g.W, c = g.C, h2 = h / 2, w2 = w / 2;
         long plane = (long)h2 * w2;
-        bool vector = avx512 && Avx512F.IsSupported && w % 16 == 0;
+        int piece = avx512 && Avx512F.IsSupported ? 16 : Avx2.IsSupported ? 8 : 0;
+        if (piece > 0 && w % piece != 0) piece = 0;
         nint ip = (nint)image, pp = (nint)phases;
         pool.ForItems(g.N * c, Math.Max(1, 16384 / (h * w)), (r0, count) =>
         {
@@ -113,24 +115,29 @@ internal static unsafe class PhaseConv
                 {
                     float* even = (float*)pp + ((long)n * 4 * c + 2 * p * c + ci) * plane;
                     float* odd = even + (long)c * plane;
-                    int units = 0;
-                    if (vector)
+                    long done = 0;
+                    if (piece > 0)
                     {
-                        // Pieces of 16 floats: piece u is row a = 16u / w of the phase, from column 16u % w.
-                        int pieces = h2 * w / 16;
-                        units = pieces & ~1;
-                        for (int u = 0; u < units; u += 2)
+                        // Piece u starts at row a = piece u / w of the phase, column piece u % w; a pair of pieces is
+                        // one piece of each phase plane, at element piece u / 2.
+                        int pairs = h2 * w / piece / 2;
+                        for (int v = 0; v < pairs; v++)
                         {
-                            float* s0 = img + (long)(2 * (16 * u / w) + p) * w + 16 * u % w;
-                            float* s1 = img + (long)(2 * (16 * (u + 1) / w) + p) * w + 16 * (u + 1) % w;
-                            if (split) SplitPair(s0, s1, even + 8 * u, odd + 8 * u);
-                            else MergePair(even + 8 * u, odd + 8 * u, s0, s1);
+                            int u0 = piece * 2 * v, u1 = u0 + piece;
+                            float* s0 = img + (long)(2 * (u0 / w) + p) * w + u0 % w;
+                            float* s1 = img + (long)(2 * (u1 / w) + p) * w + u1 % w;
+                            long at = (long)piece * v;
+                            if (piece == 16)
+                            {
+                                if (split) SplitPair512(s0, s1, even + at, odd + at);
+                                else MergePair512(even + at, odd + at, s0, s1);
+                            }
+                            else if (split) SplitPair256(s0, s1, even + at, odd + at);
+                            else MergePair256(even + at, odd + at, s0, s1);
                         }
-                        units *= 8;
+                        done = (long)piece * pairs;
                     }
-                    // The rest (rows not a multiple of 16 floats, or no AVX-512) element by element, from phase
-                    // element units on.
-                    for (long e = units; e < plane; e++)
+                    for (long e = done; e < plane; e++)
                     {
                         long a = e / w2, b = e % w2;
                         float* s = img + (2 * a + p) * w + 2 * b;
@@ -149,7 +156,7 @@ internal static unsafe class PhaseConv
 
     /// <summary>Even and odd elements of the 32 floats s0[0..16), s1[0..16) to 16 floats each.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void SplitPair(float* s0, float* s1, float* even, float* odd)
+    private static void SplitPair512(float* s0, float* s1, float* even, float* odd)
     {
         var lo = Vector512.Load(s0);
         var hi = Vector512.Load(s1);
@@ -157,13 +164,38 @@ internal static unsafe class PhaseConv
         Avx512F.PermuteVar16x32x2(lo, OddIndex, hi).Store(odd);
     }
 
-    /// <summary>The inverse of <see cref="SplitPair"/>: 16 even and 16 odd floats interleaved into s0 and s1.</summary>
+    /// <summary>The inverse of <see cref="SplitPair512"/>: 16 even and 16 odd floats interleaved into s0 and s1.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MergePair(float* even, float* odd, float* s0, float* s1)
+    private static void MergePair512(float* even, float* odd, float* s0, float* s1)
     {
         var e = Vector512.Load(even);
         var o = Vector512.Load(odd);
         Avx512F.PermuteVar16x32x2(e, LowIndex, o).Store(s0);
         Avx512F.PermuteVar16x32x2(e, HighIndex, o).Store(s1);
+    }
+
+    /// <summary>Even and odd elements of the 16 floats s0[0..8), s1[0..8) to 8 floats each (AVX2).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SplitPair256(float* s0, float* s1, float* even, float* odd)
+    {
+        var a = Vector256.Load(s0);
+        var b = Vector256.Load(s1);
+        // [a0 a2 b0 b2 | a4 a6 b4 b6], its 64-bit quarters reordered to [a0 a2 a4 a6 b0 b2 b4 b6]; odds alike.
+        var e = Avx.Shuffle(a, b, 0b10_00_10_00).AsDouble();
+        var o = Avx.Shuffle(a, b, 0b11_01_11_01).AsDouble();
+        Avx2.Permute4x64(e, 0b11_01_10_00).AsSingle().Store(even);
+        Avx2.Permute4x64(o, 0b11_01_10_00).AsSingle().Store(odd);
+    }
+
+    /// <summary>The inverse of <see cref="SplitPair256"/>: 8 even and 8 odd floats interleaved into s0 and s1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MergePair256(float* even, float* odd, float* s0, float* s1)
+    {
+        var e = Vector256.Load(even);
+        var o = Vector256.Load(odd);
+        var lo = Avx.UnpackLow(e, o);   // [e0 o0 e1 o1 | e4 o4 e5 o5]
+        var hi = Avx.UnpackHigh(e, o);  // [e2 o2 e3 o3 | e6 o6 e7 o7]
+        Avx.Permute2x128(lo, hi, 0x20).Store(s0);
+        Avx.Permute2x128(lo, hi, 0x31).Store(s1);
     }
 }

@@ -5,7 +5,7 @@ using Ddpm.Tensors;
 namespace Ddpm.Benchmarks;
 
 /// <summary>
-/// <c>conv [--reps 15] [--threads 1] [--shapes "N,C,H,O,K,S,P;..."]</c>: forward (with bias), backward-data and
+/// <c>conv [--reps 15] [--threads 1] [--avx2 1] [--shapes "N,C,H,O,K,S,P;..."]</c>: forward (with bias), backward-data and
 /// backward-weight (with the bias gradient) of square convolutions, milliseconds per call and GFLOP/s (the fastest of
 /// the repetitions: on a shared machine interference only adds time; thread CPU time on one thread, wall time
 /// otherwise). The default shapes are the <c>small</c> UNet's convolutions that do not run as Winograd at batch 64:
@@ -17,6 +17,7 @@ public static class ConvBench
     public static int Run(string[] args)
     {
         int reps = 15, threads = 1;
+        bool avx2 = false;
         string shapes = "64,64,32,32,1,1,0;64,256,8,128,1,1,0;64,128,16,64,1,1,0;64,32,32,32,3,2,1;64,64,16,64,3,2,1;64,32,32,32,4,2,1;64,64,16,64,4,2,1;64,1,32,32,3,1,1;64,32,32,1,3,1,1";
         for (int i = 0; i + 1 < args.Length; i += 2)
         {
@@ -25,11 +26,12 @@ public static class ConvBench
                 case "--reps": reps = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
                 case "--threads": threads = int.Parse(args[i + 1], CultureInfo.InvariantCulture); break;
                 case "--shapes": shapes = args[i + 1]; break;
+                case "--avx2": avx2 = args[i + 1] == "1"; break;
                 default: Console.Error.WriteLine($"Unknown option {args[i]}"); return 2;
             }
         }
         Func<double> clock = BenchClock.For(threads);
-        using var be = new CpuBackend(threads);
+        using var be = new CpuBackend(new CpuBackendOptions { Threads = threads, Avx512 = !avx2 });
         Console.WriteLine($"convolutions, {be.Description}, ms per call (GFLOP/s), fastest of {reps}");
         foreach (var spec in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
         {

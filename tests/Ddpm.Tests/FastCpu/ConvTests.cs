@@ -49,8 +49,10 @@ public sealed class ConvTests
             [1, 16, 3, 40, 16, 3, 1, 1],
             [2, 16, 10, 9, 16, 3, 2, 1],
             // 4x4 stride-2 padding-1 on even images with 4C and O at least 16: the 3x3 convolution over the four phases
-            // of the input (Winograd); rows of 16 floats with an odd count of 16-float pieces per phase (one left to
-            // the element loop), of 32, and of 34 (element by element).
+            // of the input (Winograd). The split goes by vector-long pieces (16 floats with AVX-512, 8 with AVX2), in
+            // pairs: rows of 8 floats (AVX2: 3 pieces per phase, the last to the element loop), of 16 (AVX-512: 3
+            // pieces), of 32, and of 34 (element by element).
+            [2, 4, 6, 8, 16, 4, 2, 1],
             [2, 4, 6, 16, 16, 4, 2, 1],
             [2, 16, 8, 32, 17, 4, 2, 1],
             [3, 8, 10, 34, 20, 4, 2, 1],
