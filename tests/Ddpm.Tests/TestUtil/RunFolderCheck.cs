@@ -11,8 +11,8 @@ namespace Ddpm.Tests.TestUtil;
 /// Compares a run folder with an uninterrupted run's, bit for bit where the run promises it: the checkpoints kept
 /// (every tensor and every header value: weights, EMA, Adam moments, step, random streams, data position),
 /// model.safetensors and best.safetensors, every sample grid's bytes, loss.csv and metrics.csv without their
-/// timing column, and the TensorBoard scalars and images as TensorBoard shows them (a session start drops what
-/// earlier files logged at and after its step); and that no temporary file is left.
+/// timing column, and the TensorBoard scalars and images as TensorBoard shows them (a start event, written when a run starts or
+/// resumes, drops what earlier files logged at and after its step); and that no temporary file is left.
 /// </summary>
 internal static class RunFolderCheck
 {
@@ -84,7 +84,7 @@ internal static class RunFolderCheck
 
     /// <summary>
     /// What TensorBoard shows of a folder's event files, read in name order as it reads them: scalars by tag and the
-    /// images, each as (step, value) in the order logged, after the purges of the session starts (a start at step N
+    /// images, each as (step, value) in the order logged, after the purges of the start events (a start at step N
     /// drops every earlier event of step N or later, as TensorBoard's event accumulator does).
     /// </summary>
     public static (Dictionary<string, List<(long Step, float Value)>> Scalars, List<(long Step, byte[] Png)> Images) Shown(string logs)

@@ -161,9 +161,9 @@ public sealed class InpaintExportToolTests(ClassToolTests.ConditionalRun run) : 
         int[] t = [15, 2];
         int[] y = [4, ckpt.Model!.NullClass];
         var expected = model.Forward(Tensor.FromArray(be, x, 2, 1, Size, Size), t, y).ToArray();
-        using var session = new InferenceSession(dir.File("m.onnx"));
-        Assert.Equal("v", session.ModelMetadata.CustomMetadataMap["ddpm.prediction"]);
-        using var results = session.Run(new[]
+        using var onnx = new InferenceSession(dir.File("m.onnx"));
+        Assert.Equal("v", onnx.ModelMetadata.CustomMetadataMap["ddpm.prediction"]);
+        using var results = onnx.Run(new[]
         {
             NamedOnnxValue.CreateFromTensor("x", new Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<float>(x, [2, 1, Size, Size])),
             NamedOnnxValue.CreateFromTensor("t", new Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<long>(t.Select(v => (long)v).ToArray(), [2])),
