@@ -10,7 +10,7 @@ public sealed record QualityResult(long Step, double Fid, double InceptionScore,
 
 /// <summary>
 /// Measures a model's samples while it trains, on a fixed seed so that measurements at different steps compare:
-/// <see cref="Samples"/> images drawn with DPM-Solver++(2M) in 20 steps (class-balanced at guidance 1 for a
+/// <see cref="Samples"/> images drawn with DPM-Solver++(2M) in <see cref="SamplerSteps"/> steps (class-balanced at guidance 1 for a
 /// class-conditional model: sample i of class i mod K; else unconditional), put through a
 /// <see cref="FeatureClassifier"/>; the Frechet distance of their features to those of real images (computed
 /// once), the Inception Score analogue, and for a conditional model the share of samples classified as the class
@@ -18,8 +18,11 @@ public sealed record QualityResult(long Step, double Fid, double InceptionScore,
 /// </summary>
 public sealed class QualityProbe
 {
-    /// <summary>Sampler steps of a measurement.</summary>
-    public const int SamplerSteps = 20;
+    /// <summary>
+    /// Sampler steps of a measurement. 10: on the main job's model, <c>eval --n 1000</c> at guidance 1 scored FID 5.44
+    /// with 10 DPM-Solver++ steps and 5.49 with 20, so half the steps measure the same quality in half the time.
+    /// </summary>
+    public const int SamplerSteps = 10;
 
     /// <summary>Images drawn at once.</summary>
     public const int Chunk = 125;

@@ -152,7 +152,7 @@ public static class TrainCommand
             var (step, fid) = m.Fids[^1];
             meta["fid"] = fid.ToString("F2", CultureInfo.InvariantCulture);
             meta["fid_measure"] = string.Create(CultureInfo.InvariantCulture,
-                $"step {step}: {p.Run.EvalSamples} samples, DPM-Solver++ 20 steps, class-balanced at guidance 1, against the bundled test set on the bundled classifier's features");
+                $"step {step}: {p.Run.EvalSamples} samples, DPM-Solver++ {QualityProbe.SamplerSteps} steps, class-balanced at guidance 1, against the bundled test set on the bundled classifier's features");
         }
         try
         {

@@ -153,7 +153,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     [Option("samples", HelpText = "Images in each sample grid: one row of N per class for a class-conditional model (default 8), N images otherwise (default 16).")]
     public int? Samples { get; set; }
 
-    [Option("eval-every", HelpText = "Measure sample quality every N steps and at the last step with the bundled classifier (FID, IS, class accuracy on --eval-samples samples, DPM-Solver++ 20 steps, a fixed seed) into metrics.csv and the event file, and keep the EMA weights of the lowest FID as best.safetensors. Default: 2000 on the bundled data (the main job: one measurement, at its last step), else 0 (off).")]
+    [Option("eval-every", HelpText = "Measure sample quality every N steps and at the last step with the bundled classifier (FID, IS, class accuracy on --eval-samples samples, DPM-Solver++ 10 steps, a fixed seed) into metrics.csv and the event file, and keep the EMA weights of the lowest FID as best.safetensors. Default: 2000 on the bundled data (the main job: one measurement, at its last step), else 0 (off).")]
     public int? EvalEvery { get; set; }
 
     [Option("eval-samples", HelpText = "Samples each --eval-every measurement draws (default 300; FIDs of so few samples compare with each other, not with eval --n 1000).")]
@@ -165,7 +165,7 @@ public sealed class TrainOptions : ModelOptions, IDiffusionOptions
     /// <summary>The grid sampler asked for, or null; an unknown name is a usage error.</summary>
     public SamplerKind? SampleSampler => SampleSamplerText is null ? null : SamplerOptions.ParseSampler(SampleSamplerText, "--sample-sampler");
 
-    [Option("sample-steps", HelpText = "Steps of the sample grids' sampler (default 20).")]
+    [Option("sample-steps", HelpText = "Steps of the sample grids' sampler (default 10).")]
     public int? SampleSteps { get; set; }
 
     [Option("scale", HelpText = "Pixel scale of the sample grids (nearest neighbour). Default: at least 512 pixels wide; 1 writes the model's pixels.")]

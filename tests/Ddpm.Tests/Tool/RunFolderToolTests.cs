@@ -300,7 +300,7 @@ public sealed class RunFolderToolTests
     public void TrainsDefaultIsCompactAndTheBundledModelIsSmallsRecipe()
     {
         var main = Recipes.Resolve(new TrainingRecipe());
-        Assert.Equal(("compact", 2000L, SamplerKind.DpmSolver, 20), (main.Run.Preset, main.Run.Steps, main.Run.SampleSampler, main.Run.SampleSteps));
+        Assert.Equal(("compact", 2000L, SamplerKind.DpmSolver, 10), (main.Run.Preset, main.Run.Steps, main.Run.SampleSampler, main.Run.SampleSteps));
         Assert.Equal(1, main.Model.NBlocks);
 
         var small = Recipes.Resolve(new TrainingRecipe().Set("run", "preset", "small"));
@@ -379,12 +379,12 @@ public sealed class RunFolderToolTests
         Assert.Equal(["2", "4"], rows.Skip(1).Select(r => r.Split(',')[0]));
         Assert.Contains("step 2: FID ", output);
         Assert.True(File.Exists(dir.File("fid.png")));
-        // The measurement is eval's: the same seed (the run's + 2000), DPM-Solver++ 20 steps, class-balanced at
+        // The measurement is eval's: the same seed (the run's + 2000), DPM-Solver++ 10 steps, class-balanced at
         // guidance 1, in chunks of 125, against the bundled test set with the bundled classifier. best.safetensors
         // holds the EMA weights of the lowest FID, with the configs to sample them.
         var fids = rows.Skip(1).Select(r => double.Parse(r.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
         (code, output, err) = Run("eval", "--checkpoint", dir.File(RunFolder.BestName), "--n", "6", "--batch", "125", "--sampler", "dpm++",
-            "--steps", "20", "--guidance", "1", "--seed", "2001", "--threads", "1", "--json");
+            "--steps", "10", "--guidance", "1", "--seed", "2001", "--threads", "1", "--json");
         Assert.True(code == 0, err + output);
         double evalFid = JsonNode.Parse(output.Trim().Split('\n')[^1])!["fid"]!.GetValue<double>();
         Assert.Equal(fids.Min(), evalFid, 9);
