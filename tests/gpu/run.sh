@@ -53,7 +53,7 @@ build() {
   local size; size=$(stat -c %s "$archive")
   echo "carry: $archive $((size / 1024 / 1024)) MiB"
   if [ "$size" -gt "$max_carry_bytes" ]; then
-    echo "the carry is larger than the device tool's 64 MiB limit" >&2
+    echo "the archive is larger than 64 MiB, the most a GPU machine's run takes along" >&2
     exit 1
   fi
   echo "now: run(command=\"bash tests/gpu/run.sh device\", carry=[\".gpu-carry\"], timeout_s=360)"

@@ -3,7 +3,7 @@
 with a CRC-32C written here in Python (table-driven, Castagnoli polynomial), each record parsed by Python's
 protobuf runtime against the protoc-generated module of tensorboard_subset.proto. Prints one JSON object:
 the file version, scalars by tag ([step, value] pairs), images (tag, step, width, height, PNG bytes' size and
-signature check), text values and session starts. Exits 1 with a message on any framing or parse error."""
+signature check), text values and restart records (status START). Exits 1 with a message on any framing or parse error."""
 import glob
 import json
 import os
